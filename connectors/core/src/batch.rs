@@ -1,0 +1,509 @@
+//! The batcher: row changes in, Arrow record batches per table out.
+//!
+//! ```text
+//!  Begin(commit) ─┐
+//!  Row ───────────┼─▶ open batch per table (rows + the commit they belong to)
+//!  Commit ────────┘          │ full (rows/bytes) or old (delay) or schema change
+//!                            ▼
+//!            ChangeBatch { table, schema, RecordBatch, last mark }
+//! ```
+//!
+//! Rows are kept as decoded [`Datum`]s until the batch is cut, then built column
+//! by column. A batch never mixes two schema versions of a table: a new schema
+//! closes the open batch first. The batcher only answers "is anything full or
+//! old"; the coordinator decides when to cut, because a cut must cover every
+//! table at once for the acknowledged position to be meaningful.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::builder::{
+    BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Decimal256Builder,
+    FixedSizeBinaryBuilder, Float32Builder, Float64Builder, Int16Builder, Int32Builder,
+    Int64Builder, StringBuilder, Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
+    UInt64Builder,
+};
+use arrow_array::{Array, ArrayRef, ListArray, RecordBatch};
+use arrow_buffer::{NullBuffer, OffsetBuffer};
+use arrow_schema::{ArrowError, DataType, Field, Schema, TimeUnit};
+
+use crate::event::{CommitInfo, Datum, Mark, Op, RowChange, TableId};
+use crate::schema::TableSchema;
+use crate::types::{arrow_field, metadata_fields};
+
+/// When a batch is cut. Defaults are in the binary's config module.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub max_rows: usize,
+    pub max_bytes: usize,
+    pub max_delay: Duration,
+}
+
+/// A cut batch of one table, ready for a sink.
+#[derive(Debug, Clone)]
+pub struct ChangeBatch {
+    pub table: TableId,
+    pub schema: Arc<TableSchema>,
+    /// Source columns followed by the metadata columns.
+    pub batch: RecordBatch,
+    /// (`_tw_seq`, `_tw_ord`) of the last row in the batch.
+    pub last: Mark,
+}
+
+struct PendingRow {
+    op: Op,
+    ord: u64,
+    commit: Arc<CommitInfo>,
+    values: Vec<Datum>,
+}
+
+struct OpenBatch {
+    schema: Arc<TableSchema>,
+    rows: Vec<PendingRow>,
+}
+
+/// Collects row changes into per-table batches. Not thread-safe by design: one
+/// pipeline task owns it.
+pub struct Batcher {
+    limits: BatchLimits,
+    schemas: BTreeMap<TableId, Arc<TableSchema>>,
+    open: BTreeMap<TableId, OpenBatch>,
+    commit: Option<Arc<CommitInfo>>,
+    pending_rows: usize,
+    pending_bytes: usize,
+    oldest: Option<Instant>,
+}
+
+impl Batcher {
+    pub fn new(limits: BatchLimits) -> Self {
+        Self {
+            limits,
+            schemas: BTreeMap::new(),
+            open: BTreeMap::new(),
+            commit: None,
+            pending_rows: 0,
+            pending_bytes: 0,
+            oldest: None,
+        }
+    }
+
+    /// Registers a table schema. If a batch of an older version is open, it is
+    /// cut and returned so the caller can hand it to the sink first.
+    pub fn set_schema(&mut self, schema: Arc<TableSchema>) -> Result<Option<ChangeBatch>, ArrowError> {
+        let table = schema.table.clone();
+        let cut = match self.open.get(&table) {
+            Some(open) if open.schema.version != schema.version => self.cut_table(&table)?,
+            _ => None,
+        };
+        self.schemas.insert(table, schema);
+        Ok(cut)
+    }
+
+    pub fn schema(&self, table: &TableId) -> Option<&Arc<TableSchema>> {
+        self.schemas.get(table)
+    }
+
+    /// Starts a transaction: rows pushed until the next `begin` belong to it.
+    pub fn begin(&mut self, commit: CommitInfo) {
+        self.commit = Some(Arc::new(commit));
+    }
+
+    /// Adds a row of the current transaction. Fails when no schema is known for
+    /// the table or no transaction is open (a source bug).
+    pub fn push(&mut self, row: RowChange) -> Result<(), ArrowError> {
+        let commit = self
+            .commit
+            .clone()
+            .ok_or_else(|| ArrowError::InvalidArgumentError("row outside a transaction".into()))?;
+        let schema = self.schemas.get(&row.table).ok_or_else(|| {
+            ArrowError::InvalidArgumentError(format!("row for {} before its schema", row.table))
+        })?;
+        if row.op != Op::Truncate && row.values.len() != schema.columns.len() {
+            return Err(ArrowError::InvalidArgumentError(format!(
+                "row for {} has {} values, schema version {} has {} columns",
+                row.table,
+                row.values.len(),
+                schema.version,
+                schema.columns.len()
+            )));
+        }
+        self.pending_bytes += 64 + row.values.iter().map(datum_size).sum::<usize>();
+        self.pending_rows += 1;
+        self.oldest.get_or_insert_with(Instant::now);
+        let open = self.open.entry(row.table).or_insert_with(|| OpenBatch {
+            schema: schema.clone(),
+            rows: Vec::new(),
+        });
+        open.rows.push(PendingRow {
+            op: row.op,
+            ord: row.ord,
+            commit,
+            values: row.values,
+        });
+        Ok(())
+    }
+
+    /// True when the rows or bytes held reach a limit: cut now.
+    pub fn is_full(&self) -> bool {
+        self.pending_rows >= self.limits.max_rows || self.pending_bytes >= self.limits.max_bytes
+    }
+
+    /// When the oldest held row must be cut at the latest, if any row is held.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.oldest.map(|t| t + self.limits.max_delay)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending_rows == 0
+    }
+
+    pub fn pending_rows(&self) -> usize {
+        self.pending_rows
+    }
+
+    /// Cuts every open batch.
+    pub fn cut_all(&mut self) -> Result<Vec<ChangeBatch>, ArrowError> {
+        let tables: Vec<TableId> = self.open.keys().cloned().collect();
+        let mut out = Vec::with_capacity(tables.len());
+        for table in tables {
+            out.extend(self.cut_table(&table)?);
+        }
+        self.pending_rows = 0;
+        self.pending_bytes = 0;
+        self.oldest = None;
+        Ok(out)
+    }
+
+    fn cut_table(&mut self, table: &TableId) -> Result<Option<ChangeBatch>, ArrowError> {
+        let Some(open) = self.open.remove(table) else {
+            return Ok(None);
+        };
+        self.pending_rows = self.pending_rows.saturating_sub(open.rows.len());
+        build_batch(open).map(Some)
+    }
+}
+
+fn datum_size(datum: &Datum) -> usize {
+    match datum {
+        Datum::Text(s) => 16 + s.len(),
+        Datum::Bytes(b) => 16 + b.len(),
+        Datum::List(items) => 16 + items.iter().map(datum_size).sum::<usize>(),
+        _ => 16,
+    }
+}
+
+fn build_batch(open: OpenBatch) -> Result<ChangeBatch, ArrowError> {
+    let OpenBatch { schema, rows } = open;
+    let mut fields: Vec<Field> = schema.columns.iter().map(arrow_field).collect();
+    fields.extend(metadata_fields());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(fields.len());
+    for (index, column) in schema.columns.iter().enumerate() {
+        let values: Vec<&Datum> = rows
+            .iter()
+            .map(|row| row.values.get(index).unwrap_or(&Datum::Null))
+            .collect();
+        let array = build_array(fields[index].data_type(), &values).map_err(|err| {
+            ArrowError::InvalidArgumentError(format!(
+                "column {} of {}: {err}",
+                column.name, schema.table
+            ))
+        })?;
+        columns.push(array);
+    }
+
+    let mut op = StringBuilder::with_capacity(rows.len(), rows.len());
+    let mut seq = UInt64Builder::with_capacity(rows.len());
+    let mut ord = UInt64Builder::with_capacity(rows.len());
+    let mut position = StringBuilder::new();
+    let mut commit_ts = TimestampMicrosecondBuilder::with_capacity(rows.len());
+    let mut txid = StringBuilder::new();
+    for row in &rows {
+        op.append_value(row.op.code());
+        seq.append_value(row.commit.seq);
+        ord.append_value(row.ord);
+        position.append_value(&row.commit.position);
+        commit_ts.append_value(row.commit.commit_ts_us);
+        txid.append_option(row.commit.txid.as_deref());
+    }
+    columns.push(Arc::new(op.finish()));
+    columns.push(Arc::new(seq.finish()));
+    columns.push(Arc::new(ord.finish()));
+    columns.push(Arc::new(position.finish()));
+    columns.push(Arc::new(commit_ts.finish().with_timezone("UTC")));
+    columns.push(Arc::new(txid.finish()));
+
+    let last = rows
+        .last()
+        .map(|row| Mark::new(row.commit.seq, row.ord))
+        .unwrap_or_default();
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+    Ok(ChangeBatch {
+        table: schema.table.clone(),
+        schema,
+        batch,
+        last,
+    })
+}
+
+fn mismatch(expected: &DataType, got: &Datum) -> ArrowError {
+    ArrowError::InvalidArgumentError(format!("value {} does not fit {expected}", datum_kind(got)))
+}
+
+fn datum_kind(datum: &Datum) -> &'static str {
+    match datum {
+        Datum::Null => "null",
+        Datum::Bool(_) => "bool",
+        Datum::Int16(_) => "int16",
+        Datum::Int32(_) => "int32",
+        Datum::Int64(_) => "int64",
+        Datum::Float32(_) => "float32",
+        Datum::Float64(_) => "float64",
+        Datum::Decimal128(_) => "decimal128",
+        Datum::Decimal256(_) => "decimal256",
+        Datum::Text(_) => "text",
+        Datum::Bytes(_) => "bytes",
+        Datum::Date(_) => "date",
+        Datum::Timestamp(_) => "timestamp",
+        Datum::Time(_) => "time",
+        Datum::Uuid(_) => "uuid",
+        Datum::List(_) => "list",
+        Datum::Unchanged => "unchanged TOAST marker",
+    }
+}
+
+macro_rules! build_primitive {
+    ($builder:expr, $ty:expr, $values:expr, $variant:ident) => {{
+        let mut builder = $builder;
+        for value in $values {
+            match value {
+                Datum::Null => builder.append_null(),
+                Datum::$variant(v) => builder.append_value(v.clone()),
+                other => return Err(mismatch($ty, other)),
+            }
+        }
+        Arc::new(builder.finish()) as ArrayRef
+    }};
+}
+
+/// Builds one Arrow array of type `ty` from decoded values.
+pub(crate) fn build_array(ty: &DataType, values: &[&Datum]) -> Result<ArrayRef, ArrowError> {
+    let n = values.len();
+    let array: ArrayRef = match ty {
+        DataType::Boolean => build_primitive!(BooleanBuilder::with_capacity(n), ty, values, Bool),
+        DataType::Int16 => build_primitive!(Int16Builder::with_capacity(n), ty, values, Int16),
+        DataType::Int32 => build_primitive!(Int32Builder::with_capacity(n), ty, values, Int32),
+        DataType::Int64 => build_primitive!(Int64Builder::with_capacity(n), ty, values, Int64),
+        DataType::Float32 => build_primitive!(Float32Builder::with_capacity(n), ty, values, Float32),
+        DataType::Float64 => build_primitive!(Float64Builder::with_capacity(n), ty, values, Float64),
+        DataType::Date32 => build_primitive!(Date32Builder::with_capacity(n), ty, values, Date),
+        DataType::Time64(TimeUnit::Microsecond) => {
+            build_primitive!(Time64MicrosecondBuilder::with_capacity(n), ty, values, Time)
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, tz) => {
+            let mut builder = TimestampMicrosecondBuilder::with_capacity(n);
+            for value in values {
+                match value {
+                    Datum::Null => builder.append_null(),
+                    Datum::Timestamp(v) => builder.append_value(*v),
+                    other => return Err(mismatch(ty, other)),
+                }
+            }
+            Arc::new(builder.finish().with_timezone_opt(tz.clone()))
+        }
+        DataType::Decimal128(precision, scale) => {
+            let builder = build_primitive!(Decimal128Builder::with_capacity(n), ty, values, Decimal128);
+            let array = builder
+                .as_any()
+                .downcast_ref::<arrow_array::Decimal128Array>()
+                .expect("built as decimal128")
+                .clone()
+                .with_precision_and_scale(*precision, *scale)?;
+            Arc::new(array)
+        }
+        DataType::Decimal256(precision, scale) => {
+            let builder = build_primitive!(Decimal256Builder::with_capacity(n), ty, values, Decimal256);
+            let array = builder
+                .as_any()
+                .downcast_ref::<arrow_array::Decimal256Array>()
+                .expect("built as decimal256")
+                .clone()
+                .with_precision_and_scale(*precision, *scale)?;
+            Arc::new(array)
+        }
+        DataType::Utf8 => {
+            let mut builder = StringBuilder::with_capacity(n, n * 16);
+            for value in values {
+                match value {
+                    Datum::Null => builder.append_null(),
+                    Datum::Text(v) => builder.append_value(v),
+                    other => return Err(mismatch(ty, other)),
+                }
+            }
+            Arc::new(builder.finish())
+        }
+        DataType::Binary => {
+            let mut builder = BinaryBuilder::with_capacity(n, n * 16);
+            for value in values {
+                match value {
+                    Datum::Null => builder.append_null(),
+                    Datum::Bytes(v) => builder.append_value(v),
+                    other => return Err(mismatch(ty, other)),
+                }
+            }
+            Arc::new(builder.finish())
+        }
+        DataType::FixedSizeBinary(16) => {
+            let mut builder = FixedSizeBinaryBuilder::with_capacity(n, 16);
+            for value in values {
+                match value {
+                    Datum::Null => builder.append_null(),
+                    Datum::Uuid(v) => builder.append_value(v)?,
+                    other => return Err(mismatch(ty, other)),
+                }
+            }
+            Arc::new(builder.finish())
+        }
+        DataType::List(element) => {
+            let mut offsets = Vec::with_capacity(n + 1);
+            let mut valid = Vec::with_capacity(n);
+            let mut children: Vec<&Datum> = Vec::new();
+            offsets.push(0i32);
+            for value in values {
+                match value {
+                    Datum::Null => valid.push(false),
+                    Datum::List(items) => {
+                        valid.push(true);
+                        children.extend(items.iter());
+                    }
+                    other => return Err(mismatch(ty, other)),
+                }
+                let end = i32::try_from(children.len()).map_err(|_| {
+                    ArrowError::InvalidArgumentError("list batch over 2^31 elements".into())
+                })?;
+                offsets.push(end);
+            }
+            let child = build_array(element.data_type(), &children)?;
+            let nulls = NullBuffer::from(valid);
+            Arc::new(ListArray::try_new(
+                element.clone(),
+                OffsetBuffer::new(offsets.into()),
+                child,
+                Some(nulls).filter(|n| n.null_count() > 0),
+            )?)
+        }
+        other => {
+            return Err(ArrowError::NotYetImplemented(format!(
+                "no builder for arrow type {other}"
+            )))
+        }
+    };
+    Ok(array)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{Column, ColumnType};
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Int32Type, UInt64Type};
+
+    fn schema(version: u64) -> Arc<TableSchema> {
+        Arc::new(TableSchema {
+            table: TableId::new("public", "t"),
+            version,
+            columns: vec![
+                Column {
+                    name: "id".into(),
+                    ty: ColumnType::Int32,
+                    source_type: "integer".into(),
+                    key: true,
+                },
+                Column {
+                    name: "tags".into(),
+                    ty: ColumnType::List(Box::new(ColumnType::Text)),
+                    source_type: "text[]".into(),
+                    key: false,
+                },
+            ],
+        })
+    }
+
+    fn commit(seq: u64) -> CommitInfo {
+        CommitInfo {
+            seq,
+            position: format!("0/{seq:X}"),
+            commit_ts_us: 0,
+            txid: None,
+        }
+    }
+
+    fn limits() -> BatchLimits {
+        BatchLimits {
+            max_rows: 3,
+            max_bytes: usize::MAX,
+            max_delay: Duration::from_secs(60),
+        }
+    }
+
+    fn row(id: i32, ord: u64) -> RowChange {
+        RowChange {
+            table: TableId::new("public", "t"),
+            op: Op::Insert,
+            ord,
+            values: vec![
+                Datum::Int32(id),
+                Datum::List(vec![Datum::Text("a".into()), Datum::Null]),
+            ],
+        }
+    }
+
+    #[test]
+    fn cuts_when_full_and_keeps_marks() {
+        let mut batcher = Batcher::new(limits());
+        assert!(batcher.set_schema(schema(1)).unwrap().is_none());
+        batcher.begin(commit(10));
+        batcher.push(row(1, 1)).unwrap();
+        batcher.push(row(2, 2)).unwrap();
+        assert!(!batcher.is_full());
+        batcher.begin(commit(20));
+        batcher.push(row(3, 1)).unwrap();
+        assert!(batcher.is_full());
+        let batches = batcher.cut_all().unwrap();
+        assert_eq!(batches.len(), 1);
+        let batch = &batches[0];
+        assert_eq!(batch.last, Mark::new(20, 1));
+        let ids = batch.batch.column(0).as_primitive::<Int32Type>();
+        assert_eq!(ids.values().to_vec(), vec![1, 2, 3]);
+        let seqs = batch.batch.column_by_name("_tw_seq").unwrap();
+        assert_eq!(seqs.as_primitive::<UInt64Type>().values().to_vec(), vec![10, 10, 20]);
+        let tags = batch.batch.column(1).as_list::<i32>();
+        assert_eq!(tags.value(2).len(), 2);
+        assert!(tags.value(2).is_null(1));
+        assert!(batcher.is_empty());
+    }
+
+    #[test]
+    fn schema_change_closes_the_open_batch() {
+        let mut batcher = Batcher::new(limits());
+        batcher.set_schema(schema(1)).unwrap();
+        batcher.begin(commit(10));
+        batcher.push(row(1, 1)).unwrap();
+        let cut = batcher.set_schema(schema(2)).unwrap().expect("old batch cut");
+        assert_eq!(cut.schema.version, 1);
+        assert_eq!(cut.batch.num_rows(), 1);
+        assert!(batcher.is_empty());
+    }
+
+    #[test]
+    fn wrong_value_kind_is_an_error_not_a_panic() {
+        let mut batcher = Batcher::new(limits());
+        batcher.set_schema(schema(1)).unwrap();
+        batcher.begin(commit(10));
+        let mut bad = row(1, 1);
+        bad.values[0] = Datum::Text("x".into());
+        batcher.push(bad).unwrap();
+        let err = batcher.cut_all().unwrap_err();
+        assert!(err.to_string().contains("column id"), "{err}");
+    }
+}

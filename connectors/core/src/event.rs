@@ -1,0 +1,158 @@
+//! The change model: what a source yields, in commit order.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::schema::TableSchema;
+
+/// A source table, named as the lake names it: `<schema or database>.<table>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableId {
+    pub schema: String,
+    pub table: String,
+}
+
+impl TableId {
+    pub fn new(schema: impl Into<String>, table: impl Into<String>) -> Self {
+        Self {
+            schema: schema.into(),
+            table: table.into(),
+        }
+    }
+}
+
+impl fmt::Display for TableId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+/// The kind of a change, as written to `_tw_op`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// A row read by a snapshot (`r`).
+    Read,
+    /// An insert (`c`).
+    Insert,
+    /// An update, carrying the new row image (`u`).
+    Update,
+    /// A delete, carrying the old image or at least the key (`d`).
+    Delete,
+    /// The table was truncated (`t`): every earlier row of the table is gone.
+    /// The row carries no column values.
+    Truncate,
+}
+
+impl Op {
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Read => "r",
+            Op::Insert => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+            Op::Truncate => "t",
+        }
+    }
+}
+
+/// The position of one change in the source's total order: (`_tw_seq`, `_tw_ord`).
+///
+/// `seq` identifies the source commit and increases strictly from commit to
+/// commit; `ord` numbers the changes inside it from 1. Snapshot rows share the
+/// snapshot's `seq` and are numbered by row. A lake table records the mark of the
+/// last change it holds; on restart every change at or below it is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Mark {
+    pub seq: u64,
+    pub ord: u64,
+}
+
+impl Mark {
+    pub const ZERO: Mark = Mark { seq: 0, ord: 0 };
+
+    pub fn new(seq: u64, ord: u64) -> Self {
+        Self { seq, ord }
+    }
+}
+
+impl fmt::Display for Mark {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.seq, self.ord)
+    }
+}
+
+/// One column value, already decoded from the source's wire format into the
+/// representation of its Arrow type (see [`crate::arrow_type`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Datum {
+    Null,
+    Bool(bool),
+    Int16(i16),
+    Int32(i32),
+    Int64(i64),
+    Float32(f32),
+    Float64(f64),
+    /// Unscaled value of a Decimal128 column (the column type holds the scale).
+    Decimal128(i128),
+    /// Exact decimal text of a Decimal256 column, already at the column's scale.
+    Decimal256(arrow_buffer::i256),
+    Text(String),
+    Bytes(Vec<u8>),
+    /// Days since 1970-01-01.
+    Date(i32),
+    /// Microseconds since 1970-01-01 (UTC or wall clock, per the column type).
+    Timestamp(i64),
+    /// Microseconds since midnight.
+    Time(i64),
+    Uuid([u8; 16]),
+    List(Vec<Datum>),
+    /// Postgres sent "unchanged TOAST value" and no old image carried it. A source
+    /// must resolve this before the row reaches the batcher.
+    Unchanged,
+}
+
+/// One row change of one table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowChange {
+    pub table: TableId,
+    pub op: Op,
+    /// Position inside the transaction (from 1), or the row number in a snapshot.
+    pub ord: u64,
+    /// Values in the order of the table schema's columns. Empty for truncates.
+    pub values: Vec<Datum>,
+}
+
+/// What a source knows about the commit a row belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitInfo {
+    /// `_tw_seq` of every row in the transaction.
+    pub seq: u64,
+    /// Resumable position after this transaction, human readable (`_tw_position`).
+    pub position: String,
+    /// Commit time, microseconds since the Unix epoch, UTC.
+    pub commit_ts_us: i64,
+    /// Source transaction id, when known.
+    pub txid: Option<String>,
+}
+
+/// What a source yields. Events arrive in commit order; the rows of one
+/// transaction arrive between its `Begin` and `Commit`.
+#[derive(Debug, Clone)]
+pub enum ChangeEvent {
+    /// A transaction starts; `commit` describes the commit it will end with
+    /// (Postgres announces the final LSN up front).
+    Begin(CommitInfo),
+    /// A table's schema, sent before the first row that uses it and again after
+    /// every change. Its `version` increases with each change.
+    Schema(Arc<TableSchema>),
+    Row(RowChange),
+    /// The transaction is complete; every change up to it may be made durable and
+    /// acknowledged once the sink says so.
+    Commit(CommitInfo),
+    /// The source is alive and has nothing to send up to this position: it is
+    /// safe to acknowledge when nothing is pending.
+    Heartbeat { seq: u64, position: String },
+    /// The consistent snapshot is complete (it was delivered as one transaction
+    /// whose `Commit` came just before); streaming continues from `position`.
+    SnapshotDone { seq: u64, position: String },
+}

@@ -1,0 +1,28 @@
+//! The contract every tidewater connector speaks.
+//!
+//! A source turns its database log into [`ChangeEvent`]s; the [`Batcher`] turns
+//! row changes into Arrow record batches per (table, schema version) with the
+//! lake metadata columns; a sink makes those batches durable and reports back
+//! the mark it reached. This crate owns the pieces shared by every connector so
+//! that the Postgres source, the MySQL source and every sink agree on them:
+//!
+//! * the change model: [`ChangeEvent`], [`RowChange`], [`Datum`], [`Mark`];
+//! * versioned table schemas: [`TableSchema`], [`ColumnType`];
+//! * the one mapping from source column types to Arrow types ([`arrow_type`]);
+//! * the [`Batcher`] (max rows / bytes / delay);
+//! * the [`Source`] and [`Sink`] traits with their contracts;
+//! * error classes ([`ErrorClass`]) every connector error maps to.
+
+mod batch;
+mod error;
+mod event;
+mod schema;
+mod traits;
+mod types;
+
+pub use batch::{BatchLimits, Batcher, ChangeBatch};
+pub use error::ErrorClass;
+pub use event::{ChangeEvent, CommitInfo, Datum, Mark, Op, RowChange, TableId};
+pub use schema::{Column, ColumnType, TableSchema};
+pub use traits::{Problem, Sink, Source};
+pub use types::{arrow_field, arrow_type, metadata_fields, META_COLUMNS, SOURCE_TYPE_KEY};

@@ -1,0 +1,174 @@
+//! What the Postgres catalog tells us: which tables the config selects and
+//! their columns, with the same key flags pgoutput's Relation message sends.
+
+use std::collections::HashMap;
+
+use tidewater_core::{Column, TableId};
+use tokio_postgres::Client;
+
+use crate::types::column_type;
+
+/// Include/exclude patterns over `schema.table`, `*` and `?` as wildcards.
+#[derive(Debug, Clone, Default)]
+pub struct TableFilter {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+impl TableFilter {
+    pub fn matches(&self, table: &TableId) -> bool {
+        let name = table.to_string();
+        self.include.iter().any(|p| glob(p, &name)) && !self.exclude.iter().any(|p| glob(p, &name))
+    }
+}
+
+/// Glob match with `*` (any run) and `?` (one char).
+fn glob(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Ordinary and partitioned tables outside the system schemas that `filter`
+/// selects, sorted.
+pub async fn list_tables(
+    client: &Client,
+    filter: &TableFilter,
+) -> Result<Vec<TableId>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT n.nspname, c.relname FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg\\_toast%' \
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| TableId::new(row.get::<_, String>(0), row.get::<_, String>(1)))
+        .filter(|table| filter.matches(table))
+        .collect())
+}
+
+/// Columns of a table as pgoutput will describe them: generated columns are
+/// left out (pgoutput does not send them), and key flags follow the table's
+/// replica identity.
+pub async fn table_columns(
+    client: &Client,
+    table: &TableId,
+) -> Result<Vec<Column>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT a.attname, a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod), \
+               CASE c.relreplident \
+                 WHEN 'f' THEN true \
+                 WHEN 'n' THEN false \
+                 WHEN 'd' THEN coalesce(a.attnum = ANY(pk.indkey::int2[]), false) \
+                 ELSE coalesce(a.attnum = ANY(ri.indkey::int2[]), false) \
+               END \
+             FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid \
+             LEFT JOIN pg_index pk ON pk.indrelid = c.oid AND pk.indisprimary \
+             LEFT JOIN pg_index ri ON ri.indrelid = c.oid AND ri.indisreplident \
+             WHERE a.attrelid = (quote_ident($1) || '.' || quote_ident($2))::regclass \
+               AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+             ORDER BY a.attnum",
+            &[&table.schema, &table.table],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let type_oid: u32 = row.get(1);
+            let type_modifier: i32 = row.get(2);
+            Column {
+                name: row.get(0),
+                ty: column_type(type_oid, type_modifier),
+                source_type: row.get(3),
+                key: row.get(4),
+            }
+        })
+        .collect())
+}
+
+/// Caches `format_type(oid, typmod)` for Relation messages.
+#[derive(Default)]
+pub struct TypeNames {
+    names: HashMap<(u32, i32), String>,
+}
+
+impl TypeNames {
+    pub async fn name(
+        &mut self,
+        client: &Client,
+        type_oid: u32,
+        type_modifier: i32,
+    ) -> Result<String, tokio_postgres::Error> {
+        if let Some(name) = self.names.get(&(type_oid, type_modifier)) {
+            return Ok(name.clone());
+        }
+        let row = client
+            .query_one(
+                "SELECT format_type($1::oid, $2)",
+                &[&type_oid, &type_modifier],
+            )
+            .await?;
+        let name: String = row.get(0);
+        self.names.insert((type_oid, type_modifier), name.clone());
+        Ok(name)
+    }
+}
+
+/// Quotes an identifier for SQL text.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+pub fn quote_table(table: &TableId) -> String {
+    format!("{}.{}", quote_ident(&table.schema), quote_ident(&table.table))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_patterns() {
+        assert!(glob("public.*", "public.orders"));
+        assert!(!glob("public.*", "shop.orders"));
+        assert!(glob("*.ord?rs", "x.orders"));
+        assert!(glob("*", "a.b"));
+        assert!(!glob("public.order", "public.orders"));
+        let filter = TableFilter {
+            include: vec!["public.*".into()],
+            exclude: vec!["public.audit_*".into()],
+        };
+        assert!(filter.matches(&TableId::new("public", "orders")));
+        assert!(!filter.matches(&TableId::new("public", "audit_log")));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+    }
+}

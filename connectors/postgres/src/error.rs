@@ -1,0 +1,114 @@
+use pgwire_replication::PgWireError;
+use tidewater_core::{ErrorClass, TableId};
+
+use crate::copy::CopyError;
+use crate::pgoutput::DecodeError;
+use crate::value::ValueError;
+
+/// Everything the Postgres source can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PostgresError {
+    #[error("source.url is not a valid Postgres connection url")]
+    Url {
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("source.url names no {what}")]
+    UrlPart { what: &'static str },
+    #[error("cannot connect to Postgres at {target}")]
+    Connect {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("{what}")]
+    Query {
+        what: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("replication connection failed")]
+    Replication {
+        #[source]
+        source: PgWireError,
+    },
+    #[error(
+        "replication slot {slot:?} does not exist, but the lake holds changes up to {position}\n\
+         hint: the changes since then are gone from the server's log; drop the lake tables \
+         under this pipeline (or pick a new pipeline name) and run again to re-snapshot"
+    )]
+    SlotLost { slot: String, position: String },
+    #[error("replication slot {slot:?} is in use by another process (pid {pid})")]
+    SlotBusy { slot: String, pid: i32 },
+    #[error("the replication stream ended unexpectedly")]
+    StreamEnded,
+    #[error("malformed pgoutput message")]
+    Decode {
+        #[source]
+        source: DecodeError,
+    },
+    #[error("column {column} of {table}")]
+    Value {
+        table: TableId,
+        column: String,
+        #[source]
+        source: ValueError,
+    },
+    #[error(
+        "update of {table} left TOASTed column {column} unchanged and the server did not send \
+         its value\nhint: ALTER TABLE {table} REPLICA IDENTITY FULL; makes Postgres send it"
+    )]
+    UnchangedToast { table: TableId, column: String },
+    #[error("row change for relation oid {oid} before its Relation message")]
+    UnknownRelation { oid: u32 },
+    #[error("snapshot of {table}")]
+    Copy {
+        table: TableId,
+        #[source]
+        source: CopyError,
+    },
+    #[error("snapshot of {table}: row has {got} fields, expected {expected}")]
+    CopyShape {
+        table: TableId,
+        got: usize,
+        expected: usize,
+    },
+    #[error("the source was used out of order: {what}")]
+    Misuse { what: &'static str },
+}
+
+impl PostgresError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            PostgresError::Url { .. } | PostgresError::UrlPart { .. } => ErrorClass::Config,
+            PostgresError::SlotLost { .. } => ErrorClass::Config,
+            PostgresError::Connect { .. }
+            | PostgresError::Query { .. }
+            | PostgresError::StreamEnded
+            | PostgresError::SlotBusy { .. } => ErrorClass::Transient,
+            PostgresError::Replication { source } => {
+                if source.is_transient() {
+                    ErrorClass::Transient
+                } else if source.is_auth() {
+                    ErrorClass::Config
+                } else {
+                    ErrorClass::Transient
+                }
+            }
+            PostgresError::Value { .. } | PostgresError::UnchangedToast { .. } => {
+                ErrorClass::Definite
+            }
+            PostgresError::Decode { .. }
+            | PostgresError::UnknownRelation { .. }
+            | PostgresError::Copy { .. }
+            | PostgresError::CopyShape { .. }
+            | PostgresError::Misuse { .. } => ErrorClass::Internal,
+        }
+    }
+}
+
+pub(crate) fn query_error(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> PostgresError {
+    let what = what.into();
+    move |source| PostgresError::Query { what, source }
+}

@@ -1,0 +1,17 @@
+//! Postgres source: pgoutput logical replication with a consistent initial
+//! snapshot. See [`source`] for the flow and how progress is acknowledged.
+
+mod catalog;
+mod copy;
+mod error;
+pub mod pgoutput;
+mod preflight;
+pub mod source;
+mod types;
+pub mod value;
+
+pub use catalog::TableFilter;
+pub use error::PostgresError;
+pub use pgwire_replication::Lsn;
+pub use preflight::preflight;
+pub use source::{PostgresConfig, PostgresSource, SlotState};

@@ -1,0 +1,142 @@
+//! Preflight: every server setting and privilege the source needs, each problem
+//! with the statement that fixes it. Reads only.
+
+use tidewater_core::{Problem, TableId};
+use tokio_postgres::Client;
+
+use crate::catalog::quote_table;
+use crate::error::{query_error, PostgresError};
+use crate::source::PostgresConfig;
+
+/// Oldest server the pipeline supports: pgwire-replication always asks for the
+/// `messages` option of pgoutput, which Postgres 14 introduced.
+const MIN_SERVER_VERSION: i32 = 140_000;
+
+pub async fn preflight(
+    client: &Client,
+    config: &PostgresConfig,
+    tables: &[TableId],
+) -> Result<Vec<Problem>, PostgresError> {
+    let mut problems = Vec::new();
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, current_setting('wal_level'), \
+               current_setting('max_replication_slots')::int, \
+               current_setting('max_wal_senders')::int, \
+               (SELECT count(*) FROM pg_replication_slots)::int, \
+               (SELECT count(*) FROM pg_stat_replication)::int, \
+               EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1), \
+               r.rolreplication OR r.rolsuper, current_user::text, \
+               has_database_privilege(current_database(), 'CREATE'), \
+               EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $2), \
+               r.rolsuper \
+             FROM pg_roles r WHERE r.rolname = current_user",
+            &[&config.slot, &config.publication],
+        )
+        .await
+        .map_err(query_error("reading server settings"))?;
+    let version: i32 = row.get(0);
+    let wal_level: String = row.get(1);
+    let max_slots: i32 = row.get(2);
+    let max_senders: i32 = row.get(3);
+    let used_slots: i32 = row.get(4);
+    let used_senders: i32 = row.get(5);
+    let slot_exists: bool = row.get(6);
+    let can_replicate: bool = row.get(7);
+    let user: String = row.get(8);
+    let can_create: bool = row.get(9);
+    let publication_exists: bool = row.get(10);
+    let superuser: bool = row.get(11);
+
+    if version < MIN_SERVER_VERSION {
+        problems.push(Problem {
+            what: format!("server_version_num is {version}, tidewater needs Postgres 14 or newer"),
+            fix: "upgrade the server to Postgres 14 or newer".into(),
+        });
+    }
+    if wal_level != "logical" {
+        problems.push(Problem {
+            what: format!("wal_level is {wal_level:?}, expected \"logical\""),
+            fix: "ALTER SYSTEM SET wal_level = logical; then restart the server".into(),
+        });
+    }
+    if !slot_exists && used_slots >= max_slots {
+        problems.push(Problem {
+            what: format!(
+                "max_replication_slots is {max_slots} and all are in use; the pipeline needs one"
+            ),
+            fix: format!(
+                "ALTER SYSTEM SET max_replication_slots = {}; then restart the server",
+                max_slots + 1
+            ),
+        });
+    }
+    if used_senders >= max_senders {
+        problems.push(Problem {
+            what: format!("max_wal_senders is {max_senders} and all are in use"),
+            fix: format!(
+                "ALTER SYSTEM SET max_wal_senders = {}; then restart the server",
+                max_senders + 1
+            ),
+        });
+    }
+    if !can_replicate {
+        problems.push(Problem {
+            what: format!("role {user:?} lacks the REPLICATION attribute"),
+            fix: format!("ALTER ROLE {} WITH REPLICATION;", crate::catalog::quote_ident(&user)),
+        });
+    }
+    if tables.is_empty() {
+        problems.push(Problem {
+            what: format!(
+                "source.tables {:?} (exclude {:?}) matches no table",
+                config.filter.include, config.filter.exclude
+            ),
+            fix: "set source.tables to patterns like \"public.*\" that match existing tables"
+                .into(),
+        });
+    }
+    for table in tables {
+        let row = client
+            .query_one(
+                "SELECT has_table_privilege((quote_ident($1) || '.' || quote_ident($2))::regclass, 'SELECT'), \
+                   pg_get_userbyid(c.relowner) = current_user \
+                 FROM pg_class c WHERE c.oid = (quote_ident($1) || '.' || quote_ident($2))::regclass",
+                &[&table.schema, &table.table],
+            )
+            .await
+            .map_err(query_error(format!("checking privileges on {table}")))?;
+        let can_select: bool = row.get(0);
+        let owns: bool = row.get(1);
+        if !can_select {
+            problems.push(Problem {
+                what: format!("role {user:?} cannot SELECT from {table} (needed for the snapshot)"),
+                fix: format!("GRANT SELECT ON {} TO {};", quote_table(table), crate::catalog::quote_ident(&user)),
+            });
+        }
+        if !publication_exists && !owns && !superuser {
+            problems.push(Problem {
+                what: format!(
+                    "publication {:?} does not exist and role {user:?} does not own {table}, so it cannot create it",
+                    config.publication
+                ),
+                fix: format!(
+                    "as the table owner: CREATE PUBLICATION {} FOR TABLE {};",
+                    crate::catalog::quote_ident(&config.publication),
+                    tables.iter().map(quote_table).collect::<Vec<_>>().join(", ")
+                ),
+            });
+            break;
+        }
+    }
+    if !publication_exists && !can_create {
+        problems.push(Problem {
+            what: format!("role {user:?} cannot create publications in this database"),
+            fix: format!(
+                "GRANT CREATE ON DATABASE <this database> TO {};",
+                crate::catalog::quote_ident(&user)
+            ),
+        });
+    }
+    Ok(problems)
+}

@@ -1,0 +1,779 @@
+//! The Postgres source: consistent snapshot, then the pgoutput stream.
+//!
+//! ```text
+//!            control connection (tokio-postgres)      replication connection
+//!                     │                                 (pgwire-replication)
+//!  start_snapshot ────┼── CREATE PUBLICATION (if missing)      │
+//!                     │                          CREATE_REPLICATION_SLOT … EXPORT_SNAPSHOT
+//!                     │                               ──▶ consistent point CP, snapshot S
+//!                     │  BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT S
+//!                     │  COPY each table ──▶ Row(r), _tw_seq = CP-1
+//!                     │  COMMIT                               │
+//!                     │                               START_REPLICATION SLOT … LOGICAL 0/0
+//!  next_event ◀───────┼──────────────── Begin/Relation/Insert/Update/Delete/Truncate/Commit
+//!  ack(seq) ──────────┼─────────────────▶ standby status update (flush = end LSN of seq)
+//! ```
+//!
+//! The slot keeps the replication connection idle while the COPYs run, which
+//! keeps the exported snapshot alive; starting replication on that same session
+//! then streams exactly the transactions that committed after CP — no gap, no
+//! double count. Snapshot rows carry `_tw_seq = CP - 1` so they sort before any
+//! streamed transaction (whose commit LSN is at least CP).
+//!
+//! Progress: the source never acknowledges anything on its own. `ack` is given
+//! the `_tw_seq` (commit LSN) of the last transaction durable in every table;
+//! the source maps it to that commit's end LSN, which is what the server needs to
+//! skip it on the next start. Restarting always asks for LSN 0/0, i.e. the slot's
+//! confirmed position.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use pgwire_replication::{
+    Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
+};
+use tidewater_core::{
+    ChangeEvent, Column, CommitInfo, Datum, Op, RowChange, TableId, TableSchema,
+};
+use tokio_postgres::{Client, CopyOutStream, NoTls};
+use tracing::{debug, info, warn};
+
+use crate::catalog::{list_tables, quote_ident, quote_table, table_columns, TableFilter, TypeNames};
+use crate::copy::split_line;
+use crate::error::{query_error, PostgresError};
+use crate::pgoutput::{self, Cell, Message, OldTuple, Relation};
+use crate::types::column_type;
+use crate::value;
+
+/// Session settings that make the server's text output what [`value`] parses.
+const SESSION_SETTINGS: [(&str, &str); 5] = [
+    ("DateStyle", "ISO"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+    ("IntervalStyle", "postgres"),
+];
+
+/// Microseconds between 1970-01-01 and 2000-01-01, the Postgres epoch.
+const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+
+/// How often the replication connection reports progress to the server; short so
+/// an ack reaches the server promptly and before shutdown.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long shutdown waits for the last acknowledgement to go out.
+const FINAL_ACK_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    pub url: String,
+    pub filter: TableFilter,
+    pub slot: String,
+    pub publication: String,
+    pub application_name: String,
+}
+
+impl PostgresConfig {
+    /// Slot and publication names derived from a pipeline name.
+    pub fn names_for(pipeline: &str) -> (String, String) {
+        let clean: String = pipeline
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .collect();
+        (format!("tidewater_{clean}"), format!("tidewater_{clean}"))
+    }
+}
+
+/// State of the replication slot as the server reports it.
+#[derive(Debug, Clone)]
+pub struct SlotState {
+    pub confirmed_flush: Option<Lsn>,
+    pub active_pid: Option<i32>,
+    pub wal_status: Option<String>,
+    pub retained_bytes: Option<i64>,
+}
+
+struct SnapshotPhase {
+    repl: ReplicationClient,
+    commit: CommitInfo,
+    queue: VecDeque<TableId>,
+    copy: Option<CopyState>,
+    begun: bool,
+}
+
+struct CopyState {
+    schema: Arc<TableSchema>,
+    stream: Pin<Box<CopyOutStream>>,
+    buffer: Vec<u8>,
+    row: u64,
+}
+
+struct RelationState {
+    included: bool,
+    schema: Option<Arc<TableSchema>>,
+}
+
+pub struct PostgresSource {
+    config: PostgresConfig,
+    client: Client,
+    repl_config: ReplicationConfig,
+    snapshot: Option<SnapshotPhase>,
+    repl: Option<ReplicationClient>,
+    relations: HashMap<u32, RelationState>,
+    schemas: HashMap<TableId, Arc<TableSchema>>,
+    type_names: TypeNames,
+    pending: VecDeque<ChangeEvent>,
+    ord: u64,
+    /// (commit LSN, end LSN) of streamed commits not yet acknowledged.
+    commits: VecDeque<(u64, u64)>,
+    last_ack: u64,
+}
+
+impl PostgresSource {
+    /// Opens the control connection. Nothing is changed on the server.
+    pub async fn connect(config: PostgresConfig) -> Result<Self, PostgresError> {
+        let pg_config = tokio_postgres::Config::from_str(&config.url)
+            .map_err(|source| PostgresError::Url { source })?;
+        let target = describe_target(&pg_config);
+        let (client, connection) = pg_config
+            .connect(NoTls)
+            .await
+            .map_err(|source| PostgresError::Connect {
+                target: target.clone(),
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                debug!(error = %err, "control connection closed");
+            }
+        });
+        let settings: String = SESSION_SETTINGS
+            .iter()
+            .map(|(k, v)| format!("SET {k} = '{v}';"))
+            .collect();
+        client
+            .batch_execute(&settings)
+            .await
+            .map_err(query_error("setting session parameters"))?;
+        let repl_config = replication_config(&pg_config, &config)?;
+        Ok(Self {
+            config,
+            client,
+            repl_config,
+            snapshot: None,
+            repl: None,
+            relations: HashMap::new(),
+            schemas: HashMap::new(),
+            type_names: TypeNames::default(),
+            pending: VecDeque::new(),
+            ord: 0,
+            commits: VecDeque::new(),
+            last_ack: 0,
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn config(&self) -> &PostgresConfig {
+        &self.config
+    }
+
+    /// Tables the config selects, as they exist now.
+    pub async fn tables(&self) -> Result<Vec<TableId>, PostgresError> {
+        list_tables(&self.client, &self.config.filter)
+            .await
+            .map_err(query_error("listing tables"))
+    }
+
+    pub async fn slot_state(&self) -> Result<Option<SlotState>, PostgresError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text, active_pid, wal_status, \
+                   (pg_current_wal_lsn() - restart_lsn)::int8 \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.config.slot],
+            )
+            .await
+            .map_err(query_error("reading the replication slot"))?;
+        Ok(row.map(|row| SlotState {
+            confirmed_flush: row
+                .get::<_, Option<String>>(0)
+                .and_then(|s| Lsn::parse(&s).ok()),
+            active_pid: row.get(1),
+            wal_status: row.get(2),
+            retained_bytes: row.get(3),
+        }))
+    }
+
+    pub async fn drop_slot(&self) -> Result<(), PostgresError> {
+        self.client
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&self.config.slot],
+            )
+            .await
+            .map_err(query_error("dropping the replication slot"))?;
+        Ok(())
+    }
+
+    /// Creates the publication over `tables` when it is missing.
+    async fn ensure_publication(&self, tables: &[TableId]) -> Result<(), PostgresError> {
+        let exists = self
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                &[&self.config.publication],
+            )
+            .await
+            .map_err(query_error("reading publications"))?
+            .is_some();
+        if exists {
+            let rows = self
+                .client
+                .query(
+                    "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1",
+                    &[&self.config.publication],
+                )
+                .await
+                .map_err(query_error("reading the publication's tables"))?;
+            let published: Vec<TableId> = rows
+                .iter()
+                .map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+                .collect();
+            let missing: Vec<String> = tables
+                .iter()
+                .filter(|t| !published.contains(t))
+                .map(|t| t.to_string())
+                .collect();
+            if !missing.is_empty() {
+                warn!(
+                    publication = %self.config.publication,
+                    tables = %missing.join(", "),
+                    "tables match the config but are not in the publication; they are not replicated"
+                );
+            }
+            return Ok(());
+        }
+        let list: Vec<String> = tables.iter().map(quote_table).collect();
+        let sql = format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            quote_ident(&self.config.publication),
+            list.join(", ")
+        );
+        self.client
+            .batch_execute(&sql)
+            .await
+            .map_err(query_error(format!(
+                "creating publication {}",
+                self.config.publication
+            )))?;
+        info!(publication = %self.config.publication, tables = tables.len(), "created publication");
+        Ok(())
+    }
+
+    /// Creates the slot with an exported snapshot and queues a consistent copy of
+    /// `tables`; `next_event` then yields the snapshot and continues with the
+    /// stream. The slot must not exist.
+    pub async fn start_snapshot(&mut self, tables: Vec<TableId>) -> Result<(), PostgresError> {
+        self.ensure_publication(&tables).await?;
+        let mut repl = ReplicationClient::connect_gated(self.repl_config.clone())
+            .await
+            .map_err(|source| PostgresError::Replication { source })?;
+        let rows = repl
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
+                quote_ident(&self.config.slot)
+            ))
+            .await
+            .map_err(|source| PostgresError::Replication { source })?;
+        let field = |i: usize| -> Option<String> {
+            rows.first()?
+                .get(i)?
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+        };
+        let consistent_point = field(1)
+            .and_then(|s| Lsn::parse(&s).ok())
+            .ok_or(PostgresError::Misuse {
+                what: "CREATE_REPLICATION_SLOT returned no consistent point",
+            })?;
+        let snapshot_name = field(2).ok_or(PostgresError::Misuse {
+            what: "CREATE_REPLICATION_SLOT returned no snapshot name",
+        })?;
+        info!(slot = %self.config.slot, consistent_point = %consistent_point, "created replication slot");
+        self.client
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+                snapshot_name.replace('\'', "''")
+            ))
+            .await
+            .map_err(query_error("opening the snapshot transaction"))?;
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        self.snapshot = Some(SnapshotPhase {
+            repl,
+            commit: CommitInfo {
+                seq: consistent_point.0.saturating_sub(1),
+                position: consistent_point.to_string(),
+                commit_ts_us: now_us,
+                txid: None,
+            },
+            queue: tables.into(),
+            copy: None,
+            begun: false,
+        });
+        Ok(())
+    }
+
+    /// Starts streaming from the slot's confirmed position.
+    pub async fn start_streaming(&mut self, tables: &[TableId]) -> Result<(), PostgresError> {
+        self.ensure_publication(tables).await?;
+        let mut repl = ReplicationClient::connect(self.repl_config.clone())
+            .await
+            .map_err(|source| PostgresError::Replication { source })?;
+        repl.wait_started()
+            .await
+            .map_err(|source| PostgresError::Replication { source })?;
+        info!(slot = %self.config.slot, "streaming from replication slot");
+        self.repl = Some(repl);
+        Ok(())
+    }
+
+    /// The next change. Cancel-safe only between events of the stream phase.
+    pub async fn next_event(&mut self) -> Result<ChangeEvent, PostgresError> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Ok(event);
+            }
+            if self.snapshot.is_some() {
+                self.snapshot_step().await?;
+            } else if self.repl.is_some() {
+                self.stream_step().await?;
+            } else {
+                return Err(PostgresError::Misuse {
+                    what: "next_event before start_snapshot or start_streaming",
+                });
+            }
+        }
+    }
+
+    async fn snapshot_step(&mut self) -> Result<(), PostgresError> {
+        let phase = self.snapshot.as_mut().expect("checked by caller");
+        if !phase.begun {
+            phase.begun = true;
+            self.pending.push_back(ChangeEvent::Begin(phase.commit.clone()));
+            return Ok(());
+        }
+        let Some(copy) = phase.copy.as_mut() else {
+            let Some(table) = phase.queue.pop_front() else {
+                return self.finish_snapshot().await;
+            };
+            let columns = table_columns(&self.client, &table)
+                .await
+                .map_err(query_error(format!("reading the columns of {table}")))?;
+            let schema = Arc::new(TableSchema {
+                table: table.clone(),
+                version: 1,
+                columns,
+            });
+            self.schemas.insert(table.clone(), schema.clone());
+            self.pending.push_back(ChangeEvent::Schema(schema.clone()));
+            let select: Vec<String> = schema.columns.iter().map(|c| quote_ident(&c.name)).collect();
+            let sql = format!(
+                "COPY (SELECT {} FROM {}) TO STDOUT",
+                select.join(", "),
+                quote_table(&table)
+            );
+            if schema.columns.is_empty() {
+                return Ok(());
+            }
+            let stream = self
+                .client
+                .copy_out(&sql)
+                .await
+                .map_err(query_error(format!("copying {table}")))?;
+            info!(table = %table, "snapshot copy started");
+            phase.copy = Some(CopyState {
+                schema,
+                stream: Box::pin(stream),
+                buffer: Vec::new(),
+                row: 0,
+            });
+            return Ok(());
+        };
+        match copy.stream.next().await {
+            Some(chunk) => {
+                let chunk = chunk.map_err(query_error(format!("copying {}", copy.schema.table)))?;
+                copy.buffer.extend_from_slice(&chunk);
+                let mut start = 0;
+                while let Some(end) = copy.buffer[start..].iter().position(|&b| b == b'\n') {
+                    let line = &copy.buffer[start..start + end];
+                    start += end + 1;
+                    copy.row += 1;
+                    let row = copy_row(&copy.schema, line, copy.row)?;
+                    self.pending.push_back(ChangeEvent::Row(row));
+                }
+                copy.buffer.drain(..start);
+            }
+            None => {
+                if !copy.buffer.is_empty() {
+                    return Err(PostgresError::CopyShape {
+                        table: copy.schema.table.clone(),
+                        got: 0,
+                        expected: copy.schema.columns.len(),
+                    });
+                }
+                info!(table = %copy.schema.table, rows = copy.row, "snapshot copy done");
+                phase.copy = None;
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish_snapshot(&mut self) -> Result<(), PostgresError> {
+        let phase = self.snapshot.take().expect("checked by caller");
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(query_error("closing the snapshot transaction"))?;
+        let mut repl = phase.repl;
+        repl.start()
+            .await
+            .map_err(|source| PostgresError::Replication { source })?;
+        repl.wait_started()
+            .await
+            .map_err(|source| PostgresError::Replication { source })?;
+        info!(slot = %self.config.slot, "snapshot complete, streaming");
+        self.repl = Some(repl);
+        self.pending.push_back(ChangeEvent::Commit(phase.commit.clone()));
+        self.pending.push_back(ChangeEvent::SnapshotDone {
+            seq: phase.commit.seq,
+            position: phase.commit.position,
+        });
+        Ok(())
+    }
+
+    async fn stream_step(&mut self) -> Result<(), PostgresError> {
+        let repl = self.repl.as_mut().expect("checked by caller");
+        let event = repl
+            .recv()
+            .await
+            .map_err(|source| PostgresError::Replication { source })?
+            .ok_or(PostgresError::StreamEnded)?;
+        match event {
+            ReplicationEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => {
+                self.ord = 0;
+                self.pending.push_back(ChangeEvent::Begin(CommitInfo {
+                    seq: final_lsn.0,
+                    position: final_lsn.to_string(),
+                    commit_ts_us: commit_time_micros.saturating_add(PG_EPOCH_OFFSET_US),
+                    txid: Some(xid.to_string()),
+                }));
+            }
+            ReplicationEvent::Commit {
+                lsn,
+                end_lsn,
+                commit_time_micros,
+            } => {
+                self.commits.push_back((lsn.0, end_lsn.0));
+                self.pending.push_back(ChangeEvent::Commit(CommitInfo {
+                    seq: lsn.0,
+                    position: lsn.to_string(),
+                    commit_ts_us: commit_time_micros.saturating_add(PG_EPOCH_OFFSET_US),
+                    txid: None,
+                }));
+            }
+            ReplicationEvent::XLogData { data, .. } => self.on_message(data).await?,
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                self.pending.push_back(ChangeEvent::Heartbeat {
+                    seq: wal_end.0,
+                    position: wal_end.to_string(),
+                });
+            }
+            ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
+        }
+        Ok(())
+    }
+
+    async fn on_message(&mut self, data: Bytes) -> Result<(), PostgresError> {
+        let message = pgoutput::decode(data).map_err(|source| PostgresError::Decode { source })?;
+        match message {
+            Message::Relation(relation) => self.on_relation(relation).await?,
+            Message::Insert { relation, new } => {
+                if let Some(schema) = self.included_schema(relation)? {
+                    let values = datums(&schema, &new, None)?;
+                    self.push_row(&schema, Op::Insert, values);
+                }
+            }
+            Message::Update { relation, old, new } => {
+                if let Some(schema) = self.included_schema(relation)? {
+                    let values = datums(&schema, &new, old.as_ref())?;
+                    self.push_row(&schema, Op::Update, values);
+                }
+            }
+            Message::Delete { relation, old } => {
+                if let Some(schema) = self.included_schema(relation)? {
+                    let values = datums(&schema, old.cells(), None)?;
+                    self.push_row(&schema, Op::Delete, values);
+                }
+            }
+            Message::Truncate { relations, .. } => {
+                for relation in relations {
+                    if let Some(schema) = self.included_schema(relation)? {
+                        self.push_row(&schema, Op::Truncate, Vec::new());
+                    }
+                }
+            }
+            Message::Type { .. } | Message::Origin { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn push_row(&mut self, schema: &TableSchema, op: Op, values: Vec<Datum>) {
+        self.ord += 1;
+        self.pending.push_back(ChangeEvent::Row(RowChange {
+            table: schema.table.clone(),
+            op,
+            ord: self.ord,
+            values,
+        }));
+    }
+
+    fn included_schema(&self, oid: u32) -> Result<Option<Arc<TableSchema>>, PostgresError> {
+        let state = self
+            .relations
+            .get(&oid)
+            .ok_or(PostgresError::UnknownRelation { oid })?;
+        Ok(if state.included { state.schema.clone() } else { None })
+    }
+
+    async fn on_relation(&mut self, relation: Relation) -> Result<(), PostgresError> {
+        let table = TableId::new(relation.namespace.clone(), relation.name.clone());
+        let included = self.config.filter.matches(&table);
+        let mut columns = Vec::with_capacity(relation.columns.len());
+        for column in &relation.columns {
+            let source_type = self
+                .type_names
+                .name(&self.client, column.type_oid, column.type_modifier)
+                .await
+                .map_err(query_error("naming a column type"))?;
+            columns.push(Column {
+                name: column.name.clone(),
+                ty: column_type(column.type_oid, column.type_modifier),
+                source_type,
+                key: column.key,
+            });
+        }
+        let schema = match self.schemas.get(&table) {
+            Some(known) if known.columns == columns => known.clone(),
+            known => {
+                let schema = Arc::new(TableSchema {
+                    table: table.clone(),
+                    version: known.map_or(1, |k| k.version + 1),
+                    columns,
+                });
+                self.schemas.insert(table.clone(), schema.clone());
+                if included {
+                    self.pending.push_back(ChangeEvent::Schema(schema.clone()));
+                }
+                schema
+            }
+        };
+        self.relations.insert(
+            relation.oid,
+            RelationState {
+                included,
+                schema: Some(schema),
+            },
+        );
+        Ok(())
+    }
+
+    /// Tells the server that every transaction up to the one with commit LSN
+    /// `seq` (or, for a heartbeat, everything up to `seq`) is durable downstream.
+    pub fn ack(&mut self, seq: u64) {
+        let mut lsn = seq;
+        while let Some(&(commit, end)) = self.commits.front() {
+            if commit > seq {
+                break;
+            }
+            lsn = lsn.max(end);
+            self.commits.pop_front();
+        }
+        if lsn > self.last_ack {
+            self.last_ack = lsn;
+            if let Some(repl) = &self.repl {
+                repl.update_applied_lsn(Lsn(lsn));
+            }
+        }
+    }
+
+    /// Stops streaming after the last acknowledgement reached the server.
+    pub async fn close(mut self) {
+        if let Some(mut repl) = self.repl.take() {
+            let deadline = tokio::time::Instant::now() + FINAL_ACK_WAIT;
+            while repl.metrics().last_applied_lsn().0 < self.last_ack
+                && tokio::time::Instant::now() < deadline
+                && repl.is_running()
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if let Err(err) = repl.shutdown().await {
+                debug!(error = %err, "replication shutdown");
+            }
+        }
+    }
+}
+
+impl From<PgWireError> for PostgresError {
+    fn from(source: PgWireError) -> Self {
+        PostgresError::Replication { source }
+    }
+}
+
+fn describe_target(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
+}
+
+fn replication_config(
+    pg: &tokio_postgres::Config,
+    config: &PostgresConfig,
+) -> Result<ReplicationConfig, PostgresError> {
+    let host = match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let user = pg.get_user().ok_or(PostgresError::UrlPart { what: "user" })?;
+    let database = pg
+        .get_dbname()
+        .ok_or(PostgresError::UrlPart { what: "database" })?;
+    let password = pg
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    let options: Vec<String> = SESSION_SETTINGS
+        .iter()
+        .map(|(k, v)| format!("-c {k}={v}"))
+        .collect();
+    Ok(ReplicationConfig::new(
+        host,
+        user,
+        password,
+        database,
+        config.slot.clone(),
+        config.publication.as_str(),
+    )
+    .with_port(pg.get_ports().first().copied().unwrap_or(5432))
+    .with_tls(TlsConfig::disabled())
+    .with_start_lsn(Lsn::ZERO)
+    .with_status_interval(STATUS_INTERVAL)
+    .with_wakeup_interval(STATUS_INTERVAL)
+    .with_options(options.join(" "))
+    .with_application_name(config.application_name.clone()))
+}
+
+/// Decodes a tuple into values; an unchanged TOAST cell takes the value from a
+/// full old image when the server sent one.
+fn datums(
+    schema: &TableSchema,
+    cells: &[Cell],
+    old: Option<&OldTuple>,
+) -> Result<Vec<Datum>, PostgresError> {
+    let mut values = Vec::with_capacity(schema.columns.len());
+    for (index, column) in schema.columns.iter().enumerate() {
+        let cell = match cells.get(index) {
+            Some(Cell::Unchanged) => match old {
+                Some(OldTuple::Full(old_cells)) => match old_cells.get(index) {
+                    Some(cell @ (Cell::Text(_) | Cell::Null)) => cell,
+                    _ => return Err(unchanged(schema, column)),
+                },
+                _ => return Err(unchanged(schema, column)),
+            },
+            Some(cell) => cell,
+            None => &Cell::Null,
+        };
+        values.push(match cell {
+            Cell::Null => Datum::Null,
+            Cell::Text(text) => parse_text(schema, column, text)?,
+            Cell::Binary(_) | Cell::Unchanged => {
+                return Err(PostgresError::Misuse {
+                    what: "binary tuple data without binary mode",
+                })
+            }
+        });
+    }
+    Ok(values)
+}
+
+fn unchanged(schema: &TableSchema, column: &Column) -> PostgresError {
+    PostgresError::UnchangedToast {
+        table: schema.table.clone(),
+        column: column.name.clone(),
+    }
+}
+
+fn parse_text(schema: &TableSchema, column: &Column, text: &[u8]) -> Result<Datum, PostgresError> {
+    let value_error = |source| PostgresError::Value {
+        table: schema.table.clone(),
+        column: column.name.clone(),
+        source,
+    };
+    let text = std::str::from_utf8(text).map_err(|_| {
+        value_error(value::ValueError {
+            what: "UTF-8 text",
+            text: String::new(),
+        })
+    })?;
+    value::parse(&column.ty, text).map_err(value_error)
+}
+
+fn copy_row(schema: &TableSchema, line: &[u8], row: u64) -> Result<RowChange, PostgresError> {
+    let fields = split_line(line).map_err(|source| PostgresError::Copy {
+        table: schema.table.clone(),
+        source,
+    })?;
+    if fields.len() != schema.columns.len() {
+        return Err(PostgresError::CopyShape {
+            table: schema.table.clone(),
+            got: fields.len(),
+            expected: schema.columns.len(),
+        });
+    }
+    let mut values = Vec::with_capacity(fields.len());
+    for (column, field) in schema.columns.iter().zip(fields) {
+        values.push(match field {
+            None => Datum::Null,
+            Some(text) => parse_text(schema, column, text.as_bytes())?,
+        });
+    }
+    Ok(RowChange {
+        table: schema.table.clone(),
+        op: Op::Read,
+        ord: row,
+        values,
+    })
+}

@@ -1,0 +1,389 @@
+//! Postgres text output → [`Datum`].
+//!
+//! Both pgoutput (text mode) and `COPY ... TO STDOUT` send values in the
+//! server's text output format. Sessions are started with `DateStyle=ISO`,
+//! `TimeZone=UTC`, `bytea_output=hex` and `extra_float_digits=3`, so one parser
+//! serves both paths. `infinity`/`-infinity` dates and timestamps map to the
+//! largest/smallest value of the Arrow type (documented in the README).
+
+use arrow_buffer::i256;
+use tidewater_core::{ColumnType, Datum};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("cannot read {what} from the server's text {text:?}")]
+pub struct ValueError {
+    pub what: &'static str,
+    /// At most 64 bytes of the offending text; only shown in errors, never logged
+    /// with row context.
+    pub text: String,
+}
+
+fn bad(what: &'static str, text: &str) -> ValueError {
+    ValueError {
+        what,
+        text: text.chars().take(64).collect(),
+    }
+}
+
+/// Parses one non-NULL value.
+pub fn parse(ty: &ColumnType, text: &str) -> Result<Datum, ValueError> {
+    Ok(match ty {
+        ColumnType::Bool => match text {
+            "t" => Datum::Bool(true),
+            "f" => Datum::Bool(false),
+            _ => return Err(bad("boolean", text)),
+        },
+        ColumnType::Int16 => Datum::Int16(text.parse().map_err(|_| bad("int2", text))?),
+        ColumnType::Int32 => Datum::Int32(text.parse().map_err(|_| bad("int4", text))?),
+        ColumnType::Int64 => Datum::Int64(text.parse().map_err(|_| bad("int8", text))?),
+        ColumnType::Float32 => Datum::Float32(text.parse().map_err(|_| bad("float4", text))?),
+        ColumnType::Float64 => Datum::Float64(text.parse().map_err(|_| bad("float8", text))?),
+        ColumnType::Decimal { precision, scale } => {
+            let digits = scaled_digits(text, *scale).ok_or_else(|| bad("numeric", text))?;
+            if *precision <= 38 {
+                Datum::Decimal128(digits.parse().map_err(|_| bad("numeric", text))?)
+            } else {
+                Datum::Decimal256(i256::from_string(&digits).ok_or_else(|| bad("numeric", text))?)
+            }
+        }
+        ColumnType::Text | ColumnType::Json => Datum::Text(text.to_string()),
+        ColumnType::Binary => Datum::Bytes(parse_bytea(text).ok_or_else(|| bad("bytea", text))?),
+        ColumnType::Date => Datum::Date(parse_date(text).ok_or_else(|| bad("date", text))?),
+        ColumnType::Timestamp => {
+            Datum::Timestamp(parse_timestamp(text, false).ok_or_else(|| bad("timestamp", text))?)
+        }
+        ColumnType::TimestampTz => {
+            Datum::Timestamp(parse_timestamp(text, true).ok_or_else(|| bad("timestamptz", text))?)
+        }
+        ColumnType::Time => Datum::Time(parse_time(text).ok_or_else(|| bad("time", text))?),
+        ColumnType::Uuid => Datum::Uuid(parse_uuid(text).ok_or_else(|| bad("uuid", text))?),
+        ColumnType::List(element) => {
+            let items = parse_array(text).ok_or_else(|| bad("one-dimensional array", text))?;
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                out.push(match item {
+                    None => Datum::Null,
+                    Some(item) => parse(element, &item)?,
+                });
+            }
+            Datum::List(out)
+        }
+    })
+}
+
+/// The unscaled integer digits of a decimal text at `scale`, e.g. ("-1.5", 2) →
+/// "-150". None for NaN/Infinity or more fraction digits than the scale.
+fn scaled_digits(text: &str, scale: i8) -> Option<String> {
+    let (negative, body) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (int_part, frac_part) = body.split_once('.').unwrap_or((body, ""));
+    let scale = usize::try_from(scale).ok()?;
+    if int_part.is_empty() && frac_part.is_empty()
+        || !int_part.bytes().all(|b| b.is_ascii_digit())
+        || !frac_part.bytes().all(|b| b.is_ascii_digit())
+        || frac_part.len() > scale
+    {
+        return None;
+    }
+    let mut digits = String::with_capacity(body.len() + scale + 1);
+    if negative {
+        digits.push('-');
+    }
+    digits.push_str(int_part);
+    digits.push_str(frac_part);
+    digits.extend(std::iter::repeat_n('0', scale - frac_part.len()));
+    Some(digits)
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// bytea in hex (`\x0102`) or the old escape format.
+fn parse_bytea(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    if let Some(hex) = text.strip_prefix("\\x") {
+        let hex = hex.as_bytes();
+        if hex.len() % 2 != 0 {
+            return None;
+        }
+        return hex
+            .chunks_exact(2)
+            .map(|pair| Some(hex_value(pair[0])? << 4 | hex_value(pair[1])?))
+            .collect();
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            out.push(bytes[i]);
+            i += 1;
+        } else if bytes.get(i + 1) == Some(&b'\\') {
+            out.push(b'\\');
+            i += 2;
+        } else {
+            let octal = bytes.get(i + 1..i + 4)?;
+            let mut v: u32 = 0;
+            for &d in octal {
+                if !(b'0'..=b'7').contains(&d) {
+                    return None;
+                }
+                v = v * 8 + (d - b'0') as u32;
+            }
+            out.push(u8::try_from(v).ok()?);
+            i += 4;
+        }
+    }
+    Some(out)
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (astronomical years).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = month as i64;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn days_in_month(year: i64, month: u32) -> u32 {
+    match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        _ => 28,
+    }
+}
+
+/// `YYYY-MM-DD` (year may have more than 4 digits), returning days since epoch;
+/// `BC` handled by the caller.
+fn parse_ymd(text: &str, bc: bool) -> Option<i64> {
+    let mut parts = text.splitn(3, '-');
+    let year: i64 = parts.next()?.parse().ok()?;
+    let month: u32 = parts.next()?.parse().ok()?;
+    let day: u32 = parts.next()?.parse().ok()?;
+    let year = if bc { 1 - year } else { year };
+    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+        return None;
+    }
+    Some(days_from_civil(year, month, day))
+}
+
+fn split_bc(text: &str) -> (&str, bool) {
+    match text.strip_suffix(" BC") {
+        Some(rest) => (rest, true),
+        None => (text, false),
+    }
+}
+
+pub fn parse_date(text: &str) -> Option<i32> {
+    match text {
+        "infinity" => return Some(i32::MAX),
+        "-infinity" => return Some(i32::MIN),
+        _ => {}
+    }
+    let (text, bc) = split_bc(text);
+    i32::try_from(parse_ymd(text, bc)?).ok()
+}
+
+/// `HH:MM:SS[.ffffff]` → microseconds. `24:00:00` is a valid Postgres time.
+pub fn parse_time(text: &str) -> Option<i64> {
+    let (hms, frac) = text.split_once('.').unwrap_or((text, ""));
+    let mut parts = hms.splitn(3, ':');
+    let h: i64 = parts.next()?.parse().ok()?;
+    let m: i64 = parts.next()?.parse().ok()?;
+    let s: i64 = parts.next()?.parse().ok()?;
+    if frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) || m > 59 || s > 60 {
+        return None;
+    }
+    let mut micros: i64 = 0;
+    for (i, d) in frac.bytes().enumerate() {
+        micros += (d - b'0') as i64 * 10i64.pow(5 - i as u32);
+    }
+    let total = (h * 3600 + m * 60 + s) * 1_000_000 + micros;
+    (0..=86_400_000_000).contains(&total).then_some(total)
+}
+
+/// `YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM[:SS]]][ BC]` → microseconds since the
+/// epoch (UTC for `with_zone`, else wall clock).
+pub fn parse_timestamp(text: &str, with_zone: bool) -> Option<i64> {
+    match text {
+        "infinity" => return Some(i64::MAX),
+        "-infinity" => return Some(i64::MIN),
+        _ => {}
+    }
+    let (text, bc) = split_bc(text);
+    let (date, rest) = text.split_once(' ')?;
+    let days = parse_ymd(date, bc)?;
+    let (time, offset_seconds) = if with_zone {
+        let at = rest.rfind(['+', '-'])?;
+        let (time, zone) = rest.split_at(at);
+        let sign = if zone.starts_with('-') { -1 } else { 1 };
+        let mut seconds = 0i64;
+        for (i, part) in zone[1..].split(':').enumerate() {
+            let v: i64 = part.parse().ok()?;
+            seconds += v * [3600, 60, 1].get(i)?;
+        }
+        (time, sign * seconds)
+    } else {
+        (rest, 0)
+    };
+    let micros = parse_time(time)?;
+    days.checked_mul(86_400_000_000)?
+        .checked_add(micros)?
+        .checked_sub(offset_seconds * 1_000_000)
+}
+
+fn parse_uuid(text: &str) -> Option<[u8; 16]> {
+    let hex: Vec<u8> = text.bytes().filter(|&b| b != b'-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
+        out[i] = hex_value(pair[0])? << 4 | hex_value(pair[1])?;
+    }
+    Some(out)
+}
+
+/// A one-dimensional array literal (`{1,NULL,"a b"}`, optionally with a
+/// `[lo:hi]=` bounds prefix) → its elements' text, None for NULL elements.
+/// Multi-dimensional arrays are refused (None).
+pub fn parse_array(text: &str) -> Option<Vec<Option<String>>> {
+    let body = match text.find("={") {
+        Some(i) if text.starts_with('[') => &text[i + 1..],
+        _ => text,
+    };
+    let inner = body.strip_prefix('{')?.strip_suffix('}')?;
+    let mut items = Vec::new();
+    if inner.is_empty() {
+        return Some(items);
+    }
+    let bytes = inner.as_bytes();
+    let mut i = 0;
+    loop {
+        if bytes.get(i) == Some(&b'"') {
+            let mut item = Vec::new();
+            i += 1;
+            loop {
+                match *bytes.get(i)? {
+                    b'"' => break,
+                    b'\\' => {
+                        item.push(*bytes.get(i + 1)?);
+                        i += 2;
+                    }
+                    b => {
+                        item.push(b);
+                        i += 1;
+                    }
+                }
+            }
+            i += 1;
+            items.push(Some(String::from_utf8(item).ok()?));
+        } else {
+            let end = inner[i..].find(',').map_or(inner.len(), |e| i + e);
+            let item = &inner[i..end];
+            if item.contains(['{', '}', '"']) {
+                return None;
+            }
+            if item.eq_ignore_ascii_case("NULL") {
+                items.push(None);
+            } else {
+                items.push(Some(item.to_string()));
+            }
+            i = end;
+        }
+        match bytes.get(i) {
+            None => return Some(items),
+            Some(b',') => i += 1,
+            Some(_) => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_scale_exactly() {
+        let ty = ColumnType::Decimal { precision: 12, scale: 2 };
+        assert_eq!(parse(&ty, "-1.5").unwrap(), Datum::Decimal128(-150));
+        assert_eq!(parse(&ty, "12345.67").unwrap(), Datum::Decimal128(1234567));
+        assert_eq!(parse(&ty, "0.00").unwrap(), Datum::Decimal128(0));
+        assert!(parse(&ty, "NaN").is_err());
+        assert!(parse(&ty, "1.234").is_err(), "never rounds");
+        let wide = ColumnType::Decimal { precision: 50, scale: 1 };
+        assert_eq!(
+            parse(&wide, "123456789012345678901234567890123456789012.5").unwrap(),
+            Datum::Decimal256(i256::from_string("1234567890123456789012345678901234567890125").unwrap())
+        );
+    }
+
+    #[test]
+    fn dates_and_timestamps() {
+        assert_eq!(parse_date("1970-01-01"), Some(0));
+        assert_eq!(parse_date("2000-03-01"), Some(11017));
+        assert_eq!(parse_date("0001-01-01 BC"), Some(-719_893));
+        assert_eq!(parse_date("2023-02-29"), None);
+        assert_eq!(parse_date("infinity"), Some(i32::MAX));
+        assert_eq!(
+            parse_timestamp("1970-01-02 00:00:01.5", false),
+            Some(86_401_500_000)
+        );
+        assert_eq!(
+            parse_timestamp("1970-01-01 05:30:00+05:30", true),
+            Some(0)
+        );
+        assert_eq!(parse_timestamp("1969-12-31 23:59:59.999999+00", true), Some(-1));
+        assert_eq!(parse_time("24:00:00"), Some(86_400_000_000));
+        assert_eq!(parse_time("12:00:00.000001"), Some(43_200_000_001));
+    }
+
+    #[test]
+    fn bytea_both_formats() {
+        assert_eq!(parse_bytea("\\x00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(parse_bytea("a\\\\b\\000"), Some(vec![b'a', b'\\', b'b', 0]));
+        assert_eq!(parse_bytea("\\x0"), None);
+    }
+
+    #[test]
+    fn arrays() {
+        assert_eq!(
+            parse_array(r#"{1,NULL,"a,b","q\"x",null}"#),
+            Some(vec![
+                Some("1".into()),
+                None,
+                Some("a,b".into()),
+                Some("q\"x".into()),
+                None
+            ])
+        );
+        assert_eq!(parse_array("{}"), Some(vec![]));
+        assert_eq!(parse_array("[0:1]={7,8}"), Some(vec![Some("7".into()), Some("8".into())]));
+        assert_eq!(parse_array("{{1,2},{3,4}}"), None);
+        assert_eq!(parse_array(r#"{"NULL"}"#), Some(vec![Some("NULL".into())]));
+    }
+
+    #[test]
+    fn uuid_and_floats() {
+        assert_eq!(
+            parse(&ColumnType::Uuid, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11").unwrap(),
+            Datum::Uuid([
+                0xa0, 0xee, 0xbc, 0x99, 0x9c, 0x0b, 0x4e, 0xf8, 0xbb, 0x6d, 0x6b, 0xb9, 0xbd, 0x38,
+                0x0a, 0x11
+            ])
+        );
+        assert!(matches!(parse(&ColumnType::Float64, "NaN").unwrap(), Datum::Float64(v) if v.is_nan()));
+        assert_eq!(parse(&ColumnType::Float64, "-Infinity").unwrap(), Datum::Float64(f64::NEG_INFINITY));
+    }
+}
