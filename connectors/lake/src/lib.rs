@@ -1,1 +1,10 @@
+//! The lake sink: one Delta Lake change-log table per source table, written
+//! exactly once. See [`sink`] for the commit protocol and [`narrow`] for how
+//! Arrow types are stored in Delta.
 
+mod error;
+pub mod narrow;
+pub mod sink;
+
+pub use error::LakeError;
+pub use sink::{LakeSink, SnapshotPhase, TableState};

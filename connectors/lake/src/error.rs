@@ -1,0 +1,52 @@
+use std::path::PathBuf;
+
+use deltalake::arrow::error::ArrowError;
+use deltalake::DeltaTableError;
+use tidewater_core::{ErrorClass, TableId};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LakeError {
+    #[error("{action} lake table {table}")]
+    Delta {
+        table: TableId,
+        action: &'static str,
+        #[source]
+        source: DeltaTableError,
+    },
+    #[error("converting a batch of {table} to lake types")]
+    Arrow {
+        table: TableId,
+        #[source]
+        source: ArrowError,
+    },
+    #[error("lake path {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl LakeError {
+    pub(crate) fn delta(table: &TableId, action: &'static str, source: DeltaTableError) -> Self {
+        LakeError::Delta {
+            table: table.clone(),
+            action,
+            source,
+        }
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            LakeError::Delta { source, .. } => match source {
+                DeltaTableError::ObjectStore { .. }
+                | DeltaTableError::Io { .. }
+                | DeltaTableError::VersionAlreadyExists(_) => ErrorClass::Transient,
+                _ => ErrorClass::Definite,
+            },
+            LakeError::Arrow { .. } => ErrorClass::Definite,
+            LakeError::Io { .. } => ErrorClass::Transient,
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! The Delta Lake change-log sink.
+//!
+//! ```text
+//!  ChangeBatch ──narrow──▶ RecordBatchWriter (Parquet files, invisible)
+//!                                   │ commit(position)
+//!                                   ▼
+//!   _delta_log/000…N.json = { add(files…), txn(appId = tidewater:<pipeline>, version N),
+//!                             commitInfo{ tidewater.seq, .ord, .position, .snapshot } }
+//! ```
+//!
+//! The data files, the application transaction and the mark of the last change
+//! they hold are one atomic Delta commit: either a reader sees all of it or none.
+//! On restart [`LakeSink::table_state`] reads the mark back from the newest
+//! commit of this pipeline, and the coordinator skips every change at or below
+//! it. Files written but never committed (a crash between write and commit) are
+//! invisible to every reader and are left for VACUUM.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use deltalake::arrow::datatypes::Schema;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{StructType, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
+use deltalake::{DeltaTable, DeltaTableError};
+use futures_util::TryStreamExt;
+use serde_json::Value;
+use tidewater_core::{arrow_field, metadata_fields, ChangeBatch, Mark, TableId, TableSchema};
+use tracing::{debug, info};
+
+use crate::error::LakeError;
+use crate::narrow::{narrow_batch, narrow_schema};
+
+const KEY_PIPELINE: &str = "tidewater.pipeline";
+const KEY_SEQ: &str = "tidewater.seq";
+const KEY_ORD: &str = "tidewater.ord";
+const KEY_POSITION: &str = "tidewater.position";
+const KEY_SNAPSHOT: &str = "tidewater.snapshot";
+const KEY_SCHEMA_VERSION: &str = "tidewater.schema_version";
+
+/// What a table's newest commit by this pipeline says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableState {
+    /// (`_tw_seq`, `_tw_ord`) of the last change in the table.
+    pub mark: Mark,
+    /// Source position that was safe to resume from when it was committed.
+    pub position: String,
+    /// True once the table's initial snapshot is complete.
+    pub snapshot_done: bool,
+    /// Delta table version.
+    pub version: u64,
+    /// Number of commits this pipeline made (the Delta txn version).
+    pub commits: i64,
+}
+
+/// Snapshot progress recorded with a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotPhase {
+    Running,
+    Done,
+}
+
+struct LakeTable {
+    table: DeltaTable,
+    writer: Option<RecordBatchWriter>,
+    state: Option<TableState>,
+    pending: Option<Mark>,
+    schema_version: u64,
+}
+
+pub struct LakeSink {
+    root: PathBuf,
+    pipeline: String,
+    tables: BTreeMap<TableId, LakeTable>,
+}
+
+impl LakeSink {
+    pub fn new(root: &Path, pipeline: &str) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            pipeline: pipeline.to_string(),
+            tables: BTreeMap::new(),
+        }
+    }
+
+    fn app_id(&self) -> String {
+        format!("tidewater:{}", self.pipeline)
+    }
+
+    /// `<root>/<pipeline>/<schema>/<table>`.
+    pub fn table_path(&self, table: &TableId) -> PathBuf {
+        self.root
+            .join(&self.pipeline)
+            .join(&table.schema)
+            .join(&table.table)
+    }
+
+    /// Opens an existing lake table and reads its state; None when there is no
+    /// table (or no commit of this pipeline in it).
+    pub async fn table_state(&mut self, table: &TableId) -> Result<Option<TableState>, LakeError> {
+        if let Some(open) = self.tables.get(table) {
+            return Ok(open.state.clone());
+        }
+        let path = self.table_path(table);
+        if !path.join("_delta_log").is_dir() {
+            return Ok(None);
+        }
+        let url = deltalake::ensure_table_uri(path.to_string_lossy())
+            .map_err(|source| LakeError::delta(table, "locating", source))?;
+        let delta = match deltalake::open_table(url).await {
+            Ok(delta) => delta,
+            Err(DeltaTableError::NotATable(_)) => return Ok(None),
+            Err(source) => return Err(LakeError::delta(table, "opening", source)),
+        };
+        let state = read_state(&delta, &self.app_id(), &self.pipeline)
+            .await
+            .map_err(|source| LakeError::delta(table, "reading the state of", source))?;
+        self.tables.insert(
+            table.clone(),
+            LakeTable {
+                table: delta,
+                writer: None,
+                state: state.clone(),
+                pending: None,
+                schema_version: 0,
+            },
+        );
+        Ok(state)
+    }
+
+    /// Makes sure the table exists with (at least) the columns of `schema`.
+    pub async fn ensure_table(&mut self, schema: &TableSchema) -> Result<(), LakeError> {
+        let table = &schema.table;
+        self.table_state(table).await?;
+        if let Some(open) = self.tables.get_mut(table) {
+            open.schema_version = schema.version;
+            return Ok(());
+        }
+        let path = self.table_path(table);
+        std::fs::create_dir_all(&path).map_err(|source| LakeError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let arrow = narrow_schema(&lake_schema(schema));
+        let kernel: StructType = arrow
+            .as_ref()
+            .try_into_kernel()
+            .map_err(|source| LakeError::delta(table, "mapping the schema of", source.into()))?;
+        let url = deltalake::ensure_table_uri(path.to_string_lossy())
+            .map_err(|source| LakeError::delta(table, "locating", source))?;
+        let delta = DeltaTable::try_from_url(url)
+            .await
+            .map_err(|source| LakeError::delta(table, "opening", source))?
+            .create()
+            .with_columns(kernel.fields().cloned())
+            .with_table_name(table.table.clone())
+            .with_comment(format!(
+                "change log of {table}, written by tidewater pipeline {}",
+                self.pipeline
+            ))
+            .with_save_mode(SaveMode::Ignore)
+            .await
+            .map_err(|source| LakeError::delta(table, "creating", source))?;
+        info!(table = %table, path = %path.display(), "created lake table");
+        self.tables.insert(
+            table.clone(),
+            LakeTable {
+                table: delta,
+                writer: None,
+                state: None,
+                pending: None,
+                schema_version: schema.version,
+            },
+        );
+        Ok(())
+    }
+
+    /// Writes a batch into uncommitted files. Batches wholly at or below the
+    /// table's committed mark are skipped (idempotence).
+    pub async fn write(&mut self, batch: ChangeBatch) -> Result<(), LakeError> {
+        self.ensure_table(&batch.schema).await?;
+        let open = self.tables.get_mut(&batch.table).expect("ensured above");
+        if let Some(state) = &open.state {
+            if batch.last <= state.mark {
+                debug!(table = %batch.table, mark = %batch.last, "batch already committed, skipping");
+                return Ok(());
+            }
+        }
+        let narrowed = narrow_batch(&batch.batch).map_err(|source| LakeError::Arrow {
+            table: batch.table.clone(),
+            source,
+        })?;
+        if open.writer.is_none() {
+            open.writer = Some(
+                RecordBatchWriter::for_table(&open.table)
+                    .map_err(|source| LakeError::delta(&batch.table, "writing to", source))?,
+            );
+        }
+        let writer = open.writer.as_mut().expect("set above");
+        writer
+            .write_with_mode(narrowed, WriteMode::MergeSchema)
+            .await
+            .map_err(|source| LakeError::delta(&batch.table, "writing to", source))?;
+        open.pending = Some(open.pending.map_or(batch.last, |m| m.max(batch.last)));
+        open.schema_version = batch.schema.version;
+        Ok(())
+    }
+
+    /// Commits every table with written data — and, when `phase` says so, every
+    /// known table even without data, so each records the snapshot state —
+    /// each in one atomic Delta commit with its mark and `position`.
+    pub async fn commit(&mut self, position: &str, phase: Option<SnapshotPhase>) -> Result<usize, LakeError> {
+        let app_id = self.app_id();
+        let mut committed = 0;
+        for (table, open) in self.tables.iter_mut() {
+            let has_data = open.pending.is_some();
+            let phase_changes = match (phase, &open.state) {
+                (Some(SnapshotPhase::Done), Some(state)) => !state.snapshot_done,
+                (Some(_), None) => true,
+                _ => false,
+            };
+            if !has_data && !phase_changes {
+                continue;
+            }
+            let mark = open
+                .pending
+                .or(open.state.as_ref().map(|s| s.mark))
+                .unwrap_or(Mark::ZERO);
+            let snapshot_done = match phase {
+                Some(SnapshotPhase::Done) => true,
+                Some(SnapshotPhase::Running) => false,
+                None => open.state.as_ref().is_none_or(|s| s.snapshot_done),
+            };
+            let commits = open.state.as_ref().map_or(0, |s| s.commits) + 1;
+            let metadata: HashMap<String, Value> = HashMap::from([
+                (KEY_PIPELINE.to_string(), Value::from(self.pipeline.clone())),
+                (KEY_SEQ.to_string(), Value::from(mark.seq.to_string())),
+                (KEY_ORD.to_string(), Value::from(mark.ord.to_string())),
+                (KEY_POSITION.to_string(), Value::from(position)),
+                (
+                    KEY_SNAPSHOT.to_string(),
+                    Value::from(if snapshot_done { "done" } else { "running" }),
+                ),
+                (
+                    KEY_SCHEMA_VERSION.to_string(),
+                    Value::from(open.schema_version.to_string()),
+                ),
+            ]);
+            let properties = CommitProperties::default()
+                .with_application_transaction(Transaction::new(&app_id, commits))
+                .with_metadata(metadata);
+            let version = match open.writer.take() {
+                Some(writer) if has_data => {
+                    let mut writer = writer.with_commit_properties(properties);
+                    writer
+                        .flush_and_commit(&mut open.table)
+                        .await
+                        .map_err(|source| LakeError::delta(table, "committing to", source))?
+                }
+                _ => {
+                    let snapshot = open
+                        .table
+                        .snapshot()
+                        .map_err(|source| LakeError::delta(table, "committing to", source))?;
+                    let finalized = CommitBuilder::from(properties)
+                        .with_actions(Vec::new())
+                        .build(
+                            Some(snapshot),
+                            open.table.log_store(),
+                            DeltaOperation::Write {
+                                mode: SaveMode::Append,
+                                partition_by: None,
+                                predicate: None,
+                            },
+                        )
+                        .await
+                        .map_err(|source| LakeError::delta(table, "committing to", source))?;
+                    let version = finalized.version();
+                    open.table.state = Some(finalized.snapshot());
+                    version
+                }
+            };
+            debug!(table = %table, version, mark = %mark, "committed");
+            open.state = Some(TableState {
+                mark,
+                position: position.to_string(),
+                snapshot_done,
+                version,
+                commits,
+            });
+            open.pending = None;
+            committed += 1;
+        }
+        Ok(committed)
+    }
+
+    /// Row count and file count of a table from the Delta log (no data read).
+    pub async fn table_stats(&mut self, table: &TableId) -> Result<Option<(usize, usize)>, LakeError> {
+        self.table_state(table).await?;
+        let Some(open) = self.tables.get(table) else {
+            return Ok(None);
+        };
+        let snapshot = open
+            .table
+            .snapshot()
+            .map_err(|source| LakeError::delta(table, "reading", source))?;
+        let files = snapshot.log_data();
+        let rows = files.iter().filter_map(|f| f.num_records()).sum();
+        Ok(Some((rows, files.num_files())))
+    }
+
+    /// Every table of this pipeline found under the lake root.
+    pub fn existing_tables(&self) -> Vec<TableId> {
+        let mut found = Vec::new();
+        let base = self.root.join(&self.pipeline);
+        let Ok(schemas) = std::fs::read_dir(&base) else {
+            return found;
+        };
+        for schema in schemas.flatten() {
+            let Ok(tables) = std::fs::read_dir(schema.path()) else {
+                continue;
+            };
+            for table in tables.flatten() {
+                if table.path().join("_delta_log").is_dir() {
+                    found.push(TableId::new(
+                        schema.file_name().to_string_lossy(),
+                        table.file_name().to_string_lossy(),
+                    ));
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    /// Removes every table of this pipeline from the lake (used before a fresh
+    /// snapshot replaces an interrupted one).
+    pub fn remove_table(&mut self, table: &TableId) -> Result<(), LakeError> {
+        self.tables.remove(table);
+        let path = self.table_path(table);
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(LakeError::Io { path, source }),
+        }
+    }
+}
+
+/// Source columns plus the metadata columns.
+fn lake_schema(schema: &TableSchema) -> Schema {
+    let mut fields: Vec<_> = schema.columns.iter().map(arrow_field).collect();
+    fields.extend(metadata_fields());
+    Schema::new(fields)
+}
+
+async fn read_state(
+    delta: &DeltaTable,
+    app_id: &str,
+    pipeline: &str,
+) -> Result<Option<TableState>, DeltaTableError> {
+    let snapshot = delta.snapshot()?;
+    let Some(commits) = snapshot
+        .transaction_version(delta.log_store().as_ref(), app_id)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let version = delta.version().unwrap_or_default();
+    let mut history = delta.history(None);
+    while let Some(info) = history.try_next().await? {
+        let text = |key: &str| info.info.get(key).and_then(Value::as_str).map(str::to_string);
+        if text(KEY_PIPELINE).as_deref() != Some(pipeline) {
+            continue;
+        }
+        let number = |key: &str| text(key).and_then(|s| s.parse::<u64>().ok());
+        let (Some(seq), Some(ord), Some(position)) = (number(KEY_SEQ), number(KEY_ORD), text(KEY_POSITION)) else {
+            return Err(DeltaTableError::Generic(format!(
+                "commit of pipeline {pipeline} lacks its tidewater mark"
+            )));
+        };
+        return Ok(Some(TableState {
+            mark: Mark::new(seq, ord),
+            position,
+            snapshot_done: text(KEY_SNAPSHOT).as_deref() == Some("done"),
+            version,
+            commits,
+        }));
+    }
+    Err(DeltaTableError::Generic(format!(
+        "table has transaction {commits} of {app_id} but no commit info of pipeline {pipeline}"
+    )))
+}

@@ -1,0 +1,383 @@
+//! The TOML config (DESIGN §8): serde structs that reject unknown keys,
+//! `${ENV}` interpolation, and pure validation that names the key and the fix.
+//! `schemas/config.schema.json` is generated from these types.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// Default `sink.flush_interval_ms`: a second keeps lake lag low without
+/// producing more than one small file per table per second.
+pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
+/// Default `sink.max_batch_rows`: large enough for efficient Parquet row groups,
+/// small enough that a batch of wide rows stays far below the memory budget.
+pub const DEFAULT_MAX_BATCH_ROWS: usize = 100_000;
+/// Default `sink.max_batch_bytes`: bounds the decoded rows held before a cut.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub pipeline: PipelineConfig,
+    pub source: SourceConfig,
+    pub sink: SinkConfig,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Lake folder name, slot/publication name suffix and commit app id.
+    pub name: String,
+    /// Local scratch directory (spill files, reverse-ETL state). Optional for now.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SourceConfig {
+    Postgres(PostgresSourceConfig),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMode {
+    /// Copy every table consistently before streaming (the default).
+    Initial,
+    /// Stream only changes made after the slot is created.
+    Never,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSourceConfig {
+    /// `postgres://user:password@host:port/database`; use `${ENV}` for the password.
+    pub url: Secret,
+    /// Include patterns over `schema.table` (`*`, `?`).
+    #[serde(default = "default_tables")]
+    pub tables: Vec<String>,
+    /// Exclude patterns over `schema.table`.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default = "default_snapshot")]
+    pub snapshot: SnapshotMode,
+    /// Replication slot name; default `tidewater_<pipeline name>`.
+    #[serde(default)]
+    pub slot_name: Option<String>,
+    /// Publication name; default `tidewater_<pipeline name>`.
+    #[serde(default)]
+    pub publication: Option<String>,
+}
+
+fn default_tables() -> Vec<String> {
+    vec!["public.*".into()]
+}
+
+fn default_snapshot() -> SnapshotMode {
+    SnapshotMode::Initial
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SinkConfig {
+    Lake(LakeSinkConfig),
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LakeSinkConfig {
+    /// `file:///absolute/path` or a plain path (relative to the working directory).
+    pub uri: String,
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    #[serde(default = "default_max_batch_rows")]
+    pub max_batch_rows: usize,
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: usize,
+}
+
+fn default_flush_interval_ms() -> u64 {
+    DEFAULT_FLUSH_INTERVAL_MS
+}
+fn default_max_batch_rows() -> usize {
+    DEFAULT_MAX_BATCH_ROWS
+}
+fn default_max_batch_bytes() -> usize {
+    DEFAULT_MAX_BATCH_BYTES
+}
+
+/// A string that never prints: URLs with passwords, keys.
+#[derive(Clone, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// A config problem: which key, what is wrong, how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML")]
+    Toml {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("config key {key}: environment variable {var} is not set\nhint: export {var}, or write the value into the file")]
+    MissingEnv { key: String, var: String },
+    #[error("config key {key}: unterminated ${{...}}\nhint: write ${{NAME}}, or $$ for a literal $")]
+    BadInterpolation { key: String },
+    #[error("config key {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates config text; `env` resolves `${NAME}`.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|source| ConfigError::Toml {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        interpolate(&mut value, "", env)?;
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|err| {
+            let key = err.path().to_string();
+            ConfigError::Invalid {
+                key: if key == "." { "(top level)".into() } else { key },
+                message: err.into_inner().to_string(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        let name = &self.pipeline.name;
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(invalid(
+                "pipeline.name",
+                format!("{name:?} must be non-empty and use only letters, digits, '_' and '-'"),
+            ));
+        }
+        match &self.source {
+            SourceConfig::Postgres(pg) => {
+                if let Err(err) = pg.url.expose().parse::<tokio_postgres::Config>() {
+                    return Err(invalid(
+                        "source.url",
+                        format!("not a Postgres url ({err}); expected postgres://user:password@host:port/database"),
+                    ));
+                }
+                if pg.tables.is_empty() {
+                    return Err(invalid(
+                        "source.tables",
+                        "is empty; list include patterns such as [\"public.*\"]".into(),
+                    ));
+                }
+            }
+        }
+        match &self.sink {
+            SinkConfig::Lake(lake) => {
+                if lake.uri.starts_with("s3://") {
+                    return Err(invalid(
+                        "sink.uri",
+                        "s3:// lakes are not supported yet; use a local path or file:// uri".into(),
+                    ));
+                }
+                if lake.uri.contains("://") && !lake.uri.starts_with("file://") {
+                    return Err(invalid(
+                        "sink.uri",
+                        format!("{:?} has an unknown scheme; use file:///path or a plain path", lake.uri),
+                    ));
+                }
+                if lake.flush_interval_ms == 0 {
+                    return Err(invalid("sink.flush_interval_ms", "must be at least 1".into()));
+                }
+                if lake.max_batch_rows == 0 {
+                    return Err(invalid("sink.max_batch_rows", "must be at least 1".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LakeSinkConfig {
+    /// The lake root as a local directory.
+    pub fn root(&self) -> PathBuf {
+        PathBuf::from(self.uri.strip_prefix("file://").unwrap_or(&self.uri))
+    }
+}
+
+/// Replaces `${NAME}` in every string value; `$$` is a literal `$`.
+fn interpolate(
+    value: &mut toml::Value,
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::String(s) => {
+            if s.contains('$') {
+                *s = interpolate_str(s, key, env)?;
+            }
+        }
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate(item, &format!("{key}[{i}]"), env)?;
+            }
+        }
+        toml::Value::Table(table) => {
+            for (k, v) in table.iter_mut() {
+                let child = if key.is_empty() { k.clone() } else { format!("{key}.{k}") };
+                interpolate(v, &child, env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn interpolate_str(
+    s: &str,
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body.find('}').ok_or_else(|| ConfigError::BadInterpolation {
+                key: key.to_string(),
+            })?;
+            let var = &body[..end];
+            let value = env(var).ok_or_else(|| ConfigError::MissingEnv {
+                key: key.to_string(),
+                var: var.to_string(),
+            })?;
+            out.push_str(&value);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The JSON Schema of the config file, as committed in `schemas/`.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Config);
+    serde_json::to_string_pretty(&schema).expect("schema serializes") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[pipeline]
+name = "shop"
+[source]
+type = "postgres"
+url = "postgres://cdc:${PGPASSWORD}@127.0.0.1:5432/shop"
+tables = ["public.*"]
+[sink]
+type = "lake"
+uri = "file:///tmp/lake"
+"#;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "PGPASSWORD").then(|| "s3cret".to_string())
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("t.toml"), &env)
+    }
+
+    #[test]
+    fn interpolates_and_hides_secrets() {
+        let config = parse(GOOD).unwrap();
+        let SourceConfig::Postgres(pg) = &config.source;
+        assert_eq!(pg.url.expose(), "postgres://cdc:s3cret@127.0.0.1:5432/shop");
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let SinkConfig::Lake(lake) = &config.sink;
+        assert_eq!(lake.flush_interval_ms, DEFAULT_FLUSH_INTERVAL_MS);
+        assert_eq!(lake.root(), PathBuf::from("/tmp/lake"));
+    }
+
+    #[test]
+    fn unknown_key_names_the_key() {
+        let err = parse(&GOOD.replace("tables =", "tabels =")).unwrap_err().to_string();
+        assert!(err.contains("source") && err.contains("tabels"), "{err}");
+    }
+
+    #[test]
+    fn missing_env_names_key_and_variable() {
+        let err = parse(&GOOD.replace("PGPASSWORD", "NOPE")).unwrap_err().to_string();
+        assert!(err.contains("source.url") && err.contains("NOPE"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let text = GOOD.replace("uri = \"file:///tmp/lake\"", "uri = \"x\"\nflush_interval_ms = \"soon\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("sink.flush_interval_ms"), "{err}");
+    }
+
+    #[test]
+    fn bad_pipeline_name() {
+        let err = parse(&GOOD.replace("\"shop\"", "\"a b\"")).unwrap_err().to_string();
+        assert!(err.contains("pipeline.name"), "{err}");
+    }
+
+    #[test]
+    fn committed_json_schema_is_current() {
+        let committed = include_str!("../schemas/config.schema.json");
+        assert_eq!(
+            committed,
+            json_schema(),
+            "schemas/config.schema.json is stale: run `tidewater schema > schemas/config.schema.json`"
+        );
+    }
+}
