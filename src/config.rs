@@ -30,9 +30,6 @@ pub struct Config {
 pub struct PipelineConfig {
     /// Lake folder name, slot/publication name suffix and commit app id.
     pub name: String,
-    /// Local scratch directory (spill files, reverse-ETL state). Optional for now.
-    #[serde(default)]
-    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -142,7 +139,9 @@ pub enum ConfigError {
     },
     #[error("config key {key}: environment variable {var} is not set\nhint: export {var}, or write the value into the file")]
     MissingEnv { key: String, var: String },
-    #[error("config key {key}: unterminated ${{...}}\nhint: write ${{NAME}}, or $$ for a literal $")]
+    #[error(
+        "config key {key}: unterminated ${{...}}\nhint: write ${{NAME}}, or $$ for a literal $"
+    )]
     BadInterpolation { key: String },
     #[error("config key {key}: {message}")]
     Invalid { key: String, message: String },
@@ -171,7 +170,11 @@ impl Config {
         let config: Config = serde_path_to_error::deserialize(value).map_err(|err| {
             let key = err.path().to_string();
             ConfigError::Invalid {
-                key: if key == "." { "(top level)".into() } else { key },
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
                 message: err.into_inner().to_string(),
             }
         })?;
@@ -222,11 +225,17 @@ impl Config {
                 if lake.uri.contains("://") && !lake.uri.starts_with("file://") {
                     return Err(invalid(
                         "sink.uri",
-                        format!("{:?} has an unknown scheme; use file:///path or a plain path", lake.uri),
+                        format!(
+                            "{:?} has an unknown scheme; use file:///path or a plain path",
+                            lake.uri
+                        ),
                     ));
                 }
                 if lake.flush_interval_ms == 0 {
-                    return Err(invalid("sink.flush_interval_ms", "must be at least 1".into()));
+                    return Err(invalid(
+                        "sink.flush_interval_ms",
+                        "must be at least 1".into(),
+                    ));
                 }
                 if lake.max_batch_rows == 0 {
                     return Err(invalid("sink.max_batch_rows", "must be at least 1".into()));
@@ -263,7 +272,11 @@ fn interpolate(
         }
         toml::Value::Table(table) => {
             for (k, v) in table.iter_mut() {
-                let child = if key.is_empty() { k.clone() } else { format!("{key}.{k}") };
+                let child = if key.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{key}.{k}")
+                };
                 interpolate(v, &child, env)?;
             }
         }
@@ -286,9 +299,11 @@ fn interpolate_str(
             out.push('$');
             rest = tail;
         } else if let Some(body) = after.strip_prefix('{') {
-            let end = body.find('}').ok_or_else(|| ConfigError::BadInterpolation {
-                key: key.to_string(),
-            })?;
+            let end = body
+                .find('}')
+                .ok_or_else(|| ConfigError::BadInterpolation {
+                    key: key.to_string(),
+                })?;
             let var = &body[..end];
             let value = env(var).ok_or_else(|| ConfigError::MissingEnv {
                 key: key.to_string(),
@@ -348,26 +363,35 @@ uri = "file:///tmp/lake"
 
     #[test]
     fn unknown_key_names_the_key() {
-        let err = parse(&GOOD.replace("tables =", "tabels =")).unwrap_err().to_string();
+        let err = parse(&GOOD.replace("tables =", "tabels ="))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("source") && err.contains("tabels"), "{err}");
     }
 
     #[test]
     fn missing_env_names_key_and_variable() {
-        let err = parse(&GOOD.replace("PGPASSWORD", "NOPE")).unwrap_err().to_string();
+        let err = parse(&GOOD.replace("PGPASSWORD", "NOPE"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("source.url") && err.contains("NOPE"), "{err}");
     }
 
     #[test]
     fn wrong_type_names_the_key() {
-        let text = GOOD.replace("uri = \"file:///tmp/lake\"", "uri = \"x\"\nflush_interval_ms = \"soon\"");
+        let text = GOOD.replace(
+            "uri = \"file:///tmp/lake\"",
+            "uri = \"x\"\nflush_interval_ms = \"soon\"",
+        );
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("sink.flush_interval_ms"), "{err}");
     }
 
     #[test]
     fn bad_pipeline_name() {
-        let err = parse(&GOOD.replace("\"shop\"", "\"a b\"")).unwrap_err().to_string();
+        let err = parse(&GOOD.replace("\"shop\"", "\"a b\""))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("pipeline.name"), "{err}");
     }
 

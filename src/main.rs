@@ -1,1 +1,218 @@
-fn main() {}
+//! tidewater: change-data-capture from database logs into lake tables.
+//!
+//! The binary only wires things together: CLI and config here, the
+//! coordinator in [`pipeline`], the error policy in [`policy`].
+
+mod config;
+mod pipeline;
+mod policy;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::pipeline::{Mode, Outcome, PipelineError, Settings};
+use crate::policy::{action, backoff, exit_code};
+
+#[derive(Parser)]
+#[command(
+    name = "tidewater",
+    version,
+    about = "Change-data-capture from Postgres into Delta Lake tables"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Snapshot if needed, then stream changes until SIGTERM/SIGINT.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Take a consistent snapshot into the lake, then exit. The replication slot
+    /// is kept so a later `run` continues without a gap.
+    Snapshot {
+        #[arg(long)]
+        config: PathBuf,
+        /// Drop the replication slot afterwards (no later `run` can continue).
+        #[arg(long)]
+        drop_slot: bool,
+    },
+    /// Check the config and the source server; print every problem with its fix.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print per-table state, committed positions and replication lag.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value_t = status::Format::Text)]
+        format: status::Format,
+    },
+    /// Print the JSON Schema of the config file.
+    Schema,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tidewater")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(exit_code::FAILED as u8);
+        }
+    };
+    let code = runtime.block_on(dispatch(cli.command));
+    ExitCode::from(code as u8)
+}
+
+/// Our own logs at info; the Delta libraries log every snapshot load at info,
+/// which drowns the pipeline's own lines, so they only speak up on errors.
+const DEFAULT_LOG_FILTER: &str =
+    "info,deltalake=error,deltalake_core=error,buoyant_kernel=error,delta_kernel=error";
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEWATER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load(path: &PathBuf) -> Result<Config, i32> {
+    Config::load(path).map_err(|err| {
+        eprintln!("error: {}", chain(&err));
+        exit_code::CONFIG
+    })
+}
+
+/// An error and its causes, one per line.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(&format!("\n  caused by: {cause}"));
+        source = cause.source();
+    }
+    out
+}
+
+async fn dispatch(command: Command) -> i32 {
+    match command {
+        Command::Schema => {
+            print!("{}", config::json_schema());
+            exit_code::OK
+        }
+        Command::Run { config } => match load(&config) {
+            Ok(config) => run(&config, Mode::Continuous).await,
+            Err(code) => code,
+        },
+        Command::Snapshot { config, drop_slot } => match load(&config) {
+            Ok(config) => {
+                let code = run(&config, Mode::SnapshotOnly).await;
+                if code == exit_code::OK && drop_slot {
+                    return status::drop_slot(&Settings::from_config(&config)).await;
+                }
+                code
+            }
+            Err(code) => code,
+        },
+        Command::Check { config } => match load(&config) {
+            Ok(config) => status::check(&Settings::from_config(&config)).await,
+            Err(code) => code,
+        },
+        Command::Status { config, format } => match load(&config) {
+            Ok(config) => status::status(&Settings::from_config(&config), format).await,
+            Err(code) => code,
+        },
+    }
+}
+
+/// Runs the pipeline, retrying transient errors with backoff, until shutdown,
+/// a completed snapshot (in snapshot mode) or an error that cannot be retried.
+async fn run(config: &Config, mode: Mode) -> i32 {
+    let settings = Settings::from_config(config);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("signal received, stopping");
+        let _ = shutdown_tx.send(true);
+    });
+    let mut attempt = 0;
+    loop {
+        match pipeline::run(&settings, mode, shutdown_rx.clone()).await {
+            Ok(Outcome::Shutdown) => {
+                info!("stopped cleanly");
+                return exit_code::OK;
+            }
+            Ok(Outcome::SnapshotComplete) => {
+                info!(slot = %settings.source.slot, "snapshot complete; the replication slot is kept so `tidewater run` continues from it (it retains WAL until then)");
+                return exit_code::OK;
+            }
+            Ok(Outcome::AlreadySnapshotted) => {
+                info!("every table is already snapshotted; nothing to do");
+                return exit_code::OK;
+            }
+            Err(err) => {
+                let class = err.class();
+                let action = action(class);
+                if let PipelineError::Preflight(_) = err {
+                    eprintln!("error: {}", chain(&err));
+                    return exit_code::PREFLIGHT;
+                }
+                if action.retry && !*shutdown_rx.borrow() {
+                    let wait = backoff(attempt);
+                    warn!(error = %chain(&err), attempt, wait_ms = wait.as_millis() as u64, "{}", action.hint);
+                    attempt += 1;
+                    let mut shutdown = shutdown_rx.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => continue,
+                        _ = shutdown.changed() => return exit_code::OK,
+                    }
+                }
+                error!(class = ?class, "{}", action.hint);
+                eprintln!("error: {}\nhint: {}", chain(&err), action.hint);
+                return action.exit_code;
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -90,7 +90,10 @@ impl Batcher {
 
     /// Registers a table schema. If a batch of an older version is open, it is
     /// cut and returned so the caller can hand it to the sink first.
-    pub fn set_schema(&mut self, schema: Arc<TableSchema>) -> Result<Option<ChangeBatch>, ArrowError> {
+    pub fn set_schema(
+        &mut self,
+        schema: Arc<TableSchema>,
+    ) -> Result<Option<ChangeBatch>, ArrowError> {
         let table = schema.table.clone();
         let cut = match self.open.get(&table) {
             Some(open) if open.schema.version != schema.version => self.cut_table(&table)?,
@@ -294,8 +297,12 @@ pub(crate) fn build_array(ty: &DataType, values: &[&Datum]) -> Result<ArrayRef, 
         DataType::Int16 => build_primitive!(Int16Builder::with_capacity(n), ty, values, Int16),
         DataType::Int32 => build_primitive!(Int32Builder::with_capacity(n), ty, values, Int32),
         DataType::Int64 => build_primitive!(Int64Builder::with_capacity(n), ty, values, Int64),
-        DataType::Float32 => build_primitive!(Float32Builder::with_capacity(n), ty, values, Float32),
-        DataType::Float64 => build_primitive!(Float64Builder::with_capacity(n), ty, values, Float64),
+        DataType::Float32 => {
+            build_primitive!(Float32Builder::with_capacity(n), ty, values, Float32)
+        }
+        DataType::Float64 => {
+            build_primitive!(Float64Builder::with_capacity(n), ty, values, Float64)
+        }
         DataType::Date32 => build_primitive!(Date32Builder::with_capacity(n), ty, values, Date),
         DataType::Time64(TimeUnit::Microsecond) => {
             build_primitive!(Time64MicrosecondBuilder::with_capacity(n), ty, values, Time)
@@ -312,7 +319,8 @@ pub(crate) fn build_array(ty: &DataType, values: &[&Datum]) -> Result<ArrayRef, 
             Arc::new(builder.finish().with_timezone_opt(tz.clone()))
         }
         DataType::Decimal128(precision, scale) => {
-            let builder = build_primitive!(Decimal128Builder::with_capacity(n), ty, values, Decimal128);
+            let builder =
+                build_primitive!(Decimal128Builder::with_capacity(n), ty, values, Decimal128);
             let array = builder
                 .as_any()
                 .downcast_ref::<arrow_array::Decimal128Array>()
@@ -322,7 +330,8 @@ pub(crate) fn build_array(ty: &DataType, values: &[&Datum]) -> Result<ArrayRef, 
             Arc::new(array)
         }
         DataType::Decimal256(precision, scale) => {
-            let builder = build_primitive!(Decimal256Builder::with_capacity(n), ty, values, Decimal256);
+            let builder =
+                build_primitive!(Decimal256Builder::with_capacity(n), ty, values, Decimal256);
             let array = builder
                 .as_any()
                 .downcast_ref::<arrow_array::Decimal256Array>()
@@ -476,7 +485,10 @@ mod tests {
         let ids = batch.batch.column(0).as_primitive::<Int32Type>();
         assert_eq!(ids.values().to_vec(), vec![1, 2, 3]);
         let seqs = batch.batch.column_by_name("_tw_seq").unwrap();
-        assert_eq!(seqs.as_primitive::<UInt64Type>().values().to_vec(), vec![10, 10, 20]);
+        assert_eq!(
+            seqs.as_primitive::<UInt64Type>().values().to_vec(),
+            vec![10, 10, 20]
+        );
         let tags = batch.batch.column(1).as_list::<i32>();
         assert_eq!(tags.value(2).len(), 2);
         assert!(tags.value(2).is_null(1));
@@ -489,7 +501,10 @@ mod tests {
         batcher.set_schema(schema(1)).unwrap();
         batcher.begin(commit(10));
         batcher.push(row(1, 1)).unwrap();
-        let cut = batcher.set_schema(schema(2)).unwrap().expect("old batch cut");
+        let cut = batcher
+            .set_schema(schema(2))
+            .unwrap()
+            .expect("old batch cut");
         assert_eq!(cut.schema.version, 1);
         assert_eq!(cut.batch.num_rows(), 1);
         assert!(batcher.is_empty());

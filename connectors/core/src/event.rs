@@ -151,8 +151,14 @@ pub enum ChangeEvent {
     Commit(CommitInfo),
     /// The source is alive and has nothing to send up to this position: it is
     /// safe to acknowledge when nothing is pending.
-    Heartbeat { seq: u64, position: String },
+    Heartbeat {
+        seq: u64,
+        position: String,
+    },
     /// The consistent snapshot is complete (it was delivered as one transaction
     /// whose `Commit` came just before); streaming continues from `position`.
-    SnapshotDone { seq: u64, position: String },
+    SnapshotDone {
+        seq: u64,
+        position: String,
+    },
 }

@@ -20,6 +20,7 @@ mod schema;
 mod traits;
 mod types;
 
+pub use arrow_schema::ArrowError;
 pub use batch::{BatchLimits, Batcher, ChangeBatch};
 pub use error::ErrorClass;
 pub use event::{ChangeEvent, CommitInfo, Datum, Mark, Op, RowChange, TableId};

@@ -86,8 +86,14 @@ mod tests {
 
     #[test]
     fn decimal_precision_picks_width() {
-        let narrow = ColumnType::Decimal { precision: 38, scale: 2 };
-        let wide = ColumnType::Decimal { precision: 39, scale: 2 };
+        let narrow = ColumnType::Decimal {
+            precision: 38,
+            scale: 2,
+        };
+        let wide = ColumnType::Decimal {
+            precision: 39,
+            scale: 2,
+        };
         assert_eq!(arrow_type(&narrow), DataType::Decimal128(38, 2));
         assert_eq!(arrow_type(&wide), DataType::Decimal256(39, 2));
     }

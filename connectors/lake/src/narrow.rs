@@ -30,9 +30,15 @@ pub const LAKE_ENCODING_KEY: &str = "tidewater.lake_encoding";
 fn narrow_type(field: &Field) -> (DataType, Option<&'static str>) {
     match field.data_type() {
         DataType::UInt64 if field.name().starts_with("_tw_") => (DataType::Int64, None),
-        DataType::UInt64 => (DataType::Decimal128(20, 0), Some("decimal(20,0) of an unsigned 64-bit integer")),
+        DataType::UInt64 => (
+            DataType::Decimal128(20, 0),
+            Some("decimal(20,0) of an unsigned 64-bit integer"),
+        ),
         DataType::UInt32 => (DataType::Int64, Some("long of an unsigned 32-bit integer")),
-        DataType::UInt16 => (DataType::Int32, Some("integer of an unsigned 16-bit integer")),
+        DataType::UInt16 => (
+            DataType::Int32,
+            Some("integer of an unsigned 16-bit integer"),
+        ),
         DataType::UInt8 => (DataType::Int16, Some("short of an unsigned 8-bit integer")),
         DataType::Time64(TimeUnit::Microsecond) => {
             (DataType::Int64, Some("microseconds since midnight"))
@@ -61,7 +67,11 @@ pub fn narrow_field(field: &Field) -> Field {
 
 pub fn narrow_schema(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(
-        schema.fields().iter().map(|f| narrow_field(f)).collect::<Vec<_>>(),
+        schema
+            .fields()
+            .iter()
+            .map(|f| narrow_field(f))
+            .collect::<Vec<_>>(),
     ))
 }
 
@@ -82,7 +92,9 @@ fn narrow_array(array: &ArrayRef, target: &DataType) -> Result<ArrayRef, ArrowEr
         return Ok(array.clone());
     }
     match (array.data_type(), target) {
-        (DataType::FixedSizeBinary(16), DataType::Utf8) => Ok(uuid_text(array.as_fixed_size_binary())),
+        (DataType::FixedSizeBinary(16), DataType::Utf8) => {
+            Ok(uuid_text(array.as_fixed_size_binary()))
+        }
         (DataType::Decimal256(_, scale), DataType::Utf8) => {
             let decimals: &Decimal256Array = array.as_primitive();
             let mut out = StringBuilder::with_capacity(decimals.len(), decimals.len() * 24);
@@ -137,7 +149,10 @@ fn decimal_text(unscaled: &str, scale: i8) -> String {
         None => ("", unscaled),
     };
     if scale <= 0 {
-        return format!("{sign}{digits}{}", "0".repeat(scale.unsigned_abs() as usize));
+        return format!(
+            "{sign}{digits}{}",
+            "0".repeat(scale.unsigned_abs() as usize)
+        );
     }
     let scale = scale as usize;
     let padded = format!("{digits:0>width$}", width = scale + 1);
@@ -182,10 +197,23 @@ mod tests {
         )
         .unwrap();
         let narrowed = narrow_batch(&batch).unwrap();
-        assert_eq!(narrowed.column(0).as_primitive::<deltalake::arrow::datatypes::Int64Type>().value(0), 86_400_000_000);
-        assert_eq!(narrowed.column(1).as_string::<i32>().value(0), "abababab-abab-abab-abab-abababababab");
+        assert_eq!(
+            narrowed
+                .column(0)
+                .as_primitive::<deltalake::arrow::datatypes::Int64Type>()
+                .value(0),
+            86_400_000_000
+        );
+        assert_eq!(
+            narrowed.column(1).as_string::<i32>().value(0),
+            "abababab-abab-abab-abab-abababababab"
+        );
         assert_eq!(narrowed.column(2).as_string::<i32>().value(0), "-123.45");
         assert_eq!(narrowed.column(3).data_type(), &DataType::Int64);
-        assert!(narrowed.schema().field(1).metadata().contains_key(LAKE_ENCODING_KEY));
+        assert!(narrowed
+            .schema()
+            .field(1)
+            .metadata()
+            .contains_key(LAKE_ENCODING_KEY));
     }
 }

@@ -211,7 +211,11 @@ impl LakeSink {
     /// Commits every table with written data — and, when `phase` says so, every
     /// known table even without data, so each records the snapshot state —
     /// each in one atomic Delta commit with its mark and `position`.
-    pub async fn commit(&mut self, position: &str, phase: Option<SnapshotPhase>) -> Result<usize, LakeError> {
+    pub async fn commit(
+        &mut self,
+        position: &str,
+        phase: Option<SnapshotPhase>,
+    ) -> Result<usize, LakeError> {
         let app_id = self.app_id();
         let mut committed = 0;
         for (table, open) in self.tables.iter_mut() {
@@ -297,7 +301,10 @@ impl LakeSink {
     }
 
     /// Row count and file count of a table from the Delta log (no data read).
-    pub async fn table_stats(&mut self, table: &TableId) -> Result<Option<(usize, usize)>, LakeError> {
+    pub async fn table_stats(
+        &mut self,
+        table: &TableId,
+    ) -> Result<Option<(usize, usize)>, LakeError> {
         self.table_state(table).await?;
         let Some(open) = self.tables.get(table) else {
             return Ok(None);
@@ -370,12 +377,19 @@ async fn read_state(
     let version = delta.version().unwrap_or_default();
     let mut history = delta.history(None);
     while let Some(info) = history.try_next().await? {
-        let text = |key: &str| info.info.get(key).and_then(Value::as_str).map(str::to_string);
+        let text = |key: &str| {
+            info.info
+                .get(key)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
         if text(KEY_PIPELINE).as_deref() != Some(pipeline) {
             continue;
         }
         let number = |key: &str| text(key).and_then(|s| s.parse::<u64>().ok());
-        let (Some(seq), Some(ord), Some(position)) = (number(KEY_SEQ), number(KEY_ORD), text(KEY_POSITION)) else {
+        let (Some(seq), Some(ord), Some(position)) =
+            (number(KEY_SEQ), number(KEY_ORD), text(KEY_POSITION))
+        else {
             return Err(DeltaTableError::Generic(format!(
                 "commit of pipeline {pipeline} lacks its tidewater mark"
             )));

@@ -145,7 +145,11 @@ pub fn quote_ident(name: &str) -> String {
 }
 
 pub fn quote_table(table: &TableId) -> String {
-    format!("{}.{}", quote_ident(&table.schema), quote_ident(&table.table))
+    format!(
+        "{}.{}",
+        quote_ident(&table.schema),
+        quote_ident(&table.table)
+    )
 }
 
 #[cfg(test)]

@@ -43,7 +43,9 @@ pub fn split_line(line: &[u8]) -> Result<Vec<Option<String>>, CopyError> {
                 other => out.push(other),
             }
         }
-        fields.push(Some(String::from_utf8(out).map_err(|_| CopyError::NotUtf8)?));
+        fields.push(Some(
+            String::from_utf8(out).map_err(|_| CopyError::NotUtf8)?,
+        ));
     }
     Ok(fields)
 }

@@ -108,7 +108,9 @@ impl PostgresError {
     }
 }
 
-pub(crate) fn query_error(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> PostgresError {
+pub(crate) fn query_error(
+    what: impl Into<String>,
+) -> impl FnOnce(tokio_postgres::Error) -> PostgresError {
     let what = what.into();
     move |source| PostgresError::Query { what, source }
 }

@@ -22,12 +22,32 @@ use bytes::Bytes;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
     Relation(Relation),
-    Type { oid: u32, namespace: String, name: String },
-    Insert { relation: u32, new: Vec<Cell> },
-    Update { relation: u32, old: Option<OldTuple>, new: Vec<Cell> },
-    Delete { relation: u32, old: OldTuple },
-    Truncate { relations: Vec<u32>, cascade: bool, restart_identity: bool },
-    Origin { name: String },
+    Type {
+        oid: u32,
+        namespace: String,
+        name: String,
+    },
+    Insert {
+        relation: u32,
+        new: Vec<Cell>,
+    },
+    Update {
+        relation: u32,
+        old: Option<OldTuple>,
+        new: Vec<Cell>,
+    },
+    Delete {
+        relation: u32,
+        old: OldTuple,
+    },
+    Truncate {
+        relations: Vec<u32>,
+        cascade: bool,
+        restart_identity: bool,
+    },
+    Origin {
+        name: String,
+    },
 }
 
 /// The old image sent with an update or delete.
@@ -81,7 +101,11 @@ pub enum DecodeError {
     #[error("unknown pgoutput message tag {tag:#04x}")]
     UnknownTag { tag: u8 },
     #[error("unexpected byte {byte:#04x} at offset {offset}, expected {expected}")]
-    Unexpected { offset: usize, byte: u8, expected: &'static str },
+    Unexpected {
+        offset: usize,
+        byte: u8,
+        expected: &'static str,
+    },
     #[error("negative count {count} at offset {offset}")]
     NegativeCount { offset: usize, count: i64 },
     #[error("string at offset {offset} is not NUL-terminated UTF-8")]
@@ -383,7 +407,10 @@ mod tests {
     fn every_truncation_of_a_message_is_an_error() {
         let full = relation_bytes();
         for len in 0..full.len() {
-            assert!(decode(Bytes::copy_from_slice(&full[..len])).is_err(), "len {len}");
+            assert!(
+                decode(Bytes::copy_from_slice(&full[..len])).is_err(),
+                "len {len}"
+            );
         }
     }
 

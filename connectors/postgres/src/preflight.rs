@@ -83,7 +83,10 @@ pub async fn preflight(
     if !can_replicate {
         problems.push(Problem {
             what: format!("role {user:?} lacks the REPLICATION attribute"),
-            fix: format!("ALTER ROLE {} WITH REPLICATION;", crate::catalog::quote_ident(&user)),
+            fix: format!(
+                "ALTER ROLE {} WITH REPLICATION;",
+                crate::catalog::quote_ident(&user)
+            ),
         });
     }
     if tables.is_empty() {
@@ -111,7 +114,11 @@ pub async fn preflight(
         if !can_select {
             problems.push(Problem {
                 what: format!("role {user:?} cannot SELECT from {table} (needed for the snapshot)"),
-                fix: format!("GRANT SELECT ON {} TO {};", quote_table(table), crate::catalog::quote_ident(&user)),
+                fix: format!(
+                    "GRANT SELECT ON {} TO {};",
+                    quote_table(table),
+                    crate::catalog::quote_ident(&user)
+                ),
             });
         }
         if !publication_exists && !owns && !superuser {

@@ -37,13 +37,13 @@ use futures_util::StreamExt;
 use pgwire_replication::{
     Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
 };
-use tidewater_core::{
-    ChangeEvent, Column, CommitInfo, Datum, Op, RowChange, TableId, TableSchema,
-};
+use tidewater_core::{ChangeEvent, Column, CommitInfo, Datum, Op, RowChange, TableId, TableSchema};
 use tokio_postgres::{Client, CopyOutStream, NoTls};
 use tracing::{debug, info, warn};
 
-use crate::catalog::{list_tables, quote_ident, quote_table, table_columns, TableFilter, TypeNames};
+use crate::catalog::{
+    list_tables, quote_ident, quote_table, table_columns, TableFilter, TypeNames,
+};
 use crate::copy::split_line;
 use crate::error::{query_error, PostgresError};
 use crate::pgoutput::{self, Cell, Message, OldTuple, Relation};
@@ -83,7 +83,13 @@ impl PostgresConfig {
     pub fn names_for(pipeline: &str) -> (String, String) {
         let clean: String = pipeline
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
             .collect();
         (format!("tidewater_{clean}"), format!("tidewater_{clean}"))
     }
@@ -140,13 +146,14 @@ impl PostgresSource {
         let pg_config = tokio_postgres::Config::from_str(&config.url)
             .map_err(|source| PostgresError::Url { source })?;
         let target = describe_target(&pg_config);
-        let (client, connection) = pg_config
-            .connect(NoTls)
-            .await
-            .map_err(|source| PostgresError::Connect {
-                target: target.clone(),
-                source,
-            })?;
+        let (client, connection) =
+            pg_config
+                .connect(NoTls)
+                .await
+                .map_err(|source| PostgresError::Connect {
+                    target: target.clone(),
+                    source,
+                })?;
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 debug!(error = %err, "control connection closed");
@@ -301,11 +308,12 @@ impl PostgresSource {
                 .as_ref()
                 .map(|b| String::from_utf8_lossy(b).into_owned())
         };
-        let consistent_point = field(1)
-            .and_then(|s| Lsn::parse(&s).ok())
-            .ok_or(PostgresError::Misuse {
-                what: "CREATE_REPLICATION_SLOT returned no consistent point",
-            })?;
+        let consistent_point =
+            field(1)
+                .and_then(|s| Lsn::parse(&s).ok())
+                .ok_or(PostgresError::Misuse {
+                    what: "CREATE_REPLICATION_SLOT returned no consistent point",
+                })?;
         let snapshot_name = field(2).ok_or(PostgresError::Misuse {
             what: "CREATE_REPLICATION_SLOT returned no snapshot name",
         })?;
@@ -372,7 +380,8 @@ impl PostgresSource {
         let phase = self.snapshot.as_mut().expect("checked by caller");
         if !phase.begun {
             phase.begun = true;
-            self.pending.push_back(ChangeEvent::Begin(phase.commit.clone()));
+            self.pending
+                .push_back(ChangeEvent::Begin(phase.commit.clone()));
             return Ok(());
         }
         let Some(copy) = phase.copy.as_mut() else {
@@ -389,7 +398,11 @@ impl PostgresSource {
             });
             self.schemas.insert(table.clone(), schema.clone());
             self.pending.push_back(ChangeEvent::Schema(schema.clone()));
-            let select: Vec<String> = schema.columns.iter().map(|c| quote_ident(&c.name)).collect();
+            let select: Vec<String> = schema
+                .columns
+                .iter()
+                .map(|c| quote_ident(&c.name))
+                .collect();
             let sql = format!(
                 "COPY (SELECT {} FROM {}) TO STDOUT",
                 select.join(", "),
@@ -456,7 +469,8 @@ impl PostgresSource {
             .map_err(|source| PostgresError::Replication { source })?;
         info!(slot = %self.config.slot, "snapshot complete, streaming");
         self.repl = Some(repl);
-        self.pending.push_back(ChangeEvent::Commit(phase.commit.clone()));
+        self.pending
+            .push_back(ChangeEvent::Commit(phase.commit.clone()));
         self.pending.push_back(ChangeEvent::SnapshotDone {
             seq: phase.commit.seq,
             position: phase.commit.position,
@@ -559,7 +573,11 @@ impl PostgresSource {
             .relations
             .get(&oid)
             .ok_or(PostgresError::UnknownRelation { oid })?;
-        Ok(if state.included { state.schema.clone() } else { None })
+        Ok(if state.included {
+            state.schema.clone()
+        } else {
+            None
+        })
     }
 
     async fn on_relation(&mut self, relation: Relation) -> Result<(), PostgresError> {
@@ -667,7 +685,9 @@ fn replication_config(
         Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
         None => "localhost".into(),
     };
-    let user = pg.get_user().ok_or(PostgresError::UrlPart { what: "user" })?;
+    let user = pg
+        .get_user()
+        .ok_or(PostgresError::UrlPart { what: "user" })?;
     let database = pg
         .get_dbname()
         .ok_or(PostgresError::UrlPart { what: "database" })?;

@@ -110,11 +110,17 @@ mod tests {
         let typmod = |p: i32, s: i32| ((p << 16) | (s & 0x7ff)) + 4;
         assert_eq!(
             column_type(NUMERIC, typmod(12, 2)),
-            ColumnType::Decimal { precision: 12, scale: 2 }
+            ColumnType::Decimal {
+                precision: 12,
+                scale: 2
+            }
         );
         assert_eq!(
             column_type(NUMERIC, typmod(60, 10)),
-            ColumnType::Decimal { precision: 60, scale: 10 }
+            ColumnType::Decimal {
+                precision: 60,
+                scale: 10
+            }
         );
         assert_eq!(column_type(NUMERIC, -1), ColumnType::Text);
         assert_eq!(column_type(NUMERIC, typmod(5, -2)), ColumnType::Text);
@@ -127,6 +133,10 @@ mod tests {
             column_type(1007, -1),
             ColumnType::List(Box::new(ColumnType::Int32))
         );
-        assert_eq!(column_type(1186, -1), ColumnType::Text, "interval falls back to text");
+        assert_eq!(
+            column_type(1186, -1),
+            ColumnType::Text,
+            "interval falls back to text"
+        );
     }
 }

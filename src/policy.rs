@@ -1,0 +1,73 @@
+//! The one table that maps an error class to what the daemon does and what the
+//! operator is told, plus the retry backoff.
+
+use std::time::Duration;
+
+use tidewater_core::ErrorClass;
+
+/// Process exit codes (documented in the README).
+pub mod exit_code {
+    /// Success, or a clean shutdown on SIGTERM/SIGINT.
+    pub const OK: i32 = 0;
+    /// The pipeline stopped on an error it cannot retry.
+    pub const FAILED: i32 = 1;
+    /// The config file or the command line is invalid.
+    pub const CONFIG: i32 = 2;
+    /// Preflight found problems with the source server (see `tidewater check`).
+    pub const PREFLIGHT: i32 = 3;
+}
+
+/// What to do about an error of a class.
+pub struct Action {
+    pub retry: bool,
+    pub exit_code: i32,
+    pub hint: &'static str,
+}
+
+pub fn action(class: ErrorClass) -> Action {
+    match class {
+        ErrorClass::Transient => Action {
+            retry: true,
+            exit_code: exit_code::FAILED,
+            hint: "retrying from the last durable position",
+        },
+        ErrorClass::Config => Action {
+            retry: false,
+            exit_code: exit_code::CONFIG,
+            hint: "fix the configuration or the server setting named above and start again",
+        },
+        ErrorClass::Definite => Action {
+            retry: false,
+            exit_code: exit_code::FAILED,
+            hint: "a table cannot be replicated as it is; the error names it and the fix",
+        },
+        _ => Action {
+            retry: false,
+            exit_code: exit_code::FAILED,
+            hint: "this is a bug in tidewater: please report it with the log",
+        },
+    }
+}
+
+/// Backoff before retry `attempt` (from 0): exponential from 1 s, capped at
+/// 30 s, with up to 25% jitter so many daemons do not reconnect in step.
+pub fn backoff(attempt: u32) -> Duration {
+    let base_ms = 1000u64.saturating_mul(1 << attempt.min(5)).min(30_000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    Duration::from_millis(base_ms + nanos % (base_ms / 4 + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert!(backoff(0) >= Duration::from_secs(1) && backoff(0) < Duration::from_millis(1251));
+        assert!(backoff(3) >= Duration::from_secs(8));
+        assert!(backoff(30) <= Duration::from_millis(37_500));
+    }
+}

@@ -1,0 +1,196 @@
+//! `tidewater check` and `tidewater status`: read-only views of the source
+//! server and the lake.
+
+use clap::ValueEnum;
+use serde_json::json;
+use tidewater_lake::LakeSink;
+use tidewater_postgres::PostgresSource;
+
+use crate::pipeline::{format_problems, Settings};
+use crate::policy::exit_code;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Preflight against the live source and a write probe of the lake root.
+pub async fn check(settings: &Settings) -> i32 {
+    let mut problems = Vec::new();
+    match PostgresSource::connect(settings.source.clone()).await {
+        Ok(source) => {
+            let result = async {
+                let tables = source.tables().await?;
+                let found =
+                    tidewater_postgres::preflight(source.client(), source.config(), &tables)
+                        .await?;
+                Ok::<_, tidewater_postgres::PostgresError>((tables, found))
+            }
+            .await;
+            match result {
+                Ok((tables, found)) => {
+                    println!("source: {} table(s) selected", tables.len());
+                    for table in &tables {
+                        println!("  {table}");
+                    }
+                    problems.extend(found);
+                }
+                Err(err) => {
+                    eprintln!("error: {}", crate::chain(&err));
+                    return exit_code::FAILED;
+                }
+            }
+        }
+        Err(err) => {
+            eprintln!("error: {}", crate::chain(&err));
+            return exit_code::FAILED;
+        }
+    }
+    let probe = settings.lake_root.join(".tidewater-check");
+    let lake_ok = std::fs::create_dir_all(&settings.lake_root)
+        .and_then(|_| std::fs::write(&probe, b"ok"))
+        .and_then(|_| std::fs::remove_file(&probe));
+    if let Err(err) = lake_ok {
+        problems.push(tidewater_core::Problem {
+            what: format!(
+                "lake root {} is not writable: {err}",
+                settings.lake_root.display()
+            ),
+            fix: "set sink.uri to a writable directory, or fix its permissions".into(),
+        });
+    }
+    if problems.is_empty() {
+        println!("ok: the source server and the lake are ready");
+        exit_code::OK
+    } else {
+        println!(
+            "{} problem(s):\n{}",
+            problems.len(),
+            format_problems(&problems)
+        );
+        exit_code::PREFLIGHT
+    }
+}
+
+pub async fn status(settings: &Settings, format: Format) -> i32 {
+    let mut sink = LakeSink::new(&settings.lake_root, &settings.pipeline);
+    let mut tables = Vec::new();
+    for table in sink.existing_tables() {
+        let state = match sink.table_state(&table).await {
+            Ok(state) => state,
+            Err(err) => {
+                tables.push(json!({"table": table.to_string(), "error": crate::chain(&err)}));
+                continue;
+            }
+        };
+        let stats = sink.table_stats(&table).await.ok().flatten();
+        tables.push(json!({
+            "table": table.to_string(),
+            "path": sink.table_path(&table).display().to_string(),
+            "version": state.as_ref().map(|s| s.version),
+            "rows": stats.map(|s| s.0),
+            "files": stats.map(|s| s.1),
+            "seq": state.as_ref().map(|s| s.mark.seq.to_string()),
+            "ord": state.as_ref().map(|s| s.mark.ord.to_string()),
+            "position": state.as_ref().map(|s| s.position.clone()),
+            "snapshot": state.as_ref().map(|s| if s.snapshot_done { "done" } else { "running" }),
+        }));
+    }
+    let source = match PostgresSource::connect(settings.source.clone()).await {
+        Ok(source) => match source.slot_state().await {
+            Ok(Some(slot)) => {
+                let lag = source
+                    .client()
+                    .query_one(
+                        "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::int8 \
+                         FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&settings.source.slot],
+                    )
+                    .await
+                    .ok()
+                    .and_then(|row| row.get::<_, Option<i64>>(0));
+                json!({
+                    "slot": settings.source.slot,
+                    "confirmed_flush": slot.confirmed_flush.map(|l| l.to_string()),
+                    "active": slot.active_pid.is_some(),
+                    "wal_status": slot.wal_status,
+                    "retained_wal_bytes": slot.retained_bytes,
+                    "lag_bytes": lag,
+                })
+            }
+            Ok(None) => {
+                json!({"slot": settings.source.slot, "error": "replication slot does not exist"})
+            }
+            Err(err) => json!({"slot": settings.source.slot, "error": crate::chain(&err)}),
+        },
+        Err(err) => json!({"slot": settings.source.slot, "error": crate::chain(&err)}),
+    };
+    let report = json!({"pipeline": settings.pipeline, "source": source, "tables": tables});
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("json")),
+        Format::Text => print_text(&report),
+    }
+    exit_code::OK
+}
+
+fn print_text(report: &serde_json::Value) {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    println!("pipeline {}", text(&report["pipeline"]));
+    let source = &report["source"];
+    if source.get("error").is_some() {
+        println!("slot {}: {}", text(&source["slot"]), text(&source["error"]));
+    } else {
+        println!(
+            "slot {}: confirmed {} | lag {} bytes | retained WAL {} bytes | active {} | wal_status {}",
+            text(&source["slot"]),
+            text(&source["confirmed_flush"]),
+            text(&source["lag_bytes"]),
+            text(&source["retained_wal_bytes"]),
+            text(&source["active"]),
+            text(&source["wal_status"]),
+        );
+    }
+    println!(
+        "{:<32} {:>10} {:>8} {:>7} {:>9} {:<16}",
+        "table", "rows", "files", "version", "snapshot", "position"
+    );
+    for table in report["tables"].as_array().into_iter().flatten() {
+        if let Some(err) = table.get("error") {
+            println!("{:<32} error: {}", text(&table["table"]), text(err));
+            continue;
+        }
+        println!(
+            "{:<32} {:>10} {:>8} {:>7} {:>9} {:<16}",
+            text(&table["table"]),
+            text(&table["rows"]),
+            text(&table["files"]),
+            text(&table["version"]),
+            text(&table["snapshot"]),
+            text(&table["position"]),
+        );
+    }
+}
+
+pub async fn drop_slot(settings: &Settings) -> i32 {
+    match PostgresSource::connect(settings.source.clone()).await {
+        Ok(source) => match source.drop_slot().await {
+            Ok(()) => {
+                tracing::info!(slot = %settings.source.slot, "dropped replication slot");
+                exit_code::OK
+            }
+            Err(err) => {
+                eprintln!("error: {}", crate::chain(&err));
+                exit_code::FAILED
+            }
+        },
+        Err(err) => {
+            eprintln!("error: {}", crate::chain(&err));
+            exit_code::FAILED
+        }
+    }
+}
