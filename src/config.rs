@@ -167,17 +167,17 @@ impl Config {
             source,
         })?;
         interpolate(&mut value, "", env)?;
-        let config: Config = serde_path_to_error::deserialize(value).map_err(|err| {
-            let key = err.path().to_string();
-            ConfigError::Invalid {
-                key: if key == "." {
-                    "(top level)".into()
-                } else {
-                    key
-                },
-                message: err.into_inner().to_string(),
-            }
-        })?;
+        // Tagged sections are read in two steps so that errors inside them
+        // still name the full key (serde loses the path inside tagged enums).
+        let mut raw: RawConfig = section("", value)?;
+        // One variant each so far; the match grows with the next connector.
+        take_type("source", &mut raw.source, &["postgres"])?;
+        take_type("sink", &mut raw.sink, &["lake"])?;
+        let config = Config {
+            pipeline: raw.pipeline,
+            source: SourceConfig::Postgres(section("source", raw.source.into())?),
+            sink: SinkConfig::Lake(section("sink", raw.sink.into())?),
+        };
         config.validate()?;
         Ok(config)
     }
@@ -246,6 +246,55 @@ impl Config {
     }
 }
 
+/// The top level as read, before the tagged sections are resolved.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    pipeline: PipelineConfig,
+    source: toml::Table,
+    sink: toml::Table,
+}
+
+/// Deserializes a section, naming the full key of any error.
+fn section<T: serde::de::DeserializeOwned>(
+    prefix: &str,
+    value: toml::Value,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let inner = err.path().to_string();
+        let key = match (prefix.is_empty(), inner.as_str()) {
+            (true, ".") => "(top level)".to_string(),
+            (true, _) => inner,
+            (false, ".") => prefix.to_string(),
+            (false, _) => format!("{prefix}.{inner}"),
+        };
+        ConfigError::Invalid {
+            key,
+            message: err.into_inner().to_string(),
+        }
+    })
+}
+
+/// Removes and checks the `type` key of a tagged section.
+fn take_type(prefix: &str, table: &mut toml::Table, known: &[&str]) -> Result<String, ConfigError> {
+    let key = format!("{prefix}.type");
+    match table.remove("type") {
+        Some(toml::Value::String(kind)) if known.contains(&kind.as_str()) => Ok(kind),
+        Some(toml::Value::String(kind)) => Err(ConfigError::Invalid {
+            key,
+            message: format!("unknown type {kind:?}; expected one of {known:?}"),
+        }),
+        Some(_) => Err(ConfigError::Invalid {
+            key,
+            message: format!("must be a string, one of {known:?}"),
+        }),
+        None => Err(ConfigError::Invalid {
+            key,
+            message: format!("is missing; set it to one of {known:?}"),
+        }),
+    }
+}
+
 impl LakeSinkConfig {
     /// The lake root as a local directory.
     pub fn root(&self) -> PathBuf {
@@ -260,10 +309,8 @@ fn interpolate(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
     match value {
-        toml::Value::String(s) => {
-            if s.contains('$') {
-                *s = interpolate_str(s, key, env)?;
-            }
+        toml::Value::String(s) if s.contains('$') => {
+            *s = interpolate_str(s, key, env)?;
         }
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {

@@ -106,7 +106,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn load(path: &PathBuf) -> Result<Config, i32> {
+fn load(path: &std::path::Path) -> Result<Config, i32> {
     Config::load(path).map_err(|err| {
         eprintln!("error: {}", chain(&err));
         exit_code::CONFIG

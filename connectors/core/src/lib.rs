@@ -26,4 +26,7 @@ pub use error::ErrorClass;
 pub use event::{ChangeEvent, CommitInfo, Datum, Mark, Op, RowChange, TableId};
 pub use schema::{Column, ColumnType, TableSchema};
 pub use traits::{Problem, Sink, Source};
-pub use types::{arrow_field, arrow_type, metadata_fields, META_COLUMNS, SOURCE_TYPE_KEY};
+pub use types::{
+    arrow_field, arrow_type, date_range_days, metadata_fields, timestamp_range_us, META_COLUMNS,
+    SOURCE_TYPE_KEY,
+};

@@ -112,3 +112,40 @@ mod tests {
         assert_eq!(field.metadata()["ARROW:extension:name"], "arrow.uuid");
     }
 }
+
+/// The dates a lake can hold, as days since 1970-01-01: the range of `chrono`,
+/// which writers (delta-rs among them) use for Parquet statistics. Postgres
+/// `infinity` / `-infinity` land as the upper / lower end; finite dates outside
+/// are refused loudly by the sources.
+pub fn date_range_days() -> (i32, i32) {
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
+    let days = |d: chrono::NaiveDate| (d - epoch).num_days() as i32;
+    (days(chrono::NaiveDate::MIN), days(chrono::NaiveDate::MAX))
+}
+
+/// The timestamps a lake can hold, in microseconds since the epoch: from the
+/// first to the last microsecond of [`date_range_days`]. Infinities land as the
+/// ends, like dates.
+pub fn timestamp_range_us() -> (i64, i64) {
+    let (min_days, max_days) = date_range_days();
+    const DAY_US: i64 = 86_400_000_000;
+    (
+        min_days as i64 * DAY_US,
+        max_days as i64 * DAY_US + DAY_US - 1,
+    )
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::*;
+
+    #[test]
+    fn ranges_round_trip_through_chrono() {
+        let (lo, hi) = timestamp_range_us();
+        assert!(chrono::DateTime::from_timestamp_micros(lo).is_some());
+        assert!(chrono::DateTime::from_timestamp_micros(hi).is_some());
+        assert!(chrono::DateTime::from_timestamp_micros(hi + 1).is_none());
+        let (dlo, dhi) = date_range_days();
+        assert!(dlo < -95_000_000 && dhi > 95_000_000, "{dlo} {dhi}");
+    }
+}

@@ -12,7 +12,7 @@ pub enum LakeError {
         table: TableId,
         action: &'static str,
         #[source]
-        source: DeltaTableError,
+        source: Box<DeltaTableError>,
     },
     #[error("converting a batch of {table} to lake types")]
     Arrow {
@@ -33,13 +33,13 @@ impl LakeError {
         LakeError::Delta {
             table: table.clone(),
             action,
-            source,
+            source: Box::new(source),
         }
     }
 
     pub fn class(&self) -> ErrorClass {
         match self {
-            LakeError::Delta { source, .. } => match source {
+            LakeError::Delta { source, .. } => match source.as_ref() {
                 DeltaTableError::ObjectStore { .. }
                 | DeltaTableError::Io { .. }
                 | DeltaTableError::VersionAlreadyExists(_) => ErrorClass::Transient,

@@ -5,6 +5,7 @@
 mod error;
 pub mod narrow;
 pub mod sink;
+mod stats;
 
 pub use error::LakeError;
 pub use sink::{LakeSink, SnapshotPhase, TableState};

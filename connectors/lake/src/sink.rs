@@ -18,10 +18,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use deltalake::arrow::datatypes::Schema;
+use std::sync::Arc;
+
+use deltalake::arrow::datatypes::{Schema, SchemaRef};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{StructType, Transaction};
+use deltalake::kernel::{Action, Add, MetadataExt, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use deltalake::{DeltaTable, DeltaTableError};
@@ -32,6 +34,7 @@ use tracing::{debug, info};
 
 use crate::error::LakeError;
 use crate::narrow::{narrow_batch, narrow_schema};
+use crate::stats::writer_properties;
 
 const KEY_PIPELINE: &str = "tidewater.pipeline";
 const KEY_SEQ: &str = "tidewater.seq";
@@ -64,7 +67,10 @@ pub enum SnapshotPhase {
 
 struct LakeTable {
     table: DeltaTable,
-    writer: Option<RecordBatchWriter>,
+    /// Files written since the last commit, invisible until it.
+    adds: Vec<Add>,
+    /// The table schema widened by those files, when it changed.
+    evolved: Option<SchemaRef>,
     state: Option<TableState>,
     pending: Option<Mark>,
     schema_version: u64,
@@ -121,7 +127,8 @@ impl LakeSink {
             table.clone(),
             LakeTable {
                 table: delta,
-                writer: None,
+                adds: Vec::new(),
+                evolved: None,
                 state: state.clone(),
                 pending: None,
                 schema_version: 0,
@@ -168,7 +175,8 @@ impl LakeSink {
             table.clone(),
             LakeTable {
                 table: delta,
-                writer: None,
+                adds: Vec::new(),
+                evolved: None,
                 state: None,
                 pending: None,
                 schema_version: schema.version,
@@ -192,17 +200,38 @@ impl LakeSink {
             table: batch.table.clone(),
             source,
         })?;
-        if open.writer.is_none() {
-            open.writer = Some(
-                RecordBatchWriter::for_table(&open.table)
-                    .map_err(|source| LakeError::delta(&batch.table, "writing to", source))?,
-            );
-        }
-        let writer = open.writer.as_mut().expect("set above");
+        // One writer per batch so each file gets the statistics policy its
+        // own values need (see `stats`); the files are committed together.
+        let properties = writer_properties(&narrowed);
+        let mut writer = RecordBatchWriter::for_table(&open.table)
+            .map_err(|source| LakeError::delta(&batch.table, "writing to", source))?
+            .with_writer_properties(properties);
+        let before = writer.arrow_schema();
         writer
             .write_with_mode(narrowed, WriteMode::MergeSchema)
             .await
             .map_err(|source| LakeError::delta(&batch.table, "writing to", source))?;
+        let after = writer.arrow_schema();
+        open.adds.extend(
+            writer
+                .flush()
+                .await
+                .map_err(|source| LakeError::delta(&batch.table, "writing to", source))?,
+        );
+        if after != before {
+            let merged = match open.evolved.take() {
+                Some(earlier) => {
+                    Schema::try_merge([earlier.as_ref().clone(), after.as_ref().clone()]).map_err(
+                        |source| LakeError::Arrow {
+                            table: batch.table.clone(),
+                            source,
+                        },
+                    )?
+                }
+                None => after.as_ref().clone(),
+            };
+            open.evolved = Some(Arc::new(merged));
+        }
         open.pending = Some(open.pending.map_or(batch.last, |m| m.max(batch.last)));
         open.schema_version = batch.schema.version;
         Ok(())
@@ -255,37 +284,38 @@ impl LakeSink {
             let properties = CommitProperties::default()
                 .with_application_transaction(Transaction::new(&app_id, commits))
                 .with_metadata(metadata);
-            let version = match open.writer.take() {
-                Some(writer) if has_data => {
-                    let mut writer = writer.with_commit_properties(properties);
-                    writer
-                        .flush_and_commit(&mut open.table)
-                        .await
-                        .map_err(|source| LakeError::delta(table, "committing to", source))?
-                }
-                _ => {
-                    let snapshot = open
-                        .table
-                        .snapshot()
-                        .map_err(|source| LakeError::delta(table, "committing to", source))?;
-                    let finalized = CommitBuilder::from(properties)
-                        .with_actions(Vec::new())
-                        .build(
-                            Some(snapshot),
-                            open.table.log_store(),
-                            DeltaOperation::Write {
-                                mode: SaveMode::Append,
-                                partition_by: None,
-                                predicate: None,
-                            },
-                        )
-                        .await
-                        .map_err(|source| LakeError::delta(table, "committing to", source))?;
-                    let version = finalized.version();
-                    open.table.state = Some(finalized.snapshot());
-                    version
-                }
-            };
+            let snapshot = open
+                .table
+                .snapshot()
+                .map_err(|source| LakeError::delta(table, "committing to", source))?;
+            let mut actions: Vec<Action> = open.adds.iter().cloned().map(Action::Add).collect();
+            if let Some(evolved) = &open.evolved {
+                let kernel: StructType = evolved.as_ref().try_into_kernel().map_err(|source| {
+                    LakeError::delta(table, "evolving the schema of", source.into())
+                })?;
+                let metadata = MetadataExt::with_schema(snapshot.metadata().clone(), &kernel)
+                    .map_err(|source| {
+                        LakeError::delta(table, "evolving the schema of", source.into())
+                    })?;
+                actions.push(Action::Metadata(metadata));
+            }
+            let finalized = CommitBuilder::from(properties)
+                .with_actions(actions)
+                .build(
+                    Some(snapshot),
+                    open.table.log_store(),
+                    DeltaOperation::Write {
+                        mode: SaveMode::Append,
+                        partition_by: None,
+                        predicate: None,
+                    },
+                )
+                .await
+                .map_err(|source| LakeError::delta(table, "committing to", source))?;
+            let version = finalized.version();
+            open.table.state = Some(finalized.snapshot());
+            open.adds.clear();
+            open.evolved = None;
             debug!(table = %table, version, mark = %mark, "committed");
             open.state = Some(TableState {
                 mark,

@@ -4,10 +4,12 @@
 //! server's text output format. Sessions are started with `DateStyle=ISO`,
 //! `TimeZone=UTC`, `bytea_output=hex` and `extra_float_digits=3`, so one parser
 //! serves both paths. `infinity`/`-infinity` dates and timestamps map to the
-//! largest/smallest value of the Arrow type (documented in the README).
+//! ends of the range a lake can hold ([`date_range_days`],
+//! [`timestamp_range_us`]); finite values outside that range are an error,
+//! never clamped (documented in the README).
 
 use arrow_buffer::i256;
-use tidewater_core::{ColumnType, Datum};
+use tidewater_core::{date_range_days, timestamp_range_us, ColumnType, Datum};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("cannot read {what} from the server's text {text:?}")]
@@ -48,12 +50,27 @@ pub fn parse(ty: &ColumnType, text: &str) -> Result<Datum, ValueError> {
         }
         ColumnType::Text | ColumnType::Json => Datum::Text(text.to_string()),
         ColumnType::Binary => Datum::Bytes(parse_bytea(text).ok_or_else(|| bad("bytea", text))?),
-        ColumnType::Date => Datum::Date(parse_date(text).ok_or_else(|| bad("date", text))?),
+        ColumnType::Date => Datum::Date(parse_date(text).ok_or_else(|| {
+            bad(
+                "a date within the lake's range (years -262143..262142)",
+                text,
+            )
+        })?),
         ColumnType::Timestamp => {
-            Datum::Timestamp(parse_timestamp(text, false).ok_or_else(|| bad("timestamp", text))?)
+            Datum::Timestamp(parse_timestamp(text, false).ok_or_else(|| {
+                bad(
+                    "a timestamp within the lake's range (years -262143..262142)",
+                    text,
+                )
+            })?)
         }
         ColumnType::TimestampTz => {
-            Datum::Timestamp(parse_timestamp(text, true).ok_or_else(|| bad("timestamptz", text))?)
+            Datum::Timestamp(parse_timestamp(text, true).ok_or_else(|| {
+                bad(
+                    "a timestamptz within the lake's range (years -262143..262142)",
+                    text,
+                )
+            })?)
         }
         ColumnType::Time => Datum::Time(parse_time(text).ok_or_else(|| bad("time", text))?),
         ColumnType::Uuid => Datum::Uuid(parse_uuid(text).ok_or_else(|| bad("uuid", text))?),
@@ -186,13 +203,17 @@ fn split_bc(text: &str) -> (&str, bool) {
 }
 
 pub fn parse_date(text: &str) -> Option<i32> {
+    let (min, max) = date_range_days();
     match text {
-        "infinity" => return Some(i32::MAX),
-        "-infinity" => return Some(i32::MIN),
+        "infinity" => return Some(max),
+        "-infinity" => return Some(min),
         _ => {}
     }
     let (text, bc) = split_bc(text);
-    i32::try_from(parse_ymd(text, bc)?).ok()
+    let days = parse_ymd(text, bc)?;
+    (min as i64..=max as i64)
+        .contains(&days)
+        .then_some(days as i32)
 }
 
 /// `HH:MM:SS[.ffffff]` → microseconds. `24:00:00` is a valid Postgres time.
@@ -216,9 +237,10 @@ pub fn parse_time(text: &str) -> Option<i64> {
 /// `YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM[:SS]]][ BC]` → microseconds since the
 /// epoch (UTC for `with_zone`, else wall clock).
 pub fn parse_timestamp(text: &str, with_zone: bool) -> Option<i64> {
+    let (min, max) = timestamp_range_us();
     match text {
-        "infinity" => return Some(i64::MAX),
-        "-infinity" => return Some(i64::MIN),
+        "infinity" => return Some(max),
+        "-infinity" => return Some(min),
         _ => {}
     }
     let (text, bc) = split_bc(text);
@@ -238,9 +260,11 @@ pub fn parse_timestamp(text: &str, with_zone: bool) -> Option<i64> {
         (rest, 0)
     };
     let micros = parse_time(time)?;
-    days.checked_mul(86_400_000_000)?
+    let value = days
+        .checked_mul(86_400_000_000)?
         .checked_add(micros)?
-        .checked_sub(offset_seconds * 1_000_000)
+        .checked_sub(offset_seconds * 1_000_000)?;
+    (min..=max).contains(&value).then_some(value)
 }
 
 fn parse_uuid(text: &str) -> Option<[u8; 16]> {
@@ -341,9 +365,14 @@ mod tests {
     fn dates_and_timestamps() {
         assert_eq!(parse_date("1970-01-01"), Some(0));
         assert_eq!(parse_date("2000-03-01"), Some(11017));
-        assert_eq!(parse_date("0001-01-01 BC"), Some(-719_893));
+        assert_eq!(parse_date("0001-01-01 BC"), Some(-719_528));
         assert_eq!(parse_date("2023-02-29"), None);
-        assert_eq!(parse_date("infinity"), Some(i32::MAX));
+        assert_eq!(parse_date("infinity"), Some(date_range_days().1));
+        assert_eq!(
+            parse_date("5874897-12-31"),
+            None,
+            "beyond the lake's range: refused"
+        );
         assert_eq!(
             parse_timestamp("1970-01-02 00:00:01.5", false),
             Some(86_401_500_000)

@@ -1,0 +1,163 @@
+//! SIGKILL at random moments while changes stream in: after restarts, the lake
+//! holds every change exactly once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::support::lake::{compare, current_state, read_log, source_state};
+use crate::support::{eventually, pg, Pipeline};
+
+#[derive(Default, Debug, Clone, Copy)]
+struct Counts {
+    inserted: u64,
+    updated: u64,
+    deleted: u64,
+    transactions: u64,
+}
+
+/// Random multi-statement transactions until `stop`; counts the rows each
+/// statement really changed.
+async fn write_load(url: String, stop: Arc<AtomicBool>, seed: u64) -> Counts {
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("writer connect");
+    tokio::spawn(connection);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut counts = Counts::default();
+    let mut next_id: i64 = 1_000;
+    while !stop.load(Ordering::SeqCst) {
+        client.batch_execute("BEGIN").await.unwrap();
+        let mut tx = Counts::default();
+        for _ in 0..rng.gen_range(1..12) {
+            match rng.gen_range(0..10) {
+                0..=5 => {
+                    let n = rng.gen_range(1..6);
+                    for _ in 0..n {
+                        next_id += 1;
+                        client
+                            .execute(
+                                "INSERT INTO items (id, v, note) VALUES ($1, $2, $3)",
+                                &[&next_id, &rng.gen_range(0..1000i32), &format!("n{next_id}")],
+                            )
+                            .await
+                            .unwrap();
+                    }
+                    tx.inserted += n;
+                }
+                6..=8 => {
+                    let id = rng.gen_range(1..next_id);
+                    tx.updated += client
+                        .execute(
+                            "UPDATE items SET v = v + 1, note = 'u' || v WHERE id = $1",
+                            &[&id],
+                        )
+                        .await
+                        .unwrap();
+                }
+                _ => {
+                    let id = rng.gen_range(1..next_id);
+                    tx.deleted += client
+                        .execute("DELETE FROM items WHERE id = $1", &[&id])
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+        client.batch_execute("COMMIT").await.unwrap();
+        counts.inserted += tx.inserted;
+        counts.updated += tx.updated;
+        counts.deleted += tx.deleted;
+        counts.transactions += 1;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..5))).await;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_streaming_loses_and_duplicates_nothing() {
+    let client = pg().create_database("crash").await;
+    client
+        .batch_execute(
+            "CREATE TABLE items (id bigint PRIMARY KEY, v int, note text);
+             INSERT INTO items SELECT g, g, 'seed' FROM generate_series(1, 500) g;",
+        )
+        .await
+        .unwrap();
+    let seed: u64 = std::env::var("TIDEWATER_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen());
+    eprintln!("crash test seed {seed} (set TIDEWATER_CRASH_SEED to replay)");
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    // Small batches so kills land between, inside and after lake commits.
+    let mut pipeline = Pipeline::new("crash", &pg().url("crash"), "max_batch_rows = 50\n");
+    pipeline.start();
+    let path = pipeline.table_path("public", "items");
+    eventually("snapshot committed", Duration::from_secs(60), || {
+        let path = path.clone();
+        async move {
+            let log = read_log(&path).await?;
+            (log.len() == 500)
+                .then_some(())
+                .ok_or(format!("{} rows", log.len()))
+        }
+    })
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_load(pg().url("crash"), stop.clone(), seed));
+    for round in 0..4 {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(400..2500))).await;
+        pipeline.assert_running();
+        pipeline.kill();
+        eprintln!("round {round}: killed the daemon");
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..600))).await;
+        pipeline.start();
+    }
+    tokio::time::sleep(Duration::from_millis(rng.gen_range(500..1500))).await;
+    stop.store(true, Ordering::SeqCst);
+    let counts = writer.await.unwrap();
+    eprintln!("writer: {counts:?}");
+    assert!(
+        counts.transactions > 20,
+        "the writer barely ran: {counts:?}"
+    );
+
+    let mut attempts = 0;
+    eventually(
+        "lake equals the source after crashes",
+        Duration::from_secs(120),
+        || {
+            attempts += 1;
+            if attempts % 8 == 0 {
+                pipeline.assert_running();
+            }
+            let path = path.clone();
+            let client = &client;
+            async move {
+                let log = read_log(&path).await?;
+                compare(
+                    &source_state(client, "public.items", "id").await,
+                    &current_state(&log, "id"),
+                )
+            }
+        },
+    )
+    .await;
+
+    let log = read_log(&path).await.unwrap();
+    let count = |op: &str| log.iter().filter(|r| r.op == op).count() as u64;
+    assert_eq!(count("r"), 500, "snapshot rows");
+    assert_eq!(count("c"), counts.inserted, "inserts landed exactly once");
+    assert_eq!(count("u"), counts.updated, "updates landed exactly once");
+    assert_eq!(count("d"), counts.deleted, "deletes landed exactly once");
+    let mut marks: Vec<_> = log.iter().map(|r| (r.seq, r.ord)).collect();
+    marks.dedup();
+    assert_eq!(marks.len(), log.len(), "a (_tw_seq, _tw_ord) repeats");
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(pipeline.starts));
+}

@@ -1,0 +1,9 @@
+//! Integration tests: real Postgres servers, the real daemon, the lake read
+//! back and compared with the source value by value.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod config_errors;
+mod crash;
+mod replication;

@@ -1,0 +1,272 @@
+//! Reading what landed in the lake, and the same values from the source, in
+//! one canonical form so they compare value by value.
+//!
+//! Canonical forms (chosen so Postgres can produce them in SQL and the lake
+//! side from the Arrow value, exactly): integers, decimals, text, uuid, json
+//! and booleans as Postgres prints them; floats as the hex of their IEEE bits;
+//! bytea as hex; dates as days since 1970-01-01; timestamps and times as
+//! microseconds; infinities as `infinity`/`-infinity`; arrays as JSON arrays of
+//! the element forms.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+
+use deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use deltalake::arrow::datatypes::{
+    DataType, Date32Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, TimeUnit,
+    TimestampMicrosecondType,
+};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::Value;
+use tokio_postgres::Client;
+
+pub type Row = BTreeMap<String, Value>;
+
+#[derive(Debug, Clone)]
+pub struct LogRow {
+    pub op: String,
+    pub seq: i64,
+    pub ord: i64,
+    pub position: String,
+    pub txid: Option<String>,
+    pub values: Row,
+}
+
+/// Every change-log row of a lake table, in (`_tw_seq`, `_tw_ord`) order.
+pub async fn read_log(path: &Path) -> Result<Vec<LogRow>, String> {
+    if !path.join("_delta_log").is_dir() {
+        return Err(format!("no Delta table at {}", path.display()));
+    }
+    let url = deltalake::ensure_table_uri(path.to_string_lossy()).map_err(|e| e.to_string())?;
+    let table = deltalake::open_table(url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for uri in table.get_file_uris().map_err(|e| e.to_string())? {
+        let file_path = uri.strip_prefix("file://").unwrap_or(&uri).to_string();
+        let file = File::open(&file_path).map_err(|e| format!("{file_path}: {e}"))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| e.to_string())?
+            .build()
+            .map_err(|e| e.to_string())?;
+        for batch in reader {
+            let batch = batch.map_err(|e| e.to_string())?;
+            rows.extend(batch_rows(&batch));
+        }
+    }
+    rows.sort_by_key(|r| (r.seq, r.ord));
+    Ok(rows)
+}
+
+fn batch_rows(batch: &RecordBatch) -> Vec<LogRow> {
+    let schema = batch.schema();
+    let mut rows = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        let mut values = Row::new();
+        let mut meta = BTreeMap::new();
+        for (field, column) in schema.fields().iter().zip(batch.columns()) {
+            let value = canon(column, i);
+            if field.name().starts_with("_tw_") {
+                meta.insert(field.name().clone(), value);
+            } else {
+                values.insert(field.name().clone(), value);
+            }
+        }
+        let text = |k: &str| meta.get(k).and_then(Value::as_str).map(str::to_string);
+        rows.push(LogRow {
+            op: text("_tw_op").expect("_tw_op"),
+            seq: text("_tw_seq").expect("_tw_seq").parse().expect("seq"),
+            ord: text("_tw_ord").expect("_tw_ord").parse().expect("ord"),
+            position: text("_tw_position").expect("_tw_position"),
+            txid: text("_tw_txid"),
+            values,
+        });
+    }
+    rows
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The canonical form of one Arrow value.
+pub fn canon(array: &ArrayRef, i: usize) -> Value {
+    if array.is_null(i) {
+        return Value::Null;
+    }
+    let s = match array.data_type() {
+        DataType::Boolean => array.as_boolean().value(i).to_string(),
+        DataType::Int16 => array.as_primitive::<Int16Type>().value(i).to_string(),
+        DataType::Int32 => array.as_primitive::<Int32Type>().value(i).to_string(),
+        DataType::Int64 => array.as_primitive::<Int64Type>().value(i).to_string(),
+        DataType::Float32 => format!(
+            "{:08x}",
+            array.as_primitive::<Float32Type>().value(i).to_bits()
+        ),
+        DataType::Float64 => format!(
+            "{:016x}",
+            array.as_primitive::<Float64Type>().value(i).to_bits()
+        ),
+        DataType::Decimal128(_, _) => array
+            .as_primitive::<deltalake::arrow::datatypes::Decimal128Type>()
+            .value_as_string(i),
+        DataType::Utf8 => array.as_string::<i32>().value(i).to_string(),
+        DataType::Binary => hex(array.as_binary::<i32>().value(i)),
+        DataType::Date32 => {
+            let (min, max) = tidewater_core::date_range_days();
+            match array.as_primitive::<Date32Type>().value(i) {
+                days if days == max => "infinity".into(),
+                days if days == min => "-infinity".into(),
+                days => days.to_string(),
+            }
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            let (min, max) = tidewater_core::timestamp_range_us();
+            match array.as_primitive::<TimestampMicrosecondType>().value(i) {
+                micros if micros == max => "infinity".into(),
+                micros if micros == min => "-infinity".into(),
+                micros => micros.to_string(),
+            }
+        }
+        DataType::List(_) => {
+            let list = array.as_list::<i32>().value(i);
+            return Value::Array((0..list.len()).map(|j| canon(&list, j)).collect());
+        }
+        other => panic!("no canonical form for lake type {other}"),
+    };
+    Value::String(s)
+}
+
+/// The current state of a table from its change log: last image per key in
+/// (`_tw_seq`, `_tw_ord`) order, deletes removed, truncates clearing.
+pub fn current_state(log: &[LogRow], key: &str) -> BTreeMap<String, Row> {
+    let mut state = BTreeMap::new();
+    for row in log {
+        match row.op.as_str() {
+            "t" => state.clear(),
+            op => {
+                let k = row
+                    .values
+                    .get(key)
+                    .cloned()
+                    .unwrap_or(Value::Null)
+                    .to_string();
+                if op == "d" {
+                    state.remove(&k);
+                } else {
+                    state.insert(k, row.values.clone());
+                }
+            }
+        }
+    }
+    state
+}
+
+fn canon_sql(expr: &str, type_name: &str) -> String {
+    match type_name {
+        "float4" => format!("encode(float4send({expr}), 'hex')"),
+        "float8" => format!("encode(float8send({expr}), 'hex')"),
+        "bytea" => format!("encode({expr}, 'hex')"),
+        "date" => format!(
+            "CASE WHEN isfinite({expr}) THEN ({expr} - date '1970-01-01')::text ELSE {expr}::text END"
+        ),
+        "timestamp" | "timestamptz" => format!(
+            "CASE WHEN isfinite({expr}) THEN (extract(epoch FROM {expr}) * 1000000)::bigint::text ELSE {expr}::text END"
+        ),
+        "time" => format!("(extract(epoch FROM {expr}) * 1000000)::bigint::text"),
+        // A cast to text strips char(n) padding; the output function keeps it.
+        "bpchar" => format!("CASE WHEN {expr} IS NULL THEN NULL ELSE format('%s', {expr}) END"),
+        _ => format!("{expr}::text"),
+    }
+}
+
+/// The rows of a source table in canonical form, keyed like [`current_state`].
+pub async fn source_state(client: &Client, table: &str, key: &str) -> BTreeMap<String, Row> {
+    let columns = client
+        .query(
+            "SELECT a.attname::text, t.typname::text, t.typcategory::text, et.typname::text \
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+             LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A' \
+             WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
+               AND a.attgenerated = '' ORDER BY a.attnum",
+            &[&table],
+        )
+        .await
+        .expect("source columns");
+    let mut selects = Vec::new();
+    let mut arrays = Vec::new();
+    for column in &columns {
+        let name: String = column.get(0);
+        let type_name: String = column.get(1);
+        let category: String = column.get(2);
+        let quoted = format!("\"{name}\"");
+        if category == "A" {
+            let element: String = column.get(3);
+            selects.push(format!(
+                "CASE WHEN {quoted} IS NULL THEN NULL ELSE (SELECT coalesce(json_agg({} ORDER BY n), '[]'::json)::text \
+                 FROM unnest({quoted}) WITH ORDINALITY AS u(e, n)) END",
+                canon_sql("e", &element)
+            ));
+            arrays.push(true);
+        } else {
+            selects.push(canon_sql(&quoted, &type_name));
+            arrays.push(false);
+        }
+    }
+    let sql = format!("SELECT {} FROM {table}", selects.join(", "));
+    let rows = client.query(sql.as_str(), &[]).await.expect("source rows");
+    let mut state = BTreeMap::new();
+    for row in rows {
+        let mut values = Row::new();
+        for (i, column) in columns.iter().enumerate() {
+            let name: String = column.get(0);
+            let text: Option<String> = row.get(i);
+            let value = match text {
+                None => Value::Null,
+                Some(t) if arrays[i] => serde_json::from_str(&t).expect("array json"),
+                Some(t) => Value::String(t),
+            };
+            values.insert(name, value);
+        }
+        let k = values.get(key).cloned().unwrap_or(Value::Null).to_string();
+        state.insert(k, values);
+    }
+    state
+}
+
+/// Ok when both sides hold the same rows with the same values; else a readable
+/// diff of the first differences.
+pub fn compare(source: &BTreeMap<String, Row>, lake: &BTreeMap<String, Row>) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for (key, row) in source {
+        match lake.get(key) {
+            None => problems.push(format!("key {key}: in the source, missing in the lake")),
+            Some(lake_row) => {
+                for (column, expected) in row {
+                    let got = lake_row.get(column).unwrap_or(&Value::Null);
+                    if got != expected {
+                        problems.push(format!(
+                            "key {key} column {column}: source {expected} lake {got}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for key in lake.keys() {
+        if !source.contains_key(key) {
+            problems.push(format!("key {key}: in the lake, not in the source"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        let total = problems.len();
+        problems.truncate(15);
+        Err(format!(
+            "{total} difference(s):\n  {}",
+            problems.join("\n  ")
+        ))
+    }
+}

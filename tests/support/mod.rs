@@ -1,0 +1,317 @@
+//! Test harness: private Postgres servers from the installed binaries, the
+//! tidewater daemon as a real child process, and a reader for the lake.
+//!
+//! One Postgres server is started per test binary (lazily, shared by all tests,
+//! each test in its own database). A watchdog process stops it and removes its
+//! directory when the test process exits, even after a panic or abort.
+
+#![allow(dead_code)]
+
+pub mod lake;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls};
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub struct PgServer {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Runs a Postgres binary as the `postgres` user when we are root (initdb
+/// refuses root), else as ourselves.
+fn pg_command(binary: &str) -> Command {
+    let path = format!("{PG_BIN}/{binary}");
+    if is_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--", &path]);
+        cmd
+    } else {
+        Command::new(path)
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn temp_dir(prefix: &str) -> PathBuf {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+impl PgServer {
+    /// Starts a private server; `wal_level` is `logical` unless overridden.
+    pub fn start(wal_level: &str) -> PgServer {
+        assert!(
+            Path::new(PG_BIN).join("initdb").exists(),
+            "Postgres 15 server binaries missing in {PG_BIN}: run scripts/setup"
+        );
+        let dir = temp_dir("tidewater-pg");
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&dir)
+                .status()
+                .expect("chown");
+            assert!(status.success());
+        }
+        let data = dir.join("data");
+        let out = pg_command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ])
+            .output()
+            .expect("initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let conf = format!(
+            "\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
+             wal_level = {wal_level}\nmax_wal_senders = 20\nmax_replication_slots = 20\n\
+             fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
+             max_connections = 200\n",
+            dir.display()
+        );
+        let mut text = std::fs::read_to_string(data.join("postgresql.conf")).expect("conf");
+        text.push_str(&conf);
+        std::fs::write(data.join("postgresql.conf"), text).expect("write conf");
+        let out = pg_command("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.join("server.log"))
+            .args(["-w", "-t", "60", "start"])
+            .output()
+            .expect("pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+        );
+        // Watchdog: stop the server and remove its files once we are gone.
+        let stop = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+             {runas}{PG_BIN}/pg_ctl -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
+            pid = std::process::id(),
+            runas = if is_root() {
+                "runuser -u postgres -- "
+            } else {
+                ""
+            },
+            data = data.display(),
+            dir = dir.display(),
+        );
+        // Detached on purpose: it must outlive this process to clean up.
+        #[allow(clippy::zombie_processes)]
+        Command::new("setsid")
+            .args(["sh", "-c", &stop])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("watchdog");
+        PgServer { dir, port }
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    pub async fn client(&self, database: &str) -> Client {
+        let (client, connection) = tokio_postgres::connect(&self.url(database), NoTls)
+            .await
+            .expect("connect to test server");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+
+    /// A fresh database for one test.
+    pub async fn create_database(&self, name: &str) -> Client {
+        let admin = self.client("postgres").await;
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name}"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            admin.batch_execute(&sql).await.expect("create database");
+        }
+        self.client(name).await
+    }
+}
+
+/// The server shared by every test of this binary.
+pub fn pg() -> &'static PgServer {
+    static SERVER: OnceLock<PgServer> = OnceLock::new();
+    SERVER.get_or_init(|| PgServer::start("logical"))
+}
+
+/// The tidewater binary under test.
+pub fn tidewater() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tidewater"))
+}
+
+/// A test pipeline: config file, lake directory and the daemon process.
+pub struct Pipeline {
+    pub name: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub lake: PathBuf,
+    pub child: Option<Child>,
+    pub starts: u32,
+}
+
+impl Pipeline {
+    pub fn new(name: &str, database_url: &str, extra_sink: &str) -> Pipeline {
+        let dir = temp_dir(&format!("tidewater-{name}"));
+        let lake = dir.join("lake");
+        let config = dir.join("tidewater.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[pipeline]\nname = \"{name}\"\n\n[source]\ntype = \"postgres\"\nurl = \"{database_url}\"\n\
+                 tables = [\"public.*\"]\n\n[sink]\ntype = \"lake\"\nuri = \"file://{}\"\n\
+                 flush_interval_ms = 200\n{extra_sink}\n",
+                lake.display()
+            ),
+        )
+        .expect("write config");
+        Pipeline {
+            name: name.to_string(),
+            dir,
+            config,
+            lake,
+            child: None,
+            starts: 0,
+        }
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "daemon already running");
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.join(format!("daemon-{}.log", self.starts)))
+            .expect("log file");
+        let child = tidewater()
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("TIDEWATER_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tidewater");
+        self.child = Some(child);
+    }
+
+    pub fn log(&self, start: u32) -> String {
+        std::fs::read_to_string(self.dir.join(format!("daemon-{start}.log"))).unwrap_or_default()
+    }
+
+    /// SIGKILL: no flush, no goodbye.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("daemon running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(&mut self) -> i32 {
+        let mut child = self.child.take().expect("daemon running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not stop within 60 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Fails the test if the daemon exited on its own.
+    pub fn assert_running(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                panic!("daemon exited with {status}:\n{}", self.log(self.starts));
+            }
+        }
+    }
+
+    pub fn table_path(&self, schema: &str, table: &str) -> PathBuf {
+        self.lake.join(&self.name).join(schema).join(table)
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Polls `check` until it returns Ok, or panics with its last error.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(()) => return,
+            Err(err) if Instant::now() > deadline => {
+                panic!("{what}: not reached within {timeout:?}:\n{err}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
