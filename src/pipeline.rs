@@ -151,7 +151,14 @@ pub async fn run(
             .iter()
             .all(|t| states.get(t).is_some_and(|s| s.snapshot_done));
     let any_done = states.values().any(|s| s.snapshot_done);
-    let streamed_before = any_done && slot.is_some();
+    // A table still marked "running" means the process stopped inside the
+    // snapshot (possibly while committing its last batches): nothing has been
+    // streamed yet, and the exported snapshot died with the process.
+    let interrupted = states.values().any(|s| !s.snapshot_done);
+    // With `snapshot = "never"` a slot without lake tables is a stream that
+    // has not committed anything yet: continue it rather than start over.
+    let streamed_before =
+        !interrupted && slot.is_some() && (any_done || settings.snapshot == SnapshotMode::Never);
 
     if streamed_before {
         for table in tables.iter().filter(|t| !states.contains_key(*t)) {
@@ -161,10 +168,9 @@ pub async fn run(
             return Ok(Outcome::AlreadySnapshotted);
         }
         source.start_streaming(&tables).await?;
-    } else if any_done {
+    } else if any_done && !interrupted {
         let position = states
             .values()
-            .filter(|s| s.snapshot_done)
             .map(|s| s.position.clone())
             .min()
             .unwrap_or_default();
@@ -174,19 +180,17 @@ pub async fn run(
         }
         .into());
     } else {
-        // Nothing complete in the lake: a fresh start, or a snapshot that was
-        // interrupted. Its slot's exported snapshot died with the process, so
-        // start over: drop the slot and whatever the partial snapshot wrote.
+        // A fresh start, or an interrupted snapshot: drop its slot and every
+        // table it wrote, and take the snapshot again.
         if slot.is_some() {
             warn!(slot = %settings.source.slot, "previous snapshot did not complete; dropping its slot and starting over");
             source.drop_slot().await?;
         }
         for table in sink.existing_tables() {
-            if !states.contains_key(&table) && !tables.contains(&table) {
-                continue;
+            if sink.table_state(&table).await?.is_some() {
+                warn!(table = %table, "removing a partial snapshot from the lake");
+                sink.remove_table(&table)?;
             }
-            warn!(table = %table, "removing partial snapshot from the lake");
-            sink.remove_table(&table)?;
         }
         states.clear();
         let snapshot_tables = match settings.snapshot {

@@ -161,3 +161,80 @@ async fn sigkill_during_streaming_loses_and_duplicates_nothing() {
     assert_eq!(marks.len(), log.len(), "a (_tw_seq, _tw_ord) repeats");
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(pipeline.starts));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_snapshot_starts_over_without_duplicates() {
+    const ROWS: usize = 60_000;
+    let client = pg().create_database("crash_snap").await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE big (id bigint PRIMARY KEY, payload text, amount numeric(12,2));
+             INSERT INTO big SELECT g, repeat('x', 40) || g, g / 7.0 FROM generate_series(1, {ROWS}) g;
+             CREATE TABLE small (id int PRIMARY KEY);
+             INSERT INTO small SELECT generate_series(1, 10);"
+        ))
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::new(
+        "crash_snap",
+        &pg().url("crash_snap"),
+        "max_batch_rows = 2000\n",
+    );
+    pipeline.start();
+    // Kill once part of the snapshot is committed.
+    let path = pipeline.table_path("public", "big");
+    eventually(
+        "part of the snapshot committed",
+        Duration::from_secs(60),
+        || {
+            let path = path.clone();
+            async move {
+                let log = read_log(&path).await?;
+                (!log.is_empty())
+                    .then_some(())
+                    .ok_or("nothing yet".to_string())
+            }
+        },
+    )
+    .await;
+    pipeline.kill();
+    let partial = read_log(&path).await.unwrap().len();
+    eprintln!("killed with {partial} of {ROWS} snapshot rows committed");
+    // Changes made between the crash and the restart must not be lost either.
+    client
+        .batch_execute("UPDATE big SET amount = -1 WHERE id <= 5; DELETE FROM big WHERE id = 6;")
+        .await
+        .unwrap();
+    pipeline.start();
+    eventually(
+        "lake equals the source after the restarted snapshot",
+        Duration::from_secs(180),
+        || {
+            let path = path.clone();
+            let client = &client;
+            async move {
+                let log = read_log(&path).await?;
+                if log.iter().filter(|r| r.op == "r").count() < ROWS - 1 {
+                    return Err("snapshot still running".into());
+                }
+                compare(
+                    &source_state(client, "public.big", "id").await,
+                    &current_state(&log, "id"),
+                )
+            }
+        },
+    )
+    .await;
+    let log = read_log(&path).await.unwrap();
+    assert_eq!(
+        log.len(),
+        ROWS - 1,
+        "exactly one row per source row, no leftovers of the first attempt"
+    );
+    assert!(log.iter().all(|r| r.op == "r"));
+    let small = read_log(&pipeline.table_path("public", "small"))
+        .await
+        .unwrap();
+    assert_eq!(small.len(), 10);
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(pipeline.starts));
+}

@@ -6,4 +6,5 @@ mod support;
 
 mod config_errors;
 mod crash;
+mod golden;
 mod replication;

@@ -15,3 +15,4 @@ pub use error::PostgresError;
 pub use pgwire_replication::Lsn;
 pub use preflight::preflight;
 pub use source::{PostgresConfig, PostgresSource, SlotState};
+pub use types::column_type;
