@@ -76,6 +76,19 @@ struct LakeTable {
     schema_version: u64,
 }
 
+impl LakeTable {
+    fn new(table: DeltaTable, state: Option<TableState>, schema_version: u64) -> Self {
+        Self {
+            table,
+            adds: Vec::new(),
+            evolved: None,
+            state,
+            pending: None,
+            schema_version,
+        }
+    }
+}
+
 pub struct LakeSink {
     root: PathBuf,
     pipeline: String,
@@ -123,17 +136,8 @@ impl LakeSink {
         let state = read_state(&delta, &self.app_id(), &self.pipeline)
             .await
             .map_err(|source| LakeError::delta(table, "reading the state of", source))?;
-        self.tables.insert(
-            table.clone(),
-            LakeTable {
-                table: delta,
-                adds: Vec::new(),
-                evolved: None,
-                state: state.clone(),
-                pending: None,
-                schema_version: 0,
-            },
-        );
+        self.tables
+            .insert(table.clone(), LakeTable::new(delta, state.clone(), 0));
         Ok(state)
     }
 
@@ -171,17 +175,8 @@ impl LakeSink {
             .await
             .map_err(|source| LakeError::delta(table, "creating", source))?;
         info!(table = %table, path = %path.display(), "created lake table");
-        self.tables.insert(
-            table.clone(),
-            LakeTable {
-                table: delta,
-                adds: Vec::new(),
-                evolved: None,
-                state: None,
-                pending: None,
-                schema_version: schema.version,
-            },
-        );
+        self.tables
+            .insert(table.clone(), LakeTable::new(delta, None, schema.version));
         Ok(())
     }
 

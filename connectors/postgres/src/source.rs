@@ -664,27 +664,26 @@ impl From<PgWireError> for PostgresError {
     }
 }
 
-fn describe_target(config: &tokio_postgres::Config) -> String {
-    let host = match config.get_hosts().first() {
+/// The first host of a url: a name, an address, or a Unix socket directory.
+fn first_host(config: &tokio_postgres::Config) -> String {
+    match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         #[cfg(unix)]
         Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
         None => "localhost".into(),
-    };
+    }
+}
+
+fn describe_target(config: &tokio_postgres::Config) -> String {
     let port = config.get_ports().first().copied().unwrap_or(5432);
-    format!("{host}:{port}")
+    format!("{}:{port}", first_host(config))
 }
 
 fn replication_config(
     pg: &tokio_postgres::Config,
     config: &PostgresConfig,
 ) -> Result<ReplicationConfig, PostgresError> {
-    let host = match pg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        #[cfg(unix)]
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".into(),
-    };
+    let host = first_host(pg);
     let user = pg
         .get_user()
         .ok_or(PostgresError::UrlPart { what: "user" })?;
