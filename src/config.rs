@@ -16,6 +16,10 @@ pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
 pub const DEFAULT_MAX_BATCH_ROWS: usize = 100_000;
 /// Default `sink.max_batch_bytes`: bounds the decoded rows held before a cut.
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+const MIN_BATCH_BYTES: usize = 1024 * 1024;
+/// Arrow string/binary columns use 32-bit offsets: one batch column must stay
+/// below 2 GiB, and decoded values are smaller than their column.
+const MAX_BATCH_BYTES: usize = 1024 * 1024 * 1024;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -187,17 +191,24 @@ impl Config {
             key: key.into(),
             message,
         };
-        let name = &self.pipeline.name;
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            return Err(invalid(
-                "pipeline.name",
-                format!("{name:?} must be non-empty and use only letters, digits, '_' and '-'"),
-            ));
-        }
+        // Names become Postgres identifiers (slot, publication) and folder
+        // names: lowercase, so two pipelines can never share a slot.
+        let identifier = |key: &str, name: &str, max: usize| {
+            let ok = !name.is_empty()
+                && name.len() <= max
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if ok {
+                Ok(())
+            } else {
+                Err(invalid(
+                    key,
+                    format!("{name:?} must be 1 to {max} characters of a-z, 0-9 and '_'"),
+                ))
+            }
+        };
+        identifier("pipeline.name", &self.pipeline.name, 53)?;
         match &self.source {
             SourceConfig::Postgres(pg) => {
                 if let Err(err) = pg.url.expose().parse::<tokio_postgres::Config>() {
@@ -205,6 +216,20 @@ impl Config {
                         "source.url",
                         format!("not a Postgres url ({err}); expected postgres://user:password@host:port/database"),
                     ));
+                }
+                if let Ok(url) = pg.url.expose().parse::<tokio_postgres::Config>() {
+                    if url.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+                        return Err(invalid(
+                            "source.url",
+                            "sslmode=require: TLS connections are not supported yet; use sslmode=disable or prefer over a trusted network".into(),
+                        ));
+                    }
+                }
+                if let Some(slot) = &pg.slot_name {
+                    identifier("source.slot_name", slot, 63)?;
+                }
+                if let Some(publication) = &pg.publication {
+                    identifier("source.publication", publication, 63)?;
                 }
                 if pg.tables.is_empty() {
                     return Err(invalid(
@@ -239,6 +264,15 @@ impl Config {
                 }
                 if lake.max_batch_rows == 0 {
                     return Err(invalid("sink.max_batch_rows", "must be at least 1".into()));
+                }
+                if !(MIN_BATCH_BYTES..=MAX_BATCH_BYTES).contains(&lake.max_batch_bytes) {
+                    return Err(invalid(
+                        "sink.max_batch_bytes",
+                        format!(
+                            "{} is outside {MIN_BATCH_BYTES}..={MAX_BATCH_BYTES} (1 MiB to 1 GiB: smaller makes a commit per few rows, larger can overflow an Arrow column)",
+                            lake.max_batch_bytes
+                        ),
+                    ));
                 }
             }
         }
@@ -436,10 +470,24 @@ uri = "file:///tmp/lake"
 
     #[test]
     fn bad_pipeline_name() {
-        let err = parse(&GOOD.replace("\"shop\"", "\"a b\""))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("pipeline.name"), "{err}");
+        for bad in ["a b", "Shop", "a-b", ""] {
+            let text = GOOD.replace("\"shop\"", &format!("{bad:?}"));
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("pipeline.name"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn batch_bytes_bounds_and_tls_are_checked() {
+        let text = GOOD.replace(
+            "uri = \"file:///tmp/lake\"",
+            "uri = \"x\"\nmax_batch_bytes = 0",
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("sink.max_batch_bytes"), "{err}");
+        let text = GOOD.replace("5432/shop", "5432/shop?sslmode=require");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("source.url") && err.contains("TLS"), "{err}");
     }
 
     #[test]

@@ -42,6 +42,12 @@ pub enum PipelineError {
     Preflight(Vec<Problem>),
     #[error("the source task stopped unexpectedly")]
     SourceGone,
+    #[error(
+        "tables {} are not in the lake, and a snapshot of single tables while streaming is not supported yet\n\
+         hint: exclude them from source.tables, or start a new pipeline to snapshot everything",
+        .0.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    SnapshotImpossible(Vec<TableId>),
 }
 
 impl PipelineError {
@@ -52,6 +58,7 @@ impl PipelineError {
             PipelineError::Batch(_) => ErrorClass::Internal,
             PipelineError::Preflight(_) => ErrorClass::Config,
             PipelineError::SourceGone => ErrorClass::Internal,
+            PipelineError::SnapshotImpossible(_) => ErrorClass::Config,
         }
     }
 }
@@ -132,67 +139,107 @@ pub async fn run(
         return Err(PipelineError::Preflight(problems));
     }
     let mut sink = LakeSink::new(&settings.lake_root, &settings.pipeline);
-    let mut states: HashMap<TableId, TableState> = HashMap::new();
-    for table in &tables {
-        if let Some(state) = sink.table_state(table).await? {
-            states.insert(table.clone(), state);
-        }
-    }
     let slot = source.slot_state().await?;
-    if let Some(pid) = slot.as_ref().and_then(|s| s.active_pid) {
-        return Err(PostgresError::SlotBusy {
-            slot: settings.source.slot.clone(),
-            pid,
+    if let Some(slot) = &slot {
+        if !slot.ours {
+            return Err(PostgresError::SlotForeign {
+                slot: settings.source.slot.clone(),
+                detail: slot.owner.clone(),
+            }
+            .into());
         }
-        .into());
+        if let Some(pid) = slot.active_pid {
+            return Err(PostgresError::SlotBusy {
+                slot: settings.source.slot.clone(),
+                pid,
+            }
+            .into());
+        }
     }
-    let all_done = !tables.is_empty()
-        && tables
-            .iter()
-            .all(|t| states.get(t).is_some_and(|s| s.snapshot_done));
+    // Every table this pipeline has in the lake, matched by the config or not.
+    let mut states: HashMap<TableId, TableState> = HashMap::new();
+    for table in sink.existing_tables() {
+        if let Some(state) = sink.table_state(&table).await? {
+            states.insert(table, state);
+        }
+    }
     let any_done = states.values().any(|s| s.snapshot_done);
-    // A table still marked "running" means the process stopped inside the
-    // snapshot (possibly while committing its last batches): nothing has been
-    // streamed yet, and the exported snapshot died with the process.
-    let interrupted = states.values().any(|s| !s.snapshot_done);
-    // With `snapshot = "never"` a slot without lake tables is a stream that
-    // has not committed anything yet: continue it rather than start over.
-    let streamed_before =
-        !interrupted && slot.is_some() && (any_done || settings.snapshot == SnapshotMode::Never);
+    // A table still marked "running", or the marker written before the slot
+    // was created, means the process stopped inside the initial snapshot
+    // (nothing has been streamed yet) and its exported snapshot died with it.
+    let interrupted = states.values().any(|s| !s.snapshot_done)
+        || (states.is_empty() && sink.snapshot_marker().is_some());
 
-    if streamed_before {
-        for table in tables.iter().filter(|t| !states.contains_key(*t)) {
-            warn!(table = %table, "table is not in the lake and was not part of the initial snapshot; only changes published for it are replicated");
+    let stream = if interrupted {
+        false
+    } else if any_done {
+        match &slot {
+            None => {
+                let position = states.values().map(|s| s.position.clone()).min();
+                return Err(PostgresError::SlotLost {
+                    slot: settings.source.slot.clone(),
+                    position: position.unwrap_or_default(),
+                }
+                .into());
+            }
+            Some(slot) if slot.wal_status.as_deref() == Some("lost") => {
+                return Err(PostgresError::SlotInvalidated {
+                    slot: settings.source.slot.clone(),
+                }
+                .into());
+            }
+            Some(_) => true,
         }
-        if mode == Mode::SnapshotOnly && all_done {
-            return Ok(Outcome::AlreadySnapshotted);
-        }
-        source.start_streaming(&tables).await?;
-    } else if any_done && !interrupted {
-        let position = states
-            .values()
-            .map(|s| s.position.clone())
-            .min()
-            .unwrap_or_default();
-        return Err(PostgresError::SlotLost {
-            slot: settings.source.slot.clone(),
-            position,
-        }
-        .into());
     } else {
-        // A fresh start, or an interrupted snapshot: drop its slot and every
-        // table it wrote, and take the snapshot again.
-        if slot.is_some() {
-            warn!(slot = %settings.source.slot, "previous snapshot did not complete; dropping its slot and starting over");
-            source.drop_slot().await?;
-        }
-        for table in sink.existing_tables() {
-            if sink.table_state(&table).await?.is_some() {
-                warn!(table = %table, "removing a partial snapshot from the lake");
-                sink.remove_table(&table)?;
+        match (&slot, settings.snapshot) {
+            (None, _) => false,
+            // `snapshot = "never"`: a slot without lake tables is a stream that
+            // has not committed anything yet; continue it.
+            (Some(_), SnapshotMode::Never) => true,
+            (Some(_), SnapshotMode::Initial) => {
+                return Err(PostgresError::SlotWithoutLake {
+                    slot: settings.source.slot.clone(),
+                }
+                .into());
             }
         }
+    };
+
+    if stream {
+        let missing: Vec<TableId> = tables
+            .iter()
+            .filter(|t| !states.get(*t).is_some_and(|s| s.snapshot_done))
+            .cloned()
+            .collect();
+        if mode == Mode::SnapshotOnly {
+            if missing.is_empty() {
+                return Ok(Outcome::AlreadySnapshotted);
+            }
+            return Err(PipelineError::SnapshotImpossible(missing));
+        }
+        for table in &missing {
+            if settings.snapshot == SnapshotMode::Initial {
+                warn!(table = %table, "table is not in the lake and was not part of the initial snapshot; only changes published for it are replicated");
+            }
+        }
+        source.start_streaming(&tables).await?;
+    } else {
+        if interrupted {
+            warn!("the previous initial snapshot did not complete; removing what it wrote and starting over");
+        }
+        // Remove the tables first ("running" ones before "done" ones, so a
+        // crash here still reads as an interrupted snapshot), then the slot.
+        let mut doomed: Vec<(&TableId, &TableState)> = states.iter().collect();
+        doomed.sort_by_key(|(table, state)| (state.snapshot_done, (*table).clone()));
+        for (table, _) in doomed {
+            warn!(table = %table, "removing a partial snapshot from the lake");
+            sink.remove_table(table)?;
+        }
         states.clear();
+        if slot.is_some() {
+            source.drop_slot().await?;
+        }
+        sink.begin_snapshot_marker(&settings.source.slot)?;
         let snapshot_tables = match settings.snapshot {
             SnapshotMode::Initial => tables.clone(),
             SnapshotMode::Never => Vec::new(),
@@ -203,6 +250,7 @@ pub async fn run(
         );
         source.start_snapshot(snapshot_tables).await?;
     }
+    let streamed_before = stream;
 
     let marks: HashMap<TableId, Mark> = states.iter().map(|(t, s)| (t.clone(), s.mark)).collect();
     let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
@@ -215,6 +263,7 @@ pub async fn run(
     let mut coordinator = Coordinator {
         sink,
         batcher: Batcher::new(settings.limits),
+        held: Vec::new(),
         marks,
         ack_tx,
         in_transaction: false,
@@ -267,12 +316,15 @@ struct Stats {
 struct Coordinator {
     sink: LakeSink,
     batcher: Batcher,
+    /// Batches cut early (by a schema change), written at the next checkpoint.
+    held: Vec<tidewater_core::ChangeBatch>,
     marks: HashMap<TableId, Mark>,
     ack_tx: watch::Sender<u64>,
     in_transaction: bool,
     current_seq: u64,
     begin_position: String,
-    /// (seq, position) of the last transaction whose rows are all in the batcher.
+    /// (ack value, position) of the last transaction whose rows are all in the
+    /// batcher.
     last_complete: Option<(u64, String)>,
     snapshot_running: bool,
     stats: Stats,
@@ -350,22 +402,23 @@ impl Coordinator {
             }
             ChangeEvent::Commit(commit) => {
                 self.in_transaction = false;
-                self.last_complete = Some((commit.seq, commit.position));
-                if self.batcher.is_empty() {
+                self.last_complete = Some((commit.ack, commit.position));
+                if self.nothing_pending() {
                     // Nothing of this transaction is waiting: it is as durable
                     // as it will ever need to be.
-                    self.ack(commit.seq);
+                    self.ack(commit.ack);
                 } else if self.batcher.is_full() {
                     self.checkpoint(None).await?;
                 }
             }
-            ChangeEvent::Heartbeat { seq, .. } => {
-                if !self.in_transaction && self.batcher.is_empty() {
-                    self.ack(seq);
+            ChangeEvent::Heartbeat { ack, .. } => {
+                if !self.in_transaction && self.nothing_pending() {
+                    self.ack(ack);
                 }
             }
             ChangeEvent::SnapshotDone { position, .. } => {
                 self.checkpoint(Some(SnapshotPhase::Done)).await?;
+                self.sink.clear_snapshot_marker()?;
                 self.snapshot_running = false;
                 let elapsed = self
                     .stats
@@ -384,10 +437,15 @@ impl Coordinator {
         Ok(false)
     }
 
-    fn ack(&mut self, seq: u64) {
+    /// True when no change is held anywhere short of a lake commit.
+    fn nothing_pending(&self) -> bool {
+        self.batcher.is_empty() && self.held.is_empty()
+    }
+
+    fn ack(&mut self, value: u64) {
         self.ack_tx.send_if_modified(|acked| {
-            if seq > *acked {
-                *acked = seq;
+            if value > *acked {
+                *acked = value;
                 true
             } else {
                 false
@@ -398,7 +456,8 @@ impl Coordinator {
     /// Cuts, writes and commits every open batch, then acknowledges the last
     /// complete transaction.
     async fn checkpoint(&mut self, phase: Option<SnapshotPhase>) -> Result<(), PipelineError> {
-        let batches = self.batcher.cut_all().map_err(PipelineError::Batch)?;
+        let mut batches = std::mem::take(&mut self.held);
+        batches.extend(self.batcher.cut_all().map_err(PipelineError::Batch)?);
         let rows: usize = batches.iter().map(|b| b.batch.num_rows()).sum();
         for batch in batches {
             self.sink.write(batch).await?;
@@ -420,9 +479,9 @@ impl Coordinator {
                 "checkpoint committed"
             );
         }
-        if let Some((seq, _)) = &self.last_complete {
-            let seq = *seq;
-            self.ack(seq);
+        if let Some((ack, _)) = &self.last_complete {
+            let ack = *ack;
+            self.ack(ack);
         }
         Ok(())
     }

@@ -126,8 +126,8 @@ async fn check_reports_tables_and_missing_replication_privilege() {
     let client = pg().create_database("cfg_priv").await;
     client
         .batch_execute(
-            "CREATE TABLE t (id int primary key); \
-             CREATE ROLE plain LOGIN; GRANT SELECT ON t TO plain;",
+            "CREATE TABLE t (id int primary key); CREATE TABLE nopk (v int); \
+             CREATE ROLE plain LOGIN; GRANT SELECT ON t, nopk TO plain;",
         )
         .await
         .ok();

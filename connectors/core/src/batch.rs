@@ -442,6 +442,7 @@ mod tests {
         CommitInfo {
             seq,
             position: format!("0/{seq:X}"),
+            ack: seq + 1,
             commit_ts_us: 0,
             txid: None,
         }

@@ -129,6 +129,10 @@ pub struct CommitInfo {
     pub seq: u64,
     /// Resumable position after this transaction, human readable (`_tw_position`).
     pub position: String,
+    /// What to pass to [`crate::Source::ack`] once this transaction is durable
+    /// (Postgres: the end LSN of its commit record). Only meaningful on the
+    /// `Commit` event; a `Begin` may not know it yet.
+    pub ack: u64,
     /// Commit time, microseconds since the Unix epoch, UTC.
     pub commit_ts_us: i64,
     /// Source transaction id, when known.
@@ -149,10 +153,10 @@ pub enum ChangeEvent {
     /// The transaction is complete; every change up to it may be made durable and
     /// acknowledged once the sink says so.
     Commit(CommitInfo),
-    /// The source is alive and has nothing to send up to this position: it is
-    /// safe to acknowledge when nothing is pending.
+    /// The source is alive and has sent everything up to `ack`: when no row is
+    /// pending, acknowledging `ack` is safe.
     Heartbeat {
-        seq: u64,
+        ack: u64,
         position: String,
     },
     /// The consistent snapshot is complete (it was delivered as one transaction

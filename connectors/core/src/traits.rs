@@ -26,10 +26,10 @@ pub struct Problem {
 ///   precedes its first row and every change of its columns. Changes at or below
 ///   the mark a sink reports for their table are still yielded: skipping them is
 ///   the coordinator's job, so one rule covers every source.
-/// * `ack(position)` tells the server that everything up to and including the
-///   transaction at `position` is durable downstream. It is only ever called
-///   with positions of complete transactions that every table has made durable,
-///   so the server may discard its log up to there. A source must never treat
+/// * `ack(value)` tells the server that everything up to `value` is durable
+///   downstream. It is only ever called with the `ack` of a `Commit` whose
+///   transaction every table has made durable, or the `ack` of a `Heartbeat`
+///   when nothing is pending, so the server may discard its log up to there. A source must never treat
 ///   anything it has merely *received* as acknowledged.
 /// * After a crash the source resumes from the last acknowledged position (or
 ///   earlier); it must never resume later than that.
@@ -39,7 +39,7 @@ pub trait Source {
 
     async fn next_event(&mut self) -> Result<ChangeEvent, Self::Error>;
 
-    async fn ack(&mut self, seq: u64) -> Result<(), Self::Error>;
+    async fn ack(&mut self, value: u64) -> Result<(), Self::Error>;
 }
 
 /// A destination that makes batches durable.

@@ -355,7 +355,8 @@ impl LakeSink {
                 continue;
             };
             for table in tables.flatten() {
-                if table.path().join("_delta_log").is_dir() {
+                let hidden = table.file_name().to_string_lossy().starts_with('.');
+                if !hidden && table.path().join("_delta_log").is_dir() {
                     found.push(TableId::new(
                         schema.file_name().to_string_lossy(),
                         table.file_name().to_string_lossy(),
@@ -367,16 +368,60 @@ impl LakeSink {
         found
     }
 
-    /// Removes every table of this pipeline from the lake (used before a fresh
-    /// snapshot replaces an interrupted one).
+    /// Removes a table of this pipeline from the lake (used before a fresh
+    /// snapshot replaces an interrupted one). The directory is first renamed
+    /// to a hidden tombstone — atomically, so a crash never leaves a table with
+    /// half its log — then deleted; leftover tombstones go on the next call.
     pub fn remove_table(&mut self, table: &TableId) -> Result<(), LakeError> {
         self.tables.remove(table);
         let path = self.table_path(table);
-        match std::fs::remove_dir_all(&path) {
+        let tombstone = path.with_file_name(format!(".{}.removed", table.table));
+        remove_dir(&tombstone)?;
+        match std::fs::rename(&path, &tombstone) {
+            Ok(()) => remove_dir(&tombstone),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(LakeError::Io { path, source }),
+        }
+    }
+
+    fn marker_path(&self) -> PathBuf {
+        self.root.join(&self.pipeline).join("_tidewater_snapshot")
+    }
+
+    /// Records, before a snapshot creates its slot, that the slot named
+    /// `slot` belongs to an initial snapshot of this pipeline still in progress.
+    pub fn begin_snapshot_marker(&self, slot: &str) -> Result<(), LakeError> {
+        let path = self.marker_path();
+        let dir = path.parent().expect("marker has a parent");
+        std::fs::create_dir_all(dir)
+            .and_then(|_| std::fs::write(&path, slot))
+            .map_err(|source| LakeError::Io { path, source })
+    }
+
+    /// The slot of an initial snapshot that started and did not finish.
+    pub fn snapshot_marker(&self) -> Option<String> {
+        std::fs::read_to_string(self.marker_path()).ok()
+    }
+
+    /// The initial snapshot is committed in every table.
+    pub fn clear_snapshot_marker(&self) -> Result<(), LakeError> {
+        let path = self.marker_path();
+        match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(LakeError::Io { path, source }),
         }
+    }
+}
+
+fn remove_dir(path: &Path) -> Result<(), LakeError> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(LakeError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 

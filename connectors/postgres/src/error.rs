@@ -39,6 +39,21 @@ pub enum PostgresError {
          under this pipeline (or pick a new pipeline name) and run again to re-snapshot"
     )]
     SlotLost { slot: String, position: String },
+    #[error(
+        "publication {publication:?} exists but does not include {}\n\
+         hint: ALTER PUBLICATION {publication} ADD TABLE {}; (or narrow source.tables)",
+        tables.join(", "), tables.join(", ")
+    )]
+    PublicationIncomplete {
+        publication: String,
+        tables: Vec<String>,
+    },
+    #[error("replication slot {slot:?} was invalidated by the server (wal_status = lost): the WAL it needed is gone\nhint: drop the lake tables under this pipeline and the slot (SELECT pg_drop_replication_slot('{slot}')), then run again to re-snapshot; consider max_slot_wal_keep_size")]
+    SlotInvalidated { slot: String },
+    #[error("replication slot {slot:?} belongs to {detail}, not to this pipeline's database with pgoutput\nhint: set source.slot_name to another name")]
+    SlotForeign { slot: String, detail: String },
+    #[error("replication slot {slot:?} exists but the lake holds no table of this pipeline\nhint: if it is left over from an earlier run, drop it (SELECT pg_drop_replication_slot('{slot}')); if that run's lake lives elsewhere, point sink.uri there")]
+    SlotWithoutLake { slot: String },
     #[error("replication slot {slot:?} is in use by another process (pid {pid})")]
     SlotBusy { slot: String, pid: i32 },
     #[error("the replication stream ended unexpectedly")]
@@ -82,20 +97,27 @@ impl PostgresError {
     pub fn class(&self) -> ErrorClass {
         match self {
             PostgresError::Url { .. } | PostgresError::UrlPart { .. } => ErrorClass::Config,
-            PostgresError::SlotLost { .. } => ErrorClass::Config,
+            PostgresError::SlotLost { .. }
+            | PostgresError::PublicationIncomplete { .. }
+            | PostgresError::SlotInvalidated { .. }
+            | PostgresError::SlotForeign { .. }
+            | PostgresError::SlotWithoutLake { .. } => ErrorClass::Config,
             PostgresError::Connect { .. }
             | PostgresError::Query { .. }
             | PostgresError::StreamEnded
             | PostgresError::SlotBusy { .. } => ErrorClass::Transient,
-            PostgresError::Replication { source } => {
-                if source.is_transient() {
-                    ErrorClass::Transient
-                } else if source.is_auth() {
+            PostgresError::Replication { source } => match source {
+                _ if source.is_auth() => ErrorClass::Config,
+                // The server names what is wrong by SQLSTATE: a missing slot or
+                // publication (42704) or an invalidated slot (55000) will not
+                // fix itself by retrying.
+                PgWireError::Server(message)
+                    if message.contains("SQLSTATE 42704") || message.contains("SQLSTATE 55000") =>
+                {
                     ErrorClass::Config
-                } else {
-                    ErrorClass::Transient
                 }
-            }
+                _ => ErrorClass::Transient,
+            },
             PostgresError::Value { .. } | PostgresError::UnchangedToast { .. } => {
                 ErrorClass::Definite
             }

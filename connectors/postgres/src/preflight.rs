@@ -102,8 +102,14 @@ pub async fn preflight(
     for table in tables {
         let row = client
             .query_one(
-                "SELECT has_table_privilege((quote_ident($1) || '.' || quote_ident($2))::regclass, 'SELECT'), \
-                   pg_get_userbyid(c.relowner) = current_user \
+                "SELECT has_table_privilege(c.oid, 'SELECT'), \
+                   pg_get_userbyid(c.relowner) = current_user, \
+                   CASE c.relreplident \
+                     WHEN 'n' THEN false \
+                     WHEN 'f' THEN true \
+                     WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
+                     ELSE EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident) \
+                   END \
                  FROM pg_class c WHERE c.oid = (quote_ident($1) || '.' || quote_ident($2))::regclass",
                 &[&table.schema, &table.table],
             )
@@ -111,6 +117,19 @@ pub async fn preflight(
             .map_err(query_error(format!("checking privileges on {table}")))?;
         let can_select: bool = row.get(0);
         let owns: bool = row.get(1);
+        let has_identity: bool = row.get(2);
+        if !has_identity {
+            problems.push(Problem {
+                what: format!(
+                    "{table} has no replica identity (no primary key): once it is in a publication, \
+                     Postgres rejects every UPDATE and DELETE on it"
+                ),
+                fix: format!(
+                    "ALTER TABLE {} REPLICA IDENTITY FULL; (or add a primary key, or list it in source.exclude)",
+                    quote_table(table)
+                ),
+            });
+        }
         if !can_select {
             problems.push(Problem {
                 what: format!("role {user:?} cannot SELECT from {table} (needed for the snapshot)"),

@@ -98,6 +98,9 @@ impl PostgresConfig {
 /// State of the replication slot as the server reports it.
 #[derive(Debug, Clone)]
 pub struct SlotState {
+    /// False when the slot belongs to another database or output plugin.
+    pub ours: bool,
+    pub owner: String,
     pub confirmed_flush: Option<Lsn>,
     pub active_pid: Option<i32>,
     pub wal_status: Option<String>,
@@ -135,8 +138,6 @@ pub struct PostgresSource {
     type_names: TypeNames,
     pending: VecDeque<ChangeEvent>,
     ord: u64,
-    /// (commit LSN, end LSN) of streamed commits not yet acknowledged.
-    commits: VecDeque<(u64, u64)>,
     last_ack: u64,
 }
 
@@ -179,7 +180,6 @@ impl PostgresSource {
             type_names: TypeNames::default(),
             pending: VecDeque::new(),
             ord: 0,
-            commits: VecDeque::new(),
             last_ack: 0,
         })
     }
@@ -204,13 +204,18 @@ impl PostgresSource {
             .client
             .query_opt(
                 "SELECT confirmed_flush_lsn::text, active_pid, wal_status, \
-                   (pg_current_wal_lsn() - restart_lsn)::int8 \
+                   (pg_current_wal_lsn() - restart_lsn)::int8, \
+                   slot_type = 'logical' AND plugin = 'pgoutput' AND database = current_database(), \
+                   slot_type || ' slot of database ' || coalesce(database, '-') || \
+                     ' with plugin ' || coalesce(plugin, '-') \
                  FROM pg_replication_slots WHERE slot_name = $1",
                 &[&self.config.slot],
             )
             .await
             .map_err(query_error("reading the replication slot"))?;
         Ok(row.map(|row| SlotState {
+            ours: row.get(4),
+            owner: row.get(5),
             confirmed_flush: row
                 .get::<_, Option<String>>(0)
                 .and_then(|s| Lsn::parse(&s).ok()),
@@ -232,8 +237,14 @@ impl PostgresSource {
         Ok(())
     }
 
-    /// Creates the publication over `tables` when it is missing.
-    async fn ensure_publication(&self, tables: &[TableId]) -> Result<(), PostgresError> {
+    /// Creates the publication over `tables` when it is missing. When it exists
+    /// but lacks some of them: before a snapshot that is an error (the table
+    /// would be copied and then never updated); while streaming, a warning.
+    async fn ensure_publication(
+        &self,
+        tables: &[TableId],
+        strict: bool,
+    ) -> Result<(), PostgresError> {
         let exists = self
             .client
             .query_opt(
@@ -261,6 +272,12 @@ impl PostgresSource {
                 .filter(|t| !published.contains(t))
                 .map(|t| t.to_string())
                 .collect();
+            if !missing.is_empty() && strict {
+                return Err(PostgresError::PublicationIncomplete {
+                    publication: self.config.publication.clone(),
+                    tables: missing,
+                });
+            }
             if !missing.is_empty() {
                 warn!(
                     publication = %self.config.publication,
@@ -271,8 +288,10 @@ impl PostgresSource {
             return Ok(());
         }
         let list: Vec<String> = tables.iter().map(quote_table).collect();
+        // Partitioned tables publish their changes under the root's name, the
+        // name the snapshot copied them under.
         let sql = format!(
-            "CREATE PUBLICATION {} FOR TABLE {}",
+            "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
             quote_ident(&self.config.publication),
             list.join(", ")
         );
@@ -291,7 +310,7 @@ impl PostgresSource {
     /// `tables`; `next_event` then yields the snapshot and continues with the
     /// stream. The slot must not exist.
     pub async fn start_snapshot(&mut self, tables: Vec<TableId>) -> Result<(), PostgresError> {
-        self.ensure_publication(&tables).await?;
+        self.ensure_publication(&tables, true).await?;
         let mut repl = ReplicationClient::connect_gated(self.repl_config.clone())
             .await
             .map_err(|source| PostgresError::Replication { source })?;
@@ -334,6 +353,7 @@ impl PostgresSource {
             commit: CommitInfo {
                 seq: consistent_point.0.saturating_sub(1),
                 position: consistent_point.to_string(),
+                ack: consistent_point.0,
                 commit_ts_us: now_us,
                 txid: None,
             },
@@ -346,7 +366,7 @@ impl PostgresSource {
 
     /// Starts streaming from the slot's confirmed position.
     pub async fn start_streaming(&mut self, tables: &[TableId]) -> Result<(), PostgresError> {
-        self.ensure_publication(tables).await?;
+        self.ensure_publication(tables, false).await?;
         let mut repl = ReplicationClient::connect(self.repl_config.clone())
             .await
             .map_err(|source| PostgresError::Replication { source })?;
@@ -495,6 +515,7 @@ impl PostgresSource {
                 self.pending.push_back(ChangeEvent::Begin(CommitInfo {
                     seq: final_lsn.0,
                     position: final_lsn.to_string(),
+                    ack: 0,
                     commit_ts_us: commit_time_micros.saturating_add(PG_EPOCH_OFFSET_US),
                     txid: Some(xid.to_string()),
                 }));
@@ -504,10 +525,13 @@ impl PostgresSource {
                 end_lsn,
                 commit_time_micros,
             } => {
-                self.commits.push_back((lsn.0, end_lsn.0));
                 self.pending.push_back(ChangeEvent::Commit(CommitInfo {
                     seq: lsn.0,
                     position: lsn.to_string(),
+                    // The server skips a transaction on restart when its commit
+                    // record starts before the confirmed position: acknowledge
+                    // the end of the record.
+                    ack: end_lsn.0,
                     commit_ts_us: commit_time_micros.saturating_add(PG_EPOCH_OFFSET_US),
                     txid: None,
                 }));
@@ -515,7 +539,7 @@ impl PostgresSource {
             ReplicationEvent::XLogData { data, .. } => self.on_message(data).await?,
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 self.pending.push_back(ChangeEvent::Heartbeat {
-                    seq: wal_end.0,
+                    ack: wal_end.0,
                     position: wal_end.to_string(),
                 });
             }
@@ -529,18 +553,23 @@ impl PostgresSource {
         match message {
             Message::Relation(relation) => self.on_relation(relation).await?,
             Message::Insert { relation, new } => {
+                // Every row message numbers `_tw_ord`, included or not, so the
+                // numbering of a transaction does not depend on the config.
+                self.ord += 1;
                 if let Some(schema) = self.included_schema(relation)? {
                     let values = datums(&schema, &new, None)?;
                     self.push_row(&schema, Op::Insert, values);
                 }
             }
             Message::Update { relation, old, new } => {
+                self.ord += 1;
                 if let Some(schema) = self.included_schema(relation)? {
                     let values = datums(&schema, &new, old.as_ref())?;
                     self.push_row(&schema, Op::Update, values);
                 }
             }
             Message::Delete { relation, old } => {
+                self.ord += 1;
                 if let Some(schema) = self.included_schema(relation)? {
                     let values = datums(&schema, old.cells(), None)?;
                     self.push_row(&schema, Op::Delete, values);
@@ -548,6 +577,7 @@ impl PostgresSource {
             }
             Message::Truncate { relations, .. } => {
                 for relation in relations {
+                    self.ord += 1;
                     if let Some(schema) = self.included_schema(relation)? {
                         self.push_row(&schema, Op::Truncate, Vec::new());
                     }
@@ -559,7 +589,6 @@ impl PostgresSource {
     }
 
     fn push_row(&mut self, schema: &TableSchema, op: Op, values: Vec<Datum>) {
-        self.ord += 1;
         self.pending.push_back(ChangeEvent::Row(RowChange {
             table: schema.table.clone(),
             op,
@@ -622,17 +651,9 @@ impl PostgresSource {
         Ok(())
     }
 
-    /// Tells the server that every transaction up to the one with commit LSN
-    /// `seq` (or, for a heartbeat, everything up to `seq`) is durable downstream.
-    pub fn ack(&mut self, seq: u64) {
-        let mut lsn = seq;
-        while let Some(&(commit, end)) = self.commits.front() {
-            if commit > seq {
-                break;
-            }
-            lsn = lsn.max(end);
-            self.commits.pop_front();
-        }
+    /// Tells the server that the WAL up to `lsn` (a commit's end LSN or a
+    /// heartbeat's WAL end, see [`ChangeEvent`]) is durable downstream.
+    pub fn ack(&mut self, lsn: u64) {
         if lsn > self.last_ack {
             self.last_ack = lsn;
             if let Some(repl) = &self.repl {
