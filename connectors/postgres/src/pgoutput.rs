@@ -424,4 +424,42 @@ mod tests {
             Err(DecodeError::Truncated { .. })
         ));
     }
+
+    /// A cheap in-tree fuzz: random bytes and random mutations of valid
+    /// messages must decode or fail, never panic.
+    #[test]
+    fn random_and_mutated_input_never_panics() {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let seeds: Vec<Vec<u8>> = vec![relation_bytes(), {
+            let mut b = vec![b'U'];
+            b.extend(7u32.to_be_bytes());
+            b.extend(b"O\x00\x01t\x00\x00\x00\x015N\x00\x02u\x00");
+            b
+        }];
+        for round in 0..200_000 {
+            let mut data = if round % 2 == 0 {
+                seeds[round % seeds.len()].clone()
+            } else {
+                let len = (next() % 64) as usize;
+                let mut b: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                if let Some(first) = b.first_mut() {
+                    *first = b"RYIUDTO"[(next() % 7) as usize];
+                }
+                b
+            };
+            for _ in 0..(next() % 4) {
+                if !data.is_empty() {
+                    let at = (next() as usize) % data.len();
+                    data[at] = next() as u8;
+                }
+            }
+            let _ = decode(Bytes::from(data));
+        }
+    }
 }
