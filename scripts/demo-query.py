@@ -23,17 +23,17 @@ def current(table, key):
 
 print(f"{'table':<14} {'changes':>8} {'r':>7} {'c':>6} {'u':>6} {'d':>5} {'current rows':>13}")
 for table, key in [("customers", "id"), ("products", "id"), ("orders", "id"), ("order_items", "order_id, line")]:
-    ops = dict(con.sql(f"SELECT _tw_op, count(*) FROM {table}__changes GROUP BY 1").fetchall())
-    rows = con.sql(f"SELECT count(*) FROM ({current(table, key)})").fetchone()[0]
+    ops = dict(con.execute(f"SELECT _tw_op, count(*) FROM {table}__changes GROUP BY 1").fetchall())
+    rows = con.execute(f"SELECT count(*) FROM ({current(table, key)})").fetchone()[0]
     print(f"{table:<14} {sum(ops.values()):>8} {ops.get('r', 0):>7} {ops.get('c', 0):>6} "
           f"{ops.get('u', 0):>6} {ops.get('d', 0):>5} {rows:>13}")
 
 print("\ntop 5 customers by spend (current state of the lake):")
-top = con.sql(f"""
+top = con.execute(f"""
     SELECT c.name, c.country, count(*) AS orders, sum(o.total) AS spend
     FROM ({current('orders', 'id')}) o JOIN ({current('customers', 'id')}) c ON c.id = o.customer_id
     GROUP BY ALL ORDER BY spend DESC, c.name LIMIT 5""").fetchall()
 for name, country, orders, spend in top:
     print(f"  {name:<16} {country}  {orders:>3} orders  {spend:>10}")
-lag = con.sql("SELECT max(_tw_commit_ts) FROM orders__changes").fetchone()[0]
+lag = con.execute("SELECT max(_tw_commit_ts) FROM orders__changes").fetchone()[0]
 print(f"\nnewest change in the lake committed at the source at {lag}")

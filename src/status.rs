@@ -157,7 +157,7 @@ fn print_text(report: &serde_json::Value) {
     }
     println!(
         "{:<32} {:>10} {:>8} {:>7} {:>9} {:<16}",
-        "table", "rows", "files", "version", "snapshot", "position"
+        "table", "changes", "files", "version", "snapshot", "position"
     );
     for table in report["tables"].as_array().into_iter().flatten() {
         if let Some(err) = table.get("error") {
