@@ -303,3 +303,62 @@ fn python_summary(path: &std::path::Path) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).expect("read_lake.py output")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_command_then_run_continues_without_a_gap() {
+    let client = pg().create_database("snap_cmd").await;
+    client
+        .batch_execute(
+            "CREATE TABLE events (id bigint PRIMARY KEY, kind text, at timestamptz DEFAULT now());
+             CREATE TABLE empty_one (id int PRIMARY KEY);
+             INSERT INTO events (id, kind) SELECT g, 'k' || (g % 3) FROM generate_series(1, 1000) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::new("snap_cmd", &pg().url("snap_cmd"), "");
+    let snapshot = |pipeline: &Pipeline| {
+        crate::support::tidewater()
+            .args(["snapshot", "--config"])
+            .arg(&pipeline.config)
+            .output()
+            .unwrap()
+    };
+    let out = snapshot(&pipeline);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = read_log(&pipeline.table_path("public", "events"))
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 1000);
+    assert!(log.iter().all(|r| r.op == "r"));
+    // The empty table exists in the lake too, marked as snapshotted.
+    assert!(read_log(&pipeline.table_path("public", "empty_one"))
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Changes made between `snapshot` and `run` arrive through the kept slot.
+    client
+        .batch_execute(
+            "INSERT INTO events (id, kind) VALUES (1001, 'late'); DELETE FROM events WHERE id = 1;",
+        )
+        .await
+        .unwrap();
+    let again = snapshot(&pipeline);
+    assert_eq!(again.status.code(), Some(0), "a second snapshot is a no-op");
+    pipeline.start();
+    wait_equal(&mut pipeline, &client, "events").await;
+    assert_eq!(pipeline.terminate(), 0);
+    let log = read_log(&pipeline.table_path("public", "events"))
+        .await
+        .unwrap();
+    assert_eq!(
+        log.len(),
+        1002,
+        "1000 snapshot rows, one insert, one delete"
+    );
+}

@@ -785,7 +785,7 @@ fn parse_text(schema: &TableSchema, column: &Column, text: &[u8]) -> Result<Datu
     let text = std::str::from_utf8(text).map_err(|_| {
         value_error(value::ValueError {
             what: "UTF-8 text",
-            text: String::new(),
+            length: text.len(),
         })
     })?;
     value::parse(&column.ty, text).map_err(value_error)

@@ -11,19 +11,20 @@
 use arrow_buffer::i256;
 use tidewater_core::{date_range_days, timestamp_range_us, ColumnType, Datum};
 
+/// A value the server sent that does not fit its column type. It names the
+/// type and the length of the text, never the text: row values stay out of
+/// logs and error messages.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("cannot read {what} from the server's text {text:?}")]
+#[error("cannot read {what} from the server's text ({length} bytes)")]
 pub struct ValueError {
     pub what: &'static str,
-    /// At most 64 bytes of the offending text; only shown in errors, never logged
-    /// with row context.
-    pub text: String,
+    pub length: usize,
 }
 
 fn bad(what: &'static str, text: &str) -> ValueError {
     ValueError {
         what,
-        text: text.chars().take(64).collect(),
+        length: text.len(),
     }
 }
 
