@@ -254,11 +254,9 @@ impl Pipeline {
     /// SIGTERM and wait; returns the exit code.
     pub fn terminate(&mut self) -> i32 {
         let mut child = self.child.take().expect("daemon running");
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success());
+        // SAFETY: plain kill(2) on our own child's pid.
+        let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM failed");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
