@@ -89,10 +89,11 @@ fn main() -> ExitCode {
     ExitCode::from(code as u8)
 }
 
-/// Our own logs at info; the Delta libraries log every snapshot load at info,
-/// which drowns the pipeline's own lines, so they only speak up on errors.
+/// Our own logs at info; the Delta libraries log every snapshot load at info
+/// (and the kernel logs an expected "no files in log segment" as an error when
+/// a table is created), so they only speak through the errors they return.
 const DEFAULT_LOG_FILTER: &str =
-    "info,deltalake=error,deltalake_core=error,buoyant_kernel=error,delta_kernel=error";
+    "info,deltalake=error,deltalake_core=error,buoyant_kernel=off,delta_kernel=off";
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEWATER_LOG")
