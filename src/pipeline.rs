@@ -19,8 +19,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tidewater_core::{BatchLimits, Batcher, ChangeEvent, ErrorClass, Mark, Problem, TableId};
-use tidewater_lake::{LakeError, LakeSink, SnapshotPhase, TableState};
+use tidewater_core::{
+    BatchLimits, Batcher, ChangeEvent, Classified, ErrorClass, Mark, Problem, Sink, SnapshotPhase,
+    Source, TableId,
+};
+use tidewater_lake::{LakeSink, TableState};
 use tidewater_postgres::{PostgresConfig, PostgresError, PostgresSource, TableFilter};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, info_span, warn, Instrument};
@@ -35,7 +38,7 @@ pub enum PipelineError {
     #[error(transparent)]
     Source(#[from] PostgresError),
     #[error(transparent)]
-    Lake(#[from] LakeError),
+    Sink(SinkFailure),
     #[error("building a batch")]
     Batch(#[source] tidewater_core::ArrowError),
     #[error("the source server is not ready for replication:\n{}", format_problems(.0))]
@@ -54,12 +57,44 @@ impl PipelineError {
     pub fn class(&self) -> ErrorClass {
         match self {
             PipelineError::Source(err) => err.class(),
-            PipelineError::Lake(err) => err.class(),
+            PipelineError::Sink(err) => err.class,
             PipelineError::Batch(_) => ErrorClass::Internal,
             PipelineError::Preflight(_) => ErrorClass::Config,
             PipelineError::SourceGone => ErrorClass::Internal,
             PipelineError::SnapshotImpossible(_) => ErrorClass::Config,
         }
+    }
+}
+
+/// A sink's error, whatever its type, with its class kept for the policy.
+#[derive(Debug)]
+pub struct SinkFailure {
+    class: ErrorClass,
+    error: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl std::fmt::Display for SinkFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for SinkFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
+fn sink_error<E: Classified>(err: E) -> PipelineError {
+    PipelineError::Sink(SinkFailure {
+        class: err.class(),
+        error: Box::new(err),
+    })
+}
+
+impl From<tidewater_lake::LakeError> for PipelineError {
+    fn from(err: tidewater_lake::LakeError) -> Self {
+        sink_error(err)
     }
 }
 
@@ -292,9 +327,9 @@ async fn source_loop(
         let event = tokio::select! {
             biased;
             _ = stop.changed() => break,
-            event = source.next_event() => event,
+            event = Source::next_event(&mut source) => event,
         };
-        source.ack(*acks.borrow_and_update());
+        Source::ack(&mut source, *acks.borrow_and_update());
         let failed = event.is_err();
         tokio::select! {
             biased;
@@ -302,7 +337,7 @@ async fn source_loop(
             sent = events.send(event) => if sent.is_err() || failed { break },
         }
     }
-    source.ack(*acks.borrow());
+    Source::ack(&mut source, *acks.borrow());
     source.close().await;
 }
 
@@ -313,8 +348,9 @@ struct Stats {
     started: Option<Instant>,
 }
 
-struct Coordinator {
-    sink: LakeSink,
+/// Drives one sink through the [`Sink`] contract.
+struct Coordinator<K> {
+    sink: K,
     batcher: Batcher,
     /// Batches cut early (by a schema change), written at the next checkpoint.
     held: Vec<tidewater_core::ChangeBatch>,
@@ -330,7 +366,7 @@ struct Coordinator {
     stats: Stats,
 }
 
-impl Coordinator {
+impl<K: Sink> Coordinator<K> {
     async fn drive(
         &mut self,
         mut events: mpsc::Receiver<Result<ChangeEvent, PostgresError>>,
@@ -370,10 +406,10 @@ impl Coordinator {
                 self.batcher.begin(commit);
             }
             ChangeEvent::Schema(schema) => {
-                self.sink.ensure_table(&schema).await?;
+                self.sink.prepare(&schema).await.map_err(sink_error)?;
                 if !self.marks.contains_key(&schema.table) {
-                    if let Some(state) = self.sink.table_state(&schema.table).await? {
-                        self.marks.insert(schema.table.clone(), state.mark);
+                    if let Some(mark) = self.sink.mark(&schema.table).await.map_err(sink_error)? {
+                        self.marks.insert(schema.table.clone(), mark);
                     }
                 }
                 if let Some(cut) = self
@@ -381,7 +417,7 @@ impl Coordinator {
                     .set_schema(schema)
                     .map_err(PipelineError::Batch)?
                 {
-                    self.sink.write(cut).await?;
+                    self.held.push(cut);
                 }
             }
             ChangeEvent::Row(row) => {
@@ -418,7 +454,6 @@ impl Coordinator {
             }
             ChangeEvent::SnapshotDone { position, .. } => {
                 self.checkpoint(Some(SnapshotPhase::Done)).await?;
-                self.sink.clear_snapshot_marker()?;
                 self.snapshot_running = false;
                 let elapsed = self
                     .stats
@@ -460,7 +495,7 @@ impl Coordinator {
         batches.extend(self.batcher.cut_all().map_err(PipelineError::Batch)?);
         let rows: usize = batches.iter().map(|b| b.batch.num_rows()).sum();
         for batch in batches {
-            self.sink.write(batch).await?;
+            self.sink.write(batch).await.map_err(sink_error)?;
         }
         let phase = phase.or(self.snapshot_running.then_some(SnapshotPhase::Running));
         let position = self
@@ -469,7 +504,11 @@ impl Coordinator {
             .map(|(_, p)| p.clone())
             .unwrap_or_else(|| self.begin_position.clone());
         let started = Instant::now();
-        let tables = self.sink.commit(&position, phase).await?;
+        let tables = self
+            .sink
+            .commit(&position, phase)
+            .await
+            .map_err(sink_error)?;
         if tables > 0 {
             info!(
                 tables,

@@ -14,3 +14,9 @@ pub enum ErrorClass {
     /// A bug or a broken invariant: halt.
     Internal,
 }
+
+/// An error that knows its [`ErrorClass`]. Every connector error type
+/// implements it, so the binary's policy table can act on any of them.
+pub trait Classified: std::error::Error + Send + Sync + 'static {
+    fn class(&self) -> ErrorClass;
+}

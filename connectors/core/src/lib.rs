@@ -22,10 +22,10 @@ mod types;
 
 pub use arrow_schema::ArrowError;
 pub use batch::{BatchLimits, Batcher, ChangeBatch};
-pub use error::ErrorClass;
+pub use error::{Classified, ErrorClass};
 pub use event::{ChangeEvent, CommitInfo, Datum, Mark, Op, RowChange, TableId};
 pub use schema::{Column, ColumnType, TableSchema};
-pub use traits::{Problem, Sink, Source};
+pub use traits::{Problem, Sink, SnapshotPhase, Source};
 pub use types::{
     arrow_field, arrow_type, date_range_days, metadata_fields, timestamp_range_us, META_COLUMNS,
     SOURCE_TYPE_KEY,

@@ -1,10 +1,10 @@
-//! The Source and Sink contracts. The binary dispatches over an enum of
-//! concrete connectors, so these traits use native `async fn`.
-
-use std::collections::BTreeMap;
+//! The Source and Sink contracts. The binary works with concrete connectors
+//! (an enum once there are several), so these traits use native `async fn`.
 
 use crate::batch::ChangeBatch;
+use crate::error::Classified;
 use crate::event::{ChangeEvent, Mark, TableId};
+use crate::schema::TableSchema;
 
 /// A problem found by a preflight check, with the statement or setting that
 /// fixes it.
@@ -19,8 +19,6 @@ pub struct Problem {
 /// A database log to replicate from.
 ///
 /// # Contract
-/// * `preflight` changes nothing on the server; it returns *every* problem it
-///   finds, not just the first.
 /// * `next_event` yields events in source commit order. The rows of one
 ///   transaction sit between its `Begin` and `Commit`; a `Schema` for a table
 ///   precedes its first row and every change of its columns. Changes at or below
@@ -29,39 +27,59 @@ pub struct Problem {
 /// * `ack(value)` tells the server that everything up to `value` is durable
 ///   downstream. It is only ever called with the `ack` of a `Commit` whose
 ///   transaction every table has made durable, or the `ack` of a `Heartbeat`
-///   when nothing is pending, so the server may discard its log up to there. A source must never treat
-///   anything it has merely *received* as acknowledged.
+///   when nothing is pending, so the server may discard its log up to there. A
+///   source must never treat anything it has merely *received* as acknowledged.
 /// * After a crash the source resumes from the last acknowledged position (or
 ///   earlier); it must never resume later than that.
-#[allow(async_fn_in_trait)] // dispatched through an enum, never sent as `dyn`
+/// * `next_event` is not cancel-safe: a caller that races it against timers
+///   must run it in a task of its own.
+#[allow(async_fn_in_trait)] // dispatched through concrete types, never `dyn`
 pub trait Source {
-    type Error: std::error::Error + Send + Sync + 'static;
+    type Error: Classified;
 
     async fn next_event(&mut self) -> Result<ChangeEvent, Self::Error>;
 
-    async fn ack(&mut self, value: u64) -> Result<(), Self::Error>;
+    fn ack(&mut self, value: u64);
+}
+
+/// Snapshot progress recorded with a sink commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotPhase {
+    /// The initial snapshot is still being copied.
+    Running,
+    /// The initial snapshot is complete in this table.
+    Done,
 }
 
 /// A destination that makes batches durable.
 ///
 /// # Contract
-/// * `write` is called with batches of one table in mark order; a batch is not
-///   visible to readers until `commit` returns.
+/// * `prepare` makes a table ready for batches of `schema` (creating it, or
+///   widening it, as the destination needs) before the first `write`.
+/// * `write` is called with batches of one table in mark order; nothing written
+///   is visible to readers until `commit` returns.
 /// * `commit` is the durability barrier: when it returns `Ok`, every batch
-///   written before it is durable and readers see all or nothing of it, together
-///   with the recorded marks and `position`. A crash before it returns leaves no
-///   trace readers can see.
-/// * Idempotent: a batch whose last mark is at or below the table's durable mark
-///   was already committed and must be skipped, never duplicated.
-/// * `marks` returns, after any restart, the last committed mark of each table
-///   the sink holds for this pipeline.
-#[allow(async_fn_in_trait)] // dispatched through an enum, never sent as `dyn`
+///   written before it is durable and readers see all or nothing of each
+///   table's part, together with its mark and `position`. A crash before it
+///   returns leaves nothing readers can see. `phase`, when given, is recorded
+///   for every prepared table, even one without new rows.
+/// * Idempotent: a batch whose last mark is at or below the table's durable
+///   mark was already committed and must be skipped, never duplicated.
+/// * `mark` returns, after any restart, the last committed mark of a table.
+#[allow(async_fn_in_trait)] // dispatched through concrete types, never `dyn`
 pub trait Sink {
-    type Error: std::error::Error + Send + Sync + 'static;
+    type Error: Classified;
 
-    async fn marks(&mut self) -> Result<BTreeMap<TableId, Mark>, Self::Error>;
+    async fn prepare(&mut self, schema: &TableSchema) -> Result<(), Self::Error>;
+
+    async fn mark(&mut self, table: &TableId) -> Result<Option<Mark>, Self::Error>;
 
     async fn write(&mut self, batch: ChangeBatch) -> Result<(), Self::Error>;
 
-    async fn commit(&mut self, position: &str) -> Result<(), Self::Error>;
+    /// Commits every table with written data; returns how many committed.
+    async fn commit(
+        &mut self,
+        position: &str,
+        phase: Option<SnapshotPhase>,
+    ) -> Result<usize, Self::Error>;
 }

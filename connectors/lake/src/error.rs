@@ -28,6 +28,12 @@ pub enum LakeError {
     },
 }
 
+impl tidewater_core::Classified for LakeError {
+    fn class(&self) -> ErrorClass {
+        LakeError::class(self)
+    }
+}
+
 impl LakeError {
     pub(crate) fn delta(table: &TableId, action: &'static str, source: DeltaTableError) -> Self {
         LakeError::Delta {

@@ -29,7 +29,9 @@ use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use deltalake::{DeltaTable, DeltaTableError};
 use futures_util::TryStreamExt;
 use serde_json::Value;
-use tidewater_core::{arrow_field, metadata_fields, ChangeBatch, Mark, TableId, TableSchema};
+use tidewater_core::{
+    arrow_field, metadata_fields, ChangeBatch, Mark, Sink, SnapshotPhase, TableId, TableSchema,
+};
 use tracing::{debug, info};
 
 use crate::error::LakeError;
@@ -56,13 +58,6 @@ pub struct TableState {
     pub version: u64,
     /// Number of commits this pipeline made (the Delta txn version).
     pub commits: i64,
-}
-
-/// Snapshot progress recorded with a commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SnapshotPhase {
-    Running,
-    Done,
 }
 
 struct LakeTable {
@@ -322,6 +317,9 @@ impl LakeSink {
             open.pending = None;
             committed += 1;
         }
+        if phase == Some(SnapshotPhase::Done) {
+            self.clear_snapshot_marker()?;
+        }
         Ok(committed)
     }
 
@@ -422,6 +420,30 @@ fn remove_dir(path: &Path) -> Result<(), LakeError> {
             path: path.to_path_buf(),
             source,
         }),
+    }
+}
+
+impl Sink for LakeSink {
+    type Error = LakeError;
+
+    async fn prepare(&mut self, schema: &TableSchema) -> Result<(), LakeError> {
+        self.ensure_table(schema).await
+    }
+
+    async fn mark(&mut self, table: &TableId) -> Result<Option<Mark>, LakeError> {
+        Ok(self.table_state(table).await?.map(|state| state.mark))
+    }
+
+    async fn write(&mut self, batch: ChangeBatch) -> Result<(), LakeError> {
+        LakeSink::write(self, batch).await
+    }
+
+    async fn commit(
+        &mut self,
+        position: &str,
+        phase: Option<SnapshotPhase>,
+    ) -> Result<usize, LakeError> {
+        LakeSink::commit(self, position, phase).await
     }
 }
 

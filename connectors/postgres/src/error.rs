@@ -93,6 +93,12 @@ pub enum PostgresError {
     Misuse { what: &'static str },
 }
 
+impl tidewater_core::Classified for PostgresError {
+    fn class(&self) -> ErrorClass {
+        PostgresError::class(self)
+    }
+}
+
 impl PostgresError {
     pub fn class(&self) -> ErrorClass {
         match self {

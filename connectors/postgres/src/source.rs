@@ -107,7 +107,7 @@ pub struct SlotState {
     pub retained_bytes: Option<i64>,
 }
 
-struct SnapshotPhase {
+struct SnapshotCopy {
     repl: ReplicationClient,
     commit: CommitInfo,
     queue: VecDeque<TableId>,
@@ -131,7 +131,7 @@ pub struct PostgresSource {
     config: PostgresConfig,
     client: Client,
     repl_config: ReplicationConfig,
-    snapshot: Option<SnapshotPhase>,
+    snapshot: Option<SnapshotCopy>,
     repl: Option<ReplicationClient>,
     relations: HashMap<u32, RelationState>,
     schemas: HashMap<TableId, Arc<TableSchema>>,
@@ -348,7 +348,7 @@ impl PostgresSource {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
             .unwrap_or(0);
-        self.snapshot = Some(SnapshotPhase {
+        self.snapshot = Some(SnapshotCopy {
             repl,
             commit: CommitInfo {
                 seq: consistent_point.0.saturating_sub(1),
@@ -676,6 +676,18 @@ impl PostgresSource {
                 debug!(error = %err, "replication shutdown");
             }
         }
+    }
+}
+
+impl tidewater_core::Source for PostgresSource {
+    type Error = PostgresError;
+
+    async fn next_event(&mut self) -> Result<ChangeEvent, PostgresError> {
+        PostgresSource::next_event(self).await
+    }
+
+    fn ack(&mut self, value: u64) {
+        PostgresSource::ack(self, value)
     }
 }
 
