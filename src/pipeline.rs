@@ -275,15 +275,9 @@ pub async fn run(
             source.drop_slot().await?;
         }
         sink.begin_snapshot_marker(&settings.source.slot)?;
-        let snapshot_tables = match settings.snapshot {
-            SnapshotMode::Initial => tables.clone(),
-            SnapshotMode::Never => Vec::new(),
-        };
-        info!(
-            tables = snapshot_tables.len(),
-            "starting consistent snapshot"
-        );
-        source.start_snapshot(snapshot_tables).await?;
+        let copy = settings.snapshot == SnapshotMode::Initial;
+        info!(tables = tables.len(), copy, "starting consistent snapshot");
+        source.start_snapshot(tables.clone(), copy).await?;
     }
     let streamed_before = stream;
 

@@ -362,3 +362,132 @@ async fn snapshot_command_then_run_continues_without_a_gap() {
         "1000 snapshot rows, one insert, one delete"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_and_inherited_tables_land_under_their_own_names() {
+    let client = pg().create_database("parts").await;
+    client
+        .batch_execute(
+            "CREATE TABLE m (id int, at date, v text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+             CREATE TABLE m_2024 PARTITION OF m FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+             CREATE TABLE m_2025 PARTITION OF m FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+             INSERT INTO m SELECT g, date '2024-06-01' + g, 'v' || g FROM generate_series(1, 300) g;
+             CREATE TABLE parent (id int PRIMARY KEY, v text);
+             CREATE TABLE child (extra int) INHERITS (parent);
+             ALTER TABLE child ADD PRIMARY KEY (id);
+             INSERT INTO parent VALUES (1, 'p');
+             INSERT INTO child VALUES (2, 'c', 5);",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::new("parts", &pg().url("parts"), "");
+    pipeline.start();
+    wait_equal(&mut pipeline, &client, "m").await;
+    client
+        .batch_execute(
+            "INSERT INTO m VALUES (1000, '2024-02-02', 'new'), (1001, '2025-03-03', 'new');
+             UPDATE m SET v = 'changed' WHERE id = 1;
+             DELETE FROM m WHERE id = 300;
+             INSERT INTO child VALUES (3, 'c3', 7);
+             INSERT INTO parent VALUES (4, 'p4');",
+        )
+        .await
+        .unwrap();
+    wait_equal(&mut pipeline, &client, "m").await;
+    wait_equal(&mut pipeline, &client, "parent").await;
+    wait_equal(&mut pipeline, &client, "child").await;
+    assert!(
+        !pipeline.table_path("public", "m_2024").exists(),
+        "partitions must not become lake tables of their own"
+    );
+    let parent = read_log(&pipeline.table_path("public", "parent"))
+        .await
+        .unwrap();
+    assert_eq!(
+        parent.len(),
+        2,
+        "the parent's log holds only its own rows: {parent:?}"
+    );
+    assert_eq!(pipeline.terminate(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_never_streams_only_new_changes() {
+    let client = pg().create_database("never").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, 'old' FROM generate_series(1, 50) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::new("never", &pg().url("never"), "");
+    let text = std::fs::read_to_string(&pipeline.config).unwrap();
+    std::fs::write(
+        &pipeline.config,
+        text.replace(
+            "tables = [\"public.*\"]",
+            "tables = [\"public.*\"]\nsnapshot = \"never\"",
+        ),
+    )
+    .unwrap();
+    pipeline.start();
+    let slot_ready = || async {
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tidewater_never' AND active",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    };
+    eventually("the slot is streaming", Duration::from_secs(60), || async {
+        slot_ready()
+            .await
+            .then_some(())
+            .ok_or("not yet".to_string())
+    })
+    .await;
+    client
+        .batch_execute("INSERT INTO t VALUES (51, 'new'); UPDATE t SET v = 'changed' WHERE id = 1;")
+        .await
+        .unwrap();
+    let path = pipeline.table_path("public", "t");
+    eventually("new changes landed", Duration::from_secs(60), || {
+        let path = path.clone();
+        async move {
+            let log = read_log(&path).await?;
+            (log.len() == 2)
+                .then_some(())
+                .ok_or(format!("{} rows", log.len()))
+        }
+    })
+    .await;
+    let log = read_log(&path).await.unwrap();
+    let ops: Vec<&str> = log.iter().map(|r| r.op.as_str()).collect();
+    assert_eq!(ops, vec!["c", "u"]);
+    // A restart continues the same slot instead of starting over.
+    assert_eq!(pipeline.terminate(), 0);
+    client
+        .batch_execute("DELETE FROM t WHERE id = 2")
+        .await
+        .unwrap();
+    pipeline.start();
+    eventually(
+        "the delete landed after a restart",
+        Duration::from_secs(60),
+        || {
+            let path = path.clone();
+            async move {
+                let log = read_log(&path).await?;
+                (log.len() == 3)
+                    .then_some(())
+                    .ok_or(format!("{} rows", log.len()))
+            }
+        },
+    )
+    .await;
+    assert_eq!(pipeline.terminate(), 0);
+}

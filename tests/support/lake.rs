@@ -214,7 +214,18 @@ pub async fn source_state(client: &Client, table: &str, key: &str) -> BTreeMap<S
             arrays.push(false);
         }
     }
-    let sql = format!("SELECT {} FROM {table}", selects.join(", "));
+    // Inheritance children are tables of their own; partitions belong to
+    // their partitioned table.
+    let partitioned: bool = client
+        .query_one(
+            "SELECT relkind = 'p' FROM pg_class WHERE oid = $1::text::regclass",
+            &[&table],
+        )
+        .await
+        .expect("relkind")
+        .get(0);
+    let only = if partitioned { "" } else { "ONLY " };
+    let sql = format!("SELECT {} FROM {only}{table}", selects.join(", "));
     let rows = client.query(sql.as_str(), &[]).await.expect("source rows");
     let mut state = BTreeMap::new();
     for row in rows {

@@ -134,6 +134,8 @@ pub struct PostgresSource {
     snapshot: Option<SnapshotCopy>,
     repl: Option<ReplicationClient>,
     relations: HashMap<u32, RelationState>,
+    /// The tables this run replicates, resolved from the config at start.
+    tables: Vec<TableId>,
     schemas: HashMap<TableId, Arc<TableSchema>>,
     type_names: TypeNames,
     pending: VecDeque<ChangeEvent>,
@@ -176,6 +178,7 @@ impl PostgresSource {
             snapshot: None,
             repl: None,
             relations: HashMap::new(),
+            tables: Vec::new(),
             schemas: HashMap::new(),
             type_names: TypeNames::default(),
             pending: VecDeque::new(),
@@ -306,11 +309,16 @@ impl PostgresSource {
         Ok(())
     }
 
-    /// Creates the slot with an exported snapshot and queues a consistent copy of
-    /// `tables`; `next_event` then yields the snapshot and continues with the
-    /// stream. The slot must not exist.
-    pub async fn start_snapshot(&mut self, tables: Vec<TableId>) -> Result<(), PostgresError> {
+    /// Creates the slot with an exported snapshot and, when `copy`, queues a
+    /// consistent copy of `tables`; `next_event` then yields the snapshot and
+    /// continues with the stream of `tables`. The slot must not exist.
+    pub async fn start_snapshot(
+        &mut self,
+        tables: Vec<TableId>,
+        copy: bool,
+    ) -> Result<(), PostgresError> {
         self.ensure_publication(&tables, true).await?;
+        self.tables = tables.clone();
         let mut repl = ReplicationClient::connect_gated(self.repl_config.clone())
             .await
             .map_err(|source| PostgresError::Replication { source })?;
@@ -357,7 +365,7 @@ impl PostgresSource {
                 commit_ts_us: now_us,
                 txid: None,
             },
-            queue: tables.into(),
+            queue: if copy { tables.into() } else { VecDeque::new() },
             copy: None,
             begun: false,
         });
@@ -367,6 +375,7 @@ impl PostgresSource {
     /// Starts streaming from the slot's confirmed position.
     pub async fn start_streaming(&mut self, tables: &[TableId]) -> Result<(), PostgresError> {
         self.ensure_publication(tables, false).await?;
+        self.tables = tables.to_vec();
         let mut repl = ReplicationClient::connect(self.repl_config.clone())
             .await
             .map_err(|source| PostgresError::Replication { source })?;
@@ -423,9 +432,22 @@ impl PostgresSource {
                 .iter()
                 .map(|c| quote_ident(&c.name))
                 .collect();
+            // Inheritance children are tables of their own: copy only the
+            // parent's rows. A partitioned table's rows live in its partitions.
+            let partitioned = self
+                .client
+                .query_one(
+                    "SELECT relkind = 'p' FROM pg_class \
+                     WHERE oid = (quote_ident($1) || '.' || quote_ident($2))::regclass",
+                    &[&table.schema, &table.table],
+                )
+                .await
+                .map_err(query_error(format!("reading the kind of {table}")))?
+                .get::<_, bool>(0);
             let sql = format!(
-                "COPY (SELECT {} FROM {}) TO STDOUT",
+                "COPY (SELECT {} FROM {}{}) TO STDOUT",
                 select.join(", "),
+                if partitioned { "" } else { "ONLY " },
                 quote_table(&table)
             );
             if schema.columns.is_empty() {
@@ -611,7 +633,9 @@ impl PostgresSource {
 
     async fn on_relation(&mut self, relation: Relation) -> Result<(), PostgresError> {
         let table = TableId::new(relation.namespace.clone(), relation.name.clone());
-        let included = self.config.filter.matches(&table);
+        // Only the tables resolved at start: a partition's Relation message may
+        // arrive although its rows are published under the partitioned root.
+        let included = self.tables.contains(&table);
         let mut columns = Vec::with_capacity(relation.columns.len());
         for column in &relation.columns {
             let source_type = self
