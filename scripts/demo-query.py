@@ -10,9 +10,12 @@ from deltalake import DeltaTable
 lake = sys.argv[1]
 con = duckdb.connect()
 for schema in sorted(os.listdir(lake)):
+    if not os.path.isdir(os.path.join(lake, schema)):
+        continue  # tidewater's slot marker
     for table in sorted(os.listdir(os.path.join(lake, schema))):
-        arrow = DeltaTable(os.path.join(lake, schema, table)).to_pyarrow_table()
-        con.register(f"{table}__changes", arrow)
+        path = os.path.join(lake, schema, table)
+        if os.path.isdir(os.path.join(path, "_delta_log")):
+            con.register(f"{table}__changes", DeltaTable(path).to_pyarrow_table())
 
 def current(table, key):
     # Last image per key by (_tw_seq, _tw_ord); deletes dropped (DESIGN §3).

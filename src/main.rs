@@ -98,8 +98,10 @@ const DEFAULT_LOG_FILTER: &str =
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEWATER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -169,6 +171,12 @@ async fn run(config: &Config, mode: Mode) -> i32 {
     let mut attempt = 0;
     loop {
         match pipeline::run(&settings, mode, shutdown_rx.clone()).await {
+            Ok(Outcome::Shutdown) if mode == Mode::SnapshotOnly => {
+                eprintln!(
+                    "error: stopped before the snapshot completed\nhint: run `tidewater snapshot` again; it starts the snapshot over"
+                );
+                return exit_code::FAILED;
+            }
             Ok(Outcome::Shutdown) => {
                 info!("stopped cleanly");
                 return exit_code::OK;

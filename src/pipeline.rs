@@ -23,8 +23,8 @@ use tidewater_core::{
     BatchLimits, Batcher, ChangeEvent, Classified, ErrorClass, Mark, Problem, Sink, SnapshotPhase,
     Source, TableId,
 };
-use tidewater_lake::{LakeSink, TableState};
-use tidewater_postgres::{PostgresConfig, PostgresError, PostgresSource, TableFilter};
+use tidewater_lake::{LakeSink, SlotMarker, TableState};
+use tidewater_postgres::{Lsn, PostgresConfig, PostgresError, PostgresSource, TableFilter};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, info_span, warn, Instrument};
 
@@ -199,61 +199,66 @@ pub async fn run(
         }
     }
     let any_done = states.values().any(|s| s.snapshot_done);
-    // A table still marked "running", or the marker written before the slot
-    // was created, means the process stopped inside the initial snapshot
-    // (nothing has been streamed yet) and its exported snapshot died with it.
-    let interrupted = states.values().any(|s| !s.snapshot_done)
-        || (states.is_empty() && sink.snapshot_marker().is_some());
+    let marker = sink.marker();
+    // The marker is written before a snapshot creates its slot and flips to
+    // "stream" only once the snapshot is committed in every table; a table
+    // still marked "running" says the same. Either way nothing has been
+    // streamed yet, and the exported snapshot died with the process.
+    let interrupted = matches!(marker, Some(SlotMarker::Snapshot(_)))
+        || states.values().any(|s| !s.snapshot_done);
+    let owned = marker.is_some() || any_done;
 
-    let stream = if interrupted {
-        false
-    } else if any_done {
-        match &slot {
-            None => {
-                let position = states.values().map(|s| s.position.clone()).min();
-                return Err(PostgresError::SlotLost {
-                    slot: settings.source.slot.clone(),
-                    position: position.unwrap_or_default(),
-                }
-                .into());
+    let stream = match (&slot, interrupted, settings.snapshot) {
+        // Nothing to copy again without a snapshot: continue our own slot.
+        (Some(_), true, SnapshotMode::Never) => true,
+        (_, true, _) => false,
+        (None, false, _) if owned => {
+            let position = states
+                .values()
+                .filter_map(|s| Lsn::parse(&s.position).ok())
+                .min()
+                .map(|lsn| lsn.to_string());
+            return Err(PostgresError::SlotLost {
+                slot: settings.source.slot.clone(),
+                position: position.unwrap_or_else(|| "its start".into()),
             }
-            Some(slot) if slot.wal_status.as_deref() == Some("lost") => {
-                return Err(PostgresError::SlotInvalidated {
-                    slot: settings.source.slot.clone(),
-                }
-                .into());
-            }
-            Some(_) => true,
+            .into());
         }
-    } else {
-        match (&slot, settings.snapshot) {
-            (None, _) => false,
-            // `snapshot = "never"`: a slot without lake tables is a stream that
-            // has not committed anything yet; continue it.
-            (Some(_), SnapshotMode::Never) => true,
-            (Some(_), SnapshotMode::Initial) => {
-                return Err(PostgresError::SlotWithoutLake {
-                    slot: settings.source.slot.clone(),
-                }
-                .into());
+        (None, false, _) => false,
+        (Some(slot), false, _) if slot.wal_status.as_deref() == Some("lost") => {
+            return Err(PostgresError::SlotInvalidated {
+                slot: settings.source.slot.clone(),
             }
+            .into());
+        }
+        (Some(_), false, _) if owned => true,
+        // A slot with our name that this lake never recorded: another
+        // deployment's, or a leftover. Never adopt or drop it blindly.
+        (Some(_), false, _) => {
+            return Err(PostgresError::SlotWithoutLake {
+                slot: settings.source.slot.clone(),
+            }
+            .into());
         }
     };
 
     if stream {
+        if let Some(SlotMarker::Snapshot(slot)) = &marker {
+            sink.write_marker(&SlotMarker::Stream(slot.clone()))?;
+        }
         let missing: Vec<TableId> = tables
             .iter()
             .filter(|t| !states.get(*t).is_some_and(|s| s.snapshot_done))
             .cloned()
             .collect();
         if mode == Mode::SnapshotOnly {
-            if missing.is_empty() {
+            if settings.snapshot == SnapshotMode::Never || missing.is_empty() {
                 return Ok(Outcome::AlreadySnapshotted);
             }
             return Err(PipelineError::SnapshotImpossible(missing));
         }
-        for table in &missing {
-            if settings.snapshot == SnapshotMode::Initial {
+        if settings.snapshot == SnapshotMode::Initial {
+            for table in &missing {
                 warn!(table = %table, "table is not in the lake and was not part of the initial snapshot; only changes published for it are replicated");
             }
         }
@@ -262,19 +267,18 @@ pub async fn run(
         if interrupted {
             warn!("the previous initial snapshot did not complete; removing what it wrote and starting over");
         }
-        // Remove the tables first ("running" ones before "done" ones, so a
-        // crash here still reads as an interrupted snapshot), then the slot.
-        let mut doomed: Vec<(&TableId, &TableState)> = states.iter().collect();
-        doomed.sort_by_key(|(table, state)| (state.snapshot_done, (*table).clone()));
-        for (table, _) in doomed {
+        // Marker first, so a crash anywhere below still reads as an
+        // interrupted snapshot; then every table this pipeline has in the lake
+        // (with a commit or not), then the old slot.
+        sink.write_marker(&SlotMarker::Snapshot(settings.source.slot.clone()))?;
+        for table in sink.existing_tables() {
             warn!(table = %table, "removing a partial snapshot from the lake");
-            sink.remove_table(table)?;
+            sink.remove_table(&table)?;
         }
         states.clear();
         if slot.is_some() {
             source.drop_slot().await?;
         }
-        sink.begin_snapshot_marker(&settings.source.slot)?;
         let copy = settings.snapshot == SnapshotMode::Initial;
         info!(tables = tables.len(), copy, "starting consistent snapshot");
         source.start_snapshot(tables.clone(), copy).await?;

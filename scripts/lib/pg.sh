@@ -9,6 +9,7 @@ pg_as_owner() {
 
 pg_start() {
   local dir=$1 port=$2
+  pg_stop "$dir"
   rm -rf "$dir"
   mkdir -p "$dir"
   [ "$(id -u)" -eq 0 ] && chown postgres "$dir"

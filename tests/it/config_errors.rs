@@ -1,18 +1,17 @@
 //! Bad configs and unready servers fail loudly, naming the key or setting and
 //! the fix.
 
-use crate::support::{pg, temp_dir, tidewater, PgServer};
+use crate::support::{output_within, pg, temp_dir, tidewater, PgServer};
 
 fn check_with(config: &str) -> (i32, String) {
     let dir = temp_dir("tidewater-config");
     let path = dir.join("bad.toml");
     std::fs::write(&path, config).unwrap();
-    let out = tidewater()
-        .args(["check", "--config"])
+    let mut cmd = tidewater();
+    cmd.args(["check", "--config"])
         .arg(&path)
-        .env_remove("TW_TEST_UNSET")
-        .output()
-        .unwrap();
+        .env_remove("TW_TEST_UNSET");
+    let out = output_within(cmd, 60);
     let _ = std::fs::remove_dir_all(&dir);
     (
         out.status.code().unwrap_or(-1),
@@ -74,10 +73,9 @@ fn unknown_source_type_is_rejected() {
 
 #[test]
 fn missing_config_file_is_a_config_error() {
-    let out = tidewater()
-        .args(["run", "--config", "/nonexistent/tidewater.toml"])
-        .output()
-        .unwrap();
+    let mut cmd = tidewater();
+    cmd.args(["run", "--config", "/nonexistent/tidewater.toml"]);
+    let out = output_within(cmd, 60);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/tidewater.toml"));
 }

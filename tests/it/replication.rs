@@ -264,10 +264,34 @@ async fn transactions_truncate_and_acks() {
         "the slot was not acknowledged past the last transaction"
     );
 
-    // A restart with nothing new writes nothing twice.
+    // A restart with nothing new writes nothing twice: once it streams again,
+    // a sentinel change lands and nothing else does.
     pipeline.start();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    pipeline.assert_running();
+    let start = pipeline.starts;
+    eventually(
+        "the restarted daemon streams",
+        Duration::from_secs(60),
+        || {
+            let streaming = pipeline
+                .log(start)
+                .contains("streaming from replication slot");
+            async move { streaming.then_some(()).ok_or("not yet".to_string()) }
+        },
+    )
+    .await;
+    client
+        .batch_execute("UPDATE customers SET name = 'sentinel' WHERE id = 3")
+        .await
+        .unwrap();
+    wait_equal(&mut pipeline, &client, "customers").await;
+    let customers_after = read_log(&pipeline.table_path("public", "customers"))
+        .await
+        .unwrap();
+    assert_eq!(
+        customers_after.len(),
+        customers.len() + 1,
+        "only the sentinel was added"
+    );
     assert_eq!(pipeline.terminate(), 0);
     let again = read_log(&pipeline.table_path("public", "orders"))
         .await
@@ -275,11 +299,10 @@ async fn transactions_truncate_and_acks() {
     assert_eq!(again.len(), orders.len());
 
     // `status` shows the committed position per table.
-    let out = crate::support::tidewater()
-        .args(["status", "--format", "json", "--config"])
-        .arg(&pipeline.config)
-        .output()
-        .unwrap();
+    let mut cmd = crate::support::tidewater();
+    cmd.args(["status", "--format", "json", "--config"])
+        .arg(&pipeline.config);
+    let out = crate::support::output_within(cmd, 60);
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let tables = status["tables"].as_array().unwrap();
     assert_eq!(tables.len(), 2, "{status}");
@@ -317,11 +340,9 @@ async fn snapshot_command_then_run_continues_without_a_gap() {
         .unwrap();
     let mut pipeline = Pipeline::new("snap_cmd", &pg().url("snap_cmd"), "");
     let snapshot = |pipeline: &Pipeline| {
-        crate::support::tidewater()
-            .args(["snapshot", "--config"])
-            .arg(&pipeline.config)
-            .output()
-            .unwrap()
+        let mut cmd = crate::support::tidewater();
+        cmd.args(["snapshot", "--config"]).arg(&pipeline.config);
+        crate::support::output_within(cmd, 120)
     };
     let out = snapshot(&pipeline);
     assert_eq!(

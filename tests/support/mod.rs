@@ -104,7 +104,7 @@ impl PgServer {
         let port = free_port();
         let conf = format!(
             "\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
-             wal_level = {wal_level}\nmax_wal_senders = 20\nmax_replication_slots = 20\n\
+             wal_level = {wal_level}\nmax_wal_senders = 40\nmax_replication_slots = 40\n\
              fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
              max_connections = 200\n",
             dir.display()
@@ -184,9 +184,42 @@ pub fn pg() -> &'static PgServer {
     SERVER.get_or_init(|| PgServer::start("logical"))
 }
 
-/// The tidewater binary under test.
+/// The tidewater binary under test. It dies with the test thread that
+/// started it (PR_SET_PDEATHSIG), so an aborted test leaves no daemon behind.
 pub fn tidewater() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tidewater"))
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidewater"));
+    // SAFETY: prctl is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Runs a command to completion, failing the test after `seconds` instead of
+/// hanging on a daemon stuck retrying.
+pub fn output_within(mut cmd: Command, seconds: u64) -> std::process::Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "command did not finish within {seconds} s:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
 }
 
 /// A test pipeline: config file, lake directory and the daemon process.

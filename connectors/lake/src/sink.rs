@@ -45,6 +45,16 @@ const KEY_POSITION: &str = "tidewater.position";
 const KEY_SNAPSHOT: &str = "tidewater.snapshot";
 const KEY_SCHEMA_VERSION: &str = "tidewater.schema_version";
 
+/// The lake's record of the replication slot it is fed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotMarker {
+    /// The slot was created for an initial snapshot that has not committed
+    /// everywhere yet.
+    Snapshot(String),
+    /// The snapshot is complete; the lake streams from this slot.
+    Stream(String),
+}
+
 /// What a table's newest commit by this pipeline says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableState {
@@ -318,7 +328,9 @@ impl LakeSink {
             committed += 1;
         }
         if phase == Some(SnapshotPhase::Done) {
-            self.clear_snapshot_marker()?;
+            if let Some(SlotMarker::Snapshot(slot)) = self.marker() {
+                self.write_marker(&SlotMarker::Stream(slot))?;
+            }
         }
         Ok(committed)
     }
@@ -353,7 +365,10 @@ impl LakeSink {
                 continue;
             };
             for table in tables.flatten() {
-                let hidden = table.file_name().to_string_lossy().starts_with('.');
+                let hidden = table
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".tidewater-");
                 if !hidden && table.path().join("_delta_log").is_dir() {
                     found.push(TableId::new(
                         schema.file_name().to_string_lossy(),
@@ -373,7 +388,7 @@ impl LakeSink {
     pub fn remove_table(&mut self, table: &TableId) -> Result<(), LakeError> {
         self.tables.remove(table);
         let path = self.table_path(table);
-        let tombstone = path.with_file_name(format!(".{}.removed", table.table));
+        let tombstone = path.with_file_name(format!(".tidewater-removed-{}", table.table));
         remove_dir(&tombstone)?;
         match std::fs::rename(&path, &tombstone) {
             Ok(()) => remove_dir(&tombstone),
@@ -383,31 +398,35 @@ impl LakeSink {
     }
 
     fn marker_path(&self) -> PathBuf {
-        self.root.join(&self.pipeline).join("_tidewater_snapshot")
+        self.root.join(&self.pipeline).join("_tidewater_slot")
     }
 
-    /// Records, before a snapshot creates its slot, that the slot named
-    /// `slot` belongs to an initial snapshot of this pipeline still in progress.
-    pub fn begin_snapshot_marker(&self, slot: &str) -> Result<(), LakeError> {
+    /// Records which replication slot this pipeline's lake belongs to, and
+    /// whether its initial snapshot is still in progress. Written (atomically,
+    /// by rename) before a snapshot creates its slot, rewritten as
+    /// [`SlotMarker::Stream`] when the snapshot is committed everywhere.
+    pub fn write_marker(&self, marker: &SlotMarker) -> Result<(), LakeError> {
         let path = self.marker_path();
         let dir = path.parent().expect("marker has a parent");
+        let text = match marker {
+            SlotMarker::Snapshot(slot) => format!("snapshot {slot}\n"),
+            SlotMarker::Stream(slot) => format!("stream {slot}\n"),
+        };
+        let staging = dir.join("._tidewater_slot.tmp");
         std::fs::create_dir_all(dir)
-            .and_then(|_| std::fs::write(&path, slot))
+            .and_then(|_| std::fs::write(&staging, text))
+            .and_then(|_| std::fs::rename(&staging, &path))
             .map_err(|source| LakeError::Io { path, source })
     }
 
-    /// The slot of an initial snapshot that started and did not finish.
-    pub fn snapshot_marker(&self) -> Option<String> {
-        std::fs::read_to_string(self.marker_path()).ok()
-    }
-
-    /// The initial snapshot is committed in every table.
-    pub fn clear_snapshot_marker(&self) -> Result<(), LakeError> {
-        let path = self.marker_path();
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(LakeError::Io { path, source }),
+    /// The marker, if this pipeline ever created a slot for this lake.
+    pub fn marker(&self) -> Option<SlotMarker> {
+        let text = std::fs::read_to_string(self.marker_path()).ok()?;
+        let (kind, slot) = text.trim().split_once(' ')?;
+        match kind {
+            "snapshot" => Some(SlotMarker::Snapshot(slot.to_string())),
+            "stream" => Some(SlotMarker::Stream(slot.to_string())),
+            _ => None,
         }
     }
 }

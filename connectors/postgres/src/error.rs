@@ -108,6 +108,11 @@ impl PostgresError {
             | PostgresError::SlotInvalidated { .. }
             | PostgresError::SlotForeign { .. }
             | PostgresError::SlotWithoutLake { .. } => ErrorClass::Config,
+            PostgresError::Connect { source, .. } | PostgresError::Query { source, .. }
+                if is_config_sqlstate(source) =>
+            {
+                ErrorClass::Config
+            }
             PostgresError::Connect { .. }
             | PostgresError::Query { .. }
             | PostgresError::StreamEnded
@@ -134,6 +139,21 @@ impl PostgresError {
             | PostgresError::Misuse { .. } => ErrorClass::Internal,
         }
     }
+}
+
+/// Server answers that retrying cannot fix: bad credentials, a missing
+/// database, missing privileges.
+fn is_config_sqlstate(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    error.code().is_some_and(|code| {
+        [
+            SqlState::INVALID_PASSWORD,
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            SqlState::INVALID_CATALOG_NAME,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ]
+        .contains(code)
+    })
 }
 
 pub(crate) fn query_error(

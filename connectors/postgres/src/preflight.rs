@@ -24,14 +24,14 @@ pub async fn preflight(
                current_setting('max_replication_slots')::int, \
                current_setting('max_wal_senders')::int, \
                (SELECT count(*) FROM pg_replication_slots)::int, \
-               (SELECT count(*) FROM pg_stat_replication)::int, \
+               (SELECT count(*) FROM pg_stat_replication WHERE application_name <> $3)::int, \
                EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1), \
                r.rolreplication OR r.rolsuper, current_user::text, \
                has_database_privilege(current_database(), 'CREATE'), \
                EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $2), \
                r.rolsuper \
              FROM pg_roles r WHERE r.rolname = current_user",
-            &[&config.slot, &config.publication],
+            &[&config.slot, &config.publication, &config.application_name],
         )
         .await
         .map_err(query_error("reading server settings"))?;
@@ -118,7 +118,10 @@ pub async fn preflight(
         let can_select: bool = row.get(0);
         let owns: bool = row.get(1);
         let has_identity: bool = row.get(2);
-        if !has_identity {
+        // Only a publication we are about to create can newly break the
+        // application's UPDATE/DELETE; an existing one already includes what
+        // it includes.
+        if !has_identity && !publication_exists {
             problems.push(Problem {
                 what: format!(
                     "{table} has no replica identity (no primary key): once it is in a publication, \
