@@ -45,6 +45,12 @@ async fn write_load(url: String, stop: Arc<AtomicBool>, seed: u64) -> Counts {
                             )
                             .await
                             .unwrap();
+                        // A second table in the same transaction, so kills
+                        // also land between the per-table lake commits.
+                        client
+                            .execute("INSERT INTO audit (id, item) VALUES ($1, $1)", &[&next_id])
+                            .await
+                            .unwrap();
                     }
                     tx.inserted += n;
                 }
@@ -83,7 +89,8 @@ async fn sigkill_during_streaming_loses_and_duplicates_nothing() {
     client
         .batch_execute(
             "CREATE TABLE items (id bigint PRIMARY KEY, v int, note text);
-             INSERT INTO items SELECT g, g, 'seed' FROM generate_series(1, 500) g;",
+             INSERT INTO items SELECT g, g, 'seed' FROM generate_series(1, 500) g;
+             CREATE TABLE audit (id bigint PRIMARY KEY, item bigint);",
         )
         .await
         .unwrap();
@@ -95,7 +102,7 @@ async fn sigkill_during_streaming_loses_and_duplicates_nothing() {
     let mut rng = StdRng::seed_from_u64(seed);
 
     // Small batches so kills land between, inside and after lake commits.
-    let mut pipeline = Pipeline::new("crash", &pg().url("crash"), "max_batch_rows = 50\n");
+    let mut pipeline = Pipeline::new("crash", &pg().url("crash"), "max_batch_rows = 200\n");
     pipeline.start();
     let path = pipeline.table_path("public", "items");
     eventually("snapshot committed", Duration::from_secs(60), || {
@@ -149,6 +156,26 @@ async fn sigkill_during_streaming_loses_and_duplicates_nothing() {
         },
     )
     .await;
+
+    let audit_path = pipeline.table_path("public", "audit");
+    eventually("audit equals the source", Duration::from_secs(60), || {
+        let path = audit_path.clone();
+        let client = &client;
+        async move {
+            let log = read_log(&path).await?;
+            compare(
+                &source_state(client, "public.audit", "id").await,
+                &current_state(&log, "id"),
+            )
+        }
+    })
+    .await;
+    let audit = read_log(&audit_path).await.unwrap();
+    assert_eq!(
+        audit.len() as u64,
+        counts.inserted,
+        "audit rows landed exactly once"
+    );
 
     let log = read_log(&path).await.unwrap();
     let count = |op: &str| log.iter().filter(|r| r.op == op).count() as u64;

@@ -265,7 +265,6 @@ impl Pipeline {
         let child = tidewater()
             .args(["run", "--config"])
             .arg(&self.config)
-            .env("TIDEWATER_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
