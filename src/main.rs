@@ -96,7 +96,13 @@ const DEFAULT_LOG_FILTER: &str =
     "info,deltalake=error,deltalake_core=error,buoyant_kernel=off,delta_kernel=off";
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEWATER_LOG")
+    // TIDEWATER_LOG adds to the defaults, so `TIDEWATER_LOG=debug` does not
+    // unleash the Delta kernel's per-commit logs (name its target to do so).
+    let directives = match std::env::var("TIDEWATER_LOG") {
+        Ok(extra) if !extra.trim().is_empty() => format!("{DEFAULT_LOG_FILTER},{extra}"),
+        _ => DEFAULT_LOG_FILTER.to_string(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
