@@ -8,7 +8,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::support::lake::{compare, current_state, read_log, source_state};
+use crate::support::lake::read_log;
 use crate::support::{eventually, pg, Pipeline};
 
 #[derive(Default, Debug, Clone, Copy)]
@@ -105,16 +105,7 @@ async fn sigkill_during_streaming_loses_and_duplicates_nothing() {
     let mut pipeline = Pipeline::new("crash", &pg().url("crash"), "max_batch_rows = 200\n");
     pipeline.start();
     let path = pipeline.table_path("public", "items");
-    eventually("snapshot committed", Duration::from_secs(60), || {
-        let path = path.clone();
-        async move {
-            let log = read_log(&path).await?;
-            (log.len() == 500)
-                .then_some(())
-                .ok_or(format!("{} rows", log.len()))
-        }
-    })
-    .await;
+    pipeline.wait_log_rows("items", 500).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn(write_load(pg().url("crash"), stop.clone(), seed));
@@ -135,41 +126,12 @@ async fn sigkill_during_streaming_loses_and_duplicates_nothing() {
         "the writer barely ran: {counts:?}"
     );
 
-    let mut attempts = 0;
-    eventually(
-        "lake equals the source after crashes",
-        Duration::from_secs(120),
-        || {
-            attempts += 1;
-            if attempts % 8 == 0 {
-                pipeline.assert_running();
-            }
-            let path = path.clone();
-            let client = &client;
-            async move {
-                let log = read_log(&path).await?;
-                compare(
-                    &source_state(client, "public.items", "id").await,
-                    &current_state(&log, "id"),
-                )
-            }
-        },
-    )
-    .await;
+    pipeline
+        .wait_equal_within(&client, "items", Duration::from_secs(120))
+        .await;
 
     let audit_path = pipeline.table_path("public", "audit");
-    eventually("audit equals the source", Duration::from_secs(60), || {
-        let path = audit_path.clone();
-        let client = &client;
-        async move {
-            let log = read_log(&path).await?;
-            compare(
-                &source_state(client, "public.audit", "id").await,
-                &current_state(&log, "id"),
-            )
-        }
-    })
-    .await;
+    pipeline.wait_equal(&client, "audit").await;
     let audit = read_log(&audit_path).await.unwrap();
     assert_eq!(
         audit.len() as u64,
@@ -233,25 +195,10 @@ async fn sigkill_during_snapshot_starts_over_without_duplicates() {
         .await
         .unwrap();
     pipeline.start();
-    eventually(
-        "lake equals the source after the restarted snapshot",
-        Duration::from_secs(180),
-        || {
-            let path = path.clone();
-            let client = &client;
-            async move {
-                let log = read_log(&path).await?;
-                if log.iter().filter(|r| r.op == "r").count() < ROWS - 1 {
-                    return Err("snapshot still running".into());
-                }
-                compare(
-                    &source_state(client, "public.big", "id").await,
-                    &current_state(&log, "id"),
-                )
-            }
-        },
-    )
-    .await;
+    pipeline.wait_log_rows("big", ROWS - 1).await;
+    pipeline
+        .wait_equal_within(&client, "big", Duration::from_secs(180))
+        .await;
     let log = read_log(&path).await.unwrap();
     assert_eq!(
         log.len(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::support::lake::{compare, current_state, read_log, source_state};
+use crate::support::lake::read_log;
 use crate::support::{eventually, pg, Pipeline};
 
 const TYPED_DDL: &str = "CREATE TABLE typed (
@@ -57,31 +57,6 @@ async fn insert_edge_rows(client: &Client, base: i32) {
     client.batch_execute(&sql).await.expect("insert edge rows");
 }
 
-async fn wait_equal(pipeline: &mut Pipeline, client: &Client, table: &str) {
-    let path = pipeline.table_path("public", table);
-    let qualified = format!("public.{table}");
-    let mut attempts = 0;
-    eventually(
-        &format!("lake {table} equals the source"),
-        Duration::from_secs(90),
-        || {
-            attempts += 1;
-            if attempts % 8 == 0 {
-                pipeline.assert_running();
-            }
-            let path = path.clone();
-            let qualified = qualified.clone();
-            async move {
-                let log = read_log(&path).await?;
-                let lake = current_state(&log, "id");
-                let source = source_state(client, &qualified, "id").await;
-                compare(&source, &lake)
-            }
-        },
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_type_survives_snapshot_and_streaming() {
     let client = pg().create_database("types").await;
@@ -91,7 +66,7 @@ async fn every_type_survives_snapshot_and_streaming() {
     let mut pipeline = Pipeline::new("types", &pg().url("types"), "");
     pipeline.start();
     // Snapshot path (COPY text).
-    wait_equal(&mut pipeline, &client, "typed").await;
+    pipeline.wait_equal(&client, "typed").await;
 
     // Streaming path (pgoutput): the same values again, then updates that set
     // every column to the other edge row's values, and deletes.
@@ -109,7 +84,7 @@ async fn every_type_survives_snapshot_and_streaming() {
         )
         .await
         .unwrap();
-    wait_equal(&mut pipeline, &client, "typed").await;
+    pipeline.wait_equal(&client, "typed").await;
 
     let log = read_log(&pipeline.table_path("public", "typed"))
         .await
@@ -161,7 +136,7 @@ async fn transactions_truncate_and_acks() {
         .unwrap();
     let mut pipeline = Pipeline::new("shop_tx", &pg().url("shop_tx"), "");
     pipeline.start();
-    wait_equal(&mut pipeline, &client, "orders").await;
+    pipeline.wait_equal(&client, "orders").await;
 
     // One transaction touching two tables with several statements.
     client
@@ -196,8 +171,8 @@ async fn transactions_truncate_and_acks() {
         .batch_execute("UPDATE customers SET name = 'last' WHERE id = 2")
         .await
         .unwrap();
-    wait_equal(&mut pipeline, &client, "orders").await;
-    wait_equal(&mut pipeline, &client, "customers").await;
+    pipeline.wait_equal(&client, "orders").await;
+    pipeline.wait_equal(&client, "customers").await;
 
     let orders = read_log(&pipeline.table_path("public", "orders"))
         .await
@@ -283,7 +258,7 @@ async fn transactions_truncate_and_acks() {
         .batch_execute("UPDATE customers SET name = 'sentinel' WHERE id = 3")
         .await
         .unwrap();
-    wait_equal(&mut pipeline, &client, "customers").await;
+    pipeline.wait_equal(&client, "customers").await;
     let customers_after = read_log(&pipeline.table_path("public", "customers"))
         .await
         .unwrap();
@@ -372,7 +347,7 @@ async fn snapshot_command_then_run_continues_without_a_gap() {
     let again = snapshot(&pipeline);
     assert_eq!(again.status.code(), Some(0), "a second snapshot is a no-op");
     pipeline.start();
-    wait_equal(&mut pipeline, &client, "events").await;
+    pipeline.wait_equal(&client, "events").await;
     assert_eq!(pipeline.terminate(), 0);
     let log = read_log(&pipeline.table_path("public", "events"))
         .await
@@ -403,7 +378,7 @@ async fn partitioned_and_inherited_tables_land_under_their_own_names() {
         .unwrap();
     let mut pipeline = Pipeline::new("parts", &pg().url("parts"), "");
     pipeline.start();
-    wait_equal(&mut pipeline, &client, "m").await;
+    pipeline.wait_equal(&client, "m").await;
     client
         .batch_execute(
             "INSERT INTO m VALUES (1000, '2024-02-02', 'new'), (1001, '2025-03-03', 'new');
@@ -414,9 +389,9 @@ async fn partitioned_and_inherited_tables_land_under_their_own_names() {
         )
         .await
         .unwrap();
-    wait_equal(&mut pipeline, &client, "m").await;
-    wait_equal(&mut pipeline, &client, "parent").await;
-    wait_equal(&mut pipeline, &client, "child").await;
+    pipeline.wait_equal(&client, "m").await;
+    pipeline.wait_equal(&client, "parent").await;
+    pipeline.wait_equal(&client, "child").await;
     assert!(
         !pipeline.table_path("public", "m_2024").exists(),
         "partitions must not become lake tables of their own"
@@ -476,16 +451,7 @@ async fn snapshot_never_streams_only_new_changes() {
         .await
         .unwrap();
     let path = pipeline.table_path("public", "t");
-    eventually("new changes landed", Duration::from_secs(60), || {
-        let path = path.clone();
-        async move {
-            let log = read_log(&path).await?;
-            (log.len() == 2)
-                .then_some(())
-                .ok_or(format!("{} rows", log.len()))
-        }
-    })
-    .await;
+    pipeline.wait_log_rows("t", 2).await;
     let log = read_log(&path).await.unwrap();
     let ops: Vec<&str> = log.iter().map(|r| r.op.as_str()).collect();
     assert_eq!(ops, vec!["c", "u"]);
@@ -496,19 +462,6 @@ async fn snapshot_never_streams_only_new_changes() {
         .await
         .unwrap();
     pipeline.start();
-    eventually(
-        "the delete landed after a restart",
-        Duration::from_secs(60),
-        || {
-            let path = path.clone();
-            async move {
-                let log = read_log(&path).await?;
-                (log.len() == 3)
-                    .then_some(())
-                    .ok_or(format!("{} rows", log.len()))
-            }
-        },
-    )
-    .await;
+    pipeline.wait_log_rows("t", 3).await;
     assert_eq!(pipeline.terminate(), 0);
 }

@@ -314,6 +314,58 @@ impl Pipeline {
     pub fn table_path(&self, schema: &str, table: &str) -> PathBuf {
         self.lake.join(&self.name).join(schema).join(table)
     }
+
+    /// Waits until the current state of lake table `public.<table>` equals the
+    /// source value by value (failing early if the daemon died).
+    pub async fn wait_equal(&mut self, client: &tokio_postgres::Client, table: &str) {
+        self.wait_equal_within(client, table, Duration::from_secs(90))
+            .await
+    }
+
+    pub async fn wait_equal_within(
+        &mut self,
+        client: &tokio_postgres::Client,
+        table: &str,
+        timeout: Duration,
+    ) {
+        let path = self.table_path("public", table);
+        let qualified = format!("public.{table}");
+        let mut attempts = 0;
+        eventually(&format!("lake {table} equals the source"), timeout, || {
+            attempts += 1;
+            if attempts % 8 == 0 {
+                self.assert_running();
+            }
+            let path = path.clone();
+            let qualified = qualified.clone();
+            async move {
+                let log = lake::read_log(&path).await?;
+                let lake = lake::current_state(&log, "id");
+                let source = lake::source_state(client, &qualified, "id").await;
+                lake::compare(&source, &lake)
+            }
+        })
+        .await;
+    }
+
+    /// Waits until lake table `public.<table>` holds exactly `rows` log rows.
+    pub async fn wait_log_rows(&self, table: &str, rows: usize) {
+        let path = self.table_path("public", table);
+        eventually(
+            &format!("{rows} rows in lake {table}"),
+            Duration::from_secs(90),
+            || {
+                let path = path.clone();
+                async move {
+                    let log = lake::read_log(&path).await?;
+                    (log.len() == rows)
+                        .then_some(())
+                        .ok_or(format!("{} rows", log.len()))
+                }
+            },
+        )
+        .await;
+    }
 }
 
 impl Drop for Pipeline {
