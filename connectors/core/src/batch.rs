@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 
 use arrow_array::builder::{
     BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Decimal256Builder,
-    FixedSizeBinaryBuilder, Float32Builder, Float64Builder, Int16Builder, Int32Builder,
-    Int64Builder, StringBuilder, Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
-    UInt64Builder,
+    DurationMicrosecondBuilder, FixedSizeBinaryBuilder, Float32Builder, Float64Builder,
+    Int16Builder, Int32Builder, Int64Builder, Int8Builder, StringBuilder,
+    Time64MicrosecondBuilder, TimestampMicrosecondBuilder, UInt16Builder, UInt32Builder,
+    UInt64Builder, UInt8Builder,
 };
 use arrow_array::{Array, ArrayRef, ListArray, RecordBatch};
 use arrow_buffer::{NullBuffer, OffsetBuffer};
@@ -257,6 +258,9 @@ fn datum_kind(datum: &Datum) -> &'static str {
     match datum {
         Datum::Null => "null",
         Datum::Bool(_) => "bool",
+        Datum::Int8(_) => "int8",
+        Datum::UInt(_) => "unsigned integer",
+        Datum::Duration(_) => "duration",
         Datum::Int16(_) => "int16",
         Datum::Int32(_) => "int32",
         Datum::Int64(_) => "int64",
@@ -289,12 +293,39 @@ macro_rules! build_primitive {
     }};
 }
 
+macro_rules! build_unsigned {
+    ($builder:expr, $ty:expr, $values:expr, $width:ty) => {{
+        let mut builder = $builder;
+        for value in $values {
+            match value {
+                Datum::Null => builder.append_null(),
+                Datum::UInt(v) => builder.append_value(<$width>::try_from(*v).map_err(|_| {
+                    ArrowError::InvalidArgumentError(format!("unsigned value out of range for {}", $ty))
+                })?),
+                other => return Err(mismatch($ty, other)),
+            }
+        }
+        Arc::new(builder.finish()) as ArrayRef
+    }};
+}
+
 /// Builds one Arrow array of type `ty` from decoded values.
 pub(crate) fn build_array(ty: &DataType, values: &[&Datum]) -> Result<ArrayRef, ArrowError> {
     let n = values.len();
     let array: ArrayRef = match ty {
         DataType::Boolean => build_primitive!(BooleanBuilder::with_capacity(n), ty, values, Bool),
+        DataType::Int8 => build_primitive!(Int8Builder::with_capacity(n), ty, values, Int8),
         DataType::Int16 => build_primitive!(Int16Builder::with_capacity(n), ty, values, Int16),
+        DataType::UInt8 => build_unsigned!(UInt8Builder::with_capacity(n), ty, values, u8),
+        DataType::UInt16 => build_unsigned!(UInt16Builder::with_capacity(n), ty, values, u16),
+        DataType::UInt32 => build_unsigned!(UInt32Builder::with_capacity(n), ty, values, u32),
+        DataType::UInt64 => build_unsigned!(UInt64Builder::with_capacity(n), ty, values, u64),
+        DataType::Duration(TimeUnit::Microsecond) => build_primitive!(
+            DurationMicrosecondBuilder::with_capacity(n),
+            ty,
+            values,
+            Duration
+        ),
         DataType::Int32 => build_primitive!(Int32Builder::with_capacity(n), ty, values, Int32),
         DataType::Int64 => build_primitive!(Int64Builder::with_capacity(n), ty, values, Int64),
         DataType::Float32 => {

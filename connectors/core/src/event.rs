@@ -87,9 +87,12 @@ impl fmt::Display for Mark {
 pub enum Datum {
     Null,
     Bool(bool),
+    Int8(i8),
     Int16(i16),
     Int32(i32),
     Int64(i64),
+    /// Any unsigned integer; the column type says the width.
+    UInt(u64),
     Float32(f32),
     Float64(f64),
     /// Unscaled value of a Decimal128 column (the column type holds the scale).
@@ -104,6 +107,8 @@ pub enum Datum {
     Timestamp(i64),
     /// Microseconds since midnight.
     Time(i64),
+    /// Signed elapsed microseconds.
+    Duration(i64),
     Uuid([u8; 16]),
     List(Vec<Datum>),
     /// Postgres sent "unchanged TOAST value" and no old image carried it. A source

@@ -7,9 +7,14 @@ use crate::event::TableId;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ColumnType {
     Bool,
+    Int8,
     Int16,
     Int32,
     Int64,
+    UInt8,
+    UInt16,
+    UInt32,
+    UInt64,
     Float32,
     Float64,
     /// Exact decimal; precision up to 38 is Decimal128, above that Decimal256.
@@ -28,6 +33,8 @@ pub enum ColumnType {
     TimestampTz,
     /// Time of day, microseconds since midnight.
     Time,
+    /// Signed elapsed time in microseconds (MySQL `TIME`, range ±838 hours).
+    Duration,
     Uuid,
     /// Canonical JSON text.
     Json,

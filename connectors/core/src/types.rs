@@ -29,9 +29,14 @@ pub const META_COLUMNS: [&str; 6] = [
 pub fn arrow_type(ty: &ColumnType) -> DataType {
     match ty {
         ColumnType::Bool => DataType::Boolean,
+        ColumnType::Int8 => DataType::Int8,
         ColumnType::Int16 => DataType::Int16,
         ColumnType::Int32 => DataType::Int32,
         ColumnType::Int64 => DataType::Int64,
+        ColumnType::UInt8 => DataType::UInt8,
+        ColumnType::UInt16 => DataType::UInt16,
+        ColumnType::UInt32 => DataType::UInt32,
+        ColumnType::UInt64 => DataType::UInt64,
         ColumnType::Float32 => DataType::Float32,
         ColumnType::Float64 => DataType::Float64,
         ColumnType::Decimal { precision, scale } if *precision <= 38 => {
@@ -44,6 +49,7 @@ pub fn arrow_type(ty: &ColumnType) -> DataType {
         ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
         ColumnType::TimestampTz => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
         ColumnType::Time => DataType::Time64(TimeUnit::Microsecond),
+        ColumnType::Duration => DataType::Duration(TimeUnit::Microsecond),
         ColumnType::Uuid => DataType::FixedSizeBinary(16),
         ColumnType::List(inner) => {
             DataType::List(Arc::new(Field::new("element", arrow_type(inner), true)))

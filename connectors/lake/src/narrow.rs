@@ -6,6 +6,7 @@
 //! | UInt64 (source column)      | decimal(20,0)           | exact                         |
 //! | UInt8/16/32                 | next wider signed int   | exact                         |
 //! | Time64(µs)                  | long                    | microseconds since midnight   |
+//! | Duration(µs) (MySQL TIME)   | long                    | signed microseconds           |
 //! | FixedSizeBinary(16) (uuid)  | string                  | canonical 8-4-4-4-12 hex      |
 //! | Decimal256(p,s)             | string                  | exact decimal text at scale s |
 //! | List<T>                     | array<narrow(T)>        | element-wise                  |
@@ -42,6 +43,9 @@ fn narrow_type(field: &Field) -> (DataType, Option<&'static str>) {
         DataType::UInt8 => (DataType::Int16, Some("short of an unsigned 8-bit integer")),
         DataType::Time64(TimeUnit::Microsecond) => {
             (DataType::Int64, Some("microseconds since midnight"))
+        }
+        DataType::Duration(TimeUnit::Microsecond) => {
+            (DataType::Int64, Some("signed microseconds"))
         }
         DataType::FixedSizeBinary(16) => (DataType::Utf8, Some("canonical uuid text")),
         DataType::Decimal256(_, _) => (DataType::Utf8, Some("exact decimal text")),

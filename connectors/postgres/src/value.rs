@@ -75,6 +75,13 @@ pub fn parse(ty: &ColumnType, text: &str) -> Result<Datum, ValueError> {
         }
         ColumnType::Time => Datum::Time(parse_time(text).ok_or_else(|| bad("time", text))?),
         ColumnType::Uuid => Datum::Uuid(parse_uuid(text).ok_or_else(|| bad("uuid", text))?),
+        // Postgres has no column of these types (see types.rs).
+        ColumnType::Int8
+        | ColumnType::UInt8
+        | ColumnType::UInt16
+        | ColumnType::UInt32
+        | ColumnType::UInt64
+        | ColumnType::Duration => return Err(bad("a type Postgres columns never map to", text)),
         ColumnType::List(element) => {
             let items = parse_array(text).ok_or_else(|| bad("one-dimensional array", text))?;
             let mut out = Vec::with_capacity(items.len());
