@@ -40,6 +40,8 @@ pub struct PipelineConfig {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SourceConfig {
     Postgres(PostgresSourceConfig),
+    /// MySQL 8 or MariaDB 10.5+ (binlog).
+    Mysql(MysqlSourceConfig),
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -70,6 +72,59 @@ pub struct PostgresSourceConfig {
     /// Publication name; default `tidewater_<pipeline name>`.
     #[serde(default)]
     pub publication: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlSourceConfig {
+    /// `mysql://user:password@host:port/database`; use `${ENV}` for the password.
+    pub url: Secret,
+    /// Include patterns over `database.table` (`*`, `?`); default: every table
+    /// of the url's database.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Exclude patterns over `database.table`.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default = "default_snapshot")]
+    pub snapshot: SnapshotMode,
+    /// The replica server id tidewater registers with; must be unique among
+    /// the servers and replicas of the source. Default: derived from the
+    /// pipeline name (in 2^30..2^31).
+    #[serde(default)]
+    pub server_id: Option<u32>,
+    /// Zero dates (`0000-00-00`, zero month or day): `null` lands them as NULL
+    /// and counts them (default), `fail` stops with an error.
+    #[serde(default)]
+    pub zero_dates: ZeroDatesPolicy,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ZeroDatesPolicy {
+    #[default]
+    Null,
+    Fail,
+}
+
+impl MysqlSourceConfig {
+    /// The include patterns: as configured, else the url's database.
+    pub fn include(&self) -> Vec<String> {
+        if !self.tables.is_empty() {
+            return self.tables.clone();
+        }
+        url_database(self.url.expose())
+            .map(|db| vec![format!("{db}.*")])
+            .unwrap_or_default()
+    }
+}
+
+/// The database path segment of a `mysql://…/db?…` url.
+fn url_database(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let path = rest.split_once('/')?.1;
+    let db = path.split(['?', '#']).next()?;
+    (!db.is_empty()).then(|| db.to_string())
 }
 
 fn default_tables() -> Vec<String> {
@@ -174,12 +229,14 @@ impl Config {
         // Tagged sections are read in two steps so that errors inside them
         // still name the full key (serde loses the path inside tagged enums).
         let mut raw: RawConfig = section("", value)?;
-        // One variant each so far; the match grows with the next connector.
-        take_type("source", &mut raw.source, &["postgres"])?;
+        let source_type = take_type("source", &mut raw.source, &["postgres", "mysql"])?;
         take_type("sink", &mut raw.sink, &["lake"])?;
         let config = Config {
             pipeline: raw.pipeline,
-            source: SourceConfig::Postgres(section("source", raw.source.into())?),
+            source: match source_type.as_str() {
+                "mysql" => SourceConfig::Mysql(section("source", raw.source.into())?),
+                _ => SourceConfig::Postgres(section("source", raw.source.into())?),
+            },
             sink: SinkConfig::Lake(section("sink", raw.sink.into())?),
         };
         config.validate()?;
@@ -235,6 +292,27 @@ impl Config {
                     return Err(invalid(
                         "source.tables",
                         "is empty; list include patterns such as [\"public.*\"]".into(),
+                    ));
+                }
+            }
+            SourceConfig::Mysql(my) => {
+                let url = my.url.expose();
+                if !url.starts_with("mysql://") {
+                    return Err(invalid(
+                        "source.url",
+                        "not a MySQL url; expected mysql://user:password@host:port/database".into(),
+                    ));
+                }
+                if my.include().is_empty() {
+                    return Err(invalid(
+                        "source.tables",
+                        "is empty and source.url names no database; list include patterns such as [\"shop.*\"]".into(),
+                    ));
+                }
+                if my.server_id == Some(0) {
+                    return Err(invalid(
+                        "source.server_id",
+                        "0 is not a valid replica id; pick a number unique among the source's servers and replicas".into(),
                     ));
                 }
             }
@@ -434,7 +512,9 @@ uri = "file:///tmp/lake"
     #[test]
     fn interpolates_and_hides_secrets() {
         let config = parse(GOOD).unwrap();
-        let SourceConfig::Postgres(pg) = &config.source;
+        let SourceConfig::Postgres(pg) = &config.source else {
+            panic!("postgres source expected")
+        };
         assert_eq!(pg.url.expose(), "postgres://cdc:s3cret@127.0.0.1:5432/shop");
         assert!(!format!("{config:?}").contains("s3cret"));
         let SinkConfig::Lake(lake) = &config.sink;
@@ -488,6 +568,32 @@ uri = "file:///tmp/lake"
         let text = GOOD.replace("5432/shop", "5432/shop?sslmode=require");
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("source.url") && err.contains("TLS"), "{err}");
+    }
+
+    #[test]
+    fn mysql_source_defaults_to_the_url_database() {
+        let text = GOOD
+            .replace("type = \"postgres\"", "type = \"mysql\"")
+            .replace("postgres://cdc:${PGPASSWORD}@127.0.0.1:5432/shop", "mysql://cdc:x@127.0.0.1:3306/shop")
+            .replace("tables = [\"public.*\"]\n", "");
+        let config = parse(&text).unwrap();
+        let SourceConfig::Mysql(my) = &config.source else {
+            panic!("mysql source expected")
+        };
+        assert_eq!(my.include(), vec!["shop.*".to_string()]);
+        assert_eq!(my.zero_dates, ZeroDatesPolicy::Null);
+        let err = parse(&text.replace("3306/shop", "3306/"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("source.tables"), "{err}");
+        let err = parse(&text.replace("[sink]", "server_id = 0\n[sink]"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("source.server_id"), "{err}");
+        let err = parse(&text.replace("[sink]", "zero_dates = \"maybe\"\n[sink]"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("source.zero_dates"), "{err}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::pipeline::{Mode, Outcome, PipelineError, Settings};
+use crate::pipeline::{Mode, Outcome, PipelineError, Settings, SourceSettings};
 use crate::policy::{action, backoff, exit_code};
 
 #[derive(Parser)]
@@ -188,7 +188,10 @@ async fn run(config: &Config, mode: Mode) -> i32 {
                 return exit_code::OK;
             }
             Ok(Outcome::SnapshotComplete) => {
-                info!(slot = %settings.source.slot, "snapshot complete; the replication slot is kept so `tidewater run` continues from it (it retains WAL until then)");
+                match &settings.source {
+                    SourceSettings::Postgres(pg) => info!(slot = %pg.slot, "snapshot complete; the replication slot is kept so `tidewater run` continues from it (it retains WAL until then)"),
+                    SourceSettings::Mysql(_) => info!("snapshot complete; `tidewater run` continues from its binlog position while the server keeps that binlog"),
+                }
                 return exit_code::OK;
             }
             Ok(Outcome::AlreadySnapshotted) => {

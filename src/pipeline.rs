@@ -23,12 +23,13 @@ use tidewater_core::{
     BatchLimits, Batcher, ChangeEvent, Classified, ErrorClass, Mark, Problem, Sink, SnapshotPhase,
     Source, TableId,
 };
-use tidewater_lake::{LakeSink, SlotMarker, TableState};
+use tidewater_lake::{LakeSink, SlotMarker, SourcePositionFile, TableState};
+use tidewater_mysql::{BinlogPosition, MysqlConfig, MysqlError, MysqlSource, ZeroDates};
 use tidewater_postgres::{Lsn, PostgresConfig, PostgresError, PostgresSource, TableFilter};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::config::{Config, SinkConfig, SnapshotMode, SourceConfig};
+use crate::config::{Config, SinkConfig, SnapshotMode, SourceConfig, ZeroDatesPolicy};
 
 /// Events buffered between the source task and the coordinator.
 const EVENT_CHANNEL_CAPACITY: usize = 4096;
@@ -37,6 +38,8 @@ const EVENT_CHANNEL_CAPACITY: usize = 4096;
 pub enum PipelineError {
     #[error(transparent)]
     Source(#[from] PostgresError),
+    #[error(transparent)]
+    Mysql(#[from] MysqlError),
     #[error(transparent)]
     Sink(SinkFailure),
     #[error("building a batch")]
@@ -57,6 +60,7 @@ impl PipelineError {
     pub fn class(&self) -> ErrorClass {
         match self {
             PipelineError::Source(err) => err.class(),
+            PipelineError::Mysql(err) => err.class(),
             PipelineError::Sink(err) => err.class,
             PipelineError::Batch(_) => ErrorClass::Internal,
             PipelineError::Preflight(_) => ErrorClass::Config,
@@ -123,9 +127,16 @@ pub enum Outcome {
     AlreadySnapshotted,
 }
 
+/// The source a pipeline reads, resolved from the config.
+#[derive(Clone)]
+pub enum SourceSettings {
+    Postgres(PostgresConfig),
+    Mysql(MysqlConfig),
+}
+
 pub struct Settings {
     pub pipeline: String,
-    pub source: PostgresConfig,
+    pub source: SourceSettings,
     pub snapshot: SnapshotMode,
     pub lake_root: PathBuf,
     pub limits: BatchLimits,
@@ -133,22 +144,46 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_config(config: &Config) -> Settings {
-        let SourceConfig::Postgres(pg) = &config.source;
         let SinkConfig::Lake(lake) = &config.sink;
-        let (slot, publication) = PostgresConfig::names_for(&config.pipeline.name);
+        let (source, snapshot) = match &config.source {
+            SourceConfig::Postgres(pg) => {
+                let (slot, publication) = PostgresConfig::names_for(&config.pipeline.name);
+                (
+                    SourceSettings::Postgres(PostgresConfig {
+                        url: pg.url.expose().to_string(),
+                        filter: TableFilter {
+                            include: pg.tables.clone(),
+                            exclude: pg.exclude.clone(),
+                        },
+                        slot: pg.slot_name.clone().unwrap_or(slot),
+                        publication: pg.publication.clone().unwrap_or(publication),
+                        application_name: format!("tidewater:{}", config.pipeline.name),
+                    }),
+                    pg.snapshot,
+                )
+            }
+            SourceConfig::Mysql(my) => (
+                SourceSettings::Mysql(MysqlConfig {
+                    url: my.url.expose().to_string(),
+                    filter: TableFilter {
+                        include: my.include(),
+                        exclude: my.exclude.clone(),
+                    },
+                    server_id: my
+                        .server_id
+                        .unwrap_or_else(|| MysqlConfig::server_id_for(&config.pipeline.name)),
+                    zero_dates: match my.zero_dates {
+                        ZeroDatesPolicy::Null => ZeroDates::Null,
+                        ZeroDatesPolicy::Fail => ZeroDates::Fail,
+                    },
+                }),
+                my.snapshot,
+            ),
+        };
         Settings {
             pipeline: config.pipeline.name.clone(),
-            source: PostgresConfig {
-                url: pg.url.expose().to_string(),
-                filter: TableFilter {
-                    include: pg.tables.clone(),
-                    exclude: pg.exclude.clone(),
-                },
-                slot: pg.slot_name.clone().unwrap_or(slot),
-                publication: pg.publication.clone().unwrap_or(publication),
-                application_name: format!("tidewater:{}", config.pipeline.name),
-            },
-            snapshot: pg.snapshot,
+            source,
+            snapshot,
             lake_root: lake.root(),
             limits: BatchLimits {
                 max_rows: lake.max_batch_rows,
@@ -159,15 +194,56 @@ impl Settings {
     }
 }
 
+/// The connected source, whichever kind.
+enum AnySource {
+    Postgres(PostgresSource),
+    Mysql(MysqlSource),
+}
+
+impl AnySource {
+    async fn next_event(&mut self) -> Result<ChangeEvent, PipelineError> {
+        Ok(match self {
+            AnySource::Postgres(source) => Source::next_event(source).await?,
+            AnySource::Mysql(source) => Source::next_event(source).await?,
+        })
+    }
+
+    fn ack(&mut self, value: u64) {
+        match self {
+            AnySource::Postgres(source) => Source::ack(source, value),
+            AnySource::Mysql(source) => Source::ack(source, value),
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            AnySource::Postgres(source) => source.close().await,
+            AnySource::Mysql(source) => source.close().await,
+        }
+    }
+}
+
 /// One run of the pipeline, from connecting to shutdown or error. The caller
 /// retries transient errors by calling it again: every start re-reads the
 /// durable marks, so a retry is the same as a restart after a crash.
 pub async fn run(
     settings: &Settings,
     mode: Mode,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<Outcome, PipelineError> {
-    let mut source = PostgresSource::connect(settings.source.clone()).await?;
+    match &settings.source {
+        SourceSettings::Postgres(config) => run_postgres(settings, config, mode, shutdown).await,
+        SourceSettings::Mysql(config) => run_mysql(settings, config, mode, shutdown).await,
+    }
+}
+
+async fn run_postgres(
+    settings: &Settings,
+    config: &PostgresConfig,
+    mode: Mode,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Outcome, PipelineError> {
+    let mut source = PostgresSource::connect(config.clone()).await?;
     let tables = source.tables().await?;
     let problems = tidewater_postgres::preflight(source.client(), source.config(), &tables).await?;
     if !problems.is_empty() {
@@ -178,14 +254,14 @@ pub async fn run(
     if let Some(slot) = &slot {
         if !slot.ours {
             return Err(PostgresError::SlotForeign {
-                slot: settings.source.slot.clone(),
+                slot: config.slot.clone(),
                 detail: slot.owner.clone(),
             }
             .into());
         }
         if let Some(pid) = slot.active_pid {
             return Err(PostgresError::SlotBusy {
-                slot: settings.source.slot.clone(),
+                slot: config.slot.clone(),
                 pid,
             }
             .into());
@@ -219,7 +295,7 @@ pub async fn run(
                 .min()
                 .map(|lsn| lsn.to_string());
             return Err(PostgresError::SlotLost {
-                slot: settings.source.slot.clone(),
+                slot: config.slot.clone(),
                 position: position.unwrap_or_else(|| "its start".into()),
             }
             .into());
@@ -227,7 +303,7 @@ pub async fn run(
         (None, false, _) => false,
         (Some(slot), false, _) if slot.wal_status.as_deref() == Some("lost") => {
             return Err(PostgresError::SlotInvalidated {
-                slot: settings.source.slot.clone(),
+                slot: config.slot.clone(),
             }
             .into());
         }
@@ -236,7 +312,7 @@ pub async fn run(
         // deployment's, or a leftover. Never adopt or drop it blindly.
         (Some(_), false, _) => {
             return Err(PostgresError::SlotWithoutLake {
-                slot: settings.source.slot.clone(),
+                slot: config.slot.clone(),
             }
             .into());
         }
@@ -270,7 +346,7 @@ pub async fn run(
         // Marker first, so a crash anywhere below still reads as an
         // interrupted snapshot; then every table this pipeline has in the lake
         // (with a commit or not), then the old slot.
-        sink.write_marker(&SlotMarker::Snapshot(settings.source.slot.clone()))?;
+        sink.write_marker(&SlotMarker::Snapshot(config.slot.clone()))?;
         for table in sink.existing_tables() {
             warn!(table = %table, "removing a partial snapshot from the lake");
             sink.remove_table(&table)?;
@@ -283,15 +359,146 @@ pub async fn run(
         info!(tables = tables.len(), copy, "starting consistent snapshot");
         source.start_snapshot(tables.clone(), copy).await?;
     }
-    let streamed_before = stream;
-
     let marks: HashMap<TableId, Mark> = states.iter().map(|(t, s)| (t.clone(), s.mark)).collect();
+    drive(
+        settings,
+        AnySource::Postgres(source),
+        sink,
+        marks,
+        !stream,
+        false,
+        mode,
+        shutdown,
+    )
+    .await
+}
+
+/// Startup for a MySQL/MariaDB source. The server keeps no replica state, so
+/// the lake holds everything: the marker says whether the initial snapshot
+/// completed, `_tidewater_source_position` where to resume (else the oldest
+/// table position), and every table's mark filters what is replayed.
+async fn run_mysql(
+    settings: &Settings,
+    config: &MysqlConfig,
+    mode: Mode,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Outcome, PipelineError> {
+    let mut source = MysqlSource::connect(config.clone()).await?;
+    let tables = source.tables().await?;
+    let problems = source.preflight(&tables).await?;
+    if !problems.is_empty() {
+        return Err(PipelineError::Preflight(problems));
+    }
+    let mut sink = LakeSink::new(&settings.lake_root, &settings.pipeline);
+    let mut states: HashMap<TableId, TableState> = HashMap::new();
+    for table in sink.existing_tables() {
+        if let Some(state) = sink.table_state(&table).await? {
+            states.insert(table, state);
+        }
+    }
+    let marker = sink.marker();
+    let interrupted = matches!(marker, Some(SlotMarker::Snapshot(_)))
+        || states.values().any(|s| !s.snapshot_done);
+    let owned = marker.is_some() || states.values().any(|s| s.snapshot_done);
+    let resume = || -> Result<Option<BinlogPosition>, PipelineError> {
+        if let Some(text) = sink.source_position() {
+            return BinlogPosition::parse(&text).map(Some).ok_or_else(|| {
+                MysqlError::BadPosition {
+                    what: format!("the lake's _tidewater_source_position holds {text:?}, not a binlog position"),
+                }
+                .into()
+            });
+        }
+        Ok(states
+            .values()
+            .filter_map(|s| BinlogPosition::parse(&s.position))
+            .min_by_key(BinlogPosition::seq))
+    };
+    let from = match (owned, interrupted, settings.snapshot) {
+        (true, false, _) | (true, true, SnapshotMode::Never) => resume()?,
+        _ => None,
+    };
+    let snapshotting = from.is_none() && !(owned && settings.snapshot == SnapshotMode::Never);
+    if mode == Mode::SnapshotOnly && !snapshotting {
+        let missing: Vec<TableId> = tables
+            .iter()
+            .filter(|t| !states.get(*t).is_some_and(|s| s.snapshot_done))
+            .cloned()
+            .collect();
+        if settings.snapshot == SnapshotMode::Never || missing.is_empty() {
+            return Ok(Outcome::AlreadySnapshotted);
+        }
+        return Err(PipelineError::SnapshotImpossible(missing));
+    }
+    if snapshotting {
+        if interrupted {
+            warn!("the previous initial snapshot did not complete; removing what it wrote and starting over");
+        }
+        sink.write_marker(&SlotMarker::Snapshot("binlog".into()))?;
+        sink.clear_source_position()?;
+        for table in sink.existing_tables() {
+            warn!(table = %table, "removing a partial snapshot from the lake");
+            sink.remove_table(&table)?;
+        }
+        states.clear();
+        let copy = settings.snapshot == SnapshotMode::Initial;
+        info!(tables = tables.len(), copy, "starting consistent snapshot");
+        source.start_snapshot(tables.clone(), copy).await?;
+    } else {
+        let from = match from {
+            Some(from) => from,
+            // snapshot = never on a fresh lake: start at the server's
+            // current position.
+            None => source.current_position().await?,
+        };
+        if !matches!(marker, Some(SlotMarker::Stream(_))) {
+            sink.write_marker(&SlotMarker::Stream("binlog".into()))?;
+        }
+        if settings.snapshot == SnapshotMode::Initial {
+            for table in tables.iter().filter(|t| !states.get(*t).is_some_and(|s| s.snapshot_done)) {
+                warn!(table = %table, "table is not in the lake and was not part of the initial snapshot; only its changes from now on are replicated");
+            }
+        }
+        source.start_streaming(&tables, from).await?;
+    }
+    let marks: HashMap<TableId, Mark> = states.iter().map(|(t, s)| (t.clone(), s.mark)).collect();
+    drive(
+        settings,
+        AnySource::Mysql(source),
+        sink,
+        marks,
+        snapshotting,
+        true,
+        mode,
+        shutdown,
+    )
+    .await
+}
+
+fn sink_position_file(settings: &Settings) -> SourcePositionFile {
+    LakeSink::new(&settings.lake_root, &settings.pipeline).source_position_file()
+}
+
+/// Runs the source task and the coordinator until shutdown or error.
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    settings: &Settings,
+    source: AnySource,
+    sink: LakeSink,
+    marks: HashMap<TableId, Mark>,
+    snapshot_running: bool,
+    record_position: bool,
+    mode: Mode,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Outcome, PipelineError> {
     let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
     let (ack_tx, ack_rx) = watch::channel(0u64);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let source_task = tokio::spawn(
-        source_loop(source, event_tx, ack_rx, stop_rx).instrument(info_span!("postgres-source")),
-    );
+    let span = match &source {
+        AnySource::Postgres(_) => info_span!("postgres-source"),
+        AnySource::Mysql(_) => info_span!("mysql-source"),
+    };
+    let source_task = tokio::spawn(source_loop(source, event_tx, ack_rx, stop_rx).instrument(span));
 
     let mut coordinator = Coordinator {
         sink,
@@ -303,10 +510,16 @@ pub async fn run(
         current_seq: 0,
         begin_position: String::new(),
         last_complete: None,
-        snapshot_running: !streamed_before,
+        snapshot_running,
         stats: Stats::default(),
+        record_position: record_position.then(|| sink_position_file(settings)),
+        acked_position: None,
+        recorded_at: None,
     };
     let result = coordinator.drive(event_rx, &mut shutdown, mode).await;
+    if result.is_ok() {
+        coordinator.record_acked_position(true)?;
+    }
     let _ = stop_tx.send(true);
     let _ = source_task.await;
     result
@@ -316,8 +529,8 @@ pub async fn run(
 /// owner of the source, and never cancels `next_event` except at shutdown, so
 /// no event is lost halfway through decoding.
 async fn source_loop(
-    mut source: PostgresSource,
-    events: mpsc::Sender<Result<ChangeEvent, PostgresError>>,
+    mut source: AnySource,
+    events: mpsc::Sender<Result<ChangeEvent, PipelineError>>,
     mut acks: watch::Receiver<u64>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -325,9 +538,9 @@ async fn source_loop(
         let event = tokio::select! {
             biased;
             _ = stop.changed() => break,
-            event = Source::next_event(&mut source) => event,
+            event = source.next_event() => event,
         };
-        Source::ack(&mut source, *acks.borrow_and_update());
+        source.ack(*acks.borrow_and_update());
         let failed = event.is_err();
         tokio::select! {
             biased;
@@ -335,7 +548,7 @@ async fn source_loop(
             sent = events.send(event) => if sent.is_err() || failed { break },
         }
     }
-    Source::ack(&mut source, *acks.borrow());
+    source.ack(*acks.borrow());
     source.close().await;
 }
 
@@ -362,12 +575,17 @@ struct Coordinator<K> {
     last_complete: Option<(u64, String)>,
     snapshot_running: bool,
     stats: Stats,
+    /// Where acknowledged positions are written, for sources without
+    /// server-side replica state.
+    record_position: Option<SourcePositionFile>,
+    acked_position: Option<String>,
+    recorded_at: Option<Instant>,
 }
 
 impl<K: Sink> Coordinator<K> {
     async fn drive(
         &mut self,
-        mut events: mpsc::Receiver<Result<ChangeEvent, PostgresError>>,
+        mut events: mpsc::Receiver<Result<ChangeEvent, PipelineError>>,
         shutdown: &mut watch::Receiver<bool>,
         mode: Mode,
     ) -> Result<Outcome, PipelineError> {
@@ -436,18 +654,18 @@ impl<K: Sink> Coordinator<K> {
             }
             ChangeEvent::Commit(commit) => {
                 self.in_transaction = false;
-                self.last_complete = Some((commit.ack, commit.position));
+                self.last_complete = Some((commit.ack, commit.position.clone()));
                 if self.nothing_pending() {
                     // Nothing of this transaction is waiting: it is as durable
                     // as it will ever need to be.
-                    self.ack(commit.ack);
+                    self.ack(commit.ack, &commit.position)?;
                 } else if self.batcher.is_full() {
                     self.checkpoint(None).await?;
                 }
             }
-            ChangeEvent::Heartbeat { ack, .. } => {
+            ChangeEvent::Heartbeat { ack, position } => {
                 if !self.in_transaction && self.nothing_pending() {
-                    self.ack(ack);
+                    self.ack(ack, &position)?;
                 }
             }
             ChangeEvent::SnapshotDone { position, .. } => {
@@ -475,8 +693,8 @@ impl<K: Sink> Coordinator<K> {
         self.batcher.is_empty() && self.held.is_empty()
     }
 
-    fn ack(&mut self, value: u64) {
-        self.ack_tx.send_if_modified(|acked| {
+    fn ack(&mut self, value: u64, position: &str) -> Result<(), PipelineError> {
+        let moved = self.ack_tx.send_if_modified(|acked| {
             if value > *acked {
                 *acked = value;
                 true
@@ -484,6 +702,31 @@ impl<K: Sink> Coordinator<K> {
                 false
             }
         });
+        if moved && self.record_position.is_some() {
+            self.acked_position = Some(position.to_string());
+            self.record_acked_position(false)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the acknowledged position next to the lake, at most once a
+    /// second unless `now` (checkpoints and shutdown).
+    fn record_acked_position(&mut self, now: bool) -> Result<(), PipelineError> {
+        let Some(file) = &self.record_position else {
+            return Ok(());
+        };
+        let due = now
+            || self
+                .recorded_at
+                .is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+        if !due {
+            return Ok(());
+        }
+        if let Some(position) = self.acked_position.take() {
+            file.write(&position)?;
+            self.recorded_at = Some(Instant::now());
+        }
+        Ok(())
     }
 
     /// Cuts, writes and commits every open batch, then acknowledges the last
@@ -516,10 +759,10 @@ impl<K: Sink> Coordinator<K> {
                 "checkpoint committed"
             );
         }
-        if let Some((ack, _)) = &self.last_complete {
-            let ack = *ack;
-            self.ack(ack);
+        if let Some((ack, position)) = self.last_complete.clone() {
+            self.ack(ack, &position)?;
         }
+        self.record_acked_position(true)?;
         Ok(())
     }
 }

@@ -3,10 +3,39 @@
 
 use clap::ValueEnum;
 use serde_json::json;
+use tidewater_core::{Problem, TableId};
 use tidewater_lake::LakeSink;
-use tidewater_postgres::PostgresSource;
+use tidewater_mysql::{MysqlConfig, MysqlSource};
+use tidewater_postgres::{PostgresConfig, PostgresSource};
 
-use crate::pipeline::{format_problems, Settings};
+use crate::pipeline::{format_problems, Settings, SourceSettings};
+
+type CheckResult = Result<(Vec<TableId>, Vec<Problem>), String>;
+
+async fn check_postgres(config: &PostgresConfig) -> CheckResult {
+    let source = PostgresSource::connect(config.clone())
+        .await
+        .map_err(|e| crate::chain(&e))?;
+    let tables = source.tables().await.map_err(|e| crate::chain(&e))?;
+    let found = tidewater_postgres::preflight(source.client(), source.config(), &tables)
+        .await
+        .map_err(|e| crate::chain(&e))?;
+    Ok((tables, found))
+}
+
+async fn check_mysql(config: &MysqlConfig) -> CheckResult {
+    let mut source = MysqlSource::connect(config.clone())
+        .await
+        .map_err(|e| crate::chain(&e))?;
+    let tables = source.tables().await.map_err(|e| crate::chain(&e))?;
+    let found = source
+        .preflight(&tables)
+        .await
+        .map_err(|e| crate::chain(&e))?;
+    println!("source: {:?}", source.flavor());
+    source.close().await;
+    Ok((tables, found))
+}
 use crate::policy::exit_code;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -18,32 +47,20 @@ pub enum Format {
 /// Preflight against the live source and a write probe of the lake root.
 pub async fn check(settings: &Settings) -> i32 {
     let mut problems = Vec::new();
-    match PostgresSource::connect(settings.source.clone()).await {
-        Ok(source) => {
-            let result = async {
-                let tables = source.tables().await?;
-                let found =
-                    tidewater_postgres::preflight(source.client(), source.config(), &tables)
-                        .await?;
-                Ok::<_, tidewater_postgres::PostgresError>((tables, found))
+    let result = match &settings.source {
+        SourceSettings::Postgres(config) => check_postgres(config).await,
+        SourceSettings::Mysql(config) => check_mysql(config).await,
+    };
+    match result {
+        Ok((tables, found)) => {
+            println!("source: {} table(s) selected", tables.len());
+            for table in &tables {
+                println!("  {table}");
             }
-            .await;
-            match result {
-                Ok((tables, found)) => {
-                    println!("source: {} table(s) selected", tables.len());
-                    for table in &tables {
-                        println!("  {table}");
-                    }
-                    problems.extend(found);
-                }
-                Err(err) => {
-                    eprintln!("error: {}", crate::chain(&err));
-                    return exit_code::FAILED;
-                }
-            }
+            problems.extend(found);
         }
         Err(err) => {
-            eprintln!("error: {}", crate::chain(&err));
+            eprintln!("error: {err}");
             return exit_code::FAILED;
         }
     }
@@ -97,7 +114,39 @@ pub async fn status(settings: &Settings, format: Format) -> i32 {
             "snapshot": state.as_ref().map(|s| if s.snapshot_done { "done" } else { "running" }),
         }));
     }
-    let source = match PostgresSource::connect(settings.source.clone()).await {
+    let source = match &settings.source {
+        SourceSettings::Postgres(config) => postgres_status(config).await,
+        SourceSettings::Mysql(config) => mysql_status(config, &sink).await,
+    };
+    let report = json!({"pipeline": settings.pipeline, "source": source, "tables": tables});
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("json")),
+        Format::Text => print_text(&report),
+    }
+    exit_code::OK
+}
+
+async fn mysql_status(config: &MysqlConfig, sink: &LakeSink) -> serde_json::Value {
+    let acknowledged = sink.source_position();
+    match MysqlSource::connect(config.clone()).await {
+        Ok(mut source) => {
+            let current = source.current_position().await;
+            source.close().await;
+            match current {
+                Ok(current) => json!({
+                    "binlog": "binlog",
+                    "acknowledged": acknowledged,
+                    "server_position": current.to_string(),
+                }),
+                Err(err) => json!({"binlog": "binlog", "acknowledged": acknowledged, "error": crate::chain(&err)}),
+            }
+        }
+        Err(err) => json!({"binlog": "binlog", "acknowledged": acknowledged, "error": crate::chain(&err)}),
+    }
+}
+
+async fn postgres_status(config: &PostgresConfig) -> serde_json::Value {
+    match PostgresSource::connect(config.clone()).await {
         Ok(source) => match source.slot_state().await {
             Ok(Some(slot)) => {
                 let lag = source
@@ -105,13 +154,13 @@ pub async fn status(settings: &Settings, format: Format) -> i32 {
                     .query_one(
                         "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::int8 \
                          FROM pg_replication_slots WHERE slot_name = $1",
-                        &[&settings.source.slot],
+                        &[&config.slot],
                     )
                     .await
                     .ok()
                     .and_then(|row| row.get::<_, Option<i64>>(0));
                 json!({
-                    "slot": settings.source.slot,
+                    "slot": config.slot,
                     "confirmed_flush": slot.confirmed_flush.map(|l| l.to_string()),
                     "active": slot.active_pid.is_some(),
                     "wal_status": slot.wal_status,
@@ -120,18 +169,12 @@ pub async fn status(settings: &Settings, format: Format) -> i32 {
                 })
             }
             Ok(None) => {
-                json!({"slot": settings.source.slot, "error": "replication slot does not exist"})
+                json!({"slot": config.slot, "error": "replication slot does not exist"})
             }
-            Err(err) => json!({"slot": settings.source.slot, "error": crate::chain(&err)}),
+            Err(err) => json!({"slot": config.slot, "error": crate::chain(&err)}),
         },
-        Err(err) => json!({"slot": settings.source.slot, "error": crate::chain(&err)}),
-    };
-    let report = json!({"pipeline": settings.pipeline, "source": source, "tables": tables});
-    match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("json")),
-        Format::Text => print_text(&report),
+        Err(err) => json!({"slot": config.slot, "error": crate::chain(&err)}),
     }
-    exit_code::OK
 }
 
 fn print_text(report: &serde_json::Value) {
@@ -142,7 +185,17 @@ fn print_text(report: &serde_json::Value) {
     };
     println!("pipeline {}", text(&report["pipeline"]));
     let source = &report["source"];
-    if source.get("error").is_some() {
+    if source.get("binlog").is_some() {
+        println!(
+            "binlog: acknowledged {} | server at {}{}",
+            text(&source["acknowledged"]),
+            text(&source["server_position"]),
+            source
+                .get("error")
+                .map(|e| format!(" | error: {}", text(e)))
+                .unwrap_or_default(),
+        );
+    } else if source.get("error").is_some() {
         println!("slot {}: {}", text(&source["slot"]), text(&source["error"]));
     } else {
         println!(
@@ -177,10 +230,14 @@ fn print_text(report: &serde_json::Value) {
 }
 
 pub async fn drop_slot(settings: &Settings) -> i32 {
-    match PostgresSource::connect(settings.source.clone()).await {
+    let SourceSettings::Postgres(config) = &settings.source else {
+        // A binlog source holds nothing on the server.
+        return exit_code::OK;
+    };
+    match PostgresSource::connect(config.clone()).await {
         Ok(source) => match source.drop_slot().await {
             Ok(()) => {
-                tracing::info!(slot = %settings.source.slot, "dropped replication slot");
+                tracing::info!(slot = %config.slot, "dropped replication slot");
                 exit_code::OK
             }
             Err(err) => {

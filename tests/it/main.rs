@@ -7,4 +7,6 @@ mod support;
 mod config_errors;
 mod crash;
 mod golden;
+mod maria_harness;
+mod mysql;
 mod replication;

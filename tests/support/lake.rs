@@ -6,7 +6,8 @@
 //! and booleans as Postgres prints them; floats as the hex of their IEEE bits;
 //! bytea as hex; dates as days since 1970-01-01; timestamps and times as
 //! microseconds; infinities as `infinity`/`-infinity`; arrays as JSON arrays of
-//! the element forms.
+//! the element forms. The MySQL side of the same forms is
+//! [`super::mariadb::source_state_mysql`].
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,8 +15,8 @@ use std::path::Path;
 
 use deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use deltalake::arrow::datatypes::{
-    DataType, Date32Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, TimeUnit,
-    TimestampMicrosecondType,
+    DataType, Date32Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type,
+    TimeUnit, TimestampMicrosecondType,
 };
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
@@ -97,6 +98,7 @@ pub fn canon(array: &ArrayRef, i: usize) -> Value {
     }
     let s = match array.data_type() {
         DataType::Boolean => array.as_boolean().value(i).to_string(),
+        DataType::Int8 => array.as_primitive::<Int8Type>().value(i).to_string(),
         DataType::Int16 => array.as_primitive::<Int16Type>().value(i).to_string(),
         DataType::Int32 => array.as_primitive::<Int32Type>().value(i).to_string(),
         DataType::Int64 => array.as_primitive::<Int64Type>().value(i).to_string(),
@@ -112,7 +114,11 @@ pub fn canon(array: &ArrayRef, i: usize) -> Value {
             .as_primitive::<deltalake::arrow::datatypes::Decimal128Type>()
             .value_as_string(i),
         DataType::Utf8 => array.as_string::<i32>().value(i).to_string(),
+        DataType::LargeUtf8 => array.as_string::<i64>().value(i).to_string(),
+        DataType::Utf8View => array.as_string_view().value(i).to_string(),
         DataType::Binary => hex(array.as_binary::<i32>().value(i)),
+        DataType::LargeBinary => hex(array.as_binary::<i64>().value(i)),
+        DataType::BinaryView => hex(array.as_binary_view().value(i)),
         DataType::Date32 => {
             let (min, max) = tidewater_core::date_range_days();
             match array.as_primitive::<Date32Type>().value(i) {

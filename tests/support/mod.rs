@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod lake;
+pub mod mariadb;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -233,17 +234,30 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// A Postgres pipeline replicating `public.*` of the database at `database_url`.
     pub fn new(name: &str, database_url: &str, extra_sink: &str) -> Pipeline {
+        Pipeline::with_source(
+            name,
+            &format!(
+                "[source]\ntype = \"postgres\"\nurl = \"{database_url}\"\ntables = [\"public.*\"]\n"
+            ),
+            extra_sink,
+        )
+    }
+
+    /// A pipeline with any source: `source_toml` is the whole `[source]`
+    /// section; `extra_sink` is appended to the `[sink]` section.
+    pub fn with_source(name: &str, source_toml: &str, extra_sink: &str) -> Pipeline {
         let dir = temp_dir(&format!("tidewater-{name}"));
         let lake = dir.join("lake");
         let config = dir.join("tidewater.toml");
         std::fs::write(
             &config,
             format!(
-                "[pipeline]\nname = \"{name}\"\n\n[source]\ntype = \"postgres\"\nurl = \"{database_url}\"\n\
-                 tables = [\"public.*\"]\n\n[sink]\ntype = \"lake\"\nuri = \"file://{}\"\n\
+                "[pipeline]\nname = \"{name}\"\n\n{source}\n\n[sink]\ntype = \"lake\"\nuri = \"file://{}\"\n\
                  flush_interval_ms = 200\n{extra_sink}\n",
-                lake.display()
+                lake.display(),
+                source = source_toml.trim_end(),
             ),
         )
         .expect("write config");
@@ -346,6 +360,56 @@ impl Pipeline {
             }
         })
         .await;
+    }
+
+    /// Waits until the current state of lake table `<database>/<table>`
+    /// equals MySQL table `database.table` value by value, rows matched on
+    /// `key` (failing early if the daemon died).
+    pub async fn wait_equal_mysql(
+        &mut self,
+        conn: &mut mysql_async::Conn,
+        database: &str,
+        table: &str,
+        key: &str,
+    ) {
+        self.wait_equal_mysql_within(conn, database, table, key, Duration::from_secs(90))
+            .await
+    }
+
+    pub async fn wait_equal_mysql_within(
+        &mut self,
+        conn: &mut mysql_async::Conn,
+        database: &str,
+        table: &str,
+        key: &str,
+        timeout: Duration,
+    ) {
+        // A loop rather than `eventually`: each attempt borrows `conn` mutably.
+        let path = self.table_path(database, table);
+        let qualified = format!("{database}.{table}");
+        let deadline = Instant::now() + timeout;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            if attempts % 8 == 0 {
+                self.assert_running();
+            }
+            let result = match lake::read_log(&path).await {
+                Ok(log) => {
+                    let lake = lake::current_state(&log, key);
+                    let source = mariadb::source_state_mysql(conn, &qualified, key).await;
+                    lake::compare(&source, &lake)
+                }
+                Err(err) => Err(err),
+            };
+            match result {
+                Ok(()) => return,
+                Err(err) if Instant::now() > deadline => panic!(
+                    "lake {qualified} equals the source: not reached within {timeout:?}:\n{err}"
+                ),
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
     }
 
     /// Waits until lake table `public.<table>` holds exactly `rows` log rows.

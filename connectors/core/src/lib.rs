@@ -16,6 +16,7 @@
 mod batch;
 mod error;
 mod event;
+mod filter;
 mod schema;
 mod traits;
 mod types;
@@ -23,6 +24,7 @@ mod types;
 pub use arrow_schema::ArrowError;
 pub use batch::{BatchLimits, Batcher, ChangeBatch};
 pub use error::{Classified, ErrorClass};
+pub use filter::TableFilter;
 pub use event::{ChangeEvent, CommitInfo, Datum, Mark, Op, RowChange, TableId};
 pub use schema::{Column, ColumnType, TableSchema};
 pub use traits::{Problem, Sink, SnapshotPhase, Source};

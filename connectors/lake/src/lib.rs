@@ -8,4 +8,4 @@ pub mod sink;
 mod stats;
 
 pub use error::LakeError;
-pub use sink::{LakeSink, SlotMarker, TableState};
+pub use sink::{LakeSink, SlotMarker, SourcePositionFile, TableState};

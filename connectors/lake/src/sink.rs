@@ -45,6 +45,47 @@ const KEY_POSITION: &str = "tidewater.position";
 const KEY_SNAPSHOT: &str = "tidewater.snapshot";
 const KEY_SCHEMA_VERSION: &str = "tidewater.schema_version";
 
+/// The source position acknowledged last, for sources whose server keeps no
+/// replica state (MySQL/MariaDB binlog): the analogue of a slot's confirmed
+/// position, kept next to the pipeline's tables. Written atomically by rename,
+/// only after the lake commits that made the position safe; a stale file only
+/// means a longer replay, which the tables' marks deduplicate.
+#[derive(Debug, Clone)]
+pub struct SourcePositionFile {
+    path: PathBuf,
+}
+
+impl SourcePositionFile {
+    pub fn write(&self, position: &str) -> Result<(), LakeError> {
+        let dir = self.path.parent().expect("position file has a parent");
+        let staging = dir.join("._tidewater_source_position.tmp");
+        std::fs::create_dir_all(dir)
+            .and_then(|_| std::fs::write(&staging, format!("{position}\n")))
+            .and_then(|_| std::fs::rename(&staging, &self.path))
+            .map_err(|source| LakeError::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    pub fn read(&self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        let text = text.trim();
+        (!text.is_empty()).then(|| text.to_string())
+    }
+
+    pub fn clear(&self) -> Result<(), LakeError> {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(LakeError::Io {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+}
+
 /// The lake's record of the replication slot it is fed from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SlotMarker {
@@ -417,6 +458,23 @@ impl LakeSink {
             .and_then(|_| std::fs::write(&staging, text))
             .and_then(|_| std::fs::rename(&staging, &path))
             .map_err(|source| LakeError::Io { path, source })
+    }
+
+    /// Where the acknowledged source position of this pipeline is kept.
+    pub fn source_position_file(&self) -> SourcePositionFile {
+        SourcePositionFile {
+            path: self.root.join(&self.pipeline).join("_tidewater_source_position"),
+        }
+    }
+
+    /// The last acknowledged source position, if one was recorded.
+    pub fn source_position(&self) -> Option<String> {
+        self.source_position_file().read()
+    }
+
+    /// Forgets the recorded source position (before a fresh snapshot).
+    pub fn clear_source_position(&self) -> Result<(), LakeError> {
+        self.source_position_file().clear()
     }
 
     /// The marker, if this pipeline ever created a slot for this lake.

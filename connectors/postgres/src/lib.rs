@@ -10,7 +10,7 @@ pub mod source;
 mod types;
 pub mod value;
 
-pub use catalog::TableFilter;
+pub use tidewater_core::TableFilter;
 pub use error::PostgresError;
 pub use pgwire_replication::Lsn;
 pub use preflight::preflight;

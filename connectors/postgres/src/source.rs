@@ -37,12 +37,14 @@ use futures_util::StreamExt;
 use pgwire_replication::{
     Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
 };
-use tidewater_core::{ChangeEvent, Column, CommitInfo, Datum, Op, RowChange, TableId, TableSchema};
+use tidewater_core::{
+    ChangeEvent, Column, CommitInfo, Datum, Op, RowChange, TableFilter, TableId, TableSchema,
+};
 use tokio_postgres::{Client, CopyOutStream, NoTls};
 use tracing::{debug, info, warn};
 
 use crate::catalog::{
-    list_tables, quote_ident, quote_table, table_columns, TableFilter, TypeNames,
+    list_tables, quote_ident, quote_table, table_columns, TypeNames,
 };
 use crate::copy::split_line;
 use crate::error::{query_error, PostgresError};

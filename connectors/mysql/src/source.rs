@@ -1,0 +1,1174 @@
+//! The MySQL/MariaDB source: a consistent snapshot, then the binlog.
+//!
+//! ```text
+//!   control conn (queries)          snapshot conn                 binlog conn
+//!        │                                │                             │
+//!  start_snapshot ─────────────▶ MariaDB: START TRANSACTION WITH        │
+//!        │                        CONSISTENT SNAPSHOT; binlog_snapshot_  │
+//!        │                        file/position = P (no lock at all)    │
+//!        │                        MySQL: FTWRL; START TRANSACTION WITH   │
+//!        │                        CONSISTENT SNAPSHOT; SHOW MASTER       │
+//!        │                        STATUS = P; UNLOCK TABLES              │
+//!        │                        SELECT each table ──▶ Row(r), seq(P)   │
+//!        │                        COMMIT                                 │
+//!  stream from P ───────────────────────────────────────────▶ COM_BINLOG_DUMP(P)
+//!        │                                     (MariaDB with a GTID state:
+//!        │                                      @slave_connect_state instead)
+//!  next_event ◀──── GTID/BEGIN · TABLE_MAP · ROWS… · XID/COMMIT ─────────┘
+//! ```
+//!
+//! Ordering: a transaction's `_tw_seq` is the packed position (see
+//! [`crate::position`]) of the event that opens it (GTID or BEGIN), known
+//! before its first row; its `ack` is the packed end position of the event that
+//! commits it. Both grow with the binlog. The server keeps no state for us:
+//! `ack` is a no-op here, and the pipeline persists the acknowledged position
+//! next to the lake (the MySQL analogue of a replication slot's confirmed
+//! position); every table's mark still guards against duplicates.
+//!
+//! Schemas come from the TABLE_MAP events (`binlog_row_metadata=FULL`), with
+//! `information_schema` adding what a table map cannot say (see
+//! [`crate::catalog`]). A table map whose columns differ from the last one of
+//! the same table yields a new schema version.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use mysql_async::binlog::events::Event;
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts, Value};
+use tidewater_core::{
+    ChangeEvent, Column, CommitInfo, Datum, Op, RowChange, TableFilter, TableId, TableSchema,
+};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::catalog::{self, quote_ident, quote_table, CatalogColumn, Flavor};
+use crate::error::{query_error, stream_error, MysqlError};
+use crate::position::{BinlogPosition, MariaGtidState};
+use crate::rows::{self, RowPlan};
+use crate::{event, tablemap, value};
+
+/// Binlog event type codes we act on.
+mod kind {
+    pub const QUERY: u8 = 2;
+    pub const ROTATE: u8 = 4;
+    pub const FORMAT_DESCRIPTION: u8 = 15;
+    pub const XID: u8 = 16;
+    pub const TABLE_MAP: u8 = 19;
+    pub const INCIDENT: u8 = 26;
+    pub const HEARTBEAT: u8 = 27;
+    pub const MYSQL_GTID: u8 = 33;
+    pub const MYSQL_ANONYMOUS_GTID: u8 = 34;
+    pub const PARTIAL_UPDATE_ROWS: u8 = 39;
+    pub const TRANSACTION_PAYLOAD: u8 = 40;
+    pub const MARIA_GTID: u8 = 162;
+    pub const MARIA_GTID_LIST: u8 = 163;
+    pub const MARIA_QUERY_COMPRESSED: u8 = 165;
+
+    /// Row events: v1, v2 and MariaDB's compressed variants.
+    pub fn is_rows(t: u8) -> bool {
+        matches!(t, 23..=25 | 30..=32 | 166..=171)
+    }
+}
+
+/// How often an idle server sends a heartbeat (so the acknowledged position
+/// keeps moving and a dead connection is noticed).
+const HEARTBEAT_PERIOD: Duration = Duration::from_secs(1);
+
+/// Events buffered between the snapshot reader task and `next_event`.
+const SNAPSHOT_CHANNEL: usize = 1024;
+
+/// What to do with zero dates (`0000-00-00`, or a zero month or day).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ZeroDates {
+    /// Land as NULL and count them (the default).
+    #[default]
+    Null,
+    /// Stop with an error naming the table and column.
+    Fail,
+}
+
+#[derive(Debug, Clone)]
+pub struct MysqlConfig {
+    pub url: String,
+    pub filter: TableFilter,
+    /// The replica id tidewater registers with; must differ from every server
+    /// and replica in the topology.
+    pub server_id: u32,
+    pub zero_dates: ZeroDates,
+}
+
+impl MysqlConfig {
+    /// A replica server id derived from the pipeline name, in a range real
+    /// deployments rarely use.
+    pub fn server_id_for(pipeline: &str) -> u32 {
+        let hash = pipeline.bytes().fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        0x4000_0000 | (hash & 0x3fff_ffff)
+    }
+}
+
+enum SnapshotMsg {
+    Event(ChangeEvent),
+    Done { rows: u64, zero_dates: u64 },
+}
+
+struct SnapshotState {
+    position: BinlogPosition,
+    commit: CommitInfo,
+    rx: mpsc::Receiver<Result<SnapshotMsg, MysqlError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A table map the stream has seen, with its decode plan.
+struct Mapped {
+    raw: Vec<u8>,
+    /// None when the table is not captured.
+    target: Option<(Arc<TableSchema>, Arc<RowPlan>)>,
+}
+
+/// The transaction being read.
+struct OpenTxn {
+    seq: u64,
+    start: String,
+    commit_ts_us: i64,
+    txid: Option<String>,
+    /// MariaDB GTID to record in the state at commit: (domain, server, seq).
+    maria_gtid: Option<(u32, u32, u64)>,
+    /// A MariaDB GTID group without BEGIN/COMMIT (DDL): it ends with its one
+    /// statement.
+    standalone: bool,
+    begun: bool,
+    ord: u64,
+}
+
+struct StreamState {
+    binlog: BinlogStream,
+    file: String,
+    checksum: bool,
+    seen_fde: bool,
+    gtid: Option<MariaGtidState>,
+    maps: HashMap<u64, Mapped>,
+    txn: Option<OpenTxn>,
+    /// Where the stream was asked to start, for error messages.
+    from: String,
+}
+
+pub struct MysqlSource {
+    config: MysqlConfig,
+    opts: Opts,
+    conn: Conn,
+    flavor: Flavor,
+    charsets: Arc<HashMap<u32, String>>,
+    tables: Vec<TableId>,
+    schemas: HashMap<TableId, Arc<TableSchema>>,
+    catalog_cache: HashMap<TableId, Vec<CatalogColumn>>,
+    pending: VecDeque<ChangeEvent>,
+    snapshot: Option<SnapshotState>,
+    stream: Option<StreamState>,
+    rows_buffer: Vec<(Op, Vec<Datum>)>,
+    zero_dates: u64,
+    zero_date_tables: Vec<TableId>,
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+async fn open(opts: &Opts) -> Result<Conn, MysqlError> {
+    let target = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
+    let mut conn = Conn::new(opts.clone())
+        .await
+        .map_err(|source| MysqlError::Connect { target, source })?;
+    conn.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'")
+        .await
+        .map_err(query_error(
+            "setting the session character set and time zone",
+        ))?;
+    Ok(conn)
+}
+
+impl MysqlSource {
+    pub async fn connect(config: MysqlConfig) -> Result<Self, MysqlError> {
+        let opts = Opts::from_url(&config.url).map_err(|source| MysqlError::Url { source })?;
+        let mut conn = open(&opts).await?;
+        let version: Option<String> = conn
+            .query_first("SELECT VERSION()")
+            .await
+            .map_err(query_error("reading the server version"))?;
+        let flavor = Flavor::detect(version.as_deref().unwrap_or(""));
+        let charsets = Arc::new(catalog::charsets(&mut conn).await?);
+        debug!(?flavor, "connected to the source");
+        Ok(Self {
+            config,
+            opts,
+            conn,
+            flavor,
+            charsets,
+            tables: Vec::new(),
+            schemas: HashMap::new(),
+            catalog_cache: HashMap::new(),
+            pending: VecDeque::new(),
+            snapshot: None,
+            stream: None,
+            rows_buffer: Vec::new(),
+            zero_dates: 0,
+            zero_date_tables: Vec::new(),
+        })
+    }
+
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
+    }
+
+    pub fn conn(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
+    pub async fn tables(&mut self) -> Result<Vec<TableId>, MysqlError> {
+        catalog::list_tables(&mut self.conn, &self.config.filter).await
+    }
+
+    pub async fn preflight(
+        &mut self,
+        tables: &[TableId],
+    ) -> Result<Vec<tidewater_core::Problem>, MysqlError> {
+        crate::preflight::preflight(&mut self.conn, self.flavor, tables).await
+    }
+
+    /// Zero dates turned into NULL so far.
+    pub fn zero_dates(&self) -> u64 {
+        self.zero_dates
+    }
+
+    /// The server's current binlog position (and MariaDB GTID state).
+    pub async fn current_position(&mut self) -> Result<BinlogPosition, MysqlError> {
+        let row: Option<mysql_async::Row> = match self.conn.query_first("SHOW MASTER STATUS").await
+        {
+            Ok(row) => row,
+            // MySQL 8.4 renamed it.
+            Err(_) => self
+                .conn
+                .query_first("SHOW BINARY LOG STATUS")
+                .await
+                .map_err(query_error("reading the binlog position"))?,
+        };
+        let row = row.ok_or(MysqlError::BadPosition {
+            what: "the server reports no binlog position (is log_bin on?)".into(),
+        })?;
+        let file: String = row.get(0).unwrap_or_default();
+        let offset: u64 = row.get(1).unwrap_or_default();
+        let mut position = BinlogPosition::new(file, offset);
+        position.gtid = self.gtid_at(&position).await?;
+        Ok(position)
+    }
+
+    /// MariaDB's GTID state at a binlog position (`BINLOG_GTID_POS`).
+    async fn gtid_at(&mut self, position: &BinlogPosition) -> Result<Option<String>, MysqlError> {
+        if self.flavor != Flavor::MariaDb {
+            return Ok(None);
+        }
+        let gtid: Option<Option<String>> = self
+            .conn
+            .exec_first(
+                "SELECT BINLOG_GTID_POS(?, ?)",
+                (&position.file, position.offset),
+            )
+            .await
+            .map_err(query_error("reading the GTID state of a binlog position"))?;
+        Ok(gtid.flatten())
+    }
+
+    /// Starts a consistent snapshot of `tables` (rows copied only when `copy`);
+    /// `next_event` yields it, then continues with the binlog from the
+    /// snapshot's position.
+    pub async fn start_snapshot(
+        &mut self,
+        tables: Vec<TableId>,
+        copy: bool,
+    ) -> Result<(), MysqlError> {
+        self.tables = tables.clone();
+        let mut conn = open(&self.opts).await?;
+        let position = match self.flavor {
+            Flavor::MariaDb => {
+                conn.query_drop(
+                    "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ; \
+                     START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
+                )
+                .await
+                .map_err(query_error("opening the snapshot transaction"))?;
+                // MariaDB records the binlog position of the consistent
+                // snapshot itself: no lock is needed.
+                let rows: Vec<(String, String)> = conn
+                    .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
+                    .await
+                    .map_err(query_error("reading the snapshot's binlog position"))?;
+                let get = |name: &str| {
+                    rows.iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.clone())
+                };
+                let file = get("binlog_snapshot_file").unwrap_or_default();
+                let offset = get("binlog_snapshot_position")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if file.is_empty() {
+                    return Err(MysqlError::BadPosition {
+                        what: "the server gave no binlog_snapshot_file (is log_bin on?)".into(),
+                    });
+                }
+                BinlogPosition::new(file, offset)
+            }
+            Flavor::MySql => {
+                // The read lock is held only while the snapshot starts and
+                // the position is read: milliseconds.
+                conn.query_drop("FLUSH TABLES WITH READ LOCK")
+                    .await
+                    .map_err(query_error("FLUSH TABLES WITH READ LOCK (needs RELOAD)"))?;
+                let started = conn
+                    .query_drop(
+                        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ; \
+                         START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
+                    )
+                    .await;
+                let row: Result<Option<mysql_async::Row>, _> =
+                    conn.query_first("SHOW MASTER STATUS").await;
+                let row = match row {
+                    Ok(row) => Ok(row),
+                    Err(_) => conn.query_first("SHOW BINARY LOG STATUS").await,
+                };
+                conn.query_drop("UNLOCK TABLES")
+                    .await
+                    .map_err(query_error("UNLOCK TABLES"))?;
+                started.map_err(query_error("opening the snapshot transaction"))?;
+                let row = row
+                    .map_err(query_error("reading the binlog position"))?
+                    .ok_or(MysqlError::BadPosition {
+                        what: "the server reports no binlog position (is log_bin on?)".into(),
+                    })?;
+                BinlogPosition::new(
+                    row.get::<String, _>(0).unwrap_or_default(),
+                    row.get::<u64, _>(1).unwrap_or_default(),
+                )
+            }
+        };
+        let mut position = position;
+        position.gtid = self.gtid_at(&position).await?;
+        info!(position = %position, tables = tables.len(), "consistent snapshot opened");
+        let commit = CommitInfo {
+            seq: position.seq(),
+            position: position.to_string(),
+            ack: position.seq(),
+            commit_ts_us: now_us(),
+            txid: None,
+        };
+        let (tx, rx) = mpsc::channel(SNAPSHOT_CHANNEL);
+        let queue = if copy { tables } else { Vec::new() };
+        let zero_dates = self.config.zero_dates;
+        let task = tokio::spawn(async move {
+            let result = read_snapshot(conn, queue, zero_dates, &tx).await;
+            let _ = tx.send(result).await;
+        });
+        self.pending.push_back(ChangeEvent::Begin(commit.clone()));
+        self.snapshot = Some(SnapshotState {
+            position,
+            commit,
+            rx,
+            task,
+        });
+        Ok(())
+    }
+
+    /// Streams the binlog from `from` (a position this source produced).
+    pub async fn start_streaming(
+        &mut self,
+        tables: &[TableId],
+        from: BinlogPosition,
+    ) -> Result<(), MysqlError> {
+        self.tables = tables.to_vec();
+        let mut from = from;
+        if from.gtid.is_none() {
+            from.gtid = self.gtid_at(&from).await?;
+        }
+        let checksum: Option<String> = self
+            .conn
+            .query_first("SELECT @@global.binlog_checksum")
+            .await
+            .map_err(query_error("reading binlog_checksum"))?;
+        let checksum = checksum.is_some_and(|c| !c.eq_ignore_ascii_case("NONE"));
+        let mut conn = open(&self.opts).await?;
+        let period_ns = HEARTBEAT_PERIOD.as_nanos() as u64;
+        conn.query_drop(format!("SET @master_heartbeat_period = {period_ns}"))
+            .await
+            .map_err(query_error("setting the heartbeat period"))?;
+        let gtid_state = match self.flavor {
+            Flavor::MariaDb => {
+                // Without this MariaDB rewrites GTID events into BEGIN queries.
+                conn.query_drop("SET @mariadb_slave_capability = 4")
+                    .await
+                    .map_err(query_error("announcing MariaDB replica capabilities"))?;
+                from.gtid.as_deref().and_then(MariaGtidState::parse)
+            }
+            Flavor::MySql => None,
+        };
+        let by_gtid = gtid_state.as_ref().is_some_and(|s| !s.is_empty());
+        let request = if by_gtid {
+            let state = gtid_state.as_ref().expect("checked").to_string();
+            conn.exec_drop(
+                "SET @slave_connect_state = ?, @slave_gtid_strict_mode = 1, \
+                 @slave_gtid_ignore_duplicates = 0",
+                (state,),
+            )
+            .await
+            .map_err(query_error("setting the GTID to resume from"))?;
+            BinlogStreamRequest::new(self.config.server_id).with_pos(4u64)
+        } else {
+            BinlogStreamRequest::new(self.config.server_id)
+                .with_filename(from.file.as_bytes())
+                .with_pos(from.offset)
+        };
+        let from_text = from.to_string();
+        let binlog = conn
+            .get_binlog_stream(request)
+            .await
+            .map_err(|e| stream_error(&from_text, e))?;
+        info!(from = %from_text, by_gtid, "streaming the binlog");
+        self.stream = Some(StreamState {
+            binlog,
+            file: from.file.clone(),
+            checksum,
+            seen_fde: false,
+            gtid: if self.flavor == Flavor::MariaDb {
+                Some(gtid_state.unwrap_or_default())
+            } else {
+                None
+            },
+            maps: HashMap::new(),
+            txn: None,
+            from: from_text,
+        });
+        Ok(())
+    }
+
+    /// The next change. Not cancel-safe (see the `Source` contract).
+    pub async fn next_event(&mut self) -> Result<ChangeEvent, MysqlError> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Ok(event);
+            }
+            if self.snapshot.is_some() {
+                self.snapshot_step().await?;
+            } else if self.stream.is_some() {
+                self.stream_step().await?;
+            } else {
+                return Err(MysqlError::Misuse {
+                    what: "next_event before start_snapshot or start_streaming",
+                });
+            }
+        }
+    }
+
+    async fn snapshot_step(&mut self) -> Result<(), MysqlError> {
+        let phase = self.snapshot.as_mut().expect("checked by caller");
+        let message = phase.rx.recv().await.ok_or(MysqlError::Misuse {
+            what: "the snapshot reader stopped without a result",
+        })??;
+        match message {
+            SnapshotMsg::Event(event) => {
+                if let ChangeEvent::Schema(schema) = &event {
+                    self.schemas.insert(schema.table.clone(), schema.clone());
+                }
+                self.pending.push_back(event);
+            }
+            SnapshotMsg::Done { rows, zero_dates } => {
+                let phase = self.snapshot.take().expect("checked above");
+                let _ = phase.task.await;
+                self.zero_dates += zero_dates;
+                if zero_dates > 0 {
+                    warn!(
+                        zero_dates,
+                        "zero dates in the snapshot landed as NULL (source.zero_dates = \"null\")"
+                    );
+                }
+                info!(rows, position = %phase.position, "snapshot read; streaming from its position");
+                let tables = self.tables.clone();
+                self.start_streaming(&tables, phase.position.clone())
+                    .await?;
+                self.pending
+                    .push_back(ChangeEvent::Commit(phase.commit.clone()));
+                self.pending.push_back(ChangeEvent::SnapshotDone {
+                    seq: phase.commit.seq,
+                    position: phase.commit.position,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn stream_step(&mut self) -> Result<(), MysqlError> {
+        let stream = self.stream.as_mut().expect("checked by caller");
+        let event = match stream.binlog.next().await {
+            Some(Ok(event)) => event,
+            Some(Err(err)) => return Err(stream_error(&stream.from, err)),
+            None => return Err(MysqlError::StreamEnded),
+        };
+        self.on_event(event).await
+    }
+
+    fn position_here(&self, offset: u64) -> BinlogPosition {
+        let stream = self.stream.as_ref().expect("streaming");
+        BinlogPosition {
+            file: stream.file.clone(),
+            offset,
+            gtid: stream
+                .gtid
+                .as_ref()
+                .filter(|g| !g.is_empty())
+                .map(|g| g.to_string()),
+        }
+    }
+
+    fn stream_mut(&mut self) -> &mut StreamState {
+        self.stream.as_mut().expect("streaming")
+    }
+
+    fn current_file(&self) -> &str {
+        &self.stream.as_ref().expect("streaming").file
+    }
+
+    async fn on_event(&mut self, event: Event) -> Result<(), MysqlError> {
+        let header = event.header();
+        let event_type = header.event_type_raw();
+        let end = u64::from(header.log_pos());
+        let data = event.data();
+        match event_type {
+            kind::ROTATE => {
+                let stream = self.stream_mut();
+                // The first (fake) rotate comes before the format description
+                // tells the client about checksums: its last 4 bytes are one.
+                let body = if stream.checksum && !stream.seen_fde && data.len() >= 12 {
+                    &data[..data.len() - 4]
+                } else {
+                    data
+                };
+                let (_, name) =
+                    event::rotate(body).map_err(|source| self.decode_error("-", end, source))?;
+                if BinlogPosition::file_index(&name).is_none() {
+                    return Err(MysqlError::BadPosition {
+                        what: format!(
+                            "binlog file name {name:?} has no numeric suffix to order changes by"
+                        ),
+                    });
+                }
+                debug!(file = %name, "binlog file");
+                self.stream_mut().file = name;
+            }
+            kind::FORMAT_DESCRIPTION => self.stream_mut().seen_fde = true,
+            kind::MARIA_GTID => {
+                let gtid =
+                    event::gtid(data).map_err(|source| self.decode_error("-", end, source))?;
+                let server = header.server_id();
+                let seq = BinlogPosition::seq_of(self.current_file(), end);
+                self.open_txn(
+                    seq,
+                    end,
+                    header.timestamp(),
+                    Some(format!("{}-{}-{}", gtid.domain_id, server, gtid.seq_no)),
+                    Some((gtid.domain_id, server, gtid.seq_no)),
+                    gtid.standalone,
+                );
+            }
+            kind::MARIA_GTID_LIST => {
+                let list =
+                    event::gtid_list(data).map_err(|source| self.decode_error("-", end, source))?;
+                if let Some(state) = self.stream_mut().gtid.as_mut() {
+                    if state.is_empty() {
+                        for (domain, server, seq) in list {
+                            state.set(domain, server, seq);
+                        }
+                    }
+                }
+            }
+            kind::MYSQL_GTID | kind::MYSQL_ANONYMOUS_GTID => {
+                let txid = event::mysql_gtid(data)
+                    .map_err(|source| self.decode_error("-", end, source))?
+                    .to_gtid_string();
+                let seq = BinlogPosition::seq_of(self.current_file(), end);
+                let txid = (event_type == kind::MYSQL_GTID).then_some(txid);
+                // Standalone until a BEGIN says otherwise (DDL has none).
+                self.open_txn(seq, end, header.timestamp(), txid, None, true);
+            }
+            kind::QUERY | kind::MARIA_QUERY_COMPRESSED => {
+                let query = if event_type == kind::QUERY {
+                    event::query(data)
+                } else {
+                    event::query_compressed(data)
+                }
+                .map_err(|source| self.decode_error("-", end, source))?;
+                self.on_query(&query.schema, &query.sql, end, header.timestamp())
+                    .await?;
+            }
+            kind::XID => self.commit(end, header.timestamp()),
+            kind::TABLE_MAP => self.on_table_map(data, end).await?,
+            t if kind::is_rows(t) => self.on_rows(t, data, end)?,
+            kind::HEARTBEAT => {
+                if self.stream_mut().txn.is_none() && end > 0 {
+                    let position = self.position_here(end);
+                    self.pending.push_back(ChangeEvent::Heartbeat {
+                        ack: position.seq(),
+                        position: position.to_string(),
+                    });
+                }
+            }
+            kind::INCIDENT => {
+                return Err(MysqlError::Incident {
+                    position: self.position_here(end).to_string(),
+                })
+            }
+            kind::PARTIAL_UPDATE_ROWS => {
+                return Err(MysqlError::Unsupported {
+                    event_type,
+                    position: self.position_here(end).to_string(),
+                    hint: "partial JSON updates; SET GLOBAL binlog_row_value_options = ''",
+                })
+            }
+            // mysql_async expands the payload and yields its events next.
+            kind::TRANSACTION_PAYLOAD => {}
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn decode_error(&self, table: &str, end: u64, source: event::DecodeError) -> MysqlError {
+        MysqlError::Decode {
+            table: table.to_string(),
+            position: self.position_here(end).to_string(),
+            source,
+        }
+    }
+
+    fn open_txn(
+        &mut self,
+        seq: u64,
+        end: u64,
+        timestamp: u32,
+        txid: Option<String>,
+        maria_gtid: Option<(u32, u32, u64)>,
+        standalone: bool,
+    ) {
+        let start = self.position_here(end).to_string();
+        let stream = self.stream.as_mut().expect("streaming");
+        stream.txn = Some(OpenTxn {
+            seq,
+            start,
+            commit_ts_us: i64::from(timestamp) * 1_000_000,
+            txid,
+            maria_gtid,
+            standalone,
+            begun: false,
+            ord: 0,
+        });
+    }
+
+    /// Ends the open transaction at `end` (the end offset of its commit event).
+    fn commit(&mut self, end: u64, timestamp: u32) {
+        let stream = self.stream.as_mut().expect("streaming");
+        let Some(txn) = stream.txn.take() else {
+            return;
+        };
+        if let (Some(state), Some((domain, server, seq))) = (stream.gtid.as_mut(), txn.maria_gtid) {
+            state.set(domain, server, seq);
+        }
+        let position = self.position_here(end);
+        if txn.begun {
+            self.pending.push_back(ChangeEvent::Commit(CommitInfo {
+                seq: txn.seq,
+                position: position.to_string(),
+                ack: position.seq(),
+                commit_ts_us: if timestamp > 0 {
+                    i64::from(timestamp) * 1_000_000
+                } else {
+                    txn.commit_ts_us
+                },
+                txid: txn.txid,
+            }));
+        } else {
+            // Nothing captured in it: a point the pipeline may acknowledge.
+            self.pending.push_back(ChangeEvent::Heartbeat {
+                ack: position.seq(),
+                position: position.to_string(),
+            });
+        }
+    }
+
+    /// Emits `Begin` for the open transaction if it has not been yet.
+    fn begin_if_needed(&mut self, end: u64) -> u64 {
+        let stream = self.stream.as_mut().expect("streaming");
+        if stream.txn.is_none() {
+            // Rows without a GTID/BEGIN before them (only if we started inside
+            // a transaction): the rows event's own position orders them.
+            let seq = BinlogPosition::seq_of(&stream.file, end);
+            self.open_txn(seq, end, 0, None, None, false);
+        }
+        let stream = self.stream.as_mut().expect("streaming");
+        let txn = stream.txn.as_mut().expect("opened above");
+        if !txn.begun {
+            txn.begun = true;
+            let commit = CommitInfo {
+                seq: txn.seq,
+                position: txn.start.clone(),
+                ack: 0,
+                commit_ts_us: txn.commit_ts_us,
+                txid: txn.txid.clone(),
+            };
+            self.pending.push_back(ChangeEvent::Begin(commit));
+        }
+        let txn = self
+            .stream
+            .as_mut()
+            .expect("streaming")
+            .txn
+            .as_mut()
+            .expect("open");
+        txn.ord += 1;
+        txn.ord
+    }
+
+    async fn on_query(
+        &mut self,
+        schema: &str,
+        sql: &str,
+        end: u64,
+        timestamp: u32,
+    ) -> Result<(), MysqlError> {
+        let statement = sql.trim_start();
+        let head: String = statement
+            .chars()
+            .take(16)
+            .collect::<String>()
+            .to_ascii_uppercase();
+        if head.starts_with("BEGIN") || head.starts_with("XA START") {
+            let stream = self.stream.as_mut().expect("streaming");
+            match stream.txn.as_mut() {
+                // MySQL: GTID, then BEGIN for a transaction (DDL has none).
+                Some(txn) => txn.standalone = false,
+                None => {
+                    let seq = BinlogPosition::seq_of(&stream.file, end);
+                    self.open_txn(seq, end, timestamp, None, None, false);
+                }
+            }
+            return Ok(());
+        }
+        if head.starts_with("COMMIT") || head.starts_with("XA COMMIT") || head.starts_with("XA END")
+        {
+            if !head.starts_with("XA END") {
+                self.commit(end, timestamp);
+            }
+            return Ok(());
+        }
+        if head.starts_with("ROLLBACK") {
+            // Non-transactional tables only: what was logged happened.
+            self.commit(end, timestamp);
+            return Ok(());
+        }
+        // A statement: DDL (or DML on a table without row logging). Table
+        // maps reveal column changes; the catalog cache must not outlive it.
+        self.catalog_cache.clear();
+        if let Some(table) = truncated_table(statement, schema) {
+            if self.tables.contains(&table) {
+                self.truncate(table, end).await?;
+            }
+        }
+        let standalone = self
+            .stream
+            .as_ref()
+            .and_then(|s| s.txn.as_ref())
+            .is_none_or(|t| t.standalone);
+        if standalone {
+            if self.stream.as_ref().expect("streaming").txn.is_some() {
+                self.commit(end, timestamp);
+            } else {
+                let position = self.position_here(end);
+                self.pending.push_back(ChangeEvent::Heartbeat {
+                    ack: position.seq(),
+                    position: position.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, table: TableId, end: u64) -> Result<(), MysqlError> {
+        if !self.schemas.contains_key(&table) {
+            let columns = catalog::table_columns(&mut self.conn, &table).await?;
+            let schema = Arc::new(TableSchema {
+                table: table.clone(),
+                version: 1,
+                columns: catalog::schema_columns(&table, &columns)?,
+            });
+            self.schemas.insert(table.clone(), schema.clone());
+            self.pending.push_back(ChangeEvent::Schema(schema));
+        }
+        let ord = self.begin_if_needed(end);
+        self.pending.push_back(ChangeEvent::Row(RowChange {
+            table,
+            op: Op::Truncate,
+            ord,
+            values: Vec::new(),
+        }));
+        Ok(())
+    }
+
+    async fn on_table_map(&mut self, data: &[u8], end: u64) -> Result<(), MysqlError> {
+        let map = tablemap::parse_table_map(data)
+            .map_err(|source| self.decode_error("-", end, source))?;
+        let stream = self.stream.as_ref().expect("streaming");
+        if stream
+            .maps
+            .get(&map.table_id)
+            .is_some_and(|m| m.raw == data)
+        {
+            return Ok(());
+        }
+        let table = TableId::new(map.schema.clone(), map.table.clone());
+        if !self.tables.contains(&table) {
+            let stream = self.stream.as_mut().expect("streaming");
+            stream.maps.insert(
+                map.table_id,
+                Mapped {
+                    raw: data.to_vec(),
+                    target: None,
+                },
+            );
+            return Ok(());
+        }
+        if !self.catalog_cache.contains_key(&table) {
+            let columns = catalog::table_columns(&mut self.conn, &table).await?;
+            self.catalog_cache.insert(table.clone(), columns);
+        }
+        let catalog_columns = &self.catalog_cache[&table];
+        // The catalog describes the table now; the table map describes it at
+        // this point of the binlog. Use the catalog's details only when both
+        // name the same columns.
+        let same_shape = catalog_columns.len() == map.columns.len()
+            && catalog_columns
+                .iter()
+                .zip(&map.columns)
+                .all(|(c, m)| m.name.as_deref() == Some(c.name.as_str()));
+        let overrides: Vec<rows::ColumnOverride> = if same_shape {
+            catalog_columns
+                .iter()
+                .map(CatalogColumn::override_for_stream)
+                .collect()
+        } else {
+            warn!(table = %table, "the catalog no longer matches this binlog table map (a later DDL); types the table map cannot express land as their base type");
+            Vec::new()
+        };
+        let charsets = self.charsets.clone();
+        let plan = rows::plan(&map, &overrides, &|id| charsets.get(&id).cloned())
+            .map_err(|source| self.decode_error(&table.to_string(), end, source))?;
+        let columns: Vec<Column> = plan.columns();
+        let schema = match self.schemas.get(&table) {
+            Some(current) if current.columns == columns => current.clone(),
+            current => {
+                let version = current.map_or(1, |s| s.version + 1);
+                if current.is_some() {
+                    info!(table = %table, version, "table schema changed in the binlog");
+                }
+                let schema = Arc::new(TableSchema {
+                    table: table.clone(),
+                    version,
+                    columns,
+                });
+                self.schemas.insert(table.clone(), schema.clone());
+                self.pending.push_back(ChangeEvent::Schema(schema.clone()));
+                schema
+            }
+        };
+        let stream = self.stream.as_mut().expect("streaming");
+        stream.maps.insert(
+            map.table_id,
+            Mapped {
+                raw: data.to_vec(),
+                target: Some((schema, Arc::new(plan))),
+            },
+        );
+        Ok(())
+    }
+
+    fn on_rows(&mut self, event_type: u8, data: &[u8], end: u64) -> Result<(), MysqlError> {
+        // Every rows event (compressed ones too) starts with the 6-byte table id.
+        let Some(table_id) = data.get(..6).map(|b| {
+            b.iter()
+                .rev()
+                .fold(0u64, |acc, x| (acc << 8) | u64::from(*x))
+        }) else {
+            return Err(self.decode_error(
+                "-",
+                end,
+                event::DecodeError::Truncated {
+                    what: "rows event table id",
+                    offset: 0,
+                    needed: 6,
+                },
+            ));
+        };
+        let stream = self.stream.as_ref().expect("streaming");
+        let Some(mapped) = stream.maps.get(&table_id) else {
+            return Err(MysqlError::BadPosition {
+                what: format!(
+                    "a rows event at {} refers to table id {table_id} without a table map before it",
+                    self.position_here(end)
+                ),
+            });
+        };
+        let Some((schema, plan)) = mapped.target.clone() else {
+            return Ok(());
+        };
+        let mut out = std::mem::take(&mut self.rows_buffer);
+        out.clear();
+        let stats = rows::decode_rows(event_type, data, &plan, &mut out)
+            .map_err(|source| self.decode_error(&schema.table.to_string(), end, source))?;
+        if stats.zero_dates > 0 {
+            self.on_zero_dates(&schema.table, stats.zero_dates, end)?;
+        }
+        for (op, values) in out.drain(..) {
+            let ord = self.begin_if_needed(end);
+            self.pending.push_back(ChangeEvent::Row(RowChange {
+                table: schema.table.clone(),
+                op,
+                ord,
+                values,
+            }));
+        }
+        self.rows_buffer = out;
+        Ok(())
+    }
+
+    fn on_zero_dates(&mut self, table: &TableId, count: u64, end: u64) -> Result<(), MysqlError> {
+        if self.config.zero_dates == ZeroDates::Fail {
+            return Err(MysqlError::SnapshotValue {
+                table: table.clone(),
+                column: "(a date column)".into(),
+                what: format!(
+                    "zero date at {} and source.zero_dates = \"fail\"",
+                    self.position_here(end)
+                ),
+            });
+        }
+        self.zero_dates += count;
+        if !self.zero_date_tables.contains(table) {
+            self.zero_date_tables.push(table.clone());
+            warn!(table = %table, "zero dates land as NULL (source.zero_dates = \"null\"); further ones are counted, not logged");
+        }
+        Ok(())
+    }
+
+    pub async fn close(mut self) {
+        if let Some(snapshot) = self.snapshot.take() {
+            snapshot.task.abort();
+        }
+        if let Some(stream) = self.stream.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), stream.binlog.close()).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.conn.disconnect()).await;
+    }
+}
+
+impl tidewater_core::Source for MysqlSource {
+    type Error = MysqlError;
+
+    async fn next_event(&mut self) -> Result<ChangeEvent, MysqlError> {
+        MysqlSource::next_event(self).await
+    }
+
+    /// The server keeps no replica state; see the module docs.
+    fn ack(&mut self, _value: u64) {}
+}
+
+/// The table a `TRUNCATE [TABLE] [db.]name` statement names.
+fn truncated_table(statement: &str, default_db: &str) -> Option<TableId> {
+    let mut words = statement.split_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("truncate") {
+        return None;
+    }
+    let mut name = words.next()?;
+    if name.eq_ignore_ascii_case("table") {
+        name = words.next()?;
+    }
+    let name = name.trim_end_matches(';');
+    let unquote = |s: &str| s.trim_matches('`').replace("``", "`");
+    let (db, table) = match split_qualified(name) {
+        Some((db, table)) => (unquote(db), unquote(table)),
+        None => (default_db.to_string(), unquote(name)),
+    };
+    Some(TableId::new(db, table))
+}
+
+/// Splits `db.table` at the dot outside backticks.
+fn split_qualified(name: &str) -> Option<(&str, &str)> {
+    let mut quoted = false;
+    for (i, c) in name.char_indices() {
+        match c {
+            '`' => quoted = !quoted,
+            '.' if !quoted => return Some((&name[..i], &name[i + 1..])),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The snapshot reader: one task per snapshot, owning the snapshot
+/// connection and its transaction.
+async fn read_snapshot(
+    mut conn: Conn,
+    tables: Vec<TableId>,
+    zero_dates_policy: ZeroDates,
+    tx: &mpsc::Sender<Result<SnapshotMsg, MysqlError>>,
+) -> Result<SnapshotMsg, MysqlError> {
+    let mut total = 0u64;
+    let mut zero_dates = 0u64;
+    for table in tables {
+        let catalog_columns = catalog::table_columns(&mut conn, &table).await?;
+        let columns = catalog::schema_columns(&table, &catalog_columns)?;
+        let schema = Arc::new(TableSchema {
+            table: table.clone(),
+            version: 1,
+            columns,
+        });
+        if tx
+            .send(Ok(SnapshotMsg::Event(ChangeEvent::Schema(schema.clone()))))
+            .await
+            .is_err()
+        {
+            return Err(MysqlError::Misuse {
+                what: "snapshot consumer gone",
+            });
+        }
+        if schema.columns.is_empty() {
+            continue;
+        }
+        let geometry: Vec<bool> = catalog_columns
+            .iter()
+            .map(|c| {
+                matches!(
+                    c.data_type.as_str(),
+                    "geometry"
+                        | "point"
+                        | "linestring"
+                        | "polygon"
+                        | "multipoint"
+                        | "multilinestring"
+                        | "multipolygon"
+                        | "geometrycollection"
+                        | "geomcollection"
+                )
+            })
+            .collect();
+        let select: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect();
+        let sql = format!("SELECT {} FROM {}", select.join(", "), quote_table(&table));
+        info!(table = %table, "snapshot copy started");
+        let mut result = conn
+            .exec_iter(sql, ())
+            .await
+            .map_err(query_error(format!("reading {table} for the snapshot")))?;
+        let mut row_number = 0u64;
+        while let Some(row) = result
+            .next()
+            .await
+            .map_err(query_error(format!("reading {table} for the snapshot")))?
+        {
+            row_number += 1;
+            let raw: Vec<Value> = row.unwrap();
+            let mut values = Vec::with_capacity(raw.len());
+            for (i, (v, column)) in raw.into_iter().zip(&schema.columns).enumerate() {
+                let before = zero_dates;
+                let mut datum = value::datum(&column.ty, v, &mut zero_dates).map_err(|e| {
+                    MysqlError::SnapshotValue {
+                        table: table.clone(),
+                        column: column.name.clone(),
+                        what: e.0,
+                    }
+                })?;
+                if zero_dates > before && zero_dates_policy == ZeroDates::Fail {
+                    return Err(MysqlError::SnapshotValue {
+                        table: table.clone(),
+                        column: column.name.clone(),
+                        what: "zero date and source.zero_dates = \"fail\"".into(),
+                    });
+                }
+                if geometry[i] {
+                    if let Datum::Bytes(internal) = &datum {
+                        datum =
+                            Datum::Bytes(value::geometry_to_wkb(internal).ok_or_else(|| {
+                                MysqlError::SnapshotValue {
+                                    table: table.clone(),
+                                    column: column.name.clone(),
+                                    what: "malformed geometry value".into(),
+                                }
+                            })?);
+                    }
+                }
+                values.push(datum);
+            }
+            let event = ChangeEvent::Row(RowChange {
+                table: table.clone(),
+                op: Op::Read,
+                ord: row_number,
+                values,
+            });
+            if tx.send(Ok(SnapshotMsg::Event(event))).await.is_err() {
+                return Err(MysqlError::Misuse {
+                    what: "snapshot consumer gone",
+                });
+            }
+        }
+        drop(result);
+        info!(table = %table, rows = row_number, "snapshot copy done");
+        total += row_number;
+    }
+    conn.query_drop("COMMIT")
+        .await
+        .map_err(query_error("closing the snapshot transaction"))?;
+    let _ = conn.disconnect().await;
+    Ok(SnapshotMsg::Done {
+        rows: total,
+        zero_dates,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_statements() {
+        assert_eq!(
+            truncated_table("TRUNCATE TABLE t1", "shop"),
+            Some(TableId::new("shop", "t1"))
+        );
+        assert_eq!(
+            truncated_table("truncate `my db`.`we.ird`", "shop"),
+            Some(TableId::new("my db", "we.ird"))
+        );
+        assert_eq!(truncated_table("ALTER TABLE t ADD c INT", "shop"), None);
+    }
+
+    #[test]
+    fn server_ids_are_stable_and_high() {
+        let a = MysqlConfig::server_id_for("shop");
+        assert_eq!(a, MysqlConfig::server_id_for("shop"));
+        assert_ne!(a, MysqlConfig::server_id_for("shop2"));
+        assert!(a >= 0x4000_0000);
+    }
+}

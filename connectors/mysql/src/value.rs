@@ -1,0 +1,308 @@
+//! Snapshot values: what the binary protocol returns for a `SELECT`, turned
+//! into the same [`Datum`]s the binlog decoder produces for that column.
+//!
+//! The binary protocol (a prepared statement) is used on purpose: FLOAT and
+//! DOUBLE arrive as their exact IEEE bits, dates and times as fields, not as
+//! text the server has already rounded.
+
+use arrow_buffer::i256;
+use mysql_async::Value;
+use tidewater_core::{ColumnType, Datum};
+
+/// Why a value could not be converted; never holds the value itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueError(pub String);
+
+fn bad(what: &str, ty: &ColumnType) -> ValueError {
+    ValueError(format!("unexpected {what} for a {ty:?} column"))
+}
+
+/// Converts one value. `zero_dates` counts zero dates turned into NULL.
+pub fn datum(ty: &ColumnType, value: Value, zero_dates: &mut u64) -> Result<Datum, ValueError> {
+    if value == Value::NULL {
+        return Ok(Datum::Null);
+    }
+    Ok(match ty {
+        ColumnType::Int8 => Datum::Int8(int(value, ty)?.try_into().map_err(|_| bad("range", ty))?),
+        ColumnType::Int16 => {
+            Datum::Int16(int(value, ty)?.try_into().map_err(|_| bad("range", ty))?)
+        }
+        ColumnType::Int32 => {
+            Datum::Int32(int(value, ty)?.try_into().map_err(|_| bad("range", ty))?)
+        }
+        ColumnType::Int64 => {
+            Datum::Int64(int(value, ty)?.try_into().map_err(|_| bad("range", ty))?)
+        }
+        ColumnType::UInt8 | ColumnType::UInt16 | ColumnType::UInt32 | ColumnType::UInt64 => {
+            match value {
+                // BIT(n) arrives as big-endian bytes.
+                Value::Bytes(bytes) if bytes.len() <= 8 => {
+                    Datum::UInt(bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+                }
+                other => Datum::UInt(int(other, ty)?.try_into().map_err(|_| bad("range", ty))?),
+            }
+        }
+        ColumnType::Float32 => match value {
+            Value::Float(f) => Datum::Float32(f),
+            Value::Double(d) => Datum::Float32(d as f32),
+            _ => return Err(bad("value kind", ty)),
+        },
+        ColumnType::Float64 => match value {
+            Value::Double(d) => Datum::Float64(d),
+            Value::Float(f) => Datum::Float64(f64::from(f)),
+            _ => return Err(bad("value kind", ty)),
+        },
+        ColumnType::Decimal { precision, scale } => {
+            let text = text(value, ty)?;
+            let digits = scaled_digits(&text, *scale).ok_or_else(|| bad("decimal text", ty))?;
+            if *precision <= 38 {
+                Datum::Decimal128(digits.parse().map_err(|_| bad("decimal text", ty))?)
+            } else {
+                Datum::Decimal256(
+                    i256::from_string(&digits).ok_or_else(|| bad("decimal text", ty))?,
+                )
+            }
+        }
+        ColumnType::Text | ColumnType::Json => Datum::Text(text(value, ty)?),
+        ColumnType::List(_) => {
+            // SET: comma-separated labels (labels cannot contain commas).
+            let text = text(value, ty)?;
+            Datum::List(
+                text.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Datum::Text(s.to_string()))
+                    .collect(),
+            )
+        }
+        ColumnType::Binary => match value {
+            Value::Bytes(bytes) => Datum::Bytes(bytes),
+            _ => return Err(bad("value kind", ty)),
+        },
+        ColumnType::Uuid => {
+            let text = text(value, ty)?;
+            Datum::Uuid(parse_uuid(&text).ok_or_else(|| bad("uuid text", ty))?)
+        }
+        ColumnType::Date => match value {
+            Value::Date(y, m, d, ..) => match days(y, m, d) {
+                Some(days) => Datum::Date(days),
+                None => {
+                    *zero_dates += 1;
+                    Datum::Null
+                }
+            },
+            _ => return Err(bad("value kind", ty)),
+        },
+        ColumnType::Timestamp | ColumnType::TimestampTz => match value {
+            Value::Date(y, m, d, h, mi, s, us) => match days(y, m, d) {
+                Some(days) => Datum::Timestamp(
+                    i64::from(days) * 86_400_000_000
+                        + (i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(s)) * 1_000_000
+                        + i64::from(us),
+                ),
+                None => {
+                    *zero_dates += 1;
+                    Datum::Null
+                }
+            },
+            _ => return Err(bad("value kind", ty)),
+        },
+        ColumnType::Duration => match value {
+            Value::Time(negative, d, h, m, s, us) => {
+                let micros =
+                    ((i64::from(d) * 24 + i64::from(h)) * 3600 + i64::from(m) * 60 + i64::from(s))
+                        * 1_000_000
+                        + i64::from(us);
+                Datum::Duration(if negative { -micros } else { micros })
+            }
+            _ => return Err(bad("value kind", ty)),
+        },
+        ColumnType::Bool | ColumnType::Time => return Err(bad("type", ty)),
+    })
+}
+
+fn int(value: Value, ty: &ColumnType) -> Result<i128, ValueError> {
+    match value {
+        Value::Int(i) => Ok(i128::from(i)),
+        Value::UInt(u) => Ok(i128::from(u)),
+        _ => Err(bad("value kind", ty)),
+    }
+}
+
+fn text(value: Value, ty: &ColumnType) -> Result<String, ValueError> {
+    match value {
+        Value::Bytes(bytes) => String::from_utf8(bytes).map_err(|_| bad("non-UTF-8 text", ty)),
+        _ => Err(bad("value kind", ty)),
+    }
+}
+
+/// Days since 1970-01-01, or None for zero or partly zero dates.
+fn days(y: u16, m: u8, d: u8) -> Option<i32> {
+    if m == 0 || d == 0 {
+        return None;
+    }
+    let date = chrono::NaiveDate::from_ymd_opt(i32::from(y), u32::from(m), u32::from(d))?;
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
+    Some((date - epoch).num_days() as i32)
+}
+
+/// The unscaled digits of a decimal text at `scale` ("-1.5", 2 → "-150").
+fn scaled_digits(text: &str, scale: i8) -> Option<String> {
+    let (negative, body) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (int_part, frac_part) = body.split_once('.').unwrap_or((body, ""));
+    let scale = usize::try_from(scale).ok()?;
+    if (int_part.is_empty() && frac_part.is_empty())
+        || !int_part.bytes().all(|b| b.is_ascii_digit())
+        || !frac_part.bytes().all(|b| b.is_ascii_digit())
+        || frac_part.len() > scale
+    {
+        return None;
+    }
+    let mut digits = String::with_capacity(body.len() + scale + 1);
+    if negative {
+        digits.push('-');
+    }
+    digits.push_str(if int_part.is_empty() { "0" } else { int_part });
+    digits.push_str(frac_part);
+    digits.extend(std::iter::repeat_n('0', scale - frac_part.len()));
+    Some(digits)
+}
+
+fn parse_uuid(text: &str) -> Option<[u8; 16]> {
+    let hex: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// MySQL's internal geometry (4-byte little-endian SRID, then WKB) as WKB, or
+/// EWKB carrying the SRID when it is not 0. Shared with the binlog decoder's
+/// rule, so snapshot and stream agree.
+pub fn geometry_to_wkb(internal: &[u8]) -> Option<Vec<u8>> {
+    if internal.len() < 9 {
+        return None;
+    }
+    let srid = u32::from_le_bytes(internal[0..4].try_into().ok()?);
+    let wkb = &internal[4..];
+    if srid == 0 {
+        return Some(wkb.to_vec());
+    }
+    let little = match wkb[0] {
+        1 => true,
+        0 => false,
+        _ => return None,
+    };
+    let word: [u8; 4] = wkb[1..5].try_into().ok()?;
+    let kind = if little {
+        u32::from_le_bytes(word)
+    } else {
+        u32::from_be_bytes(word)
+    } | 0x2000_0000;
+    let mut out = Vec::with_capacity(wkb.len() + 4);
+    out.push(wkb[0]);
+    if little {
+        out.extend_from_slice(&kind.to_le_bytes());
+        out.extend_from_slice(&srid.to_le_bytes());
+    } else {
+        out.extend_from_slice(&kind.to_be_bytes());
+        out.extend_from_slice(&srid.to_be_bytes());
+    }
+    out.extend_from_slice(&wkb[5..]);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_protocol_values() {
+        let mut zero = 0;
+        assert_eq!(
+            datum(
+                &ColumnType::Duration,
+                Value::Time(true, 34, 22, 59, 59, 0),
+                &mut zero
+            ),
+            Ok(Datum::Duration(-3_020_399_000_000))
+        );
+        assert_eq!(
+            datum(
+                &ColumnType::Date,
+                Value::Date(0, 0, 0, 0, 0, 0, 0),
+                &mut zero
+            ),
+            Ok(Datum::Null)
+        );
+        assert_eq!(zero, 1);
+        assert_eq!(
+            datum(
+                &ColumnType::Timestamp,
+                Value::Date(1970, 1, 2, 0, 0, 1, 5),
+                &mut zero
+            ),
+            Ok(Datum::Timestamp(86_401_000_005))
+        );
+        assert_eq!(
+            datum(
+                &ColumnType::UInt64,
+                Value::Bytes(vec![0x01, 0x00]),
+                &mut zero
+            ),
+            Ok(Datum::UInt(256))
+        );
+        assert_eq!(
+            datum(&ColumnType::UInt64, Value::UInt(u64::MAX), &mut zero),
+            Ok(Datum::UInt(u64::MAX))
+        );
+        assert_eq!(
+            datum(
+                &ColumnType::Decimal {
+                    precision: 10,
+                    scale: 3
+                },
+                Value::Bytes(b"-1.5".to_vec()),
+                &mut zero
+            ),
+            Ok(Datum::Decimal128(-1500))
+        );
+        assert_eq!(
+            datum(
+                &ColumnType::List(Box::new(ColumnType::Text)),
+                Value::Bytes(b"a,c".to_vec()),
+                &mut zero
+            ),
+            Ok(Datum::List(vec![
+                Datum::Text("a".into()),
+                Datum::Text("c".into())
+            ]))
+        );
+        assert_eq!(
+            datum(&ColumnType::Int8, Value::Int(300), &mut zero),
+            Err(ValueError("unexpected range for a Int8 column".into()))
+        );
+    }
+
+    #[test]
+    fn geometry_with_srid_becomes_ewkb() {
+        let mut internal = 4326u32.to_le_bytes().to_vec();
+        internal.extend_from_slice(&[1, 1, 0, 0, 0]);
+        internal.extend_from_slice(&[0u8; 16]);
+        let ewkb = geometry_to_wkb(&internal).unwrap();
+        assert_eq!(&ewkb[0..5], &[1, 1, 0, 0, 0x20]);
+        assert_eq!(&ewkb[5..9], &4326u32.to_le_bytes());
+        assert_eq!(ewkb.len(), 9 + 16);
+        let mut plain = vec![0, 0, 0, 0];
+        plain.extend_from_slice(&[1, 1, 0, 0, 0]);
+        plain.extend_from_slice(&[0u8; 16]);
+        assert_eq!(geometry_to_wkb(&plain).unwrap().len(), 21);
+    }
+}
