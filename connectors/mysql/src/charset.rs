@@ -90,7 +90,7 @@ impl Charset {
                 .flatten(),
             Charset::Binary => None,
             Charset::Utf32 => {
-                if bytes.len() % 4 != 0 {
+                if !bytes.len().is_multiple_of(4) {
                     return None;
                 }
                 bytes

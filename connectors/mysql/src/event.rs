@@ -324,7 +324,14 @@ pub(crate) fn mariadb_uncompress(data: &[u8], what: &'static str) -> Result<Vec<
             offset: 0,
         });
     }
-    let expected = be_uint(c.take(len_bytes, what)?) as usize;
+    let expected = be_uint(c.take(len_bytes, what)?);
+    if expected > MAX_PAYLOAD_BYTES {
+        return Err(DecodeError::Malformed {
+            what: "compressed length above 1 GiB",
+            offset: 1,
+        });
+    }
+    let expected = expected as usize;
     let mut out = Vec::with_capacity(expected.min(data.len().saturating_mul(64)));
     flate2::read::ZlibDecoder::new(c.rest())
         .take(expected as u64 + 1)
@@ -563,7 +570,7 @@ impl GtidSet {
 
     /// Adds one transaction.
     pub fn add(&mut self, sid: [u8; 16], gno: i64) {
-        if gno >= 1 && gno < i64::MAX {
+        if (1..i64::MAX).contains(&gno) {
             self.add_interval(sid, gno, gno + 1);
         }
     }

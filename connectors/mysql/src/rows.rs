@@ -73,7 +73,8 @@ pub enum RowsVersion {
 /// The rows events [`decode_rows`] understands: `(kind, version, compressed)`.
 ///
 /// v1: 23/24/25, v2: 30/31/32, MariaDB `log_bin_compress`: 166/167/168 (v1
-/// layout) and 169/170/171 (v2 layout). Returns `None` for every other type,
+/// layout; what MariaDB 10.11 writes, see the fixture) and 169/170/171 (v2
+/// layout, per MariaDB's `log_event.h`; MariaDB writes v1 rows by default). Returns `None` for every other type,
 /// including MySQL PARTIAL_UPDATE_ROWS (39) and the pre-GA v0 events (20–22):
 /// route every type for which [`is_rows_event`] is true to [`decode_rows`],
 /// which reports those as [`DecodeError::Unsupported`] instead of letting them
@@ -472,6 +473,17 @@ fn column_plan(
         type_code: col.type_code,
         reason,
     };
+    let fits_special = match special {
+        None => true,
+        Some(Special::Json) => matches!(
+            col.type_code,
+            ct::JSON | ct::BLOB | ct::VARCHAR | ct::VAR_STRING | ct::STRING
+        ),
+        Some(_) => matches!(col.type_code, ct::STRING | ct::VARCHAR | ct::VAR_STRING),
+    };
+    if !fits_special {
+        return Err(unsupported("override does not fit the binlog column"));
+    }
     let u = col.unsigned;
     let int = |signed: (ValueOp, ColumnType), unsigned: (ValueOp, ColumnType), base: &str| {
         let (op, ty) = if u { unsigned } else { signed };
@@ -659,7 +671,7 @@ fn column_plan(
             let labels: Arc<[String]> = values
                 .iter()
                 .map(|v| match charset {
-                    Charset::Binary => Some(String::from_utf8_lossy(v).into_owned()),
+                    Charset::Binary => String::from_utf8(v.clone()).ok(),
                     _ => charset.decode(v),
                 })
                 .collect::<Option<Vec<_>>>()
@@ -901,19 +913,52 @@ pub(crate) fn time2_micros(bytes: &[u8], fsp_len: usize) -> Result<i64, &'static
     Ok(if negative { -micros } else { micros })
 }
 
-/// Renders IPv6 as MariaDB does: RFC 5952, IPv4-mapped and IPv4-compatible
-/// addresses in mixed notation.
+/// Renders IPv6 as MariaDB prints INET6: lowercase hex words, the longest
+/// run of zero words (the first of equals, even a single word) as `::`, and
+/// mixed notation when that run is the first five words followed by `ffff`
+/// (IPv4-mapped) or the first six (IPv4-compatible): `::ffff:1.2.3.4`,
+/// `::1.2.3.4`, but `::100` and `1::1:0:1:0:1:0`.
 fn format_inet6(bytes: [u8; 16]) -> String {
-    let addr = Ipv6Addr::from(bytes);
-    if bytes[..12].iter().all(|&b| b == 0)
-        && u32::from_be_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) > 1
-    {
-        return format!(
-            "::{}",
-            Ipv4Addr::new(bytes[12], bytes[13], bytes[14], bytes[15])
-        );
+    use std::fmt::Write as _;
+    let words: [u16; 8] =
+        std::array::from_fn(|i| u16::from_be_bytes([bytes[2 * i], bytes[2 * i + 1]]));
+    let (mut best_pos, mut best_len) = (0, 0);
+    let mut i = 0;
+    while i < 8 {
+        if words[i] == 0 {
+            let start = i;
+            while i < 8 && words[i] == 0 {
+                i += 1;
+            }
+            if i - start > best_len {
+                (best_pos, best_len) = (start, i - start);
+            }
+        } else {
+            i += 1;
+        }
     }
-    addr.to_string()
+    let v4 = Ipv4Addr::new(bytes[12], bytes[13], bytes[14], bytes[15]);
+    if best_pos == 0 && best_len == 6 {
+        return format!("::{v4}");
+    }
+    if best_pos == 0 && best_len == 5 && words[5] == 0xffff {
+        return format!("::ffff:{v4}");
+    }
+    let mut out = String::with_capacity(39);
+    let mut i = 0;
+    while i < 8 {
+        if best_len > 0 && i == best_pos {
+            out.push_str("::");
+            i += best_len;
+            continue;
+        }
+        if !out.is_empty() && !out.ends_with(':') {
+            out.push(':');
+        }
+        let _ = write!(out, "{:x}", words[i]);
+        i += 1;
+    }
+    out
 }
 
 /// MySQL GEOMETRY (SRID + WKB) → WKB, or EWKB when the SRID is not 0.
@@ -1075,7 +1120,10 @@ impl RowPlan {
                 }
             }
             ValueOp::JsonBinary { .. } => {
-                Datum::Text(decode_binary_json(b).map_err(|_| "invalid binary JSON")?)
+                Datum::Text(decode_binary_json(b).map_err(|e| match e {
+                    DecodeError::Json { reason, .. } => reason,
+                    _ => "invalid binary JSON",
+                })?)
             }
             ValueOp::JsonText { .. } => Datum::Text(
                 std::str::from_utf8(b)
@@ -1180,7 +1228,7 @@ fn decode_fixed(op: &ValueOp, b: &[u8], stats: &mut DecodeStats) -> Result<Datum
                 (date % 100) as u32,
             );
             let (h, m, s) = (time / 10_000, time / 100 % 100, time % 100);
-            if h > 23 || m > 59 || s > 59 {
+            if year > 9999 || h > 23 || m > 59 || s > 59 {
                 return Err("time field out of range");
             }
             match checked_days(year, month, day) {
@@ -1292,16 +1340,16 @@ mod tests {
         o
     }
 
-    /// Decodes every rows event of a binlog, planning from the table map before
-    /// it. Returns (table, op, row) and the summed stats.
-    fn decode_file(
-        file: &[u8],
-        overrides: &dyn Fn(&str) -> Vec<ColumnOverride>,
-    ) -> (
+    /// (table, op, row) per row; zero dates; (table, columns) per table map.
+    type Decoded = (
         Vec<(String, Op, Vec<Datum>)>,
         u64,
         Vec<(String, Vec<Column>)>,
-    ) {
+    );
+
+    /// Decodes every rows event of a binlog, planning from the table map before
+    /// it. Returns (table, op, row) and the summed stats.
+    fn decode_file(file: &[u8], overrides: &dyn Fn(&str) -> Vec<ColumnOverride>) -> Decoded {
         let mut rows = Vec::new();
         let mut zero_dates = 0;
         let mut schemas = Vec::new();
@@ -1621,9 +1669,9 @@ mod tests {
     }
 
     /// MariaDB 10.11 writes UUID columns to the binlog in RFC byte order (the
-    /// text order), as a BINARY(16) with trailing zero bytes stripped —
-    /// whatever version the UUID has (v1 is stored swapped only inside the
-    /// engine's index format).
+    /// text order), as a BINARY(16) with trailing zero bytes stripped, for
+    /// every UUID version in the fixture (v1, v4, v7, version 0, a v1 with a
+    /// non-RFC variant): no segment swapping to undo.
     #[test]
     fn mariadb_fixture_uuid_byte_order() {
         let (rows, _, _) = decode_file(UUIDS, &overrides_for);
@@ -2193,6 +2241,10 @@ mod tests {
         ))
         .unwrap();
         assert!(plan(&map, &[special(Special::Uuid)], &charsets).is_err());
+        let map =
+            parse_table_map(&table_map_body(1, &[(ct::LONG, &[])], &[names_tlv(&["n"])])).unwrap();
+        assert!(plan(&map, &[special(Special::Inet4)], &charsets).is_err());
+        assert!(plan(&map, &[ColumnOverride::default()], &charsets).is_ok());
     }
 
     #[test]
@@ -2209,12 +2261,27 @@ mod tests {
 
     #[test]
     fn inet6_text_matches_mariadb() {
-        let a = |s: &str| s.parse::<Ipv6Addr>().unwrap().octets();
-        assert_eq!(format_inet6(a("::ffff:1.2.3.4")), "::ffff:1.2.3.4");
-        assert_eq!(format_inet6(a("::1.2.3.4")), "::1.2.3.4");
-        assert_eq!(format_inet6(a("::1")), "::1");
-        assert_eq!(format_inet6(a("::")), "::");
-        assert_eq!(format_inet6(a("2001:db8:0:0:1:0:0:1")), "2001:db8::1:0:0:1");
+        // `SELECT CAST(x AS INET6)` on the MariaDB 10.11 fixture server.
+        for (input, server) in [
+            ("::ffff:1.2.3.4", "::ffff:1.2.3.4"),
+            ("::1.2.3.4", "::1.2.3.4"),
+            ("::0.0.0.1", "::1"),
+            ("::0.0.1.0", "::100"),
+            ("::0.1.0.0", "::0.1.0.0"),
+            ("::0.0.255.255", "::ffff"),
+            ("::ffff:0.0.0.0", "::ffff:0.0.0.0"),
+            ("::ffff:0.0.0.1", "::ffff:0.0.0.1"),
+            ("::ffff:0:1.2.3.4", "::ffff:0:102:304"),
+            ("1:0:0:1:0:0:0:1", "1:0:0:1::1"),
+            ("1:0:1:0:1:0:1:0", "1::1:0:1:0:1:0"),
+            ("0:0:0:0:0:1:0:0", "::1:0:0"),
+            ("FE80::ABCD", "fe80::abcd"),
+            ("2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1"),
+            ("::", "::"),
+        ] {
+            let bytes = input.parse::<Ipv6Addr>().unwrap().octets();
+            assert_eq!(format_inet6(bytes), server, "{input}");
+        }
     }
 
     // ---- robustness --------------------------------------------------------
@@ -2242,8 +2309,44 @@ mod tests {
                 plan(&map, &overrides_for(&map.table), &charsets).unwrap()
             })
             .collect();
+        // A plan with every hand-built op, fed random row bytes.
+        let every_op = plan_for(
+            &[
+                (ct::INT24, &[]),
+                (ct::NEWDECIMAL, &[65, 30]),
+                (ct::NEWDECIMAL, &[20, 2]),
+                (ct::BIT, &[3, 2]),
+                (ct::YEAR, &[]),
+                (ct::DATE, &[]),
+                (ct::DATETIME2, &[3]),
+                (ct::TIMESTAMP2, &[6]),
+                (ct::TIME2, &[2]),
+                (ct::DATETIME, &[]),
+                (ct::TIMESTAMP, &[]),
+                (ct::TIME, &[]),
+                (ct::JSON, &[2]),
+                (ct::GEOMETRY, &[1]),
+                (ct::STRING, &[0xfe, 4]),
+                (ct::STRING, &[0xf8, 1]),
+                (ct::STRING, &[0xf7, 2]),
+                (ct::VARCHAR, &[0x2c, 0x01]),
+                (ct::BLOB, &[1]),
+            ],
+            vec![
+                (3, vec![63, 8, 45]),
+                (11, vec![45, 45]),
+                (5, vec![3, 1, b'a', 1, b'b', 1, b'c']),
+                (6, vec![2, 1, b'x', 1, b'y']),
+            ],
+        );
         let mut out = Vec::new();
         for i in 0..20_000 {
+            let random_rows: Vec<u8> = (0..rng.gen_range(0..120)).map(|_| rng.gen()).collect();
+            for t in [23, 24, 30, 31] {
+                let body = rows_body(7, t >= 30, 19, matches!(t, 24 | 31), &random_rows);
+                out.clear();
+                let _ = decode_rows(t, &body, &every_op, &mut out);
+            }
             let (t, base) = &corpus[rng.gen_range(0..corpus.len())];
             let mut body = base.clone();
             match i % 4 {
@@ -2359,7 +2462,8 @@ mod tests {
             rows.extend_from_slice(&(i as i32).to_le_bytes());
             rows.extend_from_slice(&(i as u64 * 7919).to_le_bytes());
             let name = format!("customer-{i:06}-ünïcode");
-            rows.push(name.len() as u8);
+            // VARCHAR(64) utf8mb4 holds up to 256 bytes: a 2-byte length.
+            rows.extend_from_slice(&(name.len() as u16).to_le_bytes());
             rows.extend_from_slice(name.as_bytes());
             // 12345678.9012 in DECIMAL(12,4): 8 integer digits (4 bytes) + 4 fraction (2).
             let mut dec = 12_345_678u32.to_be_bytes().to_vec();
