@@ -9,4 +9,5 @@ mod crash;
 mod golden;
 mod maria_harness;
 mod mysql;
+mod mysql_conformance;
 mod replication;

@@ -144,6 +144,29 @@ pub fn canon(array: &ArrayRef, i: usize) -> Value {
     Value::String(s)
 }
 
+/// The `key` that identifies rows by all their values, for tables without a
+/// primary key (rows that are equal in every column count as many).
+pub const WHOLE_ROW: &str = "*";
+
+/// Adds a row keyed by its whole canonical form plus its duplicate number.
+pub fn insert_whole_row(state: &mut BTreeMap<String, Row>, row: Row) {
+    let base = serde_json::to_string(&row).expect("row json");
+    let mut n = 1;
+    while state.contains_key(&format!("{base}#{n}")) {
+        n += 1;
+    }
+    state.insert(format!("{base}#{n}"), row);
+}
+
+fn remove_whole_row(state: &mut BTreeMap<String, Row>, row: &Row) {
+    let base = serde_json::to_string(row).expect("row json");
+    let mut n = 1;
+    while state.contains_key(&format!("{base}#{}", n + 1)) {
+        n += 1;
+    }
+    state.remove(&format!("{base}#{n}"));
+}
+
 /// The current state of a table from its change log: last image per key in
 /// (`_tw_seq`, `_tw_ord`) order, deletes removed, truncates clearing.
 pub fn current_state(log: &[LogRow], key: &str) -> BTreeMap<String, Row> {
@@ -151,6 +174,10 @@ pub fn current_state(log: &[LogRow], key: &str) -> BTreeMap<String, Row> {
     for row in log {
         match row.op.as_str() {
             "t" => state.clear(),
+            // Without a key an update cannot say which row it replaced:
+            // callers use WHOLE_ROW only for tables that see no updates.
+            "d" if key == WHOLE_ROW => remove_whole_row(&mut state, &row.values),
+            _ if key == WHOLE_ROW => insert_whole_row(&mut state, row.values.clone()),
             op => {
                 let k = row
                     .values

@@ -505,7 +505,8 @@ fn canon_value(column: &str, form: Form, value: MyValue) -> Value {
 }
 
 /// The rows of a source table (`db.table`, or `table` in the connection's
-/// database) in canonical form, keyed like [`super::lake::current_state`].
+/// database) in canonical form, keyed like [`super::lake::current_state`]
+/// (`key` = [`super::lake::WHOLE_ROW`] for tables without a usable key).
 pub async fn source_state_mysql(conn: &mut Conn, table: &str, key: &str) -> BTreeMap<String, Row> {
     conn.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'")
         .await
@@ -550,8 +551,12 @@ pub async fn source_state_mysql(conn: &mut Conn, table: &str, key: &str) -> BTre
         for (((name, _, _), form), value) in columns.iter().zip(&forms).zip(row.unwrap()) {
             values.insert(name.clone(), canon_value(name, *form, value));
         }
-        let k = values.get(key).cloned().unwrap_or(Value::Null).to_string();
-        state.insert(k, values);
+        if key == super::lake::WHOLE_ROW {
+            super::lake::insert_whole_row(&mut state, values);
+        } else {
+            let k = values.get(key).cloned().unwrap_or(Value::Null).to_string();
+            state.insert(k, values);
+        }
     }
     state
 }

@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
-use deltalake::arrow::datatypes::{Schema, SchemaRef};
+use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::datatypes::{Field, Schema, SchemaRef};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, MetadataExt, StructType, Transaction};
@@ -248,11 +249,44 @@ impl LakeSink {
             .map_err(|source| LakeError::delta(&batch.table, "writing to", source))?
             .with_writer_properties(properties);
         let before = writer.arrow_schema();
+        // A column whose source type text changed (an ENUM gained a value,
+        // a VARCHAR grew) keeps its Arrow type: write the batch under the
+        // table's field metadata, and carry the new metadata into the
+        // table's schema at commit.
+        let (narrowed, retagged) = align_metadata(narrowed, &before).map_err(|source| {
+            LakeError::Arrow {
+                table: batch.table.clone(),
+                source,
+            }
+        })?;
         writer
             .write_with_mode(narrowed, WriteMode::MergeSchema)
             .await
             .map_err(|source| LakeError::delta(&batch.table, "writing to", source))?;
-        let after = writer.arrow_schema();
+        let mut after = writer.arrow_schema();
+        if !retagged.is_empty() {
+            let fields: Vec<Field> = after
+                .fields()
+                .iter()
+                .map(|f| match retagged.iter().find(|r| r.name() == f.name()) {
+                    Some(r) => f.as_ref().clone().with_metadata(r.metadata().clone()),
+                    None => f.as_ref().clone(),
+                })
+                .collect();
+            after = Arc::new(Schema::new_with_metadata(fields, after.metadata().clone()));
+            if let Some(earlier) = open.evolved.take() {
+                // Newer tags win over the ones recorded earlier in this commit.
+                let fields: Vec<Field> = earlier
+                    .fields()
+                    .iter()
+                    .map(|f| match after.field_with_name(f.name()) {
+                        Ok(newer) => f.as_ref().clone().with_metadata(newer.metadata().clone()),
+                        Err(_) => f.as_ref().clone(),
+                    })
+                    .collect();
+                open.evolved = Some(Arc::new(Schema::new(fields)));
+            }
+        }
         open.adds.extend(
             writer
                 .flush()
@@ -525,6 +559,35 @@ impl Sink for LakeSink {
 }
 
 /// Source columns plus the metadata columns.
+/// Gives the batch's fields the table's metadata where only the metadata
+/// differs; returns the batch and the fields (with their new metadata) that
+/// were re-tagged.
+fn align_metadata(
+    batch: RecordBatch,
+    table: &Schema,
+) -> Result<(RecordBatch, Vec<Field>), deltalake::arrow::error::ArrowError> {
+    let mut retagged = Vec::new();
+    let fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match table.field_with_name(f.name()) {
+            Ok(existing)
+                if existing.data_type() == f.data_type() && existing.metadata() != f.metadata() =>
+            {
+                retagged.push(f.as_ref().clone());
+                f.as_ref().clone().with_metadata(existing.metadata().clone())
+            }
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    if retagged.is_empty() {
+        return Ok((batch, retagged));
+    }
+    let schema = Arc::new(Schema::new_with_metadata(fields, batch.schema().metadata().clone()));
+    Ok((RecordBatch::try_new(schema, batch.columns().to_vec())?, retagged))
+}
+
 fn lake_schema(schema: &TableSchema) -> Schema {
     let mut fields: Vec<_> = schema.columns.iter().map(arrow_field).collect();
     fields.extend(metadata_fields());

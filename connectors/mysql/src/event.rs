@@ -273,7 +273,7 @@ pub fn query(body: &[u8]) -> Result<QueryEvent, DecodeError> {
 }
 
 /// MariaDB QUERY_COMPRESSED (165): a QUERY whose statement is compressed with
-/// MariaDB's binlog compression header (see [`mariadb_uncompress`]).
+/// MariaDB's binlog compression header (`0x80 | n`, length, zlib).
 pub fn query_compressed(body: &[u8]) -> Result<QueryEvent, DecodeError> {
     let (event, compressed) = query_parts(body)?;
     let sql = mariadb_uncompress(compressed, "compressed query")?;

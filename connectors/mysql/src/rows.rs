@@ -5,7 +5,7 @@
 //! in two:
 //!
 //! * [`plan`] runs once per table map. It resolves every column into a
-//!   [`ValueOp`] (a width, a charset decoder, ENUM labels, a decimal layout…),
+//!   `ValueOp` (a width, a charset decoder, ENUM labels, a decimal layout…),
 //!   the tidewater [`Column`] and the `source_type` text, and refuses what we
 //!   cannot decode losslessly (unknown charsets, missing names).
 //! * [`decode_rows`] runs per event and only dispatches on the precomputed ops:
@@ -37,6 +37,14 @@
 //! Zero and partially zero dates (`0000-00-00`, `2020-00-05`), dates that do not
 //! exist (`2021-02-30` under ALLOW_INVALID_DATES) and the zero TIMESTAMP become
 //! NULL, counted in [`DecodeStats::zero_dates`] so the source can report them.
+//! Year 0 with a real month and day (`0000-01-01`) is a date like any other.
+//!
+//! MariaDB tables still in the 5.3 temporal format have table maps that say
+//! DATETIME/TIME/TIMESTAMP with no metadata even when the column has
+//! fractional seconds; only the catalog knows the width, so the caller passes
+//! [`Special::TemporalPrecision`]. MariaDB's UUID, INET6 and INET4 arrive as
+//! BINARY(16)/BINARY(4) with trailing zero bytes stripped; UUIDs are in RFC
+//! byte order (checked against MariaDB 10.11, see the fixtures).
 //!
 //! GEOMETRY values are stored by the server as a 4-byte little-endian SRID and
 //! WKB. We emit plain WKB when the SRID is 0 and EWKB otherwise (the PostGIS
@@ -44,7 +52,7 @@
 //! byte order, and the SRID written right after it), so the SRID is not lost.
 
 use std::borrow::Cow;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use arrow_buffer::i256;
@@ -116,6 +124,16 @@ pub enum Special {
     Inet4,
     /// MariaDB `JSON` (a LONGTEXT with a check constraint).
     Json,
+    /// A DATETIME, TIME or TIMESTAMP column with `fsp` fractional digits
+    /// (`information_schema.COLUMNS.DATETIME_PRECISION`). Needed for MariaDB
+    /// tables in the 5.3 temporal format (created with
+    /// `mysql56_temporal_format = OFF`, or before MariaDB 10.1, and never
+    /// rebuilt): their table map says DATETIME/TIME/TIMESTAMP (12/11/7) with no
+    /// metadata, so the width of the value is only known from the catalog.
+    /// Harmless on columns in the MySQL 5.6 format (DATETIME2 and friends),
+    /// whose table map carries the precision itself; pass it for every temporal
+    /// column with `fsp > 0`.
+    TemporalPrecision { fsp: u8 },
 }
 
 /// Per-column knowledge from `information_schema` that the table map lacks.
@@ -274,6 +292,17 @@ pub(crate) enum ValueOp {
     DatetimeOld,
     TimestampOld,
     TimeOld,
+    /// MariaDB 5.3 formats with fractional seconds, see
+    /// [`Special::TemporalPrecision`].
+    DatetimeHires {
+        fsp: u8,
+    },
+    TimestampHires {
+        fsp: u8,
+    },
+    TimeHires {
+        fsp: u8,
+    },
     Text {
         len_bytes: u8,
         charset: Charset,
@@ -328,6 +357,9 @@ impl ValueOp {
             Datetime2 { fsp } => 5 + fsp_bytes(*fsp),
             Timestamp2 { fsp } => 4 + fsp_bytes(*fsp),
             Time2 { fsp } => 3 + fsp_bytes(*fsp),
+            DatetimeHires { fsp } => [5, 6, 6, 7, 7, 7, 8][*fsp as usize],
+            TimestampHires { fsp } => 4 + fsp_bytes(*fsp),
+            TimeHires { fsp } => [3, 4, 4, 5, 5, 5, 6][*fsp as usize],
             Enum { len_bytes, .. } | Set { len_bytes, .. } => *len_bytes as usize,
             _ => return None,
         })
@@ -479,7 +511,23 @@ fn column_plan(
             col.type_code,
             ct::JSON | ct::BLOB | ct::VARCHAR | ct::VAR_STRING | ct::STRING
         ),
+        Some(Special::TemporalPrecision { fsp }) => {
+            fsp <= 6
+                && matches!(
+                    col.type_code,
+                    ct::DATETIME
+                        | ct::TIME
+                        | ct::TIMESTAMP
+                        | ct::DATETIME2
+                        | ct::TIME2
+                        | ct::TIMESTAMP2
+                )
+        }
         Some(_) => matches!(col.type_code, ct::STRING | ct::VARCHAR | ct::VAR_STRING),
+    };
+    let legacy_fsp = match special {
+        Some(Special::TemporalPrecision { fsp }) if fsp > 0 => fsp,
+        _ => 0,
     };
     if !fits_special {
         return Err(unsupported("override does not fit the binlog column"));
@@ -575,6 +623,21 @@ fn column_plan(
                 ),
             }
         }
+        ct::DATETIME if legacy_fsp > 0 => (
+            ValueOp::DatetimeHires { fsp: legacy_fsp },
+            ColumnType::Timestamp,
+            with_fsp("datetime", legacy_fsp.into()),
+        ),
+        ct::TIMESTAMP if legacy_fsp > 0 => (
+            ValueOp::TimestampHires { fsp: legacy_fsp },
+            ColumnType::TimestampTz,
+            with_fsp("timestamp", legacy_fsp.into()),
+        ),
+        ct::TIME if legacy_fsp > 0 => (
+            ValueOp::TimeHires { fsp: legacy_fsp },
+            ColumnType::Duration,
+            with_fsp("time", legacy_fsp.into()),
+        ),
         ct::DATETIME => (
             ValueOp::DatetimeOld,
             ColumnType::Timestamp,
@@ -1252,6 +1315,50 @@ fn decode_fixed(op: &ValueOp, b: &[u8], stats: &mut DecodeStats) -> Result<Datum
             let micros = (h * 3600 + m * 60 + s) * MICROS_PER_SECOND;
             Datum::Duration(if v < 0 { -micros } else { micros })
         }
+        ValueOp::DatetimeHires { fsp } => {
+            // sec_part_shift(((((year*13 + month)*32 + day)*24 + hour)*60 +
+            // minute)*60 + second)*10^6 + µs, fsp), big-endian.
+            let total = be_uint(b)
+                .checked_mul(POW10_U32[6 - usize::from(*fsp)].into())
+                .ok_or("datetime out of range")?;
+            let (micros, mut t) = (total % 1_000_000, total / 1_000_000);
+            let mut next = |base: u64| {
+                let v = t % base;
+                t /= base;
+                v
+            };
+            let (s, mi, h) = (next(60), next(60), next(24));
+            let (day, month) = (next(32) as u32, next(13) as u32);
+            let year = t as i64;
+            if year > 9999 {
+                return Err("year out of range");
+            }
+            match checked_days(year, month, day) {
+                Some(days) => Datum::Timestamp(
+                    days * MICROS_PER_DAY + ((h * 3600 + mi * 60 + s) * 1_000_000 + micros) as i64,
+                ),
+                None => zero_date(stats),
+            }
+        }
+        ValueOp::TimestampHires { fsp } => {
+            let seconds = be_uint(&b[..4]) as i64;
+            let frac = be_uint(&b[4..]) as i64 * i64::from(POW10_U32[6 - usize::from(*fsp)]);
+            if frac >= MICROS_PER_SECOND {
+                return Err("fraction out of range");
+            }
+            if seconds == 0 && frac == 0 {
+                zero_date(stats)
+            } else {
+                Datum::Timestamp(seconds * MICROS_PER_SECOND + frac)
+            }
+        }
+        ValueOp::TimeHires { fsp } => {
+            // sec_part_shift(±(h*3600 + m*60 + s)*10^6 + µs, fsp), offset by the
+            // shifted (838:59:59 + 1 s) so it is stored unsigned, big-endian.
+            let unit = i64::from(POW10_U32[6 - usize::from(*fsp)]);
+            let zero_point = 3_020_400 * MICROS_PER_SECOND / unit;
+            Datum::Duration((be_uint(b) as i64 - zero_point) * unit)
+        }
         ValueOp::Enum { labels, .. } => match le_uint(b) as usize {
             0 => Datum::Text(String::new()),
             i => Datum::Text(labels.get(i - 1).ok_or("enum index out of range")?.clone()),
@@ -1285,6 +1392,7 @@ mod tests {
     use crate::event::{self, event_type as et};
     use crate::tablemap::parse_table_map;
     use crate::tablemap::tests::{names_tlv, table_map_body};
+    use std::net::Ipv6Addr;
 
     /// Collation ids of the fixture server (`information_schema.COLLATIONS`).
     fn charsets(collation: u32) -> Option<String> {
@@ -1322,6 +1430,7 @@ mod tests {
     const COMPRESSED: &[u8] = include_bytes!("../tests/fixtures/mariadb-10.11-compressed.binlog");
     const DDL: &[u8] = include_bytes!("../tests/fixtures/mariadb-10.11-ddl.binlog");
     const UUIDS: &[u8] = include_bytes!("../tests/fixtures/mariadb-10.11-uuid.binlog");
+    const HIRES: &[u8] = include_bytes!("../tests/fixtures/mariadb-10.11-hires-temporal.binlog");
 
     fn special(special: Special) -> ColumnOverride {
         ColumnOverride {
@@ -1541,8 +1650,74 @@ mod tests {
                 special(Special::Uuid),
                 special(Special::Json),
             ],
+            "t_hires" => std::iter::once(ColumnOverride::default())
+                .chain(
+                    [0u8, 0, 0, 3, 3, 6, 1, 1, 3, 6, 1]
+                        .iter()
+                        .map(|&fsp| special(Special::TemporalPrecision { fsp })),
+                )
+                .collect(),
             _ => vec![],
         }
+    }
+
+    /// MariaDB's 5.3 temporal format (`mysql56_temporal_format = OFF`): the
+    /// table map says DATETIME/TIME/TIMESTAMP without metadata; the catalog's
+    /// precision picks the width.
+    #[test]
+    fn mariadb_fixture_hires_temporal() {
+        let types: Vec<u8> = binlog_events(HIRES)
+            .iter()
+            .filter(|e| e.0 == et::TABLE_MAP)
+            .map(|e| parse_table_map(&e.1).unwrap().columns[4].type_code)
+            .collect();
+        assert_eq!(types, vec![ct::DATETIME]);
+        let (rows, zero_dates, schemas) = decode_file(HIRES, &overrides_for);
+        use Datum::*;
+        let got: Vec<Vec<Datum>> = rows.into_iter().map(|r| r.2).collect();
+        assert_eq!(
+            got,
+            vec![
+                vec![
+                    Int32(1),
+                    ts(2024, 2, 29, 12, 34, 56, 0),
+                    hms(true, 838, 59, 59, 0),
+                    Timestamp(2_147_483_647 * MICROS_PER_SECOND),
+                    ts(2024, 2, 29, 12, 34, 56, 789_000),
+                    hms(true, 1, 2, 3, 456_000),
+                    ts(9999, 12, 31, 23, 59, 59, 999_999),
+                    hms(true, 0, 0, 0, 500_000),
+                    ts(2001, 2, 3, 4, 5, 6, 700_000),
+                    ts(2001, 2, 3, 4, 5, 6, 789_000),
+                    Timestamp(2_147_483_647 * MICROS_PER_SECOND + 999_999),
+                    ts(1000, 1, 1, 0, 0, 0, 100_000),
+                ],
+                vec![
+                    Int32(2),
+                    Null,
+                    hms(false, 0, 0, 0, 0),
+                    Null,
+                    Null,
+                    hms(false, 838, 59, 59, 999_000),
+                    Null,
+                    hms(false, 0, 0, 0, 100_000),
+                    Null,
+                    Timestamp(MICROS_PER_SECOND + 1_000),
+                    Timestamp(1),
+                    Null,
+                ],
+            ]
+        );
+        assert_eq!(zero_dates, 5);
+        let source: Vec<&str> = schemas[0]
+            .1
+            .iter()
+            .map(|c| c.source_type.as_str())
+            .collect();
+        assert_eq!(
+            &source[1..5],
+            &["datetime", "time", "timestamp", "datetime(3)"]
+        );
     }
 
     #[test]
@@ -2294,7 +2469,7 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x7469_6465);
         let mut corpus: Vec<(u8, Vec<u8>)> = Vec::new();
-        for file in [ALL_TYPES, COMPRESSED, DDL, UUIDS] {
+        for file in [ALL_TYPES, COMPRESSED, DDL, UUIDS, HIRES] {
             corpus.extend(binlog_events(file));
         }
         let doc = serde_json::json!({"k": [1, "two", {"x": null}], "y": 2.5});
@@ -2339,9 +2514,29 @@ mod tests {
                 (6, vec![2, 1, b'x', 1, b'y']),
             ],
         );
+        let hires = {
+            let cols: &[(u8, &[u8])] = &[
+                (ct::DATETIME, &[]),
+                (ct::TIME, &[]),
+                (ct::TIMESTAMP, &[]),
+                (ct::DATETIME, &[]),
+                (ct::TIME, &[]),
+                (ct::TIMESTAMP, &[]),
+            ];
+            let names = names_tlv(&["a", "b", "c", "d", "e", "f"]);
+            let map = parse_table_map(&table_map_body(9, cols, &[names])).unwrap();
+            let overrides: Vec<ColumnOverride> = [1u8, 2, 3, 6, 5, 6]
+                .iter()
+                .map(|&fsp| special(Special::TemporalPrecision { fsp }))
+                .collect();
+            plan(&map, &overrides, &charsets).unwrap()
+        };
         let mut out = Vec::new();
         for i in 0..20_000 {
             let random_rows: Vec<u8> = (0..rng.gen_range(0..120)).map(|_| rng.gen()).collect();
+            let body = rows_body(9, false, 6, false, &random_rows);
+            out.clear();
+            let _ = decode_rows(23, &body, &hires, &mut out);
             for t in [23, 24, 30, 31] {
                 let body = rows_body(7, t >= 30, 19, matches!(t, 24 | 31), &random_rows);
                 out.clear();

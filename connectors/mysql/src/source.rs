@@ -837,6 +837,12 @@ impl MysqlSource {
             return Ok(());
         }
         let table = TableId::new(map.schema.clone(), map.table.clone());
+        if !self.tables.contains(&table) && self.config.filter.matches(&table) {
+            // Not there when the pipeline started, so created since: every
+            // row it ever had is in the binlog from here on.
+            info!(table = %table, "a new table matches source.tables: capturing it");
+            self.tables.push(table.clone());
+        }
         if !self.tables.contains(&table) {
             let stream = self.stream.as_mut().expect("streaming");
             stream.maps.insert(
