@@ -574,7 +574,10 @@ uri = "file:///tmp/lake"
     fn mysql_source_defaults_to_the_url_database() {
         let text = GOOD
             .replace("type = \"postgres\"", "type = \"mysql\"")
-            .replace("postgres://cdc:${PGPASSWORD}@127.0.0.1:5432/shop", "mysql://cdc:x@127.0.0.1:3306/shop")
+            .replace(
+                "postgres://cdc:${PGPASSWORD}@127.0.0.1:5432/shop",
+                "mysql://cdc:x@127.0.0.1:3306/shop",
+            )
             .replace("tables = [\"public.*\"]\n", "");
         let config = parse(&text).unwrap();
         let SourceConfig::Mysql(my) = &config.source else {

@@ -196,22 +196,22 @@ impl Settings {
 
 /// The connected source, whichever kind.
 enum AnySource {
-    Postgres(PostgresSource),
-    Mysql(MysqlSource),
+    Postgres(Box<PostgresSource>),
+    Mysql(Box<MysqlSource>),
 }
 
 impl AnySource {
     async fn next_event(&mut self) -> Result<ChangeEvent, PipelineError> {
         Ok(match self {
-            AnySource::Postgres(source) => Source::next_event(source).await?,
-            AnySource::Mysql(source) => Source::next_event(source).await?,
+            AnySource::Postgres(source) => Source::next_event(source.as_mut()).await?,
+            AnySource::Mysql(source) => Source::next_event(source.as_mut()).await?,
         })
     }
 
     fn ack(&mut self, value: u64) {
         match self {
-            AnySource::Postgres(source) => Source::ack(source, value),
-            AnySource::Mysql(source) => Source::ack(source, value),
+            AnySource::Postgres(source) => Source::ack(source.as_mut(), value),
+            AnySource::Mysql(source) => Source::ack(source.as_mut(), value),
         }
     }
 
@@ -362,7 +362,7 @@ async fn run_postgres(
     let marks: HashMap<TableId, Mark> = states.iter().map(|(t, s)| (t.clone(), s.mark)).collect();
     drive(
         settings,
-        AnySource::Postgres(source),
+        AnySource::Postgres(Box::new(source)),
         sink,
         marks,
         !stream,
@@ -455,7 +455,10 @@ async fn run_mysql(
             sink.write_marker(&SlotMarker::Stream("binlog".into()))?;
         }
         if settings.snapshot == SnapshotMode::Initial {
-            for table in tables.iter().filter(|t| !states.get(*t).is_some_and(|s| s.snapshot_done)) {
+            for table in tables
+                .iter()
+                .filter(|t| !states.get(*t).is_some_and(|s| s.snapshot_done))
+            {
                 warn!(table = %table, "table is not in the lake and was not part of the initial snapshot; only its changes from now on are replicated");
             }
         }
@@ -464,7 +467,7 @@ async fn run_mysql(
     let marks: HashMap<TableId, Mark> = states.iter().map(|(t, s)| (t.clone(), s.mark)).collect();
     drive(
         settings,
-        AnySource::Mysql(source),
+        AnySource::Mysql(Box::new(source)),
         sink,
         marks,
         snapshotting,

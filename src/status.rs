@@ -138,10 +138,14 @@ async fn mysql_status(config: &MysqlConfig, sink: &LakeSink) -> serde_json::Valu
                     "acknowledged": acknowledged,
                     "server_position": current.to_string(),
                 }),
-                Err(err) => json!({"binlog": "binlog", "acknowledged": acknowledged, "error": crate::chain(&err)}),
+                Err(err) => {
+                    json!({"binlog": "binlog", "acknowledged": acknowledged, "error": crate::chain(&err)})
+                }
             }
         }
-        Err(err) => json!({"binlog": "binlog", "acknowledged": acknowledged, "error": crate::chain(&err)}),
+        Err(err) => {
+            json!({"binlog": "binlog", "acknowledged": acknowledged, "error": crate::chain(&err)})
+        }
     }
 }
 

@@ -69,7 +69,11 @@ async fn mysql_every_type_snapshot_then_stream() {
     let mut conn = server.create_database("my_types").await;
     exec(&mut conn, "SET SESSION sql_mode = ''").await;
     exec(&mut conn, TYPES_DDL).await;
-    exec(&mut conn, &format!("INSERT INTO types VALUES {}", type_rows(0))).await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO types VALUES {}", type_rows(0)),
+    )
+    .await;
     let mut pipeline = Pipeline::with_source("my_types", &server.source_toml("my_types"), "");
     pipeline.start();
     pipeline
@@ -77,7 +81,11 @@ async fn mysql_every_type_snapshot_then_stream() {
         .await;
 
     // The same edge values through the binlog, then updates and deletes.
-    exec(&mut conn, &format!("INSERT INTO types VALUES {}", type_rows(10))).await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO types VALUES {}", type_rows(10)),
+    )
+    .await;
     exec(
         &mut conn,
         "UPDATE types SET vc = 'changed', mi = -1, d2 = -0.000000000000000000000000000001, \
@@ -106,7 +114,10 @@ async fn mysql_every_type_snapshot_then_stream() {
     // MariaDB GTIDs name the transactions; positions are file:offset.
     let streamed = log.iter().find(|r| r.op == "c").expect("an insert");
     assert!(
-        streamed.txid.as_deref().is_some_and(|t| t.split('-').count() == 3),
+        streamed
+            .txid
+            .as_deref()
+            .is_some_and(|t| t.split('-').count() == 3),
         "{:?}",
         streamed.txid
     );
@@ -145,7 +156,9 @@ async fn mysql_rotation_truncate_and_transactions() {
     exec(&mut conn, "INSERT INTO a VALUES (1, 'one'), (2, 'two')").await;
     let mut pipeline = Pipeline::with_source("my_rotate", &server.source_toml("my_rotate"), "");
     pipeline.start();
-    pipeline.wait_equal_mysql(&mut conn, "my_rotate", "a", "id").await;
+    pipeline
+        .wait_equal_mysql(&mut conn, "my_rotate", "a", "id")
+        .await;
     for round in 0..3u64 {
         exec(
             &mut conn,
@@ -166,9 +179,17 @@ async fn mysql_rotation_truncate_and_transactions() {
         .await;
     }
     exec(&mut conn, "TRUNCATE TABLE b").await;
-    exec(&mut conn, "INSERT INTO b VALUES (18446744073709551615, -0.0001)").await;
-    pipeline.wait_equal_mysql(&mut conn, "my_rotate", "a", "id").await;
-    pipeline.wait_equal_mysql(&mut conn, "my_rotate", "b", "id").await;
+    exec(
+        &mut conn,
+        "INSERT INTO b VALUES (18446744073709551615, -0.0001)",
+    )
+    .await;
+    pipeline
+        .wait_equal_mysql(&mut conn, "my_rotate", "a", "id")
+        .await;
+    pipeline
+        .wait_equal_mysql(&mut conn, "my_rotate", "b", "id")
+        .await;
 
     let log = lake::read_log(&pipeline.table_path("my_rotate", "b"))
         .await
@@ -191,7 +212,10 @@ async fn mysql_rotation_truncate_and_transactions() {
         .filter(|r| r.op != "r")
         .map(|r| r.position.split(':').next().unwrap_or_default().to_string())
         .collect();
-    assert!(files.len() >= 3, "changes span the rotated files: {files:?}");
+    assert!(
+        files.len() >= 3,
+        "changes span the rotated files: {files:?}"
+    );
     assert_eq!(pipeline.terminate(), 0);
 }
 
@@ -216,11 +240,10 @@ async fn mysql_sigkill_loses_nothing_duplicates_nothing() {
 
     let writer_url = server.root_url("my_crash");
     let writer = tokio::spawn(async move {
-        let mut conn = mysql_async::Conn::new(
-            mysql_async::Opts::from_url(&writer_url).expect("url"),
-        )
-        .await
-        .expect("writer connects");
+        let mut conn =
+            mysql_async::Conn::new(mysql_async::Opts::from_url(&writer_url).expect("url"))
+                .await
+                .expect("writer connects");
         for i in 1..=600 {
             let sql = format!(
                 "START TRANSACTION; INSERT INTO orders VALUES ({i}, {i}.25, 'n{i}'); \
@@ -282,8 +305,7 @@ async fn mysql_server_restart_and_purged_position() {
     let mut conn = server.create_database("my_restart").await;
     exec(&mut conn, "CREATE TABLE t (id INT PRIMARY KEY, v INT)").await;
     exec(&mut conn, "INSERT INTO t VALUES (1, 1)").await;
-    let mut pipeline =
-        Pipeline::with_source("my_restart", &server.source_toml("my_restart"), "");
+    let mut pipeline = Pipeline::with_source("my_restart", &server.source_toml("my_restart"), "");
     pipeline.start();
     pipeline
         .wait_equal_mysql(&mut conn, "my_restart", "t", "id")
@@ -311,8 +333,10 @@ async fn mysql_server_restart_and_purged_position() {
     let mut purged = false;
     for _ in 0..50 {
         exec(&mut conn, "FLUSH BINARY LOGS").await;
-        let status: Option<mysql_async::Row> =
-            conn.query_first("SHOW MASTER STATUS").await.expect("status");
+        let status: Option<mysql_async::Row> = conn
+            .query_first("SHOW MASTER STATUS")
+            .await
+            .expect("status");
         let file: String = status.expect("binlog on").get(0).expect("file");
         exec(&mut conn, &format!("PURGE BINARY LOGS TO '{file}'")).await;
         let logs: Vec<mysql_async::Row> = conn.query("SHOW BINARY LOGS").await.expect("logs");
@@ -338,14 +362,68 @@ async fn mysql_server_restart_and_purged_position() {
         "{stderr}"
     );
     let acknowledged = std::fs::read_to_string(
-        pipeline.lake.join("my_restart").join("_tidewater_source_position"),
+        pipeline
+            .lake
+            .join("my_restart")
+            .join("_tidewater_source_position"),
     )
     .expect("position file");
     let file = acknowledged.split(':').next().unwrap_or_default();
-    assert!(stderr.contains(file), "error names the position {file}: {stderr}");
+    assert!(
+        stderr.contains(file),
+        "error names the position {file}: {stderr}"
+    );
+
+    // Preflight names every missing setting and privilege with its fix.
+    exec(
+        &mut conn,
+        "SET GLOBAL binlog_row_metadata = 'MINIMAL'; SET GLOBAL binlog_row_image = 'MINIMAL'; \
+         CREATE USER weak@'%' IDENTIFIED BY 'weak'; GRANT SELECT ON my_restart.* TO weak@'%'",
+    )
+    .await;
+    let weak = Pipeline::with_source(
+        "my_weak",
+        &format!(
+            "[source]\ntype = \"mysql\"\nurl = \"mysql://weak:weak@127.0.0.1:{}/my_restart\"\n",
+            server.port
+        ),
+        "",
+    );
+    for command in ["check", "run"] {
+        let output = output_within(
+            {
+                let mut cmd = tidewater();
+                cmd.args([command, "--config"]).arg(&weak.config);
+                cmd
+            },
+            60,
+        );
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(output.status.code(), Some(3), "{command}: {text}");
+        for fix in [
+            "SET GLOBAL binlog_row_metadata = 'FULL'",
+            "SET GLOBAL binlog_row_image = 'FULL'",
+            "GRANT REPLICATION SLAVE",
+            "GRANT BINLOG MONITOR",
+        ] {
+            assert!(text.contains(fix), "{command} names {fix:?}: {text}");
+        }
+    }
+    exec(
+        &mut conn,
+        "SET GLOBAL binlog_row_metadata = 'FULL'; SET GLOBAL binlog_row_image = 'FULL'",
+    )
+    .await;
 }
 
-const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/mysql-type-mapping.json");
+const GOLDEN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/schemas/mysql-type-mapping.json"
+);
 
 /// The MySQL → lake type mapping golden file, generated from a real table's
 /// Parquet schema (column, declared MySQL type, Delta type, lake encoding).

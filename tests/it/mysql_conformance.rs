@@ -17,7 +17,10 @@ use crate::support::Pipeline;
 fn corpus() -> PathBuf {
     let candidates = [
         std::env::var_os("TIDEWATER_CONFORMANCE").map(PathBuf::from),
-        Some(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/conformance"))),
+        Some(PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/conformance"
+        ))),
         Some(PathBuf::from("/work/shared/conformance")),
     ];
     candidates

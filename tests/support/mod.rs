@@ -403,7 +403,10 @@ impl Pipeline {
                 Err(err) => Err(err),
             };
             match result {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.assert_running();
+                    return;
+                }
                 Err(err) if Instant::now() > deadline => panic!(
                     "lake {qualified} equals the source: not reached within {timeout:?}:\n{err}"
                 ),

@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 use arrow_array::builder::{
     BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Decimal256Builder,
     DurationMicrosecondBuilder, FixedSizeBinaryBuilder, Float32Builder, Float64Builder,
-    Int16Builder, Int32Builder, Int64Builder, Int8Builder, StringBuilder,
-    Time64MicrosecondBuilder, TimestampMicrosecondBuilder, UInt16Builder, UInt32Builder,
-    UInt64Builder, UInt8Builder,
+    Int16Builder, Int32Builder, Int64Builder, Int8Builder, StringBuilder, Time64MicrosecondBuilder,
+    TimestampMicrosecondBuilder, UInt16Builder, UInt32Builder, UInt64Builder, UInt8Builder,
 };
 use arrow_array::{Array, ArrayRef, ListArray, RecordBatch};
 use arrow_buffer::{NullBuffer, OffsetBuffer};
@@ -300,7 +299,10 @@ macro_rules! build_unsigned {
             match value {
                 Datum::Null => builder.append_null(),
                 Datum::UInt(v) => builder.append_value(<$width>::try_from(*v).map_err(|_| {
-                    ArrowError::InvalidArgumentError(format!("unsigned value out of range for {}", $ty))
+                    ArrowError::InvalidArgumentError(format!(
+                        "unsigned value out of range for {}",
+                        $ty
+                    ))
                 })?),
                 other => return Err(mismatch($ty, other)),
             }

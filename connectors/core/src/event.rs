@@ -97,7 +97,7 @@ pub enum Datum {
     Float64(f64),
     /// Unscaled value of a Decimal128 column (the column type holds the scale).
     Decimal128(i128),
-    /// Exact decimal text of a Decimal256 column, already at the column's scale.
+    /// Unscaled value of a Decimal256 column (the column type holds the scale).
     Decimal256(arrow_buffer::i256),
     Text(String),
     Bytes(Vec<u8>),

@@ -42,7 +42,6 @@ fn glob(pattern: &str, name: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,8 +24,8 @@ mod types;
 pub use arrow_schema::ArrowError;
 pub use batch::{BatchLimits, Batcher, ChangeBatch};
 pub use error::{Classified, ErrorClass};
-pub use filter::TableFilter;
 pub use event::{ChangeEvent, CommitInfo, Datum, Mark, Op, RowChange, TableId};
+pub use filter::TableFilter;
 pub use schema::{Column, ColumnType, TableSchema};
 pub use traits::{Problem, Sink, SnapshotPhase, Source};
 pub use types::{

@@ -44,9 +44,7 @@ fn narrow_type(field: &Field) -> (DataType, Option<&'static str>) {
         DataType::Time64(TimeUnit::Microsecond) => {
             (DataType::Int64, Some("microseconds since midnight"))
         }
-        DataType::Duration(TimeUnit::Microsecond) => {
-            (DataType::Int64, Some("signed microseconds"))
-        }
+        DataType::Duration(TimeUnit::Microsecond) => (DataType::Int64, Some("signed microseconds")),
         DataType::FixedSizeBinary(16) => (DataType::Utf8, Some("canonical uuid text")),
         DataType::Decimal256(_, _) => (DataType::Utf8, Some("exact decimal text")),
         DataType::List(element) => {

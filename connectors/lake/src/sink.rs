@@ -253,12 +253,11 @@ impl LakeSink {
         // a VARCHAR grew) keeps its Arrow type: write the batch under the
         // table's field metadata, and carry the new metadata into the
         // table's schema at commit.
-        let (narrowed, retagged) = align_metadata(narrowed, &before).map_err(|source| {
-            LakeError::Arrow {
+        let (narrowed, retagged) =
+            align_metadata(narrowed, &before).map_err(|source| LakeError::Arrow {
                 table: batch.table.clone(),
                 source,
-            }
-        })?;
+            })?;
         writer
             .write_with_mode(narrowed, WriteMode::MergeSchema)
             .await
@@ -497,7 +496,10 @@ impl LakeSink {
     /// Where the acknowledged source position of this pipeline is kept.
     pub fn source_position_file(&self) -> SourcePositionFile {
         SourcePositionFile {
-            path: self.root.join(&self.pipeline).join("_tidewater_source_position"),
+            path: self
+                .root
+                .join(&self.pipeline)
+                .join("_tidewater_source_position"),
         }
     }
 
@@ -576,7 +578,9 @@ fn align_metadata(
                 if existing.data_type() == f.data_type() && existing.metadata() != f.metadata() =>
             {
                 retagged.push(f.as_ref().clone());
-                f.as_ref().clone().with_metadata(existing.metadata().clone())
+                f.as_ref()
+                    .clone()
+                    .with_metadata(existing.metadata().clone())
             }
             _ => f.as_ref().clone(),
         })
@@ -584,8 +588,14 @@ fn align_metadata(
     if retagged.is_empty() {
         return Ok((batch, retagged));
     }
-    let schema = Arc::new(Schema::new_with_metadata(fields, batch.schema().metadata().clone()));
-    Ok((RecordBatch::try_new(schema, batch.columns().to_vec())?, retagged))
+    let schema = Arc::new(Schema::new_with_metadata(
+        fields,
+        batch.schema().metadata().clone(),
+    ));
+    Ok((
+        RecordBatch::try_new(schema, batch.columns().to_vec())?,
+        retagged,
+    ))
 }
 
 fn lake_schema(schema: &TableSchema) -> Schema {

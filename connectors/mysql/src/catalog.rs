@@ -71,6 +71,8 @@ pub struct CatalogColumn {
     pub key: bool,
     /// MariaDB JSON: a LONGTEXT with a `json_valid` check.
     pub json: bool,
+    /// Fractional-second digits of a temporal column.
+    pub fsp: u8,
 }
 
 impl CatalogColumn {
@@ -82,6 +84,11 @@ impl CatalogColumn {
             "inet4" => Some(Special::Inet4),
             "json" => Some(Special::Json),
             _ if self.json => Some(Special::Json),
+            // Old-format temporal columns carry no precision in the table
+            // map; harmless for the current formats, which do.
+            "datetime" | "timestamp" | "time" if self.fsp > 0 => {
+                Some(Special::TemporalPrecision { fsp: self.fsp })
+            }
             _ => None,
         };
         ColumnOverride {
@@ -116,11 +123,12 @@ pub async fn table_columns(
         Option<u64>,
         Option<u64>,
         String,
+        Option<u64>,
     );
     let rows: Vec<Raw> = conn
         .exec(
             "SELECT COLUMN_NAME, LOWER(DATA_TYPE), LOWER(COLUMN_TYPE), CHARACTER_SET_NAME, \
-             NUMERIC_PRECISION, NUMERIC_SCALE, COLUMN_KEY \
+             NUMERIC_PRECISION, NUMERIC_SCALE, COLUMN_KEY, DATETIME_PRECISION \
              FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
              ORDER BY ORDINAL_POSITION",
             (&table.schema, &table.table),
@@ -149,7 +157,7 @@ pub async fn table_columns(
     Ok(rows
         .into_iter()
         .map(
-            |(name, data_type, column_type, charset, precision, scale, key)| CatalogColumn {
+            |(name, data_type, column_type, charset, precision, scale, key, fsp)| CatalogColumn {
                 json: json_columns.contains(&name),
                 name,
                 data_type,
@@ -158,6 +166,7 @@ pub async fn table_columns(
                 precision,
                 scale,
                 key: key == "PRI",
+                fsp: fsp.and_then(|f| u8::try_from(f).ok()).unwrap_or(0),
             },
         )
         .collect())

@@ -97,9 +97,10 @@ impl Classified for MysqlError {
         match self {
             MysqlError::Url { .. } | MysqlError::BadPosition { .. } => ErrorClass::Config,
             MysqlError::PositionLost { .. } | MysqlError::Incident { .. } => ErrorClass::Definite,
-            MysqlError::Decode { .. }
-            | MysqlError::SnapshotValue { .. }
-            | MysqlError::Unsupported { .. } => ErrorClass::Definite,
+            MysqlError::Decode { source, .. } => source.class(),
+            MysqlError::SnapshotValue { .. } | MysqlError::Unsupported { .. } => {
+                ErrorClass::Definite
+            }
             MysqlError::Misuse { .. } => ErrorClass::Internal,
             MysqlError::StreamEnded => ErrorClass::Transient,
             MysqlError::Connect { .. } | MysqlError::Query { .. } | MysqlError::Stream { .. } => {

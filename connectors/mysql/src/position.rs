@@ -80,52 +80,6 @@ impl fmt::Display for BinlogPosition {
     }
 }
 
-/// MariaDB's GTID state: the last GTID per replication domain.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MariaGtidState {
-    /// (domain, server, sequence), sorted by domain.
-    entries: Vec<(u32, u32, u64)>,
-}
-
-impl MariaGtidState {
-    /// Parses `0-1-57,1-2-5` (empty text is the empty state).
-    pub fn parse(text: &str) -> Option<MariaGtidState> {
-        let mut state = MariaGtidState::default();
-        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let mut it = part.splitn(3, '-');
-            let domain = it.next()?.parse().ok()?;
-            let server = it.next()?.parse().ok()?;
-            let seq = it.next()?.parse().ok()?;
-            state.set(domain, server, seq);
-        }
-        Some(state)
-    }
-
-    /// Records that GTID `domain-server-seq` committed.
-    pub fn set(&mut self, domain: u32, server: u32, seq: u64) {
-        match self.entries.binary_search_by_key(&domain, |e| e.0) {
-            Ok(i) => self.entries[i] = (domain, server, seq),
-            Err(i) => self.entries.insert(i, (domain, server, seq)),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
-
-impl fmt::Display for MariaGtidState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (domain, server, seq)) in self.entries.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "{domain}-{server}-{seq}")?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,16 +102,5 @@ mod tests {
         let b = BinlogPosition::seq_of("binlog.000002", 4);
         assert!(a < b);
         assert_eq!(b, (2 << 32) | 4);
-    }
-
-    #[test]
-    fn gtid_state() {
-        let mut s = MariaGtidState::parse("1-2-5,0-1-57").unwrap();
-        assert_eq!(s.to_string(), "0-1-57,1-2-5");
-        s.set(0, 3, 58);
-        s.set(7, 1, 1);
-        assert_eq!(s.to_string(), "0-3-58,1-2-5,7-1-1");
-        assert!(MariaGtidState::parse("0-1").is_none());
-        assert!(MariaGtidState::parse("").unwrap().is_empty());
     }
 }

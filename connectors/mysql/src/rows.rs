@@ -1024,8 +1024,9 @@ fn format_inet6(bytes: [u8; 16]) -> String {
     out
 }
 
-/// MySQL GEOMETRY (SRID + WKB) → WKB, or EWKB when the SRID is not 0.
-fn geometry_to_wkb(bytes: &[u8]) -> Result<Vec<u8>, &'static str> {
+/// MySQL GEOMETRY (SRID + WKB) → WKB, or EWKB when the SRID is not 0. The
+/// snapshot reader uses it too, so both paths land the same bytes.
+pub(crate) fn geometry_to_wkb(bytes: &[u8]) -> Result<Vec<u8>, &'static str> {
     if bytes.len() < 4 {
         return Err("geometry shorter than its SRID");
     }

@@ -46,7 +46,8 @@ use tracing::{debug, info, warn};
 
 use crate::catalog::{self, quote_ident, quote_table, CatalogColumn, Flavor};
 use crate::error::{query_error, stream_error, MysqlError};
-use crate::position::{BinlogPosition, MariaGtidState};
+use crate::event::GtidState;
+use crate::position::BinlogPosition;
 use crate::rows::{self, RowPlan};
 use crate::{event, tablemap, value};
 
@@ -150,7 +151,7 @@ struct StreamState {
     file: String,
     checksum: bool,
     seen_fde: bool,
-    gtid: Option<MariaGtidState>,
+    gtid: Option<GtidState>,
     maps: HashMap<u64, Mapped>,
     txn: Option<OpenTxn>,
     /// Where the stream was asked to start, for error messages.
@@ -413,11 +414,11 @@ impl MysqlSource {
                 conn.query_drop("SET @mariadb_slave_capability = 4")
                     .await
                     .map_err(query_error("announcing MariaDB replica capabilities"))?;
-                from.gtid.as_deref().and_then(MariaGtidState::parse)
+                from.gtid.as_deref().and_then(|g| GtidState::parse(g).ok())
             }
             Flavor::MySql => None,
         };
-        let by_gtid = gtid_state.as_ref().is_some_and(|s| !s.is_empty());
+        let by_gtid = gtid_state.as_ref().is_some_and(|s| !s.domains.is_empty());
         let request = if by_gtid {
             let state = gtid_state.as_ref().expect("checked").to_string();
             conn.exec_drop(
@@ -529,7 +530,7 @@ impl MysqlSource {
             gtid: stream
                 .gtid
                 .as_ref()
-                .filter(|g| !g.is_empty())
+                .filter(|g| !g.domains.is_empty())
                 .map(|g| g.to_string()),
         }
     }
@@ -588,9 +589,9 @@ impl MysqlSource {
                 let list =
                     event::gtid_list(data).map_err(|source| self.decode_error("-", end, source))?;
                 if let Some(state) = self.stream_mut().gtid.as_mut() {
-                    if state.is_empty() {
+                    if state.domains.is_empty() {
                         for (domain, server, seq) in list {
-                            state.set(domain, server, seq);
+                            state.update(domain, server, seq);
                         }
                     }
                 }
@@ -617,14 +618,13 @@ impl MysqlSource {
             kind::XID => self.commit(end, header.timestamp()),
             kind::TABLE_MAP => self.on_table_map(data, end).await?,
             t if kind::is_rows(t) => self.on_rows(t, data, end)?,
-            kind::HEARTBEAT => {
-                if self.stream_mut().txn.is_none() && end > 0 {
-                    let position = self.position_here(end);
-                    self.pending.push_back(ChangeEvent::Heartbeat {
-                        ack: position.seq(),
-                        position: position.to_string(),
-                    });
-                }
+            // Sent when the server has nothing else: a transaction boundary.
+            kind::HEARTBEAT if self.stream_mut().txn.is_none() && end > 0 => {
+                let position = self.position_here(end);
+                self.pending.push_back(ChangeEvent::Heartbeat {
+                    ack: position.seq(),
+                    position: position.to_string(),
+                });
             }
             kind::INCIDENT => {
                 return Err(MysqlError::Incident {
@@ -683,7 +683,7 @@ impl MysqlSource {
             return;
         };
         if let (Some(state), Some((domain, server, seq))) = (stream.gtid.as_mut(), txn.maria_gtid) {
-            state.set(domain, server, seq);
+            state.update(domain, server, seq);
         }
         let position = self.position_here(end);
         if txn.begun {
@@ -1000,34 +1000,51 @@ impl tidewater_core::Source for MysqlSource {
 
 /// The table a `TRUNCATE [TABLE] [db.]name` statement names.
 fn truncated_table(statement: &str, default_db: &str) -> Option<TableId> {
-    let mut words = statement.split_whitespace();
-    if !words.next()?.eq_ignore_ascii_case("truncate") {
-        return None;
+    let rest = strip_keyword(statement.trim_start(), "truncate")?;
+    let rest = strip_keyword(rest, "table").unwrap_or(rest);
+    let (first, rest) = identifier(rest)?;
+    match rest.strip_prefix('.') {
+        Some(rest) => {
+            let (second, _) = identifier(rest)?;
+            Some(TableId::new(first, second))
+        }
+        None => Some(TableId::new(default_db, first)),
     }
-    let mut name = words.next()?;
-    if name.eq_ignore_ascii_case("table") {
-        name = words.next()?;
-    }
-    let name = name.trim_end_matches(';');
-    let unquote = |s: &str| s.trim_matches('`').replace("``", "`");
-    let (db, table) = match split_qualified(name) {
-        Some((db, table)) => (unquote(db), unquote(table)),
-        None => (default_db.to_string(), unquote(name)),
-    };
-    Some(TableId::new(db, table))
 }
 
-/// Splits `db.table` at the dot outside backticks.
-fn split_qualified(name: &str) -> Option<(&str, &str)> {
-    let mut quoted = false;
-    for (i, c) in name.char_indices() {
-        match c {
-            '`' => quoted = !quoted,
-            '.' if !quoted => return Some((&name[..i], &name[i + 1..])),
-            _ => {}
+/// `text` after a leading case-insensitive keyword and the blanks after it.
+fn strip_keyword<'a>(text: &'a str, keyword: &str) -> Option<&'a str> {
+    let head = text.get(..keyword.len())?;
+    let rest = &text[keyword.len()..];
+    (head.eq_ignore_ascii_case(keyword) && rest.starts_with(char::is_whitespace))
+        .then(|| rest.trim_start())
+}
+
+/// One identifier, backtick-quoted (with `` for a backtick) or bare, and the
+/// text after it.
+fn identifier(text: &str) -> Option<(String, &str)> {
+    if let Some(quoted) = text.strip_prefix('`') {
+        let mut name = String::new();
+        let mut chars = quoted.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            if c == '`' {
+                if chars.peek().is_some_and(|(_, n)| *n == '`') {
+                    chars.next();
+                    name.push('`');
+                } else {
+                    return Some((name, &quoted[i + 1..]));
+                }
+            } else {
+                name.push(c);
+            }
         }
+        None
+    } else {
+        let end = text
+            .find(|c: char| c.is_whitespace() || c == '.' || c == ';')
+            .unwrap_or(text.len());
+        (end > 0).then(|| (text[..end].to_string(), &text[end..]))
     }
-    None
 }
 
 /// The snapshot reader: one task per snapshot, owning the snapshot
@@ -1115,14 +1132,13 @@ async fn read_snapshot(
                 }
                 if geometry[i] {
                     if let Datum::Bytes(internal) = &datum {
-                        datum =
-                            Datum::Bytes(value::geometry_to_wkb(internal).ok_or_else(|| {
-                                MysqlError::SnapshotValue {
-                                    table: table.clone(),
-                                    column: column.name.clone(),
-                                    what: "malformed geometry value".into(),
-                                }
-                            })?);
+                        datum = Datum::Bytes(rows::geometry_to_wkb(internal).map_err(|what| {
+                            MysqlError::SnapshotValue {
+                                table: table.clone(),
+                                column: column.name.clone(),
+                                what: what.into(),
+                            }
+                        })?);
                     }
                 }
                 values.push(datum);
@@ -1167,7 +1183,12 @@ mod tests {
             truncated_table("truncate `my db`.`we.ird`", "shop"),
             Some(TableId::new("my db", "we.ird"))
         );
+        assert_eq!(
+            truncated_table("truncate table a.`b``c`;", "shop"),
+            Some(TableId::new("a", "b`c"))
+        );
         assert_eq!(truncated_table("ALTER TABLE t ADD c INT", "shop"), None);
+        assert_eq!(truncated_table("TRUNCATEX t", "shop"), None);
     }
 
     #[test]

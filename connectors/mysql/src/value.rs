@@ -80,7 +80,7 @@ pub fn datum(ty: &ColumnType, value: Value, zero_dates: &mut u64) -> Result<Datu
         },
         ColumnType::Uuid => {
             let text = text(value, ty)?;
-            Datum::Uuid(parse_uuid(&text).ok_or_else(|| bad("uuid text", ty))?)
+            Datum::Uuid(crate::event::parse_uuid(&text).ok_or_else(|| bad("uuid text", ty))?)
         }
         ColumnType::Date => match value {
             Value::Date(y, m, d, ..) => match days(y, m, d) {
@@ -170,55 +170,6 @@ fn scaled_digits(text: &str, scale: i8) -> Option<String> {
     Some(digits)
 }
 
-fn parse_uuid(text: &str) -> Option<[u8; 16]> {
-    let hex: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
-    if hex.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, pair) in hex.chunks(2).enumerate() {
-        let s = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(s, 16).ok()?;
-    }
-    Some(out)
-}
-
-/// MySQL's internal geometry (4-byte little-endian SRID, then WKB) as WKB, or
-/// EWKB carrying the SRID when it is not 0. Shared with the binlog decoder's
-/// rule, so snapshot and stream agree.
-pub fn geometry_to_wkb(internal: &[u8]) -> Option<Vec<u8>> {
-    if internal.len() < 9 {
-        return None;
-    }
-    let srid = u32::from_le_bytes(internal[0..4].try_into().ok()?);
-    let wkb = &internal[4..];
-    if srid == 0 {
-        return Some(wkb.to_vec());
-    }
-    let little = match wkb[0] {
-        1 => true,
-        0 => false,
-        _ => return None,
-    };
-    let word: [u8; 4] = wkb[1..5].try_into().ok()?;
-    let kind = if little {
-        u32::from_le_bytes(word)
-    } else {
-        u32::from_be_bytes(word)
-    } | 0x2000_0000;
-    let mut out = Vec::with_capacity(wkb.len() + 4);
-    out.push(wkb[0]);
-    if little {
-        out.extend_from_slice(&kind.to_le_bytes());
-        out.extend_from_slice(&srid.to_le_bytes());
-    } else {
-        out.extend_from_slice(&kind.to_be_bytes());
-        out.extend_from_slice(&srid.to_be_bytes());
-    }
-    out.extend_from_slice(&wkb[5..]);
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,20 +240,5 @@ mod tests {
             datum(&ColumnType::Int8, Value::Int(300), &mut zero),
             Err(ValueError("unexpected range for a Int8 column".into()))
         );
-    }
-
-    #[test]
-    fn geometry_with_srid_becomes_ewkb() {
-        let mut internal = 4326u32.to_le_bytes().to_vec();
-        internal.extend_from_slice(&[1, 1, 0, 0, 0]);
-        internal.extend_from_slice(&[0u8; 16]);
-        let ewkb = geometry_to_wkb(&internal).unwrap();
-        assert_eq!(&ewkb[0..5], &[1, 1, 0, 0, 0x20]);
-        assert_eq!(&ewkb[5..9], &4326u32.to_le_bytes());
-        assert_eq!(ewkb.len(), 9 + 16);
-        let mut plain = vec![0, 0, 0, 0];
-        plain.extend_from_slice(&[1, 1, 0, 0, 0]);
-        plain.extend_from_slice(&[0u8; 16]);
-        assert_eq!(geometry_to_wkb(&plain).unwrap().len(), 21);
     }
 }

@@ -10,9 +10,9 @@ pub mod source;
 mod types;
 pub mod value;
 
-pub use tidewater_core::TableFilter;
 pub use error::PostgresError;
 pub use pgwire_replication::Lsn;
 pub use preflight::preflight;
 pub use source::{PostgresConfig, PostgresSource, SlotState};
+pub use tidewater_core::TableFilter;
 pub use types::column_type;

@@ -43,9 +43,7 @@ use tidewater_core::{
 use tokio_postgres::{Client, CopyOutStream, NoTls};
 use tracing::{debug, info, warn};
 
-use crate::catalog::{
-    list_tables, quote_ident, quote_table, table_columns, TypeNames,
-};
+use crate::catalog::{list_tables, quote_ident, quote_table, table_columns, TypeNames};
 use crate::copy::split_line;
 use crate::error::{query_error, PostgresError};
 use crate::pgoutput::{self, Cell, Message, OldTuple, Relation};
