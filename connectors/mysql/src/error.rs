@@ -12,6 +12,10 @@ mod code {
     pub const SPECIFIC_ACCESS_DENIED: u16 = 1227;
     pub const TABLE_ACCESS_DENIED: u16 = 1142;
     pub const BAD_DB: u16 = 1049;
+    /// Errors that go away on a retry: the server shutting down, a killed
+    /// or interrupted query, lock waits and deadlocks, and a snapshot that
+    /// met a concurrent DDL ("table definition has changed").
+    pub const RETRYABLE: [u16; 7] = [1053, 1205, 1213, 1317, 1412, 1927, 1969];
 }
 
 /// Everything the MySQL/MariaDB source can fail with. Messages never carry row
@@ -112,6 +116,7 @@ impl Classified for MysqlError {
                         | code::TABLE_ACCESS_DENIED
                         | code::BAD_DB,
                     ) => ErrorClass::Config,
+                    Some(code) if code::RETRYABLE.contains(&code) => ErrorClass::Transient,
                     // Any other server error on a query is about the statement
                     // or the server state; network errors and a server going
                     // away are worth a reconnect.

@@ -66,24 +66,18 @@ pub async fn preflight(
         "FULL",
         "SET GLOBAL binlog_row_metadata = 'FULL'; (and in the server config; MySQL 8.0.1+ / MariaDB 10.5+)".into(),
     );
-    if flavor == Flavor::MariaDb {
-        if let Some(value) = variable(conn, "log_bin_compress").await? {
-            if value.eq_ignore_ascii_case("ON") {
+    // MariaDB's log_bin_compress is decoded (events 165-171).
+    if flavor == Flavor::MySql {
+        if let Some(value) = variable(conn, "binlog_row_value_options").await? {
+            if !value.is_empty() {
                 problems.push(Problem {
-                    what: "log_bin_compress is ON: compressed binlog events are not decoded yet"
-                        .into(),
-                    fix: "SET GLOBAL log_bin_compress = OFF; (and in the server config)".into(),
-                });
-            }
-        }
-    } else if let Some(value) = variable(conn, "binlog_row_value_options").await? {
-        if !value.is_empty() {
-            problems.push(Problem {
-                what: format!(
+                    what: format!(
                     "binlog_row_value_options is {value}: partial JSON updates carry only diffs"
                 ),
-                fix: "SET GLOBAL binlog_row_value_options = ''; (and in the server config)".into(),
-            });
+                    fix: "SET GLOBAL binlog_row_value_options = ''; (and in the server config)"
+                        .into(),
+                });
+            }
         }
     }
     let retention = retention_seconds(conn).await?;

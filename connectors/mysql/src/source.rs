@@ -156,6 +156,8 @@ struct StreamState {
     txn: Option<OpenTxn>,
     /// Where the stream was asked to start, for error messages.
     from: String,
+    /// End offset of the last TRANSACTION_PAYLOAD event (MySQL 8).
+    payload_end: u64,
 }
 
 pub struct MysqlSource {
@@ -453,6 +455,7 @@ impl MysqlSource {
             maps: HashMap::new(),
             txn: None,
             from: from_text,
+            payload_end: 0,
         });
         Ok(())
     }
@@ -546,8 +549,15 @@ impl MysqlSource {
     async fn on_event(&mut self, event: Event) -> Result<(), MysqlError> {
         let header = event.header();
         let event_type = header.event_type_raw();
-        let end = u64::from(header.log_pos());
+        let mut end = u64::from(header.log_pos());
         let data = event.data();
+        // MySQL 8 events inside a TRANSACTION_PAYLOAD carry no position of
+        // their own: they all sit at the payload's end.
+        if event_type == kind::TRANSACTION_PAYLOAD {
+            self.stream_mut().payload_end = end;
+        } else if end == 0 && !matches!(event_type, kind::ROTATE | kind::FORMAT_DESCRIPTION) {
+            end = self.stream_mut().payload_end;
+        }
         match event_type {
             kind::ROTATE => {
                 let stream = self.stream_mut();
