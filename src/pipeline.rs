@@ -34,6 +34,10 @@ use crate::config::{Config, SinkConfig, SnapshotMode, SourceConfig, ZeroDatesPol
 /// Events buffered between the source task and the coordinator.
 const EVENT_CHANNEL_CAPACITY: usize = 4096;
 
+/// Events the coordinator takes from the channel in one go before it looks
+/// at shutdown and the flush timer again.
+const DRAIN_BURST: usize = 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error(transparent)]
@@ -206,6 +210,14 @@ impl AnySource {
             AnySource::Postgres(source) => Source::next_event(source.as_mut()).await?,
             AnySource::Mysql(source) => Source::next_event(source.as_mut()).await?,
         })
+    }
+
+    /// An event already decoded, without waiting for the server.
+    fn ready_event(&mut self) -> Option<ChangeEvent> {
+        match self {
+            AnySource::Postgres(source) => source.ready_event(),
+            AnySource::Mysql(source) => source.ready_event(),
+        }
     }
 
     fn ack(&mut self, value: u64) {
@@ -402,12 +414,13 @@ async fn run_mysql(
     let owned = marker.is_some() || states.values().any(|s| s.snapshot_done);
     let resume = || -> Result<Option<BinlogPosition>, PipelineError> {
         if let Some(text) = sink.source_position() {
-            return BinlogPosition::parse(&text).map(Some).ok_or_else(|| {
-                MysqlError::BadPosition {
-                    what: format!("the lake's _tidewater_source_position holds {text:?}, not a binlog position"),
+            match BinlogPosition::parse(&text) {
+                Some(position) => return Ok(Some(position)),
+                // Replaying from the tables' own positions is always safe.
+                None => {
+                    warn!(content = %text, "the lake's _tidewater_source_position is not a binlog position; resuming from the oldest table position")
                 }
-                .into()
-            });
+            }
         }
         Ok(states
             .values()
@@ -538,17 +551,32 @@ async fn source_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let event = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            event = source.next_event() => event,
+        // Events the source has already decoded need no select: only a wait
+        // for the server must be interruptible by `stop`.
+        let event = match source.ready_event() {
+            Some(event) if !*stop.borrow() => Ok(event),
+            Some(_) => break,
+            None => tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                event = source.next_event() => event,
+            },
         };
-        source.ack(*acks.borrow_and_update());
+        if acks.has_changed().unwrap_or(false) {
+            source.ack(*acks.borrow_and_update());
+        }
         let failed = event.is_err();
-        tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            sent = events.send(event) => if sent.is_err() || failed { break },
+        match events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(event)) => tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                sent = events.send(event) => if sent.is_err() { break },
+            },
+            Err(mpsc::error::TrySendError::Closed(_)) => break,
+        }
+        if failed {
+            break;
         }
     }
     source.ack(*acks.borrow());
@@ -609,6 +637,14 @@ impl<K: Sink> Coordinator<K> {
                     let event = event.ok_or(PipelineError::SourceGone)??;
                     if self.handle(event).await? && mode == Mode::SnapshotOnly {
                         return Ok(Outcome::SnapshotComplete);
+                    }
+                    // Whatever else is already queued goes without another
+                    // round through the select (and its timer) per event.
+                    for _ in 0..DRAIN_BURST {
+                        let Ok(event) = events.try_recv() else { break };
+                        if self.handle(event?).await? && mode == Mode::SnapshotOnly {
+                            return Ok(Outcome::SnapshotComplete);
+                        }
                     }
                 }
             }

@@ -58,15 +58,10 @@ pub struct SourcePositionFile {
 
 impl SourcePositionFile {
     pub fn write(&self, position: &str) -> Result<(), LakeError> {
-        let dir = self.path.parent().expect("position file has a parent");
-        let staging = dir.join("._tidewater_source_position.tmp");
-        std::fs::create_dir_all(dir)
-            .and_then(|_| std::fs::write(&staging, format!("{position}\n")))
-            .and_then(|_| std::fs::rename(&staging, &self.path))
-            .map_err(|source| LakeError::Io {
-                path: self.path.clone(),
-                source,
-            })
+        replace_file(&self.path, &format!("{position}\n")).map_err(|source| LakeError::Io {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     pub fn read(&self) -> Option<String> {
@@ -481,16 +476,11 @@ impl LakeSink {
     /// [`SlotMarker::Stream`] when the snapshot is committed everywhere.
     pub fn write_marker(&self, marker: &SlotMarker) -> Result<(), LakeError> {
         let path = self.marker_path();
-        let dir = path.parent().expect("marker has a parent");
         let text = match marker {
             SlotMarker::Snapshot(slot) => format!("snapshot {slot}\n"),
             SlotMarker::Stream(slot) => format!("stream {slot}\n"),
         };
-        let staging = dir.join("._tidewater_slot.tmp");
-        std::fs::create_dir_all(dir)
-            .and_then(|_| std::fs::write(&staging, text))
-            .and_then(|_| std::fs::rename(&staging, &path))
-            .map_err(|source| LakeError::Io { path, source })
+        replace_file(&path, &text).map_err(|source| LakeError::Io { path, source })
     }
 
     /// Where the acknowledged source position of this pipeline is kept.
@@ -523,6 +513,22 @@ impl LakeSink {
             _ => None,
         }
     }
+}
+
+/// Replaces a small file atomically and durably: write a staging file,
+/// fsync it, rename it over the target, fsync the directory. Readers see the
+/// old or the new content, never a torn or (after a power loss) empty one.
+fn replace_file(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().expect("file has a parent");
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().expect("file name").to_string_lossy();
+    let staging = dir.join(format!(".{name}.tmp"));
+    let mut file = std::fs::File::create(&staging)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&staging, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 fn remove_dir(path: &Path) -> Result<(), LakeError> {

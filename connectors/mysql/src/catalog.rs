@@ -38,6 +38,11 @@ impl Flavor {
 /// Databases that are never captured.
 const SYSTEM_DATABASES: [&str; 4] = ["mysql", "information_schema", "performance_schema", "sys"];
 
+/// Whether tables of `database` are the server's own, never captured.
+pub fn is_system_database(database: &str) -> bool {
+    SYSTEM_DATABASES.contains(&database)
+}
+
 /// Base tables the filter selects, sorted.
 pub async fn list_tables(
     conn: &mut Conn,
@@ -52,7 +57,7 @@ pub async fn list_tables(
         .map_err(query_error("listing tables"))?;
     Ok(rows
         .into_iter()
-        .filter(|(db, _)| !SYSTEM_DATABASES.contains(&db.as_str()))
+        .filter(|(db, _)| !is_system_database(db))
         .map(|(db, table)| TableId::new(db, table))
         .filter(|t| filter.matches(t))
         .collect())

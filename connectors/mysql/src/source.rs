@@ -63,6 +63,7 @@ mod kind {
     pub const MYSQL_GTID: u8 = 33;
     pub const MYSQL_ANONYMOUS_GTID: u8 = 34;
     pub const PARTIAL_UPDATE_ROWS: u8 = 39;
+    pub const XA_PREPARE: u8 = 38;
     pub const TRANSACTION_PAYLOAD: u8 = 40;
     pub const MARIA_GTID: u8 = 162;
     pub const MARIA_GTID_LIST: u8 = 163;
@@ -158,6 +159,9 @@ struct StreamState {
     from: String,
     /// End offset of the last TRANSACTION_PAYLOAD event (MySQL 8).
     payload_end: u64,
+    /// Start offset of the event being handled: where a transaction opened
+    /// by it can be replayed from with the same `_tw_seq`.
+    event_start: u64,
 }
 
 pub struct MysqlSource {
@@ -328,6 +332,11 @@ impl MysqlSource {
                 }
                 BinlogPosition::new(file, offset)
             }
+            // Nothing to copy: the current position is the snapshot.
+            Flavor::MySql if !copy => {
+                let position = self.current_position().await?;
+                BinlogPosition::new(position.file, position.offset)
+            }
             Flavor::MySql => {
                 // The read lock is held only while the snapshot starts and
                 // the position is read: milliseconds.
@@ -371,8 +380,22 @@ impl MysqlSource {
             commit_ts_us: now_us(),
             txid: None,
         };
+        // Listed again inside the snapshot, so a table created between the
+        // first listing and the snapshot's position is copied too.
+        let queue = if copy {
+            let mut listed = catalog::list_tables(&mut conn, &self.config.filter).await?;
+            listed.retain(|t| !tables.contains(t));
+            for table in &listed {
+                info!(table = %table, "a table created since startup joins the snapshot");
+            }
+            let mut queue = tables;
+            queue.extend(listed);
+            self.tables = queue.clone();
+            queue
+        } else {
+            Vec::new()
+        };
         let (tx, rx) = mpsc::channel(SNAPSHOT_CHANNEL);
-        let queue = if copy { tables } else { Vec::new() };
         let zero_dates = self.config.zero_dates;
         let task = tokio::spawn(async move {
             let result = read_snapshot(conn, queue, zero_dates, &tx).await;
@@ -456,11 +479,17 @@ impl MysqlSource {
             txn: None,
             from: from_text,
             payload_end: 0,
+            event_start: 0,
         });
         Ok(())
     }
 
     /// The next change. Not cancel-safe (see the `Source` contract).
+    /// An event already decoded, if any: never waits.
+    pub fn ready_event(&mut self) -> Option<ChangeEvent> {
+        self.pending.pop_front()
+    }
+
     pub async fn next_event(&mut self) -> Result<ChangeEvent, MysqlError> {
         loop {
             if let Some(event) = self.pending.pop_front() {
@@ -558,6 +587,7 @@ impl MysqlSource {
         } else if end == 0 && !matches!(event_type, kind::ROTATE | kind::FORMAT_DESCRIPTION) {
             end = self.stream_mut().payload_end;
         }
+        self.stream_mut().event_start = end.saturating_sub(u64::from(header.event_size()));
         match event_type {
             kind::ROTATE => {
                 let stream = self.stream_mut();
@@ -648,6 +678,14 @@ impl MysqlSource {
                     hint: "partial JSON updates; SET GLOBAL binlog_row_value_options = ''",
                 })
             }
+            kind::XA_PREPARE => {
+                return Err(MysqlError::Unsupported {
+                    event_type,
+                    position: self.position_here(end).to_string(),
+                    hint: "XA transactions (a prepared XA transaction may still roll back); \
+                           they are not replicated yet",
+                })
+            }
             // mysql_async expands the payload and yields its events next.
             kind::TRANSACTION_PAYLOAD => {}
             _ => {}
@@ -672,7 +710,9 @@ impl MysqlSource {
         maria_gtid: Option<(u32, u32, u64)>,
         standalone: bool,
     ) {
-        let start = self.position_here(end).to_string();
+        let _ = end;
+        let event_start = self.stream_mut().event_start;
+        let start = self.position_here(event_start).to_string();
         let stream = self.stream.as_mut().expect("streaming");
         stream.txn = Some(OpenTxn {
             seq,
@@ -763,7 +803,15 @@ impl MysqlSource {
             .take(16)
             .collect::<String>()
             .to_ascii_uppercase();
-        if head.starts_with("BEGIN") || head.starts_with("XA START") {
+        if head.starts_with("XA ") {
+            return Err(MysqlError::Unsupported {
+                event_type: kind::QUERY,
+                position: self.position_here(end).to_string(),
+                hint: "XA transactions (a prepared XA transaction may still roll back); \
+                       they are not replicated yet",
+            });
+        }
+        if head.starts_with("BEGIN") {
             let stream = self.stream.as_mut().expect("streaming");
             match stream.txn.as_mut() {
                 // MySQL: GTID, then BEGIN for a transaction (DDL has none).
@@ -775,17 +823,23 @@ impl MysqlSource {
             }
             return Ok(());
         }
-        if head.starts_with("COMMIT") || head.starts_with("XA COMMIT") || head.starts_with("XA END")
-        {
-            if !head.starts_with("XA END") {
-                self.commit(end, timestamp);
-            }
+        if head.starts_with("COMMIT") {
+            self.commit(end, timestamp);
+            return Ok(());
+        }
+        if head.starts_with("SAVEPOINT") || head.starts_with("ROLLBACK TO") {
+            // Inside a transaction that touched non-transactional tables.
             return Ok(());
         }
         if head.starts_with("ROLLBACK") {
             // Non-transactional tables only: what was logged happened.
             self.commit(end, timestamp);
             return Ok(());
+        }
+        if head.starts_with("RENAME")
+            || (head.starts_with("ALTER") && sql.to_ascii_uppercase().contains(" RENAME "))
+        {
+            warn!(position = %self.position_here(end), "a table was renamed: a table renamed into source.tables is captured from its next change on, without its earlier rows (re-snapshot it); one renamed away keeps its lake table");
         }
         // A statement: DDL (or DML on a table without row logging). Table
         // maps reveal column changes; the catalog cache must not outlive it.
@@ -814,9 +868,27 @@ impl MysqlSource {
         Ok(())
     }
 
+    /// The catalog's columns of `table`. The control connection sits idle
+    /// while streaming and the server may have closed it (`wait_timeout`):
+    /// a failed read reconnects once.
+    async fn catalog_columns(&mut self, table: &TableId) -> Result<Vec<CatalogColumn>, MysqlError> {
+        match catalog::table_columns(&mut self.conn, table).await {
+            Ok(columns) => Ok(columns),
+            Err(err)
+                if tidewater_core::Classified::class(&err)
+                    == tidewater_core::ErrorClass::Transient =>
+            {
+                debug!("control connection lost; reconnecting");
+                self.conn = open(&self.opts).await?;
+                catalog::table_columns(&mut self.conn, table).await
+            }
+            Err(err) => Err(err),
+        }
+    }
+
     async fn truncate(&mut self, table: TableId, end: u64) -> Result<(), MysqlError> {
         if !self.schemas.contains_key(&table) {
-            let columns = catalog::table_columns(&mut self.conn, &table).await?;
+            let columns = self.catalog_columns(&table).await?;
             let schema = Arc::new(TableSchema {
                 table: table.clone(),
                 version: 1,
@@ -847,7 +919,10 @@ impl MysqlSource {
             return Ok(());
         }
         let table = TableId::new(map.schema.clone(), map.table.clone());
-        if !self.tables.contains(&table) && self.config.filter.matches(&table) {
+        if !self.tables.contains(&table)
+            && self.config.filter.matches(&table)
+            && !catalog::is_system_database(&table.schema)
+        {
             // Not there when the pipeline started, so created since: every
             // row it ever had is in the binlog from here on.
             info!(table = %table, "a new table matches source.tables: capturing it");
@@ -865,7 +940,7 @@ impl MysqlSource {
             return Ok(());
         }
         if !self.catalog_cache.contains_key(&table) {
-            let columns = catalog::table_columns(&mut self.conn, &table).await?;
+            let columns = self.catalog_columns(&table).await?;
             self.catalog_cache.insert(table.clone(), columns);
         }
         let catalog_columns = &self.catalog_cache[&table];
@@ -880,7 +955,19 @@ impl MysqlSource {
         let overrides: Vec<rows::ColumnOverride> = if same_shape {
             catalog_columns
                 .iter()
-                .map(CatalogColumn::override_for_stream)
+                .zip(&map.columns)
+                .map(|(c, m)| {
+                    let mut o = c.override_for_stream();
+                    // The catalog is today's; the table map is this event's.
+                    // A special type applies only to the base type it is
+                    // stored as (a replayed change from before an ALTER keeps
+                    // its old type).
+                    if !o.special.as_ref().is_none_or(|s| special_fits(s, m.type_code)) {
+                        warn!(table = %table, column = %c.name, "the catalog's type no longer matches this binlog event (a later ALTER); decoding it as its stored type");
+                        o = rows::ColumnOverride::default();
+                    }
+                    o
+                })
                 .collect()
         } else {
             warn!(table = %table, "the catalog no longer matches this binlog table map (a later DDL); types the table map cannot express land as their base type");
@@ -1008,6 +1095,50 @@ impl tidewater_core::Source for MysqlSource {
     fn ack(&mut self, _value: u64) {}
 }
 
+/// JSON text without the blanks outside string literals.
+fn compact_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !c.is_whitespace() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether a catalog-only type can describe a column the table map stores
+/// as `type_code`.
+fn special_fits(special: &rows::Special, type_code: u8) -> bool {
+    use crate::tablemap::column_type as t;
+    match special {
+        rows::Special::Uuid | rows::Special::Inet6 | rows::Special::Inet4 => {
+            matches!(type_code, t::STRING | t::VAR_STRING | t::VARCHAR)
+        }
+        rows::Special::Json => matches!(
+            type_code,
+            t::BLOB | t::TINY_BLOB | t::MEDIUM_BLOB | t::LONG_BLOB | t::JSON
+        ),
+        rows::Special::TemporalPrecision { .. } => matches!(
+            type_code,
+            t::TIMESTAMP | t::DATETIME | t::TIME | t::TIMESTAMP2 | t::DATETIME2 | t::TIME2
+        ),
+    }
+}
+
 /// The table a `TRUNCATE [TABLE] [db.]name` statement names.
 fn truncated_table(statement: &str, default_db: &str) -> Option<TableId> {
     let rest = strip_keyword(statement.trim_start(), "truncate")?;
@@ -1104,6 +1235,13 @@ async fn read_snapshot(
                 )
             })
             .collect();
+        // MySQL's native JSON comes back as text with blanks after `:` and
+        // `,`; the binlog decoder writes it compact. MariaDB's JSON is text as
+        // stored on both paths.
+        let native_json: Vec<bool> = catalog_columns
+            .iter()
+            .map(|c| c.data_type == "json")
+            .collect();
         let select: Vec<String> = schema
             .columns
             .iter()
@@ -1139,6 +1277,11 @@ async fn read_snapshot(
                         column: column.name.clone(),
                         what: "zero date and source.zero_dates = \"fail\"".into(),
                     });
+                }
+                if native_json[i] {
+                    if let Datum::Text(text) = &datum {
+                        datum = Datum::Text(compact_json(text));
+                    }
                 }
                 if geometry[i] {
                     if let Datum::Bytes(internal) = &datum {
@@ -1199,6 +1342,14 @@ mod tests {
         );
         assert_eq!(truncated_table("ALTER TABLE t ADD c INT", "shop"), None);
         assert_eq!(truncated_table("TRUNCATEX t", "shop"), None);
+    }
+
+    #[test]
+    fn json_text_is_compacted_outside_strings() {
+        assert_eq!(
+            compact_json(r#"{"a b": [1, 2.5], "c": "x, \"y\": z", "d": {"e": null}}"#),
+            r#"{"a b":[1,2.5],"c":"x, \"y\": z","d":{"e":null}}"#
+        );
     }
 
     #[test]

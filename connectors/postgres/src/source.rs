@@ -388,6 +388,11 @@ impl PostgresSource {
     }
 
     /// The next change. Cancel-safe only between events of the stream phase.
+    /// An event already decoded, if any: never waits.
+    pub fn ready_event(&mut self) -> Option<ChangeEvent> {
+        self.pending.pop_front()
+    }
+
     pub async fn next_event(&mut self) -> Result<ChangeEvent, PostgresError> {
         loop {
             if let Some(event) = self.pending.pop_front() {
