@@ -496,3 +496,68 @@ fn check_golden(table: &std::path::Path) {
         "schemas/mysql-type-mapping.json differs from the lake: review, then TIDEWATER_BLESS=1 cargo test mysql_every_type"
     );
 }
+
+/// `tidewater snapshot` on MariaDB, a crash in the middle of a snapshot, and
+/// `run` continuing from the snapshot's position with nothing missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_snapshot_command_and_crash_during_snapshot() {
+    let server = maria();
+    let mut conn = server.create_database("my_snap").await;
+    exec(
+        &mut conn,
+        "CREATE TABLE big (id INT PRIMARY KEY, body VARCHAR(200)); \
+         INSERT INTO big SELECT seq, REPEAT('b', 150) FROM seq_1_to_300000; \
+         CREATE TABLE small (id INT PRIMARY KEY, v INT); INSERT INTO small VALUES (1, 1)",
+    )
+    .await;
+    let mut pipeline = Pipeline::with_source("my_snap", &server.source_toml("my_snap"), "");
+    // Killed while copying: the next start throws the partial copy away.
+    pipeline.start();
+    let marker = pipeline.lake.join("my_snap").join("_tidewater_slot");
+    crate::support::eventually("snapshot under way", Duration::from_secs(60), || {
+        let marker = marker.clone();
+        async move {
+            match std::fs::read_to_string(&marker) {
+                Ok(text) if text.starts_with("snapshot") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    pipeline.kill();
+    // A change while nothing runs, then a one-off snapshot.
+    exec(&mut conn, "UPDATE small SET v = 2 WHERE id = 1").await;
+    let output = output_within(
+        {
+            let mut cmd = tidewater();
+            cmd.args(["snapshot", "--config"]).arg(&pipeline.config);
+            cmd
+        },
+        300,
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Changes between the snapshot and `run` are streamed, not lost.
+    exec(
+        &mut conn,
+        "INSERT INTO small VALUES (2, 2); DELETE FROM big WHERE id <= 10",
+    )
+    .await;
+    pipeline.start();
+    pipeline
+        .wait_equal_mysql(&mut conn, "my_snap", "small", "id")
+        .await;
+    pipeline
+        .wait_equal_mysql(&mut conn, "my_snap", "big", "id")
+        .await;
+    let log = lake::read_log(&pipeline.table_path("my_snap", "big"))
+        .await
+        .expect("lake log");
+    assert_eq!(log.iter().filter(|r| r.op == "r").count(), 300_000);
+    assert_eq!(log.iter().filter(|r| r.op == "d").count(), 10);
+    assert_eq!(pipeline.terminate(), 0);
+}
