@@ -691,6 +691,26 @@ impl<K: Sink> Coordinator<K> {
                     self.checkpoint(None).await?;
                 }
             }
+            ChangeEvent::Block(block) => {
+                // Rows at or below the table's durable mark were committed
+                // before a restart: the block's head, or all of it.
+                let skip = self
+                    .marks
+                    .get(&block.table)
+                    .map_or(0, |durable| durable_rows(durable, self.current_seq, &block));
+                self.stats.skipped += skip as u64;
+                if skip == block.len() {
+                    return Ok(false);
+                }
+                let block = if skip > 0 { block.skip(skip) } else { block };
+                self.stats.rows += block.len() as u64;
+                self.batcher
+                    .push_block(block)
+                    .map_err(PipelineError::Batch)?;
+                if self.batcher.is_full() {
+                    self.checkpoint(None).await?;
+                }
+            }
             ChangeEvent::Commit(commit) => {
                 self.in_transaction = false;
                 self.last_complete = Some((commit.ack, commit.position.clone()));
@@ -806,9 +826,45 @@ impl<K: Sink> Coordinator<K> {
     }
 }
 
+/// How many leading rows of `block` (in the transaction `seq`) are at or
+/// below `durable`.
+fn durable_rows(durable: &Mark, seq: u64, block: &tidewater_core::RowBlock) -> usize {
+    match seq.cmp(&durable.seq) {
+        std::cmp::Ordering::Less => block.len(),
+        std::cmp::Ordering::Greater => 0,
+        std::cmp::Ordering::Equal if durable.ord < block.first_ord => 0,
+        std::cmp::Ordering::Equal => usize::try_from(durable.ord - block.first_ord + 1)
+            .map_or(block.len(), |n| n.min(block.len())),
+    }
+}
+
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(first_ord: u64, len: usize) -> tidewater_core::RowBlock {
+        tidewater_core::RowBlock {
+            table: TableId::new("d", "t"),
+            ops: vec![tidewater_core::Op::Insert; len],
+            first_ord,
+            columns: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn durable_heads_of_blocks() {
+        let durable = Mark::new(10, 5);
+        assert_eq!(durable_rows(&durable, 9, &block(1, 3)), 3);
+        assert_eq!(durable_rows(&durable, 11, &block(1, 3)), 0);
+        assert_eq!(durable_rows(&durable, 10, &block(6, 3)), 0);
+        assert_eq!(durable_rows(&durable, 10, &block(4, 3)), 2);
+        assert_eq!(durable_rows(&durable, 10, &block(1, 3)), 3);
     }
 }

@@ -9,8 +9,9 @@
 //! ```
 //!
 //! Rows are kept as decoded [`Datum`]s until the batch is cut, then built column
-//! by column. A batch never mixes two schema versions of a table: a new schema
-//! closes the open batch first. The batcher only answers "is anything full or
+//! by column; rows a source already decoded into Arrow ([`RowBlock`]) are kept
+//! as arrays and concatenated in order with the rest. A batch never mixes two
+//! schema versions of a table: a new schema closes the open batch first. The batcher only answers "is anything full or
 //! old"; the coordinator decides when to cut, because a cut must cover every
 //! table at once for the acknowledged position to be meaningful.
 
@@ -28,7 +29,7 @@ use arrow_array::{Array, ArrayRef, ListArray, RecordBatch};
 use arrow_buffer::{NullBuffer, OffsetBuffer};
 use arrow_schema::{ArrowError, DataType, Field, Schema, TimeUnit};
 
-use crate::event::{CommitInfo, Datum, Mark, Op, RowChange, TableId};
+use crate::event::{CommitInfo, Datum, Mark, Op, RowBlock, RowChange, TableId};
 use crate::schema::TableSchema;
 use crate::types::{arrow_field, metadata_fields};
 
@@ -58,9 +59,28 @@ struct PendingRow {
     values: Vec<Datum>,
 }
 
+/// A run of rows in arrival order: decoded values, or a block of arrays.
+enum Segment {
+    Rows(Vec<PendingRow>),
+    Block {
+        commit: Arc<CommitInfo>,
+        block: RowBlock,
+    },
+}
+
+impl Segment {
+    fn len(&self) -> usize {
+        match self {
+            Segment::Rows(rows) => rows.len(),
+            Segment::Block { block, .. } => block.len(),
+        }
+    }
+}
+
 struct OpenBatch {
     schema: Arc<TableSchema>,
-    rows: Vec<PendingRow>,
+    segments: Vec<Segment>,
+    rows: usize,
 }
 
 /// Collects row changes into per-table batches. Not thread-safe by design: one
@@ -136,14 +156,77 @@ impl Batcher {
         self.oldest.get_or_insert_with(Instant::now);
         let open = self.open.entry(row.table).or_insert_with(|| OpenBatch {
             schema: schema.clone(),
-            rows: Vec::new(),
+            segments: Vec::new(),
+            rows: 0,
         });
-        open.rows.push(PendingRow {
+        let pending = PendingRow {
             op: row.op,
             ord: row.ord,
             commit,
             values: row.values,
-        });
+        };
+        match open.segments.last_mut() {
+            Some(Segment::Rows(rows)) => rows.push(pending),
+            _ => open.segments.push(Segment::Rows(vec![pending])),
+        }
+        open.rows += 1;
+        Ok(())
+    }
+
+    /// Adds a block of rows of the current transaction. Its arrays must have
+    /// the Arrow types of the table's current schema version.
+    pub fn push_block(&mut self, block: RowBlock) -> Result<(), ArrowError> {
+        let commit = self
+            .commit
+            .clone()
+            .ok_or_else(|| ArrowError::InvalidArgumentError("rows outside a transaction".into()))?;
+        let schema = self.schemas.get(&block.table).ok_or_else(|| {
+            ArrowError::InvalidArgumentError(format!("rows for {} before its schema", block.table))
+        })?;
+        if block.columns.len() != schema.columns.len() {
+            return Err(ArrowError::InvalidArgumentError(format!(
+                "row block for {} has {} columns, schema version {} has {}",
+                block.table,
+                block.columns.len(),
+                schema.version,
+                schema.columns.len()
+            )));
+        }
+        for (array, column) in block.columns.iter().zip(&schema.columns) {
+            let expected = arrow_field(column);
+            if array.data_type() != expected.data_type() || array.len() != block.len() {
+                return Err(ArrowError::InvalidArgumentError(format!(
+                    "column {} of {}: a block of {} {} values for {} rows, expected {}",
+                    column.name,
+                    block.table,
+                    array.len(),
+                    array.data_type(),
+                    block.len(),
+                    expected.data_type()
+                )));
+            }
+        }
+        if block.is_empty() {
+            return Ok(());
+        }
+        self.pending_bytes += 64 * block.len()
+            + block
+                .columns
+                .iter()
+                .map(|c| c.get_array_memory_size())
+                .sum::<usize>();
+        self.pending_rows += block.len();
+        self.oldest.get_or_insert_with(Instant::now);
+        let open = self
+            .open
+            .entry(block.table.clone())
+            .or_insert_with(|| OpenBatch {
+                schema: schema.clone(),
+                segments: Vec::new(),
+                rows: 0,
+            });
+        open.rows += block.len();
+        open.segments.push(Segment::Block { commit, block });
         Ok(())
     }
 
@@ -182,7 +265,7 @@ impl Batcher {
         let Some(open) = self.open.remove(table) else {
             return Ok(None);
         };
-        self.pending_rows = self.pending_rows.saturating_sub(open.rows.len());
+        self.pending_rows = self.pending_rows.saturating_sub(open.rows);
         build_batch(open).map(Some)
     }
 }
@@ -197,38 +280,75 @@ fn datum_size(datum: &Datum) -> usize {
 }
 
 fn build_batch(open: OpenBatch) -> Result<ChangeBatch, ArrowError> {
-    let OpenBatch { schema, rows } = open;
+    let OpenBatch {
+        schema,
+        segments,
+        rows: total,
+    } = open;
     let mut fields: Vec<Field> = schema.columns.iter().map(arrow_field).collect();
     fields.extend(metadata_fields());
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(fields.len());
     for (index, column) in schema.columns.iter().enumerate() {
-        let values: Vec<&Datum> = rows
-            .iter()
-            .map(|row| row.values.get(index).unwrap_or(&Datum::Null))
-            .collect();
-        let array = build_array(fields[index].data_type(), &values).map_err(|err| {
-            ArrowError::InvalidArgumentError(format!(
-                "column {} of {}: {err}",
-                column.name, schema.table
-            ))
-        })?;
-        columns.push(array);
+        let mut parts: Vec<ArrayRef> = Vec::with_capacity(segments.len());
+        for segment in &segments {
+            match segment {
+                Segment::Rows(rows) => {
+                    let values: Vec<&Datum> = rows
+                        .iter()
+                        .map(|row| row.values.get(index).unwrap_or(&Datum::Null))
+                        .collect();
+                    parts.push(
+                        build_array(fields[index].data_type(), &values).map_err(|err| {
+                            ArrowError::InvalidArgumentError(format!(
+                                "column {} of {}: {err}",
+                                column.name, schema.table
+                            ))
+                        })?,
+                    );
+                }
+                Segment::Block { block, .. } => parts.push(block.columns[index].clone()),
+            }
+        }
+        columns.push(match parts.len() {
+            1 => parts.pop().expect("one part"),
+            _ => {
+                let refs: Vec<&dyn Array> = parts.iter().map(|p| p.as_ref()).collect();
+                arrow_select::concat::concat(&refs)?
+            }
+        });
     }
 
-    let mut op = StringBuilder::with_capacity(rows.len(), rows.len());
-    let mut seq = UInt64Builder::with_capacity(rows.len());
-    let mut ord = UInt64Builder::with_capacity(rows.len());
+    let mut op = StringBuilder::with_capacity(total, total);
+    let mut seq = UInt64Builder::with_capacity(total);
+    let mut ord = UInt64Builder::with_capacity(total);
     let mut position = StringBuilder::new();
-    let mut commit_ts = TimestampMicrosecondBuilder::with_capacity(rows.len());
+    let mut commit_ts = TimestampMicrosecondBuilder::with_capacity(total);
     let mut txid = StringBuilder::new();
-    for row in &rows {
-        op.append_value(row.op.code());
-        seq.append_value(row.commit.seq);
-        ord.append_value(row.ord);
-        position.append_value(&row.commit.position);
-        commit_ts.append_value(row.commit.commit_ts_us);
-        txid.append_option(row.commit.txid.as_deref());
+    let mut last = Mark::default();
+    for segment in &segments {
+        let mut append = |code: &str, row_ord: u64, commit: &CommitInfo| {
+            op.append_value(code);
+            seq.append_value(commit.seq);
+            ord.append_value(row_ord);
+            position.append_value(&commit.position);
+            commit_ts.append_value(commit.commit_ts_us);
+            txid.append_option(commit.txid.as_deref());
+            last = Mark::new(commit.seq, row_ord);
+        };
+        match segment {
+            Segment::Rows(rows) => {
+                for row in rows {
+                    append(row.op.code(), row.ord, &row.commit);
+                }
+            }
+            Segment::Block { commit, block } => {
+                for (i, row_op) in block.ops.iter().enumerate() {
+                    append(row_op.code(), block.first_ord + i as u64, commit);
+                }
+            }
+        }
     }
+    debug_assert_eq!(total, segments.iter().map(Segment::len).sum::<usize>());
     columns.push(Arc::new(op.finish()));
     columns.push(Arc::new(seq.finish()));
     columns.push(Arc::new(ord.finish()));
@@ -236,10 +356,6 @@ fn build_batch(open: OpenBatch) -> Result<ChangeBatch, ArrowError> {
     columns.push(Arc::new(commit_ts.finish().with_timezone("UTC")));
     columns.push(Arc::new(txid.finish()));
 
-    let last = rows
-        .last()
-        .map(|row| Mark::new(row.commit.seq, row.ord))
-        .unwrap_or_default();
     let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
     Ok(ChangeBatch {
         table: schema.table.clone(),
@@ -542,6 +658,74 @@ mod tests {
         assert_eq!(cut.schema.version, 1);
         assert_eq!(cut.batch.num_rows(), 1);
         assert!(batcher.is_empty());
+    }
+
+    #[test]
+    fn blocks_and_rows_interleave_in_order() {
+        use arrow_array::{Int32Array, ListArray};
+        let mut batcher = Batcher::new(BatchLimits {
+            max_rows: 100,
+            ..limits()
+        });
+        batcher.set_schema(schema(1)).unwrap();
+        batcher.begin(commit(10));
+        batcher.push(row(1, 1)).unwrap();
+        let tags = ListArray::from_iter_primitive::<arrow_array::types::Int32Type, _, _>(Vec::<
+            Option<Vec<Option<i32>>>,
+        >::new(
+        ));
+        // A wrongly typed block is refused before it is held.
+        let bad = RowBlock {
+            table: TableId::new("public", "t"),
+            ops: vec![Op::Insert],
+            first_ord: 2,
+            columns: vec![
+                Arc::new(Int32Array::from(vec![2])) as ArrayRef,
+                Arc::new(tags) as ArrayRef,
+            ],
+        };
+        assert!(batcher.push_block(bad).is_err());
+        let mut list = arrow_array::builder::ListBuilder::new(StringBuilder::new())
+            .with_field(Arc::new(Field::new("element", DataType::Utf8, true)));
+        list.values().append_value("x");
+        list.append(true);
+        list.append_null();
+        let block = RowBlock {
+            table: TableId::new("public", "t"),
+            ops: vec![Op::Insert, Op::Delete],
+            first_ord: 2,
+            columns: vec![
+                Arc::new(Int32Array::from(vec![2, 3])) as ArrayRef,
+                Arc::new(list.finish()) as ArrayRef,
+            ],
+        };
+        batcher.push_block(block.skip(0)).unwrap();
+        batcher.begin(commit(20));
+        batcher.push(row(4, 1)).unwrap();
+        assert_eq!(batcher.pending_rows(), 4);
+        let batches = batcher.cut_all().unwrap();
+        let batch = &batches[0];
+        assert_eq!(batch.last, Mark::new(20, 1));
+        let ids = batch.batch.column(0).as_primitive::<Int32Type>();
+        assert_eq!(ids.values().to_vec(), vec![1, 2, 3, 4]);
+        let ords = batch.batch.column_by_name("_tw_ord").unwrap();
+        assert_eq!(
+            ords.as_primitive::<UInt64Type>().values().to_vec(),
+            vec![1, 2, 3, 1]
+        );
+        let ops = batch
+            .batch
+            .column_by_name("_tw_op")
+            .unwrap()
+            .as_string::<i32>();
+        assert_eq!(ops.value(2), "d");
+        let tags = batch.batch.column(1).as_list::<i32>();
+        assert!(tags.is_null(2));
+        assert_eq!(tags.value(1).as_string::<i32>().value(0), "x");
+        // Skipping a block's head keeps ords aligned.
+        let skipped = block.skip(1);
+        assert_eq!(skipped.first_ord, 3);
+        assert_eq!(skipped.columns[0].len(), 1);
     }
 
     #[test]

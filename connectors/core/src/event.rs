@@ -127,6 +127,41 @@ pub struct RowChange {
     pub values: Vec<Datum>,
 }
 
+/// Consecutive row changes of one table that a source decoded straight into
+/// Arrow arrays (the MySQL binlog decoder does), so they skip [`Datum`]s.
+/// Row `i` has op `ops[i]` and ord `first_ord + i` in its transaction.
+#[derive(Debug, Clone)]
+pub struct RowBlock {
+    pub table: TableId,
+    pub ops: Vec<Op>,
+    pub first_ord: u64,
+    /// One array per column of the table's current schema version, each of
+    /// exactly [`crate::arrow_type`] of its column.
+    pub columns: Vec<arrow_array::ArrayRef>,
+}
+
+impl RowBlock {
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// The block without its first `n` rows.
+    pub fn skip(&self, n: usize) -> RowBlock {
+        let n = n.min(self.len());
+        let rest = self.len() - n;
+        RowBlock {
+            table: self.table.clone(),
+            ops: self.ops[n..].to_vec(),
+            first_ord: self.first_ord + n as u64,
+            columns: self.columns.iter().map(|c| c.slice(n, rest)).collect(),
+        }
+    }
+}
+
 /// What a source knows about the commit a row belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitInfo {
@@ -155,6 +190,8 @@ pub enum ChangeEvent {
     /// every change. Its `version` increases with each change.
     Schema(Arc<TableSchema>),
     Row(RowChange),
+    /// Several rows of one table at once, already in Arrow form.
+    Block(RowBlock),
     /// The transaction is complete; every change up to it may be made durable and
     /// acknowledged once the sink says so.
     Commit(CommitInfo),

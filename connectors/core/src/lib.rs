@@ -24,7 +24,7 @@ mod types;
 pub use arrow_schema::ArrowError;
 pub use batch::{BatchLimits, Batcher, ChangeBatch};
 pub use error::{Classified, ErrorClass};
-pub use event::{ChangeEvent, CommitInfo, Datum, Mark, Op, RowChange, TableId};
+pub use event::{ChangeEvent, CommitInfo, Datum, Mark, Op, RowBlock, RowChange, TableId};
 pub use filter::TableFilter;
 pub use schema::{Column, ColumnType, TableSchema};
 pub use traits::{Problem, Sink, SnapshotPhase, Source};
