@@ -46,7 +46,7 @@ use tracing::{debug, info, warn};
 
 use crate::catalog::{self, quote_ident, quote_table, CatalogColumn, Flavor};
 use crate::error::{query_error, stream_error, MysqlError};
-use crate::event::GtidState;
+use crate::event::{GtidSet, GtidState};
 use crate::position::BinlogPosition;
 use crate::rows::{self, RowPlan};
 use crate::{event, tablemap, value};
@@ -140,6 +140,8 @@ struct OpenTxn {
     txid: Option<String>,
     /// MariaDB GTID to record in the state at commit: (domain, server, seq).
     maria_gtid: Option<(u32, u32, u64)>,
+    /// MySQL GTID to add to the executed set at commit: (server uuid, gno).
+    mysql_gtid: Option<([u8; 16], i64)>,
     /// A MariaDB GTID group without BEGIN/COMMIT (DDL): it ends with its one
     /// statement.
     standalone: bool,
@@ -153,6 +155,8 @@ struct StreamState {
     checksum: bool,
     seen_fde: bool,
     gtid: Option<GtidState>,
+    /// MySQL: the executed GTID set, when the server has GTIDs on.
+    mysql_gtids: Option<GtidSet>,
     maps: HashMap<u64, Mapped>,
     txn: Option<OpenTxn>,
     /// Where the stream was asked to start, for error messages.
@@ -269,10 +273,10 @@ impl MysqlSource {
         let row = row.ok_or(MysqlError::BadPosition {
             what: "the server reports no binlog position (is log_bin on?)".into(),
         })?;
-        let file: String = row.get(0).unwrap_or_default();
-        let offset: u64 = row.get(1).unwrap_or_default();
-        let mut position = BinlogPosition::new(file, offset);
-        position.gtid = self.gtid_at(&position).await?;
+        let mut position = status_position(&row);
+        if position.gtid.is_none() {
+            position.gtid = self.gtid_at(&position).await?;
+        }
         Ok(position)
     }
 
@@ -333,10 +337,7 @@ impl MysqlSource {
                 BinlogPosition::new(file, offset)
             }
             // Nothing to copy: the current position is the snapshot.
-            Flavor::MySql if !copy => {
-                let position = self.current_position().await?;
-                BinlogPosition::new(position.file, position.offset)
-            }
+            Flavor::MySql if !copy => self.current_position().await?,
             Flavor::MySql => {
                 // The read lock is held only while the snapshot starts and
                 // the position is read: milliseconds.
@@ -364,14 +365,13 @@ impl MysqlSource {
                     .ok_or(MysqlError::BadPosition {
                         what: "the server reports no binlog position (is log_bin on?)".into(),
                     })?;
-                BinlogPosition::new(
-                    row.get::<String, _>(0).unwrap_or_default(),
-                    row.get::<u64, _>(1).unwrap_or_default(),
-                )
+                status_position(&row)
             }
         };
         let mut position = position;
-        position.gtid = self.gtid_at(&position).await?;
+        if position.gtid.is_none() {
+            position.gtid = self.gtid_at(&position).await?;
+        }
         info!(position = %position, tables = tables.len(), "consistent snapshot opened");
         let commit = CommitInfo {
             seq: position.seq(),
@@ -475,6 +475,10 @@ impl MysqlSource {
             } else {
                 None
             },
+            mysql_gtids: match self.flavor {
+                Flavor::MySql => from.gtid.as_deref().and_then(|g| GtidSet::parse(g).ok()),
+                Flavor::MariaDb => None,
+            },
             maps: HashMap::new(),
             txn: None,
             from: from_text,
@@ -559,11 +563,11 @@ impl MysqlSource {
         BinlogPosition {
             file: stream.file.clone(),
             offset,
-            gtid: stream
-                .gtid
-                .as_ref()
-                .filter(|g| !g.domains.is_empty())
-                .map(|g| g.to_string()),
+            gtid: match (&stream.gtid, &stream.mysql_gtids) {
+                (Some(state), _) if !state.domains.is_empty() => Some(state.to_string()),
+                (_, Some(set)) if !set.is_empty() => Some(set.to_string()),
+                _ => None,
+            },
         }
     }
 
@@ -637,13 +641,18 @@ impl MysqlSource {
                 }
             }
             kind::MYSQL_GTID | kind::MYSQL_ANONYMOUS_GTID => {
-                let txid = event::mysql_gtid(data)
-                    .map_err(|source| self.decode_error("-", end, source))?
-                    .to_gtid_string();
+                let gtid = event::mysql_gtid(data)
+                    .map_err(|source| self.decode_error("-", end, source))?;
                 let seq = BinlogPosition::seq_of(self.current_file(), end);
-                let txid = (event_type == kind::MYSQL_GTID).then_some(txid);
+                let named = event_type == kind::MYSQL_GTID;
+                let txid = named.then(|| gtid.to_gtid_string());
                 // Standalone until a BEGIN says otherwise (DDL has none).
                 self.open_txn(seq, end, header.timestamp(), txid, None, true);
+                if named {
+                    if let Some(txn) = self.stream_mut().txn.as_mut() {
+                        txn.mysql_gtid = Some((gtid.sid, gtid.gno));
+                    }
+                }
             }
             kind::QUERY | kind::MARIA_QUERY_COMPRESSED => {
                 let query = if event_type == kind::QUERY {
@@ -720,6 +729,7 @@ impl MysqlSource {
             commit_ts_us: i64::from(timestamp) * 1_000_000,
             txid,
             maria_gtid,
+            mysql_gtid: None,
             standalone,
             begun: false,
             ord: 0,
@@ -734,6 +744,9 @@ impl MysqlSource {
         };
         if let (Some(state), Some((domain, server, seq))) = (stream.gtid.as_mut(), txn.maria_gtid) {
             state.update(domain, server, seq);
+        }
+        if let (Some(set), Some((sid, gno))) = (stream.mysql_gtids.as_mut(), txn.mysql_gtid) {
+            set.add(sid, gno);
         }
         let position = self.position_here(end);
         if txn.begun {
@@ -758,7 +771,13 @@ impl MysqlSource {
     }
 
     /// Emits `Begin` for the open transaction if it has not been yet.
+    /// Emits `Begin` if needed and reserves `rows` ords in the open
+    /// transaction; returns the first.
     fn begin_if_needed(&mut self, end: u64) -> u64 {
+        self.reserve_ords(end, 1)
+    }
+
+    fn reserve_ords(&mut self, end: u64, rows: u64) -> u64 {
         let stream = self.stream.as_mut().expect("streaming");
         if stream.txn.is_none() {
             // Rows without a GTID/BEGIN before them (only if we started inside
@@ -786,8 +805,9 @@ impl MysqlSource {
             .txn
             .as_mut()
             .expect("open");
-        txn.ord += 1;
-        txn.ord
+        let first = txn.ord + 1;
+        txn.ord += rows;
+        first
     }
 
     async fn on_query(
@@ -1093,6 +1113,20 @@ impl tidewater_core::Source for MysqlSource {
 
     /// The server keeps no replica state; see the module docs.
     fn ack(&mut self, _value: u64) {}
+}
+
+/// File and offset from a `SHOW MASTER STATUS` row, and on MySQL its
+/// `Executed_Gtid_Set` (5th column) when GTIDs are on.
+fn status_position(row: &mysql_async::Row) -> BinlogPosition {
+    let mut position = BinlogPosition::new(
+        row.get::<String, _>(0).unwrap_or_default(),
+        row.get::<u64, _>(1).unwrap_or_default(),
+    );
+    let executed: Option<String> = row.get_opt(4).and_then(Result::ok);
+    position.gtid = executed
+        .map(|set| set.split_whitespace().collect::<String>())
+        .filter(|set| !set.is_empty());
+    position
 }
 
 /// JSON text without the blanks outside string literals.
