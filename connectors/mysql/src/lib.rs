@@ -4,6 +4,7 @@
 
 mod catalog;
 pub mod charset;
+pub mod columnar;
 mod error;
 pub mod event;
 pub mod json;

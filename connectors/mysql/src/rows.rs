@@ -11,6 +11,8 @@
 //! * [`decode_rows`] runs per event and only dispatches on the precomputed ops:
 //!   no lookups, no allocation besides each row's `Vec<Datum>` and its string
 //!   and byte values.
+//! * [`decode_rows_columnar`] (in [`crate::columnar`]) runs the same ops but
+//!   appends each value straight to Arrow column buffers, for the batcher.
 //!
 //! ```text
 //!  rows event body
@@ -59,6 +61,7 @@ use arrow_buffer::i256;
 use tidewater_core::{Column, ColumnType, Datum, Op};
 
 use crate::charset::Charset;
+pub use crate::columnar::{decode_rows_columnar, ColumnarRows};
 use crate::event::{be_uint, le_uint, mariadb_uncompress, Cursor, DecodeError};
 use crate::json::decode_binary_json;
 use crate::tablemap::{column_type as ct, MapColumn, TableMap};
@@ -393,8 +396,8 @@ fn fsp_bytes(fsp: u8) -> usize {
 #[derive(Debug, Clone)]
 pub struct RowPlan {
     table_id: u64,
-    columns: Vec<Column>,
-    ops: Vec<ValueOp>,
+    pub(crate) columns: Vec<Column>,
+    pub(crate) ops: Vec<ValueOp>,
 }
 
 impl RowPlan {
@@ -795,87 +798,122 @@ fn column_plan(
 /// Decodes a rows event body into `out`: inserts with their image, deletes with
 /// the old image, updates with the new image. Error offsets count from the start
 /// of the body, or, in compressed events, from the start of the uncompressed
-/// row data.
+/// row data. On error `out` may hold the event's earlier rows: discard it.
+///
+/// [`decode_rows_columnar`] is the same decoder writing Arrow columns.
 pub fn decode_rows(
     event_type: u8,
     body: &[u8],
     plan: &RowPlan,
     out: &mut Vec<(Op, Vec<Datum>)>,
 ) -> Result<DecodeStats, DecodeError> {
-    let Some((kind, version, compressed)) = rows_kind(event_type) else {
-        let what = if event_type == crate::event::event_type::PARTIAL_UPDATE_ROWS {
-            "PARTIAL_UPDATE_ROWS events (hint: SET GLOBAL binlog_row_value_options = '')".to_owned()
-        } else {
-            format!("rows event type {event_type}")
-        };
-        return Err(DecodeError::Unsupported { what });
-    };
-    let mut c = Cursor::new(body);
-    let table_id = c.uint(6, "rows table id")?;
-    if table_id != plan.table_id {
-        return Err(DecodeError::TableMismatch {
-            expected: plan.table_id,
-            got: table_id,
-        });
+    let rows = RowsData::parse(event_type, body, plan)?;
+    let mut stats = DecodeStats::default();
+    let mut pos = 0;
+    let data = &rows.data[..];
+    while pos < data.len() {
+        if rows.kind == RowsKind::Update {
+            plan.skip_image(data, &mut pos, rows.before_present, rows.base)?;
+        }
+        let row = plan.decode_image(data, &mut pos, rows.base, &mut stats)?;
+        out.push((rows.op, row));
     }
-    c.u16("rows flags")?;
-    if version == RowsVersion::V2 {
+    Ok(stats)
+}
+
+/// A rows event past its header: what it does and the packed rows.
+pub(crate) struct RowsData<'a> {
+    pub(crate) kind: RowsKind,
+    pub(crate) op: Op,
+    /// Present-columns bitmap of the before image (of the only image for
+    /// inserts and deletes); every column is present in the emitted image.
+    pub(crate) before_present: &'a [u8],
+    /// The rows, uncompressed.
+    pub(crate) data: Cow<'a, [u8]>,
+    /// Offset of `data` in the body, for error offsets (0 when uncompressed
+    /// from a compressed event).
+    pub(crate) base: usize,
+}
+
+impl<'a> RowsData<'a> {
+    /// Checks the event type, table id, column count and images, and
+    /// uncompresses MariaDB compressed rows.
+    pub(crate) fn parse(
+        event_type: u8,
+        body: &'a [u8],
+        plan: &RowPlan,
+    ) -> Result<Self, DecodeError> {
+        let Some((kind, version, compressed)) = rows_kind(event_type) else {
+            let what = if event_type == crate::event::event_type::PARTIAL_UPDATE_ROWS {
+                "PARTIAL_UPDATE_ROWS events (hint: SET GLOBAL binlog_row_value_options = '')"
+                    .to_owned()
+            } else {
+                format!("rows event type {event_type}")
+            };
+            return Err(DecodeError::Unsupported { what });
+        };
+        let mut c = Cursor::new(body);
+        let table_id = c.uint(6, "rows table id")?;
+        if table_id != plan.table_id {
+            return Err(DecodeError::TableMismatch {
+                expected: plan.table_id,
+                got: table_id,
+            });
+        }
+        c.u16("rows flags")?;
+        if version == RowsVersion::V2 {
+            let at = c.pos();
+            let extra = usize::from(c.u16("rows extra data length")?);
+            if extra < 2 {
+                return Err(DecodeError::Malformed {
+                    what: "rows extra data length",
+                    offset: at,
+                });
+            }
+            c.take(extra - 2, "rows extra data")?;
+        }
         let at = c.pos();
-        let extra = usize::from(c.u16("rows extra data length")?);
-        if extra < 2 {
+        let ncols = c.lenenc("rows column count")?;
+        if ncols != plan.ops.len() as u64 {
             return Err(DecodeError::Malformed {
-                what: "rows extra data length",
+                what: "rows column count differs from the table map",
                 offset: at,
             });
         }
-        c.take(extra - 2, "rows extra data")?;
-    }
-    let at = c.pos();
-    let ncols = c.lenenc("rows column count")?;
-    if ncols != plan.ops.len() as u64 {
-        return Err(DecodeError::Malformed {
-            what: "rows column count differs from the table map",
-            offset: at,
-        });
-    }
-    let ncols = plan.ops.len();
-    let bitmap_len = ncols.div_ceil(8);
-    let before_present = c.take(bitmap_len, "rows present bitmap")?;
-    let after_present = if kind == RowsKind::Update {
-        c.take(bitmap_len, "rows after-image bitmap")?
-    } else {
-        before_present
-    };
-    for i in 0..ncols {
-        if after_present[i / 8] & (1 << (i % 8)) == 0 {
-            return Err(DecodeError::PartialImage {
-                column: plan.columns[i].name.clone(),
-            });
+        let ncols = plan.ops.len();
+        let bitmap_len = ncols.div_ceil(8);
+        let before_present = c.take(bitmap_len, "rows present bitmap")?;
+        let after_present = if kind == RowsKind::Update {
+            c.take(bitmap_len, "rows after-image bitmap")?
+        } else {
+            before_present
+        };
+        for i in 0..ncols {
+            if after_present[i / 8] & (1 << (i % 8)) == 0 {
+                return Err(DecodeError::PartialImage {
+                    column: plan.columns[i].name.clone(),
+                });
+            }
         }
+        let base = c.pos();
+        let data: Cow<'a, [u8]> = if compressed {
+            Cow::Owned(mariadb_uncompress(c.rest(), "compressed rows")?)
+        } else {
+            Cow::Borrowed(c.rest())
+        };
+        let op = match kind {
+            RowsKind::Write => Op::Insert,
+            RowsKind::Update => Op::Update,
+            RowsKind::Delete => Op::Delete,
+        };
+        Ok(RowsData {
+            kind,
+            op,
+            before_present,
+            data,
+            base: if compressed { 0 } else { base },
+        })
     }
-    let base = c.pos();
-    let data: Cow<'_, [u8]> = if compressed {
-        Cow::Owned(mariadb_uncompress(c.rest(), "compressed rows")?)
-    } else {
-        Cow::Borrowed(c.rest())
-    };
-    let base = if compressed { 0 } else { base };
-    let op = match kind {
-        RowsKind::Write => Op::Insert,
-        RowsKind::Update => Op::Update,
-        RowsKind::Delete => Op::Delete,
-    };
-    let mut stats = DecodeStats::default();
-    let mut pos = 0;
-    let data = &data[..];
-    while pos < data.len() {
-        if kind == RowsKind::Update {
-            plan.skip_image(data, &mut pos, before_present, base)?;
-        }
-        let row = plan.decode_image(data, &mut pos, base, &mut stats)?;
-        out.push((op, row));
-    }
-    Ok(stats)
 }
 
 /// Days from 1970-01-01 to a proleptic Gregorian date.
@@ -982,6 +1020,13 @@ pub(crate) fn time2_micros(bytes: &[u8], fsp_len: usize) -> Result<i64, &'static
 /// (IPv4-mapped) or the first six (IPv4-compatible): `::ffff:1.2.3.4`,
 /// `::1.2.3.4`, but `::100` and `1::1:0:1:0:1:0`.
 fn format_inet6(bytes: [u8; 16]) -> String {
+    let mut out = String::with_capacity(39);
+    write_inet6(bytes, &mut out);
+    out
+}
+
+/// [`format_inet6`] appending to `out`.
+pub(crate) fn write_inet6(bytes: [u8; 16], out: &mut String) {
     use std::fmt::Write as _;
     let words: [u16; 8] =
         std::array::from_fn(|i| u16::from_be_bytes([bytes[2 * i], bytes[2 * i + 1]]));
@@ -1002,12 +1047,14 @@ fn format_inet6(bytes: [u8; 16]) -> String {
     }
     let v4 = Ipv4Addr::new(bytes[12], bytes[13], bytes[14], bytes[15]);
     if best_pos == 0 && best_len == 6 {
-        return format!("::{v4}");
+        let _ = write!(out, "::{v4}");
+        return;
     }
     if best_pos == 0 && best_len == 5 && words[5] == 0xffff {
-        return format!("::ffff:{v4}");
+        let _ = write!(out, "::ffff:{v4}");
+        return;
     }
-    let mut out = String::with_capacity(39);
+    let start = out.len();
     let mut i = 0;
     while i < 8 {
         if best_len > 0 && i == best_pos {
@@ -1015,53 +1062,65 @@ fn format_inet6(bytes: [u8; 16]) -> String {
             i += best_len;
             continue;
         }
-        if !out.is_empty() && !out.ends_with(':') {
+        if out.len() > start && !out.ends_with(':') {
             out.push(':');
         }
         let _ = write!(out, "{:x}", words[i]);
         i += 1;
     }
-    out
 }
 
 /// MySQL GEOMETRY (SRID + WKB) → WKB, or EWKB when the SRID is not 0. The
 /// snapshot reader uses it too, so both paths land the same bytes.
 pub(crate) fn geometry_to_wkb(bytes: &[u8]) -> Result<Vec<u8>, &'static str> {
+    let mut out = Vec::with_capacity(bytes.len());
+    append_wkb(bytes, &mut out)?;
+    Ok(out)
+}
+
+/// [`geometry_to_wkb`] appending to `out`; writes nothing when it fails.
+pub(crate) fn append_wkb(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
     if bytes.len() < 4 {
         return Err("geometry shorter than its SRID");
     }
     let srid = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     let wkb = &bytes[4..];
     if srid == 0 {
-        return Ok(wkb.to_vec());
+        out.extend_from_slice(wkb);
+        return Ok(());
     }
-    if wkb.len() < 5 {
+    let [order, t0, t1, t2, t3, rest @ ..] = wkb else {
         return Err("WKB shorter than its header");
-    }
-    let mut out = Vec::with_capacity(wkb.len() + 4);
-    out.push(wkb[0]);
-    let type_bytes: [u8; 4] = wkb[1..5].try_into().expect("4 bytes");
-    match wkb[0] {
-        0 => {
-            let t = u32::from_be_bytes(type_bytes) | 0x2000_0000;
-            out.extend_from_slice(&t.to_be_bytes());
-            out.extend_from_slice(&srid.to_be_bytes());
-        }
-        1 => {
-            let t = u32::from_le_bytes(type_bytes) | 0x2000_0000;
-            out.extend_from_slice(&t.to_le_bytes());
-            out.extend_from_slice(&srid.to_le_bytes());
-        }
+    };
+    let type_bytes = [*t0, *t1, *t2, *t3];
+    let (ewkb_type, srid) = match order {
+        0 => (
+            (u32::from_be_bytes(type_bytes) | 0x2000_0000).to_be_bytes(),
+            srid.to_be_bytes(),
+        ),
+        1 => (
+            (u32::from_le_bytes(type_bytes) | 0x2000_0000).to_le_bytes(),
+            srid.to_le_bytes(),
+        ),
         _ => return Err("WKB byte order must be 0 or 1"),
-    }
-    out.extend_from_slice(&wkb[5..]);
-    Ok(out)
+    };
+    out.reserve(wkb.len() + 4);
+    out.push(*order);
+    out.extend_from_slice(&ewkb_type);
+    out.extend_from_slice(&srid);
+    out.extend_from_slice(rest);
+    Ok(())
 }
 
 impl RowPlan {
     #[cold]
     #[inline(never)]
-    fn value_error(&self, column: usize, offset: usize, reason: &'static str) -> DecodeError {
+    pub(crate) fn value_error(
+        &self,
+        column: usize,
+        offset: usize,
+        reason: &'static str,
+    ) -> DecodeError {
         DecodeError::InvalidValue {
             column: self.columns[column].name.clone(),
             column_type: self.columns[column].source_type.clone(),
@@ -1105,7 +1164,7 @@ impl RowPlan {
     }
 
     /// Walks over one image of the present columns without decoding it.
-    fn skip_image(
+    pub(crate) fn skip_image(
         &self,
         data: &[u8],
         pos: &mut usize,
@@ -1150,20 +1209,10 @@ impl RowPlan {
         pos: &mut usize,
         stats: &mut DecodeStats,
     ) -> Result<Datum, &'static str> {
-        const PAST_END: &str = "value runs past the event";
-        if let Some(n) = op.fixed_len() {
-            let b = data.get(*pos..*pos + n).ok_or(PAST_END)?;
-            *pos += n;
+        let (b, fixed) = value_bytes(op, data, pos)?;
+        if fixed {
             return decode_fixed(op, b, stats);
         }
-        let lb = op.len_bytes();
-        let header = data.get(*pos..*pos + lb).ok_or(PAST_END)?;
-        let len = le_uint(header) as usize;
-        let b = data
-            .get(*pos + lb..)
-            .and_then(|rest| rest.get(..len))
-            .ok_or(PAST_END)?;
-        *pos += lb + len;
         Ok(match op {
             ValueOp::Text { charset, .. } => Datum::Text(
                 charset
@@ -1220,6 +1269,31 @@ impl RowPlan {
     }
 }
 
+/// The bytes of the value at `pos` (without its length prefix) and whether
+/// `op` is fixed-size; moves `pos` past the value.
+#[inline]
+pub(crate) fn value_bytes<'d>(
+    op: &ValueOp,
+    data: &'d [u8],
+    pos: &mut usize,
+) -> Result<(&'d [u8], bool), &'static str> {
+    const PAST_END: &str = "value runs past the event";
+    if let Some(n) = op.fixed_len() {
+        let b = data.get(*pos..*pos + n).ok_or(PAST_END)?;
+        *pos += n;
+        return Ok((b, true));
+    }
+    let lb = op.len_bytes();
+    let header = data.get(*pos..*pos + lb).ok_or(PAST_END)?;
+    let len = le_uint(header) as usize;
+    let b = data
+        .get(*pos + lb..)
+        .and_then(|rest| rest.get(..len))
+        .ok_or(PAST_END)?;
+    *pos += lb + len;
+    Ok((b, false))
+}
+
 /// Length of a variable-size value at `pos` including its prefix.
 fn value_len(data: &[u8], pos: usize, len_bytes: usize) -> Option<usize> {
     let header = data.get(pos..pos + len_bytes)?;
@@ -1227,7 +1301,11 @@ fn value_len(data: &[u8], pos: usize, len_bytes: usize) -> Option<usize> {
 }
 
 #[inline]
-fn decode_fixed(op: &ValueOp, b: &[u8], stats: &mut DecodeStats) -> Result<Datum, &'static str> {
+pub(crate) fn decode_fixed(
+    op: &ValueOp,
+    b: &[u8],
+    stats: &mut DecodeStats,
+) -> Result<Datum, &'static str> {
     Ok(match op {
         ValueOp::I8 => Datum::Int8(b[0] as i8),
         ValueOp::U8 => Datum::UInt(u64::from(b[0])),
@@ -1360,25 +1438,44 @@ fn decode_fixed(op: &ValueOp, b: &[u8], stats: &mut DecodeStats) -> Result<Datum
             let zero_point = 3_020_400 * MICROS_PER_SECOND / unit;
             Datum::Duration((be_uint(b) as i64 - zero_point) * unit)
         }
-        ValueOp::Enum { labels, .. } => match le_uint(b) as usize {
-            0 => Datum::Text(String::new()),
-            i => Datum::Text(labels.get(i - 1).ok_or("enum index out of range")?.clone()),
-        },
+        ValueOp::Enum { labels, .. } => Datum::Text(enum_label(labels, b)?.to_owned()),
         ValueOp::Set { labels, .. } => {
-            let mut bits = le_uint(b);
-            if labels.len() < 64 && bits >> labels.len() != 0 {
-                return Err("set bit out of range");
-            }
-            let mut items = Vec::with_capacity(bits.count_ones() as usize);
-            while bits != 0 {
-                let i = bits.trailing_zeros() as usize;
-                items.push(Datum::Text(labels[i].clone()));
-                bits &= bits - 1;
-            }
+            let mut items = Vec::with_capacity(le_uint(b).count_ones() as usize);
+            for_each_set_label(labels, b, |label| items.push(Datum::Text(label.to_owned())))?;
             Datum::List(items)
         }
         _ => unreachable!("variable-size ops are decoded by the caller"),
     })
+}
+
+/// The label of a packed ENUM value; index 0 (an invalid value stored by a
+/// non-strict server) is the empty string, as MySQL shows it.
+#[inline]
+pub(crate) fn enum_label<'l>(labels: &'l [String], b: &[u8]) -> Result<&'l str, &'static str> {
+    match le_uint(b) as usize {
+        0 => Ok(""),
+        i => Ok(labels.get(i - 1).ok_or("enum index out of range")?),
+    }
+}
+
+/// Calls `f` with the label of every member of a packed SET value, in
+/// definition order; checks the bits before the first call.
+#[inline]
+pub(crate) fn for_each_set_label(
+    labels: &[String],
+    b: &[u8],
+    mut f: impl FnMut(&str),
+) -> Result<(), &'static str> {
+    let mut bits = le_uint(b);
+    if labels.len() < 64 && bits >> labels.len() != 0 {
+        return Err("set bit out of range");
+    }
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        f(&labels[i]);
+        bits &= bits - 1;
+    }
+    Ok(())
 }
 
 #[cold]
@@ -1393,7 +1490,180 @@ mod tests {
     use crate::event::{self, event_type as et};
     use crate::tablemap::parse_table_map;
     use crate::tablemap::tests::{names_tlv, table_map_body};
+    use arrow_array::{Array, ArrayRef};
+    use arrow_schema::DataType;
     use std::net::Ipv6Addr;
+    use tidewater_core::arrow_type;
+
+    /// Datum rows → one Arrow array per column, with Arrow's own builders: the
+    /// oracle the columnar path is held to.
+    fn datum_arrays(columns: &[Column], rows: &[(Op, Vec<Datum>)]) -> Vec<ArrayRef> {
+        columns
+            .iter()
+            .enumerate()
+            .map(|(i, column)| {
+                let values: Vec<&Datum> = rows.iter().map(|r| &r.1[i]).collect();
+                datum_array(&arrow_type(&column.ty), &values)
+            })
+            .collect()
+    }
+
+    fn datum_array(ty: &DataType, values: &[&Datum]) -> ArrayRef {
+        use arrow_array::builder::*;
+        macro_rules! primitive {
+            ($builder:ty, $variant:path) => {{
+                let mut b = <$builder>::new().with_data_type(ty.clone());
+                for v in values {
+                    match v {
+                        Datum::Null => b.append_null(),
+                        $variant(x) => b.append_value(*x),
+                        other => panic!("{other:?} in a {ty} column"),
+                    }
+                }
+                Arc::new(b.finish()) as ArrayRef
+            }};
+        }
+        macro_rules! unsigned {
+            ($builder:ty, $width:ty) => {{
+                let mut b = <$builder>::new();
+                for v in values {
+                    match v {
+                        Datum::Null => b.append_null(),
+                        Datum::UInt(x) => b.append_value(<$width>::try_from(*x).unwrap()),
+                        other => panic!("{other:?} in a {ty} column"),
+                    }
+                }
+                Arc::new(b.finish()) as ArrayRef
+            }};
+        }
+        match ty {
+            DataType::Int8 => primitive!(Int8Builder, Datum::Int8),
+            DataType::Int16 => primitive!(Int16Builder, Datum::Int16),
+            DataType::Int32 => primitive!(Int32Builder, Datum::Int32),
+            DataType::Int64 => primitive!(Int64Builder, Datum::Int64),
+            DataType::UInt8 => unsigned!(UInt8Builder, u8),
+            DataType::UInt16 => unsigned!(UInt16Builder, u16),
+            DataType::UInt32 => unsigned!(UInt32Builder, u32),
+            DataType::UInt64 => unsigned!(UInt64Builder, u64),
+            DataType::Float32 => primitive!(Float32Builder, Datum::Float32),
+            DataType::Float64 => primitive!(Float64Builder, Datum::Float64),
+            DataType::Decimal128(..) => primitive!(Decimal128Builder, Datum::Decimal128),
+            DataType::Decimal256(..) => primitive!(Decimal256Builder, Datum::Decimal256),
+            DataType::Date32 => primitive!(Date32Builder, Datum::Date),
+            DataType::Timestamp(..) => primitive!(TimestampMicrosecondBuilder, Datum::Timestamp),
+            DataType::Duration(..) => primitive!(DurationMicrosecondBuilder, Datum::Duration),
+            DataType::Utf8 => {
+                let mut b = StringBuilder::new();
+                for v in values {
+                    match v {
+                        Datum::Null => b.append_null(),
+                        Datum::Text(x) => b.append_value(x),
+                        other => panic!("{other:?} in a {ty} column"),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            DataType::Binary => {
+                let mut b = BinaryBuilder::new();
+                for v in values {
+                    match v {
+                        Datum::Null => b.append_null(),
+                        Datum::Bytes(x) => b.append_value(x),
+                        other => panic!("{other:?} in a {ty} column"),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            DataType::FixedSizeBinary(16) => {
+                let mut b = FixedSizeBinaryBuilder::new(16);
+                for v in values {
+                    match v {
+                        Datum::Null => b.append_null(),
+                        Datum::Uuid(x) => b.append_value(x).unwrap(),
+                        other => panic!("{other:?} in a {ty} column"),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            DataType::List(field) => {
+                let mut b = ListBuilder::new(StringBuilder::new()).with_field(field.clone());
+                for v in values {
+                    match v {
+                        Datum::Null => b.append(false),
+                        Datum::List(items) => {
+                            for item in items {
+                                match item {
+                                    Datum::Text(x) => b.values().append_value(x),
+                                    other => panic!("{other:?} in a {ty} column"),
+                                }
+                            }
+                            b.append(true);
+                        }
+                        other => panic!("{other:?} in a {ty} column"),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            other => panic!("no test converter for {other}"),
+        }
+    }
+
+    /// Asserts that `columnar` holds `rows` (typed as `plan.columns()`) and
+    /// finishes it.
+    fn assert_columnar_eq(plan: &RowPlan, columnar: &mut ColumnarRows, rows: &[(Op, Vec<Datum>)]) {
+        let columns = plan.columns();
+        let want_ops: Vec<Op> = rows.iter().map(|r| r.0).collect();
+        assert_eq!(columnar.len(), rows.len());
+        assert_eq!(columnar.ops(), &want_ops[..]);
+        let (arrays, ops) = columnar.finish();
+        assert!(columnar.is_empty() && columnar.ops().is_empty());
+        assert_eq!(ops, want_ops);
+        assert_eq!(arrays.len(), columns.len());
+        for ((array, want), column) in arrays
+            .iter()
+            .zip(datum_arrays(&columns, rows))
+            .zip(&columns)
+        {
+            assert_eq!(
+                array.data_type(),
+                &arrow_type(&column.ty),
+                "column {}",
+                column.name
+            );
+            assert_eq!(array.len(), rows.len(), "column {}", column.name);
+            assert_eq!(array, &want, "column {}", column.name);
+        }
+    }
+
+    /// [`decode_rows`] and [`decode_rows_columnar`] on the same event: both
+    /// succeed with the same stats and values, or fail with the same error
+    /// (and the columnar output rolled back). Returns what `decode_rows` did.
+    fn decode_both(
+        event_type: u8,
+        body: &[u8],
+        plan: &RowPlan,
+        out: &mut Vec<(Op, Vec<Datum>)>,
+    ) -> Result<DecodeStats, DecodeError> {
+        let mut rows = Vec::new();
+        let datum = decode_rows(event_type, body, plan, &mut rows);
+        let mut columnar = ColumnarRows::new(plan);
+        let arrow = decode_rows_columnar(event_type, body, plan, &mut columnar);
+        match (&datum, &arrow) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a, b, "stats");
+                assert_columnar_eq(plan, &mut columnar, &rows);
+            }
+            (Err(a), Err(b)) => {
+                assert_eq!(a.to_string(), b.to_string());
+                assert!(columnar.is_empty(), "a failed event leaves no rows");
+                let (arrays, _) = columnar.finish();
+                assert!(arrays.iter().all(|a| a.is_empty()));
+            }
+            _ => panic!("datum path {datum:?}, columnar path {arrow:?}"),
+        }
+        out.extend(rows);
+        datum
+    }
 
     /// Collation ids of the fixture server (`information_schema.COLLATIONS`).
     fn charsets(collation: u32) -> Option<String> {
@@ -1473,7 +1743,7 @@ mod tests {
             } else if is_rows_event(t) {
                 let (table, plan) = current.as_ref().unwrap();
                 let mut out = Vec::new();
-                zero_dates += decode_rows(t, &body, plan, &mut out).unwrap().zero_dates;
+                zero_dates += decode_both(t, &body, plan, &mut out).unwrap().zero_dates;
                 rows.extend(out.into_iter().map(|(op, r)| (table.clone(), op, r)));
             }
         }
@@ -1944,7 +2214,7 @@ mod tests {
     ) -> Result<Vec<Datum>, DecodeError> {
         let body = rows_body(7, v2, plan.ops.len(), false, row);
         let mut out = Vec::new();
-        decode_rows(event_type, &body, plan, &mut out)?;
+        decode_both(event_type, &body, plan, &mut out)?;
         assert_eq!(out.len(), 1);
         Ok(out.pop().unwrap().1)
     }
@@ -2125,7 +2395,7 @@ mod tests {
         row.push(0);
         let body = rows_body(7, false, 8, false, &row);
         let mut out = Vec::new();
-        let stats = decode_rows(23, &body, &p, &mut out).unwrap();
+        let stats = decode_both(23, &body, &p, &mut out).unwrap();
         assert_eq!(stats.zero_dates, 3);
         assert_eq!(
             out[0].1,
@@ -2333,7 +2603,7 @@ mod tests {
         }
         let body = rows_body(7, true, 2, true, &rows);
         let mut out = Vec::new();
-        decode_rows(31, &body, &p, &mut out).unwrap();
+        decode_both(31, &body, &p, &mut out).unwrap();
         assert_eq!(
             out,
             vec![
@@ -2348,7 +2618,7 @@ mod tests {
         let p = plan_for(&[(ct::LONG, &[]), (ct::LONG, &[])], vec![]);
         let mut body = rows_body(7, false, 2, false, &[0, 1, 0, 0, 0]);
         body[9] = 0b01; // c1 absent (binlog_row_image = MINIMAL)
-        let err = decode_rows(25, &body, &p, &mut Vec::new()).unwrap_err();
+        let err = decode_both(25, &body, &p, &mut Vec::new()).unwrap_err();
         assert!(matches!(err, DecodeError::PartialImage { ref column } if column == "c1"));
         assert!(err.to_string().contains("binlog_row_image"));
         // An update whose before image is minimal (key only) but after image full is fine.
@@ -2370,13 +2640,13 @@ mod tests {
             b.extend_from_slice(&[0, 1, 0, 0, 0, 2, 0, 0, 0]);
             b
         };
-        decode_rows(24, &fixed, &p, &mut out).unwrap();
+        decode_both(24, &fixed, &p, &mut out).unwrap();
         assert_eq!(
             out,
             vec![(Op::Update, vec![Datum::Int32(1), Datum::Int32(2)])]
         );
 
-        let err = decode_rows(39, &body, &p, &mut Vec::new()).unwrap_err();
+        let err = decode_both(39, &body, &p, &mut Vec::new()).unwrap_err();
         assert!(
             err.to_string().contains("binlog_row_value_options"),
             "{err}"
@@ -2384,7 +2654,7 @@ mod tests {
         assert!(is_rows_event(39) && rows_kind(39).is_none());
         let other = rows_body(8, false, 2, false, &[]);
         assert!(matches!(
-            decode_rows(23, &other, &p, &mut Vec::new()),
+            decode_both(23, &other, &p, &mut Vec::new()),
             Err(DecodeError::TableMismatch {
                 expected: 7,
                 got: 8
@@ -2460,6 +2730,70 @@ mod tests {
         }
     }
 
+    /// A failed event leaves the columnar rows as they were, even when it
+    /// fails mid-row after text, list and null-bitmap buffers were written;
+    /// the rows stay usable and the buffers reusable after `finish`.
+    #[test]
+    fn columnar_failed_event_rolls_back_whole() {
+        let p = plan_for(
+            &[
+                (ct::STRING, &[0xfe, 4]),
+                (ct::VARCHAR, &[0x2c, 0x01]),
+                (ct::STRING, &[0xf7, 1]),
+                (ct::STRING, &[0xf8, 1]),
+                (ct::BIT, &[0, 8]),
+                (ct::BLOB, &[2]),
+            ],
+            vec![
+                (3, vec![63, 8, 45]),
+                (11, vec![45, 45]),
+                (6, vec![2, 1, b'a', 1, b'b']),
+                (5, vec![4, 1, b'p', 1, b'q', 1, b'r', 2, b's', b's']),
+            ],
+        );
+        let mut row = vec![0u8, 2, 0xab, 0, 2, 0, 0xe9, 0x80, 1, 0b1101];
+        row.extend_from_slice(&[0xff; 8]);
+        row.extend_from_slice(&[3, 0, b'a', b'b', b'c']);
+        // c1 NULL: the null bitmap is materialized from here on.
+        let mut null_row = vec![0b10u8, 2, 0xab, 0, 2, 0b1];
+        null_row.extend_from_slice(&[7; 8]);
+        null_row.extend_from_slice(&[0, 0]);
+        let mut bad_set = row.clone();
+        bad_set[9] = 0b1_0000;
+        let mut bad_blob = row.clone();
+        bad_blob[18] = 9; // blob longer than the event
+        let event = |rows: &[&[u8]]| rows_body(7, false, 6, false, &rows.concat());
+
+        let mut columnar = ColumnarRows::new(&p);
+        let mut want = Vec::new();
+        for (body, ok) in [
+            (event(&[&row]), true),
+            (event(&[&null_row, &row, &bad_set]), false),
+            (event(&[&row, &null_row]), true),
+            (event(&[&null_row, &bad_blob]), false),
+            (event(&[&row, &row[..12]]), false),
+            (event(&[&null_row]), true),
+        ] {
+            let before = columnar.len();
+            let result = decode_rows_columnar(23, &body, &p, &mut columnar);
+            assert_eq!(result.is_ok(), ok, "{result:?}");
+            if ok {
+                decode_rows(23, &body, &p, &mut want).unwrap();
+            } else {
+                assert_eq!(columnar.len(), before);
+            }
+        }
+        assert_eq!(want.len(), 4);
+        assert_columnar_eq(&p, &mut columnar, &want);
+        // Reused after finish, with an update (before image skipped).
+        let update = rows_body(7, false, 6, true, &[&null_row[..], &row].concat());
+        let mut want = Vec::new();
+        decode_rows(24, &update, &p, &mut want).unwrap();
+        decode_rows_columnar(24, &update, &p, &mut columnar).unwrap();
+        assert_eq!(columnar.ops(), &[Op::Update]);
+        assert_columnar_eq(&p, &mut columnar, &want);
+    }
+
     // ---- robustness --------------------------------------------------------
 
     /// Random and mutated bodies for every parser: only `Ok` or `Err`, never a
@@ -2532,16 +2866,42 @@ mod tests {
                 .collect();
             plan(&map, &overrides, &charsets).unwrap()
         };
-        let mut out = Vec::new();
+        // Both decoders see every body and must agree. Each plan's columnar
+        // rows accumulate across events (failed events must roll back) and are
+        // compared with the Datum rows of the events that succeeded.
+        type Both = (RowPlan, ColumnarRows, Vec<(Op, Vec<Datum>)>);
+        let both = |plan: RowPlan| {
+            let columnar = ColumnarRows::new(&plan);
+            (plan, columnar, Vec::new())
+        };
+        let decode = |t: u8, body: &[u8], (plan, columnar, rows): &mut Both| {
+            let mut out = Vec::new();
+            let datum = decode_rows(t, body, plan, &mut out);
+            let arrow = decode_rows_columnar(t, body, plan, columnar);
+            assert_eq!(
+                datum.as_ref().map_err(ToString::to_string),
+                arrow.as_ref().map_err(ToString::to_string),
+                "event type {t}, body {body:?}"
+            );
+            if datum.is_ok() {
+                rows.extend(out);
+            }
+        };
+        let check = |(plan, columnar, rows): &mut Both| {
+            assert_columnar_eq(plan, columnar, rows);
+            rows.clear();
+        };
+        let mut hires = both(hires);
+        let mut every_op = both(every_op);
+        let mut plans: Vec<Both> = plans.into_iter().map(both).collect();
+        let mut decoded_rows = 0;
         for i in 0..20_000 {
             let random_rows: Vec<u8> = (0..rng.gen_range(0..120)).map(|_| rng.gen()).collect();
             let body = rows_body(9, false, 6, false, &random_rows);
-            out.clear();
-            let _ = decode_rows(23, &body, &hires, &mut out);
+            decode(23, &body, &mut hires);
             for t in [23, 24, 30, 31] {
                 let body = rows_body(7, t >= 30, 19, matches!(t, 24 | 31), &random_rows);
-                out.clear();
-                let _ = decode_rows(t, &body, &every_op, &mut out);
+                decode(t, &body, &mut every_op);
             }
             let (t, base) = &corpus[rng.gen_range(0..corpus.len())];
             let mut body = base.clone();
@@ -2574,15 +2934,22 @@ mod tests {
             let _ = event::split_events(&body);
             let _ = event::heartbeat_v2(&body);
             if is_rows_event(*t) {
-                for p in &plans {
-                    out.clear();
-                    let _ = decode_rows(*t, &body, p, &mut out);
+                for p in &mut plans {
+                    decode(*t, &body, p);
                 }
             }
             if let Ok(map) = parse_table_map(&body) {
                 let _ = plan(&map, &[], &charsets);
             }
+            if i % 1000 == 999 {
+                for b in [&mut hires, &mut every_op].into_iter().chain(&mut plans) {
+                    decoded_rows += b.2.len();
+                    check(b);
+                }
+            }
         }
+        // The comparison must have had rows to compare.
+        assert!(decoded_rows > 1000, "{decoded_rows}");
     }
 
     #[test]
@@ -2673,6 +3040,8 @@ mod tests {
         }
         let body = rows_body(7, true, 5, false, &rows);
         let events = 20_000;
+        let mb_per_s = |secs: f64| (body.len() * events) as f64 / secs / 1e6;
+
         let mut out = Vec::with_capacity(rows_per_event);
         let start = std::time::Instant::now();
         let mut total = 0usize;
@@ -2684,9 +3053,57 @@ mod tests {
         let secs = start.elapsed().as_secs_f64();
         assert_eq!(out[1].1[3], Datum::Decimal128(123_456_789_012));
         println!(
-            "decode_throughput: {total} rows in {secs:.3} s = {:.0} rows/s, {:.0} MB/s",
+            "decode_throughput datum:               {total} rows in {secs:.3} s = {:.0} rows/s, {:.0} MB/s",
             total as f64 / secs,
-            (body.len() * events) as f64 / secs / 1e6
+            mb_per_s(secs)
         );
+
+        // What the batcher adds today: the Datum rows of a batch into Arrow
+        // builders (the test oracle, which mirrors the batcher's converter).
+        let batch_events = 100;
+        let columns = p.columns();
+        let mut batch = Vec::with_capacity(rows_per_event * batch_events);
+        let start = std::time::Instant::now();
+        let mut total = 0usize;
+        for e in 0..events {
+            decode_rows(30, &body, &p, &mut batch).unwrap();
+            if e % batch_events == batch_events - 1 {
+                total += datum_arrays(&columns, &batch)[0].len();
+                batch.clear();
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "decode_throughput datum + arrow:       {total} rows in {secs:.3} s = {:.0} rows/s, {:.0} MB/s",
+            total as f64 / secs,
+            mb_per_s(secs)
+        );
+
+        for (label, batch_events) in [("finish per event:  ", 1), ("finish per 100 ev.:", 100)] {
+            let mut columnar = ColumnarRows::new(&p);
+            let start = std::time::Instant::now();
+            let mut total = 0usize;
+            let mut last = Vec::new();
+            for e in 0..events {
+                decode_rows_columnar(30, &body, &p, &mut columnar).unwrap();
+                if e % batch_events == batch_events - 1 {
+                    let (arrays, ops) = columnar.finish();
+                    total += ops.len();
+                    last = arrays;
+                }
+            }
+            let secs = start.elapsed().as_secs_f64();
+            let amount = last[3]
+                .as_any()
+                .downcast_ref::<arrow_array::Decimal128Array>()
+                .unwrap()
+                .value(1);
+            assert_eq!(amount, 123_456_789_012);
+            println!(
+                "decode_throughput columnar, {label} {total} rows in {secs:.3} s = {:.0} rows/s, {:.0} MB/s",
+                total as f64 / secs,
+                mb_per_s(secs)
+            );
+        }
     }
 }

@@ -39,7 +39,8 @@ use mysql_async::binlog::events::Event;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts, Value};
 use tidewater_core::{
-    ChangeEvent, Column, CommitInfo, Datum, Op, RowChange, TableFilter, TableId, TableSchema,
+    ChangeEvent, Column, CommitInfo, Datum, Op, RowBlock, RowChange, TableFilter, TableId,
+    TableSchema,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -158,6 +159,8 @@ struct StreamState {
     /// MySQL: the executed GTID set, when the server has GTIDs on.
     mysql_gtids: Option<GtidSet>,
     maps: HashMap<u64, Mapped>,
+    /// Reusable Arrow buffers per table id, for its current table map.
+    builders: HashMap<u64, rows::ColumnarRows>,
     txn: Option<OpenTxn>,
     /// Where the stream was asked to start, for error messages.
     from: String,
@@ -180,7 +183,6 @@ pub struct MysqlSource {
     pending: VecDeque<ChangeEvent>,
     snapshot: Option<SnapshotState>,
     stream: Option<StreamState>,
-    rows_buffer: Vec<(Op, Vec<Datum>)>,
     zero_dates: u64,
     zero_date_tables: Vec<TableId>,
 }
@@ -228,7 +230,6 @@ impl MysqlSource {
             pending: VecDeque::new(),
             snapshot: None,
             stream: None,
-            rows_buffer: Vec::new(),
             zero_dates: 0,
             zero_date_tables: Vec::new(),
         })
@@ -480,6 +481,7 @@ impl MysqlSource {
                 Flavor::MariaDb => None,
             },
             maps: HashMap::new(),
+            builders: HashMap::new(),
             txn: None,
             from: from_text,
             payload_end: 0,
@@ -1015,6 +1017,7 @@ impl MysqlSource {
             }
         };
         let stream = self.stream.as_mut().expect("streaming");
+        stream.builders.remove(&map.table_id);
         stream.maps.insert(
             map.table_id,
             Mapped {
@@ -1054,23 +1057,29 @@ impl MysqlSource {
         let Some((schema, plan)) = mapped.target.clone() else {
             return Ok(());
         };
-        let mut out = std::mem::take(&mut self.rows_buffer);
-        out.clear();
-        let stats = rows::decode_rows(event_type, data, &plan, &mut out)
+        // Straight into Arrow: one block of rows per rows event.
+        let mut out = self
+            .stream_mut()
+            .builders
+            .remove(&table_id)
+            .unwrap_or_else(|| rows::ColumnarRows::new(&plan));
+        let stats = rows::decode_rows_columnar(event_type, data, &plan, &mut out)
             .map_err(|source| self.decode_error(&schema.table.to_string(), end, source))?;
         if stats.zero_dates > 0 {
             self.on_zero_dates(&schema.table, stats.zero_dates, end)?;
         }
-        for (op, values) in out.drain(..) {
-            let ord = self.begin_if_needed(end);
-            self.pending.push_back(ChangeEvent::Row(RowChange {
-                table: schema.table.clone(),
-                op,
-                ord,
-                values,
-            }));
+        let (columns, ops) = out.finish();
+        self.stream_mut().builders.insert(table_id, out);
+        if ops.is_empty() {
+            return Ok(());
         }
-        self.rows_buffer = out;
+        let first_ord = self.reserve_ords(end, ops.len() as u64);
+        self.pending.push_back(ChangeEvent::Block(RowBlock {
+            table: schema.table.clone(),
+            ops,
+            first_ord,
+            columns,
+        }));
         Ok(())
     }
 
