@@ -43,12 +43,29 @@ fn main() {
         .collect();
     let bytes: usize = data.iter().map(Vec::len).sum();
 
-    let started = Instant::now();
+    for columnar in [false, true] {
+        let started = Instant::now();
+        let (rows, events) = decode_all(&data, &charsets, columnar);
+        let seconds = started.elapsed().as_secs_f64();
+        println!(
+            "{}: decoded {rows} rows in {events} events from {:.1} MB of binlog in {seconds:.3} s: \
+             {:.0} rows/s, {:.0} MB/s, peak RSS {:.0} MiB (files held in memory)",
+            if columnar { "into Arrow (the daemon's path)" } else { "into Datums" },
+            bytes as f64 / 1e6,
+            rows as f64 / seconds,
+            bytes as f64 / 1e6 / seconds,
+            peak_rss_mib()
+        );
+    }
+}
+
+/// Decodes every rows event; returns (rows, events).
+fn decode_all(data: &[Vec<u8>], charsets: &HashMap<u32, String>, columnar: bool) -> (u64, u64) {
     let mut rows_out = Vec::new();
     let mut rows = 0u64;
     let mut events = 0u64;
-    let mut plans: HashMap<u64, rows::RowPlan> = HashMap::new();
-    for file in &data {
+    let mut plans: HashMap<u64, (rows::RowPlan, rows::ColumnarRows)> = HashMap::new();
+    for file in data {
         assert_eq!(&file[..4], b"\xfebin", "not a binlog file");
         let mut at = 4;
         let mut checksum = 0;
@@ -61,37 +78,38 @@ fn main() {
                 // The FDE ends with the checksum algorithm byte and its own CRC.
                 checksum = if body[body.len() - 5] == 1 { 4 } else { 0 };
             }
-            let body = &body[..body.len()
-                - if event_type == FORMAT_DESCRIPTION {
-                    4
-                } else {
-                    checksum
-                }];
+            let trailer = if event_type == FORMAT_DESCRIPTION {
+                4
+            } else {
+                checksum
+            };
+            let body = &body[..body.len() - trailer];
             if event_type == TABLE_MAP {
                 let map = tablemap::parse_table_map(body).expect("table map");
                 plans.entry(map.table_id).or_insert_with(|| {
-                    rows::plan(&map, &[], &|id| charsets.get(&id).cloned()).expect("plan")
+                    let plan =
+                        rows::plan(&map, &[], &|id| charsets.get(&id).cloned()).expect("plan");
+                    let builders = rows::ColumnarRows::new(&plan);
+                    (plan, builders)
                 });
             } else if rows::rows_kind(event_type).is_some() {
                 let table_id = body[..6]
                     .iter()
                     .rev()
                     .fold(0u64, |a, b| (a << 8) | u64::from(*b));
-                let plan = &plans[&table_id];
-                rows_out.clear();
-                rows::decode_rows(event_type, body, plan, &mut rows_out).expect("rows");
-                rows += rows_out.len() as u64;
+                let (plan, builders) = plans.get_mut(&table_id).expect("table map first");
+                if columnar {
+                    rows::decode_rows_columnar(event_type, body, plan, builders).expect("rows");
+                    let (_, ops) = builders.finish();
+                    rows += ops.len() as u64;
+                } else {
+                    rows_out.clear();
+                    rows::decode_rows(event_type, body, plan, &mut rows_out).expect("rows");
+                    rows += rows_out.len() as u64;
+                }
             }
             at += size;
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
-    println!(
-        "decoded {rows} rows in {events} events from {:.1} MB of binlog in {seconds:.3} s: \
-         {:.0} rows/s, {:.0} MB/s, peak RSS {:.0} MiB (files held in memory)",
-        bytes as f64 / 1e6,
-        rows as f64 / seconds,
-        bytes as f64 / 1e6 / seconds,
-        peak_rss_mib()
-    );
+    (rows, events)
 }
