@@ -14,6 +14,8 @@
 //! * error classes ([`ErrorClass`]) every connector error maps to.
 
 mod batch;
+pub mod calendar;
+pub mod decimal;
 mod error;
 mod event;
 mod filter;

@@ -7,6 +7,7 @@
 
 use arrow_buffer::i256;
 use mysql_async::Value;
+use tidewater_core::decimal::scaled_digits;
 use tidewater_core::{ColumnType, Datum};
 
 /// Why a value could not be converted; never holds the value itself.
@@ -143,31 +144,6 @@ fn days(y: u16, m: u8, d: u8) -> Option<i32> {
     let date = chrono::NaiveDate::from_ymd_opt(i32::from(y), u32::from(m), u32::from(d))?;
     let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
     Some((date - epoch).num_days() as i32)
-}
-
-/// The unscaled digits of a decimal text at `scale` ("-1.5", 2 → "-150").
-fn scaled_digits(text: &str, scale: i8) -> Option<String> {
-    let (negative, body) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (int_part, frac_part) = body.split_once('.').unwrap_or((body, ""));
-    let scale = usize::try_from(scale).ok()?;
-    if (int_part.is_empty() && frac_part.is_empty())
-        || !int_part.bytes().all(|b| b.is_ascii_digit())
-        || !frac_part.bytes().all(|b| b.is_ascii_digit())
-        || frac_part.len() > scale
-    {
-        return None;
-    }
-    let mut digits = String::with_capacity(body.len() + scale + 1);
-    if negative {
-        digits.push('-');
-    }
-    digits.push_str(if int_part.is_empty() { "0" } else { int_part });
-    digits.push_str(frac_part);
-    digits.extend(std::iter::repeat_n('0', scale - frac_part.len()));
-    Some(digits)
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@
 //! never clamped (documented in the README).
 
 use arrow_buffer::i256;
+use tidewater_core::calendar::{days_from_civil, days_in_month};
+use tidewater_core::decimal::scaled_digits;
 use tidewater_core::{date_range_days, timestamp_range_us, ColumnType, Datum};
 
 /// A value the server sent that does not fit its column type. It names the
@@ -96,32 +98,6 @@ pub fn parse(ty: &ColumnType, text: &str) -> Result<Datum, ValueError> {
     })
 }
 
-/// The unscaled integer digits of a decimal text at `scale`, e.g. ("-1.5", 2) →
-/// "-150". None for NaN/Infinity or more fraction digits than the scale.
-fn scaled_digits(text: &str, scale: i8) -> Option<String> {
-    let (negative, body) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (int_part, frac_part) = body.split_once('.').unwrap_or((body, ""));
-    let scale = usize::try_from(scale).ok()?;
-    if int_part.is_empty() && frac_part.is_empty()
-        || !int_part.bytes().all(|b| b.is_ascii_digit())
-        || !frac_part.bytes().all(|b| b.is_ascii_digit())
-        || frac_part.len() > scale
-    {
-        return None;
-    }
-    let mut digits = String::with_capacity(body.len() + scale + 1);
-    if negative {
-        digits.push('-');
-    }
-    digits.push_str(int_part);
-    digits.push_str(frac_part);
-    digits.extend(std::iter::repeat_n('0', scale - frac_part.len()));
-    Some(digits)
-}
-
 fn hex_value(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -167,26 +143,6 @@ fn parse_bytea(text: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
-}
-
-/// Days from 1970-01-01 to a proleptic Gregorian date (astronomical years).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = month as i64;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn days_in_month(year: i64, month: u32) -> u32 {
-    match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        _ if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        _ => 28,
-    }
 }
 
 /// `YYYY-MM-DD` (year may have more than 4 digits), returning days since epoch;
