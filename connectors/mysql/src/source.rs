@@ -28,7 +28,14 @@
 //! Schemas come from the TABLE_MAP events (`binlog_row_metadata=FULL`), with
 //! `information_schema` adding what a table map cannot say (see
 //! [`crate::catalog`]). A table map whose columns differ from the last one of
-//! the same table yields a new schema version.
+//! the same table yields a new schema version. Each rows event is decoded
+//! straight into Arrow buffers ([`crate::rows::decode_rows_columnar`]) and
+//! leaves as one `RowBlock`; the snapshot reads rows over the binary protocol
+//! into `Datum`s (the same values, see [`crate::catalog`]).
+//!
+//! The `_tw_seq` of a transaction is that of the *start* of its opening event
+//! for `Begin`'s position, so a restart from a table's position replays the
+//! transaction with the same seq and the marks recognise every row.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -624,7 +631,6 @@ impl MysqlSource {
                 let seq = BinlogPosition::seq_of(self.current_file(), end);
                 self.open_txn(
                     seq,
-                    end,
                     header.timestamp(),
                     Some(format!("{}-{}-{}", gtid.domain_id, server, gtid.seq_no)),
                     Some((gtid.domain_id, server, gtid.seq_no)),
@@ -649,7 +655,7 @@ impl MysqlSource {
                 let named = event_type == kind::MYSQL_GTID;
                 let txid = named.then(|| gtid.to_gtid_string());
                 // Standalone until a BEGIN says otherwise (DDL has none).
-                self.open_txn(seq, end, header.timestamp(), txid, None, true);
+                self.open_txn(seq, header.timestamp(), txid, None, true);
                 if named {
                     if let Some(txn) = self.stream_mut().txn.as_mut() {
                         txn.mysql_gtid = Some((gtid.sid, gtid.gno));
@@ -712,16 +718,15 @@ impl MysqlSource {
         }
     }
 
+    /// Opens a transaction at the event being handled; `seq` orders it.
     fn open_txn(
         &mut self,
         seq: u64,
-        end: u64,
         timestamp: u32,
         txid: Option<String>,
         maria_gtid: Option<(u32, u32, u64)>,
         standalone: bool,
     ) {
-        let _ = end;
         let event_start = self.stream_mut().event_start;
         let start = self.position_here(event_start).to_string();
         let stream = self.stream.as_mut().expect("streaming");
@@ -785,7 +790,7 @@ impl MysqlSource {
             // Rows without a GTID/BEGIN before them (only if we started inside
             // a transaction): the rows event's own position orders them.
             let seq = BinlogPosition::seq_of(&stream.file, end);
-            self.open_txn(seq, end, 0, None, None, false);
+            self.open_txn(seq, 0, None, None, false);
         }
         let stream = self.stream.as_mut().expect("streaming");
         let txn = stream.txn.as_mut().expect("opened above");
@@ -840,7 +845,7 @@ impl MysqlSource {
                 Some(txn) => txn.standalone = false,
                 None => {
                     let seq = BinlogPosition::seq_of(&stream.file, end);
-                    self.open_txn(seq, end, timestamp, None, None, false);
+                    self.open_txn(seq, timestamp, None, None, false);
                 }
             }
             return Ok(());
