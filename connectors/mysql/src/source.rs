@@ -27,15 +27,15 @@
 //!
 //! Schemas come from the TABLE_MAP events (`binlog_row_metadata=FULL`), with
 //! `information_schema` adding what a table map cannot say (see
-//! [`crate::catalog`]). A table map whose columns differ from the last one of
+//! the `catalog` module). A table map whose columns differ from the last one of
 //! the same table yields a new schema version. Each rows event is decoded
 //! straight into Arrow buffers ([`crate::rows::decode_rows_columnar`]) and
 //! leaves as one `RowBlock`; the snapshot reads rows over the binary protocol
-//! into `Datum`s (the same values, see [`crate::catalog`]).
+//! into `Datum`s (the same values, see the `catalog` module).
 //!
-//! The `_tw_seq` of a transaction is that of the *start* of its opening event
-//! for `Begin`'s position, so a restart from a table's position replays the
-//! transaction with the same seq and the marks recognise every row.
+//! A transaction's `Begin` carries the position of the *start* of its opening
+//! event, so a restart from a table's position replays that event and gives
+//! the transaction the same `_tw_seq`: the marks recognise every row.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
