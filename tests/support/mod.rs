@@ -360,6 +360,8 @@ impl Pipeline {
             }
         })
         .await;
+        // Equal is not enough if the daemon died on the way there.
+        self.assert_running();
     }
 
     /// Waits until the current state of lake table `<database>/<table>`
