@@ -10,7 +10,8 @@ use tidewater_postgres::{PostgresConfig, PostgresSource};
 
 use crate::pipeline::{format_problems, Settings, SourceSettings};
 
-type CheckResult = Result<(Vec<TableId>, Vec<Problem>), String>;
+/// Selected tables, problems that stop the pipeline, and warnings.
+type CheckResult = Result<(Vec<TableId>, Vec<Problem>, Vec<Problem>), String>;
 
 async fn check_postgres(config: &PostgresConfig) -> CheckResult {
     let source = PostgresSource::connect(config.clone())
@@ -20,7 +21,10 @@ async fn check_postgres(config: &PostgresConfig) -> CheckResult {
     let found = tidewater_postgres::preflight(source.client(), source.config(), &tables)
         .await
         .map_err(|e| crate::chain(&e))?;
-    Ok((tables, found))
+    let warnings = tidewater_postgres::advisories(source.client())
+        .await
+        .map_err(|e| crate::chain(&e))?;
+    Ok((tables, found, warnings))
 }
 
 async fn check_mysql(config: &MysqlConfig) -> CheckResult {
@@ -34,7 +38,7 @@ async fn check_mysql(config: &MysqlConfig) -> CheckResult {
         .map_err(|e| crate::chain(&e))?;
     println!("source: {:?}", source.flavor());
     source.close().await;
-    Ok((tables, found))
+    Ok((tables, found, Vec::new()))
 }
 use crate::policy::exit_code;
 
@@ -52,7 +56,10 @@ pub async fn check(settings: &Settings) -> i32 {
         SourceSettings::Mysql(config) => check_mysql(config).await,
     };
     match result {
-        Ok((tables, found)) => {
+        Ok((tables, found, warnings)) => {
+            for warning in &warnings {
+                println!("warning: {}\n  fix: {}", warning.what, warning.fix);
+            }
             println!("source: {} table(s) selected", tables.len());
             for table in &tables {
                 println!("  {table}");

@@ -137,4 +137,10 @@ async fn check_reports_tables_and_missing_replication_privilege() {
         out.contains("ALTER ROLE \"plain\" WITH REPLICATION"),
         "{out}"
     );
+    // The test server keeps unlimited WAL for slots: a warning, with its fix.
+    assert!(
+        out.contains("warning: max_slot_wal_keep_size is unlimited")
+            && out.contains("ALTER SYSTEM SET max_slot_wal_keep_size"),
+        "{out}"
+    );
 }

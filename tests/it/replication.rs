@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use crate::support::lake::read_log;
-use crate::support::{eventually, pg, Pipeline};
+use crate::support::{eventually, output_within, pg, tidewater, Pipeline};
 
 const TYPED_DDL: &str = "CREATE TABLE typed (
     id int PRIMARY KEY,
@@ -463,5 +463,95 @@ async fn snapshot_never_streams_only_new_changes() {
         .unwrap();
     pipeline.start();
     pipeline.wait_log_rows("t", 3).await;
+    assert_eq!(pipeline.terminate(), 0);
+}
+
+/// WAL safety: a pipeline whose database is idle while another database on
+/// the same server writes must not pin that WAL — the slot's confirmed
+/// position follows the server (keepalives are acknowledged when nothing is
+/// pending), and `status` reports the WAL the slot retains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_slot_follows_the_servers_wal() {
+    let client = pg().create_database("idle_wal").await;
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::new("idle_wal", &pg().url("idle_wal"), "");
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+    let other = pg().create_database("idle_wal_busy").await;
+    other
+        .batch_execute(
+            "CREATE TABLE junk (x text); \
+             INSERT INTO junk SELECT repeat(md5(g::text), 30) FROM generate_series(1, 20000) g",
+        )
+        .await
+        .unwrap();
+    let target: String = other
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    eventually(
+        "the idle pipeline's slot confirmed past the busy database's WAL",
+        Duration::from_secs(120),
+        || {
+            let client = &client;
+            let target = target.clone();
+            async move {
+                let row = client
+                    .query_one(
+                        "SELECT confirmed_flush_lsn >= $1::text::pg_lsn, confirmed_flush_lsn::text \
+                         FROM pg_replication_slots WHERE slot_name = 'tidewater_idle_wal'",
+                        &[&target],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let caught_up: bool = row.get(0);
+                let at: String = row.get(1);
+                caught_up
+                    .then_some(())
+                    .ok_or(format!("confirmed {at}, server wrote up to {target}"))
+            }
+        },
+    )
+    .await;
+    // The slot's restart point follows at the next running-transactions
+    // record (a checkpoint writes one): the WAL it retains shrinks, and
+    // `status` says how much it is.
+    let config = pipeline.config.clone();
+    eventually(
+        "the slot retains less than 16 MiB",
+        Duration::from_secs(120),
+        || {
+            let other = &other;
+            let config = config.clone();
+            async move {
+                other
+                    .batch_execute("CHECKPOINT")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = output_within(
+                    {
+                        let mut cmd = tidewater();
+                        cmd.args(["status", "--format", "json", "--config"])
+                            .arg(&config);
+                        cmd
+                    },
+                    60,
+                );
+                let report: serde_json::Value =
+                    serde_json::from_slice(&status.stdout).map_err(|e| e.to_string())?;
+                let retained = report["source"]["retained_wal_bytes"]
+                    .as_i64()
+                    .ok_or("no retained_wal_bytes in status")?;
+                (retained < 16 * 1024 * 1024)
+                    .then_some(())
+                    .ok_or(format!("slot retains {retained} bytes"))
+            }
+        },
+    )
+    .await;
     assert_eq!(pipeline.terminate(), 0);
 }

@@ -12,7 +12,7 @@ pub mod value;
 
 pub use error::PostgresError;
 pub use pgwire_replication::Lsn;
-pub use preflight::preflight;
+pub use preflight::{advisories, preflight};
 pub use source::{PostgresConfig, PostgresSource, SlotState};
 pub use tidewater_core::TableFilter;
 pub use types::column_type;

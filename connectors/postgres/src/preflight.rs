@@ -169,3 +169,26 @@ pub async fn preflight(
     }
     Ok(problems)
 }
+
+/// Settings that do not stop the pipeline but put the server at risk; `check`
+/// prints them as warnings.
+pub async fn advisories(client: &Client) -> Result<Vec<Problem>, PostgresError> {
+    let mut warnings = Vec::new();
+    let keep: String = client
+        .query_one("SELECT current_setting('max_slot_wal_keep_size')", &[])
+        .await
+        .map_err(query_error("reading max_slot_wal_keep_size"))?
+        .get(0);
+    if keep.trim() == "-1" {
+        warnings.push(Problem {
+            what: "max_slot_wal_keep_size is unlimited (-1): if tidewater stops for long, \
+                   its slot keeps every WAL segment since and the disk can fill up"
+                .into(),
+            fix: "ALTER SYSTEM SET max_slot_wal_keep_size = '50GB'; SELECT pg_reload_conf(); \
+                  (size it to the outage you want to survive; past it the slot is invalidated \
+                  and tidewater asks for a new snapshot)"
+                .into(),
+        });
+    }
+    Ok(warnings)
+}
