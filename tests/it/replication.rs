@@ -555,3 +555,83 @@ async fn idle_slot_follows_the_servers_wal() {
     .await;
     assert_eq!(pipeline.terminate(), 0);
 }
+
+/// Mixed-case, unicode and path-like names: each lands in one directory of
+/// its own inside the lake (a table called `..` must not climb out of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_names_land_inside_the_lake() {
+    let client = pg().create_database("odd_names").await;
+    client
+        .batch_execute(
+            r#"CREATE SCHEMA "Mixed Case";
+               CREATE TABLE "Mixed Case"."We/ird ü" (id int PRIMARY KEY, "Größe" text);
+               CREATE TABLE public.".." (id int PRIMARY KEY, v int);"#,
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            r#"INSERT INTO "Mixed Case"."We/ird ü" VALUES (1, 'a'), (2, 'b');
+               INSERT INTO public.".." VALUES (1, 1);"#,
+        )
+        .await
+        .unwrap();
+    let source = format!(
+        "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\", \"Mixed Case.*\"]\n",
+        pg().url("odd_names")
+    );
+    let mut pipeline = Pipeline::with_source("odd_names", &source, "");
+    pipeline.start();
+    let tables = [
+        ("Mixed Case", "We/ird ü", r#""Mixed Case"."We/ird ü""#),
+        ("public", "..", r#"public."..""#),
+    ];
+    let equal = |client: &'static Client| {
+        let paths: Vec<(std::path::PathBuf, &'static str)> = tables
+            .iter()
+            .map(|(schema, table, sql)| (pipeline.table_path(schema, table), *sql))
+            .collect();
+        move || {
+            let paths = paths.clone();
+            async move {
+                for (path, sql) in paths {
+                    let log = read_log(&path).await?;
+                    let lake = crate::support::lake::current_state(&log, "id");
+                    let source = crate::support::lake::source_state(client, sql, "id").await;
+                    crate::support::lake::compare(&source, &lake)?;
+                }
+                Ok(())
+            }
+        }
+    };
+    let client: &'static Client = Box::leak(Box::new(client));
+    eventually(
+        "odd names snapshotted",
+        Duration::from_secs(90),
+        equal(client),
+    )
+    .await;
+    client
+        .batch_execute(
+            r#"UPDATE "Mixed Case"."We/ird ü" SET "Größe" = 'ä' WHERE id = 1;
+               INSERT INTO public.".." VALUES (2, 2);"#,
+        )
+        .await
+        .unwrap();
+    eventually("odd names streamed", Duration::from_secs(90), equal(client)).await;
+    // Nothing outside the pipeline's folder; `..` is a directory of its own.
+    let base = pipeline.lake.join("odd_names");
+    assert!(base.join("public").join("~2E.").join("_delta_log").is_dir());
+    assert!(base
+        .join("Mixed Case")
+        .join("We~2Fird ü")
+        .join("_delta_log")
+        .is_dir());
+    let top: Vec<String> = std::fs::read_dir(&pipeline.lake)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(top, vec!["odd_names".to_string()]);
+    assert_eq!(pipeline.terminate(), 0);
+}

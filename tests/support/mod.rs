@@ -326,7 +326,11 @@ impl Pipeline {
     }
 
     pub fn table_path(&self, schema: &str, table: &str) -> PathBuf {
-        self.lake.join(&self.name).join(schema).join(table)
+        use tidewater_lake::layout::path_segment;
+        self.lake
+            .join(&self.name)
+            .join(path_segment(schema))
+            .join(path_segment(table))
     }
 
     /// Waits until the current state of lake table `public.<table>` equals the

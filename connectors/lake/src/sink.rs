@@ -36,6 +36,7 @@ use tidewater_core::{
 use tracing::{debug, info};
 
 use crate::error::LakeError;
+use crate::layout::{path_segment, segment_name};
 use crate::narrow::{narrow_batch, narrow_schema};
 use crate::stats::writer_properties;
 
@@ -154,8 +155,8 @@ impl LakeSink {
     pub fn table_path(&self, table: &TableId) -> PathBuf {
         self.root
             .join(&self.pipeline)
-            .join(&table.schema)
-            .join(&table.table)
+            .join(path_segment(&table.schema))
+            .join(path_segment(&table.table))
     }
 
     /// Opens an existing lake table and reads its state; None when there is no
@@ -433,16 +434,16 @@ impl LakeSink {
             let Ok(tables) = std::fs::read_dir(schema.path()) else {
                 continue;
             };
+            let Some(schema_name) = segment_name(&schema.file_name().to_string_lossy()) else {
+                continue;
+            };
             for table in tables.flatten() {
-                let hidden = table
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(".tidewater-");
-                if !hidden && table.path().join("_delta_log").is_dir() {
-                    found.push(TableId::new(
-                        schema.file_name().to_string_lossy(),
-                        table.file_name().to_string_lossy(),
-                    ));
+                // Hidden entries (tombstones) never decode.
+                let Some(table_name) = segment_name(&table.file_name().to_string_lossy()) else {
+                    continue;
+                };
+                if table.path().join("_delta_log").is_dir() {
+                    found.push(TableId::new(schema_name.clone(), table_name));
                 }
             }
         }
@@ -457,7 +458,8 @@ impl LakeSink {
     pub fn remove_table(&mut self, table: &TableId) -> Result<(), LakeError> {
         self.tables.remove(table);
         let path = self.table_path(table);
-        let tombstone = path.with_file_name(format!(".tidewater-removed-{}", table.table));
+        let tombstone =
+            path.with_file_name(format!(".tidewater-removed-{}", path_segment(&table.table)));
         remove_dir(&tombstone)?;
         match std::fs::rename(&path, &tombstone) {
             Ok(()) => remove_dir(&tombstone),
