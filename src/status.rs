@@ -36,7 +36,7 @@ async fn check_mysql(config: &MysqlConfig) -> CheckResult {
         .preflight(&tables)
         .await
         .map_err(|e| crate::chain(&e))?;
-    println!("source: {:?}", source.flavor());
+    println!("source: {}", source.flavor());
     source.close().await;
     Ok((tables, found, Vec::new()))
 }
