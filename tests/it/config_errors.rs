@@ -125,7 +125,8 @@ async fn check_reports_tables_and_missing_replication_privilege() {
     client
         .batch_execute(
             "CREATE TABLE t (id int primary key); CREATE TABLE nopk (v int); \
-             CREATE ROLE plain LOGIN; GRANT SELECT ON t, nopk TO plain;",
+             CREATE TABLE t2 (id int primary key, body text); \
+             CREATE ROLE plain LOGIN; GRANT SELECT ON t, nopk, t2 TO plain;",
         )
         .await
         .ok();
@@ -135,6 +136,12 @@ async fn check_reports_tables_and_missing_replication_privilege() {
     assert!(out.contains("public.t"), "{out}");
     assert!(
         out.contains("ALTER ROLE \"plain\" WITH REPLICATION"),
+        "{out}"
+    );
+    // Lossy identities are warned about, with the fix.
+    assert!(
+        out.contains("warning: public.t2 has columns stored out of line (TOAST)")
+            && out.contains("ALTER TABLE \"public\".\"t2\" REPLICA IDENTITY FULL"),
         "{out}"
     );
     // The test server keeps unlimited WAL for slots: a warning, with its fix.

@@ -170,10 +170,48 @@ pub async fn preflight(
     Ok(problems)
 }
 
-/// Settings that do not stop the pipeline but put the server at risk; `check`
-/// prints them as warnings.
-pub async fn advisories(client: &Client) -> Result<Vec<Problem>, PostgresError> {
+/// Settings that do not stop the pipeline but put the server or the lake's
+/// completeness at risk; `check` prints them as warnings.
+pub async fn advisories(
+    client: &Client,
+    tables: &[TableId],
+) -> Result<Vec<Problem>, PostgresError> {
     let mut warnings = Vec::new();
+    for table in tables {
+        // Identity 'd' with a key or 'i': deletes carry only the key, and an
+        // UPDATE leaving a TOASTed value unchanged does not send it.
+        let row = client
+            .query_one(
+                "SELECT c.relreplident::text, EXISTS (SELECT 1 FROM pg_attribute a                    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped                      AND a.attstorage IN ('x', 'e'))                  FROM pg_class c WHERE c.oid = (quote_ident($1) || '.' || quote_ident($2))::regclass",
+                &[&table.schema, &table.table],
+            )
+            .await
+            .map_err(query_error(format!("reading the replica identity of {table}")))?;
+        let identity: String = row.get(0);
+        let toastable: bool = row.get(1);
+        let fix = format!(
+            "ALTER TABLE {} REPLICA IDENTITY FULL; (the old image of every row is then logged)",
+            quote_table(table)
+        );
+        match identity.as_str() {
+            "n" => warnings.push(Problem {
+                what: format!(
+                    "{table} has REPLICA IDENTITY NOTHING: its deletes carry no key and its \
+                     updates no old values, so the lake cannot tell which row they change"
+                ),
+                fix,
+            }),
+            "d" | "i" if toastable => warnings.push(Problem {
+                what: format!(
+                    "{table} has columns stored out of line (TOAST) and no REPLICA IDENTITY FULL: \
+                     an UPDATE that leaves such a value unchanged does not send it, and the \
+                     pipeline stops rather than write a NULL; deletes carry only the key"
+                ),
+                fix,
+            }),
+            _ => {}
+        }
+    }
     let keep: String = client
         .query_one("SELECT current_setting('max_slot_wal_keep_size')", &[])
         .await
