@@ -635,3 +635,37 @@ async fn odd_names_land_inside_the_lake() {
     assert_eq!(top, vec!["odd_names".to_string()]);
     assert_eq!(pipeline.terminate(), 0);
 }
+
+/// A slot dropped behind the pipeline's back: the next start refuses to
+/// stream with a gap, names the slot and the lake's position, and says how to
+/// take a new snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_slot_is_a_clear_error() {
+    let client = pg().create_database("slot_gone").await;
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::new("slot_gone", &pg().url("slot_gone"), "");
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+    assert_eq!(pipeline.terminate(), 0);
+    client
+        .batch_execute("SELECT pg_drop_replication_slot('tidewater_slot_gone')")
+        .await
+        .unwrap();
+    let output = output_within(
+        {
+            let mut cmd = tidewater();
+            cmd.args(["run", "--config"]).arg(&pipeline.config);
+            cmd
+        },
+        60,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("\"tidewater_slot_gone\" does not exist") && stderr.contains("re-snapshot"),
+        "{stderr}"
+    );
+}
