@@ -669,3 +669,57 @@ async fn dropped_slot_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// Domains land as their base type (typed, not text), named by the domain in
+/// `tidewater.source_type`, through the snapshot and the stream alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domains_land_as_their_base_types() {
+    let client = pg().create_database("domains").await;
+    client
+        .batch_execute(
+            "CREATE DOMAIN positive_int AS int CHECK (VALUE > 0);
+             CREATE DOMAIN amount AS numeric(10,2);
+             CREATE DOMAIN short_text AS varchar(20);
+             CREATE TABLE d (id int PRIMARY KEY, p positive_int, m amount, s short_text);
+             INSERT INTO d VALUES (1, 5, 12.5, 'x'), (2, NULL, -0.01, NULL);",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::new("domains", &pg().url("domains"), "");
+    pipeline.start();
+    pipeline.wait_equal(&client, "d").await;
+    client
+        .batch_execute(
+            "INSERT INTO d VALUES (3, 7, 99999999.99, 'y'); UPDATE d SET m = 1 WHERE id = 1",
+        )
+        .await
+        .unwrap();
+    pipeline.wait_equal(&client, "d").await;
+    let table = pipeline.table_path("public", "d");
+    for file in std::fs::read_dir(&table)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+    {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&file).unwrap(),
+        )
+        .unwrap();
+        let schema = reader.schema();
+        let field = |name: &str| schema.field_with_name(name).unwrap().clone();
+        assert_eq!(field("p").data_type().to_string(), "Int32");
+        assert_eq!(field("m").data_type().to_string(), "Decimal128(10, 2)");
+        assert_eq!(field("s").data_type().to_string(), "Utf8");
+        assert_eq!(
+            field("p").metadata()["tidewater.source_type"],
+            "positive_int"
+        );
+    }
+    assert!(
+        !pipeline.log(1).contains("schema changed"),
+        "{}",
+        pipeline.log(1)
+    );
+    assert_eq!(pipeline.terminate(), 0);
+}

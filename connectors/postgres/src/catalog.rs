@@ -41,7 +41,10 @@ pub async fn table_columns(
 ) -> Result<Vec<Column>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT a.attname, a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod), \
+            "SELECT a.attname, \
+               CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END, \
+               CASE WHEN t.typtype = 'd' AND t.typtypmod <> -1 THEN t.typtypmod ELSE a.atttypmod END, \
+               format_type(a.atttypid, a.atttypmod), \
                CASE c.relreplident \
                  WHEN 'f' THEN true \
                  WHEN 'n' THEN false \
@@ -50,6 +53,7 @@ pub async fn table_columns(
                END \
              FROM pg_attribute a \
              JOIN pg_class c ON c.oid = a.attrelid \
+             JOIN pg_type t ON t.oid = a.atttypid \
              LEFT JOIN pg_index pk ON pk.indrelid = c.oid AND pk.indisprimary \
              LEFT JOIN pg_index ri ON ri.indrelid = c.oid AND ri.indisreplident \
              WHERE a.attrelid = (quote_ident($1) || '.' || quote_ident($2))::regclass \
@@ -73,13 +77,49 @@ pub async fn table_columns(
         .collect())
 }
 
-/// Caches `format_type(oid, typmod)` for Relation messages.
+/// Caches `format_type(oid, typmod)` and domain base types for Relation
+/// messages.
 #[derive(Default)]
 pub struct TypeNames {
     names: HashMap<(u32, i32), String>,
+    bases: HashMap<(u32, i32), (u32, i32)>,
 }
 
 impl TypeNames {
+    /// The type a column's values really have: a domain's base type (one
+    /// level, the way the snapshot's catalog query resolves it; the domain's
+    /// own modifier wins when it has one), else the type itself.
+    pub async fn base(
+        &mut self,
+        client: &Client,
+        type_oid: u32,
+        type_modifier: i32,
+    ) -> Result<(u32, i32), tokio_postgres::Error> {
+        if let Some(base) = self.bases.get(&(type_oid, type_modifier)) {
+            return Ok(*base);
+        }
+        let row = client
+            .query_opt(
+                "SELECT typbasetype, typtypmod FROM pg_type WHERE oid = $1 AND typtype = 'd'",
+                &[&type_oid],
+            )
+            .await?;
+        let base = match row {
+            Some(row) => {
+                let base_modifier: i32 = row.get(1);
+                let modifier = if base_modifier != -1 {
+                    base_modifier
+                } else {
+                    type_modifier
+                };
+                (row.get::<_, u32>(0), modifier)
+            }
+            None => (type_oid, type_modifier),
+        };
+        self.bases.insert((type_oid, type_modifier), base);
+        Ok(base)
+    }
+
     pub async fn name(
         &mut self,
         client: &Client,

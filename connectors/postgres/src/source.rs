@@ -648,9 +648,14 @@ impl PostgresSource {
                 .name(&self.client, column.type_oid, column.type_modifier)
                 .await
                 .map_err(query_error("naming a column type"))?;
+            let (base_oid, base_modifier) = self
+                .type_names
+                .base(&self.client, column.type_oid, column.type_modifier)
+                .await
+                .map_err(query_error("resolving a column's domain type"))?;
             columns.push(Column {
                 name: column.name.clone(),
-                ty: column_type(column.type_oid, column.type_modifier),
+                ty: column_type(base_oid, base_modifier),
                 source_type,
                 key: column.key,
             });
