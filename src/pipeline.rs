@@ -53,6 +53,13 @@ pub enum PipelineError {
     #[error("the source task stopped unexpectedly")]
     SourceGone,
     #[error(
+        "an update of {table} left the TOASTed column {column} unchanged, the server did not \
+         send its value, and the lake holds no earlier image of that row\n\
+         hint: ALTER TABLE {table} REPLICA IDENTITY FULL; makes Postgres send it; then take a \
+         new snapshot of the table"
+    )]
+    UnresolvedToast { table: TableId, column: String },
+    #[error(
         "tables {} are not in the lake, and a snapshot of single tables while streaming is not supported yet\n\
          hint: exclude them from source.tables, or start a new pipeline to snapshot everything",
         .0.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
@@ -69,6 +76,7 @@ impl PipelineError {
             PipelineError::Batch(_) => ErrorClass::Internal,
             PipelineError::Preflight(_) => ErrorClass::Config,
             PipelineError::SourceGone => ErrorClass::Internal,
+            PipelineError::UnresolvedToast { .. } => ErrorClass::Definite,
             PipelineError::SnapshotImpossible(_) => ErrorClass::Config,
         }
     }
@@ -661,6 +669,11 @@ impl<K: Sink> Coordinator<K> {
                 self.batcher.begin(commit);
             }
             ChangeEvent::Schema(schema) => {
+                // A schema change cuts the table's open batch: its unchanged
+                // values must be resolved before it becomes Arrow.
+                if self.batcher.unresolved_tables().contains(&schema.table) {
+                    self.resolve_unchanged().await?;
+                }
                 self.sink.prepare(&schema).await.map_err(sink_error)?;
                 if !self.marks.contains_key(&schema.table) {
                     if let Some(mark) = self.sink.mark(&schema.table).await.map_err(sink_error)? {
@@ -790,7 +803,57 @@ impl<K: Sink> Coordinator<K> {
 
     /// Cuts, writes and commits every open batch, then acknowledges the last
     /// complete transaction.
+    /// Fills the values a source did not resend (`Datum::Unchanged`, from
+    /// Postgres' unchanged TOAST columns) with the row's previous image: an
+    /// earlier held row with the same key, else the lake's latest image. Held
+    /// batches of those tables are committed first, so the lake has every
+    /// earlier change.
+    async fn resolve_unchanged(&mut self) -> Result<(), PipelineError> {
+        let tables = self.batcher.unresolved_tables();
+        if tables.is_empty() {
+            return Ok(());
+        }
+        if self.held.iter().any(|b| tables.contains(&b.table)) {
+            for batch in std::mem::take(&mut self.held) {
+                self.sink.write(batch).await.map_err(sink_error)?;
+            }
+            let position = self.commit_position();
+            let phase = self.snapshot_running.then_some(SnapshotPhase::Running);
+            self.sink
+                .commit(&position, phase)
+                .await
+                .map_err(sink_error)?;
+        }
+        for table in tables {
+            let Some(schema) = self.batcher.schema(&table).cloned() else {
+                continue;
+            };
+            let keys = self.batcher.unresolved_keys(&table);
+            let previous = self
+                .sink
+                .latest_rows(&schema, &keys)
+                .await
+                .map_err(sink_error)?;
+            self.batcher
+                .resolve_unchanged(&table, previous)
+                .map_err(|column| PipelineError::UnresolvedToast {
+                    table: table.clone(),
+                    column,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The position a commit records: the last complete transaction's.
+    fn commit_position(&self) -> String {
+        self.last_complete
+            .as_ref()
+            .map(|(_, p)| p.clone())
+            .unwrap_or_else(|| self.begin_position.clone())
+    }
+
     async fn checkpoint(&mut self, phase: Option<SnapshotPhase>) -> Result<(), PipelineError> {
+        self.resolve_unchanged().await?;
         let mut batches = std::mem::take(&mut self.held);
         batches.extend(self.batcher.cut_all().map_err(PipelineError::Batch)?);
         let rows: usize = batches.iter().map(|b| b.batch.num_rows()).sum();
@@ -798,11 +861,7 @@ impl<K: Sink> Coordinator<K> {
             self.sink.write(batch).await.map_err(sink_error)?;
         }
         let phase = phase.or(self.snapshot_running.then_some(SnapshotPhase::Running));
-        let position = self
-            .last_complete
-            .as_ref()
-            .map(|(_, p)| p.clone())
-            .unwrap_or_else(|| self.begin_position.clone());
+        let position = self.commit_position();
         let started = Instant::now();
         let tables = self
             .sink

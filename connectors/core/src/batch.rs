@@ -15,7 +15,7 @@
 //! old"; the coordinator decides when to cut, because a cut must cover every
 //! table at once for the acknowledged position to be meaningful.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,8 @@ struct OpenBatch {
     schema: Arc<TableSchema>,
     segments: Vec<Segment>,
     rows: usize,
+    /// Some row holds a `Datum::Unchanged` still to be resolved.
+    unresolved: bool,
 }
 
 /// Collects row changes into per-table batches. Not thread-safe by design: one
@@ -158,7 +160,9 @@ impl Batcher {
             schema: schema.clone(),
             segments: Vec::new(),
             rows: 0,
+            unresolved: false,
         });
+        open.unresolved |= row.values.iter().any(|v| matches!(v, Datum::Unchanged));
         let pending = PendingRow {
             op: row.op,
             ord: row.ord,
@@ -224,9 +228,93 @@ impl Batcher {
                 schema: schema.clone(),
                 segments: Vec::new(),
                 rows: 0,
+                unresolved: false,
             });
         open.rows += block.len();
         open.segments.push(Segment::Block { commit, block });
+        Ok(())
+    }
+
+    /// Tables whose held rows still contain `Datum::Unchanged` values.
+    pub fn unresolved_tables(&self) -> Vec<TableId> {
+        self.open
+            .iter()
+            .filter(|(_, open)| open.unresolved)
+            .map(|(table, _)| table.clone())
+            .collect()
+    }
+
+    /// The keys (key column values, in schema order) of the held rows of
+    /// `table` that contain `Datum::Unchanged`, each once.
+    pub fn unresolved_keys(&self, table: &TableId) -> Vec<Vec<Datum>> {
+        let Some(open) = self.open.get(table) else {
+            return Vec::new();
+        };
+        let key_columns = key_indexes(&open.schema);
+        let mut seen = std::collections::HashSet::new();
+        let mut keys = Vec::new();
+        for segment in &open.segments {
+            let Segment::Rows(rows) = segment else {
+                continue;
+            };
+            for row in rows {
+                if row.values.iter().any(|v| matches!(v, Datum::Unchanged)) {
+                    let key: Vec<Datum> =
+                        key_columns.iter().map(|&i| row.values[i].clone()).collect();
+                    if seen.insert(key_string(&key)) {
+                        keys.push(key);
+                    }
+                }
+            }
+        }
+        keys
+    }
+
+    /// Replaces every `Datum::Unchanged` of `table`'s held rows with the value
+    /// the same row had just before: from an earlier held row with the same
+    /// key, else from `previous` (the committed image per [`key_string`]).
+    /// Returns the name of a column that could not be resolved.
+    pub fn resolve_unchanged(
+        &mut self,
+        table: &TableId,
+        mut previous: HashMap<String, Vec<Datum>>,
+    ) -> Result<(), String> {
+        let Some(open) = self.open.get_mut(table) else {
+            return Ok(());
+        };
+        let key_columns = key_indexes(&open.schema);
+        for segment in open.segments.iter_mut() {
+            let Segment::Rows(rows) = segment else {
+                continue;
+            };
+            for row in rows.iter_mut() {
+                if row.op == Op::Truncate {
+                    previous.clear();
+                    continue;
+                }
+                let key: Vec<Datum> = key_columns
+                    .iter()
+                    .map(|&i| row.values.get(i).cloned().unwrap_or(Datum::Null))
+                    .collect();
+                let key = key_string(&key);
+                if row.op == Op::Delete {
+                    previous.remove(&key);
+                    continue;
+                }
+                for (i, value) in row.values.iter_mut().enumerate() {
+                    if matches!(value, Datum::Unchanged) {
+                        match previous.get(&key).and_then(|p| p.get(i)) {
+                            Some(Datum::Unchanged) | None => {
+                                return Err(open.schema.columns[i].name.clone())
+                            }
+                            Some(earlier) => *value = earlier.clone(),
+                        }
+                    }
+                }
+                previous.insert(key, row.values.clone());
+            }
+        }
+        open.unresolved = false;
         Ok(())
     }
 
@@ -270,6 +358,23 @@ impl Batcher {
     }
 }
 
+fn key_indexes(schema: &TableSchema) -> Vec<usize> {
+    schema
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.key)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// A row key as one comparable string (the key columns' values in schema
+/// order); the same for a value decoded from the source and one read back
+/// from a sink.
+pub fn key_string(key: &[Datum]) -> String {
+    format!("{key:?}")
+}
+
 fn datum_size(datum: &Datum) -> usize {
     match datum {
         Datum::Text(s) => 16 + s.len(),
@@ -284,6 +389,7 @@ fn build_batch(open: OpenBatch) -> Result<ChangeBatch, ArrowError> {
         schema,
         segments,
         rows: total,
+        ..
     } = open;
     let mut fields: Vec<Field> = schema.columns.iter().map(arrow_field).collect();
     fields.extend(metadata_fields());
@@ -726,6 +832,71 @@ mod tests {
         let skipped = block.skip(1);
         assert_eq!(skipped.first_ord, 3);
         assert_eq!(skipped.columns[0].len(), 1);
+    }
+
+    #[test]
+    fn unchanged_values_resolve_from_earlier_rows_then_the_committed_image() {
+        let mut batcher = Batcher::new(BatchLimits {
+            max_rows: 100,
+            ..limits()
+        });
+        let mut keyed = (*schema(1)).clone();
+        keyed.columns[1].ty = ColumnType::Text;
+        let keyed = Arc::new(keyed);
+        batcher.set_schema(keyed).unwrap();
+        batcher.begin(commit(10));
+        let change = |op: Op, id: i32, body: Datum| RowChange {
+            table: TableId::new("public", "t"),
+            op,
+            ord: 1,
+            values: vec![Datum::Int32(id), body],
+        };
+        batcher
+            .push(change(Op::Update, 1, Datum::Unchanged))
+            .unwrap();
+        batcher
+            .push(change(Op::Update, 2, Datum::Text("new".into())))
+            .unwrap();
+        batcher
+            .push(change(Op::Update, 2, Datum::Unchanged))
+            .unwrap();
+        let table = TableId::new("public", "t");
+        assert_eq!(batcher.unresolved_tables(), vec![table.clone()]);
+        assert_eq!(
+            batcher.unresolved_keys(&table),
+            vec![vec![Datum::Int32(1)], vec![Datum::Int32(2)]]
+        );
+        let previous = HashMap::from([
+            (
+                key_string(&[Datum::Int32(1)]),
+                vec![Datum::Int32(1), Datum::Text("old".into())],
+            ),
+            (
+                key_string(&[Datum::Int32(2)]),
+                vec![Datum::Int32(2), Datum::Text("stale".into())],
+            ),
+        ]);
+        batcher.resolve_unchanged(&table, previous).unwrap();
+        let batch = batcher.cut_all().unwrap().remove(0);
+        let bodies = batch.batch.column(1).as_string::<i32>();
+        assert_eq!(
+            (0..3).map(|i| bodies.value(i)).collect::<Vec<_>>(),
+            vec!["old", "new", "new"]
+        );
+        // After a delete the value is unknown: an error naming the column.
+        batcher.begin(commit(20));
+        batcher.push(change(Op::Delete, 3, Datum::Null)).unwrap();
+        batcher
+            .push(change(Op::Update, 3, Datum::Unchanged))
+            .unwrap();
+        let previous = HashMap::from([(
+            key_string(&[Datum::Int32(3)]),
+            vec![Datum::Int32(3), Datum::Text("gone".into())],
+        )]);
+        assert_eq!(
+            batcher.resolve_unchanged(&table, previous),
+            Err("tags".to_string())
+        );
     }
 
     #[test]

@@ -22,9 +22,10 @@ mod filter;
 mod schema;
 mod traits;
 mod types;
+pub mod uuid_text;
 
 pub use arrow_schema::ArrowError;
-pub use batch::{BatchLimits, Batcher, ChangeBatch};
+pub use batch::{key_string, BatchLimits, Batcher, ChangeBatch};
 pub use error::{Classified, ErrorClass};
 pub use event::{ChangeEvent, CommitInfo, Datum, Mark, Op, RowBlock, RowChange, TableId};
 pub use filter::TableFilter;

@@ -76,6 +76,17 @@ pub trait Sink {
 
     async fn write(&mut self, batch: ChangeBatch) -> Result<(), Self::Error>;
 
+    /// The committed image of each row of `schema.table` whose key (key
+    /// column values in schema order) is in `keys`, by [`crate::key_string`]:
+    /// the latest change by mark, absent when that was a delete or a truncate
+    /// came after it. Used to restore values a source did not resend
+    /// (Postgres' unchanged TOAST values).
+    async fn latest_rows(
+        &mut self,
+        schema: &TableSchema,
+        keys: &[Vec<crate::Datum>],
+    ) -> Result<std::collections::HashMap<String, Vec<crate::Datum>>, Self::Error>;
+
     /// Commits every table with written data; returns how many committed.
     async fn commit(
         &mut self,

@@ -5,6 +5,7 @@
 mod error;
 pub mod layout;
 pub mod narrow;
+pub mod restore;
 pub mod sink;
 mod stats;
 

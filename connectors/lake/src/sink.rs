@@ -20,24 +20,29 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
-use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::array::{ArrayRef, AsArray, RecordBatch};
+use deltalake::arrow::datatypes::Int64Type;
 use deltalake::arrow::datatypes::{Field, Schema, SchemaRef};
+use deltalake::arrow::error::ArrowError;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, MetadataExt, StructType, Transaction};
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use deltalake::{DeltaTable, DeltaTableError};
 use futures_util::TryStreamExt;
 use serde_json::Value;
 use tidewater_core::{
-    arrow_field, metadata_fields, ChangeBatch, Mark, Sink, SnapshotPhase, TableId, TableSchema,
+    arrow_field, key_string, metadata_fields, ChangeBatch, Datum, Mark, Sink, SnapshotPhase,
+    TableId, TableSchema,
 };
 use tracing::{debug, info};
 
 use crate::error::LakeError;
 use crate::layout::{path_segment, segment_name};
 use crate::narrow::{narrow_batch, narrow_schema};
+use crate::restore;
 use crate::stats::writer_properties;
 
 const KEY_PIPELINE: &str = "tidewater.pipeline";
@@ -405,6 +410,114 @@ impl LakeSink {
         Ok(committed)
     }
 
+    /// The latest committed image of each row of `schema.table` whose key
+    /// is in `keys` (see [`Sink::latest_rows`]). Reads the key columns of
+    /// every file of the table, and the other columns of matching rows only.
+    pub async fn latest_rows(
+        &mut self,
+        schema: &TableSchema,
+        keys: &[Vec<Datum>],
+    ) -> Result<HashMap<String, Vec<Datum>>, LakeError> {
+        let table = &schema.table;
+        let mut found: HashMap<String, (Mark, Option<Vec<Datum>>)> = HashMap::new();
+        if keys.is_empty() || self.table_state(table).await?.is_none() {
+            return Ok(HashMap::new());
+        }
+        let wanted: std::collections::HashSet<String> =
+            keys.iter().map(|k| key_string(k)).collect();
+        let key_columns: Vec<usize> = schema
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.key)
+            .map(|(i, _)| i)
+            .collect();
+        let uris: Vec<String> = self
+            .tables
+            .get(table)
+            .expect("opened above")
+            .table
+            .get_file_uris()
+            .map_err(|source| LakeError::delta(table, "listing the files of", source))?
+            .collect();
+        let arrow = |source| LakeError::Arrow {
+            table: table.clone(),
+            source,
+        };
+        let mut truncated = Mark::ZERO;
+        for uri in uris {
+            let path = url::Url::parse(&uri)
+                .ok()
+                .and_then(|u| u.to_file_path().ok())
+                .unwrap_or_else(|| PathBuf::from(&uri));
+            let file = std::fs::File::open(&path).map_err(|source| LakeError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                .and_then(|b| b.build())
+                .map_err(|e| arrow(ArrowError::ExternalError(Box::new(e))))?;
+            for batch in reader {
+                let batch = batch.map_err(arrow)?;
+                let column = |name: &str| batch.column_by_name(name).cloned();
+                let (Some(ops), Some(seqs), Some(ords)) =
+                    (column("_tw_op"), column("_tw_seq"), column("_tw_ord"))
+                else {
+                    continue;
+                };
+                let ops = ops.as_string::<i32>();
+                let seqs = seqs.as_primitive::<Int64Type>();
+                let ords = ords.as_primitive::<Int64Type>();
+                let key_arrays: Vec<Option<ArrayRef>> = key_columns
+                    .iter()
+                    .map(|&i| column(&schema.columns[i].name))
+                    .collect();
+                for row in 0..batch.num_rows() {
+                    let mark = Mark::new(seqs.value(row) as u64, ords.value(row) as u64);
+                    if ops.value(row) == "t" {
+                        truncated = truncated.max(mark);
+                        continue;
+                    }
+                    let mut key = Vec::with_capacity(key_columns.len());
+                    for (array, &i) in key_arrays.iter().zip(&key_columns) {
+                        key.push(match array {
+                            Some(array) => {
+                                restore::datum(array.as_ref(), row, &schema.columns[i].ty)
+                                    .map_err(arrow)?
+                            }
+                            None => Datum::Null,
+                        });
+                    }
+                    let key = key_string(&key);
+                    if !wanted.contains(&key) || found.get(&key).is_some_and(|(m, _)| *m > mark) {
+                        continue;
+                    }
+                    let image = if ops.value(row) == "d" {
+                        None
+                    } else {
+                        let mut values = Vec::with_capacity(schema.columns.len());
+                        for column_schema in &schema.columns {
+                            values.push(match column(&column_schema.name) {
+                                Some(array) => {
+                                    restore::datum(array.as_ref(), row, &column_schema.ty)
+                                        .map_err(arrow)?
+                                }
+                                None => Datum::Null,
+                            });
+                        }
+                        Some(values)
+                    };
+                    found.insert(key, (mark, image));
+                }
+            }
+        }
+        Ok(found
+            .into_iter()
+            .filter(|(_, (mark, _))| *mark > truncated)
+            .filter_map(|(key, (_, image))| image.map(|values| (key, values)))
+            .collect())
+    }
+
     /// Row count and file count of a table from the Delta log (no data read).
     pub async fn table_stats(
         &mut self,
@@ -557,6 +670,14 @@ impl Sink for LakeSink {
 
     async fn write(&mut self, batch: ChangeBatch) -> Result<(), LakeError> {
         LakeSink::write(self, batch).await
+    }
+
+    async fn latest_rows(
+        &mut self,
+        schema: &TableSchema,
+        keys: &[Vec<Datum>],
+    ) -> Result<HashMap<String, Vec<Datum>>, LakeError> {
+        LakeSink::latest_rows(self, schema, keys).await
     }
 
     async fn commit(

@@ -204,8 +204,9 @@ pub async fn advisories(
             "d" | "i" if toastable => warnings.push(Problem {
                 what: format!(
                     "{table} has columns stored out of line (TOAST) and no REPLICA IDENTITY FULL: \
-                     an UPDATE that leaves such a value unchanged does not send it, and the \
-                     pipeline stops rather than write a NULL; deletes carry only the key"
+                     an UPDATE that leaves such a value unchanged does not send it, so tidewater \
+                     reads the row's previous image back from the lake (a pass over the table \
+                     at each commit that needs one); deletes carry only the key"
                 ),
                 fix,
             }),

@@ -783,7 +783,9 @@ fn replication_config(
 }
 
 /// Decodes a tuple into values; an unchanged TOAST cell takes the value from a
-/// full old image when the server sent one.
+/// full old image when the server sent one, else stays `Datum::Unchanged` for
+/// the coordinator to resolve by key (a table without key columns cannot be
+/// resolved: an error).
 fn datums(
     schema: &TableSchema,
     cells: &[Cell],
@@ -797,6 +799,12 @@ fn datums(
                     Some(cell @ (Cell::Text(_) | Cell::Null)) => cell,
                     _ => return Err(unchanged(schema, column)),
                 },
+                // The coordinator takes it from the row's previous image (in
+                // the batch, else in the lake), found by the row's key.
+                _ if schema.key_columns().next().is_some() => {
+                    values.push(Datum::Unchanged);
+                    continue;
+                }
                 _ => return Err(unchanged(schema, column)),
             },
             Some(cell) => cell,

@@ -11,6 +11,7 @@
 use arrow_buffer::i256;
 use tidewater_core::calendar::{days_from_civil, days_in_month};
 use tidewater_core::decimal::scaled_digits;
+use tidewater_core::uuid_text::parse_uuid;
 use tidewater_core::{date_range_days, timestamp_range_us, ColumnType, Datum};
 
 /// A value the server sent that does not fit its column type. It names the
@@ -242,18 +243,6 @@ pub fn parse_timestamp(text: &str, with_zone: bool) -> Option<i64> {
         .checked_add(micros)?
         .checked_sub(offset_seconds * 1_000_000)?;
     (min..=max).contains(&value).then_some(value)
-}
-
-fn parse_uuid(text: &str) -> Option<[u8; 16]> {
-    let hex: Vec<u8> = text.bytes().filter(|&b| b != b'-').collect();
-    if hex.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, pair) in hex.chunks_exact(2).enumerate() {
-        out[i] = hex_value(pair[0])? << 4 | hex_value(pair[1])?;
-    }
-    Some(out)
 }
 
 /// A one-dimensional array literal (`{1,NULL,"a b"}`, optionally with a
