@@ -11,3 +11,4 @@ mod maria_harness;
 mod mysql;
 mod mysql_conformance;
 mod replication;
+mod secrets;
