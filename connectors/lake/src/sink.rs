@@ -28,6 +28,7 @@ use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, MetadataExt, StructType, Transaction};
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use deltalake::{DeltaTable, DeltaTableError};
@@ -445,24 +446,49 @@ impl LakeSink {
             source,
         };
         let mut truncated = Mark::ZERO;
+        let open_file = |path: &PathBuf| {
+            std::fs::File::open(path).map_err(|source| LakeError::Io {
+                path: path.clone(),
+                source,
+            })
+        };
+        let parquet = |e: deltalake::parquet::errors::ParquetError| {
+            arrow(ArrowError::ExternalError(Box::new(e)))
+        };
+        let mut narrow_names: Vec<&str> = key_columns
+            .iter()
+            .map(|&i| schema.columns[i].name.as_str())
+            .collect();
+        narrow_names.extend(["_tw_op", "_tw_seq", "_tw_ord"]);
         for uri in uris {
             let path = url::Url::parse(&uri)
                 .ok()
                 .and_then(|u| u.to_file_path().ok())
                 .unwrap_or_else(|| PathBuf::from(&uri));
-            let file = std::fs::File::open(&path).map_err(|source| LakeError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-                .and_then(|b| b.build())
-                .map_err(|e| arrow(ArrowError::ExternalError(Box::new(e))))?;
+            // Pass 1: keys and marks only (the TOASTed values are the big
+            // columns); rows of a wanted key that beat what is known so far.
+            let builder =
+                ParquetRecordBatchReaderBuilder::try_new(open_file(&path)?).map_err(parquet)?;
+            let roots: Vec<usize> = builder
+                .schema()
+                .fields()
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| narrow_names.contains(&f.name().as_str()))
+                .map(|(i, _)| i)
+                .collect();
+            let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+            let reader = builder.with_projection(mask).build().map_err(parquet)?;
+            // (row in file, key, mark, is a delete)
+            let mut hits: Vec<(usize, String, Mark, bool)> = Vec::new();
+            let mut offset = 0;
             for batch in reader {
                 let batch = batch.map_err(arrow)?;
                 let column = |name: &str| batch.column_by_name(name).cloned();
                 let (Some(ops), Some(seqs), Some(ords)) =
                     (column("_tw_op"), column("_tw_seq"), column("_tw_ord"))
                 else {
+                    offset += batch.num_rows();
                     continue;
                 };
                 let ops = ops.as_string::<i32>();
@@ -492,23 +518,43 @@ impl LakeSink {
                     if !wanted.contains(&key) || found.get(&key).is_some_and(|(m, _)| *m > mark) {
                         continue;
                     }
-                    let image = if ops.value(row) == "d" {
-                        None
-                    } else {
-                        let mut values = Vec::with_capacity(schema.columns.len());
-                        for column_schema in &schema.columns {
-                            values.push(match column(&column_schema.name) {
-                                Some(array) => {
-                                    restore::datum(array.as_ref(), row, &column_schema.ty)
-                                        .map_err(arrow)?
-                                }
-                                None => Datum::Null,
-                            });
-                        }
-                        Some(values)
-                    };
-                    found.insert(key, (mark, image));
+                    let delete = ops.value(row) == "d";
+                    found.insert(key.clone(), (mark, None));
+                    hits.push((offset + row, key, mark, delete));
                 }
+                offset += batch.num_rows();
+            }
+            // Pass 2: the whole rows of those hits (a later file may still
+            // supersede them; `found` keeps the latest mark).
+            hits.retain(|(_, key, mark, delete)| {
+                !delete && found.get(key).is_some_and(|(m, _)| m == mark)
+            });
+            if hits.is_empty() {
+                continue;
+            }
+            let reader = ParquetRecordBatchReaderBuilder::try_new(open_file(&path)?)
+                .and_then(|b| b.build())
+                .map_err(parquet)?;
+            let mut offset = 0;
+            let mut next = 0;
+            for batch in reader {
+                let batch = batch.map_err(arrow)?;
+                let end = offset + batch.num_rows();
+                while next < hits.len() && hits[next].0 < end {
+                    let (row_in_file, key, mark, _) = &hits[next];
+                    let row = row_in_file - offset;
+                    let mut values = Vec::with_capacity(schema.columns.len());
+                    for column_schema in &schema.columns {
+                        values.push(match batch.column_by_name(&column_schema.name) {
+                            Some(array) => restore::datum(array.as_ref(), row, &column_schema.ty)
+                                .map_err(arrow)?,
+                            None => Datum::Null,
+                        });
+                    }
+                    found.insert(key.clone(), (*mark, Some(values)));
+                    next += 1;
+                }
+                offset = end;
             }
         }
         Ok(found
