@@ -756,7 +756,8 @@ async fn unchanged_toast_values_are_never_null() {
              UPDATE notes SET body = repeat(md5('new'), 300) WHERE id = 4;
              UPDATE notes SET title = 'after the new body' WHERE id = 4;
              UPDATE notes SET title = 'twice' WHERE id = 4;
-             COMMIT;",
+             COMMIT;
+             UPDATE docs SET id = 100 WHERE id = 5;",
         )
         .await
         .unwrap();

@@ -85,6 +85,10 @@ struct OpenBatch {
     unresolved: bool,
 }
 
+/// Rows with values still to be restored that a batch holds at most: their
+/// size is unknown until restored, so few of them keep a cut bounded.
+const MAX_UNRESOLVED_ROWS: usize = 256;
+
 /// Collects row changes into per-table batches. Not thread-safe by design: one
 /// pipeline task owns it.
 pub struct Batcher {
@@ -94,6 +98,7 @@ pub struct Batcher {
     commit: Option<Arc<CommitInfo>>,
     pending_rows: usize,
     pending_bytes: usize,
+    unresolved_rows: usize,
     oldest: Option<Instant>,
 }
 
@@ -106,6 +111,7 @@ impl Batcher {
             commit: None,
             pending_rows: 0,
             pending_bytes: 0,
+            unresolved_rows: 0,
             oldest: None,
         }
     }
@@ -162,7 +168,10 @@ impl Batcher {
             rows: 0,
             unresolved: false,
         });
-        open.unresolved |= row.values.iter().any(|v| matches!(v, Datum::Unchanged));
+        if row.values.iter().any(|v| matches!(v, Datum::Unchanged)) {
+            open.unresolved = true;
+            self.unresolved_rows += 1;
+        }
         let pending = PendingRow {
             op: row.op,
             ord: row.ord,
@@ -298,6 +307,13 @@ impl Batcher {
                     .collect();
                 let key = key_string(&key);
                 if row.op == Op::Delete {
+                    // A delete carries the key (and the old image only under
+                    // FULL, which never leaves a value out).
+                    for value in row.values.iter_mut() {
+                        if matches!(value, Datum::Unchanged) {
+                            *value = Datum::Null;
+                        }
+                    }
                     previous.remove(&key);
                     continue;
                 }
@@ -311,16 +327,20 @@ impl Batcher {
                         }
                     }
                 }
+                self.pending_bytes += row.values.iter().map(datum_size).sum::<usize>();
                 previous.insert(key, row.values.clone());
             }
         }
         open.unresolved = false;
+        self.unresolved_rows = 0;
         Ok(())
     }
 
     /// True when the rows or bytes held reach a limit: cut now.
     pub fn is_full(&self) -> bool {
-        self.pending_rows >= self.limits.max_rows || self.pending_bytes >= self.limits.max_bytes
+        self.pending_rows >= self.limits.max_rows
+            || self.pending_bytes >= self.limits.max_bytes
+            || self.unresolved_rows >= MAX_UNRESOLVED_ROWS
     }
 
     /// When the oldest held row must be cut at the latest, if any row is held.
@@ -345,6 +365,7 @@ impl Batcher {
         }
         self.pending_rows = 0;
         self.pending_bytes = 0;
+        self.unresolved_rows = 0;
         self.oldest = None;
         Ok(out)
     }

@@ -111,8 +111,10 @@ pub enum Datum {
     Duration(i64),
     Uuid([u8; 16]),
     List(Vec<Datum>),
-    /// Postgres sent "unchanged TOAST value" and no old image carried it. A source
-    /// must resolve this before the row reaches the batcher.
+    /// Postgres sent "unchanged TOAST value" and no old image carried it: the
+    /// coordinator restores it from the row's previous image (see
+    /// [`crate::Batcher::resolve_unchanged`]) before the batch is cut. Also
+    /// what a sink returns for a value it cannot read back.
     Unchanged,
 }
 

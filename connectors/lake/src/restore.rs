@@ -59,7 +59,9 @@ pub fn datum(array: &dyn Array, i: usize, ty: &ColumnType) -> Result<Datum, Arro
         (ColumnType::Float64, DataType::Float64) => {
             Datum::Float64(array.as_primitive::<Float64Type>().value(i))
         }
-        (ColumnType::Decimal { precision, .. }, DataType::Decimal128(_, _)) if *precision <= 38 => {
+        (ColumnType::Decimal { precision, scale }, DataType::Decimal128(_, s))
+            if *precision <= 38 && s == scale =>
+        {
             Datum::Decimal128(array.as_primitive::<Decimal128Type>().value(i))
         }
         (ColumnType::Decimal { scale, .. }, DataType::Utf8) => {

@@ -491,9 +491,17 @@ impl LakeSink {
                     offset += batch.num_rows();
                     continue;
                 };
-                let ops = ops.as_string::<i32>();
-                let seqs = seqs.as_primitive::<Int64Type>();
-                let ords = ords.as_primitive::<Int64Type>();
+                // Files written by another tool may type these otherwise.
+                let (Some(ops), Some(seqs), Some(ords)) = (
+                    ops.as_string_opt::<i32>(),
+                    seqs.as_primitive_opt::<Int64Type>(),
+                    ords.as_primitive_opt::<Int64Type>(),
+                ) else {
+                    return Err(arrow(ArrowError::SchemaError(format!(
+                        "{} has unexpected types for _tw_op/_tw_seq/_tw_ord",
+                        path.display()
+                    ))));
+                };
                 let key_arrays: Vec<Option<ArrayRef>> = key_columns
                     .iter()
                     .map(|&i| column(&schema.columns[i].name))
@@ -506,10 +514,12 @@ impl LakeSink {
                     }
                     let mut key = Vec::with_capacity(key_columns.len());
                     for (array, &i) in key_arrays.iter().zip(&key_columns) {
+                        // A key column of another type (before an ALTER) or
+                        // missing cannot match a wanted key.
                         key.push(match array {
                             Some(array) => {
                                 restore::datum(array.as_ref(), row, &schema.columns[i].ty)
-                                    .map_err(arrow)?
+                                    .unwrap_or(Datum::Unchanged)
                             }
                             None => Datum::Null,
                         });
@@ -544,12 +554,18 @@ impl LakeSink {
                     let (row_in_file, key, mark, _) = &hits[next];
                     let row = row_in_file - offset;
                     let mut values = Vec::with_capacity(schema.columns.len());
+                    // A column the file does not have (added or renamed
+                    // since) or holds as another type is unknown here, not
+                    // NULL: restoring it from this image fails loudly.
                     for column_schema in &schema.columns {
-                        values.push(match batch.column_by_name(&column_schema.name) {
-                            Some(array) => restore::datum(array.as_ref(), row, &column_schema.ty)
-                                .map_err(arrow)?,
-                            None => Datum::Null,
-                        });
+                        values.push(
+                            batch
+                                .column_by_name(&column_schema.name)
+                                .and_then(|array| {
+                                    restore::datum(array.as_ref(), row, &column_schema.ty).ok()
+                                })
+                                .unwrap_or(Datum::Unchanged),
+                        );
                     }
                     found.insert(key.clone(), (*mark, Some(values)));
                     next += 1;

@@ -592,6 +592,30 @@ impl PostgresSource {
                 self.ord += 1;
                 if let Some(schema) = self.included_schema(relation)? {
                     let values = datums(&schema, &new, old.as_ref())?;
+                    // A changed key: the row under the old key is gone, so
+                    // the log says so with a delete before the new image.
+                    if let Some(old) = &old {
+                        let old_values = datums(&schema, old.cells(), None)?;
+                        let key_changed = schema
+                            .columns
+                            .iter()
+                            .enumerate()
+                            .any(|(i, c)| c.key && old_values[i] != values[i]);
+                        if key_changed {
+                            if let Some(column) = schema
+                                .columns
+                                .iter()
+                                .zip(&values)
+                                .find(|(_, v)| matches!(v, Datum::Unchanged))
+                                .map(|(c, _)| c)
+                            {
+                                // Its previous image is under the old key.
+                                return Err(unchanged(&schema, column));
+                            }
+                            self.push_row(&schema, Op::Delete, old_values);
+                            self.ord += 1;
+                        }
+                    }
                     self.push_row(&schema, Op::Update, values);
                 }
             }
@@ -800,8 +824,9 @@ fn datums(
                     _ => return Err(unchanged(schema, column)),
                 },
                 // The coordinator takes it from the row's previous image (in
-                // the batch, else in the lake), found by the row's key.
-                _ if schema.key_columns().next().is_some() => {
+                // the batch, else in the lake), found by the row's key — which
+                // must itself be known.
+                _ if !column.key && schema.key_columns().next().is_some() => {
                     values.push(Datum::Unchanged);
                     continue;
                 }
