@@ -178,6 +178,8 @@ async fn mysql_rotation_truncate_and_transactions() {
         )
         .await;
     }
+    // A key change: the old key leaves the current state.
+    exec(&mut conn, "UPDATE a SET id = 500 WHERE id = 2").await;
     exec(&mut conn, "TRUNCATE TABLE b").await;
     exec(
         &mut conn,

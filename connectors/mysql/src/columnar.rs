@@ -10,7 +10,8 @@
 //! ```text
 //!  rows event ──RowsData::parse──▶ packed rows ──per value──▶ ColumnBuffer[i]
 //!  (same header checks and          (before images of          values + offsets
-//!   uncompression as decode_rows)    updates skipped)           + null bitmap
+//!   uncompression as decode_rows)    updates skipped unless     + null bitmap
+//!                                    the key changed)
 //!                                                                   │ finish()
 //!                                                                   ▼
 //!                                                   ArrayRef per column, ops
@@ -94,7 +95,8 @@ impl ColumnarRows {
     }
 
     /// Ops of the rows appended so far: `Insert`, `Update` (the row is the new
-    /// image) or `Delete` (the row is the old image).
+    /// image) or `Delete` (the row is the old image; an update that changes
+    /// the primary key gives a `Delete` of its old image, then its `Update`).
     pub fn ops(&self) -> &[Op] {
         &self.ops
     }
@@ -118,7 +120,8 @@ impl ColumnarRows {
 }
 
 /// [`decode_rows`](crate::rows::decode_rows) into Arrow columns: appends to
-/// `out` the image of every insert, the new image of every update and the old
+/// `out` the image of every insert, the new image of every update (preceded by
+/// its old image as a delete when it changes the primary key) and the old
 /// image of every delete, with the same checks, errors and [`DecodeStats`].
 ///
 /// All or nothing: on error `out` holds exactly the rows it held before the
@@ -153,32 +156,53 @@ fn append_rows(
     let mut stats = DecodeStats::default();
     let mut pos = 0;
     let data = &rows.data[..];
-    let nulls_len = plan.ops.len().div_ceil(8);
+    let mut keys = Vec::new();
     while pos < data.len() {
         if rows.kind == RowsKind::Update {
-            plan.skip_image(data, &mut pos, rows.before_present, rows.base)?;
-        }
-        let Some(nulls) = data.get(pos..pos + nulls_len) else {
-            return Err(DecodeError::Truncated {
-                what: "row null bitmap",
-                offset: rows.base + pos,
-                needed: nulls_len,
-            });
-        };
-        pos += nulls_len;
-        for (i, (op, column)) in plan.ops.iter().zip(&mut out.columns).enumerate() {
-            if nulls[i / 8] & (1 << (i % 8)) != 0 {
-                column.push_null();
-                continue;
-            }
-            let start = pos;
-            if let Err(reason) = append_value(op, data, &mut pos, &mut stats, column) {
-                return Err(plan.value_error(i, rows.base + start, reason));
+            let old =
+                plan.skip_before_image(data, &mut pos, rows.before_present, rows.base, &mut keys)?;
+            if let Some(mut at) = old {
+                append_image(plan, data, &mut at, rows.base, &mut stats, out)?;
+                out.ops.push(Op::Delete);
             }
         }
+        append_image(plan, data, &mut pos, rows.base, &mut stats, out)?;
         out.ops.push(rows.op);
     }
     Ok(stats)
+}
+
+/// Appends the full image at `pos` as one row of values (its op is the
+/// caller's to push). On error the row may be half appended: the caller rolls
+/// the event back.
+fn append_image(
+    plan: &RowPlan,
+    data: &[u8],
+    pos: &mut usize,
+    base: usize,
+    stats: &mut DecodeStats,
+    out: &mut ColumnarRows,
+) -> Result<(), DecodeError> {
+    let nulls_len = plan.ops.len().div_ceil(8);
+    let Some(nulls) = data.get(*pos..*pos + nulls_len) else {
+        return Err(DecodeError::Truncated {
+            what: "row null bitmap",
+            offset: base + *pos,
+            needed: nulls_len,
+        });
+    };
+    *pos += nulls_len;
+    for (i, (op, column)) in plan.ops.iter().zip(&mut out.columns).enumerate() {
+        if nulls[i / 8] & (1 << (i % 8)) != 0 {
+            column.push_null();
+            continue;
+        }
+        let start = *pos;
+        if let Err(reason) = append_value(op, data, pos, stats, column) {
+            return Err(plan.value_error(i, base + start, reason));
+        }
+    }
+    Ok(())
 }
 
 /// Decodes the value at `pos` into `column`.

@@ -31,10 +31,15 @@
 //!
 //! Values are little-endian except the "2" temporal types (DATETIME2,
 //! TIMESTAMP2, TIME2), BIT and DECIMAL, which are big-endian so they sort as
-//! bytes. Inserts and deletes emit their one image; updates emit only the after
-//! image (the before image is skipped, but parsed for its length). A missing
-//! column in an emitted image (`binlog_row_image` MINIMAL or NOBLOB) is an error,
-//! never a NULL: a NULL we made up would overwrite real data in the lake.
+//! bytes. Inserts and deletes emit their one image; updates emit the after
+//! image, and the before image is only walked for its length and its key
+//! values. An update that changes the primary key (a key column's value bytes
+//! differ between the images; NULL differs from any value) first emits its
+//! before image as a delete: the lake keeps the last image per key, so the old
+//! key must go. A missing column in an emitted image (`binlog_row_image`
+//! MINIMAL or NOBLOB) is an error, never a NULL: a NULL we made up would
+//! overwrite real data in the lake. So is a key column missing from an update's
+//! before image, since we could not tell whether the key changed.
 //!
 //! Zero and partially zero dates (`0000-00-00`, `2020-00-05`), dates that do not
 //! exist (`2021-02-30` under ALLOW_INVALID_DATES) and the zero TIMESTAMP become
@@ -398,6 +403,8 @@ pub struct RowPlan {
     table_id: u64,
     pub(crate) columns: Vec<Column>,
     pub(crate) ops: Vec<ValueOp>,
+    /// Indexes of the primary-key columns (`Column::key`), ascending.
+    keys: Vec<usize>,
 }
 
 impl RowPlan {
@@ -442,10 +449,12 @@ pub fn plan(
         });
         ops.push(op);
     }
+    let keys = (0..columns.len()).filter(|&i| columns[i].key).collect();
     Ok(RowPlan {
         table_id: map.table_id,
         columns,
         ops,
+        keys,
     })
 }
 
@@ -796,7 +805,8 @@ fn column_plan(
 }
 
 /// Decodes a rows event body into `out`: inserts with their image, deletes with
-/// the old image, updates with the new image. Error offsets count from the start
+/// the old image, updates with the new image, preceded by the old image as a
+/// delete when the update changes the primary key. Error offsets count from the start
 /// of the body, or, in compressed events, from the start of the uncompressed
 /// row data. On error `out` may hold the event's earlier rows: discard it.
 ///
@@ -811,9 +821,15 @@ pub fn decode_rows(
     let mut stats = DecodeStats::default();
     let mut pos = 0;
     let data = &rows.data[..];
+    let mut keys = Vec::new();
     while pos < data.len() {
         if rows.kind == RowsKind::Update {
-            plan.skip_image(data, &mut pos, rows.before_present, rows.base)?;
+            let old =
+                plan.skip_before_image(data, &mut pos, rows.before_present, rows.base, &mut keys)?;
+            if let Some(mut at) = old {
+                let row = plan.decode_image(data, &mut at, rows.base, &mut stats)?;
+                out.push((Op::Delete, row));
+            }
         }
         let row = plan.decode_image(data, &mut pos, rows.base, &mut stats)?;
         out.push((rows.op, row));
@@ -1144,18 +1160,81 @@ impl RowPlan {
         Ok(row)
     }
 
-    /// Walks over one image of the present columns without decoding it.
-    pub(crate) fn skip_image(
+    /// For the update row at `pos`: walks over its before image (whose
+    /// columns are those set in `before_present`) without decoding it, leaving
+    /// `pos` at the after image, and returns where the before image starts if
+    /// it must be emitted as a delete, i.e. if the update changes the primary
+    /// key. `keys` is scratch space, reused across the rows of an event.
+    ///
+    /// Key values are compared as raw value bytes (NULL differs from any
+    /// value): equal bytes decode to equal values, and bytes that differ but
+    /// decode alike only cost a delete of the key the update then writes.
+    /// A changed key needs a full before image and a key column missing from
+    /// the before image leaves the change unknown: both are
+    /// [`DecodeError::PartialImage`]. When the after image is too short to
+    /// reach the key, `None`: decoding the after image reports that error, as
+    /// for an update without key change.
+    pub(crate) fn skip_before_image<'d>(
         &self,
-        data: &[u8],
+        data: &'d [u8],
         pos: &mut usize,
-        present: &[u8],
+        before_present: &[u8],
         base: usize,
+        keys: &mut Vec<Option<&'d [u8]>>,
+    ) -> Result<Option<usize>, DecodeError> {
+        let present = |i: usize| before_present[i / 8] & (1 << (i % 8)) != 0;
+        let before = *pos;
+        let Some(&last_key) = self.keys.last() else {
+            self.walk_image(data, pos, Some(before_present), usize::MAX, base, |_, _| {})?;
+            return Ok(None);
+        };
+        if let Some(&i) = self.keys.iter().find(|&&i| !present(i)) {
+            return Err(DecodeError::PartialImage {
+                column: self.columns[i].name.clone(),
+            });
+        }
+        keys.clear();
+        self.walk_image(data, pos, Some(before_present), usize::MAX, base, |i, v| {
+            if self.columns[i].key {
+                keys.push(v);
+            }
+        })?;
+        let mut at = *pos;
+        let mut next = 0;
+        let mut changed = false;
+        let walked = self.walk_image(data, &mut at, None, last_key, base, |i, v| {
+            if self.columns[i].key {
+                changed |= keys.get(next) != Some(&v);
+                next += 1;
+            }
+        });
+        if walked.is_err() || !changed {
+            return Ok(None);
+        }
+        if let Some(i) = (0..self.ops.len()).find(|&i| !present(i)) {
+            return Err(DecodeError::PartialImage {
+                column: self.columns[i].name.clone(),
+            });
+        }
+        Ok(Some(before))
+    }
+
+    /// Walks over one image without decoding it: the columns set in `present`
+    /// (every column when `None`), up to and including column `last`. Hands
+    /// `visit` the index and the raw bytes (length prefix included; `None` for
+    /// NULL) of every walked column.
+    fn walk_image<'d>(
+        &self,
+        data: &'d [u8],
+        pos: &mut usize,
+        present: Option<&[u8]>,
+        last: usize,
+        base: usize,
+        mut visit: impl FnMut(usize, Option<&'d [u8]>),
     ) -> Result<(), DecodeError> {
-        let columns: Vec<usize> = (0..self.ops.len())
-            .filter(|&i| present[i / 8] & (1 << (i % 8)) != 0)
-            .collect();
-        let nulls_len = columns.len().div_ceil(8);
+        let is_present = |i: usize| present.is_none_or(|p| p[i / 8] & (1 << (i % 8)) != 0);
+        let count = (0..self.ops.len()).filter(|&i| is_present(i)).count();
+        let nulls_len = count.div_ceil(8);
         let Some(nulls) = data.get(*pos..*pos + nulls_len) else {
             return Err(DecodeError::Truncated {
                 what: "row null bitmap",
@@ -1164,18 +1243,30 @@ impl RowPlan {
             });
         };
         *pos += nulls_len;
-        for (k, &i) in columns.iter().enumerate() {
-            if nulls[k / 8] & (1 << (k % 8)) != 0 {
+        let mut k = 0;
+        for (i, op) in self.ops.iter().enumerate() {
+            if i > last {
+                break;
+            }
+            if !is_present(i) {
+                continue;
+            }
+            let null = nulls[k / 8] & (1 << (k % 8)) != 0;
+            k += 1;
+            if null {
+                visit(i, None);
                 continue;
             }
             let start = *pos;
-            let op = &self.ops[i];
             let len = match op.fixed_len() {
                 Some(n) => Some(n),
                 None => value_len(data, *pos, op.len_bytes()),
             };
             match len.filter(|&n| n <= data.len() - *pos) {
-                Some(n) => *pos += n,
+                Some(n) => {
+                    *pos += n;
+                    visit(i, Some(&data[start..*pos]));
+                }
                 None => return Err(self.value_error(i, base + start, "value runs past the event")),
             }
         }
@@ -2594,6 +2685,178 @@ mod tests {
         );
     }
 
+    /// One image of `(id INT, name VARCHAR(10))`; `None` is NULL.
+    fn id_name_image(id: Option<i32>, name: Option<&str>) -> Vec<u8> {
+        let mut b = vec![u8::from(id.is_none()) | u8::from(name.is_none()) << 1];
+        if let Some(id) = id {
+            b.extend_from_slice(&id.to_le_bytes());
+        }
+        if let Some(name) = name {
+            b.push(name.len() as u8);
+            b.extend_from_slice(name.as_bytes());
+        }
+        b
+    }
+
+    fn id_name(id: i32, name: &str) -> Vec<Datum> {
+        vec![Datum::Int32(id), text(name)]
+    }
+
+    #[test]
+    fn update_changing_key_emits_delete_of_old_image() {
+        // PRIMARY KEY (c0): the table map's SIMPLE_PRIMARY_KEY metadata.
+        let p = plan_for(
+            &[(ct::LONG, &[]), (ct::VARCHAR, &[10, 0])],
+            vec![(3, vec![45]), (8, vec![0])],
+        );
+        assert_eq!(p.keys, [0]);
+        let update = |pairs: &[(Vec<u8>, Vec<u8>)]| {
+            let rows: Vec<u8> = pairs
+                .iter()
+                .flat_map(|(b, a)| [&b[..], a].concat())
+                .collect();
+            rows_body(7, true, 2, true, &rows)
+        };
+        // UPDATE t SET id = 100 WHERE id = 5: the old key goes.
+        let changed = update(&[(
+            id_name_image(Some(5), Some("old")),
+            id_name_image(Some(100), Some("new")),
+        )]);
+        let mut out = Vec::new();
+        decode_both(31, &changed, &p, &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![
+                (Op::Delete, id_name(5, "old")),
+                (Op::Update, id_name(100, "new")),
+            ]
+        );
+        // Same key, other values: only the new image, as before.
+        let same = update(&[(
+            id_name_image(Some(5), Some("old")),
+            id_name_image(Some(5), Some("new")),
+        )]);
+        let mut out = Vec::new();
+        decode_both(31, &same, &p, &mut out).unwrap();
+        assert_eq!(out, vec![(Op::Update, id_name(5, "new"))]);
+        // Several rows, NULL vs a value (a changed key), a NULL key on both sides
+        // (unchanged), v1 and v2 layouts.
+        let mixed = [
+            (
+                id_name_image(Some(1), Some("a")),
+                id_name_image(Some(1), None),
+            ),
+            (
+                id_name_image(Some(2), Some("b")),
+                id_name_image(Some(3), Some("b")),
+            ),
+            (id_name_image(None, Some("c")), id_name_image(Some(4), None)),
+            (
+                id_name_image(None, Some("d")),
+                id_name_image(None, Some("e")),
+            ),
+        ];
+        let rows: Vec<u8> = mixed
+            .iter()
+            .flat_map(|(b, a)| [&b[..], a].concat())
+            .collect();
+        let want = vec![
+            (Op::Update, vec![Datum::Int32(1), Datum::Null]),
+            (Op::Delete, id_name(2, "b")),
+            (Op::Update, id_name(3, "b")),
+            (Op::Delete, vec![Datum::Null, text("c")]),
+            (Op::Update, vec![Datum::Int32(4), Datum::Null]),
+            (Op::Update, vec![Datum::Null, text("e")]),
+        ];
+        for (t, v2) in [(24, false), (31, true)] {
+            let mut out = Vec::new();
+            decode_both(t, &rows_body(7, v2, 2, true, &rows), &p, &mut out).unwrap();
+            assert_eq!(out, want, "event type {t}");
+        }
+        // Without key columns nothing changes: the new images only.
+        let no_key = plan_for(
+            &[(ct::LONG, &[]), (ct::VARCHAR, &[10, 0])],
+            vec![(3, vec![45])],
+        );
+        let mut out = Vec::new();
+        decode_both(31, &changed, &no_key, &mut out).unwrap();
+        assert_eq!(out, vec![(Op::Update, id_name(100, "new"))]);
+        // A key column after a non-key one: PRIMARY KEY (c1) changes.
+        let name_key = plan_for(
+            &[(ct::LONG, &[]), (ct::VARCHAR, &[10, 0])],
+            vec![(3, vec![45]), (8, vec![1])],
+        );
+        let mut out = Vec::new();
+        decode_both(31, &same, &name_key, &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![
+                (Op::Delete, id_name(5, "old")),
+                (Op::Update, id_name(5, "new")),
+            ]
+        );
+        // The columnar rows of a key-changing row roll back with a failed event.
+        let mut bad = id_name_image(Some(9), Some("new"));
+        bad[6] = 0xff; // invalid UTF-8 in the after image
+        let failing = update(&[
+            (
+                id_name_image(Some(5), Some("old")),
+                id_name_image(Some(6), Some("new")),
+            ),
+            (id_name_image(Some(8), Some("old")), bad),
+        ]);
+        let err = decode_both(31, &failing, &p, &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("charset"), "{err}");
+        let mut columnar = ColumnarRows::new(&p);
+        decode_rows_columnar(31, &changed, &p, &mut columnar).unwrap();
+        assert!(decode_rows_columnar(31, &failing, &p, &mut columnar).is_err());
+        assert_eq!(columnar.ops(), &[Op::Delete, Op::Update]);
+        assert_columnar_eq(
+            &p,
+            &mut columnar,
+            &[
+                (Op::Delete, id_name(5, "old")),
+                (Op::Update, id_name(100, "new")),
+            ],
+        );
+    }
+
+    #[test]
+    fn update_key_change_needs_key_and_full_before_image() {
+        // PRIMARY KEY (c0), two INT columns, binlog_row_image = MINIMAL: the
+        // before image holds the key only.
+        let p = plan_for(&[(ct::LONG, &[]), (ct::LONG, &[])], vec![(8, vec![0])]);
+        let minimal = |before_present: u8, before: &[u8], after: &[u8]| {
+            let mut b = rows_body(7, false, 2, true, &[]);
+            b[9] = before_present;
+            b.extend_from_slice(before);
+            b.extend_from_slice(after);
+            b
+        };
+        // Key unchanged: fine, the new image.
+        let same = minimal(0b01, &[0, 1, 0, 0, 0], &[0, 1, 0, 0, 0, 2, 0, 0, 0]);
+        let mut out = Vec::new();
+        decode_both(24, &same, &p, &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![(Op::Update, vec![Datum::Int32(1), Datum::Int32(2)])]
+        );
+        // Key changed: the old image would need c1, which MINIMAL left out.
+        let changed = minimal(0b01, &[0, 1, 0, 0, 0], &[0, 3, 0, 0, 0, 2, 0, 0, 0]);
+        let err = decode_both(24, &changed, &p, &mut Vec::new()).unwrap_err();
+        assert!(matches!(err, DecodeError::PartialImage { ref column } if column == "c1"));
+        // No key in the before image: whether it changed is unknown.
+        let keyless = minimal(0b10, &[0, 2, 0, 0, 0], &[0, 1, 0, 0, 0, 2, 0, 0, 0]);
+        let err = decode_both(24, &keyless, &p, &mut Vec::new()).unwrap_err();
+        assert!(matches!(err, DecodeError::PartialImage { ref column } if column == "c0"));
+        // A truncated after image reports the same error as without a key.
+        let no_key = plan_for(&[(ct::LONG, &[]), (ct::LONG, &[])], vec![]);
+        let short = minimal(0b11, &[0, 1, 0, 0, 0, 2, 0, 0, 0], &[0, 1, 0]);
+        let keyed = decode_both(24, &short, &p, &mut Vec::new()).unwrap_err();
+        let plain = decode_both(24, &short, &no_key, &mut Vec::new()).unwrap_err();
+        assert_eq!(keyed.to_string(), plain.to_string());
+    }
+
     #[test]
     fn partial_images_and_unsupported_events_are_errors() {
         let p = plan_for(&[(ct::LONG, &[]), (ct::LONG, &[])], vec![]);
@@ -2830,6 +3093,13 @@ mod tests {
                 (6, vec![2, 1, b'x', 1, b'y']),
             ],
         );
+        // A small table with a composite primary key (c0, c1), so that random
+        // updates decode often and change keys (their before images become
+        // deletes) or keep them.
+        let keyed = plan_for(
+            &[(ct::LONG, &[]), (ct::TINY, &[]), (ct::VARCHAR, &[10, 0])],
+            vec![(3, vec![63]), (8, vec![0, 1])],
+        );
         let hires = {
             let cols: &[(u8, &[u8])] = &[
                 (ct::DATETIME, &[]),
@@ -2874,6 +3144,7 @@ mod tests {
         };
         let mut hires = both(hires);
         let mut every_op = both(every_op);
+        let mut keyed = both(keyed);
         let mut plans: Vec<Both> = plans.into_iter().map(both).collect();
         let mut decoded_rows = 0;
         for i in 0..20_000 {
@@ -2883,6 +3154,8 @@ mod tests {
             for t in [23, 24, 30, 31] {
                 let body = rows_body(7, t >= 30, 19, matches!(t, 24 | 31), &random_rows);
                 decode(t, &body, &mut every_op);
+                let body = rows_body(7, t >= 30, 3, matches!(t, 24 | 31), &random_rows);
+                decode(t, &body, &mut keyed);
             }
             let (t, base) = &corpus[rng.gen_range(0..corpus.len())];
             let mut body = base.clone();
@@ -2923,7 +3196,10 @@ mod tests {
                 let _ = plan(&map, &[], &charsets);
             }
             if i % 1000 == 999 {
-                for b in [&mut hires, &mut every_op].into_iter().chain(&mut plans) {
+                for b in [&mut hires, &mut every_op, &mut keyed]
+                    .into_iter()
+                    .chain(&mut plans)
+                {
                     decoded_rows += b.2.len();
                     check(b);
                 }
