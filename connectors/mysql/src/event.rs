@@ -491,23 +491,8 @@ pub fn format_uuid(u: &[u8; 16]) -> String {
     s
 }
 
-/// Parses 32 hex digits with optional dashes (any grouping) into RFC order.
-pub fn parse_uuid(text: &str) -> Option<[u8; 16]> {
-    let mut out = [0u8; 16];
-    let mut n = 0;
-    for ch in text.chars() {
-        if ch == '-' {
-            continue;
-        }
-        let d = ch.to_digit(16)? as u8;
-        if n >= 32 {
-            return None;
-        }
-        out[n / 2] |= if n % 2 == 0 { d << 4 } else { d };
-        n += 1;
-    }
-    (n == 32).then_some(out)
-}
+/// UUID text (32 hex digits, dashes anywhere) to its bytes in RFC order.
+pub use tidewater_core::uuid_text::parse_uuid;
 
 /// A MySQL GTID set: per source UUID, sorted disjoint half-open intervals of
 /// transaction numbers. Text form as in `gtid_executed`:
