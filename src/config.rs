@@ -34,6 +34,18 @@ pub struct Config {
 pub struct PipelineConfig {
     /// Lake folder name, slot/publication name suffix and commit app id.
     pub name: String,
+    /// Local scratch directory: spill files of large Postgres transactions
+    /// streamed before their commit. Default: `<system temp dir>/tidewater/<name>`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl PipelineConfig {
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("tidewater").join(&self.name))
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

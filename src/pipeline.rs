@@ -170,6 +170,7 @@ impl Settings {
                         slot: pg.slot_name.clone().unwrap_or(slot),
                         publication: pg.publication.clone().unwrap_or(publication),
                         application_name: format!("tidewater:{}", config.pipeline.name),
+                        spill_dir: config.pipeline.state_dir().join("spill"),
                     }),
                     pg.snapshot,
                 )

@@ -1,4 +1,4 @@
-use pgwire_replication::PgWireError;
+use crate::replication::ReplicationError;
 use tidewater_core::{ErrorClass, TableId};
 
 use crate::copy::CopyError;
@@ -31,7 +31,13 @@ pub enum PostgresError {
     #[error("replication connection failed")]
     Replication {
         #[source]
-        source: PgWireError,
+        source: ReplicationError,
+    },
+    #[error("spill file {}", path.display())]
+    Spill {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error(
         "replication slot {slot:?} does not exist, but the lake holds changes up to {position}\n\
@@ -117,18 +123,16 @@ impl PostgresError {
             | PostgresError::Query { .. }
             | PostgresError::StreamEnded
             | PostgresError::SlotBusy { .. } => ErrorClass::Transient,
-            PostgresError::Replication { source } => match source {
+            PostgresError::Replication { source } => match source.sqlstate() {
                 _ if source.is_auth() => ErrorClass::Config,
                 // The server names what is wrong by SQLSTATE: a missing slot or
-                // publication (42704) or an invalidated slot (55000) will not
-                // fix itself by retrying.
-                PgWireError::Server(message)
-                    if message.contains("SQLSTATE 42704") || message.contains("SQLSTATE 55000") =>
-                {
-                    ErrorClass::Config
-                }
+                // publication (42704), an invalidated slot (55000) or a
+                // missing privilege (42501) will not fix itself by retrying.
+                Some("42704" | "55000" | "42501" | "3D000") => ErrorClass::Config,
                 _ => ErrorClass::Transient,
             },
+            // A full disk may clear; the server resends the transaction.
+            PostgresError::Spill { .. } => ErrorClass::Transient,
             PostgresError::Value { .. } | PostgresError::UnchangedToast { .. } => {
                 ErrorClass::Definite
             }

@@ -6,13 +6,14 @@ mod copy;
 mod error;
 pub mod pgoutput;
 mod preflight;
+pub mod replication;
 pub mod source;
 mod types;
 pub mod value;
 
 pub use error::PostgresError;
-pub use pgwire_replication::Lsn;
 pub use preflight::{advisories, preflight};
-pub use source::{PostgresConfig, PostgresSource, SlotState};
+pub use replication::Lsn;
+pub use source::{PostgresConfig, PostgresSource, SlotState, HEARTBEAT_PREFIX};
 pub use tidewater_core::TableFilter;
 pub use types::column_type;

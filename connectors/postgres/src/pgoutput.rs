@@ -1,12 +1,16 @@
-//! Decoder for the pgoutput logical replication messages (protocol version 1).
+//! Decoder for the pgoutput logical replication messages (protocol versions
+//! 1 and 2).
 //!
 //! ```text
-//!  walsender ──CopyData('w' XLogData)──▶ pgwire-replication ──▶ this decoder
-//!                                       (Begin/Commit decoded     R Relation
-//!                                        there; the rest arrive   Y Type
-//!                                        as raw message bytes)    I/U/D rows
-//!                                                                 T Truncate
-//!                                                                 O Origin
+//!  walsender ──CopyData('w' XLogData)──▶ replication.rs ──▶ this decoder
+//!     B Begin … C Commit              one transaction, sent at its commit
+//!     S Stream Start(xid) … E Stop    a chunk of an in-progress transaction
+//!                                     (v2, `streaming 'on'`); inside it every
+//!                                     R/Y/I/U/D/T/M message carries the xid
+//!                                     of its (sub)transaction after the tag
+//!     c Stream Commit(xid, lsn)       the streamed transaction committed
+//!     A Stream Abort(xid, subxid)     it, or one subtransaction, rolled back
+//!     R Relation  Y Type  I/U/D rows  T Truncate  O Origin  M logical message
 //! ```
 //!
 //! A Relation message describes a table's columns (name, type oid, typmod, key
@@ -18,9 +22,42 @@
 
 use bytes::Bytes;
 
-/// A message of the pgoutput stream other than Begin/Commit.
+/// A message of the pgoutput stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
+    Begin {
+        final_lsn: u64,
+        /// Microseconds since 2000-01-01.
+        commit_time: i64,
+        xid: u32,
+    },
+    Commit {
+        lsn: u64,
+        end_lsn: u64,
+        commit_time: i64,
+    },
+    /// `pg_logical_emit_message` output.
+    Logical {
+        transactional: bool,
+        lsn: u64,
+        prefix: String,
+        content: Bytes,
+    },
+    StreamStart {
+        xid: u32,
+        first: bool,
+    },
+    StreamStop,
+    StreamCommit {
+        xid: u32,
+        lsn: u64,
+        end_lsn: u64,
+        commit_time: i64,
+    },
+    StreamAbort {
+        xid: u32,
+        subxid: u32,
+    },
     Relation(Relation),
     Type {
         oid: u32,
@@ -230,11 +267,71 @@ impl Reader {
     }
 }
 
-/// Decodes one pgoutput message, tag byte included.
+/// Decodes one pgoutput message outside a stream block, tag byte included.
 pub fn decode(data: Bytes) -> Result<Message, DecodeError> {
+    decode_in(data, false).map(|(message, _)| message)
+}
+
+/// Decodes one pgoutput message; inside a stream block (`streaming`), data
+/// messages carry the xid of their (sub)transaction, returned with it.
+pub fn decode_in(data: Bytes, streaming: bool) -> Result<(Message, Option<u32>), DecodeError> {
     let mut r = Reader { buf: data, pos: 0 };
     let tag = r.u8()?;
+    let xid = if streaming && matches!(tag, b'R' | b'Y' | b'I' | b'U' | b'D' | b'T' | b'M') {
+        Some(r.u32()?)
+    } else {
+        None
+    };
     let message = match tag {
+        b'B' => Message::Begin {
+            final_lsn: r.u64()?,
+            commit_time: r.u64()? as i64,
+            xid: r.u32()?,
+        },
+        b'C' => {
+            let _flags = r.u8()?;
+            Message::Commit {
+                lsn: r.u64()?,
+                end_lsn: r.u64()?,
+                commit_time: r.u64()? as i64,
+            }
+        }
+        b'M' => {
+            let transactional = r.u8()? & 1 == 1;
+            let lsn = r.u64()?;
+            let prefix = r.string()?;
+            let offset = r.pos;
+            let n = r.u32()?;
+            let n = usize::try_from(n as i32).map_err(|_| DecodeError::NegativeCount {
+                offset,
+                count: n as i32 as i64,
+            })?;
+            Message::Logical {
+                transactional,
+                lsn,
+                prefix,
+                content: r.bytes(n)?,
+            }
+        }
+        b'S' => Message::StreamStart {
+            xid: r.u32()?,
+            first: r.u8()? == 1,
+        },
+        b'E' => Message::StreamStop,
+        b'c' => {
+            let xid = r.u32()?;
+            let _flags = r.u8()?;
+            Message::StreamCommit {
+                xid,
+                lsn: r.u64()?,
+                end_lsn: r.u64()?,
+                commit_time: r.u64()? as i64,
+            }
+        }
+        b'A' => Message::StreamAbort {
+            xid: r.u32()?,
+            subxid: r.u32()?,
+        },
         b'R' => {
             let oid = r.u32()?;
             let namespace = r.string()?;
@@ -337,7 +434,7 @@ pub fn decode(data: Bytes) -> Result<Message, DecodeError> {
         }
         tag => return Err(DecodeError::UnknownTag { tag }),
     };
-    Ok(message)
+    Ok((message, xid))
 }
 
 #[cfg(test)]
@@ -404,6 +501,61 @@ mod tests {
     }
 
     #[test]
+    fn decodes_streamed_messages_with_their_xid() {
+        let mut insert = vec![b'I'];
+        insert.extend(901u32.to_be_bytes());
+        insert.extend(7u32.to_be_bytes());
+        insert.extend(b"N\x00\x01t\x00\x00\x00\x0242");
+        let (message, xid) = decode_in(Bytes::from(insert.clone()), true).unwrap();
+        assert_eq!(xid, Some(901));
+        assert_eq!(
+            message,
+            Message::Insert {
+                relation: 7,
+                new: vec![Cell::Text(Bytes::from_static(b"42"))]
+            }
+        );
+        // The same bytes outside a stream block read the xid as the relation.
+        assert!(decode_in(Bytes::from(insert), false).is_err());
+
+        let mut commit = vec![b'c'];
+        commit.extend(900u32.to_be_bytes());
+        commit.push(0);
+        commit.extend(0x10u64.to_be_bytes());
+        commit.extend(0x20u64.to_be_bytes());
+        commit.extend(5i64.to_be_bytes());
+        assert_eq!(
+            decode(Bytes::from(commit)).unwrap(),
+            Message::StreamCommit {
+                xid: 900,
+                lsn: 0x10,
+                end_lsn: 0x20,
+                commit_time: 5
+            }
+        );
+        let mut abort = vec![b'A'];
+        abort.extend(900u32.to_be_bytes());
+        abort.extend(901u32.to_be_bytes());
+        assert_eq!(
+            decode(Bytes::from(abort)).unwrap(),
+            Message::StreamAbort {
+                xid: 900,
+                subxid: 901
+            }
+        );
+        let mut start = vec![b'S'];
+        start.extend(900u32.to_be_bytes());
+        start.push(1);
+        assert_eq!(
+            decode(Bytes::from(start)).unwrap(),
+            Message::StreamStart {
+                xid: 900,
+                first: true
+            }
+        );
+    }
+
+    #[test]
     fn every_truncation_of_a_message_is_an_error() {
         let full = relation_bytes();
         for len in 0..full.len() {
@@ -449,7 +601,7 @@ mod tests {
                 let len = (next() % 64) as usize;
                 let mut b: Vec<u8> = (0..len).map(|_| next() as u8).collect();
                 if let Some(first) = b.first_mut() {
-                    *first = b"RYIUDTO"[(next() % 7) as usize];
+                    *first = b"RYIUDTOBCMSEcA"[(next() % 14) as usize];
                 }
                 b
             };
@@ -459,7 +611,8 @@ mod tests {
                     data[at] = next() as u8;
                 }
             }
-            let _ = decode(Bytes::from(data));
+            let streaming = round % 3 == 0;
+            let _ = decode_in(Bytes::from(data), streaming);
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!            control connection (tokio-postgres)      replication connection
-//!                     │                                 (pgwire-replication)
+//!                     │                                 (replication.rs)
 //!  start_snapshot ────┼── CREATE PUBLICATION (if missing)      │
 //!                     │                          CREATE_REPLICATION_SLOT … EXPORT_SNAPSHOT
 //!                     │                               ──▶ consistent point CP, snapshot S
@@ -25,8 +25,23 @@
 //! the source maps it to that commit's end LSN, which is what the server needs to
 //! skip it on the next start. Restarting always asks for LSN 0/0, i.e. the slot's
 //! confirmed position.
+//!
+//! Large transactions (protocol 2, PG14+): once a transaction outgrows the
+//! server's `logical_decoding_work_mem`, the server streams it in chunks
+//! before it commits. Each chunk is appended to a spill file of that
+//! transaction under `spill_dir` (nothing of it is decoded yet: a Relation
+//! inside it describes the table as that transaction sees it); a Stream Abort
+//! drops the file or marks a subtransaction as rolled back; a Stream Commit
+//! replays the file, in order and skipping rolled-back subtransactions, as one
+//! ordinary transaction. Memory stays bounded by the batch size whatever the
+//! transaction's size, and the server never spills to its own disk. Spill
+//! files are scratch: after a restart the server resends every transaction
+//! that had not committed downstream, so they are deleted at start.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -34,9 +49,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use pgwire_replication::{
-    Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
-};
 use tidewater_core::{
     ChangeEvent, Column, CommitInfo, Datum, Op, RowChange, TableFilter, TableId, TableSchema,
 };
@@ -47,6 +59,9 @@ use crate::catalog::{list_tables, quote_ident, quote_table, table_columns, TypeN
 use crate::copy::split_line;
 use crate::error::{query_error, PostgresError};
 use crate::pgoutput::{self, Cell, Message, OldTuple, Relation};
+use crate::replication::{
+    ConnectParams, Host, Lsn, ReplicationConnection, ReplicationStream, WalMessage,
+};
 use crate::types::column_type;
 use crate::value;
 
@@ -69,6 +84,12 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// How long shutdown waits for the last acknowledgement to go out.
 const FINAL_ACK_WAIT: Duration = Duration::from_secs(5);
 
+/// The prefix of the logical messages tidewater emits as heartbeats.
+pub const HEARTBEAT_PREFIX: &str = "tidewater_heartbeat";
+
+/// Buffer of each spill file, writing and replaying.
+const SPILL_BUFFER: usize = 1 << 20;
+
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
     pub url: String,
@@ -76,6 +97,8 @@ pub struct PostgresConfig {
     pub slot: String,
     pub publication: String,
     pub application_name: String,
+    /// Where in-progress transactions streamed by the server are spilled.
+    pub spill_dir: PathBuf,
 }
 
 impl PostgresConfig {
@@ -108,7 +131,7 @@ pub struct SlotState {
 }
 
 struct SnapshotCopy {
-    repl: ReplicationClient,
+    repl: ReplicationConnection,
     commit: CommitInfo,
     queue: VecDeque<TableId>,
     copy: Option<CopyState>,
@@ -127,12 +150,35 @@ struct RelationState {
     schema: Option<Arc<TableSchema>>,
 }
 
+/// A streamed, not yet committed transaction on disk: records of
+/// `[u32 length][u32 subtransaction xid][pgoutput message]`.
+struct Spill {
+    path: PathBuf,
+    writer: BufWriter<File>,
+    aborted: HashSet<u32>,
+    messages: u64,
+    bytes: u64,
+}
+
+/// A committed spilled transaction being turned into events.
+struct Replay {
+    path: PathBuf,
+    reader: BufReader<File>,
+    aborted: HashSet<u32>,
+    commit: CommitInfo,
+}
+
 pub struct PostgresSource {
     config: PostgresConfig,
     client: Client,
-    repl_config: ReplicationConfig,
+    params: ConnectParams,
+    server_version: i32,
     snapshot: Option<SnapshotCopy>,
-    repl: Option<ReplicationClient>,
+    repl: Option<ReplicationStream>,
+    /// The top-level xid of the stream block being received.
+    stream_block: Option<u32>,
+    spills: HashMap<u32, Spill>,
+    replay: Option<Replay>,
     relations: HashMap<u32, RelationState>,
     /// The tables this run replicates, resolved from the config at start.
     tables: Vec<TableId>,
@@ -170,13 +216,22 @@ impl PostgresSource {
             .batch_execute(&settings)
             .await
             .map_err(query_error("setting session parameters"))?;
-        let repl_config = replication_config(&pg_config, &config)?;
+        let server_version: i32 = client
+            .query_one("SELECT current_setting('server_version_num')::int4", &[])
+            .await
+            .map_err(query_error("reading the server version"))?
+            .get(0);
+        let params = connect_params(&pg_config, &config)?;
         Ok(Self {
             config,
             client,
-            repl_config,
+            params,
+            server_version,
             snapshot: None,
             repl: None,
+            stream_block: None,
+            spills: HashMap::new(),
+            replay: None,
             relations: HashMap::new(),
             tables: Vec::new(),
             schemas: HashMap::new(),
@@ -319,22 +374,15 @@ impl PostgresSource {
     ) -> Result<(), PostgresError> {
         self.ensure_publication(&tables, true).await?;
         self.tables = tables.clone();
-        let mut repl = ReplicationClient::connect_gated(self.repl_config.clone())
-            .await
-            .map_err(|source| PostgresError::Replication { source })?;
+        self.clear_spill_dir()?;
+        let mut repl = ReplicationConnection::connect(&self.params).await?;
         let rows = repl
-            .simple_query(&format!(
+            .query(&format!(
                 "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
                 quote_ident(&self.config.slot)
             ))
-            .await
-            .map_err(|source| PostgresError::Replication { source })?;
-        let field = |i: usize| -> Option<String> {
-            rows.first()?
-                .get(i)?
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-        };
+            .await?;
+        let field = |i: usize| -> Option<String> { rows.first()?.get(i)?.clone() };
         let consistent_point =
             field(1)
                 .and_then(|s| Lsn::parse(&s).ok())
@@ -376,14 +424,63 @@ impl PostgresSource {
     pub async fn start_streaming(&mut self, tables: &[TableId]) -> Result<(), PostgresError> {
         self.ensure_publication(tables, false).await?;
         self.tables = tables.to_vec();
-        let mut repl = ReplicationClient::connect(self.repl_config.clone())
-            .await
-            .map_err(|source| PostgresError::Replication { source })?;
-        repl.wait_started()
-            .await
-            .map_err(|source| PostgresError::Replication { source })?;
+        self.clear_spill_dir()?;
+        let repl = ReplicationConnection::connect(&self.params).await?;
+        self.repl = Some(self.start_replication(repl).await?);
         info!(slot = %self.config.slot, "streaming from replication slot");
-        self.repl = Some(repl);
+        Ok(())
+    }
+
+    /// pgoutput options: protocol 2 with streaming of large in-progress
+    /// transactions where the server has it (PG14+), else protocol 1.
+    fn plugin_options(&self) -> Vec<(&'static str, String)> {
+        let mut options = vec![
+            ("publication_names", quote_ident(&self.config.publication)),
+            ("messages", "true".to_string()),
+        ];
+        if self.server_version >= 140_000 {
+            options.insert(0, ("proto_version", "2".to_string()));
+            options.push(("streaming", "on".to_string()));
+        } else {
+            options.insert(0, ("proto_version", "1".to_string()));
+        }
+        options
+    }
+
+    async fn start_replication(
+        &self,
+        repl: ReplicationConnection,
+    ) -> Result<ReplicationStream, PostgresError> {
+        Ok(repl
+            .start(
+                &self.config.slot,
+                Lsn::ZERO,
+                &self.plugin_options(),
+                STATUS_INTERVAL,
+            )
+            .await?)
+    }
+
+    /// Spill files of an earlier run are void: the server resends those
+    /// transactions.
+    fn clear_spill_dir(&self) -> Result<(), PostgresError> {
+        let dir = &self.config.spill_dir;
+        let spill_error = |source| PostgresError::Spill {
+            path: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(spill_error)?;
+        let prefix = format!("{}-", self.config.slot);
+        for entry in std::fs::read_dir(dir).map_err(spill_error)? {
+            let path = entry.map_err(spill_error)?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with(&prefix) && name.ends_with(".spill") {
+                std::fs::remove_file(&path).map_err(|source| PostgresError::Spill {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
         Ok(())
     }
 
@@ -400,6 +497,8 @@ impl PostgresSource {
             }
             if self.snapshot.is_some() {
                 self.snapshot_step().await?;
+            } else if self.replay.is_some() {
+                self.replay_step().await?;
             } else if self.repl.is_some() {
                 self.stream_step().await?;
             } else {
@@ -507,15 +606,8 @@ impl PostgresSource {
             .batch_execute("COMMIT")
             .await
             .map_err(query_error("closing the snapshot transaction"))?;
-        let mut repl = phase.repl;
-        repl.start()
-            .await
-            .map_err(|source| PostgresError::Replication { source })?;
-        repl.wait_started()
-            .await
-            .map_err(|source| PostgresError::Replication { source })?;
+        self.repl = Some(self.start_replication(phase.repl).await?);
         info!(slot = %self.config.slot, "snapshot complete, streaming");
-        self.repl = Some(repl);
         self.pending
             .push_back(ChangeEvent::Commit(phase.commit.clone()));
         self.pending.push_back(ChangeEvent::SnapshotDone {
@@ -527,56 +619,259 @@ impl PostgresSource {
 
     async fn stream_step(&mut self) -> Result<(), PostgresError> {
         let repl = self.repl.as_mut().expect("checked by caller");
-        let event = repl
-            .recv()
-            .await
-            .map_err(|source| PostgresError::Replication { source })?
-            .ok_or(PostgresError::StreamEnded)?;
-        match event {
-            ReplicationEvent::Begin {
+        let data = match repl.recv().await? {
+            WalMessage::XLogData { data, .. } => data,
+            WalMessage::KeepAlive { wal_end } => {
+                // Between stream blocks only: inside one, an acknowledgement
+                // is held until the block ends (the coordinator holds it while
+                // a transaction is open anyway).
+                if self.stream_block.is_none() {
+                    self.pending.push_back(ChangeEvent::Heartbeat {
+                        ack: wal_end.0,
+                        position: wal_end.to_string(),
+                    });
+                }
+                return Ok(());
+            }
+        };
+        if let Some(top) = self.stream_block {
+            return self.on_stream_data(top, data);
+        }
+        let (message, _) =
+            pgoutput::decode_in(data, false).map_err(|source| PostgresError::Decode { source })?;
+        match message {
+            Message::Begin {
                 final_lsn,
+                commit_time,
                 xid,
-                commit_time_micros,
             } => {
                 self.ord = 0;
                 self.pending.push_back(ChangeEvent::Begin(CommitInfo {
-                    seq: final_lsn.0,
-                    position: final_lsn.to_string(),
+                    seq: final_lsn,
+                    position: Lsn(final_lsn).to_string(),
                     ack: 0,
-                    commit_ts_us: commit_time_micros.saturating_add(PG_EPOCH_OFFSET_US),
+                    commit_ts_us: commit_time.saturating_add(PG_EPOCH_OFFSET_US),
                     txid: Some(xid.to_string()),
                 }));
             }
-            ReplicationEvent::Commit {
+            Message::Commit {
                 lsn,
                 end_lsn,
-                commit_time_micros,
-            } => {
-                self.pending.push_back(ChangeEvent::Commit(CommitInfo {
-                    seq: lsn.0,
-                    position: lsn.to_string(),
-                    // The server skips a transaction on restart when its commit
-                    // record starts before the confirmed position: acknowledge
-                    // the end of the record.
-                    ack: end_lsn.0,
-                    commit_ts_us: commit_time_micros.saturating_add(PG_EPOCH_OFFSET_US),
-                    txid: None,
-                }));
+                commit_time,
+            } => self.push_commit(lsn, end_lsn, commit_time),
+            Message::StreamStart { xid, first } => {
+                self.stream_block = Some(xid);
+                if !self.spills.contains_key(&xid) {
+                    if !first {
+                        debug!(
+                            xid,
+                            "stream block of a transaction begun before this session"
+                        );
+                    }
+                    let spill = self.open_spill(xid)?;
+                    self.spills.insert(xid, spill);
+                }
             }
-            ReplicationEvent::XLogData { data, .. } => self.on_message(data).await?,
-            ReplicationEvent::KeepAlive { wal_end, .. } => {
+            Message::StreamStop => {
+                return Err(PostgresError::Misuse {
+                    what: "Stream Stop outside a stream block",
+                })
+            }
+            Message::StreamCommit {
+                xid,
+                lsn,
+                end_lsn,
+                commit_time,
+            } => {
+                let Some(spill) = self.spills.remove(&xid) else {
+                    return Err(PostgresError::Misuse {
+                        what: "Stream Commit of a transaction never streamed",
+                    });
+                };
+                self.start_replay(spill, xid, lsn, end_lsn, commit_time)?;
+            }
+            Message::StreamAbort { xid, subxid } => {
+                if xid == subxid {
+                    if let Some(spill) = self.spills.remove(&xid) {
+                        debug!(
+                            xid,
+                            messages = spill.messages,
+                            "streamed transaction rolled back"
+                        );
+                        drop(spill.writer);
+                        remove_spill(&spill.path);
+                    }
+                } else if let Some(spill) = self.spills.get_mut(&xid) {
+                    spill.aborted.insert(subxid);
+                }
+            }
+            Message::Logical {
+                transactional: false,
+                lsn,
+                prefix,
+                ..
+            } if prefix == HEARTBEAT_PREFIX => {
                 self.pending.push_back(ChangeEvent::Heartbeat {
-                    ack: wal_end.0,
-                    position: wal_end.to_string(),
+                    ack: lsn,
+                    position: Lsn(lsn).to_string(),
                 });
             }
-            ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
+            other => self.on_message(other).await?,
         }
         Ok(())
     }
 
-    async fn on_message(&mut self, data: Bytes) -> Result<(), PostgresError> {
-        let message = pgoutput::decode(data).map_err(|source| PostgresError::Decode { source })?;
+    fn push_commit(&mut self, lsn: u64, end_lsn: u64, commit_time: i64) {
+        self.pending.push_back(ChangeEvent::Commit(CommitInfo {
+            seq: lsn,
+            position: Lsn(lsn).to_string(),
+            // The server skips a transaction on restart when its commit
+            // record starts before the confirmed position: acknowledge the
+            // end of the record.
+            ack: end_lsn,
+            commit_ts_us: commit_time.saturating_add(PG_EPOCH_OFFSET_US),
+            txid: None,
+        }));
+    }
+
+    /// A message inside a stream block: appended to its transaction's spill
+    /// file, undecoded, tagged with its subtransaction.
+    fn on_stream_data(&mut self, top: u32, data: Bytes) -> Result<(), PostgresError> {
+        if data.first() == Some(&b'E') {
+            self.stream_block = None;
+            return Ok(());
+        }
+        let subxid = match data.first() {
+            Some(b'R' | b'Y' | b'I' | b'U' | b'D' | b'T' | b'M') if data.len() >= 5 => {
+                u32::from_be_bytes([data[1], data[2], data[3], data[4]])
+            }
+            _ => top,
+        };
+        let spill = self.spills.get_mut(&top).ok_or(PostgresError::Misuse {
+            what: "stream data without Stream Start",
+        })?;
+        let length = u32::try_from(data.len()).map_err(|_| PostgresError::Misuse {
+            what: "pgoutput message over 4 GiB",
+        })?;
+        let written = spill
+            .writer
+            .write_all(&length.to_be_bytes())
+            .and_then(|()| spill.writer.write_all(&subxid.to_be_bytes()))
+            .and_then(|()| spill.writer.write_all(&data));
+        written.map_err(|source| PostgresError::Spill {
+            path: spill.path.clone(),
+            source,
+        })?;
+        spill.messages += 1;
+        spill.bytes += u64::from(length) + 8;
+        Ok(())
+    }
+
+    fn open_spill(&self, xid: u32) -> Result<Spill, PostgresError> {
+        let path = self
+            .config
+            .spill_dir
+            .join(format!("{}-{xid}.spill", self.config.slot));
+        let file = File::create(&path).map_err(|source| PostgresError::Spill {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Spill {
+            path,
+            writer: BufWriter::with_capacity(SPILL_BUFFER, file),
+            aborted: HashSet::new(),
+            messages: 0,
+            bytes: 0,
+        })
+    }
+
+    fn start_replay(
+        &mut self,
+        spill: Spill,
+        xid: u32,
+        lsn: u64,
+        end_lsn: u64,
+        commit_time: i64,
+    ) -> Result<(), PostgresError> {
+        let Spill {
+            path,
+            writer,
+            aborted,
+            messages,
+            bytes,
+        } = spill;
+        let spill_error = |source| PostgresError::Spill {
+            path: path.clone(),
+            source,
+        };
+        writer
+            .into_inner()
+            .map_err(|e| spill_error(e.into_error()))?;
+        let file = File::open(&path).map_err(spill_error)?;
+        info!(
+            xid,
+            messages, bytes, "replaying a streamed transaction from its spill file"
+        );
+        self.ord = 0;
+        let commit = CommitInfo {
+            seq: lsn,
+            position: Lsn(lsn).to_string(),
+            ack: end_lsn,
+            commit_ts_us: commit_time.saturating_add(PG_EPOCH_OFFSET_US),
+            txid: Some(xid.to_string()),
+        };
+        self.pending.push_back(ChangeEvent::Begin(CommitInfo {
+            ack: 0,
+            ..commit.clone()
+        }));
+        self.replay = Some(Replay {
+            path,
+            reader: BufReader::with_capacity(SPILL_BUFFER, file),
+            aborted,
+            commit,
+        });
+        Ok(())
+    }
+
+    /// Decodes the next spilled message of the transaction being replayed.
+    async fn replay_step(&mut self) -> Result<(), PostgresError> {
+        let replay = self.replay.as_mut().expect("checked by caller");
+        let mut header = [0u8; 8];
+        match replay.reader.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                let replay = self.replay.take().expect("checked above");
+                remove_spill(&replay.path);
+                let commit = replay.commit;
+                self.pending.push_back(ChangeEvent::Commit(commit));
+                return Ok(());
+            }
+            Err(source) => {
+                return Err(PostgresError::Spill {
+                    path: replay.path.clone(),
+                    source,
+                })
+            }
+        }
+        let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let subxid = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+        let mut data = vec![0u8; length];
+        replay
+            .reader
+            .read_exact(&mut data)
+            .map_err(|source| PostgresError::Spill {
+                path: replay.path.clone(),
+                source,
+            })?;
+        if replay.aborted.contains(&subxid) {
+            return Ok(());
+        }
+        let (message, _) = pgoutput::decode_in(Bytes::from(data), true)
+            .map_err(|source| PostgresError::Decode { source })?;
+        self.on_message(message).await
+    }
+
+    async fn on_message(&mut self, message: Message) -> Result<(), PostgresError> {
         match message {
             Message::Relation(relation) => self.on_relation(relation).await?,
             Message::Insert { relation, new } => {
@@ -634,7 +929,17 @@ impl PostgresSource {
                     }
                 }
             }
-            Message::Type { .. } | Message::Origin { .. } => {}
+            Message::Type { .. } | Message::Origin { .. } | Message::Logical { .. } => {}
+            Message::Begin { .. }
+            | Message::Commit { .. }
+            | Message::StreamStart { .. }
+            | Message::StreamStop
+            | Message::StreamCommit { .. }
+            | Message::StreamAbort { .. } => {
+                return Err(PostgresError::Misuse {
+                    what: "transaction framing inside a streamed transaction",
+                })
+            }
         }
         Ok(())
     }
@@ -715,24 +1020,22 @@ impl PostgresSource {
         if lsn > self.last_ack {
             self.last_ack = lsn;
             if let Some(repl) = &self.repl {
-                repl.update_applied_lsn(Lsn(lsn));
+                repl.ack(Lsn(lsn));
             }
         }
     }
 
     /// Stops streaming after the last acknowledgement reached the server.
     pub async fn close(mut self) {
-        if let Some(mut repl) = self.repl.take() {
-            let deadline = tokio::time::Instant::now() + FINAL_ACK_WAIT;
-            while repl.metrics().last_applied_lsn().0 < self.last_ack
-                && tokio::time::Instant::now() < deadline
-                && repl.is_running()
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            if let Err(err) = repl.shutdown().await {
-                debug!(error = %err, "replication shutdown");
-            }
+        if let Some(repl) = self.repl.take() {
+            repl.close(FINAL_ACK_WAIT).await;
+        }
+        for (_, spill) in self.spills.drain() {
+            drop(spill.writer);
+            remove_spill(&spill.path);
+        }
+        if let Some(replay) = self.replay.take() {
+            remove_spill(&replay.path);
         }
     }
 }
@@ -749,9 +1052,15 @@ impl tidewater_core::Source for PostgresSource {
     }
 }
 
-impl From<PgWireError> for PostgresError {
-    fn from(source: PgWireError) -> Self {
+impl From<crate::replication::ReplicationError> for PostgresError {
+    fn from(source: crate::replication::ReplicationError) -> Self {
         PostgresError::Replication { source }
+    }
+}
+
+fn remove_spill(path: &std::path::Path) {
+    if let Err(error) = std::fs::remove_file(path) {
+        warn!(path = %path.display(), error = %error, "could not remove a spill file");
     }
 }
 
@@ -770,40 +1079,35 @@ fn describe_target(config: &tokio_postgres::Config) -> String {
     format!("{}:{port}", first_host(config))
 }
 
-fn replication_config(
+fn connect_params(
     pg: &tokio_postgres::Config,
     config: &PostgresConfig,
-) -> Result<ReplicationConfig, PostgresError> {
-    let host = first_host(pg);
+) -> Result<ConnectParams, PostgresError> {
+    let host = match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => Host::Tcp(h.clone()),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => Host::Unix(p.clone()),
+        None => Host::Tcp("localhost".into()),
+    };
     let user = pg
         .get_user()
         .ok_or(PostgresError::UrlPart { what: "user" })?;
     let database = pg
         .get_dbname()
         .ok_or(PostgresError::UrlPart { what: "database" })?;
-    let password = pg
-        .get_password()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .unwrap_or_default();
     let options: Vec<String> = SESSION_SETTINGS
         .iter()
         .map(|(k, v)| format!("-c {k}={v}"))
         .collect();
-    Ok(ReplicationConfig::new(
+    Ok(ConnectParams {
         host,
-        user,
-        password,
-        database,
-        config.slot.clone(),
-        config.publication.as_str(),
-    )
-    .with_port(pg.get_ports().first().copied().unwrap_or(5432))
-    .with_tls(TlsConfig::disabled())
-    .with_start_lsn(Lsn::ZERO)
-    .with_status_interval(STATUS_INTERVAL)
-    .with_wakeup_interval(STATUS_INTERVAL)
-    .with_options(options.join(" "))
-    .with_application_name(config.application_name.clone()))
+        port: pg.get_ports().first().copied().unwrap_or(5432),
+        user: user.to_string(),
+        password: pg.get_password().map(<[u8]>::to_vec),
+        database: database.to_string(),
+        application_name: config.application_name.clone(),
+        options: options.join(" "),
+    })
 }
 
 /// Decodes a tuple into values; an unchanged TOAST cell takes the value from a
