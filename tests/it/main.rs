@@ -10,5 +10,6 @@ mod golden;
 mod maria_harness;
 mod mysql;
 mod mysql_conformance;
+mod pg_streaming;
 mod replication;
 mod secrets;

@@ -254,8 +254,9 @@ impl Pipeline {
         std::fs::write(
             &config,
             format!(
-                "[pipeline]\nname = \"{name}\"\n\n{source}\n\n[sink]\ntype = \"lake\"\nuri = \"file://{}\"\n\
-                 flush_interval_ms = 200\n{extra_sink}\n",
+                "[pipeline]\nname = \"{name}\"\nstate_dir = \"{}\"\n\n{source}\n\n[sink]\ntype = \"lake\"\n\
+                 uri = \"file://{}\"\nflush_interval_ms = 200\n{extra_sink}\n",
+                dir.join("state").display(),
                 lake.display(),
                 source = source_toml.trim_end(),
             ),

@@ -1,0 +1,109 @@
+//! Large Postgres transactions streamed before their commit (pgoutput
+//! protocol 2): spilled, replayed at commit, rolled-back parts dropped.
+
+use crate::support::lake::read_log;
+use crate::support::{pg, Pipeline};
+
+/// Rows the server streams in chunks: the database's
+/// `logical_decoding_work_mem` is set to its 64 kB minimum, so each of these
+/// transactions is streamed long before it commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_transactions_land_whole_and_rollbacks_vanish() {
+    let client = pg().create_database("bigtx").await;
+    client
+        .batch_execute(
+            "ALTER DATABASE bigtx SET logical_decoding_work_mem = '64kB';
+             CREATE TABLE t (id int PRIMARY KEY, payload text NOT NULL, n numeric(12,2));
+             CREATE TABLE u (id int PRIMARY KEY, v int);
+             INSERT INTO t SELECT g, 'seed ' || g, g FROM generate_series(1, 100) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::new("bigtx", &pg().url("bigtx"), "");
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+
+    // A: a large transaction with a rolled-back savepoint, left open.
+    let a = pg().client("bigtx").await;
+    a.batch_execute(
+        "BEGIN;
+         INSERT INTO t SELECT g, repeat(md5(g::text), 4), g * 1.25 FROM generate_series(1000, 20999) g;
+         SAVEPOINT s1;
+         INSERT INTO t SELECT g, 'rolled back ' || g, 0 FROM generate_series(500000, 505000) g;
+         UPDATE t SET payload = 'never' WHERE id < 50;
+         ROLLBACK TO SAVEPOINT s1;
+         SAVEPOINT s2;
+         UPDATE t SET payload = payload || ' kept' WHERE id % 7 = 0;
+         RELEASE SAVEPOINT s2;
+         DELETE FROM t WHERE id % 11 = 0;",
+    )
+    .await
+    .unwrap();
+    // B: small transactions commit while A is open.
+    let b = pg().client("bigtx").await;
+    b.batch_execute("INSERT INTO u VALUES (1, 1); INSERT INTO u VALUES (2, 2);")
+        .await
+        .unwrap();
+    // C: a large transaction that rolls back entirely.
+    let c = pg().client("bigtx").await;
+    c.batch_execute(
+        "BEGIN;
+         INSERT INTO t SELECT g, repeat('x', 100), 1 FROM generate_series(200000, 230000) g;
+         ROLLBACK;",
+    )
+    .await
+    .unwrap();
+    a.batch_execute("COMMIT").await.unwrap();
+    b.batch_execute("UPDATE u SET v = 20 WHERE id = 2")
+        .await
+        .unwrap();
+
+    pipeline.wait_equal(&client, "t").await;
+    pipeline.wait_equal(&client, "u").await;
+
+    // The server did stream: A and C at least.
+    let streamed: i64 = client
+        .query_one(
+            "SELECT stream_txns FROM pg_stat_replication_slots WHERE slot_name = 'tidewater_bigtx'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(streamed >= 2, "server streamed {streamed} transactions");
+
+    // A landed as one transaction: one seq, ords 1..=n in order, after B's
+    // first commit and before B's last.
+    let log = read_log(&pipeline.table_path("public", "t")).await.unwrap();
+    let streamed_rows: Vec<_> = log.iter().filter(|r| r.op != "r").collect();
+    let seq = streamed_rows[0].seq;
+    assert!(
+        streamed_rows.iter().all(|r| r.seq == seq),
+        "one transaction"
+    );
+    let ords: Vec<i64> = streamed_rows.iter().map(|r| r.ord).collect();
+    assert!(ords.windows(2).all(|w| w[0] < w[1]), "ords increase");
+    let inserts = streamed_rows.iter().filter(|r| r.op == "c").count();
+    assert_eq!(
+        inserts, 20_000,
+        "the rolled-back savepoint's inserts are gone"
+    );
+    let u_log = read_log(&pipeline.table_path("public", "u")).await.unwrap();
+    assert!(u_log.iter().filter(|r| r.op == "c").all(|r| r.seq < seq));
+    assert!(u_log.iter().any(|r| r.op == "u" && r.seq > seq));
+    assert_eq!(streamed_rows[0].txid, log.last().unwrap().txid);
+
+    // Nothing of the rolled-back work anywhere, and no spill file left.
+    assert!(!log.iter().any(|r| r
+        .values
+        .get("id")
+        .and_then(|v| v.as_i64())
+        .is_some_and(|id| id >= 200_000)));
+    let spill = pipeline.dir.join("state").join("spill");
+    let left: Vec<_> = std::fs::read_dir(&spill)
+        .expect("spill dir exists")
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "spill files left: {left:?}");
+    assert_eq!(pipeline.terminate(), 0);
+}
