@@ -84,6 +84,25 @@ pub struct PostgresSourceConfig {
     /// Publication name; default `tidewater_<pipeline name>`.
     #[serde(default)]
     pub publication: Option<String>,
+    /// After this long without changes from the server, tidewater writes a
+    /// tiny logical message (`pg_logical_emit_message`) so the slot has a
+    /// position to confirm and retains no WAL on an idle database; 0 turns
+    /// it off. Default 30000.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// Ask the server for binary column values (PG14+) when every captured
+    /// column has a type tidewater reads in binary; otherwise, or when such a
+    /// column appears later, text. Default true (see BENCHMARKS.md).
+    #[serde(default = "default_true")]
+    pub binary: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_heartbeat_ms() -> u64 {
+    30_000
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -171,6 +171,9 @@ impl Settings {
                         publication: pg.publication.clone().unwrap_or(publication),
                         application_name: format!("tidewater:{}", config.pipeline.name),
                         spill_dir: config.pipeline.state_dir().join("spill"),
+                        heartbeat: (pg.heartbeat_interval_ms > 0)
+                            .then(|| Duration::from_millis(pg.heartbeat_interval_ms)),
+                        binary: pg.binary,
                     }),
                     pg.snapshot,
                 )

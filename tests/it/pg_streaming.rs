@@ -107,3 +107,98 @@ async fn streamed_transactions_land_whole_and_rollbacks_vanish() {
     assert!(left.is_empty(), "spill files left: {left:?}");
     assert_eq!(pipeline.terminate(), 0);
 }
+
+/// An idle database: the daemon writes heartbeat messages into its WAL and
+/// the slot confirms them, so it pins no WAL while nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_move_the_slot_of_an_idle_database() {
+    let client = pg().create_database("hb").await;
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
+        .await
+        .unwrap();
+    client
+        .batch_execute("SELECT pg_create_logical_replication_slot('hb_probe', 'test_decoding')")
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::with_source(
+        "hb",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\nheartbeat_interval_ms = 300\n",
+            pg().url("hb")
+        ),
+        "",
+    );
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+    crate::support::eventually(
+        "a heartbeat in the WAL, confirmed by the pipeline's slot",
+        std::time::Duration::from_secs(60),
+        || {
+            let client = &client;
+            async move {
+                let rows = client
+                    .query(
+                        "SELECT lsn::text FROM pg_logical_slot_peek_changes('hb_probe', NULL, NULL) \
+                         WHERE data LIKE 'message: transactional: 0 prefix: tidewater_heartbeat%'",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let Some(last) = rows.last().map(|r| r.get::<_, String>(0)) else {
+                    return Err("no heartbeat message yet".to_string());
+                };
+                let confirmed: bool = client
+                    .query_one(
+                        "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots \
+                         WHERE slot_name = 'tidewater_hb'",
+                        &[&last],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .get(0);
+                confirmed
+                    .then_some(())
+                    .ok_or(format!("heartbeat at {last} not confirmed yet"))
+            }
+        },
+    )
+    .await;
+    client
+        .batch_execute("SELECT pg_drop_replication_slot('hb_probe')")
+        .await
+        .unwrap();
+    assert_eq!(pipeline.terminate(), 0);
+}
+
+/// Binary mode meets a column type it cannot read (added while streaming):
+/// the source reconnects in text mode and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_mode_falls_back_to_text_for_a_new_column_type() {
+    let client = pg().create_database("binfall").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v numeric, at timestamptz);
+             INSERT INTO t VALUES (1, 1.5, '2024-01-01 00:00:00+00');",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::new("binfall", &pg().url("binfall"), "");
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+    client
+        .batch_execute(
+            "INSERT INTO t VALUES (2, 'NaN', 'infinity');
+             ALTER TABLE t ADD COLUMN addr inet;
+             INSERT INTO t VALUES (3, -0.000001, '1999-01-08 04:05:06+02', '10.1.2.3/8');
+             UPDATE t SET addr = '::1' WHERE id = 1;",
+        )
+        .await
+        .unwrap();
+    pipeline.wait_equal(&client, "t").await;
+    let log = pipeline.log(1);
+    assert!(log.contains("mode=\"binary\""), "{log}");
+    assert!(log.contains("which binary mode cannot read"), "{log}");
+    assert!(log.contains("mode=\"text\""), "{log}");
+    assert_eq!(pipeline.terminate(), 0);
+}

@@ -57,13 +57,32 @@ async fn insert_edge_rows(client: &Client, base: i32) {
     client.batch_execute(&sql).await.expect("insert edge rows");
 }
 
+/// Streaming in binary mode (the default: every column of `typed` has a
+/// binary decoder).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_type_survives_snapshot_and_streaming() {
-    let client = pg().create_database("types").await;
+    every_type("types", true).await;
+}
+
+/// The same values streamed in text mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_survives_streaming_in_text_mode() {
+    every_type("types_text", false).await;
+}
+
+async fn every_type(name: &str, binary: bool) {
+    let client = pg().create_database(name).await;
     client.batch_execute(TYPED_DDL).await.unwrap();
     insert_edge_rows(&client, 0).await;
 
-    let mut pipeline = Pipeline::new("types", &pg().url("types"), "");
+    let mut pipeline = Pipeline::with_source(
+        name,
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\nbinary = {binary}\n",
+            pg().url(name)
+        ),
+        "",
+    );
     pipeline.start();
     // Snapshot path (COPY text).
     pipeline.wait_equal(&client, "typed").await;
@@ -86,6 +105,12 @@ async fn every_type_survives_snapshot_and_streaming() {
         .unwrap();
     pipeline.wait_equal(&client, "typed").await;
 
+    let mode = if binary {
+        "mode=\"binary\""
+    } else {
+        "mode=\"text\""
+    };
+    assert!(pipeline.log(1).contains(mode), "{}", pipeline.log(1));
     let log = read_log(&pipeline.table_path("public", "typed"))
         .await
         .unwrap();

@@ -229,8 +229,9 @@ fn canon_sql(expr: &str, type_name: &str) -> String {
             "CASE WHEN isfinite({expr}) THEN (extract(epoch FROM {expr}) * 1000000)::bigint::text ELSE {expr}::text END"
         ),
         "time" => format!("(extract(epoch FROM {expr}) * 1000000)::bigint::text"),
-        // A cast to text strips char(n) padding; the output function keeps it.
-        "bpchar" => format!("CASE WHEN {expr} IS NULL THEN NULL ELSE format('%s', {expr}) END"),
+        // A cast to text strips char(n) padding and adds inet's /32 or
+        // /128 mask; the output function does neither.
+        "bpchar" | "inet" => format!("CASE WHEN {expr} IS NULL THEN NULL ELSE format('%s', {expr}) END"),
         _ => format!("{expr}::text"),
     }
 }

@@ -81,6 +81,15 @@ pub enum PostgresError {
          its value\nhint: ALTER TABLE {table} REPLICA IDENTITY FULL; makes Postgres send it"
     )]
     UnchangedToast { table: TableId, column: String },
+    #[error(
+        "column {column} of {table} has type {type_name}, which binary mode cannot read; \
+         reconnecting in text mode"
+    )]
+    BinaryUnsupported {
+        table: TableId,
+        column: String,
+        type_name: String,
+    },
     #[error("row change for relation oid {oid} before its Relation message")]
     UnknownRelation { oid: u32 },
     #[error("snapshot of {table}")]
@@ -133,6 +142,8 @@ impl PostgresError {
             },
             // A full disk may clear; the server resends the transaction.
             PostgresError::Spill { .. } => ErrorClass::Transient,
+            // The retry asks for text mode.
+            PostgresError::BinaryUnsupported { .. } => ErrorClass::Transient,
             PostgresError::Value { .. } | PostgresError::UnchangedToast { .. } => {
                 ErrorClass::Definite
             }

@@ -1,6 +1,7 @@
 //! Postgres source: pgoutput logical replication with a consistent initial
 //! snapshot. See [`source`] for the flow and how progress is acknowledged.
 
+pub mod binary;
 mod catalog;
 mod copy;
 mod error;

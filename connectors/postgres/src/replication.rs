@@ -221,7 +221,7 @@ impl ReplicationConnection {
         if !params.options.is_empty() {
             startup.push(("options", params.options.as_str()));
         }
-        frontend::startup_message(startup.into_iter(), &mut out).map_err(io)?;
+        frontend::startup_message(startup, &mut out).map_err(io)?;
         conn.send(&out).await?;
         conn.authenticate(params).await?;
         // ParameterStatus and BackendKeyData until the session is ready.

@@ -99,7 +99,17 @@ pub struct PostgresConfig {
     pub application_name: String,
     /// Where in-progress transactions streamed by the server are spilled.
     pub spill_dir: PathBuf,
+    /// After this long without WAL data from the server, emit a logical
+    /// message so the slot has something to confirm; `None` disables.
+    pub heartbeat: Option<Duration>,
+    /// Ask pgoutput for binary values when every captured column's type has
+    /// a binary decoder ([`crate::binary`]).
+    pub binary: bool,
 }
+
+/// Set when a column binary mode cannot read appeared while streaming: from
+/// then on this process streams in text mode (the retry reconnects).
+static BINARY_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 impl PostgresConfig {
     /// Slot and publication names derived from a pipeline name.
@@ -148,6 +158,8 @@ struct CopyState {
 struct RelationState {
     included: bool,
     schema: Option<Arc<TableSchema>>,
+    /// Base type oid of each column, for binary values.
+    oids: Arc<[u32]>,
 }
 
 /// A streamed, not yet committed transaction on disk: records of
@@ -179,6 +191,11 @@ pub struct PostgresSource {
     stream_block: Option<u32>,
     spills: HashMap<u32, Spill>,
     replay: Option<Replay>,
+    /// When the server last sent WAL data (or a heartbeat was emitted).
+    last_activity: tokio::time::Instant,
+    heartbeat: Option<Duration>,
+    /// This session asked for binary values.
+    binary: bool,
     relations: HashMap<u32, RelationState>,
     /// The tables this run replicates, resolved from the config at start.
     tables: Vec<TableId>,
@@ -222,6 +239,7 @@ impl PostgresSource {
             .map_err(query_error("reading the server version"))?
             .get(0);
         let params = connect_params(&pg_config, &config)?;
+        let heartbeat = config.heartbeat;
         Ok(Self {
             config,
             client,
@@ -232,6 +250,9 @@ impl PostgresSource {
             stream_block: None,
             spills: HashMap::new(),
             replay: None,
+            last_activity: tokio::time::Instant::now(),
+            heartbeat,
+            binary: false,
             relations: HashMap::new(),
             tables: Vec::new(),
             schemas: HashMap::new(),
@@ -441,6 +462,9 @@ impl PostgresSource {
         if self.server_version >= 140_000 {
             options.insert(0, ("proto_version", "2".to_string()));
             options.push(("streaming", "on".to_string()));
+            if self.binary {
+                options.push(("binary", "true".to_string()));
+            }
         } else {
             options.insert(0, ("proto_version", "1".to_string()));
         }
@@ -448,9 +472,14 @@ impl PostgresSource {
     }
 
     async fn start_replication(
-        &self,
+        &mut self,
         repl: ReplicationConnection,
     ) -> Result<ReplicationStream, PostgresError> {
+        self.binary = self.binary_possible().await?;
+        info!(
+            mode = if self.binary { "binary" } else { "text" },
+            "pgoutput value format"
+        );
         Ok(repl
             .start(
                 &self.config.slot,
@@ -459,6 +488,39 @@ impl PostgresSource {
                 STATUS_INTERVAL,
             )
             .await?)
+    }
+
+    /// Binary values only when configured, the server has them (PG14+), and
+    /// every column of every captured table has a type [`crate::binary`]
+    /// reads; domains count as their base type.
+    async fn binary_possible(&self) -> Result<bool, PostgresError> {
+        use std::sync::atomic::Ordering;
+        if !self.config.binary
+            || self.server_version < 140_000
+            || BINARY_REFUSED.load(Ordering::Relaxed)
+        {
+            return Ok(false);
+        }
+        for table in &self.tables {
+            let rows = self
+                .client
+                .query(
+                    "SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
+                     FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+                     WHERE a.attrelid = (quote_ident($1) || '.' || quote_ident($2))::regclass \
+                       AND a.attnum > 0 AND NOT a.attisdropped",
+                    &[&table.schema, &table.table],
+                )
+                .await
+                .map_err(query_error(format!("reading the column types of {table}")))?;
+            if rows
+                .iter()
+                .any(|row| !crate::binary::supported(row.get::<_, u32>(0)))
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Spill files of an earlier run are void: the server resends those
@@ -619,8 +681,23 @@ impl PostgresSource {
 
     async fn stream_step(&mut self) -> Result<(), PostgresError> {
         let repl = self.repl.as_mut().expect("checked by caller");
-        let data = match repl.recv().await? {
-            WalMessage::XLogData { data, .. } => data,
+        let received = match self.heartbeat {
+            Some(every) => {
+                match tokio::time::timeout_at(self.last_activity + every, repl.recv()).await {
+                    Ok(received) => received,
+                    Err(_) => {
+                        self.emit_heartbeat().await;
+                        return Ok(());
+                    }
+                }
+            }
+            None => repl.recv().await,
+        };
+        let data = match received? {
+            WalMessage::XLogData { data, .. } => {
+                self.last_activity = tokio::time::Instant::now();
+                data
+            }
             WalMessage::KeepAlive { wal_end } => {
                 // Between stream blocks only: inside one, an acknowledgement
                 // is held until the block ends (the coordinator holds it while
@@ -719,6 +796,31 @@ impl PostgresSource {
             other => self.on_message(other).await?,
         }
         Ok(())
+    }
+
+    /// Writes a non-transactional logical message into the WAL of this
+    /// database: it reaches the slot like any change, gives it a position to
+    /// confirm when the database is idle (WAL written by other databases is
+    /// confirmed through keepalives; this also covers a server that writes
+    /// nothing else) and measures the path end to end. Failing (e.g. a user
+    /// without EXECUTE on the function) only turns heartbeats off.
+    async fn emit_heartbeat(&mut self) {
+        self.last_activity = tokio::time::Instant::now();
+        let emitted = self
+            .client
+            .execute(
+                "SELECT pg_logical_emit_message(false, $1, '')",
+                &[&HEARTBEAT_PREFIX],
+            )
+            .await;
+        if let Err(error) = emitted {
+            warn!(
+                error = %error,
+                "cannot emit heartbeat messages (pg_logical_emit_message); heartbeats are off \
+                 for this run, the slot still follows keepalives"
+            );
+            self.heartbeat = None;
+        }
     }
 
     fn push_commit(&mut self, lsn: u64, end_lsn: u64, commit_time: i64) {
@@ -878,19 +980,20 @@ impl PostgresSource {
                 // Every row message numbers `_tw_ord`, included or not, so the
                 // numbering of a transaction does not depend on the config.
                 self.ord += 1;
-                if let Some(schema) = self.included_schema(relation)? {
-                    let values = datums(&schema, &new, None)?;
-                    self.push_row(&schema, Op::Insert, values);
+                if let Some(d) = self.included_schema(relation)? {
+                    let values = datums(&d, &new, None)?;
+                    self.push_row(&d.schema, Op::Insert, values);
                 }
             }
             Message::Update { relation, old, new } => {
                 self.ord += 1;
-                if let Some(schema) = self.included_schema(relation)? {
-                    let values = datums(&schema, &new, old.as_ref())?;
+                if let Some(d) = self.included_schema(relation)? {
+                    let schema = d.schema.clone();
+                    let values = datums(&d, &new, old.as_ref())?;
                     // A changed key: the row under the old key is gone, so
                     // the log says so with a delete before the new image.
                     if let Some(old) = &old {
-                        let old_values = datums(&schema, old.cells(), None)?;
+                        let old_values = datums(&d, old.cells(), None)?;
                         let key_changed = schema
                             .columns
                             .iter()
@@ -916,16 +1019,16 @@ impl PostgresSource {
             }
             Message::Delete { relation, old } => {
                 self.ord += 1;
-                if let Some(schema) = self.included_schema(relation)? {
-                    let values = datums(&schema, old.cells(), None)?;
-                    self.push_row(&schema, Op::Delete, values);
+                if let Some(d) = self.included_schema(relation)? {
+                    let values = datums(&d, old.cells(), None)?;
+                    self.push_row(&d.schema, Op::Delete, values);
                 }
             }
             Message::Truncate { relations, .. } => {
                 for relation in relations {
                     self.ord += 1;
-                    if let Some(schema) = self.included_schema(relation)? {
-                        self.push_row(&schema, Op::Truncate, Vec::new());
+                    if let Some(d) = self.included_schema(relation)? {
+                        self.push_row(&d.schema, Op::Truncate, Vec::new());
                     }
                 }
             }
@@ -953,15 +1056,18 @@ impl PostgresSource {
         }));
     }
 
-    fn included_schema(&self, oid: u32) -> Result<Option<Arc<TableSchema>>, PostgresError> {
+    /// The schema and column type oids of an included relation.
+    fn included_schema(&self, oid: u32) -> Result<Option<Decoding>, PostgresError> {
         let state = self
             .relations
             .get(&oid)
             .ok_or(PostgresError::UnknownRelation { oid })?;
-        Ok(if state.included {
-            state.schema.clone()
-        } else {
-            None
+        Ok(match (&state.schema, state.included) {
+            (Some(schema), true) => Some(Decoding {
+                schema: schema.clone(),
+                oids: state.oids.clone(),
+            }),
+            _ => None,
         })
     }
 
@@ -971,6 +1077,7 @@ impl PostgresSource {
         // arrive although its rows are published under the partitioned root.
         let included = self.tables.contains(&table);
         let mut columns = Vec::with_capacity(relation.columns.len());
+        let mut oids = Vec::with_capacity(relation.columns.len());
         for column in &relation.columns {
             let source_type = self
                 .type_names
@@ -982,6 +1089,15 @@ impl PostgresSource {
                 .base(&self.client, column.type_oid, column.type_modifier)
                 .await
                 .map_err(query_error("resolving a column's domain type"))?;
+            if included && self.binary && !crate::binary::supported(base_oid) {
+                BINARY_REFUSED.store(true, std::sync::atomic::Ordering::Relaxed);
+                return Err(PostgresError::BinaryUnsupported {
+                    table,
+                    column: column.name.clone(),
+                    type_name: source_type,
+                });
+            }
+            oids.push(base_oid);
             columns.push(Column {
                 name: column.name.clone(),
                 ty: column_type(base_oid, base_modifier),
@@ -1009,6 +1125,7 @@ impl PostgresSource {
             RelationState {
                 included,
                 schema: Some(schema),
+                oids: oids.into(),
             },
         );
         Ok(())
@@ -1110,21 +1227,28 @@ fn connect_params(
     })
 }
 
+/// What decoding a relation's tuples needs.
+struct Decoding {
+    schema: Arc<TableSchema>,
+    oids: Arc<[u32]>,
+}
+
 /// Decodes a tuple into values; an unchanged TOAST cell takes the value from a
 /// full old image when the server sent one, else stays `Datum::Unchanged` for
 /// the coordinator to resolve by key (a table without key columns cannot be
 /// resolved: an error).
 fn datums(
-    schema: &TableSchema,
+    decoding: &Decoding,
     cells: &[Cell],
     old: Option<&OldTuple>,
 ) -> Result<Vec<Datum>, PostgresError> {
+    let schema = &decoding.schema;
     let mut values = Vec::with_capacity(schema.columns.len());
     for (index, column) in schema.columns.iter().enumerate() {
         let cell = match cells.get(index) {
             Some(Cell::Unchanged) => match old {
                 Some(OldTuple::Full(old_cells)) => match old_cells.get(index) {
-                    Some(cell @ (Cell::Text(_) | Cell::Null)) => cell,
+                    Some(cell @ (Cell::Text(_) | Cell::Binary(_) | Cell::Null)) => cell,
                     _ => return Err(unchanged(schema, column)),
                 },
                 // The coordinator takes it from the row's previous image (in
@@ -1142,11 +1266,17 @@ fn datums(
         values.push(match cell {
             Cell::Null => Datum::Null,
             Cell::Text(text) => parse_text(schema, column, text)?,
-            Cell::Binary(_) | Cell::Unchanged => {
-                return Err(PostgresError::Misuse {
-                    what: "binary tuple data without binary mode",
-                })
+            Cell::Binary(bytes) => {
+                let oid = decoding.oids.get(index).copied().unwrap_or(0);
+                crate::binary::decode(oid, &column.ty, bytes).map_err(|source| {
+                    PostgresError::Value {
+                        table: schema.table.clone(),
+                        column: column.name.clone(),
+                        source,
+                    }
+                })?
             }
+            Cell::Unchanged => return Err(unchanged(schema, column)),
         });
     }
     Ok(values)
