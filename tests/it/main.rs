@@ -10,6 +10,7 @@ mod golden;
 mod maria_harness;
 mod mysql;
 mod mysql_conformance;
+mod pg_conformance;
 mod pg_streaming;
 mod replication;
 mod secrets;

@@ -12,23 +12,8 @@ use crate::support::lake::WHOLE_ROW;
 use crate::support::mariadb::maria;
 use crate::support::Pipeline;
 
-/// The corpus: `$TIDEWATER_CONFORMANCE`, else `shared/conformance` next to
-/// the repository, else on this machine's shared folder.
 fn corpus() -> PathBuf {
-    let candidates = [
-        std::env::var_os("TIDEWATER_CONFORMANCE").map(PathBuf::from),
-        Some(PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/conformance"
-        ))),
-        Some(PathBuf::from("/work/shared/conformance")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .map(|p| p.join("mysql"))
-        .find(|p| p.is_dir())
-        .expect("the conformance corpus (set TIDEWATER_CONFORMANCE to the folder holding mysql/)")
+    crate::support::conformance("mysql")
 }
 
 /// Splits a script the way Debezium's runner does: drop `--` comment lines,

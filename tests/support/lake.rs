@@ -165,6 +165,30 @@ pub fn canon(array: &ArrayRef, i: usize) -> Value {
     Value::String(s)
 }
 
+/// Element types whose arrays land as typed lists.
+const LIST_ELEMENTS: [&str; 20] = [
+    "bool",
+    "bytea",
+    "char",
+    "name",
+    "int2",
+    "int4",
+    "int8",
+    "text",
+    "json",
+    "float4",
+    "float8",
+    "bpchar",
+    "varchar",
+    "date",
+    "time",
+    "timestamp",
+    "timestamptz",
+    "numeric",
+    "uuid",
+    "jsonb",
+];
+
 /// The `key` that identifies rows by all their values, for tables without a
 /// primary key (rows that are equal in every column count as many).
 pub const WHOLE_ROW: &str = "*";
@@ -255,8 +279,17 @@ pub async fn source_state(client: &Client, table: &str, key: &str) -> BTreeMap<S
         let name: String = column.get(0);
         let type_name: String = column.get(1);
         let category: String = column.get(2);
-        let quoted = format!("\"{name}\"");
-        if category == "A" {
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        // Arrays of the element types tidewater maps to typed lists (see
+        // connectors/postgres/src/types.rs); any other array lands as text.
+        let listed = category == "A"
+            && LIST_ELEMENTS.contains(
+                &column
+                    .get::<_, Option<String>>(3)
+                    .unwrap_or_default()
+                    .as_str(),
+            );
+        if listed {
             let element: String = column.get(3);
             selects.push(format!(
                 "CASE WHEN {quoted} IS NULL THEN NULL ELSE (SELECT coalesce(json_agg({} ORDER BY n), '[]'::json)::text \

@@ -471,3 +471,27 @@ where
         }
     }
 }
+
+/// A folder of the public conformance corpus: `$TIDEWATER_CONFORMANCE/<kind>`,
+/// else `shared/conformance/<kind>` next to the repository, else on this
+/// machine's shared folder.
+pub fn conformance(kind: &str) -> PathBuf {
+    let candidates = [
+        std::env::var_os("TIDEWATER_CONFORMANCE").map(PathBuf::from),
+        Some(PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/conformance"
+        ))),
+        Some(PathBuf::from("/work/shared/conformance")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .map(|p| p.join(kind))
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| {
+            panic!(
+                "the conformance corpus (set TIDEWATER_CONFORMANCE to the folder holding {kind}/)"
+            )
+        })
+}
