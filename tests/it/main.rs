@@ -11,6 +11,7 @@ mod maria_harness;
 mod mysql;
 mod mysql_conformance;
 mod pg_conformance;
+mod pg_roundtrip;
 mod pg_streaming;
 mod replication;
 mod secrets;

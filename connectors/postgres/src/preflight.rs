@@ -8,8 +8,9 @@ use crate::catalog::quote_table;
 use crate::error::{query_error, PostgresError};
 use crate::source::PostgresConfig;
 
-/// Oldest server the pipeline supports: pgwire-replication always asks for the
-/// `messages` option of pgoutput, which Postgres 14 introduced.
+/// Oldest server the pipeline supports: tidewater asks pgoutput for protocol 2
+/// (streaming of in-progress transactions) and the `messages` and `binary`
+/// options, which Postgres 14 introduced.
 const MIN_SERVER_VERSION: i32 = 140_000;
 
 pub async fn preflight(
