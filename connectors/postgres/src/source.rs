@@ -40,7 +40,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
@@ -938,33 +938,35 @@ impl PostgresSource {
     /// Decodes the next spilled message of the transaction being replayed.
     async fn replay_step(&mut self) -> Result<(), PostgresError> {
         let replay = self.replay.as_mut().expect("checked by caller");
-        let mut header = [0u8; 8];
-        match replay.reader.read_exact(&mut header) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
-                let replay = self.replay.take().expect("checked above");
-                remove_spill(&replay.path);
-                let commit = replay.commit;
-                self.pending.push_back(ChangeEvent::Commit(commit));
-                return Ok(());
-            }
-            Err(source) => {
-                return Err(PostgresError::Spill {
-                    path: replay.path.clone(),
-                    source,
-                })
-            }
+        let spill_error = |path: &PathBuf| {
+            let path = path.clone();
+            move |source| PostgresError::Spill { path, source }
+        };
+        // The end of the file is the end of the transaction; a record cut
+        // short anywhere else is an error (read_exact below).
+        let at_end = replay
+            .reader
+            .fill_buf()
+            .map_err(spill_error(&replay.path))?
+            .is_empty();
+        if at_end {
+            let replay = self.replay.take().expect("checked above");
+            remove_spill(&replay.path);
+            self.pending.push_back(ChangeEvent::Commit(replay.commit));
+            return Ok(());
         }
+        let mut header = [0u8; 8];
+        replay
+            .reader
+            .read_exact(&mut header)
+            .map_err(spill_error(&replay.path))?;
         let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let subxid = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
         let mut data = vec![0u8; length];
         replay
             .reader
             .read_exact(&mut data)
-            .map_err(|source| PostgresError::Spill {
-                path: replay.path.clone(),
-                source,
-            })?;
+            .map_err(spill_error(&replay.path))?;
         if replay.aborted.contains(&subxid) {
             return Ok(());
         }
