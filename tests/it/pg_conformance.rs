@@ -61,6 +61,9 @@ fn sample(type_name: &str) -> Option<&'static str> {
         "ltree" => "a.b.c",
         "isbn" => "978-0-393-04002-9",
         "hstore" => "\"a\"=>\"1\", \"b\"=>NULL",
+        "tsvector" => "a fat:1 cat:2B",
+        "tidewater_mood" => "happy",
+        "tidewater_pair" => "(1,\"x, y\")",
         _ => return None,
     })
 }
@@ -173,6 +176,16 @@ async fn debezium_type_ddl_replays_through_snapshot_and_streaming() {
             .await
             .unwrap_or_else(|e| panic!("{file}: {e}"));
     }
+    // Types the corpus does not cover: an enum, a composite type, tsvector.
+    client
+        .batch_execute(
+            "CREATE TYPE tidewater_mood AS ENUM ('sad', 'happy');
+             CREATE TYPE tidewater_pair AS (a int, b text);
+             CREATE TABLE extra_types (pk serial PRIMARY KEY, m tidewater_mood,
+               c tidewater_pair, tv tsvector, am tidewater_mood[]);",
+        )
+        .await
+        .unwrap();
     let tables: Vec<(String, String)> = client
         .query(
             "SELECT n.nspname::text, c.relname::text FROM pg_class c \
