@@ -7,8 +7,8 @@ use tidewater_lake::narrow::{narrow_field, LAKE_ENCODING_KEY};
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/type-mapping.json");
 
-/// (name, oid, typmod) of every Postgres type the first set covers, plus
-/// examples of the text fallback.
+/// (name, oid, typmod[, declared array dimensions]) of every Postgres type
+/// the first set covers, plus examples of the text fallback.
 const TYPES: &[(&str, u32, i32)] = &[
     ("smallint", 21, -1),
     ("integer", 23, -1),
@@ -38,12 +38,30 @@ const TYPES: &[(&str, u32, i32)] = &[
     ("uuid[]", 2951, -1),
     ("interval (text fallback)", 1186, -1),
     ("inet (text fallback)", 869, -1),
+    ("money (text fallback)", 790, -1),
+    ("time with time zone (text fallback)", 1266, -1),
+    ("macaddr (text fallback)", 829, -1),
+    ("bit(3) (text fallback)", 1560, 3),
+    ("xml (text fallback)", 142, -1),
+    ("tsvector (text fallback)", 3614, -1),
+    ("int4range (text fallback)", 3904, -1),
+    ("point (text fallback)", 600, -1),
+    ("inet[] (text fallback)", 1041, -1),
 ];
+
+/// Array columns declared with more than one dimension.
+const MULTI_DIM: &[(&str, u32, i32, i32)] =
+    &[("integer[][]", 1007, -1, 2), ("text[][][]", 1009, -1, 3)];
 
 fn mapping() -> String {
     let mut out = String::from("[\n");
-    for (i, (name, oid, typmod)) in TYPES.iter().enumerate() {
-        let ty = tidewater_postgres::column_type(*oid, *typmod);
+    let all: Vec<(&str, u32, i32, i32)> = TYPES
+        .iter()
+        .map(|&(name, oid, typmod)| (name, oid, typmod, 1))
+        .chain(MULTI_DIM.iter().copied())
+        .collect();
+    for (i, (name, oid, typmod, dims)) in all.iter().enumerate() {
+        let ty = tidewater_postgres::column_type_dims(*oid, *typmod, *dims);
         let column = Column {
             name: "c".into(),
             ty: ty.clone(),
@@ -65,14 +83,15 @@ fn mapping() -> String {
             .data_type()
             .to_string();
         out.push_str(&format!(
-            "  {{\"postgres\": {:?}, \"arrow\": {:?}, \"delta\": {:?}, \"lake_encoding\": {}}}{}\n",
+            "  {{\"postgres\": {:?}, \"arrow\": {:?}, \"delta\": {:?}, \"lake_encoding\": {}, \"binary\": {}}}{}\n",
             name,
             arrow_type(&ty).to_string(),
             delta,
             lake.metadata()
                 .get(LAKE_ENCODING_KEY)
                 .map_or("null".to_string(), |e| format!("{e:?}")),
-            if i + 1 < TYPES.len() { "," } else { "" }
+            tidewater_postgres::binary::supported(*oid),
+            if i + 1 < all.len() { "," } else { "" }
         ));
     }
     out.push_str("]\n");

@@ -18,7 +18,8 @@ const TYPED_DDL: &str = "CREATE TABLE typed (
     t text, vc varchar(20), c char(5), by bytea,
     d date, ts timestamp, tstz timestamptz, tm time,
     u uuid, j json, jb jsonb,
-    ai int[], at text[], an numeric(8,3)[], ad date[], atz timestamptz[], ab bytea[], au uuid[], af8 float8[]
+    ai int[], at text[], an numeric(8,3)[], ad date[], atz timestamptz[], ab bytea[], au uuid[], af8 float8[],
+    m2 int[][], mt text[][], mn numeric[][]
 )";
 
 /// Edge values of every supported type, rows `base+1 ..= base+4`.
@@ -33,22 +34,25 @@ async fn insert_edge_rows(client: &Client, base: i32) {
          'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{{"a": [1, 2.5, null]}}', '{{"z": 1, "a": "é"}}',
          '{{1,NULL,-3}}', '{{"a,b","q\"x",NULL,"NULL","", "{{}}"}}', '{{1.5,NULL,-0.001}}',
          '{{2020-01-01,infinity}}', '{{"2020-01-01 00:00:00+00"}}', '{{"\\x00", "\\x5c22"}}',
-         '{{00000000-0000-0000-0000-000000000000}}', '{{NaN,Infinity,-0}}'),
+         '{{00000000-0000-0000-0000-000000000000}}', '{{NaN,Infinity,-0}}',
+         '{{{{1,2,3}},{{4,NULL,6}}}}', '{{{{"a b","{{c}}"}},{{NULL,"\\"}}}}', '{{{{1.5}},{{NaN}}}}'),
         ({b}, -32768, -2147483648, -9223372036854775808, -9999999999.99,
          -0.00001, 'Infinity',
          '-Infinity', 'NaN', false,
          '', '', '     ', '',
          'infinity', '-infinity', 'infinity', '00:00:00',
          'ffffffff-ffff-ffff-ffff-ffffffffffff', '[]', 'null',
-         '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}'),
+         '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}'),
         ({c}, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-         NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+         NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+         NULL, NULL, NULL),
         ({d}, 0, 0, 0, 0, 0, '-Infinity',
          1.4e-45, 5e-324, NULL,
          'NULL', '\N', NULL, '\x',
          '1970-01-01', '1970-01-01 00:00:00', '1970-01-01 00:00:00+00', '12:34:56.000001',
          NULL, '"just a string"', '[1, "two", {{"three": 3}}]',
-         '{{NULL}}', '{{NULL}}', '{{NULL}}', NULL, NULL, NULL, NULL, '{{-0.0,5e-324}}')"#,
+         '{{NULL}}', '{{NULL}}', '{{NULL}}', NULL, NULL, NULL, NULL, '{{-0.0,5e-324}}',
+         '{{{{7}}}}', NULL, '{{}}')"#,
         a = base + 1,
         b = base + 2,
         c = base + 3,
@@ -94,9 +98,9 @@ async fn every_type(name: &str, binary: bool) {
         .batch_execute(
             "BEGIN;
              UPDATE typed t SET (i2, i4, i8, n, nbig, nfree, f4, f8, b, t, vc, c, by, d, ts, tstz, tm, u, j, jb,
-                                 ai, at, an, ad, atz, ab, au, af8) =
+                                 ai, at, an, ad, atz, ab, au, af8, m2, mt, mn) =
                (SELECT i2, i4, i8, n, nbig, nfree, f4, f8, b, t, vc, c, by, d, ts, tstz, tm, u, j, jb,
-                       ai, at, an, ad, atz, ab, au, af8 FROM typed s WHERE s.id = 12)
+                       ai, at, an, ad, atz, ab, au, af8, m2, mt, mn FROM typed s WHERE s.id = 12)
              WHERE t.id = 11;
              DELETE FROM typed WHERE id = 13;
              COMMIT;",

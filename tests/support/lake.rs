@@ -264,7 +264,8 @@ fn canon_sql(expr: &str, type_name: &str) -> String {
 pub async fn source_state(client: &Client, table: &str, key: &str) -> BTreeMap<String, Row> {
     let columns = client
         .query(
-            "SELECT a.attname::text, t.typname::text, t.typcategory::text, et.typname::text \
+            "SELECT a.attname::text, t.typname::text, t.typcategory::text, et.typname::text, \
+               a.attndims::int4 \
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
              LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A' \
              WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
@@ -289,7 +290,18 @@ pub async fn source_state(client: &Client, table: &str, key: &str) -> BTreeMap<S
                     .unwrap_or_default()
                     .as_str(),
             );
-        if listed {
+        let dims: i32 = column.get(4);
+        if listed && dims == 2 {
+            // Nested lists, row by row of the matrix.
+            let element: String = column.get(3);
+            selects.push(format!(
+                "CASE WHEN {quoted} IS NULL THEN NULL WHEN array_ndims({quoted}) IS NULL THEN '[]' \
+                 ELSE (SELECT json_agg((SELECT json_agg({} ORDER BY j) FROM generate_subscripts({quoted}, 2) j) \
+                   ORDER BY i)::text FROM generate_subscripts({quoted}, 1) i) END",
+                canon_sql(&format!("{quoted}[i][j]"), &element)
+            ));
+            arrays.push(true);
+        } else if listed {
             let element: String = column.get(3);
             selects.push(format!(
                 "CASE WHEN {quoted} IS NULL THEN NULL ELSE (SELECT coalesce(json_agg({} ORDER BY n), '[]'::json)::text \

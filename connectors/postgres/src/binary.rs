@@ -105,10 +105,10 @@ fn utf8<'a>(what: &'static str, bytes: &'a [u8]) -> Result<&'a str, ValueError> 
 /// Decodes one non-NULL value of base type `oid` into a `ty` column.
 pub fn decode(oid: u32, ty: &ColumnType, bytes: &[u8]) -> Result<Datum, ValueError> {
     if let Some(element) = array_element(oid) {
-        let ColumnType::List(element_ty) = ty else {
+        if !matches!(ty, ColumnType::List(_)) {
             return Err(bad("an array for a non-list column", bytes));
-        };
-        return decode_array(element, element_ty, bytes);
+        }
+        return decode_array(element, ty, bytes);
     }
     Ok(match oid {
         BOOL => match bytes {
@@ -187,43 +187,88 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// An array into a column of list type `ty` (one `List` per dimension).
 fn decode_array(element: u32, ty: &ColumnType, bytes: &[u8]) -> Result<Datum, ValueError> {
     let mut c = Cursor { bytes, at: 0 };
     let malformed = || bad("binary array", bytes);
     let ndim = c.i32().ok_or_else(malformed)?;
     let _has_null = c.i32().ok_or_else(malformed)?;
     let element_oid = c.i32().ok_or_else(malformed)? as u32;
-    if element_oid != element {
+    if element_oid != element || !(0..=6).contains(&ndim) {
         return Err(malformed());
     }
-    let count = match ndim {
-        0 => 0,
-        1 => {
-            let len = c.i32().ok_or_else(malformed)?;
-            let _lower = c.i32().ok_or_else(malformed)?;
-            usize::try_from(len).map_err(|_| malformed())?
-        }
-        _ => return Err(bad("one-dimensional array", bytes)),
-    };
+    let mut dims = Vec::with_capacity(ndim as usize);
+    let mut total: usize = 1;
+    for _ in 0..ndim {
+        let len = usize::try_from(c.i32().ok_or_else(malformed)?).map_err(|_| malformed())?;
+        let _lower = c.i32().ok_or_else(malformed)?;
+        total = total.checked_mul(len).ok_or_else(malformed)?;
+        dims.push(len);
+    }
+    if ndim == 0 {
+        // The empty array, of any dimension count.
+        return if c.at == bytes.len() {
+            Ok(Datum::List(Vec::new()))
+        } else {
+            Err(malformed())
+        };
+    }
     // Each element needs at least its 4-byte length: no huge allocation
     // from a forged count.
-    if count > (bytes.len() - c.at) / 4 {
+    if total > (bytes.len() - c.at) / 4 {
         return Err(malformed());
     }
-    let mut items = Vec::with_capacity(count);
-    for _ in 0..count {
+    let mut items = Vec::with_capacity(total);
+    let mut scalar = ty;
+    for _ in 0..ndim {
+        let ColumnType::List(inner) = scalar else {
+            return Err(bad(
+                "an array with as many dimensions as the column declares",
+                bytes,
+            ));
+        };
+        scalar = inner;
+    }
+    if matches!(scalar, ColumnType::List(_)) {
+        return Err(bad(
+            "an array with as many dimensions as the column declares",
+            bytes,
+        ));
+    }
+    for _ in 0..total {
         let len = c.i32().ok_or_else(malformed)?;
         items.push(if len < 0 {
             Datum::Null
         } else {
             let item = c.take(len as usize).ok_or_else(malformed)?;
-            decode(element, ty, item)?
+            decode(element, scalar, item)?
         });
     }
     if c.at != bytes.len() {
         return Err(malformed());
     }
+    // Row-major: fold the innermost dimension first.
+    for &len in dims.iter().skip(1).rev() {
+        items = chunk(items, len);
+    }
     Ok(Datum::List(items))
+}
+
+/// Groups `items` into lists of `len` (a dimension of length 0 leaves no
+/// items to group).
+fn chunk(items: Vec<Datum>, len: usize) -> Vec<Datum> {
+    if len == 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(items.len() / len);
+    let mut iter = items.into_iter();
+    loop {
+        let group: Vec<Datum> = iter.by_ref().take(len).collect();
+        if group.is_empty() {
+            return out;
+        }
+        out.push(Datum::List(group));
+    }
 }
 
 const NUMERIC_NEG: u16 = 0x4000;
@@ -402,6 +447,30 @@ mod tests {
         let mut two_dims = b;
         two_dims[0..4].copy_from_slice(&2i32.to_be_bytes());
         assert!(decode(1007, &ty, &two_dims).is_err());
+
+        // {{1,2},{3,NULL}} into int4[][].
+        let mut m = Vec::new();
+        for v in [2i32, 1, INT4 as i32, 2, 1, 2, 1] {
+            m.extend(v.to_be_bytes());
+        }
+        for v in [Some(1i32), Some(2), Some(3), None] {
+            match v {
+                Some(v) => {
+                    m.extend(4i32.to_be_bytes());
+                    m.extend(v.to_be_bytes());
+                }
+                None => m.extend((-1i32).to_be_bytes()),
+            }
+        }
+        let ty2 = ColumnType::List(Box::new(ty.clone()));
+        assert_eq!(
+            decode(1007, &ty2, &m).unwrap(),
+            Datum::List(vec![
+                Datum::List(vec![Datum::Int32(1), Datum::Int32(2)]),
+                Datum::List(vec![Datum::Int32(3), Datum::Null]),
+            ])
+        );
+        assert!(decode(1007, &ty, &m).is_err(), "2-D value, 1-D column");
         for len in 0..12 {
             assert!(decode(1007, &ty, &[0u8; 12][..len]).is_err());
         }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use tidewater_core::{Column, TableFilter, TableId};
 use tokio_postgres::Client;
 
-use crate::types::column_type;
+use crate::types::column_type_dims;
 
 /// Ordinary and partitioned tables outside the system schemas that `filter`
 /// selects, sorted.
@@ -50,7 +50,8 @@ pub async fn table_columns(
                  WHEN 'n' THEN false \
                  WHEN 'd' THEN coalesce(a.attnum = ANY(pk.indkey::int2[]), false) \
                  ELSE coalesce(a.attnum = ANY(ri.indkey::int2[]), false) \
-               END \
+               END, \
+               a.attndims::int4 \
              FROM pg_attribute a \
              JOIN pg_class c ON c.oid = a.attrelid \
              JOIN pg_type t ON t.oid = a.atttypid \
@@ -69,7 +70,7 @@ pub async fn table_columns(
             let type_modifier: i32 = row.get(2);
             Column {
                 name: row.get(0),
-                ty: column_type(type_oid, type_modifier),
+                ty: column_type_dims(type_oid, type_modifier, row.get(5)),
                 source_type: row.get(3),
                 key: row.get(4),
             }

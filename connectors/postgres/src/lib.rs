@@ -17,4 +17,4 @@ pub use preflight::{advisories, preflight};
 pub use replication::Lsn;
 pub use source::{PostgresConfig, PostgresSource, SlotState, HEARTBEAT_PREFIX};
 pub use tidewater_core::TableFilter;
-pub use types::column_type;
+pub use types::{column_type, column_type_dims};

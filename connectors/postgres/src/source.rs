@@ -62,7 +62,7 @@ use crate::pgoutput::{self, Cell, Message, OldTuple, Relation};
 use crate::replication::{
     ConnectParams, Host, Lsn, ReplicationConnection, ReplicationStream, WalMessage,
 };
-use crate::types::column_type;
+use crate::types::column_type_dims;
 use crate::value;
 
 /// Session settings that make the server's text output what [`value`] parses.
@@ -1080,6 +1080,24 @@ impl PostgresSource {
         let included = self.tables.contains(&table);
         let mut columns = Vec::with_capacity(relation.columns.len());
         let mut oids = Vec::with_capacity(relation.columns.len());
+        // Declared array dimensions: the Relation message does not carry them.
+        let dims: HashMap<String, i32> = if included {
+            self.client
+                .query(
+                    "SELECT attname::text, attndims::int4 FROM pg_attribute \
+                     WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+                    &[&relation.oid],
+                )
+                .await
+                .map_err(query_error(format!(
+                    "reading the array dimensions of {table}"
+                )))?
+                .iter()
+                .map(|row| (row.get(0), row.get(1)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         for column in &relation.columns {
             let source_type = self
                 .type_names
@@ -1102,7 +1120,11 @@ impl PostgresSource {
             oids.push(base_oid);
             columns.push(Column {
                 name: column.name.clone(),
-                ty: column_type(base_oid, base_modifier),
+                ty: column_type_dims(
+                    base_oid,
+                    base_modifier,
+                    dims.get(&column.name).copied().unwrap_or(1),
+                ),
                 source_type,
                 key: column.key,
             });

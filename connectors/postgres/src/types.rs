@@ -72,6 +72,20 @@ fn numeric_modifier(type_modifier: i32) -> Option<(u8, i8)> {
     Some((precision as u8, scale as i8))
 }
 
+/// The column type of a column declared with `dims` array dimensions
+/// (`pg_attribute.attndims`; `int[][]` has 2): one `List` per dimension.
+/// Postgres does not enforce the declared count; a value with another one is
+/// an error when it arrives, never reshaped.
+pub fn column_type_dims(type_oid: u32, type_modifier: i32, dims: i32) -> ColumnType {
+    let mut ty = column_type(type_oid, type_modifier);
+    if matches!(ty, ColumnType::List(_)) {
+        for _ in 1..dims.min(6) {
+            ty = ColumnType::List(Box::new(ty));
+        }
+    }
+    ty
+}
+
 /// The column type for a Postgres type oid and modifier. Array element
 /// modifiers follow the array's (Postgres keeps one typmod for both).
 pub fn column_type(type_oid: u32, type_modifier: i32) -> ColumnType {

@@ -85,16 +85,13 @@ pub fn parse(ty: &ColumnType, text: &str) -> Result<Datum, ValueError> {
         | ColumnType::UInt32
         | ColumnType::UInt64
         | ColumnType::Duration => return Err(bad("a type Postgres columns never map to", text)),
-        ColumnType::List(element) => {
-            let items = parse_array(text).ok_or_else(|| bad("one-dimensional array", text))?;
-            let mut out = Vec::with_capacity(items.len());
-            for item in items {
-                out.push(match item {
-                    None => Datum::Null,
-                    Some(item) => parse(element, &item)?,
-                });
+        ColumnType::List(_) => {
+            let node = parse_array(text).ok_or_else(|| bad("an array literal", text))?;
+            // `{}` is the empty array of any dimension count.
+            if node == ArrayNode::List(Vec::new()) {
+                return Ok(Datum::List(Vec::new()));
             }
-            Datum::List(out)
+            array_datum(ty, node, text)?
         }
     })
 }
@@ -245,58 +242,110 @@ pub fn parse_timestamp(text: &str, with_zone: bool) -> Option<i64> {
     (min..=max).contains(&value).then_some(value)
 }
 
-/// A one-dimensional array literal (`{1,NULL,"a b"}`, optionally with a
-/// `[lo:hi]=` bounds prefix) → its elements' text, None for NULL elements.
-/// Multi-dimensional arrays are refused (None).
-pub fn parse_array(text: &str) -> Option<Vec<Option<String>>> {
+/// An array literal's structure: a leaf element (None for NULL) or a
+/// sub-array.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArrayNode {
+    Item(Option<String>),
+    List(Vec<ArrayNode>),
+}
+
+/// An array literal (`{1,NULL,"a b"}`, `{{1,2},{3,4}}`, optionally with a
+/// `[lo:hi]...=` bounds prefix, which is dropped) → its nested structure.
+/// None when it is not a well-formed literal with `,` as delimiter.
+pub fn parse_array(text: &str) -> Option<ArrayNode> {
     let body = match text.find("={") {
         Some(i) if text.starts_with('[') => &text[i + 1..],
         _ => text,
     };
-    let inner = body.strip_prefix('{')?.strip_suffix('}')?;
-    let mut items = Vec::new();
-    if inner.is_empty() {
-        return Some(items);
+    let bytes = body.as_bytes();
+    let mut at = 0;
+    let node = parse_list(bytes, &mut at, 0)?;
+    (at == bytes.len()).then_some(node)
+}
+
+/// Nesting deeper than Postgres allows (MAXDIM = 6) is malformed.
+const MAX_DIMS: usize = 6;
+
+fn parse_list(bytes: &[u8], at: &mut usize, depth: usize) -> Option<ArrayNode> {
+    if depth >= MAX_DIMS || bytes.get(*at) != Some(&b'{') {
+        return None;
     }
-    let bytes = inner.as_bytes();
-    let mut i = 0;
+    *at += 1;
+    let mut items = Vec::new();
+    if bytes.get(*at) == Some(&b'}') {
+        *at += 1;
+        return Some(ArrayNode::List(items));
+    }
     loop {
-        if bytes.get(i) == Some(&b'"') {
-            let mut item = Vec::new();
-            i += 1;
-            loop {
-                match *bytes.get(i)? {
-                    b'"' => break,
-                    b'\\' => {
-                        item.push(*bytes.get(i + 1)?);
-                        i += 2;
-                    }
-                    b => {
-                        item.push(b);
-                        i += 1;
+        match *bytes.get(*at)? {
+            b'{' => items.push(parse_list(bytes, at, depth + 1)?),
+            b'"' => {
+                let mut item = Vec::new();
+                *at += 1;
+                loop {
+                    match *bytes.get(*at)? {
+                        b'"' => break,
+                        b'\\' => {
+                            item.push(*bytes.get(*at + 1)?);
+                            *at += 2;
+                        }
+                        b => {
+                            item.push(b);
+                            *at += 1;
+                        }
                     }
                 }
+                *at += 1;
+                items.push(ArrayNode::Item(Some(String::from_utf8(item).ok()?)));
             }
-            i += 1;
-            items.push(Some(String::from_utf8(item).ok()?));
-        } else {
-            let end = inner[i..].find(',').map_or(inner.len(), |e| i + e);
-            let item = &inner[i..end];
-            if item.contains(['{', '}', '"']) {
-                return None;
+            _ => {
+                let rest = &bytes[*at..];
+                let len = rest.iter().position(|&b| b == b',' || b == b'}')?;
+                let item = std::str::from_utf8(&rest[..len]).ok()?;
+                if item.contains(['{', '"']) {
+                    return None;
+                }
+                items.push(ArrayNode::Item(if item.eq_ignore_ascii_case("NULL") {
+                    None
+                } else {
+                    Some(item.to_string())
+                }));
+                *at += len;
             }
-            if item.eq_ignore_ascii_case("NULL") {
-                items.push(None);
-            } else {
-                items.push(Some(item.to_string()));
-            }
-            i = end;
         }
-        match bytes.get(i) {
-            None => return Some(items),
-            Some(b',') => i += 1,
-            Some(_) => return None,
+        match *bytes.get(*at)? {
+            b',' => *at += 1,
+            b'}' => {
+                *at += 1;
+                return Some(ArrayNode::List(items));
+            }
+            _ => return None,
         }
+    }
+}
+
+/// An array value into a column of list type `ty` (`List` nested once per
+/// declared dimension): the value's dimensions must be the column's.
+fn array_datum(ty: &ColumnType, node: ArrayNode, text: &str) -> Result<Datum, ValueError> {
+    match (ty, node) {
+        (ColumnType::List(element), ArrayNode::List(children)) => {
+            let mut out = Vec::with_capacity(children.len());
+            for child in children {
+                out.push(array_datum(element, child, text)?);
+            }
+            Ok(Datum::List(out))
+        }
+        (ColumnType::List(_), ArrayNode::Item(_)) => Err(bad(
+            "an array with as many dimensions as the column declares",
+            text,
+        )),
+        (_, ArrayNode::Item(None)) => Ok(Datum::Null),
+        (element, ArrayNode::Item(Some(item))) => parse(element, &item),
+        (_, ArrayNode::List(_)) => Err(bad(
+            "an array with as many dimensions as the column declares",
+            text,
+        )),
     }
 }
 
@@ -359,25 +408,56 @@ mod tests {
         assert_eq!(parse_bytea("\\x0"), None);
     }
 
+    fn items(items: &[Option<&str>]) -> ArrayNode {
+        ArrayNode::List(
+            items
+                .iter()
+                .map(|i| ArrayNode::Item(i.map(str::to_string)))
+                .collect(),
+        )
+    }
+
     #[test]
     fn arrays() {
         assert_eq!(
             parse_array(r#"{1,NULL,"a,b","q\"x",null}"#),
-            Some(vec![
-                Some("1".into()),
-                None,
-                Some("a,b".into()),
-                Some("q\"x".into()),
-                None
-            ])
+            Some(items(&[Some("1"), None, Some("a,b"), Some("q\"x"), None]))
         );
-        assert_eq!(parse_array("{}"), Some(vec![]));
+        assert_eq!(parse_array("{}"), Some(items(&[])));
         assert_eq!(
             parse_array("[0:1]={7,8}"),
-            Some(vec![Some("7".into()), Some("8".into())])
+            Some(items(&[Some("7"), Some("8")]))
         );
-        assert_eq!(parse_array("{{1,2},{3,4}}"), None);
-        assert_eq!(parse_array(r#"{"NULL"}"#), Some(vec![Some("NULL".into())]));
+        assert_eq!(
+            parse_array("{{1,2},{3,NULL}}"),
+            Some(ArrayNode::List(vec![
+                items(&[Some("1"), Some("2")]),
+                items(&[Some("3"), None])
+            ]))
+        );
+        assert_eq!(parse_array(r#"{"NULL"}"#), Some(items(&[Some("NULL")])));
+        for bad in [
+            "{1,2",
+            "{1}}",
+            "{{{{{{{1}}}}}}}",
+            "{a\"b}",
+            "1,2",
+            "{1,{2}x}",
+        ] {
+            assert_eq!(parse_array(bad), None, "{bad}");
+        }
+        let int2d = ColumnType::List(Box::new(ColumnType::List(Box::new(ColumnType::Int32))));
+        assert_eq!(
+            parse(&int2d, "{{1,2},{3,NULL}}").unwrap(),
+            Datum::List(vec![
+                Datum::List(vec![Datum::Int32(1), Datum::Int32(2)]),
+                Datum::List(vec![Datum::Int32(3), Datum::Null]),
+            ])
+        );
+        assert_eq!(parse(&int2d, "{}").unwrap(), Datum::List(vec![]));
+        assert!(parse(&int2d, "{1,2}").is_err());
+        let int1d = ColumnType::List(Box::new(ColumnType::Int32));
+        assert!(parse(&int1d, "{{1,2}}").is_err());
     }
 
     #[test]
