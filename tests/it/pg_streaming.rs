@@ -202,3 +202,83 @@ async fn binary_mode_falls_back_to_text_for_a_new_column_type() {
     assert!(log.contains("mode=\"text\""), "{log}");
     assert_eq!(pipeline.terminate(), 0);
 }
+
+/// A slot the server invalidated (`max_slot_wal_keep_size` exceeded while the
+/// daemon was stopped): the next start stops with an error naming the slot
+/// and the re-snapshot fix, instead of streaming with a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidated_slot_is_a_clear_error() {
+    // A server of its own: the setting is server-wide.
+    let server = crate::support::PgServer::start("logical");
+    let admin = server.client("postgres").await;
+    for sql in [
+        "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'",
+        "SELECT pg_reload_conf()",
+        "CREATE DATABASE inval",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    let client = server.client("inval").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);
+             CREATE TABLE junk (x text);",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::with_source(
+        "inval",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.t\"]\n",
+            server.url("inval")
+        ),
+        "",
+    );
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+    assert_eq!(pipeline.terminate(), 0);
+    crate::support::eventually(
+        "the server invalidated the stopped pipeline's slot",
+        std::time::Duration::from_secs(120),
+        || {
+            let client = &client;
+            async move {
+                for sql in [
+                    "INSERT INTO junk SELECT repeat(md5(g::text), 30) FROM generate_series(1, 5000) g",
+                    "SELECT pg_switch_wal()",
+                    "CHECKPOINT",
+                ] {
+                    client.batch_execute(sql).await.map_err(|e| e.to_string())?;
+                }
+                let status: Option<String> = client
+                    .query_one(
+                        "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'tidewater_inval'",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .get(0);
+                (status.as_deref() == Some("lost"))
+                    .then_some(())
+                    .ok_or(format!("wal_status {status:?}"))
+            }
+        },
+    )
+    .await;
+    pipeline.start();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let code = loop {
+        if let Some(status) = pipeline.child.as_mut().unwrap().try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(std::time::Instant::now() < deadline, "daemon kept running");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    pipeline.child = None;
+    let log = pipeline.log(2);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains("\"tidewater_inval\" was invalidated") && log.contains("re-snapshot"),
+        "{log}"
+    );
+}

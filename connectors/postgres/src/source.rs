@@ -693,7 +693,7 @@ impl PostgresSource {
             }
             None => repl.recv().await,
         };
-        let data = match received? {
+        let data = match received.map_err(|e| self.stream_error(e))? {
             WalMessage::XLogData { data, .. } => {
                 self.last_activity = tokio::time::Instant::now();
                 data
@@ -796,6 +796,22 @@ impl PostgresSource {
             other => self.on_message(other).await?,
         }
         Ok(())
+    }
+
+    /// The walsender's refusal to go on because the slot was invalidated
+    /// (55000 "can no longer get changes from replication slot") becomes the
+    /// error that names the slot and the fix.
+    fn stream_error(&self, error: crate::replication::ReplicationError) -> PostgresError {
+        match &error {
+            crate::replication::ReplicationError::Server(e)
+                if e.code == "55000" && e.message.contains("replication slot") =>
+            {
+                PostgresError::SlotInvalidated {
+                    slot: self.config.slot.clone(),
+                }
+            }
+            _ => PostgresError::Replication { source: error },
+        }
     }
 
     /// Writes a non-transactional logical message into the WAL of this
