@@ -282,3 +282,68 @@ async fn invalidated_slot_is_a_clear_error() {
         "{log}"
     );
 }
+
+/// SIGKILL while a large transaction is being spilled and again while its
+/// replay is landing in the lake: the server resends it, the lake holds it
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_spill_and_replay_keeps_exactly_once() {
+    let client = pg().create_database("bigcrash").await;
+    client
+        .batch_execute(
+            "ALTER DATABASE bigcrash SET logical_decoding_work_mem = '64kB';
+             CREATE TABLE items (id int PRIMARY KEY, v int, note text);
+             INSERT INTO items SELECT g, g, 'seed' FROM generate_series(1, 10) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::new("bigcrash", &pg().url("bigcrash"), "max_batch_rows = 500\n");
+    pipeline.start();
+    pipeline.wait_equal(&client, "items").await;
+
+    let writer = pg().client("bigcrash").await;
+    writer
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO items SELECT g, g, repeat('x', 50) FROM generate_series(100, 30099) g;
+             SAVEPOINT s;
+             DELETE FROM items WHERE id < 5000;
+             ROLLBACK TO SAVEPOINT s;
+             UPDATE items SET v = -v WHERE id % 6 = 0;",
+        )
+        .await
+        .unwrap();
+    // Killed while the transaction streams in (spilled, not committed).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    pipeline.kill();
+    pipeline.start();
+    writer.batch_execute("COMMIT").await.unwrap();
+    // Killed once part of the replayed transaction is in the lake.
+    let path = pipeline.table_path("public", "items");
+    crate::support::eventually(
+        "part of the large transaction in the lake",
+        std::time::Duration::from_secs(90),
+        || {
+            let path = path.clone();
+            async move {
+                let n = read_log(&path).await?.len();
+                (n > 10).then_some(()).ok_or(format!("{n} rows"))
+            }
+        },
+    )
+    .await;
+    pipeline.kill();
+    pipeline.start();
+    pipeline.wait_equal(&client, "items").await;
+
+    let log = read_log(&path).await.unwrap();
+    assert_eq!(log.iter().filter(|r| r.op == "c").count(), 30_000);
+    // Ids divisible by 6 among 1..=10 and 100..=30099.
+    assert_eq!(log.iter().filter(|r| r.op == "u").count(), 5001);
+    assert_eq!(log.iter().filter(|r| r.op == "d").count(), 0);
+    let mut marks: Vec<_> = log.iter().map(|r| (r.seq, r.ord)).collect();
+    marks.sort();
+    marks.dedup();
+    assert_eq!(marks.len(), log.len(), "a (_tw_seq, _tw_ord) repeats");
+    assert_eq!(pipeline.terminate(), 0);
+}
