@@ -40,7 +40,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
@@ -175,7 +175,9 @@ struct Spill {
 /// A committed spilled transaction being turned into events.
 struct Replay {
     path: PathBuf,
-    reader: BufReader<File>,
+    file: File,
+    /// Read ahead in large blocks; each message is a zero-copy slice of it.
+    buf: bytes::BytesMut,
     aborted: HashSet<u32>,
     commit: CommitInfo,
 }
@@ -944,7 +946,8 @@ impl PostgresSource {
         }));
         self.replay = Some(Replay {
             path,
-            reader: BufReader::with_capacity(SPILL_BUFFER, file),
+            file,
+            buf: bytes::BytesMut::new(),
             aborted,
             commit,
         });
@@ -958,36 +961,53 @@ impl PostgresSource {
             let path = path.clone();
             move |source| PostgresError::Spill { path, source }
         };
-        // The end of the file is the end of the transaction; a record cut
-        // short anywhere else is an error (read_exact below).
-        let at_end = replay
-            .reader
-            .fill_buf()
-            .map_err(spill_error(&replay.path))?
-            .is_empty();
-        if at_end {
-            let replay = self.replay.take().expect("checked above");
-            remove_spill(&replay.path);
-            self.pending.push_back(ChangeEvent::Commit(replay.commit));
-            return Ok(());
+        // A whole record in the buffer, reading more as needed. The end of
+        // the file is the end of the transaction; a record cut short is an
+        // error.
+        let mut need = 8;
+        loop {
+            if replay.buf.len() >= 8 {
+                let length = u32::from_be_bytes([
+                    replay.buf[0],
+                    replay.buf[1],
+                    replay.buf[2],
+                    replay.buf[3],
+                ]) as usize;
+                need = 8 + length;
+            }
+            if replay.buf.len() >= need {
+                break;
+            }
+            let have = replay.buf.len();
+            let want = (need - have).max(SPILL_BUFFER);
+            replay.buf.resize(have + want, 0);
+            let read = replay
+                .file
+                .read(&mut replay.buf[have..])
+                .map_err(spill_error(&replay.path))?;
+            replay.buf.truncate(have + read);
+            if read == 0 {
+                if have == 0 {
+                    let replay = self.replay.take().expect("checked above");
+                    remove_spill(&replay.path);
+                    self.pending.push_back(ChangeEvent::Commit(replay.commit));
+                    return Ok(());
+                }
+                return Err(spill_error(&replay.path)(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "spill record cut short",
+                )));
+            }
         }
-        let mut header = [0u8; 8];
-        replay
-            .reader
-            .read_exact(&mut header)
-            .map_err(spill_error(&replay.path))?;
-        let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let subxid = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-        let mut data = vec![0u8; length];
-        replay
-            .reader
-            .read_exact(&mut data)
-            .map_err(spill_error(&replay.path))?;
+        let mut record = replay.buf.split_to(need);
+        let subxid = u32::from_be_bytes([record[4], record[5], record[6], record[7]]);
+        bytes::Buf::advance(&mut record, 8);
+        let data = record.freeze();
         if replay.aborted.contains(&subxid) {
             return Ok(());
         }
-        let (message, _) = pgoutput::decode_in(Bytes::from(data), true)
-            .map_err(|source| PostgresError::Decode { source })?;
+        let (message, _) =
+            pgoutput::decode_in(data, true).map_err(|source| PostgresError::Decode { source })?;
         self.on_message(message).await
     }
 
