@@ -201,7 +201,10 @@ fn decode_array(element: u32, ty: &ColumnType, bytes: &[u8]) -> Result<Datum, Va
     let mut total: usize = 1;
     for _ in 0..ndim {
         let len = usize::try_from(c.i32().ok_or_else(malformed)?).map_err(|_| malformed())?;
-        let _lower = c.i32().ok_or_else(malformed)?;
+        if c.i32().ok_or_else(malformed)? != 1 {
+            // As in text mode: a list cannot keep other lower bounds.
+            return Err(bad("an array whose lower bounds are 1", bytes));
+        }
         total = total.checked_mul(len).ok_or_else(malformed)?;
         dims.push(len);
     }

@@ -86,6 +86,12 @@ pub fn parse(ty: &ColumnType, text: &str) -> Result<Datum, ValueError> {
         | ColumnType::UInt64
         | ColumnType::Duration => return Err(bad("a type Postgres columns never map to", text)),
         ColumnType::List(_) => {
+            // Postgres prints bounds (`[0:1]={7,8}`) only when a lower bound
+            // is not 1; a list cannot keep them, so such a value is refused
+            // rather than shifted.
+            if text.starts_with('[') {
+                return Err(bad("an array whose lower bounds are 1", text));
+            }
             let node = parse_array(text).ok_or_else(|| bad("an array literal", text))?;
             // `{}` is the empty array of any dimension count.
             if node == ArrayNode::List(Vec::new()) {
@@ -458,6 +464,7 @@ mod tests {
         assert!(parse(&int2d, "{1,2}").is_err());
         let int1d = ColumnType::List(Box::new(ColumnType::Int32));
         assert!(parse(&int1d, "{{1,2}}").is_err());
+        assert!(parse(&int1d, "[0:1]={7,8}").is_err());
     }
 
     #[test]
