@@ -53,11 +53,88 @@ pub async fn read_log(path: &Path) -> Result<Vec<LogRow>, String> {
             .map_err(|e| e.to_string())?;
         for batch in reader {
             let batch = batch.map_err(|e| e.to_string())?;
-            rows.extend(batch_rows(&batch));
+            rows.extend(batch_rows(&batch).into_iter().map(fold_versions));
         }
     }
     rows.sort_by_key(|r| (r.seq, r.ord));
     Ok(rows)
+}
+
+/// A row written under a column's newer type holds it in `<name>__v<n>`
+/// (the lake's column versioning): read it back under the source name.
+/// Exactly one version of a column is written per row (files may carry the
+/// others as NULL): the non-NULL one, newest first, is the value.
+fn fold_versions(mut row: LogRow) -> LogRow {
+    let mut versions: BTreeMap<String, Vec<(u32, Value)>> = BTreeMap::new();
+    for (key, value) in &row.values {
+        let Some((base, n)) = key.rsplit_once("__v") else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u32>() else { continue };
+        versions
+            .entry(base.to_string())
+            .or_default()
+            .push((n, value.clone()));
+    }
+    for (base, mut found) in versions {
+        found.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+        let original = row.values.get(&base).cloned().unwrap_or(Value::Null);
+        let value = found
+            .into_iter()
+            .map(|(_, v)| v)
+            .chain(std::iter::once(original))
+            .find(|v| !v.is_null())
+            .unwrap_or(Value::Null);
+        row.values.insert(base, value);
+    }
+    row
+}
+
+/// `1.2500` → `1.25`, `3.000` → `3` (as Postgres's `trim_scale`).
+fn trim_scale(text: &str) -> String {
+    if !text.contains('.') {
+        return text.to_string();
+    }
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn trim_value(value: &mut Value) {
+    match value {
+        Value::String(s) => *s = trim_scale(s),
+        Value::Array(items) => items.iter_mut().for_each(trim_value),
+        _ => {}
+    }
+}
+
+/// Postgres columns that land as Delta decimals (numeric(p,s), p ≤ 38, and
+/// arrays of it): compared by value, since a column whose scale grew shows
+/// its old rows with more zeros on the source than in the lake.
+pub async fn decimal_columns(client: &Client, table: &str) -> Vec<String> {
+    client
+        .query(
+            "SELECT a.attname::text FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+             LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A' \
+             WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
+               AND coalesce(et.typname, t.typname) = 'numeric' AND a.atttypmod >= 4 \
+               AND ((a.atttypmod - 4) >> 16) <= 38",
+            &[&table],
+        )
+        .await
+        .expect("decimal columns")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Trims the scale of `columns` in every row (see [`decimal_columns`]).
+pub fn trim_decimals(state: &mut BTreeMap<String, Row>, columns: &[String]) {
+    for row in state.values_mut() {
+        for column in columns {
+            if let Some(value) = row.get_mut(column) {
+                trim_value(value);
+            }
+        }
+    }
 }
 
 /// A `file://` URI path back to the file system path (`%20` → space, …).

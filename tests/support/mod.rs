@@ -359,8 +359,11 @@ impl Pipeline {
             let qualified = qualified.clone();
             async move {
                 let log = lake::read_log(&path).await?;
-                let lake = lake::current_state(&log, "id");
-                let source = lake::source_state(client, &qualified, "id").await;
+                let mut lake = lake::current_state(&log, "id");
+                let mut source = lake::source_state(client, &qualified, "id").await;
+                let decimals = lake::decimal_columns(client, &qualified).await;
+                lake::trim_decimals(&mut lake, &decimals);
+                lake::trim_decimals(&mut source, &decimals);
                 lake::compare(&source, &lake)
             }
         })

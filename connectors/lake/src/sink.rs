@@ -38,7 +38,7 @@ use tidewater_core::{
     arrow_field, key_string, metadata_fields, ChangeBatch, Datum, Mark, Sink, SnapshotPhase,
     TableId, TableSchema,
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::error::LakeError;
 use crate::layout::{path_segment, segment_name};
@@ -52,6 +52,11 @@ const KEY_ORD: &str = "tidewater.ord";
 const KEY_POSITION: &str = "tidewater.position";
 const KEY_SNAPSHOT: &str = "tidewater.snapshot";
 const KEY_SCHEMA_VERSION: &str = "tidewater.schema_version";
+
+/// Field metadata of a versioned lake column (`amount__v2`): the source
+/// column whose values it holds since a type change the lake could not
+/// express in place.
+pub const KEY_SOURCE_COLUMN: &str = "tidewater.source_column";
 
 /// The source position acknowledged last, for sources whose server keeps no
 /// replica state (MySQL/MariaDB binlog): the analogue of a slot's confirmed
@@ -251,6 +256,15 @@ impl LakeSink {
             .map_err(|source| LakeError::delta(&batch.table, "writing to", source))?
             .with_writer_properties(properties);
         let before = writer.arrow_schema();
+        // A column whose type changed (INT → BIGINT, DECIMAL(5,2) →
+        // DECIMAL(12,4)) cannot change in place for every Delta reader: its
+        // values from now on go to a versioned column of the new type.
+        let narrowed = version_columns(&batch.table, narrowed, &before).map_err(|source| {
+            LakeError::Arrow {
+                table: batch.table.clone(),
+                source,
+            }
+        })?;
         // A column whose source type text changed (an ENUM gained a value,
         // a VARCHAR grew) keeps its Arrow type: write the batch under the
         // table's field metadata, and carry the new metadata into the
@@ -755,6 +769,80 @@ impl Sink for LakeSink {
 /// Gives the batch's fields the table's metadata where only the metadata
 /// differs; returns the batch and the fields (with their new metadata) that
 /// were re-tagged.
+/// Renames each batch column whose type differs from the table's column of
+/// that name to the table's newest version of that source column with the
+/// batch's type, or to a new version `<name>__v<n>` (tagged with
+/// [`KEY_SOURCE_COLUMN`]) when there is none. Stable across restarts: the
+/// mapping is read back from the table's own schema.
+fn version_columns(
+    table_id: &TableId,
+    batch: RecordBatch,
+    table: &Schema,
+) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
+    let mut changed = false;
+    let fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| {
+            let Ok(existing) = table.field_with_name(f.name()) else {
+                return f.as_ref().clone();
+            };
+            if existing.data_type() == f.data_type() {
+                return f.as_ref().clone();
+            }
+            changed = true;
+            let versions: Vec<&Field> = table
+                .fields()
+                .iter()
+                .filter(|t| {
+                    t.metadata().get(KEY_SOURCE_COLUMN).map(String::as_str) == Some(f.name())
+                })
+                .map(|t| t.as_ref())
+                .collect();
+            let mut metadata = f.metadata().clone();
+            metadata.insert(KEY_SOURCE_COLUMN.to_string(), f.name().clone());
+            if let Some(version) = versions
+                .iter()
+                .rev()
+                .find(|v| v.data_type() == f.data_type())
+            {
+                return f
+                    .as_ref()
+                    .clone()
+                    .with_name(version.name())
+                    .with_metadata(metadata);
+            }
+            let mut n = versions.len() + 2;
+            while table
+                .field_with_name(&format!("{}__v{n}", f.name()))
+                .is_ok()
+            {
+                n += 1;
+            }
+            let name = format!("{}__v{n}", f.name());
+            warn!(
+                table = %table_id,
+                column = %f.name(),
+                from = %existing.data_type(),
+                to = %f.data_type(),
+                lake_column = %name,
+                "column type changed in a way the lake cannot widen in place: \
+                 its values go to a new column from here on (readers: coalesce the versions)"
+            );
+            f.as_ref().clone().with_name(name).with_metadata(metadata)
+        })
+        .collect();
+    if !changed {
+        return Ok(batch);
+    }
+    let schema = Arc::new(Schema::new_with_metadata(
+        fields,
+        batch.schema().metadata().clone(),
+    ));
+    RecordBatch::try_new(schema, batch.columns().to_vec())
+}
+
 fn align_metadata(
     batch: RecordBatch,
     table: &Schema,
