@@ -10,6 +10,7 @@ mod golden;
 mod maria_harness;
 mod mysql;
 mod mysql_conformance;
+mod mysql_schema;
 mod pg_conformance;
 mod pg_roundtrip;
 mod pg_schema;

@@ -560,3 +560,17 @@ pub async fn source_state_mysql(conn: &mut Conn, table: &str, key: &str) -> BTre
     }
     state
 }
+
+/// MySQL/MariaDB DECIMAL columns that land as Delta decimals (precision up
+/// to 38), compared by value: see [`super::lake::decimal_columns`].
+pub async fn decimal_columns_mysql(conn: &mut Conn, table: &str) -> Vec<String> {
+    let (database, table) = table.split_once('.').expect("database.table");
+    conn.exec(
+        "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND DATA_TYPE = 'decimal' \
+           AND NUMERIC_PRECISION <= 38",
+        (database, table),
+    )
+    .await
+    .expect("decimal columns")
+}

@@ -406,8 +406,11 @@ impl Pipeline {
             }
             let result = match lake::read_log(&path).await {
                 Ok(log) => {
-                    let lake = lake::current_state(&log, key);
-                    let source = mariadb::source_state_mysql(conn, &qualified, key).await;
+                    let mut lake = lake::current_state(&log, key);
+                    let mut source = mariadb::source_state_mysql(conn, &qualified, key).await;
+                    let decimals = mariadb::decimal_columns_mysql(conn, &qualified).await;
+                    lake::trim_decimals(&mut lake, &decimals);
+                    lake::trim_decimals(&mut source, &decimals);
                     lake::compare(&source, &lake)
                 }
                 Err(err) => Err(err),
