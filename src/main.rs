@@ -66,6 +66,13 @@ enum Command {
         config: PathBuf,
         #[arg(long, value_enum, default_value_t = status::Format::Text)]
         format: status::Format,
+        /// One table, `schema.table` (`database.table` on MySQL).
+        #[arg(long)]
+        table: Option<String>,
+        /// With --table: every schema version of the table, where it took
+        /// effect and how its columns landed.
+        #[arg(long, requires = "table")]
+        history: bool,
     },
     /// Print the JSON Schema of the config file.
     Schema,
@@ -157,7 +164,16 @@ async fn dispatch(command: Command) -> i32 {
             Ok(config) => status::check(&Settings::from_config(&config)).await,
             Err(code) => code,
         },
-        Command::Status { config, format } => match load(&config) {
+        Command::Status {
+            config,
+            format,
+            table,
+            history,
+        } => match load(&config) {
+            Ok(config) if history => {
+                let table = table.expect("clap requires --table with --history");
+                status::history(&Settings::from_config(&config), &table, format)
+            }
             Ok(config) => status::status(&Settings::from_config(&config), format).await,
             Err(code) => code,
         },

@@ -262,3 +262,62 @@ pub async fn drop_slot(settings: &Settings) -> i32 {
         }
     }
 }
+
+/// `status --table T --history`: the table's schema history as written next
+/// to it in the lake (readable without the daemon running).
+pub fn history(settings: &Settings, table: &str, format: Format) -> i32 {
+    let sink = LakeSink::new(&settings.lake_root, &settings.pipeline);
+    let Some(id) = sink
+        .existing_tables()
+        .into_iter()
+        .find(|t| t.to_string() == table)
+    else {
+        eprintln!(
+            "error: the lake holds no table {table:?} for pipeline {}",
+            settings.pipeline
+        );
+        return exit_code::FAILED;
+    };
+    let history = match tidewater_lake::history::read(&sink.table_path(&id)) {
+        Ok(Some(history)) => history,
+        Ok(None) => {
+            eprintln!(
+                "error: {table} has no schema history yet (no rows written since it was added)"
+            );
+            return exit_code::FAILED;
+        }
+        Err(err) => {
+            eprintln!("error: reading the schema history of {table}: {err}");
+            return exit_code::FAILED;
+        }
+    };
+    match format {
+        Format::Json => print!("{}", tidewater_lake::history::to_json(&history)),
+        Format::Text => {
+            println!("schema history of {}", history.table);
+            for version in &history.versions {
+                println!(
+                    "\nversion {}  from seq {}  position {}  recorded {}",
+                    version.version, version.seq, version.position, version.recorded_at
+                );
+                if let Some(ddl) = &version.ddl {
+                    println!("  ddl: {ddl}");
+                }
+                for note in &version.notes {
+                    println!("  note: {note}");
+                }
+                for c in &version.columns {
+                    println!(
+                        "  {:<24} {:<28} {:<20} lake {}{}",
+                        c.name,
+                        c.source_type,
+                        c.lake_type,
+                        c.lake_column,
+                        if c.key { "  (key)" } else { "" }
+                    );
+                }
+            }
+        }
+    }
+    exit_code::OK
+}

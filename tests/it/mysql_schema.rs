@@ -69,4 +69,5 @@ async fn mysql_column_changes_while_streaming_land_in_the_lake() {
         "{text}"
     );
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+    crate::pg_schema::check_history(&pipeline, "my_evolve.t", 8);
 }

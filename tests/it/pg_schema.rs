@@ -6,7 +6,7 @@
 //! changed since keep their value under the old name (issue 5).
 
 use crate::support::lake::read_log;
-use crate::support::{pg, Pipeline};
+use crate::support::{output_within, pg, tidewater, Pipeline};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn column_changes_while_streaming_land_in_the_lake() {
@@ -72,4 +72,74 @@ async fn column_changes_while_streaming_land_in_the_lake() {
         "{text}"
     );
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+    check_history(&pipeline, "public.t", 8);
+}
+
+/// `status --table T --history` (the daemon stopped): one version per column
+/// set that landed, with the versioned columns and why.
+pub fn check_history(pipeline: &Pipeline, table: &str, versions: usize) {
+    let out = output_within(
+        {
+            let mut cmd = tidewater();
+            cmd.args([
+                "status",
+                "--format",
+                "json",
+                "--history",
+                "--table",
+                table,
+                "--config",
+            ])
+            .arg(&pipeline.config);
+            cmd
+        },
+        60,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let all = history["versions"].as_array().unwrap();
+    assert_eq!(all.len(), versions, "{history:#}");
+    let column = |v: &serde_json::Value, name: &str| {
+        v["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+    };
+    // The first version has `gone`, a later one drops it; `a` went to a__v2
+    // as a 64-bit integer and came back to `a` when narrowed again.
+    assert!(column(&all[0], "gone").is_some(), "{history:#}");
+    assert!(column(all.last().unwrap(), "gone").is_none(), "{history:#}");
+    assert!(
+        all.iter().any(|v| column(v, "a")
+            .is_some_and(|c| c["lake_column"] == "a__v2" && c["lake_type"] == "Int64")),
+        "{history:#}"
+    );
+    assert_eq!(
+        column(all.last().unwrap(), "a").unwrap()["lake_column"],
+        "a"
+    );
+    assert!(all
+        .iter()
+        .any(|v| v["notes"].as_array().is_some_and(|n| !n.is_empty())));
+    for (i, v) in all.iter().enumerate() {
+        assert_eq!(v["version"], i + 1);
+        assert!(!v["position"].as_str().unwrap().is_empty(), "{history:#}");
+    }
+    let text = output_within(
+        {
+            let mut cmd = tidewater();
+            cmd.args(["status", "--history", "--table", table, "--config"])
+                .arg(&pipeline.config);
+            cmd
+        },
+        60,
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains(&format!("version {versions}")), "{text}");
 }

@@ -3,6 +3,7 @@
 //! Arrow types are stored in Delta.
 
 mod error;
+pub mod history;
 pub mod layout;
 pub mod narrow;
 pub mod restore;

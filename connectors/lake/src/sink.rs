@@ -41,6 +41,7 @@ use tidewater_core::{
 use tracing::{debug, info, warn};
 
 use crate::error::LakeError;
+use crate::history::{self, HistoryColumn, SchemaHistory};
 use crate::layout::{path_segment, segment_name};
 use crate::narrow::{narrow_batch, narrow_schema};
 use crate::restore;
@@ -128,17 +129,23 @@ struct LakeTable {
     state: Option<TableState>,
     pending: Option<Mark>,
     schema_version: u64,
+    /// Every column set the table received (see [`crate::history`]).
+    history: SchemaHistory,
+    /// The history gained a version to write before the next commit.
+    history_dirty: bool,
 }
 
 impl LakeTable {
-    fn new(table: DeltaTable, state: Option<TableState>, schema_version: u64) -> Self {
+    fn new(table: DeltaTable, state: Option<TableState>, history: SchemaHistory) -> Self {
         Self {
             table,
             adds: Vec::new(),
             evolved: None,
             state,
             pending: None,
-            schema_version,
+            schema_version: history.latest().map_or(0, |v| v.version),
+            history,
+            history_dirty: false,
         }
     }
 }
@@ -190,8 +197,17 @@ impl LakeSink {
         let state = read_state(&delta, &self.app_id(), &self.pipeline)
             .await
             .map_err(|source| LakeError::delta(table, "reading the state of", source))?;
+        let history = history::read(&path)
+            .map_err(|source| LakeError::Io {
+                path: path.join(history::HISTORY_FILE),
+                source,
+            })?
+            .unwrap_or_else(|| SchemaHistory {
+                table: table.to_string(),
+                versions: Vec::new(),
+            });
         self.tables
-            .insert(table.clone(), LakeTable::new(delta, state.clone(), 0));
+            .insert(table.clone(), LakeTable::new(delta, state.clone(), history));
         Ok(state)
     }
 
@@ -199,8 +215,7 @@ impl LakeSink {
     pub async fn ensure_table(&mut self, schema: &TableSchema) -> Result<(), LakeError> {
         let table = &schema.table;
         self.table_state(table).await?;
-        if let Some(open) = self.tables.get_mut(table) {
-            open.schema_version = schema.version;
+        if self.tables.contains_key(table) {
             return Ok(());
         }
         let path = self.table_path(table);
@@ -229,8 +244,12 @@ impl LakeSink {
             .await
             .map_err(|source| LakeError::delta(table, "creating", source))?;
         info!(table = %table, path = %path.display(), "created lake table");
+        let history = SchemaHistory {
+            table: table.to_string(),
+            versions: Vec::new(),
+        };
         self.tables
-            .insert(table.clone(), LakeTable::new(delta, None, schema.version));
+            .insert(table.clone(), LakeTable::new(delta, None, history));
         Ok(())
     }
 
@@ -274,6 +293,7 @@ impl LakeSink {
                 table: batch.table.clone(),
                 source,
             })?;
+        record_history(open, &batch, narrowed.schema().as_ref());
         writer
             .write_with_mode(narrowed, WriteMode::MergeSchema)
             .await
@@ -323,7 +343,6 @@ impl LakeSink {
             open.evolved = Some(Arc::new(merged));
         }
         open.pending = Some(open.pending.map_or(batch.last, |m| m.max(batch.last)));
-        open.schema_version = batch.schema.version;
         Ok(())
     }
 
@@ -356,6 +375,17 @@ impl LakeSink {
                 Some(SnapshotPhase::Running) => false,
                 None => open.state.as_ref().is_none_or(|s| s.snapshot_done),
             };
+            if open.history_dirty {
+                let path = self
+                    .root
+                    .join(&self.pipeline)
+                    .join(path_segment(&table.schema))
+                    .join(path_segment(&table.table))
+                    .join(history::HISTORY_FILE);
+                replace_file(&path, &history::to_json(&open.history))
+                    .map_err(|source| LakeError::Io { path, source })?;
+                open.history_dirty = false;
+            }
             let commits = open.state.as_ref().map_or(0, |s| s.commits) + 1;
             let metadata: HashMap<String, Value> = HashMap::from([
                 (KEY_PIPELINE.to_string(), Value::from(self.pipeline.clone())),
@@ -769,6 +799,51 @@ impl Sink for LakeSink {
 /// Gives the batch's fields the table's metadata where only the metadata
 /// differs; returns the batch and the fields (with their new metadata) that
 /// were re-tagged.
+/// Records the batch's columns, as they land, in the table's schema
+/// history when they differ from its latest version.
+fn record_history(open: &mut LakeTable, batch: &ChangeBatch, landed: &Schema) {
+    let columns: Vec<HistoryColumn> = batch
+        .schema
+        .columns
+        .iter()
+        .zip(landed.fields().iter())
+        .map(|(column, field)| HistoryColumn {
+            name: column.name.clone(),
+            lake_column: field.name().clone(),
+            lake_type: field.data_type().to_string(),
+            source_type: column.source_type.clone(),
+            key: column.key,
+        })
+        .collect();
+    let first = |name: &str| -> String {
+        let Some(array) = batch.batch.column_by_name(name) else {
+            return String::new();
+        };
+        if array.is_empty() {
+            return String::new();
+        }
+        deltalake::arrow::util::display::array_value_to_string(array, 0).unwrap_or_default()
+    };
+    let notes: Vec<String> = columns
+        .iter()
+        .filter(|c| c.lake_column != c.name)
+        .map(|c| {
+            format!(
+                "{} is now {}, which its earlier lake column cannot hold in place: \
+                 its values from here on are in {}",
+                c.name, c.source_type, c.lake_column
+            )
+        })
+        .collect();
+    if open
+        .history
+        .record(columns, first("_tw_seq"), first("_tw_position"), notes)
+    {
+        open.history_dirty = true;
+    }
+    open.schema_version = open.history.latest().map_or(0, |v| v.version);
+}
+
 /// Renames each batch column whose type differs from the table's column of
 /// that name to the table's newest version of that source column with the
 /// batch's type, or to a new version `<name>__v<n>` (tagged with
