@@ -95,10 +95,23 @@ pub struct PostgresSourceConfig {
     /// column appears later, text. Default true (see BENCHMARKS.md).
     #[serde(default = "default_true")]
     pub binary: bool,
+    /// How often, while streaming, the catalog is read for tables that
+    /// match `tables` but are not replicated yet (created after the start,
+    /// renamed into the patterns, or whose copy was interrupted): each is
+    /// added to the publication, copied consistently and then streamed. 0
+    /// turns it off. Default 5000.
+    #[serde(default = "default_discovery_ms")]
+    pub table_discovery_interval_ms: u64,
 }
 
 fn default_true() -> bool {
     true
+}
+
+/// Cheap (one catalog query), and a new table's first rows wait at most
+/// this long to be copied.
+fn default_discovery_ms() -> u64 {
+    5_000
 }
 
 fn default_heartbeat_ms() -> u64 {

@@ -174,6 +174,8 @@ impl Settings {
                         heartbeat: (pg.heartbeat_interval_ms > 0)
                             .then(|| Duration::from_millis(pg.heartbeat_interval_ms)),
                         binary: pg.binary,
+                        discovery: (pg.table_discovery_interval_ms > 0)
+                            .then(|| Duration::from_millis(pg.table_discovery_interval_ms)),
                     }),
                     pg.snapshot,
                 )
@@ -301,11 +303,14 @@ async fn run_postgres(
     let any_done = states.values().any(|s| s.snapshot_done);
     let marker = sink.marker();
     // The marker is written before a snapshot creates its slot and flips to
-    // "stream" only once the snapshot is committed in every table; a table
-    // still marked "running" says the same. Either way nothing has been
-    // streamed yet, and the exported snapshot died with the process.
+    // "stream" only once the snapshot is committed in every table; in a lake
+    // without a marker, a table still marked "running" says the same. Either
+    // way nothing has been streamed yet, and the exported snapshot died with
+    // the process. Under a "stream" marker, a table marked "running" is a
+    // copy taken while streaming that did not complete: it is taken again.
+    let streaming_lake = matches!(marker, Some(SlotMarker::Stream(_)));
     let interrupted = matches!(marker, Some(SlotMarker::Snapshot(_)))
-        || states.values().any(|s| !s.snapshot_done);
+        || (!streaming_lake && states.values().any(|s| !s.snapshot_done));
     let owned = marker.is_some() || any_done;
 
     let stream = match (&slot, interrupted, settings.snapshot) {
@@ -351,18 +356,43 @@ async fn run_postgres(
             .filter(|t| !states.get(*t).is_some_and(|s| s.snapshot_done))
             .cloned()
             .collect();
-        if mode == Mode::SnapshotOnly {
-            if settings.snapshot == SnapshotMode::Never || missing.is_empty() {
-                return Ok(Outcome::AlreadySnapshotted);
-            }
-            return Err(PipelineError::SnapshotImpossible(missing));
+        // Tables without a complete copy in the lake are copied while the
+        // others stream, then join them.
+        let copies = match settings.snapshot {
+            SnapshotMode::Initial => missing,
+            SnapshotMode::Never => Vec::new(),
+        };
+        if mode == Mode::SnapshotOnly && copies.is_empty() {
+            return Ok(Outcome::AlreadySnapshotted);
         }
-        if settings.snapshot == SnapshotMode::Initial {
-            for table in &missing {
-                warn!(table = %table, "table is not in the lake and was not part of the initial snapshot; only changes published for it are replicated");
-            }
+        let streamed: Vec<TableId> = tables
+            .iter()
+            .filter(|t| !copies.contains(t))
+            .cloned()
+            .collect();
+        if !copies.is_empty() {
+            info!(
+                tables = copies.len(),
+                "tables without a complete copy in the lake are copied first"
+            );
         }
-        source.start_streaming(&tables).await?;
+        source.start_streaming(&streamed, &copies).await?;
+        let marks: HashMap<TableId, Mark> =
+            states.iter().map(|(t, s)| (t.clone(), s.mark)).collect();
+        return drive(
+            settings,
+            AnySource::Postgres(Box::new(source)),
+            sink,
+            marks,
+            DriveStart {
+                snapshot_running: false,
+                copies,
+            },
+            false,
+            mode,
+            shutdown,
+        )
+        .await;
     } else {
         if interrupted {
             warn!("the previous initial snapshot did not complete; removing what it wrote and starting over");
@@ -389,7 +419,10 @@ async fn run_postgres(
         AnySource::Postgres(Box::new(source)),
         sink,
         marks,
-        !stream,
+        DriveStart {
+            snapshot_running: true,
+            copies: Vec::new(),
+        },
         false,
         mode,
         shutdown,
@@ -495,7 +528,10 @@ async fn run_mysql(
         AnySource::Mysql(Box::new(source)),
         sink,
         marks,
-        snapshotting,
+        DriveStart {
+            snapshot_running: snapshotting,
+            copies: Vec::new(),
+        },
         true,
         mode,
         shutdown,
@@ -507,6 +543,14 @@ fn sink_position_file(settings: &Settings) -> SourcePositionFile {
     LakeSink::new(&settings.lake_root, &settings.pipeline).source_position_file()
 }
 
+/// What the source does first.
+struct DriveStart {
+    /// The initial snapshot.
+    snapshot_running: bool,
+    /// Copies of single tables, taken while the others stream.
+    copies: Vec<TableId>,
+}
+
 /// Runs the source task and the coordinator until shutdown or error.
 #[allow(clippy::too_many_arguments)]
 async fn drive(
@@ -514,7 +558,7 @@ async fn drive(
     source: AnySource,
     sink: LakeSink,
     marks: HashMap<TableId, Mark>,
-    snapshot_running: bool,
+    start: DriveStart,
     record_position: bool,
     mode: Mode,
     mut shutdown: watch::Receiver<bool>,
@@ -538,7 +582,8 @@ async fn drive(
         current_seq: 0,
         begin_position: String::new(),
         last_complete: None,
-        snapshot_running,
+        snapshot_running: start.snapshot_running,
+        copies_pending: start.copies.into_iter().collect(),
         stats: Stats::default(),
         record_position: record_position.then(|| sink_position_file(settings)),
         acked_position: None,
@@ -617,6 +662,9 @@ struct Coordinator<K> {
     /// batcher.
     last_complete: Option<(u64, String)>,
     snapshot_running: bool,
+    /// Tables copied while streaming whose copy the start asked for and
+    /// that are not complete yet (a snapshot-only run ends with the last).
+    copies_pending: std::collections::HashSet<TableId>,
     stats: Stats,
     /// Where acknowledged positions are written, for sources without
     /// server-side replica state.
@@ -759,6 +807,39 @@ impl<K: Sink> Coordinator<K> {
                     "snapshot committed"
                 );
                 return Ok(true);
+            }
+            ChangeEvent::TableSnapshot { table } => {
+                self.sink.table_phase(
+                    &table,
+                    SnapshotPhase::Running,
+                    Mark::new(self.current_seq, 0),
+                );
+                // What the lake holds of the table (an interrupted copy) is
+                // superseded: the copy starts with a truncate.
+                if self.marks.contains_key(&table) {
+                    self.batcher
+                        .push(tidewater_core::RowChange {
+                            table: table.clone(),
+                            op: tidewater_core::Op::Truncate,
+                            ord: 0,
+                            values: Vec::new(),
+                        })
+                        .map_err(PipelineError::Batch)?;
+                }
+                info!(table = %table, "copying a table while streaming");
+            }
+            ChangeEvent::TableSnapshotDone { table, seq } => {
+                self.in_transaction = false;
+                // The stream's changes of the table up to the copy's point
+                // are in the copy.
+                self.marks.insert(table.clone(), Mark::new(seq, u64::MAX));
+                self.sink
+                    .table_phase(&table, SnapshotPhase::Done, Mark::new(seq, 0));
+                if self.copies_pending.remove(&table) && self.copies_pending.is_empty() {
+                    self.checkpoint(None).await?;
+                    info!("the tables to copy are in the lake");
+                    return Ok(true);
+                }
             }
         }
         Ok(false)

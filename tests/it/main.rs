@@ -12,6 +12,7 @@ mod mysql;
 mod mysql_conformance;
 mod mysql_schema;
 mod pg_conformance;
+mod pg_new_tables;
 mod pg_roundtrip;
 mod pg_schema;
 mod pg_streaming;

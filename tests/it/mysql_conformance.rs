@@ -12,13 +12,13 @@ use crate::support::lake::WHOLE_ROW;
 use crate::support::mariadb::maria;
 use crate::support::Pipeline;
 
-fn corpus() -> PathBuf {
+pub(crate) fn corpus() -> PathBuf {
     crate::support::conformance("mysql")
 }
 
 /// Splits a script the way Debezium's runner does: drop `--` comment lines,
 /// cut trailing `-- ` comments, join, split on `;`, then `$$` becomes `;`.
-fn statements(text: &str) -> Vec<String> {
+pub(crate) fn statements(text: &str) -> Vec<String> {
     let joined: Vec<String> = text
         .lines()
         .filter(|l| !l.trim_start().starts_with("--"))

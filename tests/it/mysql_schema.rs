@@ -71,3 +71,112 @@ async fn mysql_column_changes_while_streaming_land_in_the_lake() {
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
     crate::pg_schema::check_history(&pipeline, "my_evolve.t", 8);
 }
+
+/// Debezium's DDL parser corpus (`mysql-test-statements.ddl`), every
+/// statement MariaDB accepts, replayed into a captured database while the
+/// pipeline streams — plus DDL about things tidewater does not capture
+/// (users, grants, procedures, views, another database). Nothing stops; a
+/// row then written into every table the corpus left lands equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_ddl_corpus_replays_against_a_streaming_pipeline() {
+    use crate::support::lake::WHOLE_ROW;
+    let server = maria();
+    let mut conn = server.create_database("cf_ddl").await;
+    conn.query_drop(
+        "CREATE TABLE sentinel (id INT PRIMARY KEY, v INT); INSERT INTO sentinel VALUES (1, 1)",
+    )
+    .await
+    .unwrap();
+    let mut other = server.create_database("not_captured").await;
+    let mut pipeline = Pipeline::with_source(
+        "cf_ddl",
+        &format!(
+            "[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"cf_ddl.*\"]\n",
+            server.url("cf_ddl")
+        ),
+        "",
+    );
+    pipeline.start();
+    pipeline
+        .wait_equal_mysql(&mut conn, "cf_ddl", "sentinel", "id")
+        .await;
+
+    let text = std::fs::read_to_string(
+        crate::mysql_conformance::corpus().join("mysql-test-statements.ddl"),
+    )
+    .expect("ddl corpus");
+    let (mut accepted, mut refused) = (0, 0);
+    for statement in crate::mysql_conformance::statements(&text) {
+        match conn.query_drop(&statement).await {
+            Ok(()) => accepted += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    eprintln!("DDL corpus: MariaDB accepted {accepted}, refused {refused}");
+    assert!(accepted >= 20, "accepted {accepted}");
+    for statement in [
+        "CREATE USER IF NOT EXISTS 'tw_other'@'localhost' IDENTIFIED BY 'x'",
+        "GRANT SELECT ON not_captured.* TO 'tw_other'@'localhost'",
+        "CREATE TABLE not_captured.elsewhere (id INT PRIMARY KEY)",
+        "INSERT INTO not_captured.elsewhere VALUES (1)",
+        "ALTER TABLE not_captured.elsewhere ADD COLUMN x TEXT",
+        "CREATE OR REPLACE VIEW cf_ddl.v_sentinel AS SELECT id FROM cf_ddl.sentinel",
+        "CREATE PROCEDURE cf_ddl.p_noop() BEGIN SELECT 1; END",
+        "DROP PROCEDURE cf_ddl.p_noop",
+        "REVOKE ALL PRIVILEGES, GRANT OPTION FROM 'tw_other'@'localhost'",
+        "DROP USER 'tw_other'@'localhost'",
+        "DROP DATABASE not_captured",
+    ] {
+        other
+            .query_drop(statement)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+    pipeline.assert_running();
+
+    // One row (every column at its implicit default) into each table left.
+    conn.query_drop("SET SESSION sql_mode = ''").await.unwrap();
+    let tables: Vec<String> = conn
+        .exec(
+            "SELECT TABLE_NAME FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = 'cf_ddl' AND TABLE_TYPE = 'BASE TABLE' AND TABLE_NAME <> 'sentinel' \
+             ORDER BY 1",
+            (),
+        )
+        .await
+        .unwrap();
+    let mut filled = Vec::new();
+    for table in &tables {
+        if conn
+            .query_drop(format!("INSERT INTO `{table}` () VALUES ()"))
+            .await
+            .is_ok()
+        {
+            filled.push(table.clone());
+        }
+    }
+    conn.query_drop("UPDATE sentinel SET v = 2").await.unwrap();
+    pipeline
+        .wait_equal_mysql(&mut conn, "cf_ddl", "sentinel", "id")
+        .await;
+    for table in &filled {
+        let key_columns: Vec<String> = conn
+            .exec(
+                "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
+                 WHERE TABLE_SCHEMA = 'cf_ddl' AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY'",
+                (table,),
+            )
+            .await
+            .unwrap();
+        let key = match key_columns.as_slice() {
+            [one] => one.clone(),
+            _ => WHOLE_ROW.to_string(),
+        };
+        pipeline
+            .wait_equal_mysql(&mut conn, "cf_ddl", table, &key)
+            .await;
+    }
+    eprintln!("{} tables compared after the replay", filled.len());
+    assert!(filled.len() >= 5, "{filled:?}");
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+}

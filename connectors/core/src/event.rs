@@ -209,4 +209,20 @@ pub enum ChangeEvent {
         seq: u64,
         position: String,
     },
+    /// A table copied while the stream runs (it appeared after the initial
+    /// snapshot, or its copy was interrupted). Comes after the table's
+    /// `Schema` and inside a `Begin` whose `seq` sorts after everything the
+    /// lake holds of the table; the `Read` rows that follow, up to
+    /// `TableSnapshotDone`, are the whole table at that point and replace
+    /// whatever the lake held of it. There is no `Commit`: the copy moves no
+    /// source position.
+    TableSnapshot {
+        table: TableId,
+    },
+    /// The copy of `table` is complete. Every streamed change of the table
+    /// at or below `seq` is already in it and must be skipped.
+    TableSnapshotDone {
+        table: TableId,
+        seq: u64,
+    },
 }

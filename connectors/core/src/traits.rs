@@ -87,6 +87,13 @@ pub trait Sink {
         keys: &[Vec<crate::Datum>],
     ) -> Result<std::collections::HashMap<String, Vec<crate::Datum>>, Self::Error>;
 
+    /// Records `phase` as `table`'s snapshot state from its next commit on,
+    /// whatever the commit's own `phase`: a table copied while the others
+    /// stream is `Running` until its copy is complete, then `Done` (committed
+    /// at the next commit even without new rows). Its commits record at
+    /// least `mark`, the copy's point, even when the copy held no row.
+    fn table_phase(&mut self, table: &TableId, phase: SnapshotPhase, mark: Mark);
+
     /// Commits every table with written data; returns how many committed.
     async fn commit(
         &mut self,

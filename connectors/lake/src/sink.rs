@@ -154,6 +154,9 @@ pub struct LakeSink {
     root: PathBuf,
     pipeline: String,
     tables: BTreeMap<TableId, LakeTable>,
+    /// Snapshot state of tables copied while the others stream, overriding
+    /// the phase of a commit (see [`Sink::table_phase`]).
+    table_phases: HashMap<TableId, (SnapshotPhase, Mark)>,
 }
 
 impl LakeSink {
@@ -162,6 +165,7 @@ impl LakeSink {
             root: root.to_path_buf(),
             pipeline: pipeline.to_string(),
             tables: BTreeMap::new(),
+            table_phases: HashMap::new(),
         }
     }
 
@@ -358,6 +362,8 @@ impl LakeSink {
         let mut committed = 0;
         for (table, open) in self.tables.iter_mut() {
             let has_data = open.pending.is_some();
+            let copy = self.table_phases.get(table).copied();
+            let phase = copy.map(|(phase, _)| phase).or(phase);
             let phase_changes = match (phase, &open.state) {
                 (Some(SnapshotPhase::Done), Some(state)) => !state.snapshot_done,
                 (Some(_), None) => true,
@@ -369,7 +375,8 @@ impl LakeSink {
             let mark = open
                 .pending
                 .or(open.state.as_ref().map(|s| s.mark))
-                .unwrap_or(Mark::ZERO);
+                .unwrap_or(Mark::ZERO)
+                .max(copy.map_or(Mark::ZERO, |(_, floor)| floor));
             let snapshot_done = match phase {
                 Some(SnapshotPhase::Done) => true,
                 Some(SnapshotPhase::Running) => false,
@@ -446,6 +453,9 @@ impl LakeSink {
             });
             open.pending = None;
             committed += 1;
+            if snapshot_done {
+                self.table_phases.remove(table);
+            }
         }
         if phase == Some(SnapshotPhase::Done) {
             if let Some(SlotMarker::Snapshot(slot)) = self.marker() {
@@ -784,6 +794,10 @@ impl Sink for LakeSink {
         keys: &[Vec<Datum>],
     ) -> Result<HashMap<String, Vec<Datum>>, LakeError> {
         LakeSink::latest_rows(self, schema, keys).await
+    }
+
+    fn table_phase(&mut self, table: &TableId, phase: SnapshotPhase, mark: Mark) {
+        self.table_phases.insert(table.clone(), (phase, mark));
     }
 
     async fn commit(

@@ -105,6 +105,9 @@ pub struct PostgresConfig {
     /// Ask pgoutput for binary values when every captured column's type has
     /// a binary decoder ([`crate::binary`]).
     pub binary: bool,
+    /// How often the catalog is read for new tables matching `filter` while
+    /// streaming; `None` disables.
+    pub discovery: Option<Duration>,
 }
 
 /// Set when a column binary mode cannot read appeared while streaming: from
@@ -141,11 +144,23 @@ pub struct SlotState {
 }
 
 struct SnapshotCopy {
+    /// Holds the slot whose exported snapshot the copy reads: the pipeline's
+    /// own for the initial snapshot, a temporary one for copies while
+    /// streaming.
     repl: ReplicationConnection,
     commit: CommitInfo,
     queue: VecDeque<TableId>,
     copy: Option<CopyState>,
     begun: bool,
+    /// A copy of tables that join while the stream runs (see
+    /// [`PostgresSource::start_table_copies`]), not the initial snapshot.
+    while_streaming: Option<TableCopies>,
+}
+
+/// What a copy while streaming needs at its end.
+struct TableCopies {
+    temporary_slot: String,
+    tables: Vec<TableId>,
 }
 
 struct CopyState {
@@ -160,6 +175,8 @@ struct RelationState {
     schema: Option<Arc<TableSchema>>,
     /// Base type oid of each column, for binary values.
     oids: Arc<[u32]>,
+    /// The message of an excluded relation, read again once its table joins.
+    relation: Option<Relation>,
 }
 
 /// A streamed, not yet committed transaction on disk: records of
@@ -199,8 +216,17 @@ pub struct PostgresSource {
     /// This session asked for binary values.
     binary: bool,
     relations: HashMap<u32, RelationState>,
-    /// The tables this run replicates, resolved from the config at start.
+    /// The tables this run replicates: resolved from the config at start,
+    /// joined by those copied while streaming.
     tables: Vec<TableId>,
+    /// Tables to copy while streaming, at the next transaction boundary.
+    copy_queue: Vec<TableId>,
+    /// A transaction of the stream is open (between Begin and Commit).
+    in_transaction: bool,
+    /// When the catalog was last read for new tables.
+    discovered_at: tokio::time::Instant,
+    /// Tables found unfit to add, with why: warned about once.
+    refused: HashMap<TableId, String>,
     schemas: HashMap<TableId, Arc<TableSchema>>,
     type_names: TypeNames,
     pending: VecDeque<ChangeEvent>,
@@ -257,6 +283,10 @@ impl PostgresSource {
             binary: false,
             relations: HashMap::new(),
             tables: Vec::new(),
+            copy_queue: Vec::new(),
+            in_transaction: false,
+            discovered_at: tokio::time::Instant::now(),
+            refused: HashMap::new(),
             schemas: HashMap::new(),
             type_names: TypeNames::default(),
             pending: VecDeque::new(),
@@ -405,16 +435,7 @@ impl PostgresSource {
                 quote_ident(&self.config.slot)
             ))
             .await?;
-        let field = |i: usize| -> Option<String> { rows.first()?.get(i)?.clone() };
-        let consistent_point =
-            field(1)
-                .and_then(|s| Lsn::parse(&s).ok())
-                .ok_or(PostgresError::Misuse {
-                    what: "CREATE_REPLICATION_SLOT returned no consistent point",
-                })?;
-        let snapshot_name = field(2).ok_or(PostgresError::Misuse {
-            what: "CREATE_REPLICATION_SLOT returned no snapshot name",
-        })?;
+        let (consistent_point, snapshot_name) = exported_snapshot(&rows)?;
         info!(slot = %self.config.slot, consistent_point = %consistent_point, "created replication slot");
         self.client
             .batch_execute(&format!(
@@ -423,34 +444,253 @@ impl PostgresSource {
             ))
             .await
             .map_err(query_error("opening the snapshot transaction"))?;
-        let now_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
         self.snapshot = Some(SnapshotCopy {
             repl,
             commit: CommitInfo {
                 seq: consistent_point.0.saturating_sub(1),
                 position: consistent_point.to_string(),
                 ack: consistent_point.0,
-                commit_ts_us: now_us,
+                commit_ts_us: now_us(),
                 txid: None,
             },
             queue: if copy { tables.into() } else { VecDeque::new() },
             copy: None,
             begun: false,
+            while_streaming: None,
         });
         Ok(())
     }
 
-    /// Starts streaming from the slot's confirmed position.
-    pub async fn start_streaming(&mut self, tables: &[TableId]) -> Result<(), PostgresError> {
+    /// Starts streaming `tables` from the slot's confirmed position; the
+    /// tables of `copies` (not in the lake, or with an interrupted copy)
+    /// are copied first and join the stream after their copy.
+    pub async fn start_streaming(
+        &mut self,
+        tables: &[TableId],
+        copies: &[TableId],
+    ) -> Result<(), PostgresError> {
         self.ensure_publication(tables, false).await?;
         self.tables = tables.to_vec();
+        self.copy_queue = copies.to_vec();
         self.clear_spill_dir()?;
         let repl = ReplicationConnection::connect(&self.params).await?;
         self.repl = Some(self.start_replication(repl).await?);
         info!(slot = %self.config.slot, "streaming from replication slot");
+        Ok(())
+    }
+
+    fn discovery_due(&self) -> bool {
+        self.config
+            .discovery
+            .is_some_and(|every| self.discovered_at.elapsed() >= every)
+    }
+
+    /// Reads the catalog for tables that match the config and are not
+    /// streamed yet (created after the start, or renamed into the
+    /// patterns); each is queued for a copy.
+    async fn discover_tables(&mut self) -> Result<(), PostgresError> {
+        self.discovered_at = tokio::time::Instant::now();
+        for table in self.tables().await? {
+            if !self.tables.contains(&table) && !self.copy_queue.contains(&table) {
+                self.copy_queue.push(table);
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the queued tables in the exported snapshot of a temporary
+    /// slot; the copy then yields their rows and they join the stream.
+    ///
+    /// ```text
+    ///  ALTER PUBLICATION p ADD TABLE t      commit A: t is published for every
+    ///                                       transaction that begins after A
+    ///  CREATE_REPLICATION_SLOT tmp TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT
+    ///      (waits for the transactions running at its start) ──▶ CP > A, snapshot S
+    ///  BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT S; COPY t ──▶ Read rows, _tw_seq = CP-1
+    ///  COMMIT; DROP_REPLICATION_SLOT tmp;  t joins the stream
+    /// ```
+    ///
+    /// A transaction that began before A is not published for t even if it
+    /// commits later, but it ended before CP, so S holds its changes; every
+    /// transaction committing after CP began after A and reaches the stream.
+    /// The stream's changes of t at or below CP-1 are already in the copy:
+    /// the coordinator skips them. Nothing here depends on the main slot's
+    /// position, so an interrupted copy is simply taken again.
+    async fn start_table_copies(&mut self) -> Result<(), PostgresError> {
+        let mut tables = Vec::new();
+        for table in std::mem::take(&mut self.copy_queue) {
+            let verdict = match self.copy_refusal(&table).await? {
+                None => self.add_to_publication(&table).await?,
+                refusal => refusal,
+            };
+            match verdict {
+                None => {
+                    self.refused.remove(&table);
+                    tables.push(table);
+                }
+                Some(reason) => {
+                    if self.refused.get(&table) != Some(&reason) {
+                        warn!(table = %table, reason = %reason, "table matches source.tables but is not replicated yet");
+                        self.refused.insert(table, reason);
+                    }
+                }
+            }
+        }
+        if tables.is_empty() {
+            return Ok(());
+        }
+        let temporary_slot = copy_slot_name(&self.config.slot);
+        let names: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+        info!(tables = %names.join(", "), slot = %temporary_slot, "copying tables that joined while streaming (waits for running transactions)");
+        let mut repl = ReplicationConnection::connect(&self.params).await?;
+        let rows = repl
+            .query(&format!(
+                "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT",
+                quote_ident(&temporary_slot)
+            ))
+            .await?;
+        let (consistent_point, snapshot_name) = exported_snapshot(&rows)?;
+        self.client
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+                snapshot_name.replace('\'', "''")
+            ))
+            .await
+            .map_err(query_error(
+                "opening the snapshot transaction of a table copy",
+            ))?;
+        self.snapshot = Some(SnapshotCopy {
+            repl,
+            commit: CommitInfo {
+                seq: consistent_point.0.saturating_sub(1),
+                position: consistent_point.to_string(),
+                ack: 0,
+                commit_ts_us: now_us(),
+                txid: None,
+            },
+            queue: tables.clone().into(),
+            copy: None,
+            begun: true,
+            while_streaming: Some(TableCopies {
+                temporary_slot,
+                tables,
+            }),
+        });
+        Ok(())
+    }
+
+    /// Why `table` cannot join the stream now, if it cannot: gone, not
+    /// readable, or without a replica identity (publishing it would make
+    /// Postgres reject the application's UPDATEs and DELETEs on it).
+    async fn copy_refusal(&self, table: &TableId) -> Result<Option<String>, PostgresError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT has_table_privilege(c.oid, 'SELECT'), \
+                   CASE c.relreplident \
+                     WHEN 'n' THEN false \
+                     WHEN 'f' THEN true \
+                     WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
+                     ELSE EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident) \
+                   END \
+                   OR EXISTS (SELECT 1 FROM pg_publication_tables p \
+                              WHERE p.pubname = $3 AND p.schemaname = $1 AND p.tablename = $2) \
+                 FROM pg_class c WHERE c.oid = to_regclass(quote_ident($1) || '.' || quote_ident($2))",
+                &[&table.schema, &table.table, &self.config.publication],
+            )
+            .await
+            .map_err(query_error(format!("checking {table} before copying it")))?;
+        let Some(row) = row else {
+            return Ok(Some("it no longer exists".into()));
+        };
+        if !row.get::<_, bool>(0) {
+            return Ok(Some(format!(
+                "the role cannot SELECT from it; fix: GRANT SELECT ON {} TO <role>",
+                quote_table(table)
+            )));
+        }
+        if !row.get::<_, bool>(1) {
+            return Ok(Some(format!(
+                "it has no replica identity (no primary key): once published, Postgres would \
+                 reject every UPDATE and DELETE on it; fix: ALTER TABLE {} REPLICA IDENTITY FULL \
+                 (or add a primary key, or list it in source.exclude)",
+                quote_table(table)
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Adds `table` to the publication unless it is in it; a refusal (not
+    /// the owner) is the reason it cannot join, not an error of the stream.
+    async fn add_to_publication(&self, table: &TableId) -> Result<Option<String>, PostgresError> {
+        let published = self
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg_publication_tables \
+                 WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+                &[&self.config.publication, &table.schema, &table.table],
+            )
+            .await
+            .map_err(query_error("reading the publication's tables"))?
+            .is_some();
+        if published {
+            return Ok(None);
+        }
+        let sql = format!(
+            "ALTER PUBLICATION {} ADD TABLE {}",
+            quote_ident(&self.config.publication),
+            quote_table(table)
+        );
+        match self.client.batch_execute(&sql).await {
+            Ok(()) => {
+                info!(table = %table, publication = %self.config.publication, "added table to the publication");
+                Ok(None)
+            }
+            Err(error) if error.as_db_error().is_some() => Ok(Some(format!(
+                "it cannot be added to publication {}: {}; fix: {sql}; as the table's owner",
+                self.config.publication,
+                error.as_db_error().map_or("", |e| e.message())
+            ))),
+            Err(error) => Err(query_error(format!("adding {table} to the publication"))(
+                error,
+            )),
+        }
+    }
+
+    /// The copy while streaming is complete: its tables join the stream.
+    async fn finish_table_copies(
+        &mut self,
+        mut repl: ReplicationConnection,
+        copies: TableCopies,
+    ) -> Result<(), PostgresError> {
+        // The session's end drops a temporary slot too; dropping it now
+        // frees its name for the next copy at once.
+        if let Err(error) = repl
+            .query(&format!(
+                "DROP_REPLICATION_SLOT {}",
+                quote_ident(&copies.temporary_slot)
+            ))
+            .await
+        {
+            debug!(error = %error, "dropping the temporary slot of a table copy");
+        }
+        drop(repl);
+        for table in copies.tables {
+            self.tables.push(table.clone());
+            // A Relation message the stream sent while the table was not
+            // captured: read it again now that it is.
+            let waiting: Vec<Relation> = self
+                .relations
+                .values()
+                .filter_map(|state| state.relation.as_ref())
+                .filter(|r| r.namespace == table.schema && r.name == table.table)
+                .cloned()
+                .collect();
+            for relation in waiting {
+                self.on_relation(relation).await?;
+            }
+            info!(table = %table, "table joined the stream");
+        }
         Ok(())
     }
 
@@ -561,6 +801,20 @@ impl PostgresSource {
             }
             if self.snapshot.is_some() {
                 self.snapshot_step().await?;
+            } else if self.repl.is_some()
+                && self.replay.is_none()
+                && !self.in_transaction
+                && self.stream_block.is_none()
+            {
+                // Between transactions: the place for tables to join.
+                if self.discovery_due() {
+                    self.discover_tables().await?;
+                }
+                if !self.copy_queue.is_empty() {
+                    self.start_table_copies().await?;
+                    continue;
+                }
+                self.stream_step().await?;
             } else if self.replay.is_some() {
                 self.replay_step().await?;
             } else if self.repl.is_some() {
@@ -593,8 +847,26 @@ impl PostgresSource {
                 version: 1,
                 columns,
             });
+            let version = self.schemas.get(&table).map_or(1, |known| {
+                if known.columns == schema.columns {
+                    known.version
+                } else {
+                    known.version + 1
+                }
+            });
+            let schema = Arc::new(TableSchema {
+                version,
+                ..schema.as_ref().clone()
+            });
             self.schemas.insert(table.clone(), schema.clone());
             self.pending.push_back(ChangeEvent::Schema(schema.clone()));
+            if phase.while_streaming.is_some() {
+                self.pending
+                    .push_back(ChangeEvent::Begin(phase.commit.clone()));
+                self.pending.push_back(ChangeEvent::TableSnapshot {
+                    table: table.clone(),
+                });
+            }
             let select: Vec<String> = schema
                 .columns
                 .iter()
@@ -619,6 +891,12 @@ impl PostgresSource {
                 quote_table(&table)
             );
             if schema.columns.is_empty() {
+                if phase.while_streaming.is_some() {
+                    self.pending.push_back(ChangeEvent::TableSnapshotDone {
+                        table: table.clone(),
+                        seq: phase.commit.seq,
+                    });
+                }
                 return Ok(());
             }
             let stream = self
@@ -658,6 +936,12 @@ impl PostgresSource {
                     });
                 }
                 info!(table = %copy.schema.table, rows = copy.row, "snapshot copy done");
+                if phase.while_streaming.is_some() {
+                    self.pending.push_back(ChangeEvent::TableSnapshotDone {
+                        table: copy.schema.table.clone(),
+                        seq: phase.commit.seq,
+                    });
+                }
                 phase.copy = None;
             }
         }
@@ -665,11 +949,14 @@ impl PostgresSource {
     }
 
     async fn finish_snapshot(&mut self) -> Result<(), PostgresError> {
-        let phase = self.snapshot.take().expect("checked by caller");
+        let mut phase = self.snapshot.take().expect("checked by caller");
         self.client
             .batch_execute("COMMIT")
             .await
             .map_err(query_error("closing the snapshot transaction"))?;
+        if let Some(copies) = phase.while_streaming.take() {
+            return self.finish_table_copies(phase.repl, copies).await;
+        }
         self.repl = Some(self.start_replication(phase.repl).await?);
         info!(slot = %self.config.slot, "snapshot complete, streaming");
         self.pending
@@ -725,6 +1012,7 @@ impl PostgresSource {
                 xid,
             } => {
                 self.ord = 0;
+                self.in_transaction = true;
                 self.pending.push_back(ChangeEvent::Begin(CommitInfo {
                     seq: final_lsn,
                     position: Lsn(final_lsn).to_string(),
@@ -842,6 +1130,7 @@ impl PostgresSource {
     }
 
     fn push_commit(&mut self, lsn: u64, end_lsn: u64, commit_time: i64) {
+        self.in_transaction = false;
         self.pending.push_back(ChangeEvent::Commit(CommitInfo {
             seq: lsn,
             position: Lsn(lsn).to_string(),
@@ -1110,6 +1399,7 @@ impl PostgresSource {
     }
 
     async fn on_relation(&mut self, relation: Relation) -> Result<(), PostgresError> {
+        let relation_oid = relation.oid;
         let table = TableId::new(relation.namespace.clone(), relation.name.clone());
         // Only the tables resolved at start: a partition's Relation message may
         // arrive although its rows are published under the partitioned root.
@@ -1180,12 +1470,14 @@ impl PostgresSource {
                 schema
             }
         };
+        let relation = (!included).then_some(relation);
         self.relations.insert(
-            relation.oid,
+            relation_oid,
             RelationState {
                 included,
                 schema: Some(schema),
                 oids: oids.into(),
+                relation,
             },
         );
         Ok(())
@@ -1233,6 +1525,41 @@ impl From<crate::replication::ReplicationError> for PostgresError {
     fn from(source: crate::replication::ReplicationError) -> Self {
         PostgresError::Replication { source }
     }
+}
+
+/// The consistent point and snapshot name of `CREATE_REPLICATION_SLOT …
+/// EXPORT_SNAPSHOT`.
+fn exported_snapshot(rows: &[crate::replication::TextRow]) -> Result<(Lsn, String), PostgresError> {
+    let field = |i: usize| -> Option<String> { rows.first()?.get(i)?.clone() };
+    let consistent_point =
+        field(1)
+            .and_then(|s| Lsn::parse(&s).ok())
+            .ok_or(PostgresError::Misuse {
+                what: "CREATE_REPLICATION_SLOT returned no consistent point",
+            })?;
+    let snapshot_name = field(2).ok_or(PostgresError::Misuse {
+        what: "CREATE_REPLICATION_SLOT returned no snapshot name",
+    })?;
+    Ok((consistent_point, snapshot_name))
+}
+
+/// The temporary slot of copies while streaming: the pipeline slot's name
+/// with a suffix, within the 63 bytes of a slot name.
+fn copy_slot_name(slot: &str) -> String {
+    const SUFFIX: &str = "_copy";
+    let keep = slot.len().min(63 - SUFFIX.len());
+    let mut end = keep;
+    while !slot.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{SUFFIX}", &slot[..end])
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 fn remove_spill(path: &std::path::Path) {

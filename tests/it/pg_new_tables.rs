@@ -1,0 +1,221 @@
+//! Postgres tables that join a running pipeline: created after its start
+//! (CREATE TABLE, CREATE TABLE … AS), renamed into the include patterns, or
+//! keyless until they get a replica identity. Each is added to the
+//! publication, copied in a snapshot of its own and then streamed; the lake
+//! must equal the source, also across a SIGKILL in the middle of a copy.
+
+use std::time::Duration;
+
+use crate::support::lake::read_log;
+use crate::support::{eventually, pg, Pipeline};
+
+const FAST_DISCOVERY: &str = "table_discovery_interval_ms = 300\n";
+
+fn pipeline(name: &str, extra_sink: &str) -> Pipeline {
+    Pipeline::with_source(
+        name,
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\nexclude = [\"public.staging_*\"]\n{FAST_DISCOVERY}",
+            pg().url(name)
+        ),
+        extra_sink,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_created_while_streaming_are_copied_then_streamed() {
+    let client = pg().create_database("newtables").await;
+    client
+        .batch_execute(
+            "CREATE TABLE first (id int PRIMARY KEY, v text);
+             INSERT INTO first VALUES (1, 'a');",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = pipeline("newtables", "");
+    pipeline.start();
+    pipeline.wait_equal(&client, "first").await;
+
+    // A transaction that began before the new table joins the publication
+    // and commits after: its changes of the table are in no stream (its
+    // catalog snapshot predates the table's publication), only in the copy.
+    let other = pg().client("newtables").await;
+    other
+        .batch_execute("BEGIN; INSERT INTO first VALUES (3, 'c');")
+        .await
+        .unwrap();
+    // A table created and filled while streaming, changed again right after.
+    client
+        .batch_execute(
+            "CREATE TABLE second (id int PRIMARY KEY, v text, n numeric(8,2));
+             INSERT INTO second SELECT g, 'v' || g, g / 4.0 FROM generate_series(1, 500) g;
+             CREATE TABLE third AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 50) g;
+             ALTER TABLE third ADD PRIMARY KEY (id);",
+        )
+        .await
+        .unwrap();
+    other
+        .batch_execute(
+            "INSERT INTO second VALUES (1000, 'early', 1); UPDATE second SET v = 'early' WHERE id = 1;",
+        )
+        .await
+        .unwrap();
+    let committer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        other.batch_execute("COMMIT").await.unwrap();
+        other
+    });
+    client
+        .batch_execute(
+            "UPDATE second SET v = 'changed' WHERE id <= 10;
+             DELETE FROM second WHERE id BETWEEN 11 AND 20;
+             INSERT INTO first VALUES (2, 'b');",
+        )
+        .await
+        .unwrap();
+    let _other = committer.await.unwrap();
+    pipeline.wait_equal(&client, "second").await;
+    pipeline.wait_equal(&client, "third").await;
+    pipeline.wait_equal(&client, "first").await;
+
+    // Keyless: not published (its UPDATEs would fail) until it has an identity.
+    client
+        .batch_execute(
+            "CREATE TABLE keyless (id int, v text);
+             INSERT INTO keyless VALUES (1, 'k1'), (2, 'k2');",
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the warning about the keyless table",
+        Duration::from_secs(60),
+        || {
+            let text = pipeline.log(1);
+            async move {
+                (text.contains("public.keyless") && text.contains("REPLICA IDENTITY FULL"))
+                    .then_some(())
+                    .ok_or_else(|| "not yet".to_string())
+            }
+        },
+    )
+    .await;
+    client
+        .batch_execute(
+            "UPDATE keyless SET v = 'still works' WHERE id = 1;
+             ALTER TABLE keyless REPLICA IDENTITY FULL;
+             UPDATE keyless SET v = 'after' WHERE id = 2;",
+        )
+        .await
+        .unwrap();
+    pipeline.wait_equal(&client, "keyless").await;
+
+    // Renamed into the patterns (from an excluded name), then changed.
+    client
+        .batch_execute(
+            "CREATE TABLE staging_orders (id int PRIMARY KEY, v text);
+             INSERT INTO staging_orders SELECT g, 's' || g FROM generate_series(1, 30) g;",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!pipeline.table_path("public", "staging_orders").exists());
+    client
+        .batch_execute(
+            "ALTER TABLE staging_orders RENAME TO orders;
+             UPDATE orders SET v = 'renamed' WHERE id < 5;",
+        )
+        .await
+        .unwrap();
+    pipeline.wait_equal(&client, "orders").await;
+
+    // Restarted: the copied tables stream on, and are not copied again.
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+    client
+        .batch_execute(
+            "INSERT INTO second VALUES (2000, 'after restart', 2);
+             DELETE FROM third WHERE id = 1;",
+        )
+        .await
+        .unwrap();
+    pipeline.start();
+    pipeline.wait_equal(&client, "second").await;
+    pipeline.wait_equal(&client, "third").await;
+    let second = read_log(&pipeline.table_path("public", "second"))
+        .await
+        .unwrap();
+    let reads = second.iter().filter(|r| r.op == "r").count();
+    assert!(
+        (490..=501).contains(&reads),
+        "one copy of the table: {reads} read rows"
+    );
+    assert!(
+        second.iter().all(|r| r.op != "t"),
+        "a complete copy is never taken again"
+    );
+    assert!(!pipeline.log(2).contains("copying a table while streaming"));
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
+}
+
+/// SIGKILL while a table joining the stream is being copied (its copy is
+/// committed in several pieces): the restart takes the copy again, the lake
+/// forgets the partial one (a truncate row), and equals the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_table_copy_is_taken_again() {
+    let client = pg().create_database("copykill").await;
+    client
+        .batch_execute(
+            "CREATE TABLE first (id int PRIMARY KEY, v text); INSERT INTO first VALUES (1, 'a');",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = pipeline("copykill", "max_batch_rows = 2000\n");
+    pipeline.start();
+    pipeline.wait_equal(&client, "first").await;
+    client
+        .batch_execute(
+            "CREATE TABLE big (id int PRIMARY KEY, v text);
+             INSERT INTO big SELECT g, repeat('x', 20) || g FROM generate_series(1, 150000) g;",
+        )
+        .await
+        .unwrap();
+    // Kill once part of the copy is committed.
+    let path = pipeline.table_path("public", "big");
+    eventually(
+        "a partial copy in the lake",
+        Duration::from_secs(120),
+        || {
+            let path = path.clone();
+            async move {
+                let log = read_log(&path).await?;
+                (!log.is_empty() && log.len() < 150000)
+                    .then_some(())
+                    .ok_or(format!("{} rows", log.len()))
+            }
+        },
+    )
+    .await;
+    pipeline.kill();
+    client
+        .batch_execute(
+            "UPDATE big SET v = 'changed' WHERE id % 1000 = 0;
+             DELETE FROM big WHERE id > 149990;",
+        )
+        .await
+        .unwrap();
+    pipeline.start();
+    pipeline
+        .wait_equal_within(&client, "big", Duration::from_secs(240))
+        .await;
+    let log = read_log(&path).await.unwrap();
+    assert!(
+        log.iter().any(|r| r.op == "t"),
+        "the partial copy is superseded"
+    );
+    assert!(pipeline.log(2).contains("copying a table while streaming"));
+    client
+        .batch_execute("UPDATE big SET v = 'streamed' WHERE id = 7")
+        .await
+        .unwrap();
+    pipeline.wait_equal(&client, "big").await;
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
+}
