@@ -197,8 +197,9 @@ pub async fn advisories(
         match identity.as_str() {
             "n" => warnings.push(Problem {
                 what: format!(
-                    "{table} has REPLICA IDENTITY NOTHING: its deletes carry no key and its \
-                     updates no old values, so the lake cannot tell which row they change"
+                    "{table} has REPLICA IDENTITY NOTHING: while it is published, Postgres \
+                     rejects every UPDATE and DELETE on it (only inserts and truncates can be \
+                     replicated)"
                 ),
                 fix,
             }),
