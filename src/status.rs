@@ -21,7 +21,7 @@ async fn check_postgres(config: &PostgresConfig) -> CheckResult {
     let found = tidewater_postgres::preflight(source.client(), source.config(), &tables)
         .await
         .map_err(|e| crate::chain(&e))?;
-    let warnings = tidewater_postgres::advisories(source.client(), &tables)
+    let warnings = tidewater_postgres::advisories(source.client(), source.config(), &tables)
         .await
         .map_err(|e| crate::chain(&e))?;
     Ok((tables, found, warnings))

@@ -175,10 +175,42 @@ pub async fn preflight(
 /// completeness at risk; `check` prints them as warnings.
 pub async fn advisories(
     client: &Client,
+    config: &PostgresConfig,
     tables: &[TableId],
 ) -> Result<Vec<Problem>, PostgresError> {
     let mut warnings = Vec::new();
     for table in tables {
+        // A keyless table the publication does not hold yet is left out by
+        // a running pipeline (publishing it would break its updates).
+        let unpublishable = client
+            .query_one(
+                "SELECT (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
+                   (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))) \
+                 AND NOT EXISTS (SELECT 1 FROM pg_publication_tables p \
+                   WHERE p.pubname = $3 AND p.schemaname = $1 AND p.tablename = $2) \
+                 AND EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $3) \
+                 FROM pg_class c WHERE c.oid = (quote_ident($1) || '.' || quote_ident($2))::regclass",
+                &[&table.schema, &table.table, &config.publication],
+            )
+            .await
+            .map_err(query_error(format!("reading the replica identity of {table}")))?
+            .get::<_, bool>(0);
+        if unpublishable {
+            warnings.push(Problem {
+                what: format!(
+                    "{table} matches source.tables but has no replica identity (no primary key): \
+                     it is not added to publication {} and not replicated, since Postgres would \
+                     then reject every UPDATE and DELETE on it",
+                    config.publication
+                ),
+                fix: format!(
+                    "ALTER TABLE {} REPLICA IDENTITY FULL; (a running pipeline then copies it and \
+                     streams it; or add a primary key, or list it in source.exclude)",
+                    quote_table(table)
+                ),
+            });
+            continue;
+        }
         // Identity 'd' with a key or 'i': deletes carry only the key, and an
         // UPDATE leaving a TOASTed value unchanged does not send it.
         let row = client
