@@ -8,6 +8,34 @@ use crate::support::lake::read_log;
 use crate::support::mariadb::maria;
 use crate::support::Pipeline;
 
+/// The schema changes of both tests, each followed by rows written under it.
+const STEPS: [&str; 8] = [
+    "ALTER TABLE t ADD COLUMN c1 INT;
+     INSERT INTO t (id, a, d, s, n, c1) VALUES (3, 30, 3.75, 'three', 'z', 33);
+     UPDATE t SET c1 = 11 WHERE id = 1;",
+    "ALTER TABLE t DROP COLUMN gone;
+     INSERT INTO t (id, a, d, s, n) VALUES (4, 40, 4.5, 'four', 'w');",
+    "ALTER TABLE t MODIFY a BIGINT;
+     INSERT INTO t (id, a, d, s, n) VALUES (5, 9000000000, 5.5, 'five', 'v');
+     UPDATE t SET a = a * 1000000 WHERE id = 2;",
+    "ALTER TABLE t MODIFY d DECIMAL(12,4);
+     INSERT INTO t (id, a, d, s, n) VALUES (6, 6, 12345678.1234, 'six', 'u');",
+    "ALTER TABLE t MODIFY s VARCHAR(200);
+     INSERT INTO t (id, a, d, s, n) VALUES (7, 7, 7, REPEAT('long', 40), 't');",
+    "ALTER TABLE t MODIFY n VARCHAR(20) NULL;
+     INSERT INTO t (id, a, d, s, n) VALUES (8, 8, 8, 'eight', NULL);",
+    // Consecutive transactions around a change, and a column added in
+    // the middle of the row.
+    "INSERT INTO t (id, a, d, s, n) VALUES (9, 9, 9, 'nine', 'before');
+     ALTER TABLE t ADD COLUMN c3 TINYINT(1) AFTER a;
+     INSERT INTO t (id, a, c3, d, s, n) VALUES (10, 10, 1, 10, 'ten', 'after');
+     UPDATE t SET c3 = 0 WHERE id = 9;",
+    "DELETE FROM t WHERE a > 2147483647;
+     ALTER TABLE t MODIFY a INT;
+     INSERT INTO t (id, a, d, s, n) VALUES (11, 11, 11, 'eleven', 's');
+     DELETE FROM t WHERE id = 4;",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_column_changes_while_streaming_land_in_the_lake() {
     let server = maria();
@@ -25,32 +53,7 @@ async fn mysql_column_changes_while_streaming_land_in_the_lake() {
         .wait_equal_mysql(&mut conn, "my_evolve", "t", "id")
         .await;
 
-    let steps = [
-        "ALTER TABLE t ADD COLUMN c1 INT;
-         INSERT INTO t (id, a, d, s, n, c1) VALUES (3, 30, 3.75, 'three', 'z', 33);
-         UPDATE t SET c1 = 11 WHERE id = 1;",
-        "ALTER TABLE t DROP COLUMN gone;
-         INSERT INTO t (id, a, d, s, n) VALUES (4, 40, 4.5, 'four', 'w');",
-        "ALTER TABLE t MODIFY a BIGINT;
-         INSERT INTO t (id, a, d, s, n) VALUES (5, 9000000000, 5.5, 'five', 'v');
-         UPDATE t SET a = a * 1000000 WHERE id = 2;",
-        "ALTER TABLE t MODIFY d DECIMAL(12,4);
-         INSERT INTO t (id, a, d, s, n) VALUES (6, 6, 12345678.1234, 'six', 'u');",
-        "ALTER TABLE t MODIFY s VARCHAR(200);
-         INSERT INTO t (id, a, d, s, n) VALUES (7, 7, 7, REPEAT('long', 40), 't');",
-        "ALTER TABLE t MODIFY n VARCHAR(20) NULL;
-         INSERT INTO t (id, a, d, s, n) VALUES (8, 8, 8, 'eight', NULL);",
-        // Consecutive transactions around a change, and a column added in
-        // the middle of the row.
-        "INSERT INTO t (id, a, d, s, n) VALUES (9, 9, 9, 'nine', 'before');
-         ALTER TABLE t ADD COLUMN c3 TINYINT(1) AFTER a;
-         INSERT INTO t (id, a, c3, d, s, n) VALUES (10, 10, 1, 10, 'ten', 'after');
-         UPDATE t SET c3 = 0 WHERE id = 9;",
-        "DELETE FROM t WHERE a > 2147483647;
-         ALTER TABLE t MODIFY a INT;
-         INSERT INTO t (id, a, d, s, n) VALUES (11, 11, 11, 'eleven', 's');
-         DELETE FROM t WHERE id = 4;",
-    ];
+    let steps = STEPS;
     for step in steps {
         conn.query_drop(step)
             .await
@@ -179,4 +182,58 @@ async fn mysql_ddl_corpus_replays_against_a_streaming_pipeline() {
     eprintln!("{} tables compared after the replay", filled.len());
     assert!(filled.len() >= 5, "{filled:?}");
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+}
+
+/// The same changes back to back while the daemon is killed (SIGKILL) at
+/// random moments in between: every restart resumes with the right schema
+/// for every row (table maps are re-read from the resumed binlog position),
+/// and the lake ends equal to the source with no change twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_sigkill_between_schema_changes_resumes_with_the_right_schema() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("TIDEWATER_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen());
+    eprintln!("schema crash test seed {seed} (set TIDEWATER_CRASH_SEED to replay)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let server = maria();
+    let mut conn = server.create_database("my_evolvekill").await;
+    conn.query_drop(
+        "CREATE TABLE t (id INT PRIMARY KEY, a INT, d DECIMAL(5,2), s VARCHAR(10),
+                         n VARCHAR(20) NOT NULL, gone TEXT);
+         INSERT INTO t VALUES (1, 10, 1.25, 'one', 'x', 'g1'), (2, 20, 2.5, 'two', 'y', 'g2');",
+    )
+    .await
+    .unwrap();
+    let mut pipeline = Pipeline::with_source(
+        "my_evolvekill",
+        &server.source_toml("my_evolvekill"),
+        "max_batch_rows = 2\n",
+    );
+    pipeline.start();
+    pipeline
+        .wait_equal_mysql(&mut conn, "my_evolvekill", "t", "id")
+        .await;
+    for (i, step) in STEPS.iter().enumerate() {
+        conn.query_drop(*step)
+            .await
+            .unwrap_or_else(|e| panic!("{step}: {e}"));
+        if i % 2 == 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(rng.gen_range(0..1500))).await;
+            pipeline.kill();
+            pipeline.start();
+        }
+    }
+    pipeline
+        .wait_equal_mysql(&mut conn, "my_evolvekill", "t", "id")
+        .await;
+    let log = read_log(&pipeline.table_path("my_evolvekill", "t"))
+        .await
+        .unwrap();
+    let mut marks: Vec<(i64, i64)> = log.iter().map(|r| (r.seq, r.ord)).collect();
+    let total = marks.len();
+    marks.dedup();
+    assert_eq!(marks.len(), total, "a change landed twice");
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(pipeline.starts));
 }

@@ -8,6 +8,41 @@
 use crate::support::lake::read_log;
 use crate::support::{output_within, pg, tidewater, Pipeline};
 
+/// The schema changes of both tests, each followed by rows written under it.
+const STEPS: [&str; 8] = [
+    // Added columns (without a default: existing rows are NULL there too).
+    "ALTER TABLE t ADD COLUMN c1 int;
+     INSERT INTO t (id, a, d, s, n, c1) VALUES (3, 30, 3.75, 'three', 'z', 33);
+     UPDATE t SET c1 = 11 WHERE id = 1;",
+    "ALTER TABLE t DROP COLUMN gone;
+     INSERT INTO t (id, a, d, s, n) VALUES (4, 40, 4.5, 'four', 'w');",
+    // Widened: int → bigint and numeric(5,2) → numeric(12,4) go to
+    // versioned columns; varchar(10) → varchar(200) keeps its column.
+    "ALTER TABLE t ALTER COLUMN a TYPE bigint;
+     INSERT INTO t (id, a, d, s, n) VALUES (5, 9000000000, 5.5, 'five', 'v');
+     UPDATE t SET a = a * 1000000 WHERE id = 2;",
+    "ALTER TABLE t ALTER COLUMN d TYPE numeric(12,4);
+     INSERT INTO t (id, a, d, s, n) VALUES (6, 6, 12345678.1234, 'six', 'u');",
+    "ALTER TABLE t ALTER COLUMN s TYPE varchar(200);
+     INSERT INTO t (id, a, d, s, n) VALUES (7, 7, 7, repeat('long', 40), 't');",
+    "ALTER TABLE t ALTER COLUMN n DROP NOT NULL;
+     INSERT INTO t (id, a, d, s, n) VALUES (8, 8, 8, 'eight', NULL);",
+    // A change between row changes of one transaction.
+    "BEGIN;
+     INSERT INTO t (id, a, d, s, n) VALUES (9, 9, 9, 'nine', 'before');
+     ALTER TABLE t ADD COLUMN c3 boolean;
+     INSERT INTO t (id, a, d, s, n, c3) VALUES (10, 10, 10, 'ten', 'after', true);
+     UPDATE t SET c3 = false WHERE id = 9;
+     COMMIT;",
+    // Narrowing back: bigint → int reuses the original column. (A
+    // rewrite that changes values, `USING`, is invisible to logical
+    // decoding: the rows that would not fit are deleted first.)
+    "DELETE FROM t WHERE a > 2147483647;
+     ALTER TABLE t ALTER COLUMN a TYPE int;
+     INSERT INTO t (id, a, d, s, n) VALUES (11, 11, 11, 'eleven', 's');
+     DELETE FROM t WHERE id = 4;",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn column_changes_while_streaming_land_in_the_lake() {
     let client = pg().create_database("evolve").await;
@@ -23,39 +58,7 @@ async fn column_changes_while_streaming_land_in_the_lake() {
     pipeline.start();
     pipeline.wait_equal(&client, "t").await;
 
-    let steps = [
-        // Added columns (without a default: existing rows are NULL there too).
-        "ALTER TABLE t ADD COLUMN c1 int;
-         INSERT INTO t (id, a, d, s, n, c1) VALUES (3, 30, 3.75, 'three', 'z', 33);
-         UPDATE t SET c1 = 11 WHERE id = 1;",
-        "ALTER TABLE t DROP COLUMN gone;
-         INSERT INTO t (id, a, d, s, n) VALUES (4, 40, 4.5, 'four', 'w');",
-        // Widened: int → bigint and numeric(5,2) → numeric(12,4) go to
-        // versioned columns; varchar(10) → varchar(200) keeps its column.
-        "ALTER TABLE t ALTER COLUMN a TYPE bigint;
-         INSERT INTO t (id, a, d, s, n) VALUES (5, 9000000000, 5.5, 'five', 'v');
-         UPDATE t SET a = a * 1000000 WHERE id = 2;",
-        "ALTER TABLE t ALTER COLUMN d TYPE numeric(12,4);
-         INSERT INTO t (id, a, d, s, n) VALUES (6, 6, 12345678.1234, 'six', 'u');",
-        "ALTER TABLE t ALTER COLUMN s TYPE varchar(200);
-         INSERT INTO t (id, a, d, s, n) VALUES (7, 7, 7, repeat('long', 40), 't');",
-        "ALTER TABLE t ALTER COLUMN n DROP NOT NULL;
-         INSERT INTO t (id, a, d, s, n) VALUES (8, 8, 8, 'eight', NULL);",
-        // A change between row changes of one transaction.
-        "BEGIN;
-         INSERT INTO t (id, a, d, s, n) VALUES (9, 9, 9, 'nine', 'before');
-         ALTER TABLE t ADD COLUMN c3 boolean;
-         INSERT INTO t (id, a, d, s, n, c3) VALUES (10, 10, 10, 'ten', 'after', true);
-         UPDATE t SET c3 = false WHERE id = 9;
-         COMMIT;",
-        // Narrowing back: bigint → int reuses the original column. (A
-        // rewrite that changes values, `USING`, is invisible to logical
-        // decoding: the rows that would not fit are deleted first.)
-        "DELETE FROM t WHERE a > 2147483647;
-         ALTER TABLE t ALTER COLUMN a TYPE int;
-         INSERT INTO t (id, a, d, s, n) VALUES (11, 11, 11, 'eleven', 's');
-         DELETE FROM t WHERE id = 4;",
-    ];
+    let steps = STEPS;
     for step in steps {
         client
             .batch_execute(step)
@@ -142,4 +145,52 @@ pub fn check_history(pipeline: &Pipeline, table: &str, versions: usize) {
     );
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains(&format!("version {versions}")), "{text}");
+}
+
+/// The same changes written back to back while the daemon is killed
+/// (SIGKILL) at random moments in between: every restart resumes with the
+/// right schema for every row, and the lake ends equal to the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_between_schema_changes_resumes_with_the_right_schema() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("TIDEWATER_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen());
+    eprintln!("schema crash test seed {seed} (set TIDEWATER_CRASH_SEED to replay)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let client = pg().create_database("evolvekill").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, a int, d numeric(5,2), s varchar(10),
+                             n text NOT NULL, gone text);
+             INSERT INTO t VALUES (1, 10, 1.25, 'one', 'x', 'g1'), (2, 20, 2.5, 'two', 'y', 'g2');",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::new(
+        "evolvekill",
+        &pg().url("evolvekill"),
+        "max_batch_rows = 2\n",
+    );
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+    for (i, step) in STEPS.iter().enumerate() {
+        client
+            .batch_execute(step)
+            .await
+            .unwrap_or_else(|e| panic!("{step}: {e}"));
+        if i % 2 == 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(rng.gen_range(0..1500))).await;
+            pipeline.kill();
+            pipeline.start();
+        }
+    }
+    pipeline.wait_equal(&client, "t").await;
+    let log = read_log(&pipeline.table_path("public", "t")).await.unwrap();
+    let mut marks: Vec<(i64, i64)> = log.iter().map(|r| (r.seq, r.ord)).collect();
+    let total = marks.len();
+    marks.dedup();
+    assert_eq!(marks.len(), total, "a change landed twice");
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(pipeline.starts));
 }
