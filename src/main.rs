@@ -54,6 +54,11 @@ enum Command {
         /// Drop the replication slot afterwards (no later `run` can continue).
         #[arg(long)]
         drop_slot: bool,
+        /// Copy only this table again (`schema.table`; repeatable) into a
+        /// lake that streams already — e.g. one stopped by an error — keeping
+        /// every other table's position (Postgres sources).
+        #[arg(long = "table", value_name = "TABLE", conflicts_with = "drop_slot")]
+        tables: Vec<String>,
     },
     /// Check the config and the source server; print every problem with its fix.
     Check {
@@ -150,9 +155,25 @@ async fn dispatch(command: Command) -> i32 {
             Ok(config) => run(&config, Mode::Continuous).await,
             Err(code) => code,
         },
-        Command::Snapshot { config, drop_slot } => match load(&config) {
+        Command::Snapshot {
+            config,
+            drop_slot,
+            tables,
+        } => match load(&config) {
             Ok(config) => {
-                let code = run(&config, Mode::SnapshotOnly).await;
+                let mut recopy = Vec::new();
+                for name in &tables {
+                    match name.split_once('.') {
+                        Some((schema, table)) if !schema.is_empty() && !table.is_empty() => {
+                            recopy.push(tidewater_core::TableId::new(schema, table))
+                        }
+                        _ => {
+                            eprintln!("error: --table {name:?} is not schema.table\nhint: write it as the lake names it, e.g. public.orders");
+                            return exit_code::CONFIG;
+                        }
+                    }
+                }
+                let code = run_with(&config, Mode::SnapshotOnly, recopy).await;
                 if code == exit_code::OK && drop_slot {
                     return status::drop_slot(&Settings::from_config(&config)).await;
                 }
@@ -183,7 +204,13 @@ async fn dispatch(command: Command) -> i32 {
 /// Runs the pipeline, retrying transient errors with backoff, until shutdown,
 /// a completed snapshot (in snapshot mode) or an error that cannot be retried.
 async fn run(config: &Config, mode: Mode) -> i32 {
-    let settings = Settings::from_config(config);
+    run_with(config, mode, Vec::new()).await
+}
+
+/// [`run`], copying the tables of `recopy` again first.
+async fn run_with(config: &Config, mode: Mode, recopy: Vec<tidewater_core::TableId>) -> i32 {
+    let mut settings = Settings::from_config(config);
+    settings.recopy = recopy;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -21,13 +21,13 @@ use std::time::{Duration, Instant};
 
 use tidewater_core::{
     BatchLimits, Batcher, ChangeEvent, Classified, ErrorClass, Mark, Problem, Sink, SnapshotPhase,
-    Source, TableId,
+    Source, StoppedTable, TableId,
 };
 use tidewater_lake::{LakeSink, SlotMarker, SourcePositionFile, TableState};
 use tidewater_mysql::{BinlogPosition, MysqlConfig, MysqlError, MysqlSource, ZeroDates};
 use tidewater_postgres::{Lsn, PostgresConfig, PostgresError, PostgresSource, TableFilter};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::config::{Config, SinkConfig, SnapshotMode, SourceConfig, ZeroDatesPolicy};
 
@@ -60,11 +60,21 @@ pub enum PipelineError {
     )]
     UnresolvedToast { table: TableId, column: String },
     #[error(
-        "tables {} are not in the lake, and a snapshot of single tables while streaming is not supported yet\n\
+        "tables {} are not in the lake, and a snapshot of single tables while streaming is not supported for this source yet\n\
          hint: exclude them from source.tables, or start a new pipeline to snapshot everything",
         .0.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
     )]
     SnapshotImpossible(Vec<TableId>),
+    #[error(
+        "table {0} is not selected by source.tables (or does not exist)\n\
+         hint: --table takes a table the config captures, as the lake names it (schema.table)"
+    )]
+    NotSelected(TableId),
+    #[error(
+        "the lake has no completed initial snapshot yet\n\
+         hint: run `tidewater snapshot` without --table first"
+    )]
+    NoLakeYet,
 }
 
 impl PipelineError {
@@ -77,7 +87,9 @@ impl PipelineError {
             PipelineError::Preflight(_) => ErrorClass::Config,
             PipelineError::SourceGone => ErrorClass::Internal,
             PipelineError::UnresolvedToast { .. } => ErrorClass::Definite,
-            PipelineError::SnapshotImpossible(_) => ErrorClass::Config,
+            PipelineError::SnapshotImpossible(_)
+            | PipelineError::NotSelected(_)
+            | PipelineError::NoLakeYet => ErrorClass::Config,
         }
     }
 }
@@ -152,6 +164,8 @@ pub struct Settings {
     pub snapshot: SnapshotMode,
     pub lake_root: PathBuf,
     pub limits: BatchLimits,
+    /// Tables to copy again before streaming (`snapshot --table`).
+    pub recopy: Vec<TableId>,
 }
 
 impl Settings {
@@ -208,6 +222,7 @@ impl Settings {
                 max_bytes: lake.max_batch_bytes,
                 max_delay: Duration::from_millis(lake.flush_interval_ms),
             },
+            recopy: Vec::new(),
         }
     }
 }
@@ -351,23 +366,50 @@ async fn run_postgres(
         if let Some(SlotMarker::Snapshot(slot)) = &marker {
             sink.write_marker(&SlotMarker::Stream(slot.clone()))?;
         }
+        if let Some(table) = settings.recopy.iter().find(|t| !tables.contains(t)) {
+            return Err(PipelineError::NotSelected(table.clone()));
+        }
+        // Stopped tables stay stopped (their changes since are not in the
+        // lake) unless this run copies them again.
+        let recorded = sink.stopped_tables()?;
+        let stopped: Vec<StoppedTable> = recorded
+            .iter()
+            .filter(|s| !settings.recopy.contains(&s.table))
+            .cloned()
+            .collect();
+        for s in &stopped {
+            error!(
+                table = %s.table,
+                position = %s.position,
+                error = %s.reason,
+                "table is stopped and not replicated; fix the cause, then copy it again with \
+                 `tidewater snapshot --config <file> --table {}`",
+                s.table
+            );
+        }
+        let is_stopped = |t: &TableId| stopped.iter().any(|s| &s.table == t);
         let missing: Vec<TableId> = tables
             .iter()
-            .filter(|t| !states.get(*t).is_some_and(|s| s.snapshot_done))
+            .filter(|t| !states.get(*t).is_some_and(|s| s.snapshot_done) && !is_stopped(t))
             .cloned()
             .collect();
         // Tables without a complete copy in the lake are copied while the
         // others stream, then join them.
-        let copies = match settings.snapshot {
+        let mut copies = match settings.snapshot {
             SnapshotMode::Initial => missing,
             SnapshotMode::Never => Vec::new(),
         };
+        for table in &settings.recopy {
+            if !copies.contains(table) {
+                copies.push(table.clone());
+            }
+        }
         if mode == Mode::SnapshotOnly && copies.is_empty() {
             return Ok(Outcome::AlreadySnapshotted);
         }
         let streamed: Vec<TableId> = tables
             .iter()
-            .filter(|t| !copies.contains(t))
+            .filter(|t| !copies.contains(t) && !is_stopped(t))
             .cloned()
             .collect();
         if !copies.is_empty() {
@@ -376,6 +418,7 @@ async fn run_postgres(
                 "tables without a complete copy in the lake are copied first"
             );
         }
+        source.set_stopped(stopped.iter().map(|s| s.table.clone()));
         source.start_streaming(&streamed, &copies).await?;
         let marks: HashMap<TableId, Mark> =
             states.iter().map(|(t, s)| (t.clone(), s.mark)).collect();
@@ -387,6 +430,8 @@ async fn run_postgres(
             DriveStart {
                 snapshot_running: false,
                 copies,
+                stopped,
+                recorded_stopped: recorded,
             },
             false,
             mode,
@@ -394,6 +439,9 @@ async fn run_postgres(
         )
         .await;
     } else {
+        if !settings.recopy.is_empty() {
+            return Err(PipelineError::NoLakeYet);
+        }
         if interrupted {
             warn!("the previous initial snapshot did not complete; removing what it wrote and starting over");
         }
@@ -405,6 +453,7 @@ async fn run_postgres(
             warn!(table = %table, "removing a partial snapshot from the lake");
             sink.remove_table(&table)?;
         }
+        sink.write_stopped_tables(&[])?;
         states.clear();
         if slot.is_some() {
             source.drop_slot().await?;
@@ -422,6 +471,8 @@ async fn run_postgres(
         DriveStart {
             snapshot_running: true,
             copies: Vec::new(),
+            stopped: Vec::new(),
+            recorded_stopped: Vec::new(),
         },
         false,
         mode,
@@ -477,6 +528,17 @@ async fn run_mysql(
         _ => None,
     };
     let snapshotting = from.is_none() && !(owned && settings.snapshot == SnapshotMode::Never);
+    if !settings.recopy.is_empty() {
+        return Err(PipelineError::SnapshotImpossible(settings.recopy.clone()));
+    }
+    let stopped = if snapshotting {
+        Vec::new()
+    } else {
+        sink.stopped_tables()?
+    };
+    for s in &stopped {
+        error!(table = %s.table, position = %s.position, error = %s.reason, "table is stopped and not replicated; take a new snapshot of the pipeline to replicate it again");
+    }
     if mode == Mode::SnapshotOnly && !snapshotting {
         let missing: Vec<TableId> = tables
             .iter()
@@ -494,6 +556,7 @@ async fn run_mysql(
         }
         sink.write_marker(&SlotMarker::Snapshot("binlog".into()))?;
         sink.clear_source_position()?;
+        sink.write_stopped_tables(&[])?;
         for table in sink.existing_tables() {
             warn!(table = %table, "removing a partial snapshot from the lake");
             sink.remove_table(&table)?;
@@ -531,6 +594,8 @@ async fn run_mysql(
         DriveStart {
             snapshot_running: snapshotting,
             copies: Vec::new(),
+            stopped: stopped.clone(),
+            recorded_stopped: stopped,
         },
         true,
         mode,
@@ -549,6 +614,10 @@ struct DriveStart {
     snapshot_running: bool,
     /// Copies of single tables, taken while the others stream.
     copies: Vec<TableId>,
+    /// Tables an earlier run stopped, minus those copied again now.
+    stopped: Vec<StoppedTable>,
+    /// The stopped tables as recorded in the lake.
+    recorded_stopped: Vec<StoppedTable>,
 }
 
 /// Runs the source task and the coordinator until shutdown or error.
@@ -584,6 +653,8 @@ async fn drive(
         last_complete: None,
         snapshot_running: start.snapshot_running,
         copies_pending: start.copies.into_iter().collect(),
+        stopped: start.stopped,
+        recorded_stopped: start.recorded_stopped,
         stats: Stats::default(),
         record_position: record_position.then(|| sink_position_file(settings)),
         acked_position: None,
@@ -665,6 +736,12 @@ struct Coordinator<K> {
     /// Tables copied while streaming whose copy the start asked for and
     /// that are not complete yet (a snapshot-only run ends with the last).
     copies_pending: std::collections::HashSet<TableId>,
+    /// Tables stopped by a definite error (this run or earlier): their
+    /// changes are dropped until they are copied again.
+    stopped: Vec<StoppedTable>,
+    /// What the lake records as stopped: also the tables being copied
+    /// again, until their copy completes.
+    recorded_stopped: Vec<StoppedTable>,
     stats: Stats,
     /// Where acknowledged positions are written, for sources without
     /// server-side replica state.
@@ -720,6 +797,9 @@ impl<K: Sink> Coordinator<K> {
                 self.begin_position = commit.position.clone();
                 self.batcher.begin(commit);
             }
+            ChangeEvent::Schema(schema) if self.is_stopped(&schema.table) => {}
+            ChangeEvent::Row(row) if self.is_stopped(&row.table) => {}
+            ChangeEvent::Block(block) if self.is_stopped(&block.table) => {}
             ChangeEvent::Schema(schema) => {
                 // A schema change cuts the table's open batch: its unchanged
                 // values must be resolved before it becomes Arrow.
@@ -835,14 +915,64 @@ impl<K: Sink> Coordinator<K> {
                 self.marks.insert(table.clone(), Mark::new(seq, u64::MAX));
                 self.sink
                     .table_phase(&table, SnapshotPhase::Done, Mark::new(seq, 0));
+                if self.recorded_stopped.iter().any(|s| s.table == table) {
+                    // Copied again: it streams from here on. Its copy's
+                    // rows are committed before the record goes.
+                    self.checkpoint(None).await?;
+                    self.recorded_stopped.retain(|s| s.table != table);
+                    self.sink
+                        .record_stopped(&self.recorded_stopped)
+                        .map_err(sink_error)?;
+                    info!(table = %table, "stopped table copied again; it streams from now on");
+                }
                 if self.copies_pending.remove(&table) && self.copies_pending.is_empty() {
                     self.checkpoint(None).await?;
                     info!("the tables to copy are in the lake");
                     return Ok(true);
                 }
             }
+            ChangeEvent::TableFailed { table, reason } => self.stop_table(table, reason)?,
         }
         Ok(false)
+    }
+
+    fn is_stopped(&self, table: &TableId) -> bool {
+        self.stopped.iter().any(|s| &s.table == table)
+    }
+
+    /// Stops `table` only: its held rows are dropped and the stop is
+    /// recorded next to the lake before anything later is acknowledged, so
+    /// a restart keeps it stopped instead of streaming it with a gap.
+    fn stop_table(&mut self, table: TableId, reason: String) -> Result<(), PipelineError> {
+        if self.is_stopped(&table) {
+            return Ok(());
+        }
+        let dropped = self.batcher.discard(&table);
+        self.held.retain(|batch| batch.table != table);
+        let position = self.begin_position.clone();
+        error!(
+            table = %table,
+            position = %position,
+            error = %reason,
+            dropped_rows = dropped,
+            "table stopped: the other tables go on; fix the cause, then copy it again with \
+             `tidewater snapshot --config <file> --table {table}`"
+        );
+        let stopped = StoppedTable {
+            table,
+            position,
+            reason,
+            stopped_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        self.recorded_stopped.retain(|s| s.table != stopped.table);
+        self.recorded_stopped.push(stopped.clone());
+        self.stopped.push(stopped);
+        self.sink
+            .record_stopped(&self.recorded_stopped)
+            .map_err(sink_error)?;
+        Ok(())
     }
 
     /// True when no change is held anywhere short of a lake commit.
@@ -919,12 +1049,13 @@ impl<K: Sink> Coordinator<K> {
                 .latest_rows(&schema, &keys)
                 .await
                 .map_err(sink_error)?;
-            self.batcher
-                .resolve_unchanged(&table, previous)
-                .map_err(|column| PipelineError::UnresolvedToast {
+            if let Err(column) = self.batcher.resolve_unchanged(&table, previous) {
+                let error = PipelineError::UnresolvedToast {
                     table: table.clone(),
                     column,
-                })?;
+                };
+                self.stop_table(table, error.to_string())?;
+            }
         }
         Ok(())
     }

@@ -100,7 +100,15 @@ pub async fn check(settings: &Settings) -> i32 {
 pub async fn status(settings: &Settings, format: Format) -> i32 {
     let mut sink = LakeSink::new(&settings.lake_root, &settings.pipeline);
     let mut tables = Vec::new();
+    let stopped = match sink.stopped_tables() {
+        Ok(stopped) => stopped,
+        Err(err) => {
+            eprintln!("error: {}", crate::chain(&err));
+            return exit_code::FAILED;
+        }
+    };
     for table in sink.existing_tables() {
+        let stop = stopped.iter().find(|s| s.table == table);
         let state = match sink.table_state(&table).await {
             Ok(state) => state,
             Err(err) => {
@@ -119,6 +127,12 @@ pub async fn status(settings: &Settings, format: Format) -> i32 {
             "ord": state.as_ref().map(|s| s.mark.ord.to_string()),
             "position": state.as_ref().map(|s| s.position.clone()),
             "snapshot": state.as_ref().map(|s| if s.snapshot_done { "done" } else { "running" }),
+            "state": match (stop, state.as_ref()) {
+                (Some(_), _) => "stopped",
+                (None, Some(s)) if !s.snapshot_done => "snapshotting",
+                _ => "streaming",
+            },
+            "stopped": stop.map(|s| json!({"position": s.position, "reason": s.reason, "stopped_at": s.stopped_at})),
         }));
     }
     let source = match &settings.source {
@@ -237,6 +251,14 @@ fn print_text(report: &serde_json::Value) {
             text(&table["snapshot"]),
             text(&table["position"]),
         );
+        if let Some(stop) = table.get("stopped").filter(|s| !s.is_null()) {
+            println!(
+                "  STOPPED at {}: {}\n  fix the cause, then: tidewater snapshot --config <file> --table {}",
+                text(&stop["position"]),
+                text(&stop["reason"]),
+                text(&table["table"]),
+            );
+        }
     }
 }
 

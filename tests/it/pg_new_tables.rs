@@ -219,3 +219,146 @@ async fn interrupted_table_copy_is_taken_again() {
     pipeline.wait_equal(&client, "big").await;
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
 }
+
+/// A change tidewater cannot follow (here an array whose lower bound is not
+/// 1, which a list cannot hold) stops only its table: the others keep
+/// streaming, the stop survives restarts and shows in `status`, and after
+/// the fix `tidewater snapshot --table` copies the table again, from where
+/// it streams on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_that_cannot_be_followed_stops_alone() {
+    use crate::support::{output_within, tidewater};
+    let client = pg().create_database("stopone").await;
+    client
+        .batch_execute(
+            "CREATE TABLE good (id int PRIMARY KEY, v text);
+             CREATE TABLE bad (id int PRIMARY KEY, a int[]);
+             INSERT INTO good VALUES (1, 'a');
+             INSERT INTO bad VALUES (1, '{1,2}'), (2, '{3}');",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = pipeline("stopone", "");
+    pipeline.start();
+    pipeline.wait_equal(&client, "good").await;
+    pipeline.wait_equal(&client, "bad").await;
+    client
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO good VALUES (2, 'b');
+             UPDATE bad SET a = '[0:1]={7,8}' WHERE id = 1;
+             INSERT INTO good VALUES (3, 'c');
+             COMMIT;
+             INSERT INTO bad VALUES (3, '{9}');
+             INSERT INTO good VALUES (4, 'd');",
+        )
+        .await
+        .unwrap();
+    pipeline.wait_equal(&client, "good").await;
+    let log = pipeline.log(1);
+    assert!(
+        log.contains("table stopped") && log.contains("public.bad") && log.contains("column a"),
+        "{log}"
+    );
+    assert!(!log.contains("7,8"), "no row value in the log");
+    let status = |pipeline: &Pipeline| {
+        let mut cmd = tidewater();
+        cmd.args(["status", "--format", "json", "--config"])
+            .arg(&pipeline.config);
+        let out = output_within(cmd, 60);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("status json")
+    };
+    let state_of = |report: &serde_json::Value, table: &str| {
+        report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == table)
+            .map(|t| t["state"].clone())
+    };
+    let report = status(&pipeline);
+    assert_eq!(
+        state_of(&report, "public.bad"),
+        Some("stopped".into()),
+        "{report}"
+    );
+    assert_eq!(
+        state_of(&report, "public.good"),
+        Some("streaming".into()),
+        "{report}"
+    );
+    let bad_log = read_log(&pipeline.table_path("public", "bad"))
+        .await
+        .unwrap();
+    assert_eq!(
+        bad_log.len(),
+        2,
+        "nothing of bad after its stop: {bad_log:?}"
+    );
+
+    // A restart keeps it stopped, and says so.
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+    pipeline.start();
+    client
+        .batch_execute("INSERT INTO good VALUES (5, 'e'); UPDATE bad SET a = '{10}' WHERE id = 2;")
+        .await
+        .unwrap();
+    pipeline.wait_equal(&client, "good").await;
+    assert!(
+        pipeline.log(2).contains("table is stopped"),
+        "{}",
+        pipeline.log(2)
+    );
+    assert_eq!(
+        read_log(&pipeline.table_path("public", "bad"))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
+
+    // The fix, then a copy of that table alone.
+    client
+        .batch_execute("UPDATE bad SET a = '{7,8}' WHERE id = 1")
+        .await
+        .unwrap();
+    let snapshot = |table: &str| {
+        let mut cmd = tidewater();
+        cmd.args(["snapshot", "--table", table, "--config"])
+            .arg(&pipeline.config);
+        output_within(cmd, 120)
+    };
+    let out = snapshot("public.nope");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not selected by source.tables"));
+    let out = snapshot("public.bad");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = status(&pipeline);
+    assert_eq!(
+        state_of(&report, "public.bad"),
+        Some("streaming".into()),
+        "{report}"
+    );
+    let good_before = read_log(&pipeline.table_path("public", "good"))
+        .await
+        .unwrap()
+        .len();
+    pipeline.start();
+    client
+        .batch_execute("UPDATE bad SET a = '{11}' WHERE id = 3; INSERT INTO good VALUES (6, 'f');")
+        .await
+        .unwrap();
+    pipeline.wait_equal(&client, "bad").await;
+    pipeline.wait_equal(&client, "good").await;
+    let good = read_log(&pipeline.table_path("public", "good"))
+        .await
+        .unwrap();
+    assert_eq!(good.len(), good_before + 1, "good is not copied again");
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(3));
+}

@@ -370,6 +370,19 @@ impl Batcher {
         Ok(out)
     }
 
+    /// Drops every held row of `table` (it stopped: its rows will never be
+    /// committed); returns how many.
+    pub fn discard(&mut self, table: &TableId) -> usize {
+        let Some(open) = self.open.remove(table) else {
+            return 0;
+        };
+        self.pending_rows = self.pending_rows.saturating_sub(open.rows);
+        if open.unresolved {
+            self.unresolved_rows = 0;
+        }
+        open.rows
+    }
+
     fn cut_table(&mut self, table: &TableId) -> Result<Option<ChangeBatch>, ArrowError> {
         let Some(open) = self.open.remove(table) else {
             return Ok(None);

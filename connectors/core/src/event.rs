@@ -225,4 +225,12 @@ pub enum ChangeEvent {
         table: TableId,
         seq: u64,
     },
+    /// The source cannot follow `table` from the current transaction on (a
+    /// definite error, `reason`, which names no row value): the table stops —
+    /// until it is copied again — and the others go on. No further row of
+    /// it comes in this run.
+    TableFailed {
+        table: TableId,
+        reason: String,
+    },
 }

@@ -30,7 +30,7 @@ pub use error::{Classified, ErrorClass};
 pub use event::{ChangeEvent, CommitInfo, Datum, Mark, Op, RowBlock, RowChange, TableId};
 pub use filter::TableFilter;
 pub use schema::{Column, ColumnType, TableSchema};
-pub use traits::{Problem, Sink, SnapshotPhase, Source};
+pub use traits::{Problem, Sink, SnapshotPhase, Source, StoppedTable};
 pub use types::{
     arrow_field, arrow_type, date_range_days, metadata_fields, timestamp_range_us, META_COLUMNS,
     SOURCE_TYPE_KEY,

@@ -51,6 +51,20 @@ pub enum SnapshotPhase {
     Done,
 }
 
+/// A table the pipeline stopped replicating after a change it could not
+/// follow (a definite error): its changes from `position` on are not in the
+/// lake, so it stays stopped — across restarts — until it is copied again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoppedTable {
+    pub table: TableId,
+    /// The source position of the transaction it could not follow.
+    pub position: String,
+    /// The error, as the log said it (never a row value).
+    pub reason: String,
+    /// When it stopped, seconds since the Unix epoch.
+    pub stopped_at: u64,
+}
+
 /// A destination that makes batches durable.
 ///
 /// # Contract
@@ -86,6 +100,11 @@ pub trait Sink {
         schema: &TableSchema,
         keys: &[Vec<crate::Datum>],
     ) -> Result<std::collections::HashMap<String, Vec<crate::Datum>>, Self::Error>;
+
+    /// Records durably which tables are stopped (see
+    /// [`ChangeEvent::TableFailed`]), replacing the earlier list; called
+    /// before anything after the failing change is acknowledged.
+    fn record_stopped(&mut self, stopped: &[StoppedTable]) -> Result<(), Self::Error>;
 
     /// Records `phase` as `table`'s snapshot state from its next commit on,
     /// whatever the commit's own `phase`: a table copied while the others

@@ -12,3 +12,4 @@ mod stats;
 
 pub use error::LakeError;
 pub use sink::{LakeSink, SlotMarker, SourcePositionFile, TableState};
+pub use tidewater_core::StoppedTable;

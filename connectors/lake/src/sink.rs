@@ -36,7 +36,7 @@ use futures_util::TryStreamExt;
 use serde_json::Value;
 use tidewater_core::{
     arrow_field, key_string, metadata_fields, ChangeBatch, Datum, Mark, Sink, SnapshotPhase,
-    TableId, TableSchema,
+    StoppedTable, TableId, TableSchema,
 };
 use tracing::{debug, info, warn};
 
@@ -746,6 +746,72 @@ impl LakeSink {
     }
 }
 
+impl LakeSink {
+    fn stopped_path(&self) -> PathBuf {
+        self.root
+            .join(&self.pipeline)
+            .join("_tidewater_stopped_tables.json")
+    }
+
+    /// The tables this pipeline stopped, from `_tidewater_stopped_tables.json`
+    /// (absent: none). An unreadable file is an error: guessing "none" would
+    /// stream a table with a gap.
+    pub fn stopped_tables(&self) -> Result<Vec<StoppedTable>, LakeError> {
+        let path = self.stopped_path();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(LakeError::Io { path, source }),
+        };
+        let corrupt = |what: &str| LakeError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string()),
+        };
+        let value: Value = serde_json::from_str(&text).map_err(|_| corrupt("not JSON"))?;
+        let entries = value
+            .get("tables")
+            .and_then(Value::as_array)
+            .ok_or_else(|| corrupt("no \"tables\" array"))?;
+        entries
+            .iter()
+            .map(|entry| {
+                let text = |key: &str| entry.get(key).and_then(Value::as_str).map(str::to_string);
+                Ok(StoppedTable {
+                    table: TableId::new(
+                        text("schema").ok_or_else(|| corrupt("an entry without \"schema\""))?,
+                        text("name").ok_or_else(|| corrupt("an entry without \"name\""))?,
+                    ),
+                    position: text("position").unwrap_or_default(),
+                    reason: text("reason").unwrap_or_default(),
+                    stopped_at: entry.get("stopped_at").and_then(Value::as_u64).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    /// Replaces the list of stopped tables (atomically, durably): written
+    /// before anything after the failing change is acknowledged.
+    pub fn write_stopped_tables(&self, stopped: &[StoppedTable]) -> Result<(), LakeError> {
+        let tables: Vec<Value> = stopped
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "table": s.table.to_string(),
+                    "schema": s.table.schema,
+                    "name": s.table.table,
+                    "position": s.position,
+                    "reason": s.reason,
+                    "stopped_at": s.stopped_at,
+                })
+            })
+            .collect();
+        let text = serde_json::to_string_pretty(&serde_json::json!({ "tables": tables }))
+            .expect("JSON values serialize");
+        let path = self.stopped_path();
+        replace_file(&path, &format!("{text}\n")).map_err(|source| LakeError::Io { path, source })
+    }
+}
+
 /// Replaces a small file atomically and durably: write a staging file,
 /// fsync it, rename it over the target, fsync the directory. Readers see the
 /// old or the new content, never a torn or (after a power loss) empty one.
@@ -794,6 +860,10 @@ impl Sink for LakeSink {
         keys: &[Vec<Datum>],
     ) -> Result<HashMap<String, Vec<Datum>>, LakeError> {
         LakeSink::latest_rows(self, schema, keys).await
+    }
+
+    fn record_stopped(&mut self, stopped: &[StoppedTable]) -> Result<(), LakeError> {
+        self.write_stopped_tables(stopped)
     }
 
     fn table_phase(&mut self, table: &TableId, phase: SnapshotPhase, mark: Mark) {

@@ -227,6 +227,8 @@ pub struct PostgresSource {
     discovered_at: tokio::time::Instant,
     /// Tables found unfit to add, with why: warned about once.
     refused: HashMap<TableId, String>,
+    /// Tables stopped by a definite error, in this run or an earlier one.
+    stopped: HashSet<TableId>,
     schemas: HashMap<TableId, Arc<TableSchema>>,
     type_names: TypeNames,
     pending: VecDeque<ChangeEvent>,
@@ -287,6 +289,7 @@ impl PostgresSource {
             in_transaction: false,
             discovered_at: tokio::time::Instant::now(),
             refused: HashMap::new(),
+            stopped: HashSet::new(),
             schemas: HashMap::new(),
             type_names: TypeNames::default(),
             pending: VecDeque::new(),
@@ -491,7 +494,10 @@ impl PostgresSource {
     async fn discover_tables(&mut self) -> Result<(), PostgresError> {
         self.discovered_at = tokio::time::Instant::now();
         for table in self.tables().await? {
-            if !self.tables.contains(&table) && !self.copy_queue.contains(&table) {
+            if !self.tables.contains(&table)
+                && !self.copy_queue.contains(&table)
+                && !self.stopped.contains(&table)
+            {
                 self.copy_queue.push(table);
             }
         }
@@ -1300,7 +1306,57 @@ impl PostgresSource {
         self.on_message(message).await
     }
 
+    /// A message of a transaction. A definite error decoding a row of one
+    /// table (a value the lake cannot hold, a TOAST value that cannot be
+    /// restored) stops that table only: [`ChangeEvent::TableFailed`], and its
+    /// rows are ignored from then on.
     async fn on_message(&mut self, message: Message) -> Result<(), PostgresError> {
+        let relation = match &message {
+            Message::Insert { relation, .. }
+            | Message::Update { relation, .. }
+            | Message::Delete { relation, .. } => Some(*relation),
+            _ => None,
+        };
+        match self.on_message_of_table(message).await {
+            Err(error) if error.class() == tidewater_core::ErrorClass::Definite => {
+                let table = relation
+                    .and_then(|oid| self.relations.get(&oid))
+                    .and_then(|state| state.schema.as_ref())
+                    .map(|schema| schema.table.clone());
+                match table {
+                    Some(table) => {
+                        self.stop_table(&table, error_chain(&error));
+                        Ok(())
+                    }
+                    None => Err(error),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Stops replicating `table` in this run; the coordinator records why.
+    fn stop_table(&mut self, table: &TableId, reason: String) {
+        self.stopped.insert(table.clone());
+        self.tables.retain(|t| t != table);
+        for state in self.relations.values_mut() {
+            if state.schema.as_ref().is_some_and(|s| &s.table == table) {
+                state.included = false;
+            }
+        }
+        self.pending.push_back(ChangeEvent::TableFailed {
+            table: table.clone(),
+            reason,
+        });
+    }
+
+    /// Tables stopped by an earlier run (see [`ChangeEvent::TableFailed`]):
+    /// never streamed nor copied by this one.
+    pub fn set_stopped(&mut self, tables: impl IntoIterator<Item = TableId>) {
+        self.stopped.extend(tables);
+    }
+
+    async fn on_message_of_table(&mut self, message: Message) -> Result<(), PostgresError> {
         match message {
             Message::Relation(relation) => self.on_relation(relation).await?,
             Message::Insert { relation, new } => {
@@ -1525,6 +1581,19 @@ impl From<crate::replication::ReplicationError> for PostgresError {
     fn from(source: crate::replication::ReplicationError) -> Self {
         PostgresError::Replication { source }
     }
+}
+
+/// An error and its causes, one line (what the log and the stopped-tables
+/// file say; errors never carry row values).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The consistent point and snapshot name of `CREATE_REPLICATION_SLOT …
