@@ -102,6 +102,13 @@ pub struct PostgresSourceConfig {
     /// turns it off. Default 5000.
     #[serde(default = "default_discovery_ms")]
     pub table_discovery_interval_ms: u64,
+    /// After a schema change that gives the rows already in a table other
+    /// values than its change log holds — a renamed column, a column added
+    /// with a default — copy the table again (while the others stream), so
+    /// its current state in the lake is the source's. Default true; false
+    /// only warns (a large table costs a full copy).
+    #[serde(default = "default_true")]
+    pub recopy_on_schema_change: bool,
 }
 
 fn default_true() -> bool {

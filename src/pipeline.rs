@@ -190,6 +190,7 @@ impl Settings {
                         binary: pg.binary,
                         discovery: (pg.table_discovery_interval_ms > 0)
                             .then(|| Duration::from_millis(pg.table_discovery_interval_ms)),
+                        recopy_on_schema_change: pg.recopy_on_schema_change,
                     }),
                     pg.snapshot,
                 )

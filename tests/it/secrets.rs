@@ -7,7 +7,7 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 
 use crate::support::mariadb::maria;
-use crate::support::{pg, Pipeline};
+use crate::support::{eventually, pg, Pipeline};
 
 const SECRET: &str = "Pa55w0rdCanary";
 const CANARY: &str = "RowValueCanary";
@@ -44,17 +44,46 @@ async fn postgres_logs_hold_no_values_or_passwords() {
     let mut pipeline = Pipeline::new("canary_pg", &url, "");
     pipeline.start();
     pipeline.wait_equal(&client, "t").await;
-    // A value the source cannot map stops the pipeline: its error names the
-    // table and column, never the value.
+    // A value the source cannot map stops its table: the error names the
+    // table and column, never the value (also in status and the lake's
+    // record of stopped tables).
     client
         .batch_execute(&format!(
             "INSERT INTO t VALUES (2, '{CANARY}', 31337, '{{{{1,2}},{{3,31337}}}}')"
         ))
         .await
         .unwrap();
-    stopped(&mut pipeline).await;
+    eventually("the table stop in the log", Duration::from_secs(60), || {
+        let log = pipeline.log(pipeline.starts);
+        async move {
+            log.contains("table stopped")
+                .then_some(())
+                .ok_or_else(|| "not yet".to_string())
+        }
+    })
+    .await;
+    assert_eq!(pipeline.terminate(), 0);
     let log = pipeline.log(pipeline.starts);
     assert!(log.contains("public.t") && log.contains("grid"), "{log}");
+    let record = std::fs::read_to_string(
+        pipeline
+            .lake
+            .join("canary_pg/_tidewater_stopped_tables.json"),
+    )
+    .expect("stopped tables recorded");
+    assert!(
+        record.contains("grid") && !record.contains("31337") && !record.contains(CANARY),
+        "{record}"
+    );
+    let mut cmd = crate::support::tidewater();
+    cmd.args(["status", "--config"]).arg(&pipeline.config);
+    let out = crate::support::output_within(cmd, 60);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("STOPPED") && !text.contains("31337") && !text.contains(SECRET),
+        "{text}"
+    );
     assert_clean(&pipeline);
 }
 

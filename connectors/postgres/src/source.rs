@@ -108,6 +108,10 @@ pub struct PostgresConfig {
     /// How often the catalog is read for new tables matching `filter` while
     /// streaming; `None` disables.
     pub discovery: Option<Duration>,
+    /// Copy a table again after a change that gives its existing rows other
+    /// values than the log holds (a renamed column, a column added with a
+    /// default).
+    pub recopy_on_schema_change: bool,
 }
 
 /// Set when a column binary mode cannot read appeared while streaming: from
@@ -229,6 +233,9 @@ pub struct PostgresSource {
     refused: HashMap<TableId, String>,
     /// Tables stopped by a definite error, in this run or an earlier one.
     stopped: HashSet<TableId>,
+    /// Column numbers (`attnum`) by name of each captured table at its last
+    /// schema: a new name with the number of a vanished column is a rename.
+    attnums: HashMap<TableId, HashMap<String, i16>>,
     schemas: HashMap<TableId, Arc<TableSchema>>,
     type_names: TypeNames,
     pending: VecDeque<ChangeEvent>,
@@ -290,6 +297,7 @@ impl PostgresSource {
             discovered_at: tokio::time::Instant::now(),
             refused: HashMap::new(),
             stopped: HashSet::new(),
+            attnums: HashMap::new(),
             schemas: HashMap::new(),
             type_names: TypeNames::default(),
             pending: VecDeque::new(),
@@ -682,7 +690,9 @@ impl PostgresSource {
         }
         drop(repl);
         for table in copies.tables {
-            self.tables.push(table.clone());
+            if !self.tables.contains(&table) {
+                self.tables.push(table.clone());
+            }
             // A Relation message the stream sent while the table was not
             // captured: read it again now that it is.
             let waiting: Vec<Relation> = self
@@ -848,6 +858,20 @@ impl PostgresSource {
             let columns = table_columns(&self.client, &table)
                 .await
                 .map_err(query_error(format!("reading the columns of {table}")))?;
+            let attnums: HashMap<String, i16> = self
+                .client
+                .query(
+                    "SELECT attname::text, attnum FROM pg_attribute \
+                     WHERE attrelid = (quote_ident($1) || '.' || quote_ident($2))::regclass \
+                       AND attnum > 0 AND NOT attisdropped",
+                    &[&table.schema, &table.table],
+                )
+                .await
+                .map_err(query_error(format!("reading the columns of {table}")))?
+                .iter()
+                .map(|row| (row.get(0), row.get(1)))
+                .collect();
+            self.attnums.insert(table.clone(), attnums);
             let schema = Arc::new(TableSchema {
                 table: table.clone(),
                 version: 1,
@@ -1462,24 +1486,37 @@ impl PostgresSource {
         let included = self.tables.contains(&table);
         let mut columns = Vec::with_capacity(relation.columns.len());
         let mut oids = Vec::with_capacity(relation.columns.len());
-        // Declared array dimensions: the Relation message does not carry them.
-        let dims: HashMap<String, i32> = if included {
+        // Declared array dimensions (the Relation message does not carry
+        // them), column numbers and defaults, from the catalog as it is now.
+        let catalog: HashMap<String, CatalogColumn> = if included {
             self.client
                 .query(
-                    "SELECT attname::text, attndims::int4 FROM pg_attribute \
+                    "SELECT attname::text, attndims::int4, attnum, atthasdef OR atthasmissing \
+                     FROM pg_attribute \
                      WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
                     &[&relation.oid],
                 )
                 .await
-                .map_err(query_error(format!(
-                    "reading the array dimensions of {table}"
-                )))?
+                .map_err(query_error(format!("reading the columns of {table}")))?
                 .iter()
-                .map(|row| (row.get(0), row.get(1)))
+                .map(|row| {
+                    (
+                        row.get(0),
+                        CatalogColumn {
+                            dims: row.get(1),
+                            attnum: row.get(2),
+                            has_default: row.get(3),
+                        },
+                    )
+                })
                 .collect()
         } else {
             HashMap::new()
         };
+        let dims: HashMap<String, i32> = catalog
+            .iter()
+            .map(|(name, c)| (name.clone(), c.dims))
+            .collect();
         for column in &relation.columns {
             let source_type = self
                 .type_names
@@ -1511,9 +1548,12 @@ impl PostgresSource {
                 key: column.key,
             });
         }
-        let schema = match self.schemas.get(&table) {
-            Some(known) if known.columns == columns => known.clone(),
+        let schema = match self.schemas.get(&table).cloned() {
+            Some(known) if known.columns == columns => known,
             known => {
+                if let (Some(known), true) = (&known, included) {
+                    self.after_schema_change(&table, known, &columns, &catalog);
+                }
                 let schema = Arc::new(TableSchema {
                     table: table.clone(),
                     version: known.map_or(1, |k| k.version + 1),
@@ -1526,6 +1566,15 @@ impl PostgresSource {
                 schema
             }
         };
+        if included {
+            self.attnums.insert(
+                table.clone(),
+                catalog
+                    .iter()
+                    .map(|(name, c)| (name.clone(), c.attnum))
+                    .collect(),
+            );
+        }
         let relation = (!included).then_some(relation);
         self.relations.insert(
             relation_oid,
@@ -1537,6 +1586,65 @@ impl PostgresSource {
             },
         );
         Ok(())
+    }
+
+    /// A new column that existing rows hold a value of — a renamed column
+    /// (its number is a vanished column's), or one added with a default —
+    /// leaves the lake's log behind the source for the rows not changed
+    /// since: the table is copied again (unless configured off), so its
+    /// current state is the source's.
+    fn after_schema_change(
+        &mut self,
+        table: &TableId,
+        known: &TableSchema,
+        columns: &[Column],
+        catalog: &HashMap<String, CatalogColumn>,
+    ) {
+        let previous = self.attnums.get(table);
+        let mut changes = Vec::new();
+        for column in columns {
+            if known.columns.iter().any(|k| k.name == column.name) {
+                continue;
+            }
+            let Some(now) = catalog.get(&column.name) else {
+                continue;
+            };
+            let renamed_from = previous.and_then(|p| {
+                p.iter()
+                    .find(|(name, attnum)| {
+                        **attnum == now.attnum && !columns.iter().any(|c| &c.name == *name)
+                    })
+                    .map(|(name, _)| name.clone())
+            });
+            match renamed_from {
+                Some(old) => changes.push(format!("column {old} renamed to {}", column.name)),
+                None if now.has_default => {
+                    changes.push(format!("column {} added with a default", column.name))
+                }
+                None => {}
+            }
+        }
+        if changes.is_empty() {
+            return;
+        }
+        if self.config.recopy_on_schema_change {
+            warn!(
+                table = %table,
+                changes = %changes.join("; "),
+                "rows not changed since hold other values in the source than in the lake's log; \
+                 copying the table again"
+            );
+            if !self.copy_queue.contains(table) {
+                self.copy_queue.push(table.clone());
+            }
+        } else {
+            warn!(
+                table = %table,
+                changes = %changes.join("; "),
+                "rows not changed since keep their old values in the lake's log \
+                 (source.recopy_on_schema_change = false)"
+            );
+        }
     }
 
     /// Tells the server that the WAL up to `lsn` (a commit's end LSN or a
@@ -1681,6 +1789,13 @@ fn connect_params(
         application_name: config.application_name.clone(),
         options: options.join(" "),
     })
+}
+
+/// A column as `pg_attribute` has it now.
+struct CatalogColumn {
+    dims: i32,
+    attnum: i16,
+    has_default: bool,
 }
 
 /// What decoding a relation's tuples needs.
