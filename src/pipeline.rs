@@ -933,6 +933,11 @@ impl<K: Sink> Coordinator<K> {
                 }
             }
             ChangeEvent::TableFailed { table, reason } => self.stop_table(table, reason)?,
+            ChangeEvent::Ddl {
+                table,
+                seq,
+                statement,
+            } => self.sink.note_ddl(&table, seq, statement),
         }
         Ok(false)
     }

@@ -72,7 +72,18 @@ async fn mysql_column_changes_while_streaming_land_in_the_lake() {
         "{text}"
     );
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
-    crate::pg_schema::check_history(&pipeline, "my_evolve.t", 8);
+    let history = crate::pg_schema::check_history(&pipeline, "my_evolve.t", 8);
+    // Each later version carries the statement that made it, from the binlog.
+    let versions = history["versions"].as_array().unwrap();
+    assert!(versions[0]["ddl"].is_null(), "{history:#}");
+    let ddl = |i: usize| versions[i]["ddl"].as_str().unwrap_or_default().to_string();
+    assert!(ddl(1).contains("ADD COLUMN c1"), "{history:#}");
+    assert!(ddl(2).contains("DROP COLUMN gone"), "{history:#}");
+    assert!(ddl(3).contains("MODIFY a BIGINT"), "{history:#}");
+    assert!(
+        versions[1..].iter().all(|v| v["ddl"].is_string()),
+        "{history:#}"
+    );
 }
 
 /// Debezium's DDL parser corpus (`mysql-test-statements.ddl`), every

@@ -233,4 +233,12 @@ pub enum ChangeEvent {
         table: TableId,
         reason: String,
     },
+    /// A DDL statement about `table`, at `seq` (before the rows it shapes),
+    /// for the schema history; it changes nothing by itself (the row
+    /// schemas come from the stream).
+    Ddl {
+        table: TableId,
+        seq: u64,
+        statement: String,
+    },
 }

@@ -101,6 +101,11 @@ pub trait Sink {
         keys: &[Vec<crate::Datum>],
     ) -> Result<std::collections::HashMap<String, Vec<crate::Datum>>, Self::Error>;
 
+    /// Notes the DDL statement that shaped `table` at `seq`, for the next
+    /// schema version recorded from a row after it (dropped when the rows
+    /// after it bring no new version).
+    fn note_ddl(&mut self, table: &TableId, seq: u64, statement: String);
+
     /// Records durably which tables are stopped (see
     /// [`ChangeEvent::TableFailed`]), replacing the earlier list; called
     /// before anything after the failing change is acknowledged.

@@ -74,6 +74,7 @@ impl SchemaHistory {
         seq: String,
         position: String,
         notes: Vec<String>,
+        ddl: Option<String>,
     ) -> bool {
         if self.latest().is_some_and(|v| v.columns == columns) {
             return false;
@@ -84,7 +85,7 @@ impl SchemaHistory {
             seq,
             position,
             recorded_at: chrono_now(),
-            ddl: None,
+            ddl,
             notes,
             columns,
         });
@@ -135,13 +136,26 @@ mod tests {
             table: "public.t".into(),
             versions: vec![],
         };
-        assert!(h.record(vec![column("a", "Int32")], "1".into(), "0/1".into(), vec![]));
-        assert!(!h.record(vec![column("a", "Int32")], "2".into(), "0/2".into(), vec![]));
+        assert!(h.record(
+            vec![column("a", "Int32")],
+            "1".into(),
+            "0/1".into(),
+            vec![],
+            None
+        ));
+        assert!(!h.record(
+            vec![column("a", "Int32")],
+            "2".into(),
+            "0/2".into(),
+            vec![],
+            None
+        ));
         assert!(h.record(
             vec![column("a", "Int32"), column("b", "Utf8")],
             "3".into(),
             "0/3".into(),
-            vec![]
+            vec![],
+            Some("ALTER TABLE t ADD COLUMN b text".into())
         ));
         assert_eq!(h.versions.len(), 2);
         assert_eq!(h.latest().unwrap().version, 2);

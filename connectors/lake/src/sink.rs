@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use deltalake::arrow::array::{ArrayRef, AsArray, RecordBatch};
-use deltalake::arrow::datatypes::Int64Type;
+use deltalake::arrow::datatypes::{Int64Type, UInt64Type};
 use deltalake::arrow::datatypes::{Field, Schema, SchemaRef};
 use deltalake::arrow::error::ArrowError;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
@@ -157,6 +157,9 @@ pub struct LakeSink {
     /// Snapshot state of tables copied while the others stream, overriding
     /// the phase of a commit (see [`Sink::table_phase`]).
     table_phases: HashMap<TableId, (SnapshotPhase, Mark)>,
+    /// DDL statements by table, with their seq, waiting for the version
+    /// they shape (see [`Sink::note_ddl`]).
+    pending_ddl: HashMap<TableId, Vec<(u64, String)>>,
 }
 
 impl LakeSink {
@@ -166,6 +169,7 @@ impl LakeSink {
             pipeline: pipeline.to_string(),
             tables: BTreeMap::new(),
             table_phases: HashMap::new(),
+            pending_ddl: HashMap::new(),
         }
     }
 
@@ -297,7 +301,28 @@ impl LakeSink {
                 table: batch.table.clone(),
                 source,
             })?;
-        record_history(open, &batch, narrowed.schema().as_ref());
+        // The DDL before the batch's first row shaped it, if any.
+        let first_seq = batch
+            .batch
+            .column_by_name("_tw_seq")
+            .filter(|c| !c.is_empty())
+            .and_then(|c| {
+                c.as_primitive_opt::<UInt64Type>()
+                    .map(|c| c.value(0))
+                    .or_else(|| c.as_primitive_opt::<Int64Type>().map(|c| c.value(0) as u64))
+            });
+        let ddl = match (first_seq, self.pending_ddl.get_mut(&batch.table)) {
+            (Some(first), Some(waiting)) => {
+                let (before, after): (Vec<_>, Vec<_>) =
+                    waiting.drain(..).partition(|(seq, _)| *seq < first);
+                *waiting = after;
+                let statements: Vec<String> = before.into_iter().map(|(_, s)| s).collect();
+                (!statements.is_empty()).then(|| statements.join(";\n"))
+            }
+            _ => None,
+        };
+        let open = self.tables.get_mut(&batch.table).expect("ensured above");
+        record_history(open, &batch, narrowed.schema().as_ref(), ddl);
         writer
             .write_with_mode(narrowed, WriteMode::MergeSchema)
             .await
@@ -862,6 +887,13 @@ impl Sink for LakeSink {
         LakeSink::latest_rows(self, schema, keys).await
     }
 
+    fn note_ddl(&mut self, table: &TableId, seq: u64, statement: String) {
+        self.pending_ddl
+            .entry(table.clone())
+            .or_default()
+            .push((seq, statement));
+    }
+
     fn record_stopped(&mut self, stopped: &[StoppedTable]) -> Result<(), LakeError> {
         self.write_stopped_tables(stopped)
     }
@@ -885,7 +917,7 @@ impl Sink for LakeSink {
 /// were re-tagged.
 /// Records the batch's columns, as they land, in the table's schema
 /// history when they differ from its latest version.
-fn record_history(open: &mut LakeTable, batch: &ChangeBatch, landed: &Schema) {
+fn record_history(open: &mut LakeTable, batch: &ChangeBatch, landed: &Schema, ddl: Option<String>) {
     let columns: Vec<HistoryColumn> = batch
         .schema
         .columns
@@ -921,7 +953,7 @@ fn record_history(open: &mut LakeTable, batch: &ChangeBatch, landed: &Schema) {
         .collect();
     if open
         .history
-        .record(columns, first("_tw_seq"), first("_tw_position"), notes)
+        .record(columns, first("_tw_seq"), first("_tw_position"), notes, ddl)
     {
         open.history_dirty = true;
     }

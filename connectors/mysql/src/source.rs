@@ -871,6 +871,30 @@ impl MysqlSource {
         // A statement: DDL (or DML on a table without row logging). Table
         // maps reveal column changes; the catalog cache must not outlive it.
         self.catalog_cache.clear();
+        if let Some(table) = ddl_table(statement, schema) {
+            if self.config.filter.matches(&table) {
+                let stream = self.stream.as_ref().expect("streaming");
+                // The statement's own transaction: before every row it shapes.
+                let seq = stream.txn.as_ref().map_or_else(
+                    || BinlogPosition::seq_of(&stream.file, end).saturating_sub(1),
+                    |t| t.seq,
+                );
+                let mut statement = statement.trim_end().to_string();
+                if statement.len() > MAX_DDL_BYTES {
+                    let mut cut = MAX_DDL_BYTES;
+                    while !statement.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    statement.truncate(cut);
+                    statement.push_str(" …");
+                }
+                self.pending.push_back(ChangeEvent::Ddl {
+                    table,
+                    seq,
+                    statement,
+                });
+            }
+        }
         if let Some(table) = truncated_table(statement, schema) {
             if self.tables.contains(&table) {
                 self.truncate(table, end).await?;
@@ -1188,6 +1212,41 @@ fn special_fits(special: &rows::Special, type_code: u8) -> bool {
 }
 
 /// The table a `TRUNCATE [TABLE] [db.]name` statement names.
+/// DDL longer than this is kept in the schema history cut short.
+const MAX_DDL_BYTES: usize = 64 * 1024;
+
+/// The table an `ALTER TABLE` or `CREATE TABLE` statement is about.
+fn ddl_table(statement: &str, default_db: &str) -> Option<TableId> {
+    let text = statement.trim_start();
+    let rest = if let Some(rest) = strip_keyword(text, "alter") {
+        let rest = strip_keyword(rest, "online").unwrap_or(rest);
+        let rest = strip_keyword(rest, "ignore").unwrap_or(rest);
+        let rest = strip_keyword(rest, "table")?;
+        strip_keyword(rest, "if")
+            .and_then(|r| strip_keyword(r, "exists"))
+            .unwrap_or(rest)
+    } else {
+        let rest = strip_keyword(text, "create")?;
+        let rest = strip_keyword(rest, "or")
+            .and_then(|r| strip_keyword(r, "replace"))
+            .unwrap_or(rest);
+        let rest = strip_keyword(rest, "temporary").unwrap_or(rest);
+        let rest = strip_keyword(rest, "table")?;
+        strip_keyword(rest, "if")
+            .and_then(|r| strip_keyword(r, "not"))
+            .and_then(|r| strip_keyword(r, "exists"))
+            .unwrap_or(rest)
+    };
+    let (first, rest) = identifier(rest)?;
+    match rest.strip_prefix('.') {
+        Some(rest) => {
+            let (second, _) = identifier(rest)?;
+            Some(TableId::new(first, second))
+        }
+        None => Some(TableId::new(default_db, first)),
+    }
+}
+
 fn truncated_table(statement: &str, default_db: &str) -> Option<TableId> {
     let rest = strip_keyword(statement.trim_start(), "truncate")?;
     let rest = strip_keyword(rest, "table").unwrap_or(rest);
@@ -1390,6 +1449,30 @@ mod tests {
         );
         assert_eq!(truncated_table("ALTER TABLE t ADD c INT", "shop"), None);
         assert_eq!(truncated_table("TRUNCATEX t", "shop"), None);
+    }
+
+    #[test]
+    fn ddl_statements_name_their_table() {
+        let t = |db: &str, name: &str| Some(TableId::new(db, name));
+        assert_eq!(ddl_table("ALTER TABLE t ADD c INT", "shop"), t("shop", "t"));
+        assert_eq!(
+            ddl_table(
+                "alter online ignore table if exists `a b`.c modify x int",
+                "shop"
+            ),
+            t("a b", "c")
+        );
+        assert_eq!(
+            ddl_table("CREATE OR REPLACE TABLE IF NOT EXISTS x.y (id int)", "shop"),
+            t("x", "y")
+        );
+        assert_eq!(
+            ddl_table("create temporary table tmp (id int)", "shop"),
+            t("shop", "tmp")
+        );
+        assert_eq!(ddl_table("CREATE VIEW v AS SELECT 1", "shop"), None);
+        assert_eq!(ddl_table("ALTER USER u IDENTIFIED BY 'x'", "shop"), None);
+        assert_eq!(ddl_table("CREATE TABLEX t (id int)", "shop"), None);
     }
 
     #[test]
