@@ -148,6 +148,13 @@ pub struct MysqlSourceConfig {
     /// and counts them (default), `fail` stops with an error.
     #[serde(default)]
     pub zero_dates: ZeroDatesPolicy,
+    /// After DDL that gives the rows already in a table other values than
+    /// its change log holds — a renamed column, a column added with a
+    /// default — and for a table renamed into `tables`: copy the table
+    /// (while the others stream), so its current state in the lake is the
+    /// source's. Default true; false only warns.
+    #[serde(default = "default_true")]
+    pub recopy_on_schema_change: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]

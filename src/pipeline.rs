@@ -60,12 +60,6 @@ pub enum PipelineError {
     )]
     UnresolvedToast { table: TableId, column: String },
     #[error(
-        "tables {} are not in the lake, and a snapshot of single tables while streaming is not supported for this source yet\n\
-         hint: exclude them from source.tables, or start a new pipeline to snapshot everything",
-        .0.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
-    )]
-    SnapshotImpossible(Vec<TableId>),
-    #[error(
         "table {0} is not selected by source.tables (or does not exist)\n\
          hint: --table takes a table the config captures, as the lake names it (schema.table)"
     )]
@@ -87,9 +81,7 @@ impl PipelineError {
             PipelineError::Preflight(_) => ErrorClass::Config,
             PipelineError::SourceGone => ErrorClass::Internal,
             PipelineError::UnresolvedToast { .. } => ErrorClass::Definite,
-            PipelineError::SnapshotImpossible(_)
-            | PipelineError::NotSelected(_)
-            | PipelineError::NoLakeYet => ErrorClass::Config,
+            PipelineError::NotSelected(_) | PipelineError::NoLakeYet => ErrorClass::Config,
         }
     }
 }
@@ -209,6 +201,7 @@ impl Settings {
                         ZeroDatesPolicy::Null => ZeroDates::Null,
                         ZeroDatesPolicy::Fail => ZeroDates::Fail,
                     },
+                    recopy_on_schema_change: my.recopy_on_schema_change,
                 }),
                 my.snapshot,
             ),
@@ -529,27 +522,53 @@ async fn run_mysql(
         _ => None,
     };
     let snapshotting = from.is_none() && !(owned && settings.snapshot == SnapshotMode::Never);
-    if !settings.recopy.is_empty() {
-        return Err(PipelineError::SnapshotImpossible(settings.recopy.clone()));
+    if snapshotting && !settings.recopy.is_empty() {
+        return Err(PipelineError::NoLakeYet);
     }
-    let stopped = if snapshotting {
+    if let Some(table) = settings.recopy.iter().find(|t| !tables.contains(t)) {
+        return Err(PipelineError::NotSelected(table.clone()));
+    }
+    // As for Postgres: stopped tables stay stopped unless copied again now.
+    let recorded = if snapshotting {
         Vec::new()
     } else {
         sink.stopped_tables()?
     };
+    let stopped: Vec<StoppedTable> = recorded
+        .iter()
+        .filter(|s| !settings.recopy.contains(&s.table))
+        .cloned()
+        .collect();
     for s in &stopped {
-        error!(table = %s.table, position = %s.position, error = %s.reason, "table is stopped and not replicated; take a new snapshot of the pipeline to replicate it again");
+        error!(
+            table = %s.table,
+            position = %s.position,
+            error = %s.reason,
+            "table is stopped and not replicated; fix the cause, then copy it again with \
+             `tidewater snapshot --config <file> --table {}`",
+            s.table
+        );
     }
-    if mode == Mode::SnapshotOnly && !snapshotting {
-        let missing: Vec<TableId> = tables
+    let is_stopped = |t: &TableId| stopped.iter().any(|s| &s.table == t);
+    // Tables without a complete copy in the lake (an interrupted copy, a
+    // table that matched the config after the snapshot) and those asked
+    // for are copied while the others stream.
+    let mut copies: Vec<TableId> = if snapshotting || settings.snapshot == SnapshotMode::Never {
+        Vec::new()
+    } else {
+        tables
             .iter()
-            .filter(|t| !states.get(*t).is_some_and(|s| s.snapshot_done))
+            .filter(|t| !states.get(*t).is_some_and(|s| s.snapshot_done) && !is_stopped(t))
             .cloned()
-            .collect();
-        if settings.snapshot == SnapshotMode::Never || missing.is_empty() {
-            return Ok(Outcome::AlreadySnapshotted);
+            .collect()
+    };
+    for table in &settings.recopy {
+        if !copies.contains(table) {
+            copies.push(table.clone());
         }
-        return Err(PipelineError::SnapshotImpossible(missing));
+    }
+    if mode == Mode::SnapshotOnly && !snapshotting && copies.is_empty() {
+        return Ok(Outcome::AlreadySnapshotted);
     }
     if snapshotting {
         if interrupted {
@@ -576,15 +595,19 @@ async fn run_mysql(
         if !matches!(marker, Some(SlotMarker::Stream(_))) {
             sink.write_marker(&SlotMarker::Stream("binlog".into()))?;
         }
-        if settings.snapshot == SnapshotMode::Initial {
-            for table in tables
-                .iter()
-                .filter(|t| !states.get(*t).is_some_and(|s| s.snapshot_done))
-            {
-                warn!(table = %table, "table is not in the lake and was not part of the initial snapshot; only its changes from now on are replicated");
-            }
+        if !copies.is_empty() {
+            info!(
+                tables = copies.len(),
+                "tables without a complete copy in the lake are copied first"
+            );
         }
-        source.start_streaming(&tables, from).await?;
+        let streamed: Vec<TableId> = tables
+            .iter()
+            .filter(|t| !copies.contains(t) && !is_stopped(t))
+            .cloned()
+            .collect();
+        source.queue_copies(&copies);
+        source.start_streaming(&streamed, from).await?;
     }
     let marks: HashMap<TableId, Mark> = states.iter().map(|(t, s)| (t.clone(), s.mark)).collect();
     drive(
@@ -594,9 +617,9 @@ async fn run_mysql(
         marks,
         DriveStart {
             snapshot_running: snapshotting,
-            copies: Vec::new(),
-            stopped: stopped.clone(),
-            recorded_stopped: stopped,
+            copies,
+            stopped,
+            recorded_stopped: recorded,
         },
         true,
         mode,

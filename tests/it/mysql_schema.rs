@@ -248,3 +248,113 @@ async fn mysql_sigkill_between_schema_changes_resumes_with_the_right_schema() {
     assert_eq!(marks.len(), total, "a change landed twice");
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(pipeline.starts));
 }
+
+/// DDL that gives rows no binlog event touches new values — a renamed
+/// column, a column added with a default — and a table renamed into the
+/// patterns make tidewater copy the table while the others stream (the
+/// binlog connection is closed for the copy and resumed where it stood):
+/// the current state equals the source for every row. `snapshot --table`
+/// copies one table again on demand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_renames_defaults_and_renamed_tables_keep_every_row_equal() {
+    let server = maria();
+    let db = "my_recopy";
+    let mut conn = server.create_database(db).await;
+    conn.query_drop(
+        "CREATE TABLE t (id INT PRIMARY KEY, a INT, b VARCHAR(20));
+         INSERT INTO t SELECT seq, seq, CONCAT('b', seq) FROM seq_1_to_300;
+         CREATE TABLE other (id INT PRIMARY KEY, v TEXT);",
+    )
+    .await
+    .unwrap();
+    let source = format!(
+        "[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"{db}.*\"]\nexclude = [\"{db}.staging_*\"]\n",
+        server.url(db)
+    );
+    let mut pipeline = Pipeline::with_source(db, &source, "");
+    pipeline.start();
+    pipeline.wait_equal_mysql(&mut conn, db, "t", "id").await;
+    for step in [
+        "ALTER TABLE t RENAME COLUMN b TO title;
+         UPDATE t SET a = a + 1000 WHERE id <= 5;
+         INSERT INTO other VALUES (1, 'during');",
+        "ALTER TABLE t ADD COLUMN flag TINYINT NOT NULL DEFAULT 1;
+         INSERT INTO t (id, a, title, flag) VALUES (1000, 1, 'new', 0);",
+        "ALTER TABLE t ADD COLUMN later INT;
+         UPDATE t SET later = 7 WHERE id = 1;",
+    ] {
+        conn.query_drop(step)
+            .await
+            .unwrap_or_else(|e| panic!("{step}: {e}"));
+        pipeline.wait_equal_mysql(&mut conn, db, "t", "id").await;
+        pipeline
+            .wait_equal_mysql(&mut conn, db, "other", "id")
+            .await;
+    }
+    // Renamed into the patterns from an excluded name.
+    conn.query_drop(
+        "CREATE TABLE staging_orders (id INT PRIMARY KEY, v TEXT);
+         INSERT INTO staging_orders SELECT seq, CONCAT('s', seq) FROM seq_1_to_40;",
+    )
+    .await
+    .unwrap();
+    conn.query_drop(
+        "RENAME TABLE staging_orders TO orders;
+         UPDATE orders SET v = 'renamed' WHERE id < 5;",
+    )
+    .await
+    .unwrap();
+    pipeline
+        .wait_equal_mysql(&mut conn, db, "orders", "id")
+        .await;
+    conn.query_drop("INSERT INTO other VALUES (2, 'after')")
+        .await
+        .unwrap();
+    pipeline
+        .wait_equal_mysql(&mut conn, db, "other", "id")
+        .await;
+    let log = pipeline.log(1);
+    assert!(log.contains("a column was renamed"), "{log}");
+    assert!(log.contains("a column was added with a default"), "{log}");
+    assert!(log.contains("renamed into source.tables"), "{log}");
+    let rows = read_log(&pipeline.table_path(db, "t")).await.unwrap();
+    assert_eq!(
+        rows.iter().filter(|r| r.op == "t").count(),
+        2,
+        "one copy per change that needs it"
+    );
+    let orders = read_log(&pipeline.table_path(db, "orders")).await.unwrap();
+    assert_eq!(orders.iter().filter(|r| r.op == "r").count(), 40);
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+
+    // One table again on demand; the others keep their logs.
+    let other_before = read_log(&pipeline.table_path(db, "other"))
+        .await
+        .unwrap()
+        .len();
+    let mut cmd = crate::support::tidewater();
+    cmd.args(["snapshot", "--table", &format!("{db}.t"), "--config"])
+        .arg(&pipeline.config);
+    let out = crate::support::output_within(cmd, 120);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = read_log(&pipeline.table_path(db, "t")).await.unwrap();
+    assert_eq!(rows.iter().filter(|r| r.op == "t").count(), 3);
+    pipeline.start();
+    conn.query_drop(
+        "UPDATE t SET title = 'streamed' WHERE id = 9; INSERT INTO other VALUES (3, 'x');",
+    )
+    .await
+    .unwrap();
+    pipeline.wait_equal_mysql(&mut conn, db, "t", "id").await;
+    pipeline
+        .wait_equal_mysql(&mut conn, db, "other", "id")
+        .await;
+    let other = read_log(&pipeline.table_path(db, "other")).await.unwrap();
+    assert_eq!(other.len(), other_before + 1, "other is not copied again");
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
+}

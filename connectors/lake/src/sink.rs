@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use deltalake::arrow::array::{ArrayRef, AsArray, RecordBatch};
-use deltalake::arrow::datatypes::{Int64Type, UInt64Type};
 use deltalake::arrow::datatypes::{Field, Schema, SchemaRef};
+use deltalake::arrow::datatypes::{Int64Type, UInt64Type};
 use deltalake::arrow::error::ArrowError;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};

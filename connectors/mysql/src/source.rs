@@ -108,6 +108,10 @@ pub struct MysqlConfig {
     /// and replica in the topology.
     pub server_id: u32,
     pub zero_dates: ZeroDates,
+    /// Copy a table again after DDL that gives its existing rows other
+    /// values than its log holds (a renamed column, a column added with a
+    /// default), and copy a table renamed into `filter`.
+    pub recopy_on_schema_change: bool,
 }
 
 impl MysqlConfig {
@@ -127,10 +131,15 @@ enum SnapshotMsg {
 }
 
 struct SnapshotState {
+    /// Where the binlog is read from once the snapshot is read.
     position: BinlogPosition,
     commit: CommitInfo,
     rx: mpsc::Receiver<Result<SnapshotMsg, MysqlError>>,
     task: tokio::task::JoinHandle<()>,
+    /// A copy of single tables taken while streaming (see
+    /// [`MysqlSource::start_table_copies`]), not the initial snapshot: the
+    /// table being copied.
+    while_streaming: Option<Option<TableId>>,
 }
 
 /// A table map the stream has seen, with its decode plan.
@@ -176,6 +185,10 @@ struct StreamState {
     /// Start offset of the event being handled: where a transaction opened
     /// by it can be replayed from with the same `_tw_seq`.
     event_start: u64,
+    /// End offset of the last event that closed a transaction (or a
+    /// heartbeat between two), in `file`: where the stream can be resumed
+    /// from; None inside a transaction and after a rotation.
+    boundary: Option<u64>,
 }
 
 pub struct MysqlSource {
@@ -192,6 +205,8 @@ pub struct MysqlSource {
     stream: Option<StreamState>,
     zero_dates: u64,
     zero_date_tables: Vec<TableId>,
+    /// Tables to copy while streaming, at the next transaction boundary.
+    copy_queue: Vec<TableId>,
 }
 
 fn now_us() -> i64 {
@@ -239,6 +254,7 @@ impl MysqlSource {
             stream: None,
             zero_dates: 0,
             zero_date_tables: Vec::new(),
+            copy_queue: Vec::new(),
         })
     }
 
@@ -314,6 +330,56 @@ impl MysqlSource {
     ) -> Result<(), MysqlError> {
         self.tables = tables.clone();
         let mut conn = open(&self.opts).await?;
+        let position = self.open_consistent_snapshot(&mut conn, copy).await?;
+        info!(position = %position, tables = tables.len(), "consistent snapshot opened");
+        // Snapshot rows sort before the first streamed transaction, whose
+        // opening event starts exactly at the snapshot's position.
+        let commit = CommitInfo {
+            seq: position.seq().saturating_sub(1),
+            position: position.to_string(),
+            ack: position.seq(),
+            commit_ts_us: now_us(),
+            txid: None,
+        };
+        // Listed again inside the snapshot, so a table created between the
+        // first listing and the snapshot's position is copied too.
+        let queue = if copy {
+            let mut listed = catalog::list_tables(&mut conn, &self.config.filter).await?;
+            listed.retain(|t| !tables.contains(t));
+            for table in &listed {
+                info!(table = %table, "a table created since startup joins the snapshot");
+            }
+            let mut queue = tables;
+            queue.extend(listed);
+            self.tables = queue.clone();
+            queue
+        } else {
+            Vec::new()
+        };
+        let (tx, rx) = mpsc::channel(SNAPSHOT_CHANNEL);
+        let zero_dates = self.config.zero_dates;
+        let task = tokio::spawn(async move {
+            let result = read_snapshot(conn, queue, zero_dates, &tx).await;
+            let _ = tx.send(result).await;
+        });
+        self.pending.push_back(ChangeEvent::Begin(commit.clone()));
+        self.snapshot = Some(SnapshotState {
+            position,
+            commit,
+            rx,
+            task,
+            while_streaming: None,
+        });
+        Ok(())
+    }
+
+    /// Opens a consistent-snapshot transaction on `conn` and returns the
+    /// binlog position it corresponds to (with the GTID state there).
+    async fn open_consistent_snapshot(
+        &mut self,
+        conn: &mut Conn,
+        copy: bool,
+    ) -> Result<BinlogPosition, MysqlError> {
         let position = match self.flavor {
             Flavor::MariaDb => {
                 conn.query_drop(
@@ -380,41 +446,73 @@ impl MysqlSource {
         if position.gtid.is_none() {
             position.gtid = self.gtid_at(&position).await?;
         }
-        info!(position = %position, tables = tables.len(), "consistent snapshot opened");
+        Ok(position)
+    }
+
+    /// Queues `tables` to be copied while streaming (tables without a
+    /// complete copy in the lake, or asked for by `snapshot --table`).
+    pub fn queue_copies(&mut self, tables: &[TableId]) {
+        for table in tables {
+            if !self.copy_queue.contains(table) {
+                self.copy_queue.push(table.clone());
+            }
+        }
+    }
+
+    /// Copies the queued tables in a consistent snapshot while streaming.
+    ///
+    /// ```text
+    ///  stream at boundary B ── closed ──┐
+    ///  snapshot conn: consistent snapshot at P (MariaDB: no lock; MySQL: FTWRL for ms)
+    ///  SELECT each table ──▶ Read rows, _tw_seq = seq(P) − 1
+    ///  stream reopened at B ◀───────────┘  (its changes of the tables below seq(P)
+    ///                                        are in the copy: the coordinator skips them)
+    /// ```
+    ///
+    /// Binlog order is commit order and the snapshot holds exactly the
+    /// transactions before P, so a transaction of a copied table is in the
+    /// copy or after it, never both nor neither. The binlog connection is
+    /// closed during the copy (a dump thread that cannot write for
+    /// `net_write_timeout` is dropped by the server) and reopened where it
+    /// stood, like a restart.
+    async fn start_table_copies(&mut self) -> Result<(), MysqlError> {
+        let stream = self.stream.as_ref().expect("streaming");
+        let Some(boundary) = stream.boundary else {
+            return Ok(());
+        };
+        let resume = self.position_here(boundary);
+        let tables = std::mem::take(&mut self.copy_queue);
+        if let Some(stream) = self.stream.take() {
+            drop(stream.binlog);
+        }
+        let mut conn = open(&self.opts).await?;
+        let position = self.open_consistent_snapshot(&mut conn, true).await?;
+        let names: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+        info!(tables = %names.join(", "), snapshot = %position, resume = %resume, "copying tables while streaming");
         let commit = CommitInfo {
-            seq: position.seq(),
+            seq: position.seq().saturating_sub(1),
             position: position.to_string(),
-            ack: position.seq(),
+            ack: 0,
             commit_ts_us: now_us(),
             txid: None,
         };
-        // Listed again inside the snapshot, so a table created between the
-        // first listing and the snapshot's position is copied too.
-        let queue = if copy {
-            let mut listed = catalog::list_tables(&mut conn, &self.config.filter).await?;
-            listed.retain(|t| !tables.contains(t));
-            for table in &listed {
-                info!(table = %table, "a table created since startup joins the snapshot");
+        for table in &tables {
+            if !self.tables.contains(table) {
+                self.tables.push(table.clone());
             }
-            let mut queue = tables;
-            queue.extend(listed);
-            self.tables = queue.clone();
-            queue
-        } else {
-            Vec::new()
-        };
+        }
         let (tx, rx) = mpsc::channel(SNAPSHOT_CHANNEL);
         let zero_dates = self.config.zero_dates;
         let task = tokio::spawn(async move {
-            let result = read_snapshot(conn, queue, zero_dates, &tx).await;
+            let result = read_snapshot(conn, tables, zero_dates, &tx).await;
             let _ = tx.send(result).await;
         });
-        self.pending.push_back(ChangeEvent::Begin(commit.clone()));
         self.snapshot = Some(SnapshotState {
-            position,
+            position: resume,
             commit,
             rx,
             task,
+            while_streaming: Some(None),
         });
         Ok(())
     }
@@ -493,6 +591,7 @@ impl MysqlSource {
             from: from_text,
             payload_end: 0,
             event_start: 0,
+            boundary: None,
         });
         Ok(())
     }
@@ -511,6 +610,14 @@ impl MysqlSource {
             if self.snapshot.is_some() {
                 self.snapshot_step().await?;
             } else if self.stream.is_some() {
+                let at_boundary = self
+                    .stream
+                    .as_ref()
+                    .is_some_and(|s| s.txn.is_none() && s.boundary.is_some());
+                if at_boundary && !self.copy_queue.is_empty() {
+                    self.start_table_copies().await?;
+                    continue;
+                }
                 self.stream_step().await?;
             } else {
                 return Err(MysqlError::Misuse {
@@ -526,11 +633,55 @@ impl MysqlSource {
             what: "the snapshot reader stopped without a result",
         })??;
         match message {
+            SnapshotMsg::Event(ChangeEvent::Schema(schema)) if phase.while_streaming.is_some() => {
+                let seq = phase.commit.seq;
+                let commit = phase.commit.clone();
+                if let Some(Some(previous)) =
+                    phase.while_streaming.replace(Some(schema.table.clone()))
+                {
+                    self.pending.push_back(ChangeEvent::TableSnapshotDone {
+                        table: previous,
+                        seq,
+                    });
+                }
+                // Versions continue the stream's numbering of the table.
+                let version = self.schemas.get(&schema.table).map_or(1, |known| {
+                    if known.columns == schema.columns {
+                        known.version
+                    } else {
+                        known.version + 1
+                    }
+                });
+                let schema = Arc::new(TableSchema {
+                    version,
+                    ..schema.as_ref().clone()
+                });
+                self.schemas.insert(schema.table.clone(), schema.clone());
+                self.pending.push_back(ChangeEvent::Schema(schema.clone()));
+                self.pending.push_back(ChangeEvent::Begin(commit));
+                self.pending.push_back(ChangeEvent::TableSnapshot {
+                    table: schema.table.clone(),
+                });
+            }
             SnapshotMsg::Event(event) => {
                 if let ChangeEvent::Schema(schema) = &event {
                     self.schemas.insert(schema.table.clone(), schema.clone());
                 }
                 self.pending.push_back(event);
+            }
+            SnapshotMsg::Done { rows, zero_dates } if phase.while_streaming.is_some() => {
+                let phase = self.snapshot.take().expect("checked above");
+                let _ = phase.task.await;
+                self.zero_dates += zero_dates;
+                if let Some(Some(last)) = phase.while_streaming {
+                    self.pending.push_back(ChangeEvent::TableSnapshotDone {
+                        table: last,
+                        seq: phase.commit.seq,
+                    });
+                }
+                info!(rows, resume = %phase.position, "tables copied; streaming on");
+                let tables = self.tables.clone();
+                self.start_streaming(&tables, phase.position).await?;
             }
             SnapshotMsg::Done { rows, zero_dates } => {
                 let phase = self.snapshot.take().expect("checked above");
@@ -621,6 +772,7 @@ impl MysqlSource {
                     });
                 }
                 debug!(file = %name, "binlog file");
+                self.stream_mut().boundary = None;
                 self.stream_mut().file = name;
             }
             kind::FORMAT_DESCRIPTION => self.stream_mut().seen_fde = true,
@@ -677,6 +829,7 @@ impl MysqlSource {
             t if kind::is_rows(t) => self.on_rows(t, data, end)?,
             // Sent when the server has nothing else: a transaction boundary.
             kind::HEARTBEAT if self.stream_mut().txn.is_none() && end > 0 => {
+                self.stream_mut().boundary = Some(end);
                 let position = self.position_here(end);
                 self.pending.push_back(ChangeEvent::Heartbeat {
                     ack: position.seq(),
@@ -730,6 +883,7 @@ impl MysqlSource {
         let event_start = self.stream_mut().event_start;
         let start = self.position_here(event_start).to_string();
         let stream = self.stream.as_mut().expect("streaming");
+        stream.boundary = None;
         stream.txn = Some(OpenTxn {
             seq,
             start,
@@ -749,6 +903,7 @@ impl MysqlSource {
         let Some(txn) = stream.txn.take() else {
             return;
         };
+        stream.boundary = Some(end);
         if let (Some(state), Some((domain, server, seq))) = (stream.gtid.as_mut(), txn.maria_gtid) {
             state.update(domain, server, seq);
         }
@@ -863,15 +1018,33 @@ impl MysqlSource {
             self.commit(end, timestamp);
             return Ok(());
         }
-        if head.starts_with("RENAME")
-            || (head.starts_with("ALTER") && sql.to_ascii_uppercase().contains(" RENAME "))
-        {
-            warn!(position = %self.position_here(end), "a table was renamed: a table renamed into source.tables is captured from its next change on, without its earlier rows (re-snapshot it); one renamed away keeps its lake table");
+        for table in renamed_tables(statement, schema) {
+            if self.config.filter.matches(&table)
+                && !catalog::is_system_database(&table.schema)
+                && !self.tables.contains(&table)
+            {
+                if self.config.recopy_on_schema_change {
+                    info!(table = %table, position = %self.position_here(end), "a table was renamed into source.tables: copying it");
+                    self.queue_copies(std::slice::from_ref(&table));
+                } else {
+                    warn!(table = %table, position = %self.position_here(end), "a table was renamed into source.tables: captured from its next change on, without its earlier rows (source.recopy_on_schema_change = false)");
+                }
+            }
         }
         // A statement: DDL (or DML on a table without row logging). Table
         // maps reveal column changes; the catalog cache must not outlive it.
         self.catalog_cache.clear();
         if let Some(table) = ddl_table(statement, schema) {
+            if self.tables.contains(&table) {
+                if let Some(change) = rewriting_change(statement) {
+                    if self.config.recopy_on_schema_change {
+                        warn!(table = %table, change, "rows not changed since hold other values in the source than in the lake's log; copying the table again");
+                        self.queue_copies(std::slice::from_ref(&table));
+                    } else {
+                        warn!(table = %table, change, "rows not changed since keep their old values in the lake's log (source.recopy_on_schema_change = false)");
+                    }
+                }
+            }
             if self.config.filter.matches(&table) {
                 let stream = self.stream.as_ref().expect("streaming");
                 // The statement's own transaction: before every row it shapes.
@@ -971,6 +1144,7 @@ impl MysqlSource {
         }
         let table = TableId::new(map.schema.clone(), map.table.clone());
         if !self.tables.contains(&table)
+            && !self.copy_queue.contains(&table)
             && self.config.filter.matches(&table)
             && !catalog::is_system_database(&table.schema)
         {
@@ -1212,6 +1386,119 @@ fn special_fits(special: &rows::Special, type_code: u8) -> bool {
 }
 
 /// The table a `TRUNCATE [TABLE] [db.]name` statement names.
+/// What in an `ALTER TABLE` gives the rows already in the table values no
+/// row event carries: a renamed column, or a column added with a default.
+/// Read from the text (keywords outside quotes); a false alarm costs a copy.
+fn rewriting_change(statement: &str) -> Option<&'static str> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quote: Option<char> = None;
+    for c in statement.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' || c == '`' => {
+                quote = Some(c);
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+                words.push("?".to_string());
+            }
+            None if c.is_alphanumeric() || c == '_' => word.push(c.to_ascii_uppercase()),
+            None => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+                if c == ',' {
+                    words.push(",".into());
+                }
+            }
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    if words.first().map(String::as_str) != Some("ALTER") {
+        return None;
+    }
+    let mut clause_adds = false;
+    for (i, w) in words.iter().enumerate() {
+        match w.as_str() {
+            "," => clause_adds = false,
+            "RENAME" if words.get(i + 1).is_some_and(|n| n == "COLUMN") => {
+                return Some("a column was renamed")
+            }
+            // CHANGE [COLUMN] old new: a rename unless both names match.
+            "CHANGE" => {
+                let mut rest = words[i + 1..].iter().filter(|w| *w != "COLUMN");
+                let (old, new) = (rest.next(), rest.next());
+                if old != new || old.is_some_and(|o| o == "?") {
+                    return Some("a column was renamed (CHANGE)");
+                }
+            }
+            "ADD" => clause_adds = true,
+            "DEFAULT" if clause_adds && words.get(i + 1).is_some_and(|n| n != "NULL") => {
+                return Some("a column was added with a default")
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The new names of `RENAME TABLE a TO b[, c TO d]` and `ALTER TABLE a
+/// RENAME [TO|AS] b`.
+fn renamed_tables(statement: &str, default_db: &str) -> Vec<TableId> {
+    let name = |text: &str| -> Option<(TableId, usize)> {
+        let (first, rest) = identifier(text)?;
+        let (table, rest) = match rest.strip_prefix('.') {
+            Some(after) => {
+                let (second, rest) = identifier(after)?;
+                (TableId::new(first, second), rest)
+            }
+            None => (TableId::new(default_db, first), rest),
+        };
+        Some((table, text.len() - rest.len()))
+    };
+    let text = statement.trim_start();
+    let mut found = Vec::new();
+    if let Some(rest) = strip_keyword(text, "rename").and_then(|r| strip_keyword(r, "table")) {
+        let mut rest = rest;
+        while let Some((_, used)) = name(rest) {
+            let Some(after) = strip_keyword(rest[used..].trim_start(), "to") else {
+                break;
+            };
+            let Some((target, used)) = name(after) else {
+                break;
+            };
+            found.push(target);
+            match after[used..].trim_start().strip_prefix(',') {
+                Some(next) => rest = next.trim_start(),
+                None => break,
+            }
+        }
+    } else if let Some(table) = ddl_table(text, default_db) {
+        let upper = text.to_ascii_uppercase();
+        if let Some(at) = upper.find(" RENAME ") {
+            let rest = text[at + 8..].trim_start();
+            if strip_keyword(rest, "column").is_none()
+                && strip_keyword(rest, "index").is_none()
+                && strip_keyword(rest, "key").is_none()
+            {
+                let rest = strip_keyword(rest, "to")
+                    .or_else(|| strip_keyword(rest, "as"))
+                    .unwrap_or(rest);
+                if let Some((target, _)) = name(rest) {
+                    if target != table {
+                        found.push(target);
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
 /// DDL longer than this is kept in the schema history cut short.
 const MAX_DDL_BYTES: usize = 64 * 1024;
 
@@ -1289,7 +1576,7 @@ fn identifier(text: &str) -> Option<(String, &str)> {
         None
     } else {
         let end = text
-            .find(|c: char| c.is_whitespace() || c == '.' || c == ';')
+            .find(|c: char| c.is_whitespace() || matches!(c, '.' | ';' | ',' | '('))
             .unwrap_or(text.len());
         (end > 0).then(|| (text[..end].to_string(), &text[end..]))
     }
@@ -1449,6 +1736,33 @@ mod tests {
         );
         assert_eq!(truncated_table("ALTER TABLE t ADD c INT", "shop"), None);
         assert_eq!(truncated_table("TRUNCATEX t", "shop"), None);
+    }
+
+    #[test]
+    fn ddl_that_rewrites_rows() {
+        assert!(rewriting_change("ALTER TABLE t RENAME COLUMN a TO b").is_some());
+        assert!(rewriting_change("alter table t change a b int").is_some());
+        assert!(rewriting_change("ALTER TABLE t CHANGE COLUMN a a BIGINT").is_none());
+        assert!(rewriting_change("ALTER TABLE t ADD COLUMN f INT NOT NULL DEFAULT 1").is_some());
+        assert!(rewriting_change("ALTER TABLE t ADD c INT, ALTER d SET DEFAULT 2").is_none());
+        assert!(rewriting_change("ALTER TABLE t ADD c VARCHAR(9) COMMENT 'DEFAULT x'").is_none());
+        assert!(rewriting_change("ALTER TABLE t MODIFY a BIGINT").is_none());
+        assert!(rewriting_change("ALTER TABLE t ADD x INT DEFAULT NULL").is_none());
+        assert!(rewriting_change("CREATE TABLE t (a INT DEFAULT 1)").is_none());
+    }
+
+    #[test]
+    fn renamed_table_targets() {
+        assert_eq!(
+            renamed_tables("RENAME TABLE a TO b, db2.c TO `d d`", "shop"),
+            vec![TableId::new("shop", "b"), TableId::new("shop", "d d")]
+        );
+        assert_eq!(
+            renamed_tables("ALTER TABLE x RENAME TO y.z", "shop"),
+            vec![TableId::new("y", "z")]
+        );
+        assert!(renamed_tables("ALTER TABLE x RENAME COLUMN a TO b", "shop").is_empty());
+        assert!(renamed_tables("ALTER TABLE x ADD c INT", "shop").is_empty());
     }
 
     #[test]
