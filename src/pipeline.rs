@@ -607,6 +607,7 @@ async fn run_mysql(
             .cloned()
             .collect();
         source.queue_copies(&copies);
+        source.set_stopped(stopped.iter().map(|s| s.table.clone()));
         source.start_streaming(&streamed, from).await?;
     }
     let marks: HashMap<TableId, Mark> = states.iter().map(|(t, s)| (t.clone(), s.mark)).collect();

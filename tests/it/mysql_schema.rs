@@ -358,3 +358,101 @@ async fn mysql_renames_defaults_and_renamed_tables_keep_every_row_equal() {
     assert_eq!(other.len(), other_before + 1, "other is not copied again");
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
 }
+
+/// A row tidewater cannot follow (a zero date under `zero_dates = "fail"`)
+/// stops only its table on MariaDB too; the stop survives a restart; after
+/// the fix `snapshot --table` copies the table again and it streams on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_a_table_that_cannot_be_followed_stops_alone() {
+    let server = maria();
+    let db = "my_stopone";
+    let mut conn = server.create_database(db).await;
+    conn.query_drop(
+        "CREATE TABLE good (id INT PRIMARY KEY, v TEXT);
+         CREATE TABLE bad (id INT PRIMARY KEY, d DATE);
+         INSERT INTO good VALUES (1, 'a');
+         INSERT INTO bad VALUES (1, '2020-01-01');",
+    )
+    .await
+    .unwrap();
+    let source = format!(
+        "[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"{db}.*\"]\nzero_dates = \"fail\"\n",
+        server.url(db)
+    );
+    let mut pipeline = Pipeline::with_source(db, &source, "");
+    pipeline.start();
+    pipeline.wait_equal_mysql(&mut conn, db, "good", "id").await;
+    pipeline.wait_equal_mysql(&mut conn, db, "bad", "id").await;
+    conn.query_drop(
+        "SET SESSION sql_mode = '';
+         BEGIN;
+         INSERT INTO good VALUES (2, 'b');
+         INSERT INTO bad VALUES (2, '0000-00-00');
+         INSERT INTO good VALUES (3, 'c');
+         COMMIT;
+         INSERT INTO bad VALUES (3, '2021-01-01');
+         INSERT INTO good VALUES (4, 'd');",
+    )
+    .await
+    .unwrap();
+    pipeline.wait_equal_mysql(&mut conn, db, "good", "id").await;
+    assert!(
+        pipeline.log(1).contains("table stopped"),
+        "{}",
+        pipeline.log(1)
+    );
+    assert_eq!(
+        read_log(&pipeline.table_path(db, "bad"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+    pipeline.start();
+    conn.query_drop("INSERT INTO good VALUES (5, 'e'); INSERT INTO bad VALUES (4, '2022-02-02');")
+        .await
+        .unwrap();
+    pipeline.wait_equal_mysql(&mut conn, db, "good", "id").await;
+    assert!(
+        pipeline.log(2).contains("table is stopped"),
+        "{}",
+        pipeline.log(2)
+    );
+    assert_eq!(
+        read_log(&pipeline.table_path(db, "bad"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
+
+    conn.query_drop("UPDATE bad SET d = '2020-02-02' WHERE id = 2")
+        .await
+        .unwrap();
+    let mut cmd = crate::support::tidewater();
+    cmd.args(["snapshot", "--table", &format!("{db}.bad"), "--config"])
+        .arg(&pipeline.config);
+    let out = crate::support::output_within(cmd, 120);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pipeline.start();
+    conn.query_drop(
+        "UPDATE bad SET d = '2023-03-03' WHERE id = 3; INSERT INTO good VALUES (6, 'f');",
+    )
+    .await
+    .unwrap();
+    pipeline.wait_equal_mysql(&mut conn, db, "bad", "id").await;
+    pipeline.wait_equal_mysql(&mut conn, db, "good", "id").await;
+    assert!(
+        !pipeline.log(3).contains("table is stopped"),
+        "{}",
+        pipeline.log(3)
+    );
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(3));
+}

@@ -20,3 +20,16 @@ pub enum ErrorClass {
 pub trait Classified: std::error::Error + Send + Sync + 'static {
     fn class(&self) -> ErrorClass;
 }
+
+/// An error and its causes on one line (what a stopped table's record and
+/// the log say; errors never carry row values).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -26,7 +26,7 @@ pub mod uuid_text;
 
 pub use arrow_schema::ArrowError;
 pub use batch::{key_string, BatchLimits, Batcher, ChangeBatch};
-pub use error::{Classified, ErrorClass};
+pub use error::{error_chain, Classified, ErrorClass};
 pub use event::{ChangeEvent, CommitInfo, Datum, Mark, Op, RowBlock, RowChange, TableId};
 pub use filter::TableFilter;
 pub use schema::{Column, ColumnType, TableSchema};

@@ -207,6 +207,9 @@ pub struct MysqlSource {
     zero_date_tables: Vec<TableId>,
     /// Tables to copy while streaming, at the next transaction boundary.
     copy_queue: Vec<TableId>,
+    /// Tables stopped by a definite error (this run or an earlier one):
+    /// never captured again by this run.
+    stopped: Vec<TableId>,
 }
 
 fn now_us() -> i64 {
@@ -255,6 +258,7 @@ impl MysqlSource {
             zero_dates: 0,
             zero_date_tables: Vec::new(),
             copy_queue: Vec::new(),
+            stopped: Vec::new(),
         })
     }
 
@@ -1145,6 +1149,7 @@ impl MysqlSource {
         let table = TableId::new(map.schema.clone(), map.table.clone());
         if !self.tables.contains(&table)
             && !self.copy_queue.contains(&table)
+            && !self.stopped.contains(&table)
             && self.config.filter.matches(&table)
             && !catalog::is_system_database(&table.schema)
         {
@@ -1260,13 +1265,61 @@ impl MysqlSource {
         let Some((schema, plan)) = mapped.target.clone() else {
             return Ok(());
         };
+        match self.decode_rows(event_type, data, end, table_id, &schema, &plan) {
+            // A row of this table cannot be followed: it stops alone.
+            Err(error)
+                if tidewater_core::Classified::class(&error)
+                    == tidewater_core::ErrorClass::Definite =>
+            {
+                self.stop_table(&schema.table, tidewater_core::error_chain(&error));
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Stops capturing `table` in this run; the coordinator records why.
+    fn stop_table(&mut self, table: &TableId, reason: String) {
+        self.stopped.push(table.clone());
+        self.tables.retain(|t| t != table);
+        if let Some(stream) = self.stream.as_mut() {
+            for mapped in stream.maps.values_mut() {
+                if mapped
+                    .target
+                    .as_ref()
+                    .is_some_and(|(s, _)| &s.table == table)
+                {
+                    mapped.target = None;
+                }
+            }
+        }
+        self.pending.push_back(ChangeEvent::TableFailed {
+            table: table.clone(),
+            reason,
+        });
+    }
+
+    /// Tables an earlier run stopped: not captured by this one.
+    pub fn set_stopped(&mut self, tables: impl IntoIterator<Item = TableId>) {
+        self.stopped.extend(tables);
+    }
+
+    fn decode_rows(
+        &mut self,
+        event_type: u8,
+        data: &[u8],
+        end: u64,
+        table_id: u64,
+        schema: &Arc<TableSchema>,
+        plan: &Arc<RowPlan>,
+    ) -> Result<(), MysqlError> {
         // Straight into Arrow: one block of rows per rows event.
         let mut out = self
             .stream_mut()
             .builders
             .remove(&table_id)
-            .unwrap_or_else(|| rows::ColumnarRows::new(&plan));
-        let stats = rows::decode_rows_columnar(event_type, data, &plan, &mut out)
+            .unwrap_or_else(|| rows::ColumnarRows::new(plan));
+        let stats = rows::decode_rows_columnar(event_type, data, plan, &mut out)
             .map_err(|source| self.decode_error(&schema.table.to_string(), end, source))?;
         if stats.zero_dates > 0 {
             self.on_zero_dates(&schema.table, stats.zero_dates, end)?;

@@ -1349,7 +1349,7 @@ impl PostgresSource {
                     .map(|schema| schema.table.clone());
                 match table {
                     Some(table) => {
-                        self.stop_table(&table, error_chain(&error));
+                        self.stop_table(&table, tidewater_core::error_chain(&error));
                         Ok(())
                     }
                     None => Err(error),
@@ -1689,19 +1689,6 @@ impl From<crate::replication::ReplicationError> for PostgresError {
     fn from(source: crate::replication::ReplicationError) -> Self {
         PostgresError::Replication { source }
     }
-}
-
-/// An error and its causes, one line (what the log and the stopped-tables
-/// file say; errors never carry row values).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The consistent point and snapshot name of `CREATE_REPLICATION_SLOT …
