@@ -1,6 +1,7 @@
 //! MariaDB schema changes while streaming: the row schemas come from the
-//! binlog's table maps, so no DDL is parsed; after each change and the rows
-//! written under it, the lake's current state must equal the source.
+//! binlog's table maps (DDL text only feeds the schema history and the
+//! decision to copy a table again); after each change and the rows written
+//! under it, the lake's current state must equal the source.
 
 use mysql_async::prelude::Queryable;
 
@@ -313,6 +314,41 @@ async fn mysql_renames_defaults_and_renamed_tables_keep_every_row_equal() {
     pipeline
         .wait_equal_mysql(&mut conn, db, "other", "id")
         .await;
+    // Created while streaming: captured from its first row (no copy needed);
+    // dropped: its lake table keeps the log, the rest goes on.
+    conn.query_drop(
+        "CREATE TABLE fresh (id INT PRIMARY KEY, v TEXT);
+         INSERT INTO fresh VALUES (1, 'x'), (2, 'y');
+         UPDATE fresh SET v = 'z' WHERE id = 2;
+         CREATE TABLE doomed (id INT PRIMARY KEY);
+         INSERT INTO doomed VALUES (1);",
+    )
+    .await
+    .unwrap();
+    pipeline
+        .wait_equal_mysql(&mut conn, db, "fresh", "id")
+        .await;
+    pipeline
+        .wait_equal_mysql(&mut conn, db, "doomed", "id")
+        .await;
+    conn.query_drop("DROP TABLE doomed; INSERT INTO fresh VALUES (3, 'after the drop');")
+        .await
+        .unwrap();
+    pipeline
+        .wait_equal_mysql(&mut conn, db, "fresh", "id")
+        .await;
+    assert_eq!(
+        read_log(&pipeline.table_path(db, "doomed"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let fresh = read_log(&pipeline.table_path(db, "fresh")).await.unwrap();
+    assert!(
+        fresh.iter().all(|r| r.op != "r"),
+        "a new table is not copied: {fresh:?}"
+    );
     let log = pipeline.log(1);
     assert!(log.contains("a column was renamed"), "{log}");
     assert!(log.contains("a column was added with a default"), "{log}");

@@ -237,6 +237,22 @@ async fn renames_and_defaults_keep_every_row_equal() {
         pipeline.wait_equal(&client, "t").await;
         pipeline.wait_equal(&client, "other").await;
     }
+    // A captured table dropped while streaming: its lake table keeps the
+    // log, the rest goes on.
+    client
+        .batch_execute(
+            "DROP TABLE other; INSERT INTO t (id, a, title) VALUES (2000, 2, 'after the drop');",
+        )
+        .await
+        .unwrap();
+    pipeline.wait_equal(&client, "t").await;
+    assert_eq!(
+        read_log(&pipeline.table_path("public", "other"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     let log = pipeline.log(1);
     assert!(
         log.contains("column b renamed to title")

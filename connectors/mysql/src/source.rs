@@ -210,6 +210,9 @@ pub struct MysqlSource {
     /// Tables stopped by a definite error (this run or an earlier one):
     /// never captured again by this run.
     stopped: Vec<TableId>,
+    /// The last DDL statement seen for each captured table (named when the
+    /// table stops).
+    last_ddl: HashMap<TableId, String>,
 }
 
 fn now_us() -> i64 {
@@ -259,6 +262,7 @@ impl MysqlSource {
             zero_date_tables: Vec::new(),
             copy_queue: Vec::new(),
             stopped: Vec::new(),
+            last_ddl: HashMap::new(),
         })
     }
 
@@ -1065,6 +1069,7 @@ impl MysqlSource {
                     statement.truncate(cut);
                     statement.push_str(" …");
                 }
+                self.last_ddl.insert(table.clone(), statement.clone());
                 self.pending.push_back(ChangeEvent::Ddl {
                     table,
                     seq,
@@ -1280,6 +1285,13 @@ impl MysqlSource {
 
     /// Stops capturing `table` in this run; the coordinator records why.
     fn stop_table(&mut self, table: &TableId, reason: String) {
+        let reason = match self.last_ddl.get(table) {
+            Some(statement) => {
+                let short: String = statement.chars().take(300).collect();
+                format!("{reason} (the last DDL on the table in this run: {short})")
+            }
+            None => reason,
+        };
         self.stopped.push(table.clone());
         self.tables.retain(|t| t != table);
         if let Some(stream) = self.stream.as_mut() {
