@@ -363,24 +363,8 @@ async fn run_postgres(
         if let Some(table) = settings.recopy.iter().find(|t| !tables.contains(t)) {
             return Err(PipelineError::NotSelected(table.clone()));
         }
-        // Stopped tables stay stopped (their changes since are not in the
-        // lake) unless this run copies them again.
         let recorded = sink.stopped_tables()?;
-        let stopped: Vec<StoppedTable> = recorded
-            .iter()
-            .filter(|s| !settings.recopy.contains(&s.table))
-            .cloned()
-            .collect();
-        for s in &stopped {
-            error!(
-                table = %s.table,
-                position = %s.position,
-                error = %s.reason,
-                "table is stopped and not replicated; fix the cause, then copy it again with \
-                 `tidewater snapshot --config <file> --table {}`",
-                s.table
-            );
-        }
+        let stopped = still_stopped(&recorded, &settings.recopy);
         let is_stopped = |t: &TableId| stopped.iter().any(|s| &s.table == t);
         let missing: Vec<TableId> = tables
             .iter()
@@ -528,27 +512,12 @@ async fn run_mysql(
     if let Some(table) = settings.recopy.iter().find(|t| !tables.contains(t)) {
         return Err(PipelineError::NotSelected(table.clone()));
     }
-    // As for Postgres: stopped tables stay stopped unless copied again now.
     let recorded = if snapshotting {
         Vec::new()
     } else {
         sink.stopped_tables()?
     };
-    let stopped: Vec<StoppedTable> = recorded
-        .iter()
-        .filter(|s| !settings.recopy.contains(&s.table))
-        .cloned()
-        .collect();
-    for s in &stopped {
-        error!(
-            table = %s.table,
-            position = %s.position,
-            error = %s.reason,
-            "table is stopped and not replicated; fix the cause, then copy it again with \
-             `tidewater snapshot --config <file> --table {}`",
-            s.table
-        );
-    }
+    let stopped = still_stopped(&recorded, &settings.recopy);
     let is_stopped = |t: &TableId| stopped.iter().any(|s| &s.table == t);
     // Tables without a complete copy in the lake (an interrupted copy, a
     // table that matched the config after the snapshot) and those asked
@@ -627,6 +596,28 @@ async fn run_mysql(
         shutdown,
     )
     .await
+}
+
+/// The recorded stopped tables that stay stopped in this run: their changes
+/// since the stop are not in the lake, so only a new copy (`recopy`) lifts
+/// the stop. Each is named in the log at every start.
+fn still_stopped(recorded: &[StoppedTable], recopy: &[TableId]) -> Vec<StoppedTable> {
+    let stopped: Vec<StoppedTable> = recorded
+        .iter()
+        .filter(|s| !recopy.contains(&s.table))
+        .cloned()
+        .collect();
+    for s in &stopped {
+        error!(
+            table = %s.table,
+            position = %s.position,
+            error = %s.reason,
+            "table is stopped and not replicated; fix the cause, then copy it again with \
+             `tidewater snapshot --config <file> --table {}`",
+            s.table
+        );
+    }
+    stopped
 }
 
 fn sink_position_file(settings: &Settings) -> SourcePositionFile {

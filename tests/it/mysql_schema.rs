@@ -202,13 +202,8 @@ async fn mysql_ddl_corpus_replays_against_a_streaming_pipeline() {
 /// and the lake ends equal to the source with no change twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_sigkill_between_schema_changes_resumes_with_the_right_schema() {
-    use rand::{Rng, SeedableRng};
-    let seed: u64 = std::env::var("TIDEWATER_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::thread_rng().gen());
-    eprintln!("schema crash test seed {seed} (set TIDEWATER_CRASH_SEED to replay)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    use rand::Rng;
+    let mut rng = crate::support::crash_rng("schema crash test");
     let server = maria();
     let mut conn = server.create_database("my_evolvekill").await;
     conn.query_drop(
@@ -243,10 +238,7 @@ async fn mysql_sigkill_between_schema_changes_resumes_with_the_right_schema() {
     let log = read_log(&pipeline.table_path("my_evolvekill", "t"))
         .await
         .unwrap();
-    let mut marks: Vec<(i64, i64)> = log.iter().map(|r| (r.seq, r.ord)).collect();
-    let total = marks.len();
-    marks.dedup();
-    assert_eq!(marks.len(), total, "a change landed twice");
+    crate::support::lake::assert_each_change_once(&log);
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(pipeline.starts));
 }
 

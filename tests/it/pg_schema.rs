@@ -159,13 +159,8 @@ pub fn check_history(pipeline: &Pipeline, table: &str, versions: usize) -> serde
 /// right schema for every row, and the lake ends equal to the source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_between_schema_changes_resumes_with_the_right_schema() {
-    use rand::{Rng, SeedableRng};
-    let seed: u64 = std::env::var("TIDEWATER_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::thread_rng().gen());
-    eprintln!("schema crash test seed {seed} (set TIDEWATER_CRASH_SEED to replay)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    use rand::Rng;
+    let mut rng = crate::support::crash_rng("schema crash test");
     let client = pg().create_database("evolvekill").await;
     client
         .batch_execute(
@@ -195,10 +190,7 @@ async fn sigkill_between_schema_changes_resumes_with_the_right_schema() {
     }
     pipeline.wait_equal(&client, "t").await;
     let log = read_log(&pipeline.table_path("public", "t")).await.unwrap();
-    let mut marks: Vec<(i64, i64)> = log.iter().map(|r| (r.seq, r.ord)).collect();
-    let total = marks.len();
-    marks.dedup();
-    assert_eq!(marks.len(), total, "a change landed twice");
+    crate::support::lake::assert_each_change_once(&log);
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(pipeline.starts));
 }
 

@@ -458,3 +458,12 @@ pub fn compare(source: &BTreeMap<String, Row>, lake: &BTreeMap<String, Row>) -> 
         ))
     }
 }
+
+/// Fails when a change (its `_tw_seq`, `_tw_ord`) landed more than once.
+pub fn assert_each_change_once(log: &[LogRow]) {
+    let mut marks: Vec<(i64, i64)> = log.iter().map(|r| (r.seq, r.ord)).collect();
+    marks.sort_unstable();
+    let total = marks.len();
+    marks.dedup();
+    assert_eq!(marks.len(), total, "a change landed twice");
+}

@@ -460,6 +460,18 @@ impl Drop for Pipeline {
     }
 }
 
+/// A random source for a crash test, seeded from `TIDEWATER_CRASH_SEED` when
+/// set (to replay a failure), else at random; the seed is printed.
+pub fn crash_rng(what: &str) -> rand::rngs::StdRng {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("TIDEWATER_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen());
+    eprintln!("{what} seed {seed} (set TIDEWATER_CRASH_SEED to replay)");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
 /// Polls `check` until it returns Ok, or panics with its last error.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where

@@ -1514,17 +1514,7 @@ fn rewriting_change(statement: &str) -> Option<&'static str> {
 /// The new names of `RENAME TABLE a TO b[, c TO d]` and `ALTER TABLE a
 /// RENAME [TO|AS] b`.
 fn renamed_tables(statement: &str, default_db: &str) -> Vec<TableId> {
-    let name = |text: &str| -> Option<(TableId, usize)> {
-        let (first, rest) = identifier(text)?;
-        let (table, rest) = match rest.strip_prefix('.') {
-            Some(after) => {
-                let (second, rest) = identifier(after)?;
-                (TableId::new(first, second), rest)
-            }
-            None => (TableId::new(default_db, first), rest),
-        };
-        Some((table, text.len() - rest.len()))
-    };
+    let name = |text: &str| table_name(text, default_db);
     let text = statement.trim_start();
     let mut found = Vec::new();
     if let Some(rest) = strip_keyword(text, "rename").and_then(|r| strip_keyword(r, "table")) {
@@ -1589,27 +1579,27 @@ fn ddl_table(statement: &str, default_db: &str) -> Option<TableId> {
             .and_then(|r| strip_keyword(r, "exists"))
             .unwrap_or(rest)
     };
-    let (first, rest) = identifier(rest)?;
-    match rest.strip_prefix('.') {
-        Some(rest) => {
-            let (second, _) = identifier(rest)?;
-            Some(TableId::new(first, second))
-        }
-        None => Some(TableId::new(default_db, first)),
-    }
+    table_name(rest, default_db).map(|(table, _)| table)
 }
 
 fn truncated_table(statement: &str, default_db: &str) -> Option<TableId> {
     let rest = strip_keyword(statement.trim_start(), "truncate")?;
     let rest = strip_keyword(rest, "table").unwrap_or(rest);
-    let (first, rest) = identifier(rest)?;
-    match rest.strip_prefix('.') {
-        Some(rest) => {
-            let (second, _) = identifier(rest)?;
-            Some(TableId::new(first, second))
+    table_name(rest, default_db).map(|(table, _)| table)
+}
+
+/// A table name, `db.table` or `table` (in `default_db`), at the start of
+/// `text`, and how many bytes of `text` it took.
+fn table_name(text: &str, default_db: &str) -> Option<(TableId, usize)> {
+    let (first, rest) = identifier(text)?;
+    let (table, rest) = match rest.strip_prefix('.') {
+        Some(after) => {
+            let (second, rest) = identifier(after)?;
+            (TableId::new(first, second), rest)
         }
-        None => Some(TableId::new(default_db, first)),
-    }
+        None => (TableId::new(default_db, first), rest),
+    };
+    Some((table, text.len() - rest.len()))
 }
 
 /// `text` after a leading case-insensitive keyword and the blanks after it.

@@ -8,6 +8,16 @@ use tokio_postgres::Client;
 
 use crate::types::column_type_dims;
 
+/// SQL over `pg_class c`: true when the table's replica identity lets
+/// Postgres publish its UPDATEs and DELETEs (FULL, a primary key under
+/// DEFAULT, an index under USING INDEX; never NOTHING).
+pub(crate) const HAS_REPLICA_IDENTITY: &str = "CASE c.relreplident \
+       WHEN 'n' THEN false \
+       WHEN 'f' THEN true \
+       WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
+       ELSE EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident) \
+     END";
+
 /// Ordinary and partitioned tables outside the system schemas that `filter`
 /// selects, sorted.
 pub async fn list_tables(

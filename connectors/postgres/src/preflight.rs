@@ -4,7 +4,7 @@
 use tidewater_core::{Problem, TableId};
 use tokio_postgres::Client;
 
-use crate::catalog::quote_table;
+use crate::catalog::{quote_table, HAS_REPLICA_IDENTITY};
 use crate::error::{query_error, PostgresError};
 use crate::source::PostgresConfig;
 
@@ -103,15 +103,11 @@ pub async fn preflight(
     for table in tables {
         let row = client
             .query_one(
-                "SELECT has_table_privilege(c.oid, 'SELECT'), \
-                   pg_get_userbyid(c.relowner) = current_user, \
-                   CASE c.relreplident \
-                     WHEN 'n' THEN false \
-                     WHEN 'f' THEN true \
-                     WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
-                     ELSE EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident) \
-                   END \
-                 FROM pg_class c WHERE c.oid = (quote_ident($1) || '.' || quote_ident($2))::regclass",
+                &format!(
+                    "SELECT has_table_privilege(c.oid, 'SELECT'), \
+                       pg_get_userbyid(c.relowner) = current_user, {HAS_REPLICA_IDENTITY} \
+                     FROM pg_class c WHERE c.oid = (quote_ident($1) || '.' || quote_ident($2))::regclass"
+                ),
                 &[&table.schema, &table.table],
             )
             .await

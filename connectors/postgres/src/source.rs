@@ -55,7 +55,9 @@ use tidewater_core::{
 use tokio_postgres::{Client, CopyOutStream, NoTls};
 use tracing::{debug, info, warn};
 
-use crate::catalog::{list_tables, quote_ident, quote_table, table_columns, TypeNames};
+use crate::catalog::{
+    list_tables, quote_ident, quote_table, table_columns, TypeNames, HAS_REPLICA_IDENTITY,
+};
 use crate::copy::split_line;
 use crate::error::{query_error, PostgresError};
 use crate::pgoutput::{self, Cell, Message, OldTuple, Relation};
@@ -600,16 +602,13 @@ impl PostgresSource {
         let row = self
             .client
             .query_opt(
-                "SELECT has_table_privilege(c.oid, 'SELECT'), \
-                   CASE c.relreplident \
-                     WHEN 'n' THEN false \
-                     WHEN 'f' THEN true \
-                     WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
-                     ELSE EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident) \
-                   END \
-                   OR EXISTS (SELECT 1 FROM pg_publication_tables p \
-                              WHERE p.pubname = $3 AND p.schemaname = $1 AND p.tablename = $2) \
-                 FROM pg_class c WHERE c.oid = to_regclass(quote_ident($1) || '.' || quote_ident($2))",
+                &format!(
+                    "SELECT has_table_privilege(c.oid, 'SELECT'), {HAS_REPLICA_IDENTITY} \
+                       OR EXISTS (SELECT 1 FROM pg_publication_tables p \
+                                  WHERE p.pubname = $3 AND p.schemaname = $1 AND p.tablename = $2) \
+                     FROM pg_class c \
+                     WHERE c.oid = to_regclass(quote_ident($1) || '.' || quote_ident($2))"
+                ),
                 &[&table.schema, &table.table, &self.config.publication],
             )
             .await
