@@ -210,6 +210,70 @@ pub struct LakeSinkConfig {
     pub max_batch_rows: usize,
     #[serde(default = "default_max_batch_bytes")]
     pub max_batch_bytes: usize,
+    /// How often each table's small files (one per flush) are looked at for
+    /// compaction; 0 turns compaction off. Default 300000 (5 minutes).
+    #[serde(default = "default_compaction_interval_ms")]
+    pub compaction_interval_ms: u64,
+    /// Files below this size are compacted into files of about this size.
+    /// Default 134217728 (128 MiB).
+    #[serde(default = "default_target_file_size_bytes")]
+    pub target_file_size_bytes: u64,
+    /// Compact a table once it has at least this many small files. Default 16.
+    #[serde(default = "default_compaction_min_files")]
+    pub compaction_min_files: usize,
+    /// How often files no table version needs any more are deleted; 0 turns
+    /// it off. Default 3600000 (an hour).
+    #[serde(default = "default_vacuum_interval_ms")]
+    pub vacuum_interval_ms: u64,
+    /// Files replaced by a compaction (and never-committed files) are kept
+    /// this long for readers of older versions. Default 168 (7 days, Delta's
+    /// default).
+    #[serde(default = "default_vacuum_retention_hours")]
+    pub vacuum_retention_hours: u64,
+}
+
+/// Often enough that a table flushed every second holds a few hundred small
+/// files at most; rare enough that the rewrite is a small share of the work.
+fn default_compaction_interval_ms() -> u64 {
+    300_000
+}
+/// The file size Delta readers handle best (Spark and delta-rs aim at it).
+fn default_target_file_size_bytes() -> u64 {
+    128 * 1024 * 1024
+}
+fn default_compaction_min_files() -> usize {
+    16
+}
+fn default_vacuum_interval_ms() -> u64 {
+    3_600_000
+}
+/// Delta's own default retention: readers may run queries that long.
+fn default_vacuum_retention_hours() -> u64 {
+    168
+}
+
+impl LakeSinkConfig {
+    /// The compaction and vacuum schedule this config asks for.
+    pub fn maintenance(&self) -> tidewater_lake::MaintenancePolicy {
+        use std::time::Duration;
+        tidewater_lake::MaintenancePolicy {
+            compaction: (self.compaction_interval_ms > 0).then(|| {
+                (
+                    tidewater_lake::Compaction {
+                        target_file_bytes: self.target_file_size_bytes,
+                        min_files: self.compaction_min_files,
+                    },
+                    Duration::from_millis(self.compaction_interval_ms),
+                )
+            }),
+            vacuum: (self.vacuum_interval_ms > 0).then(|| {
+                (
+                    Duration::from_secs(self.vacuum_retention_hours.saturating_mul(3600)),
+                    Duration::from_millis(self.vacuum_interval_ms),
+                )
+            }),
+        }
+    }
 }
 
 fn default_flush_interval_ms() -> u64 {
@@ -400,6 +464,12 @@ impl Config {
                 }
                 if lake.max_batch_rows == 0 {
                     return Err(invalid("sink.max_batch_rows", "must be at least 1".into()));
+                }
+                if lake.target_file_size_bytes < 1024 {
+                    return Err(invalid(
+                        "sink.target_file_size_bytes",
+                        "must be at least 1024 (a few MiB or more is sensible)".into(),
+                    ));
                 }
                 if !(MIN_BATCH_BYTES..=MAX_BATCH_BYTES).contains(&lake.max_batch_bytes) {
                     return Err(invalid(

@@ -23,7 +23,7 @@ use tidewater_core::{
     BatchLimits, Batcher, ChangeEvent, Classified, ErrorClass, Mark, Problem, Sink, SnapshotPhase,
     Source, StoppedTable, TableId,
 };
-use tidewater_lake::{LakeSink, SlotMarker, SourcePositionFile, TableState};
+use tidewater_lake::{LakeSink, MaintenancePolicy, SlotMarker, SourcePositionFile, TableState};
 use tidewater_mysql::{BinlogPosition, MysqlConfig, MysqlError, MysqlSource, ZeroDates};
 use tidewater_postgres::{Lsn, PostgresConfig, PostgresError, PostgresSource, TableFilter};
 use tokio::sync::{mpsc, watch};
@@ -158,6 +158,7 @@ pub struct Settings {
     pub limits: BatchLimits,
     /// Tables to copy again before streaming (`snapshot --table`).
     pub recopy: Vec<TableId>,
+    pub maintenance: MaintenancePolicy,
 }
 
 impl Settings {
@@ -217,6 +218,7 @@ impl Settings {
                 max_delay: Duration::from_millis(lake.flush_interval_ms),
             },
             recopy: Vec::new(),
+            maintenance: lake.maintenance(),
         }
     }
 }
@@ -656,6 +658,8 @@ async fn drive(
         AnySource::Mysql(_) => info_span!("mysql-source"),
     };
     let source_task = tokio::spawn(source_loop(source, event_tx, ack_rx, stop_rx).instrument(span));
+    let mut sink = sink;
+    sink.set_maintenance(settings.maintenance);
 
     let mut coordinator = Coordinator {
         sink,
@@ -1118,6 +1122,9 @@ impl<K: Sink> Coordinator<K> {
             self.ack(ack, &position)?;
         }
         self.record_acked_position(true)?;
+        if self.nothing_pending() && !self.in_transaction {
+            self.sink.maintain().await;
+        }
         Ok(())
     }
 }

@@ -7,6 +7,7 @@ mod support;
 mod config_errors;
 mod crash;
 mod golden;
+mod lake_maintenance;
 mod maria_harness;
 mod mysql;
 mod mysql_conformance;

@@ -316,7 +316,7 @@ async fn transactions_truncate_and_acks() {
 
 /// Reads a lake table with the Python `deltalake` package and queries it with
 /// DuckDB over the Arrow table it returns.
-fn python_summary(path: &std::path::Path) -> serde_json::Value {
+pub(crate) fn python_summary(path: &std::path::Path) -> serde_json::Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/read_lake.py");
     let out = Command::new("python3")
         .arg(script)

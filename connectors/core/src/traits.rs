@@ -106,6 +106,12 @@ pub trait Sink {
     /// after it bring no new version).
     fn note_ddl(&mut self, table: &TableId, seq: u64, statement: String);
 
+    /// Housekeeping between commits (compaction, removal of files no version
+    /// needs): never changes what readers see, nor any mark; its failures
+    /// are the sink's to log and retry. Called after checkpoints, when
+    /// nothing is pending. Default: nothing.
+    async fn maintain(&mut self) {}
+
     /// Records durably which tables are stopped (see
     /// [`ChangeEvent::TableFailed`]), replacing the earlier list; called
     /// before anything after the failing change is acknowledged.

@@ -11,5 +11,8 @@ pub mod sink;
 mod stats;
 
 pub use error::LakeError;
-pub use sink::{LakeSink, SlotMarker, SourcePositionFile, TableState};
+pub use sink::{
+    Compaction, CompactionReport, LakeSink, MaintenancePolicy, SlotMarker, SourcePositionFile,
+    TableState,
+};
 pub use tidewater_core::StoppedTable;

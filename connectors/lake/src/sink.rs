@@ -47,6 +47,9 @@ use crate::narrow::{narrow_batch, narrow_schema};
 use crate::restore;
 use crate::stats::writer_properties;
 
+mod maintenance;
+pub use maintenance::{Compaction, CompactionReport, MaintenancePolicy};
+
 const KEY_PIPELINE: &str = "tidewater.pipeline";
 const KEY_SEQ: &str = "tidewater.seq";
 const KEY_ORD: &str = "tidewater.ord";
@@ -160,6 +163,8 @@ pub struct LakeSink {
     /// DDL statements by table, with their seq, waiting for the version
     /// they shape (see [`Sink::note_ddl`]).
     pending_ddl: HashMap<TableId, Vec<(u64, String)>>,
+    maintenance: MaintenancePolicy,
+    clock: maintenance::MaintenanceClock,
 }
 
 impl LakeSink {
@@ -170,6 +175,8 @@ impl LakeSink {
             tables: BTreeMap::new(),
             table_phases: HashMap::new(),
             pending_ddl: HashMap::new(),
+            maintenance: MaintenancePolicy::default(),
+            clock: maintenance::MaintenanceClock::default(),
         }
     }
 
@@ -419,23 +426,15 @@ impl LakeSink {
                 open.history_dirty = false;
             }
             let commits = open.state.as_ref().map_or(0, |s| s.commits) + 1;
-            let metadata: HashMap<String, Value> = HashMap::from([
-                (KEY_PIPELINE.to_string(), Value::from(self.pipeline.clone())),
-                (KEY_SEQ.to_string(), Value::from(mark.seq.to_string())),
-                (KEY_ORD.to_string(), Value::from(mark.ord.to_string())),
-                (KEY_POSITION.to_string(), Value::from(position)),
-                (
-                    KEY_SNAPSHOT.to_string(),
-                    Value::from(if snapshot_done { "done" } else { "running" }),
-                ),
-                (
-                    KEY_SCHEMA_VERSION.to_string(),
-                    Value::from(open.schema_version.to_string()),
-                ),
-            ]);
-            let properties = CommitProperties::default()
-                .with_application_transaction(Transaction::new(&app_id, commits))
-                .with_metadata(metadata);
+            let properties = commit_properties(
+                &app_id,
+                &self.pipeline,
+                commits,
+                mark,
+                position,
+                snapshot_done,
+                open.schema_version,
+            );
             let snapshot = open
                 .table
                 .snapshot()
@@ -837,6 +836,37 @@ impl LakeSink {
     }
 }
 
+/// What every commit of this pipeline carries: its application transaction
+/// (version `commits`) and the table's mark, position, snapshot state and
+/// schema version — what a restart reads back.
+fn commit_properties(
+    app_id: &str,
+    pipeline: &str,
+    commits: i64,
+    mark: Mark,
+    position: &str,
+    snapshot_done: bool,
+    schema_version: u64,
+) -> CommitProperties {
+    let metadata: HashMap<String, Value> = HashMap::from([
+        (KEY_PIPELINE.to_string(), Value::from(pipeline)),
+        (KEY_SEQ.to_string(), Value::from(mark.seq.to_string())),
+        (KEY_ORD.to_string(), Value::from(mark.ord.to_string())),
+        (KEY_POSITION.to_string(), Value::from(position)),
+        (
+            KEY_SNAPSHOT.to_string(),
+            Value::from(if snapshot_done { "done" } else { "running" }),
+        ),
+        (
+            KEY_SCHEMA_VERSION.to_string(),
+            Value::from(schema_version.to_string()),
+        ),
+    ]);
+    CommitProperties::default()
+        .with_application_transaction(Transaction::new(app_id, commits))
+        .with_metadata(metadata)
+}
+
 /// Replaces a small file atomically and durably: write a staging file,
 /// fsync it, rename it over the target, fsync the directory. Readers see the
 /// old or the new content, never a torn or (after a power loss) empty one.
@@ -885,6 +915,10 @@ impl Sink for LakeSink {
         keys: &[Vec<Datum>],
     ) -> Result<HashMap<String, Vec<Datum>>, LakeError> {
         LakeSink::latest_rows(self, schema, keys).await
+    }
+
+    async fn maintain(&mut self) {
+        LakeSink::maintain(self).await
     }
 
     fn note_ddl(&mut self, table: &TableId, seq: u64, statement: String) {

@@ -1,0 +1,401 @@
+//! Keeping lake tables healthy while they grow: small files are compacted,
+//! files no version needs any more are deleted.
+//!
+//! ```text
+//!  flush ── one small file per table per commit ─┐
+//!  compaction: ≥ min_files files below the target size, binned into groups of
+//!    about the target ── each group read and rewritten into one file ── one commit:
+//!    remove(old files, dataChange=false) + add(new files, dataChange=false),
+//!    with the table's own mark and position (a restart reads the same state)
+//!  vacuum: files removed longer ago than the retention, and files no commit ever
+//!    added (a crash between write and commit) older than it, are deleted
+//! ```
+//!
+//! Readers see the same rows before and after a compaction — it only changes
+//! which files hold them, in one atomic commit — and a reader still on an older
+//! version keeps its files: only vacuum deletes files, and only those removed
+//! longer ago than the retention. Delta checkpoints come from the commit
+//! itself (every `delta.checkpointInterval` commits, 100 by default) and the
+//! log expires after `delta.logRetentionDuration` (30 days), both as the Delta
+//! protocol defines them.
+
+use std::time::Duration;
+
+use deltalake::arrow::array::new_null_array;
+use deltalake::operations::vacuum::VacuumMode;
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+use super::*;
+
+/// When and how small files are rewritten.
+#[derive(Debug, Clone, Copy)]
+pub struct Compaction {
+    /// Files below this size are small; groups are cut at about this size.
+    pub target_file_bytes: u64,
+    /// Compact only when a table has at least this many small files.
+    pub min_files: usize,
+}
+
+/// What one compaction did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionReport {
+    pub files_removed: usize,
+    pub files_added: usize,
+    pub rows: usize,
+}
+
+impl LakeSink {
+    /// The tables this sink has open (written to or read in this run).
+    pub fn open_tables(&self) -> Vec<TableId> {
+        self.tables.keys().cloned().collect()
+    }
+
+    /// Rewrites `table`'s small files into files of about the target size,
+    /// in one commit that changes no data. Only between the pipeline's own
+    /// commits (nothing of the table may be pending); a table with fewer
+    /// small files than `min_files` is left alone.
+    pub async fn compact(
+        &mut self,
+        table: &TableId,
+        policy: &Compaction,
+    ) -> Result<CompactionReport, LakeError> {
+        let app_id = self.app_id();
+        let pipeline = self.pipeline.clone();
+        let Some(open) = self.tables.get_mut(table) else {
+            return Ok(CompactionReport::default());
+        };
+        let Some(state) = open.state.clone() else {
+            return Ok(CompactionReport::default());
+        };
+        if !open.adds.is_empty() || open.pending.is_some() || open.evolved.is_some() {
+            return Ok(CompactionReport::default());
+        }
+        let delta = |what: &'static str| move |source| LakeError::delta(table, what, source);
+        let snapshot = open.table.snapshot().map_err(delta("compacting"))?;
+        let log_store = open.table.log_store();
+        let small: Vec<(PathBuf, i64, deltalake::kernel::Remove)> = snapshot
+            .log_data()
+            .iter()
+            .filter(|f| (f.size() as u64) < policy.target_file_bytes)
+            .map(|f| {
+                let uri = log_store.to_uri(&f.object_store_path());
+                let path = url::Url::parse(&uri)
+                    .ok()
+                    .and_then(|u| u.to_file_path().ok())
+                    .unwrap_or_else(|| PathBuf::from(&uri));
+                (path, f.size(), f.remove_action(false))
+            })
+            .collect();
+        if small.len() < policy.min_files.max(2) {
+            return Ok(CompactionReport::default());
+        }
+        // Groups of about the target size; a group of one is left as it is.
+        let mut groups: Vec<Vec<(PathBuf, deltalake::kernel::Remove)>> = vec![Vec::new()];
+        let mut group_bytes = 0u64;
+        for (path, size, remove) in small {
+            if group_bytes >= policy.target_file_bytes {
+                groups.push(Vec::new());
+                group_bytes = 0;
+            }
+            group_bytes += size.max(0) as u64;
+            groups
+                .last_mut()
+                .expect("one group at least")
+                .push((path, remove));
+        }
+        groups.retain(|g| g.len() > 1);
+        let open = self.tables.get_mut(table).expect("checked above");
+        let mut actions = Vec::new();
+        let mut report = CompactionReport::default();
+        for group in &groups {
+            let paths: Vec<PathBuf> = group.iter().map(|(p, _)| p.clone()).collect();
+            let properties = merged_properties(table, &paths)?;
+            let mut writer = RecordBatchWriter::for_table(&open.table)
+                .map_err(delta("compacting"))?
+                .with_writer_properties(properties);
+            let schema = writer.arrow_schema();
+            for path in &paths {
+                for batch in read_file(table, path)? {
+                    let batch = align(table, &batch, &schema)?;
+                    report.rows += batch.num_rows();
+                    writer
+                        .write_with_mode(batch, WriteMode::Default)
+                        .await
+                        .map_err(delta("compacting"))?;
+                }
+            }
+            for mut add in writer.flush().await.map_err(delta("compacting"))? {
+                add.data_change = false;
+                actions.push(Action::Add(add));
+                report.files_added += 1;
+            }
+            for (_, remove) in group {
+                actions.push(Action::Remove(remove.clone()));
+                report.files_removed += 1;
+            }
+        }
+        if actions.is_empty() {
+            return Ok(CompactionReport::default());
+        }
+        let commits = state.commits + 1;
+        let properties = commit_properties(
+            &app_id,
+            &pipeline,
+            commits,
+            state.mark,
+            &state.position,
+            state.snapshot_done,
+            open.schema_version,
+        );
+        let snapshot = open.table.snapshot().map_err(delta("compacting"))?;
+        let finalized = CommitBuilder::from(properties)
+            .with_actions(actions)
+            .build(
+                Some(snapshot),
+                open.table.log_store(),
+                DeltaOperation::Optimize {
+                    predicate: None,
+                    target_size: policy.target_file_bytes as i64,
+                },
+            )
+            .await
+            .map_err(delta("committing a compaction of"))?;
+        let version = finalized.version();
+        open.table.state = Some(finalized.snapshot());
+        open.state = Some(TableState {
+            version,
+            commits,
+            ..state
+        });
+        info!(
+            table = %table,
+            files_removed = report.files_removed,
+            files_added = report.files_added,
+            rows = report.rows,
+            version,
+            "compacted small files"
+        );
+        Ok(report)
+    }
+
+    /// Deletes `table`'s files that no version younger than `retention`
+    /// needs: files removed (by compaction) longer ago, and files never
+    /// committed (a crash between write and commit) older than it.
+    pub async fn vacuum(
+        &mut self,
+        table: &TableId,
+        retention: Duration,
+    ) -> Result<usize, LakeError> {
+        let Some(open) = self.tables.remove(table) else {
+            return Ok(0);
+        };
+        let LakeTable {
+            table: delta_table,
+            adds,
+            evolved,
+            state,
+            pending,
+            schema_version,
+            history,
+            history_dirty,
+        } = open;
+        // Only between commits: uncommitted files of this run are not old
+        // enough to go anyway, but keep the rule simple.
+        if !adds.is_empty() || pending.is_some() {
+            self.tables.insert(
+                table.clone(),
+                LakeTable {
+                    table: delta_table,
+                    adds,
+                    evolved,
+                    state,
+                    pending,
+                    schema_version,
+                    history,
+                    history_dirty,
+                },
+            );
+            return Ok(0);
+        }
+        let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        let (delta_table, metrics) = delta_table
+            .vacuum()
+            .with_mode(VacuumMode::Full)
+            .with_retention_period(retention)
+            .with_enforce_retention_duration(false)
+            .await
+            .map_err(|source| LakeError::delta(table, "vacuuming", source))?;
+        let deleted = metrics.files_deleted.len();
+        if deleted > 0 {
+            info!(table = %table, files = deleted, "deleted files no version needs any more");
+        }
+        // The vacuum commits are not the pipeline's: its state is unchanged
+        // but for the table version.
+        let state = state.map(|s| TableState {
+            version: delta_table.version().unwrap_or(s.version),
+            ..s
+        });
+        self.tables.insert(
+            table.clone(),
+            LakeTable {
+                table: delta_table,
+                adds,
+                evolved,
+                state,
+                pending,
+                schema_version,
+                history,
+                history_dirty,
+            },
+        );
+        Ok(deleted)
+    }
+}
+
+/// Writer properties for a file merging `paths`: a column written without
+/// statistics in any of them (see [`crate::stats`]) gets none in the merge.
+fn merged_properties(table: &TableId, paths: &[PathBuf]) -> Result<WriterProperties, LakeError> {
+    let mut builder = WriterProperties::builder()
+        .set_created_by(format!("tidewater {}", env!("CARGO_PKG_VERSION")))
+        .set_compression(deltalake::parquet::basic::Compression::SNAPPY);
+    let mut without = Vec::new();
+    for path in paths {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(open_file(path)?)
+            .map_err(|e| parquet_error(table, e))?;
+        for group in builder.metadata().row_groups() {
+            for column in group.columns() {
+                if column.statistics().is_none() && !without.contains(column.column_path()) {
+                    without.push(column.column_path().clone());
+                }
+            }
+        }
+    }
+    for path in without {
+        builder = builder.set_column_statistics_enabled(path, EnabledStatistics::None);
+    }
+    Ok(builder.build())
+}
+
+fn open_file(path: &Path) -> Result<std::fs::File, LakeError> {
+    std::fs::File::open(path).map_err(|source| LakeError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn parquet_error(table: &TableId, error: deltalake::parquet::errors::ParquetError) -> LakeError {
+    LakeError::Arrow {
+        table: table.clone(),
+        source: ArrowError::ExternalError(Box::new(error)),
+    }
+}
+
+/// Every batch of one data file.
+fn read_file(table: &TableId, path: &Path) -> Result<Vec<RecordBatch>, LakeError> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(open_file(path)?)
+        .map_err(|e| parquet_error(table, e))?
+        .build()
+        .map_err(|e| parquet_error(table, e))?;
+    reader
+        .map(|batch| {
+            batch.map_err(|source| LakeError::Arrow {
+                table: table.clone(),
+                source,
+            })
+        })
+        .collect()
+}
+
+/// `batch` with exactly `schema`'s columns: a column an older file does not
+/// have (added later) is all NULL, as readers see it through the table schema.
+fn align(
+    table: &TableId,
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+) -> Result<RecordBatch, LakeError> {
+    let columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|field| match batch.column_by_name(field.name()) {
+            Some(column) if column.data_type() == field.data_type() => Ok(column.clone()),
+            Some(column) => Err(ArrowError::SchemaError(format!(
+                "column {} is {} in a data file and {} in the table",
+                field.name(),
+                column.data_type(),
+                field.data_type()
+            ))),
+            None => Ok(new_null_array(field.data_type(), batch.num_rows())),
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|source| LakeError::Arrow {
+            table: table.clone(),
+            source,
+        })?;
+    RecordBatch::try_new(schema.clone(), columns).map_err(|source| LakeError::Arrow {
+        table: table.clone(),
+        source,
+    })
+}
+
+/// When the sink compacts and vacuums its tables (see [`LakeSink::maintain`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MaintenancePolicy {
+    /// Compaction, and how often to look for small files.
+    pub compaction: Option<(Compaction, Duration)>,
+    /// Vacuum retention, and how often to vacuum.
+    pub vacuum: Option<(Duration, Duration)>,
+}
+
+/// When maintenance last ran.
+#[derive(Debug)]
+pub(super) struct MaintenanceClock {
+    compacted: std::time::Instant,
+    vacuumed: std::time::Instant,
+}
+
+impl Default for MaintenanceClock {
+    fn default() -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            compacted: now,
+            vacuumed: now,
+        }
+    }
+}
+
+impl LakeSink {
+    pub fn set_maintenance(&mut self, policy: MaintenancePolicy) {
+        self.maintenance = policy;
+    }
+
+    /// Compacts and vacuums the open tables when their interval is due.
+    /// Called between commits (nothing pending); a failure is logged and
+    /// retried at the next interval, since the data is safe either way.
+    pub async fn maintain(&mut self) {
+        let now = std::time::Instant::now();
+        if let Some((policy, every)) = self.maintenance.compaction {
+            if now.duration_since(self.clock.compacted) >= every {
+                self.clock.compacted = now;
+                for table in self.open_tables() {
+                    if let Err(error) = self.compact(&table, &policy).await {
+                        warn!(table = %table, error = %tidewater_core::error_chain(&error), "compaction failed; the table is unchanged, trying again later");
+                        // The table's in-memory state may be behind a
+                        // commit that did happen: read it again.
+                        self.tables.remove(&table);
+                    }
+                }
+            }
+        }
+        if let Some((retention, every)) = self.maintenance.vacuum {
+            if now.duration_since(self.clock.vacuumed) >= every {
+                self.clock.vacuumed = now;
+                for table in self.open_tables() {
+                    if let Err(error) = self.vacuum(&table, retention).await {
+                        warn!(table = %table, error = %tidewater_core::error_chain(&error), "vacuum failed; trying again later");
+                        self.tables.remove(&table);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Lake tables stay healthy while streaming: the small files every flush
+//! makes are compacted, the files compaction replaced are deleted after the
+//! retention, and the table reads the same — in our reader and in the
+//! Python `deltalake` package — before and after.
+
+use std::time::Duration;
+
+use crate::support::lake::read_log;
+use crate::support::{pg, Pipeline};
+
+/// Parquet files under a table directory (data files, live or not).
+fn parquet_files(table: &std::path::Path) -> usize {
+    std::fs::read_dir(table)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+        .count()
+}
+
+/// Files in the table's current version, from `tidewater status`.
+fn live_files(pipeline: &Pipeline, table: &str) -> u64 {
+    let mut cmd = crate::support::tidewater();
+    cmd.args(["status", "--format", "json", "--config"])
+        .arg(&pipeline.config);
+    let out = crate::support::output_within(cmd, 60);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == table)
+        .and_then(|t| t["files"].as_u64())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_files_are_compacted_and_old_ones_deleted_while_streaming() {
+    let client = pg().create_database("tidy").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text, n numeric(10,2), at timestamptz);
+             INSERT INTO t SELECT g, 'v' || g, g, now() FROM generate_series(1, 50) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::new(
+        "tidy",
+        &pg().url("tidy"),
+        "compaction_interval_ms = 700\ncompaction_min_files = 4\n\
+         target_file_size_bytes = 1048576\nvacuum_interval_ms = 1500\nvacuum_retention_hours = 0\n",
+    );
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+    let path = pipeline.table_path("public", "t");
+    // Many small commits: a file each.
+    let mut most_live = 0;
+    for round in 0..60 {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO t VALUES ({id}, 'new', {round}, now());
+                 UPDATE t SET v = 'round {round}', at = now() WHERE id = {round} + 1;
+                 ALTER TABLE t ADD COLUMN IF NOT EXISTS late int;
+                 UPDATE t SET late = {round} WHERE id = 1;",
+                id = 1000 + round
+            ))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        if round % 20 == 19 {
+            most_live = most_live.max(live_files(&pipeline, "public.t"));
+        }
+    }
+    pipeline.wait_equal(&client, "t").await;
+    // Let one more compaction and vacuum run.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    client
+        .batch_execute("UPDATE t SET v = 'last' WHERE id = 2")
+        .await
+        .unwrap();
+    pipeline.wait_equal(&client, "t").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = pipeline.log(1);
+    assert!(log.contains("compacted small files"), "{log}");
+    assert!(
+        log.contains("deleted files no version needs any more"),
+        "{log}"
+    );
+    let live = live_files(&pipeline, "public.t");
+    let on_disk = parquet_files(&path);
+    eprintln!(
+        "live files {live} (at most {most_live} while writing), parquet files on disk {on_disk}"
+    );
+    assert!(
+        live <= 12 && most_live <= 30,
+        "live files {live}, at most {most_live}"
+    );
+    assert!(on_disk <= 30, "parquet files on disk {on_disk}");
+    // Same rows through another reader; each change once.
+    let rows = read_log(&path).await.unwrap();
+    crate::support::lake::assert_each_change_once(&rows);
+    let summary = crate::replication::python_summary(&path);
+    assert_eq!(
+        summary["rows"].as_u64(),
+        Some(rows.len() as u64),
+        "{summary}"
+    );
+    // A restart reads the same state back and streams on.
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+    pipeline.start();
+    client
+        .batch_execute("INSERT INTO t VALUES (5000, 'after restart', 1, now())")
+        .await
+        .unwrap();
+    pipeline.wait_equal(&client, "t").await;
+    let again = read_log(&path).await.unwrap();
+    assert_eq!(again.len(), rows.len() + 1);
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
+}
