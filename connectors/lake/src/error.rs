@@ -26,6 +26,18 @@ pub enum LakeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "another process committed to lake table {table} as pipeline {pipeline} \
+         (its transaction {theirs}, this one expected {ours}): two tidewater processes write the same lake\n\
+         hint: stop one of them; every running pipeline needs its own name or its own sink.uri \
+         (this process stopped before writing anything twice)"
+    )]
+    ConcurrentWriter {
+        table: TableId,
+        pipeline: String,
+        theirs: String,
+        ours: String,
+    },
 }
 
 impl tidewater_core::Classified for LakeError {
@@ -53,6 +65,7 @@ impl LakeError {
             },
             LakeError::Arrow { .. } => ErrorClass::Definite,
             LakeError::Io { .. } => ErrorClass::Transient,
+            LakeError::ConcurrentWriter { .. } => ErrorClass::Config,
         }
     }
 }

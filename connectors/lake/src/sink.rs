@@ -450,19 +450,21 @@ impl LakeSink {
                     })?;
                 actions.push(Action::Metadata(metadata));
             }
-            let finalized = CommitBuilder::from(properties)
-                .with_actions(actions)
-                .build(
-                    Some(snapshot),
-                    open.table.log_store(),
-                    DeltaOperation::Write {
-                        mode: SaveMode::Append,
-                        partition_by: None,
-                        predicate: None,
-                    },
-                )
-                .await
-                .map_err(|source| LakeError::delta(table, "committing to", source))?;
+            let finalized = commit_actions(
+                open,
+                table,
+                &app_id,
+                &self.pipeline,
+                properties,
+                actions,
+                true,
+                DeltaOperation::Write {
+                    mode: SaveMode::Append,
+                    partition_by: None,
+                    predicate: None,
+                },
+            )
+            .await?;
             let version = finalized.version();
             open.table.state = Some(finalized.snapshot());
             open.adds.clear();
@@ -833,6 +835,76 @@ impl LakeSink {
             .expect("JSON values serialize");
         let path = self.stopped_path();
         replace_file(&path, &format!("{text}\n")).map_err(|source| LakeError::Io { path, source })
+    }
+}
+
+/// Commits `actions` as this pipeline's next transaction of `open`'s table.
+/// Delta commits are put-if-absent (a rename on local disk, `If-None-Match`
+/// on S3), so a commit that lost the race to another writer fails. When
+/// that writer was not this pipeline (a reader's OPTIMIZE, a vacuum) the
+/// application transaction is unchanged and the commit is tried again on
+/// top of it; when it was — another tidewater process on the same lake —
+/// that is [`LakeError::ConcurrentWriter`], before anything lands twice.
+/// With `retry_on_foreign` false (a compaction, whose removes assume the
+/// version it read) a lost race is an error after the check.
+async fn commit_actions(
+    open: &mut LakeTable,
+    table: &TableId,
+    app_id: &str,
+    pipeline: &str,
+    properties: CommitProperties,
+    actions: Vec<Action>,
+    retry_on_foreign: bool,
+    operation: DeltaOperation,
+) -> Result<deltalake::kernel::transaction::FinalizedCommit, LakeError> {
+    const ATTEMPTS: usize = 5;
+    let ours = open.state.as_ref().map(|s| s.commits);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let snapshot = open
+            .table
+            .snapshot()
+            .map_err(|source| LakeError::delta(table, "committing to", source))?;
+        let result = CommitBuilder::from(properties.clone().with_max_retries(0))
+            .with_actions(actions.clone())
+            .build(Some(snapshot), open.table.log_store(), operation.clone())
+            .await;
+        let lost_race = match &result {
+            Err(DeltaTableError::VersionAlreadyExists(_)) => true,
+            Err(DeltaTableError::Transaction { source }) => matches!(
+                source,
+                deltalake::kernel::transaction::TransactionError::MaxCommitAttempts(_)
+                    | deltalake::kernel::transaction::TransactionError::VersionAlreadyExists(_)
+            ),
+            _ => false,
+        };
+        if !lost_race || attempt >= ATTEMPTS {
+            return result.map_err(|source| LakeError::delta(table, "committing to", source));
+        }
+        open.table
+            .update_state()
+            .await
+            .map_err(|source| LakeError::delta(table, "reloading", source))?;
+        let theirs = open
+            .table
+            .snapshot()
+            .map_err(|source| LakeError::delta(table, "reloading", source))?
+            .transaction_version(open.table.log_store().as_ref(), app_id)
+            .await
+            .map_err(|source| LakeError::delta(table, "reloading", source))?;
+        if theirs != ours {
+            return Err(LakeError::ConcurrentWriter {
+                table: table.clone(),
+                pipeline: pipeline.to_string(),
+                theirs: theirs.map_or("none".into(), |v| v.to_string()),
+                ours: ours.map_or("none".into(), |v| v.to_string()),
+            });
+        }
+        if !retry_on_foreign {
+            return result.map_err(|source| LakeError::delta(table, "committing to", source));
+        }
+        warn!(table = %table, attempt, "another writer (not this pipeline) committed to the table first; committing again on top of it");
     }
 }
 

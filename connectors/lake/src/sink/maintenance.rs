@@ -147,19 +147,20 @@ impl LakeSink {
             state.snapshot_done,
             open.schema_version,
         );
-        let snapshot = open.table.snapshot().map_err(delta("compacting"))?;
-        let finalized = CommitBuilder::from(properties)
-            .with_actions(actions)
-            .build(
-                Some(snapshot),
-                open.table.log_store(),
-                DeltaOperation::Optimize {
-                    predicate: None,
-                    target_size: policy.target_file_bytes as i64,
-                },
-            )
-            .await
-            .map_err(delta("committing a compaction of"))?;
+        let finalized = commit_actions(
+            open,
+            table,
+            &app_id,
+            &pipeline,
+            properties,
+            actions,
+            false,
+            DeltaOperation::Optimize {
+                predicate: None,
+                target_size: policy.target_file_bytes as i64,
+            },
+        )
+        .await?;
         let version = finalized.version();
         open.table.state = Some(finalized.snapshot());
         open.state = Some(TableState {
