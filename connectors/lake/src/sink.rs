@@ -847,6 +847,7 @@ impl LakeSink {
 /// that is [`LakeError::ConcurrentWriter`], before anything lands twice.
 /// With `retry_on_foreign` false (a compaction, whose removes assume the
 /// version it read) a lost race is an error after the check.
+#[allow(clippy::too_many_arguments)] // one call site each for data and compaction
 async fn commit_actions(
     open: &mut LakeTable,
     table: &TableId,
