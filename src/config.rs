@@ -202,8 +202,15 @@ pub enum SinkConfig {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LakeSinkConfig {
-    /// `file:///absolute/path` or a plain path (relative to the working directory).
+    /// `file:///absolute/path`, a plain path (relative to the working
+    /// directory), or `s3://bucket/prefix` (see `s3`).
     pub uri: String,
+    /// S3 settings for an `s3://` uri. Credentials come from the standard
+    /// AWS chain: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`(/`AWS_SESSION_TOKEN`),
+    /// `AWS_PROFILE`, web identity (`AWS_WEB_IDENTITY_TOKEN_FILE`), instance
+    /// metadata.
+    #[serde(default)]
+    pub s3: Option<S3Config>,
     #[serde(default = "default_flush_interval_ms")]
     pub flush_interval_ms: u64,
     #[serde(default = "default_max_batch_rows")]
@@ -447,14 +454,37 @@ impl Config {
                         "s3:// lakes are not supported yet; use a local path or file:// uri".into(),
                     ));
                 }
-                if lake.uri.contains("://") && !lake.uri.starts_with("file://") {
+                if lake.uri.starts_with("s3://") {
+                    match url::Url::parse(&lake.uri) {
+                        Ok(url) if url.host_str().is_some_and(|h| !h.is_empty()) => {}
+                        _ => {
+                            return Err(invalid(
+                                "sink.uri",
+                                format!("{:?} is not s3://bucket[/prefix]", lake.uri),
+                            ))
+                        }
+                    }
+                } else if lake.uri.contains("://") && !lake.uri.starts_with("file://") {
                     return Err(invalid(
                         "sink.uri",
                         format!(
-                            "{:?} has an unknown scheme; use file:///path or a plain path",
+                            "{:?} has an unknown scheme; use file:///path, a plain path or s3://bucket/prefix",
                             lake.uri
                         ),
                     ));
+                } else if lake.s3.is_some() {
+                    return Err(invalid(
+                        "sink.s3",
+                        "applies only to an s3:// sink.uri; remove it or change the uri".into(),
+                    ));
+                }
+                if let Some(endpoint) = lake.s3.as_ref().and_then(|s| s.endpoint.as_ref()) {
+                    if url::Url::parse(endpoint).is_err() {
+                        return Err(invalid(
+                            "sink.s3.endpoint",
+                            format!("{endpoint:?} is not a URL like http://127.0.0.1:9000"),
+                        ));
+                    }
                 }
                 if lake.flush_interval_ms == 0 {
                     return Err(invalid(
@@ -535,10 +565,52 @@ fn take_type(prefix: &str, table: &mut toml::Table, known: &[&str]) -> Result<St
     }
 }
 
+/// `[sink.s3]`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// An S3-compatible server (`http://127.0.0.1:9000` for MinIO); default AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The bucket's region; default from the AWS chain, else `us-east-1`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`), which most
+    /// S3-compatible servers want; default false (virtual-hosted, as AWS).
+    #[serde(default)]
+    pub path_style: bool,
+}
+
 impl LakeSinkConfig {
-    /// The lake root as a local directory.
+    /// The lake root as a local directory (a `file://` or plain uri).
     pub fn root(&self) -> PathBuf {
         PathBuf::from(self.uri.strip_prefix("file://").unwrap_or(&self.uri))
+    }
+
+    /// Where the lake is: a local directory or an S3 prefix with the
+    /// storage options delta-rs and object_store read.
+    pub fn location(&self) -> tidewater_lake::LakeLocation {
+        if !self.uri.starts_with("s3://") {
+            return tidewater_lake::LakeLocation::Local(self.root());
+        }
+        let url = url::Url::parse(&self.uri).expect("validated as an s3:// url");
+        let s3 = self.s3.as_ref();
+        let mut options = std::collections::HashMap::new();
+        if let Some(endpoint) = s3.and_then(|s| s.endpoint.as_ref()) {
+            options.insert("AWS_ENDPOINT_URL".to_string(), endpoint.clone());
+            if endpoint.starts_with("http://") {
+                options.insert("AWS_ALLOW_HTTP".to_string(), "true".to_string());
+            }
+        }
+        if let Some(region) = s3.and_then(|s| s.region.as_ref()) {
+            options.insert("AWS_REGION".to_string(), region.clone());
+        }
+        let path_style = s3.is_some_and(|s| s.path_style);
+        options.insert(
+            "AWS_VIRTUAL_HOSTED_STYLE_REQUEST".to_string(),
+            (!path_style).to_string(),
+        );
+        tidewater_lake::LakeLocation::S3 { url, options }
     }
 }
 

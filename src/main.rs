@@ -193,7 +193,7 @@ async fn dispatch(command: Command) -> i32 {
         } => match load(&config) {
             Ok(config) if history => {
                 let table = table.expect("clap requires --table with --history");
-                status::history(&Settings::from_config(&config), &table, format)
+                status::history(&Settings::from_config(&config), &table, format).await
             }
             Ok(config) => status::status(&Settings::from_config(&config), format).await,
             Err(code) => code,

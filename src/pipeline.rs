@@ -16,14 +16,15 @@
 //! and every change at or below it is skipped.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tidewater_core::{
     BatchLimits, Batcher, ChangeEvent, Classified, ErrorClass, Mark, Problem, Sink, SnapshotPhase,
     Source, StoppedTable, TableId,
 };
-use tidewater_lake::{LakeSink, MaintenancePolicy, SlotMarker, SourcePositionFile, TableState};
+use tidewater_lake::{
+    LakeSink, LakeStore, MaintenancePolicy, SlotMarker, SourcePositionFile, TableState,
+};
 use tidewater_mysql::{BinlogPosition, MysqlConfig, MysqlError, MysqlSource, ZeroDates};
 use tidewater_postgres::{Lsn, PostgresConfig, PostgresError, PostgresSource, TableFilter};
 use tokio::sync::{mpsc, watch};
@@ -154,7 +155,7 @@ pub struct Settings {
     pub pipeline: String,
     pub source: SourceSettings,
     pub snapshot: SnapshotMode,
-    pub lake_root: PathBuf,
+    pub lake: LakeStore,
     pub limits: BatchLimits,
     /// Tables to copy again before streaming (`snapshot --table`).
     pub recopy: Vec<TableId>,
@@ -211,7 +212,8 @@ impl Settings {
             pipeline: config.pipeline.name.clone(),
             source,
             snapshot,
-            lake_root: lake.root(),
+            lake: LakeStore::open(lake.location())
+                .unwrap_or_else(|_| LakeStore::local(&lake.root())),
             limits: BatchLimits {
                 max_rows: lake.max_batch_rows,
                 max_bytes: lake.max_batch_bytes,
@@ -286,7 +288,7 @@ async fn run_postgres(
     if !problems.is_empty() {
         return Err(PipelineError::Preflight(problems));
     }
-    let mut sink = LakeSink::new(&settings.lake_root, &settings.pipeline);
+    let mut sink = LakeSink::new(settings.lake.clone(), &settings.pipeline);
     let slot = source.slot_state().await?;
     if let Some(slot) = &slot {
         if !slot.ours {
@@ -306,13 +308,13 @@ async fn run_postgres(
     }
     // Every table this pipeline has in the lake, matched by the config or not.
     let mut states: HashMap<TableId, TableState> = HashMap::new();
-    for table in sink.existing_tables() {
+    for table in sink.existing_tables().await? {
         if let Some(state) = sink.table_state(&table).await? {
             states.insert(table, state);
         }
     }
     let any_done = states.values().any(|s| s.snapshot_done);
-    let marker = sink.marker();
+    let marker = sink.marker().await?;
     // The marker is written before a snapshot creates its slot and flips to
     // "stream" only once the snapshot is committed in every table; in a lake
     // without a marker, a table still marked "running" says the same. Either
@@ -360,12 +362,12 @@ async fn run_postgres(
 
     if stream {
         if let Some(SlotMarker::Snapshot(slot)) = &marker {
-            sink.write_marker(&SlotMarker::Stream(slot.clone()))?;
+            sink.write_marker(&SlotMarker::Stream(slot.clone())).await?;
         }
         if let Some(table) = settings.recopy.iter().find(|t| !tables.contains(t)) {
             return Err(PipelineError::NotSelected(table.clone()));
         }
-        let recorded = sink.stopped_tables()?;
+        let recorded = sink.stopped_tables().await?;
         let stopped = still_stopped(&recorded, &settings.recopy);
         let is_stopped = |t: &TableId| stopped.iter().any(|s| &s.table == t);
         let missing: Vec<TableId> = tables
@@ -428,12 +430,12 @@ async fn run_postgres(
         // Marker first, so a crash anywhere below still reads as an
         // interrupted snapshot; then every table this pipeline has in the lake
         // (with a commit or not), then the old slot.
-        sink.write_marker(&SlotMarker::Snapshot(config.slot.clone()))?;
-        for table in sink.existing_tables() {
+        sink.write_marker(&SlotMarker::Snapshot(config.slot.clone())).await?;
+        for table in sink.existing_tables().await? {
             warn!(table = %table, "removing a partial snapshot from the lake");
-            sink.remove_table(&table)?;
+            sink.remove_table(&table).await?;
         }
-        sink.write_stopped_tables(&[])?;
+        sink.write_stopped_tables(&[]).await?;
         states.clear();
         if slot.is_some() {
             source.drop_slot().await?;
@@ -477,19 +479,20 @@ async fn run_mysql(
     if !problems.is_empty() {
         return Err(PipelineError::Preflight(problems));
     }
-    let mut sink = LakeSink::new(&settings.lake_root, &settings.pipeline);
+    let mut sink = LakeSink::new(settings.lake.clone(), &settings.pipeline);
     let mut states: HashMap<TableId, TableState> = HashMap::new();
-    for table in sink.existing_tables() {
+    for table in sink.existing_tables().await? {
         if let Some(state) = sink.table_state(&table).await? {
             states.insert(table, state);
         }
     }
-    let marker = sink.marker();
+    let marker = sink.marker().await?;
     let interrupted = matches!(marker, Some(SlotMarker::Snapshot(_)))
         || states.values().any(|s| !s.snapshot_done);
     let owned = marker.is_some() || states.values().any(|s| s.snapshot_done);
+    let recorded_position = sink.source_position().await?;
     let resume = || -> Result<Option<BinlogPosition>, PipelineError> {
-        if let Some(text) = sink.source_position() {
+        if let Some(text) = recorded_position.clone() {
             match BinlogPosition::parse(&text) {
                 Some(position) => return Ok(Some(position)),
                 // Replaying from the tables' own positions is always safe.
@@ -517,7 +520,7 @@ async fn run_mysql(
     let recorded = if snapshotting {
         Vec::new()
     } else {
-        sink.stopped_tables()?
+        sink.stopped_tables().await?
     };
     let stopped = still_stopped(&recorded, &settings.recopy);
     let is_stopped = |t: &TableId| stopped.iter().any(|s| &s.table == t);
@@ -545,12 +548,12 @@ async fn run_mysql(
         if interrupted {
             warn!("the previous initial snapshot did not complete; removing what it wrote and starting over");
         }
-        sink.write_marker(&SlotMarker::Snapshot("binlog".into()))?;
-        sink.clear_source_position()?;
-        sink.write_stopped_tables(&[])?;
-        for table in sink.existing_tables() {
+        sink.write_marker(&SlotMarker::Snapshot("binlog".into())).await?;
+        sink.clear_source_position().await?;
+        sink.write_stopped_tables(&[]).await?;
+        for table in sink.existing_tables().await? {
             warn!(table = %table, "removing a partial snapshot from the lake");
-            sink.remove_table(&table)?;
+            sink.remove_table(&table).await?;
         }
         states.clear();
         let copy = settings.snapshot == SnapshotMode::Initial;
@@ -564,7 +567,7 @@ async fn run_mysql(
             None => source.current_position().await?,
         };
         if !matches!(marker, Some(SlotMarker::Stream(_))) {
-            sink.write_marker(&SlotMarker::Stream("binlog".into()))?;
+            sink.write_marker(&SlotMarker::Stream("binlog".into())).await?;
         }
         if !copies.is_empty() {
             info!(
@@ -623,7 +626,7 @@ fn still_stopped(recorded: &[StoppedTable], recopy: &[TableId]) -> Vec<StoppedTa
 }
 
 fn sink_position_file(settings: &Settings) -> SourcePositionFile {
-    LakeSink::new(&settings.lake_root, &settings.pipeline).source_position_file()
+    LakeSink::new(settings.lake.clone(), &settings.pipeline).source_position_file()
 }
 
 /// What the source does first.
@@ -682,7 +685,7 @@ async fn drive(
     };
     let result = coordinator.drive(event_rx, &mut shutdown, mode).await;
     if result.is_ok() {
-        coordinator.record_acked_position(true)?;
+        coordinator.record_acked_position(true).await?;
     }
     let _ = stop_tx.send(true);
     let _ = source_task.await;
@@ -882,14 +885,14 @@ impl<K: Sink> Coordinator<K> {
                 if self.nothing_pending() {
                     // Nothing of this transaction is waiting: it is as durable
                     // as it will ever need to be.
-                    self.ack(commit.ack, &commit.position)?;
+                    self.ack(commit.ack, &commit.position).await?;
                 } else if self.batcher.is_full() {
                     self.checkpoint(None).await?;
                 }
             }
             ChangeEvent::Heartbeat { ack, position } => {
                 if !self.in_transaction && self.nothing_pending() {
-                    self.ack(ack, &position)?;
+                    self.ack(ack, &position).await?;
                 }
             }
             ChangeEvent::SnapshotDone { position, .. } => {
@@ -942,6 +945,7 @@ impl<K: Sink> Coordinator<K> {
                     self.recorded_stopped.retain(|s| s.table != table);
                     self.sink
                         .record_stopped(&self.recorded_stopped)
+                        .await
                         .map_err(sink_error)?;
                     info!(table = %table, "stopped table copied again; it streams from now on");
                 }
@@ -951,7 +955,7 @@ impl<K: Sink> Coordinator<K> {
                     return Ok(true);
                 }
             }
-            ChangeEvent::TableFailed { table, reason } => self.stop_table(table, reason)?,
+            ChangeEvent::TableFailed { table, reason } => self.stop_table(table, reason).await?,
             ChangeEvent::Ddl {
                 table,
                 seq,
@@ -968,7 +972,7 @@ impl<K: Sink> Coordinator<K> {
     /// Stops `table` only: its held rows are dropped and the stop is
     /// recorded next to the lake before anything later is acknowledged, so
     /// a restart keeps it stopped instead of streaming it with a gap.
-    fn stop_table(&mut self, table: TableId, reason: String) -> Result<(), PipelineError> {
+    async fn stop_table(&mut self, table: TableId, reason: String) -> Result<(), PipelineError> {
         if self.is_stopped(&table) {
             return Ok(());
         }
@@ -996,6 +1000,7 @@ impl<K: Sink> Coordinator<K> {
         self.stopped.push(stopped);
         self.sink
             .record_stopped(&self.recorded_stopped)
+            .await
             .map_err(sink_error)?;
         Ok(())
     }
@@ -1005,7 +1010,7 @@ impl<K: Sink> Coordinator<K> {
         self.batcher.is_empty() && self.held.is_empty()
     }
 
-    fn ack(&mut self, value: u64, position: &str) -> Result<(), PipelineError> {
+    async fn ack(&mut self, value: u64, position: &str) -> Result<(), PipelineError> {
         let moved = self.ack_tx.send_if_modified(|acked| {
             if value > *acked {
                 *acked = value;
@@ -1016,14 +1021,14 @@ impl<K: Sink> Coordinator<K> {
         });
         if moved && self.record_position.is_some() {
             self.acked_position = Some(position.to_string());
-            self.record_acked_position(false)?;
+            self.record_acked_position(false).await?;
         }
         Ok(())
     }
 
     /// Writes the acknowledged position next to the lake, at most once a
     /// second unless `now` (checkpoints and shutdown).
-    fn record_acked_position(&mut self, now: bool) -> Result<(), PipelineError> {
+    async fn record_acked_position(&mut self, now: bool) -> Result<(), PipelineError> {
         let Some(file) = &self.record_position else {
             return Ok(());
         };
@@ -1035,7 +1040,7 @@ impl<K: Sink> Coordinator<K> {
             return Ok(());
         }
         if let Some(position) = self.acked_position.take() {
-            file.write(&position)?;
+            file.write(&position).await?;
             self.recorded_at = Some(Instant::now());
         }
         Ok(())
@@ -1079,7 +1084,7 @@ impl<K: Sink> Coordinator<K> {
                     table: table.clone(),
                     column,
                 };
-                self.stop_table(table, error.to_string())?;
+                self.stop_table(table, error.to_string()).await?;
             }
         }
         Ok(())
@@ -1119,9 +1124,9 @@ impl<K: Sink> Coordinator<K> {
             );
         }
         if let Some((ack, position)) = self.last_complete.clone() {
-            self.ack(ack, &position)?;
+            self.ack(ack, &position).await?;
         }
-        self.record_acked_position(true)?;
+        self.record_acked_position(true).await?;
         if self.nothing_pending() && !self.in_transaction {
             self.sink.maintain().await;
         }

@@ -71,17 +71,23 @@ pub async fn check(settings: &Settings) -> i32 {
             return exit_code::FAILED;
         }
     }
-    let probe = settings.lake_root.join(".tidewater-check");
-    let lake_ok = std::fs::create_dir_all(&settings.lake_root)
-        .and_then(|_| std::fs::write(&probe, b"ok"))
-        .and_then(|_| std::fs::remove_file(&probe));
+    // A write probe of the lake root: a directory's permissions, a bucket's
+    // existence and the credentials' rights.
+    let probe = ".tidewater-check";
+    let lake_ok = match settings.lake.write(probe, "ok").await {
+        Ok(()) => settings.lake.delete(probe).await,
+        Err(err) => Err(err),
+    };
     if let Err(err) = lake_ok {
         problems.push(tidewater_core::Problem {
             what: format!(
-                "lake root {} is not writable: {err}",
-                settings.lake_root.display()
+                "lake root {} is not writable: {}",
+                settings.lake.describe(""),
+                crate::chain(&err)
             ),
-            fix: "set sink.uri to a writable directory, or fix its permissions".into(),
+            fix: "set sink.uri to a writable directory or bucket prefix, or fix its \
+                  permissions / the AWS credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE, …)"
+                .into(),
         });
     }
     if problems.is_empty() {
@@ -98,16 +104,23 @@ pub async fn check(settings: &Settings) -> i32 {
 }
 
 pub async fn status(settings: &Settings, format: Format) -> i32 {
-    let mut sink = LakeSink::new(&settings.lake_root, &settings.pipeline);
+    let mut sink = LakeSink::new(settings.lake.clone(), &settings.pipeline);
     let mut tables = Vec::new();
-    let stopped = match sink.stopped_tables() {
+    let stopped = match sink.stopped_tables().await {
         Ok(stopped) => stopped,
         Err(err) => {
             eprintln!("error: {}", crate::chain(&err));
             return exit_code::FAILED;
         }
     };
-    for table in sink.existing_tables() {
+    let tables_found = match sink.existing_tables().await {
+        Ok(tables) => tables,
+        Err(err) => {
+            eprintln!("error: {}", crate::chain(&err));
+            return exit_code::FAILED;
+        }
+    };
+    for table in tables_found {
         let stop = stopped.iter().find(|s| s.table == table);
         let state = match sink.table_state(&table).await {
             Ok(state) => state,
@@ -119,7 +132,7 @@ pub async fn status(settings: &Settings, format: Format) -> i32 {
         let stats = sink.table_stats(&table).await.ok().flatten();
         tables.push(json!({
             "table": table.to_string(),
-            "path": sink.table_path(&table).display().to_string(),
+            "path": sink.table_location(&table),
             "version": state.as_ref().map(|s| s.version),
             "rows": stats.map(|s| s.0),
             "files": stats.map(|s| s.1),
@@ -148,7 +161,7 @@ pub async fn status(settings: &Settings, format: Format) -> i32 {
 }
 
 async fn mysql_status(config: &MysqlConfig, sink: &LakeSink) -> serde_json::Value {
-    let acknowledged = sink.source_position();
+    let acknowledged = sink.source_position().await.ok().flatten();
     match MysqlSource::connect(config.clone()).await {
         Ok(mut source) => {
             let current = source.current_position().await;
@@ -287,20 +300,23 @@ pub async fn drop_slot(settings: &Settings) -> i32 {
 
 /// `status --table T --history`: the table's schema history as written next
 /// to it in the lake (readable without the daemon running).
-pub fn history(settings: &Settings, table: &str, format: Format) -> i32 {
-    let sink = LakeSink::new(&settings.lake_root, &settings.pipeline);
-    let Some(id) = sink
-        .existing_tables()
-        .into_iter()
-        .find(|t| t.to_string() == table)
-    else {
+pub async fn history(settings: &Settings, table: &str, format: Format) -> i32 {
+    let sink = LakeSink::new(settings.lake.clone(), &settings.pipeline);
+    let tables = match sink.existing_tables().await {
+        Ok(tables) => tables,
+        Err(err) => {
+            eprintln!("error: {}", crate::chain(&err));
+            return exit_code::FAILED;
+        }
+    };
+    let Some(id) = tables.into_iter().find(|t| t.to_string() == table) else {
         eprintln!(
             "error: the lake holds no table {table:?} for pipeline {}",
             settings.pipeline
         );
         return exit_code::FAILED;
     };
-    let history = match tidewater_lake::history::read(&sink.table_path(&id)) {
+    let history = match sink.history(&id).await {
         Ok(Some(history)) => history,
         Ok(None) => {
             eprintln!(
@@ -309,7 +325,10 @@ pub fn history(settings: &Settings, table: &str, format: Format) -> i32 {
             return exit_code::FAILED;
         }
         Err(err) => {
-            eprintln!("error: reading the schema history of {table}: {err}");
+            eprintln!(
+                "error: reading the schema history of {table}: {}",
+                crate::chain(&err)
+            );
             return exit_code::FAILED;
         }
     };

@@ -115,7 +115,7 @@ pub trait Sink {
     /// Records durably which tables are stopped (see
     /// [`ChangeEvent::TableFailed`]), replacing the earlier list; called
     /// before anything after the failing change is acknowledged.
-    fn record_stopped(&mut self, stopped: &[StoppedTable]) -> Result<(), Self::Error>;
+    async fn record_stopped(&mut self, stopped: &[StoppedTable]) -> Result<(), Self::Error>;
 
     /// Records `phase` as `table`'s snapshot state from its next commit on,
     /// whatever the commit's own `phase`: a table copied while the others

@@ -38,6 +38,18 @@ pub enum LakeError {
         theirs: String,
         ours: String,
     },
+    #[error("opening the lake at {location}")]
+    Store {
+        location: String,
+        #[source]
+        source: Box<DeltaTableError>,
+    },
+    #[error("object storage at {location}")]
+    Remote {
+        location: String,
+        #[source]
+        source: Box<deltalake::ObjectStoreError>,
+    },
 }
 
 impl tidewater_core::Classified for LakeError {
@@ -65,7 +77,14 @@ impl LakeError {
             },
             LakeError::Arrow { .. } => ErrorClass::Definite,
             LakeError::Io { .. } => ErrorClass::Transient,
-            LakeError::ConcurrentWriter { .. } => ErrorClass::Config,
+            LakeError::ConcurrentWriter { .. } | LakeError::Store { .. } => ErrorClass::Config,
+            // Credentials refused and missing buckets do not fix themselves;
+            // the rest (network, throttling, 5xx) is worth a retry.
+            LakeError::Remote { source, .. } => match source.as_ref() {
+                deltalake::ObjectStoreError::PermissionDenied { .. }
+                | deltalake::ObjectStoreError::Unauthenticated { .. } => ErrorClass::Config,
+                _ => ErrorClass::Transient,
+            },
         }
     }
 }

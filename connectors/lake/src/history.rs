@@ -97,6 +97,11 @@ fn chrono_now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// A history file's content.
+pub fn parse(text: &str) -> Result<SchemaHistory, std::io::Error> {
+    serde_json::from_str(text).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 /// The history next to the table at `dir`; None when there is none yet.
 pub fn read(dir: &Path) -> Result<Option<SchemaHistory>, std::io::Error> {
     let path = dir.join(HISTORY_FILE);

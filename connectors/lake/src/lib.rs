@@ -8,6 +8,7 @@ pub mod layout;
 pub mod narrow;
 pub mod restore;
 pub mod sink;
+pub mod store;
 mod stats;
 
 pub use error::LakeError;
@@ -15,4 +16,5 @@ pub use sink::{
     Compaction, CompactionReport, LakeSink, MaintenancePolicy, SlotMarker, SourcePositionFile,
     TableState,
 };
+pub use store::{LakeLocation, LakeStore};
 pub use tidewater_core::StoppedTable;

@@ -16,7 +16,7 @@
 //! invisible to every reader and are left for VACUUM.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use std::sync::Arc;
 
@@ -46,6 +46,7 @@ use crate::layout::{path_segment, segment_name};
 use crate::narrow::{narrow_batch, narrow_schema};
 use crate::restore;
 use crate::stats::writer_properties;
+use crate::store::LakeStore;
 
 mod maintenance;
 pub use maintenance::{Compaction, CompactionReport, MaintenancePolicy};
@@ -69,32 +70,24 @@ pub const KEY_SOURCE_COLUMN: &str = "tidewater.source_column";
 /// means a longer replay, which the tables' marks deduplicate.
 #[derive(Debug, Clone)]
 pub struct SourcePositionFile {
-    path: PathBuf,
+    store: LakeStore,
+    rel: String,
 }
 
 impl SourcePositionFile {
-    pub fn write(&self, position: &str) -> Result<(), LakeError> {
-        replace_file(&self.path, &format!("{position}\n")).map_err(|source| LakeError::Io {
-            path: self.path.clone(),
-            source,
-        })
+    pub async fn write(&self, position: &str) -> Result<(), LakeError> {
+        self.store.write(&self.rel, &format!("{position}\n")).await
     }
 
-    pub fn read(&self) -> Option<String> {
-        let text = std::fs::read_to_string(&self.path).ok()?;
-        let text = text.trim();
-        (!text.is_empty()).then(|| text.to_string())
+    pub async fn read(&self) -> Result<Option<String>, LakeError> {
+        Ok(self.store.read(&self.rel).await?.and_then(|text| {
+            let text = text.trim();
+            (!text.is_empty()).then(|| text.to_string())
+        }))
     }
 
-    pub fn clear(&self) -> Result<(), LakeError> {
-        match std::fs::remove_file(&self.path) {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(LakeError::Io {
-                path: self.path.clone(),
-                source,
-            }),
-        }
+    pub async fn clear(&self) -> Result<(), LakeError> {
+        self.store.delete(&self.rel).await
     }
 }
 
@@ -154,7 +147,7 @@ impl LakeTable {
 }
 
 pub struct LakeSink {
-    root: PathBuf,
+    store: LakeStore,
     pipeline: String,
     tables: BTreeMap<TableId, LakeTable>,
     /// Snapshot state of tables copied while the others stream, overriding
@@ -168,9 +161,9 @@ pub struct LakeSink {
 }
 
 impl LakeSink {
-    pub fn new(root: &Path, pipeline: &str) -> Self {
+    pub fn new(store: LakeStore, pipeline: &str) -> Self {
         Self {
-            root: root.to_path_buf(),
+            store,
             pipeline: pipeline.to_string(),
             tables: BTreeMap::new(),
             table_phases: HashMap::new(),
@@ -184,12 +177,38 @@ impl LakeSink {
         format!("tidewater:{}", self.pipeline)
     }
 
-    /// `<root>/<pipeline>/<schema>/<table>`.
-    pub fn table_path(&self, table: &TableId) -> PathBuf {
-        self.root
-            .join(&self.pipeline)
-            .join(path_segment(&table.schema))
-            .join(path_segment(&table.table))
+    /// `<pipeline>/<schema>/<table>` below the lake root.
+    fn table_rel(&self, table: &TableId) -> String {
+        format!(
+            "{}/{}/{}",
+            self.pipeline,
+            path_segment(&table.schema),
+            path_segment(&table.table)
+        )
+    }
+
+    /// Where a table is, for people: `<root>/<pipeline>/<schema>/<table>`.
+    pub fn table_location(&self, table: &TableId) -> String {
+        self.store.describe(&self.table_rel(table))
+    }
+
+    /// The lake this sink writes.
+    pub fn store(&self) -> &LakeStore {
+        &self.store
+    }
+
+    /// The schema history kept next to `table`, if it has one.
+    pub async fn history(&self, table: &TableId) -> Result<Option<SchemaHistory>, LakeError> {
+        let rel = format!("{}/{}", self.table_rel(table), history::HISTORY_FILE);
+        match self.store.read(&rel).await? {
+            Some(text) => history::parse(&text)
+                .map(Some)
+                .map_err(|source| LakeError::Io {
+                    path: PathBuf::from(self.store.describe(&rel)),
+                    source,
+                }),
+            None => Ok(None),
+        }
     }
 
     /// Opens an existing lake table and reads its state; None when there is no
@@ -198,13 +217,17 @@ impl LakeSink {
         if let Some(open) = self.tables.get(table) {
             return Ok(open.state.clone());
         }
-        let path = self.table_path(table);
-        if !path.join("_delta_log").is_dir() {
+        let rel = self.table_rel(table);
+        if !self.store.is_table(&rel).await? {
             return Ok(None);
         }
-        let url = deltalake::ensure_table_uri(path.to_string_lossy())
-            .map_err(|source| LakeError::delta(table, "locating", source))?;
-        let delta = match deltalake::open_table(url).await {
+        let url = self.store.table_url(&rel)?;
+        let delta = match deltalake::open_table_with_storage_options(
+            url,
+            self.store.storage_options(),
+        )
+        .await
+        {
             Ok(delta) => delta,
             Err(DeltaTableError::NotATable(_)) => return Ok(None),
             Err(source) => return Err(LakeError::delta(table, "opening", source)),
@@ -212,15 +235,17 @@ impl LakeSink {
         let state = read_state(&delta, &self.app_id(), &self.pipeline)
             .await
             .map_err(|source| LakeError::delta(table, "reading the state of", source))?;
-        let history = history::read(&path)
-            .map_err(|source| LakeError::Io {
-                path: path.join(history::HISTORY_FILE),
+        let history_rel = format!("{rel}/{}", history::HISTORY_FILE);
+        let history = match self.store.read(&history_rel).await? {
+            Some(text) => history::parse(&text).map_err(|source| LakeError::Io {
+                path: PathBuf::from(self.store.describe(&history_rel)),
                 source,
-            })?
-            .unwrap_or_else(|| SchemaHistory {
+            })?,
+            None => SchemaHistory {
                 table: table.to_string(),
                 versions: Vec::new(),
-            });
+            },
+        };
         self.tables
             .insert(table.clone(), LakeTable::new(delta, state.clone(), history));
         Ok(state)
@@ -233,19 +258,20 @@ impl LakeSink {
         if self.tables.contains_key(table) {
             return Ok(());
         }
-        let path = self.table_path(table);
-        std::fs::create_dir_all(&path).map_err(|source| LakeError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let rel = self.table_rel(table);
+        if let Some(path) = self.store.local_path(&rel) {
+            std::fs::create_dir_all(&path).map_err(|source| LakeError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        }
         let arrow = narrow_schema(&lake_schema(schema));
         let kernel: StructType = arrow
             .as_ref()
             .try_into_kernel()
             .map_err(|source| LakeError::delta(table, "mapping the schema of", source.into()))?;
-        let url = deltalake::ensure_table_uri(path.to_string_lossy())
-            .map_err(|source| LakeError::delta(table, "locating", source))?;
-        let delta = DeltaTable::try_from_url(url)
+        let url = self.store.table_url(&rel)?;
+        let delta = DeltaTable::try_from_url_with_storage_options(url, self.store.storage_options())
             .await
             .map_err(|source| LakeError::delta(table, "opening", source))?
             .create()
@@ -258,7 +284,7 @@ impl LakeSink {
             .with_save_mode(SaveMode::Ignore)
             .await
             .map_err(|source| LakeError::delta(table, "creating", source))?;
-        info!(table = %table, path = %path.display(), "created lake table");
+        info!(table = %table, path = %self.store.describe(&rel), "created lake table");
         let history = SchemaHistory {
             table: table.to_string(),
             versions: Vec::new(),
@@ -415,14 +441,16 @@ impl LakeSink {
                 None => open.state.as_ref().is_none_or(|s| s.snapshot_done),
             };
             if open.history_dirty {
-                let path = self
-                    .root
-                    .join(&self.pipeline)
-                    .join(path_segment(&table.schema))
-                    .join(path_segment(&table.table))
-                    .join(history::HISTORY_FILE);
-                replace_file(&path, &history::to_json(&open.history))
-                    .map_err(|source| LakeError::Io { path, source })?;
+                let rel = format!(
+                    "{}/{}/{}/{}",
+                    self.pipeline,
+                    path_segment(&table.schema),
+                    path_segment(&table.table),
+                    history::HISTORY_FILE
+                );
+                self.store
+                    .write(&rel, &history::to_json(&open.history))
+                    .await?;
                 open.history_dirty = false;
             }
             let commits = open.state.as_ref().map_or(0, |s| s.commits) + 1;
@@ -484,8 +512,8 @@ impl LakeSink {
             }
         }
         if phase == Some(SnapshotPhase::Done) {
-            if let Some(SlotMarker::Snapshot(slot)) = self.marker() {
-                self.write_marker(&SlotMarker::Stream(slot))?;
+            if let Some(SlotMarker::Snapshot(slot)) = self.marker().await? {
+                self.write_marker(&SlotMarker::Stream(slot)).await?;
             }
         }
         Ok(committed)
@@ -513,25 +541,14 @@ impl LakeSink {
             .filter(|(_, c)| c.key)
             .map(|(i, _)| i)
             .collect();
-        let uris: Vec<String> = self
-            .tables
-            .get(table)
-            .expect("opened above")
-            .table
-            .get_file_uris()
-            .map_err(|source| LakeError::delta(table, "listing the files of", source))?
-            .collect();
+        let open = self.tables.get(table).expect("opened above");
+        let files = data_files(&open.table, table)?;
+        let store = open.table.log_store().object_store(None);
         let arrow = |source| LakeError::Arrow {
             table: table.clone(),
             source,
         };
         let mut truncated = Mark::ZERO;
-        let open_file = |path: &PathBuf| {
-            std::fs::File::open(path).map_err(|source| LakeError::Io {
-                path: path.clone(),
-                source,
-            })
-        };
         let parquet = |e: deltalake::parquet::errors::ParquetError| {
             arrow(ArrowError::ExternalError(Box::new(e)))
         };
@@ -540,15 +557,12 @@ impl LakeSink {
             .map(|&i| schema.columns[i].name.as_str())
             .collect();
         narrow_names.extend(["_tw_op", "_tw_seq", "_tw_ord"]);
-        for uri in uris {
-            let path = url::Url::parse(&uri)
-                .ok()
-                .and_then(|u| u.to_file_path().ok())
-                .unwrap_or_else(|| PathBuf::from(&uri));
+        for path in files {
+            let bytes = read_object(store.as_ref(), &path, table).await?;
             // Pass 1: keys and marks only (the TOASTed values are the big
             // columns); rows of a wanted key that beat what is known so far.
             let builder =
-                ParquetRecordBatchReaderBuilder::try_new(open_file(&path)?).map_err(parquet)?;
+                ParquetRecordBatchReaderBuilder::try_new(bytes.clone()).map_err(parquet)?;
             let roots: Vec<usize> = builder
                 .schema()
                 .fields()
@@ -579,7 +593,7 @@ impl LakeSink {
                 ) else {
                     return Err(arrow(ArrowError::SchemaError(format!(
                         "{} has unexpected types for _tw_op/_tw_seq/_tw_ord",
-                        path.display()
+                        path
                     ))));
                 };
                 let key_arrays: Vec<Option<ArrayRef>> = key_columns
@@ -622,7 +636,7 @@ impl LakeSink {
             if hits.is_empty() {
                 continue;
             }
-            let reader = ParquetRecordBatchReaderBuilder::try_new(open_file(&path)?)
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
                 .and_then(|b| b.build())
                 .map_err(parquet)?;
             let mut offset = 0;
@@ -679,116 +693,113 @@ impl LakeSink {
     }
 
     /// Every table of this pipeline found under the lake root.
-    pub fn existing_tables(&self) -> Vec<TableId> {
+    pub async fn existing_tables(&self) -> Result<Vec<TableId>, LakeError> {
         let mut found = Vec::new();
-        let base = self.root.join(&self.pipeline);
-        let Ok(schemas) = std::fs::read_dir(&base) else {
-            return found;
-        };
-        for schema in schemas.flatten() {
-            let Ok(tables) = std::fs::read_dir(schema.path()) else {
+        for schema in self.store.list_dirs(&self.pipeline).await? {
+            let Some(schema_name) = segment_name(&schema) else {
                 continue;
             };
-            let Some(schema_name) = segment_name(&schema.file_name().to_string_lossy()) else {
-                continue;
-            };
-            for table in tables.flatten() {
+            for table in self
+                .store
+                .list_dirs(&format!("{}/{schema}", self.pipeline))
+                .await?
+            {
                 // Hidden entries (tombstones) never decode.
-                let Some(table_name) = segment_name(&table.file_name().to_string_lossy()) else {
+                let Some(table_name) = segment_name(&table) else {
                     continue;
                 };
-                if table.path().join("_delta_log").is_dir() {
+                if self
+                    .store
+                    .is_table(&format!("{}/{schema}/{table}", self.pipeline))
+                    .await?
+                {
                     found.push(TableId::new(schema_name.clone(), table_name));
                 }
             }
         }
         found.sort();
-        found
+        Ok(found)
     }
 
     /// Removes a table of this pipeline from the lake (used before a fresh
-    /// snapshot replaces an interrupted one). The directory is first renamed
-    /// to a hidden tombstone — atomically, so a crash never leaves a table with
-    /// half its log — then deleted; leftover tombstones go on the next call.
-    pub fn remove_table(&mut self, table: &TableId) -> Result<(), LakeError> {
+    /// snapshot replaces an interrupted one), so that a crash never leaves a
+    /// table with half its log (see [`LakeStore::remove_tree`]).
+    pub async fn remove_table(&mut self, table: &TableId) -> Result<(), LakeError> {
         self.tables.remove(table);
-        let path = self.table_path(table);
-        let tombstone =
-            path.with_file_name(format!(".tidewater-removed-{}", path_segment(&table.table)));
-        remove_dir(&tombstone)?;
-        match std::fs::rename(&path, &tombstone) {
-            Ok(()) => remove_dir(&tombstone),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(LakeError::Io { path, source }),
-        }
+        let rel = self.table_rel(table);
+        let tombstone = format!(
+            "{}/{}/.tidewater-removed-{}",
+            self.pipeline,
+            path_segment(&table.schema),
+            path_segment(&table.table)
+        );
+        self.store.remove_tree(&rel, &tombstone).await
     }
 
-    fn marker_path(&self) -> PathBuf {
-        self.root.join(&self.pipeline).join("_tidewater_slot")
+    fn marker_rel(&self) -> String {
+        format!("{}/_tidewater_slot", self.pipeline)
     }
 
     /// Records which replication slot this pipeline's lake belongs to, and
-    /// whether its initial snapshot is still in progress. Written (atomically,
-    /// by rename) before a snapshot creates its slot, rewritten as
+    /// whether its initial snapshot is still in progress. Written (atomically)
+    /// before a snapshot creates its slot, rewritten as
     /// [`SlotMarker::Stream`] when the snapshot is committed everywhere.
-    pub fn write_marker(&self, marker: &SlotMarker) -> Result<(), LakeError> {
-        let path = self.marker_path();
+    pub async fn write_marker(&self, marker: &SlotMarker) -> Result<(), LakeError> {
         let text = match marker {
             SlotMarker::Snapshot(slot) => format!("snapshot {slot}\n"),
             SlotMarker::Stream(slot) => format!("stream {slot}\n"),
         };
-        replace_file(&path, &text).map_err(|source| LakeError::Io { path, source })
+        self.store.write(&self.marker_rel(), &text).await
     }
 
     /// Where the acknowledged source position of this pipeline is kept.
     pub fn source_position_file(&self) -> SourcePositionFile {
         SourcePositionFile {
-            path: self
-                .root
-                .join(&self.pipeline)
-                .join("_tidewater_source_position"),
+            store: self.store.clone(),
+            rel: format!("{}/_tidewater_source_position", self.pipeline),
         }
     }
 
     /// The last acknowledged source position, if one was recorded.
-    pub fn source_position(&self) -> Option<String> {
-        self.source_position_file().read()
+    pub async fn source_position(&self) -> Result<Option<String>, LakeError> {
+        self.source_position_file().read().await
     }
 
     /// Forgets the recorded source position (before a fresh snapshot).
-    pub fn clear_source_position(&self) -> Result<(), LakeError> {
-        self.source_position_file().clear()
+    pub async fn clear_source_position(&self) -> Result<(), LakeError> {
+        self.source_position_file().clear().await
     }
 
     /// The marker, if this pipeline ever created a slot for this lake.
-    pub fn marker(&self) -> Option<SlotMarker> {
-        let text = std::fs::read_to_string(self.marker_path()).ok()?;
-        let (kind, slot) = text.trim().split_once(' ')?;
-        match kind {
+    pub async fn marker(&self) -> Result<Option<SlotMarker>, LakeError> {
+        let Some(text) = self.store.read(&self.marker_rel()).await? else {
+            return Ok(None);
+        };
+        let Some((kind, slot)) = text.trim().split_once(' ') else {
+            return Ok(None);
+        };
+        Ok(match kind {
             "snapshot" => Some(SlotMarker::Snapshot(slot.to_string())),
             "stream" => Some(SlotMarker::Stream(slot.to_string())),
             _ => None,
-        }
+        })
     }
 }
 
 impl LakeSink {
-    fn stopped_path(&self) -> PathBuf {
-        self.root
-            .join(&self.pipeline)
-            .join("_tidewater_stopped_tables.json")
+    fn stopped_rel(&self) -> String {
+        format!("{}/_tidewater_stopped_tables.json", self.pipeline)
     }
 
     /// The tables this pipeline stopped, from `_tidewater_stopped_tables.json`
     /// (absent: none). An unreadable file is an error: guessing "none" would
     /// stream a table with a gap.
-    pub fn stopped_tables(&self) -> Result<Vec<StoppedTable>, LakeError> {
-        let path = self.stopped_path();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(LakeError::Io { path, source }),
+    pub async fn stopped_tables(&self) -> Result<Vec<StoppedTable>, LakeError> {
+        let rel = self.stopped_rel();
+        let Some(text) = self.store.read(&rel).await? else {
+            return Ok(Vec::new());
         };
+        let path = PathBuf::from(self.store.describe(&rel));
         let corrupt = |what: &str| LakeError::Io {
             path: path.clone(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string()),
@@ -817,7 +828,7 @@ impl LakeSink {
 
     /// Replaces the list of stopped tables (atomically, durably): written
     /// before anything after the failing change is acknowledged.
-    pub fn write_stopped_tables(&self, stopped: &[StoppedTable]) -> Result<(), LakeError> {
+    pub async fn write_stopped_tables(&self, stopped: &[StoppedTable]) -> Result<(), LakeError> {
         let tables: Vec<Value> = stopped
             .iter()
             .map(|s| {
@@ -833,8 +844,9 @@ impl LakeSink {
             .collect();
         let text = serde_json::to_string_pretty(&serde_json::json!({ "tables": tables }))
             .expect("JSON values serialize");
-        let path = self.stopped_path();
-        replace_file(&path, &format!("{text}\n")).map_err(|source| LakeError::Io { path, source })
+        self.store
+            .write(&self.stopped_rel(), &format!("{text}\n"))
+            .await
     }
 }
 
@@ -909,6 +921,35 @@ async fn commit_actions(
     }
 }
 
+/// The data files of a table's current version, as object paths below the
+/// table.
+fn data_files(
+    delta: &DeltaTable,
+    table: &TableId,
+) -> Result<Vec<deltalake::Path>, LakeError> {
+    Ok(delta
+        .snapshot()
+        .map_err(|source| LakeError::delta(table, "listing the files of", source))?
+        .log_data()
+        .iter()
+        .map(|f| f.object_store_path())
+        .collect())
+}
+
+/// A whole object (a data file) from the table's store: local disk or S3.
+async fn read_object(
+    store: &dyn deltalake::ObjectStore,
+    path: &deltalake::Path,
+    table: &TableId,
+) -> Result<bytes::Bytes, LakeError> {
+    let remote = |source| LakeError::Remote {
+        location: format!("{table}: {path}"),
+        source: Box::new(source),
+    };
+    use deltalake::logstore::object_store::ObjectStoreExt;
+    store.get(path).await.map_err(remote)?.bytes().await.map_err(remote)
+}
+
 /// What every commit of this pipeline carries: its application transaction
 /// (version `commits`) and the table's mark, position, snapshot state and
 /// schema version — what a restart reads back.
@@ -940,32 +981,6 @@ fn commit_properties(
         .with_metadata(metadata)
 }
 
-/// Replaces a small file atomically and durably: write a staging file,
-/// fsync it, rename it over the target, fsync the directory. Readers see the
-/// old or the new content, never a torn or (after a power loss) empty one.
-fn replace_file(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().expect("file has a parent");
-    std::fs::create_dir_all(dir)?;
-    let name = path.file_name().expect("file name").to_string_lossy();
-    let staging = dir.join(format!(".{name}.tmp"));
-    let mut file = std::fs::File::create(&staging)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&staging, path)?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
-fn remove_dir(path: &Path) -> Result<(), LakeError> {
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(LakeError::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
-}
 
 impl Sink for LakeSink {
     type Error = LakeError;
@@ -1001,8 +1016,8 @@ impl Sink for LakeSink {
             .push((seq, statement));
     }
 
-    fn record_stopped(&mut self, stopped: &[StoppedTable]) -> Result<(), LakeError> {
-        self.write_stopped_tables(stopped)
+    async fn record_stopped(&mut self, stopped: &[StoppedTable]) -> Result<(), LakeError> {
+        self.write_stopped_tables(stopped).await
     }
 
     fn table_phase(&mut self, table: &TableId, phase: SnapshotPhase, mark: Mark) {

@@ -72,25 +72,17 @@ impl LakeSink {
         }
         let delta = |what: &'static str| move |source| LakeError::delta(table, what, source);
         let snapshot = open.table.snapshot().map_err(delta("compacting"))?;
-        let log_store = open.table.log_store();
-        let small: Vec<(PathBuf, i64, deltalake::kernel::Remove)> = snapshot
+        let small: Vec<(deltalake::Path, i64, deltalake::kernel::Remove)> = snapshot
             .log_data()
             .iter()
             .filter(|f| (f.size() as u64) < policy.target_file_bytes)
-            .map(|f| {
-                let uri = log_store.to_uri(&f.object_store_path());
-                let path = url::Url::parse(&uri)
-                    .ok()
-                    .and_then(|u| u.to_file_path().ok())
-                    .unwrap_or_else(|| PathBuf::from(&uri));
-                (path, f.size(), f.remove_action(false))
-            })
+            .map(|f| (f.object_store_path(), f.size(), f.remove_action(false)))
             .collect();
         if small.len() < policy.min_files.max(2) {
             return Ok(CompactionReport::default());
         }
         // Groups of about the target size; a group of one is left as it is.
-        let mut groups: Vec<Vec<(PathBuf, deltalake::kernel::Remove)>> = vec![Vec::new()];
+        let mut groups: Vec<Vec<(deltalake::Path, deltalake::kernel::Remove)>> = vec![Vec::new()];
         let mut group_bytes = 0u64;
         for (path, size, remove) in small {
             if group_bytes >= policy.target_file_bytes {
@@ -107,15 +99,19 @@ impl LakeSink {
         let open = self.tables.get_mut(table).expect("checked above");
         let mut actions = Vec::new();
         let mut report = CompactionReport::default();
+        let store = open.table.log_store().object_store(None);
         for group in &groups {
-            let paths: Vec<PathBuf> = group.iter().map(|(p, _)| p.clone()).collect();
-            let properties = merged_properties(table, &paths)?;
+            let mut files = Vec::with_capacity(group.len());
+            for (path, _) in group {
+                files.push(read_object(store.as_ref(), path, table).await?);
+            }
+            let properties = merged_properties(table, &files)?;
             let mut writer = RecordBatchWriter::for_table(&open.table)
                 .map_err(delta("compacting"))?
                 .with_writer_properties(properties);
             let schema = writer.arrow_schema();
-            for path in &paths {
-                for batch in read_file(table, path)? {
+            for file in &files {
+                for batch in read_file(table, file)? {
                     let batch = align(table, &batch, &schema)?;
                     report.rows += batch.num_rows();
                     writer
@@ -255,13 +251,16 @@ impl LakeSink {
 
 /// Writer properties for a file merging `paths`: a column written without
 /// statistics in any of them (see [`crate::stats`]) gets none in the merge.
-fn merged_properties(table: &TableId, paths: &[PathBuf]) -> Result<WriterProperties, LakeError> {
+fn merged_properties(
+    table: &TableId,
+    files: &[bytes::Bytes],
+) -> Result<WriterProperties, LakeError> {
     let mut builder = WriterProperties::builder()
         .set_created_by(format!("tidewater {}", env!("CARGO_PKG_VERSION")))
         .set_compression(deltalake::parquet::basic::Compression::SNAPPY);
     let mut without = Vec::new();
-    for path in paths {
-        let builder = ParquetRecordBatchReaderBuilder::try_new(open_file(path)?)
+    for file in files {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file.clone())
             .map_err(|e| parquet_error(table, e))?;
         for group in builder.metadata().row_groups() {
             for column in group.columns() {
@@ -277,13 +276,6 @@ fn merged_properties(table: &TableId, paths: &[PathBuf]) -> Result<WriterPropert
     Ok(builder.build())
 }
 
-fn open_file(path: &Path) -> Result<std::fs::File, LakeError> {
-    std::fs::File::open(path).map_err(|source| LakeError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
 fn parquet_error(table: &TableId, error: deltalake::parquet::errors::ParquetError) -> LakeError {
     LakeError::Arrow {
         table: table.clone(),
@@ -292,8 +284,8 @@ fn parquet_error(table: &TableId, error: deltalake::parquet::errors::ParquetErro
 }
 
 /// Every batch of one data file.
-fn read_file(table: &TableId, path: &Path) -> Result<Vec<RecordBatch>, LakeError> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(open_file(path)?)
+fn read_file(table: &TableId, file: &bytes::Bytes) -> Result<Vec<RecordBatch>, LakeError> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file.clone())
         .map_err(|e| parquet_error(table, e))?
         .build()
         .map_err(|e| parquet_error(table, e))?;
