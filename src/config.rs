@@ -449,12 +449,6 @@ impl Config {
         match &self.sink {
             SinkConfig::Lake(lake) => {
                 if lake.uri.starts_with("s3://") {
-                    return Err(invalid(
-                        "sink.uri",
-                        "s3:// lakes are not supported yet; use a local path or file:// uri".into(),
-                    ));
-                }
-                if lake.uri.starts_with("s3://") {
                     match url::Url::parse(&lake.uri) {
                         Ok(url) if url.host_str().is_some_and(|h| !h.is_empty()) => {}
                         _ => {

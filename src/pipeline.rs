@@ -430,7 +430,8 @@ async fn run_postgres(
         // Marker first, so a crash anywhere below still reads as an
         // interrupted snapshot; then every table this pipeline has in the lake
         // (with a commit or not), then the old slot.
-        sink.write_marker(&SlotMarker::Snapshot(config.slot.clone())).await?;
+        sink.write_marker(&SlotMarker::Snapshot(config.slot.clone()))
+            .await?;
         for table in sink.existing_tables().await? {
             warn!(table = %table, "removing a partial snapshot from the lake");
             sink.remove_table(&table).await?;
@@ -548,7 +549,8 @@ async fn run_mysql(
         if interrupted {
             warn!("the previous initial snapshot did not complete; removing what it wrote and starting over");
         }
-        sink.write_marker(&SlotMarker::Snapshot("binlog".into())).await?;
+        sink.write_marker(&SlotMarker::Snapshot("binlog".into()))
+            .await?;
         sink.clear_source_position().await?;
         sink.write_stopped_tables(&[]).await?;
         for table in sink.existing_tables().await? {
@@ -567,7 +569,8 @@ async fn run_mysql(
             None => source.current_position().await?,
         };
         if !matches!(marker, Some(SlotMarker::Stream(_))) {
-            sink.write_marker(&SlotMarker::Stream("binlog".into())).await?;
+            sink.write_marker(&SlotMarker::Stream("binlog".into()))
+                .await?;
         }
         if !copies.is_empty() {
             info!(

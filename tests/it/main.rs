@@ -8,6 +8,7 @@ mod config_errors;
 mod crash;
 mod golden;
 mod lake_maintenance;
+mod lake_s3;
 mod lake_writers;
 mod maria_harness;
 mod mysql;

@@ -60,6 +60,48 @@ pub async fn read_log(path: &Path) -> Result<Vec<LogRow>, String> {
     Ok(rows)
 }
 
+/// Every change-log row of the lake table at `url` (`s3://…`), read through
+/// delta-rs's object store with `options`.
+pub async fn read_log_at(
+    url: &str,
+    options: std::collections::HashMap<String, String>,
+) -> Result<Vec<LogRow>, String> {
+    use deltalake::logstore::object_store::ObjectStoreExt;
+    deltalake::aws::register_handlers(None);
+    let url = url::Url::parse(url).map_err(|e| e.to_string())?;
+    let table = deltalake::open_table_with_storage_options(url, options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let store = table.log_store().object_store(None);
+    let paths: Vec<_> = table
+        .snapshot()
+        .map_err(|e| e.to_string())?
+        .log_data()
+        .iter()
+        .map(|f| f.object_store_path())
+        .collect();
+    let mut rows = Vec::new();
+    for path in paths {
+        let bytes = store
+            .get(&path)
+            .await
+            .map_err(|e| e.to_string())?
+            .bytes()
+            .await
+            .map_err(|e| e.to_string())?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .map_err(|e| e.to_string())?
+            .build()
+            .map_err(|e| e.to_string())?;
+        for batch in reader {
+            let batch = batch.map_err(|e| e.to_string())?;
+            rows.extend(batch_rows(&batch).into_iter().map(fold_versions));
+        }
+    }
+    rows.sort_by_key(|r| (r.seq, r.ord));
+    Ok(rows)
+}
+
 /// A row written under a column's newer type holds it in `<name>__v<n>`
 /// (the lake's column versioning): read it back under the source name.
 /// Exactly one version of a column is written per row (files may carry the

@@ -9,6 +9,7 @@
 
 pub mod lake;
 pub mod mariadb;
+pub mod s3;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -231,6 +232,8 @@ pub struct Pipeline {
     pub lake: PathBuf,
     pub child: Option<Child>,
     pub starts: u32,
+    /// Environment of the daemon (credentials, …).
+    pub env: Vec<(String, String)>,
 }
 
 impl Pipeline {
@@ -269,6 +272,7 @@ impl Pipeline {
             lake,
             child: None,
             starts: 0,
+            env: Vec::new(),
         }
     }
 
@@ -278,6 +282,7 @@ impl Pipeline {
         let log = std::fs::File::create(self.dir.join(format!("daemon-{}.log", self.starts)))
             .expect("log file");
         let child = tidewater()
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(["run", "--config"])
             .arg(&self.config)
             .stdout(Stdio::null())

@@ -8,8 +8,8 @@ pub mod layout;
 pub mod narrow;
 pub mod restore;
 pub mod sink;
-pub mod store;
 mod stats;
+pub mod store;
 
 pub use error::LakeError;
 pub use sink::{

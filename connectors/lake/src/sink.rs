@@ -222,16 +222,14 @@ impl LakeSink {
             return Ok(None);
         }
         let url = self.store.table_url(&rel)?;
-        let delta = match deltalake::open_table_with_storage_options(
-            url,
-            self.store.storage_options(),
-        )
-        .await
-        {
-            Ok(delta) => delta,
-            Err(DeltaTableError::NotATable(_)) => return Ok(None),
-            Err(source) => return Err(LakeError::delta(table, "opening", source)),
-        };
+        let delta =
+            match deltalake::open_table_with_storage_options(url, self.store.storage_options())
+                .await
+            {
+                Ok(delta) => delta,
+                Err(DeltaTableError::NotATable(_)) => return Ok(None),
+                Err(source) => return Err(LakeError::delta(table, "opening", source)),
+            };
         let state = read_state(&delta, &self.app_id(), &self.pipeline)
             .await
             .map_err(|source| LakeError::delta(table, "reading the state of", source))?;
@@ -271,19 +269,20 @@ impl LakeSink {
             .try_into_kernel()
             .map_err(|source| LakeError::delta(table, "mapping the schema of", source.into()))?;
         let url = self.store.table_url(&rel)?;
-        let delta = DeltaTable::try_from_url_with_storage_options(url, self.store.storage_options())
-            .await
-            .map_err(|source| LakeError::delta(table, "opening", source))?
-            .create()
-            .with_columns(kernel.fields().cloned())
-            .with_table_name(table.table.clone())
-            .with_comment(format!(
-                "change log of {table}, written by tidewater pipeline {}",
-                self.pipeline
-            ))
-            .with_save_mode(SaveMode::Ignore)
-            .await
-            .map_err(|source| LakeError::delta(table, "creating", source))?;
+        let delta =
+            DeltaTable::try_from_url_with_storage_options(url, self.store.storage_options())
+                .await
+                .map_err(|source| LakeError::delta(table, "opening", source))?
+                .create()
+                .with_columns(kernel.fields().cloned())
+                .with_table_name(table.table.clone())
+                .with_comment(format!(
+                    "change log of {table}, written by tidewater pipeline {}",
+                    self.pipeline
+                ))
+                .with_save_mode(SaveMode::Ignore)
+                .await
+                .map_err(|source| LakeError::delta(table, "creating", source))?;
         info!(table = %table, path = %self.store.describe(&rel), "created lake table");
         let history = SchemaHistory {
             table: table.to_string(),
@@ -483,6 +482,7 @@ impl LakeSink {
                 table,
                 &app_id,
                 &self.pipeline,
+                mark,
                 properties,
                 actions,
                 true,
@@ -493,8 +493,8 @@ impl LakeSink {
                 },
             )
             .await?;
-            let version = finalized.version();
-            open.table.state = Some(finalized.snapshot());
+            let (version, snapshot) = finalized;
+            open.table.state = Some(snapshot);
             open.adds.clear();
             open.evolved = None;
             debug!(table = %table, version, mark = %mark, "committed");
@@ -865,11 +865,12 @@ async fn commit_actions(
     table: &TableId,
     app_id: &str,
     pipeline: &str,
+    mark: Mark,
     properties: CommitProperties,
     actions: Vec<Action>,
     retry_on_foreign: bool,
     operation: DeltaOperation,
-) -> Result<deltalake::kernel::transaction::FinalizedCommit, LakeError> {
+) -> Result<(u64, deltalake::table::state::DeltaTableState), LakeError> {
     const ATTEMPTS: usize = 5;
     let ours = open.state.as_ref().map(|s| s.commits);
     let mut attempt = 0;
@@ -883,6 +884,7 @@ async fn commit_actions(
             .with_actions(actions.clone())
             .build(Some(snapshot), open.table.log_store(), operation.clone())
             .await;
+        let result = result.map(|f| (f.version(), f.snapshot()));
         let lost_race = match &result {
             Err(DeltaTableError::VersionAlreadyExists(_)) => true,
             Err(DeltaTableError::Transaction { source }) => matches!(
@@ -906,6 +908,21 @@ async fn commit_actions(
             .transaction_version(open.table.log_store().as_ref(), app_id)
             .await
             .map_err(|source| LakeError::delta(table, "reloading", source))?;
+        // Our own commit may have landed with its answer lost (a dropped
+        // connection, then the retried put-if-absent refused): the newest
+        // commit is then this pipeline's next transaction with our mark.
+        if theirs == Some(ours.unwrap_or(0) + 1)
+            && newest_mark(&open.table, pipeline).await == Some(mark)
+        {
+            warn!(table = %table, "the commit had landed although its answer was lost; going on from it");
+            let snapshot = open
+                .table
+                .snapshot()
+                .map_err(|source| LakeError::delta(table, "reloading", source))?
+                .clone();
+            let version = open.table.version().unwrap_or_default();
+            return Ok((version, snapshot));
+        }
         if theirs != ours {
             return Err(LakeError::ConcurrentWriter {
                 table: table.clone(),
@@ -921,12 +938,26 @@ async fn commit_actions(
     }
 }
 
+/// The mark the newest commit of `pipeline` in `delta` recorded.
+async fn newest_mark(delta: &DeltaTable, pipeline: &str) -> Option<Mark> {
+    let mut history = delta.history(Some(1));
+    let info = history.try_next().await.ok()??;
+    let text = |key: &str| {
+        info.info
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    if text(KEY_PIPELINE).as_deref() != Some(pipeline) {
+        return None;
+    }
+    let number = |key: &str| text(key).and_then(|s| s.parse::<u64>().ok());
+    Some(Mark::new(number(KEY_SEQ)?, number(KEY_ORD)?))
+}
+
 /// The data files of a table's current version, as object paths below the
 /// table.
-fn data_files(
-    delta: &DeltaTable,
-    table: &TableId,
-) -> Result<Vec<deltalake::Path>, LakeError> {
+fn data_files(delta: &DeltaTable, table: &TableId) -> Result<Vec<deltalake::Path>, LakeError> {
     Ok(delta
         .snapshot()
         .map_err(|source| LakeError::delta(table, "listing the files of", source))?
@@ -947,7 +978,13 @@ async fn read_object(
         source: Box::new(source),
     };
     use deltalake::logstore::object_store::ObjectStoreExt;
-    store.get(path).await.map_err(remote)?.bytes().await.map_err(remote)
+    store
+        .get(path)
+        .await
+        .map_err(remote)?
+        .bytes()
+        .await
+        .map_err(remote)
 }
 
 /// What every commit of this pipeline carries: its application transaction
@@ -980,7 +1017,6 @@ fn commit_properties(
         .with_application_transaction(Transaction::new(app_id, commits))
         .with_metadata(metadata)
 }
-
 
 impl Sink for LakeSink {
     type Error = LakeError;

@@ -268,12 +268,14 @@ impl LakeStore {
                     .map_err(|err| self.remote_error(rel, err))?;
                 let log = format!("{rel}/_delta_log/");
                 objects.sort_by(|a, b| {
-                    let (a_log, b_log) = (a.as_ref().starts_with(&log), b.as_ref().starts_with(&log));
+                    let (a_log, b_log) =
+                        (a.as_ref().starts_with(&log), b.as_ref().starts_with(&log));
                     b_log.cmp(&a_log).then_with(|| b.as_ref().cmp(a.as_ref()))
                 });
                 for object in objects {
                     match store.delete(&object).await {
-                        Ok(()) | Err(deltalake::logstore::object_store::Error::NotFound { .. }) => {}
+                        Ok(()) | Err(deltalake::logstore::object_store::Error::NotFound { .. }) => {
+                        }
                         Err(err) => return Err(self.remote_error(object.as_ref(), err)),
                     }
                 }
@@ -283,7 +285,11 @@ impl LakeStore {
         }
     }
 
-    fn remote_error(&self, rel: &str, source: deltalake::logstore::object_store::Error) -> LakeError {
+    fn remote_error(
+        &self,
+        rel: &str,
+        source: deltalake::logstore::object_store::Error,
+    ) -> LakeError {
         LakeError::Remote {
             location: self.describe(rel),
             source: Box::new(source),

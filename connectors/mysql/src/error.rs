@@ -12,6 +12,8 @@ mod code {
     pub const SPECIFIC_ACCESS_DENIED: u16 = 1227;
     pub const TABLE_ACCESS_DENIED: u16 = 1142;
     pub const BAD_DB: u16 = 1049;
+    /// MariaDB: another replica is connected with the same server_id.
+    pub const SLAVE_SAME_ID: u16 = 4052;
     /// Errors that go away on a retry: the server shutting down, a killed
     /// or interrupted query, lock waits and deadlocks, and a snapshot that
     /// met a concurrent DDL ("table definition has changed").
@@ -116,6 +118,10 @@ impl Classified for MysqlError {
                         | code::TABLE_ACCESS_DENIED
                         | code::BAD_DB,
                     ) => ErrorClass::Config,
+                    // A dying connection of ours (after a crash) or another
+                    // replica with our id: retried with backoff, as a
+                    // Postgres slot still held by a dying walsender.
+                    Some(code::SLAVE_SAME_ID) => ErrorClass::Transient,
                     Some(code) if code::RETRYABLE.contains(&code) => ErrorClass::Transient,
                     // Any other server error on a query is about the statement
                     // or the server state; network errors and a server going

@@ -148,6 +148,7 @@ impl LakeSink {
             table,
             &app_id,
             &pipeline,
+            state.mark,
             properties,
             actions,
             false,
@@ -157,8 +158,8 @@ impl LakeSink {
             },
         )
         .await?;
-        let version = finalized.version();
-        open.table.state = Some(finalized.snapshot());
+        let (version, snapshot) = finalized;
+        open.table.state = Some(snapshot);
         open.state = Some(TableState {
             version,
             commits,

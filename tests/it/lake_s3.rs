@@ -1,0 +1,125 @@
+//! The lake on S3 (a moto server on loopback): snapshot and streaming land
+//! in `s3://bucket/prefix`, through a proxy that drops connections, answers
+//! 503 and 500, delays, and loses answers of requests the server carried
+//! out; once the faults stop the lake equals the source, each change once,
+//! read back through delta-rs and through Python's `deltalake`.
+
+use std::time::Duration;
+
+use crate::support::lake::{
+    assert_each_change_once, compare, current_state, read_log_at, source_state,
+};
+use crate::support::s3::{s3, storage_options, Fault, FaultProxy, ACCESS_KEY, SECRET_KEY};
+use crate::support::{eventually, pg, Pipeline};
+
+fn s3_pipeline(name: &str, bucket: &str, endpoint: &str) -> Pipeline {
+    let mut pipeline = Pipeline::new(name, &pg().url(name), "");
+    let text = std::fs::read_to_string(&pipeline.config).unwrap();
+    let local = format!("file://{}", pipeline.lake.display());
+    let text = text.replace(
+        &format!("uri = \"{local}\""),
+        &format!("uri = \"s3://{bucket}/lake\""),
+    ) + &format!(
+        "\n[sink.s3]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\npath_style = true\n"
+    );
+    std::fs::write(&pipeline.config, text).unwrap();
+    pipeline.env = vec![
+        ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
+        ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+    ];
+    pipeline
+}
+
+async fn wait_equal_s3(pipeline: &mut Pipeline, client: &tokio_postgres::Client, url: &str) {
+    let options = storage_options(&s3().endpoint());
+    let mut attempts = 0;
+    eventually(
+        "the S3 lake equals the source",
+        Duration::from_secs(120),
+        || {
+            attempts += 1;
+            if attempts % 8 == 0 {
+                pipeline.assert_running();
+            }
+            let options = options.clone();
+            async move {
+                let log = read_log_at(url, options).await?;
+                compare(
+                    &source_state(client, "public.t", "id").await,
+                    &current_state(&log, "id"),
+                )
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lake_on_s3_survives_network_faults() {
+    let server = s3();
+    server.create_bucket("tw-faults");
+    let proxy = FaultProxy::start(server.port).await;
+    let client = pg().create_database("s3faults").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text, n numeric(10,2));
+             INSERT INTO t SELECT g, 'v' || g, g / 4.0 FROM generate_series(1, 2000) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = s3_pipeline("s3faults", "tw-faults", &proxy.endpoint());
+    pipeline.start();
+    let url = "s3://tw-faults/lake/s3faults/public/t/";
+    wait_equal_s3(&mut pipeline, &client, url).await;
+
+    let faults = [
+        Fault::Drop,
+        Fault::Unavailable,
+        Fault::ServerError,
+        Fault::Delay,
+        Fault::LoseAnswer,
+    ];
+    for (round, fault) in faults.iter().enumerate() {
+        proxy.set(*fault);
+        for i in 0..10 {
+            let id = 10_000 + round * 100 + i;
+            client
+                .batch_execute(&format!(
+                    "INSERT INTO t VALUES ({id}, 'during {fault:?}', {i});
+                     UPDATE t SET v = 'changed in round {round}' WHERE id = {};
+                     DELETE FROM t WHERE id = {};",
+                    round * 10 + i + 1,
+                    1000 + round * 10 + i
+                ))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        proxy.set(Fault::None);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    client
+        .batch_execute("INSERT INTO t VALUES (99999, 'after the faults', 1)")
+        .await
+        .unwrap();
+    wait_equal_s3(&mut pipeline, &client, url).await;
+    let log = read_log_at(url, storage_options(&server.endpoint()))
+        .await
+        .unwrap();
+    assert_each_change_once(&log);
+    for fault in faults {
+        assert!(proxy.hits(fault) > 0, "no request met {fault:?}");
+        eprintln!("{fault:?}: {} connections", proxy.hits(fault));
+    }
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+    let warnings = pipeline
+        .log(1)
+        .lines()
+        .filter(|l| l.contains("WARN"))
+        .count();
+    eprintln!(
+        "{} log rows on S3, {warnings} warnings in the daemon's log",
+        log.len()
+    );
+}
