@@ -237,6 +237,20 @@ pub struct LakeSinkConfig {
     /// default).
     #[serde(default = "default_vacuum_retention_hours")]
     pub vacuum_retention_hours: u64,
+    /// Keep a current-state table (one row per key: the latest image,
+    /// deletes removed) next to every change log, at
+    /// `<uri>/<pipeline>.current/<schema>/<table>`. Default false.
+    #[serde(default)]
+    pub current_state: bool,
+    /// How often current-state tables are merged from the change logs.
+    /// Default 60000 (a minute).
+    #[serde(default = "default_current_state_interval_ms")]
+    pub current_state_interval_ms: u64,
+}
+
+/// Fresh enough for dashboards; readers who need more read the log tail.
+fn default_current_state_interval_ms() -> u64 {
+    60_000
 }
 
 /// Often enough that a table flushed every second holds a few hundred small
@@ -273,6 +287,9 @@ impl LakeSinkConfig {
                     Duration::from_millis(self.compaction_interval_ms),
                 )
             }),
+            current_state: self
+                .current_state
+                .then(|| Duration::from_millis(self.current_state_interval_ms.max(1))),
             vacuum: (self.vacuum_interval_ms > 0).then(|| {
                 (
                     Duration::from_secs(self.vacuum_retention_hours.saturating_mul(3600)),
@@ -599,6 +616,11 @@ impl LakeSinkConfig {
         if let Some(region) = s3.and_then(|s| s.region.as_ref()) {
             options.insert("AWS_REGION".to_string(), region.clone());
         }
+        // object_store retries a failed request 10 times within 3 minutes by
+        // default; an outage of the store longer than that is the pipeline's
+        // own retry (from its marks) to ride out, but most blips end sooner.
+        options.insert("max_retries".to_string(), "20".to_string());
+        options.insert("retry_timeout".to_string(), "300s".to_string());
         let path_style = s3.is_some_and(|s| s.path_style);
         options.insert(
             "AWS_VIRTUAL_HOSTED_STYLE_REQUEST".to_string(),

@@ -35,6 +35,10 @@ use crate::config::{Config, SinkConfig, SnapshotMode, SourceConfig, ZeroDatesPol
 /// Events buffered between the source task and the coordinator.
 const EVENT_CHANNEL_CAPACITY: usize = 4096;
 
+/// How often an idle coordinator lets the sink do its housekeeping (the sink
+/// keeps its own, longer intervals).
+const MAINTENANCE_TICK: Duration = Duration::from_secs(1);
+
 /// Events the coordinator takes from the channel in one go before it looks
 /// at shutdown and the flush timer again.
 const DRAIN_BURST: usize = 1024;
@@ -784,6 +788,9 @@ impl<K: Sink> Coordinator<K> {
         mode: Mode,
     ) -> Result<Outcome, PipelineError> {
         self.stats.started = Some(Instant::now());
+        // Housekeeping also runs on an idle pipeline, whose checkpoints stop.
+        let mut housekeeping = tokio::time::interval(MAINTENANCE_TICK);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.batcher.deadline().map(tokio::time::Instant::from_std);
             tokio::select! {
@@ -795,6 +802,11 @@ impl<K: Sink> Coordinator<K> {
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     self.checkpoint(None).await?;
+                }
+                _ = housekeeping.tick() => {
+                    if self.nothing_pending() && !self.in_transaction {
+                        self.sink.maintain().await;
+                    }
                 }
                 event = events.recv() => {
                     let event = event.ok_or(PipelineError::SourceGone)??;

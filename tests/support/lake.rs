@@ -216,7 +216,8 @@ fn batch_rows(batch: &RecordBatch) -> Vec<LogRow> {
         }
         let text = |k: &str| meta.get(k).and_then(Value::as_str).map(str::to_string);
         rows.push(LogRow {
-            op: text("_tw_op").expect("_tw_op"),
+            // Current-state tables have no `_tw_op`: every row is a live image.
+            op: text("_tw_op").unwrap_or_else(|| "c".into()),
             seq: text("_tw_seq").expect("_tw_seq").parse().expect("seq"),
             ord: text("_tw_ord").expect("_tw_ord").parse().expect("ord"),
             position: text("_tw_position").expect("_tw_position"),

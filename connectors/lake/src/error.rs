@@ -44,6 +44,12 @@ pub enum LakeError {
         #[source]
         source: Box<DeltaTableError>,
     },
+    #[error("{action} lake table {table}: the storage library failed ({what}); retrying from the durable marks")]
+    Panicked {
+        table: TableId,
+        action: &'static str,
+        what: String,
+    },
     #[error("object storage at {location}")]
     Remote {
         location: String,
@@ -78,6 +84,7 @@ impl LakeError {
             LakeError::Arrow { .. } => ErrorClass::Definite,
             LakeError::Io { .. } => ErrorClass::Transient,
             LakeError::ConcurrentWriter { .. } | LakeError::Store { .. } => ErrorClass::Config,
+            LakeError::Panicked { .. } => ErrorClass::Transient,
             // Credentials refused and missing buckets do not fix themselves;
             // the rest (network, throttling, 5xx) is worth a retry.
             LakeError::Remote { source, .. } => match source.as_ref() {

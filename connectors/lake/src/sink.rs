@@ -48,7 +48,9 @@ use crate::restore;
 use crate::stats::writer_properties;
 use crate::store::LakeStore;
 
+mod current;
 mod maintenance;
+pub use current::MergeReport;
 pub use maintenance::{Compaction, CompactionReport, MaintenancePolicy};
 
 const KEY_PIPELINE: &str = "tidewater.pipeline";
@@ -296,6 +298,11 @@ impl LakeSink {
     /// Writes a batch into uncommitted files. Batches wholly at or below the
     /// table's committed mark are skipped (idempotence).
     pub async fn write(&mut self, batch: ChangeBatch) -> Result<(), LakeError> {
+        let table = batch.table.clone();
+        guarded(&table, "writing to", self.write_unguarded(batch)).await
+    }
+
+    async fn write_unguarded(&mut self, batch: ChangeBatch) -> Result<(), LakeError> {
         self.ensure_table(&batch.schema).await?;
         let open = self.tables.get_mut(&batch.table).expect("ensured above");
         if let Some(state) = &open.state {
@@ -411,6 +418,20 @@ impl LakeSink {
     /// known table even without data, so each records the snapshot state —
     /// each in one atomic Delta commit with its mark and `position`.
     pub async fn commit(
+        &mut self,
+        position: &str,
+        phase: Option<SnapshotPhase>,
+    ) -> Result<usize, LakeError> {
+        let any = TableId::new(self.pipeline.clone(), "*");
+        guarded(
+            &any,
+            "committing to",
+            self.commit_unguarded(position, phase),
+        )
+        .await
+    }
+
+    async fn commit_unguarded(
         &mut self,
         position: &str,
         phase: Option<SnapshotPhase>,
@@ -935,6 +956,33 @@ async fn commit_actions(
             return result.map_err(|source| LakeError::delta(table, "committing to", source));
         }
         warn!(table = %table, attempt, "another writer (not this pipeline) committed to the table first; committing again on top of it");
+    }
+}
+
+/// Runs a lake operation, turning a panic inside the Delta or object-store
+/// libraries (seen: object_store's buffered upload panicking in its abort
+/// path after its retries ran out) into a transient error: the pipeline
+/// restarts from its durable marks instead of dying.
+async fn guarded<T>(
+    table: &TableId,
+    action: &'static str,
+    work: impl std::future::Future<Output = Result<T, LakeError>>,
+) -> Result<T, LakeError> {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Err(LakeError::Panicked {
+                table: table.clone(),
+                action,
+                what,
+            })
+        }
     }
 }
 

@@ -112,7 +112,7 @@ impl LakeSink {
             let schema = writer.arrow_schema();
             for file in &files {
                 for batch in read_file(table, file)? {
-                    let batch = align(table, &batch, &schema)?;
+                    let batch = align_batch(table, &batch, &schema)?;
                     report.rows += batch.num_rows();
                     writer
                         .write_with_mode(batch, WriteMode::Default)
@@ -285,7 +285,10 @@ fn parquet_error(table: &TableId, error: deltalake::parquet::errors::ParquetErro
 }
 
 /// Every batch of one data file.
-fn read_file(table: &TableId, file: &bytes::Bytes) -> Result<Vec<RecordBatch>, LakeError> {
+pub(super) fn read_file(
+    table: &TableId,
+    file: &bytes::Bytes,
+) -> Result<Vec<RecordBatch>, LakeError> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(file.clone())
         .map_err(|e| parquet_error(table, e))?
         .build()
@@ -302,7 +305,7 @@ fn read_file(table: &TableId, file: &bytes::Bytes) -> Result<Vec<RecordBatch>, L
 
 /// `batch` with exactly `schema`'s columns: a column an older file does not
 /// have (added later) is all NULL, as readers see it through the table schema.
-fn align(
+pub(super) fn align_batch(
     table: &TableId,
     batch: &RecordBatch,
     schema: &SchemaRef,
@@ -338,6 +341,8 @@ pub struct MaintenancePolicy {
     pub compaction: Option<(Compaction, Duration)>,
     /// Vacuum retention, and how often to vacuum.
     pub vacuum: Option<(Duration, Duration)>,
+    /// How often current-state tables are merged from the change logs.
+    pub current_state: Option<Duration>,
 }
 
 /// When maintenance last ran.
@@ -345,6 +350,7 @@ pub struct MaintenancePolicy {
 pub(super) struct MaintenanceClock {
     compacted: std::time::Instant,
     vacuumed: std::time::Instant,
+    merged: std::time::Instant,
 }
 
 impl Default for MaintenanceClock {
@@ -353,6 +359,7 @@ impl Default for MaintenanceClock {
         Self {
             compacted: now,
             vacuumed: now,
+            merged: now,
         }
     }
 }
@@ -367,6 +374,16 @@ impl LakeSink {
     /// retried at the next interval, since the data is safe either way.
     pub async fn maintain(&mut self) {
         let now = std::time::Instant::now();
+        if let Some(every) = self.maintenance.current_state {
+            if now.duration_since(self.clock.merged) >= every {
+                self.clock.merged = now;
+                for table in self.open_tables() {
+                    if let Err(error) = self.merge_current(&table).await {
+                        warn!(table = %table, error = %tidewater_core::error_chain(&error), "merging the current-state table failed; it stays as it was, trying again later");
+                    }
+                }
+            }
+        }
         if let Some((policy, every)) = self.maintenance.compaction {
             if now.duration_since(self.clock.compacted) >= every {
                 self.clock.compacted = now;

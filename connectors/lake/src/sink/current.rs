@@ -1,0 +1,411 @@
+//! Current-state tables: next to each change log, a Delta table with one row
+//! per key — the latest image, deletes removed — at
+//! `<uri>/<pipeline>.current/<schema>/<table>` (pipeline names have no dots,
+//! so that directory belongs to no pipeline's change logs).
+//!
+//! ```text
+//!  change log (committed up to mark M) ──┐
+//!  current table (merged up to mark M0) ─┤ merge, every current_state_interval_ms:
+//!    1. log rows after M0: the latest change per key (and the last truncate)
+//!    2. current files holding a changed key are rewritten without it
+//!       (all files go after a truncate)
+//!    3. the latest images that are not deletes are appended
+//!    4. one commit: removes + adds + "merged up to M" (+ its own app txn)
+//! ```
+//!
+//! The merge is idempotent: a crash before its commit leaves the current
+//! table as it was and the next merge starts again from M0; the commit
+//! records M, so nothing is applied twice. Readers see the state as of the
+//! last merge; for fresher reads combine it with the log rows after
+//! `tidewater.merged_seq`/`merged_ord` (README).
+
+use std::collections::{HashMap, HashSet};
+
+use deltalake::arrow::array::BooleanArray;
+use deltalake::arrow::compute::filter_record_batch;
+use deltalake::arrow::util::display::array_value_to_string;
+
+use super::maintenance::{align_batch, read_file};
+use super::*;
+use deltalake::writer::DeltaWriter;
+
+const KEY_MERGED_SEQ: &str = "tidewater.merged_seq";
+const KEY_MERGED_ORD: &str = "tidewater.merged_ord";
+
+/// What one merge did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MergeReport {
+    pub changed_keys: usize,
+    pub files_rewritten: usize,
+    pub rows_written: usize,
+}
+
+/// A log row that is the latest change of its key: where it is.
+struct Latest {
+    mark: Mark,
+    file: usize,
+    row: usize,
+    delete: bool,
+}
+
+impl LakeSink {
+    fn current_rel(&self, table: &TableId) -> String {
+        format!(
+            "{}.current/{}/{}",
+            self.pipeline,
+            path_segment(&table.schema),
+            path_segment(&table.table)
+        )
+    }
+
+    /// Where `table`'s current-state table is, for people.
+    pub fn current_location(&self, table: &TableId) -> String {
+        self.store.describe(&self.current_rel(table))
+    }
+
+    /// Brings `table`'s current-state table up to the change log's last
+    /// commit. Only between commits of the log (nothing pending).
+    pub async fn merge_current(&mut self, table: &TableId) -> Result<MergeReport, LakeError> {
+        let none = MergeReport::default();
+        let Some(open) = self.tables.get(table) else {
+            return Ok(none);
+        };
+        let (Some(state), true) = (open.state.clone(), open.adds.is_empty()) else {
+            return Ok(none);
+        };
+        // Key columns as the lake names them, from the latest schema version.
+        let Some(version) = open.history.latest() else {
+            return Ok(none);
+        };
+        let keys: Vec<String> = version
+            .columns
+            .iter()
+            .filter(|c| c.key)
+            .map(|c| c.lake_column.clone())
+            .collect();
+        if keys.is_empty() {
+            return Ok(none);
+        }
+        let log_schema = RecordBatchWriter::for_table(&open.table)
+            .map_err(|source| LakeError::delta(table, "reading", source))?
+            .arrow_schema();
+        let current_schema: SchemaRef = Arc::new(Schema::new(
+            log_schema
+                .fields()
+                .iter()
+                .filter(|f| f.name() != "_tw_op")
+                .map(|f| f.as_ref().clone())
+                .collect::<Vec<_>>(),
+        ));
+        let mut current = self.open_current(table, &current_schema).await?;
+        let merged = merged_mark(&current).await;
+        if state.mark <= merged {
+            return Ok(none);
+        }
+        // 1. The latest change per key after the merged mark.
+        let open = self.tables.get(table).expect("checked above");
+        let log_store = open.table.log_store().object_store(None);
+        let log_files = data_files(&open.table, table)?;
+        let mut latest: HashMap<String, Latest> = HashMap::new();
+        let mut truncated = Mark::ZERO;
+        let mut contents = Vec::with_capacity(log_files.len());
+        for (i, path) in log_files.iter().enumerate() {
+            let bytes = read_object(log_store.as_ref(), path, table).await?;
+            let mut offset = 0;
+            for batch in read_file(table, &bytes)? {
+                let marks = marks_of(table, &batch)?;
+                for (row, (mark, op)) in marks.into_iter().enumerate() {
+                    if mark <= merged {
+                        continue;
+                    }
+                    if op == "t" {
+                        truncated = truncated.max(mark);
+                        continue;
+                    }
+                    let key = key_of(&batch, &keys, row);
+                    if latest.get(&key).is_none_or(|l| l.mark < mark) {
+                        latest.insert(
+                            key,
+                            Latest {
+                                mark,
+                                file: i,
+                                row: offset + row,
+                                delete: op == "d",
+                            },
+                        );
+                    }
+                }
+                offset += batch.num_rows();
+            }
+            contents.push(bytes);
+        }
+        latest.retain(|_, l| l.mark > truncated);
+        let changed: HashSet<&String> = latest.keys().collect();
+        // 2. Current files holding a changed key (all after a truncate).
+        let current_store = current.log_store().object_store(None);
+        let mut actions = Vec::new();
+        let mut report = MergeReport {
+            changed_keys: latest.len(),
+            ..MergeReport::default()
+        };
+        let mut writer = RecordBatchWriter::for_table(&current)
+            .map_err(|source| LakeError::delta(table, "merging", source))?;
+        let before = writer.arrow_schema();
+        // Written in the log's columns: the current table grows with it.
+        let target = current_schema.clone();
+        let files: Vec<(deltalake::Path, deltalake::kernel::Remove)> = current
+            .snapshot()
+            .map_err(|source| LakeError::delta(table, "merging", source))?
+            .log_data()
+            .iter()
+            .map(|f| (f.object_store_path(), f.remove_action(true)))
+            .collect();
+        for (path, remove) in files {
+            if truncated > merged {
+                actions.push(Action::Remove(remove));
+                report.files_rewritten += 1;
+                continue;
+            }
+            let bytes = read_object(current_store.as_ref(), &path, table).await?;
+            let batches = read_file(table, &bytes)?;
+            let hit = batches
+                .iter()
+                .any(|b| (0..b.num_rows()).any(|r| changed.contains(&key_of(b, &keys, r))));
+            if !hit {
+                continue;
+            }
+            for batch in batches {
+                let keep: BooleanArray = (0..batch.num_rows())
+                    .map(|r| Some(!changed.contains(&key_of(&batch, &keys, r))))
+                    .collect();
+                let kept =
+                    filter_record_batch(&batch, &keep).map_err(|source| LakeError::Arrow {
+                        table: table.clone(),
+                        source,
+                    })?;
+                if kept.num_rows() > 0 {
+                    report.rows_written += kept.num_rows();
+                    let kept = align_batch(table, &kept, &target)?;
+                    writer
+                        .write_with_mode(kept, WriteMode::MergeSchema)
+                        .await
+                        .map_err(|source| LakeError::delta(table, "merging", source))?;
+                }
+            }
+            actions.push(Action::Remove(remove));
+            report.files_rewritten += 1;
+        }
+        // 3. The latest images that are not deletes, from the log.
+        let mut wanted: HashMap<usize, HashSet<usize>> = HashMap::new();
+        for l in latest.values().filter(|l| !l.delete) {
+            wanted.entry(l.file).or_default().insert(l.row);
+        }
+        for (i, bytes) in contents.iter().enumerate() {
+            let Some(rows) = wanted.get(&i) else {
+                continue;
+            };
+            let mut offset = 0;
+            for batch in read_file(table, bytes)? {
+                let keep: BooleanArray = (0..batch.num_rows())
+                    .map(|r| Some(rows.contains(&(offset + r))))
+                    .collect();
+                offset += batch.num_rows();
+                let picked =
+                    filter_record_batch(&batch, &keep).map_err(|source| LakeError::Arrow {
+                        table: table.clone(),
+                        source,
+                    })?;
+                if picked.num_rows() == 0 {
+                    continue;
+                }
+                report.rows_written += picked.num_rows();
+                let picked = align_batch(table, &picked, &target)?;
+                writer
+                    .write_with_mode(picked, WriteMode::MergeSchema)
+                    .await
+                    .map_err(|source| LakeError::delta(table, "merging", source))?;
+            }
+        }
+        for add in writer
+            .flush()
+            .await
+            .map_err(|source| LakeError::delta(table, "merging", source))?
+        {
+            actions.push(Action::Add(add));
+        }
+        let after = writer.arrow_schema();
+        if after != before {
+            let kernel: StructType = after.as_ref().try_into_kernel().map_err(|source| {
+                LakeError::delta(table, "evolving the current state of", source.into())
+            })?;
+            let snapshot = current
+                .snapshot()
+                .map_err(|source| LakeError::delta(table, "merging", source))?;
+            let metadata = MetadataExt::with_schema(snapshot.metadata().clone(), &kernel).map_err(
+                |source| LakeError::delta(table, "evolving the current state of", source.into()),
+            )?;
+            actions.push(Action::Metadata(metadata));
+        }
+        // 4. One commit, with the mark merged up to.
+        let commits = current
+            .snapshot()
+            .map_err(|source| LakeError::delta(table, "merging", source))?
+            .transaction_version(current.log_store().as_ref(), &self.current_app_id())
+            .await
+            .map_err(|source| LakeError::delta(table, "merging", source))?
+            .unwrap_or(0)
+            + 1;
+        let metadata: HashMap<String, Value> = HashMap::from([
+            (KEY_PIPELINE.to_string(), Value::from(self.pipeline.clone())),
+            (
+                KEY_MERGED_SEQ.to_string(),
+                Value::from(state.mark.seq.to_string()),
+            ),
+            (
+                KEY_MERGED_ORD.to_string(),
+                Value::from(state.mark.ord.to_string()),
+            ),
+            (
+                KEY_POSITION.to_string(),
+                Value::from(state.position.clone()),
+            ),
+        ]);
+        let properties = CommitProperties::default()
+            .with_application_transaction(Transaction::new(self.current_app_id(), commits))
+            .with_metadata(metadata)
+            .with_max_retries(0);
+        let snapshot = current
+            .snapshot()
+            .map_err(|source| LakeError::delta(table, "merging", source))?;
+        let finalized = CommitBuilder::from(properties)
+            .with_actions(actions)
+            .build(
+                Some(snapshot),
+                current.log_store(),
+                DeltaOperation::Write {
+                    mode: SaveMode::Append,
+                    partition_by: None,
+                    predicate: None,
+                },
+            )
+            .await
+            .map_err(|source| LakeError::delta(table, "committing the current state of", source))?;
+        current.state = Some(finalized.snapshot());
+        debug!(table = %table, changed = report.changed_keys, files = report.files_rewritten, "current state merged");
+        Ok(report)
+    }
+
+    fn current_app_id(&self) -> String {
+        format!("tidewater:{}:current", self.pipeline)
+    }
+
+    /// Opens the current-state table of `table`, creating it with `schema`,
+    /// and widens it to `schema` when the log grew columns.
+    async fn open_current(
+        &self,
+        table: &TableId,
+        schema: &SchemaRef,
+    ) -> Result<DeltaTable, LakeError> {
+        let rel = self.current_rel(table);
+        let url = self.store.table_url(&rel)?;
+        if self.store.is_table(&rel).await? {
+            let current =
+                deltalake::open_table_with_storage_options(url, self.store.storage_options())
+                    .await
+                    .map_err(|source| {
+                        LakeError::delta(table, "opening the current state of", source)
+                    })?;
+            return Ok(current);
+        }
+        if let Some(path) = self.store.local_path(&rel) {
+            std::fs::create_dir_all(&path).map_err(|source| LakeError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        let kernel: StructType = schema
+            .as_ref()
+            .try_into_kernel()
+            .map_err(|source| LakeError::delta(table, "mapping the schema of", source.into()))?;
+        let created = DeltaTable::try_from_url_with_storage_options(url, self.store.storage_options())
+            .await
+            .map_err(|source| LakeError::delta(table, "opening the current state of", source))?
+            .create()
+            .with_columns(kernel.fields().cloned())
+            .with_table_name(format!("{}_current", table.table))
+            .with_comment(format!(
+                "current state of {table} (one row per key), merged from its change log by tidewater pipeline {}",
+                self.pipeline
+            ))
+            .with_save_mode(SaveMode::Ignore)
+            .await
+            .map_err(|source| LakeError::delta(table, "creating the current state of", source))?;
+        info!(table = %table, path = %self.store.describe(&rel), "created current-state table");
+        Ok(created)
+    }
+}
+
+/// The log mark the current table was merged up to.
+async fn merged_mark(current: &DeltaTable) -> Mark {
+    let mut history = current.history(Some(1));
+    let Ok(Some(info)) = history.try_next().await else {
+        return Mark::ZERO;
+    };
+    let number = |key: &str| {
+        info.info
+            .get(key)
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<u64>().ok())
+    };
+    match (number(KEY_MERGED_SEQ), number(KEY_MERGED_ORD)) {
+        (Some(seq), Some(ord)) => Mark::new(seq, ord),
+        _ => Mark::ZERO,
+    }
+}
+
+/// (`_tw_seq`, `_tw_ord`) and `_tw_op` of every row of a log batch.
+fn marks_of(table: &TableId, batch: &RecordBatch) -> Result<Vec<(Mark, String)>, LakeError> {
+    let column = |name: &str| batch.column_by_name(name).cloned();
+    let (Some(ops), Some(seqs), Some(ords)) =
+        (column("_tw_op"), column("_tw_seq"), column("_tw_ord"))
+    else {
+        return Err(LakeError::Arrow {
+            table: table.clone(),
+            source: ArrowError::SchemaError("a log file without _tw_op/_tw_seq/_tw_ord".into()),
+        });
+    };
+    let (Some(ops), Some(seqs), Some(ords)) = (
+        ops.as_string_opt::<i32>(),
+        seqs.as_primitive_opt::<Int64Type>(),
+        ords.as_primitive_opt::<Int64Type>(),
+    ) else {
+        return Err(LakeError::Arrow {
+            table: table.clone(),
+            source: ArrowError::SchemaError("unexpected types for _tw_op/_tw_seq/_tw_ord".into()),
+        });
+    };
+    Ok((0..batch.num_rows())
+        .map(|i| {
+            (
+                Mark::new(seqs.value(i) as u64, ords.value(i) as u64),
+                ops.value(i).to_string(),
+            )
+        })
+        .collect())
+}
+
+/// A row's key as one string: its key columns' values as text (`∅` for a
+/// missing column or NULL).
+fn key_of(batch: &RecordBatch, keys: &[String], row: usize) -> String {
+    let mut key = String::new();
+    for name in keys {
+        match batch.column_by_name(name) {
+            Some(column) if !column.is_null(row) => {
+                key.push_str(&array_value_to_string(column, row).unwrap_or_default())
+            }
+            _ => key.push('∅'),
+        }
+        key.push('\u{1f}');
+    }
+    key
+}
