@@ -246,6 +246,20 @@ pub struct LakeSinkConfig {
     /// Default 60000 (a minute).
     #[serde(default = "default_current_state_interval_ms")]
     pub current_state_interval_ms: u64,
+    /// How change-log tables created from now on are partitioned: `none`
+    /// (default) or `commit_date` (by `_tw_commit_date`, the UTC date of
+    /// `_tw_commit_ts`, so readers prune by day). An existing table keeps
+    /// its layout.
+    #[serde(default)]
+    pub partitioning: Partitioning,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Partitioning {
+    #[default]
+    None,
+    CommitDate,
 }
 
 /// Fresh enough for dashboards; readers who need more read the log tail.

@@ -164,6 +164,8 @@ pub struct Settings {
     /// Tables to copy again before streaming (`snapshot --table`).
     pub recopy: Vec<TableId>,
     pub maintenance: MaintenancePolicy,
+    /// New change-log tables are partitioned by commit date.
+    pub partition_by_date: bool,
 }
 
 impl Settings {
@@ -225,6 +227,7 @@ impl Settings {
             },
             recopy: Vec::new(),
             maintenance: lake.maintenance(),
+            partition_by_date: lake.partitioning == crate::config::Partitioning::CommitDate,
         }
     }
 }
@@ -670,6 +673,7 @@ async fn drive(
     let source_task = tokio::spawn(source_loop(source, event_tx, ack_rx, stop_rx).instrument(span));
     let mut sink = sink;
     sink.set_maintenance(settings.maintenance);
+    sink.set_partition_by_date(settings.partition_by_date);
 
     let mut coordinator = Coordinator {
         sink,

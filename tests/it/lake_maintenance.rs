@@ -217,3 +217,87 @@ async fn current_state_tables_follow_the_source() {
     );
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
 }
+
+/// `partitioning = "commit_date"`: change logs land in one directory per
+/// commit day, compaction never mixes days, and the table reads the same
+/// through our reader and Python's `deltalake` (which fills the partition
+/// column from the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_logs_partitioned_by_commit_date() {
+    let client = pg().create_database("bydate").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::new(
+        "bydate",
+        &pg().url("bydate"),
+        "partitioning = \"commit_date\"\ncompaction_interval_ms = 500\ncompaction_min_files = 3\n\
+         target_file_size_bytes = 1048576\n",
+    );
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+    for round in 0..12 {
+        client
+            .batch_execute(&format!(
+                "UPDATE t SET v = 'round {round}' WHERE id = {}",
+                round + 1
+            ))
+            .await
+            .unwrap();
+        if round == 5 {
+            // A column added to a partitioned change log.
+            client
+                .batch_execute(
+                    "ALTER TABLE t ADD COLUMN extra int; UPDATE t SET extra = id WHERE id < 4;",
+                )
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    pipeline.wait_equal(&client, "t").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let path = pipeline.table_path("public", "t");
+    let days: Vec<String> = std::fs::read_dir(&path)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("_tw_commit_date="))
+        .collect();
+    assert!(
+        !days.is_empty(),
+        "no partition directories in {}",
+        path.display()
+    );
+    let rows = read_log(&path).await.unwrap();
+    crate::support::lake::assert_each_change_once(&rows);
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; from deltalake import DeltaTable; \
+             t = DeltaTable(sys.argv[1]).to_pyarrow_table(); \
+             print(t.num_rows, t.column('_tw_commit_date').null_count, flush=True); os._exit(0)",
+        ])
+        .arg(&path)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{} 0", rows.len())
+    );
+    assert!(
+        pipeline.log(1).contains("compacted small files"),
+        "{}",
+        pipeline.log(1)
+    );
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+}

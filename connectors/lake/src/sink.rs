@@ -160,6 +160,8 @@ pub struct LakeSink {
     pending_ddl: HashMap<TableId, Vec<(u64, String)>>,
     maintenance: MaintenancePolicy,
     clock: maintenance::MaintenanceClock,
+    /// New change-log tables are partitioned by `_tw_commit_date`.
+    partition_by_date: bool,
 }
 
 impl LakeSink {
@@ -172,11 +174,19 @@ impl LakeSink {
             pending_ddl: HashMap::new(),
             maintenance: MaintenancePolicy::default(),
             clock: maintenance::MaintenanceClock::default(),
+            partition_by_date: false,
         }
     }
 
     fn app_id(&self) -> String {
         format!("tidewater:{}", self.pipeline)
+    }
+
+    /// Partition change-log tables created from now on by commit date
+    /// (`_tw_commit_date`, the UTC date of `_tw_commit_ts`). Existing tables
+    /// keep the layout they were created with.
+    pub fn set_partition_by_date(&mut self, on: bool) {
+        self.partition_by_date = on;
     }
 
     /// `<pipeline>/<schema>/<table>` below the lake root.
@@ -265,7 +275,17 @@ impl LakeSink {
                 source,
             })?;
         }
-        let arrow = narrow_schema(&lake_schema(schema));
+        let mut arrow = narrow_schema(&lake_schema(schema));
+        if self.partition_by_date {
+            let mut fields: Vec<Field> =
+                arrow.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(Field::new(
+                COMMIT_DATE,
+                deltalake::arrow::datatypes::DataType::Date32,
+                true,
+            ));
+            arrow = Arc::new(Schema::new_with_metadata(fields, arrow.metadata().clone()));
+        }
         let kernel: StructType = arrow
             .as_ref()
             .try_into_kernel()
@@ -282,6 +302,11 @@ impl LakeSink {
                     "change log of {table}, written by tidewater pipeline {}",
                     self.pipeline
                 ))
+                .with_partition_columns(if self.partition_by_date {
+                    vec![COMMIT_DATE.to_string()]
+                } else {
+                    Vec::new()
+                })
                 .with_save_mode(SaveMode::Ignore)
                 .await
                 .map_err(|source| LakeError::delta(table, "creating", source))?;
@@ -304,6 +329,8 @@ impl LakeSink {
 
     async fn write_unguarded(&mut self, batch: ChangeBatch) -> Result<(), LakeError> {
         self.ensure_table(&batch.schema).await?;
+        let table_url = self.store.table_url(&self.table_rel(&batch.table))?;
+        let storage_options = self.store.storage_options();
         let open = self.tables.get_mut(&batch.table).expect("ensured above");
         if let Some(state) = &open.state {
             if batch.last <= state.mark {
@@ -315,12 +342,21 @@ impl LakeSink {
             table: batch.table.clone(),
             source,
         })?;
+        let partitioned = is_partitioned_by_date(&open.table);
+        let narrowed = if partitioned {
+            with_commit_date(&narrowed).map_err(|source| LakeError::Arrow {
+                table: batch.table.clone(),
+                source,
+            })?
+        } else {
+            narrowed
+        };
         // One writer per batch so each file gets the statistics policy its
         // own values need (see `stats`); the files are committed together.
         let properties = writer_properties(&narrowed);
         let mut writer = RecordBatchWriter::for_table(&open.table)
             .map_err(|source| LakeError::delta(&batch.table, "writing to", source))?
-            .with_writer_properties(properties);
+            .with_writer_properties(properties.clone());
         let before = writer.arrow_schema();
         // A column whose type changed (INT → BIGINT, DECIMAL(5,2) →
         // DECIMAL(12,4)) cannot change in place for every Delta reader: its
@@ -362,10 +398,39 @@ impl LakeSink {
         };
         let open = self.tables.get_mut(&batch.table).expect("ensured above");
         record_history(open, &batch, narrowed.schema().as_ref(), ddl);
-        writer
-            .write_with_mode(narrowed, WriteMode::MergeSchema)
-            .await
-            .map_err(|source| LakeError::delta(&batch.table, "writing to", source))?;
+        if partitioned {
+            // delta-rs's writer cannot merge the schema of a partitioned
+            // table: write under the union of the table's columns (as
+            // evolved in this commit) and the batch's, with a writer made
+            // for it; the commit then records the union.
+            let base = open.evolved.clone().unwrap_or_else(|| before.clone());
+            let arrow = |source| LakeError::Arrow {
+                table: batch.table.clone(),
+                source,
+            };
+            let merged = Arc::new(
+                Schema::try_merge([base.as_ref().clone(), narrowed.schema().as_ref().clone()])
+                    .map_err(arrow)?,
+            );
+            let aligned = maintenance::align_batch(&batch.table, &narrowed, &merged)?;
+            writer = RecordBatchWriter::try_new(
+                table_url.as_str(),
+                merged,
+                Some(vec![COMMIT_DATE.to_string()]),
+                Some(storage_options),
+            )
+            .map_err(|source| LakeError::delta(&batch.table, "writing to", source))?
+            .with_writer_properties(properties);
+            writer
+                .write_with_mode(aligned, WriteMode::Default)
+                .await
+                .map_err(|source| LakeError::delta(&batch.table, "writing to", source))?;
+        } else {
+            writer
+                .write_with_mode(narrowed, WriteMode::MergeSchema)
+                .await
+                .map_err(|source| LakeError::delta(&batch.table, "writing to", source))?;
+        }
         let mut after = writer.arrow_schema();
         if !retagged.is_empty() {
             let fields: Vec<Field> = after
@@ -957,6 +1022,52 @@ async fn commit_actions(
         }
         warn!(table = %table, attempt, "another writer (not this pipeline) committed to the table first; committing again on top of it");
     }
+}
+
+/// The partition column of tables partitioned by commit date.
+pub(crate) const COMMIT_DATE: &str = "_tw_commit_date";
+
+pub(crate) fn is_partitioned_by_date(delta: &DeltaTable) -> bool {
+    delta.snapshot().is_ok_and(|s| {
+        s.metadata()
+            .partition_columns()
+            .iter()
+            .any(|c| c == COMMIT_DATE)
+    })
+}
+
+/// `batch` with `_tw_commit_date`: the UTC date of each row's `_tw_commit_ts`.
+fn with_commit_date(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    use deltalake::arrow::array::Date32Array;
+    use deltalake::arrow::datatypes::TimestampMicrosecondType;
+    let ts = batch
+        .column_by_name("_tw_commit_ts")
+        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+        .ok_or_else(|| ArrowError::SchemaError("no _tw_commit_ts to partition by".into()))?;
+    let days: Date32Array = ts
+        .iter()
+        .map(|t| t.map(|us| us.div_euclid(86_400_000_000) as i32))
+        .collect();
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(
+        COMMIT_DATE,
+        deltalake::arrow::datatypes::DataType::Date32,
+        true,
+    ));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(days));
+    RecordBatch::try_new(
+        Arc::new(Schema::new_with_metadata(
+            fields,
+            batch.schema().metadata().clone(),
+        )),
+        columns,
+    )
 }
 
 /// Runs a lake operation, turning a panic inside the Delta or object-store

@@ -93,7 +93,7 @@ impl LakeSink {
             log_schema
                 .fields()
                 .iter()
-                .filter(|f| f.name() != "_tw_op")
+                .filter(|f| f.name() != "_tw_op" && f.name() != super::COMMIT_DATE)
                 .map(|f| f.as_ref().clone())
                 .collect::<Vec<_>>(),
         ));

@@ -72,35 +72,53 @@ impl LakeSink {
         }
         let delta = |what: &'static str| move |source| LakeError::delta(table, what, source);
         let snapshot = open.table.snapshot().map_err(delta("compacting"))?;
-        let small: Vec<(deltalake::Path, i64, deltalake::kernel::Remove)> = snapshot
+        type Partition = Vec<(String, Option<String>)>;
+        let mut small: Vec<(Partition, deltalake::Path, i64, deltalake::kernel::Remove)> = snapshot
             .log_data()
             .iter()
             .filter(|f| (f.size() as u64) < policy.target_file_bytes)
-            .map(|f| (f.object_store_path(), f.size(), f.remove_action(false)))
+            .map(|f| {
+                let mut partition: Partition = f.partition_values_map().into_iter().collect();
+                partition.sort();
+                (
+                    partition,
+                    f.object_store_path(),
+                    f.size(),
+                    f.remove_action(false),
+                )
+            })
             .collect();
         if small.len() < policy.min_files.max(2) {
             return Ok(CompactionReport::default());
         }
-        // Groups of about the target size; a group of one is left as it is.
-        let mut groups: Vec<Vec<(deltalake::Path, deltalake::kernel::Remove)>> = vec![Vec::new()];
+        // Groups of one partition and about the target size; a group of one
+        // is left as it is.
+        small.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut groups: Vec<(Partition, Vec<(deltalake::Path, deltalake::kernel::Remove)>)> =
+            Vec::new();
         let mut group_bytes = 0u64;
-        for (path, size, remove) in small {
-            if group_bytes >= policy.target_file_bytes {
-                groups.push(Vec::new());
+        for (partition, path, size, remove) in small {
+            let fresh = match groups.last() {
+                Some((p, _)) => *p != partition || group_bytes >= policy.target_file_bytes,
+                None => true,
+            };
+            if fresh {
+                groups.push((partition, Vec::new()));
                 group_bytes = 0;
             }
             group_bytes += size.max(0) as u64;
             groups
                 .last_mut()
                 .expect("one group at least")
+                .1
                 .push((path, remove));
         }
-        groups.retain(|g| g.len() > 1);
+        groups.retain(|(_, g)| g.len() > 1);
         let open = self.tables.get_mut(table).expect("checked above");
         let mut actions = Vec::new();
         let mut report = CompactionReport::default();
         let store = open.table.log_store().object_store(None);
-        for group in &groups {
+        for (partition, group) in &groups {
             let mut files = Vec::with_capacity(group.len());
             for (path, _) in group {
                 files.push(read_object(store.as_ref(), path, table).await?);
@@ -112,6 +130,8 @@ impl LakeSink {
             let schema = writer.arrow_schema();
             for file in &files {
                 for batch in read_file(table, file)? {
+                    // Partition values live in the log, not in the files.
+                    let batch = with_partition_values(table, &batch, partition)?;
                     let batch = align_batch(table, &batch, &schema)?;
                     report.rows += batch.num_rows();
                     writer
@@ -248,6 +268,49 @@ impl LakeSink {
         );
         Ok(deleted)
     }
+}
+
+/// `batch` (read from a data file) with the partition columns of the file
+/// it came from (only the commit date is ever partitioned by).
+fn with_partition_values(
+    table: &TableId,
+    batch: &RecordBatch,
+    partition: &[(String, Option<String>)],
+) -> Result<RecordBatch, LakeError> {
+    use deltalake::arrow::array::Date32Array;
+    let mut batch = batch.clone();
+    for (name, value) in partition {
+        if name != super::COMMIT_DATE || batch.column_by_name(name).is_some() {
+            continue;
+        }
+        let days = value
+            .as_deref()
+            .and_then(|v| chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d").ok())
+            .map(|d| {
+                (d - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32
+            });
+        let column: ArrayRef = Arc::new(Date32Array::from(vec![days; batch.num_rows()]));
+        let mut fields: Vec<Field> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(
+            name,
+            deltalake::arrow::datatypes::DataType::Date32,
+            true,
+        ));
+        let mut columns = batch.columns().to_vec();
+        columns.push(column);
+        batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|source| {
+            LakeError::Arrow {
+                table: table.clone(),
+                source,
+            }
+        })?;
+    }
+    Ok(batch)
 }
 
 /// Writer properties for a file merging `paths`: a column written without
