@@ -690,6 +690,7 @@ async fn drive(
         stopped: start.stopped,
         recorded_stopped: start.recorded_stopped,
         stats: Stats::default(),
+        progress: CopyProgress::default(),
         record_position: record_position.then(|| sink_position_file(settings)),
         acked_position: None,
         recorded_at: None,
@@ -752,6 +753,120 @@ struct Stats {
     started: Option<Instant>,
 }
 
+/// Progress of the snapshot copies: per table rows done against the server's
+/// estimate, reported every [`PROGRESS_EVERY`] — one rewritten line on a
+/// terminal, log lines otherwise.
+#[derive(Default)]
+struct CopyProgress {
+    tables: std::collections::BTreeMap<TableId, TableProgress>,
+    reported: Option<Instant>,
+    rows_since_check: u64,
+}
+
+struct TableProgress {
+    estimate: u64,
+    done: u64,
+    started: Instant,
+    finished: bool,
+}
+
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+impl CopyProgress {
+    fn start(&mut self, table: TableId, estimate: u64) {
+        // Copies run one table after the other: a new one ends the last.
+        if !self.tables.is_empty() {
+            self.finish_all();
+        }
+        self.tables.insert(
+            table,
+            TableProgress {
+                estimate,
+                done: 0,
+                started: Instant::now(),
+                finished: false,
+            },
+        );
+        self.reported.get_or_insert_with(Instant::now);
+    }
+
+    fn row(&mut self, table: &TableId) {
+        if let Some(t) = self.tables.get_mut(table) {
+            t.done += 1;
+            self.rows_since_check += 1;
+            // The clock is read once per few thousand rows, not per row.
+            if self.rows_since_check >= 4096 {
+                self.rows_since_check = 0;
+                if self
+                    .reported
+                    .is_some_and(|at| at.elapsed() >= PROGRESS_EVERY)
+                {
+                    self.report(false);
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, table: &TableId) {
+        if let Some(t) = self.tables.get_mut(table) {
+            t.finished = true;
+        }
+        self.report(true);
+    }
+
+    fn finish_all(&mut self) {
+        for t in self.tables.values_mut() {
+            t.finished = true;
+        }
+        self.report(true);
+    }
+
+    fn report(&mut self, last: bool) {
+        use std::io::IsTerminal;
+        self.reported = Some(Instant::now());
+        let terminal = std::io::stderr().is_terminal();
+        for (table, t) in &self.tables {
+            let seconds = t.started.elapsed().as_secs_f64().max(1e-3);
+            let rate = t.done as f64 / seconds;
+            let total = t.estimate.max(t.done);
+            let percent = if total > 0 {
+                100.0 * t.done as f64 / total as f64
+            } else {
+                100.0
+            };
+            let eta = if t.finished || rate <= 0.0 {
+                0.0
+            } else {
+                (total.saturating_sub(t.done)) as f64 / rate
+            };
+            if t.finished && !last {
+                continue;
+            }
+            if terminal {
+                eprint!(
+                    "\rsnapshot {table}: {} / ~{} rows ({percent:.0}%), {rate:.0} rows/s, ETA {eta:.0} s   ",
+                    t.done, total
+                );
+                if t.finished {
+                    eprintln!();
+                }
+            } else {
+                info!(
+                    table = %table,
+                    rows = t.done,
+                    estimated_rows = total,
+                    percent = format!("{percent:.0}"),
+                    rows_per_second = format!("{rate:.0}"),
+                    eta_seconds = format!("{eta:.0}"),
+                    done = t.finished,
+                    "snapshot progress"
+                );
+            }
+        }
+        self.tables.retain(|_, t| !t.finished);
+    }
+}
+
 /// Drives one sink through the [`Sink`] contract.
 struct Coordinator<K> {
     sink: K,
@@ -777,6 +892,7 @@ struct Coordinator<K> {
     /// again, until their copy completes.
     recorded_stopped: Vec<StoppedTable>,
     stats: Stats,
+    progress: CopyProgress,
     /// Where acknowledged positions are written, for sources without
     /// server-side replica state.
     record_position: Option<SourcePositionFile>,
@@ -873,6 +989,9 @@ impl<K: Sink> Coordinator<K> {
                     return Ok(false);
                 }
                 self.stats.rows += 1;
+                if row.op == tidewater_core::Op::Read {
+                    self.progress.row(&row.table);
+                }
                 self.batcher.push(row).map_err(PipelineError::Batch)?;
                 if self.batcher.is_full() {
                     self.checkpoint(None).await?;
@@ -915,6 +1034,7 @@ impl<K: Sink> Coordinator<K> {
                 }
             }
             ChangeEvent::SnapshotDone { position, .. } => {
+                self.progress.finish_all();
                 self.checkpoint(Some(SnapshotPhase::Done)).await?;
                 self.snapshot_running = false;
                 let elapsed = self
@@ -951,6 +1071,7 @@ impl<K: Sink> Coordinator<K> {
                 info!(table = %table, "copying a table while streaming");
             }
             ChangeEvent::TableSnapshotDone { table, seq } => {
+                self.progress.finish(&table);
                 self.in_transaction = false;
                 // The stream's changes of the table up to the copy's point
                 // are in the copy.
@@ -980,6 +1101,7 @@ impl<K: Sink> Coordinator<K> {
                 seq,
                 statement,
             } => self.sink.note_ddl(&table, seq, statement),
+            ChangeEvent::CopyEstimate { table, rows } => self.progress.start(table, rows),
         }
         Ok(false)
     }

@@ -81,6 +81,11 @@ async fn small_files_are_compacted_and_old_ones_deleted_while_streaming() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log = pipeline.log(1);
     assert!(log.contains("compacted small files"), "{log}");
+    // The snapshot reported its progress (not a terminal: log lines).
+    assert!(
+        log.contains("snapshot progress") && log.contains("rows=50") && log.contains("done=true"),
+        "{log}"
+    );
     assert!(
         log.contains("deleted files no version needs any more"),
         "{log}"

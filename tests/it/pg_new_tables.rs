@@ -153,6 +153,13 @@ async fn tables_created_while_streaming_are_copied_then_streamed() {
         "a complete copy is never taken again"
     );
     assert!(!pipeline.log(2).contains("copying a table while streaming"));
+    let log = pipeline.log(1);
+    assert!(
+        log.contains("snapshot progress")
+            && log.contains("table=public.second")
+            && log.contains("done=true"),
+        "{log}"
+    );
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
 }
 

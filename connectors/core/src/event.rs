@@ -233,6 +233,12 @@ pub enum ChangeEvent {
         table: TableId,
         reason: String,
     },
+    /// A snapshot copy of `table` starts; the server estimates it at `rows`
+    /// rows (statistics, not a count: for progress only).
+    CopyEstimate {
+        table: TableId,
+        rows: u64,
+    },
     /// A DDL statement about `table`, at `seq` (before the rows it shapes),
     /// for the schema history; it changes nothing by itself (the row
     /// schemas come from the stream).

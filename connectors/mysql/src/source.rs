@@ -1697,7 +1697,28 @@ async fn read_snapshot(
             .map(|c| quote_ident(&c.name))
             .collect();
         let sql = format!("SELECT {} FROM {}", select.join(", "), quote_table(&table));
-        info!(table = %table, "snapshot copy started");
+        // Statistics, for progress (InnoDB's estimate).
+        let estimate: Option<Option<u64>> = conn
+            .exec_first(
+                "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (&table.schema, &table.table),
+            )
+            .await
+            .map_err(query_error(format!("estimating the rows of {table}")))?;
+        let estimate = estimate.flatten();
+        if tx
+            .send(Ok(SnapshotMsg::Event(ChangeEvent::CopyEstimate {
+                table: table.clone(),
+                rows: estimate.unwrap_or(0),
+            })))
+            .await
+            .is_err()
+        {
+            return Err(MysqlError::Misuse {
+                what: "snapshot consumer gone",
+            });
+        }
+        info!(table = %table, estimated_rows = estimate.unwrap_or(0), "snapshot copy started");
         let mut result = conn
             .exec_iter(sql, ())
             .await

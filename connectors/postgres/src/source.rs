@@ -928,12 +928,28 @@ impl PostgresSource {
                 }
                 return Ok(());
             }
+            // Statistics, for progress: a partitioned table's are its partitions'.
+            let estimate: i64 = self
+                .client
+                .query_one(
+                    "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::int8 FROM pg_class c \
+                     WHERE c.oid = (quote_ident($1) || '.' || quote_ident($2))::regclass \
+                        OR c.oid IN (SELECT relid FROM pg_partition_tree((quote_ident($1) || '.' || quote_ident($2))::regclass) WHERE isleaf)",
+                    &[&table.schema, &table.table],
+                )
+                .await
+                .map_err(query_error(format!("estimating the rows of {table}")))?
+                .get(0);
+            self.pending.push_back(ChangeEvent::CopyEstimate {
+                table: table.clone(),
+                rows: estimate.max(0) as u64,
+            });
             let stream = self
                 .client
                 .copy_out(&sql)
                 .await
                 .map_err(query_error(format!("copying {table}")))?;
-            info!(table = %table, "snapshot copy started");
+            info!(table = %table, estimated_rows = estimate, "snapshot copy started");
             phase.copy = Some(CopyState {
                 schema,
                 stream: Box::pin(stream),
