@@ -27,6 +27,16 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub source: SourceConfig,
     pub sink: SinkConfig,
+    /// Prometheus `/metrics` and `/health` over HTTP; off when absent.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` to listen on, e.g. `127.0.0.1:9187` (0.0.0.0 exposes it).
+    pub listen: String,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -398,6 +408,7 @@ impl Config {
                 _ => SourceConfig::Postgres(section("source", raw.source.into())?),
             },
             sink: SinkConfig::Lake(section("sink", raw.sink.into())?),
+            metrics: raw.metrics,
         };
         config.validate()?;
         Ok(config)
@@ -477,6 +488,14 @@ impl Config {
                 }
             }
         }
+        if let Some(metrics) = &self.metrics {
+            if metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(invalid(
+                    "metrics.listen",
+                    format!("{:?} is not host:port like 127.0.0.1:9187", metrics.listen),
+                ));
+            }
+        }
         match &self.sink {
             SinkConfig::Lake(lake) => {
                 if lake.uri.starts_with("s3://") {
@@ -548,6 +567,8 @@ struct RawConfig {
     pipeline: PipelineConfig,
     source: toml::Table,
     sink: toml::Table,
+    #[serde(default)]
+    metrics: Option<MetricsConfig>,
 }
 
 /// Deserializes a section, naming the full key of any error.

@@ -4,6 +4,7 @@
 //! coordinator in [`pipeline`], the error policy in [`policy`].
 
 mod config;
+mod metrics;
 mod pipeline;
 mod policy;
 mod status;
@@ -211,6 +212,15 @@ async fn run(config: &Config, mode: Mode) -> i32 {
 async fn run_with(config: &Config, mode: Mode, recopy: Vec<tidewater_core::TableId>) -> i32 {
     let mut settings = Settings::from_config(config);
     settings.recopy = recopy;
+    if let Some(listen) = config.metrics.as_ref().map(|m| m.listen.clone()) {
+        if let Err(err) = metrics::serve(listen.clone(), settings.metrics.clone()).await {
+            eprintln!(
+                "error: cannot listen on metrics.listen {listen}: {err}\nhint: pick a free port"
+            );
+            return exit_code::CONFIG;
+        }
+    }
+    settings.metrics.phase("starting", "");
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -244,6 +254,11 @@ async fn run_with(config: &Config, mode: Mode, recopy: Vec<tidewater_core::Table
             Err(err) => {
                 let class = err.class();
                 let action = action(class);
+                settings.metrics.error(&format!("{class:?}").to_lowercase());
+                settings.metrics.phase(
+                    if action.retry { "retrying" } else { "stopped" },
+                    chain(&err),
+                );
                 if let PipelineError::Preflight(_) = err {
                     eprintln!("error: {}", chain(&err));
                     return exit_code::PREFLIGHT;

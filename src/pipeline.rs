@@ -166,6 +166,7 @@ pub struct Settings {
     pub maintenance: MaintenancePolicy,
     /// New change-log tables are partitioned by commit date.
     pub partition_by_date: bool,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Settings {
@@ -228,6 +229,7 @@ impl Settings {
             recopy: Vec::new(),
             maintenance: lake.maintenance(),
             partition_by_date: lake.partitioning == crate::config::Partitioning::CommitDate,
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 }
@@ -691,6 +693,9 @@ async fn drive(
         recorded_stopped: start.recorded_stopped,
         stats: Stats::default(),
         progress: CopyProgress::default(),
+        metrics: settings.metrics.clone(),
+        last_complete_ts_us: 0,
+        server_position: 0,
         record_position: record_position.then(|| sink_position_file(settings)),
         acked_position: None,
         recorded_at: None,
@@ -751,6 +756,8 @@ struct Stats {
     rows: u64,
     skipped: u64,
     started: Option<Instant>,
+    /// Events since the last report to the metrics.
+    events: u64,
 }
 
 /// Progress of the snapshot copies: per table rows done against the server's
@@ -812,6 +819,13 @@ impl CopyProgress {
             t.finished = true;
         }
         self.report(true);
+    }
+
+    /// Rows done and estimated over the copies running now.
+    fn totals(&self) -> (u64, u64) {
+        self.tables
+            .values()
+            .fold((0, 0), |(d, e), t| (d + t.done, e + t.estimate.max(t.done)))
     }
 
     fn finish_all(&mut self) {
@@ -893,6 +907,11 @@ struct Coordinator<K> {
     recorded_stopped: Vec<StoppedTable>,
     stats: Stats,
     progress: CopyProgress,
+    metrics: crate::metrics::Metrics,
+    /// Source commit time of the last complete transaction (µs).
+    last_complete_ts_us: i64,
+    /// The server's log position as its heartbeats last said (Postgres: WAL end).
+    server_position: u64,
     /// Where acknowledged positions are written, for sources without
     /// server-side replica state.
     record_position: Option<SourcePositionFile>,
@@ -908,6 +927,15 @@ impl<K: Sink> Coordinator<K> {
         mode: Mode,
     ) -> Result<Outcome, PipelineError> {
         self.stats.started = Some(Instant::now());
+        self.metrics.phase(
+            if self.snapshot_running {
+                "snapshotting"
+            } else {
+                "streaming"
+            },
+            "",
+        );
+        self.metrics.stopped_tables(self.stopped.len() as u64);
         // Housekeeping also runs on an idle pipeline, whose checkpoints stop.
         let mut housekeeping = tokio::time::interval(MAINTENANCE_TICK);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -948,6 +976,7 @@ impl<K: Sink> Coordinator<K> {
 
     /// Applies one event; true when the snapshot just completed.
     async fn handle(&mut self, event: ChangeEvent) -> Result<bool, PipelineError> {
+        self.stats.events += 1;
         match event {
             ChangeEvent::Begin(commit) => {
                 self.in_transaction = true;
@@ -1020,6 +1049,7 @@ impl<K: Sink> Coordinator<K> {
             ChangeEvent::Commit(commit) => {
                 self.in_transaction = false;
                 self.last_complete = Some((commit.ack, commit.position.clone()));
+                self.last_complete_ts_us = commit.commit_ts_us;
                 if self.nothing_pending() {
                     // Nothing of this transaction is waiting: it is as durable
                     // as it will ever need to be.
@@ -1029,12 +1059,16 @@ impl<K: Sink> Coordinator<K> {
                 }
             }
             ChangeEvent::Heartbeat { ack, position } => {
+                self.server_position = self.server_position.max(ack);
                 if !self.in_transaction && self.nothing_pending() {
                     self.ack(ack, &position).await?;
+                    // Caught up: everything the server sent is durable.
+                    self.metrics.lag(0.0, self.lag_bytes());
                 }
             }
             ChangeEvent::SnapshotDone { position, .. } => {
                 self.progress.finish_all();
+                self.metrics.phase("streaming", "");
                 self.checkpoint(Some(SnapshotPhase::Done)).await?;
                 self.snapshot_running = false;
                 let elapsed = self
@@ -1139,6 +1173,7 @@ impl<K: Sink> Coordinator<K> {
         self.recorded_stopped.retain(|s| s.table != stopped.table);
         self.recorded_stopped.push(stopped.clone());
         self.stopped.push(stopped);
+        self.metrics.stopped_tables(self.stopped.len() as u64);
         self.sink
             .record_stopped(&self.recorded_stopped)
             .await
@@ -1149,6 +1184,15 @@ impl<K: Sink> Coordinator<K> {
     /// True when no change is held anywhere short of a lake commit.
     fn nothing_pending(&self) -> bool {
         self.batcher.is_empty() && self.held.is_empty()
+    }
+
+    /// WAL bytes between the server's position and the acknowledged one
+    /// (Postgres; a binlog position packs file and offset, not a length).
+    fn lag_bytes(&self) -> Option<u64> {
+        if self.record_position.is_some() {
+            return None;
+        }
+        Some(self.server_position.saturating_sub(*self.ack_tx.borrow()))
     }
 
     async fn ack(&mut self, value: u64, position: &str) -> Result<(), PipelineError> {
@@ -1245,6 +1289,11 @@ impl<K: Sink> Coordinator<K> {
         batches.extend(self.batcher.cut_all().map_err(PipelineError::Batch)?);
         let rows: usize = batches.iter().map(|b| b.batch.num_rows()).sum();
         for batch in batches {
+            self.metrics.batch(
+                &batch.table.to_string(),
+                batch.batch.num_rows() as u64,
+                batch.batch.get_array_memory_size() as u64,
+            );
             self.sink.write(batch).await.map_err(sink_error)?;
         }
         let phase = phase.or(self.snapshot_running.then_some(SnapshotPhase::Running));
@@ -1256,6 +1305,7 @@ impl<K: Sink> Coordinator<K> {
             .await
             .map_err(sink_error)?;
         if tables > 0 {
+            self.metrics.commit(started.elapsed().as_secs_f64());
             info!(
                 tables,
                 rows,
@@ -1264,8 +1314,16 @@ impl<K: Sink> Coordinator<K> {
                 "checkpoint committed"
             );
         }
+        self.metrics.events(std::mem::take(&mut self.stats.events));
+        let (done, estimate) = self.progress.totals();
+        self.metrics.snapshot_rows(done, estimate);
         if let Some((ack, position)) = self.last_complete.clone() {
             self.ack(ack, &position).await?;
+            let now_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64);
+            let lag = (now_us - self.last_complete_ts_us).max(0) as f64 / 1e6;
+            self.metrics.lag(lag, self.lag_bytes());
         }
         self.record_acked_position(true).await?;
         if self.nothing_pending() && !self.in_transaction {

@@ -11,6 +11,7 @@ mod lake_maintenance;
 mod lake_s3;
 mod lake_writers;
 mod maria_harness;
+mod metrics;
 mod mysql;
 mod mysql_conformance;
 mod mysql_schema;

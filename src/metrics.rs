@@ -1,0 +1,376 @@
+//! Prometheus metrics and a health check on `[metrics] listen`.
+//!
+//! ```text
+//!  coordinator ── per checkpoint / ack / error ──▶ Metrics (one mutex, held briefly)
+//!  GET /metrics ◀── text exposition format ── render()
+//!  GET /health  ◀── 200 "streaming" | 503 <reason>
+//! ```
+//!
+//! Everything is recorded per batch or per event of the coordinator, never
+//! per row; labels are low-cardinality (table, error class). The state lives
+//! across the retries of the pipeline, so counters keep counting.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+/// Upper bounds (seconds) of the commit latency histogram.
+const COMMIT_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+/// Health turns to 503 when nothing was committed or acknowledged for this
+/// long while streaming (an idle source still acknowledges heartbeats).
+const STALE_AFTER: Duration = Duration::from_secs(120);
+
+#[derive(Default)]
+struct TableCounters {
+    rows: u64,
+    batches: u64,
+    bytes: u64,
+}
+
+#[derive(Default)]
+struct State {
+    phase: &'static str,
+    reason: String,
+    tables: BTreeMap<String, TableCounters>,
+    events: u64,
+    lag_seconds: f64,
+    lag_bytes: Option<u64>,
+    commit_buckets: [u64; COMMIT_BUCKETS.len()],
+    commit_count: u64,
+    commit_sum: f64,
+    last_batch_rows: u64,
+    snapshot_rows: u64,
+    snapshot_estimate: u64,
+    errors: BTreeMap<String, u64>,
+    stopped_tables: u64,
+    alive: Option<Instant>,
+}
+
+/// The pipeline's metrics, shared with the HTTP endpoint.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    state: Arc<Mutex<State>>,
+}
+
+impl Metrics {
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut state)
+    }
+
+    /// The pipeline's phase: `starting`, `snapshotting`, `streaming`,
+    /// `retrying` (with why), `stopped`.
+    pub fn phase(&self, phase: &'static str, reason: impl Into<String>) {
+        self.with(|s| {
+            s.phase = phase;
+            s.reason = reason.into();
+            s.alive = Some(Instant::now());
+        });
+    }
+
+    /// Events taken from the source by the coordinator.
+    pub fn events(&self, n: u64) {
+        self.with(|s| s.events += n);
+    }
+
+    /// A batch of `rows` rows (`bytes` of decoded values) written for `table`.
+    pub fn batch(&self, table: &str, rows: u64, bytes: u64) {
+        self.with(|s| {
+            let t = s.tables.entry(table.to_string()).or_default();
+            t.rows += rows;
+            t.batches += 1;
+            t.bytes += bytes;
+            s.last_batch_rows = rows;
+        });
+    }
+
+    /// A lake commit took `seconds`.
+    pub fn commit(&self, seconds: f64) {
+        self.with(|s| {
+            for (i, bound) in COMMIT_BUCKETS.iter().enumerate() {
+                if seconds <= *bound {
+                    s.commit_buckets[i] += 1;
+                }
+            }
+            s.commit_count += 1;
+            s.commit_sum += seconds;
+            s.alive = Some(Instant::now());
+        });
+    }
+
+    /// Lag after an acknowledgement: seconds from the source commit of the
+    /// last change made durable to now, and bytes of log behind when known.
+    pub fn lag(&self, seconds: f64, bytes: Option<u64>) {
+        self.with(|s| {
+            s.lag_seconds = seconds.max(0.0);
+            if bytes.is_some() {
+                s.lag_bytes = bytes;
+            }
+            s.alive = Some(Instant::now());
+        });
+    }
+
+    pub fn snapshot_rows(&self, done: u64, estimate: u64) {
+        self.with(|s| {
+            s.snapshot_rows = done;
+            s.snapshot_estimate = estimate;
+        });
+    }
+
+    pub fn error(&self, class: &str) {
+        self.with(|s| *s.errors.entry(class.to_string()).or_default() += 1);
+    }
+
+    pub fn stopped_tables(&self, n: u64) {
+        self.with(|s| s.stopped_tables = n);
+    }
+
+    /// `(healthy, reason)`: streaming and committing or acknowledging.
+    pub fn health(&self) -> (bool, String) {
+        self.with(|s| match s.phase {
+            "streaming" if s.alive.is_some_and(|a| a.elapsed() < STALE_AFTER) => {
+                (true, "streaming".into())
+            }
+            "streaming" => (
+                false,
+                format!(
+                    "nothing committed or acknowledged for {} s",
+                    STALE_AFTER.as_secs()
+                ),
+            ),
+            "" => (false, "starting".into()),
+            phase if s.reason.is_empty() => (false, phase.to_string()),
+            phase => (false, format!("{phase}: {}", s.reason)),
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        self.with(|s| {
+            let mut out = String::new();
+            fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            }
+            metric(
+                &mut out,
+                "tidewater_up",
+                "gauge",
+                "1 while streaming and committing (see /health)",
+            );
+            let healthy = matches!(s.phase, "streaming")
+                && s.alive.is_some_and(|a| a.elapsed() < STALE_AFTER);
+            let _ = writeln!(out, "tidewater_up {}", u8::from(healthy));
+            metric(
+                &mut out,
+                "tidewater_replication_lag_seconds",
+                "gauge",
+                "source commit time of the last durable change to now (0 when caught up)",
+            );
+            let _ = writeln!(
+                out,
+                "tidewater_replication_lag_seconds {:.3}",
+                s.lag_seconds
+            );
+            if let Some(bytes) = s.lag_bytes {
+                metric(
+                    &mut out,
+                    "tidewater_replication_lag_bytes",
+                    "gauge",
+                    "the server's log position minus the acknowledged one (Postgres WAL)",
+                );
+                let _ = writeln!(out, "tidewater_replication_lag_bytes {bytes}");
+            }
+            metric(
+                &mut out,
+                "tidewater_source_events_total",
+                "counter",
+                "events taken from the source",
+            );
+            let _ = writeln!(out, "tidewater_source_events_total {}", s.events);
+            metric(
+                &mut out,
+                "tidewater_rows_written_total",
+                "counter",
+                "rows written to the lake, by table",
+            );
+            for (table, t) in &s.tables {
+                let _ = writeln!(
+                    out,
+                    "tidewater_rows_written_total{{table=\"{}\"}} {}",
+                    escape(table),
+                    t.rows
+                );
+            }
+            metric(
+                &mut out,
+                "tidewater_batches_written_total",
+                "counter",
+                "batches written to the lake, by table",
+            );
+            for (table, t) in &s.tables {
+                let _ = writeln!(
+                    out,
+                    "tidewater_batches_written_total{{table=\"{}\"}} {}",
+                    escape(table),
+                    t.batches
+                );
+            }
+            metric(
+                &mut out,
+                "tidewater_bytes_written_total",
+                "counter",
+                "decoded bytes written to the lake, by table",
+            );
+            for (table, t) in &s.tables {
+                let _ = writeln!(
+                    out,
+                    "tidewater_bytes_written_total{{table=\"{}\"}} {}",
+                    escape(table),
+                    t.bytes
+                );
+            }
+            metric(
+                &mut out,
+                "tidewater_batch_rows",
+                "gauge",
+                "rows of the last batch written",
+            );
+            let _ = writeln!(out, "tidewater_batch_rows {}", s.last_batch_rows);
+            metric(
+                &mut out,
+                "tidewater_commit_duration_seconds",
+                "histogram",
+                "lake commit latency",
+            );
+            for (i, bound) in COMMIT_BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "tidewater_commit_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+                    s.commit_buckets[i]
+                );
+            }
+            let _ = writeln!(
+                out,
+                "tidewater_commit_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+                s.commit_count
+            );
+            let _ = writeln!(
+                out,
+                "tidewater_commit_duration_seconds_sum {:.6}",
+                s.commit_sum
+            );
+            let _ = writeln!(
+                out,
+                "tidewater_commit_duration_seconds_count {}",
+                s.commit_count
+            );
+            metric(
+                &mut out,
+                "tidewater_snapshot_rows",
+                "gauge",
+                "rows copied by the running snapshot copy",
+            );
+            let _ = writeln!(out, "tidewater_snapshot_rows {}", s.snapshot_rows);
+            metric(
+                &mut out,
+                "tidewater_snapshot_estimated_rows",
+                "gauge",
+                "the server's estimate of the copied table",
+            );
+            let _ = writeln!(
+                out,
+                "tidewater_snapshot_estimated_rows {}",
+                s.snapshot_estimate
+            );
+            metric(
+                &mut out,
+                "tidewater_errors_total",
+                "counter",
+                "errors by class (transient ones are retried)",
+            );
+            for (class, n) in &s.errors {
+                let _ = writeln!(out, "tidewater_errors_total{{class=\"{class}\"}} {n}");
+            }
+            metric(
+                &mut out,
+                "tidewater_stopped_tables",
+                "gauge",
+                "tables stopped by an error they need a new copy for",
+            );
+            let _ = writeln!(out, "tidewater_stopped_tables {}", s.stopped_tables);
+            out
+        })
+    }
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Serves `/metrics` and `/health` on `listen` until the process ends.
+pub async fn serve(listen: String, metrics: Metrics) -> std::io::Result<()> {
+    let listener = TcpListener::bind(&listen).await?;
+    info!(listen = %listen, "metrics and health endpoint");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                // The request head, however it is split into packets.
+                let mut buf = Vec::with_capacity(1024);
+                let mut chunk = [0u8; 1024];
+                let read_head = async {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                };
+                if tokio::time::timeout(Duration::from_secs(5), read_head)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let request = String::from_utf8_lossy(&buf);
+                let path = request.split_whitespace().nth(1).unwrap_or("/");
+                let (status, body, kind) = match path {
+                    "/metrics" => ("200 OK", metrics.render(), "text/plain; version=0.0.4"),
+                    "/health" => match metrics.health() {
+                        (true, reason) => ("200 OK", format!("{reason}\n"), "text/plain"),
+                        (false, reason) => (
+                            "503 Service Unavailable",
+                            format!("{reason}\n"),
+                            "text/plain",
+                        ),
+                    },
+                    _ => (
+                        "404 Not Found",
+                        "try /metrics or /health\n".into(),
+                        "text/plain",
+                    ),
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                if let Err(error) = conn.write_all(response.as_bytes()).await {
+                    warn!(error = %error, "answering a metrics request");
+                }
+            });
+        }
+    });
+    Ok(())
+}

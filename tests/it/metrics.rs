@@ -1,0 +1,100 @@
+//! `[metrics] listen`: Prometheus text on /metrics and a health check on
+//! /health, scraped while a Postgres pipeline streams; the counters grow
+//! with the writes and the lag moves (up after a transaction, back to 0 once
+//! heartbeats say the pipeline is caught up).
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use crate::support::{free_port, pg, Pipeline};
+
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+fn value(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_while_streaming() {
+    let client = pg().create_database("metrics").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;",
+        )
+        .await
+        .unwrap();
+    let port = free_port();
+    let mut pipeline = Pipeline::with_source(
+        "metrics",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\nheartbeat_interval_ms = 300\n",
+            pg().url("metrics")
+        ),
+        "",
+    );
+    let mut text = std::fs::read_to_string(&pipeline.config).unwrap();
+    text.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    std::fs::write(&pipeline.config, text).unwrap();
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+
+    let (status, health) = get(port, "/health");
+    assert_eq!((status, health.trim()), (200, "streaming"));
+    let (status, body) = get(port, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(value(&body, "tidewater_up"), Some(1.0), "{body}");
+    let rows = |body: &str| value(body, "tidewater_rows_written_total{table=\"public.t\"}");
+    assert_eq!(rows(&body), Some(100.0), "{body}");
+    assert!(
+        body.contains("# TYPE tidewater_commit_duration_seconds histogram"),
+        "{body}"
+    );
+    assert!(value(&body, "tidewater_commit_duration_seconds_count").unwrap_or(0.0) >= 1.0);
+    assert!(
+        value(&body, "tidewater_replication_lag_bytes").is_some(),
+        "{body}"
+    );
+    assert_eq!(get(port, "/nope").0, 404);
+
+    // A transaction: the lag rises above 0 when it is acknowledged, and
+    // falls back to 0 once heartbeats show the pipeline caught up.
+    client
+        .batch_execute("INSERT INTO t SELECT g, 'more' FROM generate_series(101, 150) g")
+        .await
+        .unwrap();
+    let (mut rose, mut fell) = (false, false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && !(rose && fell) {
+        let (_, body) = get(port, "/metrics");
+        let lag = value(&body, "tidewater_replication_lag_seconds").unwrap_or(-1.0);
+        if rows(&body) == Some(150.0) && lag > 0.0 {
+            rose = true;
+        }
+        if rose && lag == 0.0 {
+            fell = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(rose && fell, "lag rose: {rose}, fell back: {fell}");
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+}
