@@ -202,6 +202,10 @@ async fn dispatch(command: Command) -> i32 {
     }
 }
 
+/// How long a clean shutdown (flush, commit, ack) may take before the
+/// process exits anyway.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Runs the pipeline, retrying transient errors with backoff, until shutdown,
 /// a completed snapshot (in snapshot mode) or an error that cannot be retried.
 async fn run(config: &Config, mode: Mode) -> i32 {
@@ -224,8 +228,20 @@ async fn run_with(config: &Config, mode: Mode, recopy: Vec<tidewater_core::Table
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
-        info!("signal received, stopping");
+        info!("signal received, stopping: flushing, committing and acknowledging (a second signal exits at once)");
         let _ = shutdown_tx.send(true);
+        // A second signal, or a shutdown that outlasts its grace period,
+        // ends the process at once. That is safe: nothing is acknowledged
+        // that is not durable, and the next start resumes from the marks.
+        tokio::select! {
+            _ = wait_for_signal() => {
+                warn!("second signal: exiting without flushing; the next start resumes exactly once");
+            }
+            _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
+                warn!(grace_seconds = SHUTDOWN_GRACE.as_secs(), "shutdown did not finish in time: exiting without flushing; the next start resumes exactly once");
+            }
+        }
+        std::process::exit(exit_code::FAILED);
     });
     let mut attempt = 0;
     loop {

@@ -212,3 +212,61 @@ async fn sigkill_during_snapshot_starts_over_without_duplicates() {
     assert_eq!(small.len(), 10);
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(pipeline.starts));
 }
+
+/// SIGTERM flushes, commits and exits 0; a second SIGTERM during that
+/// shutdown exits at once (code 1), and the next start still lands every
+/// change exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_and_loses_nothing() {
+    let client = pg().create_database("twosignals").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::new("twosignals", &pg().url("twosignals"), "");
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+    // A large transaction keeps the daemon busy when the signals come.
+    client
+        .batch_execute("INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(2, 200000) g")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut child = pipeline.child.take().expect("running");
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: plain kill(2) on our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let signalled = std::time::Instant::now();
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "the second signal did not end the daemon"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Either the clean shutdown won the race (0) or the second signal cut it (1).
+    assert!(
+        matches!(status.code(), Some(0 | 1)),
+        "{status:?}: {}",
+        pipeline.log(1)
+    );
+    pipeline.start();
+    pipeline
+        .wait_equal_within(&client, "t", Duration::from_secs(240))
+        .await;
+    let log = read_log(&pipeline.table_path("public", "t")).await.unwrap();
+    crate::support::lake::assert_each_change_once(&log);
+    assert_eq!(log.len(), 200000);
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
+}
