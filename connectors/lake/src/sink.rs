@@ -1048,6 +1048,15 @@ fn with_commit_date(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
         .iter()
         .map(|t| t.map(|us| us.div_euclid(86_400_000_000) as i32))
         .collect();
+    with_date_column(batch, COMMIT_DATE, days)
+}
+
+/// `batch` with a nullable Date32 column `name` appended.
+pub(crate) fn with_date_column(
+    batch: &RecordBatch,
+    name: &str,
+    days: deltalake::arrow::array::Date32Array,
+) -> Result<RecordBatch, ArrowError> {
     let mut fields: Vec<Field> = batch
         .schema()
         .fields()
@@ -1055,7 +1064,7 @@ fn with_commit_date(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
         .map(|f| f.as_ref().clone())
         .collect();
     fields.push(Field::new(
-        COMMIT_DATE,
+        name,
         deltalake::arrow::datatypes::DataType::Date32,
         true,
     ));

@@ -204,39 +204,18 @@ impl LakeSink {
         table: &TableId,
         retention: Duration,
     ) -> Result<usize, LakeError> {
-        let Some(open) = self.tables.remove(table) else {
-            return Ok(0);
-        };
-        let LakeTable {
-            table: delta_table,
-            adds,
-            evolved,
-            state,
-            pending,
-            schema_version,
-            history,
-            history_dirty,
-        } = open;
         // Only between commits: uncommitted files of this run are not old
         // enough to go anyway, but keep the rule simple.
-        if !adds.is_empty() || pending.is_some() {
-            self.tables.insert(
-                table.clone(),
-                LakeTable {
-                    table: delta_table,
-                    adds,
-                    evolved,
-                    state,
-                    pending,
-                    schema_version,
-                    history,
-                    history_dirty,
-                },
-            );
+        let Some(open) = self.tables.get_mut(table) else {
+            return Ok(0);
+        };
+        if !open.adds.is_empty() || open.pending.is_some() {
             return Ok(0);
         }
         let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-        let (delta_table, metrics) = delta_table
+        let (vacuumed, metrics) = open
+            .table
+            .clone()
             .vacuum()
             .with_mode(VacuumMode::Full)
             .with_retention_period(retention)
@@ -249,23 +228,10 @@ impl LakeSink {
         }
         // The vacuum commits are not the pipeline's: its state is unchanged
         // but for the table version.
-        let state = state.map(|s| TableState {
-            version: delta_table.version().unwrap_or(s.version),
-            ..s
-        });
-        self.tables.insert(
-            table.clone(),
-            LakeTable {
-                table: delta_table,
-                adds,
-                evolved,
-                state,
-                pending,
-                schema_version,
-                history,
-                history_dirty,
-            },
-        );
+        if let Some(state) = open.state.as_mut() {
+            state.version = vacuumed.version().unwrap_or(state.version);
+        }
+        open.table = vacuumed;
         Ok(deleted)
     }
 }
@@ -289,25 +255,10 @@ fn with_partition_values(
             .map(|d| {
                 (d - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32
             });
-        let column: ArrayRef = Arc::new(Date32Array::from(vec![days; batch.num_rows()]));
-        let mut fields: Vec<Field> = batch
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.push(Field::new(
-            name,
-            deltalake::arrow::datatypes::DataType::Date32,
-            true,
-        ));
-        let mut columns = batch.columns().to_vec();
-        columns.push(column);
-        batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|source| {
-            LakeError::Arrow {
-                table: table.clone(),
-                source,
-            }
+        let days = Date32Array::from(vec![days; batch.num_rows()]);
+        batch = super::with_date_column(&batch, name, days).map_err(|source| LakeError::Arrow {
+            table: table.clone(),
+            source,
         })?;
     }
     Ok(batch)
