@@ -48,6 +48,8 @@ struct State {
     snapshot_estimate: u64,
     errors: BTreeMap<String, u64>,
     stopped_tables: u64,
+    wal_retained_bytes: Option<u64>,
+    binlog_files_behind: Option<u64>,
     alive: Option<Instant>,
 }
 
@@ -124,6 +126,18 @@ impl Metrics {
 
     pub fn error(&self, class: &str) {
         self.with(|s| *s.errors.entry(class.to_string()).or_default() += 1);
+    }
+
+    /// What the source server keeps for the pipeline, as last sampled.
+    pub fn source_status(&self, retained_bytes: Option<u64>, files_behind: Option<u64>) {
+        self.with(|s| {
+            if retained_bytes.is_some() {
+                s.wal_retained_bytes = retained_bytes;
+            }
+            if files_behind.is_some() {
+                s.binlog_files_behind = files_behind;
+            }
+        });
     }
 
     pub fn stopped_tables(&self, n: u64) {
@@ -296,6 +310,24 @@ impl Metrics {
             );
             for (class, n) in &s.errors {
                 let _ = writeln!(out, "tidewater_errors_total{{class=\"{class}\"}} {n}");
+            }
+            if let Some(bytes) = s.wal_retained_bytes {
+                metric(
+                    &mut out,
+                    "tidewater_wal_retained_bytes",
+                    "gauge",
+                    "WAL the Postgres server retains for the slot (sampled every 10 s)",
+                );
+                let _ = writeln!(out, "tidewater_wal_retained_bytes {bytes}");
+            }
+            if let Some(files) = s.binlog_files_behind {
+                metric(
+                    &mut out,
+                    "tidewater_binlog_files_behind",
+                    "gauge",
+                    "binlog files the MySQL/MariaDB server has after the one being read (sampled every 10 s)",
+                );
+                let _ = writeln!(out, "tidewater_binlog_files_behind {files}");
             }
             metric(
                 &mut out,

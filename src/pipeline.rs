@@ -1136,6 +1136,10 @@ impl<K: Sink> Coordinator<K> {
                 statement,
             } => self.sink.note_ddl(&table, seq, statement),
             ChangeEvent::CopyEstimate { table, rows } => self.progress.start(table, rows),
+            ChangeEvent::SourceStatus {
+                retained_bytes,
+                files_behind,
+            } => self.metrics.source_status(retained_bytes, files_behind),
         }
         Ok(false)
     }

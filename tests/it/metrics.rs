@@ -96,5 +96,19 @@ async fn metrics_and_health_while_streaming() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(rose && fell, "lag rose: {rose}, fell back: {fell}");
+    // The WAL the slot retains, sampled every 10 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let retained = loop {
+        let (_, body) = get(port, "/metrics");
+        if let Some(bytes) = value(&body, "tidewater_wal_retained_bytes") {
+            break bytes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no tidewater_wal_retained_bytes: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(retained >= 0.0);
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
 }

@@ -233,6 +233,13 @@ pub enum ChangeEvent {
         table: TableId,
         reason: String,
     },
+    /// What the source server keeps for this pipeline (sampled now and then,
+    /// for monitoring): Postgres WAL retained by the slot, MySQL binlog files
+    /// after the one being read.
+    SourceStatus {
+        retained_bytes: Option<u64>,
+        files_behind: Option<u64>,
+    },
     /// A snapshot copy of `table` starts; the server estimates it at `rows`
     /// rows (statistics, not a count: for progress only).
     CopyEstimate {

@@ -207,6 +207,8 @@ pub struct MysqlSource {
     zero_date_tables: Vec<TableId>,
     /// Tables to copy while streaming, at the next transaction boundary.
     copy_queue: Vec<TableId>,
+    /// When the server's binlog files were last counted.
+    sampled_at: std::time::Instant,
     /// Tables stopped by a definite error (this run or an earlier one):
     /// never captured again by this run.
     stopped: Vec<TableId>,
@@ -261,6 +263,7 @@ impl MysqlSource {
             zero_dates: 0,
             zero_date_tables: Vec::new(),
             copy_queue: Vec::new(),
+            sampled_at: std::time::Instant::now(),
             stopped: Vec::new(),
             last_ddl: HashMap::new(),
         })
@@ -457,6 +460,38 @@ impl MysqlSource {
         Ok(position)
     }
 
+    /// Reports how many binlog files the server has after the one being
+    /// read (for the metrics); a failed query only skips the sample.
+    async fn sample_binlogs(&mut self) {
+        self.sampled_at = std::time::Instant::now();
+        let Some(current) = self
+            .stream
+            .as_ref()
+            .and_then(|s| BinlogPosition::file_index(&s.file))
+        else {
+            return;
+        };
+        match self
+            .conn
+            .query::<mysql_async::Row, _>("SHOW BINARY LOGS")
+            .await
+        {
+            Ok(rows) => {
+                let behind = rows
+                    .iter()
+                    .filter_map(|row| row.get::<String, _>(0))
+                    .filter_map(|name| BinlogPosition::file_index(&name))
+                    .filter(|index| *index > current)
+                    .count();
+                self.pending.push_back(ChangeEvent::SourceStatus {
+                    retained_bytes: None,
+                    files_behind: Some(behind as u64),
+                });
+            }
+            Err(error) => debug!(error = %error, "counting binlog files"),
+        }
+    }
+
     /// Queues `tables` to be copied while streaming (tables without a
     /// complete copy in the lake, or asked for by `snapshot --table`).
     pub fn queue_copies(&mut self, tables: &[TableId]) {
@@ -625,6 +660,9 @@ impl MysqlSource {
                 if at_boundary && !self.copy_queue.is_empty() {
                     self.start_table_copies().await?;
                     continue;
+                }
+                if at_boundary && self.sampled_at.elapsed() >= SAMPLE_EVERY {
+                    self.sample_binlogs().await;
                 }
                 self.stream_step().await?;
             } else {
@@ -1553,6 +1591,9 @@ fn renamed_tables(statement: &str, default_db: &str) -> Vec<TableId> {
     }
     found
 }
+
+/// How often the server's binlog files are counted (for the metrics).
+const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
 /// DDL longer than this is kept in the schema history cut short.
 const MAX_DDL_BYTES: usize = 64 * 1024;

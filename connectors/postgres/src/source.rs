@@ -89,6 +89,9 @@ const FINAL_ACK_WAIT: Duration = Duration::from_secs(5);
 /// The prefix of the logical messages tidewater emits as heartbeats.
 pub const HEARTBEAT_PREFIX: &str = "tidewater_heartbeat";
 
+/// How often what the server retains for the slot is sampled.
+const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
 /// Buffer of each spill file, writing and replaying.
 const SPILL_BUFFER: usize = 1 << 20;
 
@@ -231,6 +234,8 @@ pub struct PostgresSource {
     in_transaction: bool,
     /// When the catalog was last read for new tables.
     discovered_at: tokio::time::Instant,
+    /// When the slot's retained WAL was last sampled.
+    sampled_at: tokio::time::Instant,
     /// Tables found unfit to add, with why: warned about once.
     refused: HashMap<TableId, String>,
     /// Tables stopped by a definite error, in this run or an earlier one.
@@ -297,6 +302,7 @@ impl PostgresSource {
             copy_queue: Vec::new(),
             in_transaction: false,
             discovered_at: tokio::time::Instant::now(),
+            sampled_at: tokio::time::Instant::now(),
             refused: HashMap::new(),
             stopped: HashSet::new(),
             attnums: HashMap::new(),
@@ -490,6 +496,31 @@ impl PostgresSource {
         self.repl = Some(self.start_replication(repl).await?);
         info!(slot = %self.config.slot, "streaming from replication slot");
         Ok(())
+    }
+
+    /// Reports the WAL the slot retains (for the metrics); a failed query
+    /// only skips the sample.
+    async fn sample_slot(&mut self) {
+        self.sampled_at = tokio::time::Instant::now();
+        let row = self
+            .client
+            .query_opt(
+                "SELECT (pg_current_wal_lsn() - restart_lsn)::int8 FROM pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&self.config.slot],
+            )
+            .await;
+        match row {
+            Ok(Some(row)) => {
+                let retained: Option<i64> = row.get(0);
+                self.pending.push_back(ChangeEvent::SourceStatus {
+                    retained_bytes: retained.map(|b| b.max(0) as u64),
+                    files_behind: None,
+                });
+            }
+            Ok(None) => {}
+            Err(error) => debug!(error = %error, "sampling the slot's retained WAL"),
+        }
     }
 
     fn discovery_due(&self) -> bool {
@@ -824,6 +855,9 @@ impl PostgresSource {
                 // Between transactions: the place for tables to join.
                 if self.discovery_due() {
                     self.discover_tables().await?;
+                }
+                if self.sampled_at.elapsed() >= SAMPLE_EVERY {
+                    self.sample_slot().await;
                 }
                 if !self.copy_queue.is_empty() {
                     self.start_table_copies().await?;
