@@ -47,16 +47,25 @@ pub async fn read_log(path: &Path) -> Result<Vec<LogRow>, String> {
     for uri in table.get_file_uris().map_err(|e| e.to_string())? {
         let file_path = percent_decode(uri.strip_prefix("file://").unwrap_or(&uri));
         let file = File::open(&file_path).map_err(|e| format!("{file_path}: {e}"))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| e.to_string())?
-            .build()
-            .map_err(|e| e.to_string())?;
-        for batch in reader {
-            let batch = batch.map_err(|e| e.to_string())?;
-            rows.extend(batch_rows(&batch).into_iter().map(fold_versions));
-        }
+        rows.extend(file_rows(file)?);
     }
     rows.sort_by_key(|r| (r.seq, r.ord));
+    Ok(rows)
+}
+
+/// The rows of one data file.
+fn file_rows<R: parquet::file::reader::ChunkReader + 'static>(
+    file: R,
+) -> Result<Vec<LogRow>, String> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| e.to_string())?
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| e.to_string())?;
+        rows.extend(batch_rows(&batch).into_iter().map(fold_versions));
+    }
     Ok(rows)
 }
 
@@ -89,14 +98,7 @@ pub async fn read_log_at(
             .bytes()
             .await
             .map_err(|e| e.to_string())?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .map_err(|e| e.to_string())?
-            .build()
-            .map_err(|e| e.to_string())?;
-        for batch in reader {
-            let batch = batch.map_err(|e| e.to_string())?;
-            rows.extend(batch_rows(&batch).into_iter().map(fold_versions));
-        }
+        rows.extend(file_rows(bytes)?);
     }
     rows.sort_by_key(|r| (r.seq, r.ord));
     Ok(rows)

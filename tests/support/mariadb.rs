@@ -102,15 +102,7 @@ impl MariaServer {
             pidfile = self.dir.join("mariadb.pid").display(),
             dir = self.dir.display(),
         );
-        // Detached on purpose: it must outlive this process to clean up.
-        #[allow(clippy::zombie_processes)]
-        Command::new("setsid")
-            .args(["sh", "-c", &stop])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("watchdog");
+        super::spawn_watchdog(&stop);
     }
 
     /// Starts `mariadbd` on the existing datadir and waits until it answers.

@@ -48,6 +48,19 @@ fn pg_command(binary: &str) -> Command {
     }
 }
 
+/// Runs `script` (sh) detached, in a session of its own: it must outlive
+/// this process to stop a server and remove its files once the tests end.
+pub fn spawn_watchdog(script: &str) {
+    #[allow(clippy::zombie_processes)]
+    Command::new("setsid")
+        .args(["sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("watchdog");
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -141,15 +154,7 @@ impl PgServer {
             data = data.display(),
             dir = dir.display(),
         );
-        // Detached on purpose: it must outlive this process to clean up.
-        #[allow(clippy::zombie_processes)]
-        Command::new("setsid")
-            .args(["sh", "-c", &stop])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("watchdog");
+        spawn_watchdog(&stop);
         PgServer { dir, port }
     }
 

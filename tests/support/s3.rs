@@ -54,14 +54,7 @@ impl S3Server {
             pid = child.id(),
             dir = dir.display()
         );
-        #[allow(clippy::zombie_processes)]
-        Command::new("setsid")
-            .args(["sh", "-c", &stop])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("watchdog");
+        super::spawn_watchdog(&stop);
         std::mem::forget(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
