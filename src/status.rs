@@ -140,6 +140,7 @@ pub async fn status(settings: &Settings, format: Format) -> i32 {
             "ord": state.as_ref().map(|s| s.mark.ord.to_string()),
             "position": state.as_ref().map(|s| s.position.clone()),
             "snapshot": state.as_ref().map(|s| if s.snapshot_done { "done" } else { "running" }),
+            "last_commit": sink.last_commit_time(&table).await.ok().flatten(),
             "state": match (stop, state.as_ref()) {
                 (Some(_), _) => "stopped",
                 (None, Some(s)) if !s.snapshot_done => "snapshotting",
@@ -247,8 +248,8 @@ fn print_text(report: &serde_json::Value) {
         );
     }
     println!(
-        "{:<32} {:>10} {:>8} {:>7} {:>9} {:<16}",
-        "table", "changes", "files", "version", "snapshot", "position"
+        "{:<32} {:>10} {:>8} {:>7} {:>12} {:<16} {:<20}",
+        "table", "changes", "files", "version", "state", "position", "last commit"
     );
     for table in report["tables"].as_array().into_iter().flatten() {
         if let Some(err) = table.get("error") {
@@ -256,13 +257,14 @@ fn print_text(report: &serde_json::Value) {
             continue;
         }
         println!(
-            "{:<32} {:>10} {:>8} {:>7} {:>9} {:<16}",
+            "{:<32} {:>10} {:>8} {:>7} {:>12} {:<16} {:<20}",
             text(&table["table"]),
             text(&table["rows"]),
             text(&table["files"]),
             text(&table["version"]),
-            text(&table["snapshot"]),
+            text(&table["state"]),
             text(&table["position"]),
+            text(&table["last_commit"]),
         );
         if let Some(stop) = table.get("stopped").filter(|s| !s.is_null()) {
             println!(

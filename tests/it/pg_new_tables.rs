@@ -289,6 +289,14 @@ async fn a_table_that_cannot_be_followed_stops_alone() {
         Some("stopped".into()),
         "{report}"
     );
+    assert!(
+        report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["last_commit"].is_string()),
+        "{report}"
+    );
     assert_eq!(
         state_of(&report, "public.good"),
         Some("streaming".into()),

@@ -761,6 +761,30 @@ impl LakeSink {
     }
 
     /// Row count and file count of a table from the Delta log (no data read).
+    /// When this pipeline last committed to `table` (UTC, RFC 3339), from
+    /// the newest commit of the table that carries its mark.
+    pub async fn last_commit_time(&mut self, table: &TableId) -> Result<Option<String>, LakeError> {
+        self.table_state(table).await?;
+        let Some(open) = self.tables.get(table) else {
+            return Ok(None);
+        };
+        let mut history = open.table.history(Some(20));
+        while let Some(info) = history
+            .try_next()
+            .await
+            .map_err(|source| LakeError::delta(table, "reading the history of", source))?
+        {
+            if info.info.get(KEY_PIPELINE).and_then(Value::as_str) != Some(self.pipeline.as_str()) {
+                continue;
+            }
+            return Ok(info
+                .timestamp
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+        }
+        Ok(None)
+    }
+
     pub async fn table_stats(
         &mut self,
         table: &TableId,
