@@ -112,3 +112,49 @@ async fn metrics_and_health_while_streaming() {
     assert!(retained >= 0.0);
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
 }
+
+/// A MariaDB pipeline's metrics: rows per table, and the binlog files the
+/// server has after the one being read (sampled every 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_metrics_count_binlog_files_behind() {
+    use mysql_async::prelude::Queryable;
+    let server = crate::support::mariadb::maria();
+    let mut conn = server.create_database("my_metrics").await;
+    conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1), (2)")
+        .await
+        .unwrap();
+    let port = free_port();
+    let mut pipeline = Pipeline::with_source("my_metrics", &server.source_toml("my_metrics"), "");
+    let mut text = std::fs::read_to_string(&pipeline.config).unwrap();
+    text.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    std::fs::write(&pipeline.config, text).unwrap();
+    pipeline.start();
+    pipeline
+        .wait_equal_mysql(&mut conn, "my_metrics", "t", "id")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let (_, body) = get(port, "/metrics");
+        if value(&body, "tidewater_binlog_files_behind").is_some() {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no tidewater_binlog_files_behind: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        value(
+            &body,
+            "tidewater_rows_written_total{table=\"my_metrics.t\"}"
+        ),
+        Some(2.0),
+        "{body}"
+    );
+    assert!(
+        value(&body, "tidewater_replication_lag_bytes").is_none(),
+        "{body}"
+    );
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+}
