@@ -80,6 +80,7 @@ async fn lake_on_s3_survives_network_faults() {
         Fault::Delay,
         Fault::LoseAnswer,
     ];
+    let mut nudges = 0;
     for (round, fault) in faults.iter().enumerate() {
         proxy.set(*fault);
         for i in 0..10 {
@@ -95,6 +96,20 @@ async fn lake_on_s3_survives_network_faults() {
                 .await
                 .unwrap();
             tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        // Hold the fault until at least one request met it (the client may
+        // be backing off from the previous one).
+        let held = std::time::Instant::now();
+        while proxy.hits(*fault) == 0 && held.elapsed() < Duration::from_secs(30) {
+            client
+                .batch_execute(&format!(
+                    "INSERT INTO t VALUES ({}, 'nudge', 0)",
+                    50_000 + nudges
+                ))
+                .await
+                .unwrap();
+            nudges += 1;
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
         proxy.set(Fault::None);
         tokio::time::sleep(Duration::from_millis(500)).await;
