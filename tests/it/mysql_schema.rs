@@ -430,11 +430,9 @@ async fn mysql_a_table_that_cannot_be_followed_stops_alone() {
         pipeline.log(1)
     );
     assert_eq!(
-        read_log(&pipeline.table_path(db, "bad"))
-            .await
-            .unwrap()
-            .len(),
-        1
+        log_len(&pipeline, db, "bad").await,
+        1,
+        "nothing of bad after its stop"
     );
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
     pipeline.start();
@@ -448,11 +446,9 @@ async fn mysql_a_table_that_cannot_be_followed_stops_alone() {
         pipeline.log(2)
     );
     assert_eq!(
-        read_log(&pipeline.table_path(db, "bad"))
-            .await
-            .unwrap()
-            .len(),
-        1
+        log_len(&pipeline, db, "bad").await,
+        1,
+        "nothing of bad after its stop"
     );
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
 
@@ -483,4 +479,11 @@ async fn mysql_a_table_that_cannot_be_followed_stops_alone() {
         pipeline.log(3)
     );
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(3));
+}
+
+async fn log_len(pipeline: &Pipeline, db: &str, table: &str) -> usize {
+    read_log(&pipeline.table_path(db, table))
+        .await
+        .unwrap()
+        .len()
 }

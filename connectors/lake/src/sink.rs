@@ -1134,17 +1134,25 @@ async fn guarded<T>(
 async fn newest_mark(delta: &DeltaTable, pipeline: &str) -> Option<Mark> {
     let mut history = delta.history(Some(1));
     let info = history.try_next().await.ok()??;
-    let text = |key: &str| {
-        info.info
-            .get(key)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
-    if text(KEY_PIPELINE).as_deref() != Some(pipeline) {
+    if info_text(&info.info, KEY_PIPELINE).as_deref() != Some(pipeline) {
         return None;
     }
-    let number = |key: &str| text(key).and_then(|s| s.parse::<u64>().ok());
-    Some(Mark::new(number(KEY_SEQ)?, number(KEY_ORD)?))
+    info_mark(&info.info, KEY_SEQ, KEY_ORD)
+}
+
+/// A text value of a commit's `commitInfo`, where tidewater keeps its marks.
+pub(crate) fn info_text(info: &HashMap<String, Value>, key: &str) -> Option<String> {
+    info.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+/// The mark a commit recorded under `seq_key` / `ord_key`.
+pub(crate) fn info_mark(
+    info: &HashMap<String, Value>,
+    seq_key: &str,
+    ord_key: &str,
+) -> Option<Mark> {
+    let number = |key: &str| info_text(info, key).and_then(|s| s.parse::<u64>().ok());
+    Some(Mark::new(number(seq_key)?, number(ord_key)?))
 }
 
 /// The data files of a table's current version, as object paths below the
@@ -1439,25 +1447,19 @@ async fn read_state(
     let version = delta.version().unwrap_or_default();
     let mut history = delta.history(None);
     while let Some(info) = history.try_next().await? {
-        let text = |key: &str| {
-            info.info
-                .get(key)
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        };
+        let text = |key: &str| info_text(&info.info, key);
         if text(KEY_PIPELINE).as_deref() != Some(pipeline) {
             continue;
         }
-        let number = |key: &str| text(key).and_then(|s| s.parse::<u64>().ok());
-        let (Some(seq), Some(ord), Some(position)) =
-            (number(KEY_SEQ), number(KEY_ORD), text(KEY_POSITION))
+        let (Some(mark), Some(position)) =
+            (info_mark(&info.info, KEY_SEQ, KEY_ORD), text(KEY_POSITION))
         else {
             return Err(DeltaTableError::Generic(format!(
                 "commit of pipeline {pipeline} lacks its tidewater mark"
             )));
         };
         return Ok(Some(TableState {
-            mark: Mark::new(seq, ord),
+            mark,
             position,
             snapshot_done: text(KEY_SNAPSHOT).as_deref() == Some("done"),
             version,

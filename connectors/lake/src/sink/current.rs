@@ -351,16 +351,7 @@ async fn merged_mark(current: &DeltaTable) -> Mark {
     let Ok(Some(info)) = history.try_next().await else {
         return Mark::ZERO;
     };
-    let number = |key: &str| {
-        info.info
-            .get(key)
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse::<u64>().ok())
-    };
-    match (number(KEY_MERGED_SEQ), number(KEY_MERGED_ORD)) {
-        (Some(seq), Some(ord)) => Mark::new(seq, ord),
-        _ => Mark::ZERO,
-    }
+    super::info_mark(&info.info, KEY_MERGED_SEQ, KEY_MERGED_ORD).unwrap_or(Mark::ZERO)
 }
 
 /// (`_tw_seq`, `_tw_ord`) and `_tw_op` of every row of a log batch.
