@@ -119,6 +119,24 @@ pub struct PostgresSourceConfig {
     /// only warns (a large table costs a full copy).
     #[serde(default = "default_true")]
     pub recopy_on_schema_change: bool,
+    /// Connections that read the initial snapshot's chunks in parallel,
+    /// all in the slot's exported snapshot. Default 2 (this suits a server
+    /// with few cores; each worker is one backend running a COPY).
+    #[serde(default = "default_snapshot_workers")]
+    pub snapshot_workers: usize,
+    /// Heap bytes per snapshot chunk: a larger table is read as ctid
+    /// ranges of this size, and an interrupted snapshot resumes after its
+    /// last committed chunk. Default 64 MiB.
+    #[serde(default = "default_snapshot_chunk_bytes")]
+    pub snapshot_chunk_bytes: u64,
+}
+
+fn default_snapshot_workers() -> usize {
+    2
+}
+
+fn default_snapshot_chunk_bytes() -> u64 {
+    64 << 20
 }
 
 fn default_true() -> bool {
@@ -463,6 +481,18 @@ impl Config {
                     return Err(invalid(
                         "source.tables",
                         "is empty; list include patterns such as [\"public.*\"]".into(),
+                    ));
+                }
+                if !(1..=64).contains(&pg.snapshot_workers) {
+                    return Err(invalid(
+                        "source.snapshot_workers",
+                        format!("{} is outside 1..=64", pg.snapshot_workers),
+                    ));
+                }
+                if pg.snapshot_chunk_bytes < 8192 {
+                    return Err(invalid(
+                        "source.snapshot_chunk_bytes",
+                        "must be at least 8192 (one page; 64 MiB or so is sensible)".into(),
                     ));
                 }
             }

@@ -26,7 +26,10 @@ use tidewater_lake::{
     LakeSink, LakeStore, MaintenancePolicy, SlotMarker, SourcePositionFile, TableState,
 };
 use tidewater_mysql::{BinlogPosition, MysqlConfig, MysqlError, MysqlSource, ZeroDates};
-use tidewater_postgres::{Lsn, PostgresConfig, PostgresError, PostgresSource, TableFilter};
+use tidewater_postgres::{
+    Lsn, PlannedTable, PostgresConfig, PostgresError, PostgresSource, SlotState, SnapshotResume,
+    TableFilter,
+};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, info_span, warn, Instrument};
 
@@ -164,6 +167,8 @@ pub struct Settings {
     /// Tables to copy again before streaming (`snapshot --table`).
     pub recopy: Vec<TableId>,
     pub maintenance: MaintenancePolicy,
+    /// The size data files aim at (`sink.target_file_size_bytes`).
+    pub target_file_bytes: u64,
     /// New change-log tables are partitioned by commit date.
     pub partition_by_date: bool,
     pub metrics: crate::metrics::Metrics,
@@ -192,6 +197,8 @@ impl Settings {
                         discovery: (pg.table_discovery_interval_ms > 0)
                             .then(|| Duration::from_millis(pg.table_discovery_interval_ms)),
                         recopy_on_schema_change: pg.recopy_on_schema_change,
+                        snapshot_workers: pg.snapshot_workers,
+                        snapshot_chunk_bytes: pg.snapshot_chunk_bytes,
                     }),
                     pg.snapshot,
                 )
@@ -228,6 +235,7 @@ impl Settings {
             },
             recopy: Vec::new(),
             maintenance: lake.maintenance(),
+            target_file_bytes: lake.target_file_size_bytes,
             partition_by_date: lake.partitioning == crate::config::Partitioning::CommitDate,
             metrics: crate::metrics::Metrics::default(),
         }
@@ -433,6 +441,41 @@ async fn run_postgres(
         if !settings.recopy.is_empty() {
             return Err(PipelineError::NoLakeYet);
         }
+        let resume = match (&marker, &slot) {
+            (Some(SlotMarker::Snapshot(marked)), Some(slot))
+                if interrupted
+                    && settings.snapshot == SnapshotMode::Initial
+                    && marked == &config.slot =>
+            {
+                resumable(&sink, slot, &config.slot, &tables, &states).await?
+            }
+            _ => None,
+        };
+        if let Some(resume) = resume {
+            let plan = source
+                .resume_snapshot(tables.clone(), resume.clone())
+                .await?;
+            sink.write_snapshot_plan(&plan_json(&config.slot, &SnapshotResume { plan, ..resume }))
+                .await?;
+            let marks: HashMap<TableId, Mark> =
+                states.iter().map(|(t, s)| (t.clone(), s.mark)).collect();
+            return drive(
+                settings,
+                AnySource::Postgres(Box::new(source)),
+                sink,
+                marks,
+                DriveStart {
+                    snapshot_running: true,
+                    copies: Vec::new(),
+                    stopped: Vec::new(),
+                    recorded_stopped: Vec::new(),
+                },
+                false,
+                mode,
+                shutdown,
+            )
+            .await;
+        }
         if interrupted {
             warn!("the previous initial snapshot did not complete; removing what it wrote and starting over");
         }
@@ -452,7 +495,9 @@ async fn run_postgres(
         }
         let copy = settings.snapshot == SnapshotMode::Initial;
         info!(tables = tables.len(), copy, "starting consistent snapshot");
-        source.start_snapshot(tables.clone(), copy).await?;
+        let started = source.start_snapshot(tables.clone(), copy).await?;
+        sink.write_snapshot_plan(&plan_json(&config.slot, &started))
+            .await?;
     }
     let marks: HashMap<TableId, Mark> = states.iter().map(|(t, s)| (t.clone(), s.mark)).collect();
     drive(
@@ -471,6 +516,95 @@ async fn run_postgres(
         shutdown,
     )
     .await
+}
+
+/// The recorded plan of an interrupted Postgres snapshot, if it can be
+/// resumed: the plan is this slot's, the slot never confirmed anything past
+/// the snapshot's consistent point, and every table in the lake holds only
+/// snapshot rows of whole chunks (what `SnapshotChunk` commits guarantee).
+/// Anything else starts the snapshot over.
+async fn resumable(
+    sink: &LakeSink,
+    slot: &SlotState,
+    slot_name: &str,
+    tables: &[TableId],
+    states: &HashMap<TableId, TableState>,
+) -> Result<Option<SnapshotResume>, PipelineError> {
+    let Some(text) = sink.snapshot_plan().await? else {
+        return Ok(None);
+    };
+    let Some((plan_slot, mut resume)) = parse_plan(&text) else {
+        warn!("the snapshot plan next to the lake is unreadable; starting over");
+        return Ok(None);
+    };
+    let point = resume.consistent_point;
+    if plan_slot != slot_name || slot.confirmed_flush.map(|l| l.0) != Some(point) {
+        return Ok(None);
+    }
+    for (table, state) in states {
+        if !tables.contains(table) || state.snapshot_done {
+            return Ok(None);
+        }
+        let done = match state.mark {
+            Mark::ZERO => 0,
+            mark if mark.seq == point.saturating_sub(1) => (mark.ord >> 32) as u32 + 1,
+            _ => return Ok(None),
+        };
+        let planned = resume.plan.iter().find(|p| &p.table == table);
+        if planned.is_none_or(|p| p.chunks < done) {
+            return Ok(None);
+        }
+        resume.chunks_done.insert(table.clone(), done);
+    }
+    Ok(Some(resume))
+}
+
+fn plan_json(slot: &str, snapshot: &SnapshotResume) -> String {
+    let tables: Vec<serde_json::Value> = snapshot
+        .plan
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "schema": p.table.schema,
+                "name": p.table.table,
+                "chunk_pages": p.chunk_pages,
+                "chunks": p.chunks,
+            })
+        })
+        .collect();
+    let text = serde_json::to_string_pretty(&serde_json::json!({
+        "slot": slot,
+        "consistent_point": snapshot.consistent_point,
+        "tables": tables,
+    }))
+    .expect("JSON values serialize");
+    format!("{text}\n")
+}
+
+fn parse_plan(text: &str) -> Option<(String, SnapshotResume)> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    let slot = value.get("slot")?.as_str()?.to_string();
+    let consistent_point = value.get("consistent_point")?.as_u64()?;
+    let plan = value
+        .get("tables")?
+        .as_array()?
+        .iter()
+        .map(|t| {
+            Some(PlannedTable {
+                table: TableId::new(t.get("schema")?.as_str()?, t.get("name")?.as_str()?),
+                chunk_pages: t.get("chunk_pages")?.as_u64()?,
+                chunks: u32::try_from(t.get("chunks")?.as_u64()?).ok()?,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((
+        slot,
+        SnapshotResume {
+            consistent_point,
+            plan,
+            chunks_done: HashMap::new(),
+        },
+    ))
 }
 
 /// Startup for a MySQL/MariaDB source. The server keeps no replica state, so
@@ -676,6 +810,7 @@ async fn drive(
     let mut sink = sink;
     sink.set_maintenance(settings.maintenance);
     sink.set_partition_by_date(settings.partition_by_date);
+    sink.set_target_file_size(settings.target_file_bytes);
 
     let mut coordinator = Coordinator {
         sink,
@@ -699,6 +834,9 @@ async fn drive(
         record_position: record_position.then(|| sink_position_file(settings)),
         acked_position: None,
         recorded_at: None,
+        chunk_open: false,
+        snapshot_commit_bytes: settings.target_file_bytes,
+        snapshot_committed_at: Instant::now(),
     };
     let result = coordinator.drive(event_rx, &mut shutdown, mode).await;
     if result.is_ok() {
@@ -779,6 +917,9 @@ struct TableProgress {
 
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
+/// At most this long between commits of a snapshot (at chunk ends).
+const SNAPSHOT_COMMIT_EVERY: Duration = Duration::from_secs(30);
+
 impl CopyProgress {
     fn start(&mut self, table: TableId, estimate: u64) {
         // Copies run one table after the other: a new one ends the last.
@@ -798,9 +939,13 @@ impl CopyProgress {
     }
 
     fn row(&mut self, table: &TableId) {
+        self.rows(table, 1);
+    }
+
+    fn rows(&mut self, table: &TableId, n: u64) {
         if let Some(t) = self.tables.get_mut(table) {
-            t.done += 1;
-            self.rows_since_check += 1;
+            t.done += n;
+            self.rows_since_check += n;
             // The clock is read once per few thousand rows, not per row.
             if self.rows_since_check >= 4096 {
                 self.rows_since_check = 0;
@@ -896,6 +1041,12 @@ struct Coordinator<K> {
     /// batcher.
     last_complete: Option<(u64, String)>,
     snapshot_running: bool,
+    /// A chunk of the initial snapshot is being received: no commit may
+    /// land until it ends (see [`ChangeEvent::SnapshotChunk`]).
+    chunk_open: bool,
+    /// Between chunks, the snapshot commits once this much is staged.
+    snapshot_commit_bytes: u64,
+    snapshot_committed_at: Instant,
     /// Tables copied while streaming whose copy the start asked for and
     /// that are not complete yet (a snapshot-only run ends with the last).
     copies_pending: std::collections::HashSet<TableId>,
@@ -1039,6 +1190,9 @@ impl<K: Sink> Coordinator<K> {
                 }
                 let block = if skip > 0 { block.skip(skip) } else { block };
                 self.stats.rows += block.len() as u64;
+                if block.ops.first() == Some(&tidewater_core::Op::Read) {
+                    self.progress.rows(&block.table, block.len() as u64);
+                }
                 self.batcher
                     .push_block(block)
                     .map_err(PipelineError::Batch)?;
@@ -1136,6 +1290,18 @@ impl<K: Sink> Coordinator<K> {
                 statement,
             } => self.sink.note_ddl(&table, seq, statement),
             ChangeEvent::CopyEstimate { table, rows } => self.progress.start(table, rows),
+            ChangeEvent::SnapshotChunk { done, .. } => {
+                self.chunk_open = !done;
+                // Whole chunks only are committed; commits between them
+                // come once a file's worth is staged (or now and then), so
+                // a resumed snapshot loses little and files stay large.
+                if done
+                    && (self.sink.staged_bytes() >= self.snapshot_commit_bytes
+                        || self.snapshot_committed_at.elapsed() >= SNAPSHOT_COMMIT_EVERY)
+                {
+                    self.checkpoint(None).await?;
+                }
+            }
             ChangeEvent::SourceStatus {
                 retained_bytes,
                 files_behind,
@@ -1299,6 +1465,13 @@ impl<K: Sink> Coordinator<K> {
                 batch.batch.get_array_memory_size() as u64,
             );
             self.sink.write(batch).await.map_err(sink_error)?;
+        }
+        if self.snapshot_running && self.chunk_open {
+            // Written, not committed: a chunk is half received.
+            return Ok(());
+        }
+        if self.snapshot_running {
+            self.snapshot_committed_at = Instant::now();
         }
         let phase = phase.or(self.snapshot_running.then_some(SnapshotPhase::Running));
         let position = self.commit_position();

@@ -568,7 +568,7 @@ macro_rules! build_unsigned {
 }
 
 /// Builds one Arrow array of type `ty` from decoded values.
-pub(crate) fn build_array(ty: &DataType, values: &[&Datum]) -> Result<ArrayRef, ArrowError> {
+pub fn build_array(ty: &DataType, values: &[&Datum]) -> Result<ArrayRef, ArrowError> {
     let n = values.len();
     let array: ArrayRef = match ty {
         DataType::Boolean => build_primitive!(BooleanBuilder::with_capacity(n), ty, values, Bool),

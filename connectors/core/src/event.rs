@@ -240,6 +240,16 @@ pub enum ChangeEvent {
         retained_bytes: Option<u64>,
         files_behind: Option<u64>,
     },
+    /// A chunk of the initial snapshot's copy of `table` starts (`done`
+    /// false) or ends (`done` true). Chunks never interleave, and between
+    /// the end of one and the start of the next every row copied so far
+    /// belongs to a complete chunk: the only moments a snapshot may commit,
+    /// so an interrupted one can resume after its last committed chunk.
+    SnapshotChunk {
+        table: TableId,
+        index: u32,
+        done: bool,
+    },
     /// A snapshot copy of `table` starts; the server estimates it at `rows`
     /// rows (statistics, not a count: for progress only).
     CopyEstimate {

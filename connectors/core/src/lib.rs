@@ -25,7 +25,7 @@ mod types;
 pub mod uuid_text;
 
 pub use arrow_schema::ArrowError;
-pub use batch::{key_string, BatchLimits, Batcher, ChangeBatch};
+pub use batch::{build_array, key_string, BatchLimits, Batcher, ChangeBatch};
 pub use error::{error_chain, Classified, ErrorClass};
 pub use event::{ChangeEvent, CommitInfo, Datum, Mark, Op, RowBlock, RowChange, TableId};
 pub use filter::TableFilter;

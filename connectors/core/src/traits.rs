@@ -124,6 +124,11 @@ pub trait Sink {
     /// least `mark`, the copy's point, even when the copy held no row.
     fn table_phase(&mut self, table: &TableId, phase: SnapshotPhase, mark: Mark);
 
+    /// Bytes written since the last commit, not yet visible. Default 0.
+    fn staged_bytes(&self) -> u64 {
+        0
+    }
+
     /// Commits every table with written data; returns how many committed.
     async fn commit(
         &mut self,

@@ -118,10 +118,21 @@ pub struct TableState {
     pub commits: i64,
 }
 
+/// A writer kept open across the batches of one commit, so a commit's rows
+/// land in files of the target size rather than one file per batch.
+struct Staging {
+    writer: RecordBatchWriter,
+    /// Columns written without statistics (see `stats`): a batch that needs
+    /// another set goes to a writer of its own.
+    no_stats: Vec<deltalake::parquet::schema::types::ColumnPath>,
+}
+
 struct LakeTable {
     table: DeltaTable,
     /// Files written since the last commit, invisible until it.
     adds: Vec<Add>,
+    /// The open writer of this commit's plain batches, if any.
+    staging: Option<Staging>,
     /// The table schema widened by those files, when it changed.
     evolved: Option<SchemaRef>,
     state: Option<TableState>,
@@ -138,6 +149,7 @@ impl LakeTable {
         Self {
             table,
             adds: Vec::new(),
+            staging: None,
             evolved: None,
             state,
             pending: None,
@@ -162,6 +174,8 @@ pub struct LakeSink {
     clock: maintenance::MaintenanceClock,
     /// New change-log tables are partitioned by `_tw_commit_date`.
     partition_by_date: bool,
+    /// Data files roll over at about this size.
+    target_file_bytes: u64,
 }
 
 impl LakeSink {
@@ -175,7 +189,13 @@ impl LakeSink {
             maintenance: MaintenancePolicy::default(),
             clock: maintenance::MaintenanceClock::default(),
             partition_by_date: false,
+            target_file_bytes: 128 << 20,
         }
+    }
+
+    /// The size data files roll over at (`sink.target_file_size_bytes`).
+    pub fn set_target_file_size(&mut self, bytes: u64) {
+        self.target_file_bytes = bytes.max(1);
     }
 
     fn app_id(&self) -> String {
@@ -425,7 +445,43 @@ impl LakeSink {
                 .write_with_mode(aligned, WriteMode::Default)
                 .await
                 .map_err(|source| LakeError::delta(&batch.table, "writing to", source))?;
+        } else if retagged.is_empty() && narrowed.schema() == before {
+            // Nothing to evolve: into the commit's open writer.
+            let no_stats = crate::stats::columns_without_stats(&narrowed);
+            let reusable = open
+                .staging
+                .as_ref()
+                .is_some_and(|s| s.no_stats == no_stats && s.writer.arrow_schema() == before);
+            if !reusable {
+                if let Some(mut old) = open.staging.take() {
+                    open.adds.extend(
+                        old.writer.flush().await.map_err(|source| {
+                            LakeError::delta(&batch.table, "writing to", source)
+                        })?,
+                    );
+                }
+                open.staging = Some(Staging {
+                    writer: writer.with_target_file_size(self.target_file_bytes),
+                    no_stats,
+                });
+            }
+            let staging = open.staging.as_mut().expect("set above");
+            staging
+                .writer
+                .write_with_mode(narrowed, WriteMode::Default)
+                .await
+                .map_err(|source| LakeError::delta(&batch.table, "writing to", source))?;
+            open.pending = Some(open.pending.map_or(batch.last, |m| m.max(batch.last)));
+            return Ok(());
         } else {
+            if let Some(mut old) = open.staging.take() {
+                open.adds.extend(
+                    old.writer
+                        .flush()
+                        .await
+                        .map_err(|source| LakeError::delta(&batch.table, "writing to", source))?,
+                );
+            }
             writer
                 .write_with_mode(narrowed, WriteMode::MergeSchema)
                 .await
@@ -552,6 +608,15 @@ impl LakeSink {
                 .table
                 .snapshot()
                 .map_err(|source| LakeError::delta(table, "committing to", source))?;
+            if let Some(mut staging) = open.staging.take() {
+                open.adds.extend(
+                    staging
+                        .writer
+                        .flush()
+                        .await
+                        .map_err(|source| LakeError::delta(table, "writing to", source))?,
+                );
+            }
             let mut actions: Vec<Action> = open.adds.iter().cloned().map(Action::Add).collect();
             if let Some(evolved) = &open.evolved {
                 let kernel: StructType = evolved.as_ref().try_into_kernel().map_err(|source| {
@@ -897,6 +962,21 @@ impl LakeSink {
 }
 
 impl LakeSink {
+    fn plan_rel(&self) -> String {
+        format!("{}/_tidewater_snapshot_plan.json", self.pipeline)
+    }
+
+    /// How the running initial snapshot split its tables (the source's own
+    /// JSON), so an interrupted one can resume reading the same chunks.
+    pub async fn snapshot_plan(&self) -> Result<Option<String>, LakeError> {
+        self.store.read(&self.plan_rel()).await
+    }
+
+    /// Records the snapshot plan, before its first commit.
+    pub async fn write_snapshot_plan(&self, plan: &str) -> Result<(), LakeError> {
+        self.store.write(&self.plan_rel(), plan).await
+    }
+
     fn stopped_rel(&self) -> String {
         format!("{}/_tidewater_stopped_tables.json", self.pipeline)
     }
@@ -1220,6 +1300,19 @@ fn commit_properties(
 
 impl Sink for LakeSink {
     type Error = LakeError;
+
+    fn staged_bytes(&self) -> u64 {
+        self.tables
+            .values()
+            .map(|open| {
+                open.adds.iter().map(|a| a.size.max(0) as u64).sum::<u64>()
+                    + open
+                        .staging
+                        .as_ref()
+                        .map_or(0, |s| s.writer.buffer_len() as u64)
+            })
+            .sum()
+    }
 
     async fn prepare(&mut self, schema: &TableSchema) -> Result<(), LakeError> {
         self.ensure_table(schema).await

@@ -15,6 +15,9 @@ use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
 
 /// 0001-01-01 and 9999-12-31 as days since 1970-01-01.
+/// Rows per Parquet row group.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
 const SAFE_DAYS: (i32, i32) = (-719_162, 2_932_896);
 /// 0001-01-01T00:00:00 and 9999-12-31T23:59:59.999999 in microseconds.
 const SAFE_MICROS: (i64, i64) = (-62_135_596_800_000_000, 253_402_300_799_999_999);
@@ -24,7 +27,10 @@ const SAFE_MICROS: (i64, i64) = (-62_135_596_800_000_000, 253_402_300_799_999_99
 pub fn writer_properties(batch: &RecordBatch) -> WriterProperties {
     let mut builder = WriterProperties::builder()
         .set_created_by(format!("tidewater {}", env!("CARGO_PKG_VERSION")))
-        .set_compression(Compression::SNAPPY);
+        .set_compression(Compression::SNAPPY)
+        // Row groups of a bounded size: a file of many batches is encoded
+        // one row group at a time, in bounded memory.
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
     for path in columns_without_stats(batch) {
         builder = builder.set_column_statistics_enabled(path, EnabledStatistics::None);
     }

@@ -56,6 +56,12 @@ pub enum CopyError {
     Malformed,
     #[error("COPY field is not UTF-8")]
     NotUtf8,
+    #[error("COPY (FORMAT binary) stream does not start with its signature")]
+    BadHeader,
+    #[error("COPY stream ended inside a row or without its trailer")]
+    Truncated,
+    #[error("COPY (FORMAT binary) stream has data after its trailer")]
+    AfterTrailer,
 }
 
 #[cfg(test)]

@@ -104,6 +104,12 @@ pub enum PostgresError {
         got: usize,
         expected: usize,
     },
+    #[error("snapshot of {table}: building Arrow arrays")]
+    Arrow {
+        table: TableId,
+        #[source]
+        source: tidewater_core::ArrowError,
+    },
     #[error("the source was used out of order: {what}")]
     Misuse { what: &'static str },
 }
@@ -151,6 +157,7 @@ impl PostgresError {
             | PostgresError::UnknownRelation { .. }
             | PostgresError::Copy { .. }
             | PostgresError::CopyShape { .. }
+            | PostgresError::Arrow { .. }
             | PostgresError::Misuse { .. } => ErrorClass::Internal,
         }
     }

@@ -3,7 +3,9 @@
 
 pub mod binary;
 mod catalog;
+pub mod chunks;
 mod copy;
+mod copy_arrow;
 mod error;
 pub mod pgoutput;
 mod preflight;
@@ -15,6 +17,8 @@ pub mod value;
 pub use error::PostgresError;
 pub use preflight::{advisories, preflight};
 pub use replication::Lsn;
-pub use source::{PostgresConfig, PostgresSource, SlotState, HEARTBEAT_PREFIX};
+pub use source::{
+    PlannedTable, PostgresConfig, PostgresSource, SlotState, SnapshotResume, HEARTBEAT_PREFIX,
+};
 pub use tidewater_core::TableFilter;
 pub use types::{column_type, column_type_dims};

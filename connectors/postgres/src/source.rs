@@ -58,7 +58,9 @@ use tracing::{debug, info, warn};
 use crate::catalog::{
     list_tables, quote_ident, quote_table, table_columns, TypeNames, HAS_REPLICA_IDENTITY,
 };
+use crate::chunks::{ChunkJob, CopyItem};
 use crate::copy::split_line;
+use crate::copy_arrow::CopyFormat;
 use crate::error::{query_error, PostgresError};
 use crate::pgoutput::{self, Cell, Message, OldTuple, Relation};
 use crate::replication::{
@@ -117,6 +119,28 @@ pub struct PostgresConfig {
     /// values than the log holds (a renamed column, a column added with a
     /// default).
     pub recopy_on_schema_change: bool,
+    /// Connections reading the chunks of the initial snapshot in parallel.
+    pub snapshot_workers: usize,
+    /// Heap bytes per snapshot chunk (a table smaller than this is one chunk).
+    pub snapshot_chunk_bytes: u64,
+}
+
+/// How the initial snapshot split each table, recorded next to the lake so
+/// that a resumed snapshot reads the same chunks (see [`crate::chunks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedTable {
+    pub table: TableId,
+    pub chunk_pages: u64,
+    pub chunks: u32,
+}
+
+/// Where an interrupted initial snapshot stood: the chunk plan, and for each
+/// table how many of its chunks (in plan order) the lake holds.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotResume {
+    pub consistent_point: u64,
+    pub plan: Vec<PlannedTable>,
+    pub chunks_done: HashMap<TableId, u32>,
 }
 
 /// Set when a column binary mode cannot read appeared while streaming: from
@@ -164,6 +188,12 @@ struct SnapshotCopy {
     /// A copy of tables that join while the stream runs (see
     /// [`PostgresSource::start_table_copies`]), not the initial snapshot.
     while_streaming: Option<TableCopies>,
+    /// The initial snapshot's chunks, read by parallel workers.
+    chunks: Option<crate::chunks::ParallelCopy>,
+    /// Events to send right after `Begin` (the schemas of the tables).
+    prologue: Vec<ChangeEvent>,
+    /// Server estimates of table rows, sent when a table's first chunk starts.
+    estimates: HashMap<TableId, u64>,
 }
 
 /// What a copy while streaming needs at its end.
@@ -443,7 +473,7 @@ impl PostgresSource {
         &mut self,
         tables: Vec<TableId>,
         copy: bool,
-    ) -> Result<(), PostgresError> {
+    ) -> Result<SnapshotResume, PostgresError> {
         self.ensure_publication(&tables, true).await?;
         self.tables = tables.clone();
         self.clear_spill_dir()?;
@@ -472,12 +502,247 @@ impl PostgresSource {
                 commit_ts_us: now_us(),
                 txid: None,
             },
-            queue: if copy { tables.into() } else { VecDeque::new() },
+            queue: VecDeque::new(),
             copy: None,
             begun: false,
             while_streaming: None,
+            chunks: None,
+            prologue: Vec::new(),
+            estimates: HashMap::new(),
         });
-        Ok(())
+        let plan = if copy {
+            self.start_chunked_copy(&tables, &snapshot_name, None)
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok(SnapshotResume {
+            consistent_point: consistent_point.0,
+            plan,
+            chunks_done: HashMap::new(),
+        })
+    }
+
+    /// Resumes an interrupted initial snapshot: the slot (created by the
+    /// earlier run, never acknowledged) still stands at the snapshot's
+    /// consistent point, so every change since is still in its stream. The
+    /// chunks the lake lacks are read in a new snapshot; rows that changed
+    /// after the consistent point may be read in their newer state, and the
+    /// stream, which starts at that point, then replays their changes on top
+    /// — the current state of every row converges to the source's, as in a
+    /// DBLog-style watermark copy.
+    pub async fn resume_snapshot(
+        &mut self,
+        tables: Vec<TableId>,
+        resume: SnapshotResume,
+    ) -> Result<Vec<PlannedTable>, PostgresError> {
+        self.ensure_publication(&tables, true).await?;
+        self.tables = tables.clone();
+        self.clear_spill_dir()?;
+        let repl = ReplicationConnection::connect(&self.params).await?;
+        let snapshot_name: String = {
+            self.client
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await
+                .map_err(query_error("opening the snapshot transaction"))?;
+            self.client
+                .query_one("SELECT pg_export_snapshot()", &[])
+                .await
+                .map_err(query_error("exporting the snapshot for copy workers"))?
+                .get(0)
+        };
+        let consistent_point = Lsn(resume.consistent_point);
+        info!(
+            slot = %self.config.slot,
+            consistent_point = %consistent_point,
+            chunks_in_lake = resume.chunks_done.values().sum::<u32>(),
+            "resuming the interrupted snapshot after its committed chunks"
+        );
+        self.snapshot = Some(SnapshotCopy {
+            repl,
+            commit: CommitInfo {
+                seq: consistent_point.0.saturating_sub(1),
+                position: consistent_point.to_string(),
+                ack: consistent_point.0,
+                commit_ts_us: now_us(),
+                txid: None,
+            },
+            queue: VecDeque::new(),
+            copy: None,
+            begun: false,
+            while_streaming: None,
+            chunks: None,
+            prologue: Vec::new(),
+            estimates: HashMap::new(),
+        });
+        self.start_chunked_copy(&tables, &snapshot_name, Some(&resume))
+            .await
+    }
+
+    /// Plans the chunks of `tables` (or takes the plan being resumed), and
+    /// starts the workers on those the lake lacks.
+    async fn start_chunked_copy(
+        &mut self,
+        tables: &[TableId],
+        snapshot_name: &str,
+        resume: Option<&SnapshotResume>,
+    ) -> Result<Vec<PlannedTable>, PostgresError> {
+        let chunk_pages = (self.config.snapshot_chunk_bytes / 8192).max(1);
+        let mut plan = Vec::new();
+        let mut jobs = Vec::new();
+        let mut prologue = Vec::new();
+        let mut estimates = HashMap::new();
+        for table in tables {
+            let schema = self.copy_schema(table).await?;
+            prologue.push(ChangeEvent::Schema(schema.clone()));
+            if schema.columns.is_empty() {
+                continue;
+            }
+            let facts = self.copy_facts(table).await?;
+            estimates.insert(table.clone(), facts.estimate);
+            let planned = match resume.and_then(|r| r.plan.iter().find(|p| &p.table == table)) {
+                Some(planned) => planned.clone(),
+                None => PlannedTable {
+                    table: table.clone(),
+                    chunk_pages,
+                    chunks: if facts.partitioned || self.server_version < 140_000 {
+                        1
+                    } else {
+                        crate::chunks::chunk_count(facts.pages, chunk_pages)
+                    },
+                },
+            };
+            let done = resume
+                .and_then(|r| r.chunks_done.get(table).copied())
+                .unwrap_or(0);
+            let format = if facts.oids.iter().all(|&oid| crate::binary::supported(oid)) {
+                CopyFormat::Binary
+            } else {
+                CopyFormat::Text
+            };
+            let select: Vec<String> = schema
+                .columns
+                .iter()
+                .map(|c| quote_ident(&c.name))
+                .collect();
+            let from = format!(
+                "{}{}",
+                if facts.partitioned { "" } else { "ONLY " },
+                quote_table(table)
+            );
+            for (index, pages) in crate::chunks::page_ranges(planned.chunk_pages, planned.chunks)
+                .into_iter()
+                .enumerate()
+                .skip(done as usize)
+            {
+                jobs.push(ChunkJob {
+                    schema: schema.clone(),
+                    oids: facts.oids.clone(),
+                    format,
+                    from: from.clone(),
+                    select: select.join(", "),
+                    index: index as u32,
+                    pages,
+                });
+            }
+            plan.push(planned);
+        }
+        let session: String = SESSION_SETTINGS
+            .iter()
+            .map(|(k, v)| format!("SET {k} = '{v}';"))
+            .collect();
+        info!(
+            chunks = jobs.len(),
+            workers = self.config.snapshot_workers,
+            "snapshot copy planned"
+        );
+        let chunks = crate::chunks::ParallelCopy::start(
+            &self.config.url,
+            &session,
+            snapshot_name,
+            self.config.snapshot_workers,
+            jobs,
+        )
+        .await?;
+        let phase = self.snapshot.as_mut().expect("set by the caller");
+        phase.chunks = Some(chunks);
+        phase.prologue = prologue;
+        phase.estimates = estimates;
+        Ok(plan)
+    }
+
+    /// Reads `table`'s columns for a copy and issues its schema version.
+    async fn copy_schema(&mut self, table: &TableId) -> Result<Arc<TableSchema>, PostgresError> {
+        let columns = table_columns(&self.client, table)
+            .await
+            .map_err(query_error(format!("reading the columns of {table}")))?;
+        let attnums: HashMap<String, i16> = self
+            .client
+            .query(
+                "SELECT attname::text, attnum FROM pg_attribute \
+                 WHERE attrelid = (quote_ident($1) || '.' || quote_ident($2))::regclass \
+                   AND attnum > 0 AND NOT attisdropped",
+                &[&table.schema, &table.table],
+            )
+            .await
+            .map_err(query_error(format!("reading the columns of {table}")))?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        self.attnums.insert(table.clone(), attnums);
+        let version = self.schemas.get(table).map_or(1, |known| {
+            if known.columns == columns {
+                known.version
+            } else {
+                known.version + 1
+            }
+        });
+        let schema = Arc::new(TableSchema {
+            table: table.clone(),
+            version,
+            columns,
+        });
+        self.schemas.insert(table.clone(), schema.clone());
+        Ok(schema)
+    }
+
+    /// What planning a copy of `table` needs from the catalog.
+    async fn copy_facts(&self, table: &TableId) -> Result<CopyFacts, PostgresError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT c.relkind = 'p', \
+                   pg_relation_size(c.oid) / current_setting('block_size')::int8, \
+                   (SELECT coalesce(sum(greatest(p.reltuples, 0)), 0)::int8 FROM pg_class p \
+                     WHERE p.oid = c.oid \
+                        OR p.oid IN (SELECT relid FROM pg_partition_tree(c.oid) WHERE isleaf)) \
+                 FROM pg_class c \
+                 WHERE c.oid = (quote_ident($1) || '.' || quote_ident($2))::regclass",
+                &[&table.schema, &table.table],
+            )
+            .await
+            .map_err(query_error(format!("reading the size of {table}")))?;
+        let oids: Vec<u32> = self
+            .client
+            .query(
+                "SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END \
+                 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+                 WHERE a.attrelid = (quote_ident($1) || '.' || quote_ident($2))::regclass \
+                   AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+                 ORDER BY a.attnum",
+                &[&table.schema, &table.table],
+            )
+            .await
+            .map_err(query_error(format!("reading the column types of {table}")))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        Ok(CopyFacts {
+            partitioned: row.get(0),
+            pages: row.get::<_, i64>(1).max(0) as u64,
+            estimate: row.get::<_, i64>(2).max(0) as u64,
+            oids: oids.into(),
+        })
     }
 
     /// Starts streaming `tables` from the slot's confirmed position; the
@@ -622,6 +887,9 @@ impl PostgresSource {
                 temporary_slot,
                 tables,
             }),
+            chunks: None,
+            prologue: Vec::new(),
+            estimates: HashMap::new(),
         });
         Ok(())
     }
@@ -882,46 +1150,50 @@ impl PostgresSource {
             phase.begun = true;
             self.pending
                 .push_back(ChangeEvent::Begin(phase.commit.clone()));
+            self.pending.extend(phase.prologue.drain(..));
+            return Ok(());
+        }
+        if let Some(chunks) = phase.chunks.as_mut() {
+            match chunks.next().await {
+                None => {
+                    phase.chunks = None;
+                    return self.finish_snapshot().await;
+                }
+                Some(item) => match item? {
+                    CopyItem::Start { table, index } => {
+                        if let Some(rows) = phase.estimates.remove(&table) {
+                            info!(table = %table, estimated_rows = rows, "snapshot copy started");
+                            self.pending.push_back(ChangeEvent::CopyEstimate {
+                                table: table.clone(),
+                                rows,
+                            });
+                        }
+                        debug!(table = %table, chunk = index, "snapshot chunk started");
+                        self.pending.push_back(ChangeEvent::SnapshotChunk {
+                            table,
+                            index,
+                            done: false,
+                        });
+                    }
+                    CopyItem::Block(block) => self.pending.push_back(ChangeEvent::Block(block)),
+                    CopyItem::Done { table, index, rows } => {
+                        debug!(table = %table, chunk = index, rows, "snapshot chunk done");
+                        self.pending.push_back(ChangeEvent::SnapshotChunk {
+                            table,
+                            index,
+                            done: true,
+                        });
+                    }
+                },
+            }
             return Ok(());
         }
         let Some(copy) = phase.copy.as_mut() else {
             let Some(table) = phase.queue.pop_front() else {
                 return self.finish_snapshot().await;
             };
-            let columns = table_columns(&self.client, &table)
-                .await
-                .map_err(query_error(format!("reading the columns of {table}")))?;
-            let attnums: HashMap<String, i16> = self
-                .client
-                .query(
-                    "SELECT attname::text, attnum FROM pg_attribute \
-                     WHERE attrelid = (quote_ident($1) || '.' || quote_ident($2))::regclass \
-                       AND attnum > 0 AND NOT attisdropped",
-                    &[&table.schema, &table.table],
-                )
-                .await
-                .map_err(query_error(format!("reading the columns of {table}")))?
-                .iter()
-                .map(|row| (row.get(0), row.get(1)))
-                .collect();
-            self.attnums.insert(table.clone(), attnums);
-            let schema = Arc::new(TableSchema {
-                table: table.clone(),
-                version: 1,
-                columns,
-            });
-            let version = self.schemas.get(&table).map_or(1, |known| {
-                if known.columns == schema.columns {
-                    known.version
-                } else {
-                    known.version + 1
-                }
-            });
-            let schema = Arc::new(TableSchema {
-                version,
-                ..schema.as_ref().clone()
-            });
-            self.schemas.insert(table.clone(), schema.clone());
+            let schema = self.copy_schema(&table).await?;
+            let phase = self.snapshot.as_mut().expect("checked by caller");
             self.pending.push_back(ChangeEvent::Schema(schema.clone()));
             if phase.while_streaming.is_some() {
                 self.pending
@@ -1832,6 +2104,17 @@ struct CatalogColumn {
     dims: i32,
     attnum: i16,
     has_default: bool,
+}
+
+/// What planning a table's copy needs.
+struct CopyFacts {
+    partitioned: bool,
+    /// Heap pages now (the last chunk is open-ended: growth is read too).
+    pages: u64,
+    /// The server's row estimate (statistics), for progress.
+    estimate: u64,
+    /// Base type oid of each column, in order.
+    oids: Arc<[u32]>,
 }
 
 /// What decoding a relation's tuples needs.
