@@ -38,6 +38,17 @@ use crate::config::{Config, SinkConfig, SnapshotMode, SourceConfig, ZeroDatesPol
 /// Events buffered between the source task and the coordinator.
 const EVENT_CHANNEL_CAPACITY: usize = 4096;
 
+/// Arrow bytes of row blocks that may wait between the source task and the
+/// coordinator, in KiB: blocks are large (thousands of rows), so the event
+/// count alone would not bound memory.
+const QUEUED_BLOCK_KIB: usize = 32 * 1024;
+
+/// An event in flight, with the share of the block budget it holds.
+type Queued = (
+    Result<ChangeEvent, PipelineError>,
+    Option<tokio::sync::OwnedSemaphorePermit>,
+);
+
 /// How often an idle coordinator lets the sink do its housekeeping (the sink
 /// keeps its own, longer intervals).
 const MAINTENANCE_TICK: Duration = Duration::from_secs(1);
@@ -852,10 +863,11 @@ async fn drive(
 /// no event is lost halfway through decoding.
 async fn source_loop(
     mut source: AnySource,
-    events: mpsc::Sender<Result<ChangeEvent, PipelineError>>,
+    events: mpsc::Sender<Queued>,
     mut acks: watch::Receiver<u64>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(QUEUED_BLOCK_KIB));
     loop {
         // Events the source has already decoded need no select: only a wait
         // for the server must be interruptible by `stop`.
@@ -872,6 +884,23 @@ async fn source_loop(
             source.ack(*acks.borrow_and_update());
         }
         let failed = event.is_err();
+        let permit = match &event {
+            Ok(ChangeEvent::Block(block)) => {
+                let bytes: usize = block
+                    .columns
+                    .iter()
+                    .map(|c| c.get_array_memory_size())
+                    .sum();
+                let kib = (bytes / 1024).clamp(1, QUEUED_BLOCK_KIB) as u32;
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => break,
+                    permit = budget.clone().acquire_many_owned(kib) => permit.ok(),
+                }
+            }
+            _ => None,
+        };
+        let event = (event, permit);
         match events.try_send(event) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(event)) => tokio::select! {
@@ -1073,7 +1102,7 @@ struct Coordinator<K> {
 impl<K: Sink> Coordinator<K> {
     async fn drive(
         &mut self,
-        mut events: mpsc::Receiver<Result<ChangeEvent, PipelineError>>,
+        mut events: mpsc::Receiver<Queued>,
         shutdown: &mut watch::Receiver<bool>,
         mode: Mode,
     ) -> Result<Outcome, PipelineError> {
@@ -1108,14 +1137,16 @@ impl<K: Sink> Coordinator<K> {
                     }
                 }
                 event = events.recv() => {
-                    let event = event.ok_or(PipelineError::SourceGone)??;
-                    if self.handle(event).await? && mode == Mode::SnapshotOnly {
+                    // The permit (a block's share of the queue budget) is
+                    // released once the block is in the batcher.
+                    let (event, _permit) = event.ok_or(PipelineError::SourceGone)?;
+                    if self.handle(event?).await? && mode == Mode::SnapshotOnly {
                         return Ok(Outcome::SnapshotComplete);
                     }
                     // Whatever else is already queued goes without another
                     // round through the select (and its timer) per event.
                     for _ in 0..DRAIN_BURST {
-                        let Ok(event) = events.try_recv() else { break };
+                        let Ok((event, _permit)) = events.try_recv() else { break };
                         if self.handle(event?).await? && mode == Mode::SnapshotOnly {
                             return Ok(Outcome::SnapshotComplete);
                         }

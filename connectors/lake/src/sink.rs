@@ -119,12 +119,94 @@ pub struct TableState {
 }
 
 /// A writer kept open across the batches of one commit, so a commit's rows
-/// land in files of the target size rather than one file per batch.
+/// land in files of the target size rather than one file per batch. It runs
+/// in a task of its own: Parquet encoding (the costliest step of a
+/// snapshot) overlaps with decoding and batching the next rows.
 struct Staging {
-    writer: RecordBatchWriter,
+    batches: Option<tokio::sync::mpsc::Sender<RecordBatch>>,
+    task: tokio::task::JoinHandle<Result<Vec<Add>, DeltaTableError>>,
+    /// Encoded bytes so far, as the writer reports them.
+    encoded: Arc<std::sync::atomic::AtomicU64>,
+    schema: SchemaRef,
     /// Columns written without statistics (see `stats`): a batch that needs
     /// another set goes to a writer of its own.
     no_stats: Vec<deltalake::parquet::schema::types::ColumnPath>,
+}
+
+impl Staging {
+    fn start(
+        mut writer: RecordBatchWriter,
+        no_stats: Vec<deltalake::parquet::schema::types::ColumnPath>,
+    ) -> Self {
+        let schema = writer.arrow_schema();
+        let encoded = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(1);
+        let counter = encoded.clone();
+        let task = tokio::spawn(async move {
+            while let Some(batch) = rx.recv().await {
+                writer.write_with_mode(batch, WriteMode::Default).await?;
+                counter.store(
+                    writer.buffer_len() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+            writer.flush().await
+        });
+        Self {
+            batches: Some(tx),
+            task,
+            encoded,
+            schema,
+            no_stats,
+        }
+    }
+
+    async fn write(&mut self, table: &TableId, batch: RecordBatch) -> Result<(), LakeError> {
+        let sent = match &self.batches {
+            Some(tx) => tx.send(batch).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // The task ended early: its error says why.
+        self.batches = None;
+        let detail = match (&mut self.task).await {
+            Ok(Err(source)) => return Err(LakeError::delta(table, "writing to", source)),
+            Ok(Ok(_)) => "the file writer task ended".to_string(),
+            Err(join) => format!("the file writer task failed: {join}"),
+        };
+        Err(LakeError::delta(
+            table,
+            "writing to",
+            DeltaTableError::Generic(detail),
+        ))
+    }
+
+    fn encoded(&self) -> u64 {
+        self.encoded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Closes the files; their add actions.
+    async fn finish(mut self, table: &TableId) -> Result<Vec<Add>, LakeError> {
+        self.batches = None;
+        match (&mut self.task).await {
+            Ok(result) => result.map_err(|source| LakeError::delta(table, "writing to", source)),
+            Err(join) => Err(LakeError::delta(
+                table,
+                "writing to",
+                DeltaTableError::Generic(format!("the file writer task failed: {join}")),
+            )),
+        }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // Dropped without `finish` (a table removed, a failed commit): the
+        // files are abandoned, never committed.
+        self.task.abort();
+    }
 }
 
 struct LakeTable {
@@ -373,7 +455,12 @@ impl LakeSink {
         };
         // One writer per batch so each file gets the statistics policy its
         // own values need (see `stats`); the files are committed together.
-        let properties = writer_properties(&narrowed);
+        let keys: Vec<&str> = batch
+            .schema
+            .key_columns()
+            .map(|c| c.name.as_str())
+            .collect();
+        let properties = writer_properties(&narrowed, if keys.len() == 1 { &keys } else { &[] });
         let mut writer = RecordBatchWriter::for_table(&open.table)
             .map_err(|source| LakeError::delta(&batch.table, "writing to", source))?
             .with_writer_properties(properties.clone());
@@ -451,36 +538,23 @@ impl LakeSink {
             let reusable = open
                 .staging
                 .as_ref()
-                .is_some_and(|s| s.no_stats == no_stats && s.writer.arrow_schema() == before);
+                .is_some_and(|s| s.no_stats == no_stats && s.schema == before);
             if !reusable {
-                if let Some(mut old) = open.staging.take() {
-                    open.adds.extend(
-                        old.writer.flush().await.map_err(|source| {
-                            LakeError::delta(&batch.table, "writing to", source)
-                        })?,
-                    );
+                if let Some(old) = open.staging.take() {
+                    open.adds.extend(old.finish(&batch.table).await?);
                 }
-                open.staging = Some(Staging {
-                    writer: writer.with_target_file_size(self.target_file_bytes),
+                open.staging = Some(Staging::start(
+                    writer.with_target_file_size(self.target_file_bytes),
                     no_stats,
-                });
+                ));
             }
             let staging = open.staging.as_mut().expect("set above");
-            staging
-                .writer
-                .write_with_mode(narrowed, WriteMode::Default)
-                .await
-                .map_err(|source| LakeError::delta(&batch.table, "writing to", source))?;
+            staging.write(&batch.table, narrowed).await?;
             open.pending = Some(open.pending.map_or(batch.last, |m| m.max(batch.last)));
             return Ok(());
         } else {
-            if let Some(mut old) = open.staging.take() {
-                open.adds.extend(
-                    old.writer
-                        .flush()
-                        .await
-                        .map_err(|source| LakeError::delta(&batch.table, "writing to", source))?,
-                );
+            if let Some(old) = open.staging.take() {
+                open.adds.extend(old.finish(&batch.table).await?);
             }
             writer
                 .write_with_mode(narrowed, WriteMode::MergeSchema)
@@ -608,14 +682,8 @@ impl LakeSink {
                 .table
                 .snapshot()
                 .map_err(|source| LakeError::delta(table, "committing to", source))?;
-            if let Some(mut staging) = open.staging.take() {
-                open.adds.extend(
-                    staging
-                        .writer
-                        .flush()
-                        .await
-                        .map_err(|source| LakeError::delta(table, "writing to", source))?,
-                );
+            if let Some(staging) = open.staging.take() {
+                open.adds.extend(staging.finish(table).await?);
             }
             let mut actions: Vec<Action> = open.adds.iter().cloned().map(Action::Add).collect();
             if let Some(evolved) = &open.evolved {
@@ -1306,10 +1374,7 @@ impl Sink for LakeSink {
             .values()
             .map(|open| {
                 open.adds.iter().map(|a| a.size.max(0) as u64).sum::<u64>()
-                    + open
-                        .staging
-                        .as_ref()
-                        .map_or(0, |s| s.writer.buffer_len() as u64)
+                    + open.staging.as_ref().map_or(0, Staging::encoded)
             })
             .sum()
     }

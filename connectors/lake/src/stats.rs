@@ -24,13 +24,18 @@ const SAFE_MICROS: (i64, i64) = (-62_135_596_800_000_000, 253_402_300_799_999_99
 
 /// Writer properties for one batch: snappy, and no statistics on the columns
 /// [`columns_without_stats`] names.
-pub fn writer_properties(batch: &RecordBatch) -> WriterProperties {
+pub fn writer_properties(batch: &RecordBatch, unique: &[&str]) -> WriterProperties {
     let mut builder = WriterProperties::builder()
         .set_created_by(format!("tidewater {}", env!("CARGO_PKG_VERSION")))
         .set_compression(Compression::SNAPPY)
         // Row groups of a bounded size: a file of many batches is encoded
         // one row group at a time, in bounded memory.
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+    // A dictionary never pays off for columns whose values repeat little
+    // (`_tw_ord`, a single-column key): interning each value is pure cost.
+    for name in unique.iter().copied().chain(["_tw_ord"]) {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(name), false);
+    }
     for path in columns_without_stats(batch) {
         builder = builder.set_column_statistics_enabled(path, EnabledStatistics::None);
     }

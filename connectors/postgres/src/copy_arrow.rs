@@ -358,14 +358,33 @@ impl CopyDecoder {
         let rows = std::mem::take(&mut self.rows);
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.builders.len());
         for (builder, column) in self.builders.iter_mut().zip(&self.schema.columns) {
+            // Each builder starts the next block at this block's size, so
+            // it does not grow (copy, fault in pages) value by value again.
             let array: ArrayRef = match builder {
-                Builder::Bool(b) => Arc::new(b.finish()),
-                Builder::Int16(b) => Arc::new(b.finish()),
-                Builder::Int32(b) => Arc::new(b.finish()),
-                Builder::Int64(b) => Arc::new(b.finish()),
-                Builder::Float32(b) => Arc::new(b.finish()),
-                Builder::Float64(b) => Arc::new(b.finish()),
-                Builder::Text(b) => Arc::new(b.finish()),
+                Builder::Bool(b) => {
+                    Arc::new(std::mem::replace(b, BooleanBuilder::with_capacity(rows)).finish())
+                }
+                Builder::Int16(b) => {
+                    Arc::new(std::mem::replace(b, Int16Builder::with_capacity(rows)).finish())
+                }
+                Builder::Int32(b) => {
+                    Arc::new(std::mem::replace(b, Int32Builder::with_capacity(rows)).finish())
+                }
+                Builder::Int64(b) => {
+                    Arc::new(std::mem::replace(b, Int64Builder::with_capacity(rows)).finish())
+                }
+                Builder::Float32(b) => {
+                    Arc::new(std::mem::replace(b, Float32Builder::with_capacity(rows)).finish())
+                }
+                Builder::Float64(b) => {
+                    Arc::new(std::mem::replace(b, Float64Builder::with_capacity(rows)).finish())
+                }
+                Builder::Text(b) => {
+                    let bytes = b.values_slice().len();
+                    Arc::new(
+                        std::mem::replace(b, StringBuilder::with_capacity(rows, bytes)).finish(),
+                    )
+                }
                 Builder::Values { values, .. } => {
                     let refs: Vec<&Datum> = values.iter().collect();
                     let array = build_array(&arrow_type(&column.ty), &refs).map_err(|source| {
