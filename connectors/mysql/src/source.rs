@@ -1680,6 +1680,51 @@ fn identifier(text: &str) -> Option<(String, &str)> {
 
 /// The snapshot reader: one task per snapshot, owning the snapshot
 /// connection and its transaction.
+/// Rows per block of a snapshot copy.
+const SNAPSHOT_BLOCK_ROWS: usize = 8192;
+
+/// Sends `rows` (numbered from `first`) as one block of `Read` rows.
+async fn send_block(
+    tx: &mpsc::Sender<Result<SnapshotMsg, MysqlError>>,
+    schema: &TableSchema,
+    first: u64,
+    rows: &mut Vec<Vec<Datum>>,
+) -> Result<(), MysqlError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut columns = Vec::with_capacity(schema.columns.len());
+    for (index, column) in schema.columns.iter().enumerate() {
+        let values: Vec<&Datum> = rows.iter().map(|r| &r[index]).collect();
+        columns.push(
+            tidewater_core::build_array(&tidewater_core::arrow_type(&column.ty), &values).map_err(
+                |e| MysqlError::SnapshotValue {
+                    table: schema.table.clone(),
+                    column: column.name.clone(),
+                    what: e.to_string(),
+                },
+            )?,
+        );
+    }
+    let block = RowBlock {
+        table: schema.table.clone(),
+        ops: vec![Op::Read; rows.len()],
+        first_ord: first,
+        columns,
+    };
+    rows.clear();
+    if tx
+        .send(Ok(SnapshotMsg::Event(ChangeEvent::Block(block))))
+        .await
+        .is_err()
+    {
+        return Err(MysqlError::Misuse {
+            what: "snapshot consumer gone",
+        });
+    }
+    Ok(())
+}
+
 async fn read_snapshot(
     mut conn: Conn,
     tables: Vec<TableId>,
@@ -1765,6 +1810,9 @@ async fn read_snapshot(
             .await
             .map_err(query_error(format!("reading {table} for the snapshot")))?;
         let mut row_number = 0u64;
+        // Rows go out as Arrow blocks: one event (and one channel hop) per
+        // few thousand rows instead of one per row.
+        let mut block: Vec<Vec<Datum>> = Vec::with_capacity(SNAPSHOT_BLOCK_ROWS);
         while let Some(row) = result
             .next()
             .await
@@ -1807,19 +1855,15 @@ async fn read_snapshot(
                 }
                 values.push(datum);
             }
-            let event = ChangeEvent::Row(RowChange {
-                table: table.clone(),
-                op: Op::Read,
-                ord: row_number,
-                values,
-            });
-            if tx.send(Ok(SnapshotMsg::Event(event))).await.is_err() {
-                return Err(MysqlError::Misuse {
-                    what: "snapshot consumer gone",
-                });
+            block.push(values);
+            if block.len() >= SNAPSHOT_BLOCK_ROWS {
+                let first = row_number + 1 - block.len() as u64;
+                send_block(tx, &schema, first, &mut block).await?;
             }
         }
         drop(result);
+        let first = row_number + 1 - block.len() as u64;
+        send_block(tx, &schema, first, &mut block).await?;
         info!(table = %table, rows = row_number, "snapshot copy done");
         total += row_number;
     }
