@@ -94,6 +94,9 @@ const MAX_UNRESOLVED_ROWS: usize = 256;
 pub struct Batcher {
     limits: BatchLimits,
     schemas: BTreeMap<TableId, Arc<TableSchema>>,
+    /// The Arrow type of each column of each table's current schema, for
+    /// checking blocks without building a field per column per block.
+    types: BTreeMap<TableId, Vec<DataType>>,
     open: BTreeMap<TableId, OpenBatch>,
     commit: Option<Arc<CommitInfo>>,
     pending_rows: usize,
@@ -107,6 +110,7 @@ impl Batcher {
         Self {
             limits,
             schemas: BTreeMap::new(),
+            types: BTreeMap::new(),
             open: BTreeMap::new(),
             commit: None,
             pending_rows: 0,
@@ -127,6 +131,14 @@ impl Batcher {
             Some(open) if open.schema.version != schema.version => self.cut_table(&table)?,
             _ => None,
         };
+        self.types.insert(
+            table.clone(),
+            schema
+                .columns
+                .iter()
+                .map(|c| crate::arrow_type(&c.ty))
+                .collect(),
+        );
         self.schemas.insert(table, schema);
         Ok(cut)
     }
@@ -205,9 +217,9 @@ impl Batcher {
                 schema.columns.len()
             )));
         }
-        for (array, column) in block.columns.iter().zip(&schema.columns) {
-            let expected = arrow_field(column);
-            if array.data_type() != expected.data_type() || array.len() != block.len() {
+        let types = self.types.get(&block.table).expect("set with the schema");
+        for ((array, column), expected) in block.columns.iter().zip(&schema.columns).zip(types) {
+            if array.data_type() != expected || array.len() != block.len() {
                 return Err(ArrowError::InvalidArgumentError(format!(
                     "column {} of {}: a block of {} {} values for {} rows, expected {}",
                     column.name,
@@ -215,7 +227,7 @@ impl Batcher {
                     array.len(),
                     array.data_type(),
                     block.len(),
-                    expected.data_type()
+                    expected
                 )));
             }
         }

@@ -177,6 +177,10 @@ struct StreamState {
     maps: HashMap<u64, Mapped>,
     /// Reusable Arrow buffers per table id, for its current table map.
     builders: HashMap<u64, rows::ColumnarRows>,
+    /// Rows decoded into `builders[table_id]` but not yet sent: consecutive
+    /// rows events of one table in one transaction become one block (see
+    /// [`MysqlSource::push_event`]).
+    open_block: Option<OpenBlock>,
     txn: Option<OpenTxn>,
     /// Where the stream was asked to start, for error messages.
     from: String,
@@ -190,6 +194,17 @@ struct StreamState {
     /// from; None inside a transaction and after a rotation.
     boundary: Option<u64>,
 }
+
+/// Rows decoded but not yet sent (see `StreamState::open_block`).
+struct OpenBlock {
+    table_id: u64,
+    table: TableId,
+    first_ord: u64,
+    rows: u64,
+}
+
+/// An open block is sent once it holds this many rows.
+const OPEN_BLOCK_ROWS: u64 = 8192;
 
 pub struct MysqlSource {
     config: MysqlConfig,
@@ -373,7 +388,7 @@ impl MysqlSource {
             let result = read_snapshot(conn, queue, zero_dates, &tx).await;
             let _ = tx.send(result).await;
         });
-        self.pending.push_back(ChangeEvent::Begin(commit.clone()));
+        self.push_event(ChangeEvent::Begin(commit.clone()));
         self.snapshot = Some(SnapshotState {
             position,
             commit,
@@ -483,7 +498,7 @@ impl MysqlSource {
                     .filter_map(|name| BinlogPosition::file_index(&name))
                     .filter(|index| *index > current)
                     .count();
-                self.pending.push_back(ChangeEvent::SourceStatus {
+                self.push_event(ChangeEvent::SourceStatus {
                     retained_bytes: None,
                     files_behind: Some(behind as u64),
                 });
@@ -630,6 +645,7 @@ impl MysqlSource {
             },
             maps: HashMap::new(),
             builders: HashMap::new(),
+            open_block: None,
             txn: None,
             from: from_text,
             payload_end: 0,
@@ -685,7 +701,7 @@ impl MysqlSource {
                 if let Some(Some(previous)) =
                     phase.while_streaming.replace(Some(schema.table.clone()))
                 {
-                    self.pending.push_back(ChangeEvent::TableSnapshotDone {
+                    self.push_event(ChangeEvent::TableSnapshotDone {
                         table: previous,
                         seq,
                     });
@@ -703,9 +719,9 @@ impl MysqlSource {
                     ..schema.as_ref().clone()
                 });
                 self.schemas.insert(schema.table.clone(), schema.clone());
-                self.pending.push_back(ChangeEvent::Schema(schema.clone()));
-                self.pending.push_back(ChangeEvent::Begin(commit));
-                self.pending.push_back(ChangeEvent::TableSnapshot {
+                self.push_event(ChangeEvent::Schema(schema.clone()));
+                self.push_event(ChangeEvent::Begin(commit));
+                self.push_event(ChangeEvent::TableSnapshot {
                     table: schema.table.clone(),
                 });
             }
@@ -713,14 +729,14 @@ impl MysqlSource {
                 if let ChangeEvent::Schema(schema) = &event {
                     self.schemas.insert(schema.table.clone(), schema.clone());
                 }
-                self.pending.push_back(event);
+                self.push_event(event);
             }
             SnapshotMsg::Done { rows, zero_dates } if phase.while_streaming.is_some() => {
                 let phase = self.snapshot.take().expect("checked above");
                 let _ = phase.task.await;
                 self.zero_dates += zero_dates;
                 if let Some(Some(last)) = phase.while_streaming {
-                    self.pending.push_back(ChangeEvent::TableSnapshotDone {
+                    self.push_event(ChangeEvent::TableSnapshotDone {
                         table: last,
                         seq: phase.commit.seq,
                     });
@@ -745,7 +761,7 @@ impl MysqlSource {
                     .await?;
                 self.pending
                     .push_back(ChangeEvent::Commit(phase.commit.clone()));
-                self.pending.push_back(ChangeEvent::SnapshotDone {
+                self.push_event(ChangeEvent::SnapshotDone {
                     seq: phase.commit.seq,
                     position: phase.commit.position,
                 });
@@ -779,6 +795,37 @@ impl MysqlSource {
 
     fn stream_mut(&mut self) -> &mut StreamState {
         self.stream.as_mut().expect("streaming")
+    }
+
+    /// Queues `event` after the open block, if any: every event goes out in
+    /// decoding order, and a block never waits past its transaction's end.
+    fn push_event(&mut self, event: ChangeEvent) {
+        self.flush_block();
+        self.pending.push_back(event);
+    }
+
+    /// Sends the rows of the open block.
+    fn flush_block(&mut self) {
+        let Some(stream) = self.stream.as_mut() else {
+            return;
+        };
+        let Some(open) = stream.open_block.take() else {
+            return;
+        };
+        let Some(mut out) = stream.builders.remove(&open.table_id) else {
+            return;
+        };
+        let (columns, ops) = out.finish();
+        stream.builders.insert(open.table_id, out);
+        if ops.is_empty() {
+            return;
+        }
+        self.pending.push_back(ChangeEvent::Block(RowBlock {
+            table: open.table,
+            ops,
+            first_ord: open.first_ord,
+            columns,
+        }));
     }
 
     fn current_file(&self) -> &str {
@@ -877,7 +924,7 @@ impl MysqlSource {
             kind::HEARTBEAT if self.stream_mut().txn.is_none() && end > 0 => {
                 self.stream_mut().boundary = Some(end);
                 let position = self.position_here(end);
-                self.pending.push_back(ChangeEvent::Heartbeat {
+                self.push_event(ChangeEvent::Heartbeat {
                     ack: position.seq(),
                     position: position.to_string(),
                 });
@@ -958,7 +1005,7 @@ impl MysqlSource {
         }
         let position = self.position_here(end);
         if txn.begun {
-            self.pending.push_back(ChangeEvent::Commit(CommitInfo {
+            self.push_event(ChangeEvent::Commit(CommitInfo {
                 seq: txn.seq,
                 position: position.to_string(),
                 ack: position.seq(),
@@ -971,7 +1018,7 @@ impl MysqlSource {
             }));
         } else {
             // Nothing captured in it: a point the pipeline may acknowledge.
-            self.pending.push_back(ChangeEvent::Heartbeat {
+            self.push_event(ChangeEvent::Heartbeat {
                 ack: position.seq(),
                 position: position.to_string(),
             });
@@ -1004,7 +1051,7 @@ impl MysqlSource {
                 commit_ts_us: txn.commit_ts_us,
                 txid: txn.txid.clone(),
             };
-            self.pending.push_back(ChangeEvent::Begin(commit));
+            self.push_event(ChangeEvent::Begin(commit));
         }
         let txn = self
             .stream
@@ -1108,7 +1155,7 @@ impl MysqlSource {
                     statement.push_str(" …");
                 }
                 self.last_ddl.insert(table.clone(), statement.clone());
-                self.pending.push_back(ChangeEvent::Ddl {
+                self.push_event(ChangeEvent::Ddl {
                     table,
                     seq,
                     statement,
@@ -1130,7 +1177,7 @@ impl MysqlSource {
                 self.commit(end, timestamp);
             } else {
                 let position = self.position_here(end);
-                self.pending.push_back(ChangeEvent::Heartbeat {
+                self.push_event(ChangeEvent::Heartbeat {
                     ack: position.seq(),
                     position: position.to_string(),
                 });
@@ -1166,10 +1213,10 @@ impl MysqlSource {
                 columns: catalog::schema_columns(&table, &columns)?,
             });
             self.schemas.insert(table.clone(), schema.clone());
-            self.pending.push_back(ChangeEvent::Schema(schema));
+            self.push_event(ChangeEvent::Schema(schema));
         }
         let ord = self.begin_if_needed(end);
-        self.pending.push_back(ChangeEvent::Row(RowChange {
+        self.push_event(ChangeEvent::Row(RowChange {
             table,
             op: Op::Truncate,
             ord,
@@ -1263,7 +1310,7 @@ impl MysqlSource {
                     columns,
                 });
                 self.schemas.insert(table.clone(), schema.clone());
-                self.pending.push_back(ChangeEvent::Schema(schema.clone()));
+                self.push_event(ChangeEvent::Schema(schema.clone()));
                 schema
             }
         };
@@ -1343,7 +1390,7 @@ impl MysqlSource {
                 }
             }
         }
-        self.pending.push_back(ChangeEvent::TableFailed {
+        self.push_event(ChangeEvent::TableFailed {
             table: table.clone(),
             reason,
         });
@@ -1363,29 +1410,79 @@ impl MysqlSource {
         schema: &Arc<TableSchema>,
         plan: &Arc<RowPlan>,
     ) -> Result<(), MysqlError> {
-        // Straight into Arrow: one block of rows per rows event.
+        // Straight into Arrow. Consecutive rows events of this table in
+        // this transaction accumulate in one block, sent when anything else
+        // happens (see `push_event`) or once it is large. Any other rows
+        // numbered since (or another table) end the open block first, so a
+        // block's ords are always contiguous.
+        let next_ord = self
+            .stream
+            .as_ref()
+            .and_then(|s| s.txn.as_ref())
+            .map(|t| t.ord + 1);
+        if self
+            .stream_mut()
+            .open_block
+            .as_ref()
+            .is_some_and(|b| b.table_id != table_id || Some(b.first_ord + b.rows) != next_ord)
+        {
+            self.flush_block();
+        }
         let mut out = self
             .stream_mut()
             .builders
             .remove(&table_id)
             .unwrap_or_else(|| rows::ColumnarRows::new(plan));
-        let stats = rows::decode_rows_columnar(event_type, data, plan, &mut out)
-            .map_err(|source| self.decode_error(&schema.table.to_string(), end, source))?;
+        let before = out.len();
+        let decoded = rows::decode_rows_columnar(event_type, data, plan, &mut out);
+        let stats = match decoded {
+            Ok(stats) => stats,
+            Err(source) => {
+                // The buffer may hold part of this event: drop it, and the
+                // open block with it (the error stops the table or the run).
+                let stream = self.stream_mut();
+                if stream
+                    .open_block
+                    .as_ref()
+                    .is_some_and(|b| b.table_id == table_id)
+                {
+                    stream.open_block = None;
+                }
+                return Err(self.decode_error(&schema.table.to_string(), end, source));
+            }
+        };
+        let added = (out.len() - before) as u64;
+        self.stream_mut().builders.insert(table_id, out);
         if stats.zero_dates > 0 {
             self.on_zero_dates(&schema.table, stats.zero_dates, end)?;
         }
-        let (columns, ops) = out.finish();
-        self.stream_mut().builders.insert(table_id, out);
-        if ops.is_empty() {
+        if added == 0 {
             return Ok(());
         }
-        let first_ord = self.reserve_ords(end, ops.len() as u64);
-        self.pending.push_back(ChangeEvent::Block(RowBlock {
-            table: schema.table.clone(),
-            ops,
-            first_ord,
-            columns,
-        }));
+        // Numbers the rows (and sends the transaction's Begin first, if
+        // these are its first rows: there is no open block then).
+        let first_ord = self.reserve_ords(end, added);
+        let stream = self.stream_mut();
+        match stream.open_block.as_mut() {
+            Some(open) if open.table_id == table_id && open.first_ord + open.rows == first_ord => {
+                open.rows += added;
+            }
+            _ => {
+                stream.open_block = Some(OpenBlock {
+                    table_id,
+                    table: schema.table.clone(),
+                    first_ord,
+                    rows: added,
+                });
+            }
+        }
+        if stream
+            .open_block
+            .as_ref()
+            .is_some_and(|b| b.rows >= OPEN_BLOCK_ROWS)
+        {
+            self.flush_block();
+        }
         Ok(())
     }
 

@@ -59,8 +59,7 @@ use crate::catalog::{
     list_tables, quote_ident, quote_table, table_columns, TypeNames, HAS_REPLICA_IDENTITY,
 };
 use crate::chunks::{ChunkJob, CopyItem};
-use crate::copy::split_line;
-use crate::copy_arrow::CopyFormat;
+use crate::copy_arrow::{CopyDecoder, CopyFormat};
 use crate::error::{query_error, PostgresError};
 use crate::pgoutput::{self, Cell, Message, OldTuple, Relation};
 use crate::replication::{
@@ -205,9 +204,13 @@ struct TableCopies {
 struct CopyState {
     schema: Arc<TableSchema>,
     stream: Pin<Box<CopyOutStream>>,
-    buffer: Vec<u8>,
-    row: u64,
+    decoder: CopyDecoder,
+    /// `_tw_ord` of the next row (rows are numbered from 1).
+    next_ord: u64,
 }
+
+/// Rows per block of a single-stream copy.
+const COPY_BLOCK_ROWS: usize = 8192;
 
 struct RelationState {
     included: bool,
@@ -1207,24 +1210,6 @@ impl PostgresSource {
                 .iter()
                 .map(|c| quote_ident(&c.name))
                 .collect();
-            // Inheritance children are tables of their own: copy only the
-            // parent's rows. A partitioned table's rows live in its partitions.
-            let partitioned = self
-                .client
-                .query_one(
-                    "SELECT relkind = 'p' FROM pg_class \
-                     WHERE oid = (quote_ident($1) || '.' || quote_ident($2))::regclass",
-                    &[&table.schema, &table.table],
-                )
-                .await
-                .map_err(query_error(format!("reading the kind of {table}")))?
-                .get::<_, bool>(0);
-            let sql = format!(
-                "COPY (SELECT {} FROM {}{}) TO STDOUT",
-                select.join(", "),
-                if partitioned { "" } else { "ONLY " },
-                quote_table(&table)
-            );
             if schema.columns.is_empty() {
                 if phase.while_streaming.is_some() {
                     self.pending.push_back(ChangeEvent::TableSnapshotDone {
@@ -1234,59 +1219,59 @@ impl PostgresSource {
                 }
                 return Ok(());
             }
-            // Statistics, for progress: a partitioned table's are its partitions'.
-            let estimate: i64 = self
-                .client
-                .query_one(
-                    "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::int8 FROM pg_class c \
-                     WHERE c.oid = (quote_ident($1) || '.' || quote_ident($2))::regclass \
-                        OR c.oid IN (SELECT relid FROM pg_partition_tree((quote_ident($1) || '.' || quote_ident($2))::regclass) WHERE isleaf)",
-                    &[&table.schema, &table.table],
-                )
-                .await
-                .map_err(query_error(format!("estimating the rows of {table}")))?
-                .get(0);
+            let facts = self.copy_facts(&table).await?;
+            let format = if facts.oids.iter().all(|&oid| crate::binary::supported(oid)) {
+                CopyFormat::Binary
+            } else {
+                CopyFormat::Text
+            };
+            // Inheritance children are tables of their own: copy only the
+            // parent's rows. A partitioned table's rows live in its partitions.
+            let sql = format!(
+                "COPY (SELECT {} FROM {}{}) TO STDOUT{}",
+                select.join(", "),
+                if facts.partitioned { "" } else { "ONLY " },
+                quote_table(&table),
+                format.options()
+            );
             self.pending.push_back(ChangeEvent::CopyEstimate {
                 table: table.clone(),
-                rows: estimate.max(0) as u64,
+                rows: facts.estimate,
             });
             let stream = self
                 .client
                 .copy_out(&sql)
                 .await
                 .map_err(query_error(format!("copying {table}")))?;
-            info!(table = %table, estimated_rows = estimate, "snapshot copy started");
+            info!(table = %table, estimated_rows = facts.estimate, "snapshot copy started");
+            let phase = self.snapshot.as_mut().expect("checked by caller");
             phase.copy = Some(CopyState {
+                decoder: CopyDecoder::new(schema.clone(), &facts.oids, format),
                 schema,
                 stream: Box::pin(stream),
-                buffer: Vec::new(),
-                row: 0,
+                next_ord: 1,
             });
             return Ok(());
         };
         match copy.stream.next().await {
             Some(chunk) => {
                 let chunk = chunk.map_err(query_error(format!("copying {}", copy.schema.table)))?;
-                copy.buffer.extend_from_slice(&chunk);
-                let mut start = 0;
-                while let Some(end) = copy.buffer[start..].iter().position(|&b| b == b'\n') {
-                    let line = &copy.buffer[start..start + end];
-                    start += end + 1;
-                    copy.row += 1;
-                    let row = copy_row(&copy.schema, line, copy.row)?;
-                    self.pending.push_back(ChangeEvent::Row(row));
+                copy.decoder.feed(&chunk)?;
+                if copy.decoder.block_rows() >= COPY_BLOCK_ROWS {
+                    let rows = copy.decoder.block_rows() as u64;
+                    if let Some(block) = copy.decoder.take_block(copy.next_ord)? {
+                        copy.next_ord += rows;
+                        self.pending.push_back(ChangeEvent::Block(block));
+                    }
                 }
-                copy.buffer.drain(..start);
             }
             None => {
-                if !copy.buffer.is_empty() {
-                    return Err(PostgresError::CopyShape {
-                        table: copy.schema.table.clone(),
-                        got: 0,
-                        expected: copy.schema.columns.len(),
-                    });
+                copy.decoder.finish()?;
+                if let Some(block) = copy.decoder.take_block(copy.next_ord)? {
+                    self.pending.push_back(ChangeEvent::Block(block));
                 }
-                info!(table = %copy.schema.table, rows = copy.row, "snapshot copy done");
+                let rows = copy.decoder.total_rows();
+                info!(table = %copy.schema.table, rows, "snapshot copy done");
                 if phase.while_streaming.is_some() {
                     self.pending.push_back(ChangeEvent::TableSnapshotDone {
                         table: copy.schema.table.clone(),
@@ -2192,31 +2177,4 @@ fn parse_text(schema: &TableSchema, column: &Column, text: &[u8]) -> Result<Datu
         })
     })?;
     value::parse(&column.ty, text).map_err(value_error)
-}
-
-fn copy_row(schema: &TableSchema, line: &[u8], row: u64) -> Result<RowChange, PostgresError> {
-    let fields = split_line(line).map_err(|source| PostgresError::Copy {
-        table: schema.table.clone(),
-        source,
-    })?;
-    if fields.len() != schema.columns.len() {
-        return Err(PostgresError::CopyShape {
-            table: schema.table.clone(),
-            got: fields.len(),
-            expected: schema.columns.len(),
-        });
-    }
-    let mut values = Vec::with_capacity(fields.len());
-    for (column, field) in schema.columns.iter().zip(fields) {
-        values.push(match field {
-            None => Datum::Null,
-            Some(text) => parse_text(schema, column, text.as_bytes())?,
-        });
-    }
-    Ok(RowChange {
-        table: schema.table.clone(),
-        op: Op::Read,
-        ord: row,
-        values,
-    })
 }
