@@ -618,6 +618,62 @@ fn parse_plan(text: &str) -> Option<(String, SnapshotResume)> {
     ))
 }
 
+/// Where an interrupted MySQL/MariaDB snapshot can resume, if it can: every
+/// table in the lake holds only snapshot rows of the same snapshot, read in
+/// key order (so the rows it holds are the first ones by key), with a key
+/// tidewater can restart after; and the binlog at the snapshot's position is
+/// still on the server. Anything else starts the snapshot over.
+async fn mysql_resumable(
+    sink: &mut LakeSink,
+    source: &mut MysqlSource,
+    tables: &[TableId],
+    states: &HashMap<TableId, TableState>,
+) -> Result<
+    Option<(
+        BinlogPosition,
+        HashMap<TableId, (u64, Vec<tidewater_core::Datum>)>,
+    )>,
+    PipelineError,
+> {
+    let mut from: Option<BinlogPosition> = None;
+    for state in states.values() {
+        let Some(position) = BinlogPosition::parse(&state.position) else {
+            return Ok(None);
+        };
+        if state.snapshot_done
+            || from.as_ref().is_some_and(|f| f.seq() != position.seq())
+            || (state.mark != Mark::ZERO && state.mark.seq != position.seq().saturating_sub(1))
+        {
+            return Ok(None);
+        }
+        from = Some(position);
+    }
+    let Some(from) = from else {
+        return Ok(None);
+    };
+    if !source.binlog_available(&from).await? {
+        warn!(position = %from, "the binlog of the interrupted snapshot is gone; starting over");
+        return Ok(None);
+    }
+    let mut resume = HashMap::new();
+    for (table, state) in states {
+        if !tables.contains(table) {
+            return Ok(None);
+        }
+        if state.mark == Mark::ZERO {
+            continue;
+        }
+        let schema = source.table_schema(table).await?;
+        match sink.key_at_mark(&schema, state.mark).await? {
+            Some(key) if tidewater_mysql::resumable_key(&key) => {
+                resume.insert(table.clone(), (state.mark.ord, key));
+            }
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some((from, resume)))
+}
+
 /// Startup for a MySQL/MariaDB source. The server keeps no replica state, so
 /// the lake holds everything: the marker says whether the initial snapshot
 /// completed, `_tidewater_source_position` where to resume (else the oldest
@@ -699,7 +755,18 @@ async fn run_mysql(
     if mode == Mode::SnapshotOnly && !snapshotting && copies.is_empty() {
         return Ok(Outcome::AlreadySnapshotted);
     }
-    if snapshotting {
+    let resumed = if snapshotting
+        && interrupted
+        && settings.snapshot == SnapshotMode::Initial
+        && matches!(marker, Some(SlotMarker::Snapshot(_)))
+    {
+        mysql_resumable(&mut sink, &mut source, &tables, &states).await?
+    } else {
+        None
+    };
+    if let Some((from, resume)) = resumed {
+        source.resume_snapshot(tables.clone(), from, resume).await?;
+    } else if snapshotting {
         if interrupted {
             warn!("the previous initial snapshot did not complete; removing what it wrote and starting over");
         }
@@ -1132,6 +1199,9 @@ impl<K: Sink> Coordinator<K> {
                     self.checkpoint(None).await?;
                 }
                 _ = housekeeping.tick() => {
+                    // An acknowledgement not yet written (they are written
+                    // at most once a second) is written now, idle or not.
+                    self.record_acked_position(false).await?;
                     if self.nothing_pending() && !self.in_transaction {
                         self.sink.maintain().await;
                     }

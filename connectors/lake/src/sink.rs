@@ -741,6 +741,73 @@ impl LakeSink {
     /// The latest committed image of each row of `schema.table` whose key
     /// is in `keys` (see [`Sink::latest_rows`]). Reads the key columns of
     /// every file of the table, and the other columns of matching rows only.
+    /// The key column values of the row at `mark` in `schema.table`, if the
+    /// lake holds it: where an interrupted snapshot read in key order stood.
+    pub async fn key_at_mark(
+        &mut self,
+        schema: &TableSchema,
+        mark: Mark,
+    ) -> Result<Option<Vec<Datum>>, LakeError> {
+        let table = &schema.table;
+        if self.table_state(table).await?.is_none() {
+            return Ok(None);
+        }
+        let open = self.tables.get(table).expect("opened above");
+        let files = data_files(&open.table, table)?;
+        let store = open.table.log_store().object_store(None);
+        let arrow = |source| LakeError::Arrow {
+            table: table.clone(),
+            source,
+        };
+        let parquet = |e: deltalake::parquet::errors::ParquetError| {
+            arrow(ArrowError::ExternalError(Box::new(e)))
+        };
+        let keys: Vec<&tidewater_core::Column> = schema.key_columns().collect();
+        let mut names: Vec<&str> = keys.iter().map(|c| c.name.as_str()).collect();
+        names.extend(["_tw_seq", "_tw_ord"]);
+        for path in files {
+            let bytes = read_object(store.as_ref(), &path, table).await?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(parquet)?;
+            let roots: Vec<usize> = builder
+                .schema()
+                .fields()
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| names.contains(&f.name().as_str()))
+                .map(|(i, _)| i)
+                .collect();
+            let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+            let reader = builder.with_projection(mask).build().map_err(parquet)?;
+            for batch in reader {
+                let batch = batch.map_err(arrow)?;
+                let (Some(seqs), Some(ords)) = (
+                    batch
+                        .column_by_name("_tw_seq")
+                        .and_then(|c| c.as_primitive_opt::<Int64Type>().cloned()),
+                    batch
+                        .column_by_name("_tw_ord")
+                        .and_then(|c| c.as_primitive_opt::<Int64Type>().cloned()),
+                ) else {
+                    continue;
+                };
+                for row in 0..batch.num_rows() {
+                    if Mark::new(seqs.value(row) as u64, ords.value(row) as u64) != mark {
+                        continue;
+                    }
+                    let mut key = Vec::with_capacity(keys.len());
+                    for column in &keys {
+                        let Some(array) = batch.column_by_name(&column.name) else {
+                            return Ok(None);
+                        };
+                        key.push(restore::datum(array.as_ref(), row, &column.ty).map_err(arrow)?);
+                    }
+                    return Ok(Some(key));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     pub async fn latest_rows(
         &mut self,
         schema: &TableSchema,

@@ -385,7 +385,7 @@ impl MysqlSource {
         let (tx, rx) = mpsc::channel(SNAPSHOT_CHANNEL);
         let zero_dates = self.config.zero_dates;
         let task = tokio::spawn(async move {
-            let result = read_snapshot(conn, queue, zero_dates, &tx).await;
+            let result = read_snapshot(conn, queue, zero_dates, &HashMap::new(), &tx).await;
             let _ = tx.send(result).await;
         });
         self.push_event(ChangeEvent::Begin(commit.clone()));
@@ -397,6 +397,79 @@ impl MysqlSource {
             while_streaming: None,
         });
         Ok(())
+    }
+
+    /// Resumes an interrupted initial snapshot that started at `from`: each
+    /// table is read again in key order after the last row the lake holds
+    /// of it (`resume`: that row's `_tw_ord` and key), in a new consistent
+    /// snapshot, and the stream then starts at `from`. Rows changed since
+    /// `from` may be read in their newer state; the binlog from `from`
+    /// replays their changes on top, so every row ends as the source has it
+    /// (a DBLog-style reconciliation; the rows nobody changed are in the log
+    /// once). The binlog at `from` must still be on the server.
+    pub async fn resume_snapshot(
+        &mut self,
+        tables: Vec<TableId>,
+        from: BinlogPosition,
+        resume: HashMap<TableId, (u64, Vec<Datum>)>,
+    ) -> Result<(), MysqlError> {
+        self.tables = tables.clone();
+        let mut conn = open(&self.opts).await?;
+        let now = self.open_consistent_snapshot(&mut conn, true).await?;
+        info!(
+            from = %from,
+            snapshot = %now,
+            tables_in_lake = resume.len(),
+            "resuming the interrupted snapshot after the rows the lake holds"
+        );
+        let commit = CommitInfo {
+            seq: from.seq().saturating_sub(1),
+            position: from.to_string(),
+            ack: from.seq(),
+            commit_ts_us: now_us(),
+            txid: None,
+        };
+        let (tx, rx) = mpsc::channel(SNAPSHOT_CHANNEL);
+        let zero_dates = self.config.zero_dates;
+        let task = tokio::spawn(async move {
+            let result = read_snapshot(conn, tables, zero_dates, &resume, &tx).await;
+            let _ = tx.send(result).await;
+        });
+        self.push_event(ChangeEvent::Begin(commit.clone()));
+        self.snapshot = Some(SnapshotState {
+            position: from,
+            commit,
+            rx,
+            task,
+            while_streaming: None,
+        });
+        Ok(())
+    }
+
+    /// Whether the server still has the binlog file of `position`.
+    pub async fn binlog_available(
+        &mut self,
+        position: &BinlogPosition,
+    ) -> Result<bool, MysqlError> {
+        let rows: Vec<mysql_async::Row> = self
+            .conn
+            .query("SHOW BINARY LOGS")
+            .await
+            .map_err(query_error("listing the binlog files"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| row.get::<String, _>(0))
+            .any(|name| name == position.file))
+    }
+
+    /// `table`'s schema as the catalog has it now.
+    pub async fn table_schema(&mut self, table: &TableId) -> Result<TableSchema, MysqlError> {
+        let catalog_columns = catalog::table_columns(&mut self.conn, table).await?;
+        Ok(TableSchema {
+            table: table.clone(),
+            version: 1,
+            columns: catalog::schema_columns(table, &catalog_columns)?,
+        })
     }
 
     /// Opens a consistent-snapshot transaction on `conn` and returns the
@@ -562,7 +635,7 @@ impl MysqlSource {
         let (tx, rx) = mpsc::channel(SNAPSHOT_CHANNEL);
         let zero_dates = self.config.zero_dates;
         let task = tokio::spawn(async move {
-            let result = read_snapshot(conn, tables, zero_dates, &tx).await;
+            let result = read_snapshot(conn, tables, zero_dates, &HashMap::new(), &tx).await;
             let _ = tx.send(result).await;
         });
         self.snapshot = Some(SnapshotState {
@@ -1822,10 +1895,31 @@ async fn send_block(
     Ok(())
 }
 
+/// A key value as a statement parameter, for the types a resumed snapshot
+/// can restart after (integers and text); `None` for others.
+fn key_param(datum: &Datum) -> Option<Value> {
+    Some(match datum {
+        Datum::Int8(v) => Value::Int(i64::from(*v)),
+        Datum::Int16(v) => Value::Int(i64::from(*v)),
+        Datum::Int32(v) => Value::Int(i64::from(*v)),
+        Datum::Int64(v) => Value::Int(*v),
+        Datum::UInt(v) => Value::UInt(*v),
+        Datum::Text(v) => Value::Bytes(v.clone().into_bytes()),
+        Datum::Bytes(v) => Value::Bytes(v.clone()),
+        _ => return None,
+    })
+}
+
+/// Whether a snapshot interrupted after `key` can resume there.
+pub fn resumable_key(key: &[Datum]) -> bool {
+    !key.is_empty() && key.iter().all(|d| key_param(d).is_some())
+}
+
 async fn read_snapshot(
     mut conn: Conn,
     tables: Vec<TableId>,
     zero_dates_policy: ZeroDates,
+    resume: &HashMap<TableId, (u64, Vec<Datum>)>,
     tx: &mpsc::Sender<Result<SnapshotMsg, MysqlError>>,
 ) -> Result<SnapshotMsg, MysqlError> {
     let mut total = 0u64;
@@ -1879,7 +1973,31 @@ async fn read_snapshot(
             .iter()
             .map(|c| quote_ident(&c.name))
             .collect();
-        let sql = format!("SELECT {} FROM {}", select.join(", "), quote_table(&table));
+        // In key order (InnoDB's clustered order: free), so that an
+        // interrupted snapshot can resume after the last row it committed.
+        let keys: Vec<String> = schema.key_columns().map(|c| quote_ident(&c.name)).collect();
+        let order = if keys.is_empty() {
+            String::new()
+        } else {
+            format!(" ORDER BY {}", keys.join(", "))
+        };
+        let (filter, params, start) = match resume.get(&table) {
+            Some((ord, key)) if !keys.is_empty() && key.len() == keys.len() => {
+                let params: Vec<Value> = key.iter().filter_map(key_param).collect();
+                let marks = vec!["?"; keys.len()].join(", ");
+                (
+                    format!(" WHERE ({}) > ({marks})", keys.join(", ")),
+                    params,
+                    *ord,
+                )
+            }
+            _ => (String::new(), Vec::new(), 0),
+        };
+        let sql = format!(
+            "SELECT {} FROM {}{filter}{order}",
+            select.join(", "),
+            quote_table(&table)
+        );
         // Statistics, for progress (InnoDB's estimate).
         let estimate: Option<Option<u64>> = conn
             .exec_first(
@@ -1902,11 +2020,16 @@ async fn read_snapshot(
             });
         }
         info!(table = %table, estimated_rows = estimate.unwrap_or(0), "snapshot copy started");
+        let params = if params.is_empty() {
+            mysql_async::Params::Empty
+        } else {
+            mysql_async::Params::Positional(params)
+        };
         let mut result = conn
-            .exec_iter(sql, ())
+            .exec_iter(sql, params)
             .await
             .map_err(query_error(format!("reading {table} for the snapshot")))?;
-        let mut row_number = 0u64;
+        let mut row_number = start;
         // Rows go out as Arrow blocks: one event (and one channel hop) per
         // few thousand rows instead of one per row.
         let mut block: Vec<Vec<Datum>> = Vec::with_capacity(SNAPSHOT_BLOCK_ROWS);
@@ -1962,7 +2085,7 @@ async fn read_snapshot(
         let first = row_number + 1 - block.len() as u64;
         send_block(tx, &schema, first, &mut block).await?;
         info!(table = %table, rows = row_number, "snapshot copy done");
-        total += row_number;
+        total += row_number - start;
     }
     conn.query_drop("COMMIT")
         .await
