@@ -135,6 +135,10 @@ fn default_snapshot_workers() -> usize {
     2
 }
 
+fn default_snapshot_chunk_rows() -> u64 {
+    1_000_000
+}
+
 fn default_snapshot_chunk_bytes() -> u64 {
     64 << 20
 }
@@ -183,6 +187,17 @@ pub struct MysqlSourceConfig {
     /// source's. Default true; false only warns.
     #[serde(default = "default_true")]
     pub recopy_on_schema_change: bool,
+    /// Connections reading key ranges of large tables in parallel during
+    /// the initial snapshot, each in a consistent snapshot of its own
+    /// (reconciled by the binlog from the main snapshot's position; see the
+    /// README). 1 reads every table on the snapshot's own connection.
+    /// Default 2.
+    #[serde(default = "default_snapshot_workers")]
+    pub snapshot_workers: usize,
+    /// Rows per key range (InnoDB's estimate); a table needs two ranges'
+    /// worth to be read in parallel. Default 1000000.
+    #[serde(default = "default_snapshot_chunk_rows")]
+    pub snapshot_chunk_rows: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]

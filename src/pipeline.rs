@@ -229,6 +229,8 @@ impl Settings {
                         ZeroDatesPolicy::Fail => ZeroDates::Fail,
                     },
                     recopy_on_schema_change: my.recopy_on_schema_change,
+                    snapshot_workers: my.snapshot_workers,
+                    snapshot_chunk_rows: my.snapshot_chunk_rows,
                 }),
                 my.snapshot,
             ),

@@ -578,13 +578,19 @@ async fn mysql_sigkill_during_snapshot_resumes_after_committed_rows() {
         &mut conn,
         &format!(
             "CREATE TABLE big (id INT PRIMARY KEY, body VARCHAR(200), n INT); \
-             INSERT INTO big SELECT seq, REPEAT('b', 150), seq FROM seq_1_to_{ROWS}"
+             INSERT INTO big SELECT seq, REPEAT('b', 150), seq FROM seq_1_to_{ROWS}; \
+             ANALYZE TABLE big"
         ),
     )
     .await;
+    // Ranges of ~20 000 keys read by two workers, each in a consistent
+    // snapshot of its own.
     let mut pipeline = Pipeline::with_source(
         "my_resume",
-        &server.source_toml("my_resume"),
+        &format!(
+            "{}\nsnapshot_workers = 2\nsnapshot_chunk_rows = 20000\n",
+            server.source_toml("my_resume").trim_end()
+        ),
         "max_batch_rows = 5000\n",
     );
     pipeline.start();
@@ -604,6 +610,11 @@ async fn mysql_sigkill_during_snapshot_resumes_after_committed_rows() {
     )
     .await;
     pipeline.kill();
+    assert!(
+        pipeline.log(1).contains("reading key ranges in parallel"),
+        "{}",
+        pipeline.log(1)
+    );
     let before = lake::read_log(&path).await.expect("lake log");
     assert!(
         before.len() < ROWS as usize,

@@ -112,6 +112,12 @@ pub struct MysqlConfig {
     /// values than its log holds (a renamed column, a column added with a
     /// default), and copy a table renamed into `filter`.
     pub recopy_on_schema_change: bool,
+    /// Connections that read key ranges of large tables in parallel during
+    /// the initial snapshot (1: the snapshot's own connection only).
+    pub snapshot_workers: usize,
+    /// Rows per key range (InnoDB's estimate); a table of fewer than two
+    /// ranges' worth is read by the snapshot's own connection.
+    pub snapshot_chunk_rows: u64,
 }
 
 impl MysqlConfig {
@@ -384,8 +390,10 @@ impl MysqlSource {
         };
         let (tx, rx) = mpsc::channel(SNAPSHOT_CHANNEL);
         let zero_dates = self.config.zero_dates;
+        let parallel = self.parallel_read();
         let task = tokio::spawn(async move {
-            let result = read_snapshot(conn, queue, zero_dates, &HashMap::new(), &tx).await;
+            let result =
+                read_snapshot(conn, queue, zero_dates, &HashMap::new(), parallel, &tx).await;
             let _ = tx.send(result).await;
         });
         self.push_event(ChangeEvent::Begin(commit.clone()));
@@ -431,8 +439,9 @@ impl MysqlSource {
         };
         let (tx, rx) = mpsc::channel(SNAPSHOT_CHANNEL);
         let zero_dates = self.config.zero_dates;
+        let parallel = self.parallel_read();
         let task = tokio::spawn(async move {
-            let result = read_snapshot(conn, tables, zero_dates, &resume, &tx).await;
+            let result = read_snapshot(conn, tables, zero_dates, &resume, parallel, &tx).await;
             let _ = tx.send(result).await;
         });
         self.push_event(ChangeEvent::Begin(commit.clone()));
@@ -444,6 +453,14 @@ impl MysqlSource {
             while_streaming: None,
         });
         Ok(())
+    }
+
+    fn parallel_read(&self) -> Option<ParallelRead> {
+        (self.config.snapshot_workers > 1).then(|| ParallelRead {
+            opts: self.opts.clone(),
+            workers: self.config.snapshot_workers,
+            chunk_rows: self.config.snapshot_chunk_rows,
+        })
     }
 
     /// Whether the server still has the binlog file of `position`.
@@ -635,7 +652,7 @@ impl MysqlSource {
         let (tx, rx) = mpsc::channel(SNAPSHOT_CHANNEL);
         let zero_dates = self.config.zero_dates;
         let task = tokio::spawn(async move {
-            let result = read_snapshot(conn, tables, zero_dates, &HashMap::new(), &tx).await;
+            let result = read_snapshot(conn, tables, zero_dates, &HashMap::new(), None, &tx).await;
             let _ = tx.send(result).await;
         });
         self.snapshot = Some(SnapshotState {
@@ -1853,16 +1870,226 @@ fn identifier(text: &str) -> Option<(String, &str)> {
 /// Rows per block of a snapshot copy.
 const SNAPSHOT_BLOCK_ROWS: usize = 8192;
 
-/// Sends `rows` (numbered from `first`) as one block of `Read` rows.
-async fn send_block(
+/// Parallel readers of the initial snapshot (MySQL/MariaDB).
+#[derive(Clone)]
+struct ParallelRead {
+    opts: Opts,
+    workers: usize,
+    chunk_rows: u64,
+}
+
+/// Blocks a range reader may hold ahead of the consumer.
+const RANGE_BLOCKS_AHEAD: usize = 4;
+
+/// How the rows of one table are turned into values.
+struct RowDecode {
+    schema: Arc<TableSchema>,
+    geometry: Vec<bool>,
+    native_json: Vec<bool>,
+    policy: ZeroDates,
+    zero_dates: std::sync::atomic::AtomicU64,
+}
+
+impl RowDecode {
+    fn row(&self, raw: Vec<Value>) -> Result<Vec<Datum>, MysqlError> {
+        let table = &self.schema.table;
+        let mut values = Vec::with_capacity(raw.len());
+        for (i, (v, column)) in raw.into_iter().zip(&self.schema.columns).enumerate() {
+            let mut zero = 0u64;
+            let mut datum =
+                value::datum(&column.ty, v, &mut zero).map_err(|e| MysqlError::SnapshotValue {
+                    table: table.clone(),
+                    column: column.name.clone(),
+                    what: e.0,
+                })?;
+            if zero > 0 {
+                if self.policy == ZeroDates::Fail {
+                    return Err(MysqlError::SnapshotValue {
+                        table: table.clone(),
+                        column: column.name.clone(),
+                        what: "zero date and source.zero_dates = \"fail\"".into(),
+                    });
+                }
+                self.zero_dates
+                    .fetch_add(zero, std::sync::atomic::Ordering::Relaxed);
+            }
+            if self.native_json[i] {
+                if let Datum::Text(text) = &datum {
+                    datum = Datum::Text(compact_json(text));
+                }
+            }
+            if self.geometry[i] {
+                if let Datum::Bytes(internal) = &datum {
+                    datum = Datum::Bytes(rows::geometry_to_wkb(internal).map_err(|what| {
+                        MysqlError::SnapshotValue {
+                            table: table.clone(),
+                            column: column.name.clone(),
+                            what: what.into(),
+                        }
+                    })?);
+                }
+            }
+            values.push(datum);
+        }
+        Ok(values)
+    }
+}
+
+type BlockSender = mpsc::Sender<Result<(Vec<arrow_array::ArrayRef>, u64), MysqlError>>;
+
+/// Runs one snapshot query, sending its rows as blocks of Arrow columns.
+async fn read_query(
+    conn: &mut Conn,
+    sql: String,
+    params: Vec<Value>,
+    decode: &RowDecode,
+    out: &BlockSender,
+) -> Result<(), MysqlError> {
+    let table = &decode.schema.table;
+    let params = if params.is_empty() {
+        mysql_async::Params::Empty
+    } else {
+        mysql_async::Params::Positional(params)
+    };
+    let mut result = conn
+        .exec_iter(sql, params)
+        .await
+        .map_err(query_error(format!("reading {table} for the snapshot")))?;
+    let mut block: Vec<Vec<Datum>> = Vec::with_capacity(SNAPSHOT_BLOCK_ROWS);
+    while let Some(row) = result
+        .next()
+        .await
+        .map_err(query_error(format!("reading {table} for the snapshot")))?
+    {
+        block.push(decode.row(row.unwrap())?);
+        if block.len() >= SNAPSHOT_BLOCK_ROWS {
+            let rows = block.len() as u64;
+            let columns = build_columns(&decode.schema, &mut block)?;
+            if out.send(Ok((columns, rows))).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    drop(result);
+    if !block.is_empty() {
+        let rows = block.len() as u64;
+        let columns = build_columns(&decode.schema, &mut block)?;
+        let _ = out.send(Ok((columns, rows))).await;
+    }
+    Ok(())
+}
+
+/// Forwards one query's blocks as `Read` rows numbered on from `row_number`.
+async fn drain_blocks(
+    mut blocks: mpsc::Receiver<Result<(Vec<arrow_array::ArrayRef>, u64), MysqlError>>,
     tx: &mpsc::Sender<Result<SnapshotMsg, MysqlError>>,
     schema: &TableSchema,
-    first: u64,
-    rows: &mut Vec<Vec<Datum>>,
+    row_number: &mut u64,
 ) -> Result<(), MysqlError> {
-    if rows.is_empty() {
-        return Ok(());
+    while let Some(item) = blocks.recv().await {
+        let (columns, rows) = item?;
+        let block = RowBlock {
+            table: schema.table.clone(),
+            ops: vec![Op::Read; rows as usize],
+            first_ord: *row_number + 1,
+            columns,
+        };
+        *row_number += rows;
+        if tx
+            .send(Ok(SnapshotMsg::Event(ChangeEvent::Block(block))))
+            .await
+            .is_err()
+        {
+            return Err(MysqlError::Misuse {
+                what: "snapshot consumer gone",
+            });
+        }
     }
+    Ok(())
+}
+
+/// Key ranges to read `schema`'s table in, in key order, when it has a
+/// single integer key and at least two chunks' worth of rows: `(condition,
+/// its parameters)` per range, the first open below and the last above.
+async fn key_ranges(
+    conn: &mut Conn,
+    schema: &TableSchema,
+    filter: &str,
+    params: &[Value],
+    estimate: u64,
+    parallel: &ParallelRead,
+) -> Result<Option<Vec<(String, Vec<Value>)>>, MysqlError> {
+    let keys: Vec<&tidewater_core::Column> = schema.key_columns().collect();
+    let integer = matches!(
+        keys.as_slice(),
+        [c] if matches!(
+            c.ty,
+            tidewater_core::ColumnType::Int8 | tidewater_core::ColumnType::Int16 | tidewater_core::ColumnType::Int32 | tidewater_core::ColumnType::Int64
+                | tidewater_core::ColumnType::UInt8 | tidewater_core::ColumnType::UInt16 | tidewater_core::ColumnType::UInt32 | tidewater_core::ColumnType::UInt64
+        )
+    );
+    let chunk = parallel.chunk_rows.max(1);
+    if !integer || parallel.workers < 2 || estimate < 2 * chunk {
+        return Ok(None);
+    }
+    let key = quote_ident(&keys[0].name);
+    let sql = format!(
+        "SELECT CAST(MIN({key}) AS CHAR), CAST(MAX({key}) AS CHAR) FROM {}{filter}",
+        quote_table(&schema.table)
+    );
+    let params = if params.is_empty() {
+        mysql_async::Params::Empty
+    } else {
+        mysql_async::Params::Positional(params.to_vec())
+    };
+    let row: Option<(Option<String>, Option<String>)> = conn
+        .exec_first(sql, params)
+        .await
+        .map_err(query_error(format!(
+            "reading the key range of {}",
+            schema.table
+        )))?;
+    let Some((Some(low), Some(high))) = row else {
+        return Ok(None);
+    };
+    let (Ok(low), Ok(high)) = (low.parse::<i128>(), high.parse::<i128>()) else {
+        return Ok(None);
+    };
+    let count = estimate.div_ceil(chunk).clamp(2, 64) as i128;
+    let width = ((high - low + 1) / count).max(1);
+    let bounds: Vec<i128> = (1..count)
+        .map(|i| low + i * width)
+        .filter(|b| *b <= high)
+        .collect();
+    if bounds.is_empty() {
+        return Ok(None);
+    }
+    let bound = |b: i128| -> Value {
+        match i64::try_from(b) {
+            Ok(v) => Value::Int(v),
+            Err(_) => Value::UInt(b as u64),
+        }
+    };
+    let mut ranges = Vec::with_capacity(bounds.len() + 1);
+    ranges.push((format!("{key} < ?"), vec![bound(bounds[0])]));
+    for pair in bounds.windows(2) {
+        ranges.push((
+            format!("{key} >= ? AND {key} < ?"),
+            vec![bound(pair[0]), bound(pair[1])],
+        ));
+    }
+    ranges.push((
+        format!("{key} >= ?"),
+        vec![bound(*bounds.last().expect("not empty"))],
+    ));
+    Ok(Some(ranges))
+}
+
+/// Arrow columns of `rows` (emptied).
+fn build_columns(
+    schema: &TableSchema,
+    rows: &mut Vec<Vec<Datum>>,
+) -> Result<Vec<arrow_array::ArrayRef>, MysqlError> {
     let mut columns = Vec::with_capacity(schema.columns.len());
     for (index, column) in schema.columns.iter().enumerate() {
         let values: Vec<&Datum> = rows.iter().map(|r| &r[index]).collect();
@@ -1876,23 +2103,8 @@ async fn send_block(
             )?,
         );
     }
-    let block = RowBlock {
-        table: schema.table.clone(),
-        ops: vec![Op::Read; rows.len()],
-        first_ord: first,
-        columns,
-    };
     rows.clear();
-    if tx
-        .send(Ok(SnapshotMsg::Event(ChangeEvent::Block(block))))
-        .await
-        .is_err()
-    {
-        return Err(MysqlError::Misuse {
-            what: "snapshot consumer gone",
-        });
-    }
-    Ok(())
+    Ok(columns)
 }
 
 /// A key value as a statement parameter, for the types a resumed snapshot
@@ -1920,6 +2132,7 @@ async fn read_snapshot(
     tables: Vec<TableId>,
     zero_dates_policy: ZeroDates,
     resume: &HashMap<TableId, (u64, Vec<Datum>)>,
+    parallel: Option<ParallelRead>,
     tx: &mpsc::Sender<Result<SnapshotMsg, MysqlError>>,
 ) -> Result<SnapshotMsg, MysqlError> {
     let mut total = 0u64;
@@ -2020,70 +2233,121 @@ async fn read_snapshot(
             });
         }
         info!(table = %table, estimated_rows = estimate.unwrap_or(0), "snapshot copy started");
-        let params = if params.is_empty() {
-            mysql_async::Params::Empty
-        } else {
-            mysql_async::Params::Positional(params)
-        };
-        let mut result = conn
-            .exec_iter(sql, params)
-            .await
-            .map_err(query_error(format!("reading {table} for the snapshot")))?;
+        let decode = Arc::new(RowDecode {
+            schema: schema.clone(),
+            geometry,
+            native_json,
+            policy: zero_dates_policy,
+            zero_dates: std::sync::atomic::AtomicU64::new(0),
+        });
         let mut row_number = start;
-        // Rows go out as Arrow blocks: one event (and one channel hop) per
-        // few thousand rows instead of one per row.
-        let mut block: Vec<Vec<Datum>> = Vec::with_capacity(SNAPSHOT_BLOCK_ROWS);
-        while let Some(row) = result
-            .next()
-            .await
-            .map_err(query_error(format!("reading {table} for the snapshot")))?
-        {
-            row_number += 1;
-            let raw: Vec<Value> = row.unwrap();
-            let mut values = Vec::with_capacity(raw.len());
-            for (i, (v, column)) in raw.into_iter().zip(&schema.columns).enumerate() {
-                let before = zero_dates;
-                let mut datum = value::datum(&column.ty, v, &mut zero_dates).map_err(|e| {
-                    MysqlError::SnapshotValue {
-                        table: table.clone(),
-                        column: column.name.clone(),
-                        what: e.0,
-                    }
-                })?;
-                if zero_dates > before && zero_dates_policy == ZeroDates::Fail {
-                    return Err(MysqlError::SnapshotValue {
-                        table: table.clone(),
-                        column: column.name.clone(),
-                        what: "zero date and source.zero_dates = \"fail\"".into(),
+        let ranges = match &parallel {
+            Some(p) => {
+                key_ranges(
+                    &mut conn,
+                    &schema,
+                    &filter,
+                    &params,
+                    estimate.unwrap_or(0),
+                    p,
+                )
+                .await?
+            }
+            None => None,
+        };
+        match (ranges, &parallel) {
+            (Some(ranges), Some(p)) => {
+                info!(table = %table, ranges = ranges.len(), workers = p.workers, "reading key ranges in parallel");
+                let mut receivers = Vec::with_capacity(ranges.len());
+                let mut jobs = std::collections::VecDeque::new();
+                for (bounds, bound_params) in ranges {
+                    let (btx, brx) = mpsc::channel(RANGE_BLOCKS_AHEAD);
+                    receivers.push(brx);
+                    let where_ = if filter.is_empty() {
+                        format!(" WHERE {bounds}")
+                    } else {
+                        format!("{filter} AND {bounds}")
+                    };
+                    let sql = format!(
+                        "SELECT {} FROM {}{where_}{order}",
+                        select.join(", "),
+                        quote_table(&table)
+                    );
+                    let mut all = params.clone();
+                    all.extend(bound_params);
+                    jobs.push_back((sql, all, btx));
+                }
+                let jobs = Arc::new(tokio::sync::Mutex::new(jobs));
+                let mut workers = tokio::task::JoinSet::new();
+                for _ in 0..p.workers.min(receivers.len()) {
+                    let jobs = jobs.clone();
+                    let decode = decode.clone();
+                    let opts = p.opts.clone();
+                    workers.spawn(async move {
+                        let mut worker = match open(&opts).await {
+                            Ok(c) => c,
+                            Err(err) => {
+                                if let Some((_, _, btx)) = jobs.lock().await.pop_front() {
+                                    let _ = btx.send(Err(err)).await;
+                                }
+                                return;
+                            }
+                        };
+                        // Its own consistent snapshot, at a point after the
+                        // main one: the binlog from the main one's position
+                        // replays whatever changed in between.
+                        if let Err(err) = worker
+                            .query_drop(
+                                "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ; \
+                                 START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
+                            )
+                            .await
+                        {
+                            if let Some((_, _, btx)) = jobs.lock().await.pop_front() {
+                                let _ = btx
+                                    .send(Err(query_error(
+                                        "opening a snapshot worker's transaction",
+                                    )(err)))
+                                    .await;
+                            }
+                            return;
+                        }
+                        loop {
+                            let next = jobs.lock().await.pop_front();
+                            let Some((sql, params, btx)) = next else {
+                                break;
+                            };
+                            if let Err(err) =
+                                read_query(&mut worker, sql, params, &decode, &btx).await
+                            {
+                                let _ = btx.send(Err(err)).await;
+                                break;
+                            }
+                        }
+                        let _ = worker.query_drop("COMMIT").await;
+                        let _ = worker.disconnect().await;
                     });
                 }
-                if native_json[i] {
-                    if let Datum::Text(text) = &datum {
-                        datum = Datum::Text(compact_json(text));
-                    }
+                for brx in receivers {
+                    drain_blocks(brx, tx, &schema, &mut row_number).await?;
                 }
-                if geometry[i] {
-                    if let Datum::Bytes(internal) = &datum {
-                        datum = Datum::Bytes(rows::geometry_to_wkb(internal).map_err(|what| {
-                            MysqlError::SnapshotValue {
-                                table: table.clone(),
-                                column: column.name.clone(),
-                                what: what.into(),
-                            }
-                        })?);
-                    }
-                }
-                values.push(datum);
+                workers.shutdown().await;
             }
-            block.push(values);
-            if block.len() >= SNAPSHOT_BLOCK_ROWS {
-                let first = row_number + 1 - block.len() as u64;
-                send_block(tx, &schema, first, &mut block).await?;
+            _ => {
+                let (btx, brx) = mpsc::channel(RANGE_BLOCKS_AHEAD);
+                let (read, drained) = tokio::join!(
+                    async {
+                        let result = read_query(&mut conn, sql, params, &decode, &btx).await;
+                        drop(btx);
+                        result
+                    },
+                    drain_blocks(brx, tx, &schema, &mut row_number)
+                );
+                read?;
+                drained?;
             }
         }
-        drop(result);
-        let first = row_number + 1 - block.len() as u64;
-        send_block(tx, &schema, first, &mut block).await?;
+        zero_dates += decode.zero_dates.load(std::sync::atomic::Ordering::Relaxed);
         info!(table = %table, rows = row_number, "snapshot copy done");
         total += row_number - start;
     }
