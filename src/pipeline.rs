@@ -470,47 +470,30 @@ async fn run_postgres(
                 .await?;
             sink.write_snapshot_plan(&plan_json(&config.slot, &SnapshotResume { plan, ..resume }))
                 .await?;
-            let marks: HashMap<TableId, Mark> =
-                states.iter().map(|(t, s)| (t.clone(), s.mark)).collect();
-            return drive(
-                settings,
-                AnySource::Postgres(Box::new(source)),
-                sink,
-                marks,
-                DriveStart {
-                    snapshot_running: true,
-                    copies: Vec::new(),
-                    stopped: Vec::new(),
-                    recorded_stopped: Vec::new(),
-                },
-                false,
-                mode,
-                shutdown,
-            )
-            .await;
+        } else {
+            if interrupted {
+                warn!("the previous initial snapshot did not complete; removing what it wrote and starting over");
+            }
+            // Marker first, so a crash anywhere below still reads as an
+            // interrupted snapshot; then every table this pipeline has in the lake
+            // (with a commit or not), then the old slot.
+            sink.write_marker(&SlotMarker::Snapshot(config.slot.clone()))
+                .await?;
+            for table in sink.existing_tables().await? {
+                warn!(table = %table, "removing a partial snapshot from the lake");
+                sink.remove_table(&table).await?;
+            }
+            sink.write_stopped_tables(&[]).await?;
+            states.clear();
+            if slot.is_some() {
+                source.drop_slot().await?;
+            }
+            let copy = settings.snapshot == SnapshotMode::Initial;
+            info!(tables = tables.len(), copy, "starting consistent snapshot");
+            let started = source.start_snapshot(tables.clone(), copy).await?;
+            sink.write_snapshot_plan(&plan_json(&config.slot, &started))
+                .await?;
         }
-        if interrupted {
-            warn!("the previous initial snapshot did not complete; removing what it wrote and starting over");
-        }
-        // Marker first, so a crash anywhere below still reads as an
-        // interrupted snapshot; then every table this pipeline has in the lake
-        // (with a commit or not), then the old slot.
-        sink.write_marker(&SlotMarker::Snapshot(config.slot.clone()))
-            .await?;
-        for table in sink.existing_tables().await? {
-            warn!(table = %table, "removing a partial snapshot from the lake");
-            sink.remove_table(&table).await?;
-        }
-        sink.write_stopped_tables(&[]).await?;
-        states.clear();
-        if slot.is_some() {
-            source.drop_slot().await?;
-        }
-        let copy = settings.snapshot == SnapshotMode::Initial;
-        info!(tables = tables.len(), copy, "starting consistent snapshot");
-        let started = source.start_snapshot(tables.clone(), copy).await?;
-        sink.write_snapshot_plan(&plan_json(&config.slot, &started))
-            .await?;
     }
     let marks: HashMap<TableId, Mark> = states.iter().map(|(t, s)| (t.clone(), s.mark)).collect();
     drive(

@@ -767,17 +767,7 @@ impl LakeSink {
         names.extend(["_tw_seq", "_tw_ord"]);
         for path in files {
             let bytes = read_object(store.as_ref(), &path, table).await?;
-            let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(parquet)?;
-            let roots: Vec<usize> = builder
-                .schema()
-                .fields()
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| names.contains(&f.name().as_str()))
-                .map(|(i, _)| i)
-                .collect();
-            let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-            let reader = builder.with_projection(mask).build().map_err(parquet)?;
+            let reader = projected_reader(bytes, &names).map_err(parquet)?;
             for batch in reader {
                 let batch = batch.map_err(arrow)?;
                 let (Some(seqs), Some(ords)) = (
@@ -847,18 +837,7 @@ impl LakeSink {
             let bytes = read_object(store.as_ref(), &path, table).await?;
             // Pass 1: keys and marks only (the TOASTed values are the big
             // columns); rows of a wanted key that beat what is known so far.
-            let builder =
-                ParquetRecordBatchReaderBuilder::try_new(bytes.clone()).map_err(parquet)?;
-            let roots: Vec<usize> = builder
-                .schema()
-                .fields()
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| narrow_names.contains(&f.name().as_str()))
-                .map(|(i, _)| i)
-                .collect();
-            let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-            let reader = builder.with_projection(mask).build().map_err(parquet)?;
+            let reader = projected_reader(bytes.clone(), &narrow_names).map_err(parquet)?;
             // (row in file, key, mark, is a delete)
             let mut hits: Vec<(usize, String, Mark, bool)> = Vec::new();
             let mut offset = 0;
@@ -1372,6 +1351,27 @@ pub(crate) fn info_mark(
 
 /// The data files of a table's current version, as object paths below the
 /// table.
+/// A reader of a Parquet file's top-level columns named in `names`.
+fn projected_reader(
+    bytes: bytes::Bytes,
+    names: &[&str],
+) -> Result<
+    deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    deltalake::parquet::errors::ParquetError,
+> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    let roots: Vec<usize> = builder
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| names.contains(&f.name().as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    builder.with_projection(mask).build()
+}
+
 fn data_files(delta: &DeltaTable, table: &TableId) -> Result<Vec<deltalake::Path>, LakeError> {
     Ok(delta
         .snapshot()

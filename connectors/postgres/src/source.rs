@@ -195,6 +195,30 @@ struct SnapshotCopy {
     estimates: HashMap<TableId, u64>,
 }
 
+impl SnapshotCopy {
+    /// The initial snapshot at the slot's consistent point: its rows sort
+    /// just before the first streamed transaction.
+    fn initial(repl: ReplicationConnection, consistent_point: Lsn) -> Self {
+        SnapshotCopy {
+            repl,
+            commit: CommitInfo {
+                seq: consistent_point.0.saturating_sub(1),
+                position: consistent_point.to_string(),
+                ack: consistent_point.0,
+                commit_ts_us: now_us(),
+                txid: None,
+            },
+            queue: VecDeque::new(),
+            copy: None,
+            begun: false,
+            while_streaming: None,
+            chunks: None,
+            prologue: Vec::new(),
+            estimates: HashMap::new(),
+        }
+    }
+}
+
 /// What a copy while streaming needs at its end.
 struct TableCopies {
     temporary_slot: String,
@@ -496,23 +520,7 @@ impl PostgresSource {
             ))
             .await
             .map_err(query_error("opening the snapshot transaction"))?;
-        self.snapshot = Some(SnapshotCopy {
-            repl,
-            commit: CommitInfo {
-                seq: consistent_point.0.saturating_sub(1),
-                position: consistent_point.to_string(),
-                ack: consistent_point.0,
-                commit_ts_us: now_us(),
-                txid: None,
-            },
-            queue: VecDeque::new(),
-            copy: None,
-            begun: false,
-            while_streaming: None,
-            chunks: None,
-            prologue: Vec::new(),
-            estimates: HashMap::new(),
-        });
+        self.snapshot = Some(SnapshotCopy::initial(repl, consistent_point));
         let plan = if copy {
             self.start_chunked_copy(&tables, &snapshot_name, None)
                 .await?
@@ -561,23 +569,7 @@ impl PostgresSource {
             chunks_in_lake = resume.chunks_done.values().sum::<u32>(),
             "resuming the interrupted snapshot after its committed chunks"
         );
-        self.snapshot = Some(SnapshotCopy {
-            repl,
-            commit: CommitInfo {
-                seq: consistent_point.0.saturating_sub(1),
-                position: consistent_point.to_string(),
-                ack: consistent_point.0,
-                commit_ts_us: now_us(),
-                txid: None,
-            },
-            queue: VecDeque::new(),
-            copy: None,
-            begun: false,
-            while_streaming: None,
-            chunks: None,
-            prologue: Vec::new(),
-            estimates: HashMap::new(),
-        });
+        self.snapshot = Some(SnapshotCopy::initial(repl, consistent_point));
         self.start_chunked_copy(&tables, &snapshot_name, Some(&resume))
             .await
     }
