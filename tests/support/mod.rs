@@ -158,6 +158,24 @@ impl PgServer {
         PgServer { dir, port }
     }
 
+    /// Restarts the server: `immediate` is a crash (no shutdown checkpoint,
+    /// every connection cut), `fast` a clean stop.
+    pub fn restart(&self, mode: &str) {
+        let out = pg_command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(["-w", "-t", "60", "-m", mode, "restart"])
+            .output()
+            .expect("pg_ctl restart");
+        assert!(
+            out.status.success(),
+            "pg_ctl restart failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
