@@ -30,6 +30,137 @@ pub struct Config {
     /// Prometheus `/metrics` and `/health` over HTTP; off when absent.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// Reverse-ETL jobs: SQL over the lake, pushed by key into a
+    /// production table (`tidewater reverse-etl`, or on a schedule next to
+    /// `tidewater run`).
+    #[serde(default)]
+    pub reverse_etl: Vec<ReverseEtlConfig>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReverseEtlConfig {
+    /// The job's name (a-z, 0-9, '_', '-'): `--job`, logs, metrics and its
+    /// state file under `pipeline.state_dir/reverse_etl/`.
+    pub name: String,
+    /// SQL over the lake: each table is `<schema>.<table>` (current state)
+    /// and `<schema>.<table>__changes` (the change log). Read-only.
+    pub query: String,
+    /// `postgres://…` or `mysql://…` of the database written; use `${ENV}`
+    /// for the password.
+    pub target_url: Secret,
+    /// `schema.table` (Postgres; default schema `public`) or
+    /// `database.table` (MySQL; default the url's database). Created from
+    /// the result's types when missing.
+    pub target_table: String,
+    /// Result columns that identify a row; the target needs a primary key
+    /// or unique index on exactly these.
+    pub key: Vec<String>,
+    /// `upsert` (insert and update) or `mirror` (also delete the rows it
+    /// pushed whose key left the result). Default upsert.
+    #[serde(default)]
+    pub mode: ReverseEtlMode,
+    /// Rows per target transaction. Default 1000.
+    #[serde(default = "default_reverse_batch_rows")]
+    pub batch_rows: usize,
+    /// Upper bound on rows written per second; default unbounded.
+    #[serde(default)]
+    pub max_rows_per_second: Option<f64>,
+    /// Statement timeout on the target; lock waits give up at a quarter of
+    /// it. Default 30000.
+    #[serde(default = "default_reverse_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
+    /// Tries of one transaction on lock timeouts, deadlocks, statement
+    /// timeouts and lost connections, with exponential backoff. Default 5.
+    #[serde(default = "default_reverse_max_retries")]
+    pub max_retries: u32,
+    /// Under `tidewater run`: run the job this often (`30s`, `15m`, `1h`,
+    /// `1d`). At most one of `every` and `cron`; with neither, the job runs
+    /// only from `tidewater reverse-etl`.
+    #[serde(default)]
+    pub every: Option<String>,
+    /// Under `tidewater run`: a cron expression in UTC (`*/15 * * * *`;
+    /// five fields, or six with seconds first).
+    #[serde(default)]
+    pub cron: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReverseEtlMode {
+    #[default]
+    Upsert,
+    Mirror,
+}
+
+/// Small transactions keep row locks on the production table short.
+fn default_reverse_batch_rows() -> usize {
+    1000
+}
+fn default_reverse_statement_timeout_ms() -> u64 {
+    30_000
+}
+fn default_reverse_max_retries() -> u32 {
+    5
+}
+
+/// When a scheduled job runs.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    Every(std::time::Duration),
+    Cron(Box<croner::Cron>),
+}
+
+/// `30s`, `15m`, `2h`, `1d`, `500ms`.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let ms = match unit.trim() {
+        "ms" => n,
+        "s" => n.checked_mul(1000)?,
+        "m" | "min" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        "d" => n.checked_mul(86_400_000)?,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_millis(ms))
+}
+
+impl ReverseEtlConfig {
+    /// The job's schedule under `tidewater run`, if it has one (validated).
+    pub fn schedule(&self) -> Option<Schedule> {
+        if let Some(every) = &self.every {
+            return parse_duration(every).map(Schedule::Every);
+        }
+        self.cron
+            .as_ref()
+            .and_then(|c| parse_cron(c).ok())
+            .map(|c| Schedule::Cron(Box::new(c)))
+    }
+
+    pub fn spec(&self) -> tidewater_reverse::JobSpec {
+        tidewater_reverse::JobSpec {
+            name: self.name.clone(),
+            query: self.query.clone(),
+            target_url: self.target_url.expose().to_string(),
+            target_table: self.target_table.clone(),
+            key: self.key.clone(),
+            mode: match self.mode {
+                ReverseEtlMode::Upsert => tidewater_reverse::Mode::Upsert,
+                ReverseEtlMode::Mirror => tidewater_reverse::Mode::Mirror,
+            },
+            batch_rows: self.batch_rows,
+            max_rows_per_second: self.max_rows_per_second,
+            statement_timeout_ms: self.statement_timeout_ms,
+            max_retries: self.max_retries,
+        }
+    }
+}
+
+fn parse_cron(text: &str) -> Result<croner::Cron, String> {
+    text.parse::<croner::Cron>().map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -442,6 +573,7 @@ impl Config {
             },
             sink: SinkConfig::Lake(section("sink", raw.sink.into())?),
             metrics: raw.metrics,
+            reverse_etl: raw.reverse_etl,
         };
         config.validate()?;
         Ok(config)
@@ -541,6 +673,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_reverse_etl()?;
         match &self.sink {
             SinkConfig::Lake(lake) => {
                 if lake.uri.starts_with("s3://") {
@@ -605,6 +738,125 @@ impl Config {
     }
 }
 
+impl Config {
+    fn validate_reverse_etl(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for (i, job) in self.reverse_etl.iter().enumerate() {
+            let invalid = |key: &str, message: String| ConfigError::Invalid {
+                key: format!("reverse_etl[{i}].{key}"),
+                message,
+            };
+            let ok = !job.name.is_empty()
+                && job.name.len() <= 64
+                && job
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+            if !ok {
+                return Err(invalid(
+                    "name",
+                    format!(
+                        "{:?} must be 1 to 64 characters of a-z, 0-9, '_' and '-'",
+                        job.name
+                    ),
+                ));
+            }
+            if !names.insert(job.name.as_str()) {
+                return Err(invalid(
+                    "name",
+                    format!("{:?} names two jobs; give each its own", job.name),
+                ));
+            }
+            if job.query.trim().is_empty() {
+                return Err(invalid(
+                    "query",
+                    "is empty; write a SELECT over the lake tables".into(),
+                ));
+            }
+            let url = job.target_url.expose();
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                if let Err(err) = url.parse::<tokio_postgres::Config>() {
+                    return Err(invalid(
+                        "target_url",
+                        format!("not a Postgres url ({err}); expected postgres://user:password@host:port/database"),
+                    ));
+                }
+            } else if !url.starts_with("mysql://") && !url.starts_with("mariadb://") {
+                return Err(invalid(
+                    "target_url",
+                    "must be postgres://user:password@host:port/database or mysql://user:password@host:port/database".into(),
+                ));
+            }
+            if job.target_table.trim().is_empty() || job.target_table.matches('.').count() > 1 {
+                return Err(invalid(
+                    "target_table",
+                    format!(
+                        "{:?} is not schema.table (database.table on MySQL)",
+                        job.target_table
+                    ),
+                ));
+            }
+            if job.key.is_empty() || job.key.iter().any(|k| k.trim().is_empty()) {
+                return Err(invalid(
+                    "key",
+                    "list the result columns that identify a row, e.g. [\"customer_id\"]".into(),
+                ));
+            }
+            if !(1..=100_000).contains(&job.batch_rows) {
+                return Err(invalid(
+                    "batch_rows",
+                    format!("{} is outside 1..=100000", job.batch_rows),
+                ));
+            }
+            if job
+                .max_rows_per_second
+                .is_some_and(|r| !(r > 0.0 && r.is_finite()))
+            {
+                return Err(invalid(
+                    "max_rows_per_second",
+                    "must be a positive number (leave it out for no limit)".into(),
+                ));
+            }
+            if job.statement_timeout_ms < 100 {
+                return Err(invalid(
+                    "statement_timeout_ms",
+                    "must be at least 100 (30000 is sensible)".into(),
+                ));
+            }
+            if job.max_retries == 0 {
+                return Err(invalid("max_retries", "must be at least 1".into()));
+            }
+            match (&job.every, &job.cron) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "cron",
+                        "set either every or cron, not both".into(),
+                    ))
+                }
+                (Some(every), None) => match parse_duration(every) {
+                    Some(d) if d >= std::time::Duration::from_secs(1) => {}
+                    _ => {
+                        return Err(invalid(
+                            "every",
+                            format!("{every:?} is not a duration of at least 1s like \"30s\", \"15m\", \"1h\" or \"1d\""),
+                        ))
+                    }
+                },
+                (None, Some(cron)) => {
+                    if let Err(err) = parse_cron(cron) {
+                        return Err(invalid(
+                            "cron",
+                            format!("{cron:?} is not a cron expression ({err}); e.g. \"*/15 * * * *\""),
+                        ));
+                    }
+                }
+                (None, None) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The top level as read, before the tagged sections are resolved.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -614,6 +866,8 @@ struct RawConfig {
     sink: toml::Table,
     #[serde(default)]
     metrics: Option<MetricsConfig>,
+    #[serde(default)]
+    reverse_etl: Vec<ReverseEtlConfig>,
 }
 
 /// Deserializes a section, naming the full key of any error.

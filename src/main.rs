@@ -7,6 +7,7 @@ mod config;
 mod metrics;
 mod pipeline;
 mod policy;
+mod reverse;
 mod status;
 
 use std::path::PathBuf;
@@ -79,6 +80,23 @@ enum Command {
         /// effect and how its columns landed.
         #[arg(long, requires = "table")]
         history: bool,
+    },
+    /// Run the [[reverse_etl]] jobs once: query the lake, push the
+    /// difference since the last push into each target table, print what
+    /// changed, exit.
+    ReverseEtl {
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this job.
+        #[arg(long)]
+        job: Option<String>,
+        /// Print what would be added, changed and deleted; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Push every result row again, whatever was pushed before (e.g.
+        /// after the target table was changed by hand).
+        #[arg(long)]
+        full: bool,
     },
     /// Print the JSON Schema of the config file.
     Schema,
@@ -182,6 +200,18 @@ async fn dispatch(command: Command) -> i32 {
             }
             Err(code) => code,
         },
+        Command::ReverseEtl {
+            config,
+            job,
+            dry_run,
+            full,
+        } => match load(&config) {
+            Ok(config) => {
+                let options = tidewater_reverse::RunOptions { dry_run, full };
+                reverse::command(&config, job.as_deref(), options).await
+            }
+            Err(code) => code,
+        },
         Command::Check { config } => match load(&config) {
             Ok(config) => status::check(&Settings::from_config(&config)).await,
             Err(code) => code,
@@ -226,6 +256,12 @@ async fn run_with(config: &Config, mode: Mode, recopy: Vec<tidewater_core::Table
     }
     settings.metrics.phase("starting", "");
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    for table in reverse::echo_exclusions(config) {
+        info!(table = %table, "not capturing this table: a reverse-ETL job writes it");
+    }
+    if mode == Mode::Continuous {
+        reverse::spawn_schedules(config, &settings, shutdown_rx.clone());
+    }
     tokio::spawn(async move {
         wait_for_signal().await;
         info!("signal received, stopping: flushing, committing and acknowledging (a second signal exits at once)");

@@ -51,6 +51,18 @@ struct State {
     wal_retained_bytes: Option<u64>,
     binlog_files_behind: Option<u64>,
     alive: Option<Instant>,
+    reverse: BTreeMap<String, ReverseCounters>,
+}
+
+/// One reverse-ETL job's runs under `tidewater run`.
+#[derive(Default)]
+struct ReverseCounters {
+    runs_ok: u64,
+    runs_failed: u64,
+    added: u64,
+    changed: u64,
+    deleted: u64,
+    last_success: Option<f64>,
 }
 
 /// The pipeline's metrics, shared with the HTTP endpoint.
@@ -136,6 +148,25 @@ impl Metrics {
             }
             if files_behind.is_some() {
                 s.binlog_files_behind = files_behind;
+            }
+        });
+    }
+
+    /// A scheduled reverse-ETL run ended (`ok`: with `report`).
+    pub fn reverse_etl(&self, job: &str, report: &tidewater_reverse::Report, ok: bool) {
+        self.with(|s| {
+            let r = s.reverse.entry(job.to_string()).or_default();
+            if ok {
+                r.runs_ok += 1;
+                r.added += report.added as u64;
+                r.changed += report.changed as u64;
+                r.deleted += report.deleted as u64;
+                r.last_success = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs_f64());
+            } else {
+                r.runs_failed += 1;
             }
         });
     }
@@ -336,6 +367,52 @@ impl Metrics {
                 "tables stopped by an error they need a new copy for",
             );
             let _ = writeln!(out, "tidewater_stopped_tables {}", s.stopped_tables);
+            if !s.reverse.is_empty() {
+                metric(
+                    &mut out,
+                    "tidewater_reverse_etl_runs_total",
+                    "counter",
+                    "scheduled reverse-ETL runs, by job and result",
+                );
+                for (job, r) in &s.reverse {
+                    let job = escape(job);
+                    let _ = writeln!(
+                        out,
+                        "tidewater_reverse_etl_runs_total{{job=\"{job}\",result=\"ok\"}} {}\ntidewater_reverse_etl_runs_total{{job=\"{job}\",result=\"error\"}} {}",
+                        r.runs_ok, r.runs_failed
+                    );
+                }
+                metric(
+                    &mut out,
+                    "tidewater_reverse_etl_rows_total",
+                    "counter",
+                    "rows a reverse-ETL job wrote to its target, by job and change",
+                );
+                for (job, r) in &s.reverse {
+                    let job = escape(job);
+                    for (change, n) in [("added", r.added), ("changed", r.changed), ("deleted", r.deleted)] {
+                        let _ = writeln!(
+                            out,
+                            "tidewater_reverse_etl_rows_total{{job=\"{job}\",change=\"{change}\"}} {n}"
+                        );
+                    }
+                }
+                metric(
+                    &mut out,
+                    "tidewater_reverse_etl_last_success_timestamp_seconds",
+                    "gauge",
+                    "when a reverse-ETL job last finished a run (Unix time)",
+                );
+                for (job, r) in &s.reverse {
+                    if let Some(t) = r.last_success {
+                        let _ = writeln!(
+                            out,
+                            "tidewater_reverse_etl_last_success_timestamp_seconds{{job=\"{}\"}} {t:.0}",
+                            escape(job)
+                        );
+                    }
+                }
+            }
             out
         })
     }

@@ -196,7 +196,7 @@ impl Settings {
                         url: pg.url.expose().to_string(),
                         filter: TableFilter {
                             include: pg.tables.clone(),
-                            exclude: pg.exclude.clone(),
+                            exclude: with_echo_exclusions(&pg.exclude, config),
                         },
                         slot: pg.slot_name.clone().unwrap_or(slot),
                         publication: pg.publication.clone().unwrap_or(publication),
@@ -219,7 +219,7 @@ impl Settings {
                     url: my.url.expose().to_string(),
                     filter: TableFilter {
                         include: my.include(),
-                        exclude: my.exclude.clone(),
+                        exclude: with_echo_exclusions(&my.exclude, config),
                     },
                     server_id: my
                         .server_id
@@ -253,6 +253,18 @@ impl Settings {
             metrics: crate::metrics::Metrics::default(),
         }
     }
+}
+
+/// `exclude` plus the reverse-ETL target tables that live in the source
+/// database: their pushes must not come back through capture.
+fn with_echo_exclusions(exclude: &[String], config: &Config) -> Vec<String> {
+    let mut out = exclude.to_vec();
+    for table in crate::reverse::echo_exclusions(config) {
+        if !out.contains(&table) {
+            out.push(table);
+        }
+    }
+    out
 }
 
 /// The connected source, whichever kind.

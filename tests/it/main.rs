@@ -21,4 +21,5 @@ mod pg_roundtrip;
 mod pg_schema;
 mod pg_streaming;
 mod replication;
+mod reverse_etl;
 mod secrets;

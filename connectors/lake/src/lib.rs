@@ -13,8 +13,8 @@ pub mod store;
 
 pub use error::LakeError;
 pub use sink::{
-    Compaction, CompactionReport, LakeSink, MaintenancePolicy, SlotMarker, SourcePositionFile,
-    TableState,
+    Compaction, CompactionReport, LakeLog, LakeSink, MaintenancePolicy, SlotMarker,
+    SourcePositionFile, TableState,
 };
 pub use store::{LakeLocation, LakeStore};
 pub use tidewater_core::StoppedTable;

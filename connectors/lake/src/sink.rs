@@ -50,8 +50,10 @@ use crate::store::LakeStore;
 
 mod current;
 mod maintenance;
+mod read;
 pub use current::MergeReport;
 pub use maintenance::{Compaction, CompactionReport, MaintenancePolicy};
+pub use read::LakeLog;
 
 const KEY_PIPELINE: &str = "tidewater.pipeline";
 const KEY_SEQ: &str = "tidewater.seq";

@@ -1,0 +1,123 @@
+//! Reading a change log whole, for a query engine (reverse ETL): every
+//! committed row, aligned to the table's current columns, plus what the
+//! current-state view needs — the key and the source name of each column.
+//!
+//! ```text
+//!  Delta snapshot (committed files only) ─▶ read each Parquet file
+//!     ─▶ align to the table's columns (older files: added columns NULL)
+//!     ─▶ LakeLog { batches, key, columns, truncated }
+//! ```
+//!
+//! The partition column (`_tw_commit_date`) is left out: it lives in the
+//! Delta log, not in the files, and `_tw_commit_ts` carries it.
+
+use deltalake::arrow::array::Array;
+
+use super::maintenance::{align_batch, read_file};
+use super::*;
+
+/// A table's change log as committed when it was read.
+#[derive(Debug, Clone)]
+pub struct LakeLog {
+    /// The log's columns: source columns as the lake names them, then the
+    /// metadata columns.
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    /// (source column name, lake column) of the latest schema version, in
+    /// source order; they differ after a type change the lake could not
+    /// widen in place (`amount` held in `amount__v2`).
+    pub columns: Vec<(String, String)>,
+    /// Lake columns of the primary key; empty for a keyless table.
+    pub key: Vec<String>,
+    /// The mark of the last truncate: rows at or below it are gone.
+    pub truncated: Mark,
+}
+
+impl LakeSink {
+    /// Every committed row of `table`'s change log; None when the lake has
+    /// no such table.
+    pub async fn read_log(&mut self, table: &TableId) -> Result<Option<LakeLog>, LakeError> {
+        self.table_state(table).await?;
+        let Some(open) = self.tables.get(table) else {
+            return Ok(None);
+        };
+        let log_schema = RecordBatchWriter::for_table(&open.table)
+            .map_err(|source| LakeError::delta(table, "reading", source))?
+            .arrow_schema();
+        let schema: SchemaRef = Arc::new(Schema::new(
+            log_schema
+                .fields()
+                .iter()
+                .filter(|f| f.name() != COMMIT_DATE)
+                .map(|f| f.as_ref().clone())
+                .collect::<Vec<_>>(),
+        ));
+        let (columns, key) = match open.history.latest() {
+            Some(version) => (
+                version
+                    .columns
+                    .iter()
+                    .map(|c| (c.name.clone(), c.lake_column.clone()))
+                    .collect(),
+                version
+                    .columns
+                    .iter()
+                    .filter(|c| c.key)
+                    .map(|c| c.lake_column.clone())
+                    .collect(),
+            ),
+            // A table written before schema histories: its own columns.
+            None => (
+                schema
+                    .fields()
+                    .iter()
+                    .filter(|f| !f.name().starts_with("_tw_"))
+                    .map(|f| (f.name().clone(), f.name().clone()))
+                    .collect(),
+                Vec::new(),
+            ),
+        };
+        let store = open.table.log_store().object_store(None);
+        let mut batches = Vec::new();
+        let mut truncated = Mark::ZERO;
+        for path in data_files(&open.table, table)? {
+            let bytes = read_object(store.as_ref(), &path, table).await?;
+            for batch in read_file(table, &bytes)? {
+                let batch = align_batch(table, &batch, &schema)?;
+                truncated = truncated.max(last_truncate(table, &batch)?);
+                batches.push(batch);
+            }
+        }
+        Ok(Some(LakeLog {
+            schema,
+            batches,
+            columns,
+            key,
+            truncated,
+        }))
+    }
+}
+
+/// The highest mark of a truncate (`_tw_op = 't'`) in `batch`.
+fn last_truncate(table: &TableId, batch: &RecordBatch) -> Result<Mark, LakeError> {
+    let column = |name: &str| batch.column_by_name(name);
+    let (Some(ops), Some(seqs), Some(ords)) = (
+        column("_tw_op").and_then(|c| c.as_string_opt::<i32>()),
+        column("_tw_seq").and_then(|c| c.as_primitive_opt::<Int64Type>()),
+        column("_tw_ord").and_then(|c| c.as_primitive_opt::<Int64Type>()),
+    ) else {
+        return Err(LakeError::Arrow {
+            table: table.clone(),
+            source: ArrowError::SchemaError(
+                "the change log has no _tw_op/_tw_seq/_tw_ord of the expected types".into(),
+            ),
+        });
+    };
+    let mut last = Mark::ZERO;
+    for row in 0..batch.num_rows() {
+        if ops.is_valid(row) && ops.value(row) == "t" {
+            last = last.max(Mark::new(seqs.value(row) as u64, ords.value(row) as u64));
+        }
+    }
+    Ok(last)
+}

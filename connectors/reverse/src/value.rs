@@ -1,0 +1,277 @@
+//! Result cells as plain values: what is hashed for the diff, kept for the
+//! keys in the state file, and rendered for each target.
+//!
+//! A query's Arrow columns are first cast to a few canonical types (any
+//! string to Utf8, any timestamp to microseconds, …), then read cell by
+//! cell. Targets store at most microseconds, so nanoseconds are cut there.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{
+    DataType, Date32Type, Decimal128Type, Decimal256Type, DecimalType, Float32Type, Float64Type,
+    Int64Type, Time64MicrosecondType, TimeUnit, TimestampMicrosecondType, UInt64Type,
+};
+use datafusion::arrow::error::ArrowError;
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::Xxh3;
+
+/// One cell. Dates, times and timestamps are counts (days, microseconds)
+/// so the state file needs no date format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Real(f32),
+    /// Exact decimal text, e.g. `-12.50`.
+    Decimal(String),
+    Text(String),
+    Bytes(Vec<u8>),
+    /// Days since 1970-01-01.
+    Date(i32),
+    /// Microseconds since 1970-01-01 00:00, no time zone.
+    Timestamp(i64),
+    /// Microseconds since 1970-01-01 00:00 UTC.
+    TimestampTz(i64),
+    /// Microseconds since midnight.
+    Time(i64),
+}
+
+impl Value {
+    /// Feeds a tagged, unambiguous encoding into the row hash.
+    fn feed(&self, h: &mut Xxh3) {
+        let (tag, bytes): (u8, std::borrow::Cow<[u8]>) = match self {
+            Value::Null => (0, (&[][..]).into()),
+            Value::Bool(b) => (1, vec![*b as u8].into()),
+            Value::Int(v) => (2, v.to_le_bytes().to_vec().into()),
+            Value::UInt(v) => (3, v.to_le_bytes().to_vec().into()),
+            Value::Float(v) => (4, v.to_bits().to_le_bytes().to_vec().into()),
+            Value::Real(v) => (5, v.to_bits().to_le_bytes().to_vec().into()),
+            Value::Decimal(s) => (6, s.as_bytes().into()),
+            Value::Text(s) => (7, s.as_bytes().into()),
+            Value::Bytes(b) => (8, b.as_slice().into()),
+            Value::Date(d) => (9, d.to_le_bytes().to_vec().into()),
+            Value::Timestamp(t) => (10, t.to_le_bytes().to_vec().into()),
+            Value::TimestampTz(t) => (11, t.to_le_bytes().to_vec().into()),
+            Value::Time(t) => (12, t.to_le_bytes().to_vec().into()),
+        };
+        h.update(&[tag]);
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(&bytes);
+    }
+}
+
+/// The hash of a whole row, compared with the last pushed one.
+pub fn row_hash(row: &[Value]) -> u128 {
+    let mut h = Xxh3::new();
+    for value in row {
+        value.feed(&mut h);
+    }
+    h.digest128()
+}
+
+/// The canonical type a result column is read as, or why it cannot be.
+pub fn canonical_type(name: &str, ty: &DataType) -> Result<DataType, String> {
+    Ok(match ty {
+        DataType::Null => DataType::Null,
+        DataType::Boolean => DataType::Boolean,
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => DataType::Int64,
+        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
+            DataType::UInt64
+        }
+        DataType::Float16 | DataType::Float32 => DataType::Float32,
+        DataType::Float64 => DataType::Float64,
+        DataType::Decimal32(p, s) | DataType::Decimal64(p, s) | DataType::Decimal128(p, s) => {
+            DataType::Decimal128(*p, *s)
+        }
+        DataType::Decimal256(p, s) => DataType::Decimal256(*p, *s),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => DataType::Binary,
+        DataType::Date32 | DataType::Date64 => DataType::Date32,
+        DataType::Timestamp(_, tz) => DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
+        DataType::Time32(_) | DataType::Time64(_) => DataType::Time64(TimeUnit::Microsecond),
+        DataType::Dictionary(_, inner) => canonical_type(name, inner)?,
+        other => {
+            return Err(format!(
+                "column {name} is {other}, which no target column type holds; cast it in the query (e.g. to a string)"
+            ))
+        }
+    })
+}
+
+/// Reads the cells of one result batch, column by column.
+pub struct Cells {
+    columns: Vec<ArrayRef>,
+}
+
+impl Cells {
+    pub fn new(batch: &RecordBatch) -> Result<Self, ArrowError> {
+        let columns = batch
+            .schema()
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .map(|(field, array)| {
+                let target = canonical_type(field.name(), field.data_type())
+                    .map_err(ArrowError::CastError)?;
+                if array.data_type() == &target {
+                    Ok(array.clone())
+                } else if matches!(array.data_type(), DataType::Timestamp(_, _))
+                    && matches!(target, DataType::Timestamp(_, Some(_)))
+                {
+                    // The instant, in UTC microseconds, whatever its zone.
+                    let utc = DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from("UTC")));
+                    cast(array, &utc)
+                } else {
+                    cast(array, &target)
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { columns })
+    }
+
+    pub fn value(&self, column: usize, row: usize) -> Value {
+        let array = &self.columns[column];
+        if array.is_null(row) {
+            return Value::Null;
+        }
+        match array.data_type() {
+            DataType::Boolean => Value::Bool(array.as_boolean().value(row)),
+            DataType::Int64 => Value::Int(array.as_primitive::<Int64Type>().value(row)),
+            DataType::UInt64 => Value::UInt(array.as_primitive::<UInt64Type>().value(row)),
+            DataType::Float32 => Value::Real(array.as_primitive::<Float32Type>().value(row)),
+            DataType::Float64 => Value::Float(array.as_primitive::<Float64Type>().value(row)),
+            DataType::Decimal128(p, s) => Value::Decimal(Decimal128Type::format_decimal(
+                array.as_primitive::<Decimal128Type>().value(row),
+                *p,
+                *s,
+            )),
+            DataType::Decimal256(p, s) => Value::Decimal(Decimal256Type::format_decimal(
+                array.as_primitive::<Decimal256Type>().value(row),
+                *p,
+                *s,
+            )),
+            DataType::Utf8 => Value::Text(array.as_string::<i32>().value(row).to_string()),
+            DataType::Binary => Value::Bytes(array.as_binary::<i32>().value(row).to_vec()),
+            DataType::Date32 => Value::Date(array.as_primitive::<Date32Type>().value(row)),
+            DataType::Timestamp(_, None) => {
+                Value::Timestamp(array.as_primitive::<TimestampMicrosecondType>().value(row))
+            }
+            DataType::Timestamp(_, Some(_)) => {
+                Value::TimestampTz(array.as_primitive::<TimestampMicrosecondType>().value(row))
+            }
+            DataType::Time64(_) => {
+                Value::Time(array.as_primitive::<Time64MicrosecondType>().value(row))
+            }
+            // DataType::Null: every cell is NULL (handled above).
+            _ => Value::Null,
+        }
+    }
+
+    pub fn row(&self, row: usize, columns: impl Iterator<Item = usize>) -> Vec<Value> {
+        columns.map(|c| self.value(c, row)).collect()
+    }
+}
+
+/// Splits microseconds into (seconds, microseconds 0..1e6).
+pub fn split_micros(us: i64) -> (i64, u32) {
+    (us.div_euclid(1_000_000), us.rem_euclid(1_000_000) as u32)
+}
+
+pub fn date(days: i32) -> Option<chrono::NaiveDate> {
+    chrono::NaiveDate::from_num_days_from_ce_opt(days.checked_add(719_163)?)
+}
+
+pub fn timestamp(us: i64) -> Option<chrono::NaiveDateTime> {
+    let (secs, micros) = split_micros(us);
+    chrono::DateTime::from_timestamp(secs, micros * 1000).map(|t| t.naive_utc())
+}
+
+pub fn time(us: i64) -> Option<chrono::NaiveTime> {
+    let (secs, micros) = split_micros(us);
+    chrono::NaiveTime::from_num_seconds_from_midnight_opt(u32::try_from(secs).ok()?, micros * 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{
+        Decimal128Array, Int32Array, StringViewArray, TimestampNanosecondArray,
+    };
+    use datafusion::arrow::datatypes::{Field, Schema};
+
+    #[test]
+    fn cells_are_read_as_canonical_values() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int32, true),
+            Field::new("b", DataType::Decimal128(10, 2), true),
+            Field::new("c", DataType::Utf8View, true),
+            Field::new(
+                "d",
+                DataType::Timestamp(TimeUnit::Nanosecond, Some("+02:00".into())),
+                true,
+            ),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int32Array::from(vec![Some(-7), None])),
+                Arc::new(
+                    Decimal128Array::from(vec![Some(-1250), Some(5)])
+                        .with_precision_and_scale(10, 2)
+                        .unwrap(),
+                ),
+                Arc::new(StringViewArray::from(vec![Some("ü"), None])),
+                Arc::new(
+                    TimestampNanosecondArray::from(vec![Some(1_500), None]).with_timezone("+02:00"),
+                ),
+            ],
+        )
+        .unwrap();
+        let cells = Cells::new(&batch).unwrap();
+        assert_eq!(
+            cells.row(0, 0..4),
+            vec![
+                Value::Int(-7),
+                Value::Decimal("-12.50".into()),
+                Value::Text("ü".into()),
+                Value::TimestampTz(1),
+            ]
+        );
+        assert_eq!(cells.row(1, 0..4)[0], Value::Null);
+        assert_eq!(cells.value(1, 1), Value::Decimal("0.05".into()));
+    }
+
+    #[test]
+    fn hashes_tell_types_and_boundaries_apart() {
+        let a = row_hash(&[Value::Text("ab".into()), Value::Text("c".into())]);
+        let b = row_hash(&[Value::Text("a".into()), Value::Text("bc".into())]);
+        let c = row_hash(&[Value::Int(1)]);
+        let d = row_hash(&[Value::UInt(1)]);
+        assert_ne!(a, b);
+        assert_ne!(c, d);
+        assert_eq!(
+            a,
+            row_hash(&[Value::Text("ab".into()), Value::Text("c".into())])
+        );
+    }
+
+    #[test]
+    fn dates_and_times_convert_around_the_epoch() {
+        assert_eq!(date(0).unwrap().to_string(), "1970-01-01");
+        assert_eq!(date(-1).unwrap().to_string(), "1969-12-31");
+        assert_eq!(
+            timestamp(-1).unwrap().to_string(),
+            "1969-12-31 23:59:59.999999"
+        );
+        assert_eq!(time(3_600_000_001).unwrap().to_string(), "01:00:00.000001");
+        assert!(time(86_400_000_000).is_none());
+    }
+}

@@ -1,0 +1,244 @@
+//! Reverse ETL from the binary's side: `tidewater reverse-etl`, the
+//! schedule under `tidewater run`, and keeping a job's target table out of
+//! capture when it lives in the source database (no echo loop).
+//!
+//! ```text
+//!  tidewater reverse-etl ── each job (or --job) ─▶ run_job ─▶ report line on stdout
+//!  tidewater run ─┬─ pipeline (streaming)
+//!                 └─ scheduler: per job, sleep until due (every / cron, UTC)
+//!                      ─▶ run_job ─▶ log + metrics; errors wait for the next turn
+//! ```
+
+use std::time::Duration;
+
+use tidewater_core::Classified;
+use tidewater_lake::LakeSink;
+use tidewater_reverse::{run_job, Report, RunOptions};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, ReverseEtlConfig, Schedule, SourceConfig};
+use crate::pipeline::Settings;
+use crate::policy::exit_code;
+
+/// `tidewater reverse-etl`: runs each job (or the one named) once.
+pub async fn command(config: &Config, job: Option<&str>, options: RunOptions) -> i32 {
+    let jobs: Vec<&ReverseEtlConfig> = config
+        .reverse_etl
+        .iter()
+        .filter(|j| job.is_none_or(|name| j.name == name))
+        .collect();
+    if jobs.is_empty() {
+        match job {
+            Some(name) => eprintln!(
+                "error: no [[reverse_etl]] job is named {name:?}\nhint: jobs in this config: {}",
+                names(config)
+            ),
+            None => eprintln!(
+                "error: the config has no [[reverse_etl]] job\nhint: add one (README: Reverse ETL)"
+            ),
+        }
+        return exit_code::CONFIG;
+    }
+    let settings = Settings::from_config(config);
+    let mut sink = LakeSink::new(settings.lake.clone(), &settings.pipeline);
+    let state_dir = config.pipeline.state_dir();
+    let mut code = exit_code::OK;
+    for job in jobs {
+        match run_job(&job.spec(), &mut sink, &state_dir, options, None).await {
+            Ok(report) => println!("{}", describe(&job.name, &job.target_table, &report)),
+            Err(err) => {
+                eprintln!("error: job {}: {}", job.name, crate::chain(&err));
+                code = exit_code::FAILED;
+            }
+        }
+    }
+    code
+}
+
+fn names(config: &Config) -> String {
+    let names: Vec<&str> = config.reverse_etl.iter().map(|j| j.name.as_str()).collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// One line per job run, for people and scripts alike.
+pub fn describe(name: &str, table: &str, r: &Report) -> String {
+    let seconds = r.millis as f64 / 1000.0;
+    if r.dry_run {
+        format!(
+            "{name}: dry run: {} result rows; would add {}, change {}, delete {}; {} unchanged{}",
+            r.result_rows,
+            r.added,
+            r.changed,
+            r.deleted,
+            r.unchanged,
+            if r.created {
+                format!("; would create {table}")
+            } else {
+                String::new()
+            }
+        )
+    } else {
+        format!(
+            "{name}: {} result rows; added {}, changed {}, deleted {}; {} unchanged; {} transactions, {} retries, {seconds:.2} s{}{}",
+            r.result_rows,
+            r.added,
+            r.changed,
+            r.deleted,
+            r.unchanged,
+            r.transactions,
+            r.retries,
+            if r.created {
+                format!("; created {table}")
+            } else {
+                String::new()
+            },
+            if r.interrupted {
+                "; interrupted (the next run continues)"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// Under `tidewater run`: every scheduled job in its own task, until
+/// shutdown. A job that fails is logged and tried again at its next turn.
+pub fn spawn_schedules(config: &Config, settings: &Settings, shutdown: watch::Receiver<bool>) {
+    for job in &config.reverse_etl {
+        let Some(schedule) = job.schedule() else {
+            continue;
+        };
+        let spec = job.spec();
+        let table = job.target_table.clone();
+        let lake = settings.lake.clone();
+        let pipeline = settings.pipeline.clone();
+        let state_dir = config.pipeline.state_dir();
+        let metrics = settings.metrics.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let wait = until_next(&schedule);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => return,
+                }
+                if *shutdown.borrow() {
+                    return;
+                }
+                let mut sink = LakeSink::new(lake.clone(), &pipeline);
+                let options = RunOptions::default();
+                match run_job(
+                    &spec,
+                    &mut sink,
+                    &state_dir,
+                    options,
+                    Some(shutdown.clone()),
+                )
+                .await
+                {
+                    Ok(report) => {
+                        metrics.reverse_etl(&spec.name, &report, true);
+                        info!(job = %spec.name, added = report.added, changed = report.changed, deleted = report.deleted, unchanged = report.unchanged, millis = report.millis, "{}", describe(&spec.name, &table, &report));
+                    }
+                    Err(err) => {
+                        metrics.reverse_etl(&spec.name, &Report::default(), false);
+                        let class = err.class();
+                        error!(job = %spec.name, class = ?class, error = %crate::chain(&err), "reverse-ETL job failed; it runs again at its next turn");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// How long until the schedule is due next.
+fn until_next(schedule: &Schedule) -> Duration {
+    match schedule {
+        Schedule::Every(every) => *every,
+        Schedule::Cron(cron) => {
+            let now = chrono::Utc::now();
+            match cron.find_next_occurrence(&now, false) {
+                Ok(next) => (next - now).to_std().unwrap_or(Duration::from_secs(1)),
+                Err(err) => {
+                    warn!(error = %err, "the cron expression has no next time; checking again in an hour");
+                    Duration::from_secs(3600)
+                }
+            }
+        }
+    }
+}
+
+/// Source tables that are also reverse-ETL targets, as exclude patterns:
+/// capturing them would carry each push back into the lake (an echo loop).
+/// Matched on the server (host, with loopback names equal, and port) and
+/// the database; a target reached under another name is not recognised
+/// (exclude it in `source.exclude` yourself).
+pub fn echo_exclusions(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for job in &config.reverse_etl {
+        let target = job.target_url.expose();
+        match &config.source {
+            SourceConfig::Postgres(pg) => {
+                let (Ok(source), Ok(dest)) = (
+                    pg.url.expose().parse::<tokio_postgres::Config>(),
+                    target.parse::<tokio_postgres::Config>(),
+                ) else {
+                    continue;
+                };
+                let host = |c: &tokio_postgres::Config| match c.get_hosts().first() {
+                    Some(tokio_postgres::config::Host::Tcp(h)) => loopback(h),
+                    Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+                    None => "localhost".into(),
+                };
+                let port =
+                    |c: &tokio_postgres::Config| c.get_ports().first().copied().unwrap_or(5432);
+                if host(&source) == host(&dest)
+                    && port(&source) == port(&dest)
+                    && source.get_dbname() == dest.get_dbname()
+                {
+                    let name = match job.target_table.split_once('.') {
+                        Some(_) => job.target_table.clone(),
+                        None => format!("public.{}", job.target_table),
+                    };
+                    out.push(name);
+                }
+            }
+            SourceConfig::Mysql(my) => {
+                let (Ok(source), Ok(dest)) = (
+                    url::Url::parse(my.url.expose()),
+                    url::Url::parse(&target.replacen("mariadb://", "mysql://", 1)),
+                ) else {
+                    continue;
+                };
+                if dest.scheme() != "mysql"
+                    || loopback(source.host_str().unwrap_or("localhost"))
+                        != loopback(dest.host_str().unwrap_or("localhost"))
+                    || source.port().unwrap_or(3306) != dest.port().unwrap_or(3306)
+                {
+                    continue;
+                }
+                let db = dest.path().trim_start_matches('/').to_string();
+                let name = match job.target_table.split_once('.') {
+                    Some(_) => job.target_table.clone(),
+                    None if !db.is_empty() => format!("{db}.{}", job.target_table),
+                    None => continue,
+                };
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+fn loopback(host: &str) -> String {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host {
+        "localhost" | "127.0.0.1" | "::1" => "localhost".into(),
+        other => other.to_lowercase(),
+    }
+}
