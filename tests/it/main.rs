@@ -22,3 +22,4 @@ mod pg_schema;
 mod pg_streaming;
 mod replication;
 mod secrets;
+mod tls;

@@ -50,9 +50,27 @@ pub fn maria() -> &'static MariaServer {
     SERVER.get_or_init(MariaServer::start_new)
 }
 
+/// The TLS server shared by the TLS tests of this binary.
+pub fn maria_tls() -> &'static MariaServer {
+    static SERVER: OnceLock<MariaServer> = OnceLock::new();
+    SERVER.get_or_init(MariaServer::start_new_tls)
+}
+
 impl MariaServer {
     /// Initialises a datadir, starts the server and creates the `cdc` user.
     pub fn start_new() -> MariaServer {
+        MariaServer::start_with(false)
+    }
+
+    /// Like [`Self::start_new`], with TLS (the [`super::tls::certs`] server
+    /// certificate) and listening on 127.0.0.1 and 127.0.0.2. Plain
+    /// connections are still taken: a user created `REQUIRE SSL` is what
+    /// proves a connection encrypted.
+    pub fn start_new_tls() -> MariaServer {
+        MariaServer::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> MariaServer {
         assert!(
             Path::new(MARIADBD).exists(),
             "MariaDB server binary missing at {MARIADBD}: run scripts/setup"
@@ -61,7 +79,21 @@ impl MariaServer {
         let port = free_port();
         let config = dir.join("my.cnf");
         std::fs::create_dir(dir.join("tmp")).expect("tmp dir");
-        std::fs::write(&config, server_config(&dir, port)).expect("write my.cnf");
+        let mut text = server_config(&dir, port);
+        if tls {
+            let certs = super::tls::certs();
+            text = text.replace(
+                "bind-address=127.0.0.1\n",
+                "bind-address=127.0.0.1,127.0.0.2\n",
+            );
+            text.push_str(&format!(
+                "ssl-ca={}\nssl-cert={}\nssl-key={}\n",
+                certs.ca.display(),
+                certs.server_cert.display(),
+                certs.server_key.display()
+            ));
+        }
+        std::fs::write(&config, text).expect("write my.cnf");
         let server = MariaServer {
             dir,
             port,
