@@ -54,7 +54,20 @@ async fn check_mysql(config: &MysqlConfig) -> CheckResult {
     let found = source.preflight(&tables).await.map_err(failed)?;
     println!("source: {}", source.flavor());
     source.close().await;
-    Ok((tables, found, Vec::new()))
+    let mut warnings = Vec::new();
+    if tables.is_empty() {
+        // Not a problem for `run`: tables created later are captured from
+        // their first binlog event.
+        warnings.push(Problem {
+            what: "source.tables matches no table the user can see (a table the user has no \
+                   privilege on is invisible to it)"
+                .into(),
+            fix: "GRANT SELECT ON <database>.* TO <the user>; for each captured database, or \
+                  set source.tables to patterns like \"shop.*\" that match existing tables"
+                .into(),
+        });
+    }
+    Ok((tables, found, warnings))
 }
 use crate::policy::exit_code;
 

@@ -20,6 +20,7 @@ mod pg_new_tables;
 mod pg_roundtrip;
 mod pg_schema;
 mod pg_streaming;
+mod privileges;
 mod replication;
 mod secrets;
 mod tls;

@@ -30,7 +30,10 @@ use super::{free_port, temp_dir};
 
 pub const MARIADBD: &str = "/usr/sbin/mariadbd";
 /// The replication user the daemon connects as (password is the same).
+/// It has exactly the README's MariaDB grants: these on `*.*`, and SELECT
+/// on each test's database ([`MariaServer::create_database`]).
 pub const CDC_USER: &str = "cdc";
+pub const CDC_GLOBAL_GRANTS: &str = "REPLICATION SLAVE, BINLOG MONITOR";
 
 /// How long a start may take before the test fails (it takes well under a
 /// second on an idle machine; a loaded CI box with 2 cores is slower).
@@ -118,8 +121,7 @@ impl MariaServer {
             "",
             &format!(
                 "CREATE USER IF NOT EXISTS {CDC_USER}@'%' IDENTIFIED BY '{CDC_USER}';\n\
-                 GRANT SELECT, RELOAD, REPLICATION SLAVE, BINLOG MONITOR, REPLICATION CLIENT \
-                 ON *.* TO {CDC_USER}@'%';"
+                 GRANT {CDC_GLOBAL_GRANTS} ON *.* TO {CDC_USER}@'%';"
             ),
         );
         server
@@ -268,13 +270,15 @@ impl MariaServer {
         conn
     }
 
-    /// A fresh database for one test, and a root connection to it.
+    /// A fresh database for one test, readable by the `cdc` user, and a
+    /// root connection to it.
     pub async fn create_database(&self, name: &str) -> Conn {
         let mut admin = self.conn("").await;
         admin
             .query_drop(format!(
                 "DROP DATABASE IF EXISTS `{name}`; \
-                 CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+                 CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin; \
+                 GRANT SELECT ON `{name}`.* TO {CDC_USER}@'%'"
             ))
             .await
             .expect("create database");
