@@ -210,6 +210,9 @@ pub enum SnapshotMode {
 #[serde(deny_unknown_fields)]
 pub struct PostgresSourceConfig {
     /// `postgres://user:password@host:port/database`; use `${ENV}` for the password.
+    /// TLS as libpq spells it in the query string: `sslmode` = disable,
+    /// prefer (default), require, verify-ca or verify-full, and
+    /// `sslrootcert=/path/ca.pem` (needed by the verify modes).
     pub url: Secret,
     /// Include patterns over `schema.table` (`*`, `?`).
     #[serde(default = "default_tables")]
@@ -292,6 +295,9 @@ fn default_heartbeat_ms() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct MysqlSourceConfig {
     /// `mysql://user:password@host:port/database`; use `${ENV}` for the password.
+    /// TLS as the mysql client spells it in the query string: `ssl-mode` =
+    /// DISABLED, PREFERRED (default), REQUIRED, VERIFY_CA or VERIFY_IDENTITY,
+    /// and `ssl-ca=/path/ca.pem` (needed by the verify modes).
     pub url: Secret,
     /// Include patterns over `database.table` (`*`, `?`); default: every table
     /// of the url's database.
@@ -604,19 +610,15 @@ impl Config {
         identifier("pipeline.name", &self.pipeline.name, 53)?;
         match &self.source {
             SourceConfig::Postgres(pg) => {
-                if let Err(err) = pg.url.expose().parse::<tokio_postgres::Config>() {
-                    return Err(invalid(
-                        "source.url",
-                        format!("not a Postgres url ({err}); expected postgres://user:password@host:port/database"),
-                    ));
-                }
-                if let Ok(url) = pg.url.expose().parse::<tokio_postgres::Config>() {
-                    if url.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+                match tidewater_postgres::tls::parse_url(pg.url.expose()) {
+                    Err(tidewater_postgres::tls::TlsConfigError::Url(err)) => {
                         return Err(invalid(
                             "source.url",
-                            "sslmode=require: TLS connections are not supported yet; use sslmode=disable or prefer over a trusted network".into(),
+                            format!("not a Postgres url ({err}); expected postgres://user:password@host:port/database"),
                         ));
                     }
+                    Err(err) => return Err(invalid("source.url", err.to_string())),
+                    Ok(_) => {}
                 }
                 if let Some(slot) = &pg.slot_name {
                     identifier("source.slot_name", slot, 63)?;
@@ -650,6 +652,9 @@ impl Config {
                         "source.url",
                         "not a MySQL url; expected mysql://user:password@host:port/database".into(),
                     ));
+                }
+                if let Err(err) = tidewater_mysql::tls::parse_url(url) {
+                    return Err(invalid("source.url", err.to_string()));
                 }
                 if my.include().is_empty() {
                     return Err(invalid(
@@ -1115,9 +1120,17 @@ uri = "file:///tmp/lake"
         );
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("sink.max_batch_bytes"), "{err}");
-        let text = GOOD.replace("5432/shop", "5432/shop?sslmode=require");
+        let text = GOOD.replace("5432/shop", "5432/shop?sslmode=verify-full");
         let err = parse(&text).unwrap_err().to_string();
-        assert!(err.contains("source.url") && err.contains("TLS"), "{err}");
+        assert!(
+            err.contains("source.url") && err.contains("sslrootcert"),
+            "{err}"
+        );
+        let text = GOOD.replace(
+            "5432/shop",
+            "5432/shop?sslmode=verify-full&sslrootcert=/ca.pem",
+        );
+        parse(&text).unwrap();
     }
 
     #[test]
@@ -1135,6 +1148,13 @@ uri = "file:///tmp/lake"
         };
         assert_eq!(my.include(), vec!["shop.*".to_string()]);
         assert_eq!(my.zero_dates, ZeroDatesPolicy::Null);
+        let err = parse(&text.replace("3306/shop", "3306/shop?ssl-mode=VERIFY_IDENTITY"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("source.url") && err.contains("ssl-ca"),
+            "{err}"
+        );
         let err = parse(&text.replace("3306/shop", "3306/"))
             .unwrap_err()
             .to_string();

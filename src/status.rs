@@ -3,42 +3,71 @@
 
 use clap::ValueEnum;
 use serde_json::json;
-use tidewater_core::{Problem, TableId};
+use tidewater_core::{ErrorClass, Problem, TableId};
 use tidewater_lake::LakeSink;
 use tidewater_mysql::{MysqlConfig, MysqlSource};
 use tidewater_postgres::{PostgresConfig, PostgresSource};
 
 use crate::pipeline::{format_problems, Settings, SourceSettings};
 
-/// Selected tables, problems that stop the pipeline, and warnings.
-type CheckResult = Result<(Vec<TableId>, Vec<Problem>, Vec<Problem>), String>;
+/// Selected tables, problems that stop the pipeline, and warnings; or the
+/// error that stopped the check, with its class (a refused TLS setting is
+/// a config error: exit 2, like `run`).
+type CheckResult = Result<(Vec<TableId>, Vec<Problem>, Vec<Problem>), (String, ErrorClass)>;
+
+fn failed<E: tidewater_core::Classified>(err: E) -> (String, ErrorClass) {
+    (crate::chain(&err), err.class())
+}
 
 async fn check_postgres(config: &PostgresConfig) -> CheckResult {
     let source = PostgresSource::connect(config.clone())
         .await
-        .map_err(|e| crate::chain(&e))?;
-    let tables = source.tables().await.map_err(|e| crate::chain(&e))?;
-    let found = tidewater_postgres::preflight(source.client(), source.config(), &tables)
+        .map_err(failed)?;
+    let tables = source.tables().await.map_err(failed)?;
+    let mut found = tidewater_postgres::preflight(source.client(), source.config(), &tables)
         .await
-        .map_err(|e| crate::chain(&e))?;
+        .map_err(failed)?;
+    if let Err(err) = source.probe_replication().await {
+        // Without REPLICATION the walsender refuses; that is reported above.
+        if found
+            .iter()
+            .all(|p| !p.what.contains("REPLICATION attribute"))
+        {
+            found.push(Problem {
+                what: format!("the replication connection failed: {}", crate::chain(&err)),
+                fix: "the server must take a replication connection (replication=database) \
+                      from this role over this url: the REPLICATION attribute, a pg_hba.conf \
+                      line matching the database, a free WAL sender"
+                    .into(),
+            });
+        }
+    }
     let warnings = tidewater_postgres::advisories(source.client(), source.config(), &tables)
         .await
-        .map_err(|e| crate::chain(&e))?;
+        .map_err(failed)?;
     Ok((tables, found, warnings))
 }
 
 async fn check_mysql(config: &MysqlConfig) -> CheckResult {
-    let mut source = MysqlSource::connect(config.clone())
-        .await
-        .map_err(|e| crate::chain(&e))?;
-    let tables = source.tables().await.map_err(|e| crate::chain(&e))?;
-    let found = source
-        .preflight(&tables)
-        .await
-        .map_err(|e| crate::chain(&e))?;
+    let mut source = MysqlSource::connect(config.clone()).await.map_err(failed)?;
+    let tables = source.tables().await.map_err(failed)?;
+    let found = source.preflight(&tables).await.map_err(failed)?;
     println!("source: {}", source.flavor());
     source.close().await;
-    Ok((tables, found, Vec::new()))
+    let mut warnings = Vec::new();
+    if tables.is_empty() {
+        // Not a problem for `run`: tables created later are captured from
+        // their first binlog event.
+        warnings.push(Problem {
+            what: "source.tables matches no table the user can see (a table the user has no \
+                   privilege on is invisible to it)"
+                .into(),
+            fix: "GRANT SELECT ON <database>.* TO <the user>; for each captured database, or \
+                  set source.tables to patterns like \"shop.*\" that match existing tables"
+                .into(),
+        });
+    }
+    Ok((tables, found, warnings))
 }
 use crate::policy::exit_code;
 
@@ -66,9 +95,12 @@ pub async fn check(settings: &Settings) -> i32 {
             }
             problems.extend(found);
         }
-        Err(err) => {
+        Err((err, class)) => {
             eprintln!("error: {err}");
-            return exit_code::FAILED;
+            return match class {
+                ErrorClass::Config => exit_code::CONFIG,
+                _ => exit_code::FAILED,
+            };
         }
     }
     // A write probe of the lake root: a directory's permissions, a bucket's

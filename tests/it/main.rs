@@ -20,6 +20,8 @@ mod pg_new_tables;
 mod pg_roundtrip;
 mod pg_schema;
 mod pg_streaming;
+mod privileges;
 mod replication;
 mod reverse_etl;
 mod secrets;
+mod tls;

@@ -30,7 +30,10 @@ use super::{free_port, temp_dir};
 
 pub const MARIADBD: &str = "/usr/sbin/mariadbd";
 /// The replication user the daemon connects as (password is the same).
+/// It has exactly the README's MariaDB grants: these on `*.*`, and SELECT
+/// on each test's database ([`MariaServer::create_database`]).
 pub const CDC_USER: &str = "cdc";
+pub const CDC_GLOBAL_GRANTS: &str = "REPLICATION SLAVE, BINLOG MONITOR";
 
 /// How long a start may take before the test fails (it takes well under a
 /// second on an idle machine; a loaded CI box with 2 cores is slower).
@@ -50,9 +53,27 @@ pub fn maria() -> &'static MariaServer {
     SERVER.get_or_init(MariaServer::start_new)
 }
 
+/// The TLS server shared by the TLS tests of this binary.
+pub fn maria_tls() -> &'static MariaServer {
+    static SERVER: OnceLock<MariaServer> = OnceLock::new();
+    SERVER.get_or_init(MariaServer::start_new_tls)
+}
+
 impl MariaServer {
     /// Initialises a datadir, starts the server and creates the `cdc` user.
     pub fn start_new() -> MariaServer {
+        MariaServer::start_with(false)
+    }
+
+    /// Like [`Self::start_new`], with TLS (the [`super::tls::certs`] server
+    /// certificate) and listening on 127.0.0.1 and 127.0.0.2. Plain
+    /// connections are still taken: a user created `REQUIRE SSL` is what
+    /// proves a connection encrypted.
+    pub fn start_new_tls() -> MariaServer {
+        MariaServer::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> MariaServer {
         assert!(
             Path::new(MARIADBD).exists(),
             "MariaDB server binary missing at {MARIADBD}: run scripts/setup"
@@ -61,7 +82,21 @@ impl MariaServer {
         let port = free_port();
         let config = dir.join("my.cnf");
         std::fs::create_dir(dir.join("tmp")).expect("tmp dir");
-        std::fs::write(&config, server_config(&dir, port)).expect("write my.cnf");
+        let mut text = server_config(&dir, port);
+        if tls {
+            let certs = super::tls::certs();
+            text = text.replace(
+                "bind-address=127.0.0.1\n",
+                "bind-address=127.0.0.1,127.0.0.2\n",
+            );
+            text.push_str(&format!(
+                "ssl-ca={}\nssl-cert={}\nssl-key={}\n",
+                certs.ca.display(),
+                certs.server_cert.display(),
+                certs.server_key.display()
+            ));
+        }
+        std::fs::write(&config, text).expect("write my.cnf");
         let server = MariaServer {
             dir,
             port,
@@ -86,8 +121,7 @@ impl MariaServer {
             "",
             &format!(
                 "CREATE USER IF NOT EXISTS {CDC_USER}@'%' IDENTIFIED BY '{CDC_USER}';\n\
-                 GRANT SELECT, RELOAD, REPLICATION SLAVE, BINLOG MONITOR, REPLICATION CLIENT \
-                 ON *.* TO {CDC_USER}@'%';"
+                 GRANT {CDC_GLOBAL_GRANTS} ON *.* TO {CDC_USER}@'%';"
             ),
         );
         server
@@ -236,13 +270,15 @@ impl MariaServer {
         conn
     }
 
-    /// A fresh database for one test, and a root connection to it.
+    /// A fresh database for one test, readable by the `cdc` user, and a
+    /// root connection to it.
     pub async fn create_database(&self, name: &str) -> Conn {
         let mut admin = self.conn("").await;
         admin
             .query_drop(format!(
                 "DROP DATABASE IF EXISTS `{name}`; \
-                 CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+                 CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin; \
+                 GRANT SELECT ON `{name}`.* TO {CDC_USER}@'%'"
             ))
             .await
             .expect("create database");

@@ -10,6 +10,7 @@
 pub mod lake;
 pub mod mariadb;
 pub mod s3;
+pub mod tls;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -83,6 +84,18 @@ pub fn temp_dir(prefix: &str) -> PathBuf {
 impl PgServer {
     /// Starts a private server; `wal_level` is `logical` unless overridden.
     pub fn start(wal_level: &str) -> PgServer {
+        PgServer::start_with(wal_level, false)
+    }
+
+    /// A server that takes TCP connections only over TLS (the
+    /// [`tls::certs`] server certificate), from roles with a password
+    /// (scram-sha-256), on 127.0.0.1 and 127.0.0.2; the harness itself
+    /// connects over the Unix socket.
+    pub fn start_tls() -> PgServer {
+        PgServer::start_with("logical", true)
+    }
+
+    fn start_with(wal_level: &str, tls: bool) -> PgServer {
         assert!(
             Path::new(PG_BIN).join("initdb").exists(),
             "Postgres 15 server binaries missing in {PG_BIN}: run scripts/setup"
@@ -117,13 +130,45 @@ impl PgServer {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
-        let conf = format!(
+        let mut conf = format!(
             "\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
              wal_level = {wal_level}\nmax_wal_senders = 40\nmax_replication_slots = 40\n\
              fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
              max_connections = 200\n",
             dir.display()
         );
+        if tls {
+            let certs = tls::certs();
+            for (from, to) in [
+                (&certs.server_cert, "server.pem"),
+                (&certs.server_key, "server.key"),
+            ] {
+                std::fs::copy(from, data.join(to)).expect("copy server certificate");
+            }
+            if is_root() {
+                let status = Command::new("chown")
+                    .args(["postgres", "server.pem", "server.key"])
+                    .current_dir(&data)
+                    .status()
+                    .expect("chown");
+                assert!(status.success());
+            }
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .expect("chmod server.key");
+            conf.push_str(
+                "listen_addresses = '127.0.0.1,127.0.0.2'\nssl = on\n\
+                 ssl_cert_file = 'server.pem'\nssl_key_file = 'server.key'\n",
+            );
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.0/8 scram-sha-256\n",
+            )
+            .expect("write pg_hba.conf");
+        }
         let mut text = std::fs::read_to_string(data.join("postgresql.conf")).expect("conf");
         text.push_str(&conf);
         std::fs::write(data.join("postgresql.conf"), text).expect("write conf");
@@ -180,8 +225,15 @@ impl PgServer {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// A superuser connection over the Unix socket (TCP may ask for TLS
+    /// and a password: see [`PgServer::start_tls`]).
     pub async fn client(&self, database: &str) -> Client {
-        let (client, connection) = tokio_postgres::connect(&self.url(database), NoTls)
+        let (client, connection) = tokio_postgres::Config::new()
+            .host_path(&self.dir)
+            .port(self.port)
+            .user("postgres")
+            .dbname(database)
+            .connect(NoTls)
             .await
             .expect("connect to test server");
         tokio::spawn(async move {
@@ -207,6 +259,12 @@ impl PgServer {
 pub fn pg() -> &'static PgServer {
     static SERVER: OnceLock<PgServer> = OnceLock::new();
     SERVER.get_or_init(|| PgServer::start("logical"))
+}
+
+/// The TLS-only server shared by the TLS tests of this binary.
+pub fn pg_tls() -> &'static PgServer {
+    static SERVER: OnceLock<PgServer> = OnceLock::new();
+    SERVER.get_or_init(PgServer::start_tls)
 }
 
 /// The tidewater binary under test. It dies with the test thread that
@@ -245,6 +303,39 @@ pub fn output_within(mut cmd: Command, seconds: u64) -> std::process::Output {
         std::thread::sleep(Duration::from_millis(50));
     }
     child.wait_with_output().expect("output")
+}
+
+/// Runs `tidewater <command>` (`check`, `run`, …) on a config with this
+/// `[source]` section and a scratch lake, with `env` set; returns the exit
+/// code and everything it printed.
+pub fn run_with_source(command: &str, source_toml: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let dir = temp_dir("tidewater-source");
+    let path = dir.join("tidewater.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[pipeline]\nname = \"probe\"\nstate_dir = \"{}\"\n\n{}\n\n[sink]\ntype = \"lake\"\nuri = \"file://{}\"\n",
+            dir.join("state").display(),
+            source_toml.trim_end(),
+            dir.join("lake").display(),
+        ),
+    )
+    .expect("write config");
+    let mut cmd = tidewater();
+    cmd.arg(command)
+        .arg("--config")
+        .arg(&path)
+        .envs(env.iter().copied());
+    let out = output_within(cmd, 120);
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 /// A test pipeline: config file, lake directory and the daemon process.

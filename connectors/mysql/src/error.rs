@@ -30,6 +30,13 @@ pub enum MysqlError {
         #[source]
         source: mysql_async::UrlError,
     },
+    #[error("source.url")]
+    TlsConfig {
+        #[source]
+        source: crate::tls::TlsConfigError,
+    },
+    #[error(transparent)]
+    Tls(#[from] Box<crate::tls::TlsError>),
     #[error("cannot connect to MySQL/MariaDB at {target}")]
     Connect {
         target: String,
@@ -101,7 +108,10 @@ impl MysqlError {
 impl Classified for MysqlError {
     fn class(&self) -> ErrorClass {
         match self {
-            MysqlError::Url { .. } | MysqlError::BadPosition { .. } => ErrorClass::Config,
+            MysqlError::Url { .. }
+            | MysqlError::BadPosition { .. }
+            | MysqlError::TlsConfig { .. }
+            | MysqlError::Tls(_) => ErrorClass::Config,
             MysqlError::PositionLost { .. } | MysqlError::Incident { .. } => ErrorClass::Definite,
             MysqlError::Decode { source, .. } => source.class(),
             MysqlError::SnapshotValue { .. } | MysqlError::Unsupported { .. } => {

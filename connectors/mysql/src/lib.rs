@@ -13,6 +13,7 @@ mod preflight;
 pub mod rows;
 pub mod source;
 pub mod tablemap;
+pub mod tls;
 mod value;
 
 pub use catalog::Flavor;

@@ -97,7 +97,15 @@ pub async fn preflight(
             g.contains("ALL PRIVILEGES ON *.*") || (g.contains(privilege) && g.contains(" ON *.*"))
         })
     };
-    let user = "<the tidewater user>";
+    let current: Option<String> = conn
+        .query_first("SELECT CURRENT_USER()")
+        .await
+        .map_err(query_error("reading the current user"))?;
+    let user = current
+        .as_deref()
+        .and_then(|u| u.rsplit_once('@'))
+        .map(|(name, host)| format!("'{name}'@'{host}'"))
+        .unwrap_or_else(|| "<the tidewater user>".into());
     if !has("REPLICATION SLAVE") && !has("REPLICATION REPLICA") {
         problems.push(Problem {
             what: "the user lacks REPLICATION SLAVE (needed to read the binlog)".into(),

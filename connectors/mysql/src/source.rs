@@ -44,7 +44,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use mysql_async::binlog::events::Event;
 use mysql_async::prelude::Queryable;
-use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts, Value};
+use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Value};
 use tidewater_core::{
     ChangeEvent, Column, CommitInfo, Datum, Op, RowBlock, RowChange, TableFilter, TableId,
     TableSchema,
@@ -57,6 +57,7 @@ use crate::error::{query_error, stream_error, MysqlError};
 use crate::event::{GtidSet, GtidState};
 use crate::position::BinlogPosition;
 use crate::rows::{self, RowPlan};
+use crate::tls::Endpoint;
 use crate::{event, tablemap, value};
 
 /// Binlog event type codes we act on.
@@ -214,7 +215,7 @@ const OPEN_BLOCK_ROWS: u64 = 8192;
 
 pub struct MysqlSource {
     config: MysqlConfig,
-    opts: Opts,
+    opts: Endpoint,
     conn: Conn,
     flavor: Flavor,
     charsets: Arc<HashMap<u32, String>>,
@@ -245,11 +246,8 @@ fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
-async fn open(opts: &Opts) -> Result<Conn, MysqlError> {
-    let target = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
-    let mut conn = Conn::new(opts.clone())
-        .await
-        .map_err(|source| MysqlError::Connect { target, source })?;
+async fn open(endpoint: &Endpoint) -> Result<Conn, MysqlError> {
+    let mut conn = endpoint.connect().await?;
     conn.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'")
         .await
         .map_err(query_error(
@@ -260,7 +258,7 @@ async fn open(opts: &Opts) -> Result<Conn, MysqlError> {
 
 impl MysqlSource {
     pub async fn connect(config: MysqlConfig) -> Result<Self, MysqlError> {
-        let opts = Opts::from_url(&config.url).map_err(|source| MysqlError::Url { source })?;
+        let opts = Endpoint::new(&config.url).map_err(|source| MysqlError::TlsConfig { source })?;
         let mut conn = open(&opts).await?;
         let version: Option<String> = conn
             .query_first("SELECT VERSION()")
@@ -1873,7 +1871,7 @@ const SNAPSHOT_BLOCK_ROWS: usize = 8192;
 /// Parallel readers of the initial snapshot (MySQL/MariaDB).
 #[derive(Clone)]
 struct ParallelRead {
-    opts: Opts,
+    opts: Endpoint,
     workers: usize,
     chunk_rows: u64,
 }

@@ -23,13 +23,11 @@
 //! `ctid` range scans (`TID Range Scan`, Postgres 14+) read only the pages
 //! asked for; before 14 the plan is one chunk per table.
 
-use std::str::FromStr;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
 use tidewater_core::{RowBlock, TableId, TableSchema};
 use tokio::sync::{mpsc, Mutex};
-use tokio_postgres::NoTls;
 use tracing::debug;
 
 use crate::copy_arrow::{CopyDecoder, CopyFormat};
@@ -142,26 +140,19 @@ impl ParallelCopy {
     /// Opens `workers` connections to `url`, each in the exported snapshot
     /// `snapshot`, and starts reading `jobs`.
     pub async fn start(
-        url: &str,
+        config: &tokio_postgres::Config,
+        tls: &crate::tls::TlsSetup,
         session_sql: &str,
         snapshot: &str,
         workers: usize,
         jobs: Vec<ChunkJob>,
     ) -> Result<Self, PostgresError> {
         let workers = workers.clamp(1, jobs.len().max(1));
-        let config = tokio_postgres::Config::from_str(url)
-            .map_err(|source| PostgresError::Url { source })?;
         let mut tasks = tokio::task::JoinSet::new();
         let mut clients = Vec::with_capacity(workers);
         for _ in 0..workers {
             let (client, connection) =
-                config
-                    .connect(NoTls)
-                    .await
-                    .map_err(|source| PostgresError::Connect {
-                        target: "the snapshot worker's connection".into(),
-                        source,
-                    })?;
+                crate::source::open_client(config, tls, "the snapshot worker's connection").await?;
             tasks.spawn(async move {
                 if let Err(err) = connection.await {
                     debug!(error = %err, "snapshot worker connection closed");

@@ -16,6 +16,13 @@ pub enum PostgresError {
     },
     #[error("source.url names no {what}")]
     UrlPart { what: &'static str },
+    #[error("source.url")]
+    TlsConfig {
+        #[source]
+        source: crate::tls::TlsConfigError,
+    },
+    #[error(transparent)]
+    Tls(#[from] Box<crate::tls::TlsError>),
     #[error("cannot connect to Postgres at {target}")]
     Connect {
         target: String,
@@ -123,7 +130,10 @@ impl tidewater_core::Classified for PostgresError {
 impl PostgresError {
     pub fn class(&self) -> ErrorClass {
         match self {
-            PostgresError::Url { .. } | PostgresError::UrlPart { .. } => ErrorClass::Config,
+            PostgresError::Url { .. }
+            | PostgresError::UrlPart { .. }
+            | PostgresError::TlsConfig { .. }
+            | PostgresError::Tls(_) => ErrorClass::Config,
             PostgresError::SlotLost { .. }
             | PostgresError::PublicationIncomplete { .. }
             | PostgresError::SlotInvalidated { .. }
@@ -140,6 +150,7 @@ impl PostgresError {
             | PostgresError::SlotBusy { .. } => ErrorClass::Transient,
             PostgresError::Replication { source } => match source.sqlstate() {
                 _ if source.is_auth() => ErrorClass::Config,
+                _ if matches!(source, ReplicationError::Tls(_)) => ErrorClass::Config,
                 // The server names what is wrong by SQLSTATE: a missing slot or
                 // publication (42704), an invalidated slot (55000) or a
                 // missing privilege (42501) will not fix itself by retrying.

@@ -27,7 +27,9 @@ pub async fn preflight(
                (SELECT count(*) FROM pg_replication_slots)::int, \
                (SELECT count(*) FROM pg_stat_replication WHERE application_name <> $3)::int, \
                EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1), \
-               r.rolreplication OR r.rolsuper, current_user::text, \
+               r.rolreplication OR r.rolsuper OR coalesce((SELECT pg_has_role(r.oid, g.oid, 'MEMBER') \
+                 FROM pg_roles g WHERE g.rolname = 'rds_replication'), false), \
+               current_user::text, \
                has_database_privilege(current_database(), 'CREATE'), \
                EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $2), \
                r.rolsuper \
@@ -83,9 +85,11 @@ pub async fn preflight(
     }
     if !can_replicate {
         problems.push(Problem {
-            what: format!("role {user:?} lacks the REPLICATION attribute"),
+            what: format!(
+                "role {user:?} lacks the REPLICATION attribute (needed for the slot and the stream)"
+            ),
             fix: format!(
-                "ALTER ROLE {} WITH REPLICATION;",
+                "ALTER ROLE {0} WITH REPLICATION; (on Amazon RDS and Aurora: GRANT rds_replication TO {0};)",
                 crate::catalog::quote_ident(&user)
             ),
         });
@@ -100,13 +104,40 @@ pub async fn preflight(
                 .into(),
         });
     }
+    let mut schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    schemas.sort_unstable();
+    schemas.dedup();
+    for schema in schemas {
+        let usage: bool = client
+            .query_one("SELECT has_schema_privilege($1, 'USAGE')", &[&schema])
+            .await
+            .map_err(query_error(format!(
+                "checking privileges on schema {schema}"
+            )))?
+            .get(0);
+        if !usage {
+            problems.push(Problem {
+                what: format!(
+                    "role {user:?} lacks USAGE on schema {schema} (its tables cannot be read)"
+                ),
+                fix: format!(
+                    "GRANT USAGE ON SCHEMA {} TO {};",
+                    crate::catalog::quote_ident(schema),
+                    crate::catalog::quote_ident(&user)
+                ),
+            });
+        }
+    }
+    // Reported once, for the first table the role does not own; every
+    // table is still checked for the rest.
+    let mut publication_reported = false;
     for table in tables {
         let row = client
             .query_one(
                 &format!(
                     "SELECT has_table_privilege(c.oid, 'SELECT'), \
-                       pg_get_userbyid(c.relowner) = current_user, {HAS_REPLICA_IDENTITY} \
-                     FROM pg_class c WHERE c.oid = (quote_ident($1) || '.' || quote_ident($2))::regclass"
+                       pg_has_role(c.relowner, 'USAGE'), {HAS_REPLICA_IDENTITY} \
+                     FROM pg_class c WHERE c.relname = $2 AND c.relnamespace = (SELECT n.oid FROM pg_namespace n WHERE n.nspname = $1)"
                 ),
                 &[&table.schema, &table.table],
             )
@@ -140,7 +171,8 @@ pub async fn preflight(
                 ),
             });
         }
-        if !publication_exists && !owns && !superuser {
+        if !publication_exists && !owns && !superuser && !publication_reported {
+            publication_reported = true;
             problems.push(Problem {
                 what: format!(
                     "publication {:?} does not exist and role {user:?} does not own {table}, so it cannot create it",
@@ -152,7 +184,6 @@ pub async fn preflight(
                     tables.iter().map(quote_table).collect::<Vec<_>>().join(", ")
                 ),
             });
-            break;
         }
     }
     if !publication_exists && !can_create {
@@ -185,7 +216,7 @@ pub async fn advisories(
                  AND NOT EXISTS (SELECT 1 FROM pg_publication_tables p \
                    WHERE p.pubname = $3 AND p.schemaname = $1 AND p.tablename = $2) \
                  AND EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $3) \
-                 FROM pg_class c WHERE c.oid = (quote_ident($1) || '.' || quote_ident($2))::regclass",
+                 FROM pg_class c WHERE c.relname = $2 AND c.relnamespace = (SELECT n.oid FROM pg_namespace n WHERE n.nspname = $1)",
                 &[&table.schema, &table.table, &config.publication],
             )
             .await
@@ -211,7 +242,7 @@ pub async fn advisories(
         // UPDATE leaving a TOASTed value unchanged does not send it.
         let row = client
             .query_one(
-                "SELECT c.relreplident::text, EXISTS (SELECT 1 FROM pg_attribute a                    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped                      AND a.attstorage IN ('x', 'e'))                  FROM pg_class c WHERE c.oid = (quote_ident($1) || '.' || quote_ident($2))::regclass",
+                "SELECT c.relreplident::text, EXISTS (SELECT 1 FROM pg_attribute a                    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped                      AND a.attstorage IN ('x', 'e'))                  FROM pg_class c WHERE c.relname = $2 AND c.relnamespace = (SELECT n.oid FROM pg_namespace n WHERE n.nspname = $1)",
                 &[&table.schema, &table.table],
             )
             .await
@@ -241,6 +272,70 @@ pub async fn advisories(
                 fix,
             }),
             _ => {}
+        }
+    }
+    // An existing publication (made by the tables' owner for a role that
+    // owns none, as in the README's least-privilege setup) must hold every
+    // table: the first snapshot refuses to start without them, and a table
+    // it lacks later is skipped (only an owner can add it).
+    let publication = client
+        .query_opt(
+            "SELECT pg_get_userbyid(pubowner)::text FROM pg_publication WHERE pubname = $1",
+            &[&config.publication],
+        )
+        .await
+        .map_err(query_error("reading the publication"))?;
+    if let Some(row) = publication {
+        let owner: String = row.get(0);
+        let published: Vec<TableId> = client
+            .query(
+                "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+                &[&config.publication],
+            )
+            .await
+            .map_err(query_error("reading the publication's tables"))?
+            .iter()
+            .map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect();
+        let missing: Vec<String> = tables
+            .iter()
+            .filter(|t| !published.contains(t))
+            .map(quote_table)
+            .collect();
+        if !missing.is_empty() {
+            warnings.push(Problem {
+                what: format!(
+                    "publication {} (owned by {owner:?}) lacks {}: they are not replicated, and \
+                     the first snapshot does not start without them",
+                    config.publication,
+                    missing.join(", ")
+                ),
+                fix: format!(
+                    "as {owner}: ALTER PUBLICATION {} ADD TABLE {};",
+                    crate::catalog::quote_ident(&config.publication),
+                    missing.join(", ")
+                ),
+            });
+        }
+    }
+    if config.heartbeat.is_some() {
+        let can_emit: bool = client
+            .query_one(
+                "SELECT has_function_privilege('pg_logical_emit_message(boolean,text,text)', 'EXECUTE')",
+                &[],
+            )
+            .await
+            .map_err(query_error("checking EXECUTE on pg_logical_emit_message"))?
+            .get(0);
+        if !can_emit {
+            warnings.push(Problem {
+                what: "the role cannot EXECUTE pg_logical_emit_message: no heartbeats, so an \
+                       idle database's slot confirms only what other databases write"
+                    .into(),
+                fix: "GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) TO <the role>; \
+                      (or set source.heartbeat_interval_ms = 0)"
+                    .into(),
+            });
         }
     }
     let keep: String = client

@@ -123,6 +123,8 @@ pub enum ReplicationError {
     Protocol(String),
     #[error("the replication connection was closed")]
     Closed,
+    #[error(transparent)]
+    Tls(#[from] Box<crate::tls::TlsError>),
 }
 
 impl ReplicationError {
@@ -151,6 +153,8 @@ pub struct ConnectParams {
     pub application_name: String,
     /// `-c name=value …` session settings.
     pub options: String,
+    /// `sslmode` and the verifier it implies (see [`crate::tls`]).
+    pub tls: crate::tls::TlsSetup,
 }
 
 #[derive(Debug, Clone)]
@@ -192,11 +196,30 @@ impl ReplicationConnection {
         };
         let stream: Box<dyn Stream> = match &params.host {
             Host::Tcp(host) => {
-                let tcp = tokio::net::TcpStream::connect((host.as_str(), params.port))
+                let mut tcp = tokio::net::TcpStream::connect((host.as_str(), params.port))
                     .await
                     .map_err(io)?;
                 tcp.set_nodelay(true).map_err(io)?;
-                Box::new(tcp)
+                if ssl_request(&mut tcp, params, &target).await? {
+                    let tls = params.tls.handshake(host, tcp).await.map_err(|err| {
+                        match err
+                            .get_ref()
+                            .and_then(|e| e.downcast_ref::<rustls::Error>())
+                        {
+                            Some(refused) => {
+                                ReplicationError::Tls(Box::new(crate::tls::TlsError::certificate(
+                                    &target,
+                                    &params.tls,
+                                    refused.clone(),
+                                )))
+                            }
+                            None => io(err),
+                        }
+                    })?;
+                    Box::new(tls)
+                } else {
+                    Box::new(tcp)
+                }
             }
             #[cfg(unix)]
             Host::Unix(dir) => Box::new(
@@ -435,6 +458,42 @@ async fn read_message<R: AsyncRead + Unpin + ?Sized>(
         if stream.read_buf(buf).await.map_err(io)? == 0 {
             return Err(ReplicationError::Closed);
         }
+    }
+}
+
+/// Asks for TLS when the mode wants it: true when the server agreed and the
+/// handshake is next. Exactly one byte of answer is read, so nothing the
+/// server sends before the handshake can be taken for protected data.
+async fn ssl_request(
+    tcp: &mut tokio::net::TcpStream,
+    params: &ConnectParams,
+    target: &str,
+) -> Result<bool, ReplicationError> {
+    let io = |source| ReplicationError::Io {
+        target: target.to_string(),
+        source,
+    };
+    let mode = params.tls.mode;
+    if mode == crate::tls::SslMode::Disable {
+        return Ok(false);
+    }
+    let mut out = BytesMut::new();
+    frontend::ssl_request(&mut out);
+    tcp.write_all(&out).await.map_err(io)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(io)?;
+    match answer[0] {
+        b'S' => Ok(true),
+        b'N' if mode.requires_tls() => Err(ReplicationError::Tls(Box::new(
+            crate::tls::TlsError::Refused {
+                target: target.to_string(),
+                mode,
+            },
+        ))),
+        b'N' => Ok(false),
+        other => Err(ReplicationError::Protocol(format!(
+            "answer {other:#04x} to the SSL request"
+        ))),
     }
 }
 

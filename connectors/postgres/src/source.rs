@@ -43,7 +43,6 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,7 +51,7 @@ use futures_util::StreamExt;
 use tidewater_core::{
     ChangeEvent, Column, CommitInfo, Datum, Op, RowChange, TableFilter, TableId, TableSchema,
 };
-use tokio_postgres::{Client, CopyOutStream, NoTls};
+use tokio_postgres::{Client, CopyOutStream};
 use tracing::{debug, info, warn};
 
 use crate::catalog::{
@@ -268,6 +267,8 @@ struct Replay {
 pub struct PostgresSource {
     config: PostgresConfig,
     client: Client,
+    /// The url without its TLS settings, for more tokio-postgres connections.
+    pg_config: tokio_postgres::Config,
     params: ConnectParams,
     server_version: i32,
     snapshot: Option<SnapshotCopy>,
@@ -310,17 +311,12 @@ pub struct PostgresSource {
 impl PostgresSource {
     /// Opens the control connection. Nothing is changed on the server.
     pub async fn connect(config: PostgresConfig) -> Result<Self, PostgresError> {
-        let pg_config = tokio_postgres::Config::from_str(&config.url)
-            .map_err(|source| PostgresError::Url { source })?;
+        let (pg_config, tls_options) = crate::tls::parse_url(&config.url)
+            .map_err(|source| PostgresError::TlsConfig { source })?;
+        let tls = crate::tls::TlsSetup::new(&tls_options)
+            .map_err(|source| PostgresError::TlsConfig { source })?;
         let target = describe_target(&pg_config);
-        let (client, connection) =
-            pg_config
-                .connect(NoTls)
-                .await
-                .map_err(|source| PostgresError::Connect {
-                    target: target.clone(),
-                    source,
-                })?;
+        let (client, connection) = open_client(&pg_config, &tls, &target).await?;
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 debug!(error = %err, "control connection closed");
@@ -339,11 +335,12 @@ impl PostgresSource {
             .await
             .map_err(query_error("reading the server version"))?
             .get(0);
-        let params = connect_params(&pg_config, &config)?;
+        let params = connect_params(&pg_config, &config, tls)?;
         let heartbeat = config.heartbeat;
         Ok(Self {
             config,
             client,
+            pg_config,
             params,
             server_version,
             snapshot: None,
@@ -377,6 +374,15 @@ impl PostgresSource {
 
     pub fn config(&self) -> &PostgresConfig {
         &self.config
+    }
+
+    /// Opens a replication connection and asks for the system id: `check`'s
+    /// proof that the walsender takes this role over this url (REPLICATION,
+    /// pg_hba.conf, TLS) without creating anything on the server.
+    pub async fn probe_replication(&self) -> Result<(), PostgresError> {
+        let mut repl = ReplicationConnection::connect(&self.params).await?;
+        repl.query("IDENTIFY_SYSTEM").await?;
+        Ok(())
     }
 
     /// Tables the config selects, as they exist now.
@@ -652,7 +658,8 @@ impl PostgresSource {
             "snapshot copy planned"
         );
         let chunks = crate::chunks::ParallelCopy::start(
-            &self.config.url,
+            &self.pg_config,
+            &self.params.tls,
             &session,
             snapshot_name,
             self.config.snapshot_workers,
@@ -2045,9 +2052,37 @@ fn describe_target(config: &tokio_postgres::Config) -> String {
     format!("{}:{port}", first_host(config))
 }
 
+/// A tokio-postgres connection under the url's `sslmode`; the caller
+/// spawns the connection future.
+pub(crate) async fn open_client(
+    pg: &tokio_postgres::Config,
+    tls: &crate::tls::TlsSetup,
+    target: &str,
+) -> Result<
+    (
+        Client,
+        tokio_postgres::Connection<
+            tokio_postgres::Socket,
+            crate::tls::RustlsStream<tokio_postgres::Socket>,
+        >,
+    ),
+    PostgresError,
+> {
+    pg.connect(tls.connector()).await.map_err(|source| {
+        match crate::tls::TlsError::find(target, tls, &source) {
+            Some(refused) => PostgresError::Tls(Box::new(refused)),
+            None => PostgresError::Connect {
+                target: target.to_string(),
+                source,
+            },
+        }
+    })
+}
+
 fn connect_params(
     pg: &tokio_postgres::Config,
     config: &PostgresConfig,
+    tls: crate::tls::TlsSetup,
 ) -> Result<ConnectParams, PostgresError> {
     let host = match pg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => Host::Tcp(h.clone()),
@@ -2073,6 +2108,7 @@ fn connect_params(
         database: database.to_string(),
         application_name: config.application_name.clone(),
         options: options.join(" "),
+        tls,
     })
 }
 

@@ -1,0 +1,471 @@
+//! TLS to the MySQL/MariaDB server with the MySQL client's `ssl-mode`
+//! semantics, for every connection the source opens (queries, snapshot
+//! workers, the binlog stream, reconnects): they all go through
+//! [`Endpoint::connect`].
+//!
+//! The settings live in the source url's query string, spelled as the
+//! `mysql` client spells its options (`ssl_mode`/`ssl_ca` are taken too):
+//!
+//! | `ssl-mode` | TLS | certificate |
+//! |---|---|---|
+//! | `DISABLED` | never | — |
+//! | `PREFERRED` (default) | when the server offers it | not checked |
+//! | `REQUIRED` | always | not checked; chained to `ssl-ca` when that is given |
+//! | `VERIFY_CA` | always | chained to `ssl-ca` |
+//! | `VERIFY_IDENTITY` | always | chained to `ssl-ca` and valid for the url's host |
+//!
+//! `ssl-ca` is a PEM file of CA certificates; the verify modes need it (the
+//! built-in public roots of the client library are never used: a database
+//! certificate comes from the operator's own CA or the cloud's bundle).
+//! `REQUIRED` with a CA file checks the chain, as libpq's `require` does,
+//! so one rule holds for both sources.
+//!
+//! The TLS itself is mysql_async's rustls client. Two things are done here
+//! around it:
+//!
+//! - PREFERRED: mysql_async fails when the server lacks TLS; the connection
+//!   is then made again in plain text.
+//! - VERIFY_CA: mysql_async 0.37 recognises a host-name mismatch by the text
+//!   "NotValidForName" in the rustls error, which rustls 0.23 no longer
+//!   prints, so its skip-the-name option checks the name anyway. A name
+//!   error comes after the chain was found good, so the connection is made
+//!   again with the server name set to one the certificate holds: the chain
+//!   is checked again, and any certificate from the CA passes, whatever host
+//!   the url names. The name is kept for the endpoint's later connections.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use mysql_async::{Conn, Opts, OptsBuilder, SslOpts};
+
+/// The MySQL client's `--ssl-mode`, in increasing strength.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SslMode {
+    Disabled,
+    Preferred,
+    Required,
+    VerifyCa,
+    VerifyIdentity,
+}
+
+impl SslMode {
+    fn parse(text: &str) -> Option<SslMode> {
+        Some(match text.to_ascii_uppercase().as_str() {
+            "DISABLED" => SslMode::Disabled,
+            "PREFERRED" => SslMode::Preferred,
+            "REQUIRED" => SslMode::Required,
+            "VERIFY_CA" => SslMode::VerifyCa,
+            "VERIFY_IDENTITY" => SslMode::VerifyIdentity,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for SslMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SslMode::Disabled => "DISABLED",
+            SslMode::Preferred => "PREFERRED",
+            SslMode::Required => "REQUIRED",
+            SslMode::VerifyCa => "VERIFY_CA",
+            SslMode::VerifyIdentity => "VERIFY_IDENTITY",
+        })
+    }
+}
+
+/// A url's TLS settings as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsOptions {
+    pub mode: SslMode,
+    pub ca: Option<PathBuf>,
+}
+
+/// Why a url's TLS settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    #[error(
+        "ssl-mode={0:?} is not one of DISABLED, PREFERRED, REQUIRED, VERIFY_CA, VERIFY_IDENTITY"
+    )]
+    BadMode(String),
+    #[error("ssl-mode={0} needs ssl-ca=<PEM file of the CA certificates> to check the server's certificate against")]
+    NoCa(SslMode),
+    #[error(
+        "{0} is the driver's own TLS switch; write ssl-mode (and ssl-ca) as the mysql client does"
+    )]
+    DriverParameter(String),
+    #[error("{0} (client certificates) is not supported; authenticate with a password")]
+    ClientCert(String),
+    #[error("source.url is not a valid MySQL connection url")]
+    Url(#[source] mysql_async::UrlError),
+    #[error("cannot read ssl-ca file {}", path.display())]
+    ReadCa {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Removes the TLS settings from a url: the rest (for mysql_async) and the
+/// options.
+pub fn parse_url(url: &str) -> Result<(String, TlsOptions), TlsConfigError> {
+    let mut options = TlsOptions {
+        mode: SslMode::Preferred,
+        ca: None,
+    };
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), options));
+    };
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value);
+        match key.replace('_', "-").as_str() {
+            "ssl-mode" => {
+                options.mode = SslMode::parse(&value).ok_or(TlsConfigError::BadMode(value))?;
+            }
+            "ssl-ca" => options.ca = Some(PathBuf::from(value)),
+            "ssl-cert" | "ssl-key" => return Err(TlsConfigError::ClientCert(key.to_string())),
+            "require-ssl" | "verify-ca" | "verify-identity" | "built-in-roots" => {
+                return Err(TlsConfigError::DriverParameter(key.to_string()))
+            }
+            _ => kept.push(pair),
+        }
+    }
+    if options.mode >= SslMode::VerifyCa && options.ca.is_none() {
+        return Err(TlsConfigError::NoCa(options.mode));
+    }
+    let rest = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((rest, options))
+}
+
+/// `%XX` escapes of a url component (a path may be written escaped).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A connection refused on TLS grounds, naming the setting: retrying cannot
+/// help, the url or the server must change.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(
+        "the server at {target} does not accept TLS, but source.url asks for ssl-mode={mode}\n\
+         hint: give the server ssl_cert and ssl_key (MySQL 8 makes its own), or lower ssl-mode \
+         (PREFERRED falls back to plain text)"
+    )]
+    Refused { target: String, mode: SslMode },
+    #[error("TLS handshake with {target} failed (ssl-mode={mode}{ca}): {reason}")]
+    Certificate {
+        target: String,
+        mode: SslMode,
+        /// `, ssl-ca=<path>` when one is set.
+        ca: String,
+        reason: &'static str,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// Where the source connects, with what TLS; cheap to clone (workers
+/// each hold one).
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Connections under the url's mode (plain for DISABLED).
+    opts: Opts,
+    /// PREFERRED: the same without TLS, for a server that has none.
+    plain: Option<Opts>,
+    /// PREFERRED, and the server turned out to have no TLS: later
+    /// connections go plain at once instead of being refused first.
+    plain_only: Arc<AtomicBool>,
+    options: TlsOptions,
+    /// VERIFY_CA: the options naming a host the certificate holds, once a
+    /// connection found the url's host missing from it.
+    renamed: Arc<Mutex<Option<Opts>>>,
+}
+
+impl Endpoint {
+    /// Parses the url and reads the CA file.
+    pub fn new(url: &str) -> Result<Endpoint, TlsConfigError> {
+        let (rest, options) = parse_url(url)?;
+        let plain = Opts::from_url(&rest).map_err(TlsConfigError::Url)?;
+        let ssl = match options.mode {
+            SslMode::Disabled => None,
+            _ => Some(ssl_opts(&options)?),
+        };
+        install_crypto_provider();
+        Ok(Endpoint {
+            opts: OptsBuilder::from_opts(plain.clone()).ssl_opts(ssl).into(),
+            plain: (options.mode == SslMode::Preferred).then_some(plain),
+            plain_only: Arc::new(AtomicBool::new(false)),
+            options,
+            renamed: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    pub fn target(&self) -> String {
+        format!("{}:{}", self.opts.ip_or_hostname(), self.opts.tcp_port())
+    }
+
+    /// The url's mode.
+    pub fn mode(&self) -> SslMode {
+        self.options.mode
+    }
+
+    /// One connection under the url's mode (see the module doc).
+    pub async fn connect(&self) -> Result<Conn, crate::MysqlError> {
+        let target = self.target();
+        let connect_error = |source| crate::MysqlError::Connect {
+            target: target.clone(),
+            source,
+        };
+        if let Some(plain) = &self.plain {
+            if self.plain_only.load(Ordering::Relaxed) {
+                return Conn::new(plain.clone()).await.map_err(connect_error);
+            }
+        }
+        let renamed = self.renamed.lock().map(|r| r.clone()).unwrap_or(None);
+        let opts = renamed.unwrap_or_else(|| self.opts.clone());
+        match Conn::new(opts.clone()).await {
+            Ok(conn) => Ok(conn),
+            Err(mysql_async::Error::Driver(
+                mysql_async::DriverError::NoClientSslFlagFromServer,
+            )) => match &self.plain {
+                Some(plain) => {
+                    self.plain_only.store(true, Ordering::Relaxed);
+                    Conn::new(plain.clone()).await.map_err(connect_error)
+                }
+                None => Err(Box::new(TlsError::Refused {
+                    target: target.clone(),
+                    mode: self.options.mode,
+                })
+                .into()),
+            },
+            Err(err) => {
+                let Some(refused) = find_rustls(&err) else {
+                    return Err(connect_error(err));
+                };
+                if let Some(name) = self.name_held_by_certificate(&refused) {
+                    let retry: Opts = OptsBuilder::from_opts(opts)
+                        .ssl_opts(
+                            opts_ssl(&self.opts)
+                                .map(|s| s.with_danger_tls_hostname_override(Some(name))),
+                        )
+                        .into();
+                    match Conn::new(retry.clone()).await {
+                        Ok(conn) => {
+                            if let Ok(mut slot) = self.renamed.lock() {
+                                *slot = Some(retry);
+                            }
+                            return Ok(conn);
+                        }
+                        Err(err) => match find_rustls(&err) {
+                            Some(refused) => {
+                                return Err(Box::new(self.certificate_error(refused)).into())
+                            }
+                            None => return Err(connect_error(err)),
+                        },
+                    }
+                }
+                Err(Box::new(self.certificate_error(refused)).into())
+            }
+        }
+    }
+
+    /// Under a mode that checks the chain but not the name, the name to
+    /// connect as when the certificate does not hold the url's host.
+    fn name_held_by_certificate(&self, error: &rustls::Error) -> Option<String> {
+        let chain_only = self.options.mode == SslMode::VerifyCa
+            || (self.options.mode == SslMode::Required && self.options.ca.is_some());
+        match error {
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForNameContext { presented, .. },
+            ) if chain_only => presented.iter().find_map(|name| usable_name(name)),
+            _ => None,
+        }
+    }
+
+    fn certificate_error(&self, source: rustls::Error) -> TlsError {
+        use rustls::CertificateError as C;
+        let reason = match &source {
+            rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+                "the server's certificate is not signed by a CA in ssl-ca"
+            }
+            rustls::Error::InvalidCertificate(
+                C::NotValidForName | C::NotValidForNameContext { .. },
+            ) => {
+                "the server's certificate does not name the url's host (VERIFY_IDENTITY checks it; \
+                 connect by a name the certificate holds, or use VERIFY_CA)"
+            }
+            rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+                "the server's certificate has expired"
+            }
+            rustls::Error::InvalidCertificate(_) => "the server's certificate was refused",
+            _ => "the TLS session could not be established",
+        };
+        TlsError::Certificate {
+            target: self.target(),
+            mode: self.options.mode,
+            ca: self
+                .options
+                .ca
+                .as_ref()
+                .map(|p| format!(", ssl-ca={}", p.display()))
+                .unwrap_or_default(),
+            reason,
+            source,
+        }
+    }
+}
+
+/// A name from rustls's list of the names a certificate holds (written
+/// `DnsName("db.example")`, `IpAddress(10.0.0.5)`) that a connection can be
+/// made as; a wildcard gets a label. Anything else is skipped, so an
+/// unexpected form fails closed (the certificate error stands).
+fn usable_name(presented: &str) -> Option<String> {
+    let name = if let Some(dns) = presented
+        .strip_prefix("DnsName(\"")
+        .and_then(|rest| rest.strip_suffix("\")"))
+    {
+        dns.replacen('*', "tidewater", 1)
+    } else {
+        presented
+            .strip_prefix("IpAddress(")
+            .and_then(|rest| rest.strip_suffix(')'))?
+            .to_string()
+    };
+    rustls::pki_types::ServerName::try_from(name.clone())
+        .ok()
+        .map(|_| name)
+}
+
+fn opts_ssl(opts: &Opts) -> Option<SslOpts> {
+    opts.ssl_opts().cloned()
+}
+
+/// mysql_async's TLS options for a mode that may encrypt.
+fn ssl_opts(options: &TlsOptions) -> Result<SslOpts, TlsConfigError> {
+    // The built-in public roots are switched off wherever a CA file is
+    // given; without one no certificate is checked at all (mysql_async
+    // still wants a non-empty store to build its verifier from).
+    let base = SslOpts::default();
+    let ca = match (&options.ca, options.mode) {
+        (Some(path), mode) if mode >= SslMode::Required => {
+            let pem = std::fs::read(path).map_err(|source| TlsConfigError::ReadCa {
+                path: path.clone(),
+                source,
+            })?;
+            Some(pem)
+        }
+        _ => None,
+    };
+    Ok(match (options.mode, ca) {
+        (SslMode::VerifyIdentity, Some(pem)) => base
+            .with_root_certs(vec![pem.into()])
+            .with_disable_built_in_roots(true),
+        (_, Some(pem)) => base
+            .with_root_certs(vec![pem.into()])
+            .with_disable_built_in_roots(true)
+            .with_danger_skip_domain_validation(true),
+        (_, None) => base.with_danger_accept_invalid_certs(true),
+    })
+}
+
+/// mysql_async asks rustls for the process-wide provider, which rustls
+/// cannot pick by itself when the tree enables both of its providers (as
+/// ours does): aws-lc-rs, unless something installed one already.
+fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: one is installed.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    }
+}
+
+/// The rustls error behind a failed connection, if any.
+fn find_rustls(error: &mysql_async::Error) -> Option<rustls::Error> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(err) = current {
+        if let Some(found) = err.downcast_ref::<rustls::Error>() {
+            return Some(found.clone());
+        }
+        if let Some(found) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(found.clone());
+        }
+        current = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_tls_settings_off_the_url() {
+        let (rest, options) = parse_url(
+            "mysql://u:p@db:3306/shop?ssl-mode=verify_identity&ssl-ca=%2Fetc%2Fca.pem&prefer_socket=false",
+        )
+        .unwrap();
+        assert_eq!(rest, "mysql://u:p@db:3306/shop?prefer_socket=false");
+        assert_eq!(options.mode, SslMode::VerifyIdentity);
+        assert_eq!(options.ca, Some(PathBuf::from("/etc/ca.pem")));
+        let (_, options) = parse_url("mysql://u@db/shop?ssl_mode=REQUIRED").unwrap();
+        assert_eq!(options.mode, SslMode::Required);
+    }
+
+    #[test]
+    fn names_a_certificate_holds() {
+        assert_eq!(
+            usable_name("DnsName(\"db.example\")").as_deref(),
+            Some("db.example")
+        );
+        assert_eq!(
+            usable_name("DnsName(\"*.example\")").as_deref(),
+            Some("tidewater.example")
+        );
+        assert_eq!(
+            usable_name("IpAddress(10.0.0.5)").as_deref(),
+            Some("10.0.0.5")
+        );
+        assert_eq!(usable_name("DirectoryName"), None);
+    }
+
+    #[test]
+    fn defaults_to_preferred_and_checks_the_settings() {
+        let (rest, options) = parse_url("mysql://u@db/shop").unwrap();
+        assert_eq!(rest, "mysql://u@db/shop");
+        assert_eq!(options.mode, SslMode::Preferred);
+        for (url, word) in [
+            ("mysql://u@db/shop?ssl-mode=VERIFY_CA", "ssl-ca"),
+            ("mysql://u@db/shop?ssl-mode=sometimes", "sometimes"),
+            ("mysql://u@db/shop?require_ssl=true", "ssl-mode"),
+            ("mysql://u@db/shop?ssl-cert=/c.pem", "ssl-cert"),
+        ] {
+            let err = parse_url(url).unwrap_err().to_string();
+            assert!(err.contains(word), "{url}: {err}");
+        }
+    }
+}

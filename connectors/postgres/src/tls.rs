@@ -1,0 +1,671 @@
+//! TLS to the Postgres server with libpq's `sslmode` semantics, for every
+//! connection tidewater opens: the control connection, the snapshot's copy
+//! workers (both tokio-postgres) and the walsender connection of our own
+//! replication client ([`crate::replication`]).
+//!
+//! ```text
+//!  TCP connect ── SSLRequest ──▶ server
+//!              ◀─ 'S' ── TLS handshake (rustls), then the startup message
+//!              ◀─ 'N' ── prefer: go on in plain text; require and stronger: fail
+//! ```
+//!
+//! The settings live in the source url's query string, spelled as libpq
+//! spells them, so the url that works with `psql` works here:
+//!
+//! | `sslmode` | TLS | certificate |
+//! |---|---|---|
+//! | `disable` | never | — |
+//! | `prefer` (default) | when the server offers it | not checked |
+//! | `require` | always | not checked; chained to `sslrootcert` when that is given (libpq's rule) |
+//! | `verify-ca` | always | chained to `sslrootcert` |
+//! | `verify-full` | always | chained to `sslrootcert` and valid for the url's host |
+//!
+//! `sslrootcert` is a PEM file of CA certificates; `verify-ca` and
+//! `verify-full` need it (libpq would fall back to `~/.postgresql/root.crt`;
+//! a daemon should not depend on its home directory). Over a Unix socket no
+//! TLS is used, as in libpq. Client certificates (`sslcert`, `sslkey`) are
+//! not supported and refused with that message.
+//!
+//! The tokio-postgres side takes `sslmode=require` for every mode that must
+//! encrypt and leaves the certificate decision to the verifier chosen here;
+//! the replication client makes the same SSLRequest itself.
+
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::config::SslMode as DriverSslMode;
+use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+
+/// libpq's `sslmode`, in increasing strength.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(text: &str) -> Option<SslMode> {
+        Some(match text {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+
+    /// The mode must encrypt: a server that refuses TLS is an error.
+    pub fn requires_tls(self) -> bool {
+        self >= SslMode::Require
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        })
+    }
+}
+
+/// A url's TLS settings as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsOptions {
+    pub mode: SslMode,
+    pub root_cert: Option<PathBuf>,
+}
+
+/// Why a url's TLS settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    #[error("sslmode={0:?} is not one of disable, prefer, require, verify-ca, verify-full")]
+    BadMode(String),
+    #[error("sslmode={0} needs sslrootcert=<PEM file of the CA certificates> to check the server's certificate against")]
+    NoRootCert(SslMode),
+    #[error("{0} (client certificates) is not supported; authenticate with a password")]
+    ClientCert(String),
+    #[error("source.url is not a valid Postgres connection url")]
+    Url(#[source] tokio_postgres::Error),
+    #[error("cannot read sslrootcert file {}", path.display())]
+    ReadRootCert {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("sslrootcert file {} holds no usable CA certificate", path.display())]
+    NoCertificates { path: PathBuf },
+}
+
+/// Splits the TLS settings off a url: the tokio-postgres config of the
+/// rest (its `sslmode` set to what the mode needs) and the options.
+///
+/// Only the `postgres://` url form carries `sslrootcert` and the verify
+/// modes; a `key=value` connection string keeps tokio-postgres's own
+/// `sslmode` (disable, prefer, require).
+pub fn parse_url(url: &str) -> Result<(tokio_postgres::Config, TlsOptions), TlsConfigError> {
+    let mut options = TlsOptions {
+        mode: SslMode::Prefer,
+        root_cert: None,
+    };
+    let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let rest = if is_url {
+        split_query(url, &mut options)?
+    } else {
+        url.to_string()
+    };
+    let mut config: tokio_postgres::Config = rest.parse().map_err(TlsConfigError::Url)?;
+    if !is_url {
+        options.mode = match config.get_ssl_mode() {
+            DriverSslMode::Disable => SslMode::Disable,
+            DriverSslMode::Require => SslMode::Require,
+            _ => SslMode::Prefer,
+        };
+    }
+    if options.mode >= SslMode::VerifyCa && options.root_cert.is_none() {
+        return Err(TlsConfigError::NoRootCert(options.mode));
+    }
+    #[cfg(unix)]
+    let over_socket = matches!(
+        config.get_hosts().first(),
+        Some(tokio_postgres::config::Host::Unix(_))
+    );
+    #[cfg(not(unix))]
+    let over_socket = false;
+    config.ssl_mode(match options.mode {
+        _ if over_socket => DriverSslMode::Disable,
+        SslMode::Disable => DriverSslMode::Disable,
+        SslMode::Prefer => DriverSslMode::Prefer,
+        _ => DriverSslMode::Require,
+    });
+    if over_socket {
+        options.mode = SslMode::Disable;
+    }
+    Ok((config, options))
+}
+
+/// Removes `sslmode` and `sslrootcert` from a url's query string into
+/// `options`; the other parameters stay as written.
+fn split_query(url: &str, options: &mut TlsOptions) -> Result<String, TlsConfigError> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok(url.to_string());
+    };
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = percent_decode(key);
+        match key.as_str() {
+            "sslmode" => {
+                let value = percent_decode(value);
+                options.mode = SslMode::parse(&value).ok_or(TlsConfigError::BadMode(value))?;
+            }
+            "sslrootcert" => options.root_cert = Some(PathBuf::from(percent_decode(value))),
+            "sslcert" | "sslkey" | "sslpassword" => return Err(TlsConfigError::ClientCert(key)),
+            _ => kept.push(pair),
+        }
+    }
+    Ok(if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    })
+}
+
+/// `%XX` escapes of a url component (a path may be written escaped).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The rustls provider: the process default when one is installed, else
+/// aws-lc-rs (the tree carries both rustls providers, so rustls cannot
+/// pick one by itself).
+pub(crate) fn crypto_provider() -> Arc<CryptoProvider> {
+    CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+}
+
+/// What every connection of a source uses to encrypt: the mode and, unless
+/// TLS is off, the rustls client config it implies.
+#[derive(Clone)]
+pub struct TlsSetup {
+    pub mode: SslMode,
+    pub root_cert: Option<PathBuf>,
+    config: Option<Arc<ClientConfig>>,
+}
+
+impl fmt::Debug for TlsSetup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSetup")
+            .field("mode", &self.mode)
+            .field("root_cert", &self.root_cert)
+            .finish()
+    }
+}
+
+impl TlsSetup {
+    /// Reads the CA file (if any) and builds the verifier the mode asks for.
+    pub fn new(options: &TlsOptions) -> Result<TlsSetup, TlsConfigError> {
+        let plain = TlsSetup {
+            mode: options.mode,
+            root_cert: options.root_cert.clone(),
+            config: None,
+        };
+        if options.mode == SslMode::Disable {
+            return Ok(plain);
+        }
+        let provider = crypto_provider();
+        // prefer never checks the certificate, not even against a CA file
+        // (libpq); require does when a CA file is given.
+        let roots = match (&options.root_cert, options.mode) {
+            (Some(path), mode) if mode >= SslMode::Require => Some(Arc::new(read_roots(path)?)),
+            _ => None,
+        };
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("the provider supports the default TLS versions");
+        let config = match (options.mode, roots) {
+            (SslMode::VerifyFull, Some(roots)) => {
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            (_, Some(roots)) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ChainOnly { roots, provider }))
+                .with_no_client_auth(),
+            (_, None) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
+                .with_no_client_auth(),
+        };
+        Ok(TlsSetup {
+            config: Some(Arc::new(config)),
+            ..plain
+        })
+    }
+
+    /// The connector tokio-postgres connections use.
+    pub fn connector(&self) -> RustlsConnect {
+        RustlsConnect {
+            config: self.config.clone(),
+        }
+    }
+
+    /// Wraps an established TCP stream in TLS (after the server's 'S').
+    pub(crate) async fn handshake<S>(
+        &self,
+        host: &str,
+        stream: S,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let config = self
+            .config
+            .clone()
+            .ok_or_else(|| std::io::Error::other("TLS is disabled (sslmode=disable)"))?;
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|_| std::io::Error::other(format!("{host:?} is not a TLS server name")))?;
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, stream)
+            .await
+    }
+}
+
+fn read_roots(path: &std::path::Path) -> Result<RootCertStore, TlsConfigError> {
+    let read_error = |source| TlsConfigError::ReadRootCert {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(read_error)? {
+        // A certificate rustls cannot parse is skipped, as libpq skips what
+        // OpenSSL cannot use; an empty store is refused below.
+        let _ = roots.add(cert.map_err(read_error)?);
+    }
+    if roots.is_empty() {
+        return Err(TlsConfigError::NoCertificates {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(roots)
+}
+
+/// `verify-ca` (and `require` with a CA file): the chain must end at one of
+/// the CA certificates; the name in the certificate is not looked at.
+#[derive(Debug)]
+struct ChainOnly {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// `prefer` and `require` without a CA file: encrypted, but any
+/// certificate is taken (libpq's meaning: protection from eavesdropping,
+/// not from an impostor). The handshake signatures are still checked.
+#[derive(Debug)]
+struct AnyCertificate {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// tokio-postgres's TLS hook over rustls.
+#[derive(Clone)]
+pub struct RustlsConnect {
+    config: Option<Arc<ClientConfig>>,
+}
+
+impl<S> MakeTlsConnect<S> for RustlsConnect
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = RustlsStream<S>;
+    type TlsConnect = RustlsConnector;
+    type Error = std::io::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> std::io::Result<RustlsConnector> {
+        // Called for every host, even when TLS will not be used (a Unix
+        // socket has no name): a bad name fails only the handshake.
+        Ok(RustlsConnector {
+            config: self.config.clone(),
+            name: ServerName::try_from(domain.to_string()).ok(),
+            domain: domain.to_string(),
+        })
+    }
+}
+
+pub struct RustlsConnector {
+    config: Option<Arc<ClientConfig>>,
+    name: Option<ServerName<'static>>,
+    domain: String,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<S> TlsConnect<S> for RustlsConnector
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = RustlsStream<S>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<RustlsStream<S>, BoxError>> + Send>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        Box::pin(async move {
+            let config = self
+                .config
+                .ok_or_else(|| BoxError::from("TLS is disabled (sslmode=disable)"))?;
+            let name = self.name.ok_or_else(|| {
+                BoxError::from(format!("{:?} is not a TLS server name", self.domain))
+            })?;
+            match tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await
+            {
+                Ok(stream) => Ok(RustlsStream(stream)),
+                Err(err) => Err(unwrap_io(err)),
+            }
+        })
+    }
+}
+
+/// The rustls error inside an I/O error, so callers can tell a refused
+/// certificate from a dropped connection.
+fn unwrap_io(err: std::io::Error) -> BoxError {
+    match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(inner) => Box::new(inner.clone()),
+        None => Box::new(err),
+    }
+}
+
+pub struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
+    /// No channel binding: SCRAM-SHA-256 without `-PLUS`, which every
+    /// server accepts unless `channel_binding=require` is asked of the client.
+    fn channel_binding(&self) -> ChannelBinding {
+        ChannelBinding::none()
+    }
+}
+
+/// A connection refused on TLS grounds, naming the setting: retrying
+/// cannot help, the url or the server must change.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(
+        "the server at {target} does not accept TLS, but source.url asks for sslmode={mode}\n\
+         hint: turn ssl on in the server's postgresql.conf, or lower sslmode (prefer falls back to plain text)"
+    )]
+    Refused { target: String, mode: SslMode },
+    #[error("TLS handshake with {target} failed (sslmode={mode}{root}): {reason}")]
+    Certificate {
+        target: String,
+        mode: SslMode,
+        /// `, sslrootcert=<path>` when one is set.
+        root: String,
+        reason: &'static str,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+impl TlsError {
+    /// The TLS reason a connection attempt failed, if that is why: the
+    /// server refused TLS or its certificate was refused.
+    pub(crate) fn find(
+        target: &str,
+        setup: &TlsSetup,
+        error: &(dyn std::error::Error + 'static),
+    ) -> Option<TlsError> {
+        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(err) = current {
+            if let Some(rustls_error) = err.downcast_ref::<rustls::Error>() {
+                return Some(TlsError::certificate(target, setup, rustls_error.clone()));
+            }
+            // tokio-postgres's words when the server answers 'N' under require.
+            if err.to_string() == "server does not support TLS" {
+                return Some(TlsError::Refused {
+                    target: target.to_string(),
+                    mode: setup.mode,
+                });
+            }
+            current = err.source();
+        }
+        None
+    }
+
+    pub(crate) fn certificate(target: &str, setup: &TlsSetup, source: rustls::Error) -> TlsError {
+        use rustls::CertificateError as C;
+        let reason = match &source {
+            rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+                "the server's certificate is not signed by a CA in sslrootcert"
+            }
+            rustls::Error::InvalidCertificate(
+                C::NotValidForName | C::NotValidForNameContext { .. },
+            ) => {
+                "the server's certificate does not name the url's host (verify-full checks it; \
+                 connect by a name the certificate holds, or use verify-ca)"
+            }
+            rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+                "the server's certificate has expired"
+            }
+            rustls::Error::InvalidCertificate(_) => "the server's certificate was refused",
+            _ => "the TLS session could not be established",
+        };
+        TlsError::Certificate {
+            target: target.to_string(),
+            mode: setup.mode,
+            root: setup
+                .root_cert
+                .as_ref()
+                .map(|p| format!(", sslrootcert={}", p.display()))
+                .unwrap_or_default(),
+            reason,
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_tls_settings_off_the_url() {
+        let (config, options) = parse_url(
+            "postgres://u:p@db.example:5433/shop?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&connect_timeout=5",
+        )
+        .unwrap();
+        assert_eq!(options.mode, SslMode::VerifyFull);
+        assert_eq!(options.root_cert, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(config.get_ssl_mode(), DriverSslMode::Require);
+        assert_eq!(config.get_dbname(), Some("shop"));
+        assert!(config.get_connect_timeout().is_some());
+    }
+
+    #[test]
+    fn defaults_to_prefer_and_checks_the_mode() {
+        let (config, options) = parse_url("postgres://u@h/db").unwrap();
+        assert_eq!(options.mode, SslMode::Prefer);
+        assert_eq!(config.get_ssl_mode(), DriverSslMode::Prefer);
+        let err = parse_url("postgres://u@h/db?sslmode=verify-ca").unwrap_err();
+        assert!(err.to_string().contains("sslrootcert"), "{err}");
+        let err = parse_url("postgres://u@h/db?sslmode=allow").unwrap_err();
+        assert!(err.to_string().contains("allow"), "{err}");
+        let err = parse_url("postgres://u@h/db?sslcert=/c.pem").unwrap_err();
+        assert!(err.to_string().contains("sslcert"), "{err}");
+        let (_, options) = parse_url("host=h user=u dbname=db sslmode=require").unwrap();
+        assert_eq!(options.mode, SslMode::Require);
+    }
+
+    #[test]
+    fn no_tls_over_a_unix_socket() {
+        let (config, options) =
+            parse_url("postgres://u@%2Ftmp%2Fpg:5432/db?sslmode=require").unwrap();
+        assert_eq!(options.mode, SslMode::Disable);
+        assert_eq!(config.get_ssl_mode(), DriverSslMode::Disable);
+    }
+}
