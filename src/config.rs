@@ -1065,6 +1065,64 @@ uri = "file:///tmp/lake"
     }
 
     #[test]
+    fn reverse_etl_jobs_are_checked_key_by_key() {
+        let job = |extra: &str| {
+            format!(
+                "{GOOD}\n[[reverse_etl]]\nname = \"ltv\"\nquery = \"SELECT 1 AS k\"\n\
+                 target_url = \"postgres://app:${{PGPASSWORD}}@127.0.0.1/shop\"\n\
+                 target_table = \"public.ltv\"\nkey = [\"k\"]\n{extra}"
+            )
+        };
+        let config = parse(&job("every = \"15m\"")).unwrap();
+        let ltv = &config.reverse_etl[0];
+        assert!(matches!(ltv.schedule(), Some(Schedule::Every(d)) if d.as_secs() == 900));
+        assert_eq!(ltv.spec().mode, tidewater_reverse::Mode::Upsert);
+        assert!(format!("{ltv:?}").contains("<redacted>"));
+        assert!(!format!("{ltv:?}").contains("s3cret"));
+        assert!(matches!(
+            parse(&job("cron = \"*/15 * * * *\"")).unwrap().reverse_etl[0].schedule(),
+            Some(Schedule::Cron(_))
+        ));
+        for (extra, key, says) in [
+            ("every = \"soon\"", "reverse_etl[0].every", "not a duration"),
+            (
+                "cron = \"61 * * * *\"",
+                "reverse_etl[0].cron",
+                "not a cron expression",
+            ),
+            (
+                "every = \"1m\"\ncron = \"* * * * *\"",
+                "reverse_etl[0].cron",
+                "not both",
+            ),
+            ("batch_rows = 0", "reverse_etl[0].batch_rows", "outside"),
+            (
+                "max_rows_per_second = -1.0",
+                "reverse_etl[0].max_rows_per_second",
+                "positive",
+            ),
+            ("mode = \"merge\"", "reverse_etl[0].mode", "unknown variant"),
+        ] {
+            let err = parse(&job(extra)).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(says), "{extra}: {err}");
+        }
+        let twice = format!(
+            "{}\n[[reverse_etl]]\nname = \"ltv\"\nquery = \"SELECT 1 AS k\"\n\
+             target_url = \"mysql://app@127.0.0.1/shop\"\ntarget_table = \"ltv\"\nkey = [\"k\"]\n",
+            job("")
+        );
+        let err = parse(&twice).unwrap_err().to_string();
+        assert!(
+            err.contains("reverse_etl[1].name") && err.contains("two jobs"),
+            "{err}"
+        );
+        let err = parse(&job("").replace("postgres://app", "redis://app"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("reverse_etl[0].target_url"), "{err}");
+    }
+
+    #[test]
     fn interpolates_and_hides_secrets() {
         let config = parse(GOOD).unwrap();
         let SourceConfig::Postgres(pg) = &config.source else {

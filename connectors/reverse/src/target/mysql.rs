@@ -16,6 +16,8 @@
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, Params, Row, TxOpts};
+use tidewater_core::Classified;
+use tidewater_mysql::tls::Endpoint;
 
 use super::{check_fraction, rounded, Described, TableName};
 use crate::error::{redact, ReverseError};
@@ -25,7 +27,8 @@ use crate::value::{self, Value};
 const MAX_PLACEHOLDERS: usize = 60_000;
 
 pub struct MysqlTarget {
-    opts: Opts,
+    endpoint: Endpoint,
+    database: Option<String>,
     conn: Conn,
     statement_timeout_ms: u64,
     closed: bool,
@@ -56,24 +59,35 @@ fn target_error(action: &str, err: mysql_async::Error) -> ReverseError {
 
 impl MysqlTarget {
     pub async fn connect(url: &str, statement_timeout_ms: u64) -> Result<Self, ReverseError> {
-        let opts = Opts::from_url(url).map_err(|e| ReverseError::Target {
+        // TLS as for the source: `ssl-mode` / `ssl-ca` in the url.
+        let url_error = |message: String| ReverseError::Target {
             action: "reading target_url".into(),
-            message: e.to_string(),
+            message,
             retryable: false,
-        })?;
-        let conn = Self::open(&opts, statement_timeout_ms).await?;
+        };
+        let endpoint = Endpoint::new(url).map_err(|e| url_error(e.to_string()))?;
+        let (rest, _) =
+            tidewater_mysql::tls::parse_url(url).map_err(|e| url_error(e.to_string()))?;
+        let database = Opts::from_url(&rest)
+            .map_err(|e| url_error(e.to_string()))?
+            .db_name()
+            .map(str::to_string);
+        let conn = Self::open(&endpoint, statement_timeout_ms).await?;
         Ok(Self {
-            opts,
+            endpoint,
+            database,
             conn,
             statement_timeout_ms,
             closed: false,
         })
     }
 
-    async fn open(opts: &Opts, statement_timeout_ms: u64) -> Result<Conn, ReverseError> {
-        let mut conn = Conn::new(opts.clone())
-            .await
-            .map_err(|e| target_error("connecting", e))?;
+    async fn open(endpoint: &Endpoint, statement_timeout_ms: u64) -> Result<Conn, ReverseError> {
+        let mut conn = endpoint.connect().await.map_err(|e| ReverseError::Target {
+            action: "connecting".into(),
+            message: crate::error::redact(&e.to_string()),
+            retryable: e.class() == tidewater_core::ErrorClass::Transient,
+        })?;
         let lock_s = (statement_timeout_ms / 4000).max(1);
         conn.query_drop(format!(
             "SET SESSION time_zone = '+00:00', SESSION innodb_lock_wait_timeout = {lock_s}, \
@@ -98,14 +112,14 @@ impl MysqlTarget {
     }
 
     pub async fn reconnect(&mut self) -> Result<(), ReverseError> {
-        self.conn = Self::open(&self.opts, self.statement_timeout_ms).await?;
+        self.conn = Self::open(&self.endpoint, self.statement_timeout_ms).await?;
         self.closed = false;
         Ok(())
     }
 
     /// The database a table without one is in.
     pub fn default_database(&self) -> Option<String> {
-        self.opts.db_name().map(str::to_string)
+        self.database.clone()
     }
 
     fn qualified(table: &TableName) -> String {

@@ -12,7 +12,7 @@
 //! server's input rules (ranges, lengths) check every value loudly.
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::{check_fraction, rounded, Described, TableName};
 use crate::error::{redact, ReverseError};
@@ -57,7 +57,16 @@ fn target_error(action: &str, err: tokio_postgres::Error) -> ReverseError {
 
 impl PostgresTarget {
     pub async fn connect(url: &str, statement_timeout_ms: u64) -> Result<Self, ReverseError> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls)
+        // TLS as for the source: `sslmode` / `sslrootcert` in the url.
+        let tls_error = |e: tidewater_postgres::tls::TlsConfigError| ReverseError::Target {
+            action: "reading target_url".into(),
+            message: e.to_string(),
+            retryable: false,
+        };
+        let (config, options) = tidewater_postgres::tls::parse_url(url).map_err(tls_error)?;
+        let tls = tidewater_postgres::tls::TlsSetup::new(&options).map_err(tls_error)?;
+        let (client, connection) = config
+            .connect(tls.connector())
             .await
             .map_err(|e| target_error("connecting", e))?;
         tokio::spawn(async move {
