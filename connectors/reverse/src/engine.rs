@@ -198,3 +198,117 @@ fn current_state_sql(id: &TableId, log: &LakeLog) -> String {
         changes = quote(&format!("{}{CHANGES_SUFFIX}", id.table)),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use tidewater_core::Mark;
+
+    /// A change log: (op, seq, ord, id, v).
+    fn log(rows: &[(&str, i64, i64, i64, Option<&str>)], truncated: Mark) -> LakeLog {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("v__v2", DataType::Utf8, true),
+            Field::new("_tw_op", DataType::Utf8, false),
+            Field::new("_tw_seq", DataType::Int64, false),
+            Field::new("_tw_ord", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.3))),
+                Arc::new(StringArray::from_iter(rows.iter().map(|r| r.4))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+            ],
+        )
+        .unwrap();
+        LakeLog {
+            schema,
+            batches: vec![batch],
+            columns: vec![("id".into(), "id".into()), ("v".into(), "v__v2".into())],
+            key: vec!["id".into()],
+            truncated,
+        }
+    }
+
+    async fn current(log: LakeLog) -> Vec<(i64, Option<String>)> {
+        let ctx = SessionContext::new();
+        register(&ctx, &TableId::new("public", "t"), log)
+            .await
+            .unwrap();
+        let batches = ctx
+            .sql("SELECT id, v FROM public.t ORDER BY id")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for b in batches {
+            let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            let vs = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+            for i in 0..b.num_rows() {
+                out.push((
+                    ids.value(i),
+                    vs.is_valid(i).then(|| vs.value(i).to_string()),
+                ));
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn the_current_state_is_the_last_change_per_key_after_the_last_truncate() {
+        let rows = [
+            ("r", 1, 0, 1, Some("a")),
+            ("r", 1, 1, 2, Some("b")),
+            ("r", 1, 2, 3, Some("c")),
+            // one transaction: update 1 twice (the later ord wins), delete 2
+            ("u", 5, 1, 1, Some("a2")),
+            ("u", 5, 0, 1, Some("a1")),
+            ("d", 5, 2, 2, Some("b")),
+            // a NULL value is a value; a later insert after a delete counts
+            ("u", 7, 0, 3, None),
+            ("c", 8, 0, 2, Some("b again")),
+        ];
+        assert_eq!(
+            current(log(&rows, Mark::ZERO)).await,
+            vec![
+                (1, Some("a2".into())),
+                (2, Some("b again".into())),
+                (3, None)
+            ]
+        );
+        // A truncate at (6, 0): only what came after it is left.
+        let mut truncated = rows.to_vec();
+        truncated.push(("t", 6, 0, 0, None));
+        assert_eq!(
+            current(log(&truncated, Mark::new(6, 0))).await,
+            vec![(2, Some("b again".into())), (3, None)]
+        );
+        // The log keeps everything, truncate included.
+        let ctx = SessionContext::new();
+        register(
+            &ctx,
+            &TableId::new("public", "t"),
+            log(&truncated, Mark::new(6, 0)),
+        )
+        .await
+        .unwrap();
+        let n: usize = ctx
+            .sql("SELECT * FROM public.t__changes")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        assert_eq!(n, 9);
+    }
+}
