@@ -1311,6 +1311,54 @@ uri = "file:///tmp/lake"
     }
 
     #[test]
+    fn warehouse_sink_keys_are_checked() {
+        let warehouse = |extra: &str| {
+            GOOD.replace(
+                "type = \"lake\"\nuri = \"file:///tmp/lake\"",
+                &format!(
+                    "type = \"warehouse\"\nurl = \"postgres://wh:${{PGPASSWORD}}@127.0.0.1/dw\"\n{extra}"
+                ),
+            )
+        };
+        let config = parse(&warehouse("changelog = true\nschema = \"raw_{schema}\"")).unwrap();
+        let SinkConfig::Warehouse(w) = &config.sink else {
+            panic!("a warehouse sink")
+        };
+        assert!(w.changelog);
+        assert_eq!(
+            (w.schema.as_str(), w.table.as_str()),
+            ("raw_{schema}", "{table}")
+        );
+        assert_eq!(w.apply, WarehouseApply::Auto);
+        assert_eq!(w.max_batch_rows, DEFAULT_WAREHOUSE_MAX_BATCH_ROWS);
+        assert!(!format!("{config:?}").contains("s3cret"));
+        for (extra, key) in [
+            ("uri = \"file:///x\"", "uri"),
+            ("apply = \"sometimes\"", "sink.apply"),
+            ("table = \"all\"", "sink.table"),
+            ("schema = \"{schma}\"", "sink.schema"),
+            ("max_batch_rows = 0", "sink.max_batch_rows"),
+        ] {
+            let err = parse(&warehouse(extra)).unwrap_err().to_string();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
+        let err = parse(&GOOD.replace("type = \"lake\"", "type = \"warehous\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sink.type") && err.contains("warehouse"),
+            "{err}"
+        );
+        let err = parse(&GOOD.replace(
+            "type = \"lake\"\nuri = \"file:///tmp/lake\"",
+            "type = \"warehouse\"\nurl = \"mysql://x/y\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("sink.url"), "{err}");
+    }
+
+    #[test]
     fn bad_pipeline_name() {
         for bad in ["a b", "Shop", "a-b", ""] {
             let text = GOOD.replace("\"shop\"", &format!("{bad:?}"));
