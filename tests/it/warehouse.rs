@@ -1,7 +1,8 @@
 //! The warehouse sink end to end: Postgres and MariaDB sources into a
 //! warehouse database of the shared Postgres server, with SIGKILL restarts
 //! while changes stream, an unchanged TOAST value restored from the
-//! warehouse, the change log and schema changes. Warehouse tables are
+//! warehouse, the change log, schema changes, both apply paths (MERGE and
+//! INSERT … ON CONFLICT) and a least-privilege warehouse user. Warehouse tables are
 //! compared with the sources column type by column type and row by row.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -479,10 +480,19 @@ async fn mariadb_into_warehouse_survives_sigkill() {
     .await
     .unwrap();
     let warehouse = pg().create_database("wh_maria").await;
+    // The warehouse user has exactly the grants the README lists.
+    warehouse
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE wh_writer LOGIN; \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             GRANT CONNECT, TEMPORARY, CREATE ON DATABASE wh_maria TO wh_writer;",
+        )
+        .await
+        .unwrap();
     let mut pipeline = Pipeline::warehouse(
         "whmaria",
         &maria().source_toml("whm"),
-        &pg().url("wh_maria"),
+        &pg().url("wh_maria").replace("postgres@", "wh_writer@"),
         "apply = \"on_conflict\"\nmax_batch_rows = 100\n",
     );
     pipeline.start();
