@@ -377,6 +377,81 @@ fn default_snapshot() -> SnapshotMode {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SinkConfig {
     Lake(LakeSinkConfig),
+    Warehouse(WarehouseSinkConfig),
+}
+
+/// Default `sink.snapshot_commit_bytes` of a warehouse: a snapshot commits
+/// once this much COPY data is staged (at chunk ends), so one transaction
+/// never holds more than a few seconds of loading.
+pub const DEFAULT_WAREHOUSE_SNAPSHOT_COMMIT_BYTES: u64 = 64 * 1024 * 1024;
+/// Default `sink.max_batch_rows` of a warehouse: a streaming commit applies
+/// at most this many changes per table, keeping the warehouse's
+/// transactions (and the locks its MERGE takes) short.
+pub const DEFAULT_WAREHOUSE_MAX_BATCH_ROWS: usize = 50_000;
+
+/// `[sink] type = "warehouse"`: current-state tables in a Postgres-protocol
+/// database.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WarehouseSinkConfig {
+    /// `postgres://user:password@host:port/database`; TLS settings
+    /// (`sslmode`, `sslrootcert`) as for a Postgres source.
+    pub url: Secret,
+    /// Schema of each target table; `{schema}` is the source schema (or
+    /// MySQL database), `{table}` the table, `{pipeline}` the pipeline name.
+    /// Default `{schema}`.
+    #[serde(default = "default_target_schema")]
+    pub schema: String,
+    /// Name of each target table, with the same placeholders. Default `{table}`.
+    #[serde(default = "default_target_table")]
+    pub table: String,
+    /// Schema of tidewater's state tables (`table_state`, `pipeline_state`).
+    /// Default `tidewater`.
+    #[serde(default = "default_state_schema")]
+    pub state_schema: String,
+    /// Also keep `<table>__changes`, the change log with the lake's metadata
+    /// columns. Default false.
+    #[serde(default)]
+    pub changelog: bool,
+    /// `auto` (default: MERGE on Postgres 15+, else INSERT … ON CONFLICT),
+    /// `merge` or `on_conflict`.
+    #[serde(default)]
+    pub apply: WarehouseApply,
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    #[serde(default = "default_warehouse_max_batch_rows")]
+    pub max_batch_rows: usize,
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: usize,
+    /// During a snapshot, commit once this much COPY data is staged.
+    /// Default 67108864 (64 MiB).
+    #[serde(default = "default_warehouse_snapshot_commit_bytes")]
+    pub snapshot_commit_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WarehouseApply {
+    #[default]
+    Auto,
+    Merge,
+    OnConflict,
+}
+
+fn default_target_schema() -> String {
+    "{schema}".into()
+}
+fn default_target_table() -> String {
+    "{table}".into()
+}
+fn default_state_schema() -> String {
+    "tidewater".into()
+}
+fn default_warehouse_max_batch_rows() -> usize {
+    DEFAULT_WAREHOUSE_MAX_BATCH_ROWS
+}
+fn default_warehouse_snapshot_commit_bytes() -> u64 {
+    DEFAULT_WAREHOUSE_SNAPSHOT_COMMIT_BYTES
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -570,14 +645,17 @@ impl Config {
         // still name the full key (serde loses the path inside tagged enums).
         let mut raw: RawConfig = section("", value)?;
         let source_type = take_type("source", &mut raw.source, &["postgres", "mysql"])?;
-        take_type("sink", &mut raw.sink, &["lake"])?;
+        let sink_type = take_type("sink", &mut raw.sink, &["lake", "warehouse"])?;
         let config = Config {
             pipeline: raw.pipeline,
             source: match source_type.as_str() {
                 "mysql" => SourceConfig::Mysql(section("source", raw.source.into())?),
                 _ => SourceConfig::Postgres(section("source", raw.source.into())?),
             },
-            sink: SinkConfig::Lake(section("sink", raw.sink.into())?),
+            sink: match sink_type.as_str() {
+                "warehouse" => SinkConfig::Warehouse(section("sink", raw.sink.into())?),
+                _ => SinkConfig::Lake(section("sink", raw.sink.into())?),
+            },
             metrics: raw.metrics,
             reverse_etl: raw.reverse_etl,
         };
@@ -680,6 +758,67 @@ impl Config {
         }
         self.validate_reverse_etl()?;
         match &self.sink {
+            SinkConfig::Warehouse(warehouse) => {
+                if !warehouse.url.expose().starts_with("postgres://")
+                    && !warehouse.url.expose().starts_with("postgresql://")
+                {
+                    return Err(invalid(
+                        "sink.url",
+                        "must be a postgres:// URL of the warehouse database".into(),
+                    ));
+                }
+                for (key, template) in [
+                    ("sink.schema", &warehouse.schema),
+                    ("sink.table", &warehouse.table),
+                ] {
+                    let rest = template
+                        .replace("{schema}", "")
+                        .replace("{table}", "")
+                        .replace("{pipeline}", "");
+                    if template.trim().is_empty() || rest.contains('{') || rest.contains('}') {
+                        return Err(invalid(
+                            key,
+                            format!(
+                                "{template:?} is not a name; use text and the placeholders {{schema}}, {{table}}, {{pipeline}}"
+                            ),
+                        ));
+                    }
+                }
+                if !warehouse.table.contains("{table}") {
+                    return Err(invalid(
+                        "sink.table",
+                        "must contain {table}, or every source table would land in one table"
+                            .into(),
+                    ));
+                }
+                if warehouse.state_schema.trim().is_empty() {
+                    return Err(invalid("sink.state_schema", "must not be empty".into()));
+                }
+                if warehouse.flush_interval_ms == 0 {
+                    return Err(invalid(
+                        "sink.flush_interval_ms",
+                        "must be at least 1".into(),
+                    ));
+                }
+                if warehouse.max_batch_rows == 0 {
+                    return Err(invalid("sink.max_batch_rows", "must be at least 1".into()));
+                }
+                if !(MIN_BATCH_BYTES..=MAX_BATCH_BYTES).contains(&warehouse.max_batch_bytes) {
+                    return Err(invalid(
+                        "sink.max_batch_bytes",
+                        format!(
+                            "{} is outside {MIN_BATCH_BYTES}..={MAX_BATCH_BYTES} (1 MiB to 1 GiB)",
+                            warehouse.max_batch_bytes
+                        ),
+                    ));
+                }
+                if warehouse.snapshot_commit_bytes < 1024 {
+                    return Err(invalid(
+                        "sink.snapshot_commit_bytes",
+                        "must be at least 1024 (a few MiB or more is sensible)".into(),
+                    ));
+                }
+            }
             SinkConfig::Lake(lake) => {
                 if lake.uri.starts_with("s3://") {
                     match url::Url::parse(&lake.uri) {
@@ -745,6 +884,14 @@ impl Config {
 
 impl Config {
     fn validate_reverse_etl(&self) -> Result<(), ConfigError> {
+        if matches!(self.sink, SinkConfig::Warehouse(_)) && !self.reverse_etl.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "reverse_etl".into(),
+                message: "reverse ETL queries the lake, and this pipeline's sink is a warehouse\n\
+                          hint: run the job from a pipeline with a lake sink, or remove [[reverse_etl]]"
+                    .into(),
+            });
+        }
         let mut names = std::collections::HashSet::new();
         for (i, job) in self.reverse_etl.iter().enumerate() {
             let invalid = |key: &str, message: String| ConfigError::Invalid {
@@ -1130,7 +1277,9 @@ uri = "file:///tmp/lake"
         };
         assert_eq!(pg.url.expose(), "postgres://cdc:s3cret@127.0.0.1:5432/shop");
         assert!(!format!("{config:?}").contains("s3cret"));
-        let SinkConfig::Lake(lake) = &config.sink;
+        let SinkConfig::Lake(lake) = &config.sink else {
+            panic!("a lake sink")
+        };
         assert_eq!(lake.flush_interval_ms, DEFAULT_FLUSH_INTERVAL_MS);
         assert_eq!(lake.root(), PathBuf::from("/tmp/lake"));
     }
@@ -1159,6 +1308,54 @@ uri = "file:///tmp/lake"
         );
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("sink.flush_interval_ms"), "{err}");
+    }
+
+    #[test]
+    fn warehouse_sink_keys_are_checked() {
+        let warehouse = |extra: &str| {
+            GOOD.replace(
+                "type = \"lake\"\nuri = \"file:///tmp/lake\"",
+                &format!(
+                    "type = \"warehouse\"\nurl = \"postgres://wh:${{PGPASSWORD}}@127.0.0.1/dw\"\n{extra}"
+                ),
+            )
+        };
+        let config = parse(&warehouse("changelog = true\nschema = \"raw_{schema}\"")).unwrap();
+        let SinkConfig::Warehouse(w) = &config.sink else {
+            panic!("a warehouse sink")
+        };
+        assert!(w.changelog);
+        assert_eq!(
+            (w.schema.as_str(), w.table.as_str()),
+            ("raw_{schema}", "{table}")
+        );
+        assert_eq!(w.apply, WarehouseApply::Auto);
+        assert_eq!(w.max_batch_rows, DEFAULT_WAREHOUSE_MAX_BATCH_ROWS);
+        assert!(!format!("{config:?}").contains("s3cret"));
+        for (extra, key) in [
+            ("uri = \"file:///x\"", "uri"),
+            ("apply = \"sometimes\"", "sink.apply"),
+            ("table = \"all\"", "sink.table"),
+            ("schema = \"{schma}\"", "sink.schema"),
+            ("max_batch_rows = 0", "sink.max_batch_rows"),
+        ] {
+            let err = parse(&warehouse(extra)).unwrap_err().to_string();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
+        let err = parse(&GOOD.replace("type = \"lake\"", "type = \"warehous\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sink.type") && err.contains("warehouse"),
+            "{err}"
+        );
+        let err = parse(&GOOD.replace(
+            "type = \"lake\"\nuri = \"file:///tmp/lake\"",
+            "type = \"warehouse\"\nurl = \"mysql://x/y\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("sink.url"), "{err}");
     }
 
     #[test]

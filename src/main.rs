@@ -8,6 +8,7 @@ mod metrics;
 mod pipeline;
 mod policy;
 mod reverse;
+mod sink;
 mod status;
 
 use std::path::PathBuf;

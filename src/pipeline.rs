@@ -22,9 +22,7 @@ use tidewater_core::{
     BatchLimits, Batcher, ChangeEvent, Classified, ErrorClass, Mark, Problem, Sink, SnapshotPhase,
     Source, StoppedTable, TableId,
 };
-use tidewater_lake::{
-    LakeSink, LakeStore, MaintenancePolicy, SlotMarker, SourcePositionFile, TableState,
-};
+use tidewater_lake::{LakeStore, MaintenancePolicy, SlotMarker, TableState};
 use tidewater_mysql::{BinlogPosition, MysqlConfig, MysqlError, MysqlSource, ZeroDates};
 use tidewater_postgres::{
     Lsn, PlannedTable, PostgresConfig, PostgresError, PostgresSource, SlotState, SnapshotResume,
@@ -34,6 +32,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::config::{Config, SinkConfig, SnapshotMode, SourceConfig, ZeroDatesPolicy};
+use crate::sink::{AnySink, PositionStore};
 
 /// Events buffered between the source task and the coordinator.
 const EVENT_CHANNEL_CAPACITY: usize = 4096;
@@ -112,6 +111,21 @@ pub struct SinkFailure {
     error: Box<dyn std::error::Error + Send + Sync>,
 }
 
+impl SinkFailure {
+    pub fn new<E: Classified>(err: E) -> SinkFailure {
+        SinkFailure {
+            class: err.class(),
+            error: Box::new(err),
+        }
+    }
+}
+
+impl Classified for SinkFailure {
+    fn class(&self) -> ErrorClass {
+        self.class
+    }
+}
+
 impl std::fmt::Display for SinkFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.error.fmt(f)
@@ -182,12 +196,16 @@ pub struct Settings {
     pub target_file_bytes: u64,
     /// New change-log tables are partitioned by commit date.
     pub partition_by_date: bool,
+    /// Between chunks, a snapshot commits once this much is staged.
+    pub snapshot_commit_bytes: u64,
+    /// Set for `[sink] type = "warehouse"`: the pipeline writes there, and
+    /// `lake` is unused.
+    pub warehouse: Option<tidewater_warehouse::WarehouseSettings>,
     pub metrics: crate::metrics::Metrics,
 }
 
 impl Settings {
     pub fn from_config(config: &Config) -> Settings {
-        let SinkConfig::Lake(lake) = &config.sink;
         let (source, snapshot) = match &config.source {
             SourceConfig::Postgres(pg) => {
                 let (slot, publication) = PostgresConfig::names_for(&config.pipeline.name);
@@ -235,22 +253,62 @@ impl Settings {
                 my.snapshot,
             ),
         };
-        Settings {
-            pipeline: config.pipeline.name.clone(),
-            source,
-            snapshot,
-            lake: LakeStore::open(lake.location())
-                .unwrap_or_else(|_| LakeStore::local(&lake.root())),
-            limits: BatchLimits {
-                max_rows: lake.max_batch_rows,
-                max_bytes: lake.max_batch_bytes,
-                max_delay: Duration::from_millis(lake.flush_interval_ms),
+        let warehouse = match &config.sink {
+            SinkConfig::Lake(_) => None,
+            SinkConfig::Warehouse(w) => Some(tidewater_warehouse::WarehouseSettings {
+                url: w.url.expose().to_string(),
+                pipeline: config.pipeline.name.clone(),
+                target_schema: w.schema.clone(),
+                target_table: w.table.clone(),
+                state_schema: w.state_schema.clone(),
+                changelog: w.changelog,
+                apply: match w.apply {
+                    crate::config::WarehouseApply::Auto => tidewater_warehouse::ApplyMode::Auto,
+                    crate::config::WarehouseApply::Merge => tidewater_warehouse::ApplyMode::Merge,
+                    crate::config::WarehouseApply::OnConflict => {
+                        tidewater_warehouse::ApplyMode::OnConflict
+                    }
+                },
+            }),
+        };
+        match &config.sink {
+            SinkConfig::Lake(lake) => Settings {
+                pipeline: config.pipeline.name.clone(),
+                source,
+                snapshot,
+                lake: LakeStore::open(lake.location())
+                    .unwrap_or_else(|_| LakeStore::local(&lake.root())),
+                limits: BatchLimits {
+                    max_rows: lake.max_batch_rows,
+                    max_bytes: lake.max_batch_bytes,
+                    max_delay: Duration::from_millis(lake.flush_interval_ms),
+                },
+                recopy: Vec::new(),
+                maintenance: lake.maintenance(),
+                target_file_bytes: lake.target_file_size_bytes,
+                partition_by_date: lake.partitioning == crate::config::Partitioning::CommitDate,
+                snapshot_commit_bytes: lake.target_file_size_bytes,
+                warehouse,
+                metrics: crate::metrics::Metrics::default(),
             },
-            recopy: Vec::new(),
-            maintenance: lake.maintenance(),
-            target_file_bytes: lake.target_file_size_bytes,
-            partition_by_date: lake.partitioning == crate::config::Partitioning::CommitDate,
-            metrics: crate::metrics::Metrics::default(),
+            SinkConfig::Warehouse(w) => Settings {
+                pipeline: config.pipeline.name.clone(),
+                source,
+                snapshot,
+                lake: LakeStore::local(&config.pipeline.state_dir().join("no-lake")),
+                limits: BatchLimits {
+                    max_rows: w.max_batch_rows,
+                    max_bytes: w.max_batch_bytes,
+                    max_delay: Duration::from_millis(w.flush_interval_ms),
+                },
+                recopy: Vec::new(),
+                maintenance: MaintenancePolicy::default(),
+                target_file_bytes: w.snapshot_commit_bytes,
+                partition_by_date: false,
+                snapshot_commit_bytes: w.snapshot_commit_bytes,
+                warehouse,
+                metrics: crate::metrics::Metrics::default(),
+            },
         }
     }
 }
@@ -330,7 +388,7 @@ async fn run_postgres(
     if !problems.is_empty() {
         return Err(PipelineError::Preflight(problems));
     }
-    let mut sink = LakeSink::new(settings.lake.clone(), &settings.pipeline);
+    let mut sink = AnySink::open(settings).await?;
     let slot = source.slot_state().await?;
     if let Some(slot) = &slot {
         if !slot.ours {
@@ -532,7 +590,7 @@ async fn run_postgres(
 /// snapshot rows of whole chunks (what `SnapshotChunk` commits guarantee).
 /// Anything else starts the snapshot over.
 async fn resumable(
-    sink: &LakeSink,
+    sink: &AnySink,
     slot: &SlotState,
     slot_name: &str,
     tables: &[TableId],
@@ -621,7 +679,7 @@ fn parse_plan(text: &str) -> Option<(String, SnapshotResume)> {
 /// tidewater can restart after; and the binlog at the snapshot's position is
 /// still on the server. Anything else starts the snapshot over.
 async fn mysql_resumable(
-    sink: &mut LakeSink,
+    sink: &mut AnySink,
     source: &mut MysqlSource,
     tables: &[TableId],
     states: &HashMap<TableId, TableState>,
@@ -687,7 +745,7 @@ async fn run_mysql(
     if !problems.is_empty() {
         return Err(PipelineError::Preflight(problems));
     }
-    let mut sink = LakeSink::new(settings.lake.clone(), &settings.pipeline);
+    let mut sink = AnySink::open(settings).await?;
     let mut states: HashMap<TableId, TableState> = HashMap::new();
     for table in sink.existing_tables().await? {
         if let Some(state) = sink.table_state(&table).await? {
@@ -846,10 +904,6 @@ fn still_stopped(recorded: &[StoppedTable], recopy: &[TableId]) -> Vec<StoppedTa
     stopped
 }
 
-fn sink_position_file(settings: &Settings) -> SourcePositionFile {
-    LakeSink::new(settings.lake.clone(), &settings.pipeline).source_position_file()
-}
-
 /// What the source does first.
 struct DriveStart {
     /// The initial snapshot.
@@ -867,7 +921,7 @@ struct DriveStart {
 async fn drive(
     settings: &Settings,
     source: AnySource,
-    sink: LakeSink,
+    sink: AnySink,
     marks: HashMap<TableId, Mark>,
     start: DriveStart,
     record_position: bool,
@@ -882,11 +936,7 @@ async fn drive(
         AnySource::Mysql(_) => info_span!("mysql-source"),
     };
     let source_task = tokio::spawn(source_loop(source, event_tx, ack_rx, stop_rx).instrument(span));
-    let mut sink = sink;
-    sink.set_maintenance(settings.maintenance);
-    sink.set_partition_by_date(settings.partition_by_date);
-    sink.set_target_file_size(settings.target_file_bytes);
-
+    let record_position = record_position.then(|| sink.position_store());
     let mut coordinator = Coordinator {
         sink,
         batcher: Batcher::new(settings.limits),
@@ -906,11 +956,11 @@ async fn drive(
         metrics: settings.metrics.clone(),
         last_complete_ts_us: 0,
         server_position: 0,
-        record_position: record_position.then(|| sink_position_file(settings)),
+        record_position,
         acked_position: None,
         recorded_at: None,
         chunk_open: false,
-        snapshot_commit_bytes: settings.target_file_bytes,
+        snapshot_commit_bytes: settings.snapshot_commit_bytes,
         snapshot_committed_at: Instant::now(),
     };
     let result = coordinator.drive(event_rx, &mut shutdown, mode).await;
@@ -1158,7 +1208,7 @@ struct Coordinator<K> {
     server_position: u64,
     /// Where acknowledged positions are written, for sources without
     /// server-side replica state.
-    record_position: Option<SourcePositionFile>,
+    record_position: Option<PositionStore>,
     acked_position: Option<String>,
     recorded_at: Option<Instant>,
 }

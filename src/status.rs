@@ -103,6 +103,29 @@ pub async fn check(settings: &Settings) -> i32 {
             };
         }
     }
+    if let Some(warehouse) = &settings.warehouse {
+        // Connecting creates nothing; the state tables are created at the
+        // first run (CREATE on the database or the state schema).
+        if let Err(err) = tidewater_warehouse::WarehouseSink::inspect(warehouse.clone()).await {
+            problems.push(tidewater_core::Problem {
+                what: format!("the warehouse is not reachable: {}", crate::chain(&err)),
+                fix: "check sink.url (host, port, database, user and password) and that the \
+                      user may connect"
+                    .into(),
+            });
+        }
+        return if problems.is_empty() {
+            println!("ok: the source server and the warehouse are ready");
+            exit_code::OK
+        } else {
+            println!(
+                "{} problem(s):\n{}",
+                problems.len(),
+                format_problems(&problems)
+            );
+            exit_code::PREFLIGHT
+        };
+    }
     // A write probe of the lake root: a directory's permissions, a bucket's
     // existence and the credentials' rights.
     let probe = ".tidewater-check";
@@ -135,7 +158,69 @@ pub async fn check(settings: &Settings) -> i32 {
     }
 }
 
+/// `status` for a warehouse sink: every table's mark, position and
+/// applied changes from the state table.
+async fn warehouse_status(
+    settings: &Settings,
+    warehouse: &tidewater_warehouse::WarehouseSettings,
+    format: Format,
+) -> i32 {
+    let sink = match tidewater_warehouse::WarehouseSink::inspect(warehouse.clone()).await {
+        Ok(sink) => sink,
+        Err(err) => {
+            eprintln!("error: {}", crate::chain(&err));
+            return exit_code::FAILED;
+        }
+    };
+    let (states, stopped) = match (sink.table_states().await, sink.stopped_tables().await) {
+        (Ok(states), Ok(stopped)) => (states, stopped),
+        (Err(err), _) | (_, Err(err)) => {
+            eprintln!("error: {}", crate::chain(&err));
+            return exit_code::FAILED;
+        }
+    };
+    let tables: Vec<serde_json::Value> = states
+        .iter()
+        .map(|(table, state)| {
+            let stop = stopped.iter().find(|s| &s.table == table);
+            json!({
+                "table": table.to_string(),
+                "path": state.target,
+                "version": state.commits,
+                "rows": state.rows,
+                "files": null,
+                "seq": state.mark.seq.to_string(),
+                "ord": state.mark.ord.to_string(),
+                "position": state.position,
+                "snapshot": if state.snapshot_done { "done" } else { "running" },
+                "last_commit": state.committed_at,
+                "state": match stop {
+                    Some(_) => "stopped",
+                    None if !state.snapshot_done => "snapshotting",
+                    None => "streaming",
+                },
+                "stopped": stop.map(|s| json!({"position": s.position, "reason": s.reason, "stopped_at": s.stopped_at})),
+            })
+        })
+        .collect();
+    let source = match &settings.source {
+        SourceSettings::Postgres(config) => postgres_status(config).await,
+        SourceSettings::Mysql(config) => {
+            mysql_status(config, sink.source_position().await.ok().flatten()).await
+        }
+    };
+    let report = json!({"pipeline": settings.pipeline, "sink": "warehouse", "source": source, "tables": tables});
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("json")),
+        Format::Text => print_text(&report),
+    }
+    exit_code::OK
+}
+
 pub async fn status(settings: &Settings, format: Format) -> i32 {
+    if let Some(warehouse) = &settings.warehouse {
+        return warehouse_status(settings, warehouse, format).await;
+    }
     let mut sink = LakeSink::new(settings.lake.clone(), &settings.pipeline);
     let mut tables = Vec::new();
     let stopped = match sink.stopped_tables().await {
@@ -183,7 +268,9 @@ pub async fn status(settings: &Settings, format: Format) -> i32 {
     }
     let source = match &settings.source {
         SourceSettings::Postgres(config) => postgres_status(config).await,
-        SourceSettings::Mysql(config) => mysql_status(config, &sink).await,
+        SourceSettings::Mysql(config) => {
+            mysql_status(config, sink.source_position().await.ok().flatten()).await
+        }
     };
     let report = json!({"pipeline": settings.pipeline, "source": source, "tables": tables});
     match format {
@@ -193,8 +280,7 @@ pub async fn status(settings: &Settings, format: Format) -> i32 {
     exit_code::OK
 }
 
-async fn mysql_status(config: &MysqlConfig, sink: &LakeSink) -> serde_json::Value {
-    let acknowledged = sink.source_position().await.ok().flatten();
+async fn mysql_status(config: &MysqlConfig, acknowledged: Option<String>) -> serde_json::Value {
     match MysqlSource::connect(config.clone()).await {
         Ok(mut source) => {
             let current = source.current_position().await;
@@ -335,6 +421,13 @@ pub async fn drop_slot(settings: &Settings) -> i32 {
 /// `status --table T --history`: the table's schema history as written next
 /// to it in the lake (readable without the daemon running).
 pub async fn history(settings: &Settings, table: &str, format: Format) -> i32 {
+    if settings.warehouse.is_some() {
+        eprintln!(
+            "error: `status --history` reads the lake's schema history; a warehouse sink keeps none\n\
+             hint: the warehouse catalog is the current schema (\\d {table} in psql)"
+        );
+        return exit_code::CONFIG;
+    }
     let sink = LakeSink::new(settings.lake.clone(), &settings.pipeline);
     let tables = match sink.existing_tables().await {
         Ok(tables) => tables,

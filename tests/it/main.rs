@@ -25,3 +25,4 @@ mod replication;
 mod reverse_etl;
 mod secrets;
 mod tls;
+mod warehouse;

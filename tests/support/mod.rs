@@ -365,16 +365,40 @@ impl Pipeline {
     /// A pipeline with any source: `source_toml` is the whole `[source]`
     /// section; `extra_sink` is appended to the `[sink]` section.
     pub fn with_source(name: &str, source_toml: &str, extra_sink: &str) -> Pipeline {
+        Pipeline::with_sink(name, source_toml, |lake| {
+            format!(
+                "[sink]\ntype = \"lake\"\nuri = \"file://{}\"\nflush_interval_ms = 200\n{extra_sink}\n",
+                lake.display()
+            )
+        })
+    }
+
+    /// A pipeline into a warehouse database (`[sink] type = "warehouse"`);
+    /// `extra_sink` is appended to the `[sink]` section.
+    pub fn warehouse(name: &str, source_toml: &str, url: &str, extra_sink: &str) -> Pipeline {
+        Pipeline::with_sink(name, source_toml, |_| {
+            format!(
+                "[sink]\ntype = \"warehouse\"\nurl = \"{url}\"\nflush_interval_ms = 200\n{extra_sink}\n"
+            )
+        })
+    }
+
+    /// A pipeline whose `[sink]` section `sink_toml` writes (given the lake
+    /// directory).
+    pub fn with_sink(
+        name: &str,
+        source_toml: &str,
+        sink_toml: impl FnOnce(&std::path::Path) -> String,
+    ) -> Pipeline {
         let dir = temp_dir(&format!("tidewater-{name}"));
         let lake = dir.join("lake");
         let config = dir.join("tidewater.toml");
         std::fs::write(
             &config,
             format!(
-                "[pipeline]\nname = \"{name}\"\nstate_dir = \"{}\"\n\n{source}\n\n[sink]\ntype = \"lake\"\n\
-                 uri = \"file://{}\"\nflush_interval_ms = 200\n{extra_sink}\n",
+                "[pipeline]\nname = \"{name}\"\nstate_dir = \"{}\"\n\n{source}\n\n{}",
                 dir.join("state").display(),
-                lake.display(),
+                sink_toml(&lake),
                 source = source_toml.trim_end(),
             ),
         )

@@ -1,0 +1,71 @@
+use tidewater_core::{Classified, ErrorClass, TableId};
+
+/// What went wrong talking to the warehouse.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WarehouseError {
+    /// A statement or the connection failed; `what` names the step (never a
+    /// row value).
+    #[error("warehouse: {what}")]
+    Server {
+        what: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("warehouse url: {0}")]
+    Url(#[source] tidewater_postgres::tls::TlsConfigError),
+    #[error("encoding column {column} of {table} for COPY: {reason}")]
+    Encode {
+        table: TableId,
+        column: String,
+        reason: String,
+    },
+    #[error(
+        "table {table} has no key columns: the warehouse keeps one row per key\n\
+         hint: give the source table a primary key (or exclude it from source.tables)"
+    )]
+    NoKey { table: TableId },
+    #[error(
+        "another process holds pipeline {pipeline} in this warehouse (advisory lock taken)\n\
+         hint: stop the other tidewater process; every running pipeline needs its own name"
+    )]
+    Busy { pipeline: String },
+    #[error("the warehouse state of {what} is unreadable: {detail}")]
+    State { what: String, detail: String },
+}
+
+impl WarehouseError {
+    pub(crate) fn server(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        let what = what.into();
+        move |source| WarehouseError::Server { what, source }
+    }
+}
+
+impl Classified for WarehouseError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            WarehouseError::Server { source, .. } => server_class(source),
+            WarehouseError::Url(_) | WarehouseError::NoKey { .. } => ErrorClass::Config,
+            WarehouseError::Encode { .. } => ErrorClass::Definite,
+            WarehouseError::Busy { .. } => ErrorClass::Transient,
+            WarehouseError::State { .. } => ErrorClass::Internal,
+        }
+    }
+}
+
+/// Connection trouble, serialization failures, lock and statement timeouts
+/// are retried; privileges and bad values are not.
+fn server_class(error: &tokio_postgres::Error) -> ErrorClass {
+    let Some(db) = error.as_db_error() else {
+        return ErrorClass::Transient;
+    };
+    let code = db.code().code();
+    match &code[..2] {
+        // connection exception, insufficient resources, operator intervention
+        "08" | "53" | "57" | "40" => ErrorClass::Transient,
+        "55" if code == "55P03" => ErrorClass::Transient,
+        // insufficient privilege, undefined object, invalid authorization
+        "42" | "28" => ErrorClass::Config,
+        _ => ErrorClass::Definite,
+    }
+}
