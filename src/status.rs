@@ -114,17 +114,7 @@ pub async fn check(settings: &Settings) -> i32 {
                     .into(),
             });
         }
-        return if problems.is_empty() {
-            println!("ok: the source server and the warehouse are ready");
-            exit_code::OK
-        } else {
-            println!(
-                "{} problem(s):\n{}",
-                problems.len(),
-                format_problems(&problems)
-            );
-            exit_code::PREFLIGHT
-        };
+        return check_verdict(&problems, "warehouse");
     }
     // A write probe of the lake root: a directory's permissions, a bucket's
     // existence and the credentials' rights.
@@ -145,14 +135,20 @@ pub async fn check(settings: &Settings) -> i32 {
                 .into(),
         });
     }
+    check_verdict(&problems, "lake")
+}
+
+/// Prints `check`'s verdict on the source and the sink (`lake` or
+/// `warehouse`) and returns its exit code.
+fn check_verdict(problems: &[tidewater_core::Problem], sink: &str) -> i32 {
     if problems.is_empty() {
-        println!("ok: the source server and the lake are ready");
+        println!("ok: the source server and the {sink} are ready");
         exit_code::OK
     } else {
         println!(
             "{} problem(s):\n{}",
             problems.len(),
-            format_problems(&problems)
+            format_problems(problems)
         );
         exit_code::PREFLIGHT
     }

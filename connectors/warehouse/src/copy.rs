@@ -176,6 +176,18 @@ fn put_len(buf: &mut BytesMut, len: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// A bytes field, or NULL.
+fn put_bytes(buf: &mut BytesMut, value: Option<&[u8]>) -> Result<(), String> {
+    match value {
+        None => buf.put_i32(-1),
+        Some(v) => {
+            put_len(buf, v.len())?;
+            buf.put_slice(v);
+        }
+    }
+    Ok(())
+}
+
 fn put_text(buf: &mut BytesMut, text: &str) -> Result<(), String> {
     put_len(buf, text.len())?;
     buf.put_slice(text.as_bytes());
@@ -217,15 +229,7 @@ fn put(cell: &Cells, row: usize, buf: &mut BytesMut, text: &mut String) -> Resul
             b.put_i32(0);
             b.put_i32(0);
         }),
-        Cells::Uuid(a) => {
-            if a.is_null(row) {
-                buf.put_i32(-1);
-            } else {
-                let v = a.value(row);
-                put_len(buf, v.len())?;
-                buf.put_slice(v);
-            }
-        }
+        Cells::Uuid(a) => put_bytes(buf, (!a.is_null(row)).then(|| a.value(row)))?,
         Cells::Utf8(a) => {
             if a.is_null(row) {
                 buf.put_i32(-1);
@@ -233,15 +237,7 @@ fn put(cell: &Cells, row: usize, buf: &mut BytesMut, text: &mut String) -> Resul
                 put_text(buf, a.value(row))?;
             }
         }
-        Cells::Bytes(a) => {
-            if a.is_null(row) {
-                buf.put_i32(-1);
-            } else {
-                let v = a.value(row);
-                put_len(buf, v.len())?;
-                buf.put_slice(v);
-            }
-        }
+        Cells::Bytes(a) => put_bytes(buf, (!a.is_null(row)).then(|| a.value(row)))?,
         Cells::U64Text(a) => {
             if a.is_null(row) {
                 buf.put_i32(-1);
