@@ -144,10 +144,14 @@ async fn postgres_into_warehouse_survives_sigkill_and_restores_toast() {
         .batch_execute(
             "CREATE TABLE items (id bigint PRIMARY KEY, v int, amount numeric(12,2), note text,
                  flag boolean, tags text[], at timestamptz, day date, u uuid, doc jsonb,
-                 raw bytea, ratio double precision, small smallint, label varchar(20));
+                 raw bytea, ratio double precision, small smallint, label varchar(20),
+                 days date[], ats timestamptz[], clocks time[]);
              INSERT INTO items SELECT g, g, g * 1.25, 'seed', g % 2 = 0, ARRAY['a', NULL],
                  '2024-02-29 12:34:56.123456+00', '1999-12-31', gen_random_uuid(),
-                 '{\"k\": [1, \"x\"]}', '\\x00ff', 1.0 / 3, -32768, 'l'
+                 '{\"k\": [1, \"x\"]}', '\\x00ff', 1.0 / 3, -32768, 'l',
+                 ARRAY[date '2000-02-29' + g, NULL, '0044-03-15 BC'],
+                 ARRAY[timestamptz '1969-12-31 23:59:59.999999+00' + g * interval '1 hour'],
+                 ARRAY[time '24:00:00', time '00:00:00.000001' + g * interval '1 minute']
                FROM generate_series(1, 500) g;
              CREATE TABLE audit (id bigint PRIMARY KEY, item bigint);
              -- A value stored out of line (TOASTed): large and incompressible.

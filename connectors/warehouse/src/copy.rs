@@ -21,6 +21,8 @@ use arrow_array::types::{
     UInt16Type, UInt32Type, UInt64Type, UInt8Type,
 };
 use arrow_array::{Array, ArrayRef, BooleanArray, PrimitiveArray};
+use std::fmt::Write as _;
+
 use bytes::{BufMut, BytesMut};
 use tidewater_core::ColumnType;
 
@@ -174,6 +176,77 @@ fn put_len(buf: &mut BytesMut, len: usize) -> Result<(), String> {
     let len = i32::try_from(len).map_err(|_| format!("a value of {len} bytes is too large"))?;
     buf.put_i32(len);
     Ok(())
+}
+
+/// Days since 1970-01-01 as Postgres date input (`0044-03-15 BC` before
+/// year 1: Postgres has no year 0).
+fn date_text(days: i32, out: &mut String) -> Result<(), String> {
+    use chrono::Datelike;
+    let date =
+        chrono::NaiveDate::from_num_days_from_ce_opt(days.saturating_add(UNIX_EPOCH_CE_DAYS))
+            .ok_or_else(|| format!("date {days} days from 1970-01-01 is out of range"))?;
+    let (year, bc) = era(date.year());
+    write!(out, "{year:04}-{:02}-{:02}", date.month(), date.day()).unwrap_or(());
+    if bc {
+        out.push_str(" BC");
+    }
+    Ok(())
+}
+
+/// Microseconds since the Unix epoch as timestamp input, in UTC with `+00`
+/// for a `timestamptz`.
+fn timestamp_text(micros: i64, zoned: bool, out: &mut String) -> Result<(), String> {
+    use chrono::{Datelike, Timelike};
+    let at = chrono::DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| format!("timestamp {micros} µs from 1970 is out of range"))?
+        .naive_utc();
+    let (year, bc) = era(at.year());
+    write!(
+        out,
+        "{year:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}",
+        at.month(),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.nanosecond() / 1000
+    )
+    .unwrap_or(());
+    if zoned {
+        out.push_str("+00");
+    }
+    if bc {
+        out.push_str(" BC");
+    }
+    Ok(())
+}
+
+/// Microseconds as `[-]H:MM:SS.ffffff` with unbounded hours: the input
+/// both `time` (up to 24:00:00) and `interval` (MySQL TIME's ±838 h) take.
+fn clock_text(micros: i64, out: &mut String) {
+    let sign = if micros < 0 { "-" } else { "" };
+    let v = micros.unsigned_abs();
+    let (hours, rest) = (v / 3_600_000_000, v % 3_600_000_000);
+    write!(
+        out,
+        "{sign}{hours}:{:02}:{:02}.{:06}",
+        rest / 60_000_000,
+        rest / 1_000_000 % 60,
+        rest % 1_000_000
+    )
+    .unwrap_or(());
+}
+
+/// Days from 0001-01-01 (proleptic Gregorian, day 1) to 1970-01-01.
+const UNIX_EPOCH_CE_DAYS: i32 = 719_163;
+
+/// A proleptic Gregorian year as (year, BC): year 0 is 1 BC.
+fn era(year: i32) -> (i32, bool) {
+    if year <= 0 {
+        (1 - year, true)
+    } else {
+        (year, false)
+    }
 }
 
 /// A bytes field, or NULL.
@@ -341,11 +414,12 @@ fn array_literal(values: &ArrayRef, inner: &ColumnType, out: &mut String) -> Res
                 }
             }
             Cells::List(a, nested) => array_literal(&a.value(i), nested, &mut element)?,
-            Cells::Date(_) | Cells::Timestamp(_) | Cells::Time(_) | Cells::Interval(_) => {
-                return Err(format!(
-                    "arrays of {inner:?} are not supported by the warehouse sink yet"
-                ))
+            Cells::Date(a) => date_text(a.value(i), &mut element)?,
+            Cells::Timestamp(a) => {
+                timestamp_text(a.value(i), *inner == ColumnType::TimestampTz, &mut element)?
             }
+            Cells::Time(a) => clock_text(a.value(i), &mut element),
+            Cells::Interval(a) => clock_text(a.value(i), &mut element),
         }
         out.push('"');
         for ch in element.chars() {
@@ -442,5 +516,56 @@ mod tests {
         let mut out = String::new();
         array_literal(&texts, &ColumnType::Text, &mut out).unwrap();
         assert_eq!(out, r#"{"a\"\\b"}"#);
+    }
+
+    #[test]
+    fn temporal_array_elements_are_postgres_input() {
+        let days: ArrayRef = Arc::new(arrow_array::Date32Array::from(vec![
+            Some(0),
+            None,
+            Some(-719_162),  // 0001-01-01
+            Some(-719_163),  // 0001-12-31 BC
+            Some(2_932_896), // 9999-12-31
+        ]));
+        let mut out = String::new();
+        array_literal(&days, &ColumnType::Date, &mut out).unwrap();
+        assert_eq!(
+            out,
+            r#"{"1970-01-01",NULL,"0001-01-01","0001-12-31 BC","9999-12-31"}"#
+        );
+        let ats: ArrayRef = Arc::new(arrow_array::TimestampMicrosecondArray::from(vec![
+            1_709_210_096_123_456,
+            -1,
+        ]));
+        let mut out = String::new();
+        array_literal(&ats, &ColumnType::TimestampTz, &mut out).unwrap();
+        assert_eq!(
+            out,
+            r#"{"2024-02-29 12:34:56.123456+00","1969-12-31 23:59:59.999999+00"}"#
+        );
+        let mut out = String::new();
+        array_literal(&ats, &ColumnType::Timestamp, &mut out).unwrap();
+        assert_eq!(
+            out,
+            r#"{"2024-02-29 12:34:56.123456","1969-12-31 23:59:59.999999"}"#
+        );
+        let times: ArrayRef = Arc::new(arrow_array::Time64MicrosecondArray::from(vec![
+            0,
+            86_400_000_000,
+            45_296_000_001,
+        ]));
+        let mut out = String::new();
+        array_literal(&times, &ColumnType::Time, &mut out).unwrap();
+        assert_eq!(
+            out,
+            r#"{"0:00:00.000000","24:00:00.000000","12:34:56.000001"}"#
+        );
+        let spans: ArrayRef = Arc::new(arrow_array::DurationMicrosecondArray::from(vec![
+            -3_020_399_000_000,
+            500_000,
+        ]));
+        let mut out = String::new();
+        array_literal(&spans, &ColumnType::Duration, &mut out).unwrap();
+        assert_eq!(out, r#"{"-838:59:59.000000","0:00:00.500000"}"#);
     }
 }
