@@ -217,8 +217,14 @@ async fn renames_and_defaults_keep_every_row_equal() {
         "ALTER TABLE t RENAME COLUMN b TO title;
          UPDATE t SET a = a + 1000 WHERE id <= 5;
          INSERT INTO other VALUES (1, 'during');",
+        // A rename after a change of the same transaction: the stream's
+        // first relation still names the old column while the catalog
+        // already has the new one.
+        "UPDATE t SET a = a + 1 WHERE id = 6;
+         ALTER TABLE t RENAME COLUMN a TO amount;
+         UPDATE t SET amount = amount + 1 WHERE id = 7;",
         "ALTER TABLE t ADD COLUMN flag boolean NOT NULL DEFAULT true;
-         INSERT INTO t (id, a, title, flag) VALUES (1000, 1, 'new', false);",
+         INSERT INTO t (id, amount, title, flag) VALUES (1000, 1, 'new', false);",
         "ALTER TABLE t ADD COLUMN later int;
          UPDATE t SET later = 7 WHERE id = 1;",
     ] {
@@ -233,7 +239,7 @@ async fn renames_and_defaults_keep_every_row_equal() {
     // log, the rest goes on.
     client
         .batch_execute(
-            "DROP TABLE other; INSERT INTO t (id, a, title) VALUES (2000, 2, 'after the drop');",
+            "DROP TABLE other; INSERT INTO t (id, amount, title) VALUES (2000, 2, 'after the drop');",
         )
         .await
         .unwrap();
@@ -248,11 +254,12 @@ async fn renames_and_defaults_keep_every_row_equal() {
     let log = pipeline.log(1);
     assert!(
         log.contains("column b renamed to title")
+            && log.contains("column a renamed to amount")
             && log.contains("column flag added with a default"),
         "{log}"
     );
     let rows = read_log(&pipeline.table_path("public", "t")).await.unwrap();
     let truncates = rows.iter().filter(|r| r.op == "t").count();
-    assert_eq!(truncates, 2, "one copy per change that needs it");
+    assert_eq!(truncates, 3, "one copy per change that needs it");
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
 }

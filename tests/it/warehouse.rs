@@ -380,6 +380,31 @@ async fn changelog_and_schema_changes_in_the_warehouse() {
         text.contains("public.acct") && text.contains("streaming"),
         "status shows the table: {text}"
     );
+    // A renamed column follows the lake's rule: a new column under the new
+    // name, and the table copied again so every row has its value there;
+    // the old column stays, NULL from then on.
+    source
+        .batch_execute(
+            "INSERT INTO acct VALUES (10, 10, 'y', NULL);
+             ALTER TABLE acct RENAME COLUMN label TO tag;
+             UPDATE acct SET amount = amount + 1 WHERE id = 9;",
+        )
+        .await
+        .unwrap();
+    eventually("the rename", Duration::from_secs(60), || async {
+        let (columns, rows) = pg_table(&warehouse, "analytics.public_acct", "id").await?;
+        let names: Vec<&str> = columns.iter().map(|(c, _)| c.as_str()).collect();
+        // (`pg_table` orders by the key's text.)
+        let want = vec![
+            vec![s("10"), s("10"), None, None, None, s("y")],
+            vec![s("9"), s("10"), None, None, None, s("z")],
+        ];
+        if names != ["id", "amount", "label", "gone", "extra", "tag"] || rows != want {
+            return Err(format!("warehouse holds {columns:?} {rows:?}"));
+        }
+        Ok(())
+    })
+    .await;
     assert_eq!(pipeline.terminate(), 0);
 }
 

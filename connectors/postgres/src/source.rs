@@ -1872,13 +1872,24 @@ impl PostgresSource {
             }
         };
         if included {
-            self.attnums.insert(
-                table.clone(),
-                catalog
-                    .iter()
-                    .map(|(name, c)| (name.clone(), c.attnum))
-                    .collect(),
-            );
+            // The numbers of the columns this relation names. The catalog is
+            // read now, and may be ahead of the decoded stream (a rename
+            // committed since, or later in the same transaction): a name it
+            // no longer has keeps the number it had, so the rename is still
+            // recognised when the relation with the new name arrives.
+            let previous = self.attnums.remove(&table).unwrap_or_default();
+            let numbers = schema
+                .columns
+                .iter()
+                .filter_map(|c| {
+                    let number = catalog
+                        .get(&c.name)
+                        .map(|now| now.attnum)
+                        .or_else(|| previous.get(&c.name).copied())?;
+                    Some((c.name.clone(), number))
+                })
+                .collect();
+            self.attnums.insert(table.clone(), numbers);
         }
         let relation = (!included).then_some(relation);
         self.relations.insert(
