@@ -1172,7 +1172,7 @@ fn evolve(target: &Target, schema: &TableSchema, table: &TableId) -> Vec<String>
         }
         match target.type_of(&column.name) {
             None => {
-                info!(table = %table, column = %column.name, "adding a warehouse column");
+                info!(table = %table, target = %target.qualified(), column = %column.name, "adding a warehouse column");
                 statements.push(format!(
                     "ALTER TABLE {} ADD COLUMN {} {}",
                     target.qualified(),
@@ -1181,7 +1181,7 @@ fn evolve(target: &Target, schema: &TableSchema, table: &TableId) -> Vec<String>
                 ));
             }
             Some(have) if widens(have, &ty.ddl) => {
-                info!(table = %table, column = %column.name, from = have, to = %ty.ddl, "widening a warehouse column");
+                info!(table = %table, target = %target.qualified(), column = %column.name, from = have, to = %ty.ddl, "widening a warehouse column");
                 statements.push(format!(
                     "ALTER TABLE {} ALTER COLUMN {} TYPE {}",
                     target.qualified(),
@@ -1197,6 +1197,7 @@ fn evolve(target: &Target, schema: &TableSchema, table: &TableId) -> Vec<String>
                 let name = format!("{}__v{n}", column.name);
                 warn!(
                     table = %table,
+                    target = %target.qualified(),
                     column = %column.name,
                     from = have,
                     to = %ty.ddl,
