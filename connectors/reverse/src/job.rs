@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::datatypes::SchemaRef;
 use tidewater_lake::LakeSink;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::engine;
 use crate::error::ReverseError;
@@ -98,6 +98,7 @@ pub async fn run_job(
 ) -> Result<Report, ReverseError> {
     let started = Instant::now();
     let result = engine::query(sink, &spec.query).await?;
+    let queried_ms = started.elapsed().as_millis() as u64;
     let key_index = key_columns(spec, &result.schema)?;
     for field in result.schema.fields() {
         canonical_type(field.name(), field.data_type()).map_err(|problem| {
@@ -200,6 +201,12 @@ pub async fn run_job(
         Mode::Upsert => Vec::new(),
     };
     report.deleted = deletes.len();
+    debug!(
+        job = %spec.name,
+        query_ms = queried_ms,
+        diff_ms = started.elapsed().as_millis() as u64 - queried_ms,
+        "result read and compared with the last push"
+    );
     if options.dry_run {
         report.millis = started.elapsed().as_millis() as u64;
         return Ok(report);
@@ -222,6 +229,16 @@ pub async fn run_job(
     };
     let key_targets: Vec<TargetColumn> = key_index.iter().map(|&i| columns[i].clone()).collect();
 
+    // Nothing to write, every pushed key still in the result and no
+    // journal to fold in: the state on disk is this run's already.
+    if writes.is_empty()
+        && deletes.is_empty()
+        && current.len() == previous.rows.len()
+        && !files.has_journal()
+    {
+        report.millis = started.elapsed().as_millis() as u64;
+        return Ok(report);
+    }
     let mut journal = files.journal()?;
     let mut pace = Pace::new(spec.max_rows_per_second);
     let stopping =

@@ -178,6 +178,11 @@ impl StateFiles {
         })
     }
 
+    /// Whether a run's journal is there (one is running, or one died).
+    pub fn has_journal(&self) -> bool {
+        self.journal.exists()
+    }
+
     /// Replaces the state with `state` and drops the journal.
     pub fn save(&self, state: &State) -> Result<(), ReverseError> {
         let dir = self.state.parent().expect("has a parent");
