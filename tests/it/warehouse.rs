@@ -557,5 +557,44 @@ async fn mariadb_into_warehouse_survives_sigkill() {
         same_things(&warehouse)
     })
     .await;
+    // A rename read from the binlog's ALTER TABLE text: the table is copied
+    // again, every row has its value under the new name, the old column is
+    // NULL from then on.
+    conn.query_drop("ALTER TABLE things RENAME COLUMN name TO title")
+        .await
+        .unwrap();
+    conn.query_drop("UPDATE things SET price = price + 1 WHERE k = 1")
+        .await
+        .unwrap();
+    let source: Vec<(i32, Option<String>)> = conn
+        .exec("SELECT k, title FROM whm.things ORDER BY k", ())
+        .await
+        .unwrap();
+    let source: Vec<(String, Option<String>, Option<String>)> = source
+        .into_iter()
+        .map(|(k, title)| (k.to_string(), title, None))
+        .collect();
+    eventually("the rename", Duration::from_secs(90), || async {
+        let rows = warehouse
+            .query(
+                "SELECT k::text, title, name FROM whm.things w ORDER BY w.k",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let got: Vec<(String, Option<String>, Option<String>)> = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        if got != source {
+            return Err(format!(
+                "{} rows, first difference {:?}",
+                got.len(),
+                got.iter().zip(&source).find(|(g, s)| g != s)
+            ));
+        }
+        Ok(())
+    })
+    .await;
     assert_eq!(pipeline.terminate(), 0);
 }
