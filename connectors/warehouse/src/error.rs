@@ -32,6 +32,15 @@ pub enum WarehouseError {
     Busy { pipeline: String },
     #[error("the warehouse state of {what} is unreadable: {detail}")]
     State { what: String, detail: String },
+    /// The target name of a source table cannot be used: too long for
+    /// Postgres, or already the target of another source table.
+    #[error("warehouse table {target} for {table}: {problem}\nhint: {hint}")]
+    Target {
+        table: TableId,
+        target: String,
+        problem: String,
+        hint: String,
+    },
 }
 
 impl WarehouseError {
@@ -45,7 +54,9 @@ impl Classified for WarehouseError {
     fn class(&self) -> ErrorClass {
         match self {
             WarehouseError::Server { source, .. } => server_class(source),
-            WarehouseError::Url(_) | WarehouseError::NoKey { .. } => ErrorClass::Config,
+            WarehouseError::Url(_)
+            | WarehouseError::NoKey { .. }
+            | WarehouseError::Target { .. } => ErrorClass::Config,
             WarehouseError::Encode { .. } => ErrorClass::Definite,
             WarehouseError::Busy { .. } => ErrorClass::Transient,
             WarehouseError::State { .. } => ErrorClass::Internal,

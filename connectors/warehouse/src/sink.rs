@@ -123,6 +123,15 @@ impl Target {
         format!("{}.{}", ident(&self.schema), ident(&self.name))
     }
 
+    /// The warehouse columns holding values of source column `column`: its
+    /// own name and its versions (`name__vN`).
+    fn versions_of<'a>(&'a self, column: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.columns
+            .iter()
+            .map(|(c, _)| c.as_str())
+            .filter(move |c| *c == column || is_version_of(c, column))
+    }
+
     fn type_of(&self, column: &str) -> Option<&str> {
         self.columns
             .iter()
@@ -138,11 +147,11 @@ impl Target {
             self.type_of(name)
                 .is_some_and(|have| have == ty || widens(ty, have))
         };
-        let versions = self.columns.iter().rev().filter(|(c, _)| {
-            c.strip_prefix(column)
-                .and_then(|rest| rest.strip_prefix("__v"))
-                .is_some_and(|n| n.parse::<u32>().is_ok())
-        });
+        let versions = self
+            .columns
+            .iter()
+            .rev()
+            .filter(|(c, _)| is_version_of(c, column));
         for (name, _) in versions {
             if fits(name) {
                 return Some(name.clone());
@@ -150,6 +159,13 @@ impl Target {
         }
         fits(column).then(|| column.to_string())
     }
+}
+
+/// Whether warehouse column `name` is a version (`column__vN`) of `column`.
+fn is_version_of(name: &str, column: &str) -> bool {
+    name.strip_prefix(column)
+        .and_then(|rest| rest.strip_prefix("__v"))
+        .is_some_and(|n| n.parse::<u32>().is_ok())
 }
 
 /// Rows of one table and schema version copied into a staging table.
@@ -212,6 +228,13 @@ pub enum Marker {
     Stream(String),
 }
 
+/// The first key of the pipeline's advisory lock (the two-key form keeps
+/// it apart from other applications' single-bigint locks): "tw" in ASCII.
+const LOCK_CLASS: i32 = 0x7477;
+
+/// Postgres truncates longer identifiers (NAMEDATALEN - 1).
+const MAX_IDENTIFIER: usize = 63;
+
 const KEY_MARKER: &str = "slot_marker";
 const KEY_STOPPED: &str = "stopped_tables";
 const KEY_PLAN: &str = "snapshot_plan";
@@ -245,15 +268,16 @@ impl WarehouseSink {
         });
         client
             .batch_execute(&format!(
-                "SET TimeZone = 'UTC'; SET application_name = {}",
+                "SET TimeZone = 'UTC'; SET standard_conforming_strings = on; \
+                 SET application_name = {}",
                 literal(&format!("tidewater:{}", settings.pipeline))
             ))
             .await
             .map_err(WarehouseError::server("setting up the session"))?;
         let lock = if writer {
-            "pg_try_advisory_lock(hashtext($1))"
+            format!("pg_try_advisory_lock({LOCK_CLASS}, hashtext($1))")
         } else {
-            "$1::text IS NOT NULL"
+            "$1::text IS NOT NULL".to_string()
         };
         let row = client
             .query_one(
@@ -457,6 +481,8 @@ impl WarehouseSink {
             });
         }
         let (target_schema, target_name) = self.settings.target_of(table);
+        self.check_target(table, &target_schema, &target_name)
+            .await?;
         let mut target = self.catalog(&target_schema, &target_name).await?;
         let mut statements = Vec::new();
         if target.columns.is_empty() {
@@ -557,6 +583,75 @@ impl WarehouseSink {
                 state,
             },
         );
+        Ok(())
+    }
+
+    /// Refuses a target name Postgres would cut short, and a target that
+    /// another source table of the pipeline already writes (the name
+    /// templates can map two source tables to one name: a truncate of one
+    /// would empty the other's rows).
+    async fn check_target(
+        &self,
+        table: &TableId,
+        schema: &str,
+        name: &str,
+    ) -> Result<(), WarehouseError> {
+        let target = format!("{}.{}", ident(schema), ident(name));
+        let problem = |problem: String, hint: &str| WarehouseError::Target {
+            table: table.clone(),
+            target: target.clone(),
+            problem,
+            hint: hint.to_string(),
+        };
+        let longest = if self.settings.changelog {
+            format!("{name}__changes")
+        } else {
+            name.to_string()
+        };
+        for part in [schema, longest.as_str()] {
+            if part.len() > MAX_IDENTIFIER {
+                return Err(problem(
+                    format!(
+                        "the name {part:?} is {} bytes, more than Postgres keeps ({MAX_IDENTIFIER})",
+                        part.len()
+                    ),
+                    "shorten sink.schema / sink.table (a versioned column adds __vN, the change \
+                     log __changes)",
+                ));
+            }
+        }
+        let hint = "make sink.schema / sink.table give each source table its own name \
+                    (use both {schema} and {table})";
+        for (other, known) in &self.tables {
+            if other != table && known.target.schema == schema && known.target.name == name {
+                return Err(problem(format!("{other} is written there too"), hint));
+            }
+        }
+        let owner = self
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT source_schema, source_table FROM {} WHERE pipeline = $1 \
+                     AND target_schema = $2 AND target_table = $3 \
+                     AND (source_schema, source_table) <> ($4, $5) LIMIT 1",
+                    self.state_table("table_state")
+                ),
+                &[
+                    &self.settings.pipeline,
+                    &schema,
+                    &name,
+                    &table.schema,
+                    &table.table,
+                ],
+            )
+            .await
+            .map_err(WarehouseError::server(format!(
+                "checking the target of {table}"
+            )))?;
+        if let Some(row) = owner {
+            let other = TableId::new(row.get::<_, String>(0), row.get::<_, String>(1));
+            return Err(problem(format!("{other} is written there too"), hint));
+        }
         Ok(())
     }
 
@@ -864,6 +959,20 @@ impl WarehouseSink {
             .target
             .clone();
         let key_columns: Vec<&Column> = schema.key_columns().collect();
+        // A key the warehouse table has no column for: no current rows (and
+        // nothing begun that would stay open).
+        let mut on = Vec::new();
+        for column in &key_columns {
+            let ty = target_type(column);
+            let Some(name) = target.column_for(&column.name, &ty.ddl) else {
+                return Ok(HashMap::new());
+            };
+            on.push(format!(
+                "t.{} = {}",
+                ident(&name),
+                ty.cast("k", &ident(&column.name))
+            ));
+        }
         let mut arrays = Vec::new();
         for (k, column) in key_columns.iter().enumerate() {
             let values: Vec<&Datum> = keys.iter().map(|key| &key[k]).collect();
@@ -938,31 +1047,39 @@ impl WarehouseSink {
         let target = &target;
         let mut selected = vec!["k._tw_i".to_string()];
         let mut present = Vec::new();
+        // Per column, whether another version of it (an older type's
+        // column) holds a value: then a NULL in the current one means "not
+        // written since the type change", not NULL. Selected after the
+        // columns.
+        let mut elsewhere = Vec::new();
+        let mut checks = Vec::new();
         for column in &schema.columns {
             let ty = target_type(column);
             match target.column_for(&column.name, &ty.ddl) {
                 Some(name) => {
                     selected.push(select_expr(&format!("t.{}", ident(&name)), column, &ty));
                     present.push(true);
+                    let others: Vec<String> = target
+                        .versions_of(&column.name)
+                        .filter(|other| *other != name)
+                        .map(|other| format!("t.{} IS NOT NULL", ident(other)))
+                        .collect();
+                    if others.is_empty() {
+                        elsewhere.push(None);
+                    } else {
+                        elsewhere.push(Some(checks.len()));
+                        checks.push(format!("({})", others.join(" OR ")));
+                    }
                 }
                 None => {
                     selected.push("NULL".into());
                     present.push(false);
+                    elsewhere.push(None);
                 }
             }
         }
-        let mut on = Vec::new();
-        for column in &key_columns {
-            let ty = target_type(column);
-            let Some(name) = target.column_for(&column.name, &ty.ddl) else {
-                return Ok(HashMap::new());
-            };
-            on.push(format!(
-                "t.{} = {}",
-                ident(&name),
-                ty.cast("k", &ident(&column.name))
-            ));
-        }
+        let first_check = selected.len();
+        selected.extend(checks);
         let rows = self
             .client
             .query(
@@ -994,6 +1111,12 @@ impl WarehouseSink {
                     continue;
                 }
                 let raw: Raw = row.get(c + 1);
+                let older = elsewhere[c].is_some_and(|k| row.get::<_, bool>(first_check + k));
+                if raw.0.is_none() && older {
+                    // Its value is in an older type's column: never guessed.
+                    values.push(Datum::Unchanged);
+                    continue;
+                }
                 values.push(decode(raw.0.as_deref(), &column.ty));
             }
             found.insert(key_string(&keys[i as usize]), values);
@@ -1271,11 +1394,29 @@ fn apply_sql(known: &Known, stage: &Stage, merge: bool) -> String {
         .collect();
     let names: Vec<&str> = columns.iter().map(|(n, _, _)| n.as_str()).collect();
     let values: Vec<&str> = columns.iter().map(|(_, v, _)| v.as_str()).collect();
-    let updates: Vec<String> = columns
+    // Target columns this schema does not write — a column the source
+    // dropped, the older versions of a column whose type changed — are NULL
+    // in every row changed from now on, as in the lake.
+    let written: Vec<&str> = columns.iter().map(|(n, _, _)| n.as_str()).collect();
+    let stale: Vec<String> = target
+        .columns
+        .iter()
+        .map(|(name, _)| name)
+        .filter(|name| {
+            !written.contains(&ident(name).as_str())
+                && !stage
+                    .schema
+                    .key_columns()
+                    .any(|k| **name == k.name || is_version_of(name, &k.name))
+        })
+        .map(|name| format!("{} = NULL", ident(name)))
+        .collect();
+    let mut updates: Vec<String> = columns
         .iter()
         .filter(|(_, _, key)| !key)
         .map(|(name, value, _)| format!("{name} = {value}"))
         .collect();
+    updates.extend(stale.iter().cloned());
     let mut sql = Vec::new();
     if stage.truncate.is_some() {
         sql.push(format!("DELETE FROM {}", target.qualified()));
@@ -1310,11 +1451,12 @@ fn apply_sql(known: &Known, stage: &Stage, merge: bool) -> String {
         let action = if updates.is_empty() {
             "DO NOTHING".to_string()
         } else {
-            let set: Vec<String> = columns
+            let mut set: Vec<String> = columns
                 .iter()
                 .filter(|(_, _, key)| !key)
                 .map(|(n, _, _)| format!("{n} = EXCLUDED.{n}"))
                 .collect();
+            set.extend(stale);
             format!("DO UPDATE SET {}", set.join(", "))
         };
         sql.push(format!(
