@@ -641,3 +641,68 @@ async fn two_source_tables_never_share_a_warehouse_table() {
         .unwrap_or(0);
     assert!(rows <= 1, "one table's rows at most, got {rows}");
 }
+
+/// After a type change the warehouse cannot widen (text → bytea), the
+/// value of a row not written since sits in the old column only: an update
+/// that leaves that TOASTed column unchanged stops the table with the hint,
+/// rather than writing NULL into the new column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_toast_value_is_never_taken_from_an_empty_column_version() {
+    let source = pg().create_database("whtv_src").await;
+    let warehouse = pg().create_database("whtv_dst").await;
+    source
+        .batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, v int, body text);
+             INSERT INTO docs SELECT 1, 0, string_agg(md5(g::text || random()::text), '')
+               FROM generate_series(1, 400) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::warehouse(
+        "whtv",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\n",
+            pg().url("whtv_src")
+        ),
+        &pg().url("whtv_dst"),
+        "",
+    );
+    pipeline.start();
+    eventually("the snapshot", Duration::from_secs(60), || {
+        same_table(&source, &warehouse, "docs", "public.docs", "id")
+    })
+    .await;
+    source
+        .batch_execute(
+            "ALTER TABLE docs ALTER COLUMN body TYPE bytea USING convert_to(body, 'UTF8');
+             UPDATE docs SET v = v + 1;",
+        )
+        .await
+        .unwrap();
+    eventually("the table stop in the log", Duration::from_secs(60), || {
+        let log = pipeline.log(pipeline.starts);
+        async move {
+            (log.contains("table stopped") && log.contains("TOASTed column body"))
+                .then_some(())
+                .ok_or_else(|| "not yet".to_string())
+        }
+    })
+    .await;
+    let row = warehouse
+        .query_one(
+            "SELECT v, length(body), body__v2 IS NULL FROM public.docs",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, i32>(0),
+            row.get::<_, i32>(1),
+            row.get::<_, bool>(2)
+        ),
+        (0, 400 * 32, true),
+        "the row is left as it was, not rewritten with a NULL body"
+    );
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(pipeline.starts));
+}
