@@ -232,6 +232,11 @@ pub enum Marker {
 /// it apart from other applications' single-bigint locks): "tw" in ASCII.
 const LOCK_CLASS: i32 = 0x7477;
 
+/// The second key of the lock that serialises tidewater's DDL in a
+/// warehouse across pipelines (a pipeline's own lock takes hashtext of its
+/// name).
+const DDL_LOCK: i32 = 0;
+
 /// Postgres truncates longer identifiers (NAMEDATALEN - 1).
 const MAX_IDENTIFIER: usize = 63;
 
@@ -301,7 +306,10 @@ impl WarehouseSink {
         if writer {
             client
                 .batch_execute(&format!(
-                    "CREATE SCHEMA IF NOT EXISTS {state};
+                    // One implicit transaction: the lock keeps two pipelines'
+                    // IF NOT EXISTS apart until it commits.
+                    "SELECT pg_advisory_xact_lock({LOCK_CLASS}, {DDL_LOCK});
+                 CREATE SCHEMA IF NOT EXISTS {state};
                  CREATE TABLE IF NOT EXISTS {state}.table_state (
                      pipeline text NOT NULL,
                      source_schema text NOT NULL,
@@ -558,6 +566,13 @@ impl WarehouseSink {
         if !statements.is_empty() {
             // DDL commits with the next batch when a transaction is open,
             // else now; either way before any row needs the columns.
+            // Pipelines sharing a warehouse create schemas (IF NOT EXISTS
+            // races between two sessions) one at a time: the lock lasts to
+            // the end of the transaction the DDL is in.
+            statements.insert(
+                0,
+                format!("SELECT pg_advisory_xact_lock({LOCK_CLASS}, {DDL_LOCK})"),
+            );
             let sql = statements.join(";\n");
             self.client
                 .batch_execute(&sql)
