@@ -261,13 +261,9 @@ impl TlsSetup {
             (SslMode::VerifyFull, Some(roots)) => {
                 builder.with_root_certificates(roots).with_no_client_auth()
             }
-            (_, Some(roots)) => builder
+            (_, roots) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnly { roots, provider }))
-                .with_no_client_auth(),
-            (_, None) => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
+                .with_custom_certificate_verifier(Arc::new(NameNotChecked { roots, provider }))
                 .with_no_client_auth(),
         };
         Ok(TlsSetup {
@@ -323,15 +319,19 @@ fn read_roots(path: &std::path::Path) -> Result<RootCertStore, TlsConfigError> {
     Ok(roots)
 }
 
-/// `verify-ca` (and `require` with a CA file): the chain must end at one of
-/// the CA certificates; the name in the certificate is not looked at.
+/// Every mode short of `verify-full`: the name in the certificate is not
+/// looked at. With a CA file (`verify-ca`, or `require` with one) the chain
+/// must end at one of its certificates; without one (`prefer`, `require`)
+/// any certificate is taken — libpq's meaning: protection from
+/// eavesdropping, not from an impostor. The handshake signatures are
+/// checked either way.
 #[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
+struct NameNotChecked {
+    roots: Option<Arc<RootCertStore>>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for NameNotChecked {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -340,69 +340,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// `prefer` and `require` without a CA file: encrypted, but any
-/// certificate is taken (libpq's meaning: protection from eavesdropping,
-/// not from an impostor). The handshake signatures are still checked.
-#[derive(Debug)]
-struct AnyCertificate {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(roots) = &self.roots {
+            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
