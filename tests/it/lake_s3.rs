@@ -158,19 +158,22 @@ async fn lake_on_s3_survives_network_faults() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let rows = |client: &tokio_postgres::Client, table: &'static str| {
-        let sql = format!("SELECT id::text, v, n::text FROM {table} x ORDER BY x.id");
-        async move {
-            client
-                .query(&sql, &[])
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2)))
-                .collect::<Vec<(String, Option<String>, Option<String>)>>()
-        }
-    };
-    let expected = rows(&client, "t").await;
+    let expected = text_rows(&client, "t").await;
     assert!(expected.len() > 2000, "the source has its rows");
-    assert_eq!(rows(&target, "public.t_copy").await, expected);
+    assert_eq!(text_rows(&target, "public.t_copy").await, expected);
+}
+
+/// (id, v, n) of every row as text, by id.
+async fn text_rows(
+    client: &tokio_postgres::Client,
+    table: &str,
+) -> Vec<(String, Option<String>, Option<String>)> {
+    let sql = format!("SELECT id::text, v, n::text FROM {table} x ORDER BY x.id");
+    client
+        .query(&sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
 }
