@@ -173,3 +173,28 @@ pub(crate) fn check_fraction(us: i64, column: &TargetColumn) -> Result<(), ()> {
         Err(())
     }
 }
+
+/// The column list of a CREATE TABLE for `columns` (name, type, in the key)
+/// with its primary key: `a bigint<key>, b text<other>, PRIMARY KEY (a)`,
+/// names quoted by `quote`.
+pub(crate) fn table_definition(
+    columns: &[(String, String, bool)],
+    quote: fn(&str) -> String,
+    key_null: &str,
+    other_null: &str,
+) -> String {
+    let mut defs: Vec<String> = columns
+        .iter()
+        .map(|(name, ty, key)| {
+            let null = if *key { key_null } else { other_null };
+            format!("{} {ty}{null}", quote(name))
+        })
+        .collect();
+    let key: Vec<String> = columns
+        .iter()
+        .filter(|c| c.2)
+        .map(|c| quote(&c.0))
+        .collect();
+    defs.push(format!("PRIMARY KEY ({})", key.join(", ")));
+    defs.join(", ")
+}

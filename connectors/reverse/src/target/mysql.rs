@@ -195,26 +195,10 @@ impl MysqlTarget {
         table: &TableName,
         columns: &[(String, String, bool)],
     ) -> Result<(), ReverseError> {
-        let defs: Vec<String> = columns
-            .iter()
-            .map(|(name, ty, key)| {
-                format!(
-                    "{} {ty} {}",
-                    quote(name),
-                    if *key { "NOT NULL" } else { "NULL" }
-                )
-            })
-            .collect();
-        let key: Vec<String> = columns
-            .iter()
-            .filter(|c| c.2)
-            .map(|c| quote(&c.0))
-            .collect();
         let sql = format!(
-            "CREATE TABLE {} ({}, PRIMARY KEY ({})) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+            "CREATE TABLE {} ({}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
             Self::qualified(table),
-            defs.join(", "),
-            key.join(", ")
+            super::table_definition(columns, quote, " NOT NULL", " NULL")
         );
         self.conn
             .query_drop(sql)

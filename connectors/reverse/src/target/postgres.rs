@@ -181,26 +181,10 @@ impl PostgresTarget {
         table: &TableName,
         columns: &[(String, String, bool)],
     ) -> Result<(), ReverseError> {
-        let defs: Vec<String> = columns
-            .iter()
-            .map(|(name, ty, key)| {
-                format!(
-                    "{} {ty}{}",
-                    quote(name),
-                    if *key { " NOT NULL" } else { "" }
-                )
-            })
-            .collect();
-        let key: Vec<String> = columns
-            .iter()
-            .filter(|c| c.2)
-            .map(|c| quote(&c.0))
-            .collect();
         let sql = format!(
-            "CREATE TABLE {} ({}, PRIMARY KEY ({}))",
+            "CREATE TABLE {} ({})",
             Self::qualified(table),
-            defs.join(", "),
-            key.join(", ")
+            super::table_definition(columns, quote, " NOT NULL", "")
         );
         self.client
             .batch_execute(&sql)
