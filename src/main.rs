@@ -59,7 +59,7 @@ enum Command {
         drop_slot: bool,
         /// Copy only this table again (`schema.table`; repeatable) into a
         /// lake that streams already — e.g. one stopped by an error — keeping
-        /// every other table's position (Postgres sources).
+        /// every other table's position.
         #[arg(long = "table", value_name = "TABLE", conflicts_with = "drop_slot")]
         tables: Vec<String>,
     },

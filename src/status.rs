@@ -53,6 +53,11 @@ async fn check_mysql(config: &MysqlConfig) -> CheckResult {
     let tables = source.tables().await.map_err(failed)?;
     let found = source.preflight(&tables).await.map_err(failed)?;
     println!("source: {}", source.flavor());
+    println!(
+        "note: every session must log ROW: a client that sets SESSION binlog_format = \
+         STATEMENT or MIXED writes changes no binlog event carries as rows, and tidewater \
+         stops the tables they may touch (grant SUPER / BINLOG ADMIN to no application user)"
+    );
     source.close().await;
     let mut warnings = Vec::new();
     if tables.is_empty() {

@@ -15,6 +15,7 @@ mod metrics;
 mod mysql;
 mod mysql_conformance;
 mod mysql_schema;
+mod mysql_statement;
 mod pg_conformance;
 mod pg_new_tables;
 mod pg_roundtrip;

@@ -265,7 +265,7 @@ pub struct QueryEvent {
 /// QUERY (2). Layout: thread id 4, exec time 4, schema length 1, error code 2,
 /// status-vars length 2, status vars, schema, 0x00, statement.
 pub fn query(body: &[u8]) -> Result<QueryEvent, DecodeError> {
-    let (event, sql) = query_parts(body)?;
+    let (event, sql) = query_parts(body, 0)?;
     Ok(QueryEvent {
         sql: String::from_utf8_lossy(sql).into_owned(),
         ..event
@@ -275,7 +275,7 @@ pub fn query(body: &[u8]) -> Result<QueryEvent, DecodeError> {
 /// MariaDB QUERY_COMPRESSED (165): a QUERY whose statement is compressed with
 /// MariaDB's binlog compression header (`0x80 | n`, length, zlib).
 pub fn query_compressed(body: &[u8]) -> Result<QueryEvent, DecodeError> {
-    let (event, compressed) = query_parts(body)?;
+    let (event, compressed) = query_parts(body, 0)?;
     let sql = mariadb_uncompress(compressed, "compressed query")?;
     Ok(QueryEvent {
         sql: String::from_utf8_lossy(&sql).into_owned(),
@@ -283,13 +283,27 @@ pub fn query_compressed(body: &[u8]) -> Result<QueryEvent, DecodeError> {
     })
 }
 
-fn query_parts(body: &[u8]) -> Result<(QueryEvent, &[u8]), DecodeError> {
+/// EXECUTE_LOAD_QUERY (18): how statement-based logging writes `LOAD DATA`
+/// (the file's bytes come in the events before it). A QUERY with 13 more
+/// post-header bytes: file id 4, start 4, end 4, duplicate handling 1.
+pub fn execute_load_query(body: &[u8]) -> Result<QueryEvent, DecodeError> {
+    let (event, sql) = query_parts(body, 13)?;
+    Ok(QueryEvent {
+        sql: String::from_utf8_lossy(sql).into_owned(),
+        ..event
+    })
+}
+
+/// A query-shaped event; `extra` post-header bytes follow the status-vars
+/// length.
+fn query_parts(body: &[u8], extra: usize) -> Result<(QueryEvent, &[u8]), DecodeError> {
     let mut c = Cursor::new(body);
     let thread_id = c.u32("query thread id")?;
     let exec_time_s = c.u32("query exec time")?;
     let schema_len = usize::from(c.u8("query schema length")?);
     let error_code = c.u16("query error code")?;
     let status_len = usize::from(c.u16("query status vars length")?);
+    c.take(extra, "load query post-header")?;
     c.take(status_len, "query status vars")?;
     let schema = String::from_utf8_lossy(c.take(schema_len, "query schema")?).into_owned();
     let at = c.pos();

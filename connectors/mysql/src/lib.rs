@@ -12,6 +12,7 @@ pub mod position;
 mod preflight;
 pub mod rows;
 pub mod source;
+mod statement;
 pub mod tablemap;
 pub mod tls;
 mod value;

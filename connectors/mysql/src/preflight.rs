@@ -52,7 +52,10 @@ pub async fn preflight(
         variable(conn, "binlog_format").await?,
         "binlog_format",
         "ROW",
-        "SET GLOBAL binlog_format = 'ROW'; (and binlog_format=ROW in the server config)".into(),
+        "SET GLOBAL binlog_format = 'ROW'; (and binlog_format=ROW in the server config; \
+         every session must stay on ROW: a data change logged as a statement stops the tables \
+         it may have written)"
+            .into(),
     );
     expect(
         variable(conn, "binlog_row_image").await?,

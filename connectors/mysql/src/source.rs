@@ -57,12 +57,14 @@ use crate::error::{query_error, stream_error, MysqlError};
 use crate::event::{GtidSet, GtidState};
 use crate::position::BinlogPosition;
 use crate::rows::{self, RowPlan};
+use crate::statement::{self, Reach, Statement};
 use crate::tls::Endpoint;
 use crate::{event, tablemap, value};
 
 /// Binlog event type codes we act on.
 mod kind {
     pub const QUERY: u8 = 2;
+    pub const EXECUTE_LOAD_QUERY: u8 = 18;
     pub const ROTATE: u8 = 4;
     pub const FORMAT_DESCRIPTION: u8 = 15;
     pub const XID: u8 = 16;
@@ -1005,6 +1007,16 @@ impl MysqlSource {
                 self.on_query(&query.schema, &query.sql, end, header.timestamp())
                     .await?;
             }
+            // Only statement-based logging writes it: rows no event carries.
+            kind::EXECUTE_LOAD_QUERY => {
+                let query = event::execute_load_query(data)
+                    .map_err(|source| self.decode_error("-", end, source))?;
+                let reach = match statement::classify(&query.sql, &query.schema) {
+                    Statement::Data { reach, .. } => reach,
+                    _ => Reach::Any,
+                };
+                self.on_statement_data("LOAD DATA", reach, end);
+            }
             kind::XID => self.commit(end, header.timestamp()),
             kind::TABLE_MAP => self.on_table_map(data, end).await?,
             t if kind::is_rows(t) => self.on_rows(t, data, end)?,
@@ -1199,6 +1211,9 @@ impl MysqlSource {
             self.commit(end, timestamp);
             return Ok(());
         }
+        if let Statement::Data { kind, reach } = statement::classify(statement, schema) {
+            self.on_statement_data(&kind, reach, end);
+        }
         for table in renamed_tables(statement, schema) {
             if self.config.filter.matches(&table)
                 && !catalog::is_system_database(&table.schema)
@@ -1272,6 +1287,38 @@ impl MysqlSource {
             }
         }
         Ok(())
+    }
+
+    /// A data-changing statement logged as SQL text (the session's
+    /// `binlog_format` was not ROW): the rows it changed are in no event.
+    /// Every captured table it may have written stops — loudly, with the
+    /// position and the fix — so none streams on with a gap.
+    fn on_statement_data(&mut self, kind: &str, reach: Reach, end: u64) {
+        let position = self.position_here(end).to_string();
+        let reached: Vec<TableId> = match reach {
+            Reach::Any => self.tables.clone(),
+            Reach::Tables(names) => names
+                .into_iter()
+                .filter(|t| {
+                    self.tables.contains(t)
+                        || (self.config.filter.matches(t)
+                            && !catalog::is_system_database(&t.schema)
+                            && !self.stopped.contains(t))
+                })
+                .collect(),
+        };
+        if reached.is_empty() {
+            // Nothing captured was written; still never silent. Names are
+            // not logged: a double-quoted value may have been read as one.
+            warn!(position = %position, statement = kind, "a data change was logged as a statement (binlog_format is not ROW for some session); it names no captured table, so nothing stops — but every session must log ROW");
+            return;
+        }
+        for table in reached {
+            let reason = format!(
+                "a statement-logged {kind} at {position} may have changed the table: its rows                  are in no binlog event (the session's binlog_format was STATEMENT or MIXED).                  Fix: SET GLOBAL binlog_format = 'ROW' (and binlog_format=ROW in the server                  config) and keep every session on ROW (no client may SET SESSION                  binlog_format), then copy the table again:                  `tidewater snapshot --config <file> --table {table}`"
+            );
+            self.stop_table(&table, reason);
+        }
     }
 
     /// The catalog's columns of `table`. The control connection sits idle
