@@ -16,6 +16,7 @@ mod mysql;
 mod mysql_conformance;
 mod mysql_schema;
 mod pg_conformance;
+mod pg_identity_full;
 mod pg_new_tables;
 mod pg_roundtrip;
 mod pg_schema;
