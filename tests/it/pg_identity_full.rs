@@ -182,6 +182,8 @@ async fn full_identity_into_the_lake(name: &str, binary: bool) {
         )
         .await;
     }
+    // A table without a key has no current state to keep.
+    assert!(!current("loose").exists());
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
 }
 
