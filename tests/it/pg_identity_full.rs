@@ -314,3 +314,46 @@ fn text(value: &serde_json::Value) -> String {
         other => other.to_string(),
     }
 }
+
+/// A FULL table without a primary key has no key, and the warehouse (one row
+/// per key) refuses it at its first schema, naming the table and the fix,
+/// rather than keying on every column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_identity_without_primary_key_is_refused_by_the_warehouse() {
+    let source = pg().create_database("fullnokey_src").await;
+    pg().create_database("fullnokey_dst").await;
+    source
+        .batch_execute(
+            "CREATE TABLE loose (a int, b text);
+             ALTER TABLE loose REPLICA IDENTITY FULL;
+             INSERT INTO loose VALUES (1, 'one');",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::warehouse(
+        "fullnokey",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.loose\"]\n",
+            pg().url("fullnokey_src")
+        ),
+        &pg().url("fullnokey_dst"),
+        "",
+    );
+    pipeline.start();
+    let mut child = pipeline.child.take().expect("started");
+    let mut code = None;
+    eventually("the daemon exits", Duration::from_secs(90), || {
+        if code.is_none() {
+            code = child.try_wait().expect("try_wait").map(|s| s.code());
+        }
+        let done = code.is_some();
+        async move { done.then_some(()).ok_or_else(|| "running".to_string()) }
+    })
+    .await;
+    let log = pipeline.log(1);
+    assert_eq!(code, Some(Some(2)), "{log}");
+    assert!(
+        log.contains("public.loose has no key columns") && log.contains("primary key"),
+        "{log}"
+    );
+}
