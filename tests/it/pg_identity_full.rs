@@ -340,10 +340,10 @@ async fn full_identity_without_primary_key_is_refused_by_the_warehouse() {
         "",
     );
     pipeline.start();
-    let mut child = pipeline.child.take().expect("started");
     let mut code = None;
     eventually("the daemon exits", Duration::from_secs(90), || {
         if code.is_none() {
+            let child = pipeline.child.as_mut().expect("started");
             code = child.try_wait().expect("try_wait").map(|s| s.code());
         }
         let done = code.is_some();
