@@ -17,6 +17,7 @@ mod mysql_conformance;
 mod mysql_schema;
 mod mysql_statement;
 mod pg_conformance;
+mod pg_identity_full;
 mod pg_new_tables;
 mod pg_roundtrip;
 mod pg_schema;

@@ -1,5 +1,5 @@
 //! What the Postgres catalog tells us: which tables the config selects and
-//! their columns, with the same key flags pgoutput's Relation message sends.
+//! their columns, with the same key flags the stream gives them.
 
 use std::collections::HashMap;
 
@@ -42,9 +42,11 @@ pub async fn list_tables(
         .collect())
 }
 
-/// Columns of a table as pgoutput will describe them: generated columns are
-/// left out (pgoutput does not send them), and key flags follow the table's
-/// replica identity.
+/// Columns of a table as the stream will describe them: generated columns
+/// are left out (pgoutput does not send them), and key flags follow the
+/// table's replica identity — its primary key under `DEFAULT` and `FULL`
+/// (none without one), the index's columns under `USING INDEX`, none under
+/// `NOTHING` (the same rule as `source::row_key`).
 pub async fn table_columns(
     client: &Client,
     table: &TableId,
@@ -56,10 +58,9 @@ pub async fn table_columns(
                CASE WHEN t.typtype = 'd' AND t.typtypmod <> -1 THEN t.typtypmod ELSE a.atttypmod END, \
                format_type(a.atttypid, a.atttypmod), \
                CASE c.relreplident \
-                 WHEN 'f' THEN true \
                  WHEN 'n' THEN false \
-                 WHEN 'd' THEN coalesce(a.attnum = ANY(pk.indkey::int2[]), false) \
-                 ELSE coalesce(a.attnum = ANY(ri.indkey::int2[]), false) \
+                 WHEN 'i' THEN coalesce(a.attnum = ANY(ri.indkey::int2[]), false) \
+                 ELSE coalesce(a.attnum = ANY(pk.indkey::int2[]), false) \
                END, \
                a.attndims::int4 \
              FROM pg_attribute a \

@@ -1704,6 +1704,9 @@ impl PostgresSource {
                     let values = datums(&d, &new, old.as_ref())?;
                     // A changed key: the row under the old key is gone, so
                     // the log says so with a delete before the new image.
+                    // Only the key columns count: under FULL the old image
+                    // is sent with every update, and an update that keeps
+                    // the key is its new image alone.
                     if let Some(old) = &old {
                         let old_values = datums(&d, old.cells(), None)?;
                         let key_changed = schema
@@ -1796,9 +1799,12 @@ impl PostgresSource {
         let catalog: HashMap<String, CatalogColumn> = if included {
             self.client
                 .query(
-                    "SELECT attname::text, attndims::int4, attnum, atthasdef OR atthasmissing \
-                     FROM pg_attribute \
-                     WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+                    "SELECT a.attname::text, a.attndims::int4, a.attnum, \
+                       a.atthasdef OR a.atthasmissing, \
+                       coalesce(a.attnum = ANY(pk.indkey::int2[]), false) \
+                     FROM pg_attribute a \
+                     LEFT JOIN pg_index pk ON pk.indrelid = a.attrelid AND pk.indisprimary \
+                     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped",
                     &[&relation.oid],
                 )
                 .await
@@ -1811,6 +1817,7 @@ impl PostgresSource {
                             dims: row.get(1),
                             attnum: row.get(2),
                             has_default: row.get(3),
+                            primary_key: row.get(4),
                         },
                     )
                 })
@@ -1850,7 +1857,7 @@ impl PostgresSource {
                     dims.get(&column.name).copied().unwrap_or(1),
                 ),
                 source_type,
-                key: column.key,
+                key: row_key(&relation, column, &catalog),
             });
         }
         let schema = match self.schemas.get(&table).cloned() {
@@ -2128,6 +2135,30 @@ struct CatalogColumn {
     dims: i32,
     attnum: i16,
     has_default: bool,
+    /// Part of the table's primary key.
+    primary_key: bool,
+}
+
+/// Whether `column` is part of the key rows are told apart by in the lake
+/// (the current state, an update that changes the key, TOAST restores).
+///
+/// The Relation message flags the replica identity's columns. Under `DEFAULT`
+/// and `USING INDEX` that is the key: the old image of a delete or a key
+/// change carries exactly those columns. Under `FULL` it flags every column,
+/// yet the row's key is still its primary key (the old image carries all of
+/// it) — read from the catalog, as the snapshot does (`catalog::
+/// table_columns`). A `FULL` table without a primary key has no key: an
+/// update is its new image alone, as for a MySQL table without one.
+fn row_key(
+    relation: &Relation,
+    column: &pgoutput::RelationColumn,
+    catalog: &HashMap<String, CatalogColumn>,
+) -> bool {
+    if relation.replica_identity == b'f' {
+        catalog.get(&column.name).is_some_and(|c| c.primary_key)
+    } else {
+        column.key
+    }
 }
 
 /// What planning a table's copy needs.
