@@ -1949,10 +1949,16 @@ async fn read_query(
     } else {
         mysql_async::Params::Positional(params)
     };
-    let mut result = conn
-        .exec_iter(sql, params)
-        .await
-        .map_err(query_error(format!("reading {table} for the snapshot")))?;
+    let mut result = conn.exec_iter(sql, params).await.map_err(|source| {
+        if crate::error::copy_raced_ddl(&source) {
+            MysqlError::CopyRaced {
+                table: table.clone(),
+                source,
+            }
+        } else {
+            query_error(format!("reading {table} for the snapshot"))(source)
+        }
+    })?;
     let mut block: Vec<Vec<Datum>> = Vec::with_capacity(SNAPSHOT_BLOCK_ROWS);
     while let Some(row) = result
         .next()
