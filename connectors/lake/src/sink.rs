@@ -593,12 +593,12 @@ impl LakeSink {
         );
         if after != before {
             let merged = match open.evolved.take() {
-                Some(earlier) => merge_later_tags_win(&earlier, &after).map_err(|source| {
-                    LakeError::Arrow {
+                Some(earlier) => {
+                    merge_later_tags_win(&earlier, &after).map_err(|source| LakeError::Arrow {
                         table: batch.table.clone(),
                         source,
-                    }
-                })?,
+                    })?
+                }
                 None => after.as_ref().clone(),
             };
             open.evolved = Some(Arc::new(merged));

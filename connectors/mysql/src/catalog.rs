@@ -144,8 +144,16 @@ pub fn canonical_source_type(column_type: &str) -> String {
     let (base, rest) = text.split_at(base_len);
     let widthless = matches!(
         base.to_ascii_lowercase().as_str(),
-        "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" | "float" | "double"
-            | "real" | "year"
+        "tinyint"
+            | "smallint"
+            | "mediumint"
+            | "int"
+            | "integer"
+            | "bigint"
+            | "float"
+            | "double"
+            | "real"
+            | "year"
     );
     match rest.strip_prefix('(').and_then(|r| r.split_once(')')) {
         Some((_, after)) if widthless => format!("{base}{after}"),

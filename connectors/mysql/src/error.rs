@@ -18,18 +18,6 @@ mod code {
     /// or interrupted query, lock waits and deadlocks, and a snapshot that
     /// met a concurrent DDL ("table definition has changed").
     pub const RETRYABLE: [u16; 7] = [1053, 1205, 1213, 1317, 1412, 1927, 1969];
-    /// ER_BAD_FIELD_ERROR: a column the statement names does not exist.
-    pub const BAD_FIELD: u16 = 1054;
-    /// ER_NO_SUCH_TABLE.
-    pub const NO_SUCH_TABLE: u16 = 1146;
-}
-
-/// A copy's SELECT is built from the catalog read just before it: a column
-/// or table it names that the server no longer has means a DDL ran in
-/// between (`CHANGE b bb`, `DROP COLUMN`, `DROP TABLE`), not a broken table.
-pub(crate) fn copy_raced_ddl(source: &mysql_async::Error) -> bool {
-    matches!(source, mysql_async::Error::Server(err)
-        if err.code == code::BAD_FIELD || err.code == code::NO_SUCH_TABLE)
 }
 
 /// Everything the MySQL/MariaDB source can fail with. Messages never carry row
@@ -68,7 +56,7 @@ pub enum MysqlError {
     CopyRaced {
         table: TableId,
         #[source]
-        source: mysql_async::Error,
+        source: Box<MysqlError>,
     },
     #[error("the binlog stream failed")]
     Stream {
