@@ -3,11 +3,12 @@
 //!
 //! The binlog's TABLE_MAP (with `binlog_row_metadata=FULL`) is what decodes rows
 //! while streaming; the catalog adds what the table map cannot say (MariaDB
-//! `UUID`, `INET6`, `INET4`, `JSON` as a checked LONGTEXT, and the declared type
-//! text such as `int(10) unsigned`) and gives the snapshot its schema. Both
-//! paths map types through [`catalog_type`] and the row decoder's plan, which
-//! follow the same table (DESIGN §4), so a table's schema does not change when
-//! it goes from snapshot to stream.
+//! `UUID`, `INET6`, `INET4`, `JSON` as a checked LONGTEXT) and gives the
+//! snapshot its schema. Both paths map types through [`catalog_type`] and the
+//! row decoder's plan, which follow the same table (DESIGN §4), and spell the
+//! declared type the same way ([`canonical_source_type`]), so a table's schema
+//! does not change when it goes from snapshot to stream, nor when a table map
+//! is read after a later DDL and only the binlog describes it.
 
 use std::collections::HashMap;
 
