@@ -517,10 +517,8 @@ impl LakeSink {
                 table: batch.table.clone(),
                 source,
             };
-            let merged = Arc::new(
-                Schema::try_merge([base.as_ref().clone(), narrowed.schema().as_ref().clone()])
-                    .map_err(arrow)?,
-            );
+            let merged =
+                Arc::new(merge_later_tags_win(&base, narrowed.schema().as_ref()).map_err(arrow)?);
             let aligned = maintenance::align_batch(&batch.table, &narrowed, &merged)?;
             writer = RecordBatchWriter::try_new(
                 table_url.as_str(),
@@ -596,12 +594,10 @@ impl LakeSink {
         if after != before {
             let merged = match open.evolved.take() {
                 Some(earlier) => {
-                    Schema::try_merge([earlier.as_ref().clone(), after.as_ref().clone()]).map_err(
-                        |source| LakeError::Arrow {
-                            table: batch.table.clone(),
-                            source,
-                        },
-                    )?
+                    merge_later_tags_win(&earlier, &after).map_err(|source| LakeError::Arrow {
+                        table: batch.table.clone(),
+                        source,
+                    })?
                 }
                 None => after.as_ref().clone(),
             };
@@ -1619,6 +1615,32 @@ fn version_columns(
     RecordBatch::try_new(schema, batch.columns().to_vec())
 }
 
+/// The union of two schemas of one table, `earlier`'s columns first. Where
+/// a column is in both with one type, `later`'s field metadata wins: a source
+/// type spelt anew (`varchar(10)` → `varchar(200)`, or `int(11)` in a lake an
+/// earlier release wrote → `int`) is a change of the column's description,
+/// never a reason to fail the write. Only two types for one column fail (the
+/// versioned columns keep that from happening).
+fn merge_later_tags_win(
+    earlier: &Schema,
+    later: &Schema,
+) -> Result<Schema, deltalake::arrow::error::ArrowError> {
+    let fields: Vec<Field> = earlier
+        .fields()
+        .iter()
+        .map(|f| match later.field_with_name(f.name()) {
+            Ok(newer) if newer.data_type() == f.data_type() => {
+                f.as_ref().clone().with_metadata(newer.metadata().clone())
+            }
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    let mut metadata = earlier.metadata().clone();
+    metadata.extend(later.metadata().clone());
+    let later = Schema::new_with_metadata(later.fields().clone(), metadata.clone());
+    Schema::try_merge([Schema::new_with_metadata(fields, metadata), later])
+}
+
 fn align_metadata(
     batch: RecordBatch,
     table: &Schema,
@@ -1696,4 +1718,46 @@ async fn read_state(
     Err(DeltaTableError::Generic(format!(
         "table has transaction {commits} of {app_id} but no commit info of pipeline {pipeline}"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deltalake::arrow::datatypes::DataType;
+
+    fn tagged(name: &str, ty: DataType, source_type: &str) -> Field {
+        Field::new(name, ty, true).with_metadata(HashMap::from([(
+            tidewater_core::SOURCE_TYPE_KEY.to_string(),
+            source_type.to_string(),
+        )]))
+    }
+
+    /// Issue 18 (2): the schema evolved earlier in a commit said `int`, a later
+    /// batch `int(11)` (or a lake an earlier release wrote says `int(11)`):
+    /// the merge keeps the later spelling instead of failing the write.
+    #[test]
+    fn a_respelt_source_type_merges_with_the_later_spelling() {
+        let earlier = Schema::new(vec![
+            tagged("id", DataType::Int32, "int"),
+            tagged("b", DataType::Utf8, "varchar(10)"),
+        ]);
+        let later = Schema::new(vec![
+            tagged("id", DataType::Int32, "int(11)"),
+            tagged("b", DataType::Utf8, "varchar(10)"),
+            tagged("bb", DataType::Utf8, "varchar(200)"),
+        ]);
+        assert!(Schema::try_merge([earlier.clone(), later.clone()]).is_err());
+        let merged = merge_later_tags_win(&earlier, &later).expect("merges");
+        let names: Vec<&str> = merged.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["id", "b", "bb"]);
+        let spelling = |name: &str| {
+            merged.field_with_name(name).unwrap().metadata()[tidewater_core::SOURCE_TYPE_KEY]
+                .clone()
+        };
+        assert_eq!(spelling("id"), "int(11)");
+        assert_eq!(spelling("bb"), "varchar(200)");
+        // Two types for one column are still refused.
+        let retyped = Schema::new(vec![tagged("id", DataType::Int64, "bigint")]);
+        assert!(merge_later_tags_win(&earlier, &retyped).is_err());
+    }
 }

@@ -3,11 +3,12 @@
 //!
 //! The binlog's TABLE_MAP (with `binlog_row_metadata=FULL`) is what decodes rows
 //! while streaming; the catalog adds what the table map cannot say (MariaDB
-//! `UUID`, `INET6`, `INET4`, `JSON` as a checked LONGTEXT, and the declared type
-//! text such as `int(10) unsigned`) and gives the snapshot its schema. Both
-//! paths map types through [`catalog_type`] and the row decoder's plan, which
-//! follow the same table (DESIGN §4), so a table's schema does not change when
-//! it goes from snapshot to stream.
+//! `UUID`, `INET6`, `INET4`, `JSON` as a checked LONGTEXT) and gives the
+//! snapshot its schema. Both paths map types through [`catalog_type`] and the
+//! row decoder's plan, which follow the same table (DESIGN §4), and spell the
+//! declared type the same way ([`canonical_source_type`]), so a table's schema
+//! does not change when it goes from snapshot to stream, nor when a table map
+//! is read after a later DDL and only the binlog describes it.
 
 use std::collections::HashMap;
 
@@ -111,16 +112,53 @@ impl CatalogColumn {
         }
     }
 
+    /// The column's `tidewater.source_type`, in the canonical spelling (see
+    /// [`canonical_source_type`]).
     pub fn source_type(&self) -> String {
         if self.json && self.data_type != "json" {
             "json".to_string()
         } else {
-            self.column_type.clone()
+            canonical_source_type(&self.column_type)
         }
     }
 
     pub fn unsigned(&self) -> bool {
         self.column_type.contains("unsigned")
+    }
+}
+
+/// A declared type (`information_schema.COLUMNS.COLUMN_TYPE`) spelt as a
+/// table map with full metadata spells it, so a column carries one
+/// `tidewater.source_type` whether its schema came from the catalog (snapshot,
+/// a copy again) or from the binlog (a table map read after a later DDL, when
+/// the catalog no longer matches it). What the binlog does not carry is left
+/// out: integer display widths (`int(11)` → `int`; MySQL 8.0.19+ no longer
+/// reports them either), `zerofill`, the `(M,D)` of FLOAT/DOUBLE and the `(4)`
+/// of YEAR. Everything else (`varchar(200)`, `decimal(12,4) unsigned`,
+/// `enum('a','b')`, `datetime(6)`) is kept as the server writes it.
+pub fn canonical_source_type(column_type: &str) -> String {
+    let text = column_type.trim();
+    let text = text.strip_suffix(" zerofill").unwrap_or(text);
+    let base_len = text
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let (base, rest) = text.split_at(base_len);
+    let widthless = matches!(
+        base.to_ascii_lowercase().as_str(),
+        "tinyint"
+            | "smallint"
+            | "mediumint"
+            | "int"
+            | "integer"
+            | "bigint"
+            | "float"
+            | "double"
+            | "real"
+            | "year"
+    );
+    match rest.strip_prefix('(').and_then(|r| r.split_once(')')) {
+        Some((_, after)) if widthless => format!("{base}{after}"),
+        _ => text.to_string(),
     }
 }
 
@@ -278,4 +316,39 @@ pub fn quote_table(table: &TableId) -> String {
         quote_ident(&table.schema),
         quote_ident(&table.table)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The catalog's spelling of a type, canonical: what a table map with
+    /// full metadata spells (`rows::plan`), so one column never carries two.
+    #[test]
+    fn canonical_source_types_drop_what_the_binlog_cannot_carry() {
+        for (declared, canonical) in [
+            ("int(11)", "int"),
+            ("int(10) unsigned", "int unsigned"),
+            ("int(5) unsigned zerofill", "int unsigned"),
+            ("tinyint(1)", "tinyint"),
+            ("bigint(20) unsigned", "bigint unsigned"),
+            ("mediumint(9)", "mediumint"),
+            ("year(4)", "year"),
+            ("float(7,3)", "float"),
+            ("double(10,2) unsigned", "double unsigned"),
+            ("int", "int"),
+            ("decimal(12,4)", "decimal(12,4)"),
+            ("decimal(5,2) unsigned", "decimal(5,2) unsigned"),
+            ("varchar(200)", "varchar(200)"),
+            ("char(10)", "char(10)"),
+            ("binary(16)", "binary(16)"),
+            ("datetime(6)", "datetime(6)"),
+            ("bit(1)", "bit(1)"),
+            ("enum('a','it''s')", "enum('a','it''s')"),
+            ("set('int(11)')", "set('int(11)')"),
+            ("longtext", "longtext"),
+        ] {
+            assert_eq!(canonical_source_type(declared), canonical, "{declared}");
+        }
+    }
 }

@@ -34,6 +34,19 @@ pub enum Charset {
     Encoding(&'static Encoding),
 }
 
+/// The most bytes one character of the server charset `name` takes
+/// (`information_schema.CHARACTER_SETS.MAXLEN`). A table map gives CHAR and
+/// VARCHAR lengths in bytes; the declared length in characters is that over
+/// this.
+pub fn max_bytes_per_char(name: &str) -> u16 {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "utf8mb4" | "utf16" | "utf16le" | "utf32" | "gb18030" => 4,
+        "utf8mb3" | "utf8" | "ujis" | "eucjpms" => 3,
+        "ucs2" | "big5" | "cp932" | "sjis" | "euckr" | "gb2312" | "gbk" => 2,
+        _ => 1,
+    }
+}
+
 impl Charset {
     /// The decoder for a server charset name, or `None` when we cannot decode it.
     pub fn from_server_name(name: &str) -> Option<Charset> {

@@ -49,6 +49,15 @@ pub enum MysqlError {
         #[source]
         source: mysql_async::Error,
     },
+    #[error(
+        "the definition of {table} changed while it was being copied (a concurrent DDL); \
+         copying it again from a new snapshot"
+    )]
+    CopyRaced {
+        table: TableId,
+        #[source]
+        source: Box<MysqlError>,
+    },
     #[error("the binlog stream failed")]
     Stream {
         #[source]
@@ -118,7 +127,8 @@ impl Classified for MysqlError {
                 ErrorClass::Definite
             }
             MysqlError::Misuse { .. } => ErrorClass::Internal,
-            MysqlError::StreamEnded => ErrorClass::Transient,
+            // Retried: the next copy reads the catalog as it is then.
+            MysqlError::StreamEnded | MysqlError::CopyRaced { .. } => ErrorClass::Transient,
             MysqlError::Connect { .. } | MysqlError::Query { .. } | MysqlError::Stream { .. } => {
                 match self.server_code() {
                     Some(

@@ -65,7 +65,7 @@ use std::sync::Arc;
 use arrow_buffer::i256;
 use tidewater_core::{Column, ColumnType, Datum, Op};
 
-use crate::charset::Charset;
+use crate::charset::{max_bytes_per_char, Charset};
 pub use crate::columnar::{decode_rows_columnar, ColumnarRows};
 use crate::event::{be_uint, le_uint, mariadb_uncompress, Cursor, DecodeError};
 use crate::json::decode_binary_json;
@@ -485,11 +485,12 @@ fn blob_len_bytes(col: &MapColumn, name: &str) -> Result<u8, DecodeError> {
     }
 }
 
+/// The column's charset, and the most bytes one of its characters takes.
 fn column_charset(
     col: &MapColumn,
     name: &str,
     charsets: &dyn Fn(u32) -> Option<String>,
-) -> Result<Charset, DecodeError> {
+) -> Result<(Charset, u16), DecodeError> {
     let collation = col.collation.ok_or_else(|| DecodeError::UnknownCharset {
         column: name.to_owned(),
         collation: 0,
@@ -498,12 +499,22 @@ fn column_charset(
     let charset_name = charsets(collation);
     charset_name
         .as_deref()
-        .and_then(Charset::from_server_name)
+        .and_then(|n| Charset::from_server_name(n).map(|c| (c, max_bytes_per_char(n))))
         .ok_or_else(|| DecodeError::UnknownCharset {
             column: name.to_owned(),
             collation,
             charset: charset_name.clone(),
         })
+}
+
+/// `enum('a','b')` / `set('a','b')`, the labels quoted as the server's
+/// `COLUMN_TYPE` quotes them (a quote doubled).
+fn with_labels(base: &str, labels: &[String]) -> String {
+    let quoted: Vec<String> = labels
+        .iter()
+        .map(|l| format!("'{}'", l.replace('\'', "''")))
+        .collect();
+    format!("{base}({})", quoted.join(","))
 }
 
 fn column_plan(
@@ -671,7 +682,7 @@ fn column_plan(
                 1
             };
             let fixed = col.type_code == ct::STRING;
-            let charset = column_charset(col, name, charsets)?;
+            let (charset, max_bytes) = column_charset(col, name, charsets)?;
             let binary = charset == Charset::Binary;
             let fixed_binary = |n: u16| fixed && binary && col.meta == n;
             match special {
@@ -698,33 +709,36 @@ fn column_plan(
                 Some(_) => return Err(unsupported("override does not fit the binlog column")),
                 None if binary => {
                     let source = match (is_blob, fixed, len_bytes) {
-                        (true, _, 1) => "tinyblob",
-                        (true, _, 2) => "blob",
-                        (true, _, 3) => "mediumblob",
-                        (true, _, _) => "longblob",
-                        (false, true, _) => "binary",
-                        (false, false, _) => "varbinary",
+                        (true, _, 1) => "tinyblob".to_owned(),
+                        (true, _, 2) => "blob".to_owned(),
+                        (true, _, 3) => "mediumblob".to_owned(),
+                        (true, _, _) => "longblob".to_owned(),
+                        (false, true, _) => format!("binary({})", col.meta),
+                        (false, false, _) => format!("varbinary({})", col.meta),
                     };
                     let pad_to = if fixed { col.meta } else { 0 };
                     (
                         ValueOp::Bytes { len_bytes, pad_to },
                         ColumnType::Binary,
-                        source.to_owned(),
+                        source,
                     )
                 }
                 None => {
+                    // The table map gives the length in bytes; the declared
+                    // length is in characters.
+                    let chars = col.meta / max_bytes.max(1);
                     let source = match (is_blob, fixed, len_bytes) {
-                        (true, _, 1) => "tinytext",
-                        (true, _, 2) => "text",
-                        (true, _, 3) => "mediumtext",
-                        (true, _, _) => "longtext",
-                        (false, true, _) => "char",
-                        (false, false, _) => "varchar",
+                        (true, _, 1) => "tinytext".to_owned(),
+                        (true, _, 2) => "text".to_owned(),
+                        (true, _, 3) => "mediumtext".to_owned(),
+                        (true, _, _) => "longtext".to_owned(),
+                        (false, true, _) => format!("char({chars})"),
+                        (false, false, _) => format!("varchar({chars})"),
                     };
                     (
                         ValueOp::Text { len_bytes, charset },
                         ColumnType::Text,
-                        source.to_owned(),
+                        source,
                     )
                 }
             }
@@ -742,7 +756,7 @@ fn column_plan(
                     table: format!("column `{name}`"),
                     what: "ENUM/SET labels",
                 })?;
-            let charset = column_charset(col, name, charsets)?;
+            let (charset, _) = column_charset(col, name, charsets)?;
             let labels: Arc<[String]> = values
                 .iter()
                 .map(|v| match charset {
@@ -757,19 +771,21 @@ fn column_plan(
                 if !(1..=8).contains(&len_bytes) || labels.len() > usize::from(len_bytes) * 8 {
                     return Err(unsupported("SET size must be 1 to 8 bytes"));
                 }
+                let source = with_labels("set", &labels);
                 (
                     ValueOp::Set { len_bytes, labels },
                     ColumnType::List(Box::new(ColumnType::Text)),
-                    "set".to_owned(),
+                    source,
                 )
             } else {
                 if !(1..=2).contains(&len_bytes) {
                     return Err(unsupported("ENUM size must be 1 or 2 bytes"));
                 }
+                let source = with_labels("enum", &labels);
                 (
                     ValueOp::Enum { len_bytes, labels },
                     ColumnType::Text,
-                    "enum".to_owned(),
+                    source,
                 )
             }
         }
@@ -2124,14 +2140,14 @@ mod tests {
             ("dtm0", "datetime", false),
             ("ts", "timestamp(3)", false),
             ("tm2", "time(2)", false),
-            ("vc", "varchar", false),
-            ("cbig", "char", false),
-            ("bn", "binary", false),
-            ("vb", "varbinary", false),
+            ("vc", "varchar(20)", false),
+            ("cbig", "char(100)", false),
+            ("bn", "binary(4)", false),
+            ("vb", "varbinary(10)", false),
             ("tx", "text", false),
             ("bl", "blob", false),
-            ("e", "enum", false),
-            ("s", "set", false),
+            ("e", "enum('a','b','c')", false),
+            ("s", "set('x','y','z','w')", false),
             ("j", "json", false),
             ("g", "geometry", false),
             ("u", "uuid", false),
@@ -2546,8 +2562,9 @@ mod tests {
         let p = plan_for(&[(ct::VARCHAR, &[40, 0])], vec![(3, vec![45])]);
         let err = decode_one(&p, 23, false, &[0, 2, 0xc3, 0x28]).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("c0") && msg.contains("varchar"), "{msg}");
-        assert!(!msg.contains('('), "{msg}");
+        assert!(msg.contains("c0") && msg.contains("varchar(10)"), "{msg}");
+        // The bad value's bytes hold a `(`: only the type's may show.
+        assert!(!msg.replace("varchar(10)", "").contains('('), "{msg}");
     }
 
     /// A small MySQL 8 binary JSON encoder for tests (keys in the given order).

@@ -2184,217 +2184,43 @@ async fn read_snapshot(
     let mut zero_dates = 0u64;
     for table in tables {
         let catalog_columns = catalog::table_columns(&mut conn, &table).await?;
-        let columns = catalog::schema_columns(&table, &catalog_columns)?;
-        let schema = Arc::new(TableSchema {
-            table: table.clone(),
-            version: 1,
-            columns,
-        });
-        if tx
-            .send(Ok(SnapshotMsg::Event(ChangeEvent::Schema(schema.clone()))))
-            .await
-            .is_err()
+        match read_snapshot_table(
+            &mut conn,
+            &table,
+            &catalog_columns,
+            zero_dates_policy,
+            resume,
+            parallel.as_ref(),
+            tx,
+        )
+        .await
         {
-            return Err(MysqlError::Misuse {
-                what: "snapshot consumer gone",
-            });
-        }
-        if schema.columns.is_empty() {
-            continue;
-        }
-        let geometry: Vec<bool> = catalog_columns
-            .iter()
-            .map(|c| {
-                matches!(
-                    c.data_type.as_str(),
-                    "geometry"
-                        | "point"
-                        | "linestring"
-                        | "polygon"
-                        | "multipoint"
-                        | "multilinestring"
-                        | "multipolygon"
-                        | "geometrycollection"
-                        | "geomcollection"
-                )
-            })
-            .collect();
-        // MySQL's native JSON comes back as text with blanks after `:` and
-        // `,`; the binlog decoder writes it compact. MariaDB's JSON is text as
-        // stored on both paths.
-        let native_json: Vec<bool> = catalog_columns
-            .iter()
-            .map(|c| c.data_type == "json")
-            .collect();
-        let select: Vec<String> = schema
-            .columns
-            .iter()
-            .map(|c| quote_ident(&c.name))
-            .collect();
-        // In key order (InnoDB's clustered order: free), so that an
-        // interrupted snapshot can resume after the last row it committed.
-        let keys: Vec<String> = schema.key_columns().map(|c| quote_ident(&c.name)).collect();
-        let order = if keys.is_empty() {
-            String::new()
-        } else {
-            format!(" ORDER BY {}", keys.join(", "))
-        };
-        let (filter, params, start) = match resume.get(&table) {
-            Some((ord, key)) if !keys.is_empty() && key.len() == keys.len() => {
-                let params: Vec<Value> = key.iter().filter_map(key_param).collect();
-                let marks = vec!["?"; keys.len()].join(", ");
-                (
-                    format!(" WHERE ({}) > ({marks})", keys.join(", ")),
-                    params,
-                    *ord,
-                )
+            Ok(Some((rows, zeros))) => {
+                total += rows;
+                zero_dates += zeros;
             }
-            _ => (String::new(), Vec::new(), 0),
-        };
-        let sql = format!(
-            "SELECT {} FROM {}{filter}{order}",
-            select.join(", "),
-            quote_table(&table)
-        );
-        // Statistics, for progress (InnoDB's estimate).
-        let estimate: Option<Option<u64>> = conn
-            .exec_first(
-                "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-                (&table.schema, &table.table),
-            )
-            .await
-            .map_err(query_error(format!("estimating the rows of {table}")))?;
-        let estimate = estimate.flatten();
-        if tx
-            .send(Ok(SnapshotMsg::Event(ChangeEvent::CopyEstimate {
-                table: table.clone(),
-                rows: estimate.unwrap_or(0),
-            })))
-            .await
-            .is_err()
-        {
-            return Err(MysqlError::Misuse {
-                what: "snapshot consumer gone",
-            });
-        }
-        info!(table = %table, estimated_rows = estimate.unwrap_or(0), "snapshot copy started");
-        let decode = Arc::new(RowDecode {
-            schema: schema.clone(),
-            geometry,
-            native_json,
-            policy: zero_dates_policy,
-            zero_dates: std::sync::atomic::AtomicU64::new(0),
-        });
-        let mut row_number = start;
-        let ranges = match &parallel {
-            Some(p) => {
-                key_ranges(
-                    &mut conn,
-                    &schema,
-                    &filter,
-                    &params,
-                    estimate.unwrap_or(0),
-                    p,
-                )
-                .await?
-            }
-            None => None,
-        };
-        match (ranges, &parallel) {
-            (Some(ranges), Some(p)) => {
-                info!(table = %table, ranges = ranges.len(), workers = p.workers, "reading key ranges in parallel");
-                let mut receivers = Vec::with_capacity(ranges.len());
-                let mut jobs = std::collections::VecDeque::new();
-                for (bounds, bound_params) in ranges {
-                    let (btx, brx) = mpsc::channel(RANGE_BLOCKS_AHEAD);
-                    receivers.push(brx);
-                    let where_ = if filter.is_empty() {
-                        format!(" WHERE {bounds}")
-                    } else {
-                        format!("{filter} AND {bounds}")
-                    };
-                    let sql = format!(
-                        "SELECT {} FROM {}{where_}{order}",
-                        select.join(", "),
-                        quote_table(&table)
-                    );
-                    let mut all = params.clone();
-                    all.extend(bound_params);
-                    jobs.push_back((sql, all, btx));
-                }
-                let jobs = Arc::new(tokio::sync::Mutex::new(jobs));
-                let mut workers = tokio::task::JoinSet::new();
-                for _ in 0..p.workers.min(receivers.len()) {
-                    let jobs = jobs.clone();
-                    let decode = decode.clone();
-                    let opts = p.opts.clone();
-                    workers.spawn(async move {
-                        let mut worker = match open(&opts).await {
-                            Ok(c) => c,
-                            Err(err) => {
-                                if let Some((_, _, btx)) = jobs.lock().await.pop_front() {
-                                    let _ = btx.send(Err(err)).await;
-                                }
-                                return;
-                            }
-                        };
-                        // Its own consistent snapshot, at a point after the
-                        // main one: the binlog from the main one's position
-                        // replays whatever changed in between.
-                        if let Err(err) = worker
-                            .query_drop(
-                                "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ; \
-                                 START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
-                            )
-                            .await
-                        {
-                            if let Some((_, _, btx)) = jobs.lock().await.pop_front() {
-                                let _ = btx
-                                    .send(Err(query_error(
-                                        "opening a snapshot worker's transaction",
-                                    )(err)))
-                                    .await;
-                            }
-                            return;
-                        }
-                        loop {
-                            let next = jobs.lock().await.pop_front();
-                            let Some((sql, params, btx)) = next else {
-                                break;
-                            };
-                            if let Err(err) =
-                                read_query(&mut worker, sql, params, &decode, &btx).await
-                            {
-                                let _ = btx.send(Err(err)).await;
-                                break;
-                            }
-                        }
-                        let _ = worker.query_drop("COMMIT").await;
-                        let _ = worker.disconnect().await;
+            Ok(None) => {}
+            Err(error @ MysqlError::Misuse { .. }) => return Err(error),
+            // The SELECT is built from the catalog read above and its values
+            // decoded by it; a DDL between the two (a column renamed, dropped
+            // or retyped) fails the read. Copied again from a new snapshot,
+            // the table is read as it is then; never a broken table.
+            Err(error) => {
+                let now = catalog::table_columns(&mut conn, &table).await?;
+                let same = |a: &CatalogColumn, b: &CatalogColumn| {
+                    a.name == b.name && a.column_type == b.column_type
+                };
+                if now.len() != catalog_columns.len()
+                    || !now.iter().zip(&catalog_columns).all(|(a, b)| same(a, b))
+                {
+                    return Err(MysqlError::CopyRaced {
+                        table,
+                        source: Box::new(error),
                     });
                 }
-                for brx in receivers {
-                    drain_blocks(brx, tx, &schema, &mut row_number).await?;
-                }
-                workers.shutdown().await;
-            }
-            _ => {
-                let (btx, brx) = mpsc::channel(RANGE_BLOCKS_AHEAD);
-                let (read, drained) = tokio::join!(
-                    async {
-                        let result = read_query(&mut conn, sql, params, &decode, &btx).await;
-                        drop(btx);
-                        result
-                    },
-                    drain_blocks(brx, tx, &schema, &mut row_number)
-                );
-                read?;
-                drained?;
+                return Err(error);
             }
         }
-        zero_dates += decode.zero_dates.load(std::sync::atomic::Ordering::Relaxed);
-        info!(table = %table, rows = row_number, "snapshot copy done");
-        total += row_number - start;
     }
     conn.query_drop("COMMIT")
         .await
@@ -2404,6 +2230,220 @@ async fn read_snapshot(
         rows: total,
         zero_dates,
     })
+}
+
+/// Copies one table in the open snapshot: its rows and zero dates, or None
+/// when it has no columns (it no longer exists).
+async fn read_snapshot_table(
+    conn: &mut Conn,
+    table: &TableId,
+    catalog_columns: &[CatalogColumn],
+    zero_dates_policy: ZeroDates,
+    resume: &HashMap<TableId, (u64, Vec<Datum>)>,
+    parallel: Option<&ParallelRead>,
+    tx: &mpsc::Sender<Result<SnapshotMsg, MysqlError>>,
+) -> Result<Option<(u64, u64)>, MysqlError> {
+    let table = table.clone();
+    let columns = catalog::schema_columns(&table, catalog_columns)?;
+    let schema = Arc::new(TableSchema {
+        table: table.clone(),
+        version: 1,
+        columns,
+    });
+    if tx
+        .send(Ok(SnapshotMsg::Event(ChangeEvent::Schema(schema.clone()))))
+        .await
+        .is_err()
+    {
+        return Err(MysqlError::Misuse {
+            what: "snapshot consumer gone",
+        });
+    }
+    if schema.columns.is_empty() {
+        return Ok(None);
+    }
+    let geometry: Vec<bool> = catalog_columns
+        .iter()
+        .map(|c| {
+            matches!(
+                c.data_type.as_str(),
+                "geometry"
+                    | "point"
+                    | "linestring"
+                    | "polygon"
+                    | "multipoint"
+                    | "multilinestring"
+                    | "multipolygon"
+                    | "geometrycollection"
+                    | "geomcollection"
+            )
+        })
+        .collect();
+    // MySQL's native JSON comes back as text with blanks after `:` and
+    // `,`; the binlog decoder writes it compact. MariaDB's JSON is text as
+    // stored on both paths.
+    let native_json: Vec<bool> = catalog_columns
+        .iter()
+        .map(|c| c.data_type == "json")
+        .collect();
+    let select: Vec<String> = schema
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect();
+    // In key order (InnoDB's clustered order: free), so that an
+    // interrupted snapshot can resume after the last row it committed.
+    let keys: Vec<String> = schema.key_columns().map(|c| quote_ident(&c.name)).collect();
+    let order = if keys.is_empty() {
+        String::new()
+    } else {
+        format!(" ORDER BY {}", keys.join(", "))
+    };
+    let (filter, params, start) = match resume.get(&table) {
+        Some((ord, key)) if !keys.is_empty() && key.len() == keys.len() => {
+            let params: Vec<Value> = key.iter().filter_map(key_param).collect();
+            let marks = vec!["?"; keys.len()].join(", ");
+            (
+                format!(" WHERE ({}) > ({marks})", keys.join(", ")),
+                params,
+                *ord,
+            )
+        }
+        _ => (String::new(), Vec::new(), 0),
+    };
+    let sql = format!(
+        "SELECT {} FROM {}{filter}{order}",
+        select.join(", "),
+        quote_table(&table)
+    );
+    // Statistics, for progress (InnoDB's estimate).
+    let estimate: Option<Option<u64>> = conn
+        .exec_first(
+            "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            (&table.schema, &table.table),
+        )
+        .await
+        .map_err(query_error(format!("estimating the rows of {table}")))?;
+    let estimate = estimate.flatten();
+    if tx
+        .send(Ok(SnapshotMsg::Event(ChangeEvent::CopyEstimate {
+            table: table.clone(),
+            rows: estimate.unwrap_or(0),
+        })))
+        .await
+        .is_err()
+    {
+        return Err(MysqlError::Misuse {
+            what: "snapshot consumer gone",
+        });
+    }
+    info!(table = %table, estimated_rows = estimate.unwrap_or(0), "snapshot copy started");
+    let decode = Arc::new(RowDecode {
+        schema: schema.clone(),
+        geometry,
+        native_json,
+        policy: zero_dates_policy,
+        zero_dates: std::sync::atomic::AtomicU64::new(0),
+    });
+    let mut row_number = start;
+    let ranges = match &parallel {
+        Some(p) => key_ranges(conn, &schema, &filter, &params, estimate.unwrap_or(0), p).await?,
+        None => None,
+    };
+    match (ranges, &parallel) {
+        (Some(ranges), Some(p)) => {
+            info!(table = %table, ranges = ranges.len(), workers = p.workers, "reading key ranges in parallel");
+            let mut receivers = Vec::with_capacity(ranges.len());
+            let mut jobs = std::collections::VecDeque::new();
+            for (bounds, bound_params) in ranges {
+                let (btx, brx) = mpsc::channel(RANGE_BLOCKS_AHEAD);
+                receivers.push(brx);
+                let where_ = if filter.is_empty() {
+                    format!(" WHERE {bounds}")
+                } else {
+                    format!("{filter} AND {bounds}")
+                };
+                let sql = format!(
+                    "SELECT {} FROM {}{where_}{order}",
+                    select.join(", "),
+                    quote_table(&table)
+                );
+                let mut all = params.clone();
+                all.extend(bound_params);
+                jobs.push_back((sql, all, btx));
+            }
+            let jobs = Arc::new(tokio::sync::Mutex::new(jobs));
+            let mut workers = tokio::task::JoinSet::new();
+            for _ in 0..p.workers.min(receivers.len()) {
+                let jobs = jobs.clone();
+                let decode = decode.clone();
+                let opts = p.opts.clone();
+                workers.spawn(async move {
+                    let mut worker = match open(&opts).await {
+                        Ok(c) => c,
+                        Err(err) => {
+                            if let Some((_, _, btx)) = jobs.lock().await.pop_front() {
+                                let _ = btx.send(Err(err)).await;
+                            }
+                            return;
+                        }
+                    };
+                    // Its own consistent snapshot, at a point after the
+                    // main one: the binlog from the main one's position
+                    // replays whatever changed in between.
+                    if let Err(err) = worker
+                        .query_drop(
+                            "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ; \
+                             START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
+                        )
+                        .await
+                    {
+                        if let Some((_, _, btx)) = jobs.lock().await.pop_front() {
+                            let _ = btx
+                                .send(Err(query_error("opening a snapshot worker's transaction")(
+                                    err,
+                                )))
+                                .await;
+                        }
+                        return;
+                    }
+                    loop {
+                        let next = jobs.lock().await.pop_front();
+                        let Some((sql, params, btx)) = next else {
+                            break;
+                        };
+                        if let Err(err) = read_query(&mut worker, sql, params, &decode, &btx).await
+                        {
+                            let _ = btx.send(Err(err)).await;
+                            break;
+                        }
+                    }
+                    let _ = worker.query_drop("COMMIT").await;
+                    let _ = worker.disconnect().await;
+                });
+            }
+            for brx in receivers {
+                drain_blocks(brx, tx, &schema, &mut row_number).await?;
+            }
+            workers.shutdown().await;
+        }
+        _ => {
+            let (btx, brx) = mpsc::channel(RANGE_BLOCKS_AHEAD);
+            let (read, drained) = tokio::join!(
+                async {
+                    let result = read_query(conn, sql, params, &decode, &btx).await;
+                    drop(btx);
+                    result
+                },
+                drain_blocks(brx, tx, &schema, &mut row_number)
+            );
+            read?;
+            drained?;
+        }
+    }
+    let zero_dates = decode.zero_dates.load(std::sync::atomic::Ordering::Relaxed);
+    info!(table = %table, rows = row_number, "snapshot copy done");
+    Ok(Some((row_number - start, zero_dates)))
 }
 
 #[cfg(test)]
