@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::pipeline::{Mode, Outcome, PipelineError, Settings, SourceSettings};
-use crate::policy::{action, backoff, exit_code};
+use crate::policy::{action, backoff, exit_code, next_attempt};
 
 #[derive(Parser)]
 #[command(
@@ -106,6 +106,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    tidewater_lake::quiet_caught_storage_panics();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("tidewater")
@@ -305,6 +306,9 @@ async fn run_with(config: &Config, mode: Mode, recopy: Vec<tidewater_core::Table
                 return exit_code::OK;
             }
             Err(err) => {
+                // A run that made progress for a while ends the streak of
+                // failures: this outage is retried after 1 s again.
+                attempt = next_attempt(attempt, settings.metrics.healthy_for());
                 let class = err.class();
                 let action = action(class);
                 settings.metrics.error(&format!("{class:?}").to_lowercase());

@@ -60,9 +60,45 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base_ms + nanos % (base_ms / 4 + 1))
 }
 
+/// A run that made progress (streamed or snapshotted, committing or
+/// acknowledging) for this long ends a streak of failures: the next outage
+/// is retried after 1 s again, not after the 30 s the streak had reached.
+/// Long against the time a run needs to fail again when something stays
+/// broken (connect, preflight, the first commit: seconds), so a pipeline
+/// that fails soon after every start still backs off to the cap; short
+/// against a daemon's life, so every new outage of a healthy daemon starts
+/// over.
+pub const HEALTHY_RESETS_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The attempt number the next retry uses, given the one the streak of
+/// failures reached and how long the run that just failed made progress.
+pub fn next_attempt(attempt: u32, healthy_for: Duration) -> u32 {
+    if healthy_for >= HEALTHY_RESETS_BACKOFF {
+        0
+    } else {
+        attempt
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_healthy_period_resets_the_backoff() {
+        // A streak of failures soon after each start keeps growing.
+        let mut attempt = 0;
+        for _ in 0..6 {
+            attempt = next_attempt(attempt, Duration::from_secs(5)) + 1;
+        }
+        assert_eq!(attempt, 6);
+        assert!(backoff(next_attempt(attempt, Duration::from_secs(59))) >= Duration::from_secs(30));
+        // After a minute of progress the next outage waits about 1 s.
+        assert_eq!(next_attempt(attempt, HEALTHY_RESETS_BACKOFF), 0);
+        assert!(
+            backoff(next_attempt(attempt, Duration::from_secs(3600))) < Duration::from_millis(1251)
+        );
+    }
 
     #[test]
     fn backoff_grows_and_caps() {
