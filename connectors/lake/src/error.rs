@@ -279,3 +279,66 @@ pub fn quiet_caught_storage_panics() {
         previous(info);
     }));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deltalake::parquet::errors::ParquetError;
+    use std::io::{Error as IoError, ErrorKind};
+
+    /// A data-file write failing as delta-rs reports it: the Parquet
+    /// writer's error around the object store's around the OS's.
+    fn failed_file_write(kind: ErrorKind) -> LakeError {
+        let store = deltalake::ObjectStoreError::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(IoError::new(kind, "part-0001.parquet")),
+        };
+        let parquet = ParquetError::External(Box::new(store));
+        LakeError::delta(&TableId::new("public", "t"), "writing to", parquet.into())
+    }
+
+    #[test]
+    fn storage_refusals_are_config_other_storage_failures_transient() {
+        for kind in [
+            ErrorKind::PermissionDenied,
+            ErrorKind::ReadOnlyFilesystem,
+            ErrorKind::NotADirectory,
+        ] {
+            let err = failed_file_write(kind);
+            assert_eq!(err.class(), ErrorClass::Config, "{kind:?}");
+            let located = err.at(|| "/lake/p/public/t".into());
+            assert!(matches!(located, LakeError::Unwritable { .. }), "{kind:?}");
+            assert!(located.to_string().contains("sink.uri"));
+            assert!(located.to_string().contains("/lake/p/public/t"));
+        }
+        // A full disk or an I/O error may pass: retried, never a table's fault.
+        for kind in [ErrorKind::StorageFull, ErrorKind::Other] {
+            let err = failed_file_write(kind);
+            assert_eq!(err.class(), ErrorClass::Transient, "{kind:?}");
+            assert!(matches!(err.at(String::new), LakeError::Delta { .. }));
+        }
+        // What the Parquet writer says about the data itself stays definite.
+        let data = LakeError::delta(
+            &TableId::new("public", "t"),
+            "writing to",
+            ParquetError::General("unsupported type".into()).into(),
+        );
+        assert_eq!(data.class(), ErrorClass::Definite);
+        // Refused credentials on S3, boxed as LakeStore reports them.
+        let remote = LakeError::Remote {
+            location: "s3://b/lake".into(),
+            source: Box::new(deltalake::ObjectStoreError::PermissionDenied {
+                path: "lake/p".into(),
+                source: "403".into(),
+            }),
+        };
+        assert_eq!(remote.class(), ErrorClass::Config);
+        assert!(matches!(
+            remote.at(|| "s3://b/lake".into()),
+            LakeError::Unwritable {
+                refusal: Refusal::Credentials,
+                ..
+            }
+        ));
+    }
+}
