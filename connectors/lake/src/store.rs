@@ -220,8 +220,13 @@ impl LakeStore {
     pub async fn list_dirs(&self, rel: &str) -> Result<Vec<String>, LakeError> {
         match (&self.location, &self.remote) {
             (LakeLocation::Local(dir), _) => {
-                let Ok(entries) = std::fs::read_dir(join(dir, rel)) else {
-                    return Ok(Vec::new());
+                // Absent is empty; unreadable is an error, never "no tables"
+                // (that would start a lake over).
+                let path = join(dir, rel);
+                let entries = match std::fs::read_dir(&path) {
+                    Ok(entries) => entries,
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    Err(source) => return Err(LakeError::io(path, source)),
                 };
                 Ok(entries
                     .flatten()
