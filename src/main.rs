@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::pipeline::{Mode, Outcome, PipelineError, Settings, SourceSettings};
-use crate::policy::{action, backoff, exit_code};
+use crate::policy::{action, exit_code, RetryStreak};
 
 #[derive(Parser)]
 #[command(
@@ -106,6 +106,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    tidewater_lake::quiet_caught_storage_panics();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("tidewater")
@@ -280,7 +281,7 @@ async fn run_with(config: &Config, mode: Mode, recopy: Vec<tidewater_core::Table
         }
         std::process::exit(exit_code::FAILED);
     });
-    let mut attempt = 0;
+    let mut retries = RetryStreak::default();
     loop {
         match pipeline::run(&settings, mode, shutdown_rx.clone()).await {
             Ok(Outcome::Shutdown) if mode == Mode::SnapshotOnly => {
@@ -305,6 +306,8 @@ async fn run_with(config: &Config, mode: Mode, recopy: Vec<tidewater_core::Table
                 return exit_code::OK;
             }
             Err(err) => {
+                // Read before the phase below ends the run's health.
+                let healthy_for = settings.metrics.healthy_for();
                 let class = err.class();
                 let action = action(class);
                 settings.metrics.error(&format!("{class:?}").to_lowercase());
@@ -317,9 +320,8 @@ async fn run_with(config: &Config, mode: Mode, recopy: Vec<tidewater_core::Table
                     return exit_code::PREFLIGHT;
                 }
                 if action.retry && !*shutdown_rx.borrow() {
-                    let wait = backoff(attempt);
+                    let (attempt, wait) = retries.next_wait(healthy_for);
                     warn!(error = %chain(&err), attempt, wait_ms = wait.as_millis() as u64, "{}", action.hint);
-                    attempt += 1;
                     let mut shutdown = shutdown_rx.clone();
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => continue,

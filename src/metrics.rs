@@ -51,7 +51,26 @@ struct State {
     wal_retained_bytes: Option<u64>,
     binlog_files_behind: Option<u64>,
     alive: Option<Instant>,
+    /// Since when the pipeline runs (snapshotting or streaming) in this
+    /// attempt, and when it last made progress (a commit or an
+    /// acknowledgement): what the retry policy calls healthy.
+    running_since: Option<Instant>,
+    progress_at: Option<Instant>,
     reverse: BTreeMap<String, ReverseCounters>,
+}
+
+/// The phases in which the pipeline runs (past start-up).
+fn is_running(phase: &str) -> bool {
+    matches!(phase, "snapshotting" | "streaming")
+}
+
+/// How long a run made progress: from when it started running to its last
+/// commit or acknowledgement.
+fn healthy_span(running_since: Option<Instant>, progress_at: Option<Instant>) -> Duration {
+    match (running_since, progress_at) {
+        (Some(since), Some(at)) => at.saturating_duration_since(since),
+        _ => Duration::ZERO,
+    }
 }
 
 /// One reverse-ETL job's runs under `tidewater run`.
@@ -81,10 +100,32 @@ impl Metrics {
     /// `retrying` (with why), `stopped`.
     pub fn phase(&self, phase: &'static str, reason: impl Into<String>) {
         self.with(|s| {
+            let now = Instant::now();
+            if !is_running(phase) {
+                s.running_since = None;
+                s.progress_at = None;
+            } else if !is_running(s.phase) || s.running_since.is_none() {
+                s.running_since = Some(now);
+            }
             s.phase = phase;
             s.reason = reason.into();
-            s.alive = Some(Instant::now());
+            s.alive = Some(now);
         });
+    }
+
+    /// How long the current run made progress (see
+    /// [`crate::policy::next_attempt`]); zero when it never got past
+    /// start-up.
+    pub fn healthy_for(&self) -> Duration {
+        self.with(|s| healthy_span(s.running_since, s.progress_at))
+    }
+
+    /// A commit or an acknowledgement while running.
+    fn progress(s: &mut State, now: Instant) {
+        s.alive = Some(now);
+        if is_running(s.phase) {
+            s.progress_at = Some(now);
+        }
     }
 
     /// Events taken from the source by the coordinator.
@@ -113,7 +154,7 @@ impl Metrics {
             }
             s.commit_count += 1;
             s.commit_sum += seconds;
-            s.alive = Some(Instant::now());
+            Metrics::progress(s, Instant::now());
         });
     }
 
@@ -125,7 +166,7 @@ impl Metrics {
             if bytes.is_some() {
                 s.lag_bytes = bytes;
             }
-            s.alive = Some(Instant::now());
+            Metrics::progress(s, Instant::now());
         });
     }
 
@@ -482,4 +523,40 @@ pub async fn serve(listen: String, metrics: Metrics) -> std::io::Result<()> {
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthy_is_the_span_of_progress_of_this_run() {
+        let start = Instant::now();
+        let later = start + Duration::from_secs(90);
+        assert_eq!(
+            healthy_span(Some(start), Some(later)),
+            Duration::from_secs(90)
+        );
+        assert_eq!(healthy_span(Some(start), None), Duration::ZERO);
+        assert_eq!(healthy_span(None, Some(later)), Duration::ZERO);
+
+        let metrics = Metrics::default();
+        metrics.phase("starting", "");
+        metrics.commit(0.01);
+        metrics.with(|s| assert!(s.running_since.is_none() && s.progress_at.is_none()));
+        metrics.phase("snapshotting", "");
+        let since = metrics.with(|s| s.running_since).expect("running");
+        // Snapshot to streaming is the same run.
+        metrics.phase("streaming", "");
+        metrics.lag(0.0, None);
+        metrics.with(|s| {
+            assert_eq!(s.running_since, Some(since));
+            assert!(s.progress_at.is_some_and(|at| at >= since));
+        });
+        // A failure ends the run: a retry that fails at start-up never
+        // inherits the last run's health.
+        metrics.phase("retrying", "connection refused");
+        assert_eq!(metrics.healthy_for(), Duration::ZERO);
+        metrics.with(|s| assert!(s.running_since.is_none() && s.progress_at.is_none()));
+    }
 }

@@ -60,9 +60,67 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base_ms + nanos % (base_ms / 4 + 1))
 }
 
+/// A run that made progress (streamed or snapshotted, committing or
+/// acknowledging) for this long ends a streak of failures: the next outage
+/// is retried after 1 s again, not after the 30 s the streak had reached.
+/// Long against the time a run needs to fail again when something stays
+/// broken (connect, preflight, the first commit: seconds), so a pipeline
+/// that fails soon after every start still backs off to the cap; short
+/// against a daemon's life, so every new outage of a healthy daemon starts
+/// over.
+pub const HEALTHY_RESETS_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The retries of one daemon's life: each failure waits longer than the
+/// last, until a run stays healthy for [`HEALTHY_RESETS_BACKOFF`].
+#[derive(Debug, Default)]
+pub struct RetryStreak {
+    attempt: u32,
+}
+
+impl RetryStreak {
+    /// The attempt number and the wait before retrying a run that failed
+    /// after making progress for `healthy_for` (zero when it failed during
+    /// start-up).
+    pub fn next_wait(&mut self, healthy_for: Duration) -> (u32, Duration) {
+        if healthy_for >= HEALTHY_RESETS_BACKOFF {
+            self.attempt = 0;
+        }
+        let attempt = self.attempt;
+        self.attempt = self.attempt.saturating_add(1);
+        (attempt, backoff(attempt))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_healthy_period_resets_the_backoff() {
+        let mut retries = RetryStreak::default();
+        // Failures soon after each start: the wait grows to the cap.
+        let waits: Vec<(u32, Duration)> = (0..7)
+            .map(|_| retries.next_wait(Duration::from_secs(5)))
+            .collect();
+        assert_eq!(
+            waits.iter().map(|w| w.0).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4, 5, 6]
+        );
+        assert!(waits[0].1 < Duration::from_millis(1251));
+        assert!(waits[6].1 >= Duration::from_secs(30));
+        // Just short of the healthy period: still at the cap.
+        let (attempt, wait) = retries.next_wait(Duration::from_secs(59));
+        assert_eq!(attempt, 7);
+        assert!(wait >= Duration::from_secs(30));
+        // After a minute of progress the next outage waits about 1 s again,
+        // and the one after that 2 s.
+        let (attempt, wait) = retries.next_wait(HEALTHY_RESETS_BACKOFF);
+        assert_eq!(attempt, 0);
+        assert!(wait < Duration::from_millis(1251));
+        let (attempt, wait) = retries.next_wait(Duration::ZERO);
+        assert_eq!(attempt, 1);
+        assert!(wait >= Duration::from_secs(2) && wait < Duration::from_millis(2501));
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

@@ -57,6 +57,9 @@ impl AnySink {
                 lake.set_maintenance(settings.maintenance);
                 lake.set_partition_by_date(settings.partition_by_date);
                 lake.set_target_file_size(settings.target_file_bytes);
+                // A lake that refuses writes stops the start here, before
+                // the source does any work (a slot, a snapshot).
+                lake.probe_writable().await.map_err(wrap)?;
                 AnySink::Lake(Box::new(lake))
             }
         })

@@ -74,7 +74,7 @@ async fn check_mysql(config: &MysqlConfig) -> CheckResult {
     }
     Ok((tables, found, warnings))
 }
-use crate::policy::exit_code;
+use crate::policy::{action, exit_code};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Format {
@@ -128,19 +128,26 @@ pub async fn check(settings: &Settings) -> i32 {
         Ok(()) => settings.lake.delete(probe).await,
         Err(err) => Err(err),
     };
-    if let Err(err) = lake_ok {
+    let source_ready = problems.is_empty();
+    if let Err(err) = &lake_ok {
         problems.push(tidewater_core::Problem {
             what: format!(
                 "lake root {} is not writable: {}",
                 settings.lake.describe(""),
-                crate::chain(&err)
+                crate::chain(err)
             ),
             fix: "set sink.uri to a writable directory or bucket prefix, or fix its \
                   permissions / the AWS credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE, …)"
                 .into(),
         });
     }
-    check_verdict(&problems, "lake")
+    let code = check_verdict(&problems, "lake");
+    // The lake's refusal is the same exit code as `run` gives it; the
+    // source's own problems (exit 3) come first, as they do for `run`.
+    match lake_ok {
+        Err(err) if source_ready => action(err.class()).exit_code,
+        _ => code,
+    }
 }
 
 /// Prints `check`'s verdict on the source and the sink (`lake` or

@@ -9,6 +9,7 @@ mod crash;
 mod golden;
 mod lake_maintenance;
 mod lake_s3;
+mod lake_unwritable;
 mod lake_writers;
 mod maria_harness;
 mod metrics;

@@ -173,16 +173,15 @@ impl Staging {
         }
         // The task ended early: its error says why.
         self.batches = None;
-        let detail = match (&mut self.task).await {
-            Ok(Err(source)) => return Err(LakeError::delta(table, "writing to", source)),
-            Ok(Ok(_)) => "the file writer task ended".to_string(),
-            Err(join) => format!("the file writer task failed: {join}"),
-        };
-        Err(LakeError::delta(
-            table,
-            "writing to",
-            DeltaTableError::Generic(detail),
-        ))
+        match (&mut self.task).await {
+            Ok(Err(source)) => Err(LakeError::delta(table, "writing to", source)),
+            Ok(Ok(_)) => Err(LakeError::delta(
+                table,
+                "writing to",
+                DeltaTableError::Generic("the file writer task ended".into()),
+            )),
+            Err(join) => Err(writer_task_died(table, join)),
+        }
     }
 
     fn encoded(&self) -> u64 {
@@ -194,12 +193,23 @@ impl Staging {
         self.batches = None;
         match (&mut self.task).await {
             Ok(result) => result.map_err(|source| LakeError::delta(table, "writing to", source)),
-            Err(join) => Err(LakeError::delta(
-                table,
-                "writing to",
-                DeltaTableError::Generic(format!("the file writer task failed: {join}")),
-            )),
+            Err(join) => Err(writer_task_died(table, join)),
         }
+    }
+}
+
+/// The file writer task of `table` panicked (a storage library's bug on an
+/// error path) or was cancelled: like a panic of the write itself (see
+/// [`guarded`]), the pipeline goes back to its durable marks.
+fn writer_task_died(table: &TableId, join: tokio::task::JoinError) -> LakeError {
+    let what = match join.try_into_panic() {
+        Ok(panic) => panic_text(panic.as_ref()),
+        Err(join) => join.to_string(),
+    };
+    LakeError::Panicked {
+        table: table.clone(),
+        action: "writing to",
+        what,
     }
 }
 
@@ -374,10 +384,8 @@ impl LakeSink {
         }
         let rel = self.table_rel(table);
         if let Some(path) = self.store.local_path(&rel) {
-            std::fs::create_dir_all(&path).map_err(|source| LakeError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            crate::store::create_dirs(&path)
+                .map_err(|source| LakeError::io(path.clone(), source))?;
         }
         let mut arrow = narrow_schema(&lake_schema(schema));
         if self.partition_by_date {
@@ -428,7 +436,34 @@ impl LakeSink {
     /// table's committed mark are skipped (idempotence).
     pub async fn write(&mut self, batch: ChangeBatch) -> Result<(), LakeError> {
         let table = batch.table.clone();
-        guarded(&table, "writing to", self.write_unguarded(batch)).await
+        guarded(&table, "writing to", self.write_unguarded(batch))
+            .await
+            .map_err(|err| self.located(err))
+    }
+
+    /// `err`, as [`LakeError::Unwritable`] at the table (or pipeline)
+    /// directory it concerns when the storage refused for good.
+    fn located(&self, err: LakeError) -> LakeError {
+        let rel = match err.table() {
+            Some(table) if table.table != "*" => self.table_rel(table),
+            _ => self.pipeline.clone(),
+        };
+        err.at(|| self.store.describe(&rel))
+    }
+
+    /// Proves the pipeline's directory below the lake root writable by
+    /// writing and removing a small file, so a lake that refuses writes
+    /// (permissions, a read-only mount, `sink.uri` naming a file, refused
+    /// credentials) is reported at start-up, before any work, as it would be
+    /// at the first commit.
+    pub async fn probe_writable(&self) -> Result<(), LakeError> {
+        let rel = format!(
+            "{}/.tidewater-write-probe-{}",
+            self.pipeline,
+            std::process::id()
+        );
+        self.store.write(&rel, "probe\n").await?;
+        self.store.delete(&rel).await
     }
 
     async fn write_unguarded(&mut self, batch: ChangeBatch) -> Result<(), LakeError> {
@@ -622,6 +657,7 @@ impl LakeSink {
             self.commit_unguarded(position, phase),
         )
         .await
+        .map_err(|err| self.located(err))
     }
 
     async fn commit_unguarded(
@@ -1307,19 +1343,21 @@ async fn guarded<T>(
     use futures_util::FutureExt;
     match std::panic::AssertUnwindSafe(work).catch_unwind().await {
         Ok(result) => result,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".into());
-            Err(LakeError::Panicked {
-                table: table.clone(),
-                action,
-                what,
-            })
-        }
+        Err(panic) => Err(LakeError::Panicked {
+            table: table.clone(),
+            action,
+            what: panic_text(panic.as_ref()),
+        }),
     }
+}
+
+/// The message of a panic's payload.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }
 
 /// The mark the newest commit of `pipeline` in `delta` recorded.
@@ -1445,11 +1483,16 @@ impl Sink for LakeSink {
     }
 
     async fn prepare(&mut self, schema: &TableSchema) -> Result<(), LakeError> {
-        self.ensure_table(schema).await
+        self.ensure_table(schema)
+            .await
+            .map_err(|err| self.located(err))
     }
 
     async fn mark(&mut self, table: &TableId) -> Result<Option<Mark>, LakeError> {
-        Ok(self.table_state(table).await?.map(|state| state.mark))
+        match self.table_state(table).await {
+            Ok(state) => Ok(state.map(|state| state.mark)),
+            Err(err) => Err(self.located(err)),
+        }
     }
 
     async fn write(&mut self, batch: ChangeBatch) -> Result<(), LakeError> {

@@ -114,6 +114,9 @@ impl LakeStore {
         match &self.location {
             LakeLocation::Local(dir) => {
                 let path = join(dir, rel);
+                // delta-rs would create the directory too, but keep only the
+                // text of its error: ours keeps the kind (a refusal or not).
+                create_dirs(&path).map_err(|source| LakeError::io(path.clone(), source))?;
                 deltalake::ensure_table_uri(path.to_string_lossy()).map_err(|source| {
                     LakeError::Store {
                         location: path.display().to_string(),
@@ -143,7 +146,7 @@ impl LakeStore {
                 match std::fs::read_to_string(&path) {
                     Ok(text) => Ok(Some(text)),
                     Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                    Err(source) => Err(LakeError::Io { path, source }),
+                    Err(source) => Err(LakeError::io(path, source)),
                 }
             }
             (_, Some(store)) => match store.get(&ObjectPath::from(rel)).await {
@@ -163,7 +166,7 @@ impl LakeStore {
         match (&self.location, &self.remote) {
             (LakeLocation::Local(dir), _) => {
                 let path = join(dir, rel);
-                replace_file(&path, text).map_err(|source| LakeError::Io { path, source })
+                replace_file(&path, text).map_err(|source| LakeError::io(path, source))
             }
             (_, Some(store)) => store
                 .put(
@@ -185,7 +188,7 @@ impl LakeStore {
                 match std::fs::remove_file(&path) {
                     Ok(()) => Ok(()),
                     Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    Err(source) => Err(LakeError::Io { path, source }),
+                    Err(source) => Err(LakeError::io(path, source)),
                 }
             }
             (_, Some(store)) => match store.delete(&ObjectPath::from(rel)).await {
@@ -217,8 +220,13 @@ impl LakeStore {
     pub async fn list_dirs(&self, rel: &str) -> Result<Vec<String>, LakeError> {
         match (&self.location, &self.remote) {
             (LakeLocation::Local(dir), _) => {
-                let Ok(entries) = std::fs::read_dir(join(dir, rel)) else {
-                    return Ok(Vec::new());
+                // Absent is empty; unreadable is an error, never "no tables"
+                // (that would start a lake over).
+                let path = join(dir, rel);
+                let entries = match std::fs::read_dir(&path) {
+                    Ok(entries) => entries,
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    Err(source) => return Err(LakeError::io(path, source)),
                 };
                 Ok(entries
                     .flatten()
@@ -255,7 +263,7 @@ impl LakeStore {
                 match std::fs::rename(&path, &grave) {
                     Ok(()) => remove_dir(&grave),
                     Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    Err(source) => Err(LakeError::Io { path, source }),
+                    Err(source) => Err(LakeError::io(path, source)),
                 }
             }
             (_, Some(store)) => {
@@ -290,10 +298,12 @@ impl LakeStore {
         rel: &str,
         source: deltalake::logstore::object_store::Error,
     ) -> LakeError {
+        let location = self.describe(rel);
         LakeError::Remote {
-            location: self.describe(rel),
+            location: location.clone(),
             source: Box::new(source),
         }
+        .at(|| location)
     }
 }
 
@@ -321,7 +331,7 @@ fn join(dir: &Path, rel: &str) -> PathBuf {
 pub(crate) fn replace_file(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().expect("file has a parent");
-    std::fs::create_dir_all(dir)?;
+    create_dirs(dir)?;
     let name = path.file_name().expect("file name").to_string_lossy();
     let staging = dir.join(format!(".{name}.tmp"));
     let mut file = std::fs::File::create(&staging)?;
@@ -331,13 +341,24 @@ pub(crate) fn replace_file(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// `create_dir_all`, saying "not a directory" (not "file exists") when a
+/// file stands where a directory of the path must be.
+pub(crate) fn create_dirs(dir: &Path) -> std::io::Result<()> {
+    match std::fs::create_dir_all(dir) {
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && !dir.is_dir() => {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                format!("{} is a file, not a directory", dir.display()),
+            ))
+        }
+        other => other,
+    }
+}
+
 fn remove_dir(path: &Path) -> Result<(), LakeError> {
     match std::fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(LakeError::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(source) => Err(LakeError::io(path.to_path_buf(), source)),
     }
 }

@@ -318,10 +318,8 @@ impl LakeSink {
             return Ok(current);
         }
         if let Some(path) = self.store.local_path(&rel) {
-            std::fs::create_dir_all(&path).map_err(|source| LakeError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            crate::store::create_dirs(&path)
+                .map_err(|source| LakeError::io(path.clone(), source))?;
         }
         let kernel: StructType = schema
             .as_ref()
