@@ -227,7 +227,9 @@ async fn dispatch(command: Command) -> i32 {
                 let table = table.expect("clap requires --table with --history");
                 status::history(&Settings::from_config(&config), &table, format).await
             }
-            Ok(config) => status::status(&Settings::from_config(&config), format).await,
+            Ok(config) => {
+                status::status(&Settings::from_config(&config), format, table.as_deref()).await
+            }
             Err(code) => code,
         },
     }
