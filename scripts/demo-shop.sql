@@ -3,7 +3,6 @@
 -- the WAL a replication slot may hold is bounded (the server setting;
 -- size it to the outage to survive), and the tables with columns that can
 -- be stored out of line (text, jsonb, arrays) log their whole old row.
--- (One statement per line: the tests run this file statement by statement.)
 ALTER SYSTEM SET max_slot_wal_keep_size = '10GB';
 DO $$ BEGIN PERFORM pg_reload_conf(); END $$;
 CREATE TABLE customers (

@@ -1045,11 +1045,15 @@ fn check_postgres_url(key: &str, url: &str) -> Result<(), ConfigError> {
     let config = match tidewater_postgres::tls::parse_url(url) {
         Ok((config, _)) => config,
         Err(TlsConfigError::Userinfo(err)) => return Err(invalid(err.to_string())),
-        // tokio-postgres names the option or the problem, never a value.
+        // tokio-postgres names the option or the problem, never a value
+        // (its cause says which option).
         Err(TlsConfigError::Url(err)) => {
+            let cause = std::error::Error::source(&err)
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default();
             return Err(invalid(format!(
-                "is not a Postgres url that can be read ({err}); expected {POSTGRES_URL_FORM}"
-            )))
+                "is not a Postgres url that can be read ({err}{cause}); expected {POSTGRES_URL_FORM}"
+            )));
         }
         Err(err) => return Err(invalid(err.to_string())),
     };
@@ -1135,7 +1139,10 @@ fn plain_type_message(key: &str, message: &str) -> String {
     let expected = [
         ("expected u8", "expected a whole number from 0 to 255"),
         ("expected u16", "expected a whole number from 0 to 65535"),
-        ("expected u32", "expected a whole number from 0 to 4294967295"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
         ("expected u64", "expected a whole number, 0 or more"),
         ("expected usize", "expected a whole number, 0 or more"),
         ("expected i32", "expected a whole number"),
@@ -1163,7 +1170,10 @@ fn plain_type_message(key: &str, message: &str) -> String {
         ("invalid type: sequence", "invalid type: a list"),
         ("invalid type: map", "invalid type: a table"),
         ("invalid type: integer `", "invalid type: the number `"),
-        ("invalid type: floating point `", "invalid type: the number `"),
+        (
+            "invalid type: floating point `",
+            "invalid type: the number `",
+        ),
         ("invalid type: boolean `", "invalid type: `"),
         ("invalid type: string ", "invalid type: the string "),
         ("invalid value: integer `", "invalid value: `"),
@@ -1556,6 +1566,110 @@ uri = "file:///tmp/lake"
             .unwrap_err()
             .to_string();
         assert!(err.contains("source.zero_dates"), "{err}");
+    }
+
+    #[test]
+    fn mariadb_is_an_alias_of_mysql() {
+        let text = GOOD
+            .replace("type = \"postgres\"", "type = \"mariadb\"")
+            .replace(
+                "postgres://cdc:${PGPASSWORD}@127.0.0.1:5432/shop",
+                "mariadb://cdc:x@127.0.0.1:3306/shop",
+            )
+            .replace("tables = [\"public.*\"]\n", "");
+        let config = parse(&text).unwrap();
+        let SourceConfig::Mysql(my) = &config.source else {
+            panic!("mysql source expected")
+        };
+        assert_eq!(my.include(), vec!["shop.*".to_string()]);
+        let (rest, _) = tidewater_mysql::tls::parse_url(my.url.expose()).unwrap();
+        assert!(rest.starts_with("mysql://"), "{rest}");
+        assert!(json_schema().contains("\"mariadb\""));
+    }
+
+    #[test]
+    fn every_connection_url_is_read_at_validation_without_echoing_it() {
+        let raw = "Zq7@v/W#k?3j";
+        let pieces = |err: &str| (0..raw.len() - 2).all(|i| !err.contains(&raw[i..i + 3]));
+        // The source, a warehouse and a reverse-ETL target, both kinds.
+        let source = GOOD.replace("${PGPASSWORD}", raw);
+        let warehouse = GOOD.replace(
+            "type = \"lake\"\nuri = \"file:///tmp/lake\"",
+            &format!("type = \"warehouse\"\nurl = \"postgres://wh:{raw}@127.0.0.1/dw\""),
+        );
+        let job = |url: &str, table: &str| {
+            format!(
+                "{GOOD}\n[[reverse_etl]]\nname = \"j\"\nquery = \"SELECT 1 AS k\"\n\
+                 target_url = \"{url}\"\ntarget_table = \"{table}\"\nkey = [\"k\"]\n"
+            )
+        };
+        for (text, key) in [
+            (source, "source.url"),
+            (warehouse, "sink.url"),
+            (
+                job(&format!("postgres://app:{raw}@h/shop"), "t"),
+                "reverse_etl[0].target_url",
+            ),
+            (
+                job(&format!("mysql://app:{raw}@h/shop"), "t"),
+                "reverse_etl[0].target_url",
+            ),
+        ] {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains("percent-encode") && pieces(&err),
+                "{err}"
+            );
+        }
+        // Encoded, they pass; a Postgres target needs its database, a
+        // MySQL one a database in the url or in target_table.
+        parse(&job("postgres://app:Zq7%40v%2FW%23k%3F3j@h/shop", "t")).unwrap();
+        let err = parse(&job("postgres://app@h", "t"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("names no database"), "{err}");
+        parse(&job("mysql://app@h", "shop.t")).unwrap();
+        let err = parse(&job("mysql://app@h", "t")).unwrap_err().to_string();
+        assert!(err.contains("reverse_etl[0].target_table"), "{err}");
+        let err = parse(&GOOD.replace("5432/shop", "5432"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("source.url") && err.contains("names no database"),
+            "{err}"
+        );
+        let err = parse(&GOOD.replace("127.0.0.1:5432", "127.0.0.1:port"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("source.url") && err.contains("port"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_are_said_plainly() {
+        for (message, plain) in [
+            (
+                "invalid type: string \"soon\", expected u64",
+                "invalid type: the string \"soon\", expected a whole number, 0 or more",
+            ),
+            (
+                "invalid type: string \"x\", expected a sequence",
+                "invalid type: the string \"x\", expected a list of strings, like [\"a\", \"b\"]",
+            ),
+            (
+                "invalid value: integer `-1`, expected u32",
+                "invalid value: `-1`, expected a whole number from 0 to 4294967295",
+            ),
+            (
+                "invalid type: integer `5`, expected a boolean",
+                "invalid type: the number `5`, expected true or false",
+            ),
+        ] {
+            assert_eq!(plain_type_message("k", message), plain);
+        }
+        assert_eq!(
+            plain_type_message("reverse_etl", "invalid type: map, expected a sequence"),
+            "invalid type: a table, expected a list of [[reverse_etl]] tables"
+        );
     }
 
     #[test]

@@ -87,7 +87,10 @@ mod tests {
             ("mysql://u:/ab@h:3306/db", UserinfoError::Reserved),
             ("mysql://u:a#b@h/db", UserinfoError::Reserved),
             ("mysql://u:a?b@h/db", UserinfoError::Reserved),
-            ("postgres://u:pw@h/db?application_name=a@b", UserinfoError::Reserved),
+            (
+                "postgres://u:pw@h/db?application_name=a@b",
+                UserinfoError::Reserved,
+            ),
             ("postgres://u:50%off@h/db", UserinfoError::BadEscape),
             ("postgres://u:5%4@h/db", UserinfoError::BadEscape),
         ] {
