@@ -74,7 +74,8 @@ enum Command {
         config: PathBuf,
         #[arg(long, value_enum, default_value_t = status::Format::Text)]
         format: status::Format,
-        /// One table, `schema.table` (`database.table` on MySQL).
+        /// Only this table, `schema.table` (`database.table` on MySQL);
+        /// exit 2 when the pipeline has no such table.
         #[arg(long)]
         table: Option<String>,
         /// With --table: every schema version of the table, where it took
