@@ -1151,10 +1151,21 @@ fn plain_type_message(key: &str, message: &str) -> String {
         ("expected f64", "expected a number"),
         ("expected a sequence", "expected LIST"),
         ("expected a boolean", "expected true or false"),
-        ("expected struct ", "expected a table "),
         ("expected a map", "expected a table"),
     ];
-    let mut out = message.to_string();
+    // toml repeats the key on a line of its own ("\nin `tables`"); the
+    // error names the whole key already.
+    let mut out = match message.trim_end().rsplit_once("\nin `") {
+        Some((head, tail)) if tail.ends_with('`') && !tail.contains('\n') => head.to_string(),
+        _ => message.trim_end().to_string(),
+    };
+    // `expected struct S3Config`: the Rust name means nothing in TOML.
+    if let Some(at) = out.find("expected struct ") {
+        let end = out[at..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == ' ' || c == '_'))
+            .map_or(out.len(), |n| at + n);
+        out.replace_range(at..end, "expected a table");
+    }
     for (rust, plain) in expected {
         if let Some(at) = out.find(rust) {
             // Only a whole word: `expected u64` but not `expected u6400`.
@@ -1669,6 +1680,13 @@ uri = "file:///tmp/lake"
         assert_eq!(
             plain_type_message("reverse_etl", "invalid type: map, expected a sequence"),
             "invalid type: a table, expected a list of [[reverse_etl]] tables"
+        );
+        assert_eq!(
+            plain_type_message(
+                "sink.s3",
+                "invalid type: integer `5`, expected struct S3Config\nin `s3`\n"
+            ),
+            "invalid type: the number `5`, expected a table"
         );
     }
 
