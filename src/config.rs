@@ -46,8 +46,9 @@ pub struct ReverseEtlConfig {
     /// SQL over the lake: each table is `<schema>.<table>` (current state)
     /// and `<schema>.<table>__changes` (the change log). Read-only.
     pub query: String,
-    /// `postgres://…` or `mysql://…` of the database written; use `${ENV}`
-    /// for the password.
+    /// `postgres://…/database` or `mysql://…` (`mariadb://…`) of the database
+    /// written; use `${ENV}` for the password, percent-encoded as in
+    /// `source.url`.
     pub target_url: Secret,
     /// `schema.table` (Postgres; default schema `public`) or
     /// `database.table` (MySQL; default the url's database). Created from
@@ -191,10 +192,31 @@ impl PipelineConfig {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
+#[schemars(transform = mariadb_is_mysql)]
 pub enum SourceConfig {
     Postgres(PostgresSourceConfig),
-    /// MySQL 8 or MariaDB 10.5+ (binlog).
+    /// MySQL 8 or MariaDB 10.5+ (binlog); `type = "mariadb"` is the same.
+    #[serde(alias = "mariadb")]
     Mysql(MysqlSourceConfig),
+}
+
+/// The schema of `[source]`: `type = "mariadb"` is read as `"mysql"`
+/// (schemars leaves a variant's alias out of the tag's schema).
+fn mariadb_is_mysql(schema: &mut schemars::Schema) {
+    let variants = schema
+        .get_mut("oneOf")
+        .and_then(|v| v.as_array_mut())
+        .into_iter()
+        .flatten();
+    for variant in variants {
+        let tag = variant.pointer_mut("/properties/type");
+        if let Some(tag) = tag.and_then(|t| t.as_object_mut()) {
+            if tag.get("const").and_then(|c| c.as_str()) == Some("mysql") {
+                tag.remove("const");
+                tag.insert("enum".into(), serde_json::json!(["mysql", "mariadb"]));
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -209,7 +231,9 @@ pub enum SnapshotMode {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSourceConfig {
-    /// `postgres://user:password@host:port/database`; use `${ENV}` for the password.
+    /// `postgres://user:password@host:port/database` (the database is
+    /// required); use `${ENV}` for the password, and percent-encode `@ / ? # %`
+    /// in the user name and password (`p@ss` is written `p%40ss`).
     /// TLS as libpq spells it in the query string: `sslmode` = disable,
     /// prefer (default), require, verify-ca or verify-full, and
     /// `sslrootcert=/path/ca.pem` (needed by the verify modes).
@@ -294,7 +318,9 @@ fn default_heartbeat_ms() -> u64 {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MysqlSourceConfig {
-    /// `mysql://user:password@host:port/database`; use `${ENV}` for the password.
+    /// `mysql://user:password@host:port/database` (or `mariadb://…`); use
+    /// `${ENV}` for the password, and percent-encode `@ / ? # %` in the user
+    /// name and password (`p@ss` is written `p%40ss`).
     /// TLS as the mysql client spells it in the query string: `ssl-mode` =
     /// DISABLED, PREFERRED (default), REQUIRED, VERIFY_CA or VERIFY_IDENTITY,
     /// and `ssl-ca=/path/ca.pem` (needed by the verify modes).
@@ -394,8 +420,9 @@ pub const DEFAULT_WAREHOUSE_MAX_BATCH_ROWS: usize = 50_000;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WarehouseSinkConfig {
-    /// `postgres://user:password@host:port/database`; TLS settings
-    /// (`sslmode`, `sslrootcert`) as for a Postgres source.
+    /// `postgres://user:password@host:port/database` (the database is
+    /// required, the password percent-encoded as in `source.url`); TLS
+    /// settings (`sslmode`, `sslrootcert`) as for a Postgres source.
     pub url: Secret,
     /// Schema of each target table; `{schema}` is the source schema (or
     /// MySQL database), `{table}` the table, `{pipeline}` the pipeline name.
@@ -644,12 +671,12 @@ impl Config {
         // Tagged sections are read in two steps so that errors inside them
         // still name the full key (serde loses the path inside tagged enums).
         let mut raw: RawConfig = section("", value)?;
-        let source_type = take_type("source", &mut raw.source, &["postgres", "mysql"])?;
+        let source_type = take_type("source", &mut raw.source, &["postgres", "mysql", "mariadb"])?;
         let sink_type = take_type("sink", &mut raw.sink, &["lake", "warehouse"])?;
         let config = Config {
             pipeline: raw.pipeline,
             source: match source_type.as_str() {
-                "mysql" => SourceConfig::Mysql(section("source", raw.source.into())?),
+                "mysql" | "mariadb" => SourceConfig::Mysql(section("source", raw.source.into())?),
                 _ => SourceConfig::Postgres(section("source", raw.source.into())?),
             },
             sink: match sink_type.as_str() {
@@ -688,16 +715,7 @@ impl Config {
         identifier("pipeline.name", &self.pipeline.name, 53)?;
         match &self.source {
             SourceConfig::Postgres(pg) => {
-                match tidewater_postgres::tls::parse_url(pg.url.expose()) {
-                    Err(tidewater_postgres::tls::TlsConfigError::Url(err)) => {
-                        return Err(invalid(
-                            "source.url",
-                            format!("not a Postgres url ({err}); expected postgres://user:password@host:port/database"),
-                        ));
-                    }
-                    Err(err) => return Err(invalid("source.url", err.to_string())),
-                    Ok(_) => {}
-                }
+                check_postgres_url("source.url", pg.url.expose())?;
                 if let Some(slot) = &pg.slot_name {
                     identifier("source.slot_name", slot, 63)?;
                 }
@@ -724,16 +742,7 @@ impl Config {
                 }
             }
             SourceConfig::Mysql(my) => {
-                let url = my.url.expose();
-                if !url.starts_with("mysql://") {
-                    return Err(invalid(
-                        "source.url",
-                        "not a MySQL url; expected mysql://user:password@host:port/database".into(),
-                    ));
-                }
-                if let Err(err) = tidewater_mysql::tls::parse_url(url) {
-                    return Err(invalid("source.url", err.to_string()));
-                }
+                check_mysql_url("source.url", my.url.expose())?;
                 if my.include().is_empty() {
                     return Err(invalid(
                         "source.tables",
@@ -767,6 +776,7 @@ impl Config {
                         "must be a postgres:// URL of the warehouse database".into(),
                     ));
                 }
+                check_postgres_url("sink.url", warehouse.url.expose())?;
                 for (key, template) in [
                     ("sink.schema", &warehouse.schema),
                     ("sink.table", &warehouse.table),
@@ -926,14 +936,22 @@ impl Config {
                 ));
             }
             let url = job.target_url.expose();
+            let url_key = format!("reverse_etl[{i}].target_url");
             if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                if let Err(err) = url.parse::<tokio_postgres::Config>() {
+                check_postgres_url(&url_key, url)?;
+            } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+                check_mysql_url(&url_key, url)?;
+                if url_database(url).is_none() && !job.target_table.contains('.') {
                     return Err(invalid(
-                        "target_url",
-                        format!("not a Postgres url ({err}); expected postgres://user:password@host:port/database"),
+                        "target_table",
+                        format!(
+                            "{:?} names no database, and target_url names none either; \
+                             write it as database.table, or put the database in target_url",
+                            job.target_table
+                        ),
                     ));
                 }
-            } else if !url.starts_with("mysql://") && !url.starts_with("mariadb://") {
+            } else {
                 return Err(invalid(
                     "target_url",
                     "must be postgres://user:password@host:port/database or mysql://user:password@host:port/database".into(),
@@ -1009,6 +1027,75 @@ impl Config {
     }
 }
 
+/// How a connection url is written, for the config errors about it; never
+/// with the url itself (it may hold a password).
+const POSTGRES_URL_FORM: &str = "postgres://user:password@host:5432/database";
+const MYSQL_URL_FORM: &str = "mysql://user:password@host:3306/database";
+
+/// Reads a Postgres url (`key` names it) as a connection will, so that a
+/// url no connection could use stops the start with exit 2, and requires
+/// the database (Postgres would otherwise pick the one named after the
+/// user, silently). No message holds any part of the url.
+fn check_postgres_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    use tidewater_postgres::tls::TlsConfigError;
+    let invalid = |message: String| ConfigError::Invalid {
+        key: key.to_string(),
+        message,
+    };
+    let config = match tidewater_postgres::tls::parse_url(url) {
+        Ok((config, _)) => config,
+        Err(TlsConfigError::Userinfo(err)) => return Err(invalid(err.to_string())),
+        // tokio-postgres names the option or the problem, never a value
+        // (its cause says which option).
+        Err(TlsConfigError::Url(err)) => {
+            let cause = std::error::Error::source(&err)
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default();
+            return Err(invalid(format!(
+                "is not a Postgres url that can be read ({err}{cause}); expected {POSTGRES_URL_FORM}"
+            )));
+        }
+        Err(err) => return Err(invalid(err.to_string())),
+    };
+    if config.get_user().is_none() {
+        return Err(invalid(format!(
+            "names no user; write it as {POSTGRES_URL_FORM}"
+        )));
+    }
+    if config.get_dbname().is_none() {
+        return Err(invalid(format!(
+            "names no database (Postgres would use the one named after the user); \
+             write it as {POSTGRES_URL_FORM}"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a MySQL/MariaDB url (`mysql://` or `mariadb://`) as a connection
+/// will; no message holds any part of the url.
+fn check_mysql_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    use tidewater_mysql::tls::TlsConfigError;
+    let invalid = |message: String| ConfigError::Invalid {
+        key: key.to_string(),
+        message,
+    };
+    if !url.starts_with("mysql://") && !url.starts_with("mariadb://") {
+        return Err(invalid(format!(
+            "is not a MySQL url; expected {MYSQL_URL_FORM} (or mariadb://…)"
+        )));
+    }
+    match tidewater_mysql::tls::check_url(url) {
+        Ok(()) => Ok(()),
+        Err(TlsConfigError::Userinfo(err)) => Err(invalid(err.to_string())),
+        // The url crate's and mysql_async's messages name the part or the
+        // query parameter; the userinfo was checked above.
+        Err(TlsConfigError::Url(err)) => Err(invalid(format!(
+            "is not a MySQL url that can be read ({err}); expected {MYSQL_URL_FORM}"
+        ))),
+        Err(err) => Err(invalid(err.to_string())),
+    }
+}
+
 /// The top level as read, before the tagged sections are resolved.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1035,11 +1122,79 @@ fn section<T: serde::de::DeserializeOwned>(
             (false, ".") => prefix.to_string(),
             (false, _) => format!("{prefix}.{inner}"),
         };
-        ConfigError::Invalid {
-            key,
-            message: err.into_inner().to_string(),
-        }
+        let message = plain_type_message(&key, &err.into_inner().to_string());
+        ConfigError::Invalid { key, message }
     })
+}
+
+/// serde's type errors say what Rust wanted ("invalid type: string \"x\",
+/// expected u64"); the config's readers want "a whole number". Rewrites the
+/// Rust type names, keeping the rest of the message.
+fn plain_type_message(key: &str, message: &str) -> String {
+    let list = if key == "reverse_etl" {
+        "a list of [[reverse_etl]] tables"
+    } else {
+        "a list of strings, like [\"a\", \"b\"]"
+    };
+    let expected = [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected i32", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected f32", "expected a number"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected LIST"),
+        ("expected a boolean", "expected true or false"),
+        ("expected a map", "expected a table"),
+    ];
+    // toml repeats the key on a line of its own ("\nin `tables`"); the
+    // error names the whole key already.
+    let mut out = match message.trim_end().rsplit_once("\nin `") {
+        Some((head, tail)) if tail.ends_with('`') && !tail.contains('\n') => head.to_string(),
+        _ => message.trim_end().to_string(),
+    };
+    // `expected struct S3Config`: the Rust name means nothing in TOML.
+    if let Some(at) = out.find("expected struct ") {
+        let end = out[at..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == ' ' || c == '_'))
+            .map_or(out.len(), |n| at + n);
+        out.replace_range(at..end, "expected a table");
+    }
+    for (rust, plain) in expected {
+        if let Some(at) = out.find(rust) {
+            // Only a whole word: `expected u64` but not `expected u6400`.
+            let end = at + rust.len();
+            if rust.ends_with(' ') || !out[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                out.replace_range(at..end, &plain.replace("LIST", list));
+                break;
+            }
+        }
+    }
+    // What was found, as TOML spells it.
+    for (rust, plain) in [
+        ("invalid type: sequence", "invalid type: a list"),
+        ("invalid type: map", "invalid type: a table"),
+        ("invalid type: integer `", "invalid type: the number `"),
+        (
+            "invalid type: floating point `",
+            "invalid type: the number `",
+        ),
+        ("invalid type: boolean `", "invalid type: `"),
+        ("invalid type: string ", "invalid type: the string "),
+        ("invalid value: integer `", "invalid value: `"),
+    ] {
+        if out.starts_with(rust) {
+            out.replace_range(..rust.len(), plain);
+            break;
+        }
+    }
+    out
 }
 
 /// Removes and checks the `type` key of a tagged section.
@@ -1422,6 +1577,117 @@ uri = "file:///tmp/lake"
             .unwrap_err()
             .to_string();
         assert!(err.contains("source.zero_dates"), "{err}");
+    }
+
+    #[test]
+    fn mariadb_is_an_alias_of_mysql() {
+        let text = GOOD
+            .replace("type = \"postgres\"", "type = \"mariadb\"")
+            .replace(
+                "postgres://cdc:${PGPASSWORD}@127.0.0.1:5432/shop",
+                "mariadb://cdc:x@127.0.0.1:3306/shop",
+            )
+            .replace("tables = [\"public.*\"]\n", "");
+        let config = parse(&text).unwrap();
+        let SourceConfig::Mysql(my) = &config.source else {
+            panic!("mysql source expected")
+        };
+        assert_eq!(my.include(), vec!["shop.*".to_string()]);
+        let (rest, _) = tidewater_mysql::tls::parse_url(my.url.expose()).unwrap();
+        assert!(rest.starts_with("mysql://"), "{rest}");
+        assert!(json_schema().contains("\"mariadb\""));
+    }
+
+    #[test]
+    fn every_connection_url_is_read_at_validation_without_echoing_it() {
+        let raw = "Zq7@v/W#k?3j";
+        let pieces = |err: &str| (0..raw.len() - 2).all(|i| !err.contains(&raw[i..i + 3]));
+        // The source, a warehouse and a reverse-ETL target, both kinds.
+        let source = GOOD.replace("${PGPASSWORD}", raw);
+        let warehouse = GOOD.replace(
+            "type = \"lake\"\nuri = \"file:///tmp/lake\"",
+            &format!("type = \"warehouse\"\nurl = \"postgres://wh:{raw}@127.0.0.1/dw\""),
+        );
+        let job = |url: &str, table: &str| {
+            format!(
+                "{GOOD}\n[[reverse_etl]]\nname = \"j\"\nquery = \"SELECT 1 AS k\"\n\
+                 target_url = \"{url}\"\ntarget_table = \"{table}\"\nkey = [\"k\"]\n"
+            )
+        };
+        for (text, key) in [
+            (source, "source.url"),
+            (warehouse, "sink.url"),
+            (
+                job(&format!("postgres://app:{raw}@h/shop"), "t"),
+                "reverse_etl[0].target_url",
+            ),
+            (
+                job(&format!("mysql://app:{raw}@h/shop"), "t"),
+                "reverse_etl[0].target_url",
+            ),
+        ] {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains("percent-encode") && pieces(&err),
+                "{err}"
+            );
+        }
+        // Encoded, they pass; a Postgres target needs its database, a
+        // MySQL one a database in the url or in target_table.
+        parse(&job("postgres://app:Zq7%40v%2FW%23k%3F3j@h/shop", "t")).unwrap();
+        let err = parse(&job("postgres://app@h", "t"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("names no database"), "{err}");
+        parse(&job("mysql://app@h", "shop.t")).unwrap();
+        let err = parse(&job("mysql://app@h", "t")).unwrap_err().to_string();
+        assert!(err.contains("reverse_etl[0].target_table"), "{err}");
+        let err = parse(&GOOD.replace("5432/shop", "5432"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("source.url") && err.contains("names no database"),
+            "{err}"
+        );
+        let err = parse(&GOOD.replace("127.0.0.1:5432", "127.0.0.1:port"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("source.url") && err.contains("port"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_are_said_plainly() {
+        for (message, plain) in [
+            (
+                "invalid type: string \"soon\", expected u64",
+                "invalid type: the string \"soon\", expected a whole number, 0 or more",
+            ),
+            (
+                "invalid type: string \"x\", expected a sequence",
+                "invalid type: the string \"x\", expected a list of strings, like [\"a\", \"b\"]",
+            ),
+            (
+                "invalid value: integer `-1`, expected u32",
+                "invalid value: `-1`, expected a whole number from 0 to 4294967295",
+            ),
+            (
+                "invalid type: integer `5`, expected a boolean",
+                "invalid type: the number `5`, expected true or false",
+            ),
+        ] {
+            assert_eq!(plain_type_message("k", message), plain);
+        }
+        assert_eq!(
+            plain_type_message("reverse_etl", "invalid type: map, expected a sequence"),
+            "invalid type: a table, expected a list of [[reverse_etl]] tables"
+        );
+        assert_eq!(
+            plain_type_message(
+                "sink.s3",
+                "invalid type: integer `5`, expected struct S3Config\nin `s3`\n"
+            ),
+            "invalid type: the number `5`, expected a table"
+        );
     }
 
     #[test]

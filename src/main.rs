@@ -74,7 +74,8 @@ enum Command {
         config: PathBuf,
         #[arg(long, value_enum, default_value_t = status::Format::Text)]
         format: status::Format,
-        /// One table, `schema.table` (`database.table` on MySQL).
+        /// Only this table, `schema.table` (`database.table` on MySQL);
+        /// exit 2 when the pipeline has no such table.
         #[arg(long)]
         table: Option<String>,
         /// With --table: every schema version of the table, where it took
@@ -228,7 +229,9 @@ async fn dispatch(command: Command) -> i32 {
                 let table = table.expect("clap requires --table with --history");
                 status::history(&Settings::from_config(&config), &table, format).await
             }
-            Ok(config) => status::status(&Settings::from_config(&config), format).await,
+            Ok(config) => {
+                status::status(&Settings::from_config(&config), format, table.as_deref()).await
+            }
             Err(code) => code,
         },
     }

@@ -59,20 +59,7 @@ async fn check_mysql(config: &MysqlConfig) -> CheckResult {
          stops the tables they may touch (grant SUPER / BINLOG ADMIN to no application user)"
     );
     source.close().await;
-    let mut warnings = Vec::new();
-    if tables.is_empty() {
-        // Not a problem for `run`: tables created later are captured from
-        // their first binlog event.
-        warnings.push(Problem {
-            what: "source.tables matches no table the user can see (a table the user has no \
-                   privilege on is invisible to it)"
-                .into(),
-            fix: "GRANT SELECT ON <database>.* TO <the user>; for each captured database, or \
-                  set source.tables to patterns like \"shop.*\" that match existing tables"
-                .into(),
-        });
-    }
-    Ok((tables, found, warnings))
+    Ok((tables, found, Vec::new()))
 }
 use crate::policy::{action, exit_code};
 
@@ -172,6 +159,7 @@ async fn warehouse_status(
     settings: &Settings,
     warehouse: &tidewater_warehouse::WarehouseSettings,
     format: Format,
+    only: Option<&str>,
 ) -> i32 {
     let sink = match tidewater_warehouse::WarehouseSink::inspect(warehouse.clone()).await {
         Ok(sink) => sink,
@@ -187,8 +175,15 @@ async fn warehouse_status(
             return exit_code::FAILED;
         }
     };
+    if let Some(name) = only {
+        let known: Vec<String> = states.iter().map(|(t, _)| t.to_string()).collect();
+        if !known.iter().any(|t| t == name) {
+            return unknown_table(name, &settings.pipeline, "warehouse", &known);
+        }
+    }
     let tables: Vec<serde_json::Value> = states
         .iter()
+        .filter(|(table, _)| only.is_none_or(|name| table.to_string() == name))
         .map(|(table, state)| {
             let stop = stopped.iter().find(|s| &s.table == table);
             json!({
@@ -225,9 +220,25 @@ async fn warehouse_status(
     exit_code::OK
 }
 
-pub async fn status(settings: &Settings, format: Format) -> i32 {
+/// `--table` names no table of the pipeline: exit 2, listing those that
+/// exist (`place` is the lake or the warehouse).
+fn unknown_table(name: &str, pipeline: &str, place: &str, known: &[String]) -> i32 {
+    let list = if known.is_empty() {
+        "none yet".to_string()
+    } else {
+        known.join(", ")
+    };
+    eprintln!(
+        "error: --table {name:?}: the {place} holds no such table for pipeline {pipeline}\n\
+         hint: name one of its tables as schema.table (database.table on MySQL): {list}"
+    );
+    exit_code::CONFIG
+}
+
+/// `status`, of every table or (`--table`) of one.
+pub async fn status(settings: &Settings, format: Format, only: Option<&str>) -> i32 {
     if let Some(warehouse) = &settings.warehouse {
-        return warehouse_status(settings, warehouse, format).await;
+        return warehouse_status(settings, warehouse, format, only).await;
     }
     let mut sink = LakeSink::new(settings.lake.clone(), &settings.pipeline);
     let mut tables = Vec::new();
@@ -245,7 +256,16 @@ pub async fn status(settings: &Settings, format: Format) -> i32 {
             return exit_code::FAILED;
         }
     };
+    if let Some(name) = only {
+        let known: Vec<String> = tables_found.iter().map(|t| t.to_string()).collect();
+        if !known.iter().any(|t| t == name) {
+            return unknown_table(name, &settings.pipeline, "lake", &known);
+        }
+    }
     for table in tables_found {
+        if only.is_some_and(|name| table.to_string() != name) {
+            continue;
+        }
         let stop = stopped.iter().find(|s| s.table == table);
         let state = match sink.table_state(&table).await {
             Ok(state) => state,
@@ -444,12 +464,9 @@ pub async fn history(settings: &Settings, table: &str, format: Format) -> i32 {
             return exit_code::FAILED;
         }
     };
+    let known: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
     let Some(id) = tables.into_iter().find(|t| t.to_string() == table) else {
-        eprintln!(
-            "error: the lake holds no table {table:?} for pipeline {}",
-            settings.pipeline
-        );
-        return exit_code::FAILED;
+        return unknown_table(table, &settings.pipeline, "lake", &known);
     };
     let history = match sink.history(&id).await {
         Ok(Some(history)) => history,

@@ -151,3 +151,182 @@ async fn check_reports_tables_and_missing_replication_privilege() {
         "{out}"
     );
 }
+
+/// Issue 18 (8): type errors speak the config's language ("a whole
+/// number", "a list of strings"), not Rust's ("usize", "a sequence").
+#[test]
+fn type_errors_name_the_kind_of_value_not_the_rust_type() {
+    let (code, out) = check_with(&config(
+        "postgres://u@127.0.0.1:1/db",
+        "max_batch_rows = \"many\"\n",
+    ));
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("sink.max_batch_rows") && out.contains("a whole number"),
+        "{out}"
+    );
+    assert!(!out.contains("usize"), "{out}");
+    let text = config("postgres://u@127.0.0.1:1/db", "").replace(
+        "[sink]",
+        "tables = \"public.*\"\nheartbeat_interval_ms = 5\n[sink]",
+    );
+    let (code, out) = check_with(&text);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("source.tables") && out.contains("a list of strings"),
+        "{out}"
+    );
+    assert!(!out.contains("sequence"), "{out}");
+    let text = config("postgres://u@127.0.0.1:1/db", "")
+        .replace("[sink]", "heartbeat_interval_ms = -5\n[sink]");
+    let (code, out) = check_with(&text);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("source.heartbeat_interval_ms") && out.contains("a whole number"),
+        "{out}"
+    );
+    assert!(!out.contains("u64"), "{out}");
+}
+
+/// Issue 18 (8): a Postgres url without a database used to connect to the
+/// database named after the user; it is a config error naming the key.
+#[test]
+fn postgres_url_without_database_is_refused() {
+    for url in [
+        "postgres://u@127.0.0.1:5432",
+        "postgres://u@127.0.0.1:5432/",
+    ] {
+        let (code, out) = check_with(&config(url, ""));
+        assert_eq!(code, 2, "{out}");
+        assert!(
+            out.contains("source.url")
+                && out.contains("names no database")
+                && out.contains("postgres://user:password@host:5432/database"),
+            "{out}"
+        );
+    }
+    // The warehouse's url too.
+    let text = config("postgres://u@127.0.0.1:5432/db", "").replace(
+        "type = \"lake\"\nuri = \"/tmp/tidewater-never-written\"",
+        "type = \"warehouse\"\nurl = \"postgres://u@127.0.0.1:5432\"",
+    );
+    let (code, out) = check_with(&text);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("sink.url") && out.contains("names no database"),
+        "{out}"
+    );
+}
+
+/// Issue 18 (8): `type = "mariadb"` and `mariadb://` are the MySQL source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_type_and_scheme_are_the_mysql_source() {
+    use crate::support::mariadb::maria;
+    use mysql_async::prelude::Queryable;
+    let server = maria();
+    let mut conn = server.create_database("cfg_alias").await;
+    conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    let url = server.url("cfg_alias").replace("mysql://", "mariadb://");
+    let text = config(&url, "").replace("\"postgres\"", "\"mariadb\"");
+    let (code, out) = check_with(&text);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("source: MariaDB") && out.contains("cfg_alias.t"),
+        "{out}"
+    );
+}
+
+/// Issue 18 (8): `status --table T` shows only T, and a table the lake
+/// does not hold is refused (exit 2) with the ones it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_table_shows_one_table_and_refuses_an_unknown_one() {
+    use crate::support::Pipeline;
+    let client = pg().create_database("cfg_status").await;
+    client
+        .batch_execute(
+            "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);
+             INSERT INTO a VALUES (1); INSERT INTO b VALUES (1);",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::new("cfg_status", &pg().url("cfg_status"), "");
+    pipeline.start();
+    pipeline.wait_equal(&client, "a").await;
+    pipeline.wait_equal(&client, "b").await;
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+    let status = |args: &[&str]| {
+        let mut cmd = tidewater();
+        cmd.args(["status", "--config"])
+            .arg(&pipeline.config)
+            .args(args);
+        let out = output_within(cmd, 60);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = status(&["--table", "public.a", "--format", "json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("status json");
+    let tables: Vec<&str> = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["table"].as_str().unwrap())
+        .collect();
+    assert_eq!(tables, ["public.a"], "{stdout}");
+    let (code, stdout, _) = status(&["--table", "public.a"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("public.a") && !stdout.contains("public.b"),
+        "{stdout}"
+    );
+    for args in [
+        &["--table", "public.nope"][..],
+        &["--table", "public.nope", "--history"][..],
+    ] {
+        let (code, stdout, stderr) = status(args);
+        assert_eq!(code, 2, "{args:?}: {stdout}{stderr}");
+        assert!(
+            stderr.contains("public.nope")
+                && stderr.contains("no such table")
+                && stderr.contains("public.a, public.b"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// Issue 18 (8): a table pattern that matches nothing is one behaviour on
+/// both sources: `check` and `run` stop with exit 3 (preflight), naming
+/// `source.tables` (MySQL used to warn and run capturing nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_matching_nothing_is_exit_3_on_both_sources() {
+    use crate::support::mariadb::maria;
+    use crate::support::run_with_source;
+    let _ = pg().create_database("cfg_nomatch").await;
+    let maria = maria();
+    let _ = maria.create_database("cfg_nomatch").await;
+    let sources = [
+        format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.nothing_*\"]\n",
+            pg().url("cfg_nomatch")
+        ),
+        format!(
+            "[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"cfg_nomatch.nothing_*\"]\n",
+            maria.url("cfg_nomatch")
+        ),
+    ];
+    for source in &sources {
+        for command in ["check", "run"] {
+            let (code, out) = run_with_source(command, source, &[]);
+            assert_eq!(code, 3, "{command} {source}: {out}");
+            assert!(
+                out.contains("source.tables") && out.contains("matches no table"),
+                "{command} {source}: {out}"
+            );
+        }
+    }
+}

@@ -268,6 +268,11 @@ async fn a_table_that_cannot_be_followed_stops_alone() {
         "{log}"
     );
     assert!(!log.contains("7,8"), "no row value in the log");
+    // The bound the value has, and the rule (not "lower bounds are 1").
+    assert!(
+        log.contains("lower bound 0 in dimension 1") && !log.contains("lower bounds are 1"),
+        "{log}"
+    );
     let status = |pipeline: &Pipeline| {
         let mut cmd = tidewater();
         cmd.args(["status", "--format", "json", "--config"])

@@ -15,6 +15,7 @@
 
 mod batch;
 pub mod calendar;
+pub mod conn_url;
 pub mod decimal;
 mod error;
 mod event;

@@ -306,7 +306,24 @@ impl MysqlSource {
         &mut self,
         tables: &[TableId],
     ) -> Result<Vec<tidewater_core::Problem>, MysqlError> {
-        crate::preflight::preflight(&mut self.conn, self.flavor, tables).await
+        let mut problems = crate::preflight::preflight(&mut self.conn, self.flavor, tables).await?;
+        if tables.is_empty() {
+            // As on Postgres: a pattern that matches nothing is far more
+            // often a typo or a missing grant than a table still to come,
+            // and a daemon capturing nothing would look healthy.
+            problems.push(tidewater_core::Problem {
+                what: format!(
+                    "source.tables {:?} (exclude {:?}) matches no table the user can see (a \
+                     table the user has no privilege on is invisible to it)",
+                    self.config.filter.include, self.config.filter.exclude
+                ),
+                fix: "set source.tables to patterns like \"shop.*\" that match existing tables, \
+                      and GRANT SELECT ON <database>.* TO <the user>; for each captured database \
+                      (to capture tables that do not exist yet, start once one of them exists)"
+                    .into(),
+            });
+        }
+        Ok(problems)
     }
 
     /// Zero dates turned into NULL so far.

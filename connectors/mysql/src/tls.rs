@@ -96,6 +96,8 @@ pub enum TlsConfigError {
     DriverParameter(String),
     #[error("{0} (client certificates) is not supported; authenticate with a password")]
     ClientCert(String),
+    #[error(transparent)]
+    Userinfo(#[from] tidewater_core::conn_url::UserinfoError),
     #[error("source.url is not a valid MySQL connection url")]
     Url(#[source] mysql_async::UrlError),
     #[error("cannot read ssl-ca file {}", path.display())]
@@ -106,15 +108,22 @@ pub enum TlsConfigError {
     },
 }
 
-/// Removes the TLS settings from a url: the rest (for mysql_async) and the
-/// options.
+/// Removes the TLS settings from a url: the rest (for mysql_async, with a
+/// `mariadb://` scheme spelled `mysql://`) and the options.
 pub fn parse_url(url: &str) -> Result<(String, TlsOptions), TlsConfigError> {
     let mut options = TlsOptions {
         mode: SslMode::Preferred,
         ca: None,
     };
+    // Before mysql_async reads it: a password with a raw '/' or '#' would
+    // otherwise be read in part as the host, and printed as such.
+    tidewater_core::conn_url::check_userinfo(url)?;
+    let url = match url.strip_prefix("mariadb://") {
+        Some(rest) => format!("mysql://{rest}"),
+        None => url.to_string(),
+    };
     let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_string(), options));
+        return Ok((url, options));
     };
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -141,6 +150,14 @@ pub fn parse_url(url: &str) -> Result<(String, TlsOptions), TlsConfigError> {
         format!("{base}?{}", kept.join("&"))
     };
     Ok((rest, options))
+}
+
+/// Reads a url as [`Endpoint::new`] will (without opening the CA file):
+/// config validation refuses what a connection could not use.
+pub fn check_url(url: &str) -> Result<(), TlsConfigError> {
+    let (rest, _) = parse_url(url)?;
+    Opts::from_url(&rest).map_err(TlsConfigError::Url)?;
+    Ok(())
 }
 
 /// `%XX` escapes of a url component (a path may be written escaped).

@@ -89,7 +89,7 @@ pub fn supported(oid: u32) -> bool {
 
 fn bad(what: &'static str, bytes: &[u8]) -> ValueError {
     ValueError {
-        what,
+        what: what.into(),
         length: bytes.len(),
     }
 }
@@ -199,11 +199,16 @@ fn decode_array(element: u32, ty: &ColumnType, bytes: &[u8]) -> Result<Datum, Va
     }
     let mut dims = Vec::with_capacity(ndim as usize);
     let mut total: usize = 1;
-    for _ in 0..ndim {
+    for dimension in 1..=ndim as usize {
         let len = usize::try_from(c.i32().ok_or_else(malformed)?).map_err(|_| malformed())?;
-        if c.i32().ok_or_else(malformed)? != 1 {
+        let lower = c.i32().ok_or_else(malformed)?;
+        if lower != 1 {
             // As in text mode: a list cannot keep other lower bounds.
-            return Err(bad("an array whose lower bounds are 1", bytes));
+            return Err(crate::value::lower_bound_error(
+                lower.into(),
+                dimension,
+                bytes.len(),
+            ));
         }
         total = total.checked_mul(len).ok_or_else(malformed)?;
         dims.push(len);
@@ -447,6 +452,16 @@ mod tests {
         let mut forged = b.clone();
         forged[12..16].copy_from_slice(&i32::MAX.to_be_bytes());
         assert!(decode(1007, &ty, &forged).is_err());
+        // A lower bound of 0 is named as such, with the rule.
+        let mut zero_based = b.clone();
+        zero_based[16..20].copy_from_slice(&0i32.to_be_bytes());
+        let err = decode(1007, &ty, &zero_based).unwrap_err().to_string();
+        assert!(
+            err.contains("lower bound 0 in dimension 1")
+                && err.contains("every lower bound is 1")
+                && !err.contains("lower bounds are 1"),
+            "{err}"
+        );
         let mut two_dims = b;
         two_dims[0..4].copy_from_slice(&2i32.to_be_bytes());
         assert!(decode(1007, &ty, &two_dims).is_err());

@@ -272,7 +272,10 @@ impl CopyDecoder {
         let bad = |what: &'static str, length: usize| PostgresError::Value {
             table: self.schema.table.clone(),
             column: column.name.clone(),
-            source: crate::value::ValueError { what, length },
+            source: crate::value::ValueError {
+                what: what.into(),
+                length,
+            },
         };
         macro_rules! fixed {
             ($builder:expr, $ty:ty, $what:literal) => {

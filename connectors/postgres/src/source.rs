@@ -2242,7 +2242,7 @@ fn parse_text(schema: &TableSchema, column: &Column, text: &[u8]) -> Result<Datu
     };
     let text = std::str::from_utf8(text).map_err(|_| {
         value_error(value::ValueError {
-            what: "UTF-8 text",
+            what: "UTF-8 text".into(),
             length: text.len(),
         })
     })?;

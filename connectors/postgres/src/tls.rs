@@ -102,6 +102,8 @@ pub enum TlsConfigError {
     NoRootCert(SslMode),
     #[error("{0} (client certificates) is not supported; authenticate with a password")]
     ClientCert(String),
+    #[error(transparent)]
+    Userinfo(#[from] tidewater_core::conn_url::UserinfoError),
     #[error("source.url is not a valid Postgres connection url")]
     Url(#[source] tokio_postgres::Error),
     #[error("cannot read sslrootcert file {}", path.display())]
@@ -126,6 +128,9 @@ pub fn parse_url(url: &str) -> Result<(tokio_postgres::Config, TlsOptions), TlsC
         root_cert: None,
     };
     let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    // Before the driver reads it: a password with a raw '@' or '/' would
+    // otherwise be read in part as the host, and printed as such.
+    tidewater_core::conn_url::check_userinfo(url)?;
     let rest = if is_url {
         split_query(url, &mut options)?
     } else {

@@ -20,15 +20,45 @@ use tidewater_core::{date_range_days, timestamp_range_us, ColumnType, Datum};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("cannot read {what} from the server's text ({length} bytes)")]
 pub struct ValueError {
-    pub what: &'static str,
+    pub what: std::borrow::Cow<'static, str>,
     pub length: usize,
 }
 
 fn bad(what: &'static str, text: &str) -> ValueError {
     ValueError {
-        what,
+        what: what.into(),
         length: text.len(),
     }
+}
+
+/// An array whose lower bound in dimension `dimension` (1-based) is `bound`,
+/// not 1: a list cannot keep it (its elements would shift).
+pub(crate) fn lower_bound_error(bound: i64, dimension: usize, length: usize) -> ValueError {
+    ValueError {
+        what: format!(
+            "an array with lower bound {bound} in dimension {dimension} (a lake list keeps only \
+             arrays whose every lower bound is 1)"
+        )
+        .into(),
+        length,
+    }
+}
+
+/// The first lower bound other than 1 in a text array's bounds prefix
+/// (`[0:1]={7,8}`, `[1:2][-3:-2]={{…}}`), with its dimension.
+fn text_lower_bound(text: &str) -> Option<(i64, usize)> {
+    let mut rest = text;
+    let mut dimension = 0;
+    while let Some(body) = rest.strip_prefix('[') {
+        dimension += 1;
+        let (range, tail) = body.split_once(']')?;
+        let lower: i64 = range.split_once(':')?.0.trim().parse().ok()?;
+        if lower != 1 {
+            return Some((lower, dimension));
+        }
+        rest = tail;
+    }
+    None
 }
 
 /// Parses one non-NULL value.
@@ -90,7 +120,10 @@ pub fn parse(ty: &ColumnType, text: &str) -> Result<Datum, ValueError> {
             // is not 1; a list cannot keep them, so such a value is refused
             // rather than shifted.
             if text.starts_with('[') {
-                return Err(bad("an array whose lower bounds are 1", text));
+                return Err(match text_lower_bound(text) {
+                    Some((bound, dimension)) => lower_bound_error(bound, dimension, text.len()),
+                    None => bad("an array literal with explicit bounds", text),
+                });
             }
             let node = parse_array(text).ok_or_else(|| bad("an array literal", text))?;
             // `{}` is the empty array of any dimension count.
@@ -464,7 +497,18 @@ mod tests {
         assert!(parse(&int2d, "{1,2}").is_err());
         let int1d = ColumnType::List(Box::new(ColumnType::Int32));
         assert!(parse(&int1d, "{{1,2}}").is_err());
-        assert!(parse(&int1d, "[0:1]={7,8}").is_err());
+        // The error states the bound the value has and the rule.
+        let err = parse(&int1d, "[0:1]={7,8}").unwrap_err().to_string();
+        assert!(
+            err.contains("an array with lower bound 0 in dimension 1")
+                && err.contains("every lower bound is 1")
+                && !err.contains("7,8"),
+            "{err}"
+        );
+        let err = parse(&int2d, "[1:1][-2:-1]={{7,8}}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lower bound -2 in dimension 2"), "{err}");
     }
 
     #[test]

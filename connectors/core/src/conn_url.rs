@@ -1,0 +1,100 @@
+//! The user information of a connection url (`postgres://`, `mysql://`),
+//! checked before any driver reads the url.
+//!
+//! ```text
+//!   postgres://user:password@host:port/database?query
+//!              └── userinfo ┘
+//! ```
+//!
+//! A password written as is may hold the characters that end the userinfo
+//! early: `/`, `?` and `#` end the host part for every url parser, and `@`
+//! ends the userinfo at its first occurrence for tokio-postgres (at its last
+//! for the `url` crate that mysql_async uses). A driver then reads part of
+//! the password as the host, the port or the path, and its errors and our
+//! `cannot connect to … at <host>` would print that part. So the one rule
+//! for every url tidewater reads: in the user name and the password these
+//! characters are percent-encoded (`@` → `%40`, `/` → `%2F`, `?` → `%3F`,
+//! `#` → `%23`, `%` → `%25`), and [`check_userinfo`] refuses a url that
+//! breaks it — with a message that never holds any part of the url.
+//!
+//! Which `@` ends the userinfo cannot be known when the password holds one
+//! as is, so the check takes the last `@` of the url: whatever precedes it
+//! after `scheme://` must be free of `@ / ? #`. A query value holding an `@`
+//! is therefore refused too (write it `%40`; the values tidewater reads are
+//! percent-decoded).
+
+/// Why the userinfo of a connection url cannot be read. The message names
+/// no part of the url (it may be a password).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UserinfoError {
+    #[error(
+        "the user name or password holds an '@', '/', '?' or '#' that is not percent-encoded \
+         (or a query value holds an '@'), so where the password ends cannot be told\n\
+         hint: percent-encode these characters in the url: @ as %40, / as %2F, ? as %3F, \
+         # as %23, % as %25 (the password p@ss/1 is written p%40ss%2F1)"
+    )]
+    Reserved,
+    #[error(
+        "the user name or password holds a '%' that is not followed by two hex digits\n\
+         hint: write a % of the password as %25 (and @ as %40, / as %2F, ? as %3F, # as %23)"
+    )]
+    BadEscape,
+}
+
+/// Checks that the userinfo of `url` (`scheme://userinfo@host…`) is
+/// percent-encoded (see the module doc). A url without `://` (a Postgres
+/// `key=value` string) or without `@` has nothing to check.
+pub fn check_userinfo(url: &str) -> Result<(), UserinfoError> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Ok(());
+    };
+    let Some(at) = rest.rfind('@') else {
+        return Ok(());
+    };
+    let userinfo = &rest[..at];
+    if userinfo.contains(['@', '/', '?', '#']) {
+        return Err(UserinfoError::Reserved);
+    }
+    let bytes = userinfo.as_bytes();
+    for (i, _) in userinfo.match_indices('%') {
+        let hex = |j: usize| bytes.get(j).is_some_and(u8::is_ascii_hexdigit);
+        if !hex(i + 1) || !hex(i + 2) {
+            return Err(UserinfoError::BadEscape);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_userinfo_passes_and_raw_reserved_characters_are_refused() {
+        for good in [
+            "postgres://u:p%40ss%2Fw%23rd%3F@127.0.0.1:5432/shop",
+            "mysql://u:plain@h/db?ssl-mode=DISABLED",
+            "mysql://u@h/db",
+            "postgres://h/db",
+            "host=h user=u password=p@ss/#? dbname=d",
+            "postgres://u:p:w%25@h/db",
+        ] {
+            assert_eq!(check_userinfo(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("postgres://u:p@ss@h/db", UserinfoError::Reserved),
+            ("mysql://u:a/b@h:3306/db", UserinfoError::Reserved),
+            ("mysql://u:/ab@h:3306/db", UserinfoError::Reserved),
+            ("mysql://u:a#b@h/db", UserinfoError::Reserved),
+            ("mysql://u:a?b@h/db", UserinfoError::Reserved),
+            (
+                "postgres://u:pw@h/db?application_name=a@b",
+                UserinfoError::Reserved,
+            ),
+            ("postgres://u:50%off@h/db", UserinfoError::BadEscape),
+            ("postgres://u:5%4@h/db", UserinfoError::BadEscape),
+        ] {
+            assert_eq!(check_userinfo(bad), Err(why), "{bad}");
+        }
+    }
+}
