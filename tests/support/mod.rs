@@ -130,9 +130,11 @@ impl PgServer {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
+        // Every pipeline test leaves its slot behind on the shared server:
+        // room for all of them, with margin for the tests to come.
         let mut conf = format!(
             "\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
-             wal_level = {wal_level}\nmax_wal_senders = 40\nmax_replication_slots = 40\n\
+             wal_level = {wal_level}\nmax_wal_senders = 60\nmax_replication_slots = 120\n\
              fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
              max_connections = 200\n",
             dir.display()
