@@ -26,6 +26,7 @@ mod pg_schema;
 mod pg_streaming;
 mod privileges;
 mod replication;
+mod retry;
 mod reverse_etl;
 mod secrets;
 mod tls;
