@@ -10,6 +10,7 @@ mod golden;
 mod lake_maintenance;
 mod lake_s3;
 mod lake_writers;
+mod lease;
 mod maria_harness;
 mod metrics;
 mod mysql;

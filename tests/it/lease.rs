@@ -1,0 +1,189 @@
+//! One process per pipeline: a second `run` (or `snapshot`, or `snapshot
+//! --table`) of a running pipeline is refused at start with exit 2 naming
+//! the first, which goes on undisturbed; `status` tells whether a process
+//! runs; a SIGKILLed holder does not block the next start.
+
+use mysql_async::prelude::Queryable;
+
+use crate::support::lake::{assert_each_change_once, read_log};
+use crate::support::mariadb::maria;
+use crate::support::{output_within, pg, tidewater, Pipeline};
+
+/// Runs `tidewater <args> --config <the pipeline's>` to its end; its exit
+/// code and stderr.
+fn second(pipeline: &Pipeline, args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = tidewater();
+    cmd.envs(pipeline.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .args(args)
+        .arg("--config")
+        .arg(&pipeline.config);
+    let out = output_within(cmd, 90);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Every way of starting a second process of the running `pipeline` is
+/// refused with exit 2 and names the running one.
+fn assert_refused(pipeline: &Pipeline, tables: &str) {
+    let pid = pipeline.child.as_ref().expect("running").id();
+    for args in [
+        vec!["run"],
+        vec!["snapshot"],
+        vec!["snapshot", "--table", tables],
+    ] {
+        let (code, stderr) = second(pipeline, &args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("is already running")
+                && stderr.contains(&format!("pid {pid},"))
+                && stderr.contains(&format!("host {},", host())),
+            "{args:?} names the running process: {stderr}"
+        );
+    }
+}
+
+/// `status --format json` of the pipeline.
+fn process_status(pipeline: &Pipeline) -> serde_json::Value {
+    let mut cmd = tidewater();
+    cmd.envs(pipeline.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .args(["status", "--format", "json", "--config"])
+        .arg(&pipeline.config);
+    let out = output_within(cmd, 60);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_a_postgres_pipeline_is_refused_and_the_first_goes_on() {
+    let client = pg().create_database("lease_pg").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 50) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::new("lease_pg", &pg().url("lease_pg"), "");
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+
+    assert_refused(&pipeline, "public.t");
+    let report = process_status(&pipeline);
+    assert_eq!(report["process"]["running"], true, "{report}");
+    assert_eq!(
+        report["process"]["pid"],
+        pipeline.child.as_ref().unwrap().id(),
+        "{report}"
+    );
+    assert_eq!(report["tables"][0]["state"], "streaming", "{report}");
+
+    // The first goes on: rows written after the refusals land, once.
+    client
+        .batch_execute(
+            "INSERT INTO t SELECT g, 'late' || g FROM generate_series(51, 80) g;
+             UPDATE t SET v = 'changed' WHERE id % 3 = 0;
+             DELETE FROM t WHERE id % 10 = 0;",
+        )
+        .await
+        .unwrap();
+    pipeline.wait_equal(&client, "t").await;
+    let log = read_log(&pipeline.table_path("public", "t")).await.unwrap();
+    assert_each_change_once(&log);
+    assert!(
+        !pipeline.log(1).contains("retrying") && !pipeline.log(1).contains("WARN"),
+        "the first process was disturbed:\n{}",
+        pipeline.log(1)
+    );
+
+    // Stopped: status says so.
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+    let report = process_status(&pipeline);
+    assert_eq!(report["process"]["running"], false, "{report}");
+    assert_eq!(report["tables"][0]["state"], "not running", "{report}");
+
+    // A SIGKILLed holder does not block the next start.
+    pipeline.start();
+    client
+        .batch_execute("INSERT INTO t VALUES (100, 'after the restart')")
+        .await
+        .unwrap();
+    pipeline.wait_equal(&client, "t").await;
+    pipeline.kill();
+    pipeline.start();
+    client
+        .batch_execute("INSERT INTO t VALUES (101, 'after the kill')")
+        .await
+        .unwrap();
+    pipeline.wait_equal(&client, "t").await;
+    assert!(
+        !pipeline.log(3).contains("already running"),
+        "{}",
+        pipeline.log(3)
+    );
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_a_mariadb_pipeline_is_refused_and_the_first_goes_on() {
+    let server = maria();
+    let mut conn = server.create_database("lease_my").await;
+    conn.query_drop(
+        "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(40));
+         INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');",
+    )
+    .await
+    .unwrap();
+    let mut pipeline = Pipeline::with_source("lease_my", &server.source_toml("lease_my"), "");
+    pipeline.start();
+    pipeline
+        .wait_equal_mysql(&mut conn, "lease_my", "t", "id")
+        .await;
+
+    assert_refused(&pipeline, "lease_my.t");
+    let report = process_status(&pipeline);
+    assert_eq!(report["process"]["running"], true, "{report}");
+
+    // Each refused process would have knocked the first off the binlog
+    // (same server id) and committed beside it; the first goes on alone.
+    for i in 0..20 {
+        conn.query_drop(format!(
+            "INSERT INTO t VALUES ({}, 'late'); UPDATE t SET v = 'u{i}' WHERE id = 1",
+            10 + i
+        ))
+        .await
+        .unwrap();
+    }
+    conn.query_drop("DELETE FROM t WHERE id = 2").await.unwrap();
+    pipeline
+        .wait_equal_mysql(&mut conn, "lease_my", "t", "id")
+        .await;
+    let log = read_log(&pipeline.table_path("lease_my", "t")).await.unwrap();
+    assert_each_change_once(&log);
+    assert!(
+        !pipeline.log(1).contains("retrying") && !pipeline.log(1).contains("WARN"),
+        "the first process was disturbed:\n{}",
+        pipeline.log(1)
+    );
+
+    // A SIGKILLed holder does not block the next start.
+    pipeline.kill();
+    pipeline.start();
+    conn.query_drop("INSERT INTO t VALUES (100, 'after the kill')")
+        .await
+        .unwrap();
+    pipeline
+        .wait_equal_mysql(&mut conn, "lease_my", "t", "id")
+        .await;
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
+    let report = process_status(&pipeline);
+    assert_eq!(report["process"]["running"], false, "{report}");
+}
