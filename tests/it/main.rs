@@ -25,5 +25,6 @@ mod privileges;
 mod replication;
 mod reverse_etl;
 mod secrets;
+mod stopping;
 mod tls;
 mod warehouse;

@@ -1,0 +1,145 @@
+//! A stop while the start waits for another session's lock: SIGTERM ends
+//! the daemon while the blocker still holds its lock, and the statement it
+//! waited in is cancelled, so no slot (and no publication) appears once the
+//! blocker lets go.
+
+use std::time::Duration;
+
+use crate::support::{eventually, pg, Pipeline};
+
+/// Waits until a session of pipeline `name` waits for a lock; returns what
+/// it runs (the wait lasts as long as the blocker's transaction).
+async fn wait_for_lock_wait(client: &tokio_postgres::Client, name: &str) -> String {
+    let app = format!("tidewater:{name}");
+    let waiting = "SELECT query FROM pg_stat_activity \
+                   WHERE application_name = $1 AND wait_event_type = 'Lock'";
+    eventually(
+        "the daemon waits for the blocker's lock",
+        Duration::from_secs(60),
+        || async {
+            match client.query_opt(waiting, &[&app]).await {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err("no session of the pipeline waits for a lock".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+    client.query_one(waiting, &[&app]).await.unwrap().get(0)
+}
+
+/// SIGTERM while the start waits behind `blocker`: the daemon is gone while
+/// the blocker still holds its lock, and once the blocker commits and every
+/// session of the pipeline is gone, none of them created anything.
+async fn stop_while_blocked(
+    client: &tokio_postgres::Client,
+    blocker: &tokio_postgres::Client,
+    pipeline: &mut Pipeline,
+    waits_in: &str,
+) {
+    pipeline.start();
+    let query = wait_for_lock_wait(client, &pipeline.name).await;
+    assert!(query.contains(waits_in), "waits in: {query}");
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(pipeline.starts));
+    // The blocker still holds its lock: the stop did not wait for it.
+    let held: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             WHERE c.relname = 't' AND l.mode = 'AccessExclusiveLock' AND l.granted \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 1, "the blocker's lock was released before the daemon stopped");
+    blocker.batch_execute("COMMIT").await.unwrap();
+    // Had the statement not been cancelled, it would go on now.
+    let app = format!("tidewater:{}", pipeline.name);
+    eventually(
+        "every session of the pipeline is gone",
+        Duration::from_secs(30),
+        || async {
+            let n: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                    &[&app],
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            if n == 0 {
+                Ok(())
+            } else {
+                Err(format!("{n} sessions left"))
+            }
+        },
+    )
+    .await;
+    let slots: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&format!("tidewater_{}", pipeline.name)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0, "a slot was created after the stop");
+    assert!(
+        pipeline
+            .log(pipeline.starts)
+            .contains("stopped while starting"),
+        "{}",
+        pipeline.log(pipeline.starts)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_start_waits_for_a_lock_stops_at_once_and_creates_no_slot() {
+    let client = pg().create_database("stop_locked").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t VALUES (1, 'a'), (2, 'b');",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::new("stop_locked", &pg().url("stop_locked"), "");
+
+    // 1. No publication yet: creating it waits for the table lock.
+    let blocker = pg().client("stop_locked").await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE;")
+        .await
+        .unwrap();
+    stop_while_blocked(&client, &blocker, &mut pipeline, "CREATE PUBLICATION").await;
+    let publications: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_publication WHERE pubname = 'tidewater_stop_locked'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(publications, 0, "the publication was created after the stop");
+
+    // 2. The publication exists (made by the owner): creating the slot
+    //    waits for the blocker's transaction to end.
+    client
+        .batch_execute(
+            "CREATE PUBLICATION tidewater_stop_locked FOR TABLE t \
+             WITH (publish_via_partition_root = true)",
+        )
+        .await
+        .unwrap();
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE;")
+        .await
+        .unwrap();
+    stop_while_blocked(&client, &blocker, &mut pipeline, "CREATE_REPLICATION_SLOT").await;
+
+    // With the blocker gone, the next start takes the snapshot.
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(pipeline.starts));
+}
