@@ -66,7 +66,8 @@ pub async fn take(settings: &Settings) -> Result<Lease, i32> {
             Some(warehouse) => match WarehouseLease::acquire(warehouse, &me).await {
                 Ok(Acquired::Taken(lease)) => break Held::Warehouse(lease),
                 Ok(Acquired::Held(holder)) => {
-                    let location = format!("in the warehouse (state of pipeline {})", settings.pipeline);
+                    let location =
+                        format!("in the warehouse (state of pipeline {})", settings.pipeline);
                     eprintln!(
                         "error: {}",
                         refused(&settings.pipeline, &location, holder.as_ref())
@@ -144,17 +145,17 @@ async fn keep(
                 }
             },
             Held::Warehouse(lease) if lease.is_lost() => {
-                let settings = warehouse.as_ref().expect("a warehouse lease has its settings");
+                let settings = warehouse
+                    .as_ref()
+                    .expect("a warehouse lease has its settings");
                 match WarehouseLease::acquire(settings, &me).await {
                     Ok(Acquired::Taken(new)) => {
                         info!("took the pipeline lease in the warehouse again after its session ended");
                         *lease = new;
                     }
-                    Ok(Acquired::Held(holder)) => lost(&refused(
-                        &pipeline,
-                        "in the warehouse",
-                        holder.as_ref(),
-                    )),
+                    Ok(Acquired::Held(holder)) => {
+                        lost(&refused(&pipeline, "in the warehouse", holder.as_ref()))
+                    }
                     Err(err) => {
                         warn!(error = %crate::chain(&err), "the warehouse session holding the pipeline lease ended; taking it again")
                     }

@@ -3,11 +3,13 @@
 //! the first, which goes on undisturbed; `status` tells whether a process
 //! runs; a SIGKILLed holder does not block the next start.
 
+use std::time::Duration;
+
 use mysql_async::prelude::Queryable;
 
 use crate::support::lake::{assert_each_change_once, read_log};
 use crate::support::mariadb::maria;
-use crate::support::{output_within, pg, tidewater, Pipeline};
+use crate::support::{eventually, output_within, pg, tidewater, Pipeline};
 
 /// Runs `tidewater <args> --config <the pipeline's>` to its end; its exit
 /// code and stderr.
@@ -166,7 +168,9 @@ async fn a_second_daemon_on_a_mariadb_pipeline_is_refused_and_the_first_goes_on(
     pipeline
         .wait_equal_mysql(&mut conn, "lease_my", "t", "id")
         .await;
-    let log = read_log(&pipeline.table_path("lease_my", "t")).await.unwrap();
+    let log = read_log(&pipeline.table_path("lease_my", "t"))
+        .await
+        .unwrap();
     assert_each_change_once(&log);
     assert!(
         !pipeline.log(1).contains("retrying") && !pipeline.log(1).contains("WARN"),
@@ -186,4 +190,183 @@ async fn a_second_daemon_on_a_mariadb_pipeline_is_refused_and_the_first_goes_on(
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
     let report = process_status(&pipeline);
     assert_eq!(report["process"]["running"], false, "{report}");
+}
+
+/// On S3 the lease is an object: a second process on this host is refused
+/// at once, and a SIGKILLed holder's lease (its pid gone on this host) is
+/// taken over at once, without waiting for it to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_an_s3_lake_is_refused_and_a_killed_one_is_replaced_at_once() {
+    use crate::lake_s3::{s3_pipeline, wait_equal_s3};
+    let server = crate::support::s3::s3();
+    server.create_bucket("tw-lease");
+    let client = pg().create_database("lease_s3").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 20) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = s3_pipeline("lease_s3", "tw-lease", &server.endpoint());
+    let url = "s3://tw-lease/lake/lease_s3/public/t/";
+    pipeline.start();
+    wait_equal_s3(&mut pipeline, &client, url).await;
+
+    assert_refused(&pipeline, "public.t");
+    let report = process_status(&pipeline);
+    assert_eq!(report["process"]["running"], true, "{report}");
+    client
+        .batch_execute("INSERT INTO t VALUES (100, 'after the refusals')")
+        .await
+        .unwrap();
+    wait_equal_s3(&mut pipeline, &client, url).await;
+    // The holder renews its lease (a conditional PUT on the ETag it read).
+    let store = tidewater_lake::LakeStore::open(tidewater_lake::LakeLocation::S3 {
+        url: url::Url::parse("s3://tw-lease/lake").unwrap(),
+        options: crate::support::s3::storage_options(&server.endpoint()),
+    })
+    .unwrap();
+    let read_lease = || {
+        let store = store.clone();
+        async move {
+            store
+                .read("lease_s3/_tidewater_lease")
+                .await
+                .map_err(|e| e.to_string())
+                .map(Option::unwrap_or_default)
+        }
+    };
+    let first = read_lease().await.unwrap();
+    assert!(
+        first.contains(&format!(
+            "\"pid\":{}",
+            pipeline.child.as_ref().unwrap().id()
+        )),
+        "{first}"
+    );
+    eventually("the lease is renewed", Duration::from_secs(30), || {
+        let first = first.clone();
+        let read = read_lease();
+        async move {
+            let now = read.await?;
+            if now != first && now.contains("renewed_at") {
+                Ok(())
+            } else {
+                Err(format!("still {now}"))
+            }
+        }
+    })
+    .await;
+    pipeline.assert_running();
+    assert!(
+        !pipeline.log(1).contains("retrying") && !pipeline.log(1).contains("could not renew"),
+        "the first process was disturbed:\n{}",
+        pipeline.log(1)
+    );
+
+    // Killed: its lease object stays, naming a pid that is gone.
+    pipeline.kill();
+    pipeline.start();
+    client
+        .batch_execute("INSERT INTO t VALUES (101, 'after the kill')")
+        .await
+        .unwrap();
+    wait_equal_s3(&mut pipeline, &client, url).await;
+    let log = pipeline.log(2);
+    assert!(
+        !log.contains("already running") && !log.contains("taking over"),
+        "{log}"
+    );
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
+    // A clean stop removes the lease.
+    let report = process_status(&pipeline);
+    assert_eq!(report["process"]["running"], false, "{report}");
+}
+
+/// Into a warehouse the lease is a session advisory lock of its own: a
+/// second process is refused naming the first, which goes on; once the
+/// first is SIGKILLed the next start takes the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_into_a_warehouse_is_refused_and_the_first_goes_on() {
+    let source = pg().create_database("lease_wh_src").await;
+    let warehouse = pg().create_database("lease_wh_dst").await;
+    source
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 20) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::warehouse(
+        "lease_wh",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\n",
+            pg().url("lease_wh_src")
+        ),
+        &pg().url("lease_wh_dst"),
+        "",
+    );
+    let rows = |n: i64| {
+        let warehouse = &warehouse;
+        async move {
+            let got: i64 = warehouse
+                .query_one("SELECT count(*) FROM public.t", &[])
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            if got == n {
+                Ok(())
+            } else {
+                Err(format!("{got} rows, not {n}"))
+            }
+        }
+    };
+    pipeline.start();
+    eventually(
+        "the snapshot in the warehouse",
+        Duration::from_secs(90),
+        || rows(20),
+    )
+    .await;
+
+    assert_refused(&pipeline, "public.t");
+    let report = process_status(&pipeline);
+    assert_eq!(report["process"]["running"], true, "{report}");
+    assert_eq!(
+        report["process"]["pid"],
+        pipeline.child.as_ref().unwrap().id(),
+        "{report}"
+    );
+    source
+        .batch_execute("INSERT INTO t VALUES (21, 'after the refusals')")
+        .await
+        .unwrap();
+    eventually(
+        "the insert in the warehouse",
+        Duration::from_secs(60),
+        || rows(21),
+    )
+    .await;
+    pipeline.assert_running();
+    assert!(
+        !pipeline.log(1).contains("retrying"),
+        "the first process was disturbed:\n{}",
+        pipeline.log(1)
+    );
+
+    pipeline.kill();
+    pipeline.start();
+    source
+        .batch_execute("INSERT INTO t VALUES (22, 'after the kill')")
+        .await
+        .unwrap();
+    eventually("the insert after the kill", Duration::from_secs(60), || {
+        rows(22)
+    })
+    .await;
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
+    let report = process_status(&pipeline);
+    assert_eq!(report["process"]["running"], false, "{report}");
+    assert_eq!(report["tables"][0]["state"], "not running", "{report}");
 }

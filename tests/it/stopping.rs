@@ -52,7 +52,10 @@ async fn stop_while_blocked(
         .await
         .unwrap()
         .get(0);
-    assert_eq!(held, 1, "the blocker's lock was released before the daemon stopped");
+    assert_eq!(
+        held, 1,
+        "the blocker's lock was released before the daemon stopped"
+    );
     blocker.batch_execute("COMMIT").await.unwrap();
     // Had the statement not been cancelled, it would go on now.
     let app = format!("tidewater:{}", pipeline.name);
@@ -121,7 +124,10 @@ async fn sigterm_while_the_start_waits_for_a_lock_stops_at_once_and_creates_no_s
         .await
         .unwrap()
         .get(0);
-    assert_eq!(publications, 0, "the publication was created after the stop");
+    assert_eq!(
+        publications, 0,
+        "the publication was created after the stop"
+    );
 
     // 2. The publication exists (made by the owner): creating the slot
     //    waits for the blocker's transaction to end.
@@ -142,4 +148,56 @@ async fn sigterm_while_the_start_waits_for_a_lock_stops_at_once_and_creates_no_s
     pipeline.start();
     pipeline.wait_equal(&client, "t").await;
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(pipeline.starts));
+}
+
+/// MariaDB's snapshot takes no lock of its own (its consistent snapshot
+/// gives the binlog position without FLUSH TABLES WITH READ LOCK), but
+/// reading a table another session holds `LOCK TABLES … WRITE` on waits for
+/// it: SIGTERM then stops the daemon while the blocker still holds its lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_sigterm_while_the_snapshot_waits_for_a_table_lock_stops_at_once() {
+    use mysql_async::prelude::Queryable;
+    let server = crate::support::mariadb::maria();
+    let mut conn = server.create_database("stop_locked_my").await;
+    conn.query_drop(
+        "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20));
+         INSERT INTO t VALUES (1, 'a'), (2, 'b');",
+    )
+    .await
+    .unwrap();
+    let mut blocker = server.conn("stop_locked_my").await;
+    blocker.query_drop("LOCK TABLES t WRITE").await.unwrap();
+    let mut pipeline =
+        Pipeline::with_source("stop_locked_my", &server.source_toml("stop_locked_my"), "");
+    pipeline.start();
+    let waiting = "SELECT count(*) FROM information_schema.PROCESSLIST \
+                   WHERE DB = 'stop_locked_my' AND STATE LIKE 'Waiting for table metadata lock%'";
+    eventually(
+        "the snapshot waits for the blocker's lock",
+        Duration::from_secs(60),
+        || {
+            let server = server;
+            async move {
+                let mut probe = server.conn("").await;
+                let n: Option<i64> = probe
+                    .query_first(waiting)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if n.unwrap_or(0) > 0 {
+                    Ok(())
+                } else {
+                    Err("nothing waits yet".to_string())
+                }
+            }
+        },
+    )
+    .await;
+    // Stopped while the blocker holds its lock: it is released only below.
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+    blocker.query_drop("UNLOCK TABLES").await.unwrap();
+    pipeline.start();
+    pipeline
+        .wait_equal_mysql(&mut conn, "stop_locked_my", "t", "id")
+        .await;
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
 }

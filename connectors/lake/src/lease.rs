@@ -402,7 +402,10 @@ async fn read_remote(
                 version: got.meta.version.clone(),
             };
             let bytes = got.bytes().await.map_err(|e| store.remote_error(rel, e))?;
-            Ok(Some((String::from_utf8_lossy(&bytes).into_owned(), version)))
+            Ok(Some((
+                String::from_utf8_lossy(&bytes).into_owned(),
+                version,
+            )))
         }
         Err(ObjectError::NotFound { .. }) => Ok(None),
         Err(err) => Err(store.remote_error(rel, err).into()),

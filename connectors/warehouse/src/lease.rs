@@ -172,7 +172,9 @@ async fn current_holder(
             &[&LOCK_CLASS, &key(settings)],
         )
         .await
-        .map_err(WarehouseError::server("reading who holds the pipeline lease"))?;
+        .map_err(WarehouseError::server(
+            "reading who holds the pipeline lease",
+        ))?;
     Ok(row.and_then(|row| {
         let name: Option<String> = row.get(0);
         let since: Option<String> = row.get(1);
