@@ -303,7 +303,7 @@ async fn run_holding(config: &Config, settings: &Settings, mode: Mode) -> i32 {
         match pipeline::run(settings, mode, shutdown_rx.clone()).await {
             Ok(Outcome::Shutdown) if mode == Mode::SnapshotOnly => {
                 eprintln!(
-                    "error: stopped before the snapshot completed\nhint: run `tidewater snapshot` (or `tidewater run`) again; it resumes after the last committed chunk of each table"
+                    "error: stopped before the snapshot completed\nhint: run `tidewater snapshot` (or `tidewater run`) again; it resumes after what the lake holds (the last committed chunk or key of each table), and says so where it must start over"
                 );
                 return exit_code::FAILED;
             }

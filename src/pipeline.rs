@@ -379,7 +379,8 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Outcome, PipelineError> {
     let started = AtomicBool::new(false);
-    let work = async {
+    // Boxed so that dropping it below really ends it (closing its sessions).
+    let mut work = Box::pin(async {
         match &settings.source {
             SourceSettings::Postgres(config) => {
                 run_postgres(settings, config, mode, shutdown.clone(), &started).await
@@ -388,8 +389,7 @@ pub async fn run(
                 run_mysql(settings, config, mode, shutdown.clone(), &started).await
             }
         }
-    };
-    tokio::pin!(work);
+    });
     let mut stop = shutdown.clone();
     tokio::select! {
         result = &mut work => return result,

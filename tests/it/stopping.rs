@@ -175,19 +175,16 @@ async fn mariadb_sigterm_while_the_snapshot_waits_for_a_table_lock_stops_at_once
     eventually(
         "the snapshot waits for the blocker's lock",
         Duration::from_secs(60),
-        || {
-            let server = server;
-            async move {
-                let mut probe = server.conn("").await;
-                let n: Option<i64> = probe
-                    .query_first(waiting)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if n.unwrap_or(0) > 0 {
-                    Ok(())
-                } else {
-                    Err("nothing waits yet".to_string())
-                }
+        || async move {
+            let mut probe = server.conn("").await;
+            let n: Option<i64> = probe
+                .query_first(waiting)
+                .await
+                .map_err(|e| e.to_string())?;
+            if n.unwrap_or(0) > 0 {
+                Ok(())
+            } else {
+                Err("nothing waits yet".to_string())
             }
         },
     )

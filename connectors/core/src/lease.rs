@@ -49,9 +49,10 @@ impl Holder {
 
     /// True when this lease's holder is provably not running: it ran on this
     /// host and its pid is this process's own (an earlier incarnation, e.g.
-    /// pid 1 in a restarted container), or no process with that pid runs a
-    /// program of the same name. A holder on another host is never provably
-    /// dead: only the store's own expiry ends its lease.
+    /// pid 1 in a restarted container), or no process with that pid runs
+    /// tidewater (a program of our name, or one whose name says tidewater).
+    /// A holder on another host is never provably dead: only the store's
+    /// own expiry ends its lease.
     pub fn is_gone(&self) -> bool {
         if self.host != host_name() {
             return false;
@@ -64,7 +65,7 @@ impl Holder {
             own,
             std::fs::read_to_string(format!("/proc/{}/comm", self.pid)),
         ) {
-            (Ok(own), Ok(theirs)) => own != theirs,
+            (Ok(own), Ok(theirs)) => own != theirs && !theirs.contains("tidewater"),
             (Ok(_), Err(err)) => err.kind() == std::io::ErrorKind::NotFound,
             // No /proc: nothing can be proved.
             (Err(_), _) => false,

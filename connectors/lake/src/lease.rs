@@ -154,12 +154,16 @@ pub struct LakeLease {
 enum Kind {
     /// The open, locked file; the lock ends when it is closed.
     Local(#[allow(dead_code)] File),
-    Remote {
-        store: LakeStore,
-        rel: String,
-        version: UpdateVersion,
-        holder: Holder,
-    },
+    Remote(Box<Remote>),
+}
+
+/// A held S3 lease: the version last written, for the next conditional
+/// write.
+struct Remote {
+    store: LakeStore,
+    rel: String,
+    version: UpdateVersion,
+    holder: Holder,
 }
 
 fn rel_of(pipeline: &str) -> String {
@@ -201,12 +205,12 @@ impl LakeLease {
                 Ok(LakeLease {
                     pipeline: pipeline.to_string(),
                     location,
-                    kind: Kind::Remote {
+                    kind: Kind::Remote(Box::new(Remote {
                         store: store.clone(),
                         rel,
                         version,
                         holder: holder.clone(),
-                    },
+                    })),
                 })
             }
         }
@@ -219,22 +223,22 @@ impl LakeLease {
 
     /// True when the lease must be renewed every [`LEASE_RENEW`].
     pub fn needs_renewal(&self) -> bool {
-        matches!(self.kind, Kind::Remote { .. })
+        matches!(self.kind, Kind::Remote(_))
     }
 
     /// Renews an S3 lease (a no-op locally). [`LeaseError::Lost`] when
     /// another process replaced it: stop at once. Other errors are worth a
     /// retry at the next renewal.
     pub async fn renew(&mut self) -> Result<(), LeaseError> {
-        let Kind::Remote {
+        let Kind::Remote(remote) = &mut self.kind else {
+            return Ok(());
+        };
+        let Remote {
             store,
             rel,
             version,
             holder,
-        } = &mut self.kind
-        else {
-            return Ok(());
-        };
+        } = remote.as_mut();
         let record = Record::now(holder);
         match put(store, rel, &record.text(), Some(version.clone())).await? {
             Some(new) => {
@@ -266,12 +270,13 @@ impl LakeLease {
                 drop(file);
                 Ok(())
             }
-            Kind::Remote {
-                store,
-                rel,
-                version,
-                ..
-            } => {
+            Kind::Remote(remote) => {
+                let Remote {
+                    store,
+                    rel,
+                    version,
+                    ..
+                } = *remote;
                 let current = read_remote(&store, &rel).await?;
                 if current.is_some_and(|(_, v)| v.e_tag == version.e_tag) {
                     store.delete(&rel).await?;

@@ -386,7 +386,7 @@ impl PostgresSource {
     pub async fn cancel_sessions(config: &PostgresConfig) -> Result<i64, PostgresError> {
         let (mut pg_config, tls_options) = crate::tls::parse_url(&config.url)
             .map_err(|source| PostgresError::TlsConfig { source })?;
-        pg_config.application_name(&format!("{} stop", config.application_name));
+        pg_config.application_name(format!("{} stop", config.application_name));
         let tls = crate::tls::TlsSetup::new(&tls_options)
             .map_err(|source| PostgresError::TlsConfig { source })?;
         let target = describe_target(&pg_config);
