@@ -1322,7 +1322,12 @@ impl<K: Sink> Coordinator<K> {
                     }
                     // Whatever else is already queued goes without another
                     // round through the select (and its timer) per event.
+                    // A stop is looked at between events: a burst of
+                    // snapshot chunks commits after each, which adds up.
                     for _ in 0..DRAIN_BURST {
+                        if shutdown.has_changed().unwrap_or(false) {
+                            break;
+                        }
                         let Ok((event, _permit)) = events.try_recv() else { break };
                         if self.handle(event?).await? && mode == Mode::SnapshotOnly {
                             return Ok(Outcome::SnapshotComplete);

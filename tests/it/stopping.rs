@@ -198,3 +198,85 @@ async fn mariadb_sigterm_while_the_snapshot_waits_for_a_table_lock_stops_at_once
         .await;
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
 }
+
+/// SIGTERM stops `tidewater snapshot` before it completes (exit 1, with a
+/// hint that says what really happens), and `snapshot` again resumes after
+/// the last committed chunk: what was committed stays, the rest is read
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_snapshot_then_snapshot_again_resumes_after_the_committed_chunks() {
+    const ROWS: usize = 60_000;
+    let client = pg().create_database("stop_snap").await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE big (id bigint PRIMARY KEY, payload text);
+             INSERT INTO big SELECT g, repeat('x', 40) || g FROM generate_series(1, {ROWS}) g;"
+        ))
+        .await
+        .unwrap();
+    let pipeline = Pipeline::with_source(
+        "stop_snap",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\n\
+             snapshot_chunk_bytes = 65536\nsnapshot_workers = 2\n",
+            pg().url("stop_snap")
+        ),
+        "max_batch_rows = 2000\ntarget_file_size_bytes = 1024\n",
+    );
+    let stderr = pipeline.dir.join("snapshot-1.log");
+    let mut child = crate::support::tidewater()
+        .args(["snapshot", "--config"])
+        .arg(&pipeline.config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let path = pipeline.table_path("public", "big");
+    eventually(
+        "part of the snapshot committed",
+        Duration::from_secs(60),
+        || {
+            let path = path.clone();
+            async move {
+                let log = crate::support::lake::read_log(&path).await?;
+                (log.len() > 2_000 && log.len() < ROWS / 2)
+                    .then_some(())
+                    .ok_or(format!("{} rows", log.len()))
+            }
+        },
+    )
+    .await;
+    // SAFETY: plain kill(2) on our own child.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let status = child.wait().unwrap();
+    let text = std::fs::read_to_string(&stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("stopped before the snapshot completed")
+            && text.contains("resumes after what the lake holds"),
+        "{text}"
+    );
+    let before = crate::support::lake::read_log(&path).await.unwrap();
+    assert!(before.len() < ROWS, "stopped before the snapshot completed");
+
+    let mut again = crate::support::tidewater();
+    again.args(["snapshot", "--config"]).arg(&pipeline.config);
+    let out = crate::support::output_within(again, 180);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("resuming the interrupted snapshot"), "{text}");
+    assert!(!text.contains("starting over"), "{text}");
+    let log = crate::support::lake::read_log(&path).await.unwrap();
+    let marks: std::collections::HashSet<(i64, i64)> = log.iter().map(|r| (r.seq, r.ord)).collect();
+    assert!(before.iter().all(|r| marks.contains(&(r.seq, r.ord))));
+    assert_eq!(marks.len(), log.len(), "a (_tw_seq, _tw_ord) repeats");
+    let mut ids: Vec<i64> = log
+        .iter()
+        .map(|r| r.values["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=ROWS as i64).collect::<Vec<_>>(), "each row once");
+}
