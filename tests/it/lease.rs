@@ -193,8 +193,9 @@ async fn a_second_daemon_on_a_mariadb_pipeline_is_refused_and_the_first_goes_on(
 }
 
 /// On S3 the lease is an object: a second process on this host is refused
-/// at once, and a SIGKILLed holder's lease (its pid gone on this host) is
-/// taken over at once, without waiting for it to expire.
+/// at once, a SIGKILLed holder's lease (its pid gone on this host) is taken
+/// over at once, and one of another host is taken over once it was not
+/// renewed for its expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_on_an_s3_lake_is_refused_and_a_killed_one_is_replaced_at_once() {
     use crate::lake_s3::{s3_pipeline, wait_equal_s3};
@@ -282,6 +283,29 @@ async fn a_second_daemon_on_an_s3_lake_is_refused_and_a_killed_one_is_replaced_a
     // A clean stop removes the lease.
     let report = process_status(&pipeline);
     assert_eq!(report["process"]["running"], false, "{report}");
+    assert_eq!(read_lease().await.unwrap(), "");
+
+    // A lease left by a holder on another host, which nobody renews: the
+    // next start watches it for the expiry (15 s), then takes it over.
+    store
+        .write(
+            "lease_s3/_tidewater_lease",
+            "{\"host\":\"elsewhere.invalid\",\"pid\":1,\"since\":\"2026-01-01T00:00:00Z\",\"renewed_at\":\"2026-01-01T00:00:00.000Z\"}\n",
+        )
+        .await
+        .unwrap();
+    pipeline.start();
+    client
+        .batch_execute("INSERT INTO t VALUES (102, 'after the expiry')")
+        .await
+        .unwrap();
+    wait_equal_s3(&mut pipeline, &client, url).await;
+    let log = pipeline.log(3);
+    assert!(
+        log.contains("waiting to see whether it is renewed") && log.contains("taking over"),
+        "{log}"
+    );
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(3));
 }
 
 /// Into a warehouse the lease is a session advisory lock of its own: a
