@@ -306,6 +306,37 @@ async fn a_second_daemon_on_an_s3_lake_is_refused_and_a_killed_one_is_replaced_a
         "{log}"
     );
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(3));
+
+    // A lease of another host that is renewed: its holder lives, and the
+    // start is refused once it saw a renewal.
+    let foreign = |at: u32| {
+        format!(
+            "{{\"host\":\"other-host.invalid\",\"pid\":7,\"since\":\"2026-01-01T00:00:00Z\",\"renewed_at\":\"2026-01-01T00:00:{at:02}.000Z\"}}\n"
+        )
+    };
+    store
+        .write("lease_s3/_tidewater_lease", &foreign(0))
+        .await
+        .unwrap();
+    let renewer = tokio::spawn({
+        let store = store.clone();
+        async move {
+            for at in 1..60 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                store
+                    .write("lease_s3/_tidewater_lease", &foreign(at))
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    let (code, stderr) = second(&pipeline, &["run"]);
+    renewer.abort();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("is already running") && stderr.contains("host other-host.invalid, pid 7,"),
+        "{stderr}"
+    );
 }
 
 /// Into a warehouse the lease is a session advisory lock of its own: a
