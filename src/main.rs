@@ -4,6 +4,7 @@
 //! coordinator in [`pipeline`], the error policy in [`policy`].
 
 mod config;
+mod lease;
 mod metrics;
 mod pipeline;
 mod policy;
@@ -195,11 +196,7 @@ async fn dispatch(command: Command) -> i32 {
                         }
                     }
                 }
-                let code = run_with(&config, Mode::SnapshotOnly, recopy).await;
-                if code == exit_code::OK && drop_slot {
-                    return status::drop_slot(&Settings::from_config(&config)).await;
-                }
-                code
+                run_with(&config, Mode::SnapshotOnly, recopy, drop_slot).await
             }
             Err(code) => code,
         },
@@ -244,13 +241,34 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Runs the pipeline, retrying transient errors with backoff, until shutdown,
 /// a completed snapshot (in snapshot mode) or an error that cannot be retried.
 async fn run(config: &Config, mode: Mode) -> i32 {
-    run_with(config, mode, Vec::new()).await
+    run_with(config, mode, Vec::new(), false).await
 }
 
-/// [`run`], copying the tables of `recopy` again first.
-async fn run_with(config: &Config, mode: Mode, recopy: Vec<tidewater_core::TableId>) -> i32 {
+/// [`run`], copying the tables of `recopy` again first, and dropping the
+/// slot at the end when asked (`snapshot --drop-slot`). The pipeline's lease
+/// is taken before anything else and held until the end.
+async fn run_with(
+    config: &Config,
+    mode: Mode,
+    recopy: Vec<tidewater_core::TableId>,
+    drop_slot: bool,
+) -> i32 {
     let mut settings = Settings::from_config(config);
     settings.recopy = recopy;
+    let lease = match lease::take(&settings).await {
+        Ok(lease) => lease,
+        Err(code) => return code,
+    };
+    let mut code = run_holding(config, &settings, mode).await;
+    if code == exit_code::OK && drop_slot {
+        code = status::drop_slot(&settings).await;
+    }
+    lease.release().await;
+    code
+}
+
+/// [`run_with`] once the lease is held.
+async fn run_holding(config: &Config, settings: &Settings, mode: Mode) -> i32 {
     if let Some(listen) = config.metrics.as_ref().map(|m| m.listen.clone()) {
         if let Err(err) = metrics::serve(listen.clone(), settings.metrics.clone()).await {
             eprintln!(
@@ -265,7 +283,7 @@ async fn run_with(config: &Config, mode: Mode, recopy: Vec<tidewater_core::Table
         info!(table = %table, "not capturing this table: a reverse-ETL job writes it");
     }
     if mode == Mode::Continuous {
-        reverse::spawn_schedules(config, &settings, shutdown_rx.clone());
+        reverse::spawn_schedules(config, settings, shutdown_rx.clone());
     }
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -286,10 +304,10 @@ async fn run_with(config: &Config, mode: Mode, recopy: Vec<tidewater_core::Table
     });
     let mut retries = RetryStreak::default();
     loop {
-        match pipeline::run(&settings, mode, shutdown_rx.clone()).await {
+        match pipeline::run(settings, mode, shutdown_rx.clone()).await {
             Ok(Outcome::Shutdown) if mode == Mode::SnapshotOnly => {
                 eprintln!(
-                    "error: stopped before the snapshot completed\nhint: run `tidewater snapshot` again; it starts the snapshot over"
+                    "error: stopped before the snapshot completed\nhint: run `tidewater snapshot` (or `tidewater run`) again; it resumes after what the lake holds (the last committed chunk or key of each table), and says so where it must start over"
                 );
                 return exit_code::FAILED;
             }

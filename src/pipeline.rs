@@ -16,6 +16,7 @@
 //! and every change at or below it is skipped.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tidewater_core::{
@@ -365,14 +366,68 @@ impl AnySource {
 /// One run of the pipeline, from connecting to shutdown or error. The caller
 /// retries transient errors by calling it again: every start re-reads the
 /// durable marks, so a retry is the same as a restart after a crash.
+///
+/// A stop during the start (connecting, preflight, creating the
+/// publication and the slot, opening the snapshot) ends it at once: what
+/// the source server is doing for it is cancelled (a statement waiting for
+/// another session's lock would otherwise wait for it, and then still
+/// create the slot). Once the pipeline runs, a stop flushes, commits and
+/// acknowledges first.
 pub async fn run(
     settings: &Settings,
     mode: Mode,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Outcome, PipelineError> {
-    match &settings.source {
-        SourceSettings::Postgres(config) => run_postgres(settings, config, mode, shutdown).await,
-        SourceSettings::Mysql(config) => run_mysql(settings, config, mode, shutdown).await,
+    let started = AtomicBool::new(false);
+    // Boxed so that dropping it below really ends it (closing its sessions).
+    let mut work = Box::pin(async {
+        match &settings.source {
+            SourceSettings::Postgres(config) => {
+                run_postgres(settings, config, mode, shutdown.clone(), &started).await
+            }
+            SourceSettings::Mysql(config) => {
+                run_mysql(settings, config, mode, shutdown.clone(), &started).await
+            }
+        }
+    });
+    let mut stop = shutdown.clone();
+    tokio::select! {
+        result = &mut work => return result,
+        _ = stopped(&mut stop) => {}
+    }
+    if started.load(Ordering::SeqCst) {
+        return work.await;
+    }
+    info!("stopped while starting: cancelling what the source server does for this pipeline");
+    // Cancel first, while the sessions are still open (the statements fail
+    // and roll back), then drop them with the unfinished start.
+    let cancelled = match &settings.source {
+        SourceSettings::Postgres(config) => {
+            tokio::time::timeout(CANCEL_WAIT, PostgresSource::cancel_sessions(config))
+                .await
+                .map(|r| r.map_err(|e| tidewater_core::error_chain(&e)))
+        }
+        SourceSettings::Mysql(_) => Ok(Ok(0)),
+    };
+    match cancelled {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            warn!(error = %error, "could not cancel the pipeline's statements on the source")
+        }
+        Err(_) => warn!("cancelling the pipeline's statements on the source took too long"),
+    }
+    drop(work);
+    Ok(Outcome::Shutdown)
+}
+
+/// How long a stop during the start waits for the source server to take
+/// its cancel request.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
+
+/// Resolves once `shutdown` is true (never if its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -381,6 +436,7 @@ async fn run_postgres(
     config: &PostgresConfig,
     mode: Mode,
     shutdown: watch::Receiver<bool>,
+    started: &AtomicBool,
 ) -> Result<Outcome, PipelineError> {
     let mut source = PostgresSource::connect(config.clone()).await?;
     let tables = source.tables().await?;
@@ -504,6 +560,7 @@ async fn run_postgres(
         source.start_streaming(&streamed, &copies).await?;
         let marks: HashMap<TableId, Mark> =
             states.iter().map(|(t, s)| (t.clone(), s.mark)).collect();
+        started.store(true, Ordering::SeqCst);
         return drive(
             settings,
             AnySource::Postgres(Box::new(source)),
@@ -566,6 +623,7 @@ async fn run_postgres(
         }
     }
     let marks: HashMap<TableId, Mark> = states.iter().map(|(t, s)| (t.clone(), s.mark)).collect();
+    started.store(true, Ordering::SeqCst);
     drive(
         settings,
         AnySource::Postgres(Box::new(source)),
@@ -738,6 +796,7 @@ async fn run_mysql(
     config: &MysqlConfig,
     mode: Mode,
     shutdown: watch::Receiver<bool>,
+    started: &AtomicBool,
 ) -> Result<Outcome, PipelineError> {
     let mut source = MysqlSource::connect(config.clone()).await?;
     let tables = source.tables().await?;
@@ -864,6 +923,7 @@ async fn run_mysql(
         source.start_streaming(&streamed, from).await?;
     }
     let marks: HashMap<TableId, Mark> = states.iter().map(|(t, s)| (t.clone(), s.mark)).collect();
+    started.store(true, Ordering::SeqCst);
     drive(
         settings,
         AnySource::Mysql(Box::new(source)),
@@ -1262,7 +1322,12 @@ impl<K: Sink> Coordinator<K> {
                     }
                     // Whatever else is already queued goes without another
                     // round through the select (and its timer) per event.
+                    // A stop is looked at between events: a burst of
+                    // snapshot chunks commits after each, which adds up.
                     for _ in 0..DRAIN_BURST {
+                        if shutdown.has_changed().unwrap_or(false) {
+                            break;
+                        }
                         let Ok((event, _permit)) = events.try_recv() else { break };
                         if self.handle(event?).await? && mode == Mode::SnapshotOnly {
                             return Ok(Outcome::SnapshotComplete);

@@ -181,6 +181,8 @@ async fn warehouse_status(
             return unknown_table(name, &settings.pipeline, "warehouse", &known);
         }
     }
+    let process = process_report(settings).await;
+    let running = process["running"] == json!(true);
     let tables: Vec<serde_json::Value> = states
         .iter()
         .filter(|(table, _)| only.is_none_or(|name| table.to_string() == name))
@@ -197,11 +199,7 @@ async fn warehouse_status(
                 "position": state.position,
                 "snapshot": if state.snapshot_done { "done" } else { "running" },
                 "last_commit": state.committed_at,
-                "state": match stop {
-                    Some(_) => "stopped",
-                    None if !state.snapshot_done => "snapshotting",
-                    None => "streaming",
-                },
+                "state": table_state(stop.is_some(), Some(state.snapshot_done), running),
                 "stopped": stop.map(|s| json!({"position": s.position, "reason": s.reason, "stopped_at": s.stopped_at})),
             })
         })
@@ -212,7 +210,7 @@ async fn warehouse_status(
             mysql_status(config, sink.source_position().await.ok().flatten()).await
         }
     };
-    let report = json!({"pipeline": settings.pipeline, "sink": "warehouse", "source": source, "tables": tables});
+    let report = json!({"pipeline": settings.pipeline, "sink": "warehouse", "process": process, "source": source, "tables": tables});
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("json")),
         Format::Text => print_text(&report),
@@ -262,6 +260,8 @@ pub async fn status(settings: &Settings, format: Format, only: Option<&str>) -> 
             return unknown_table(name, &settings.pipeline, "lake", &known);
         }
     }
+    let process = process_report(settings).await;
+    let running = process["running"] == json!(true);
     for table in tables_found {
         if only.is_some_and(|name| table.to_string() != name) {
             continue;
@@ -286,11 +286,7 @@ pub async fn status(settings: &Settings, format: Format, only: Option<&str>) -> 
             "position": state.as_ref().map(|s| s.position.clone()),
             "snapshot": state.as_ref().map(|s| if s.snapshot_done { "done" } else { "running" }),
             "last_commit": sink.last_commit_time(&table).await.ok().flatten(),
-            "state": match (stop, state.as_ref()) {
-                (Some(_), _) => "stopped",
-                (None, Some(s)) if !s.snapshot_done => "snapshotting",
-                _ => "streaming",
-            },
+            "state": table_state(stop.is_some(), state.as_ref().map(|s| s.snapshot_done), running),
             "stopped": stop.map(|s| json!({"position": s.position, "reason": s.reason, "stopped_at": s.stopped_at})),
         }));
     }
@@ -300,12 +296,39 @@ pub async fn status(settings: &Settings, format: Format, only: Option<&str>) -> 
             mysql_status(config, sink.source_position().await.ok().flatten()).await
         }
     };
-    let report = json!({"pipeline": settings.pipeline, "source": source, "tables": tables});
+    let report = json!({"pipeline": settings.pipeline, "process": process, "source": source, "tables": tables});
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("json")),
         Format::Text => print_text(&report),
     }
     exit_code::OK
+}
+
+/// Whether a process runs the pipeline, from its lease: `running`, and
+/// the holder when one does.
+async fn process_report(settings: &Settings) -> serde_json::Value {
+    match crate::lease::probe(settings).await {
+        Ok(Some(holder)) => json!({
+            "running": true,
+            "host": holder.host,
+            "pid": holder.pid,
+            "since": holder.since,
+        }),
+        Ok(None) => json!({"running": false}),
+        Err(err) => json!({"running": null, "error": err}),
+    }
+}
+
+/// A table's state as `status` shows it: `streaming` and `snapshotting`
+/// only while a process runs the pipeline.
+fn table_state(stopped: bool, snapshot_done: Option<bool>, running: bool) -> &'static str {
+    match (stopped, snapshot_done, running) {
+        (true, _, _) => "stopped",
+        (false, Some(false), true) => "snapshotting",
+        (false, Some(false), false) => "snapshot incomplete",
+        (false, _, true) => "streaming",
+        (false, _, false) => "not running",
+    }
 }
 
 async fn mysql_status(config: &MysqlConfig, acknowledged: Option<String>) -> serde_json::Value {
@@ -369,6 +392,17 @@ fn print_text(report: &serde_json::Value) {
         other => other.to_string(),
     };
     println!("pipeline {}", text(&report["pipeline"]));
+    let process = &report["process"];
+    match &process["running"] {
+        serde_json::Value::Bool(true) => println!(
+            "process: running (host {}, pid {}, since {})",
+            text(&process["host"]),
+            text(&process["pid"]),
+            text(&process["since"])
+        ),
+        serde_json::Value::Bool(false) => println!("process: not running"),
+        _ => println!("process: unknown ({})", text(&process["error"])),
+    }
     let source = &report["source"];
     if source.get("binlog").is_some() {
         println!(

@@ -12,7 +12,7 @@ use crate::support::lake::{
 use crate::support::s3::{s3, storage_options, Fault, FaultProxy, ACCESS_KEY, SECRET_KEY};
 use crate::support::{eventually, pg, Pipeline};
 
-fn s3_pipeline(name: &str, bucket: &str, endpoint: &str) -> Pipeline {
+pub(crate) fn s3_pipeline(name: &str, bucket: &str, endpoint: &str) -> Pipeline {
     let mut pipeline = Pipeline::new(name, &pg().url(name), "");
     let text = std::fs::read_to_string(&pipeline.config).unwrap();
     let local = format!("file://{}", pipeline.lake.display());
@@ -31,7 +31,11 @@ fn s3_pipeline(name: &str, bucket: &str, endpoint: &str) -> Pipeline {
     pipeline
 }
 
-async fn wait_equal_s3(pipeline: &mut Pipeline, client: &tokio_postgres::Client, url: &str) {
+pub(crate) async fn wait_equal_s3(
+    pipeline: &mut Pipeline,
+    client: &tokio_postgres::Client,
+    url: &str,
+) {
     let options = storage_options(&s3().endpoint());
     let mut attempts = 0;
     eventually(

@@ -1,7 +1,10 @@
-//! Two tidewater processes pointed at the same lake by mistake: one stops
-//! with a clear error at its first commit after the other's, before anything
-//! lands twice; the other goes on and the lake equals the source. On local
-//! disk (atomic rename) and on S3 (`If-None-Match` conditional puts).
+//! Two tidewater processes pointed at the same lake by mistake: the second
+//! is refused at start by the pipeline's lease. With the lease removed by
+//! hand, one stops with a clear error at its first commit after the
+//! other's (or, on S3, when its lease renewal finds the other's lease),
+//! before anything lands twice; the other goes on and the lake equals the
+//! source. On local disk (atomic rename) and on S3 (`If-None-Match`
+//! conditional puts).
 
 use std::time::Duration;
 
@@ -68,6 +71,31 @@ async fn two_writers(db: &str, bucket: Option<&str>, server_id: u32) {
     }
     first.start();
     wait_equal(&mut conn, &lake_uri, db).await;
+    // The lease refuses the second at start.
+    second.start();
+    let refused = second.child.as_mut().unwrap().wait().unwrap();
+    second.child = None;
+    assert_eq!(refused.code(), Some(2), "{}", second.log(1));
+    assert!(
+        second.log(1).contains("is already running"),
+        "{}",
+        second.log(1)
+    );
+    first.assert_running();
+    // The lease removed by hand: both run, and the commits themselves
+    // keep the lake whole.
+    let lease = format!("{db}/_tidewater_lease");
+    match bucket {
+        Some(bucket) => {
+            let store = tidewater_lake::LakeStore::open(tidewater_lake::LakeLocation::S3 {
+                url: url::Url::parse(&format!("s3://{bucket}/lake")).unwrap(),
+                options: storage_options(&s3().endpoint()),
+            })
+            .unwrap();
+            store.delete(&lease).await.unwrap();
+        }
+        None => std::fs::remove_file(first.lake.join(&lease)).unwrap(),
+    }
     second.start();
     let mut exited = None;
     for i in 0..200 {
@@ -77,7 +105,7 @@ async fn two_writers(db: &str, bucket: Option<&str>, server_id: u32) {
         tokio::time::sleep(Duration::from_millis(50)).await;
         for (name, pipeline) in [("first", &mut first), ("second", &mut second)] {
             if let Some(status) = pipeline.child.as_mut().unwrap().try_wait().unwrap() {
-                exited = Some((name, status.code(), pipeline.log(1)));
+                exited = Some((name, status.code(), pipeline.log(pipeline.starts)));
                 pipeline.child = None;
             }
         }
@@ -89,7 +117,8 @@ async fn two_writers(db: &str, bucket: Option<&str>, server_id: u32) {
     eprintln!("{name} stopped with {code:?}");
     assert_eq!(code, Some(2), "{log}");
     assert!(
-        log.contains("two tidewater processes write the same lake"),
+        log.contains("two tidewater processes write the same lake")
+            || (bucket.is_some() && log.contains("lost the pipeline lease")),
         "{log}"
     );
     let survivor = if name == "first" {
@@ -103,7 +132,7 @@ async fn two_writers(db: &str, bucket: Option<&str>, server_id: u32) {
     wait_equal(&mut conn, &lake_uri, db).await;
     survivor.assert_running();
     assert_each_change_once(&log_of(&lake_uri, db).await.unwrap());
-    assert_eq!(survivor.terminate(), 0, "{}", survivor.log(1));
+    assert_eq!(survivor.terminate(), 0, "{}", survivor.log(survivor.starts));
 }
 
 /// The change log of `<db>.t` in the lake at `lake_uri` (pipeline `db`).

@@ -273,7 +273,12 @@ pub fn pg_tls() -> &'static PgServer {
 /// started it (PR_SET_PDEATHSIG), so an aborted test leaves no daemon behind.
 pub fn tidewater() -> Command {
     use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidewater"));
+    // TIDEWATER_BIN picks another build of the binary (e.g. a copy taken
+    // right after the build, when several checkouts share one target dir
+    // and so one `target/debug/tidewater`).
+    let bin =
+        std::env::var_os("TIDEWATER_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_tidewater").into());
+    let mut cmd = Command::new(bin);
     // SAFETY: prctl is async-signal-safe and touches only the child.
     unsafe {
         cmd.pre_exec(|| {

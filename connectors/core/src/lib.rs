@@ -20,6 +20,7 @@ pub mod decimal;
 mod error;
 mod event;
 mod filter;
+pub mod lease;
 mod schema;
 mod traits;
 mod types;
@@ -30,6 +31,7 @@ pub use batch::{build_array, key_string, BatchLimits, Batcher, ChangeBatch};
 pub use error::{error_chain, Classified, ErrorClass};
 pub use event::{ChangeEvent, CommitInfo, Datum, Mark, Op, RowBlock, RowChange, TableId};
 pub use filter::TableFilter;
+pub use lease::Holder;
 pub use schema::{Column, ColumnType, TableSchema};
 pub use traits::{Problem, Sink, SnapshotPhase, Source, StoppedTable};
 pub use types::{

@@ -5,6 +5,7 @@
 mod error;
 pub mod history;
 pub mod layout;
+pub mod lease;
 pub mod narrow;
 pub mod restore;
 pub mod sink;

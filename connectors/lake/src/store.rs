@@ -293,7 +293,12 @@ impl LakeStore {
         }
     }
 
-    fn remote_error(
+    /// The object store of a remote lake (conditional writes of the lease).
+    pub(crate) fn remote(&self) -> Option<&Arc<dyn ObjectStore>> {
+        self.remote.as_ref()
+    }
+
+    pub(crate) fn remote_error(
         &self,
         rel: &str,
         source: deltalake::logstore::object_store::Error,

@@ -311,8 +311,11 @@ pub struct PostgresSource {
 impl PostgresSource {
     /// Opens the control connection. Nothing is changed on the server.
     pub async fn connect(config: PostgresConfig) -> Result<Self, PostgresError> {
-        let (pg_config, tls_options) = crate::tls::parse_url(&config.url)
+        let (mut pg_config, tls_options) = crate::tls::parse_url(&config.url)
             .map_err(|source| PostgresError::TlsConfig { source })?;
+        // Every session of the pipeline carries its name, so a stop can
+        // cancel what they wait for ([`cancel_sessions`]).
+        pg_config.application_name(&config.application_name);
         let tls = crate::tls::TlsSetup::new(&tls_options)
             .map_err(|source| PostgresError::TlsConfig { source })?;
         let target = describe_target(&pg_config);
@@ -370,6 +373,35 @@ impl PostgresSource {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Cancels every statement the pipeline's sessions (control, snapshot
+    /// workers, the walsender creating the slot) are running, from a session
+    /// of its own: a stop while they wait for a lock must not wait for the
+    /// lock's holder, and a cancelled `CREATE_REPLICATION_SLOT` or `CREATE
+    /// PUBLICATION` leaves nothing behind. Closing the connections alone
+    /// would not do: the server notices a closed socket only after the
+    /// statement, which would then still create the slot. Returns how many
+    /// sessions were asked.
+    pub async fn cancel_sessions(config: &PostgresConfig) -> Result<i64, PostgresError> {
+        let (mut pg_config, tls_options) = crate::tls::parse_url(&config.url)
+            .map_err(|source| PostgresError::TlsConfig { source })?;
+        pg_config.application_name(format!("{} stop", config.application_name));
+        let tls = crate::tls::TlsSetup::new(&tls_options)
+            .map_err(|source| PostgresError::TlsConfig { source })?;
+        let target = describe_target(&pg_config);
+        let (client, connection) = open_client(&pg_config, &tls, &target).await?;
+        tokio::spawn(connection);
+        let row = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND pid <> pg_backend_pid() \
+                   AND datname = current_database()",
+                &[&config.application_name],
+            )
+            .await
+            .map_err(query_error("cancelling the pipeline's statements"))?;
+        Ok(row.get(0))
     }
 
     pub fn config(&self) -> &PostgresConfig {

@@ -17,6 +17,7 @@
 
 pub mod copy;
 mod error;
+pub mod lease;
 pub mod sink;
 pub mod types;
 pub mod value;
