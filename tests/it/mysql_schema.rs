@@ -360,10 +360,7 @@ async fn mysql_renames_defaults_and_renamed_tables_keep_every_row_equal() {
         .await
         .unwrap()
         .len();
-    let mut cmd = crate::support::tidewater();
-    cmd.args(["snapshot", "--table", &format!("{db}.t"), "--config"])
-        .arg(&pipeline.config);
-    let out = crate::support::output_within(cmd, 120);
+    let out = pipeline.snapshot_tables(&[&format!("{db}.t")]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -455,10 +452,7 @@ async fn mysql_a_table_that_cannot_be_followed_stops_alone() {
     conn.query_drop("UPDATE bad SET d = '2020-02-02' WHERE id = 2")
         .await
         .unwrap();
-    let mut cmd = crate::support::tidewater();
-    cmd.args(["snapshot", "--table", &format!("{db}.bad"), "--config"])
-        .arg(&pipeline.config);
-    let out = crate::support::output_within(cmd, 120);
+    let out = pipeline.snapshot_tables(&[&format!("{db}.bad")]);
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -8,7 +8,7 @@ use mysql_async::prelude::Queryable;
 
 use crate::support::lake::read_log;
 use crate::support::mariadb::maria;
-use crate::support::{eventually, output_within, tidewater, Pipeline};
+use crate::support::{eventually, table_state, Pipeline};
 
 /// A value that must never reach the daemon's log.
 const SECRET: &str = "statement-secret-7731";
@@ -106,16 +106,16 @@ async fn mysql_statement_logged_dml_stops_the_tables_it_may_touch() {
     }
     assert!(!log.contains(SECRET), "a row value in the log:\n{log}");
     // The stop is visible to operators, and nothing after it landed.
-    let report = status(&pipeline);
+    let report = pipeline.status_json();
     for table in ["a", "b"] {
         assert_eq!(
-            state_of(&report, &format!("{db}.{table}")),
+            table_state(&report, &format!("{db}.{table}")),
             Some("stopped".into()),
             "{report}"
         );
     }
     assert_eq!(
-        state_of(&report, &format!("{db}.keep")),
+        table_state(&report, &format!("{db}.keep")),
         Some("streaming".into()),
         "{report}"
     );
@@ -144,17 +144,7 @@ async fn mysql_statement_logged_dml_stops_the_tables_it_may_touch() {
 
     // The fix: ROW for every session, then a copy of each stopped table.
     drop(statements);
-    let mut cmd = tidewater();
-    cmd.args([
-        "snapshot",
-        "--table",
-        &format!("{db}.a"),
-        "--table",
-        &format!("{db}.b"),
-        "--config",
-    ])
-    .arg(&pipeline.config);
-    let out = output_within(cmd, 120);
+    let out = pipeline.snapshot_tables(&[&format!("{db}.a"), &format!("{db}.b")]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -169,20 +159,4 @@ async fn mysql_statement_logged_dml_stops_the_tables_it_may_touch() {
         pipeline.wait_equal_mysql(&mut conn, db, table, "id").await;
     }
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(3));
-}
-
-fn status(pipeline: &Pipeline) -> serde_json::Value {
-    let mut cmd = tidewater();
-    cmd.args(["status", "--format", "json", "--config"])
-        .arg(&pipeline.config);
-    let out = output_within(cmd, 60);
-    serde_json::from_slice(&out.stdout).expect("status json")
-}
-
-fn state_of(report: &serde_json::Value, table: &str) -> Option<serde_json::Value> {
-    report["tables"]
-        .as_array()?
-        .iter()
-        .find(|t| t["table"] == table)
-        .map(|t| t["state"].clone())
 }

@@ -234,7 +234,6 @@ async fn interrupted_table_copy_is_taken_again() {
 /// it streams on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_that_cannot_be_followed_stops_alone() {
-    use crate::support::{output_within, tidewater};
     let client = pg().create_database("stopone").await;
     client
         .batch_execute(
@@ -273,24 +272,9 @@ async fn a_table_that_cannot_be_followed_stops_alone() {
         log.contains("lower bound 0 in dimension 1") && !log.contains("lower bounds are 1"),
         "{log}"
     );
-    let status = |pipeline: &Pipeline| {
-        let mut cmd = tidewater();
-        cmd.args(["status", "--format", "json", "--config"])
-            .arg(&pipeline.config);
-        let out = output_within(cmd, 60);
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("status json")
-    };
-    let state_of = |report: &serde_json::Value, table: &str| {
-        report["tables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["table"] == table)
-            .map(|t| t["state"].clone())
-    };
-    let report = status(&pipeline);
+    let report = pipeline.status_json();
     assert_eq!(
-        state_of(&report, "public.bad"),
+        crate::support::table_state(&report, "public.bad"),
         Some("stopped".into()),
         "{report}"
     );
@@ -303,7 +287,7 @@ async fn a_table_that_cannot_be_followed_stops_alone() {
         "{report}"
     );
     assert_eq!(
-        state_of(&report, "public.good"),
+        crate::support::table_state(&report, "public.good"),
         Some("streaming".into()),
         "{report}"
     );
@@ -343,12 +327,7 @@ async fn a_table_that_cannot_be_followed_stops_alone() {
         .batch_execute("UPDATE bad SET a = '{7,8}' WHERE id = 1")
         .await
         .unwrap();
-    let snapshot = |table: &str| {
-        let mut cmd = tidewater();
-        cmd.args(["snapshot", "--table", table, "--config"])
-            .arg(&pipeline.config);
-        output_within(cmd, 120)
-    };
+    let snapshot = |table: &str| pipeline.snapshot_tables(&[table]);
     let out = snapshot("public.nope");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not selected by source.tables"));
@@ -360,9 +339,9 @@ async fn a_table_that_cannot_be_followed_stops_alone() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Copied again and no longer stopped; no process runs the pipeline now.
-    let report = status(&pipeline);
+    let report = pipeline.status_json();
     assert_eq!(
-        state_of(&report, "public.bad"),
+        crate::support::table_state(&report, "public.bad"),
         Some("not running".into()),
         "{report}"
     );

@@ -476,6 +476,31 @@ impl Pipeline {
         }
     }
 
+    /// `tidewater snapshot --table T …` for `tables`: copies them again.
+    pub fn snapshot_tables(&self, tables: &[&str]) -> std::process::Output {
+        let mut cmd = tidewater();
+        cmd.arg("snapshot");
+        for table in tables {
+            cmd.args(["--table", table]);
+        }
+        cmd.arg("--config").arg(&self.config);
+        output_within(cmd, 120)
+    }
+
+    /// `tidewater status --format json`.
+    pub fn status_json(&self) -> serde_json::Value {
+        let mut cmd = tidewater();
+        cmd.args(["status", "--format", "json", "--config"])
+            .arg(&self.config);
+        let out = output_within(cmd, 60);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|err| {
+            panic!(
+                "status json: {err}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
     pub fn table_path(&self, schema: &str, table: &str) -> PathBuf {
         use tidewater_lake::layout::path_segment;
         self.lake
@@ -638,6 +663,15 @@ where
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
+}
+
+/// The `state` of `table` in a `status --format json` report.
+pub fn table_state(report: &serde_json::Value, table: &str) -> Option<serde_json::Value> {
+    report["tables"]
+        .as_array()?
+        .iter()
+        .find(|t| t["table"] == table)
+        .map(|t| t["state"].clone())
 }
 
 /// A folder of the public conformance corpus: `$TIDEWATER_CONFORMANCE/<kind>`,

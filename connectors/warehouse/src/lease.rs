@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use tidewater_core::Holder;
 use tokio_postgres::Client;
-use tracing::warn;
 
 use crate::error::WarehouseError;
 use crate::sink::WarehouseSettings;
@@ -53,23 +52,12 @@ fn key(settings: &WarehouseSettings) -> String {
 }
 
 async fn connect(settings: &WarehouseSettings, name: &str) -> Result<Client, WarehouseError> {
-    let (config, options) =
-        tidewater_postgres::tls::parse_url(&settings.url).map_err(WarehouseError::Url)?;
-    let tls = tidewater_postgres::tls::TlsSetup::new(&options).map_err(WarehouseError::Url)?;
-    let (client, connection) = config
-        .connect(tls.connector())
-        .await
-        .map_err(WarehouseError::server("connecting"))?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            warn!(error = %error, "warehouse lease connection ended");
-        }
-    });
-    client
-        .batch_execute(&format!("SET application_name = {}", literal(name)))
-        .await
-        .map_err(WarehouseError::server("setting up the lease session"))?;
-    Ok(client)
+    crate::sink::session(
+        settings,
+        "warehouse lease connection ended",
+        &format!("SET application_name = {}", literal(name)),
+    )
+    .await
 }
 
 /// The `application_name` of the lease session: who holds it.

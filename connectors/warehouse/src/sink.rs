@@ -259,26 +259,16 @@ impl WarehouseSink {
     }
 
     async fn open(settings: WarehouseSettings, writer: bool) -> Result<Self, WarehouseError> {
-        let (config, options) =
-            tidewater_postgres::tls::parse_url(&settings.url).map_err(WarehouseError::Url)?;
-        let tls = tidewater_postgres::tls::TlsSetup::new(&options).map_err(WarehouseError::Url)?;
-        let (client, connection) = config
-            .connect(tls.connector())
-            .await
-            .map_err(WarehouseError::server("connecting"))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                warn!(error = %error, "warehouse connection ended");
-            }
-        });
-        client
-            .batch_execute(&format!(
+        let client = session(
+            &settings,
+            "warehouse connection ended",
+            &format!(
                 "SET TimeZone = 'UTC'; SET standard_conforming_strings = on; \
                  SET application_name = {}",
                 literal(&format!("tidewater:{}", settings.pipeline))
-            ))
-            .await
-            .map_err(WarehouseError::server("setting up the session"))?;
+            ),
+        )
+        .await?;
         let lock = if writer {
             format!("pg_try_advisory_lock({LOCK_CLASS}, hashtext($1))")
         } else {
@@ -1579,4 +1569,31 @@ impl Sink for WarehouseSink {
     ) -> Result<usize, WarehouseError> {
         WarehouseSink::commit(self, position, phase).await
     }
+}
+
+/// A session on the warehouse: TLS as `settings.url` asks, its connection
+/// driven by a task of its own (`ended` is logged when it fails), then
+/// `setup` run on it.
+pub(crate) async fn session(
+    settings: &WarehouseSettings,
+    ended: &'static str,
+    setup: &str,
+) -> Result<Client, WarehouseError> {
+    let (config, options) =
+        tidewater_postgres::tls::parse_url(&settings.url).map_err(WarehouseError::Url)?;
+    let tls = tidewater_postgres::tls::TlsSetup::new(&options).map_err(WarehouseError::Url)?;
+    let (client, connection) = config
+        .connect(tls.connector())
+        .await
+        .map_err(WarehouseError::server("connecting"))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            warn!(error = %error, "{ended}");
+        }
+    });
+    client
+        .batch_execute(setup)
+        .await
+        .map_err(WarehouseError::server("setting up the session"))?;
+    Ok(client)
 }
