@@ -246,13 +246,21 @@ impl LakeLease {
                 Ok(())
             }
             None => {
-                let holder = store
-                    .read(rel)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|t| Record::parse(&t))
-                    .map(|r| r.holder);
+                // A renewal whose response was lost (a network fault after
+                // the store took it) is retried by the client with the old
+                // version and refused: the object then names this very
+                // holder, and its version is the one to renew from.
+                let current = read_remote(store, rel).await.ok().flatten();
+                let found = current
+                    .as_ref()
+                    .and_then(|(text, version)| Some((Record::parse(text)?, version.clone())));
+                if let Some((record, current_version)) = &found {
+                    if record.holder == *holder {
+                        *version = current_version.clone();
+                        return Ok(());
+                    }
+                }
+                let holder = found.map(|(record, _)| record.holder);
                 Err(LeaseError::Lost {
                     pipeline: self.pipeline.clone(),
                     location: self.location.clone(),
