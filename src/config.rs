@@ -145,7 +145,7 @@ impl ReverseEtlConfig {
         tidewater_reverse::JobSpec {
             name: self.name.clone(),
             query: self.query.clone(),
-            target_url: self.target_url.expose().to_string(),
+            target_url: tidewater_core::conn_url::SecretUrl::new(self.target_url.expose()),
             target_table: self.target_table.clone(),
             key: self.key.clone(),
             mode: match self.mode {

@@ -65,8 +65,42 @@ pub fn check_userinfo(url: &str) -> Result<(), UserinfoError> {
     Ok(())
 }
 
+/// A connection url held by a connector's settings: its userinfo may hold a
+/// password, so it never prints (`Debug` says only that it is there, and
+/// there is no `Display`); [`SecretUrl::expose`] hands the text to a driver.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> SecretUrl {
+        SecretUrl(url.into())
+    }
+
+    /// The url's text, for a driver or a parser; never for a message.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<url redacted>\"")
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_secret_url_never_prints_its_password() {
+        let url = super::SecretUrl::new("postgres://cdc:hunter2@db:5432/shop");
+        assert_eq!(url.expose(), "postgres://cdc:hunter2@db:5432/shop");
+        let shown = format!("{url:?} {:?}", Some(url.clone()));
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("db:5432"),
+            "{shown}"
+        );
+    }
+
     use super::*;
 
     #[test]

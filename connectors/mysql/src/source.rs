@@ -105,7 +105,7 @@ pub enum ZeroDates {
 
 #[derive(Debug, Clone)]
 pub struct MysqlConfig {
-    pub url: String,
+    pub url: tidewater_core::conn_url::SecretUrl,
     pub filter: TableFilter,
     /// The replica id tidewater registers with; must differ from every server
     /// and replica in the topology.
@@ -260,7 +260,8 @@ async fn open(endpoint: &Endpoint) -> Result<Conn, MysqlError> {
 
 impl MysqlSource {
     pub async fn connect(config: MysqlConfig) -> Result<Self, MysqlError> {
-        let opts = Endpoint::new(&config.url).map_err(|source| MysqlError::TlsConfig { source })?;
+        let opts = Endpoint::new(config.url.expose())
+            .map_err(|source| MysqlError::TlsConfig { source })?;
         let mut conn = open(&opts).await?;
         let version: Option<String> = conn
             .query_first("SELECT VERSION()")

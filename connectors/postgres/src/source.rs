@@ -97,7 +97,7 @@ const SPILL_BUFFER: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
-    pub url: String,
+    pub url: tidewater_core::conn_url::SecretUrl,
     pub filter: TableFilter,
     pub slot: String,
     pub publication: String,
@@ -311,7 +311,7 @@ pub struct PostgresSource {
 impl PostgresSource {
     /// Opens the control connection. Nothing is changed on the server.
     pub async fn connect(config: PostgresConfig) -> Result<Self, PostgresError> {
-        let (mut pg_config, tls_options) = crate::tls::parse_url(&config.url)
+        let (mut pg_config, tls_options) = crate::tls::parse_url(config.url.expose())
             .map_err(|source| PostgresError::TlsConfig { source })?;
         // Every session of the pipeline carries its name, so a stop can
         // cancel what they wait for ([`cancel_sessions`]).
@@ -384,7 +384,7 @@ impl PostgresSource {
     /// statement, which would then still create the slot. Returns how many
     /// sessions were asked.
     pub async fn cancel_sessions(config: &PostgresConfig) -> Result<i64, PostgresError> {
-        let (mut pg_config, tls_options) = crate::tls::parse_url(&config.url)
+        let (mut pg_config, tls_options) = crate::tls::parse_url(config.url.expose())
             .map_err(|source| PostgresError::TlsConfig { source })?;
         pg_config.application_name(format!("{} stop", config.application_name));
         let tls = crate::tls::TlsSetup::new(&tls_options)

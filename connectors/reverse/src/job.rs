@@ -39,7 +39,7 @@ pub enum Mode {
 pub struct JobSpec {
     pub name: String,
     pub query: String,
-    pub target_url: String,
+    pub target_url: tidewater_core::conn_url::SecretUrl,
     pub target_table: String,
     pub key: Vec<String>,
     pub mode: Mode,
@@ -109,7 +109,7 @@ pub async fn run_job(
         })?;
     }
 
-    let mut target = Target::connect(&spec.target_url, spec.statement_timeout_ms).await?;
+    let mut target = Target::connect(spec.target_url.expose(), spec.statement_timeout_ms).await?;
     let table = target.table_name(&spec.target_table)?;
     let described = target.describe(&table).await?;
     let mut report = Report {
@@ -536,6 +536,7 @@ fn fit(
 fn fingerprint(spec: &JobSpec, table: &TableName, schema: &SchemaRef) -> String {
     let server = spec
         .target_url
+        .expose()
         .split_once("://")
         .map(|(scheme, rest)| {
             let host = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);

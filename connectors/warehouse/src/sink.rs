@@ -68,7 +68,7 @@ pub enum ApplyMode {
 #[derive(Debug, Clone)]
 pub struct WarehouseSettings {
     /// Postgres URL of the warehouse database (TLS settings as for sources).
-    pub url: String,
+    pub url: tidewater_core::conn_url::SecretUrl,
     pub pipeline: String,
     /// Target schema name; `{schema}` is the source schema or database.
     pub target_schema: String,
@@ -1580,7 +1580,7 @@ pub(crate) async fn session(
     setup: &str,
 ) -> Result<Client, WarehouseError> {
     let (config, options) =
-        tidewater_postgres::tls::parse_url(&settings.url).map_err(WarehouseError::Url)?;
+        tidewater_postgres::tls::parse_url(settings.url.expose()).map_err(WarehouseError::Url)?;
     let tls = tidewater_postgres::tls::TlsSetup::new(&options).map_err(WarehouseError::Url)?;
     let (client, connection) = config
         .connect(tls.connector())
