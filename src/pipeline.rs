@@ -1770,6 +1770,34 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_snapshot_plan_reads_back_and_a_damaged_one_says_where() {
+        let resume = SnapshotResume {
+            consistent_point: 42,
+            plan: vec![PlannedTable {
+                table: TableId::new("public", "orders"),
+                chunk_pages: 128,
+                chunks: 3,
+            }],
+            chunks_done: HashMap::new(),
+        };
+        let text = plan_json("tidewater_p", &resume);
+        let (slot, back) = parse_plan(&text).unwrap();
+        assert_eq!(slot, "tidewater_p");
+        assert_eq!(back.consistent_point, 42);
+        assert_eq!(back.plan, resume.plan);
+        // Truncated: where, not what it held.
+        let cut = &text[..text.find("orders").unwrap() + 3];
+        let problem = parse_plan(cut).unwrap_err();
+        assert!(problem.starts_with("it ends too early"), "{problem}");
+        assert!(problem.contains(" at line "), "{problem}");
+        assert!(!problem.contains("ord"), "{problem}");
+        // A chunk count out of range is not read as some other number.
+        let wrong = text.replace("\"chunks\": 3", "\"chunks\": -3");
+        let problem = parse_plan(&wrong).unwrap_err();
+        assert!(problem.contains("not the structure"), "{problem}");
+    }
+
     fn block(first_ord: u64, len: usize) -> tidewater_core::RowBlock {
         tidewater_core::RowBlock {
             table: TableId::new("d", "t"),

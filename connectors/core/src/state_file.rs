@@ -67,7 +67,7 @@ mod tests {
     fn says_where_and_what_without_the_content() {
         assert_eq!(
             problem("{\"name\": \"secret\", \"count\": 1"),
-            "it ends too early (truncated) at line 1 column 30"
+            "it ends too early (truncated) at line 1 column 29"
         );
         assert_eq!(
             problem("{\"name\": \"secret\" \"count\": 1}"),
