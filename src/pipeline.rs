@@ -287,7 +287,7 @@ impl Settings {
                          hint: fix sink.uri (s3://bucket[/prefix]) or sink.s3, or the AWS_* \
                          environment variables the store reads, then start again",
                         lake.uri,
-                        tidewater_core::error_chain(&err)
+                        store_causes(&err)
                     ),
                 })?,
                 limits: BatchLimits {
@@ -323,6 +323,25 @@ impl Settings {
             },
         })
     }
+}
+
+/// Why a lake store could not be built: the causes below the error (which
+/// only repeats the uri), each said once (the storage libraries wrap an
+/// error in one that repeats its text).
+fn store_causes(err: &tidewater_lake::LakeError) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut cause = std::error::Error::source(err);
+    while let Some(current) = cause {
+        let text = current.to_string();
+        if !out.last().is_some_and(|last| last.contains(&text)) {
+            out.push(text);
+        }
+        cause = current.source();
+    }
+    if out.is_empty() {
+        out.push(err.to_string());
+    }
+    out.join(": ")
 }
 
 /// `exclude` plus the reverse-ETL target tables that live in the source
