@@ -157,6 +157,15 @@ fn load(path: &std::path::Path) -> Result<Config, i32> {
     })
 }
 
+/// The settings of `config`; the exit code when they cannot be made (an
+/// object store that cannot be built), after saying why.
+fn settings(config: &Config) -> Result<Settings, i32> {
+    Settings::from_config(config).map_err(|err| {
+        eprintln!("error: {}", chain(&err));
+        exit_code::CONFIG
+    })
+}
+
 /// An error and its causes, one per line.
 fn chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
@@ -213,7 +222,10 @@ async fn dispatch(command: Command) -> i32 {
             Err(code) => code,
         },
         Command::Check { config } => match load(&config) {
-            Ok(config) => status::check(&Settings::from_config(&config)).await,
+            Ok(config) => match settings(&config) {
+                Ok(settings) => status::check(&settings).await,
+                Err(code) => code,
+            },
             Err(code) => code,
         },
         Command::Status {
@@ -222,13 +234,14 @@ async fn dispatch(command: Command) -> i32 {
             table,
             history,
         } => match load(&config) {
-            Ok(config) if history => {
-                let table = table.expect("clap requires --table with --history");
-                status::history(&Settings::from_config(&config), &table, format).await
-            }
-            Ok(config) => {
-                status::status(&Settings::from_config(&config), format, table.as_deref()).await
-            }
+            Ok(config) => match settings(&config) {
+                Ok(settings) if history => {
+                    let table = table.expect("clap requires --table with --history");
+                    status::history(&settings, &table, format).await
+                }
+                Ok(settings) => status::status(&settings, format, table.as_deref()).await,
+                Err(code) => code,
+            },
             Err(code) => code,
         },
     }
@@ -253,7 +266,10 @@ async fn run_with(
     recopy: Vec<tidewater_core::TableId>,
     drop_slot: bool,
 ) -> i32 {
-    let mut settings = Settings::from_config(config);
+    let mut settings = match settings(config) {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
     settings.recopy = recopy;
     let lease = match lease::take(&settings).await {
         Ok(lease) => lease,

@@ -32,7 +32,7 @@ use tidewater_postgres::{
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, info_span, warn, Instrument};
 
-use crate::config::{Config, SinkConfig, SnapshotMode, SourceConfig, ZeroDatesPolicy};
+use crate::config::{Config, ConfigError, SinkConfig, SnapshotMode, SourceConfig, ZeroDatesPolicy};
 use crate::sink::{AnySink, PositionStore};
 
 /// Events buffered between the source task and the coordinator.
@@ -206,7 +206,10 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_config(config: &Config) -> Settings {
+    /// The settings `config` names, with the lake's store built: an S3
+    /// store that cannot be built is a config error naming `sink.uri` (never
+    /// a local directory in its place).
+    pub fn from_config(config: &Config) -> Result<Settings, ConfigError> {
         let (source, snapshot) = match &config.source {
             SourceConfig::Postgres(pg) => {
                 let (slot, publication) = PostgresConfig::names_for(&config.pipeline.name);
@@ -272,13 +275,21 @@ impl Settings {
                 },
             }),
         };
-        match &config.sink {
+        Ok(match &config.sink {
             SinkConfig::Lake(lake) => Settings {
                 pipeline: config.pipeline.name.clone(),
                 source,
                 snapshot,
-                lake: LakeStore::open(lake.location())
-                    .unwrap_or_else(|_| LakeStore::local(&lake.root())),
+                lake: LakeStore::open(lake.location()).map_err(|err| ConfigError::Invalid {
+                    key: "sink.uri".into(),
+                    message: format!(
+                        "the object store for {:?} cannot be built: {}\n\
+                         hint: fix sink.uri (s3://bucket[/prefix]) or sink.s3, or the AWS_* \
+                         environment variables the store reads, then start again",
+                        lake.uri,
+                        store_causes(&err)
+                    ),
+                })?,
                 limits: BatchLimits {
                     max_rows: lake.max_batch_rows,
                     max_bytes: lake.max_batch_bytes,
@@ -310,8 +321,27 @@ impl Settings {
                 warehouse,
                 metrics: crate::metrics::Metrics::default(),
             },
-        }
+        })
     }
+}
+
+/// Why a lake store could not be built: the causes below the error (which
+/// only repeats the uri), each said once (the storage libraries wrap an
+/// error in one that repeats its text).
+fn store_causes(err: &tidewater_lake::LakeError) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut cause = std::error::Error::source(err);
+    while let Some(current) = cause {
+        let text = current.to_string();
+        if !out.last().is_some_and(|last| last.contains(&text)) {
+            out.push(text);
+        }
+        cause = current.source();
+    }
+    if out.is_empty() {
+        out.push(err.to_string());
+    }
+    out.join(": ")
 }
 
 /// `exclude` plus the reverse-ETL target tables that live in the source
@@ -646,7 +676,8 @@ async fn run_postgres(
 /// resumed: the plan is this slot's, the slot never confirmed anything past
 /// the snapshot's consistent point, and every table in the lake holds only
 /// snapshot rows of whole chunks (what `SnapshotChunk` commits guarantee).
-/// Anything else starts the snapshot over.
+/// Anything else starts the snapshot over; a plan that does not parse is
+/// an error (config class: a person restores or removes it).
 async fn resumable(
     sink: &AnySink,
     slot: &SlotState,
@@ -657,10 +688,8 @@ async fn resumable(
     let Some(text) = sink.snapshot_plan().await? else {
         return Ok(None);
     };
-    let Some((plan_slot, mut resume)) = parse_plan(&text) else {
-        warn!("the snapshot plan next to the lake is unreadable; starting over");
-        return Ok(None);
-    };
+    let (plan_slot, mut resume) =
+        parse_plan(&text).map_err(|problem| sink.corrupt_plan(problem))?;
     let point = resume.consistent_point;
     if plan_slot != slot_name || slot.confirmed_flush.map(|l| l.0) != Some(point) {
         return Ok(None);
@@ -705,26 +734,40 @@ fn plan_json(slot: &str, snapshot: &SnapshotResume) -> String {
     format!("{text}\n")
 }
 
-fn parse_plan(text: &str) -> Option<(String, SnapshotResume)> {
-    let value: serde_json::Value = serde_json::from_str(text).ok()?;
-    let slot = value.get("slot")?.as_str()?.to_string();
-    let consistent_point = value.get("consistent_point")?.as_u64()?;
-    let plan = value
-        .get("tables")?
-        .as_array()?
-        .iter()
-        .map(|t| {
-            Some(PlannedTable {
-                table: TableId::new(t.get("schema")?.as_str()?, t.get("name")?.as_str()?),
-                chunk_pages: t.get("chunk_pages")?.as_u64()?,
-                chunks: u32::try_from(t.get("chunks")?.as_u64()?).ok()?,
-            })
+/// The snapshot plan as [`plan_json`] writes it.
+#[derive(serde::Deserialize)]
+struct PlanFile {
+    slot: String,
+    consistent_point: u64,
+    tables: Vec<PlanEntry>,
+}
+
+#[derive(serde::Deserialize)]
+struct PlanEntry {
+    schema: String,
+    name: String,
+    chunk_pages: u64,
+    chunks: u32,
+}
+
+/// The slot and plan of a recorded snapshot plan; what is wrong with it
+/// (where, never its content) when it does not parse.
+fn parse_plan(text: &str) -> Result<(String, SnapshotResume), String> {
+    let file: PlanFile =
+        serde_json::from_str(text).map_err(|err| tidewater_core::state_file::json_problem(&err))?;
+    let plan = file
+        .tables
+        .into_iter()
+        .map(|t| PlannedTable {
+            table: TableId::new(t.schema, t.name),
+            chunk_pages: t.chunk_pages,
+            chunks: t.chunks,
         })
-        .collect::<Option<Vec<_>>>()?;
-    Some((
-        slot,
+        .collect();
+    Ok((
+        file.slot,
         SnapshotResume {
-            consistent_point,
+            consistent_point: file.consistent_point,
             plan,
             chunks_done: HashMap::new(),
         },
@@ -1745,6 +1788,34 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_plan_reads_back_and_a_damaged_one_says_where() {
+        let resume = SnapshotResume {
+            consistent_point: 42,
+            plan: vec![PlannedTable {
+                table: TableId::new("public", "orders"),
+                chunk_pages: 128,
+                chunks: 3,
+            }],
+            chunks_done: HashMap::new(),
+        };
+        let text = plan_json("tidewater_p", &resume);
+        let (slot, back) = parse_plan(&text).unwrap();
+        assert_eq!(slot, "tidewater_p");
+        assert_eq!(back.consistent_point, 42);
+        assert_eq!(back.plan, resume.plan);
+        // Truncated: where, not what it held.
+        let cut = &text[..text.find("orders").unwrap() + 3];
+        let problem = parse_plan(cut).unwrap_err();
+        assert!(problem.starts_with("it ends too early"), "{problem}");
+        assert!(problem.contains(" at line "), "{problem}");
+        assert!(!problem.contains("ord"), "{problem}");
+        // A chunk count out of range is not read as some other number.
+        let wrong = text.replace("\"chunks\": 3", "\"chunks\": -3");
+        let problem = parse_plan(&wrong).unwrap_err();
+        assert!(problem.contains("not the structure"), "{problem}");
+    }
 
     fn block(first_ord: u64, len: usize) -> tidewater_core::RowBlock {
         tidewater_core::RowBlock {

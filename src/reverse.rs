@@ -40,7 +40,13 @@ pub async fn command(config: &Config, job: Option<&str>, options: RunOptions) ->
         }
         return exit_code::CONFIG;
     }
-    let settings = Settings::from_config(config);
+    let settings = match Settings::from_config(config) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return exit_code::CONFIG;
+        }
+    };
     let mut sink = LakeSink::new(settings.lake.clone(), &settings.pipeline);
     let state_dir = config.pipeline.state_dir();
     let mut code = exit_code::OK;

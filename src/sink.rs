@@ -154,6 +154,15 @@ impl AnySink {
         }
     }
 
+    /// The config-class error for a recorded snapshot plan that does not
+    /// parse, naming where it is kept.
+    pub fn corrupt_plan(&self, problem: String) -> PipelineError {
+        match self {
+            AnySink::Lake(lake) => wrap(lake.corrupt_plan(problem)),
+            AnySink::Warehouse(w) => wrap(w.corrupt_plan(problem)),
+        }
+    }
+
     pub async fn write_snapshot_plan(&self, plan: &str) -> Result<(), PipelineError> {
         match self {
             AnySink::Lake(lake) => lake.write_snapshot_plan(plan).await.map_err(wrap),

@@ -171,8 +171,9 @@ async fn warehouse_status(
     let (states, stopped) = match (sink.table_states().await, sink.stopped_tables().await) {
         (Ok(states), Ok(stopped)) => (states, stopped),
         (Err(err), _) | (_, Err(err)) => {
+            // A damaged state row is config class (exit 2), like at `run`.
             eprintln!("error: {}", crate::chain(&err));
-            return exit_code::FAILED;
+            return action(tidewater_core::Classified::class(&err)).exit_code;
         }
     };
     if let Some(name) = only {
@@ -243,10 +244,13 @@ pub async fn status(settings: &Settings, format: Format, only: Option<&str>) -> 
     let stopped = match sink.stopped_tables().await {
         Ok(stopped) => stopped,
         Err(err) => {
+            // A damaged state file is config class (exit 2), like at `run`.
             eprintln!("error: {}", crate::chain(&err));
-            return exit_code::FAILED;
+            return action(err.class()).exit_code;
         }
     };
+    // Exit 2 after the report when a table's state file is damaged.
+    let mut code = exit_code::OK;
     let tables_found = match sink.existing_tables().await {
         Ok(tables) => tables,
         Err(err) => {
@@ -270,6 +274,10 @@ pub async fn status(settings: &Settings, format: Format, only: Option<&str>) -> 
         let state = match sink.table_state(&table).await {
             Ok(state) => state,
             Err(err) => {
+                if err.class() == ErrorClass::Config {
+                    eprintln!("error: {}", crate::chain(&err));
+                    code = exit_code::CONFIG;
+                }
                 tables.push(json!({"table": table.to_string(), "error": crate::chain(&err)}));
                 continue;
             }
@@ -301,7 +309,7 @@ pub async fn status(settings: &Settings, format: Format, only: Option<&str>) -> 
         Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("json")),
         Format::Text => print_text(&report),
     }
-    exit_code::OK
+    code
 }
 
 /// Whether a process runs the pipeline, from its lease: `running`, and
@@ -515,7 +523,7 @@ pub async fn history(settings: &Settings, table: &str, format: Format) -> i32 {
                 "error: reading the schema history of {table}: {}",
                 crate::chain(&err)
             );
-            return exit_code::FAILED;
+            return action(err.class()).exit_code;
         }
     };
     match format {

@@ -30,6 +30,7 @@ mod replication;
 mod retry;
 mod reverse_etl;
 mod secrets;
+mod state_files;
 mod stopping;
 mod tls;
 mod warehouse;

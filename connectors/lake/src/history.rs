@@ -15,8 +15,6 @@
 //! crash in between leaves a version whose rows the restarted pipeline writes
 //! again under the same columns (compared by value, so nothing is repeated).
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 
 pub const HISTORY_FILE: &str = "_tidewater_schema_history.json";
@@ -98,21 +96,8 @@ fn chrono_now() -> String {
 }
 
 /// A history file's content.
-pub fn parse(text: &str) -> Result<SchemaHistory, std::io::Error> {
-    serde_json::from_str(text).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-}
-
-/// The history next to the table at `dir`; None when there is none yet.
-pub fn read(dir: &Path) -> Result<Option<SchemaHistory>, std::io::Error> {
-    let path = dir.join(HISTORY_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(err),
-    };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+pub fn parse(text: &str) -> Result<SchemaHistory, serde_json::Error> {
+    serde_json::from_str(text)
 }
 
 pub fn to_json(history: &SchemaHistory) -> String {

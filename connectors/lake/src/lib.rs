@@ -12,7 +12,7 @@ pub mod sink;
 mod stats;
 pub mod store;
 
-pub use error::{quiet_caught_storage_panics, LakeError, Refusal};
+pub use error::{quiet_caught_storage_panics, LakeError, Refusal, StateFile};
 pub use sink::{
     Compaction, CompactionReport, LakeLog, LakeSink, MaintenancePolicy, SlotMarker,
     SourcePositionFile, TableState,

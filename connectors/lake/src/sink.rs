@@ -16,7 +16,6 @@
 //! invisible to every reader and are left for VACUUM.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 
 use std::sync::Arc;
 
@@ -40,13 +39,14 @@ use tidewater_core::{
 };
 use tracing::{debug, info, warn};
 
-use crate::error::LakeError;
+use crate::error::{LakeError, StateFile};
 use crate::history::{self, HistoryColumn, SchemaHistory};
 use crate::layout::{path_segment, segment_name};
 use crate::narrow::{narrow_batch, narrow_schema};
 use crate::restore;
 use crate::stats::writer_properties;
 use crate::store::LakeStore;
+use tidewater_core::state_file::json_problem;
 
 mod current;
 mod maintenance;
@@ -329,10 +329,7 @@ impl LakeSink {
         match self.store.read(&rel).await? {
             Some(text) => history::parse(&text)
                 .map(Some)
-                .map_err(|source| LakeError::Io {
-                    path: PathBuf::from(self.store.describe(&rel)),
-                    source,
-                }),
+                .map_err(|err| self.corrupt(&rel, StateFile::SchemaHistory, json_problem(&err))),
             None => Ok(None),
         }
     }
@@ -361,9 +358,8 @@ impl LakeSink {
             .map_err(|source| LakeError::delta(table, "reading the state of", source))?;
         let history_rel = format!("{rel}/{}", history::HISTORY_FILE);
         let history = match self.store.read(&history_rel).await? {
-            Some(text) => history::parse(&text).map_err(|source| LakeError::Io {
-                path: PathBuf::from(self.store.describe(&history_rel)),
-                source,
+            Some(text) => history::parse(&text).map_err(|err| {
+                self.corrupt(&history_rel, StateFile::SchemaHistory, json_problem(&err))
             })?,
             None => SchemaHistory {
                 table: table.to_string(),
@@ -1095,18 +1091,54 @@ impl LakeSink {
 
     /// The marker, if this pipeline ever created a slot for this lake.
     pub async fn marker(&self) -> Result<Option<SlotMarker>, LakeError> {
-        let Some(text) = self.store.read(&self.marker_rel()).await? else {
+        let rel = self.marker_rel();
+        let Some(text) = self.store.read(&rel).await? else {
             return Ok(None);
         };
-        let Some((kind, slot)) = text.trim().split_once(' ') else {
-            return Ok(None);
-        };
-        Ok(match kind {
-            "snapshot" => Some(SlotMarker::Snapshot(slot.to_string())),
-            "stream" => Some(SlotMarker::Stream(slot.to_string())),
-            _ => None,
-        })
+        // Read as "absent", a damaged marker would make a running initial
+        // snapshot look like someone else's slot, or none at all.
+        match text.trim().split_once(' ') {
+            Some(("snapshot", slot)) if !slot.trim().is_empty() => {
+                Ok(Some(SlotMarker::Snapshot(slot.trim().to_string())))
+            }
+            Some(("stream", slot)) if !slot.trim().is_empty() => {
+                Ok(Some(SlotMarker::Stream(slot.trim().to_string())))
+            }
+            _ => Err(self.corrupt(
+                &rel,
+                StateFile::SlotMarker,
+                "it is not one line `snapshot <slot>` or `stream <slot>`".into(),
+            )),
+        }
     }
+
+    /// [`LakeError::CorruptState`] for the state file `rel`.
+    fn corrupt(&self, rel: &str, file: StateFile, problem: String) -> LakeError {
+        LakeError::CorruptState {
+            location: self.store.describe(rel),
+            file,
+            problem,
+        }
+    }
+}
+
+/// `_tidewater_stopped_tables.json` as [`LakeSink::write_stopped_tables`]
+/// writes it (its `table` key, `schema.name` for people, is not read back).
+#[derive(serde::Deserialize)]
+struct StoppedTablesFile {
+    tables: Vec<StoppedTableEntry>,
+}
+
+#[derive(serde::Deserialize)]
+struct StoppedTableEntry {
+    schema: String,
+    name: String,
+    #[serde(default)]
+    position: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    stopped_at: u64,
 }
 
 impl LakeSink {
@@ -1118,6 +1150,12 @@ impl LakeSink {
     /// JSON), so an interrupted one can resume reading the same chunks.
     pub async fn snapshot_plan(&self) -> Result<Option<String>, LakeError> {
         self.store.read(&self.plan_rel()).await
+    }
+
+    /// The error for a snapshot plan (as [`Self::snapshot_plan`] returned
+    /// it) that does not parse; `problem` says where and what.
+    pub fn corrupt_plan(&self, problem: String) -> LakeError {
+        self.corrupt(&self.plan_rel(), StateFile::SnapshotPlan, problem)
     }
 
     /// Records the snapshot plan, before its first commit.
@@ -1137,31 +1175,18 @@ impl LakeSink {
         let Some(text) = self.store.read(&rel).await? else {
             return Ok(Vec::new());
         };
-        let path = PathBuf::from(self.store.describe(&rel));
-        let corrupt = |what: &str| LakeError::Io {
-            path: path.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string()),
-        };
-        let value: Value = serde_json::from_str(&text).map_err(|_| corrupt("not JSON"))?;
-        let entries = value
-            .get("tables")
-            .and_then(Value::as_array)
-            .ok_or_else(|| corrupt("no \"tables\" array"))?;
-        entries
-            .iter()
-            .map(|entry| {
-                let text = |key: &str| entry.get(key).and_then(Value::as_str).map(str::to_string);
-                Ok(StoppedTable {
-                    table: TableId::new(
-                        text("schema").ok_or_else(|| corrupt("an entry without \"schema\""))?,
-                        text("name").ok_or_else(|| corrupt("an entry without \"name\""))?,
-                    ),
-                    position: text("position").unwrap_or_default(),
-                    reason: text("reason").unwrap_or_default(),
-                    stopped_at: entry.get("stopped_at").and_then(Value::as_u64).unwrap_or(0),
-                })
+        let file: StoppedTablesFile = serde_json::from_str(&text)
+            .map_err(|err| self.corrupt(&rel, StateFile::StoppedTables, json_problem(&err)))?;
+        Ok(file
+            .tables
+            .into_iter()
+            .map(|entry| StoppedTable {
+                table: TableId::new(entry.schema, entry.name),
+                position: entry.position,
+                reason: entry.reason,
+                stopped_at: entry.stopped_at,
             })
-            .collect()
+            .collect())
     }
 
     /// Replaces the list of stopped tables (atomically, durably): written

@@ -30,8 +30,15 @@ pub enum WarehouseError {
          hint: stop the other tidewater process; every running pipeline needs its own name"
     )]
     Busy { pipeline: String },
-    #[error("the warehouse state of {what} is unreadable: {detail}")]
-    State { what: String, detail: String },
+    /// A state row tidewater wrote does not parse: it was damaged, and no
+    /// retry mends it. `detail` says what is wrong, never the row's content.
+    #[error("warehouse state {location} is unreadable: {detail}\nhint: {hint}")]
+    State {
+        /// The table and row, e.g. `tidewater.pipeline_state, pipeline 'p', key 'stopped_tables'`.
+        location: String,
+        detail: String,
+        hint: &'static str,
+    },
     /// The target name of a source table cannot be used: too long for
     /// Postgres, or already the target of another source table.
     #[error("warehouse table {target} for {table}: {problem}\nhint: {hint}")]
@@ -56,10 +63,10 @@ impl Classified for WarehouseError {
             WarehouseError::Server { source, .. } => server_class(source),
             WarehouseError::Url(_)
             | WarehouseError::NoKey { .. }
-            | WarehouseError::Target { .. } => ErrorClass::Config,
+            | WarehouseError::Target { .. }
+            | WarehouseError::State { .. } => ErrorClass::Config,
             WarehouseError::Encode { .. } => ErrorClass::Definite,
             WarehouseError::Busy { .. } => ErrorClass::Transient,
-            WarehouseError::State { .. } => ErrorClass::Internal,
         }
     }
 }

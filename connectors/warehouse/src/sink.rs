@@ -40,6 +40,7 @@ use crate::copy::{self, Encoding};
 use crate::error::WarehouseError;
 use crate::types::{ident, literal, target_type, widens};
 use crate::value::{decode, select_expr, Raw};
+use tidewater_core::state_file::json_problem;
 
 /// COPY data is sent in pieces of about this size, so a large batch never
 /// sits in memory twice.
@@ -245,6 +246,30 @@ const KEY_STOPPED: &str = "stopped_tables";
 const KEY_PLAN: &str = "snapshot_plan";
 const KEY_POSITION: &str = "source_position";
 
+/// An entry of the `stopped_tables` row, as `write_stopped_tables` writes it.
+#[derive(serde::Deserialize)]
+struct StoppedRow {
+    schema: String,
+    table: String,
+    position: String,
+    reason: String,
+    stopped_at: u64,
+}
+
+const HINT_STOPPED: &str = "restore the row from a backup. It lists the tables this pipeline \
+    stopped; deleting it is NOT safe on its own: those tables would be applied again from the \
+    current position, missing the changes skipped while they were stopped. If there is no backup, \
+    delete the row and copy every table of the pipeline again (`tidewater snapshot --table \
+    schema.table` for each)";
+const HINT_MARKER: &str = "restore the row from a backup, or set its value again: \
+    `stream:<slot>` if the initial snapshot had completed, `snapshot:<slot>` if it was still \
+    running (<slot> is source.slot; `binlog` for a MySQL source). Do not just delete it: without \
+    it a running initial snapshot is not recognised as this warehouse's";
+const HINT_PLAN: &str = "restore the row from a backup, or delete it: the interrupted initial \
+    snapshot then starts over (every table is copied again), nothing is lost";
+const HINT_TABLE_STATE: &str = "restore the row from a backup, or delete it and copy the table \
+    again (`tidewater snapshot --table schema.table`)";
+
 impl WarehouseSink {
     /// Connects, takes the pipeline's advisory lock and creates the state
     /// tables when missing.
@@ -411,8 +436,13 @@ impl WarehouseSink {
             row.get::<_, String>(i)
                 .parse::<u64>()
                 .map_err(|_| WarehouseError::State {
-                    what: table.to_string(),
-                    detail: "seq/ord are not unsigned integers".into(),
+                    location: format!(
+                        "{}, pipeline {:?}, table {table}",
+                        self.state_table("table_state"),
+                        self.settings.pipeline
+                    ),
+                    detail: "seq or ord is not an unsigned integer".into(),
+                    hint: HINT_TABLE_STATE,
                 })
         };
         Ok(Some(TableState {
@@ -1200,14 +1230,37 @@ impl WarehouseSink {
     }
 
     pub async fn marker(&self) -> Result<Option<Marker>, WarehouseError> {
-        Ok(self.read_value(KEY_MARKER).await?.and_then(|text| {
-            let (kind, slot) = text.split_once(':')?;
-            match kind {
-                "snapshot" => Some(Marker::Snapshot(slot.to_string())),
-                "stream" => Some(Marker::Stream(slot.to_string())),
-                _ => None,
+        let Some(text) = self.read_value(KEY_MARKER).await? else {
+            return Ok(None);
+        };
+        // Read as "absent", a damaged marker would make a running initial
+        // snapshot look like someone else's slot, or none at all.
+        match text.split_once(':') {
+            Some(("snapshot", slot)) if !slot.is_empty() => {
+                Ok(Some(Marker::Snapshot(slot.to_string())))
             }
-        }))
+            Some(("stream", slot)) if !slot.is_empty() => {
+                Ok(Some(Marker::Stream(slot.to_string())))
+            }
+            _ => Err(self.corrupt_value(
+                KEY_MARKER,
+                "it is not `snapshot:<slot>` or `stream:<slot>`".into(),
+                HINT_MARKER,
+            )),
+        }
+    }
+
+    /// [`WarehouseError::State`] for the `pipeline_state` row `key`.
+    fn corrupt_value(&self, key: &str, detail: String, hint: &'static str) -> WarehouseError {
+        WarehouseError::State {
+            location: format!(
+                "{}, pipeline {:?}, key {key:?}",
+                self.state_table("pipeline_state"),
+                self.settings.pipeline
+            ),
+            detail,
+            hint,
+        }
     }
 
     pub async fn write_marker(&self, marker: &Marker) -> Result<(), WarehouseError> {
@@ -1220,6 +1273,12 @@ impl WarehouseSink {
 
     pub async fn snapshot_plan(&self) -> Result<Option<String>, WarehouseError> {
         self.read_value(KEY_PLAN).await
+    }
+
+    /// The error for a snapshot plan (as [`Self::snapshot_plan`] returned
+    /// it) that does not parse; `problem` says where and what.
+    pub fn corrupt_plan(&self, problem: String) -> WarehouseError {
+        self.corrupt_value(KEY_PLAN, problem, HINT_PLAN)
     }
 
     pub async fn write_snapshot_plan(&self, plan: &str) -> Result<(), WarehouseError> {
@@ -1244,26 +1303,17 @@ impl WarehouseSink {
         let Some(text) = self.read_value(KEY_STOPPED).await? else {
             return Ok(Vec::new());
         };
-        let unreadable = || WarehouseError::State {
-            what: "stopped tables".into(),
-            detail: "not the JSON tidewater writes".into(),
-        };
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|_| unreadable())?;
-        value
-            .as_array()
-            .ok_or_else(unreadable)?
-            .iter()
-            .map(|t| {
-                let text = |k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_string);
-                Some(StoppedTable {
-                    table: TableId::new(text("schema")?, text("table")?),
-                    position: text("position")?,
-                    reason: text("reason")?,
-                    stopped_at: t.get("stopped_at")?.as_u64()?,
-                })
+        let list: Vec<StoppedRow> = serde_json::from_str(&text)
+            .map_err(|err| self.corrupt_value(KEY_STOPPED, json_problem(&err), HINT_STOPPED))?;
+        Ok(list
+            .into_iter()
+            .map(|t| StoppedTable {
+                table: TableId::new(t.schema, t.table),
+                position: t.position,
+                reason: t.reason,
+                stopped_at: t.stopped_at,
             })
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(unreadable)
+            .collect())
     }
 
     pub async fn write_stopped_tables(
