@@ -476,6 +476,27 @@ impl Pipeline {
         }
     }
 
+    /// Waits (without blocking the runtime) until the daemon exits on its
+    /// own; returns its exit code (-1 for a signal). Fails the test if it
+    /// still runs after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut().expect("daemon running");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon kept running for {timeout:?}:\n{}",
+                self.log(self.starts)
+            );
+            // The polling interval of this wait.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `tidewater snapshot --table T …` for `tables`: copies them again.
     pub fn snapshot_tables(&self, tables: &[&str]) -> std::process::Output {
         let mut cmd = tidewater();
