@@ -91,7 +91,9 @@ async fn small_files_are_compacted_and_old_ones_deleted_while_streaming() {
                     && live <= 12
                     && on_disk <= 30)
                     .then_some(())
-                    .ok_or(format!("live files {live}, parquet files on disk {on_disk}"))
+                    .ok_or(format!(
+                        "live files {live}, parquet files on disk {on_disk}"
+                    ))
             }
         },
     )
@@ -292,7 +294,11 @@ async fn change_logs_partitioned_by_commit_date() {
         std::fs::read_dir(path)
             .unwrap()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("_tw_commit_date="))
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("_tw_commit_date=")
+            })
             .map(|e| parquet_files(&e.path()))
             .sum()
     };
@@ -308,7 +314,9 @@ async fn change_logs_partitioned_by_commit_date() {
                     && log.contains("deleted files no version needs any more")
                     && on_disk <= live + 6)
                     .then_some(())
-                    .ok_or(format!("{on_disk} parquet files on disk for {live} live ones"))
+                    .ok_or(format!(
+                        "{on_disk} parquet files on disk for {live} live ones"
+                    ))
             }
         },
     )

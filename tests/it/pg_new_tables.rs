@@ -64,26 +64,22 @@ async fn tables_created_while_streaming_are_copied_then_streamed() {
     // rows it locks keep the UPDATE below waiting until then).
     let watcher = pg().client("newtables").await;
     let committer = tokio::spawn(async move {
-        eventually(
-            "second in the publication",
-            Duration::from_secs(60),
-            || {
-                let watcher = &watcher;
-                async move {
-                    let published = watcher
-                        .query_opt(
-                            "SELECT 1 FROM pg_publication_tables \
+        eventually("second in the publication", Duration::from_secs(60), || {
+            let watcher = &watcher;
+            async move {
+                let published = watcher
+                    .query_opt(
+                        "SELECT 1 FROM pg_publication_tables \
                              WHERE schemaname = 'public' AND tablename = 'second'",
-                            &[],
-                        )
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    published
-                        .map(|_| ())
-                        .ok_or_else(|| "not published yet".to_string())
-                }
-            },
-        )
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                published
+                    .map(|_| ())
+                    .ok_or_else(|| "not published yet".to_string())
+            }
+        })
         .await;
         other.batch_execute("COMMIT").await.unwrap();
         other

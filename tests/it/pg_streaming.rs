@@ -266,9 +266,7 @@ async fn invalidated_slot_is_a_clear_error() {
     )
     .await;
     pipeline.start();
-    let code = pipeline
-        .wait_exit(std::time::Duration::from_secs(60))
-        .await;
+    let code = pipeline.wait_exit(std::time::Duration::from_secs(60)).await;
     let log = pipeline.log(2);
     assert_eq!(code, 2, "{log}");
     assert!(

@@ -63,6 +63,7 @@ impl S3Server {
                 "moto did not start: {}",
                 std::fs::read_to_string(dir.join("moto.log")).unwrap_or_default()
             );
+            // The polling interval of this wait (once per test binary).
             std::thread::sleep(Duration::from_millis(100));
         }
         S3Server { port }
