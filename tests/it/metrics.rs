@@ -44,6 +44,8 @@ async fn metrics_and_health_while_streaming() {
         .await
         .unwrap();
     let port = free_port();
+    // The lag stays above 0 from a commit until the next heartbeat: 1.5 s
+    // is long enough to be seen on a busy machine (0.3 s was not always).
     let mut pipeline = Pipeline::with_source(
         "metrics",
         &format!(
