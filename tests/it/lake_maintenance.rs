@@ -65,20 +65,39 @@ async fn small_files_are_compacted_and_old_ones_deleted_while_streaming() {
             ))
             .await
             .unwrap();
+        // Paces the writes over many flushes (every 200 ms): the workload
+        // that makes small files, not a wait for anything.
         tokio::time::sleep(Duration::from_millis(80)).await;
         if round % 20 == 19 {
             most_live = most_live.max(live_files(&pipeline, "public.t"));
         }
     }
     pipeline.wait_equal(&client, "t").await;
-    // Let one more compaction and vacuum run.
-    tokio::time::sleep(Duration::from_secs(3)).await;
     client
         .batch_execute("UPDATE t SET v = 'last' WHERE id = 2")
         .await
         .unwrap();
     pipeline.wait_equal(&client, "t").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Compaction and vacuum catch up with the writes.
+    eventually(
+        "the table compacted and vacuumed",
+        Duration::from_secs(60),
+        || {
+            let log = pipeline.log(1);
+            let (live, on_disk) = (live_files(&pipeline, "public.t"), parquet_files(&path));
+            async move {
+                (log.contains("compacted small files")
+                    && log.contains("deleted files no version needs any more")
+                    && live <= 12
+                    && on_disk <= 30)
+                    .then_some(())
+                    .ok_or(format!(
+                        "live files {live}, parquet files on disk {on_disk}"
+                    ))
+            }
+        },
+    )
+    .await;
     let log = pipeline.log(1);
     assert!(log.contains("compacted small files"), "{log}");
     // The snapshot reported its progress (not a terminal: log lines).
@@ -264,11 +283,44 @@ async fn change_logs_partitioned_by_commit_date() {
                 .await
                 .unwrap();
         }
+        // Paces the rounds over several flushes (every 200 ms): the
+        // workload that makes small files, not a wait for anything.
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     pipeline.wait_equal(&client, "t").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let path = pipeline.table_path("public", "t");
+    // Compaction and vacuum catch up with the writes, in every partition.
+    let day_files = |path: &std::path::Path| -> usize {
+        std::fs::read_dir(path)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("_tw_commit_date=")
+            })
+            .map(|e| parquet_files(&e.path()))
+            .sum()
+    };
+    eventually(
+        "the partitions compacted and vacuumed",
+        Duration::from_secs(60),
+        || {
+            let log = pipeline.log(1);
+            let live = live_files(&pipeline, "public.t") as usize;
+            let on_disk = day_files(&path);
+            async move {
+                (log.contains("compacted small files")
+                    && log.contains("deleted files no version needs any more")
+                    && on_disk <= live + 6)
+                    .then_some(())
+                    .ok_or(format!(
+                        "{on_disk} parquet files on disk for {live} live ones"
+                    ))
+            }
+        },
+    )
+    .await;
     let days: Vec<String> = std::fs::read_dir(&path)
         .unwrap()
         .flatten()

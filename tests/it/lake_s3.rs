@@ -99,6 +99,8 @@ async fn lake_on_s3_survives_network_faults() {
                 ))
                 .await
                 .unwrap();
+            // Spreads the changes over several flushes (every 200 ms), so
+            // the fault meets many requests: the load, not a wait.
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
         // Hold the fault until at least one request met it (the client may
@@ -113,9 +115,12 @@ async fn lake_on_s3_survives_network_faults() {
                 .await
                 .unwrap();
             nudges += 1;
+            // The polling interval of this wait.
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         proxy.set(Fault::None);
+        // A moment without faults between two: the load's shape, not a wait
+        // for anything (the lake is compared once the faults are over).
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     client

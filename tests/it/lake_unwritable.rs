@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::lake::{assert_each_change_once, read_log};
 use crate::support::{output_within, pg, temp_dir, tidewater, Pipeline};
@@ -216,20 +216,9 @@ async fn unwritable_mid_stream(name: &str, deny: impl Fn(&Path) -> PathBuf) {
         )
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let code = loop {
-        let child = pipeline.child.as_mut().unwrap();
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code().unwrap_or(-1);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the daemon kept running on an unwritable lake:\n{}",
-            pipeline.log(1)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    pipeline.child = None;
+    // The daemon must stop on its own (it kept running on an unwritable
+    // lake if this times out).
+    let code = pipeline.wait_exit(Duration::from_secs(90)).await;
     let log = pipeline.log(1);
     assert_eq!(code, 2, "exit 2 (the lake refuses writes):\n{log}");
     assert!(

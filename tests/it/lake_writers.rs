@@ -73,9 +73,8 @@ async fn two_writers(db: &str, bucket: Option<&str>, server_id: u32) {
     wait_equal(&mut conn, &lake_uri, db).await;
     // The lease refuses the second at start.
     second.start();
-    let refused = second.child.as_mut().unwrap().wait().unwrap();
-    second.child = None;
-    assert_eq!(refused.code(), Some(2), "{}", second.log(1));
+    let refused = second.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(refused, 2, "{}", second.log(1));
     assert!(
         second.log(1).contains("is already running"),
         "{}",
@@ -102,6 +101,8 @@ async fn two_writers(db: &str, bucket: Option<&str>, server_id: u32) {
         conn.query_drop(format!("INSERT INTO t VALUES ({}, {i})", 100 + i))
             .await
             .unwrap();
+        // The writes' pace, and the polling interval of the wait for one
+        // of the two to stop.
         tokio::time::sleep(Duration::from_millis(50)).await;
         for (name, pipeline) in [("first", &mut first), ("second", &mut second)] {
             if let Some(status) = pipeline.child.as_mut().unwrap().try_wait().unwrap() {
@@ -165,6 +166,7 @@ async fn wait_equal(conn: &mut mysql_async::Conn, lake_uri: &str, db: &str) {
             Err(e) if std::time::Instant::now() > deadline => {
                 panic!("the lake never equalled the source: {e}")
             }
+            // The polling interval of this wait.
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }

@@ -322,6 +322,8 @@ async fn a_second_daemon_on_an_s3_lake_is_refused_and_a_killed_one_is_replaced_a
         let store = store.clone();
         async move {
             for at in 1..60 {
+                // The other holder's renewal period: the behaviour under
+                // test (a lease that is being renewed), not a wait.
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 store
                     .write("lease_s3/_tidewater_lease", &foreign(at))

@@ -44,10 +44,12 @@ async fn metrics_and_health_while_streaming() {
         .await
         .unwrap();
     let port = free_port();
+    // The lag stays above 0 from a commit until the next heartbeat: 1.5 s
+    // is long enough to be seen on a busy machine (0.3 s was not always).
     let mut pipeline = Pipeline::with_source(
         "metrics",
         &format!(
-            "[source]\ntype = \"postgres\"\nurl = \"{}\"\nheartbeat_interval_ms = 300\n",
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\nheartbeat_interval_ms = 1500\n",
             pg().url("metrics")
         ),
         "",
@@ -93,23 +95,61 @@ async fn metrics_and_health_while_streaming() {
         if rose && lag == 0.0 {
             fell = true;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        // The polling interval of this wait (the lag moves within ms).
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(rose && fell, "lag rose: {rose}, fell back: {fell}");
-    // The WAL the slot retains, sampled every 10 s.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // The WAL the slot retains (the server's position minus the slot's
+    // restart_lsn), sampled every 10 s: a sample taken between two readings
+    // of the same figures from pg_replication_slots lies between them. The
+    // heartbeats write WAL, so every sample differs from the one before; the
+    // second new sample was taken well after the first reading (a sample
+    // reaches /metrics within moments, the next is taken 10 s later).
+    let positions = || async {
+        let row = client
+            .query_one(
+                "SELECT (pg_current_wal_lsn() - '0/0')::int8, (restart_lsn - '0/0')::int8 \
+                 FROM pg_replication_slots WHERE slot_name = 'tidewater_metrics'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0) as f64, row.get::<_, i64>(1) as f64)
+    };
+    let retained_metric = |body: &str| value(body, "tidewater_wal_retained_bytes");
+    let (wal_before, restart_before) = positions().await;
+    let mut seen = retained_metric(&get(port, "/metrics").1);
+    let mut new_samples = 0;
+    let deadline = Instant::now() + Duration::from_secs(45);
     let retained = loop {
         let (_, body) = get(port, "/metrics");
-        if let Some(bytes) = value(&body, "tidewater_wal_retained_bytes") {
-            break bytes;
+        match retained_metric(&body) {
+            Some(bytes) if Some(bytes) != seen => {
+                new_samples += 1;
+                if new_samples == 2 {
+                    break bytes;
+                }
+                seen = Some(bytes);
+            }
+            _ => {}
         }
         assert!(
             Instant::now() < deadline,
-            "no tidewater_wal_retained_bytes: {body}"
+            "{new_samples} new tidewater_wal_retained_bytes samples (last {seen:?}): {body}"
         );
-        std::thread::sleep(Duration::from_millis(200));
+        // The polling interval of this wait.
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert!(retained >= 0.0);
+    let (wal_after, restart_after) = positions().await;
+    assert!(
+        retained > 0.0
+            && wal_before - restart_after <= retained
+            && retained <= wal_after - restart_before,
+        "retained {retained} bytes, not within what the slot retained between \
+         {} and {} bytes",
+        wal_before - restart_after,
+        wal_after - restart_before
+    );
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
 }
 
@@ -142,7 +182,8 @@ async fn mysql_metrics_count_binlog_files_behind() {
             Instant::now() < deadline,
             "no tidewater_binlog_files_behind: {body}"
         );
-        std::thread::sleep(Duration::from_millis(200));
+        // The polling interval of this wait.
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(
         value(

@@ -261,10 +261,13 @@ async fn mysql_sigkill_loses_nothing_duplicates_nothing() {
             );
             conn.query_drop(sql).await.expect("writer transaction");
             if i % 50 == 0 {
+                // The writer's pace (the load), not a wait.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     });
+    // The kills land at moments the writer does not know of: the timing
+    // is what this test is about, not a wait for anything.
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(700)).await;
         pipeline.kill();
@@ -364,6 +367,7 @@ async fn mysql_server_restart_and_purged_position() {
             purged = true;
             break;
         }
+        // The polling interval of this wait.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(purged, "the server would not purge its binlogs");

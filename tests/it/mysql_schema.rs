@@ -227,6 +227,8 @@ async fn mysql_sigkill_between_schema_changes_resumes_with_the_right_schema() {
             .await
             .unwrap_or_else(|e| panic!("{step}: {e}"));
         if i % 2 == 1 {
+            // A random kill point (replayable from the seed): the thing
+            // under test, not a wait.
             tokio::time::sleep(std::time::Duration::from_millis(rng.gen_range(0..1500))).await;
             pipeline.kill();
             pipeline.start();

@@ -60,8 +60,27 @@ async fn tables_created_while_streaming_are_copied_then_streamed() {
         )
         .await
         .unwrap();
+    // It commits once the daemon has added `second` to the publication (the
+    // rows it locks keep the UPDATE below waiting until then).
+    let watcher = pg().client("newtables").await;
     let committer = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        eventually("second in the publication", Duration::from_secs(60), || {
+            let watcher = &watcher;
+            async move {
+                let published = watcher
+                    .query_opt(
+                        "SELECT 1 FROM pg_publication_tables \
+                             WHERE schemaname = 'public' AND tablename = 'second'",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                published
+                    .map(|_| ())
+                    .ok_or_else(|| "not published yet".to_string())
+            }
+        })
+        .await;
         other.batch_execute("COMMIT").await.unwrap();
         other
     });
@@ -109,16 +128,31 @@ async fn tables_created_while_streaming_are_copied_then_streamed() {
         .unwrap();
     pipeline.wait_equal(&client, "keyless").await;
 
-    // Renamed into the patterns (from an excluded name), then changed.
+    // Renamed into the patterns (from an excluded name), then changed. An
+    // included table created in the same transaction shows when the daemon
+    // has seen both: by then the excluded one must not be copied, nor
+    // published.
     client
         .batch_execute(
-            "CREATE TABLE staging_orders (id int PRIMARY KEY, v text);
-             INSERT INTO staging_orders SELECT g, 's' || g FROM generate_series(1, 30) g;",
+            "BEGIN;
+             CREATE TABLE staging_orders (id int PRIMARY KEY, v text);
+             INSERT INTO staging_orders SELECT g, 's' || g FROM generate_series(1, 30) g;
+             CREATE TABLE beside_staging (id int PRIMARY KEY);
+             INSERT INTO beside_staging VALUES (1);
+             COMMIT;",
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    pipeline.wait_equal(&client, "beside_staging").await;
     assert!(!pipeline.table_path("public", "staging_orders").exists());
+    let published = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication_tables WHERE tablename = 'staging_orders'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(published.is_none(), "the excluded table is published");
     client
         .batch_execute(
             "ALTER TABLE staging_orders RENAME TO orders;

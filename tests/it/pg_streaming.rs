@@ -266,17 +266,9 @@ async fn invalidated_slot_is_a_clear_error() {
     )
     .await;
     pipeline.start();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let code = loop {
-        if let Some(status) = pipeline.child.as_mut().unwrap().try_wait().unwrap() {
-            break status.code();
-        }
-        assert!(std::time::Instant::now() < deadline, "daemon kept running");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
-    pipeline.child = None;
+    let code = pipeline.wait_exit(std::time::Duration::from_secs(60)).await;
     let log = pipeline.log(2);
-    assert_eq!(code, Some(2), "{log}");
+    assert_eq!(code, 2, "{log}");
     assert!(
         log.contains("\"tidewater_inval\" was invalidated") && log.contains("re-snapshot"),
         "{log}"
@@ -313,8 +305,26 @@ async fn sigkill_during_spill_and_replay_keeps_exactly_once() {
         )
         .await
         .unwrap();
-    // Killed while the transaction streams in (spilled, not committed).
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Killed while the transaction streams in (spilled, not committed):
+    // once the daemon has opened the transaction's spill file.
+    let spill_dir = pipeline.dir.join("state").join("spill");
+    crate::support::eventually(
+        "the large transaction spilling in the daemon",
+        std::time::Duration::from_secs(60),
+        || {
+            let spill_dir = spill_dir.clone();
+            async move {
+                let spilling = std::fs::read_dir(&spill_dir)
+                    .map_err(|e| format!("{}: {e}", spill_dir.display()))?
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".spill"));
+                spilling
+                    .then_some(())
+                    .ok_or_else(|| "no spill file yet".to_string())
+            }
+        },
+    )
+    .await;
     pipeline.kill();
     pipeline.start();
     writer.batch_execute("COMMIT").await.unwrap();

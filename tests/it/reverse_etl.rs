@@ -586,8 +586,31 @@ async fn a_killed_push_is_finished_by_the_next_run_and_lock_waits_are_retried() 
         .batch_execute("BEGIN; LOCK TABLE items IN SHARE MODE")
         .await
         .unwrap();
+    // Released once a lock wait of the re-run timed out and it waits again
+    // (a retry): two of its lock waits, told apart by their start.
+    let watcher = server.client("rev_big_tgt").await;
     let release = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut waits = std::collections::BTreeSet::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while waits.len() < 2 {
+            for row in watcher
+                .query(
+                    "SELECT query_start::text FROM pg_stat_activity \
+                     WHERE datname = 'rev_big_tgt' AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap()
+            {
+                waits.insert(row.get::<_, String>(0));
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the re-run never waited twice for the lock: {waits:?}"
+            );
+            // The polling interval of this wait (a lock wait lasts 100 ms).
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         blocker.batch_execute("ROLLBACK").await.unwrap();
         blocker
     });

@@ -131,6 +131,7 @@ async fn write_load(url: String, stop: Arc<AtomicBool>, seed: u64) -> u64 {
         sql.push_str("COMMIT;");
         client.batch_execute(&sql).await.expect("load transaction");
         transactions += 1;
+        // The writer's pace (part of the random load), not a wait.
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..5))).await;
     }
     transactions
@@ -181,6 +182,8 @@ async fn postgres_into_warehouse_survives_sigkill_and_restores_toast() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn(write_load(pg().url("wh_src"), stop.clone(), rng.gen()));
+    // The random moments of the kills and restarts (replayable from the
+    // seed) are what this test is about, not waits.
     for round in 0..3 {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(300..2000))).await;
         pipeline.assert_running();
@@ -544,6 +547,8 @@ async fn mariadb_into_warehouse_survives_sigkill() {
             .await
             .unwrap();
         }
+        // A random kill point (replayable from the seed): the thing under
+        // test, not a wait.
         tokio::time::sleep(Duration::from_millis(rng.gen_range(100..1200))).await;
         pipeline.assert_running();
         pipeline.kill();

@@ -169,6 +169,7 @@ impl MariaServer {
                     self.error_log()
                 );
             }
+            // The polling interval of this wait.
             std::thread::sleep(Duration::from_millis(50));
         }
         *slot = Some(child);
@@ -189,14 +190,18 @@ impl MariaServer {
                 let _ = child.wait();
                 panic!("mariadbd did not stop within {STOP_TIMEOUT:?} of SIGTERM");
             }
+            // The polling interval of this wait.
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     /// Stops and starts the server on the same port and datadir.
     pub fn restart(&self) {
-        self.stop();
-        self.start();
+        // Called from async tests: a blocking wait, announced to the runtime.
+        super::blocking(|| {
+            self.stop();
+            self.start();
+        })
     }
 
     /// The server's error log (startup failures, crash reports).

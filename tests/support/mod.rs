@@ -289,9 +289,25 @@ pub fn tidewater() -> Command {
     cmd
 }
 
+/// Runs `wait`, a blocking wait for a child process, without stalling the
+/// async test that calls it: on a multi-threaded runtime the worker hands its
+/// other tasks (connections, proxies, spawned writers) to another thread.
+fn blocking<T>(wait: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    }
+}
+
 /// Runs a command to completion, failing the test after `seconds` instead of
 /// hanging on a daemon stuck retrying.
-pub fn output_within(mut cmd: Command, seconds: u64) -> std::process::Output {
+pub fn output_within(cmd: Command, seconds: u64) -> std::process::Output {
+    blocking(|| output_within_blocking(cmd, seconds))
+}
+
+fn output_within_blocking(mut cmd: Command, seconds: u64) -> std::process::Output {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -307,6 +323,7 @@ pub fn output_within(mut cmd: Command, seconds: u64) -> std::process::Output {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        // The polling interval of this wait.
         std::thread::sleep(Duration::from_millis(50));
     }
     child.wait_with_output().expect("output")
@@ -455,7 +472,7 @@ impl Pipeline {
         let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         assert_eq!(sent, 0, "SIGTERM failed");
         let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        blocking(|| loop {
             if let Some(status) = child.try_wait().expect("wait") {
                 return status.code().unwrap_or(-1);
             }
@@ -463,8 +480,9 @@ impl Pipeline {
                 Instant::now() < deadline,
                 "daemon did not stop within 60 s of SIGTERM"
             );
+            // The polling interval of this wait.
             std::thread::sleep(Duration::from_millis(50));
-        }
+        })
     }
 
     /// Fails the test if the daemon exited on its own.
@@ -473,6 +491,27 @@ impl Pipeline {
             if let Some(status) = child.try_wait().expect("try_wait") {
                 panic!("daemon exited with {status}:\n{}", self.log(self.starts));
             }
+        }
+    }
+
+    /// Waits (without blocking the runtime) until the daemon exits on its
+    /// own; returns its exit code (-1 for a signal). Fails the test if it
+    /// still runs after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut().expect("daemon running");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon kept running for {timeout:?}:\n{}",
+                self.log(self.starts)
+            );
+            // The polling interval of this wait.
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -63,6 +63,7 @@ impl S3Server {
                 "moto did not start: {}",
                 std::fs::read_to_string(dir.join("moto.log")).unwrap_or_default()
             );
+            // The polling interval of this wait (once per test binary).
             std::thread::sleep(Duration::from_millis(100));
         }
         S3Server { port }
@@ -114,6 +115,9 @@ pub enum Fault {
     /// Forward the request, then cut the connection before the answer (the
     /// server did the work; the client never hears).
     LoseAnswer = 5,
+    /// Read the request, note its first line, and never answer (until the
+    /// fault changes): the client waits for its request timeout.
+    Stall = 6,
 }
 
 /// A TCP proxy in front of the S3 server, injecting [`Fault`]s.
@@ -124,7 +128,9 @@ pub struct FaultProxy {
     /// client's next request meets the new fault (keep-alive would dodge it).
     generation: tokio::sync::watch::Sender<u64>,
     /// Connections served under each fault (by its number).
-    hits: Arc<[AtomicUsize; 6]>,
+    hits: Arc<[AtomicUsize; 7]>,
+    /// The request lines of the requests [`Fault::Stall`] holds.
+    stalled: Arc<Mutex<Vec<String>>>,
 }
 
 impl FaultProxy {
@@ -134,8 +140,9 @@ impl FaultProxy {
             .expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
         let fault = Arc::new(AtomicU8::new(Fault::None as u8));
-        let hits: Arc<[AtomicUsize; 6]> = Arc::new(Default::default());
-        let (mode, counts) = (fault.clone(), hits.clone());
+        let hits: Arc<[AtomicUsize; 7]> = Arc::new(Default::default());
+        let stalled: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (mode, counts, held) = (fault.clone(), hits.clone(), stalled.clone());
         let (generation, changes) = tokio::sync::watch::channel(0u64);
         tokio::spawn(async move {
             loop {
@@ -146,9 +153,10 @@ impl FaultProxy {
                 counts[fault as usize].fetch_add(1, Ordering::SeqCst);
                 let mut changed = changes.clone();
                 changed.mark_unchanged();
+                let held = held.clone();
                 tokio::spawn(async move {
                     tokio::select! {
-                        _ = serve(client, upstream, fault) => {}
+                        _ = serve(client, upstream, fault, &held) => {}
                         _ = changed.changed() => {}
                     }
                 });
@@ -159,6 +167,7 @@ impl FaultProxy {
             fault,
             generation,
             hits,
+            stalled,
         }
     }
 
@@ -175,9 +184,15 @@ impl FaultProxy {
     pub fn hits(&self, fault: Fault) -> usize {
         self.hits[fault as usize].load(Ordering::SeqCst)
     }
+
+    /// The request lines (`PUT /bucket/key HTTP/1.1`) [`Fault::Stall`] holds
+    /// or held.
+    pub fn stalled_requests(&self) -> Vec<String> {
+        self.stalled.lock().expect("stalled requests").clone()
+    }
 }
 
-async fn serve(mut client: TcpStream, upstream: u16, fault: u8) {
+async fn serve(mut client: TcpStream, upstream: u16, fault: u8, stalled: &Mutex<Vec<String>>) {
     let answer = |status: &str| {
         format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
     };
@@ -198,6 +213,15 @@ async fn serve(mut client: TcpStream, upstream: u16, fault: u8) {
             return;
         }
         4 => tokio::time::sleep(Duration::from_millis(1500)).await,
+        6 => {
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = client.read(&mut buf).await {
+                let head = String::from_utf8_lossy(&buf[..n]);
+                let line = head.lines().next().unwrap_or_default().to_string();
+                stalled.lock().expect("stalled requests").push(line);
+            }
+            std::future::pending::<()>().await;
+        }
         _ => {}
     }
     let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
