@@ -301,15 +301,16 @@ async fn run_holding(config: &Config, settings: &Settings, mode: Mode) -> i32 {
     if mode == Mode::Continuous {
         reverse::spawn_schedules(config, settings, shutdown_rx.clone());
     }
+    let mut signals = StopSignals::new();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.recv().await;
         info!("signal received, stopping: flushing, committing and acknowledging (a second signal exits at once)");
         let _ = shutdown_tx.send(true);
         // A second signal, or a shutdown that outlasts its grace period,
         // ends the process at once. That is safe: nothing is acknowledged
         // that is not durable, and the next start resumes from the marks.
         tokio::select! {
-            _ = wait_for_signal() => {
+            _ = signals.recv() => {
                 warn!("second signal: exiting without flushing; the next start resumes exactly once");
             }
             _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
@@ -373,14 +374,37 @@ async fn run_holding(config: &Config, settings: &Settings, mode: Mode) -> i32 {
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+/// SIGTERM and SIGINT, listened to from the moment it is made: a second
+/// signal that arrives while the first is being handled waits in the
+/// listener for the next [`StopSignals::recv`] instead of being lost.
+struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn new() -> StopSignals {
+        use tokio::signal::unix::{signal, SignalKind};
+        StopSignals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    /// The next SIGTERM or SIGINT (never, where neither could be listened to).
+    async fn recv(&mut self) {
+        async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        let StopSignals { term, int } = self;
+        tokio::select! {
+            _ = next(term) => {}
+            _ = next(int) => {}
+        }
     }
 }
