@@ -88,6 +88,10 @@ pub enum PipelineError {
          hint: run `tidewater snapshot` without --table first"
     )]
     NoLakeYet,
+    /// A definite sink error about one table stopped that table (recorded);
+    /// what the sink held of the other tables is sent again.
+    #[error("table {0} stopped on a sink error; the other tables go on from their durable marks")]
+    SinkStoppedTable(TableId),
 }
 
 impl PipelineError {
@@ -101,14 +105,17 @@ impl PipelineError {
             PipelineError::SourceGone => ErrorClass::Internal,
             PipelineError::UnresolvedToast { .. } => ErrorClass::Definite,
             PipelineError::NotSelected(_) | PipelineError::NoLakeYet => ErrorClass::Config,
+            PipelineError::SinkStoppedTable(_) => ErrorClass::Transient,
         }
     }
 }
 
-/// A sink's error, whatever its type, with its class kept for the policy.
+/// A sink's error, whatever its type, with its class and the table it is
+/// about (if one) kept for the policy.
 #[derive(Debug)]
 pub struct SinkFailure {
     class: ErrorClass,
+    table: Option<TableId>,
     error: Box<dyn std::error::Error + Send + Sync>,
 }
 
@@ -116,6 +123,7 @@ impl SinkFailure {
     pub fn new<E: Classified>(err: E) -> SinkFailure {
         SinkFailure {
             class: err.class(),
+            table: err.table().cloned(),
             error: Box::new(err),
         }
     }
@@ -124,6 +132,10 @@ impl SinkFailure {
 impl Classified for SinkFailure {
     fn class(&self) -> ErrorClass {
         self.class
+    }
+
+    fn table(&self) -> Option<&TableId> {
+        self.table.as_ref()
     }
 }
 
@@ -140,10 +152,29 @@ impl std::error::Error for SinkFailure {
 }
 
 fn sink_error<E: Classified>(err: E) -> PipelineError {
-    PipelineError::Sink(SinkFailure {
-        class: err.class(),
-        error: Box::new(err),
-    })
+    PipelineError::Sink(SinkFailure::new(err))
+}
+
+/// What a table stopped by a sink error records as its reason: the error
+/// and its causes on one line, without the server's DETAIL lines (a
+/// constraint violation's DETAIL shows the failing row's values).
+fn stop_reason(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        let text: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("DETAIL:"))
+            .collect();
+        let text = text.join(" ");
+        // A wrapper that prints its cause is followed by that cause.
+        if !parts.last().is_some_and(|last| last.ends_with(&text)) {
+            parts.push(text);
+        }
+        next = cause.source();
+    }
+    parts.join(": ")
 }
 
 impl From<tidewater_lake::LakeError> for PipelineError {
@@ -1400,7 +1431,9 @@ impl<K: Sink> Coordinator<K> {
                 if self.batcher.unresolved_tables().contains(&schema.table) {
                     self.resolve_unchanged().await?;
                 }
-                self.sink.prepare(&schema).await.map_err(sink_error)?;
+                if let Err(err) = self.sink.prepare(&schema).await {
+                    return Err(self.sink_failed(err).await);
+                }
                 if !self.marks.contains_key(&schema.table) {
                     if let Some(mark) = self.sink.mark(&schema.table).await.map_err(sink_error)? {
                         self.marks.insert(schema.table.clone(), mark);
@@ -1607,6 +1640,33 @@ impl<K: Sink> Coordinator<K> {
         Ok(())
     }
 
+    /// The error a failed sink write, commit or table set-up ends the
+    /// pipeline with. A definite error about one table stops that table
+    /// first, recorded (see [`Self::stop_table`]) before anything later is
+    /// acknowledged; the pipeline then starts again from the durable marks
+    /// without it, as after a transient error. Going back to the marks is
+    /// what keeps the other tables exactly once: a failed write or commit
+    /// leaves the sink's staged rows of every table undefined (the warehouse
+    /// transaction is aborted, a lake commit may have landed for some tables
+    /// only), and nothing after the last acknowledgement is acknowledged
+    /// until it is committed again. Any other error is the sink's own.
+    async fn sink_failed(&mut self, err: K::Error) -> PipelineError {
+        let err = SinkFailure::new(err);
+        let table = match err.table() {
+            // A table stopped already (its stop did not keep the sink from
+            // failing on it again) stops the pipeline, never a restart loop.
+            Some(table) if err.class() == ErrorClass::Definite && !self.is_stopped(table) => {
+                table.clone()
+            }
+            _ => return PipelineError::Sink(err),
+        };
+        let reason = stop_reason(&err);
+        if let Err(stop) = self.stop_table(table.clone(), reason).await {
+            return stop;
+        }
+        PipelineError::SinkStoppedTable(table)
+    }
+
     /// True when no change is held anywhere short of a lake commit.
     fn nothing_pending(&self) -> bool {
         self.batcher.is_empty() && self.held.is_empty()
@@ -1671,14 +1731,15 @@ impl<K: Sink> Coordinator<K> {
         }
         if self.held.iter().any(|b| tables.contains(&b.table)) {
             for batch in std::mem::take(&mut self.held) {
-                self.sink.write(batch).await.map_err(sink_error)?;
+                if let Err(err) = self.sink.write(batch).await {
+                    return Err(self.sink_failed(err).await);
+                }
             }
             let position = self.commit_position();
             let phase = self.snapshot_running.then_some(SnapshotPhase::Running);
-            self.sink
-                .commit(&position, phase)
-                .await
-                .map_err(sink_error)?;
+            if let Err(err) = self.sink.commit(&position, phase).await {
+                return Err(self.sink_failed(err).await);
+            }
         }
         for table in tables {
             let Some(schema) = self.batcher.schema(&table).cloned() else {
@@ -1720,7 +1781,9 @@ impl<K: Sink> Coordinator<K> {
                 batch.batch.num_rows() as u64,
                 batch.batch.get_array_memory_size() as u64,
             );
-            self.sink.write(batch).await.map_err(sink_error)?;
+            if let Err(err) = self.sink.write(batch).await {
+                return Err(self.sink_failed(err).await);
+            }
         }
         if self.snapshot_running && self.chunk_open {
             // Written, not committed: a chunk is half received.
@@ -1732,11 +1795,10 @@ impl<K: Sink> Coordinator<K> {
         let phase = phase.or(self.snapshot_running.then_some(SnapshotPhase::Running));
         let position = self.commit_position();
         let started = Instant::now();
-        let tables = self
-            .sink
-            .commit(&position, phase)
-            .await
-            .map_err(sink_error)?;
+        let tables = match self.sink.commit(&position, phase).await {
+            Ok(tables) => tables,
+            Err(err) => return Err(self.sink_failed(err).await),
+        };
         if tables > 0 {
             self.metrics.commit(started.elapsed().as_secs_f64());
             info!(
@@ -1824,6 +1886,21 @@ mod tests {
             first_ord,
             columns: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_sink_stop_reason_keeps_the_chain_and_drops_row_details() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("ERROR: new row violates check constraint \"small\"\nDETAIL: Failing row contains (2, 987654).")]
+        struct Db;
+        #[derive(Debug, thiserror::Error)]
+        #[error("applying a batch of public.bad")]
+        struct Step(#[source] Db);
+        let reason = stop_reason(&Step(Db));
+        assert_eq!(
+            reason,
+            "applying a batch of public.bad: ERROR: new row violates check constraint \"small\""
+        );
     }
 
     #[test]

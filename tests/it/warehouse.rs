@@ -711,3 +711,154 @@ async fn an_unchanged_toast_value_is_never_taken_from_an_empty_column_version() 
     );
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(pipeline.starts));
 }
+
+/// The rows of warehouse table `public.bad`, as (id, v).
+async fn bad_rows(warehouse: &Client) -> Vec<(i32, i32)> {
+    warehouse
+        .query("SELECT id, v FROM public.bad ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// A definite warehouse error about one table (a CHECK constraint added to
+/// its warehouse table by hand, which a new row breaks) stops that table
+/// only, like a definite source error: the stop is recorded and shows in
+/// `status`, the other table keeps streaming and equals its source row by
+/// row, the daemon keeps running, and a restart keeps the table stopped.
+/// No row value reaches the log (the server's DETAIL names the failing row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definite_warehouse_error_on_one_table_stops_that_table_only() {
+    let source = pg().create_database("whstop_src").await;
+    let warehouse = pg().create_database("whstop_dst").await;
+    source
+        .batch_execute(
+            "CREATE TABLE good (id int PRIMARY KEY, v int);
+             CREATE TABLE bad (id int PRIMARY KEY, v int);
+             INSERT INTO good VALUES (1, 1);
+             INSERT INTO bad VALUES (1, 1);",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::warehouse(
+        "whstop",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\n",
+            pg().url("whstop_src")
+        ),
+        &pg().url("whstop_dst"),
+        "",
+    );
+    pipeline.start();
+    eventually("the snapshot", Duration::from_secs(60), || async {
+        same_table(&source, &warehouse, "good", "public.good", "id").await?;
+        same_table(&source, &warehouse, "bad", "public.bad", "id").await
+    })
+    .await;
+    warehouse
+        .batch_execute("ALTER TABLE public.bad ADD CONSTRAINT small CHECK (v < 1000)")
+        .await
+        .unwrap();
+    source
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO good VALUES (2, 2);
+             INSERT INTO bad VALUES (2, 987654);
+             INSERT INTO good VALUES (3, 3);
+             COMMIT;
+             INSERT INTO bad VALUES (3, 3);
+             INSERT INTO good VALUES (4, 4);
+             UPDATE good SET v = 40 WHERE id = 4;",
+        )
+        .await
+        .unwrap();
+    eventually("the table stop in the log", Duration::from_secs(60), || {
+        let log = pipeline.log(1);
+        async move {
+            (log.contains("table stopped")
+                && log.contains("public.bad")
+                && log.contains("check constraint"))
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+        }
+    })
+    .await;
+    eventually("good streams on", Duration::from_secs(60), || {
+        same_table(&source, &warehouse, "good", "public.good", "id")
+    })
+    .await;
+    pipeline.assert_running();
+    // Changes after the stop: good's go on, bad's are dropped.
+    source
+        .batch_execute(
+            "INSERT INTO good VALUES (5, 5);
+             DELETE FROM good WHERE id = 1;
+             INSERT INTO bad VALUES (4, 4);",
+        )
+        .await
+        .unwrap();
+    eventually(
+        "good streams on after the stop",
+        Duration::from_secs(60),
+        || same_table(&source, &warehouse, "good", "public.good", "id"),
+    )
+    .await;
+    pipeline.assert_running();
+    let log = pipeline.log(1);
+    assert!(!log.contains("987654"), "no row value in the log: {log}");
+    assert_eq!(
+        bad_rows(&warehouse).await,
+        vec![(1, 1)],
+        "nothing of bad after its stop"
+    );
+    let report = pipeline.status_json();
+    assert_eq!(
+        crate::support::table_state(&report, "public.bad"),
+        Some("stopped".into()),
+        "{report}"
+    );
+    assert_eq!(
+        crate::support::table_state(&report, "public.good"),
+        Some("streaming".into()),
+        "{report}"
+    );
+    let reason = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "public.bad")
+        .map(|t| t["stopped"]["reason"].to_string())
+        .unwrap_or_default();
+    assert!(
+        reason.contains("check constraint") && !reason.contains("987654"),
+        "{report}"
+    );
+
+    // A restart keeps it stopped, and says so.
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+    pipeline.start();
+    source
+        .batch_execute("INSERT INTO good VALUES (6, 6); UPDATE bad SET v = 5 WHERE id = 1;")
+        .await
+        .unwrap();
+    eventually(
+        "good streams after the restart",
+        Duration::from_secs(60),
+        || same_table(&source, &warehouse, "good", "public.good", "id"),
+    )
+    .await;
+    pipeline.assert_running();
+    assert!(
+        pipeline.log(2).contains("table is stopped"),
+        "{}",
+        pipeline.log(2)
+    );
+    assert_eq!(bad_rows(&warehouse).await, vec![(1, 1)]);
+    assert_eq!(
+        crate::support::table_state(&pipeline.status_json(), "public.bad"),
+        Some("stopped".into())
+    );
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
+}

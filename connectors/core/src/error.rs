@@ -19,6 +19,13 @@ pub enum ErrorClass {
 /// implements it, so the binary's policy table can act on any of them.
 pub trait Classified: std::error::Error + Send + Sync + 'static {
     fn class(&self) -> ErrorClass;
+
+    /// The one table the error is about, when it concerns that table only
+    /// (a [`ErrorClass::Definite`] error naming a table stops that table,
+    /// not the pipeline). Default: none.
+    fn table(&self) -> Option<&crate::TableId> {
+        None
+    }
 }
 
 /// An error and its causes on one line (what a stopped table's record and

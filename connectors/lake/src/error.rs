@@ -224,6 +224,12 @@ impl tidewater_core::Classified for LakeError {
     fn class(&self) -> ErrorClass {
         LakeError::class(self)
     }
+
+    /// The table named, except the placeholder `<pipeline>.*` of errors
+    /// about a whole commit.
+    fn table(&self) -> Option<&TableId> {
+        LakeError::table(self).filter(|t| t.table != "*")
+    }
 }
 
 impl LakeError {
@@ -376,6 +382,16 @@ mod tests {
             ParquetError::General("unsupported type".into()).into(),
         );
         assert_eq!(data.class(), ErrorClass::Definite);
+        // It names its table, so it stops that table only; an error about a
+        // whole commit names none.
+        use tidewater_core::Classified;
+        assert_eq!(Classified::table(&data), Some(&TableId::new("public", "t")));
+        let commit = LakeError::Panicked {
+            table: TableId::new("p", "*"),
+            action: "committing to",
+            what: "boom".into(),
+        };
+        assert_eq!(Classified::table(&commit), None);
         // Refused credentials on S3, boxed as LakeStore reports them.
         let remote = LakeError::Remote {
             location: "s3://b/lake".into(),

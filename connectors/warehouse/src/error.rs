@@ -5,10 +5,11 @@ use tidewater_core::{Classified, ErrorClass, TableId};
 #[non_exhaustive]
 pub enum WarehouseError {
     /// A statement or the connection failed; `what` names the step (never a
-    /// row value).
+    /// row value), `table` the source table whose rows it wrote, if any.
     #[error("warehouse: {what}")]
     Server {
         what: String,
+        table: Option<TableId>,
         #[source]
         source: tokio_postgres::Error,
     },
@@ -53,7 +54,27 @@ pub enum WarehouseError {
 impl WarehouseError {
     pub(crate) fn server(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
         let what = what.into();
-        move |source| WarehouseError::Server { what, source }
+        move |source| WarehouseError::Server {
+            what,
+            table: None,
+            source,
+        }
+    }
+
+    /// [`WarehouseError::server`] for a statement writing `table`'s rows:
+    /// a definite failure of it (a constraint added by hand, a value the
+    /// target column refuses) stops that table only.
+    pub(crate) fn server_on(
+        table: &TableId,
+        what: impl Into<String>,
+    ) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        let what = what.into();
+        let table = Some(table.clone());
+        move |source| WarehouseError::Server {
+            what,
+            table,
+            source,
+        }
     }
 }
 
@@ -67,6 +88,18 @@ impl Classified for WarehouseError {
             | WarehouseError::State { .. } => ErrorClass::Config,
             WarehouseError::Encode { .. } => ErrorClass::Definite,
             WarehouseError::Busy { .. } => ErrorClass::Transient,
+        }
+    }
+
+    fn table(&self) -> Option<&TableId> {
+        match self {
+            WarehouseError::Server { table, .. } => table.as_ref(),
+            WarehouseError::Encode { table, .. }
+            | WarehouseError::NoKey { table }
+            | WarehouseError::Target { table, .. } => Some(table),
+            WarehouseError::Url(_) | WarehouseError::Busy { .. } | WarehouseError::State { .. } => {
+                None
+            }
         }
     }
 }

@@ -791,9 +791,10 @@ impl WarehouseSink {
             .client
             .copy_in::<_, bytes::Bytes>(statement.as_str())
             .await
-            .map_err(WarehouseError::server(format!(
-                "copying a batch of {table}"
-            )))?;
+            .map_err(WarehouseError::server_on(
+                &table,
+                format!("copying a batch of {table}"),
+            ))?;
         futures_util::pin_mut!(sink);
         // Rows are encoded in slices, each sent as it is ready.
         let slice_rows = (COPY_CHUNK_BYTES / 64).max(1);
@@ -820,16 +821,18 @@ impl WarehouseSink {
             sent += buf.len() as u64;
             sink.send(buf.split().freeze())
                 .await
-                .map_err(WarehouseError::server(format!(
-                    "copying a batch of {table}"
-                )))?;
+                .map_err(WarehouseError::server_on(
+                    &table,
+                    format!("copying a batch of {table}"),
+                ))?;
         }
         sink.as_mut()
             .finish()
             .await
-            .map_err(WarehouseError::server(format!(
-                "copying a batch of {table}"
-            )))?;
+            .map_err(WarehouseError::server_on(
+                &table,
+                format!("copying a batch of {table}"),
+            ))?;
         self.staged_bytes += sent;
         let stage = &mut self.stages[index];
         stage.rows += rows as u64;
@@ -902,10 +905,10 @@ impl WarehouseSink {
             self.client
                 .batch_execute(&sql)
                 .await
-                .map_err(WarehouseError::server(format!(
-                    "applying a batch to the warehouse table of {}",
-                    stage.table
-                )))?;
+                .map_err(WarehouseError::server_on(
+                    &stage.table,
+                    format!("applying a batch to the warehouse table of {}", stage.table),
+                ))?;
             debug!(table = %stage.table, rows = stage.rows, "applied");
         }
         let statement = format!(
@@ -959,6 +962,22 @@ impl WarehouseSink {
             }
         }
         Ok(committed)
+    }
+
+    /// `result`, after rolling back the transaction it failed in: the server
+    /// refuses every later statement of it, and the session must stay usable
+    /// to record a table's stop. The staged rows are dropped; the pipeline
+    /// sends them again from the durable marks.
+    async fn roll_back_on_error<T>(
+        &mut self,
+        result: Result<T, WarehouseError>,
+    ) -> Result<T, WarehouseError> {
+        if result.is_err() && self.in_transaction {
+            if let Err(err) = self.finish_transaction("ROLLBACK").await {
+                debug!(error = %err, "rolling back after a failed write");
+            }
+        }
+        result
     }
 
     async fn finish_transaction(&mut self, how: &str) -> Result<(), WarehouseError> {
@@ -1587,7 +1606,8 @@ impl Sink for WarehouseSink {
     }
 
     async fn write(&mut self, batch: ChangeBatch) -> Result<(), WarehouseError> {
-        WarehouseSink::write(self, batch).await
+        let result = WarehouseSink::write(self, batch).await;
+        self.roll_back_on_error(result).await
     }
 
     async fn latest_rows(
@@ -1617,7 +1637,8 @@ impl Sink for WarehouseSink {
         position: &str,
         phase: Option<SnapshotPhase>,
     ) -> Result<usize, WarehouseError> {
-        WarehouseSink::commit(self, position, phase).await
+        let result = WarehouseSink::commit(self, position, phase).await;
+        self.roll_back_on_error(result).await
     }
 }
 
