@@ -274,10 +274,18 @@ async fn a_second_signal_exits_at_once_and_loses_nothing() {
     pipeline.start();
     let url = "s3://tw-twosignals/lake/twosignals/public/t/";
     wait_equal_s3(&mut pipeline, &client, url).await;
+    // A streamed change lands too: the snapshot's own bookkeeping after its
+    // commit (the slot marker, …) is over, so the stall below can only
+    // catch a flush of the stream.
+    client
+        .batch_execute("INSERT INTO t VALUES (2, 'b')")
+        .await
+        .unwrap();
+    wait_equal_s3(&mut pipeline, &client, url).await;
     // The lake stops answering; a transaction's flush begins writing to it.
     proxy.set(Fault::Stall);
     client
-        .batch_execute("INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(2, 20000) g")
+        .batch_execute("INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(3, 20000) g")
         .await
         .unwrap();
     let flushing = |proxy: &FaultProxy| {
