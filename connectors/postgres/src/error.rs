@@ -139,23 +139,18 @@ impl PostgresError {
             | PostgresError::SlotInvalidated { .. }
             | PostgresError::SlotForeign { .. }
             | PostgresError::SlotWithoutLake { .. } => ErrorClass::Config,
-            PostgresError::Connect { source, .. } | PostgresError::Query { source, .. }
-                if is_config_sqlstate(source) =>
-            {
-                ErrorClass::Config
+            PostgresError::Connect { source, .. } | PostgresError::Query { source, .. } => {
+                query_class(source)
             }
-            PostgresError::Connect { .. }
-            | PostgresError::Query { .. }
-            | PostgresError::StreamEnded
-            | PostgresError::SlotBusy { .. } => ErrorClass::Transient,
+            PostgresError::StreamEnded | PostgresError::SlotBusy { .. } => ErrorClass::Transient,
             PostgresError::Replication { source } => match source.sqlstate() {
                 _ if source.is_auth() => ErrorClass::Config,
                 _ if matches!(source, ReplicationError::Tls(_)) => ErrorClass::Config,
                 // The server names what is wrong by SQLSTATE: a missing slot or
-                // publication (42704), an invalidated slot (55000) or a
-                // missing privilege (42501) will not fix itself by retrying.
-                Some("42704" | "55000" | "42501" | "3D000") => ErrorClass::Config,
-                _ => ErrorClass::Transient,
+                // publication (42704), an invalidated slot (55000), a missing
+                // privilege (42501) or database (3D000) are config errors.
+                Some(code) => source_class(crate::sqlstate::class_of_code(code)),
+                None => ErrorClass::Transient,
             },
             // A full disk may clear; the server resends the transaction.
             PostgresError::Spill { .. } => ErrorClass::Transient,
@@ -174,19 +169,25 @@ impl PostgresError {
     }
 }
 
-/// Server answers that retrying cannot fix: bad credentials, a missing
-/// database, missing privileges.
-fn is_config_sqlstate(error: &tokio_postgres::Error) -> bool {
-    use tokio_postgres::error::SqlState;
-    error.code().is_some_and(|code| {
-        [
-            SqlState::INVALID_PASSWORD,
-            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-            SqlState::INVALID_CATALOG_NAME,
-            SqlState::INSUFFICIENT_PRIVILEGE,
-        ]
-        .contains(code)
-    })
+/// The source only reads: a server answer the table calls definite (a data
+/// or integrity error, an internal error) names no table the pipeline could
+/// stop, and the source has always retried it, so it stays transient here.
+fn source_class(class: ErrorClass) -> ErrorClass {
+    match class {
+        ErrorClass::Definite => ErrorClass::Transient,
+        other => other,
+    }
+}
+
+/// The source's own statements name tables it has just listed: a table or
+/// column that does not exist (42P01, 42703) was dropped in between, and the
+/// next attempt, which lists again, goes on without it. Everything else as
+/// [`source_class`].
+fn query_class(error: &tokio_postgres::Error) -> ErrorClass {
+    match error.code().map(|code| code.code()) {
+        Some("42P01" | "42703") => ErrorClass::Transient,
+        _ => source_class(crate::sqlstate::class(error)),
+    }
 }
 
 pub(crate) fn query_error(
@@ -194,4 +195,46 @@ pub(crate) fn query_error(
 ) -> impl FnOnce(tokio_postgres::Error) -> PostgresError {
     let what = what.into();
     move |source| PostgresError::Query { what, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::ServerError;
+
+    fn replication(code: &str) -> PostgresError {
+        PostgresError::Replication {
+            source: ReplicationError::Server(ServerError {
+                severity: "ERROR".into(),
+                code: code.into(),
+                message: "m".into(),
+                detail: None,
+                hint: None,
+            }),
+        }
+    }
+
+    /// The replication stream follows the one table, except that the source
+    /// retries what the table calls definite.
+    #[test]
+    fn replication_errors_follow_the_sqlstate_table() {
+        for (code, class) in [
+            ("42704", ErrorClass::Config),    // slot or publication missing
+            ("55000", ErrorClass::Config),    // slot invalidated
+            ("42501", ErrorClass::Config),    // privilege
+            ("3D000", ErrorClass::Config),    // database
+            ("28P01", ErrorClass::Config),    // password
+            ("55006", ErrorClass::Transient), // slot active for another pid
+            ("57P01", ErrorClass::Transient), // admin shutdown
+            ("08006", ErrorClass::Transient), // connection failure
+            ("XX000", ErrorClass::Transient), // definite in the table: retried here
+            ("22P02", ErrorClass::Transient), // likewise
+        ] {
+            assert_eq!(replication(code).class(), class, "{code}");
+        }
+        let closed = PostgresError::Replication {
+            source: ReplicationError::Closed,
+        };
+        assert_eq!(closed.class(), ErrorClass::Transient);
+    }
 }

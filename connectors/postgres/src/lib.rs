@@ -11,6 +11,7 @@ pub mod pgoutput;
 mod preflight;
 pub mod replication;
 pub mod source;
+pub mod sqlstate;
 pub mod tls;
 mod types;
 pub mod value;

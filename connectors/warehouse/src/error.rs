@@ -81,7 +81,7 @@ impl WarehouseError {
 impl Classified for WarehouseError {
     fn class(&self) -> ErrorClass {
         match self {
-            WarehouseError::Server { source, .. } => server_class(source),
+            WarehouseError::Server { source, .. } => tidewater_postgres::sqlstate::class(source),
             WarehouseError::Url(_)
             | WarehouseError::NoKey { .. }
             | WarehouseError::Target { .. }
@@ -101,22 +101,5 @@ impl Classified for WarehouseError {
                 None
             }
         }
-    }
-}
-
-/// Connection trouble, serialization failures, lock and statement timeouts
-/// are retried; privileges and bad values are not.
-fn server_class(error: &tokio_postgres::Error) -> ErrorClass {
-    let Some(db) = error.as_db_error() else {
-        return ErrorClass::Transient;
-    };
-    let code = db.code().code();
-    match &code[..2] {
-        // connection exception, insufficient resources, operator intervention
-        "08" | "53" | "57" | "40" => ErrorClass::Transient,
-        "55" if code == "55P03" => ErrorClass::Transient,
-        // insufficient privilege, undefined object, invalid authorization
-        "42" | "28" => ErrorClass::Config,
-        _ => ErrorClass::Definite,
     }
 }

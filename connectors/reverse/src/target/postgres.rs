@@ -11,7 +11,7 @@
 //! own type: one statement per transaction whatever its size, and the
 //! server's input rules (ranges, lengths) check every value loudly.
 
-use tokio_postgres::error::SqlState;
+use tidewater_core::ErrorClass;
 use tokio_postgres::Client;
 
 use super::{check_fraction, rounded, Described, TableName};
@@ -30,20 +30,7 @@ fn quote(name: &str) -> String {
 }
 
 fn target_error(action: &str, err: tokio_postgres::Error) -> ReverseError {
-    let retryable = err.is_closed()
-        || err.code().is_some_and(|code| {
-            [
-                SqlState::T_R_SERIALIZATION_FAILURE,
-                SqlState::T_R_DEADLOCK_DETECTED,
-                SqlState::LOCK_NOT_AVAILABLE,
-                SqlState::QUERY_CANCELED,
-                SqlState::TOO_MANY_CONNECTIONS,
-                SqlState::ADMIN_SHUTDOWN,
-                SqlState::CANNOT_CONNECT_NOW,
-            ]
-            .contains(code)
-        })
-        || err.as_db_error().is_none() && err.code().is_none();
+    let retryable = tidewater_postgres::sqlstate::class(&err) == ErrorClass::Transient;
     let message = match err.as_db_error() {
         Some(db) => format!("{} ({})", redact(db.message()), db.code().code()),
         None => err.to_string(),
