@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::support::lake::{assert_each_change_once, read_log};
-use crate::support::{output_within, pg, temp_dir, tidewater, Pipeline};
+use crate::support::{pg, temp_dir, tidewater, Pipeline};
 
 /// A directory nobody (root included) may create entries in, until dropped.
 struct Unwritable {
@@ -72,15 +72,7 @@ impl Drop for Unwritable {
 fn run_command(command: &str, config: &Path) -> (i32, String) {
     let mut cmd = tidewater();
     cmd.arg(command).arg("--config").arg(config);
-    let out = output_within(cmd, 60);
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    crate::support::code_and_output_within(cmd, 60)
 }
 
 /// A Postgres pipeline config whose lake is `uri`.

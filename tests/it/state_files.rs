@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::support::{eventually, output_within, pg, temp_dir, tidewater, Pipeline};
+use crate::support::{eventually, pg, temp_dir, tidewater, Pipeline};
 
 /// A value that only the damaged file holds: it must never be printed.
 const CONTENT: &str = "row-value-7f3a";
@@ -23,15 +23,7 @@ const CONTENT: &str = "row-value-7f3a";
 fn command_in(cwd: &Path, args: &[&str], config: &Path) -> (i32, String) {
     let mut cmd = tidewater();
     cmd.current_dir(cwd).args(args).arg("--config").arg(config);
-    let out = output_within(cmd, 60);
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    crate::support::code_and_output_within(cmd, 60)
 }
 
 fn command(args: &[&str], config: &Path) -> (i32, String) {

@@ -307,6 +307,20 @@ pub fn output_within(cmd: Command, seconds: u64) -> std::process::Output {
     blocking(|| output_within_blocking(cmd, seconds))
 }
 
+/// [`output_within`], as its exit code (-1 when killed by a signal) and
+/// everything it printed (stdout, then stderr).
+pub fn code_and_output_within(cmd: Command, seconds: u64) -> (i32, String) {
+    let out = output_within(cmd, seconds);
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 fn output_within_blocking(mut cmd: Command, seconds: u64) -> std::process::Output {
     let mut child = cmd
         .stdout(Stdio::piped())
