@@ -1,16 +1,16 @@
 //! The configured sink, whichever kind: the coordinator drives it through
-//! the [`Sink`] contract, and the startup logic reads and writes the same
-//! bookkeeping (slot marker, table states, stopped tables, snapshot plan,
-//! acknowledged binlog position) through it. The lake keeps that
-//! bookkeeping in files next to its tables, the warehouse in its state
-//! tables; the startup decisions are the same for both.
+//! the [`Sink`] contract, and keeps the pipeline's records in its
+//! [`StateStore`] ([`AnyState`]): files next to the lake's tables, rows of
+//! the warehouse's state schema. The start-up decisions are the same for
+//! both.
 
 use std::collections::HashMap;
 
-use tidewater_core::{ChangeBatch, Classified, Datum, Mark, Sink, SnapshotPhase, StoppedTable};
+use tidewater_core::state::{RecordKind, StateStore, TableState};
+use tidewater_core::{ChangeBatch, Classified, Datum, Mark, Sink, SnapshotPhase};
 use tidewater_core::{TableId, TableSchema};
-use tidewater_lake::{LakeSink, SlotMarker, SourcePositionFile, TableState};
-use tidewater_warehouse::{Marker, WarehouseSink};
+use tidewater_lake::{LakeSink, LakeState};
+use tidewater_warehouse::{WarehouseSink, WarehouseState};
 
 use crate::pipeline::{PipelineError, Settings, SinkFailure};
 
@@ -27,17 +27,41 @@ fn wrap<E: Classified>(err: E) -> PipelineError {
     PipelineError::Sink(fail(err))
 }
 
-/// Where the acknowledged position of a binlog source is recorded.
-pub enum PositionStore {
-    Lake(SourcePositionFile),
-    Warehouse(tidewater_warehouse::sink::PositionWriter),
+/// The pipeline's records, wherever the sink keeps them.
+#[derive(Clone)]
+pub enum AnyState {
+    Lake(LakeState),
+    Warehouse(WarehouseState),
 }
 
-impl PositionStore {
-    pub async fn write(&self, position: &str) -> Result<(), PipelineError> {
+impl StateStore for AnyState {
+    type Error = SinkFailure;
+
+    async fn get(&self, kind: RecordKind) -> Result<Option<String>, SinkFailure> {
         match self {
-            PositionStore::Lake(file) => file.write(position).await.map_err(wrap),
-            PositionStore::Warehouse(writer) => writer.write(position).await.map_err(wrap),
+            AnyState::Lake(s) => s.get(kind).await.map_err(fail),
+            AnyState::Warehouse(s) => s.get(kind).await.map_err(fail),
+        }
+    }
+
+    async fn put(&self, kind: RecordKind, text: &str) -> Result<(), SinkFailure> {
+        match self {
+            AnyState::Lake(s) => s.put(kind, text).await.map_err(fail),
+            AnyState::Warehouse(s) => s.put(kind, text).await.map_err(fail),
+        }
+    }
+
+    async fn delete(&self, kind: RecordKind) -> Result<(), SinkFailure> {
+        match self {
+            AnyState::Lake(s) => s.delete(kind).await.map_err(fail),
+            AnyState::Warehouse(s) => s.delete(kind).await.map_err(fail),
+        }
+    }
+
+    fn corrupt(&self, kind: RecordKind, problem: String) -> SinkFailure {
+        match self {
+            AnyState::Lake(s) => fail(s.corrupt(kind, problem)),
+            AnyState::Warehouse(s) => fail(s.corrupt(kind, problem)),
         }
     }
 }
@@ -65,10 +89,11 @@ impl AnySink {
         })
     }
 
-    pub fn position_store(&self) -> PositionStore {
+    /// Where this sink keeps the pipeline's records.
+    pub fn state(&self) -> AnyState {
         match self {
-            AnySink::Lake(lake) => PositionStore::Lake(lake.source_position_file()),
-            AnySink::Warehouse(w) => PositionStore::Warehouse(w.position_writer()),
+            AnySink::Lake(lake) => AnyState::Lake(lake.state()),
+            AnySink::Warehouse(w) => AnyState::Warehouse(w.state()),
         }
     }
 
@@ -85,58 +110,11 @@ impl AnySink {
     ) -> Result<Option<TableState>, PipelineError> {
         match self {
             AnySink::Lake(lake) => lake.table_state(table).await.map_err(wrap),
-            AnySink::Warehouse(w) => {
-                Ok(w.table_state(table)
-                    .await
-                    .map_err(wrap)?
-                    .map(|s| TableState {
-                        mark: s.mark,
-                        position: s.position,
-                        snapshot_done: s.snapshot_done,
-                        version: s.commits.max(0) as u64,
-                        commits: s.commits,
-                    }))
-            }
-        }
-    }
-
-    pub async fn marker(&self) -> Result<Option<SlotMarker>, PipelineError> {
-        match self {
-            AnySink::Lake(lake) => lake.marker().await.map_err(wrap),
-            AnySink::Warehouse(w) => Ok(w.marker().await.map_err(wrap)?.map(|m| match m {
-                Marker::Snapshot(slot) => SlotMarker::Snapshot(slot),
-                Marker::Stream(slot) => SlotMarker::Stream(slot),
-            })),
-        }
-    }
-
-    pub async fn write_marker(&self, marker: &SlotMarker) -> Result<(), PipelineError> {
-        match self {
-            AnySink::Lake(lake) => lake.write_marker(marker).await.map_err(wrap),
-            AnySink::Warehouse(w) => {
-                let marker = match marker {
-                    SlotMarker::Snapshot(slot) => Marker::Snapshot(slot.clone()),
-                    SlotMarker::Stream(slot) => Marker::Stream(slot.clone()),
-                };
-                w.write_marker(&marker).await.map_err(wrap)
-            }
-        }
-    }
-
-    pub async fn stopped_tables(&self) -> Result<Vec<StoppedTable>, PipelineError> {
-        match self {
-            AnySink::Lake(lake) => lake.stopped_tables().await.map_err(wrap),
-            AnySink::Warehouse(w) => w.stopped_tables().await.map_err(wrap),
-        }
-    }
-
-    pub async fn write_stopped_tables(
-        &self,
-        stopped: &[StoppedTable],
-    ) -> Result<(), PipelineError> {
-        match self {
-            AnySink::Lake(lake) => lake.write_stopped_tables(stopped).await.map_err(wrap),
-            AnySink::Warehouse(w) => w.write_stopped_tables(stopped).await.map_err(wrap),
+            AnySink::Warehouse(w) => Ok(w
+                .table_state(table)
+                .await
+                .map_err(wrap)?
+                .map(|record| record.state())),
         }
     }
 
@@ -144,43 +122,6 @@ impl AnySink {
         match self {
             AnySink::Lake(lake) => lake.remove_table(table).await.map_err(wrap),
             AnySink::Warehouse(w) => w.remove_table(table).await.map_err(wrap),
-        }
-    }
-
-    pub async fn snapshot_plan(&self) -> Result<Option<String>, PipelineError> {
-        match self {
-            AnySink::Lake(lake) => lake.snapshot_plan().await.map_err(wrap),
-            AnySink::Warehouse(w) => w.snapshot_plan().await.map_err(wrap),
-        }
-    }
-
-    /// The config-class error for a recorded snapshot plan that does not
-    /// parse, naming where it is kept.
-    pub fn corrupt_plan(&self, problem: String) -> PipelineError {
-        match self {
-            AnySink::Lake(lake) => wrap(lake.corrupt_plan(problem)),
-            AnySink::Warehouse(w) => wrap(w.corrupt_plan(problem)),
-        }
-    }
-
-    pub async fn write_snapshot_plan(&self, plan: &str) -> Result<(), PipelineError> {
-        match self {
-            AnySink::Lake(lake) => lake.write_snapshot_plan(plan).await.map_err(wrap),
-            AnySink::Warehouse(w) => w.write_snapshot_plan(plan).await.map_err(wrap),
-        }
-    }
-
-    pub async fn source_position(&self) -> Result<Option<String>, PipelineError> {
-        match self {
-            AnySink::Lake(lake) => lake.source_position().await.map_err(wrap),
-            AnySink::Warehouse(w) => w.source_position().await.map_err(wrap),
-        }
-    }
-
-    pub async fn clear_source_position(&self) -> Result<(), PipelineError> {
-        match self {
-            AnySink::Lake(lake) => lake.clear_source_position().await.map_err(wrap),
-            AnySink::Warehouse(w) => w.clear_source_position().await.map_err(wrap),
         }
     }
 
@@ -249,17 +190,6 @@ impl Sink for AnySink {
         match self {
             AnySink::Lake(s) => Sink::maintain(s.as_mut()).await,
             AnySink::Warehouse(s) => Sink::maintain(s.as_mut()).await,
-        }
-    }
-
-    async fn record_stopped(&mut self, stopped: &[StoppedTable]) -> Result<(), SinkFailure> {
-        match self {
-            AnySink::Lake(s) => Sink::record_stopped(s.as_mut(), stopped)
-                .await
-                .map_err(fail),
-            AnySink::Warehouse(s) => Sink::record_stopped(s.as_mut(), stopped)
-                .await
-                .map_err(fail),
         }
     }
 

@@ -9,6 +9,7 @@ use tidewater_mysql::{MysqlConfig, MysqlSource};
 use tidewater_postgres::{PostgresConfig, PostgresSource};
 
 use crate::pipeline::{format_problems, Settings, SourceSettings};
+use tidewater_core::state::{SourcePosition, StateStore, StoppedTables};
 
 /// Selected tables, problems that stop the pipeline, and warnings; or the
 /// error that stopped the check, with its class (a refused TLS setting is
@@ -168,7 +169,10 @@ async fn warehouse_status(
             return exit_code::FAILED;
         }
     };
-    let (states, stopped) = match (sink.table_states().await, sink.stopped_tables().await) {
+    let (states, stopped) = match (
+        sink.table_states().await,
+        stopped_tables(&sink.state()).await,
+    ) {
         (Ok(states), Ok(stopped)) => (states, stopped),
         (Err(err), _) | (_, Err(err)) => {
             // A damaged state row is config class (exit 2), like at `run`.
@@ -208,7 +212,16 @@ async fn warehouse_status(
     let source = match &settings.source {
         SourceSettings::Postgres(config) => postgres_status(config).await,
         SourceSettings::Mysql(config) => {
-            mysql_status(config, sink.source_position().await.ok().flatten()).await
+            mysql_status(
+                config,
+                sink.state()
+                    .read::<SourcePosition>()
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|p| p.position),
+            )
+            .await
         }
     };
     let report = json!({"pipeline": settings.pipeline, "sink": "warehouse", "process": process, "source": source, "tables": tables});
@@ -241,7 +254,7 @@ pub async fn status(settings: &Settings, format: Format, only: Option<&str>) -> 
     }
     let mut sink = LakeSink::new(settings.lake.clone(), &settings.pipeline);
     let mut tables = Vec::new();
-    let stopped = match sink.stopped_tables().await {
+    let stopped = match stopped_tables(&sink.state()).await {
         Ok(stopped) => stopped,
         Err(err) => {
             // A damaged state file is config class (exit 2), like at `run`.
@@ -301,7 +314,16 @@ pub async fn status(settings: &Settings, format: Format, only: Option<&str>) -> 
     let source = match &settings.source {
         SourceSettings::Postgres(config) => postgres_status(config).await,
         SourceSettings::Mysql(config) => {
-            mysql_status(config, sink.source_position().await.ok().flatten()).await
+            mysql_status(
+                config,
+                sink.state()
+                    .read::<SourcePosition>()
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|p| p.position),
+            )
+            .await
         }
     };
     let report = json!({"pipeline": settings.pipeline, "process": process, "source": source, "tables": tables});
@@ -555,4 +577,12 @@ pub async fn history(settings: &Settings, table: &str, format: Format) -> i32 {
         }
     }
     exit_code::OK
+}
+
+/// The stopped tables as the sink's state records them (none recorded:
+/// none stopped).
+async fn stopped_tables<S: StateStore>(
+    state: &S,
+) -> Result<Vec<tidewater_core::StoppedTable>, S::Error> {
+    Ok(state.read::<StoppedTables>().await?.unwrap_or_default().0)
 }

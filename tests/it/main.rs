@@ -31,6 +31,7 @@ mod retry;
 mod reverse_etl;
 mod secrets;
 mod state_files;
+mod state_upgrade;
 mod stopping;
 mod tls;
 mod warehouse;

@@ -392,9 +392,14 @@ async fn mysql_server_restart_and_purged_position() {
             .join("_tidewater_source_position"),
     )
     .expect("position file");
-    let file = acknowledged.split(':').next().unwrap_or_default();
+    let acknowledged: serde_json::Value = serde_json::from_str(&acknowledged).unwrap();
+    let file = acknowledged["position"]
+        .as_str()
+        .and_then(|p| p.split(':').next())
+        .unwrap_or_default()
+        .to_string();
     assert!(
-        stderr.contains(file),
+        stderr.contains(&file),
         "error names the position {file}: {stderr}"
     );
 
@@ -524,7 +529,7 @@ async fn mysql_snapshot_command_and_crash_during_snapshot() {
         let marker = marker.clone();
         async move {
             match std::fs::read_to_string(&marker) {
-                Ok(text) if text.starts_with("snapshot") => Ok(()),
+                Ok(text) if text.contains("\"phase\":\"snapshot\"") => Ok(()),
                 other => Err(format!("{other:?}")),
             }
         }

@@ -22,6 +22,7 @@ mod event;
 mod filter;
 pub mod lease;
 mod schema;
+pub mod state;
 pub mod state_file;
 mod traits;
 mod types;

@@ -112,11 +112,6 @@ pub trait Sink {
     /// nothing is pending. Default: nothing.
     async fn maintain(&mut self) {}
 
-    /// Records durably which tables are stopped (see
-    /// [`ChangeEvent::TableFailed`]), replacing the earlier list; called
-    /// before anything after the failing change is acknowledged.
-    async fn record_stopped(&mut self, stopped: &[StoppedTable]) -> Result<(), Self::Error>;
-
     /// Records `phase` as `table`'s snapshot state from its next commit on,
     /// whatever the commit's own `phase`: a table copied while the others
     /// stream is `Running` until its copy is complete, then `Done` (committed

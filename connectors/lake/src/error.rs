@@ -80,40 +80,20 @@ pub enum LakeError {
 /// person can do when it is damaged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateFile {
-    /// `<pipeline>/_tidewater_stopped_tables.json`.
-    StoppedTables,
-    /// `<pipeline>/_tidewater_slot`.
-    SlotMarker,
+    /// A pipeline record (`<pipeline>/_tidewater_*`).
+    Record(tidewater_core::state::RecordKind),
     /// `<pipeline>/<schema>/<table>/_tidewater_schema_history.json`.
     SchemaHistory,
-    /// `<pipeline>/_tidewater_snapshot_plan.json`.
-    SnapshotPlan,
 }
 
 impl StateFile {
     pub fn fix(self) -> &'static str {
         match self {
-            StateFile::StoppedTables => {
-                "restore it from a backup. It lists the tables this pipeline stopped; removing it \
-                 is NOT safe on its own: those tables would stream again from the current \
-                 position, missing the changes skipped while they were stopped. If there is no \
-                 backup, remove it and copy every table of the pipeline again \
-                 (`tidewater snapshot --table schema.table` for each)"
-            }
-            StateFile::SlotMarker => {
-                "restore it from a backup, or write it again by hand: one line, `stream <slot>` \
-                 if the initial snapshot had completed, `snapshot <slot>` if it was still running \
-                 (<slot> is source.slot; `binlog` for a MySQL source). Do not just remove it: \
-                 without it a running initial snapshot is not recognised as this lake's"
-            }
+            StateFile::Record(kind) => kind.fix(),
             StateFile::SchemaHistory => {
                 "restore it from a backup, or remove it: the table's data is unaffected, but the \
                  record of its earlier column sets (`tidewater status --history`) is lost and the \
                  next schema version is numbered 1 again"
-            }
-            StateFile::SnapshotPlan => {
-                "restore it from a backup, or remove it: the interrupted initial snapshot then \
-                 starts over (every table is copied again), nothing is lost"
             }
         }
     }

@@ -9,13 +9,13 @@ pub mod lease;
 pub mod narrow;
 pub mod restore;
 pub mod sink;
+mod state;
 mod stats;
 pub mod store;
 
 pub use error::{quiet_caught_storage_panics, LakeError, Refusal, StateFile};
-pub use sink::{
-    Compaction, CompactionReport, LakeLog, LakeSink, MaintenancePolicy, SlotMarker,
-    SourcePositionFile, TableState,
-};
+pub use sink::{Compaction, CompactionReport, LakeLog, LakeSink, MaintenancePolicy};
+pub use state::LakeState;
 pub use store::{LakeLocation, LakeStore};
+pub use tidewater_core::state::TableState;
 pub use tidewater_core::StoppedTable;

@@ -35,7 +35,7 @@ use futures_util::TryStreamExt;
 use serde_json::Value;
 use tidewater_core::{
     arrow_field, key_string, metadata_fields, ChangeBatch, Datum, Mark, Sink, SnapshotPhase,
-    StoppedTable, TableId, TableSchema,
+    TableId, TableSchema,
 };
 use tracing::{debug, info, warn};
 
@@ -44,6 +44,7 @@ use crate::history::{self, HistoryColumn, SchemaHistory};
 use crate::layout::{path_segment, segment_name};
 use crate::narrow::{narrow_batch, narrow_schema};
 use crate::restore;
+use crate::state::LakeState;
 use crate::stats::writer_properties;
 use crate::store::LakeStore;
 use tidewater_core::state_file::json_problem;
@@ -67,58 +68,7 @@ const KEY_SCHEMA_VERSION: &str = "tidewater.schema_version";
 /// express in place.
 pub const KEY_SOURCE_COLUMN: &str = "tidewater.source_column";
 
-/// The source position acknowledged last, for sources whose server keeps no
-/// replica state (MySQL/MariaDB binlog): the analogue of a slot's confirmed
-/// position, kept next to the pipeline's tables. Written atomically by rename,
-/// only after the lake commits that made the position safe; a stale file only
-/// means a longer replay, which the tables' marks deduplicate.
-#[derive(Debug, Clone)]
-pub struct SourcePositionFile {
-    store: LakeStore,
-    rel: String,
-}
-
-impl SourcePositionFile {
-    pub async fn write(&self, position: &str) -> Result<(), LakeError> {
-        self.store.write(&self.rel, &format!("{position}\n")).await
-    }
-
-    pub async fn read(&self) -> Result<Option<String>, LakeError> {
-        Ok(self.store.read(&self.rel).await?.and_then(|text| {
-            let text = text.trim();
-            (!text.is_empty()).then(|| text.to_string())
-        }))
-    }
-
-    pub async fn clear(&self) -> Result<(), LakeError> {
-        self.store.delete(&self.rel).await
-    }
-}
-
-/// The lake's record of the replication slot it is fed from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SlotMarker {
-    /// The slot was created for an initial snapshot that has not committed
-    /// everywhere yet.
-    Snapshot(String),
-    /// The snapshot is complete; the lake streams from this slot.
-    Stream(String),
-}
-
-/// What a table's newest commit by this pipeline says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableState {
-    /// (`_tw_seq`, `_tw_ord`) of the last change in the table.
-    pub mark: Mark,
-    /// Source position that was safe to resume from when it was committed.
-    pub position: String,
-    /// True once the table's initial snapshot is complete.
-    pub snapshot_done: bool,
-    /// Delta table version.
-    pub version: u64,
-    /// Number of commits this pipeline made (the Delta txn version).
-    pub commits: i64,
-}
+pub use tidewater_core::state::TableState;
 
 /// A writer kept open across the batches of one commit, so a commit's rows
 /// land in files of the target size rather than one file per batch. It runs
@@ -760,11 +710,6 @@ impl LakeSink {
                 self.table_phases.remove(table);
             }
         }
-        if phase == Some(SnapshotPhase::Done) {
-            if let Some(SlotMarker::Snapshot(slot)) = self.marker().await? {
-                self.write_marker(&SlotMarker::Stream(slot)).await?;
-            }
-        }
         Ok(committed)
     }
 
@@ -1055,61 +1000,10 @@ impl LakeSink {
         self.store.remove_tree(&rel, &tombstone).await
     }
 
-    fn marker_rel(&self) -> String {
-        format!("{}/_tidewater_slot", self.pipeline)
-    }
-
-    /// Records which replication slot this pipeline's lake belongs to, and
-    /// whether its initial snapshot is still in progress. Written (atomically)
-    /// before a snapshot creates its slot, rewritten as
-    /// [`SlotMarker::Stream`] when the snapshot is committed everywhere.
-    pub async fn write_marker(&self, marker: &SlotMarker) -> Result<(), LakeError> {
-        let text = match marker {
-            SlotMarker::Snapshot(slot) => format!("snapshot {slot}\n"),
-            SlotMarker::Stream(slot) => format!("stream {slot}\n"),
-        };
-        self.store.write(&self.marker_rel(), &text).await
-    }
-
-    /// Where the acknowledged source position of this pipeline is kept.
-    pub fn source_position_file(&self) -> SourcePositionFile {
-        SourcePositionFile {
-            store: self.store.clone(),
-            rel: format!("{}/_tidewater_source_position", self.pipeline),
-        }
-    }
-
-    /// The last acknowledged source position, if one was recorded.
-    pub async fn source_position(&self) -> Result<Option<String>, LakeError> {
-        self.source_position_file().read().await
-    }
-
-    /// Forgets the recorded source position (before a fresh snapshot).
-    pub async fn clear_source_position(&self) -> Result<(), LakeError> {
-        self.source_position_file().clear().await
-    }
-
-    /// The marker, if this pipeline ever created a slot for this lake.
-    pub async fn marker(&self) -> Result<Option<SlotMarker>, LakeError> {
-        let rel = self.marker_rel();
-        let Some(text) = self.store.read(&rel).await? else {
-            return Ok(None);
-        };
-        // Read as "absent", a damaged marker would make a running initial
-        // snapshot look like someone else's slot, or none at all.
-        match text.trim().split_once(' ') {
-            Some(("snapshot", slot)) if !slot.trim().is_empty() => {
-                Ok(Some(SlotMarker::Snapshot(slot.trim().to_string())))
-            }
-            Some(("stream", slot)) if !slot.trim().is_empty() => {
-                Ok(Some(SlotMarker::Stream(slot.trim().to_string())))
-            }
-            _ => Err(self.corrupt(
-                &rel,
-                StateFile::SlotMarker,
-                "it is not one line `snapshot <slot>` or `stream <slot>`".into(),
-            )),
-        }
+    /// The pipeline's records (phase, stopped tables, snapshot plan,
+    /// acknowledged position), kept next to its tables.
+    pub fn state(&self) -> LakeState {
+        LakeState::new(self.store.clone(), &self.pipeline)
     }
 
     /// [`LakeError::CorruptState`] for the state file `rel`.
@@ -1119,97 +1013,6 @@ impl LakeSink {
             file,
             problem,
         }
-    }
-}
-
-/// `_tidewater_stopped_tables.json` as [`LakeSink::write_stopped_tables`]
-/// writes it (its `table` key, `schema.name` for people, is not read back).
-#[derive(serde::Deserialize)]
-struct StoppedTablesFile {
-    tables: Vec<StoppedTableEntry>,
-}
-
-#[derive(serde::Deserialize)]
-struct StoppedTableEntry {
-    schema: String,
-    name: String,
-    #[serde(default)]
-    position: String,
-    #[serde(default)]
-    reason: String,
-    #[serde(default)]
-    stopped_at: u64,
-}
-
-impl LakeSink {
-    fn plan_rel(&self) -> String {
-        format!("{}/_tidewater_snapshot_plan.json", self.pipeline)
-    }
-
-    /// How the running initial snapshot split its tables (the source's own
-    /// JSON), so an interrupted one can resume reading the same chunks.
-    pub async fn snapshot_plan(&self) -> Result<Option<String>, LakeError> {
-        self.store.read(&self.plan_rel()).await
-    }
-
-    /// The error for a snapshot plan (as [`Self::snapshot_plan`] returned
-    /// it) that does not parse; `problem` says where and what.
-    pub fn corrupt_plan(&self, problem: String) -> LakeError {
-        self.corrupt(&self.plan_rel(), StateFile::SnapshotPlan, problem)
-    }
-
-    /// Records the snapshot plan, before its first commit.
-    pub async fn write_snapshot_plan(&self, plan: &str) -> Result<(), LakeError> {
-        self.store.write(&self.plan_rel(), plan).await
-    }
-
-    fn stopped_rel(&self) -> String {
-        format!("{}/_tidewater_stopped_tables.json", self.pipeline)
-    }
-
-    /// The tables this pipeline stopped, from `_tidewater_stopped_tables.json`
-    /// (absent: none). An unreadable file is an error: guessing "none" would
-    /// stream a table with a gap.
-    pub async fn stopped_tables(&self) -> Result<Vec<StoppedTable>, LakeError> {
-        let rel = self.stopped_rel();
-        let Some(text) = self.store.read(&rel).await? else {
-            return Ok(Vec::new());
-        };
-        let file: StoppedTablesFile = serde_json::from_str(&text)
-            .map_err(|err| self.corrupt(&rel, StateFile::StoppedTables, json_problem(&err)))?;
-        Ok(file
-            .tables
-            .into_iter()
-            .map(|entry| StoppedTable {
-                table: TableId::new(entry.schema, entry.name),
-                position: entry.position,
-                reason: entry.reason,
-                stopped_at: entry.stopped_at,
-            })
-            .collect())
-    }
-
-    /// Replaces the list of stopped tables (atomically, durably): written
-    /// before anything after the failing change is acknowledged.
-    pub async fn write_stopped_tables(&self, stopped: &[StoppedTable]) -> Result<(), LakeError> {
-        let tables: Vec<Value> = stopped
-            .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "table": s.table.to_string(),
-                    "schema": s.table.schema,
-                    "name": s.table.table,
-                    "position": s.position,
-                    "reason": s.reason,
-                    "stopped_at": s.stopped_at,
-                })
-            })
-            .collect();
-        let text = serde_json::to_string_pretty(&serde_json::json!({ "tables": tables }))
-            .expect("JSON values serialize");
-        self.store
-            .write(&self.stopped_rel(), &format!("{text}\n"))
-            .await
     }
 }
 
@@ -1541,10 +1344,6 @@ impl Sink for LakeSink {
             .entry(table.clone())
             .or_default()
             .push((seq, statement));
-    }
-
-    async fn record_stopped(&mut self, stopped: &[StoppedTable]) -> Result<(), LakeError> {
-        self.write_stopped_tables(stopped).await
     }
 
     fn table_phase(&mut self, table: &TableId, phase: SnapshotPhase, mark: Mark) {

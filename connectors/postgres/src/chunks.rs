@@ -16,7 +16,7 @@
 //! chunks strictly in plan order: the rows of one chunk never interleave
 //! with another's, so a lake commit made between two chunks holds whole
 //! chunks only — which is what lets an interrupted snapshot resume after
-//! its last committed chunk (see `pipeline.rs`). Each chunk channel holds a
+//! its last committed chunk (see [`chunks_committed`]). Each chunk channel holds a
 //! few blocks, so memory stays bounded by workers × blocks whatever the
 //! table's size. Row `r` (from 1) of chunk `k` has `_tw_ord = k << 32 | r`.
 //!
@@ -26,12 +26,24 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use tidewater_core::{RowBlock, TableId, TableSchema};
+use tidewater_core::{Mark, RowBlock, TableId, TableSchema};
 use tokio::sync::{mpsc, Mutex};
 use tracing::debug;
 
 use crate::copy_arrow::{CopyDecoder, CopyFormat};
 use crate::error::{query_error, PostgresError};
+
+/// How many whole chunks of a table an interrupted initial snapshot
+/// committed, from the table's mark: its rows sit in the transaction just
+/// below the consistent point, numbered `chunk << 32 | row`, and commits
+/// land between chunks only. None when the mark is not of that snapshot.
+pub fn chunks_committed(mark: Mark, consistent_point: u64) -> Option<u32> {
+    match mark {
+        Mark::ZERO => Some(0),
+        mark if mark.seq == consistent_point.saturating_sub(1) => Some((mark.ord >> 32) as u32 + 1),
+        _ => None,
+    }
+}
 
 /// Rows per block handed to the consumer.
 const BLOCK_ROWS: usize = 8192;

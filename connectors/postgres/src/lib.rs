@@ -16,6 +16,7 @@ pub mod tls;
 mod types;
 pub mod value;
 
+pub use chunks::chunks_committed;
 pub use error::PostgresError;
 pub use preflight::{advisories, preflight};
 pub use replication::Lsn;

@@ -450,16 +450,33 @@ impl PostgresSource {
         }))
     }
 
+    /// Drops the pipeline's slot, if it exists. A slot stays active for a
+    /// moment after the session that used it closed (the server ends its
+    /// walsender asynchronously): "in use" is waited out for a few seconds,
+    /// so `snapshot --drop-slot` right after its own stream closed works.
     pub async fn drop_slot(&self) -> Result<(), PostgresError> {
-        self.client
-            .execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                 WHERE slot_name = $1",
-                &[&self.config.slot],
-            )
-            .await
-            .map_err(query_error("dropping the replication slot"))?;
-        Ok(())
+        const IN_USE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+        let started = std::time::Instant::now();
+        loop {
+            let result = self
+                .client
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                     WHERE slot_name = $1",
+                    &[&self.config.slot],
+                )
+                .await;
+            match result {
+                Ok(_) => return Ok(()),
+                Err(err)
+                    if err.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
+                        && started.elapsed() < IN_USE_WAIT =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(err) => return Err(query_error("dropping the replication slot")(err)),
+            }
+        }
     }
 
     /// Creates the publication over `tables` when it is missing. When it exists

@@ -19,8 +19,10 @@ pub mod copy;
 mod error;
 pub mod lease;
 pub mod sink;
+mod state;
 pub mod types;
 pub mod value;
 
 pub use error::WarehouseError;
-pub use sink::{ApplyMode, Marker, TableState, WarehouseSettings, WarehouseSink};
+pub use sink::{ApplyMode, TableRecord, WarehouseSettings, WarehouseSink};
+pub use state::WarehouseState;

@@ -20,8 +20,8 @@
 //! at any instant (before COMMIT: the transaction and its staging tables
 //! vanish; after it: the mark covers the rows) neither loses nor repeats a
 //! change. The other bookkeeping the lake keeps in files next to its tables
-//! (slot marker, stopped tables, snapshot plan, acknowledged binlog
-//! position) lives in `tidewater.pipeline_state`. An advisory lock held by
+//! (phase, stopped tables, snapshot plan, acknowledged binlog position)
+//! lives in `tidewater.pipeline_state` ([`crate::WarehouseState`]). An advisory lock held by
 //! the session keeps a second process of the same pipeline out.
 
 use std::collections::HashMap;
@@ -31,16 +31,16 @@ use bytes::BytesMut;
 use futures_util::SinkExt;
 use tidewater_core::{
     arrow_type, build_array, key_string, ChangeBatch, Column, ColumnType, Datum, Mark, Sink,
-    SnapshotPhase, StoppedTable, TableId, TableSchema,
+    SnapshotPhase, TableId, TableSchema,
 };
 use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 
 use crate::copy::{self, Encoding};
 use crate::error::WarehouseError;
+use crate::state::WarehouseState;
 use crate::types::{ident, literal, target_type, widens};
 use crate::value::{decode, select_expr, Raw};
-use tidewater_core::state_file::json_problem;
 
 /// COPY data is sent in pieces of about this size, so a large batch never
 /// sits in memory twice.
@@ -97,7 +97,7 @@ impl WarehouseSettings {
 
 /// What `tidewater.table_state` says of one table.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableState {
+pub struct TableRecord {
     pub mark: Mark,
     pub position: String,
     pub snapshot_done: bool,
@@ -108,6 +108,20 @@ pub struct TableState {
     pub target: String,
     /// When it last committed (UTC, as the server prints it).
     pub committed_at: String,
+}
+
+impl TableRecord {
+    /// The pipeline's view of the record (the warehouse counts commits
+    /// where the lake has table versions).
+    pub fn state(&self) -> tidewater_core::state::TableState {
+        tidewater_core::state::TableState {
+            mark: self.mark,
+            position: self.position.clone(),
+            snapshot_done: self.snapshot_done,
+            version: self.commits.max(0) as u64,
+            commits: self.commits,
+        }
+    }
 }
 
 /// A warehouse table as its catalog describes it.
@@ -182,7 +196,7 @@ struct Stage {
 struct Known {
     target: Target,
     changelog: Option<Target>,
-    state: Option<TableState>,
+    state: Option<TableRecord>,
 }
 
 pub struct WarehouseSink {
@@ -199,36 +213,6 @@ pub struct WarehouseSink {
     next_stage: u64,
 }
 
-/// Records the acknowledged source position of a binlog source, on the
-/// sink's connection (inside an open transaction it commits with it; a
-/// stale value only means a longer replay, which the marks deduplicate).
-pub struct PositionWriter {
-    client: Arc<Client>,
-    statement: String,
-    pipeline: String,
-}
-
-impl PositionWriter {
-    pub async fn write(&self, position: &str) -> Result<(), WarehouseError> {
-        self.client
-            .execute(
-                self.statement.as_str(),
-                &[&self.pipeline, &KEY_POSITION, &position],
-            )
-            .await
-            .map(|_| ())
-            .map_err(WarehouseError::server("recording the source position"))
-    }
-}
-
-/// The marker of the replication slot the warehouse is fed from (as the
-/// lake's `SlotMarker`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Marker {
-    Snapshot(String),
-    Stream(String),
-}
-
 /// The first key of the pipeline's advisory lock (the two-key form keeps
 /// it apart from other applications' single-bigint locks): "tw" in ASCII.
 const LOCK_CLASS: i32 = 0x7477;
@@ -241,32 +225,6 @@ const DDL_LOCK: i32 = 0;
 /// Postgres truncates longer identifiers (NAMEDATALEN - 1).
 const MAX_IDENTIFIER: usize = 63;
 
-const KEY_MARKER: &str = "slot_marker";
-const KEY_STOPPED: &str = "stopped_tables";
-const KEY_PLAN: &str = "snapshot_plan";
-const KEY_POSITION: &str = "source_position";
-
-/// An entry of the `stopped_tables` row, as `write_stopped_tables` writes it.
-#[derive(serde::Deserialize)]
-struct StoppedRow {
-    schema: String,
-    table: String,
-    position: String,
-    reason: String,
-    stopped_at: u64,
-}
-
-const HINT_STOPPED: &str = "restore the row from a backup. It lists the tables this pipeline \
-    stopped; deleting it is NOT safe on its own: those tables would be applied again from the \
-    current position, missing the changes skipped while they were stopped. If there is no backup, \
-    delete the row and copy every table of the pipeline again (`tidewater snapshot --table \
-    schema.table` for each)";
-const HINT_MARKER: &str = "restore the row from a backup, or set its value again: \
-    `stream:<slot>` if the initial snapshot had completed, `snapshot:<slot>` if it was still \
-    running (<slot> is source.slot; `binlog` for a MySQL source). Do not just delete it: without \
-    it a running initial snapshot is not recognised as this warehouse's";
-const HINT_PLAN: &str = "restore the row from a backup, or delete it: the interrupted initial \
-    snapshot then starts over (every table is copied again), nothing is lost";
 const HINT_TABLE_STATE: &str = "restore the row from a backup, or delete it and copy the table \
     again (`tidewater snapshot --table schema.table`)";
 
@@ -367,16 +325,14 @@ impl WarehouseSink {
         })
     }
 
-    pub fn position_writer(&self) -> PositionWriter {
-        PositionWriter {
-            client: self.client.clone(),
-            statement: format!(
-                "INSERT INTO {} (pipeline, key, value) VALUES ($1, $2, $3)
-                 ON CONFLICT (pipeline, key) DO UPDATE SET value = EXCLUDED.value",
-                self.state_table("pipeline_state")
-            ),
-            pipeline: self.settings.pipeline.clone(),
-        }
+    /// The pipeline's records (phase, stopped tables, snapshot plan,
+    /// acknowledged position), on this sink's session.
+    pub fn state(&self) -> WarehouseState {
+        WarehouseState::new(
+            self.client.clone(),
+            self.state_table("pipeline_state"),
+            self.settings.pipeline.clone(),
+        )
     }
 
     fn state_table(&self, name: &str) -> String {
@@ -403,7 +359,7 @@ impl WarehouseSink {
     }
 
     /// Every table's recorded state, for `tidewater status`.
-    pub async fn table_states(&self) -> Result<Vec<(TableId, TableState)>, WarehouseError> {
+    pub async fn table_states(&self) -> Result<Vec<(TableId, TableRecord)>, WarehouseError> {
         let mut out = Vec::new();
         for table in self.existing_tables().await? {
             if let Some(state) = self.read_state(&table).await? {
@@ -413,7 +369,7 @@ impl WarehouseSink {
         Ok(out)
     }
 
-    async fn read_state(&self, table: &TableId) -> Result<Option<TableState>, WarehouseError> {
+    async fn read_state(&self, table: &TableId) -> Result<Option<TableRecord>, WarehouseError> {
         let row = self
             .client
             .query_opt(
@@ -445,7 +401,7 @@ impl WarehouseSink {
                     hint: HINT_TABLE_STATE,
                 })
         };
-        Ok(Some(TableState {
+        Ok(Some(TableRecord {
             mark: Mark::new(number(0)?, number(1)?),
             position: row.get(2),
             snapshot_done: row.get(3),
@@ -460,7 +416,7 @@ impl WarehouseSink {
     pub async fn table_state(
         &mut self,
         table: &TableId,
-    ) -> Result<Option<TableState>, WarehouseError> {
+    ) -> Result<Option<TableRecord>, WarehouseError> {
         if let Some(known) = self.tables.get(table) {
             if known.state.is_some() {
                 return Ok(known.state.clone());
@@ -852,7 +808,7 @@ impl WarehouseSink {
         position: &str,
         phase: Option<SnapshotPhase>,
     ) -> Result<usize, WarehouseError> {
-        let mut record: Vec<(TableId, TableState)> = Vec::new();
+        let mut record: Vec<(TableId, TableRecord)> = Vec::new();
         for (table, known) in &self.tables {
             let pending = self.pending.get(table).copied();
             let copy = self.phases.get(table).copied();
@@ -878,7 +834,7 @@ impl WarehouseSink {
             let before = known.state.as_ref();
             record.push((
                 table.clone(),
-                TableState {
+                TableRecord {
                     mark,
                     position: position.to_string(),
                     snapshot_done,
@@ -945,11 +901,6 @@ impl WarehouseSink {
                 .map_err(WarehouseError::server(format!(
                     "recording the mark of {table}"
                 )))?;
-        }
-        if phase == Some(SnapshotPhase::Done) {
-            if let Some(Marker::Snapshot(slot)) = self.marker().await? {
-                self.write_marker(&Marker::Stream(slot)).await?;
-            }
         }
         self.finish_transaction("COMMIT").await?;
         let committed = record.len();
@@ -1200,162 +1151,6 @@ impl WarehouseSink {
             )))?;
         self.tables.remove(table);
         Ok(())
-    }
-
-    async fn read_value(&self, key: &str) -> Result<Option<String>, WarehouseError> {
-        let row = self
-            .client
-            .query_opt(
-                &format!(
-                    "SELECT value FROM {} WHERE pipeline = $1 AND key = $2",
-                    self.state_table("pipeline_state")
-                ),
-                &[&self.settings.pipeline, &key],
-            )
-            .await
-            .map_err(WarehouseError::server(format!("reading the {key}")))?;
-        Ok(row.map(|r| r.get(0)))
-    }
-
-    async fn write_value(&self, key: &str, value: Option<&str>) -> Result<(), WarehouseError> {
-        let result = match value {
-            Some(value) => {
-                self.client
-                    .execute(
-                        &format!(
-                            "INSERT INTO {} (pipeline, key, value) VALUES ($1, $2, $3)
-                             ON CONFLICT (pipeline, key) DO UPDATE SET value = EXCLUDED.value",
-                            self.state_table("pipeline_state")
-                        ),
-                        &[&self.settings.pipeline, &key, &value],
-                    )
-                    .await
-            }
-            None => {
-                self.client
-                    .execute(
-                        &format!(
-                            "DELETE FROM {} WHERE pipeline = $1 AND key = $2",
-                            self.state_table("pipeline_state")
-                        ),
-                        &[&self.settings.pipeline, &key],
-                    )
-                    .await
-            }
-        };
-        result
-            .map(|_| ())
-            .map_err(WarehouseError::server(format!("writing the {key}")))
-    }
-
-    pub async fn marker(&self) -> Result<Option<Marker>, WarehouseError> {
-        let Some(text) = self.read_value(KEY_MARKER).await? else {
-            return Ok(None);
-        };
-        // Read as "absent", a damaged marker would make a running initial
-        // snapshot look like someone else's slot, or none at all.
-        match text.split_once(':') {
-            Some(("snapshot", slot)) if !slot.is_empty() => {
-                Ok(Some(Marker::Snapshot(slot.to_string())))
-            }
-            Some(("stream", slot)) if !slot.is_empty() => {
-                Ok(Some(Marker::Stream(slot.to_string())))
-            }
-            _ => Err(self.corrupt_value(
-                KEY_MARKER,
-                "it is not `snapshot:<slot>` or `stream:<slot>`".into(),
-                HINT_MARKER,
-            )),
-        }
-    }
-
-    /// [`WarehouseError::State`] for the `pipeline_state` row `key`.
-    fn corrupt_value(&self, key: &str, detail: String, hint: &'static str) -> WarehouseError {
-        WarehouseError::State {
-            location: format!(
-                "{}, pipeline {:?}, key {key:?}",
-                self.state_table("pipeline_state"),
-                self.settings.pipeline
-            ),
-            detail,
-            hint,
-        }
-    }
-
-    pub async fn write_marker(&self, marker: &Marker) -> Result<(), WarehouseError> {
-        let text = match marker {
-            Marker::Snapshot(slot) => format!("snapshot:{slot}"),
-            Marker::Stream(slot) => format!("stream:{slot}"),
-        };
-        self.write_value(KEY_MARKER, Some(&text)).await
-    }
-
-    pub async fn snapshot_plan(&self) -> Result<Option<String>, WarehouseError> {
-        self.read_value(KEY_PLAN).await
-    }
-
-    /// The error for a snapshot plan (as [`Self::snapshot_plan`] returned
-    /// it) that does not parse; `problem` says where and what.
-    pub fn corrupt_plan(&self, problem: String) -> WarehouseError {
-        self.corrupt_value(KEY_PLAN, problem, HINT_PLAN)
-    }
-
-    pub async fn write_snapshot_plan(&self, plan: &str) -> Result<(), WarehouseError> {
-        self.write_value(KEY_PLAN, Some(plan)).await
-    }
-
-    /// The acknowledged source position (binlog sources; see the lake's
-    /// `SourcePositionFile`).
-    pub async fn source_position(&self) -> Result<Option<String>, WarehouseError> {
-        self.read_value(KEY_POSITION).await
-    }
-
-    pub async fn write_source_position(&self, position: &str) -> Result<(), WarehouseError> {
-        self.write_value(KEY_POSITION, Some(position)).await
-    }
-
-    pub async fn clear_source_position(&self) -> Result<(), WarehouseError> {
-        self.write_value(KEY_POSITION, None).await
-    }
-
-    pub async fn stopped_tables(&self) -> Result<Vec<StoppedTable>, WarehouseError> {
-        let Some(text) = self.read_value(KEY_STOPPED).await? else {
-            return Ok(Vec::new());
-        };
-        let list: Vec<StoppedRow> = serde_json::from_str(&text)
-            .map_err(|err| self.corrupt_value(KEY_STOPPED, json_problem(&err), HINT_STOPPED))?;
-        Ok(list
-            .into_iter()
-            .map(|t| StoppedTable {
-                table: TableId::new(t.schema, t.table),
-                position: t.position,
-                reason: t.reason,
-                stopped_at: t.stopped_at,
-            })
-            .collect())
-    }
-
-    pub async fn write_stopped_tables(
-        &self,
-        stopped: &[StoppedTable],
-    ) -> Result<(), WarehouseError> {
-        let list: Vec<serde_json::Value> = stopped
-            .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "schema": s.table.schema,
-                    "table": s.table.table,
-                    "position": s.position,
-                    "reason": s.reason,
-                    "stopped_at": s.stopped_at,
-                })
-            })
-            .collect();
-        self.write_value(
-            KEY_STOPPED,
-            Some(&serde_json::Value::Array(list).to_string()),
-        )
-        .await
     }
 }
 
@@ -1622,10 +1417,6 @@ impl Sink for WarehouseSink {
     /// schema): DDL statements are only logged at debug level.
     fn note_ddl(&mut self, table: &TableId, seq: u64, _statement: String) {
         debug!(table = %table, seq, "ddl noted");
-    }
-
-    async fn record_stopped(&mut self, stopped: &[StoppedTable]) -> Result<(), WarehouseError> {
-        self.write_stopped_tables(stopped).await
     }
 
     fn table_phase(&mut self, table: &TableId, phase: SnapshotPhase, mark: Mark) {

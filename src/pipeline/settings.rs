@@ -1,0 +1,190 @@
+//! The settings one run of the pipeline works from, resolved from the
+//! config file: names derived from the pipeline's, the sink's store built.
+
+use std::time::Duration;
+
+use tidewater_core::{BatchLimits, TableId};
+use tidewater_lake::{LakeStore, MaintenancePolicy};
+use tidewater_mysql::{MysqlConfig, ZeroDates};
+use tidewater_postgres::{PostgresConfig, TableFilter};
+
+use crate::config::{Config, ConfigError, SinkConfig, SnapshotMode, SourceConfig, ZeroDatesPolicy};
+
+/// The source a pipeline reads, resolved from the config.
+#[derive(Clone)]
+pub enum SourceSettings {
+    Postgres(PostgresConfig),
+    Mysql(MysqlConfig),
+}
+
+pub struct Settings {
+    pub pipeline: String,
+    pub source: SourceSettings,
+    pub snapshot: SnapshotMode,
+    pub lake: LakeStore,
+    pub limits: BatchLimits,
+    /// Tables to copy again before streaming (`snapshot --table`).
+    pub recopy: Vec<TableId>,
+    pub maintenance: MaintenancePolicy,
+    /// The size data files aim at (`sink.target_file_size_bytes`).
+    pub target_file_bytes: u64,
+    /// New change-log tables are partitioned by commit date.
+    pub partition_by_date: bool,
+    /// Between chunks, a snapshot commits once this much is staged.
+    pub snapshot_commit_bytes: u64,
+    /// Set for `[sink] type = "warehouse"`: the pipeline writes there, and
+    /// `lake` is unused.
+    pub warehouse: Option<tidewater_warehouse::WarehouseSettings>,
+    pub metrics: crate::metrics::Metrics,
+}
+
+impl Settings {
+    /// The settings `config` names, with the lake's store built: an S3
+    /// store that cannot be built is a config error naming `sink.uri` (never
+    /// a local directory in its place).
+    pub fn from_config(config: &Config) -> Result<Settings, ConfigError> {
+        let (source, snapshot) = match &config.source {
+            SourceConfig::Postgres(pg) => {
+                let (slot, publication) = PostgresConfig::names_for(&config.pipeline.name);
+                (
+                    SourceSettings::Postgres(PostgresConfig {
+                        url: tidewater_core::conn_url::SecretUrl::new(pg.url.expose()),
+                        filter: TableFilter {
+                            include: pg.tables.clone(),
+                            exclude: with_echo_exclusions(&pg.exclude, config),
+                        },
+                        slot: pg.slot_name.clone().unwrap_or(slot),
+                        publication: pg.publication.clone().unwrap_or(publication),
+                        application_name: format!("tidewater:{}", config.pipeline.name),
+                        spill_dir: config.pipeline.state_dir().join("spill"),
+                        heartbeat: (pg.heartbeat_interval_ms > 0)
+                            .then(|| Duration::from_millis(pg.heartbeat_interval_ms)),
+                        binary: pg.binary,
+                        discovery: (pg.table_discovery_interval_ms > 0)
+                            .then(|| Duration::from_millis(pg.table_discovery_interval_ms)),
+                        recopy_on_schema_change: pg.recopy_on_schema_change,
+                        snapshot_workers: pg.snapshot_workers,
+                        snapshot_chunk_bytes: pg.snapshot_chunk_bytes,
+                    }),
+                    pg.snapshot,
+                )
+            }
+            SourceConfig::Mysql(my) => (
+                SourceSettings::Mysql(MysqlConfig {
+                    url: tidewater_core::conn_url::SecretUrl::new(my.url.expose()),
+                    filter: TableFilter {
+                        include: my.include(),
+                        exclude: with_echo_exclusions(&my.exclude, config),
+                    },
+                    server_id: my
+                        .server_id
+                        .unwrap_or_else(|| MysqlConfig::server_id_for(&config.pipeline.name)),
+                    zero_dates: match my.zero_dates {
+                        ZeroDatesPolicy::Null => ZeroDates::Null,
+                        ZeroDatesPolicy::Fail => ZeroDates::Fail,
+                    },
+                    recopy_on_schema_change: my.recopy_on_schema_change,
+                    snapshot_workers: my.snapshot_workers,
+                    snapshot_chunk_rows: my.snapshot_chunk_rows,
+                }),
+                my.snapshot,
+            ),
+        };
+        let warehouse = match &config.sink {
+            SinkConfig::Lake(_) => None,
+            SinkConfig::Warehouse(w) => Some(tidewater_warehouse::WarehouseSettings {
+                url: tidewater_core::conn_url::SecretUrl::new(w.url.expose()),
+                pipeline: config.pipeline.name.clone(),
+                target_schema: w.schema.clone(),
+                target_table: w.table.clone(),
+                state_schema: w.state_schema.clone(),
+                changelog: w.changelog,
+                apply: match w.apply {
+                    crate::config::WarehouseApply::Auto => tidewater_warehouse::ApplyMode::Auto,
+                    crate::config::WarehouseApply::Merge => tidewater_warehouse::ApplyMode::Merge,
+                    crate::config::WarehouseApply::OnConflict => {
+                        tidewater_warehouse::ApplyMode::OnConflict
+                    }
+                },
+            }),
+        };
+        Ok(match &config.sink {
+            SinkConfig::Lake(lake) => Settings {
+                pipeline: config.pipeline.name.clone(),
+                source,
+                snapshot,
+                lake: LakeStore::open(lake.location()).map_err(|err| ConfigError::Invalid {
+                    key: "sink.uri".into(),
+                    message: format!(
+                        "the object store for {:?} cannot be built: {}\n\
+                         hint: fix sink.uri (s3://bucket[/prefix]) or sink.s3, or the AWS_* \
+                         environment variables the store reads, then start again",
+                        lake.uri,
+                        store_causes(&err)
+                    ),
+                })?,
+                limits: BatchLimits {
+                    max_rows: lake.max_batch_rows,
+                    max_bytes: lake.max_batch_bytes,
+                    max_delay: Duration::from_millis(lake.flush_interval_ms),
+                },
+                recopy: Vec::new(),
+                maintenance: lake.maintenance(),
+                target_file_bytes: lake.target_file_size_bytes,
+                partition_by_date: lake.partitioning == crate::config::Partitioning::CommitDate,
+                snapshot_commit_bytes: lake.target_file_size_bytes,
+                warehouse,
+                metrics: crate::metrics::Metrics::default(),
+            },
+            SinkConfig::Warehouse(w) => Settings {
+                pipeline: config.pipeline.name.clone(),
+                source,
+                snapshot,
+                lake: LakeStore::local(&config.pipeline.state_dir().join("no-lake")),
+                limits: BatchLimits {
+                    max_rows: w.max_batch_rows,
+                    max_bytes: w.max_batch_bytes,
+                    max_delay: Duration::from_millis(w.flush_interval_ms),
+                },
+                recopy: Vec::new(),
+                maintenance: MaintenancePolicy::default(),
+                target_file_bytes: w.snapshot_commit_bytes,
+                partition_by_date: false,
+                snapshot_commit_bytes: w.snapshot_commit_bytes,
+                warehouse,
+                metrics: crate::metrics::Metrics::default(),
+            },
+        })
+    }
+}
+
+/// Why a lake store could not be built: the causes below the error (which
+/// only repeats the uri), each said once (the storage libraries wrap an
+/// error in one that repeats its text).
+fn store_causes(err: &tidewater_lake::LakeError) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut cause = std::error::Error::source(err);
+    while let Some(current) = cause {
+        let text = current.to_string();
+        if !out.last().is_some_and(|last| last.contains(&text)) {
+            out.push(text);
+        }
+        cause = current.source();
+    }
+    if out.is_empty() {
+        out.push(err.to_string());
+    }
+    out.join(": ")
+}
+
+/// `exclude` plus the reverse-ETL target tables that live in the source
+/// database: their pushes must not come back through capture.
+fn with_echo_exclusions(exclude: &[String], config: &Config) -> Vec<String> {
+    let mut out = exclude.to_vec();
+    for table in crate::reverse::echo_exclusions(config) {
+        if !out.contains(&table) {
+            out.push(table);
+        }
+    }
+    out
+}

@@ -1,0 +1,126 @@
+//! The source task: the only owner of the connected source. It reads events
+//! and hands them to the coordinator over a bounded channel (backpressure),
+//! with Arrow blocks also bounded by bytes.
+//!
+//! ```text
+//!  source.next_event() ──▶ [channel: EVENT_CHANNEL_CAPACITY events,
+//!                            QUEUED_BLOCK_KIB of blocks] ──▶ coordinator
+//! ```
+
+use tidewater_core::{ChangeEvent, Source};
+use tidewater_mysql::MysqlSource;
+use tidewater_postgres::PostgresSource;
+use tokio::sync::{mpsc, watch};
+
+use super::PipelineError;
+
+/// Events buffered between the source task and the coordinator.
+pub(super) const EVENT_CHANNEL_CAPACITY: usize = 4096;
+
+/// Arrow bytes of row blocks that may wait between the source task and the
+/// coordinator, in KiB: blocks are large (thousands of rows), so the event
+/// count alone would not bound memory.
+const QUEUED_BLOCK_KIB: usize = 32 * 1024;
+
+/// An event in flight, with the share of the block budget it holds.
+pub(super) type Queued = (
+    Result<ChangeEvent, PipelineError>,
+    Option<tokio::sync::OwnedSemaphorePermit>,
+);
+
+/// The connected source, whichever kind.
+pub(super) enum AnySource {
+    Postgres(Box<PostgresSource>),
+    Mysql(Box<MysqlSource>),
+}
+
+impl AnySource {
+    async fn next_event(&mut self) -> Result<ChangeEvent, PipelineError> {
+        Ok(match self {
+            AnySource::Postgres(source) => Source::next_event(source.as_mut()).await?,
+            AnySource::Mysql(source) => Source::next_event(source.as_mut()).await?,
+        })
+    }
+
+    /// An event already decoded, without waiting for the server.
+    fn ready_event(&mut self) -> Option<ChangeEvent> {
+        match self {
+            AnySource::Postgres(source) => source.ready_event(),
+            AnySource::Mysql(source) => source.ready_event(),
+        }
+    }
+
+    fn ack(&mut self, value: u64) {
+        match self {
+            AnySource::Postgres(source) => Source::ack(source.as_mut(), value),
+            AnySource::Mysql(source) => Source::ack(source.as_mut(), value),
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            AnySource::Postgres(source) => source.close().await,
+            AnySource::Mysql(source) => source.close().await,
+        }
+    }
+}
+
+/// Reads events from the source and applies acknowledgements. It is the only
+/// owner of the source, and never cancels `next_event` except at shutdown, so
+/// no event is lost halfway through decoding.
+pub(super) async fn source_loop(
+    mut source: AnySource,
+    events: mpsc::Sender<Queued>,
+    mut acks: watch::Receiver<u64>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(QUEUED_BLOCK_KIB));
+    loop {
+        // Events the source has already decoded need no select: only a wait
+        // for the server must be interruptible by `stop`.
+        let event = match source.ready_event() {
+            Some(event) if !*stop.borrow() => Ok(event),
+            Some(_) => break,
+            None => tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                event = source.next_event() => event,
+            },
+        };
+        if acks.has_changed().unwrap_or(false) {
+            source.ack(*acks.borrow_and_update());
+        }
+        let failed = event.is_err();
+        let permit = match &event {
+            Ok(ChangeEvent::Block(block)) => {
+                let bytes: usize = block
+                    .columns
+                    .iter()
+                    .map(|c| c.get_array_memory_size())
+                    .sum();
+                let kib = (bytes / 1024).clamp(1, QUEUED_BLOCK_KIB) as u32;
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => break,
+                    permit = budget.clone().acquire_many_owned(kib) => permit.ok(),
+                }
+            }
+            _ => None,
+        };
+        let event = (event, permit);
+        match events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(event)) => tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                sent = events.send(event) => if sent.is_err() { break },
+            },
+            Err(mpsc::error::TrySendError::Closed(_)) => break,
+        }
+        if failed {
+            break;
+        }
+    }
+    source.ack(*acks.borrow());
+    source.close().await;
+}
