@@ -3,12 +3,9 @@
 //! warehouse sink and the reverse-ETL targets.
 //!
 //! ```text
-//!              tidewater-endpoint   (no arrow, no lake: urls, TLS, SQL text, error classes)
-//!              ▲        ▲        ▲
-//!   tidewater-core      │        │
-//!    ▲    ▲     ▲       │        │
-//!    │  sources │   warehouse  reverse
-//!    │ (postgres, mysql)
+//!   postgres, mysql (sources) ─┐
+//!   warehouse, reverse ────────┼──▶ tidewater-endpoint ◀── tidewater-core
+//!   the binary ────────────────┘    (no arrow, no lake)
 //! ```
 //!
 //! Each piece lives here because more than one connector needs it and it
