@@ -145,7 +145,7 @@ impl ReverseEtlConfig {
         tidewater_reverse::JobSpec {
             name: self.name.clone(),
             query: self.query.clone(),
-            target_url: tidewater_core::conn_url::SecretUrl::new(self.target_url.expose()),
+            target_url: tidewater_endpoint::url::SecretUrl::new(self.target_url.expose()),
             target_table: self.target_table.clone(),
             key: self.key.clone(),
             mode: match self.mode {
@@ -1037,12 +1037,12 @@ const MYSQL_URL_FORM: &str = "mysql://user:password@host:3306/database";
 /// the database (Postgres would otherwise pick the one named after the
 /// user, silently). No message holds any part of the url.
 fn check_postgres_url(key: &str, url: &str) -> Result<(), ConfigError> {
-    use tidewater_postgres::tls::TlsConfigError;
+    use tidewater_endpoint::postgres::TlsConfigError;
     let invalid = |message: String| ConfigError::Invalid {
         key: key.to_string(),
         message,
     };
-    let config = match tidewater_postgres::tls::parse_url(url) {
+    let config = match tidewater_endpoint::postgres::parse_url(url) {
         Ok((config, _)) => config,
         Err(TlsConfigError::Userinfo(err)) => return Err(invalid(err.to_string())),
         // tokio-postgres names the option or the problem, never a value
@@ -1074,7 +1074,7 @@ fn check_postgres_url(key: &str, url: &str) -> Result<(), ConfigError> {
 /// Reads a MySQL/MariaDB url (`mysql://` or `mariadb://`) as a connection
 /// will; no message holds any part of the url.
 fn check_mysql_url(key: &str, url: &str) -> Result<(), ConfigError> {
-    use tidewater_mysql::tls::TlsConfigError;
+    use tidewater_endpoint::mysql::TlsConfigError;
     let invalid = |message: String| ConfigError::Invalid {
         key: key.to_string(),
         message,
@@ -1084,7 +1084,7 @@ fn check_mysql_url(key: &str, url: &str) -> Result<(), ConfigError> {
             "is not a MySQL url; expected {MYSQL_URL_FORM} (or mariadb://…)"
         )));
     }
-    match tidewater_mysql::tls::check_url(url) {
+    match tidewater_endpoint::mysql::check_url(url) {
         Ok(()) => Ok(()),
         Err(TlsConfigError::Userinfo(err)) => Err(invalid(err.to_string())),
         // The url crate's and mysql_async's messages name the part or the
@@ -1593,7 +1593,7 @@ uri = "file:///tmp/lake"
             panic!("mysql source expected")
         };
         assert_eq!(my.include(), vec!["shop.*".to_string()]);
-        let (rest, _) = tidewater_mysql::tls::parse_url(my.url.expose()).unwrap();
+        let (rest, _) = tidewater_endpoint::mysql::parse_url(my.url.expose()).unwrap();
         assert!(rest.starts_with("mysql://"), "{rest}");
         assert!(json_schema().contains("\"mariadb\""));
     }

@@ -48,7 +48,7 @@ impl Settings {
                 let (slot, publication) = PostgresConfig::names_for(&config.pipeline.name);
                 (
                     SourceSettings::Postgres(PostgresConfig {
-                        url: tidewater_core::conn_url::SecretUrl::new(pg.url.expose()),
+                        url: tidewater_endpoint::url::SecretUrl::new(pg.url.expose()),
                         filter: TableFilter {
                             include: pg.tables.clone(),
                             exclude: with_echo_exclusions(&pg.exclude, config),
@@ -71,7 +71,7 @@ impl Settings {
             }
             SourceConfig::Mysql(my) => (
                 SourceSettings::Mysql(MysqlConfig {
-                    url: tidewater_core::conn_url::SecretUrl::new(my.url.expose()),
+                    url: tidewater_endpoint::url::SecretUrl::new(my.url.expose()),
                     filter: TableFilter {
                         include: my.include(),
                         exclude: with_echo_exclusions(&my.exclude, config),
@@ -93,7 +93,7 @@ impl Settings {
         let warehouse = match &config.sink {
             SinkConfig::Lake(_) => None,
             SinkConfig::Warehouse(w) => Some(tidewater_warehouse::WarehouseSettings {
-                url: tidewater_core::conn_url::SecretUrl::new(w.url.expose()),
+                url: tidewater_endpoint::url::SecretUrl::new(w.url.expose()),
                 pipeline: config.pipeline.name.clone(),
                 target_schema: w.schema.clone(),
                 target_table: w.table.clone(),

@@ -6,6 +6,7 @@ mod support;
 
 mod config_errors;
 mod crash;
+mod crate_graph;
 mod demo;
 mod golden;
 mod lake_maintenance;

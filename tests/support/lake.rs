@@ -45,7 +45,8 @@ pub async fn read_log(path: &Path) -> Result<Vec<LogRow>, String> {
         .map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
     for uri in table.get_file_uris().map_err(|e| e.to_string())? {
-        let file_path = percent_decode(uri.strip_prefix("file://").unwrap_or(&uri));
+        let file_path =
+            tidewater_endpoint::url::percent_decode(uri.strip_prefix("file://").unwrap_or(&uri));
         let file = File::open(&file_path).map_err(|e| format!("{file_path}: {e}"))?;
         rows.extend(file_rows(file)?);
     }
@@ -179,27 +180,6 @@ pub fn trim_decimals(state: &mut BTreeMap<String, Row>, columns: &[String]) {
             }
         }
     }
-}
-
-/// A `file://` URI path back to the file system path (`%20` → space, …).
-fn percent_decode(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = path.get(i + 1..i + 3).filter(|_| bytes[i] == b'%');
-        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).expect("utf-8 path")
 }
 
 fn batch_rows(batch: &RecordBatch) -> Vec<LogRow> {

@@ -11,11 +11,14 @@
 //! * the one mapping from source column types to Arrow types ([`arrow_type`]);
 //! * the [`Batcher`] (max rows / bytes / delay);
 //! * the [`Source`] and [`Sink`] traits with their contracts;
-//! * error classes ([`ErrorClass`]) every connector error maps to.
+//! * error classes ([`ErrorClass`]) every connector error maps to (defined in
+//!   `tidewater-endpoint`, beside the SQLSTATE table that answers in them).
+//!
+//! How a connector reaches its server (urls, TLS, identifier quoting, the
+//! SQLSTATE table) is `tidewater-endpoint`'s, not this crate's.
 
 mod batch;
 pub mod calendar;
-pub mod conn_url;
 pub mod decimal;
 mod error;
 mod event;

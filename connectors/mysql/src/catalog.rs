@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use tidewater_core::{Column, ColumnType, TableFilter, TableId};
+/// Backtick-quotes an identifier.
+pub use tidewater_endpoint::quote::backticked as quote_ident;
 
 use crate::error::{query_error, MysqlError};
 use crate::rows::{ColumnOverride, Special};
@@ -303,11 +305,6 @@ pub async fn charsets(conn: &mut Conn) -> Result<HashMap<u32, String>, MysqlErro
         .await
         .map_err(query_error("reading collations"))?;
     Ok(rows.into_iter().map(|(id, cs)| (id as u32, cs)).collect())
-}
-
-/// Backtick-quotes an identifier.
-pub fn quote_ident(name: &str) -> String {
-    format!("`{}`", name.replace('`', "``"))
 }
 
 pub fn quote_table(table: &TableId) -> String {

@@ -2,22 +2,13 @@ use tidewater_core::{Classified, ErrorClass, TableId};
 
 use crate::event::DecodeError;
 
-/// MySQL server error codes we act on.
+/// MySQL server error codes the source acts on itself (the ones every
+/// connection acts on are classed by
+/// [`tidewater_endpoint::mysql::class_of_server_code`]).
 mod code {
     /// ER_MASTER_FATAL_ERROR_READING_BINLOG: the requested position or GTID is
     /// not in the server's binlog (purged, or never existed).
     pub const FATAL_READING_BINLOG: u16 = 1236;
-    pub const ACCESS_DENIED: u16 = 1045;
-    pub const DB_ACCESS_DENIED: u16 = 1044;
-    pub const SPECIFIC_ACCESS_DENIED: u16 = 1227;
-    pub const TABLE_ACCESS_DENIED: u16 = 1142;
-    pub const BAD_DB: u16 = 1049;
-    /// MariaDB: another replica is connected with the same server_id.
-    pub const SLAVE_SAME_ID: u16 = 4052;
-    /// Errors that go away on a retry: the server shutting down, a killed
-    /// or interrupted query, lock waits and deadlocks, and a snapshot that
-    /// met a concurrent DDL ("table definition has changed").
-    pub const RETRYABLE: [u16; 7] = [1053, 1205, 1213, 1317, 1412, 1927, 1969];
 }
 
 /// Everything the MySQL/MariaDB source can fail with. Messages never carry row
@@ -131,25 +122,23 @@ impl Classified for MysqlError {
             MysqlError::StreamEnded | MysqlError::CopyRaced { .. } => ErrorClass::Transient,
             MysqlError::Connect { .. } | MysqlError::Query { .. } | MysqlError::Stream { .. } => {
                 match self.server_code() {
-                    Some(
-                        code::ACCESS_DENIED
-                        | code::DB_ACCESS_DENIED
-                        | code::SPECIFIC_ACCESS_DENIED
-                        | code::TABLE_ACCESS_DENIED
-                        | code::BAD_DB,
-                    ) => ErrorClass::Config,
-                    // A dying connection of ours (after a crash) or another
-                    // replica with our id: retried with backoff, as a
-                    // Postgres slot still held by a dying walsender.
-                    Some(code::SLAVE_SAME_ID) => ErrorClass::Transient,
-                    Some(code) if code::RETRYABLE.contains(&code) => ErrorClass::Transient,
-                    // Any other server error on a query is about the statement
-                    // or the server state; network errors and a server going
-                    // away are worth a reconnect.
-                    Some(_) => ErrorClass::Definite,
+                    Some(code) => tidewater_endpoint::mysql::class_of_server_code(code),
+                    // Network errors and a server going away are worth a
+                    // reconnect.
                     None => ErrorClass::Transient,
                 }
             }
+        }
+    }
+}
+
+impl From<crate::tls::ConnectError> for MysqlError {
+    fn from(error: crate::tls::ConnectError) -> MysqlError {
+        match error {
+            crate::tls::ConnectError::Connect { target, source } => {
+                MysqlError::Connect { target, source }
+            }
+            crate::tls::ConnectError::Tls(error) => MysqlError::Tls(error),
         }
     }
 }

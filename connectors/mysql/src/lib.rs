@@ -14,8 +14,11 @@ pub mod rows;
 pub mod source;
 mod statement;
 pub mod tablemap;
-pub mod tls;
 mod value;
+
+// TLS settings and the connection endpoint are every MySQL connection's
+// (reverse ETL's too): they live in tidewater-endpoint, named here as before.
+use tidewater_endpoint::mysql as tls;
 
 pub use catalog::Flavor;
 pub use error::MysqlError;

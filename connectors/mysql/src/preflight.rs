@@ -5,7 +5,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use tidewater_core::{Problem, TableId};
 
-use crate::catalog::{quote_table, Flavor};
+use crate::catalog::{quote_ident, quote_table, Flavor};
 use crate::error::{query_error, MysqlError};
 
 /// Binlogs kept for less than this are flagged: a pipeline stopped over a
@@ -142,8 +142,8 @@ pub async fn preflight(
             problems.push(Problem {
                 what: format!("the user cannot SELECT from {table}"),
                 fix: format!(
-                    "GRANT SELECT ON `{}`.* TO {user};",
-                    table.schema.replace('`', "``")
+                    "GRANT SELECT ON {}.* TO {user};",
+                    quote_ident(&table.schema)
                 ),
             });
         }

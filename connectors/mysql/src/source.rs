@@ -105,7 +105,7 @@ pub enum ZeroDates {
 
 #[derive(Debug, Clone)]
 pub struct MysqlConfig {
-    pub url: tidewater_core::conn_url::SecretUrl,
+    pub url: tidewater_endpoint::url::SecretUrl,
     pub filter: TableFilter,
     /// The replica id tidewater registers with; must differ from every server
     /// and replica in the topology.

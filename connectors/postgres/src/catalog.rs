@@ -6,6 +6,9 @@ use std::collections::HashMap;
 use tidewater_core::{Column, TableFilter, TableId};
 use tokio_postgres::Client;
 
+/// Quotes an identifier for SQL text.
+pub use tidewater_endpoint::quote::double_quoted as quote_ident;
+
 use crate::types::column_type_dims;
 
 /// SQL over `pg_class c`: true when the table's replica identity lets
@@ -151,11 +154,6 @@ impl TypeNames {
         self.names.insert((type_oid, type_modifier), name.clone());
         Ok(name)
     }
-}
-
-/// Quotes an identifier for SQL text.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 pub fn quote_table(table: &TableId) -> String {

@@ -11,10 +11,13 @@ pub mod pgoutput;
 mod preflight;
 pub mod replication;
 pub mod source;
-pub mod sqlstate;
-pub mod tls;
 mod types;
 pub mod value;
+
+// TLS settings and the SQLSTATE table are every Postgres connection's
+// (the warehouse's and reverse ETL's too): they live in tidewater-endpoint,
+// named here as before.
+use tidewater_endpoint::{postgres as tls, sqlstate};
 
 pub use chunks::chunks_committed;
 pub use error::PostgresError;

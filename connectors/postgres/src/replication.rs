@@ -41,6 +41,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
+use tidewater_endpoint::quote::double_quoted as quote_ident;
+
 /// Microseconds between 1970-01-01 and 2000-01-01, the Postgres epoch.
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
@@ -518,10 +520,6 @@ fn server_error(mut fields: ErrorFields<'_>) -> ReplicationError {
         }
     }
     ReplicationError::Server(error)
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// What the walsender sends while streaming.

@@ -97,7 +97,7 @@ const SPILL_BUFFER: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
-    pub url: tidewater_core::conn_url::SecretUrl,
+    pub url: tidewater_endpoint::url::SecretUrl,
     pub filter: TableFilter,
     pub slot: String,
     pub publication: String,

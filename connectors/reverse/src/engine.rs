@@ -24,6 +24,7 @@ use datafusion::common::TableReference;
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use tidewater_core::TableId;
+use tidewater_endpoint::quote::double_quoted as quote;
 use tidewater_lake::{LakeLog, LakeSink};
 
 use crate::error::ReverseError;
@@ -170,10 +171,6 @@ async fn register(ctx: &SessionContext, id: &TableId, log: LakeLog) -> Result<()
     )
     .map_err(internal)?;
     Ok(())
-}
-
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The current state of a change log (DESIGN §3), columns under their

@@ -39,7 +39,7 @@ pub enum Mode {
 pub struct JobSpec {
     pub name: String,
     pub query: String,
-    pub target_url: tidewater_core::conn_url::SecretUrl,
+    pub target_url: tidewater_endpoint::url::SecretUrl,
     pub target_table: String,
     pub key: Vec<String>,
     pub mode: Mode,

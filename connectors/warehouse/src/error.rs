@@ -14,7 +14,7 @@ pub enum WarehouseError {
         source: tokio_postgres::Error,
     },
     #[error("warehouse url: {0}")]
-    Url(#[source] tidewater_postgres::tls::TlsConfigError),
+    Url(#[source] tidewater_endpoint::postgres::TlsConfigError),
     #[error("encoding column {column} of {table} for COPY: {reason}")]
     Encode {
         table: TableId,
@@ -81,7 +81,7 @@ impl WarehouseError {
 impl Classified for WarehouseError {
     fn class(&self) -> ErrorClass {
         match self {
-            WarehouseError::Server { source, .. } => tidewater_postgres::sqlstate::class(source),
+            WarehouseError::Server { source, .. } => tidewater_endpoint::sqlstate::class(source),
             WarehouseError::Url(_)
             | WarehouseError::NoKey { .. }
             | WarehouseError::Target { .. }

@@ -39,8 +39,9 @@ use tracing::{debug, info, warn};
 use crate::copy::{self, Encoding};
 use crate::error::WarehouseError;
 use crate::state::WarehouseState;
-use crate::types::{ident, literal, target_type, widens};
+use crate::types::{literal, target_type, widens};
 use crate::value::{decode, select_expr, Raw};
+use tidewater_endpoint::quote::double_quoted as ident;
 
 /// COPY data is sent in pieces of about this size, so a large batch never
 /// sits in memory twice.
@@ -69,7 +70,7 @@ pub enum ApplyMode {
 #[derive(Debug, Clone)]
 pub struct WarehouseSettings {
     /// Postgres URL of the warehouse database (TLS settings as for sources).
-    pub url: tidewater_core::conn_url::SecretUrl,
+    pub url: tidewater_endpoint::url::SecretUrl,
     pub pipeline: String,
     /// Target schema name; `{schema}` is the source schema or database.
     pub target_schema: String,
@@ -1441,9 +1442,9 @@ pub(crate) async fn session(
     ended: &'static str,
     setup: &str,
 ) -> Result<Client, WarehouseError> {
-    let (config, options) =
-        tidewater_postgres::tls::parse_url(settings.url.expose()).map_err(WarehouseError::Url)?;
-    let tls = tidewater_postgres::tls::TlsSetup::new(&options).map_err(WarehouseError::Url)?;
+    let (config, options) = tidewater_endpoint::postgres::parse_url(settings.url.expose())
+        .map_err(WarehouseError::Url)?;
+    let tls = tidewater_endpoint::postgres::TlsSetup::new(&options).map_err(WarehouseError::Url)?;
     let (client, connection) = config
         .connect(tls.connector())
         .await

@@ -126,11 +126,6 @@ fn numeric_digits(ty: &str) -> Option<(i64, i64)> {
     Some((p.trim().parse().ok()?, s.trim().parse().ok()?))
 }
 
-/// A quoted identifier.
-pub fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 /// A quoted string literal.
 pub fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))

@@ -16,8 +16,8 @@
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, Params, Row, TxOpts};
-use tidewater_core::Classified;
-use tidewater_mysql::tls::Endpoint;
+use tidewater_endpoint::mysql::Endpoint;
+use tidewater_endpoint::quote::backticked as quote;
 
 use super::{check_fraction, rounded, Described, TableName};
 use crate::error::{redact, ReverseError};
@@ -32,10 +32,6 @@ pub struct MysqlTarget {
     conn: Conn,
     statement_timeout_ms: u64,
     closed: bool,
-}
-
-fn quote(name: &str) -> String {
-    format!("`{}`", name.replace('`', "``"))
 }
 
 fn target_error(action: &str, err: mysql_async::Error) -> ReverseError {
@@ -67,7 +63,7 @@ impl MysqlTarget {
         };
         let endpoint = Endpoint::new(url).map_err(|e| url_error(e.to_string()))?;
         let (rest, _) =
-            tidewater_mysql::tls::parse_url(url).map_err(|e| url_error(e.to_string()))?;
+            tidewater_endpoint::mysql::parse_url(url).map_err(|e| url_error(e.to_string()))?;
         let database = Opts::from_url(&rest)
             .map_err(|e| url_error(e.to_string()))?
             .db_name()

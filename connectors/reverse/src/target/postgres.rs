@@ -12,6 +12,7 @@
 //! server's input rules (ranges, lengths) check every value loudly.
 
 use tidewater_core::ErrorClass;
+use tidewater_endpoint::quote::double_quoted as quote;
 use tokio_postgres::Client;
 
 use super::{check_fraction, rounded, Described, TableName};
@@ -25,12 +26,8 @@ pub struct PostgresTarget {
     statement_timeout_ms: u64,
 }
 
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 fn target_error(action: &str, err: tokio_postgres::Error) -> ReverseError {
-    let retryable = tidewater_postgres::sqlstate::class(&err) == ErrorClass::Transient;
+    let retryable = tidewater_endpoint::sqlstate::class(&err) == ErrorClass::Transient;
     let message = match err.as_db_error() {
         Some(db) => format!("{} ({})", redact(db.message()), db.code().code()),
         None => err.to_string(),
@@ -45,13 +42,13 @@ fn target_error(action: &str, err: tokio_postgres::Error) -> ReverseError {
 impl PostgresTarget {
     pub async fn connect(url: &str, statement_timeout_ms: u64) -> Result<Self, ReverseError> {
         // TLS as for the source: `sslmode` / `sslrootcert` in the url.
-        let tls_error = |e: tidewater_postgres::tls::TlsConfigError| ReverseError::Target {
+        let tls_error = |e: tidewater_endpoint::postgres::TlsConfigError| ReverseError::Target {
             action: "reading target_url".into(),
             message: e.to_string(),
             retryable: false,
         };
-        let (config, options) = tidewater_postgres::tls::parse_url(url).map_err(tls_error)?;
-        let tls = tidewater_postgres::tls::TlsSetup::new(&options).map_err(tls_error)?;
+        let (config, options) = tidewater_endpoint::postgres::parse_url(url).map_err(tls_error)?;
+        let tls = tidewater_endpoint::postgres::TlsSetup::new(&options).map_err(tls_error)?;
         let (client, connection) = config
             .connect(tls.connector())
             .await

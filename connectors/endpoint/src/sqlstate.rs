@@ -1,6 +1,7 @@
 //! One SQLSTATE → [`ErrorClass`] table for every Postgres connection
 //! tidewater opens: the source (queries and the replication stream), the
-//! warehouse sink and the reverse-ETL target.
+//! warehouse sink and the reverse-ETL Postgres target. It lives beside the
+//! connection code so that none of them needs another's crate for it.
 //!
 //! The policy is "indefinite unless proven": an answer that may go away by
 //! itself (a lost connection, a busy or restarting server, a lock, a
@@ -15,7 +16,7 @@
 //! the server refused this statement for a reason of its own (a trigger's
 //! `RAISE`, an unsupported feature) and will refuse it again.
 
-use tidewater_core::ErrorClass;
+use crate::ErrorClass;
 
 /// A row of the table: a SQLSTATE (`"40P01"`) or a SQLSTATE class (`"40"`),
 /// its class, and why.
@@ -160,6 +161,7 @@ pub fn class_of_code(code: &str) -> ErrorClass {
 /// The class of an error of a `tokio_postgres` connection. An error without
 /// a SQLSTATE did not come from the server's refusal of a statement: I/O,
 /// a closed connection, a timeout while connecting — transient.
+#[cfg(feature = "postgres")]
 pub fn class(error: &tokio_postgres::Error) -> ErrorClass {
     match error.code() {
         Some(code) => class_of_code(code.code()),

@@ -1,7 +1,9 @@
-//! TLS to the MySQL/MariaDB server with the MySQL client's `ssl-mode`
-//! semantics, for every connection the source opens (queries, snapshot
-//! workers, the binlog stream, reconnects): they all go through
-//! [`Endpoint::connect`].
+//! TLS to a MySQL/MariaDB server with the MySQL client's `ssl-mode`
+//! semantics, for every MySQL connection tidewater opens (the source's
+//! queries, snapshot workers, binlog stream and reconnects, the reverse-ETL
+//! MySQL target): they all go through [`Endpoint::connect`]. The server's
+//! error codes are classed here too ([`class_of_server_code`]), so a refused
+//! connection means the same to the source and to the reverse-ETL target.
 //!
 //! The settings live in the source url's query string, spelled as the
 //! `mysql` client spells its options (`ssl_mode`/`ssl_ca` are taken too):
@@ -38,6 +40,45 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use mysql_async::{Conn, Opts, OptsBuilder, SslOpts};
+
+use crate::tls::{install_crypto_provider, Refusal};
+use crate::url::{check_userinfo, percent_decode, UserinfoError};
+use crate::ErrorClass;
+
+/// MySQL server error codes every connection acts on the same way.
+mod code {
+    pub const ACCESS_DENIED: u16 = 1045;
+    pub const DB_ACCESS_DENIED: u16 = 1044;
+    pub const SPECIFIC_ACCESS_DENIED: u16 = 1227;
+    pub const TABLE_ACCESS_DENIED: u16 = 1142;
+    pub const BAD_DB: u16 = 1049;
+    /// MariaDB: another replica is connected with the same server_id.
+    pub const SLAVE_SAME_ID: u16 = 4052;
+    /// Errors that go away on a retry: the server shutting down, a killed
+    /// or interrupted query, lock waits and deadlocks, and a snapshot that
+    /// met a concurrent DDL ("table definition has changed").
+    pub const RETRYABLE: [u16; 7] = [1053, 1205, 1213, 1317, 1412, 1927, 1969];
+}
+
+/// The class of a server's answer by its error code (an error without one —
+/// the network, a server going away — is [`ErrorClass::Transient`]).
+pub fn class_of_server_code(server_code: u16) -> ErrorClass {
+    match server_code {
+        code::ACCESS_DENIED
+        | code::DB_ACCESS_DENIED
+        | code::SPECIFIC_ACCESS_DENIED
+        | code::TABLE_ACCESS_DENIED
+        | code::BAD_DB => ErrorClass::Config,
+        // A dying connection of ours (after a crash) or another replica
+        // with our id: retried with backoff, as a Postgres slot still held
+        // by a dying walsender.
+        code::SLAVE_SAME_ID => ErrorClass::Transient,
+        code if code::RETRYABLE.contains(&code) => ErrorClass::Transient,
+        // Any other server error is about the statement or the server
+        // state.
+        _ => ErrorClass::Definite,
+    }
+}
 
 /// The MySQL client's `--ssl-mode`, in increasing strength.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -97,7 +138,7 @@ pub enum TlsConfigError {
     #[error("{0} (client certificates) is not supported; authenticate with a password")]
     ClientCert(String),
     #[error(transparent)]
-    Userinfo(#[from] tidewater_core::conn_url::UserinfoError),
+    Userinfo(#[from] UserinfoError),
     #[error("source.url is not a valid MySQL connection url")]
     Url(#[source] mysql_async::UrlError),
     #[error("cannot read ssl-ca file {}", path.display())]
@@ -117,7 +158,7 @@ pub fn parse_url(url: &str) -> Result<(String, TlsOptions), TlsConfigError> {
     };
     // Before mysql_async reads it: a password with a raw '/' or '#' would
     // otherwise be read in part as the host, and printed as such.
-    tidewater_core::conn_url::check_userinfo(url)?;
+    check_userinfo(url)?;
     let url = match url.strip_prefix("mariadb://") {
         Some(rest) => format!("mysql://{rest}"),
         None => url.to_string(),
@@ -160,13 +201,6 @@ pub fn check_url(url: &str) -> Result<(), TlsConfigError> {
     Ok(())
 }
 
-/// `%XX` escapes of a url component (a path may be written escaped).
-fn percent_decode(text: &str) -> String {
-    percent_encoding::percent_decode_str(text)
-        .decode_utf8_lossy()
-        .into_owned()
-}
-
 /// A connection refused on TLS grounds, naming the setting: retrying cannot
 /// help, the url or the server must change.
 #[derive(Debug, thiserror::Error)]
@@ -189,7 +223,36 @@ pub enum TlsError {
     },
 }
 
-/// Where the source connects, with what TLS; cheap to clone (workers
+/// Why [`Endpoint::connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to MySQL/MariaDB at {target}")]
+    Connect {
+        target: String,
+        #[source]
+        source: mysql_async::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] Box<TlsError>),
+}
+
+impl ConnectError {
+    /// A refusal on TLS grounds is [`ErrorClass::Config`]; otherwise the
+    /// server's code decides ([`class_of_server_code`]), and an error
+    /// without one (the network) is [`ErrorClass::Transient`].
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ConnectError::Tls(_) => ErrorClass::Config,
+            ConnectError::Connect {
+                source: mysql_async::Error::Server(error),
+                ..
+            } => class_of_server_code(error.code),
+            ConnectError::Connect { .. } => ErrorClass::Transient,
+        }
+    }
+}
+
+/// Where a connection goes, with what TLS; cheap to clone (workers
 /// each hold one).
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -215,6 +278,9 @@ impl Endpoint {
             SslMode::Disabled => None,
             _ => Some(ssl_opts(&options)?),
         };
+        // mysql_async asks rustls for the process-wide provider, which
+        // rustls cannot pick by itself when the tree enables both of its
+        // providers (as ours does).
         install_crypto_provider();
         Ok(Endpoint {
             opts: OptsBuilder::from_opts(plain.clone()).ssl_opts(ssl).into(),
@@ -235,9 +301,9 @@ impl Endpoint {
     }
 
     /// One connection under the url's mode (see the module doc).
-    pub async fn connect(&self) -> Result<Conn, crate::MysqlError> {
+    pub async fn connect(&self) -> Result<Conn, ConnectError> {
         let target = self.target();
-        let connect_error = |source| crate::MysqlError::Connect {
+        let connect_error = |source| ConnectError::Connect {
             target: target.clone(),
             source,
         };
@@ -308,22 +374,15 @@ impl Endpoint {
     }
 
     fn certificate_error(&self, source: rustls::Error) -> TlsError {
-        use rustls::CertificateError as C;
-        let reason = match &source {
-            rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
-                "the server's certificate is not signed by a CA in ssl-ca"
-            }
-            rustls::Error::InvalidCertificate(
-                C::NotValidForName | C::NotValidForNameContext { .. },
-            ) => {
+        let reason = match Refusal::of(&source) {
+            Refusal::UnknownIssuer => "the server's certificate is not signed by a CA in ssl-ca",
+            Refusal::WrongName => {
                 "the server's certificate does not name the url's host (VERIFY_IDENTITY checks it; \
                  connect by a name the certificate holds, or use VERIFY_CA)"
             }
-            rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
-                "the server's certificate has expired"
-            }
-            rustls::Error::InvalidCertificate(_) => "the server's certificate was refused",
-            _ => "the TLS session could not be established",
+            Refusal::Expired => "the server's certificate has expired",
+            Refusal::Certificate => "the server's certificate was refused",
+            Refusal::Session => "the TLS session could not be established",
         };
         TlsError::Certificate {
             target: self.target(),
@@ -393,16 +452,6 @@ fn ssl_opts(options: &TlsOptions) -> Result<SslOpts, TlsConfigError> {
     })
 }
 
-/// mysql_async asks rustls for the process-wide provider, which rustls
-/// cannot pick by itself when the tree enables both of its providers (as
-/// ours does): aws-lc-rs, unless something installed one already.
-fn install_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing a race to another installer is fine: one is installed.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    }
-}
-
 /// The rustls error behind a failed connection, if any.
 fn find_rustls(error: &mysql_async::Error) -> Option<rustls::Error> {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
@@ -437,6 +486,29 @@ mod tests {
         assert_eq!(options.ca, Some(PathBuf::from("/etc/ca.pem")));
         let (_, options) = parse_url("mysql://u@db/shop?ssl_mode=REQUIRED").unwrap();
         assert_eq!(options.mode, SslMode::Required);
+    }
+
+    #[test]
+    fn server_codes_by_class() {
+        for (code, class) in [
+            (1045, ErrorClass::Config),
+            (1044, ErrorClass::Config),
+            (1227, ErrorClass::Config),
+            (1142, ErrorClass::Config),
+            (1049, ErrorClass::Config),
+            (4052, ErrorClass::Transient),
+            (1053, ErrorClass::Transient),
+            (1205, ErrorClass::Transient),
+            (1213, ErrorClass::Transient),
+            (1317, ErrorClass::Transient),
+            (1412, ErrorClass::Transient),
+            (1927, ErrorClass::Transient),
+            (1969, ErrorClass::Transient),
+            (1064, ErrorClass::Definite),
+            (1146, ErrorClass::Definite),
+        ] {
+            assert_eq!(class_of_server_code(code), class, "{code}");
+        }
     }
 
     #[test]

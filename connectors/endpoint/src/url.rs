@@ -1,5 +1,7 @@
-//! The user information of a connection url (`postgres://`, `mysql://`),
-//! checked before any driver reads the url.
+//! Connection urls (`postgres://`, `mysql://`): held as a secret
+//! ([`SecretUrl`]), their user information checked before any driver reads
+//! them ([`check_userinfo`]), their components percent-decoded
+//! ([`percent_decode`]) — one rule for every url tidewater reads.
 //!
 //! ```text
 //!   postgres://user:password@host:port/database?query
@@ -63,6 +65,14 @@ pub fn check_userinfo(url: &str) -> Result<(), UserinfoError> {
         }
     }
     Ok(())
+}
+
+/// `%XX` escapes of a url component decoded (a path or a query value may be
+/// written escaped); bytes that are not UTF-8 become U+FFFD.
+pub fn percent_decode(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// A connection url held by a connector's settings: its userinfo may hold a
@@ -130,5 +140,15 @@ mod tests {
         ] {
             assert_eq!(check_userinfo(bad), Err(why), "{bad}");
         }
+    }
+
+    #[test]
+    fn percent_decodes_a_component() {
+        assert_eq!(percent_decode("%2Fetc%2Fca.pem"), "/etc/ca.pem");
+        assert_eq!(percent_decode("verify-full"), "verify-full");
+        assert_eq!(percent_decode("a%20b%25"), "a b%");
+        // an escape that is not one stays as written
+        assert_eq!(percent_decode("50%off"), "50%off");
+        assert_eq!(percent_decode("%FF"), "\u{FFFD}");
     }
 }

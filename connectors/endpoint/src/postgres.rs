@@ -1,7 +1,9 @@
-//! TLS to the Postgres server with libpq's `sslmode` semantics, for every
-//! connection tidewater opens: the control connection, the snapshot's copy
-//! workers (both tokio-postgres) and the walsender connection of our own
-//! replication client ([`crate::replication`]).
+//! TLS to a Postgres server with libpq's `sslmode` semantics, for every
+//! Postgres connection tidewater opens: the source's control connection and
+//! snapshot copy workers (tokio-postgres), the walsender connection of the
+//! source's own replication client (`tidewater_postgres::replication`, which
+//! makes the SSLRequest itself and calls [`TlsSetup::handshake`]), the
+//! warehouse sink and the reverse-ETL Postgres target.
 //!
 //! ```text
 //!  TCP connect ── SSLRequest ──▶ server
@@ -37,14 +39,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::config::SslMode as DriverSslMode;
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+
+use crate::tls::{crypto_provider, NameNotChecked, Refusal};
+use crate::url::{check_userinfo, percent_decode, UserinfoError};
 
 /// libpq's `sslmode`, in increasing strength.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -103,7 +106,7 @@ pub enum TlsConfigError {
     #[error("{0} (client certificates) is not supported; authenticate with a password")]
     ClientCert(String),
     #[error(transparent)]
-    Userinfo(#[from] tidewater_core::conn_url::UserinfoError),
+    Userinfo(#[from] UserinfoError),
     #[error("source.url is not a valid Postgres connection url")]
     Url(#[source] tokio_postgres::Error),
     #[error("cannot read sslrootcert file {}", path.display())]
@@ -130,7 +133,7 @@ pub fn parse_url(url: &str) -> Result<(tokio_postgres::Config, TlsOptions), TlsC
     let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
     // Before the driver reads it: a password with a raw '@' or '/' would
     // otherwise be read in part as the host, and printed as such.
-    tidewater_core::conn_url::check_userinfo(url)?;
+    check_userinfo(url)?;
     let rest = if is_url {
         split_query(url, &mut options)?
     } else {
@@ -191,22 +194,6 @@ fn split_query(url: &str, options: &mut TlsOptions) -> Result<String, TlsConfigE
     } else {
         format!("{base}?{}", kept.join("&"))
     })
-}
-
-/// `%XX` escapes of a url component (a path may be written escaped).
-fn percent_decode(text: &str) -> String {
-    percent_encoding::percent_decode_str(text)
-        .decode_utf8_lossy()
-        .into_owned()
-}
-
-/// The rustls provider: the process default when one is installed, else
-/// aws-lc-rs (the tree carries both rustls providers, so rustls cannot
-/// pick one by itself).
-pub(crate) fn crypto_provider() -> Arc<CryptoProvider> {
-    CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
 }
 
 /// What every connection of a source uses to encrypt: the mode and, unless
@@ -271,7 +258,7 @@ impl TlsSetup {
     }
 
     /// Wraps an established TCP stream in TLS (after the server's 'S').
-    pub(crate) async fn handshake<S>(
+    pub async fn handshake<S>(
         &self,
         host: &str,
         stream: S,
@@ -308,75 +295,6 @@ fn read_roots(path: &std::path::Path) -> Result<RootCertStore, TlsConfigError> {
         });
     }
     Ok(roots)
-}
-
-/// Every mode short of `verify-full`: the name in the certificate is not
-/// looked at. With a CA file (`verify-ca`, or `require` with one) the chain
-/// must end at one of its certificates; without one (`prefer`, `require`)
-/// any certificate is taken — libpq's meaning: protection from
-/// eavesdropping, not from an impostor. The handshake signatures are
-/// checked either way.
-#[derive(Debug)]
-struct NameNotChecked {
-    roots: Option<Arc<RootCertStore>>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for NameNotChecked {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Some(roots) = &self.roots {
-            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-            rustls::client::verify_server_cert_signed_by_trust_anchor(
-                &cert,
-                roots,
-                intermediates,
-                now,
-                self.provider.signature_verification_algorithms.all,
-            )?;
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// tokio-postgres's TLS hook over rustls.
@@ -513,7 +431,7 @@ pub enum TlsError {
 impl TlsError {
     /// The TLS reason a connection attempt failed, if that is why: the
     /// server refused TLS or its certificate was refused.
-    pub(crate) fn find(
+    pub fn find(
         target: &str,
         setup: &TlsSetup,
         error: &(dyn std::error::Error + 'static),
@@ -535,23 +453,19 @@ impl TlsError {
         None
     }
 
-    pub(crate) fn certificate(target: &str, setup: &TlsSetup, source: rustls::Error) -> TlsError {
-        use rustls::CertificateError as C;
-        let reason = match &source {
-            rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+    /// The certificate (or session) refusal `source`, in libpq's words.
+    pub fn certificate(target: &str, setup: &TlsSetup, source: rustls::Error) -> TlsError {
+        let reason = match Refusal::of(&source) {
+            Refusal::UnknownIssuer => {
                 "the server's certificate is not signed by a CA in sslrootcert"
             }
-            rustls::Error::InvalidCertificate(
-                C::NotValidForName | C::NotValidForNameContext { .. },
-            ) => {
+            Refusal::WrongName => {
                 "the server's certificate does not name the url's host (verify-full checks it; \
                  connect by a name the certificate holds, or use verify-ca)"
             }
-            rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
-                "the server's certificate has expired"
-            }
-            rustls::Error::InvalidCertificate(_) => "the server's certificate was refused",
-            _ => "the TLS session could not be established",
+            Refusal::Expired => "the server's certificate has expired",
+            Refusal::Certificate => "the server's certificate was refused",
+            Refusal::Session => "the TLS session could not be established",
         };
         TlsError::Certificate {
             target: target.to_string(),
