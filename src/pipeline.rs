@@ -5,8 +5,12 @@
 //!  source task ──(bounded channel: backpressure)──▶ coordinator ──▶ Batcher
 //!       ▲                                               │ full / flush_interval / snapshot done
 //!       │                                               ▼
-//!       └── ack(seq) ◀── after commit ◀── LakeSink.write(batches) + commit(position)
+//!       └── acknowledger.ack(pos) ◀── after commit ◀── LakeSink.write(batches) + commit(position)
 //! ```
+//!
+//! The coordinator holds the source's acknowledger itself: an
+//! acknowledgement reaches the server without waiting for the source's next
+//! event (an idle database sends none).
 //!
 //! A checkpoint cuts every open batch, writes and commits each table (the data
 //! and its mark in one Delta commit), and only then acknowledges the last
@@ -20,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tidewater_core::{
-    BatchLimits, Batcher, ChangeEvent, Classified, ErrorClass, Mark, Problem, Sink, SnapshotPhase,
+    Acknowledger, BatchLimits, Batcher, ChangeEvent, Classified, ErrorClass, Mark, Problem, Sink, SnapshotPhase,
     Source, StoppedTable, TableId,
 };
 use tidewater_lake::{LakeStore, MaintenancePolicy, SlotMarker, TableState};
@@ -409,10 +413,10 @@ impl AnySource {
         }
     }
 
-    fn ack(&mut self, value: u64) {
+    fn acknowledger(&self) -> AnyAcknowledger {
         match self {
-            AnySource::Postgres(source) => Source::ack(source.as_mut(), value),
-            AnySource::Mysql(source) => Source::ack(source.as_mut(), value),
+            AnySource::Postgres(source) => AnyAcknowledger::Postgres(source.acknowledger()),
+            AnySource::Mysql(source) => AnyAcknowledger::Mysql(Source::acknowledger(source.as_ref())),
         }
     }
 
@@ -420,6 +424,22 @@ impl AnySource {
         match self {
             AnySource::Postgres(source) => source.close().await,
             AnySource::Mysql(source) => source.close().await,
+        }
+    }
+}
+
+/// The acknowledger of the connected source, whichever kind.
+#[derive(Clone)]
+enum AnyAcknowledger {
+    Postgres(<PostgresSource as Source>::Ack),
+    Mysql(<MysqlSource as Source>::Ack),
+}
+
+impl Acknowledger for AnyAcknowledger {
+    fn ack(&self, value: u64) {
+        match self {
+            AnyAcknowledger::Postgres(ack) => ack.ack(value),
+            AnyAcknowledger::Mysql(ack) => ack.ack(value),
         }
     }
 }
@@ -1063,20 +1083,21 @@ async fn drive(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Outcome, PipelineError> {
     let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
-    let (ack_tx, ack_rx) = watch::channel(0u64);
+    let acknowledger = source.acknowledger();
     let (stop_tx, stop_rx) = watch::channel(false);
     let span = match &source {
         AnySource::Postgres(_) => info_span!("postgres-source"),
         AnySource::Mysql(_) => info_span!("mysql-source"),
     };
-    let source_task = tokio::spawn(source_loop(source, event_tx, ack_rx, stop_rx).instrument(span));
+    let source_task = tokio::spawn(source_loop(source, event_tx, stop_rx).instrument(span));
     let record_position = record_position.then(|| sink.position_store());
     let mut coordinator = Coordinator {
         sink,
         batcher: Batcher::new(settings.limits),
         held: Vec::new(),
         marks,
-        ack_tx,
+        acknowledger,
+        acked: 0,
         in_transaction: false,
         current_seq: 0,
         begin_position: String::new(),
@@ -1106,13 +1127,13 @@ async fn drive(
     result
 }
 
-/// Reads events from the source and applies acknowledgements. It is the only
-/// owner of the source, and never cancels `next_event` except at shutdown, so
-/// no event is lost halfway through decoding.
+/// Reads events from the source. It is the only owner of the source, and
+/// never cancels `next_event` except at shutdown, so no event is lost halfway
+/// through decoding. Acknowledgements do not pass here: the coordinator
+/// holds the source's acknowledger.
 async fn source_loop(
     mut source: AnySource,
     events: mpsc::Sender<Queued>,
-    mut acks: watch::Receiver<u64>,
     mut stop: watch::Receiver<bool>,
 ) {
     let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(QUEUED_BLOCK_KIB));
@@ -1128,9 +1149,6 @@ async fn source_loop(
                 event = source.next_event() => event,
             },
         };
-        if acks.has_changed().unwrap_or(false) {
-            source.ack(*acks.borrow_and_update());
-        }
         let failed = event.is_err();
         let permit = match &event {
             Ok(ChangeEvent::Block(block)) => {
@@ -1162,7 +1180,6 @@ async fn source_loop(
             break;
         }
     }
-    source.ack(*acks.borrow());
     source.close().await;
 }
 
@@ -1310,7 +1327,10 @@ struct Coordinator<K> {
     /// Batches cut early (by a schema change), written at the next checkpoint.
     held: Vec<tidewater_core::ChangeBatch>,
     marks: HashMap<TableId, Mark>,
-    ack_tx: watch::Sender<u64>,
+    /// Tells the source's server what is durable, at once.
+    acknowledger: AnyAcknowledger,
+    /// The last value acknowledged.
+    acked: u64,
     in_transaction: bool,
     current_seq: u64,
     begin_position: String,
@@ -1678,19 +1698,16 @@ impl<K: Sink> Coordinator<K> {
         if self.record_position.is_some() {
             return None;
         }
-        Some(self.server_position.saturating_sub(*self.ack_tx.borrow()))
+        Some(self.server_position.saturating_sub(self.acked))
     }
 
     async fn ack(&mut self, value: u64, position: &str) -> Result<(), PipelineError> {
-        let moved = self.ack_tx.send_if_modified(|acked| {
-            if value > *acked {
-                *acked = value;
-                true
-            } else {
-                false
-            }
-        });
-        if moved && self.record_position.is_some() {
+        if value <= self.acked {
+            return Ok(());
+        }
+        self.acked = value;
+        self.acknowledger.ack(value);
+        if self.record_position.is_some() {
             self.acked_position = Some(position.to_string());
             self.record_acked_position(false).await?;
         }

@@ -20,4 +20,4 @@ mod value;
 pub use catalog::Flavor;
 pub use error::MysqlError;
 pub use position::BinlogPosition;
-pub use source::{resumable_key, MysqlConfig, MysqlSource, ZeroDates};
+pub use source::{resumable_key, BinlogAcknowledger, MysqlConfig, MysqlSource, ZeroDates};

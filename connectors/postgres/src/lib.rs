@@ -18,7 +18,7 @@ pub mod value;
 
 pub use error::PostgresError;
 pub use preflight::{advisories, preflight};
-pub use replication::Lsn;
+pub use replication::{Lsn, LsnAcknowledger};
 pub use source::{
     PlannedTable, PostgresConfig, PostgresSource, SlotState, SnapshotResume, HEARTBEAT_PREFIX,
 };
