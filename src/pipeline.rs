@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tidewater_core::{
-    Acknowledger, BatchLimits, Batcher, ChangeEvent, Classified, ErrorClass, Mark, Problem, Sink, SnapshotPhase,
-    Source, StoppedTable, TableId,
+    Acknowledger, BatchLimits, Batcher, ChangeEvent, Classified, ErrorClass, Mark, Problem, Sink,
+    SnapshotPhase, Source, StoppedTable, TableId,
 };
 use tidewater_lake::{LakeStore, MaintenancePolicy, SlotMarker, TableState};
 use tidewater_mysql::{BinlogPosition, MysqlConfig, MysqlError, MysqlSource, ZeroDates};
@@ -416,7 +416,9 @@ impl AnySource {
     fn acknowledger(&self) -> AnyAcknowledger {
         match self {
             AnySource::Postgres(source) => AnyAcknowledger::Postgres(source.acknowledger()),
-            AnySource::Mysql(source) => AnyAcknowledger::Mysql(Source::acknowledger(source.as_ref())),
+            AnySource::Mysql(source) => {
+                AnyAcknowledger::Mysql(Source::acknowledger(source.as_ref()))
+            }
         }
     }
 

@@ -49,8 +49,8 @@ use postgres_protocol::message::backend::{ErrorFields, Message as Backend};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, Notify};
-use tokio::time::Instant;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// Microseconds between 1970-01-01 and 2000-01-01, the Postgres epoch.
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
@@ -843,7 +843,10 @@ mod tests {
         assert_eq!(status_interval(secs(600)), secs(10));
         assert_eq!(status_interval(secs(30)), secs(5));
         assert_eq!(status_interval(secs(6)), secs(1));
-        assert_eq!(status_interval(Duration::from_millis(10)), MIN_STATUS_INTERVAL);
+        assert_eq!(
+            status_interval(Duration::from_millis(10)),
+            MIN_STATUS_INTERVAL
+        );
         assert_eq!(status_interval(Duration::ZERO), MAX_STATUS_INTERVAL);
     }
 
