@@ -11,8 +11,8 @@
 //!                     │  COMMIT                               │
 //!                     │                               START_REPLICATION SLOT … LOGICAL 0/0
 //!  next_event ◀───────┼──────────────── Begin/Relation/Insert/Update/Delete/Truncate/Commit
-//!  acknowledger().ack(end LSN) ───────────▶ standby status update (flush = that LSN),
-//!                     │                        at once, whether or not events flow
+//!  acknowledger ──────┼─────────────────▶ standby status update (flush = acked end LSN),
+//!    .ack(end LSN)    │                     at once, whether events flow or not
 //! ```
 //!
 //! The slot keeps the replication connection idle while the COPYs run, which
