@@ -5,8 +5,12 @@
 //!  source task ──(bounded channel: backpressure)──▶ coordinator ──▶ Batcher
 //!       ▲                                               │ full / flush_interval / snapshot done
 //!       │                                               ▼
-//!       └── ack(seq) ◀── after commit ◀── Sink.write(batches) + commit(position)
+//!       └── acknowledger.ack(pos) ◀── after commit ◀── Sink.write(batches) + commit(position)
 //! ```
+//!
+//! The coordinator holds the source's acknowledger itself: an
+//! acknowledgement reaches the server without waiting for the source's next
+//! event (an idle database sends none).
 //!
 //! A checkpoint cuts every open batch, writes and commits each table (the data
 //! and its mark in one commit), and only then acknowledges the last
@@ -25,7 +29,8 @@ use std::time::{Duration, Instant};
 
 use tidewater_core::state::{Phase, SourcePosition, StateStore, StoppedTables};
 use tidewater_core::{
-    Batcher, ChangeEvent, Classified, ErrorClass, Mark, Sink, SnapshotPhase, StoppedTable, TableId,
+    Acknowledger, Batcher, ChangeEvent, Classified, ErrorClass, Mark, Sink, SnapshotPhase,
+    StoppedTable, TableId,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, info_span, Instrument};
@@ -95,14 +100,21 @@ pub(super) async fn drive<K: Sink, S: StateStore>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Outcome, PipelineError> {
     let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
-    let (ack_tx, ack_rx) = watch::channel(0u64);
+    let acknowledger = source.acknowledger();
     let (stop_tx, stop_rx) = watch::channel(false);
     let span = match &source {
         AnySource::Postgres(_) => info_span!("postgres-source"),
         AnySource::Mysql(_) => info_span!("mysql-source"),
     };
-    let source_task = tokio::spawn(source_loop(source, event_tx, ack_rx, stop_rx).instrument(span));
-    let mut coordinator = Coordinator::new(Tuning::of(settings), sink, state, marks, start, ack_tx);
+    let source_task = tokio::spawn(source_loop(source, event_tx, stop_rx).instrument(span));
+    let mut coordinator = Coordinator::new(
+        Tuning::of(settings),
+        sink,
+        state,
+        marks,
+        start,
+        acknowledger,
+    );
     let result = coordinator.drive(event_rx, &mut shutdown, mode).await;
     if result.is_ok() {
         coordinator.record_acked_position(true).await?;
@@ -123,7 +135,7 @@ struct Stats {
 
 /// Drives one sink through the [`Sink`] contract, keeping the pipeline's
 /// records in `state`.
-pub(super) struct Coordinator<K, S> {
+pub(super) struct Coordinator<K, S, A> {
     sink: K,
     state: S,
     /// The phase as recorded.
@@ -132,7 +144,10 @@ pub(super) struct Coordinator<K, S> {
     /// Batches cut early (by a schema change), written at the next checkpoint.
     held: Vec<tidewater_core::ChangeBatch>,
     marks: HashMap<TableId, Mark>,
-    ack_tx: watch::Sender<u64>,
+    /// Tells the source's server what is durable, at once.
+    acknowledger: A,
+    /// The last value acknowledged.
+    acked: u64,
     in_transaction: bool,
     current_seq: u64,
     begin_position: String,
@@ -169,14 +184,14 @@ pub(super) struct Coordinator<K, S> {
     recorded_at: Option<Instant>,
 }
 
-impl<K: Sink, S: StateStore> Coordinator<K, S> {
+impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
     pub(super) fn new(
         tuning: Tuning,
         sink: K,
         state: S,
         marks: HashMap<TableId, Mark>,
         start: DriveStart,
-        ack_tx: watch::Sender<u64>,
+        acknowledger: A,
     ) -> Self {
         Coordinator {
             sink,
@@ -185,7 +200,8 @@ impl<K: Sink, S: StateStore> Coordinator<K, S> {
             batcher: Batcher::new(tuning.limits),
             held: Vec::new(),
             marks,
-            ack_tx,
+            acknowledger,
+            acked: 0,
             in_transaction: false,
             current_seq: 0,
             begin_position: String::new(),
@@ -544,19 +560,16 @@ impl<K: Sink, S: StateStore> Coordinator<K, S> {
         if self.record_position {
             return None;
         }
-        Some(self.server_position.saturating_sub(*self.ack_tx.borrow()))
+        Some(self.server_position.saturating_sub(self.acked))
     }
 
     async fn ack(&mut self, value: u64, position: &str) -> Result<(), PipelineError> {
-        let moved = self.ack_tx.send_if_modified(|acked| {
-            if value > *acked {
-                *acked = value;
-                true
-            } else {
-                false
-            }
-        });
-        if moved && self.record_position {
+        if value <= self.acked {
+            return Ok(());
+        }
+        self.acked = value;
+        self.acknowledger.ack(value);
+        if self.record_position {
             self.acked_position = Some(position.to_string());
             self.record_acked_position(false).await?;
         }

@@ -1,9 +1,9 @@
 //! The coordinator's invariants, checked in milliseconds: a scripted event
 //! feed drives the real coordinator into the real lake sink on a temporary
-//! directory. The sink, the state store and the acknowledgements are wrapped
-//! to record every call in one log, in the order they happen; after every
-//! call (and every event) the log is checked against what the lake made
-//! durable:
+//! directory. The sink, the state store and the acknowledger are wrapped to
+//! record every call in one log, in the order they happen; at every
+//! acknowledgement and sink call (and after every event) the log is checked
+//! against what the lake made durable:
 //!
 //! 1. nothing is acknowledged before its commit: every acknowledged
 //!    transaction's rows are committed, or their table's stop is recorded;
@@ -17,16 +17,16 @@
 //! as a restart would.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tidewater_core::state::{RecordKind, StateStore, StoppedTables};
 use tidewater_core::{
-    BatchLimits, ChangeBatch, ChangeEvent, Column, ColumnType, CommitInfo, Datum, Mark, Op,
-    RowChange, Sink, SnapshotPhase, TableId, TableSchema,
+    Acknowledger, BatchLimits, ChangeBatch, ChangeEvent, Column, ColumnType, CommitInfo, Datum,
+    Mark, Op, RowChange, Sink, SnapshotPhase, TableId, TableSchema,
 };
 use tidewater_lake::{LakeError, LakeSink, LakeState, LakeStore};
-use tokio::sync::watch;
 
 use super::coordinator::{Coordinator, DriveStart, Tuning};
 
@@ -88,12 +88,12 @@ type Shared = Arc<Mutex<Log>>;
 struct Recording {
     lake: LakeSink,
     log: Shared,
-    acked: watch::Receiver<u64>,
+    acked: Arc<AtomicU64>,
 }
 
 impl Recording {
     fn note(&self, call: String) {
-        let acked = *self.acked.borrow();
+        let acked = self.acked.load(Ordering::SeqCst);
         let mut log = self.log.lock().unwrap();
         log.check(acked, &call);
         log.calls.push(call);
@@ -198,6 +198,23 @@ impl Sink for Recording {
     }
 }
 
+/// The acknowledgements, recorded and checked at the moment they are made.
+#[derive(Clone)]
+struct RecordingAck {
+    log: Shared,
+    acked: Arc<AtomicU64>,
+}
+
+impl Acknowledger for RecordingAck {
+    fn ack(&self, value: u64) {
+        self.acked.fetch_max(value, Ordering::SeqCst);
+        let mut log = self.log.lock().unwrap();
+        let call = format!("ack {value}");
+        log.check(value, &call);
+        log.calls.push(call);
+    }
+}
+
 /// The real lake state store, every write recorded.
 #[derive(Clone)]
 struct RecordingState {
@@ -281,9 +298,9 @@ fn row(name: &str, ord: u64, id: i64) -> RowChange {
 
 /// A coordinator over a recorded lake in `dir`, started with `marks`.
 struct Harness {
-    coordinator: Coordinator<Recording, RecordingState>,
+    coordinator: Coordinator<Recording, RecordingState, RecordingAck>,
     log: Shared,
-    acked: watch::Receiver<u64>,
+    acked: Arc<AtomicU64>,
     dir: std::path::PathBuf,
 }
 
@@ -296,7 +313,11 @@ impl Harness {
     ) -> Harness {
         let store = LakeStore::local(dir);
         let log: Shared = Arc::default();
-        let (ack_tx, acked) = watch::channel(0u64);
+        let acked = Arc::new(AtomicU64::new(0));
+        let acknowledger = RecordingAck {
+            log: log.clone(),
+            acked: acked.clone(),
+        };
         let sink = Recording {
             lake: LakeSink::new(store.clone(), "p"),
             log: log.clone(),
@@ -324,7 +345,7 @@ impl Harness {
             record_position: false,
         };
         Harness {
-            coordinator: Coordinator::new(tuning, sink, state, marks, start, ack_tx),
+            coordinator: Coordinator::new(tuning, sink, state, marks, start, acknowledger),
             log,
             acked,
             dir: dir.to_path_buf(),
@@ -345,7 +366,7 @@ impl Harness {
         }
         let what = format!("{event:?}");
         self.coordinator.handle(event).await.expect("handled");
-        let acked = *self.acked.borrow();
+        let acked = self.acked.load(Ordering::SeqCst);
         self.log
             .lock()
             .unwrap()
@@ -370,7 +391,7 @@ impl Harness {
     /// The flush timer firing.
     async fn tick(&mut self) {
         self.coordinator.checkpoint(None).await.expect("checkpoint");
-        let acked = *self.acked.borrow();
+        let acked = self.acked.load(Ordering::SeqCst);
         self.log
             .lock()
             .unwrap()
@@ -453,7 +474,7 @@ async fn acknowledgements_follow_commits_and_a_cut_transaction_waits_for_its_end
     })
     .await;
     h.assert_clean();
-    assert_eq!(*h.acked.borrow(), 35);
+    assert_eq!(h.acked.load(Ordering::SeqCst), 35);
     assert_eq!(
         h.lake_marks("a").await,
         vec![Mark::new(1, 1), Mark::new(2, 1), Mark::new(2, 3)]
@@ -536,7 +557,7 @@ async fn a_table_stop_is_recorded_before_anything_after_it_is_acknowledged() {
     h.txn(&txn(3, &[("a", 1), ("b", 2)])).await;
     h.tick().await;
     h.assert_clean();
-    assert_eq!(*h.acked.borrow(), 30);
+    assert_eq!(h.acked.load(Ordering::SeqCst), 30);
     let calls = h.log.lock().unwrap().calls.clone();
     let recorded = calls.iter().position(|c| c == "record stopped_tables");
     assert!(recorded.is_some(), "{calls:?}");
@@ -569,7 +590,7 @@ async fn a_replay_after_a_restart_is_skipped_exactly_at_each_tables_mark() {
         h.tick().await;
         h.assert_clean();
         // Only transaction 1 is acknowledged: 2 is not complete.
-        assert_eq!(*h.acked.borrow(), 10);
+        assert_eq!(h.acked.load(Ordering::SeqCst), 10);
     }
     // The restart reads each table's mark back and the source replays
     // from the acknowledged position: transaction 2 whole, then 3.

@@ -7,7 +7,7 @@
 //!                            QUEUED_BLOCK_KIB of blocks] ──▶ coordinator
 //! ```
 
-use tidewater_core::{ChangeEvent, Source};
+use tidewater_core::{Acknowledger, ChangeEvent, Source};
 use tidewater_mysql::MysqlSource;
 use tidewater_postgres::PostgresSource;
 use tokio::sync::{mpsc, watch};
@@ -50,10 +50,14 @@ impl AnySource {
         }
     }
 
-    fn ack(&mut self, value: u64) {
+    pub(super) fn acknowledger(&self) -> AnyAcknowledger {
         match self {
-            AnySource::Postgres(source) => Source::ack(source.as_mut(), value),
-            AnySource::Mysql(source) => Source::ack(source.as_mut(), value),
+            AnySource::Postgres(source) => {
+                AnyAcknowledger::Postgres(Source::acknowledger(source.as_ref()))
+            }
+            AnySource::Mysql(source) => {
+                AnyAcknowledger::Mysql(Source::acknowledger(source.as_ref()))
+            }
         }
     }
 
@@ -65,13 +69,29 @@ impl AnySource {
     }
 }
 
-/// Reads events from the source and applies acknowledgements. It is the only
-/// owner of the source, and never cancels `next_event` except at shutdown, so
-/// no event is lost halfway through decoding.
+/// The acknowledger of the connected source, whichever kind.
+#[derive(Clone)]
+pub(super) enum AnyAcknowledger {
+    Postgres(<PostgresSource as Source>::Ack),
+    Mysql(<MysqlSource as Source>::Ack),
+}
+
+impl Acknowledger for AnyAcknowledger {
+    fn ack(&self, value: u64) {
+        match self {
+            AnyAcknowledger::Postgres(ack) => ack.ack(value),
+            AnyAcknowledger::Mysql(ack) => ack.ack(value),
+        }
+    }
+}
+
+/// Reads events from the source. It is the only owner of the source, and
+/// never cancels `next_event` except at shutdown, so no event is lost halfway
+/// through decoding. Acknowledgements do not pass here: the coordinator
+/// holds the source's acknowledger.
 pub(super) async fn source_loop(
     mut source: AnySource,
     events: mpsc::Sender<Queued>,
-    mut acks: watch::Receiver<u64>,
     mut stop: watch::Receiver<bool>,
 ) {
     let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(QUEUED_BLOCK_KIB));
@@ -87,9 +107,6 @@ pub(super) async fn source_loop(
                 event = source.next_event() => event,
             },
         };
-        if acks.has_changed().unwrap_or(false) {
-            source.ack(*acks.borrow_and_update());
-        }
         let failed = event.is_err();
         let permit = match &event {
             Ok(ChangeEvent::Block(block)) => {
@@ -121,6 +138,5 @@ pub(super) async fn source_loop(
             break;
         }
     }
-    source.ack(*acks.borrow());
     source.close().await;
 }

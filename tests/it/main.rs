@@ -22,6 +22,7 @@ mod mysql_schema;
 mod mysql_statement;
 mod pg_conformance;
 mod pg_identity_full;
+mod pg_idle_ack;
 mod pg_new_tables;
 mod pg_roundtrip;
 mod pg_schema;

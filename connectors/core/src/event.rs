@@ -171,7 +171,7 @@ pub struct CommitInfo {
     pub seq: u64,
     /// Resumable position after this transaction, human readable (`_tw_position`).
     pub position: String,
-    /// What to pass to [`crate::Source::ack`] once this transaction is durable
+    /// What to pass to [`crate::Acknowledger::ack`] once this transaction is durable
     /// (Postgres: the end LSN of its commit record). Only meaningful on the
     /// `Commit` event; a `Begin` may not know it yet.
     pub ack: u64,

@@ -10,7 +10,9 @@
 //! * versioned table schemas: [`TableSchema`], [`ColumnType`];
 //! * the one mapping from source column types to Arrow types ([`arrow_type`]);
 //! * the [`Batcher`] (max rows / bytes / delay);
-//! * the [`Source`] and [`Sink`] traits with their contracts;
+//! * the [`Source`] (with its [`Acknowledger`]) and [`Sink`] traits with their
+//!   contracts;
+//! * the pipeline's records and the store they are kept in ([`state`]);
 //! * error classes ([`ErrorClass`]) every connector error maps to (defined in
 //!   `tidewater-endpoint`, beside the SQLSTATE table that answers in them).
 //!
@@ -38,7 +40,7 @@ pub use event::{ChangeEvent, CommitInfo, Datum, Mark, Op, RowBlock, RowChange, T
 pub use filter::TableFilter;
 pub use lease::Holder;
 pub use schema::{Column, ColumnType, TableSchema};
-pub use traits::{Problem, Sink, SnapshotPhase, Source, StoppedTable};
+pub use traits::{Acknowledger, Problem, Sink, SnapshotPhase, Source, StoppedTable};
 pub use types::{
     arrow_field, arrow_type, date_range_days, metadata_fields, timestamp_range_us, META_COLUMNS,
     SOURCE_TYPE_KEY,

@@ -24,11 +24,9 @@ pub struct Problem {
 ///   precedes its first row and every change of its columns. Changes at or below
 ///   the mark a sink reports for their table are still yielded: skipping them is
 ///   the coordinator's job, so one rule covers every source.
-/// * `ack(value)` tells the server that everything up to `value` is durable
-///   downstream. It is only ever called with the `ack` of a `Commit` whose
-///   transaction every table has made durable, or the `ack` of a `Heartbeat`
-///   when nothing is pending, so the server may discard its log up to there. A
-///   source must never treat anything it has merely *received* as acknowledged.
+/// * Acknowledgements go through an [`Acknowledger`] taken with
+///   `acknowledger` before the source is handed to its reading task: they
+///   never wait for the next event (see the [`Acknowledger`] contract).
 /// * After a crash the source resumes from the last acknowledged position (or
 ///   earlier); it must never resume later than that.
 /// * `next_event` is not cancel-safe: a caller that races it against timers
@@ -36,10 +34,36 @@ pub struct Problem {
 #[allow(async_fn_in_trait)] // dispatched through concrete types, never `dyn`
 pub trait Source {
     type Error: Classified;
+    /// This source's acknowledgement handle.
+    type Ack: Acknowledger;
 
     async fn next_event(&mut self) -> Result<ChangeEvent, Self::Error>;
 
-    fn ack(&mut self, value: u64);
+    /// A handle that acknowledges for this source, from any task, while
+    /// `next_event` runs or waits. Every handle of one source is the same
+    /// acknowledgement.
+    fn acknowledger(&self) -> Self::Ack;
+}
+
+/// Tells a source's server what is durable downstream, without waiting for
+/// the source's next event.
+///
+/// # Contract
+/// * `ack(value)` says that everything up to `value` is durable downstream.
+///   It is only ever called with the `ack` of a `Commit` whose transaction
+///   every table has made durable, or the `ack` of a `Heartbeat` when nothing
+///   is pending, so the server may discard its log up to there. A source must
+///   never treat anything it has merely *received* as acknowledged, nor
+///   report a position beyond the largest value acknowledged.
+/// * Values only grow: a value at or below an earlier one changes nothing.
+/// * It never blocks and never fails: it records the value and wakes whatever
+///   reports it, which tells the server promptly (Postgres: a standby status
+///   update at once, even while the stream waits for server data) — and at
+///   the latest when the source closes, which reports the last value first.
+/// * Clones share one position; calling it from several tasks is safe.
+///   After the source is closed it changes nothing.
+pub trait Acknowledger: Clone + Send + Sync + 'static {
+    fn ack(&self, value: u64);
 }
 
 /// Snapshot progress recorded with a sink commit.

@@ -23,4 +23,4 @@ use tidewater_endpoint::mysql as tls;
 pub use catalog::Flavor;
 pub use error::MysqlError;
 pub use position::BinlogPosition;
-pub use source::{resumable_key, MysqlConfig, MysqlSource, ZeroDates};
+pub use source::{resumable_key, BinlogAcknowledger, MysqlConfig, MysqlSource, ZeroDates};

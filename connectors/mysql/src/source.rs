@@ -21,9 +21,10 @@
 //! [`crate::position`]) of the event that opens it (GTID or BEGIN), known
 //! before its first row; its `ack` is the packed end position of the event that
 //! commits it. Both grow with the binlog. The server keeps no state for us:
-//! `ack` is a no-op here, and the pipeline persists the acknowledged position
-//! next to the lake (the MySQL analogue of a replication slot's confirmed
-//! position); every table's mark still guards against duplicates.
+//! the acknowledger ([`BinlogAcknowledger`]) does nothing, and the pipeline
+//! persists the acknowledged position next to the lake (the MySQL analogue of
+//! a replication slot's confirmed position); every table's mark still guards
+//! against duplicates.
 //!
 //! Schemas come from the TABLE_MAP events (`binlog_row_metadata=FULL`), with
 //! `information_schema` adding what a table map cannot say (see
@@ -1676,8 +1677,21 @@ impl tidewater_core::Source for MysqlSource {
         MysqlSource::next_event(self).await
     }
 
-    /// The server keeps no replica state; see the module docs.
-    fn ack(&mut self, _value: u64) {}
+    type Ack = BinlogAcknowledger;
+
+    fn acknowledger(&self) -> BinlogAcknowledger {
+        BinlogAcknowledger
+    }
+}
+
+/// The acknowledger of a binlog source: the server keeps no replica state,
+/// so there is nothing to tell it; the pipeline records the acknowledged
+/// position next to the lake instead (see the module docs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BinlogAcknowledger;
+
+impl tidewater_core::Acknowledger for BinlogAcknowledger {
+    fn ack(&self, _value: u64) {}
 }
 
 /// File and offset from a `SHOW MASTER STATUS` row, and on MySQL its

@@ -22,7 +22,7 @@ use tidewater_endpoint::{postgres as tls, sqlstate};
 pub use chunks::chunks_committed;
 pub use error::PostgresError;
 pub use preflight::{advisories, preflight};
-pub use replication::Lsn;
+pub use replication::{Lsn, LsnAcknowledger};
 pub use source::{
     PlannedTable, PostgresConfig, PostgresSource, SlotState, SnapshotResume, HEARTBEAT_PREFIX,
 };

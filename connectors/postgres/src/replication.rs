@@ -12,8 +12,11 @@
 //!          ◀─ CopyBothResponse ──
 //!                 reader task ◀─ CopyData('w' XLogData | 'k' keepalive) ──
 //!                 writer task ── CopyData('r' standby status: flush = acked) ──▶
-//!                                 every second, and when a keepalive asks
+//!                                 at once when the acknowledged LSN moves or
+//!                                 a keepalive asks, else every status interval
 //!  close   ── last status update, Terminate ──▶
+//!
+//!  LsnAcknowledger::ack(lsn) ── fetch_max + wake ──▶ writer task
 //! ```
 //!
 //! Why our own client: the crate we used before (`pgwire-replication`) fixed
@@ -24,7 +27,14 @@
 //! The reader runs as its own task so a status update never waits for the
 //! consumer, and the consumer never waits for a status update; the bounded
 //! channel between reader and consumer is the back-pressure (the server's
-//! `wal_sender_timeout` is satisfied by the writer's timer alone).
+//! `wal_sender_timeout` is satisfied by the writer's timer alone: see
+//! [`status_interval`]).
+//!
+//! Acknowledgements need no event: an [`LsnAcknowledger`] (cloned out of the
+//! source before it starts) records the durable LSN and wakes the writer,
+//! which reports it at once — also while the reader waits for server data on
+//! an idle database. The writer owns only the socket's write half, so nothing
+//! it does cancels a read halfway through a frame.
 
 use std::fmt;
 use std::str::FromStr;
@@ -40,6 +50,7 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use tidewater_endpoint::quote::double_quoted as quote_ident;
 
@@ -48,6 +59,34 @@ const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
 /// WAL messages buffered between the reader task and the consumer.
 const CHANNEL_DEPTH: usize = 4096;
+
+/// The longest time between two status updates: what the server's own
+/// apply worker uses (`wal_receiver_status_interval`). Updates are pushed by
+/// acknowledgements and keepalives anyway; the timer only keeps the session
+/// alive while the reader is held up by back-pressure (it cannot see a
+/// keepalive asking for a reply then).
+const MAX_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The shortest time between two status updates by the timer.
+const MIN_STATUS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The shortest time between a status update and one pushed by an
+/// acknowledgement. While the server's WAL keeps moving (other databases
+/// write), each update makes it send a keepalive, whose position is
+/// acknowledged when nothing is pending: the spacing keeps that exchange to
+/// a few a second instead of a busy loop, and still reports a commit well
+/// within a second of its acknowledgement.
+const ACK_SPACING: Duration = Duration::from_millis(250);
+
+/// How often the writer reports without being asked, for a server whose
+/// `wal_sender_timeout` is `timeout` (zero: off): several times per timeout,
+/// so a late one never ends the session, at most [`MAX_STATUS_INTERVAL`].
+pub fn status_interval(timeout: Duration) -> Duration {
+    if timeout.is_zero() {
+        return MAX_STATUS_INTERVAL;
+    }
+    (timeout / 6).clamp(MIN_STATUS_INTERVAL, MAX_STATUS_INTERVAL)
+}
 
 /// A WAL position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -369,13 +408,15 @@ impl ReplicationConnection {
     }
 
     /// `START_REPLICATION SLOT … LOGICAL start (options)`; the stream runs until
-    /// [`ReplicationStream::close`] or an error.
+    /// [`ReplicationStream::close`] or an error, reporting what `acked`
+    /// holds: at once when it moves, else every `status_interval`.
     pub async fn start(
         mut self,
         slot: &str,
         start: Lsn,
         options: &[(&str, String)],
         status_interval: Duration,
+        acked: LsnAcknowledger,
     ) -> Result<ReplicationStream, ReplicationError> {
         let options: Vec<String> = options
             .iter()
@@ -398,7 +439,7 @@ impl ReplicationConnection {
                 Incoming::Message(_) => {}
             }
         }
-        Ok(ReplicationStream::spawn(self, status_interval))
+        Ok(ReplicationStream::spawn(self, status_interval, acked))
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), ReplicationError> {
@@ -532,6 +573,41 @@ pub enum WalMessage {
     KeepAlive { wal_end: Lsn },
 }
 
+/// The position acknowledged downstream, shared by every clone (the
+/// coordinator's handle, the source, the writer task of its stream). It only
+/// grows; each move wakes the writer, which reports it to the server at once.
+/// It outlives a stream: a stream started later reports it from the start.
+#[derive(Clone, Default)]
+pub struct LsnAcknowledger(Arc<AckedLsn>);
+
+#[derive(Default)]
+struct AckedLsn {
+    lsn: AtomicU64,
+    moved: Notify,
+}
+
+impl LsnAcknowledger {
+    /// Records that everything before `lsn` is durable downstream (a
+    /// commit's end LSN or a keepalive's WAL end); a smaller value than one
+    /// recorded changes nothing.
+    pub fn ack_lsn(&self, lsn: Lsn) {
+        if self.0.lsn.fetch_max(lsn.0, Ordering::AcqRel) < lsn.0 {
+            self.0.moved.notify_one();
+        }
+    }
+
+    /// The largest LSN acknowledged.
+    pub fn acked(&self) -> Lsn {
+        Lsn(self.0.lsn.load(Ordering::Acquire))
+    }
+}
+
+impl tidewater_core::Acknowledger for LsnAcknowledger {
+    fn ack(&self, value: u64) {
+        self.ack_lsn(Lsn(value));
+    }
+}
+
 /// The streaming phase: a reader task decoding CopyData frames and a writer
 /// task reporting the acknowledged position.
 pub struct ReplicationStream {
@@ -542,8 +618,8 @@ pub struct ReplicationStream {
 }
 
 struct Shared {
-    /// The position acknowledged by the consumer (flush = apply).
-    acked: AtomicU64,
+    /// The position acknowledged downstream (flush = apply).
+    acked: LsnAcknowledger,
     /// The position last reported to the server.
     reported: AtomicU64,
     /// Wakes the writer: a keepalive asked for a reply, or shutdown.
@@ -552,7 +628,7 @@ struct Shared {
 }
 
 impl ReplicationStream {
-    fn spawn(conn: ReplicationConnection, interval: Duration) -> Self {
+    fn spawn(conn: ReplicationConnection, interval: Duration, acked: LsnAcknowledger) -> Self {
         let ReplicationConnection {
             stream,
             buf,
@@ -560,7 +636,7 @@ impl ReplicationStream {
         } = conn;
         let (read_half, write_half) = tokio::io::split(stream);
         let shared = Arc::new(Shared {
-            acked: AtomicU64::new(0),
+            acked,
             reported: AtomicU64::new(0),
             wake: Notify::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
@@ -588,12 +664,6 @@ impl ReplicationStream {
             Some(message) => message,
             None => Err(ReplicationError::Closed),
         }
-    }
-
-    /// Records that everything before `lsn` is durable downstream; the writer
-    /// reports it within a status interval.
-    pub fn ack(&self, lsn: Lsn) {
-        self.shared.acked.fetch_max(lsn.0, Ordering::AcqRel);
     }
 
     /// The position the server was last told.
@@ -688,7 +758,7 @@ async fn write_loop(
 ) {
     loop {
         let closing = shared.closing.load(Ordering::Acquire);
-        let acked = shared.acked.load(Ordering::Acquire);
+        let acked = shared.acked.acked().0;
         let mut out = BytesMut::new();
         standby_status(acked, &mut out);
         if closing {
@@ -708,7 +778,26 @@ async fn write_loop(
             let _ = half.shutdown().await;
             return;
         }
-        let _ = tokio::time::timeout(interval, shared.wake.notified()).await;
+        // The next update: when a keepalive asks or the stream closes; when
+        // the acknowledged LSN moved past what was just sent (at least
+        // ACK_SPACING after it); or when the interval is up. A move between
+        // the load above and here left a permit in `moved`: none is missed.
+        let sent_at = Instant::now();
+        let due = sent_at + interval;
+        loop {
+            if shared.acked.acked().0 > acked {
+                tokio::select! {
+                    _ = shared.wake.notified() => {}
+                    _ = tokio::time::sleep_until(sent_at + ACK_SPACING) => {}
+                }
+                break;
+            }
+            tokio::select! {
+                _ = shared.acked.0.moved.notified() => {}
+                _ = shared.wake.notified() => break,
+                _ = tokio::time::sleep_until(due) => break,
+            }
+        }
     }
 }
 
@@ -746,9 +835,33 @@ mod tests {
     }
 
     #[test]
+    fn status_updates_come_several_times_per_sender_timeout() {
+        let secs = Duration::from_secs;
+        assert_eq!(status_interval(secs(60)), secs(10));
+        assert_eq!(status_interval(secs(600)), secs(10));
+        assert_eq!(status_interval(secs(30)), secs(5));
+        assert_eq!(status_interval(secs(6)), secs(1));
+        assert_eq!(
+            status_interval(Duration::from_millis(10)),
+            MIN_STATUS_INTERVAL
+        );
+        assert_eq!(status_interval(Duration::ZERO), MAX_STATUS_INTERVAL);
+    }
+
+    #[test]
+    fn an_acknowledger_only_moves_forward_and_every_clone_sees_it() {
+        let ack = LsnAcknowledger::default();
+        let clone = ack.clone();
+        tidewater_core::Acknowledger::ack(&clone, 40);
+        ack.ack_lsn(Lsn(30));
+        assert_eq!(ack.acked(), Lsn(40));
+        assert_eq!(clone.acked(), Lsn(40));
+    }
+
+    #[test]
     fn copy_data_frames_decode_and_reject_short_input() {
         let shared = Shared {
-            acked: AtomicU64::new(0),
+            acked: LsnAcknowledger::default(),
             reported: AtomicU64::new(0),
             wake: Notify::new(),
             closing: std::sync::atomic::AtomicBool::new(false),

@@ -11,7 +11,8 @@
 //!                     │  COMMIT                               │
 //!                     │                               START_REPLICATION SLOT … LOGICAL 0/0
 //!  next_event ◀───────┼──────────────── Begin/Relation/Insert/Update/Delete/Truncate/Commit
-//!  ack(seq) ──────────┼─────────────────▶ standby status update (flush = end LSN of seq)
+//!  acknowledger ──────┼─────────────────▶ standby status update (flush = acked end LSN),
+//!    .ack(end LSN)    │                     at once, whether events flow or not
 //! ```
 //!
 //! The slot keeps the replication connection idle while the COPYs run, which
@@ -20,11 +21,14 @@
 //! double count. Snapshot rows carry `_tw_seq = CP - 1` so they sort before any
 //! streamed transaction (whose commit LSN is at least CP).
 //!
-//! Progress: the source never acknowledges anything on its own. `ack` is given
-//! the `_tw_seq` (commit LSN) of the last transaction durable in every table;
-//! the source maps it to that commit's end LSN, which is what the server needs to
-//! skip it on the next start. Restarting always asks for LSN 0/0, i.e. the slot's
-//! confirmed position.
+//! Progress: the source never acknowledges anything on its own. Its
+//! [`LsnAcknowledger`] is given the `ack` of the last transaction durable in
+//! every table — that commit's end LSN, which is what the server needs to skip
+//! it on the next start — or a keepalive's WAL end when nothing is pending.
+//! The handle lives as long as the source, outside the replication stream:
+//! it can be cloned out before streaming starts, a stream reports its value
+//! from its first status update, and reporting needs no further event.
+//! Restarting always asks for LSN 0/0, i.e. the slot's confirmed position.
 //!
 //! Large transactions (protocol 2, PG14+): once a transaction outgrows the
 //! server's `logical_decoding_work_mem`, the server streams it in chunks
@@ -62,7 +66,8 @@ use crate::copy_arrow::{CopyDecoder, CopyFormat};
 use crate::error::{query_error, PostgresError};
 use crate::pgoutput::{self, Cell, Message, OldTuple, Relation};
 use crate::replication::{
-    ConnectParams, Host, Lsn, ReplicationConnection, ReplicationStream, WalMessage,
+    status_interval, ConnectParams, Host, Lsn, LsnAcknowledger, ReplicationConnection,
+    ReplicationStream, WalMessage,
 };
 use crate::types::column_type_dims;
 use crate::value;
@@ -79,9 +84,9 @@ const SESSION_SETTINGS: [(&str, &str); 5] = [
 /// Microseconds between 1970-01-01 and 2000-01-01, the Postgres epoch.
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
-/// How often the replication connection reports progress to the server; short so
-/// an ack reaches the server promptly and before shutdown.
-const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// The `wal_sender_timeout` assumed when the server's cannot be read (its
+/// default): status updates are timed from it ([`status_interval`]).
+const DEFAULT_WAL_SENDER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long shutdown waits for the last acknowledgement to go out.
 const FINAL_ACK_WAIT: Duration = Duration::from_secs(5);
@@ -305,7 +310,8 @@ pub struct PostgresSource {
     type_names: TypeNames,
     pending: VecDeque<ChangeEvent>,
     ord: u64,
-    last_ack: u64,
+    /// What the coordinator acknowledged; every stream reports it.
+    acked: LsnAcknowledger,
 }
 
 impl PostgresSource {
@@ -367,7 +373,7 @@ impl PostgresSource {
             type_names: TypeNames::default(),
             pending: VecDeque::new(),
             ord: 0,
-            last_ack: 0,
+            acked: LsnAcknowledger::default(),
         })
     }
 
@@ -1087,14 +1093,35 @@ impl PostgresSource {
             mode = if self.binary { "binary" } else { "text" },
             "pgoutput value format"
         );
+        let interval = status_interval(self.wal_sender_timeout().await);
         Ok(repl
             .start(
                 &self.config.slot,
                 Lsn::ZERO,
                 &self.plugin_options(),
-                STATUS_INTERVAL,
+                interval,
+                self.acked.clone(),
             )
             .await?)
+    }
+
+    /// The server's `wal_sender_timeout` (zero: off), which bounds how long
+    /// the stream may go without a status update.
+    async fn wal_sender_timeout(&self) -> Duration {
+        let setting = self
+            .client
+            .query_one(
+                "SELECT setting::bigint FROM pg_settings WHERE name = 'wal_sender_timeout'",
+                &[],
+            )
+            .await;
+        match setting {
+            Ok(row) => Duration::from_millis(row.get::<_, i64>(0).max(0) as u64),
+            Err(error) => {
+                debug!(error = %error, "wal_sender_timeout unknown, assuming its default");
+                DEFAULT_WAL_SENDER_TIMEOUT
+            }
+        }
     }
 
     /// Binary values only when configured, the server has them (PG14+), and
@@ -2019,15 +2046,11 @@ impl PostgresSource {
         }
     }
 
-    /// Tells the server that the WAL up to `lsn` (a commit's end LSN or a
-    /// heartbeat's WAL end, see [`ChangeEvent`]) is durable downstream.
-    pub fn ack(&mut self, lsn: u64) {
-        if lsn > self.last_ack {
-            self.last_ack = lsn;
-            if let Some(repl) = &self.repl {
-                repl.ack(Lsn(lsn));
-            }
-        }
+    /// The handle that tells the server that the WAL up to an LSN (a
+    /// commit's end LSN or a heartbeat's WAL end, see [`ChangeEvent`]) is
+    /// durable downstream: shared by every clone, reported at once.
+    pub fn acknowledger(&self) -> LsnAcknowledger {
+        self.acked.clone()
     }
 
     /// Stops streaming after the last acknowledgement reached the server.
@@ -2052,8 +2075,10 @@ impl tidewater_core::Source for PostgresSource {
         PostgresSource::next_event(self).await
     }
 
-    fn ack(&mut self, value: u64) {
-        PostgresSource::ack(self, value)
+    type Ack = LsnAcknowledger;
+
+    fn acknowledger(&self) -> LsnAcknowledger {
+        PostgresSource::acknowledger(self)
     }
 }
 
