@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use tidewater_core::state::{Phase, SourcePosition, StateStore, StoppedTables};
 use tidewater_core::{
-    Acknowledger, Batcher, ChangeEvent, Classified, ErrorClass, Mark, Sink, SnapshotPhase,
+    Acknowledger, Batcher, ChangeEvent, Classified, ErrorClass, Mark, Sink, SnapshotPhase, Source,
     StoppedTable, TableId,
 };
 use tokio::sync::{mpsc, watch};
@@ -37,7 +37,7 @@ use tracing::{error, info, info_span, Instrument};
 
 use super::error::{sink_error, stop_reason, SinkFailure};
 use super::progress::CopyProgress;
-use super::source_task::{source_loop, AnySource, Queued, EVENT_CHANNEL_CAPACITY};
+use super::source_task::{source_loop, Queued, EVENT_CHANNEL_CAPACITY};
 use super::{Mode, Outcome, PipelineError, Settings};
 
 /// How often an idle coordinator lets the sink do its housekeeping (the sink
@@ -89,22 +89,29 @@ impl Tuning {
 
 /// Runs the source task and the coordinator until shutdown or error.
 #[allow(clippy::too_many_arguments)] // one caller per source, each naming every part
-pub(super) async fn drive<K: Sink, S: StateStore>(
+pub(super) async fn drive<Src, K, S>(
     settings: &Settings,
-    source: AnySource,
+    source: Src,
     sink: K,
     state: S,
     marks: HashMap<TableId, Mark>,
     start: DriveStart,
     mode: Mode,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<Outcome, PipelineError> {
+) -> Result<Outcome, PipelineError>
+where
+    Src: Source + Send + 'static,
+    Src::Error: Send + 'static,
+    PipelineError: From<Src::Error>,
+    K: Sink,
+    S: StateStore,
+{
     let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
     let acknowledger = source.acknowledger();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let span = match &source {
-        AnySource::Postgres(_) => info_span!("postgres-source"),
-        AnySource::Mysql(_) => info_span!("mysql-source"),
+    let span = match &settings.source {
+        super::SourceSettings::Postgres(_) => info_span!("postgres-source"),
+        super::SourceSettings::Mysql(_) => info_span!("mysql-source"),
     };
     let source_task = tokio::spawn(source_loop(source, event_tx, stop_rx).instrument(span));
     let mut coordinator = Coordinator::new(

@@ -1,7 +1,7 @@
-//! Carrying out a start: connect and check the source, read the records
-//! back (upgrading any an earlier release wrote), gather the facts for
-//! [`start::decide`], then do what it decided and hand over to the
-//! coordinator.
+//! Carrying out a start, for any [`Source`]: list and check its tables,
+//! read the records back (upgrading any an earlier release wrote), ask the
+//! source what its server keeps, let [`start::decide`] choose, then do what
+//! it decided and hand over to the coordinator.
 //!
 //! Order matters where a crash can fall between two steps: a fresh snapshot
 //! records its phase before it removes anything or creates its slot, so a
@@ -12,137 +12,34 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tidewater_core::state::{
-    Phase, PlannedChunks, SnapshotPlan, SourcePosition, StateStore, StoppedTables, TableStates,
+    Phase, SnapshotPlan, SourcePosition, StateStore, StoppedTables, TableStates,
 };
-use tidewater_core::{Classified, Datum, ErrorClass, Mark, StoppedTable, TableId};
-use tidewater_mysql::{BinlogPosition, MysqlConfig, MysqlSource};
-use tidewater_postgres::{PostgresConfig, PostgresSource, SnapshotResume};
+use tidewater_core::{
+    Classified, ErrorClass, Mark, Replica, ResumePoint, Source, Start, StoppedTable, TableId,
+};
+use tidewater_mysql::BinlogPosition;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::coordinator::{drive, DriveStart};
 use super::error::sink_error;
-use super::source_task::AnySource;
-use super::start::{self, Asked, Recorded, Resume, SlotFacts, SourceFacts, StartPlan};
+use super::start::{self, Asked, Recorded, Resume, StartPlan};
 use super::{Mode, Outcome, PipelineError, Settings};
 use crate::sink::{AnySink, AnyState};
 
-pub(super) async fn postgres(
+/// One start of any source: see the module docs.
+pub(super) async fn launch<S>(
     settings: &Settings,
-    config: &PostgresConfig,
+    mut source: S,
     mode: Mode,
     shutdown: watch::Receiver<bool>,
     started: &AtomicBool,
-) -> Result<Outcome, PipelineError> {
-    let mut source = PostgresSource::connect(config.clone()).await?;
-    let tables = source.tables().await?;
-    let problems = tidewater_postgres::preflight(source.client(), source.config(), &tables).await?;
-    if !problems.is_empty() {
-        return Err(PipelineError::Preflight(problems));
-    }
-    let mut sink = AnySink::open(settings).await?;
-    let state = sink.state();
-    let recorded = read_recorded(&mut sink, &state, false).await?;
-    let slot = source.slot_state().await?;
-    let facts = SourceFacts::Postgres {
-        slot_name: config.slot.clone(),
-        slot: slot.map(|s| SlotFacts {
-            ours: s.ours,
-            owner: s.owner,
-            active_pid: s.active_pid,
-            lost: s.wal_status.as_deref() == Some("lost"),
-            confirmed_flush: s.confirmed_flush.map(|l| l.0),
-        }),
-    };
-    let asked = Asked {
-        snapshot: settings.snapshot,
-        recopy: &settings.recopy,
-        mode,
-    };
-    let mut marks = marks_of(&recorded.tables);
-    let begin = match start::decide(&facts, &tables, &recorded, asked)? {
-        StartPlan::AlreadySnapshotted => return Ok(Outcome::AlreadySnapshotted),
-        StartPlan::Stream(stream) => {
-            if let Some(phase) = &stream.phase {
-                state.write(phase).await.map_err(sink_error)?;
-            }
-            log_stopped(&stream.stopped);
-            log_copies(&stream.copies);
-            source.set_stopped(stream.stopped.iter().map(|s| s.table.clone()));
-            source
-                .start_streaming(&stream.streamed, &stream.copies)
-                .await?;
-            DriveStart {
-                snapshot_running: false,
-                phase: stream.phase.or(recorded.phase),
-                copies: stream.copies,
-                stopped: stream.stopped,
-                recorded_stopped: stream.recorded_stopped,
-                record_position: false,
-            }
-        }
-        StartPlan::Snapshot(snapshot) => {
-            let phase = Phase::Snapshot {
-                slot: Some(config.slot.clone()),
-            };
-            if let Some(Resume::Postgres(resume)) = snapshot.resume {
-                let plan = source
-                    .resume_snapshot(tables.clone(), resume.clone())
-                    .await?;
-                let resumed = SnapshotResume { plan, ..resume };
-                state
-                    .write(&plan_record(&config.slot, &resumed))
-                    .await
-                    .map_err(sink_error)?;
-            } else {
-                start_over(&mut sink, &state, &phase, snapshot.interrupted).await?;
-                marks.clear();
-                if snapshot.drop_slot {
-                    source.drop_slot().await?;
-                }
-                info!(
-                    tables = tables.len(),
-                    copy = snapshot.copy,
-                    "starting consistent snapshot"
-                );
-                let started = source.start_snapshot(tables.clone(), snapshot.copy).await?;
-                state
-                    .write(&plan_record(&config.slot, &started))
-                    .await
-                    .map_err(sink_error)?;
-            }
-            DriveStart {
-                snapshot_running: true,
-                phase: Some(phase),
-                copies: Vec::new(),
-                stopped: Vec::new(),
-                recorded_stopped: Vec::new(),
-                record_position: false,
-            }
-        }
-    };
-    started.store(true, Ordering::SeqCst);
-    drive(
-        settings,
-        AnySource::Postgres(Box::new(source)),
-        sink,
-        state,
-        marks,
-        begin,
-        mode,
-        shutdown,
-    )
-    .await
-}
-
-pub(super) async fn mysql(
-    settings: &Settings,
-    config: &MysqlConfig,
-    mode: Mode,
-    shutdown: watch::Receiver<bool>,
-    started: &AtomicBool,
-) -> Result<Outcome, PipelineError> {
-    let mut source = MysqlSource::connect(config.clone()).await?;
+) -> Result<Outcome, PipelineError>
+where
+    S: Source + Send + 'static,
+    S::Error: Send + 'static,
+    PipelineError: From<S::Error>,
+{
     let tables = source.tables().await?;
     let problems = source.preflight(&tables).await?;
     if !problems.is_empty() {
@@ -150,58 +47,86 @@ pub(super) async fn mysql(
     }
     let mut sink = AnySink::open(settings).await?;
     let state = sink.state();
-    let recorded = read_recorded(&mut sink, &state, true).await?;
+    let replica = source.replica().await?;
+    // A source without server-side replica state resumes from the
+    // position the pipeline records.
+    let binlog = replica == Replica::Nothing;
+    let recorded = read_recorded(&mut sink, &state, binlog).await?;
     let asked = Asked {
         snapshot: settings.snapshot,
         recopy: &settings.recopy,
         mode,
     };
     let mut marks = marks_of(&recorded.tables);
-    let begin = match start::decide(&SourceFacts::Mysql, &tables, &recorded, asked)? {
+    let begin = match start::decide(&replica, &tables, &recorded, asked)? {
         StartPlan::AlreadySnapshotted => return Ok(Outcome::AlreadySnapshotted),
         StartPlan::Stream(stream) => {
-            let from = match stream.from {
-                Some(from) => from,
-                // snapshot = never on a fresh destination: the server's
-                // current position.
-                None => source.current_position().await?,
-            };
             if let Some(phase) = &stream.phase {
                 state.write(phase).await.map_err(sink_error)?;
             }
             log_stopped(&stream.stopped);
             log_copies(&stream.copies);
-            source.queue_copies(&stream.copies);
-            source.set_stopped(stream.stopped.iter().map(|s| s.table.clone()));
-            source.start_streaming(&stream.streamed, from).await?;
+            source
+                .start(Start::Stream {
+                    streamed: stream.streamed,
+                    copies: stream.copies.clone(),
+                    stopped: stream.stopped.iter().map(|s| s.table.clone()).collect(),
+                    from: stream.from.map(|from| from.to_string()),
+                })
+                .await?;
             DriveStart {
                 snapshot_running: false,
                 phase: stream.phase.or(recorded.phase),
                 copies: stream.copies,
                 stopped: stream.stopped,
                 recorded_stopped: stream.recorded_stopped,
-                record_position: true,
+                record_position: binlog,
             }
         }
         StartPlan::Snapshot(snapshot) => {
-            let phase = Phase::Snapshot { slot: None };
-            let resumed = match snapshot.resume {
-                Some(Resume::Mysql { from }) => {
-                    mysql_resume_keys(&mut sink, &mut source, &recorded.tables, from).await?
-                }
-                _ => None,
+            let phase = Phase::Snapshot {
+                slot: match &replica {
+                    Replica::Slot { name, .. } => Some(name.clone()),
+                    Replica::Nothing => None,
+                },
             };
-            if let Some((from, resume)) = resumed {
-                source.resume_snapshot(tables.clone(), from, resume).await?;
-            } else {
-                start_over(&mut sink, &state, &phase, snapshot.interrupted).await?;
-                marks.clear();
-                info!(
-                    tables = tables.len(),
-                    copy = snapshot.copy,
-                    "starting consistent snapshot"
-                );
-                source.start_snapshot(tables.clone(), snapshot.copy).await?;
+            let resume = match snapshot.resume {
+                Some(Resume::Ready(point)) => Some(point),
+                Some(Resume::Keys { from }) => {
+                    resume_keys(&mut sink, &mut source, &recorded.tables, from).await?
+                }
+                None => None,
+            };
+            let plan = match resume {
+                Some(from) => {
+                    source
+                        .start(Start::ResumeSnapshot {
+                            tables: tables.clone(),
+                            from,
+                        })
+                        .await?
+                }
+                None => {
+                    start_over(&mut sink, &state, &phase, snapshot.interrupted).await?;
+                    marks.clear();
+                    info!(
+                        tables = tables.len(),
+                        copy = snapshot.copy,
+                        "starting consistent snapshot"
+                    );
+                    source
+                        .start(Start::Snapshot {
+                            tables: tables.clone(),
+                            copy: snapshot.copy,
+                            drop_slot: snapshot.drop_slot,
+                        })
+                        .await?
+                }
+            };
+            // Recorded before the first commit, so that an interrupted
+            // snapshot reads the same chunks again.
+            if let Some(plan) = plan {
+                state.write(&plan).await.map_err(sink_error)?;
             }
             DriveStart {
                 snapshot_running: true,
@@ -209,22 +134,12 @@ pub(super) async fn mysql(
                 copies: Vec::new(),
                 stopped: Vec::new(),
                 recorded_stopped: Vec::new(),
-                record_position: true,
+                record_position: binlog,
             }
         }
     };
     started.store(true, Ordering::SeqCst);
-    drive(
-        settings,
-        AnySource::Mysql(Box::new(source)),
-        sink,
-        state,
-        marks,
-        begin,
-        mode,
-        shutdown,
-    )
-    .await
+    drive(settings, source, sink, state, marks, begin, mode, shutdown).await
 }
 
 /// What the destination recorded. Records an earlier release wrote are
@@ -312,51 +227,41 @@ async fn start_over(
     Ok(())
 }
 
-/// The keys an interrupted MySQL/MariaDB snapshot stopped at, if it can go
-/// on: its binlog is still on the server, and every table's last copied
-/// row (read in key order) has a key tidewater can restart after.
-#[allow(clippy::type_complexity)]
-async fn mysql_resume_keys(
+/// Where an interrupted snapshot that copies in key order (binlog) can go
+/// on, if it can: the server still has its log at `from`, and every table's
+/// last copied row has a key the source can restart after (the
+/// destination reads it at the table's mark).
+async fn resume_keys<S>(
     sink: &mut AnySink,
-    source: &mut MysqlSource,
+    source: &mut S,
     tables: &TableStates,
     from: BinlogPosition,
-) -> Result<Option<(BinlogPosition, HashMap<TableId, (u64, Vec<Datum>)>)>, PipelineError> {
-    if !source.binlog_available(&from).await? {
+) -> Result<Option<ResumePoint>, PipelineError>
+where
+    S: Source,
+    PipelineError: From<S::Error>,
+{
+    let position = from.to_string();
+    if !source.retains(&position).await? {
         warn!(position = %from, "the binlog of the interrupted snapshot is gone; starting over");
         return Ok(None);
     }
-    let mut resume = HashMap::new();
+    let mut keys = HashMap::new();
     for (table, table_state) in tables {
         if table_state.mark == Mark::ZERO {
             continue;
         }
-        let schema = source.table_schema(table).await?;
+        let Some(schema) = source.resume_schema(table).await? else {
+            return Ok(None);
+        };
         match sink.key_at_mark(&schema, table_state.mark).await? {
             Some(key) if tidewater_mysql::resumable_key(&key) => {
-                resume.insert(table.clone(), (table_state.mark.ord, key));
+                keys.insert(table.clone(), (table_state.mark.ord, key));
             }
             _ => return Ok(None),
         }
     }
-    Ok(Some((from, resume)))
-}
-
-/// The plan record of a Postgres snapshot.
-fn plan_record(slot: &str, snapshot: &SnapshotResume) -> SnapshotPlan {
-    SnapshotPlan {
-        slot: slot.to_string(),
-        consistent_point: snapshot.consistent_point,
-        tables: snapshot
-            .plan
-            .iter()
-            .map(|p| PlannedChunks {
-                table: p.table.clone(),
-                chunk_pages: p.chunk_pages,
-                chunks: p.chunks,
-            })
-            .collect(),
-    }
+    Ok(Some(ResumePoint::Keys { position, keys }))
 }
 
 /// Each stopped table is named at every start: it is not replicated until

@@ -20,6 +20,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tidewater_mysql::MysqlSource;
 use tidewater_postgres::PostgresSource;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -74,10 +75,12 @@ pub async fn run(
     let mut work = Box::pin(async {
         match &settings.source {
             SourceSettings::Postgres(config) => {
-                launch::postgres(settings, config, mode, shutdown.clone(), &started).await
+                let source = PostgresSource::connect(config.clone()).await?;
+                launch::launch(settings, source, mode, shutdown.clone(), &started).await
             }
             SourceSettings::Mysql(config) => {
-                launch::mysql(settings, config, mode, shutdown.clone(), &started).await
+                let source = MysqlSource::connect(config.clone()).await?;
+                launch::launch(settings, source, mode, shutdown.clone(), &started).await
             }
         }
     });

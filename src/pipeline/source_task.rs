@@ -7,9 +7,7 @@
 //!                            QUEUED_BLOCK_KIB of blocks] ──▶ coordinator
 //! ```
 
-use tidewater_core::{Acknowledger, ChangeEvent, Source};
-use tidewater_mysql::MysqlSource;
-use tidewater_postgres::PostgresSource;
+use tidewater_core::{ChangeEvent, Source};
 use tokio::sync::{mpsc, watch};
 
 use super::PipelineError;
@@ -28,72 +26,18 @@ pub(super) type Queued = (
     Option<tokio::sync::OwnedSemaphorePermit>,
 );
 
-/// The connected source, whichever kind.
-pub(super) enum AnySource {
-    Postgres(Box<PostgresSource>),
-    Mysql(Box<MysqlSource>),
-}
-
-impl AnySource {
-    async fn next_event(&mut self) -> Result<ChangeEvent, PipelineError> {
-        Ok(match self {
-            AnySource::Postgres(source) => Source::next_event(source.as_mut()).await?,
-            AnySource::Mysql(source) => Source::next_event(source.as_mut()).await?,
-        })
-    }
-
-    /// An event already decoded, without waiting for the server.
-    fn ready_event(&mut self) -> Option<ChangeEvent> {
-        match self {
-            AnySource::Postgres(source) => source.ready_event(),
-            AnySource::Mysql(source) => source.ready_event(),
-        }
-    }
-
-    pub(super) fn acknowledger(&self) -> AnyAcknowledger {
-        match self {
-            AnySource::Postgres(source) => {
-                AnyAcknowledger::Postgres(Source::acknowledger(source.as_ref()))
-            }
-            AnySource::Mysql(source) => {
-                AnyAcknowledger::Mysql(Source::acknowledger(source.as_ref()))
-            }
-        }
-    }
-
-    async fn close(self) {
-        match self {
-            AnySource::Postgres(source) => source.close().await,
-            AnySource::Mysql(source) => source.close().await,
-        }
-    }
-}
-
-/// The acknowledger of the connected source, whichever kind.
-#[derive(Clone)]
-pub(super) enum AnyAcknowledger {
-    Postgres(<PostgresSource as Source>::Ack),
-    Mysql(<MysqlSource as Source>::Ack),
-}
-
-impl Acknowledger for AnyAcknowledger {
-    fn ack(&self, value: u64) {
-        match self {
-            AnyAcknowledger::Postgres(ack) => ack.ack(value),
-            AnyAcknowledger::Mysql(ack) => ack.ack(value),
-        }
-    }
-}
-
 /// Reads events from the source. It is the only owner of the source, and
 /// never cancels `next_event` except at shutdown, so no event is lost halfway
 /// through decoding. Acknowledgements do not pass here: the coordinator
 /// holds the source's acknowledger.
-pub(super) async fn source_loop(
-    mut source: AnySource,
+pub(super) async fn source_loop<S>(
+    mut source: S,
     events: mpsc::Sender<Queued>,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    S: Source,
+    PipelineError: From<S::Error>,
+{
     let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(QUEUED_BLOCK_KIB));
     loop {
         // Events the source has already decoded need no select: only a wait
@@ -104,7 +48,7 @@ pub(super) async fn source_loop(
             None => tokio::select! {
                 biased;
                 _ = stop.changed() => break,
-                event = source.next_event() => event,
+                event = source.next_event() => event.map_err(PipelineError::from),
             },
         };
         let failed = event.is_err();

@@ -31,9 +31,9 @@
 use std::collections::HashMap;
 
 use tidewater_core::state::{Phase, SnapshotPlan, TableStates};
-use tidewater_core::{Mark, StoppedTable, TableId};
+use tidewater_core::{Mark, Replica, ResumePoint, SlotInfo, StoppedTable, TableId};
 use tidewater_mysql::BinlogPosition;
-use tidewater_postgres::{Lsn, PlannedTable, PostgresError, SnapshotResume};
+use tidewater_postgres::{Lsn, PostgresError};
 
 use super::{Mode, PipelineError};
 use crate::config::SnapshotMode;
@@ -48,30 +48,6 @@ pub struct Recorded {
     pub plan: Option<SnapshotPlan>,
     /// The acknowledged position of a binlog source, if it parses.
     pub position: Option<BinlogPosition>,
-}
-
-/// What the source says before anything starts.
-#[derive(Debug, Clone)]
-pub enum SourceFacts {
-    Postgres {
-        /// `source.slot`.
-        slot_name: String,
-        slot: Option<SlotFacts>,
-    },
-    /// A binlog source keeps nothing on the server.
-    Mysql,
-}
-
-/// The replication slot with the pipeline's name, as the server lists it.
-#[derive(Debug, Clone, Default)]
-pub struct SlotFacts {
-    /// False when it belongs to another database or output plugin.
-    pub ours: bool,
-    pub owner: String,
-    pub active_pid: Option<i32>,
-    /// `wal_status = 'lost'`: the server removed WAL it still needed.
-    pub lost: bool,
-    pub confirmed_flush: Option<u64>,
 }
 
 /// What this run was asked to do.
@@ -107,10 +83,10 @@ pub struct SnapshotStart {
 #[derive(Debug)]
 pub enum Resume {
     /// Every chunk the tables hold is whole; read the rest.
-    Postgres(SnapshotResume),
-    /// A candidate: the caller checks the binlog at `from` is still on the
-    /// server and finds the key each table's copy stopped at.
-    Mysql { from: BinlogPosition },
+    Ready(ResumePoint),
+    /// A candidate (binlog): the caller checks the server still has the log
+    /// at `from` and reads the key each table's copy stopped at.
+    Keys { from: BinlogPosition },
 }
 
 #[derive(Debug)]
@@ -131,22 +107,22 @@ pub struct StreamStart {
 
 /// The plan for this start. Pure: see the module docs.
 pub fn decide(
-    source: &SourceFacts,
+    source: &Replica,
     tables: &[TableId],
     recorded: &Recorded,
     asked: Asked<'_>,
 ) -> Result<StartPlan, PipelineError> {
     match source {
-        SourceFacts::Postgres { slot_name, slot } => {
-            decide_postgres(slot_name, slot.as_ref(), tables, recorded, asked)
+        Replica::Slot { name, slot } => {
+            decide_postgres(name, slot.as_ref(), tables, recorded, asked)
         }
-        SourceFacts::Mysql => decide_mysql(tables, recorded, asked),
+        Replica::Nothing => decide_mysql(tables, recorded, asked),
     }
 }
 
 fn decide_postgres(
     slot_name: &str,
-    slot: Option<&SlotFacts>,
+    slot: Option<&SlotInfo>,
     tables: &[TableId],
     recorded: &Recorded,
     asked: Asked<'_>,
@@ -219,7 +195,7 @@ fn decide_postgres(
         (Some(Phase::Snapshot { slot: Some(marked) }), Some(slot))
             if interrupted && asked.snapshot == SnapshotMode::Initial && marked == slot_name =>
         {
-            postgres_resume(slot, slot_name, tables, recorded).map(Resume::Postgres)
+            postgres_resume(slot, slot_name, tables, recorded).map(Resume::Ready)
         }
         _ => None,
     };
@@ -236,40 +212,31 @@ fn decide_postgres(
 /// the snapshot's consistent point, and every table holds only snapshot
 /// rows of whole chunks (what `SnapshotChunk` commits guarantee).
 fn postgres_resume(
-    slot: &SlotFacts,
+    slot: &SlotInfo,
     slot_name: &str,
     tables: &[TableId],
     recorded: &Recorded,
-) -> Option<SnapshotResume> {
+) -> Option<ResumePoint> {
     let plan = recorded.plan.as_ref()?;
     let point = plan.consistent_point;
     if plan.slot != slot_name || slot.confirmed_flush != Some(point) {
         return None;
     }
-    let mut chunks_done = HashMap::new();
+    let mut done = HashMap::new();
     for (table, state) in &recorded.tables {
         if !tables.contains(table) || state.snapshot_done {
             return None;
         }
-        let done = tidewater_postgres::chunks_committed(state.mark, point)?;
+        let chunks = tidewater_postgres::chunks_committed(state.mark, point)?;
         let planned = plan.tables.iter().find(|p| &p.table == table)?;
-        if planned.chunks < done {
+        if planned.chunks < chunks {
             return None;
         }
-        chunks_done.insert(table.clone(), done);
+        done.insert(table.clone(), chunks);
     }
-    Some(SnapshotResume {
-        consistent_point: point,
-        plan: plan
-            .tables
-            .iter()
-            .map(|p| PlannedTable {
-                table: p.table.clone(),
-                chunk_pages: p.chunk_pages,
-                chunks: p.chunks,
-            })
-            .collect(),
-        chunks_done,
+    Some(ResumePoint::Chunks {
+        plan: plan.clone(),
+        done,
     })
 }
 
@@ -340,7 +307,7 @@ fn mysql_resume(tables: &[TableId], recorded: &Recorded) -> Option<Resume> {
         }
         from = Some(position);
     }
-    from.map(|from| Resume::Mysql { from })
+    from.map(|from| Resume::Keys { from })
 }
 
 /// Streaming: which tables stream, which are copied first, which stay
@@ -418,8 +385,8 @@ mod tests {
         }
     }
 
-    fn slot() -> SlotFacts {
-        SlotFacts {
+    fn slot() -> SlotInfo {
+        SlotInfo {
             ours: true,
             owner: String::new(),
             active_pid: None,
@@ -428,9 +395,9 @@ mod tests {
         }
     }
 
-    fn pg(slot: Option<SlotFacts>) -> SourceFacts {
-        SourceFacts::Postgres {
-            slot_name: SLOT.into(),
+    fn pg(slot: Option<SlotInfo>) -> Replica {
+        Replica::Slot {
+            name: SLOT.into(),
             slot,
         }
     }
@@ -490,16 +457,18 @@ mod tests {
                 s.drop_slot,
                 match s.resume {
                     None => "no".to_string(),
-                    Some(Resume::Postgres(r)) => {
-                        let mut done: Vec<String> = r
-                            .chunks_done
+                    Some(Resume::Ready(ResumePoint::Chunks { done, .. })) => {
+                        let mut done: Vec<String> = done
                             .iter()
                             .map(|(t, n)| format!("{}:{n}", t.table))
                             .collect();
                         done.sort();
                         format!("chunks[{}]", done.join(","))
                     }
-                    Some(Resume::Mysql { from }) => format!("binlog {from}"),
+                    Some(Resume::Ready(ResumePoint::Keys { position, .. })) => {
+                        format!("keys {position}")
+                    }
+                    Some(Resume::Keys { from }) => format!("binlog {from}"),
                 }
             ),
             Ok(StartPlan::Stream(s)) => format!(
@@ -544,16 +513,16 @@ mod tests {
         let a_b = [t("a"), t("b")];
         let done = state(true, Mark::new(5, 1), "0/50");
         let copying = state(false, Mark::ZERO, "0/100");
-        let foreign = SlotFacts {
+        let foreign = SlotInfo {
             ours: false,
             owner: "database other".into(),
             ..slot()
         };
-        let busy = SlotFacts {
+        let busy = SlotInfo {
             active_pid: Some(42),
             ..slot()
         };
-        let lost = SlotFacts {
+        let lost = SlotInfo {
             lost: true,
             ..slot()
         };
@@ -564,7 +533,7 @@ mod tests {
             stopped: vec![stopped("b")],
             ..recorded(stream_phase(), &[("a", done.clone()), ("b", done.clone())])
         };
-        let cases: Vec<(&str, SourceFacts, Recorded, Asked, &str)> = vec![
+        let cases: Vec<(&str, Replica, Recorded, Asked, &str)> = vec![
             (
                 "first run",
                 pg(None),
@@ -744,7 +713,7 @@ mod tests {
             plan,
             ..recorded(snapshot_phase(), &[("a", a)])
         };
-        let cases: Vec<(&str, SlotFacts, Recorded, &str)> = vec![
+        let cases: Vec<(&str, SlotInfo, Recorded, &str)> = vec![
             (
                 "two chunks of a committed",
                 slot(),
@@ -759,7 +728,7 @@ mod tests {
             ),
             (
                 "the slot moved past the consistent point",
-                SlotFacts {
+                SlotInfo {
                     confirmed_flush: Some(0x200),
                     ..slot()
                 },
@@ -905,7 +874,7 @@ mod tests {
             ),
         ];
         for (what, recorded, asked, expected) in cases {
-            let got = summary(decide(&SourceFacts::Mysql, &a_b, &recorded, asked));
+            let got = summary(decide(&Replica::Nothing, &a_b, &recorded, asked));
             assert_eq!(got, expected, "{what}");
         }
     }

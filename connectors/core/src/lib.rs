@@ -40,7 +40,10 @@ pub use event::{ChangeEvent, CommitInfo, Datum, Mark, Op, RowBlock, RowChange, T
 pub use filter::TableFilter;
 pub use lease::Holder;
 pub use schema::{Column, ColumnType, TableSchema};
-pub use traits::{Acknowledger, Problem, Sink, SnapshotPhase, Source, StoppedTable};
+pub use traits::{
+    Acknowledger, Problem, Replica, ResumePoint, Sink, SlotInfo, SnapshotPhase, Source, Start,
+    StoppedTable,
+};
 pub use types::{
     arrow_field, arrow_type, date_range_days, metadata_fields, timestamp_range_us, META_COLUMNS,
     SOURCE_TYPE_KEY,

@@ -1,10 +1,14 @@
-//! The Source and Sink contracts. The binary works with concrete connectors
-//! (an enum once there are several), so these traits use native `async fn`.
+//! The Source and Sink contracts. The binary is generic over them (one
+//! launch path and one coordinator for every connector), dispatching
+//! statically, so these traits use native `async fn`.
+
+use std::collections::HashMap;
 
 use crate::batch::ChangeBatch;
 use crate::error::Classified;
-use crate::event::{ChangeEvent, Mark, TableId};
+use crate::event::{ChangeEvent, Datum, Mark, TableId};
 use crate::schema::TableSchema;
+use crate::state::SnapshotPlan;
 
 /// A problem found by a preflight check, with the statement or setting that
 /// fixes it.
@@ -16,14 +20,33 @@ pub struct Problem {
     pub fix: String,
 }
 
-/// A database log to replicate from.
+/// A database log to replicate from, through its whole life in one run:
+///
+/// ```text
+///  connect (the source's own constructor)
+///    └▶ tables ─▶ preflight ─▶ replica ─▶ [the binary decides] ─▶ start(Start)
+///         └▶ next_event … (acknowledger().ack(v) from the coordinator, any time)
+///              └▶ close
+/// ```
 ///
 /// # Contract
+/// * `tables` lists what the configuration selects, as the server shows it
+///   now; `preflight` returns every setting, privilege or table property
+///   that would stop replication, each with its fix (empty: ready).
+/// * `replica` reports what the server keeps for this pipeline (a
+///   replication slot, or nothing for a binlog reader), as facts for the
+///   start-up decision; it changes nothing.
+/// * `start` does what the decision said, exactly once per run: a fresh
+///   snapshot (dropping a stale slot first when told), the resumption of an
+///   interrupted one from a [`ResumePoint`] whose details are the source's
+///   own, or the stream. It returns the snapshot plan the pipeline must
+///   record before its first commit, when the source has one.
 /// * `next_event` yields events in source commit order. The rows of one
 ///   transaction sit between its `Begin` and `Commit`; a `Schema` for a table
 ///   precedes its first row and every change of its columns. Changes at or below
 ///   the mark a sink reports for their table are still yielded: skipping them is
-///   the coordinator's job, so one rule covers every source.
+///   the coordinator's job, so one rule covers every source. `ready_event`
+///   returns an event already decoded, without waiting for the server.
 /// * Acknowledgements go through an [`Acknowledger`] taken with
 ///   `acknowledger` before the source is handed to its reading task: they
 ///   never wait for the next event (see the [`Acknowledger`] contract).
@@ -31,18 +54,127 @@ pub struct Problem {
 ///   earlier); it must never resume later than that.
 /// * `next_event` is not cancel-safe: a caller that races it against timers
 ///   must run it in a task of its own.
+/// * `close` reports the last acknowledgement and ends the sessions.
 #[allow(async_fn_in_trait)] // dispatched through concrete types, never `dyn`
-pub trait Source {
+pub trait Source: Sized {
     type Error: Classified;
     /// This source's acknowledgement handle.
     type Ack: Acknowledger;
 
-    async fn next_event(&mut self) -> Result<ChangeEvent, Self::Error>;
+    async fn tables(&mut self) -> Result<Vec<TableId>, Self::Error>;
+
+    async fn preflight(&mut self, tables: &[TableId]) -> Result<Vec<Problem>, Self::Error>;
+
+    async fn replica(&mut self) -> Result<Replica, Self::Error>;
+
+    /// Whether the server still has its log at `position` (a position this
+    /// source produced), so reading can resume there. Default: yes (a
+    /// slot keeps what it has not confirmed).
+    async fn retains(&mut self, position: &str) -> Result<bool, Self::Error> {
+        let _ = position;
+        Ok(true)
+    }
+
+    /// The schema whose key an interrupted snapshot of `table` resumes
+    /// after, when the source resumes by key ([`ResumePoint::Keys`]; the
+    /// destination reads the key at the table's mark). Default: None, the
+    /// source resumes by other means.
+    async fn resume_schema(&mut self, table: &TableId) -> Result<Option<TableSchema>, Self::Error> {
+        let _ = table;
+        Ok(None)
+    }
+
+    async fn start(&mut self, start: Start) -> Result<Option<SnapshotPlan>, Self::Error>;
+
+    /// Runs on the source's own task (hence `Send`).
+    fn next_event(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<ChangeEvent, Self::Error>> + Send;
+
+    fn ready_event(&mut self) -> Option<ChangeEvent> {
+        None
+    }
 
     /// A handle that acknowledges for this source, from any task, while
     /// `next_event` runs or waits. Every handle of one source is the same
     /// acknowledgement.
     fn acknowledger(&self) -> Self::Ack;
+
+    /// Runs on the source's own task (hence `Send`).
+    fn close(self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// What the server keeps for a pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replica {
+    /// A replication slot named `name` (Postgres); `slot` is None when it
+    /// does not exist.
+    Slot {
+        name: String,
+        slot: Option<SlotInfo>,
+    },
+    /// Nothing (a binlog reader): the pipeline's records say where to
+    /// resume, and acknowledged positions are recorded there.
+    Nothing,
+}
+
+/// A replication slot as the server lists it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// False when it belongs to another database or output plugin.
+    pub ours: bool,
+    /// Whose it is, for a message when it is not ours.
+    pub owner: String,
+    pub active_pid: Option<i32>,
+    /// The server removed log it still needed (`wal_status = 'lost'`).
+    pub lost: bool,
+    pub confirmed_flush: Option<u64>,
+}
+
+/// How a source starts reading in this run.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// A new consistent snapshot of `tables` (rows only when `copy`), then
+    /// the stream from its point. `drop_slot`: a stale slot of the
+    /// pipeline's goes first.
+    Snapshot {
+        tables: Vec<TableId>,
+        copy: bool,
+        drop_slot: bool,
+    },
+    /// The interrupted snapshot of `tables`, on from where the destination
+    /// holds it.
+    ResumeSnapshot {
+        tables: Vec<TableId>,
+        from: ResumePoint,
+    },
+    /// The stream of `streamed`; `copies` are copied while the others stream
+    /// and join them after; `stopped` are not read. `from`: where to resume
+    /// (binlog; None: the server's current position); a slot resumes from
+    /// its confirmed position.
+    Stream {
+        streamed: Vec<TableId>,
+        copies: Vec<TableId>,
+        stopped: Vec<TableId>,
+        from: Option<String>,
+    },
+}
+
+/// Where an interrupted snapshot resumes, in the source's own terms.
+#[derive(Debug, Clone)]
+pub enum ResumePoint {
+    /// Chunked copies (Postgres): the recorded plan, and how many whole
+    /// chunks of each table the destination holds.
+    Chunks {
+        plan: SnapshotPlan,
+        done: HashMap<TableId, u32>,
+    },
+    /// Copies in key order (binlog): the snapshot's position, and for each
+    /// table with rows the `_tw_ord` and key of the last row held.
+    Keys {
+        position: String,
+        keys: HashMap<TableId, (u64, Vec<Datum>)>,
+    },
 }
 
 /// Tells a source's server what is durable downstream, without waiting for

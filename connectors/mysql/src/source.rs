@@ -1672,15 +1672,90 @@ impl MysqlSource {
 
 impl tidewater_core::Source for MysqlSource {
     type Error = MysqlError;
+    type Ack = BinlogAcknowledger;
+
+    async fn tables(&mut self) -> Result<Vec<TableId>, MysqlError> {
+        MysqlSource::tables(self).await
+    }
+
+    async fn preflight(
+        &mut self,
+        tables: &[TableId],
+    ) -> Result<Vec<tidewater_core::Problem>, MysqlError> {
+        MysqlSource::preflight(self, tables).await
+    }
+
+    async fn replica(&mut self) -> Result<tidewater_core::Replica, MysqlError> {
+        Ok(tidewater_core::Replica::Nothing)
+    }
+
+    async fn retains(&mut self, position: &str) -> Result<bool, MysqlError> {
+        match BinlogPosition::parse(position) {
+            Some(position) => self.binlog_available(&position).await,
+            None => Ok(false),
+        }
+    }
+
+    async fn resume_schema(&mut self, table: &TableId) -> Result<Option<TableSchema>, MysqlError> {
+        Ok(Some(self.table_schema(table).await?))
+    }
+
+    async fn start(
+        &mut self,
+        start: tidewater_core::Start,
+    ) -> Result<Option<tidewater_core::state::SnapshotPlan>, MysqlError> {
+        use tidewater_core::{ResumePoint, Start};
+        let parse = |text: &str| {
+            BinlogPosition::parse(text).ok_or(MysqlError::Misuse {
+                what: "a start from a position this source did not produce",
+            })
+        };
+        match start {
+            Start::Snapshot { tables, copy, .. } => self.start_snapshot(tables, copy).await?,
+            Start::ResumeSnapshot {
+                tables,
+                from: ResumePoint::Keys { position, keys },
+            } => {
+                self.resume_snapshot(tables, parse(&position)?, keys)
+                    .await?
+            }
+            Start::ResumeSnapshot { .. } => {
+                return Err(MysqlError::Misuse {
+                    what: "a binlog snapshot resumes by keys, not by chunks",
+                })
+            }
+            Start::Stream {
+                streamed,
+                copies,
+                stopped,
+                from,
+            } => {
+                let from = match from {
+                    Some(text) => parse(&text)?,
+                    None => self.current_position().await?,
+                };
+                self.queue_copies(&copies);
+                self.set_stopped(stopped);
+                self.start_streaming(&streamed, from).await?;
+            }
+        }
+        Ok(None)
+    }
 
     async fn next_event(&mut self) -> Result<ChangeEvent, MysqlError> {
         MysqlSource::next_event(self).await
     }
 
-    type Ack = BinlogAcknowledger;
+    fn ready_event(&mut self) -> Option<ChangeEvent> {
+        MysqlSource::ready_event(self)
+    }
 
     fn acknowledger(&self) -> BinlogAcknowledger {
         BinlogAcknowledger
+    }
+
+    async fn close(self) {
+        MysqlSource::close(self).await
     }
 }
 

@@ -52,6 +52,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tidewater_core::state::{PlannedChunks, SnapshotPlan};
 use tidewater_core::{
     ChangeEvent, Column, CommitInfo, Datum, Op, RowChange, TableFilter, TableId, TableSchema,
 };
@@ -2070,15 +2071,121 @@ impl PostgresSource {
 
 impl tidewater_core::Source for PostgresSource {
     type Error = PostgresError;
+    type Ack = LsnAcknowledger;
+
+    async fn tables(&mut self) -> Result<Vec<TableId>, PostgresError> {
+        PostgresSource::tables(self).await
+    }
+
+    async fn preflight(
+        &mut self,
+        tables: &[TableId],
+    ) -> Result<Vec<tidewater_core::Problem>, PostgresError> {
+        crate::preflight(&self.client, &self.config, tables).await
+    }
+
+    async fn replica(&mut self) -> Result<tidewater_core::Replica, PostgresError> {
+        let slot = self.slot_state().await?;
+        Ok(tidewater_core::Replica::Slot {
+            name: self.config.slot.clone(),
+            slot: slot.map(|s| tidewater_core::SlotInfo {
+                ours: s.ours,
+                owner: s.owner,
+                active_pid: s.active_pid,
+                lost: s.wal_status.as_deref() == Some("lost"),
+                confirmed_flush: s.confirmed_flush.map(|l| l.0),
+            }),
+        })
+    }
+
+    async fn start(
+        &mut self,
+        start: tidewater_core::Start,
+    ) -> Result<Option<SnapshotPlan>, PostgresError> {
+        use tidewater_core::{ResumePoint, Start};
+        match start {
+            Start::Snapshot {
+                tables,
+                copy,
+                drop_slot,
+            } => {
+                if drop_slot {
+                    self.drop_slot().await?;
+                }
+                let started = self.start_snapshot(tables, copy).await?;
+                Ok(Some(
+                    self.plan_record(started.consistent_point, &started.plan),
+                ))
+            }
+            Start::ResumeSnapshot {
+                tables,
+                from: ResumePoint::Chunks { plan, done },
+            } => {
+                let resume = SnapshotResume {
+                    consistent_point: plan.consistent_point,
+                    plan: plan
+                        .tables
+                        .iter()
+                        .map(|p| PlannedTable {
+                            table: p.table.clone(),
+                            chunk_pages: p.chunk_pages,
+                            chunks: p.chunks,
+                        })
+                        .collect(),
+                    chunks_done: done,
+                };
+                let planned = self.resume_snapshot(tables, resume).await?;
+                Ok(Some(self.plan_record(plan.consistent_point, &planned)))
+            }
+            Start::ResumeSnapshot { .. } => Err(PostgresError::Misuse {
+                what: "a Postgres snapshot resumes by chunks, not by keys",
+            }),
+            Start::Stream {
+                streamed,
+                copies,
+                stopped,
+                from: _,
+            } => {
+                self.set_stopped(stopped);
+                self.start_streaming(&streamed, &copies).await?;
+                Ok(None)
+            }
+        }
+    }
 
     async fn next_event(&mut self) -> Result<ChangeEvent, PostgresError> {
         PostgresSource::next_event(self).await
     }
 
-    type Ack = LsnAcknowledger;
+    fn ready_event(&mut self) -> Option<ChangeEvent> {
+        PostgresSource::ready_event(self)
+    }
 
     fn acknowledger(&self) -> LsnAcknowledger {
         PostgresSource::acknowledger(self)
+    }
+
+    async fn close(self) {
+        PostgresSource::close(self).await
+    }
+}
+
+impl PostgresSource {
+    /// The record of a snapshot's chunk plan (kept by the pipeline, so that
+    /// an interrupted snapshot reads the same chunks again).
+    fn plan_record(&self, consistent_point: u64, plan: &[PlannedTable]) -> SnapshotPlan {
+        SnapshotPlan {
+            slot: self.config.slot.clone(),
+            consistent_point,
+            tables: plan
+                .iter()
+                .map(|p| PlannedChunks {
+                    table: p.table.clone(),
+                    chunk_pages: p.chunk_pages,
+                    chunks: p.chunks,
+                })
+                .collect(),
+        }
     }
 }
 
