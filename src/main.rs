@@ -9,7 +9,6 @@ mod metrics;
 mod pipeline;
 mod policy;
 mod reverse;
-mod sink;
 mod status;
 
 use std::path::PathBuf;

@@ -23,9 +23,9 @@ use tracing::{error, info, warn};
 
 use super::coordinator::{drive, DriveStart};
 use super::error::sink_error;
+use super::sink::{AnySink, AnyState};
 use super::start::{self, Asked, Recorded, Resume, StartPlan};
 use super::{Mode, Outcome, PipelineError, Settings};
-use crate::sink::{AnySink, AnyState};
 
 /// One start of any source: see the module docs.
 pub(super) async fn launch<S>(

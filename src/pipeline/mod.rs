@@ -15,6 +15,7 @@
 //! * `source_task`: the task that owns the source;
 //! * `coordinator`: batches, checkpoints, acknowledgements, table stops;
 //! * `progress`: snapshot progress lines;
+//! * `sink`: the configured sink and the store of the pipeline's records;
 //! * [`error`]: the pipeline's errors and their classes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +33,7 @@ pub mod error;
 mod launch;
 mod progress;
 pub mod settings;
+mod sink;
 mod source_task;
 pub mod start;
 

@@ -12,7 +12,7 @@ use tidewater_core::{TableId, TableSchema};
 use tidewater_lake::{LakeSink, LakeState};
 use tidewater_warehouse::{WarehouseSink, WarehouseState};
 
-use crate::pipeline::{PipelineError, Settings, SinkFailure};
+use super::{PipelineError, Settings, SinkFailure};
 
 pub enum AnySink {
     Lake(Box<LakeSink>),
