@@ -45,6 +45,7 @@ async fn an_idle_slot_confirms_a_commit_without_a_further_event() {
         .unwrap()
         .get(0);
     pipeline.wait_equal(&client, "t").await;
+    let landed = std::time::Instant::now();
     eventually(
         "the slot confirmed the commit while the database is idle",
         Duration::from_secs(5),
@@ -69,5 +70,11 @@ async fn an_idle_slot_confirms_a_commit_without_a_further_event() {
         },
     )
     .await;
+    // Printed for the record (run with --nocapture); the wait above is the
+    // assertion.
+    eprintln!(
+        "confirmed {} ms after the lake held the row",
+        landed.elapsed().as_millis()
+    );
     assert_eq!(pipeline.terminate(), 0);
 }
