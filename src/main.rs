@@ -294,7 +294,7 @@ async fn run_holding(config: &Config, settings: &Settings, mode: Mode) -> i32 {
     }
     settings.metrics.phase("starting", "");
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    for table in reverse::echo_exclusions(config) {
+    for table in config::echo_exclusions(config) {
         info!(table = %table, "not capturing this table: a reverse-ETL job writes it");
     }
     if mode == Mode::Continuous {

@@ -17,7 +17,7 @@ use tidewater_reverse::{run_job, Report, RunOptions};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ReverseEtlConfig, Schedule, SourceConfig};
+use crate::config::{Config, ReverseEtlConfig, Schedule};
 use crate::pipeline::Settings;
 use crate::policy::exit_code;
 
@@ -176,75 +176,5 @@ fn until_next(schedule: &Schedule) -> Duration {
                 }
             }
         }
-    }
-}
-
-/// Source tables that are also reverse-ETL targets, as exclude patterns:
-/// capturing them would carry each push back into the lake (an echo loop).
-/// Matched on the server (host, with loopback names equal, and port) and
-/// the database; a target reached under another name is not recognised
-/// (exclude it in `source.exclude` yourself).
-pub fn echo_exclusions(config: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    for job in &config.reverse_etl {
-        let target = job.target_url.expose();
-        match &config.source {
-            SourceConfig::Postgres(pg) => {
-                let (Ok(source), Ok(dest)) = (
-                    pg.url.expose().parse::<tokio_postgres::Config>(),
-                    target.parse::<tokio_postgres::Config>(),
-                ) else {
-                    continue;
-                };
-                let host = |c: &tokio_postgres::Config| match c.get_hosts().first() {
-                    Some(tokio_postgres::config::Host::Tcp(h)) => loopback(h),
-                    Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-                    None => "localhost".into(),
-                };
-                let port =
-                    |c: &tokio_postgres::Config| c.get_ports().first().copied().unwrap_or(5432);
-                if host(&source) == host(&dest)
-                    && port(&source) == port(&dest)
-                    && source.get_dbname() == dest.get_dbname()
-                {
-                    let name = match job.target_table.split_once('.') {
-                        Some(_) => job.target_table.clone(),
-                        None => format!("public.{}", job.target_table),
-                    };
-                    out.push(name);
-                }
-            }
-            SourceConfig::Mysql(my) => {
-                let (Ok(source), Ok(dest)) = (
-                    url::Url::parse(my.url.expose()),
-                    url::Url::parse(&target.replacen("mariadb://", "mysql://", 1)),
-                ) else {
-                    continue;
-                };
-                if dest.scheme() != "mysql"
-                    || loopback(source.host_str().unwrap_or("localhost"))
-                        != loopback(dest.host_str().unwrap_or("localhost"))
-                    || source.port().unwrap_or(3306) != dest.port().unwrap_or(3306)
-                {
-                    continue;
-                }
-                let db = dest.path().trim_start_matches('/').to_string();
-                let name = match job.target_table.split_once('.') {
-                    Some(_) => job.target_table.clone(),
-                    None if !db.is_empty() => format!("{db}.{}", job.target_table),
-                    None => continue,
-                };
-                out.push(name);
-            }
-        }
-    }
-    out
-}
-
-fn loopback(host: &str) -> String {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    match host {
-        "localhost" | "127.0.0.1" | "::1" => "localhost".into(),
-        other => other.to_lowercase(),
     }
 }

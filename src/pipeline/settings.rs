@@ -181,7 +181,7 @@ fn store_causes(err: &tidewater_lake::LakeError) -> String {
 /// database: their pushes must not come back through capture.
 fn with_echo_exclusions(exclude: &[String], config: &Config) -> Vec<String> {
     let mut out = exclude.to_vec();
-    for table in crate::reverse::echo_exclusions(config) {
+    for table in crate::config::echo_exclusions(config) {
         if !out.contains(&table) {
             out.push(table);
         }
