@@ -51,6 +51,7 @@ use tidewater_core::state_file::json_problem;
 
 mod current;
 mod maintenance;
+mod ranged;
 mod read;
 pub use current::MergeReport;
 pub use maintenance::{Compaction, CompactionReport, MaintenancePolicy};
@@ -728,23 +729,20 @@ impl LakeSink {
             return Ok(None);
         }
         let open = self.tables.get(table).expect("opened above");
-        let files = data_files(&open.table, table)?;
+        let files = ranged::data_files_sized(&open.table, table)?;
         let store = open.table.log_store().object_store(None);
         let arrow = |source| LakeError::Arrow {
             table: table.clone(),
             source,
         };
-        let parquet = |e: deltalake::parquet::errors::ParquetError| {
-            arrow(ArrowError::ExternalError(Box::new(e)))
-        };
         let keys: Vec<&tidewater_core::Column> = schema.key_columns().collect();
         let mut names: Vec<&str> = keys.iter().map(|c| c.name.as_str()).collect();
         names.extend(["_tw_seq", "_tw_ord"]);
-        for path in files {
-            let bytes = read_object(store.as_ref(), &path, table).await?;
-            let reader = projected_reader(bytes, &names).map_err(parquet)?;
-            for batch in reader {
-                let batch = batch.map_err(arrow)?;
+        for file in files {
+            // Only the key and mark columns are fetched.
+            let mut reader =
+                ranged::read_parts(store.clone(), &file, table, Some(&names), None).await?;
+            while let Some(batch) = ranged::next_batch(&mut reader, table, &file.path).await? {
                 let (Some(seqs), Some(ords)) = (
                     batch
                         .column_by_name("_tw_seq")
@@ -793,31 +791,30 @@ impl LakeSink {
             .map(|(i, _)| i)
             .collect();
         let open = self.tables.get(table).expect("opened above");
-        let files = data_files(&open.table, table)?;
+        let files = ranged::data_files_sized(&open.table, table)?;
         let store = open.table.log_store().object_store(None);
         let arrow = |source| LakeError::Arrow {
             table: table.clone(),
             source,
         };
         let mut truncated = Mark::ZERO;
-        let parquet = |e: deltalake::parquet::errors::ParquetError| {
-            arrow(ArrowError::ExternalError(Box::new(e)))
-        };
         let mut narrow_names: Vec<&str> = key_columns
             .iter()
             .map(|&i| schema.columns[i].name.as_str())
             .collect();
         narrow_names.extend(["_tw_op", "_tw_seq", "_tw_ord"]);
-        for path in files {
-            let bytes = read_object(store.as_ref(), &path, table).await?;
+        for file in files {
+            let path = &file.path;
             // Pass 1: keys and marks only (the TOASTed values are the big
-            // columns); rows of a wanted key that beat what is known so far.
-            let reader = projected_reader(bytes.clone(), &narrow_names).map_err(parquet)?;
+            // columns, and are not even fetched); rows of a wanted key that
+            // beat what is known so far.
+            let mut reader =
+                ranged::read_parts(store.clone(), &file, table, Some(&narrow_names), None)
+                    .await?;
             // (row in file, key, mark, is a delete)
             let mut hits: Vec<(usize, String, Mark, bool)> = Vec::new();
             let mut offset = 0;
-            for batch in reader {
-                let batch = batch.map_err(arrow)?;
+            while let Some(batch) = ranged::next_batch(&mut reader, table, path).await? {
                 let column = |name: &str| batch.column_by_name(name).cloned();
                 let (Some(ops), Some(seqs), Some(ords)) =
                     (column("_tw_op"), column("_tw_seq"), column("_tw_ord"))
@@ -876,17 +873,17 @@ impl LakeSink {
             if hits.is_empty() {
                 continue;
             }
-            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-                .and_then(|b| b.build())
-                .map_err(parquet)?;
-            let mut offset = 0;
+            // Only the hit rows are read (the pages that hold them), in
+            // file order: the i-th row read is hits[i].
+            let rows: Vec<usize> = hits.iter().map(|h| h.0).collect();
+            let mut reader =
+                ranged::read_parts(store.clone(), &file, table, None, Some(&rows)).await?;
             let mut next = 0;
-            for batch in reader {
-                let batch = batch.map_err(arrow)?;
-                let end = offset + batch.num_rows();
-                while next < hits.len() && hits[next].0 < end {
-                    let (row_in_file, key, mark, _) = &hits[next];
-                    let row = row_in_file - offset;
+            while let Some(batch) = ranged::next_batch(&mut reader, table, path).await? {
+                for row in 0..batch.num_rows() {
+                    let Some((_, key, mark, _)) = hits.get(next) else {
+                        break;
+                    };
                     let mut values = Vec::with_capacity(schema.columns.len());
                     // A column the file does not have (added or renamed
                     // since) or holds as another type is unknown here, not
@@ -904,7 +901,6 @@ impl LakeSink {
                     found.insert(key.clone(), (*mark, Some(values)));
                     next += 1;
                 }
-                offset = end;
             }
         }
         Ok(found
@@ -1216,26 +1212,6 @@ pub(crate) fn info_mark(
 /// The data files of a table's current version, as object paths below the
 /// table.
 /// A reader of a Parquet file's top-level columns named in `names`.
-fn projected_reader(
-    bytes: bytes::Bytes,
-    names: &[&str],
-) -> Result<
-    deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReader,
-    deltalake::parquet::errors::ParquetError,
-> {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
-    let roots: Vec<usize> = builder
-        .schema()
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| names.contains(&f.name().as_str()))
-        .map(|(i, _)| i)
-        .collect();
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-    builder.with_projection(mask).build()
-}
-
 fn data_files(delta: &DeltaTable, table: &TableId) -> Result<Vec<deltalake::Path>, LakeError> {
     Ok(delta
         .snapshot()

@@ -1,0 +1,196 @@
+//! Reading parts of a data file by ranged requests: the footer, then only
+//! the column chunks a projection names (and, with a row selection and the
+//! page index, only the pages that hold the selected rows).
+//!
+//! Key lookups (unchanged TOAST values, a MySQL snapshot's resume key) need
+//! the key and metadata columns of a file, then a few whole rows. Fetching
+//! whole files made every lookup read every byte of the table, its large
+//! values included; this reads what the lookup uses.
+//!
+//! ```text
+//!  footer (one or two ranged GETs) ─▶ pass 1: key + _tw_* column chunks
+//!                                  ─▶ pass 2: pages holding the hit rows, all columns
+//! ```
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use deltalake::logstore::object_store::ObjectStoreExt;
+use deltalake::parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection};
+use deltalake::parquet::arrow::async_reader::{
+    AsyncFileReader, ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder,
+};
+use deltalake::parquet::errors::ParquetError;
+use deltalake::parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
+use futures_util::future::{BoxFuture, FutureExt};
+
+use super::*;
+
+/// One data file on the table's store, read by byte ranges.
+pub(super) struct RangeReader {
+    store: Arc<dyn deltalake::ObjectStore>,
+    path: deltalake::Path,
+    size: u64,
+    /// Read the column and offset indexes with the footer (a row selection
+    /// uses them to skip pages).
+    page_index: bool,
+}
+
+fn store_error(err: deltalake::ObjectStoreError) -> ParquetError {
+    ParquetError::External(Box::new(err))
+}
+
+impl AsyncFileReader for RangeReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, ParquetError>> {
+        async move {
+            self.store
+                .get_range(&self.path, range)
+                .await
+                .map_err(store_error)
+        }
+        .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, Result<Vec<Bytes>, ParquetError>> {
+        async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(store_error)
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, Result<Arc<ParquetMetaData>, ParquetError>> {
+        async move {
+            let policy = if self.page_index {
+                PageIndexPolicy::Optional
+            } else {
+                PageIndexPolicy::Skip
+            };
+            let size = self.size;
+            let metadata = ParquetMetaDataReader::new()
+                .with_page_index_policy(policy)
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
+}
+
+/// A data file of a table, as the Delta log lists it.
+pub(super) struct DataFile {
+    pub path: deltalake::Path,
+    /// Bytes, when the log says (else one HEAD request finds out).
+    pub size: Option<u64>,
+}
+
+/// The table's data files, with their sizes.
+pub(super) fn data_files_sized(
+    delta: &DeltaTable,
+    table: &TableId,
+) -> Result<Vec<DataFile>, LakeError> {
+    Ok(delta
+        .snapshot()
+        .map_err(|source| LakeError::delta(table, "listing the files of", source))?
+        .log_data()
+        .iter()
+        .map(|f| DataFile {
+            path: f.object_store_path(),
+            size: u64::try_from(f.size()).ok(),
+        })
+        .collect())
+}
+
+/// A reader of `file` that fetches only what it reads: the columns named in
+/// `names` (all when None), the rows of `rows` (all when None).
+pub(super) async fn read_parts(
+    store: Arc<dyn deltalake::ObjectStore>,
+    file: &DataFile,
+    table: &TableId,
+    names: Option<&[&str]>,
+    rows: Option<&[usize]>,
+) -> Result<ParquetRecordBatchStream<RangeReader>, LakeError> {
+    let size = match file.size {
+        Some(size) => size,
+        None => {
+            store
+                .head(&file.path)
+                .await
+                .map_err(|source| LakeError::Remote {
+                    location: format!("{table}: {}", file.path),
+                    source: Box::new(source),
+                })?
+                .size
+        }
+    };
+    let reader = RangeReader {
+        store,
+        path: file.path.clone(),
+        size,
+        page_index: rows.is_some(),
+    };
+    let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|err| parquet_error(table, &file.path, err))?;
+    if let Some(names) = names {
+        let roots: Vec<usize> = builder
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| names.contains(&f.name().as_str()))
+            .map(|(i, _)| i)
+            .collect();
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        builder = builder.with_projection(mask);
+    }
+    if let Some(rows) = rows {
+        let total = usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+        let selection = RowSelection::from_consecutive_ranges(rows.iter().map(|&r| r..r + 1), total);
+        builder = builder.with_row_selection(selection);
+    }
+    builder
+        .build()
+        .map_err(|err| parquet_error(table, &file.path, err))
+}
+
+/// The next batch of `stream`.
+pub(super) async fn next_batch(
+    stream: &mut ParquetRecordBatchStream<RangeReader>,
+    table: &TableId,
+    path: &deltalake::Path,
+) -> Result<Option<RecordBatch>, LakeError> {
+    stream
+        .try_next()
+        .await
+        .map_err(|err| parquet_error(table, path, err))
+}
+
+/// A failed read: the store's error (kept, so its class decides whether it
+/// is retried) or the file's.
+fn parquet_error(table: &TableId, path: &deltalake::Path, err: ParquetError) -> LakeError {
+    if let ParquetError::External(source) = err {
+        return match source.downcast::<deltalake::ObjectStoreError>() {
+            Ok(store) => LakeError::Remote {
+                location: format!("{table}: {path}"),
+                source: store,
+            },
+            Err(other) => LakeError::Arrow {
+                table: table.clone(),
+                source: ArrowError::ExternalError(other),
+            },
+        };
+    }
+    LakeError::Arrow {
+        table: table.clone(),
+        source: ArrowError::ExternalError(Box::new(err)),
+    }
+}
