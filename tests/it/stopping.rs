@@ -205,7 +205,9 @@ async fn mariadb_sigterm_while_the_snapshot_waits_for_a_table_lock_stops_at_once
 /// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_snapshot_then_snapshot_again_resumes_after_the_committed_chunks() {
-    const ROWS: usize = 60_000;
+    // Large enough that the copy lasts seconds after its first commits: with
+    // 60 000 rows it once completed (0.7 s) before the signal arrived.
+    const ROWS: usize = 400_000;
     let client = pg().create_database("stop_snap").await;
     client
         .batch_execute(&format!(
