@@ -738,10 +738,12 @@ impl LakeSink {
         let keys: Vec<&tidewater_core::Column> = schema.key_columns().collect();
         let mut names: Vec<&str> = keys.iter().map(|c| c.name.as_str()).collect();
         names.extend(["_tw_seq", "_tw_ord"]);
+        let fetched = Arc::default();
         for file in files {
             // Only the key and mark columns are fetched.
             let mut reader =
-                ranged::read_parts(store.clone(), &file, table, Some(&names), None).await?;
+                ranged::read_parts(store.clone(), &file, table, Some(&names), None, &fetched)
+                    .await?;
             while let Some(batch) = ranged::next_batch(&mut reader, table, &file.path).await? {
                 let (Some(seqs), Some(ords)) = (
                     batch
@@ -798,6 +800,9 @@ impl LakeSink {
             source,
         };
         let mut truncated = Mark::ZERO;
+        let fetched: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let file_bytes: u64 = files.iter().filter_map(|f| f.size).sum();
+        let file_count = files.len();
         let mut narrow_names: Vec<&str> = key_columns
             .iter()
             .map(|&i| schema.columns[i].name.as_str())
@@ -808,9 +813,15 @@ impl LakeSink {
             // Pass 1: keys and marks only (the TOASTed values are the big
             // columns, and are not even fetched); rows of a wanted key that
             // beat what is known so far.
-            let mut reader =
-                ranged::read_parts(store.clone(), &file, table, Some(&narrow_names), None)
-                    .await?;
+            let mut reader = ranged::read_parts(
+                store.clone(),
+                &file,
+                table,
+                Some(&narrow_names),
+                None,
+                &fetched,
+            )
+            .await?;
             // (row in file, key, mark, is a delete)
             let mut hits: Vec<(usize, String, Mark, bool)> = Vec::new();
             let mut offset = 0;
@@ -877,7 +888,8 @@ impl LakeSink {
             // file order: the i-th row read is hits[i].
             let rows: Vec<usize> = hits.iter().map(|h| h.0).collect();
             let mut reader =
-                ranged::read_parts(store.clone(), &file, table, None, Some(&rows)).await?;
+                ranged::read_parts(store.clone(), &file, table, None, Some(&rows), &fetched)
+                    .await?;
             let mut next = 0;
             while let Some(batch) = ranged::next_batch(&mut reader, table, path).await? {
                 for row in 0..batch.num_rows() {
@@ -903,6 +915,14 @@ impl LakeSink {
                 }
             }
         }
+        debug!(
+            table = %table,
+            keys = keys.len(),
+            files = file_count,
+            file_bytes,
+            fetched_bytes = fetched.load(std::sync::atomic::Ordering::Relaxed),
+            "looked up the latest images of keys"
+        );
         Ok(found
             .into_iter()
             .filter(|(_, (mark, _))| *mark > truncated)

@@ -34,6 +34,15 @@ pub(super) struct RangeReader {
     /// Read the column and offset indexes with the footer (a row selection
     /// uses them to skip pages).
     page_index: bool,
+    /// Bytes fetched, added up across the readers of one lookup.
+    fetched: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl RangeReader {
+    fn count(&self, bytes: u64) {
+        self.fetched
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn store_error(err: deltalake::ObjectStoreError) -> ParquetError {
@@ -43,10 +52,13 @@ fn store_error(err: deltalake::ObjectStoreError) -> ParquetError {
 impl AsyncFileReader for RangeReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, Result<Bytes, ParquetError>> {
         async move {
-            self.store
+            let bytes = self
+                .store
                 .get_range(&self.path, range)
                 .await
-                .map_err(store_error)
+                .map_err(store_error)?;
+            self.count(bytes.len() as u64);
+            Ok(bytes)
         }
         .boxed()
     }
@@ -56,10 +68,13 @@ impl AsyncFileReader for RangeReader {
         ranges: Vec<Range<u64>>,
     ) -> BoxFuture<'_, Result<Vec<Bytes>, ParquetError>> {
         async move {
-            self.store
+            let parts = self
+                .store
                 .get_ranges(&self.path, &ranges)
                 .await
-                .map_err(store_error)
+                .map_err(store_error)?;
+            self.count(parts.iter().map(|b| b.len() as u64).sum());
+            Ok(parts)
         }
         .boxed()
     }
@@ -117,6 +132,7 @@ pub(super) async fn read_parts(
     table: &TableId,
     names: Option<&[&str]>,
     rows: Option<&[usize]>,
+    fetched: &Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<ParquetRecordBatchStream<RangeReader>, LakeError> {
     let size = match file.size {
         Some(size) => size,
@@ -136,6 +152,7 @@ pub(super) async fn read_parts(
         path: file.path.clone(),
         size,
         page_index: rows.is_some(),
+        fetched: fetched.clone(),
     };
     let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await
@@ -154,7 +171,8 @@ pub(super) async fn read_parts(
     }
     if let Some(rows) = rows {
         let total = usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
-        let selection = RowSelection::from_consecutive_ranges(rows.iter().map(|&r| r..r + 1), total);
+        let selection =
+            RowSelection::from_consecutive_ranges(rows.iter().map(|&r| r..r + 1), total);
         builder = builder.with_row_selection(selection);
     }
     builder
