@@ -144,9 +144,11 @@ fn decide_postgres(
         }
     }
     let states = &recorded.tables;
-    let streaming = matches!(recorded.phase, Some(Phase::Stream { .. }));
-    let interrupted = matches!(recorded.phase, Some(Phase::Snapshot { .. }))
-        || (!streaming && states.values().any(|s| !s.snapshot_done));
+    let streaming = matches!(recorded.phase, Some(Phase::Stream { .. }))
+        || snapshot_committed(tables, recorded);
+    let interrupted = !streaming
+        && (matches!(recorded.phase, Some(Phase::Snapshot { .. }))
+            || states.values().any(|s| !s.snapshot_done));
     let owned = recorded.phase.is_some() || states.values().any(|s| s.snapshot_done);
     let stream = match (slot, interrupted, asked.snapshot) {
         // Nothing to copy again without a snapshot: continue our own slot.
@@ -240,6 +242,24 @@ fn postgres_resume(
     })
 }
 
+/// The initial snapshot committed in every table, but the phase record
+/// still says `snapshot`: a crash fell between the last commit and the
+/// flip to `stream`. Every captured table holds its whole copy (each
+/// snapshotted table is created in the destination, even an empty one, and
+/// its final commit records it done), so it streams on instead of copying
+/// everything again.
+fn snapshot_committed(tables: &[TableId], recorded: &Recorded) -> bool {
+    matches!(recorded.phase, Some(Phase::Snapshot { .. }))
+        && !tables.is_empty()
+        && tables.iter().all(|t| {
+            recorded
+                .tables
+                .get(t)
+                .is_some_and(|state| state.snapshot_done)
+        })
+        && recorded.tables.values().all(|state| state.snapshot_done)
+}
+
 /// A MySQL/MariaDB source: the server keeps no replica state, so the
 /// records hold everything: the phase says whether the initial snapshot
 /// completed, the acknowledged position where to resume (else the oldest
@@ -250,8 +270,9 @@ fn decide_mysql(
     asked: Asked<'_>,
 ) -> Result<StartPlan, PipelineError> {
     let states = &recorded.tables;
-    let interrupted = matches!(recorded.phase, Some(Phase::Snapshot { .. }))
-        || states.values().any(|s| !s.snapshot_done);
+    let interrupted = !snapshot_committed(tables, recorded)
+        && (matches!(recorded.phase, Some(Phase::Snapshot { .. }))
+            || states.values().any(|s| !s.snapshot_done));
     let owned = recorded.phase.is_some() || states.values().any(|s| s.snapshot_done);
     let resume_from = || {
         recorded.position.clone().or_else(|| {
@@ -650,6 +671,23 @@ mod tests {
                 "refuse SlotWithoutLake",
             ),
             (
+                "snapshot committed everywhere, the flip to stream lost: stream on",
+                pg(Some(slot())),
+                recorded(
+                    snapshot_phase(),
+                    &[("a", done.clone()), ("b", done.clone())],
+                ),
+                RUN,
+                "stream from=- copies=[] streamed=[a,b] stopped=[] phase=stream",
+            ),
+            (
+                "snapshot phase, a captured table not in the destination: start over",
+                pg(Some(slot())),
+                recorded(snapshot_phase(), &[("a", done.clone())]),
+                RUN,
+                "snapshot copy=true interrupted=true drop_slot=true resume=no",
+            ),
+            (
                 "interrupted snapshot without a plan: start over",
                 pg(Some(slot())),
                 recorded(snapshot_phase(), &[("a", copying.clone())]),
@@ -844,6 +882,12 @@ mod tests {
                 Recorded::default(),
                 asked(SnapshotMode::Never, &[], Mode::Continuous),
                 "snapshot copy=false interrupted=false drop_slot=false resume=no",
+            ),
+            (
+                "snapshot committed everywhere, the flip to stream lost: stream on",
+                recorded(binlog_phase(true), &[("a", done(300)), ("b", done(200))]),
+                RUN,
+                "stream from=mysql-bin.000002:200 copies=[] streamed=[a,b] stopped=[] phase=stream",
             ),
             (
                 "interrupted snapshot: a resume candidate",
