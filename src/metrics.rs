@@ -40,6 +40,9 @@ struct State {
     events: u64,
     lag_seconds: f64,
     lag_bytes: Option<u64>,
+    /// Source commit to durable, of the last transaction a commit made
+    /// durable (not reset when heartbeats show the pipeline caught up).
+    transaction_latency: Option<f64>,
     commit_buckets: [u64; COMMIT_BUCKETS.len()],
     commit_count: u64,
     commit_sum: f64,
@@ -170,6 +173,12 @@ impl Metrics {
         });
     }
 
+    /// Seconds from the source commit of the last transaction a commit made
+    /// durable to that commit.
+    pub fn transaction_latency(&self, seconds: f64) {
+        self.with(|s| s.transaction_latency = Some(seconds.max(0.0)));
+    }
+
     pub fn snapshot_rows(&self, done: u64, estimate: u64) {
         self.with(|s| {
             s.snapshot_rows = done;
@@ -263,6 +272,18 @@ impl Metrics {
                 "tidewater_replication_lag_seconds {:.3}",
                 s.lag_seconds
             );
+            if let Some(seconds) = s.transaction_latency {
+                metric(
+                    &mut out,
+                    "tidewater_last_transaction_latency_seconds",
+                    "gauge",
+                    "source commit to durable in the destination, of the last transaction a commit made durable",
+                );
+                let _ = writeln!(
+                    out,
+                    "tidewater_last_transaction_latency_seconds {seconds:.3}"
+                );
+            }
             if let Some(bytes) = s.lag_bytes {
                 metric(
                     &mut out,

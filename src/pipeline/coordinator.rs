@@ -711,6 +711,9 @@ impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
                 .map_or(0, |d| d.as_micros() as i64);
             let lag = (now_us - self.last_complete_ts_us).max(0) as f64 / 1e6;
             self.metrics.lag(lag, self.lag_bytes());
+            if tables > 0 {
+                self.metrics.transaction_latency(lag);
+            }
         }
         self.record_acked_position(true).await?;
         if self.nothing_pending() && !self.in_transaction {
