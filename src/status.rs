@@ -209,21 +209,7 @@ async fn warehouse_status(
             })
         })
         .collect();
-    let source = match &settings.source {
-        SourceSettings::Postgres(config) => postgres_status(config).await,
-        SourceSettings::Mysql(config) => {
-            mysql_status(
-                config,
-                sink.state()
-                    .read::<SourcePosition>()
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|p| p.position),
-            )
-            .await
-        }
-    };
+    let source = source_status(settings, &sink.state()).await;
     let report = json!({"pipeline": settings.pipeline, "sink": "warehouse", "process": process, "source": source, "tables": tables});
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("json")),
@@ -311,21 +297,7 @@ pub async fn status(settings: &Settings, format: Format, only: Option<&str>) -> 
             "stopped": stop.map(|s| json!({"position": s.position, "reason": s.reason, "stopped_at": s.stopped_at})),
         }));
     }
-    let source = match &settings.source {
-        SourceSettings::Postgres(config) => postgres_status(config).await,
-        SourceSettings::Mysql(config) => {
-            mysql_status(
-                config,
-                sink.state()
-                    .read::<SourcePosition>()
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|p| p.position),
-            )
-            .await
-        }
-    };
+    let source = source_status(settings, &sink.state()).await;
     let report = json!({"pipeline": settings.pipeline, "process": process, "source": source, "tables": tables});
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("json")),
@@ -585,4 +557,16 @@ async fn stopped_tables<S: StateStore>(
     state: &S,
 ) -> Result<Vec<tidewater_core::StoppedTable>, S::Error> {
     Ok(state.read::<StoppedTables>().await?.unwrap_or_default().0)
+}
+
+/// The source's side of `status`: the slot (Postgres), or the server's
+/// position against the one the pipeline recorded (binlog).
+async fn source_status<S: StateStore>(settings: &Settings, state: &S) -> serde_json::Value {
+    match &settings.source {
+        SourceSettings::Postgres(config) => postgres_status(config).await,
+        SourceSettings::Mysql(config) => {
+            let recorded = state.read::<SourcePosition>().await.ok().flatten();
+            mysql_status(config, recorded.map(|p| p.position)).await
+        }
+    }
 }

@@ -168,9 +168,7 @@ impl StateRecord for Phase {
     const KIND: RecordKind = RecordKind::Phase;
 
     fn encode(&self) -> String {
-        let mut value = serde_json::to_value(self).expect("a phase serializes");
-        value["format"] = FORMAT.into();
-        format!("{value}\n")
+        with_format(self)
     }
 
     fn decode(text: &str) -> Result<(Self, bool), String> {
@@ -412,9 +410,7 @@ impl StateRecord for SourcePosition {
     const KIND: RecordKind = RecordKind::SourcePosition;
 
     fn encode(&self) -> String {
-        let mut value = serde_json::to_value(self).expect("a position serializes");
-        value["format"] = FORMAT.into();
-        format!("{value}\n")
+        with_format(self)
     }
 
     fn decode(text: &str) -> Result<(Self, bool), String> {
@@ -435,6 +431,13 @@ impl StateRecord for SourcePosition {
         let position = serde_json::from_value(value).map_err(|err| json_problem(&err))?;
         Ok((position, false))
     }
+}
+
+/// `record` as one line of JSON with the current `format`.
+fn with_format<T: Serialize>(record: &T) -> String {
+    let mut value = serde_json::to_value(record).expect("records serialize");
+    value["format"] = FORMAT.into();
+    format!("{value}\n")
 }
 
 /// `text` as JSON whose `format` this release reads.
