@@ -50,7 +50,10 @@ use crate::store::LakeStore;
 use tidewater_core::state_file::json_problem;
 
 mod current;
+#[cfg(test)]
+mod lookup_tests;
 mod maintenance;
+mod prune;
 mod ranged;
 mod read;
 pub use current::MergeReport;
@@ -444,7 +447,7 @@ impl LakeSink {
             .key_columns()
             .map(|c| c.name.as_str())
             .collect();
-        let properties = writer_properties(&narrowed, if keys.len() == 1 { &keys } else { &[] });
+        let properties = writer_properties(&narrowed, &keys);
         let mut writer = RecordBatchWriter::for_table(&open.table)
             .map_err(|source| LakeError::delta(&batch.table, "writing to", source))?
             .with_writer_properties(properties.clone());
@@ -729,7 +732,17 @@ impl LakeSink {
             return Ok(None);
         }
         let open = self.tables.get(table).expect("opened above");
-        let files = ranged::data_files_sized(&open.table, table)?;
+        // Only files whose mark ranges hold the mark, and their pages whose
+        // `_tw_ord` range does (a snapshot's rows share one `_tw_seq`).
+        let probe = prune::Probe::new(
+            vec!["_tw_ord".to_string(), "_tw_seq".to_string()],
+            &[vec![
+                Datum::Int64(mark.ord as i64),
+                Datum::Int64(mark.seq as i64),
+            ]],
+        );
+        let mut files = ranged::data_files_sized(&open.table, table)?;
+        files.retain(|f| probe.file_may_hold(f.stats.as_deref()));
         let store = open.table.log_store().object_store(None);
         let arrow = |source| LakeError::Arrow {
             table: table.clone(),
@@ -741,9 +754,15 @@ impl LakeSink {
         let fetched = Arc::default();
         for file in files {
             // Only the key and mark columns are fetched.
-            let mut reader =
-                ranged::read_parts(store.clone(), &file, table, Some(&names), None, &fetched)
-                    .await?;
+            let (mut reader, _) = ranged::read_parts(
+                store.clone(),
+                &file,
+                table,
+                Some(&names),
+                ranged::Rows::Pages(&probe),
+                &fetched,
+            )
+            .await?;
             while let Some(batch) = ranged::next_batch(&mut reader, table, &file.path).await? {
                 let (Some(seqs), Some(ords)) = (
                     batch
@@ -778,11 +797,21 @@ impl LakeSink {
         schema: &TableSchema,
         keys: &[Vec<Datum>],
     ) -> Result<HashMap<String, Vec<Datum>>, LakeError> {
+        Ok(self.lookup(schema, keys).await?.0)
+    }
+
+    /// [`LakeSink::latest_rows`], with what the lookup read.
+    async fn lookup(
+        &mut self,
+        schema: &TableSchema,
+        keys: &[Vec<Datum>],
+    ) -> Result<(HashMap<String, Vec<Datum>>, LookupReport), LakeError> {
         let table = &schema.table;
         let mut found: HashMap<String, (Mark, Option<Vec<Datum>>)> = HashMap::new();
         if keys.is_empty() || self.table_state(table).await?.is_none() {
-            return Ok(HashMap::new());
+            return Ok((HashMap::new(), LookupReport::default()));
         }
+        let mut report = LookupReport::default();
         let wanted: std::collections::HashSet<String> =
             keys.iter().map(|k| key_string(k)).collect();
         let key_columns: Vec<usize> = schema
@@ -793,7 +822,19 @@ impl LakeSink {
             .map(|(i, _)| i)
             .collect();
         let open = self.tables.get(table).expect("opened above");
-        let files = ranged::data_files_sized(&open.table, table)?;
+        let mut files = ranged::data_files_sized(&open.table, table)?;
+        let file_bytes: u64 = files.iter().filter_map(|f| f.size).sum();
+        let file_count = files.len();
+        // Only files (Delta statistics) and pages (page index) whose key
+        // range may hold a wanted key, or a NULL key (a truncate).
+        let probe = prune::Probe::new(
+            key_columns
+                .iter()
+                .map(|&i| schema.columns[i].name.clone())
+                .collect(),
+            keys,
+        );
+        files.retain(|f| probe.file_may_hold(f.stats.as_deref()));
         let store = open.table.log_store().object_store(None);
         let arrow = |source| LakeError::Arrow {
             table: table.clone(),
@@ -801,8 +842,7 @@ impl LakeSink {
         };
         let mut truncated = Mark::ZERO;
         let fetched: Arc<std::sync::atomic::AtomicU64> = Arc::default();
-        let file_bytes: u64 = files.iter().filter_map(|f| f.size).sum();
-        let file_count = files.len();
+        let files_read = files.len();
         let mut narrow_names: Vec<&str> = key_columns
             .iter()
             .map(|&i| schema.columns[i].name.as_str())
@@ -811,26 +851,40 @@ impl LakeSink {
         for file in files {
             let path = &file.path;
             // Pass 1: keys and marks only (the TOASTed values are the big
-            // columns, and are not even fetched); rows of a wanted key that
-            // beat what is known so far.
-            let mut reader = ranged::read_parts(
+            // columns, and are not even fetched) of the candidate pages;
+            // rows of a wanted key that beat what is known so far.
+            let (mut reader, selection) = ranged::read_parts(
                 store.clone(),
                 &file,
                 table,
                 Some(&narrow_names),
-                None,
+                ranged::Rows::Pages(&probe),
                 &fetched,
             )
             .await?;
+            // The file row of each row read, in order.
+            let mut file_rows: Box<dyn Iterator<Item = usize> + Send> = match &selection {
+                Some(selection) => Box::new(
+                    prune::selected_rows(selection)
+                        .collect::<Vec<_>>()
+                        .into_iter(),
+                ),
+                None => Box::new(0..),
+            };
             // (row in file, key, mark, is a delete)
             let mut hits: Vec<(usize, String, Mark, bool)> = Vec::new();
-            let mut offset = 0;
             while let Some(batch) = ranged::next_batch(&mut reader, table, path).await? {
+                let rows: Vec<usize> = file_rows.by_ref().take(batch.num_rows()).collect();
+                report.rows_scanned += batch.num_rows();
+                if rows.len() != batch.num_rows() {
+                    return Err(arrow(ArrowError::ComputeError(format!(
+                        "{path}: the reader returned more rows than it was asked for"
+                    ))));
+                }
                 let column = |name: &str| batch.column_by_name(name).cloned();
                 let (Some(ops), Some(seqs), Some(ords)) =
                     (column("_tw_op"), column("_tw_seq"), column("_tw_ord"))
                 else {
-                    offset += batch.num_rows();
                     continue;
                 };
                 // Files written by another tool may type these otherwise.
@@ -848,7 +902,7 @@ impl LakeSink {
                     .iter()
                     .map(|&i| column(&schema.columns[i].name))
                     .collect();
-                for row in 0..batch.num_rows() {
+                for (row, &file_row) in rows.iter().enumerate() {
                     let mark = Mark::new(seqs.value(row) as u64, ords.value(row) as u64);
                     if ops.value(row) == "t" {
                         truncated = truncated.max(mark);
@@ -872,9 +926,8 @@ impl LakeSink {
                     }
                     let delete = ops.value(row) == "d";
                     found.insert(key.clone(), (mark, None));
-                    hits.push((offset + row, key, mark, delete));
+                    hits.push((file_row, key, mark, delete));
                 }
-                offset += batch.num_rows();
             }
             // Pass 2: the whole rows of those hits (a later file may still
             // supersede them; `found` keeps the latest mark).
@@ -887,9 +940,15 @@ impl LakeSink {
             // Only the hit rows are read (the pages that hold them), in
             // file order: the i-th row read is hits[i].
             let rows: Vec<usize> = hits.iter().map(|h| h.0).collect();
-            let mut reader =
-                ranged::read_parts(store.clone(), &file, table, None, Some(&rows), &fetched)
-                    .await?;
+            let (mut reader, _) = ranged::read_parts(
+                store.clone(),
+                &file,
+                table,
+                None,
+                ranged::Rows::These(&rows),
+                &fetched,
+            )
+            .await?;
             let mut next = 0;
             while let Some(batch) = ranged::next_batch(&mut reader, table, path).await? {
                 for row in 0..batch.num_rows() {
@@ -919,15 +978,21 @@ impl LakeSink {
             table = %table,
             keys = keys.len(),
             files = file_count,
+            files_read,
             file_bytes,
             fetched_bytes = fetched.load(std::sync::atomic::Ordering::Relaxed),
             "looked up the latest images of keys"
         );
-        Ok(found
+        report.files = file_count;
+        report.files_read = files_read;
+        report.file_bytes = file_bytes;
+        report.fetched_bytes = fetched.load(std::sync::atomic::Ordering::Relaxed);
+        let found = found
             .into_iter()
             .filter(|(_, (mark, _))| *mark > truncated)
             .filter_map(|(key, (_, image))| image.map(|values| (key, values)))
-            .collect())
+            .collect();
+        Ok((found, report))
     }
 
     /// Row count and file count of a table from the Delta log (no data read).
@@ -1217,6 +1282,19 @@ async fn newest_mark(delta: &DeltaTable, pipeline: &str) -> Option<Mark> {
 /// A text value of a commit's `commitInfo`, where tidewater keeps its marks.
 pub(crate) fn info_text(info: &HashMap<String, Value>, key: &str) -> Option<String> {
     info.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+/// What one lookup by key read (for the debug line and the tests).
+#[derive(Debug, Default, Clone, Copy)]
+struct LookupReport {
+    /// Data files of the table, and their bytes.
+    files: usize,
+    file_bytes: u64,
+    /// Files whose statistics may hold a wanted key.
+    files_read: usize,
+    /// Rows whose key and mark columns were read (candidate pages).
+    rows_scanned: usize,
+    fetched_bytes: u64,
 }
 
 /// The mark a commit recorded under `seq_key` / `ord_key`.

@@ -11,7 +11,9 @@
 use deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use deltalake::arrow::datatypes::{DataType, Date32Type, TimeUnit, TimestampMicrosecondType};
 use deltalake::parquet::basic::Compression;
-use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::parquet::file::properties::{
+    EnabledStatistics, WriterProperties, WriterPropertiesBuilder,
+};
 use deltalake::parquet::schema::types::ColumnPath;
 
 /// 0001-01-01 and 9999-12-31 as days since 1970-01-01.
@@ -22,9 +24,22 @@ const SAFE_DAYS: (i32, i32) = (-719_162, 2_932_896);
 /// 0001-01-01T00:00:00 and 9999-12-31T23:59:59.999999 in microseconds.
 const SAFE_MICROS: (i64, i64) = (-62_135_596_800_000_000, 253_402_300_799_999_999);
 
-/// Writer properties for one batch: snappy, and no statistics on the columns
-/// [`columns_without_stats`] names.
-pub fn writer_properties(batch: &RecordBatch, unique: &[&str]) -> WriterProperties {
+/// Bytes of a data page of the key and mark columns. Lookups by key read
+/// those columns of only the pages whose min/max (the page index) may hold
+/// a wanted key, so small pages make a lookup cost what its keys cost: at
+/// 8 KiB an 8-byte key has ~1 000 values a page (the writer checks the
+/// limit every 1 024 values).
+pub const LOOKUP_PAGE_BYTES: usize = 8 * 1024;
+
+/// The columns lookups by key read first: the key's and the marks.
+fn lookup_columns<'a>(keys: &'a [&'a str]) -> impl Iterator<Item = &'a str> {
+    keys.iter().copied().chain(["_tw_seq", "_tw_ord", "_tw_op"])
+}
+
+/// Writer properties for one batch of a table keyed by `keys`: snappy,
+/// small pages for the key and mark columns, and no statistics on the
+/// columns [`columns_without_stats`] names.
+pub fn writer_properties(batch: &RecordBatch, keys: &[&str]) -> WriterProperties {
     let mut builder = WriterProperties::builder()
         .set_created_by(format!("tidewater {}", env!("CARGO_PKG_VERSION")))
         .set_compression(Compression::SNAPPY)
@@ -33,13 +48,27 @@ pub fn writer_properties(batch: &RecordBatch, unique: &[&str]) -> WriterProperti
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
     // A dictionary never pays off for columns whose values repeat little
     // (`_tw_ord`, a single-column key): interning each value is pure cost.
+    let unique: &[&str] = if keys.len() == 1 { keys } else { &[] };
     for name in unique.iter().copied().chain(["_tw_ord"]) {
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(name), false);
     }
+    builder = lookup_pages(builder, keys);
     for path in columns_without_stats(batch) {
         builder = builder.set_column_statistics_enabled(path, EnabledStatistics::None);
     }
     builder.build()
+}
+
+/// Small pages (see [`LOOKUP_PAGE_BYTES`]) for the key and mark columns.
+pub fn lookup_pages(
+    mut builder: WriterPropertiesBuilder,
+    keys: &[&str],
+) -> WriterPropertiesBuilder {
+    for name in lookup_columns(keys) {
+        builder =
+            builder.set_column_data_page_size_limit(ColumnPath::from(name), LOOKUP_PAGE_BYTES);
+    }
+    builder
 }
 
 /// Parquet leaf paths of date/timestamp columns holding values outside years

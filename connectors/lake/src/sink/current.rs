@@ -6,12 +6,22 @@
 //! ```text
 //!  change log (committed up to mark M) ──┐
 //!  current table (merged up to mark M0) ─┤ merge, every current_state_interval_ms:
-//!    1. log rows after M0: the latest change per key (and the last truncate)
-//!    2. current files holding a changed key are rewritten without it
-//!       (all files go after a truncate)
-//!    3. the latest images that are not deletes are appended
+//!    1. log files whose mark maxima pass M0 (Delta statistics): their key
+//!       and mark columns; the latest change per key after M0 (and the last
+//!       truncate)
+//!    2. current files whose key statistics may hold a changed key are read
+//!       one at a time and rewritten without it (all files go after a truncate);
+//!       the others are not even opened
+//!    3. the latest images that are not deletes: only their rows (pages) of
+//!       the log files holding them
 //!    4. one commit: removes + adds + "merged up to M" (+ its own app txn)
 //! ```
+//!
+//! So a merge reads what changed since the last one, not the whole history,
+//! and holds the changed keys plus one current file in memory (files are
+//! written in the sink's target file size). Current files whose key ranges
+//! overlap every change (keys spread evenly over the whole table) are all
+//! rewritten: copy-on-write costs what the touched files cost.
 //!
 //! The merge is idempotent: a crash before its commit leaves the current
 //! table as it was and the next merge starts again from M0; the commit
@@ -25,7 +35,7 @@ use deltalake::arrow::array::BooleanArray;
 use deltalake::arrow::compute::filter_record_batch;
 use deltalake::arrow::util::display::array_value_to_string;
 
-use super::maintenance::{align_batch, read_file};
+use super::maintenance::align_batch;
 use super::*;
 use deltalake::writer::DeltaWriter;
 
@@ -36,6 +46,8 @@ const KEY_MERGED_ORD: &str = "tidewater.merged_ord";
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct MergeReport {
     pub changed_keys: usize,
+    /// Change log files read (those that may hold rows after the last merge).
+    pub log_files_read: usize,
     pub files_rewritten: usize,
     pub rows_written: usize,
 }
@@ -46,10 +58,12 @@ struct Latest {
     file: usize,
     row: usize,
     delete: bool,
+    /// The key's values as statistics compare them.
+    points: Vec<Option<prune::Point>>,
 }
 
 impl LakeSink {
-    fn current_rel(&self, table: &TableId) -> String {
+    pub(super) fn current_rel(&self, table: &TableId) -> String {
         format!(
             "{}.current/{}/{}",
             self.pipeline,
@@ -102,17 +116,32 @@ impl LakeSink {
         if state.mark <= merged {
             return Ok(none);
         }
-        // 1. The latest change per key after the merged mark.
+        // 1. The latest change per key after the merged mark, from the log
+        //    files that may hold rows after it (their `_tw_seq` statistics)
+        //    and only their key and mark columns.
         let open = self.tables.get(table).expect("checked above");
         let log_store = open.table.log_store().object_store(None);
-        let log_files = data_files(&open.table, table)?;
+        let mut log_files = ranged::data_files_sized(&open.table, table)?;
+        log_files.retain(|f| {
+            prune::file_may_pass(f.stats.as_deref(), merged.seq as i64, merged.ord as i64)
+        });
+        let mut narrow: Vec<&str> = keys.iter().map(String::as_str).collect();
+        narrow.extend(["_tw_op", "_tw_seq", "_tw_ord"]);
+        let fetched = Arc::default();
         let mut latest: HashMap<String, Latest> = HashMap::new();
         let mut truncated = Mark::ZERO;
-        let mut contents = Vec::with_capacity(log_files.len());
-        for (i, path) in log_files.iter().enumerate() {
-            let bytes = read_object(log_store.as_ref(), path, table).await?;
+        for (i, file) in log_files.iter().enumerate() {
+            let (mut reader, _) = ranged::read_parts(
+                log_store.clone(),
+                file,
+                table,
+                Some(&narrow),
+                ranged::Rows::All,
+                &fetched,
+            )
+            .await?;
             let mut offset = 0;
-            for batch in read_file(table, &bytes)? {
+            while let Some(batch) = ranged::next_batch(&mut reader, table, &file.path).await? {
                 let marks = marks_of(table, &batch)?;
                 for (row, (mark, op)) in marks.into_iter().enumerate() {
                     if mark <= merged {
@@ -124,6 +153,14 @@ impl LakeSink {
                     }
                     let key = key_of(&batch, &keys, row);
                     if latest.get(&key).is_none_or(|l| l.mark < mark) {
+                        let points = keys
+                            .iter()
+                            .map(|k| {
+                                batch
+                                    .column_by_name(k)
+                                    .and_then(|c| prune::Point::from_array(c.as_ref(), row))
+                            })
+                            .collect();
                         latest.insert(
                             key,
                             Latest {
@@ -131,95 +168,132 @@ impl LakeSink {
                                 file: i,
                                 row: offset + row,
                                 delete: op == "d",
+                                points,
                             },
                         );
                     }
                 }
                 offset += batch.num_rows();
             }
-            contents.push(bytes);
         }
         latest.retain(|_, l| l.mark > truncated);
         let changed: HashSet<&String> = latest.keys().collect();
-        // 2. Current files holding a changed key (all after a truncate).
+        // 2. Current files that may hold a changed key (their key
+        //    statistics), rewritten without them one at a time; all go after
+        //    a truncate.
         let current_store = current.log_store().object_store(None);
         let mut actions = Vec::new();
         let mut report = MergeReport {
             changed_keys: latest.len(),
+            log_files_read: log_files.len(),
             ..MergeReport::default()
         };
+        let key_names: Vec<&str> = keys.iter().map(String::as_str).collect();
         let mut writer = RecordBatchWriter::for_table(&current)
-            .map_err(|source| LakeError::delta(table, "merging", source))?;
+            .map_err(|source| LakeError::delta(table, "merging", source))?
+            .with_target_file_size(self.target_file_bytes)
+            .with_writer_properties(
+                crate::stats::lookup_pages(
+                    deltalake::parquet::file::properties::WriterProperties::builder()
+                        .set_compression(deltalake::parquet::basic::Compression::SNAPPY),
+                    &key_names,
+                )
+                .build(),
+            );
         let before = writer.arrow_schema();
         // Written in the log's columns: the current table grows with it.
         let target = current_schema.clone();
-        let files: Vec<(deltalake::Path, deltalake::kernel::Remove)> = current
+        let probe = prune::Probe::of_points(
+            keys.clone(),
+            latest.values().map(|l| l.points.clone()).collect(),
+        );
+        let files: Vec<(ranged::DataFile, deltalake::kernel::Remove)> = current
             .snapshot()
             .map_err(|source| LakeError::delta(table, "merging", source))?
             .log_data()
             .iter()
-            .map(|f| (f.object_store_path(), f.remove_action(true)))
+            .map(|f| {
+                (
+                    ranged::DataFile {
+                        path: f.object_store_path(),
+                        size: u64::try_from(f.size()).ok(),
+                        stats: f.stats(),
+                    },
+                    f.remove_action(true),
+                )
+            })
             .collect();
-        for (path, remove) in files {
+        for (file, remove) in files {
             if truncated > merged {
                 actions.push(Action::Remove(remove));
                 report.files_rewritten += 1;
                 continue;
             }
-            let bytes = read_object(current_store.as_ref(), &path, table).await?;
-            let batches = read_file(table, &bytes)?;
-            let hit = batches
-                .iter()
-                .any(|b| (0..b.num_rows()).any(|r| changed.contains(&key_of(b, &keys, r))));
-            if !hit {
+            if latest.is_empty() || !probe.file_may_hold(file.stats.as_deref()) {
                 continue;
             }
-            for batch in batches {
+            let (mut reader, _) = ranged::read_parts(
+                current_store.clone(),
+                &file,
+                table,
+                None,
+                ranged::Rows::All,
+                &fetched,
+            )
+            .await?;
+            let mut kept_batches = Vec::new();
+            let mut hit = false;
+            while let Some(batch) = ranged::next_batch(&mut reader, table, &file.path).await? {
                 let keep: BooleanArray = (0..batch.num_rows())
                     .map(|r| Some(!changed.contains(&key_of(&batch, &keys, r))))
                     .collect();
+                hit |= keep.false_count() > 0;
                 let kept =
                     filter_record_batch(&batch, &keep).map_err(|source| LakeError::Arrow {
                         table: table.clone(),
                         source,
                     })?;
                 if kept.num_rows() > 0 {
-                    report.rows_written += kept.num_rows();
-                    let kept = align_batch(table, &kept, &target)?;
-                    writer
-                        .write_with_mode(kept, WriteMode::MergeSchema)
-                        .await
-                        .map_err(|source| LakeError::delta(table, "merging", source))?;
+                    kept_batches.push(kept);
                 }
+            }
+            if !hit {
+                continue;
+            }
+            for kept in kept_batches {
+                report.rows_written += kept.num_rows();
+                let kept = align_batch(table, &kept, &target)?;
+                writer
+                    .write_with_mode(kept, WriteMode::MergeSchema)
+                    .await
+                    .map_err(|source| LakeError::delta(table, "merging", source))?;
             }
             actions.push(Action::Remove(remove));
             report.files_rewritten += 1;
         }
-        // 3. The latest images that are not deletes, from the log.
-        let mut wanted: HashMap<usize, HashSet<usize>> = HashMap::new();
+        // 3. The latest images that are not deletes: only their rows (the
+        //    pages holding them) of the log files that hold them.
+        let mut wanted: HashMap<usize, Vec<usize>> = HashMap::new();
         for l in latest.values().filter(|l| !l.delete) {
-            wanted.entry(l.file).or_default().insert(l.row);
+            wanted.entry(l.file).or_default().push(l.row);
         }
-        for (i, bytes) in contents.iter().enumerate() {
-            let Some(rows) = wanted.get(&i) else {
+        for (i, file) in log_files.iter().enumerate() {
+            let Some(rows) = wanted.get_mut(&i) else {
                 continue;
             };
-            let mut offset = 0;
-            for batch in read_file(table, bytes)? {
-                let keep: BooleanArray = (0..batch.num_rows())
-                    .map(|r| Some(rows.contains(&(offset + r))))
-                    .collect();
-                offset += batch.num_rows();
-                let picked =
-                    filter_record_batch(&batch, &keep).map_err(|source| LakeError::Arrow {
-                        table: table.clone(),
-                        source,
-                    })?;
-                if picked.num_rows() == 0 {
-                    continue;
-                }
-                report.rows_written += picked.num_rows();
-                let picked = align_batch(table, &picked, &target)?;
+            rows.sort_unstable();
+            let (mut reader, _) = ranged::read_parts(
+                log_store.clone(),
+                file,
+                table,
+                None,
+                ranged::Rows::These(rows),
+                &fetched,
+            )
+            .await?;
+            while let Some(batch) = ranged::next_batch(&mut reader, table, &file.path).await? {
+                report.rows_written += batch.num_rows();
+                let picked = align_batch(table, &batch, &target)?;
                 writer
                     .write_with_mode(picked, WriteMode::MergeSchema)
                     .await

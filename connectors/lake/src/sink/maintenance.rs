@@ -118,12 +118,24 @@ impl LakeSink {
         let mut actions = Vec::new();
         let mut report = CompactionReport::default();
         let store = open.table.log_store().object_store(None);
+        let keys: Vec<String> = open
+            .history
+            .latest()
+            .map(|v| {
+                v.columns
+                    .iter()
+                    .filter(|c| c.key)
+                    .map(|c| c.lake_column.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         for (partition, group) in &groups {
             let mut files = Vec::with_capacity(group.len());
             for (path, _) in group {
                 files.push(read_object(store.as_ref(), path, table).await?);
             }
-            let properties = merged_properties(table, &files)?;
+            let properties = merged_properties(table, &files, &keys)?;
             let mut writer = RecordBatchWriter::for_table(&open.table)
                 .map_err(delta("compacting"))?
                 .with_writer_properties(properties);
@@ -269,10 +281,14 @@ fn with_partition_values(
 fn merged_properties(
     table: &TableId,
     files: &[bytes::Bytes],
+    keys: &[&str],
 ) -> Result<WriterProperties, LakeError> {
-    let mut builder = WriterProperties::builder()
-        .set_created_by(format!("tidewater {}", env!("CARGO_PKG_VERSION")))
-        .set_compression(deltalake::parquet::basic::Compression::SNAPPY);
+    let mut builder = crate::stats::lookup_pages(
+        WriterProperties::builder()
+            .set_created_by(format!("tidewater {}", env!("CARGO_PKG_VERSION")))
+            .set_compression(deltalake::parquet::basic::Compression::SNAPPY),
+        keys,
+    );
     let mut without = Vec::new();
     for file in files {
         let builder = ParquetRecordBatchReaderBuilder::try_new(file.clone())

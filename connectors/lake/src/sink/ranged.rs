@@ -24,6 +24,7 @@ use deltalake::parquet::errors::ParquetError;
 use deltalake::parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 use futures_util::future::{BoxFuture, FutureExt};
 
+use super::prune::Probe;
 use super::*;
 
 /// One data file on the table's store, read by byte ranges.
@@ -105,6 +106,8 @@ pub(super) struct DataFile {
     pub path: deltalake::Path,
     /// Bytes, when the log says (else one HEAD request finds out).
     pub size: Option<u64>,
+    /// The Delta log's statistics of the file (JSON), if it has them.
+    pub stats: Option<String>,
 }
 
 /// The table's data files, with their sizes.
@@ -120,20 +123,31 @@ pub(super) fn data_files_sized(
         .map(|f| DataFile {
             path: f.object_store_path(),
             size: u64::try_from(f.size()).ok(),
+            stats: f.stats(),
         })
         .collect())
 }
 
+/// Which rows of a file a read returns.
+pub(super) enum Rows<'a> {
+    All,
+    /// These row numbers (sorted): only the pages holding them are fetched.
+    These(&'a [usize]),
+    /// The rows of the pages whose key statistics may hold a wanted key.
+    Pages(&'a Probe),
+}
+
 /// A reader of `file` that fetches only what it reads: the columns named in
-/// `names` (all when None), the rows of `rows` (all when None).
+/// `names` (all when None), the rows `rows` picks; with the selection it
+/// applied (the n-th row read is the n-th row it selects), None for all.
 pub(super) async fn read_parts(
     store: Arc<dyn deltalake::ObjectStore>,
     file: &DataFile,
     table: &TableId,
     names: Option<&[&str]>,
-    rows: Option<&[usize]>,
+    rows: Rows<'_>,
     fetched: &Arc<std::sync::atomic::AtomicU64>,
-) -> Result<ParquetRecordBatchStream<RangeReader>, LakeError> {
+) -> Result<(ParquetRecordBatchStream<RangeReader>, Option<RowSelection>), LakeError> {
     let size = match file.size {
         Some(size) => size,
         None => {
@@ -151,7 +165,7 @@ pub(super) async fn read_parts(
         store,
         path: file.path.clone(),
         size,
-        page_index: rows.is_some(),
+        page_index: !matches!(rows, Rows::All),
         fetched: fetched.clone(),
     };
     let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
@@ -169,15 +183,22 @@ pub(super) async fn read_parts(
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
         builder = builder.with_projection(mask);
     }
-    if let Some(rows) = rows {
-        let total = usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
-        let selection =
-            RowSelection::from_consecutive_ranges(rows.iter().map(|&r| r..r + 1), total);
-        builder = builder.with_row_selection(selection);
+    let total = usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+    let selection = match rows {
+        Rows::All => None,
+        Rows::These(rows) => Some(RowSelection::from_consecutive_ranges(
+            rows.iter().map(|&r| r..r + 1),
+            total,
+        )),
+        Rows::Pages(probe) => probe.pages(builder.metadata()),
+    };
+    if let Some(selection) = &selection {
+        builder = builder.with_row_selection(selection.clone());
     }
-    builder
+    let stream = builder
         .build()
-        .map_err(|err| parquet_error(table, &file.path, err))
+        .map_err(|err| parquet_error(table, &file.path, err))?;
+    Ok((stream, selection))
 }
 
 /// The next batch of `stream`.

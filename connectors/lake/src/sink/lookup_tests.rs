@@ -1,0 +1,232 @@
+//! Lookups by key over a real lake on disk: the right latest images, and
+//! only the files and pages their statistics allow read.
+
+use std::time::Duration;
+
+use tidewater_core::{BatchLimits, Batcher, Column, ColumnType, CommitInfo, Op, RowChange, Sink};
+
+use super::*;
+
+fn schema() -> Arc<TableSchema> {
+    Arc::new(TableSchema {
+        table: TableId::new("app", "t"),
+        version: 1,
+        columns: vec![
+            Column {
+                name: "id".into(),
+                ty: ColumnType::Int64,
+                source_type: "bigint".into(),
+                key: true,
+            },
+            Column {
+                name: "v".into(),
+                ty: ColumnType::Text,
+                source_type: "text".into(),
+                key: false,
+            },
+        ],
+    })
+}
+
+/// Commits one transaction `seq` of `rows` (op, id, v) to the lake.
+async fn commit(lake: &mut LakeSink, seq: u64, rows: &[(Op, i64, &str)]) {
+    let schema = schema();
+    let mut batcher = Batcher::new(BatchLimits {
+        max_rows: usize::MAX,
+        max_bytes: usize::MAX,
+        max_delay: Duration::from_secs(3600),
+    });
+    batcher.set_schema(schema.clone()).expect("schema");
+    batcher.begin(CommitInfo {
+        seq,
+        position: format!("pos-{seq}"),
+        ack: seq,
+        commit_ts_us: 1_700_000_000_000_000,
+        txid: None,
+    });
+    for (ord, (op, id, v)) in rows.iter().enumerate() {
+        let values = match op {
+            Op::Truncate => Vec::new(),
+            _ => vec![Datum::Int64(*id), Datum::Text(v.to_string())],
+        };
+        batcher
+            .push(RowChange {
+                table: schema.table.clone(),
+                op: *op,
+                ord: ord as u64 + 1,
+                values,
+            })
+            .expect("push");
+    }
+    lake.prepare(&schema).await.expect("prepare");
+    for batch in batcher.cut_all().expect("cut") {
+        Sink::write(lake, batch).await.expect("write");
+    }
+    Sink::commit(lake, &format!("pos-{seq}"), None)
+        .await
+        .expect("commit");
+}
+
+fn inserts(ids: std::ops::RangeInclusive<i64>) -> Vec<(Op, i64, &'static str)> {
+    ids.map(|id| (Op::Insert, id, "first")).collect()
+}
+
+fn value(found: &HashMap<String, Vec<Datum>>, id: i64) -> Option<String> {
+    match found.get(&key_string(&[Datum::Int64(id)]))?.get(1)? {
+        Datum::Text(v) => Some(v.clone()),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn lookups_read_only_the_files_and_pages_that_may_hold_the_keys() {
+    let dir = std::env::temp_dir().join(format!("tw-lookup-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut lake = LakeSink::new(LakeStore::local(&dir), "p");
+    let schema = schema();
+    commit(&mut lake, 1, &inserts(1..=1000)).await;
+    commit(&mut lake, 2, &inserts(1001..=21000)).await;
+    commit(
+        &mut lake,
+        3,
+        &[(Op::Update, 5, "second"), (Op::Update, 1500, "second")],
+    )
+    .await;
+    commit(&mut lake, 4, &[(Op::Delete, 7, "")]).await;
+
+    let keys =
+        |ids: &[i64]| -> Vec<Vec<Datum>> { ids.iter().map(|&id| vec![Datum::Int64(id)]).collect() };
+    let (found, report) = lake
+        .lookup(&schema, &keys(&[5, 7, 1500, 1999, 30000]))
+        .await
+        .expect("lookup");
+    assert_eq!(value(&found, 5).as_deref(), Some("second"));
+    assert_eq!(value(&found, 1500).as_deref(), Some("second"));
+    assert_eq!(value(&found, 1999).as_deref(), Some("first"));
+    assert_eq!(value(&found, 7), None, "deleted");
+    assert_eq!(value(&found, 30000), None, "never written");
+    assert_eq!(report.files, 4);
+
+    // One key in the middle of the 20 000-row file: that file only (the
+    // others' key ranges are [1, 1000], [5, 1500] and [7, 7]), and only
+    // the pages of its key column around the key.
+    let (found, report) = lake.lookup(&schema, &keys(&[15000])).await.expect("lookup");
+    assert_eq!(value(&found, 15000).as_deref(), Some("first"));
+    assert_eq!(report.files_read, 1, "{report:?}");
+    assert!(
+        report.rows_scanned > 0 && report.rows_scanned <= 4096,
+        "{report:?}"
+    );
+    assert!(report.fetched_bytes < report.file_bytes / 4, "{report:?}");
+
+    // A truncate (NULL keys) is never pruned away: what came before it is gone.
+    commit(&mut lake, 5, &[(Op::Truncate, 0, "")]).await;
+    commit(&mut lake, 6, &[(Op::Insert, 1999, "third")]).await;
+    let (found, report) = lake
+        .lookup(&schema, &keys(&[5, 1999, 15000]))
+        .await
+        .expect("lookup");
+    assert_eq!(value(&found, 1999).as_deref(), Some("third"));
+    assert_eq!(value(&found, 5), None, "truncated");
+    assert_eq!(value(&found, 15000), None, "truncated");
+    assert!(report.files_read < report.files, "{report:?}");
+
+    // The MySQL resume lookup: the key at a mark.
+    assert_eq!(
+        lake.key_at_mark(&schema, Mark::new(2, 14000))
+            .await
+            .expect("key at mark"),
+        Some(vec![Datum::Int64(15000)])
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The rows of `table`'s current-state table: id → v.
+async fn current_rows(lake: &LakeSink, table: &TableId) -> std::collections::BTreeMap<i64, String> {
+    let current = deltalake::open_table_with_storage_options(
+        lake.store.table_url(&lake.current_rel(table)).unwrap(),
+        lake.store.storage_options(),
+    )
+    .await
+    .expect("current table");
+    let store = current.log_store().object_store(None);
+    let mut rows = std::collections::BTreeMap::new();
+    for file in ranged::data_files_sized(&current, table).unwrap() {
+        let fetched = Arc::default();
+        let (mut reader, _) = ranged::read_parts(
+            store.clone(),
+            &file,
+            table,
+            None,
+            ranged::Rows::All,
+            &fetched,
+        )
+        .await
+        .unwrap();
+        while let Some(batch) = ranged::next_batch(&mut reader, table, &file.path)
+            .await
+            .unwrap()
+        {
+            let ids = batch["id"].as_primitive::<Int64Type>();
+            let vs = batch["v"].as_string::<i32>();
+            for r in 0..batch.num_rows() {
+                let earlier = rows.insert(ids.value(r), vs.value(r).to_string());
+                assert!(earlier.is_none(), "key {} twice", ids.value(r));
+            }
+        }
+    }
+    rows
+}
+
+#[tokio::test]
+async fn a_merge_reads_the_new_log_files_and_rewrites_only_the_files_holding_changed_keys() {
+    let dir = std::env::temp_dir().join(format!("tw-merge-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut lake = LakeSink::new(LakeStore::local(&dir), "p");
+    // Small files, so the current table has several, each a key range.
+    lake.set_target_file_size(64 << 10);
+    let table = schema().table.clone();
+    for chunk in 0..4 {
+        commit(
+            &mut lake,
+            chunk + 1,
+            &inserts(chunk as i64 * 5000 + 1..=(chunk as i64 + 1) * 5000),
+        )
+        .await;
+    }
+    let first = lake.merge_current(&table).await.expect("merge");
+    assert_eq!(first.changed_keys, 20000);
+    let mut expected: std::collections::BTreeMap<i64, String> =
+        (1..=20000).map(|id| (id, "first".to_string())).collect();
+    assert_eq!(current_rows(&lake, &table).await, expected);
+
+    commit(
+        &mut lake,
+        10,
+        &[
+            (Op::Update, 12345, "second"),
+            (Op::Delete, 12346, ""),
+            (Op::Insert, 30000, "new"),
+        ],
+    )
+    .await;
+    let second = lake.merge_current(&table).await.expect("merge");
+    // Only the new commit's file of the log, and the one current file whose
+    // key range holds 12345/12346 (30000 lies beyond every file).
+    assert_eq!(second.log_files_read, 1, "{second:?}");
+    assert_eq!(second.changed_keys, 3);
+    assert_eq!(second.files_rewritten, 1, "{second:?}");
+    expected.insert(12345, "second".into());
+    expected.remove(&12346);
+    expected.insert(30000, "new".into());
+    assert_eq!(current_rows(&lake, &table).await, expected);
+
+    // Nothing new: nothing read.
+    assert_eq!(
+        lake.merge_current(&table).await.expect("merge"),
+        MergeReport::default()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
