@@ -367,3 +367,78 @@ async fn change_logs_partitioned_by_commit_date() {
     );
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
 }
+
+/// Issue 20: current-state merges run on a task of their own. A SIGKILL
+/// while one runs (its files written, its commit not) leaves the current
+/// table as the last merge left it; after a restart the next merge brings
+/// it to the source's state, each key once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_background_merge_loses_and_repeats_nothing() {
+    use crate::support::lake::{compare, current_state, source_state};
+    let client = pg().create_database("curkill").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, repeat('v', 40) || g FROM generate_series(1, 60000) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::new(
+        "curkill",
+        &pg().url("curkill"),
+        // Small files: a merge of scattered keys rewrites many of them.
+        "current_state = true\ncurrent_state_interval_ms = 100\ntarget_file_size_bytes = 65536\n",
+    );
+    pipeline.env = vec![("TIDEWATER_LOG".into(), "tidewater_lake=debug".into())];
+    let path = pipeline.lake.join("curkill.current/public/t");
+    let equal = || {
+        let (client, path) = (&client, path.clone());
+        async move {
+            eventually("current state of t", Duration::from_secs(120), || {
+                let path = path.clone();
+                async move {
+                    let rows = read_log(&path).await?;
+                    let lake = current_state(&rows, "id");
+                    if lake.len() != rows.len() {
+                        return Err(format!("{} rows for {} keys", rows.len(), lake.len()));
+                    }
+                    compare(&source_state(client, "public.t", "id").await, &lake)
+                }
+            })
+            .await
+        }
+    };
+    pipeline.start();
+    equal().await;
+    // Scattered updates until a merge is seen started and not ended, then
+    // SIGKILL at once.
+    let started = |log: &str| log.matches("merging the current-state table").count();
+    let ended = |log: &str| log.matches("current state merged").count();
+    let mut step = 0;
+    'updates: loop {
+        step += 1;
+        assert!(step < 400, "no merge seen running: {}", pipeline.log(1));
+        client
+            .batch_execute(&format!(
+                "UPDATE t SET v = v || 'x' WHERE id % 97 = {}",
+                step % 97
+            ))
+            .await
+            .unwrap();
+        for _ in 0..50 {
+            let log = pipeline.log(1);
+            if started(&log) > ended(&log) {
+                break 'updates;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    pipeline.kill();
+    client
+        .batch_execute("UPDATE t SET v = 'after the kill' WHERE id % 1000 = 0;")
+        .await
+        .unwrap();
+    pipeline.start();
+    equal().await;
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
+}

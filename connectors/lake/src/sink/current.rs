@@ -80,16 +80,26 @@ impl LakeSink {
     /// Brings `table`'s current-state table up to the change log's last
     /// commit. Only between commits of the log (nothing pending).
     pub async fn merge_current(&mut self, table: &TableId) -> Result<MergeReport, LakeError> {
-        let none = MergeReport::default();
+        match self.merge_job(table)? {
+            Some(job) => job.run().await,
+            None => Ok(MergeReport::default()),
+        }
+    }
+
+    /// What a merge of `table` needs, taken from the sink so that it can run
+    /// on a task of its own while the log goes on committing: the log as of
+    /// its last commit. None when there is nothing to merge from (no commit,
+    /// pending files, no key).
+    pub(super) fn merge_job(&self, table: &TableId) -> Result<Option<MergeJob>, LakeError> {
         let Some(open) = self.tables.get(table) else {
-            return Ok(none);
+            return Ok(None);
         };
         let (Some(state), true) = (open.state.clone(), open.adds.is_empty()) else {
-            return Ok(none);
+            return Ok(None);
         };
         // Key columns as the lake names them, from the latest schema version.
         let Some(version) = open.history.latest() else {
-            return Ok(none);
+            return Ok(None);
         };
         let keys: Vec<String> = version
             .columns
@@ -98,7 +108,7 @@ impl LakeSink {
             .map(|c| c.lake_column.clone())
             .collect();
         if keys.is_empty() {
-            return Ok(none);
+            return Ok(None);
         }
         let log_schema = RecordBatchWriter::for_table(&open.table)
             .map_err(|source| LakeError::delta(table, "reading", source))?
@@ -111,17 +121,53 @@ impl LakeSink {
                 .map(|f| f.as_ref().clone())
                 .collect::<Vec<_>>(),
         ));
-        let mut current = self.open_current(table, &current_schema).await?;
+        Ok(Some(MergeJob {
+            table: table.clone(),
+            log: open.table.clone(),
+            state,
+            keys,
+            current_schema,
+            store: self.store.clone(),
+            rel: self.current_rel(table),
+            pipeline: self.pipeline.clone(),
+            target_file_bytes: self.target_file_bytes,
+        }))
+    }
+}
+
+/// One merge of a table's current state, independent of the sink.
+pub(super) struct MergeJob {
+    table: TableId,
+    /// The change log as of its last commit.
+    log: DeltaTable,
+    state: TableState,
+    keys: Vec<String>,
+    current_schema: SchemaRef,
+    store: LakeStore,
+    rel: String,
+    pipeline: String,
+    target_file_bytes: u64,
+}
+
+impl MergeJob {
+    /// Merges the log rows after the current table's mark into it.
+    pub(super) async fn run(self) -> Result<MergeReport, LakeError> {
+        let none = MergeReport::default();
+        let table = &self.table;
+        let state = &self.state;
+        let keys = &self.keys;
+        let current_schema = &self.current_schema;
+        let mut current = self.open_current().await?;
         let merged = merged_mark(&current).await;
         if state.mark <= merged {
             return Ok(none);
         }
+        debug!(table = %table, from = %merged, to = %state.mark, "merging the current-state table");
         // 1. The latest change per key after the merged mark, from the log
         //    files that may hold rows after it (their `_tw_seq` statistics)
         //    and only their key and mark columns.
-        let open = self.tables.get(table).expect("checked above");
-        let log_store = open.table.log_store().object_store(None);
-        let mut log_files = ranged::data_files_sized(&open.table, table)?;
+        let log_store = self.log.log_store().object_store(None);
+        let mut log_files = ranged::data_files_sized(&self.log, table)?;
         log_files.retain(|f| {
             prune::file_may_pass(f.stats.as_deref(), merged.seq as i64, merged.ord as i64)
         });
@@ -151,7 +197,7 @@ impl LakeSink {
                         truncated = truncated.max(mark);
                         continue;
                     }
-                    let key = key_of(&batch, &keys, row);
+                    let key = key_of(&batch, keys, row);
                     if latest.get(&key).is_none_or(|l| l.mark < mark) {
                         let points = keys
                             .iter()
@@ -245,7 +291,7 @@ impl LakeSink {
             let mut hit = false;
             while let Some(batch) = ranged::next_batch(&mut reader, table, &file.path).await? {
                 let keep: BooleanArray = (0..batch.num_rows())
-                    .map(|r| Some(!changed.contains(&key_of(&batch, &keys, r))))
+                    .map(|r| Some(!changed.contains(&key_of(&batch, keys, r))))
                     .collect();
                 hit |= keep.false_count() > 0;
                 let kept =
@@ -324,7 +370,7 @@ impl LakeSink {
         let commits = current
             .snapshot()
             .map_err(|source| LakeError::delta(table, "merging", source))?
-            .transaction_version(current.log_store().as_ref(), &self.current_app_id())
+            .transaction_version(current.log_store().as_ref(), &self.app_id())
             .await
             .map_err(|source| LakeError::delta(table, "merging", source))?
             .unwrap_or(0)
@@ -345,7 +391,7 @@ impl LakeSink {
             ),
         ]);
         let properties = CommitProperties::default()
-            .with_application_transaction(Transaction::new(self.current_app_id(), commits))
+            .with_application_transaction(Transaction::new(self.app_id(), commits))
             .with_metadata(metadata)
             .with_max_retries(0);
         let snapshot = current
@@ -365,22 +411,18 @@ impl LakeSink {
             .await
             .map_err(|source| LakeError::delta(table, "committing the current state of", source))?;
         current.state = Some(finalized.snapshot());
-        debug!(table = %table, changed = report.changed_keys, files = report.files_rewritten, "current state merged");
+        debug!(table = %table, changed = report.changed_keys, log_files = report.log_files_read, files = report.files_rewritten, rows = report.rows_written, "current state merged");
         Ok(report)
     }
 
-    fn current_app_id(&self) -> String {
+    fn app_id(&self) -> String {
         format!("tidewater:{}:current", self.pipeline)
     }
 
-    /// Opens the current-state table of `table`, creating it with `schema`,
-    /// and widens it to `schema` when the log grew columns.
-    async fn open_current(
-        &self,
-        table: &TableId,
-        schema: &SchemaRef,
-    ) -> Result<DeltaTable, LakeError> {
-        let rel = self.current_rel(table);
+    /// Opens the current-state table, creating it with the log's columns.
+    async fn open_current(&self) -> Result<DeltaTable, LakeError> {
+        let (table, schema) = (&self.table, &self.current_schema);
+        let rel = self.rel.clone();
         let url = self.store.table_url(&rel)?;
         if self.store.is_table(&rel).await? {
             let current =

@@ -381,6 +381,8 @@ pub(super) struct MaintenanceClock {
     compacted: std::time::Instant,
     vacuumed: std::time::Instant,
     merged: std::time::Instant,
+    /// Current-state merges running, by table.
+    merges: BTreeMap<TableId, MergeTask>,
 }
 
 impl Default for MaintenanceClock {
@@ -390,11 +392,59 @@ impl Default for MaintenanceClock {
             compacted: now,
             vacuumed: now,
             merged: now,
+            merges: BTreeMap::new(),
         }
     }
 }
 
+/// A current-state merge running on a task of its own (merges never hold
+/// the stream: a commit of the log goes on while one runs). Dropped — the
+/// sink closed — it is cancelled: a merge is idempotent, its files are
+/// uncommitted until its one commit, and the next run starts it again.
+#[derive(Debug)]
+pub(super) struct MergeTask(tokio::task::JoinHandle<Result<MergeReport, LakeError>>);
+
+impl Drop for MergeTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl LakeSink {
+    /// Logs the outcome of the merges that ended.
+    async fn reap_merges(&mut self) {
+        let ended: Vec<TableId> = self
+            .clock
+            .merges
+            .iter()
+            .filter(|(_, task)| task.0.is_finished())
+            .map(|(table, _)| table.clone())
+            .collect();
+        for table in ended {
+            let Some(mut task) = self.clock.merges.remove(&table) else {
+                continue;
+            };
+            match (&mut task.0).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    warn!(table = %table, error = %tidewater_core::error_chain(&error), "merging the current-state table failed; it stays as it was, trying again later")
+                }
+                Err(join) => {
+                    warn!(table = %table, error = %join, "the current-state merge task died; the table stays as it was, trying again later")
+                }
+            }
+        }
+    }
+
+    /// Waits for the running current-state merges to end (tests, and a
+    /// snapshot that wants its merge done before it exits).
+    pub async fn finish_merges(&mut self) {
+        while !self.clock.merges.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            self.reap_merges().await;
+        }
+    }
+
     pub fn set_maintenance(&mut self, policy: MaintenancePolicy) {
         self.maintenance = policy;
     }
@@ -404,12 +454,26 @@ impl LakeSink {
     /// retried at the next interval, since the data is safe either way.
     pub async fn maintain(&mut self) {
         let now = std::time::Instant::now();
+        self.reap_merges().await;
         if let Some(every) = self.maintenance.current_state {
             if now.duration_since(self.clock.merged) >= every {
                 self.clock.merged = now;
                 for table in self.open_tables() {
-                    if let Err(error) = self.merge_current(&table).await {
-                        warn!(table = %table, error = %tidewater_core::error_chain(&error), "merging the current-state table failed; it stays as it was, trying again later");
+                    // One merge of a table at a time; the next interval
+                    // picks up what came meanwhile.
+                    if self.clock.merges.contains_key(&table) {
+                        continue;
+                    }
+                    match self.merge_job(&table) {
+                        Ok(Some(job)) => {
+                            self.clock
+                                .merges
+                                .insert(table, MergeTask(tokio::spawn(job.run())));
+                        }
+                        Ok(None) => {}
+                        Err(error) => {
+                            warn!(table = %table, error = %tidewater_core::error_chain(&error), "merging the current-state table failed; it stays as it was, trying again later")
+                        }
                     }
                 }
             }
