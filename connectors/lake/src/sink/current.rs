@@ -48,6 +48,9 @@ pub struct MergeReport {
     pub changed_keys: usize,
     /// Change log files read (those that may hold rows after the last merge).
     pub log_files_read: usize,
+    /// Keys whose latest change the merge held in memory (snapshot rows
+    /// copied into an empty current table are not held).
+    pub keys_held: usize,
     pub files_rewritten: usize,
     pub rows_written: usize,
 }
@@ -60,6 +63,81 @@ struct Latest {
     delete: bool,
     /// The key's values as statistics compare them.
     points: Vec<Option<prune::Point>>,
+    /// A snapshot row copied in the same merge came later.
+    superseded: bool,
+}
+
+/// Reading the key and mark columns of change log files.
+struct Scan<'a> {
+    store: Arc<dyn deltalake::ObjectStore>,
+    table: &'a TableId,
+    files: &'a [ranged::DataFile],
+    narrow: &'a [&'a str],
+    keys: &'a [String],
+    merged: Mark,
+    fetched: &'a Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Scan<'_> {
+    /// The latest change per key after the merged mark in files `which`
+    /// (and the last truncate).
+    async fn latest(
+        &self,
+        which: &[usize],
+        latest: &mut HashMap<String, Latest>,
+        truncated: &mut Mark,
+    ) -> Result<(), LakeError> {
+        let (table, keys) = (self.table, self.keys);
+        for &i in which {
+            let file = &self.files[i];
+            let (mut reader, _) = ranged::read_parts(
+                self.store.clone(),
+                file,
+                table,
+                Some(self.narrow),
+                ranged::Rows::All,
+                self.fetched,
+            )
+            .await?;
+            let mut offset = 0;
+            while let Some(batch) = ranged::next_batch(&mut reader, table, &file.path).await? {
+                let marks = marks_of(table, &batch)?;
+                for (row, (mark, op)) in marks.into_iter().enumerate() {
+                    if mark <= self.merged {
+                        continue;
+                    }
+                    if op == "t" {
+                        *truncated = (*truncated).max(mark);
+                        continue;
+                    }
+                    let key = key_of(&batch, keys, row);
+                    if latest.get(&key).is_none_or(|l| l.mark < mark) {
+                        let points = keys
+                            .iter()
+                            .map(|k| {
+                                batch
+                                    .column_by_name(k)
+                                    .and_then(|c| prune::Point::from_array(c.as_ref(), row))
+                            })
+                            .collect();
+                        latest.insert(
+                            key,
+                            Latest {
+                                mark,
+                                file: i,
+                                row: offset + row,
+                                delete: op == "d",
+                                points,
+                                superseded: false,
+                            },
+                        );
+                    }
+                }
+                offset += batch.num_rows();
+            }
+        }
+        Ok(())
+    }
 }
 
 impl LakeSink {
@@ -176,62 +254,52 @@ impl MergeJob {
         let fetched = Arc::default();
         let mut latest: HashMap<String, Latest> = HashMap::new();
         let mut truncated = Mark::ZERO;
-        for (i, file) in log_files.iter().enumerate() {
-            let (mut reader, _) = ranged::read_parts(
-                log_store.clone(),
-                file,
-                table,
-                Some(&narrow),
-                ranged::Rows::All,
-                &fetched,
-            )
-            .await?;
-            let mut offset = 0;
-            while let Some(batch) = ranged::next_batch(&mut reader, table, &file.path).await? {
-                let marks = marks_of(table, &batch)?;
-                for (row, (mark, op)) in marks.into_iter().enumerate() {
-                    if mark <= merged {
-                        continue;
-                    }
-                    if op == "t" {
-                        truncated = truncated.max(mark);
-                        continue;
-                    }
-                    let key = key_of(&batch, keys, row);
-                    if latest.get(&key).is_none_or(|l| l.mark < mark) {
-                        let points = keys
-                            .iter()
-                            .map(|k| {
-                                batch
-                                    .column_by_name(k)
-                                    .and_then(|c| prune::Point::from_array(c.as_ref(), row))
-                            })
-                            .collect();
-                        latest.insert(
-                            key,
-                            Latest {
-                                mark,
-                                file: i,
-                                row: offset + row,
-                                delete: op == "d",
-                                points,
-                            },
-                        );
-                    }
-                }
-                offset += batch.num_rows();
-            }
+        // Files of snapshot rows only (`_tw_op` statistics): after the last
+        // truncate a table's log holds each key's snapshot row at most once
+        // (a copy that starts over begins with a truncate; a resumed one goes
+        // on after its committed chunks).
+        let (copied, mixed): (Vec<usize>, Vec<usize>) = (0..log_files.len())
+            .partition(|&i| prune::only_snapshot_rows(log_files[i].stats.as_deref()));
+        let scan = Scan {
+            store: log_store.clone(),
+            table,
+            files: &log_files,
+            narrow: &narrow,
+            keys,
+            merged,
+            fetched: &fetched,
+        };
+        scan.latest(&mixed, &mut latest, &mut truncated).await?;
+        let current_files: Vec<(ranged::DataFile, deltalake::kernel::Remove)> = current
+            .snapshot()
+            .map_err(|source| LakeError::delta(table, "merging", source))?
+            .log_data()
+            .iter()
+            .map(|f| {
+                (
+                    ranged::DataFile {
+                        path: f.object_store_path(),
+                        size: u64::try_from(f.size()).ok(),
+                        stats: f.stats(),
+                    },
+                    f.remove_action(true),
+                )
+            })
+            .collect();
+        // Into an empty current table (the first merge, or all of it gone
+        // after a truncate) snapshot rows are copied as they are read, with
+        // no per-key state: memory stays bounded by a batch, not the table.
+        let stream_copied = !copied.is_empty() && (current_files.is_empty() || truncated > merged);
+        if !stream_copied {
+            scan.latest(&copied, &mut latest, &mut truncated).await?;
         }
         latest.retain(|_, l| l.mark > truncated);
-        let changed: HashSet<&String> = latest.keys().collect();
-        // 2. Current files that may hold a changed key (their key
-        //    statistics), rewritten without them one at a time; all go after
-        //    a truncate.
         let current_store = current.log_store().object_store(None);
         let mut actions = Vec::new();
         let mut report = MergeReport {
             changed_keys: latest.len(),
             log_files_read: log_files.len(),
+            keys_held: latest.len(),
             ..MergeReport::default()
         };
         let key_names: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -249,27 +317,68 @@ impl MergeJob {
         let before = writer.arrow_schema();
         // Written in the log's columns: the current table grows with it.
         let target = current_schema.clone();
+        if stream_copied {
+            // A later change of a key (in `latest`) wins over its snapshot
+            // row; a snapshot row wins over an earlier change (which is then
+            // not written).
+            let after = merged.max(truncated);
+            for &i in &copied {
+                let file = &log_files[i];
+                let (mut reader, _) = ranged::read_parts(
+                    log_store.clone(),
+                    file,
+                    table,
+                    None,
+                    ranged::Rows::All,
+                    &fetched,
+                )
+                .await?;
+                while let Some(batch) = ranged::next_batch(&mut reader, table, &file.path).await? {
+                    let marks = marks_of(table, &batch)?;
+                    let keep: BooleanArray = marks
+                        .iter()
+                        .enumerate()
+                        .map(|(row, (mark, _))| {
+                            if *mark <= after {
+                                return Some(false);
+                            }
+                            Some(match latest.get_mut(&key_of(&batch, keys, row)) {
+                                Some(later) if later.mark > *mark => false,
+                                Some(earlier) => {
+                                    earlier.superseded = true;
+                                    true
+                                }
+                                None => true,
+                            })
+                        })
+                        .collect();
+                    let kept =
+                        filter_record_batch(&batch, &keep).map_err(|source| LakeError::Arrow {
+                            table: table.clone(),
+                            source,
+                        })?;
+                    if kept.num_rows() == 0 {
+                        continue;
+                    }
+                    report.changed_keys += kept.num_rows();
+                    report.rows_written += kept.num_rows();
+                    let kept = align_batch(table, &kept, &target)?;
+                    writer
+                        .write_with_mode(kept, WriteMode::MergeSchema)
+                        .await
+                        .map_err(|source| LakeError::delta(table, "merging", source))?;
+                }
+            }
+        }
+        // 2. Current files that may hold a changed key (their key
+        //    statistics), rewritten without them one at a time; all go after
+        //    a truncate.
+        let changed: HashSet<&String> = latest.keys().collect();
         let probe = prune::Probe::of_points(
             keys.clone(),
             latest.values().map(|l| l.points.clone()).collect(),
         );
-        let files: Vec<(ranged::DataFile, deltalake::kernel::Remove)> = current
-            .snapshot()
-            .map_err(|source| LakeError::delta(table, "merging", source))?
-            .log_data()
-            .iter()
-            .map(|f| {
-                (
-                    ranged::DataFile {
-                        path: f.object_store_path(),
-                        size: u64::try_from(f.size()).ok(),
-                        stats: f.stats(),
-                    },
-                    f.remove_action(true),
-                )
-            })
-            .collect();
-        for (file, remove) in files {
+        for (file, remove) in current_files {
             if truncated > merged {
                 actions.push(Action::Remove(remove));
                 report.files_rewritten += 1;
@@ -320,7 +429,7 @@ impl MergeJob {
         // 3. The latest images that are not deletes: only their rows (the
         //    pages holding them) of the log files that hold them.
         let mut wanted: HashMap<usize, Vec<usize>> = HashMap::new();
-        for l in latest.values().filter(|l| !l.delete) {
+        for l in latest.values().filter(|l| !l.delete && !l.superseded) {
             wanted.entry(l.file).or_default().push(l.row);
         }
         for (i, file) in log_files.iter().enumerate() {

@@ -230,3 +230,40 @@ async fn a_merge_reads_the_new_log_files_and_rewrites_only_the_files_holding_cha
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_first_merge_copies_snapshot_rows_without_holding_their_keys() {
+    let dir = std::env::temp_dir().join(format!("tw-merge-first-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut lake = LakeSink::new(LakeStore::local(&dir), "p");
+    let table = schema().table.clone();
+    let reads = |ids: std::ops::RangeInclusive<i64>| -> Vec<(Op, i64, &'static str)> {
+        ids.map(|id| (Op::Read, id, "copied")).collect()
+    };
+    // A snapshot in three commits, then changes of some of its keys.
+    commit(&mut lake, 1, &reads(1..=3000)).await;
+    commit(&mut lake, 2, &reads(3001..=6000)).await;
+    commit(&mut lake, 3, &reads(6001..=9000)).await;
+    commit(
+        &mut lake,
+        20,
+        &[
+            (Op::Update, 10, "changed"),
+            (Op::Delete, 11, ""),
+            (Op::Insert, 20000, "new"),
+        ],
+    )
+    .await;
+    let report = lake.merge_current(&table).await.expect("merge");
+    // Only the three changed keys were held; 9 000 - 2 snapshot rows copied.
+    assert_eq!(report.keys_held, 3, "{report:?}");
+    assert_eq!(report.rows_written, 8998 + 2, "{report:?}");
+    let mut expected: std::collections::BTreeMap<i64, String> =
+        (1..=9000).map(|id| (id, "copied".to_string())).collect();
+    expected.insert(10, "changed".into());
+    expected.remove(&11);
+    expected.insert(20000, "new".into());
+    assert_eq!(current_rows(&lake, &table).await, expected);
+    let _ = std::fs::remove_dir_all(&dir);
+}

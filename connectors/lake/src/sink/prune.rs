@@ -333,6 +333,18 @@ pub(super) fn file_may_pass(stats: Option<&str>, seq: i64, ord: i64) -> bool {
     }
 }
 
+/// Whether the Delta statistics `stats` say the file holds snapshot rows
+/// only (`_tw_op` is `r` throughout).
+pub(super) fn only_snapshot_rows(stats: Option<&str>) -> bool {
+    let Some(stats) = stats.and_then(|s| serde_json::from_str::<Value>(s).ok()) else {
+        return false;
+    };
+    let get = |part: &str| stats.get(part).and_then(|m| m.get("_tw_op")).cloned();
+    get("minValues") == Some(Value::from("r"))
+        && get("maxValues") == Some(Value::from("r"))
+        && get("nullCount") == Some(Value::from(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
