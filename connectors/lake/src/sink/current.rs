@@ -42,6 +42,10 @@ use deltalake::writer::DeltaWriter;
 const KEY_MERGED_SEQ: &str = "tidewater.merged_seq";
 const KEY_MERGED_ORD: &str = "tidewater.merged_ord";
 
+/// A merge folds the current table's small files into its output once
+/// there are this many.
+pub(super) const FOLD_SMALL_FILES: usize = 8;
+
 /// What one merge did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct MergeReport {
@@ -378,15 +382,63 @@ impl MergeJob {
             keys.clone(),
             latest.values().map(|l| l.points.clone()).collect(),
         );
+        // Small files (each merge adds one) are folded into this merge's
+        // output once there are enough of them, the smallest first, up to
+        // about one target file: the current table does not crumble.
+        let small = |f: &ranged::DataFile| f.size.is_some_and(|b| b < self.target_file_bytes / 2);
+        let mut folded: HashSet<deltalake::Path> = HashSet::new();
+        if truncated <= merged
+            && current_files.iter().filter(|(f, _)| small(f)).count() >= FOLD_SMALL_FILES
+        {
+            let mut sizes: Vec<(u64, &deltalake::Path)> = current_files
+                .iter()
+                .filter(|(f, _)| small(f))
+                .map(|(f, _)| (f.size.unwrap_or(0), &f.path))
+                .collect();
+            sizes.sort();
+            let mut total = 0;
+            for (size, path) in sizes {
+                if total + size > self.target_file_bytes && folded.len() >= 2 {
+                    break;
+                }
+                total += size;
+                folded.insert(path.clone());
+            }
+        }
         for (file, remove) in current_files {
             if truncated > merged {
                 actions.push(Action::Remove(remove));
                 report.files_rewritten += 1;
                 continue;
             }
-            if latest.is_empty() || !probe.file_may_hold(file.stats.as_deref()) {
-                continue;
+            let fold = folded.contains(&file.path);
+            if !fold {
+                // Rewritten only when it holds a changed key: its key
+                // statistics, then the key column of its candidate pages.
+                if latest.is_empty() || !probe.file_may_hold(file.stats.as_deref()) {
+                    continue;
+                }
+                let (mut reader, _) = ranged::read_parts(
+                    current_store.clone(),
+                    &file,
+                    table,
+                    Some(&key_names),
+                    ranged::Rows::Pages(&probe),
+                    &fetched,
+                )
+                .await?;
+                let mut hit = false;
+                while let Some(batch) = ranged::next_batch(&mut reader, table, &file.path).await? {
+                    if (0..batch.num_rows()).any(|r| changed.contains(&key_of(&batch, keys, r))) {
+                        hit = true;
+                        break;
+                    }
+                }
+                if !hit {
+                    continue;
+                }
             }
+            // Streamed through, without the changed keys.
             let (mut reader, _) = ranged::read_parts(
                 current_store.clone(),
                 &file,
@@ -396,26 +448,18 @@ impl MergeJob {
                 &fetched,
             )
             .await?;
-            let mut kept_batches = Vec::new();
-            let mut hit = false;
             while let Some(batch) = ranged::next_batch(&mut reader, table, &file.path).await? {
                 let keep: BooleanArray = (0..batch.num_rows())
                     .map(|r| Some(!changed.contains(&key_of(&batch, keys, r))))
                     .collect();
-                hit |= keep.false_count() > 0;
                 let kept =
                     filter_record_batch(&batch, &keep).map_err(|source| LakeError::Arrow {
                         table: table.clone(),
                         source,
                     })?;
-                if kept.num_rows() > 0 {
-                    kept_batches.push(kept);
+                if kept.num_rows() == 0 {
+                    continue;
                 }
-            }
-            if !hit {
-                continue;
-            }
-            for kept in kept_batches {
                 report.rows_written += kept.num_rows();
                 let kept = align_batch(table, &kept, &target)?;
                 writer

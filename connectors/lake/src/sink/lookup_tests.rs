@@ -267,3 +267,35 @@ async fn a_first_merge_copies_snapshot_rows_without_holding_their_keys() {
     assert_eq!(current_rows(&lake, &table).await, expected);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn merges_fold_the_small_files_they_leave_behind() {
+    let dir = std::env::temp_dir().join(format!("tw-merge-fold-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut lake = LakeSink::new(LakeStore::local(&dir), "p");
+    let table = schema().table.clone();
+    commit(&mut lake, 1, &inserts(1..=100)).await;
+    lake.merge_current(&table).await.expect("merge");
+    let mut expected: std::collections::BTreeMap<i64, String> =
+        (1..=100).map(|id| (id, "first".to_string())).collect();
+    for step in 0..30 {
+        let id = 1000 + step;
+        commit(&mut lake, 10 + step as u64, &[(Op::Insert, id, "later")]).await;
+        lake.merge_current(&table).await.expect("merge");
+        expected.insert(id, "later".into());
+    }
+    let current = deltalake::open_table_with_storage_options(
+        lake.store.table_url(&lake.current_rel(&table)).unwrap(),
+        lake.store.storage_options(),
+    )
+    .await
+    .unwrap();
+    let files = ranged::data_files_sized(&current, &table).unwrap().len();
+    assert!(files <= FOLD_FILES_BOUND, "{files} files after 31 merges");
+    assert_eq!(current_rows(&lake, &table).await, expected);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One merge adds a file; folding starts at `FOLD_SMALL_FILES`.
+const FOLD_FILES_BOUND: usize = super::current::FOLD_SMALL_FILES + 1;
