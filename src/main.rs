@@ -270,6 +270,11 @@ async fn run_with(
         Err(code) => return code,
     };
     settings.recopy = recopy;
+    if mode == Mode::SnapshotOnly {
+        // A one-off load: `run` merges the current state as it starts (a
+        // merge here would only slow the copy, or be cut short at its end).
+        settings.maintenance.current_state = None;
+    }
     let lease = match lease::take(&settings).await {
         Ok(lease) => lease,
         Err(code) => return code,

@@ -391,7 +391,11 @@ impl Default for MaintenanceClock {
         Self {
             compacted: now,
             vacuumed: now,
-            merged: now,
+            // Due at once: a start (after `tidewater snapshot`, which does
+            // not merge) brings the current state up at its first chance.
+            merged: now
+                .checked_sub(std::time::Duration::from_secs(86_400))
+                .unwrap_or(now),
             merges: BTreeMap::new(),
         }
     }
