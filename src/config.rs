@@ -287,6 +287,14 @@ pub struct PostgresSourceConfig {
     /// last committed chunk. Default 64 MiB.
     #[serde(default = "default_snapshot_chunk_bytes")]
     pub snapshot_chunk_bytes: u64,
+    /// A table (`schema.table`, matched by `tables`) whose inserts ask the
+    /// running pipeline to copy tables again beside the stream: its column
+    /// `tables` (text) names them, `schema.table` separated by commas, e.g.
+    /// `CREATE TABLE tidewater_signal (id bigserial PRIMARY KEY, tables text
+    /// NOT NULL)`. For operators without shell access; `tidewater snapshot
+    /// --table` does the same from the command line. Default: none.
+    #[serde(default)]
+    pub signal_table: Option<String>,
 }
 
 fn default_snapshot_workers() -> usize {
@@ -739,6 +747,28 @@ impl Config {
                         "source.snapshot_chunk_bytes",
                         "must be at least 8192 (one page; 64 MiB or so is sensible)".into(),
                     ));
+                }
+                if let Some(signal) = &pg.signal_table {
+                    let filter = tidewater_core::TableFilter {
+                        include: pg.tables.clone(),
+                        exclude: pg.exclude.clone(),
+                    };
+                    match signal.split_once('.') {
+                        Some((schema, table)) if !schema.is_empty() && !table.is_empty() => {
+                            if !filter.matches(&tidewater_core::TableId::new(schema, table)) {
+                                return Err(invalid(
+                                    "source.signal_table",
+                                    format!("{signal} is not among source.tables: its inserts must reach the stream; add it to source.tables"),
+                                ));
+                            }
+                        }
+                        _ => {
+                            return Err(invalid(
+                                "source.signal_table",
+                                format!("{signal:?} is not schema.table"),
+                            ))
+                        }
+                    }
                 }
             }
             SourceConfig::Mysql(my) => {

@@ -269,6 +269,12 @@ async fn run_with(
         Ok(settings) => settings,
         Err(code) => return code,
     };
+    if !recopy.is_empty() {
+        // Beside a running `run`: it copies the tables itself.
+        if let Ok(Some(holder)) = lease::probe(&settings).await {
+            return ask_running(&settings, &recopy, &holder).await;
+        }
+    }
     settings.recopy = recopy;
     if mode == Mode::SnapshotOnly {
         // A one-off load: `run` merges the current state as it starts (a
@@ -285,6 +291,46 @@ async fn run_with(
     }
     lease.release().await;
     code
+}
+
+/// `snapshot --table` while `run` holds the lease: the request is recorded
+/// for it (a Postgres source copies the tables beside the stream).
+async fn ask_running(
+    settings: &Settings,
+    tables: &[tidewater_core::TableId],
+    holder: &tidewater_core::Holder,
+) -> i32 {
+    if !matches!(settings.source, SourceSettings::Postgres(_)) {
+        eprintln!(
+            "error: pipeline {} is running ({holder}), and a MySQL/MariaDB source cannot copy a table beside its stream on demand yet
+hint: stop it, run `tidewater snapshot --table …`, then start it again",
+            settings.pipeline
+        );
+        return exit_code::CONFIG;
+    }
+    let filter = settings.source.filter();
+    if let Some(table) = tables.iter().find(|t| !filter.matches(t)) {
+        eprintln!(
+            "error: {table} is not among this pipeline's tables (source.tables)
+hint: name a table the pipeline replicates"
+        );
+        return exit_code::CONFIG;
+    }
+    match pipeline::ask_copies(settings, tables).await {
+        Ok(()) => {
+            let names: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+            println!(
+                "pipeline {} is running ({holder}): asked it to copy {} again beside the stream; its log says \"copying a table while streaming\" when it starts, and shows the table's snapshot progress until it is done",
+                settings.pipeline,
+                names.join(", ")
+            );
+            exit_code::OK
+        }
+        Err(err) => {
+            eprintln!("error: {}", chain(&err));
+            action(err.class()).exit_code
+        }
+    }
 }
 
 /// [`run_with`] once the lease is held.

@@ -37,6 +37,7 @@ use tracing::{error, info, info_span, Instrument};
 
 use super::error::{sink_error, stop_reason, SinkFailure};
 use super::progress::CopyProgress;
+use super::requests::Requests;
 use super::source_task::{source_loop, Queued, EVENT_CHANNEL_CAPACITY};
 use super::{Mode, Outcome, PipelineError, Settings};
 
@@ -108,6 +109,11 @@ where
 {
     let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
     let acknowledger = source.acknowledger();
+    let requests = Requests::new(
+        source.copy_requests(),
+        settings.signal_table.clone(),
+        Some(settings.source.filter().clone()),
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let span = match &settings.source {
         super::SourceSettings::Postgres(_) => info_span!("postgres-source"),
@@ -122,6 +128,7 @@ where
         start,
         acknowledger,
     );
+    coordinator.requests = requests;
     let result = coordinator.drive(event_rx, &mut shutdown, mode).await;
     if result.is_ok() {
         coordinator.record_acked_position(true).await?;
@@ -189,6 +196,8 @@ pub(super) struct Coordinator<K, S, A> {
     record_position: bool,
     acked_position: Option<String>,
     recorded_at: Option<Instant>,
+    /// Copies asked for while streaming (see [`super::requests`]).
+    requests: Requests,
 }
 
 impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
@@ -228,6 +237,7 @@ impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
             chunk_open: false,
             snapshot_commit_bytes: tuning.snapshot_commit_bytes,
             snapshot_committed_at: Instant::now(),
+            requests: Requests::none(),
         }
     }
 
@@ -269,6 +279,7 @@ impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
                     if self.nothing_pending() && !self.in_transaction {
                         self.sink.maintain().await;
                     }
+                    self.poll_requests().await;
                 }
                 event = events.recv() => {
                     // The permit (a block's share of the queue budget) is
@@ -296,6 +307,37 @@ impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
     }
 
     /// Applies one event; true when the snapshot just completed.
+    /// The column names of `table`'s current schema.
+    fn column_names(&self, table: &TableId) -> Vec<String> {
+        self.batcher
+            .schema(table)
+            .map(|s| s.columns.iter().map(|c| c.name.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Copies asked for from the command line, handed to the source. A
+    /// stopped table asked for streams again once copied.
+    pub(super) async fn poll_requests(&mut self) {
+        for table in self.requests.poll(&self.state).await {
+            self.stopped.retain(|s| s.table != table);
+        }
+    }
+
+    /// Copies a signal row asks for: recorded before the row can commit.
+    async fn ask(&mut self, tables: Vec<TableId>) -> Result<(), PipelineError> {
+        if tables.is_empty() {
+            return Ok(());
+        }
+        self.requests
+            .ask(&self.state, tables.clone())
+            .await
+            .map_err(sink_error)?;
+        for table in tables {
+            self.stopped.retain(|s| s.table != table);
+        }
+        Ok(())
+    }
+
     pub(super) async fn handle(&mut self, event: ChangeEvent) -> Result<bool, PipelineError> {
         self.stats.events += 1;
         match event {
@@ -344,6 +386,10 @@ impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
                 if row.op == tidewater_core::Op::Read {
                     self.progress.row(&row.table);
                 }
+                let asked = self
+                    .requests
+                    .signalled_by_row(&row, &self.column_names(&row.table));
+                self.ask(asked).await?;
                 self.batcher.push(row).map_err(PipelineError::Batch)?;
                 if self.batcher.is_full() {
                     self.checkpoint(None).await?;
@@ -365,6 +411,10 @@ impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
                 if block.ops.first() == Some(&tidewater_core::Op::Read) {
                     self.progress.rows(&block.table, block.len() as u64);
                 }
+                let asked = self
+                    .requests
+                    .signalled_by_block(&block, &self.column_names(&block.table));
+                self.ask(asked).await?;
                 self.batcher
                     .push_block(block)
                     .map_err(PipelineError::Batch)?;
@@ -438,6 +488,10 @@ impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
             }
             ChangeEvent::TableSnapshotDone { table, seq } => {
                 self.progress.finish(&table);
+                self.requests
+                    .done(&self.state, &table)
+                    .await
+                    .map_err(sink_error)?;
                 self.in_transaction = false;
                 // The stream's changes of the table up to the copy's point
                 // are in the copy.

@@ -15,6 +15,7 @@
 //! * `source_task`: the task that owns the source;
 //! * `coordinator`: batches, checkpoints, acknowledgements, table stops;
 //! * `progress`: snapshot progress lines;
+//! * [`requests`]: copies asked for while streaming (command line, signal table);
 //! * `sink`: the configured sink and the store of the pipeline's records;
 //! * [`error`]: the pipeline's errors and their classes.
 
@@ -32,6 +33,7 @@ mod coordinator_tests;
 pub mod error;
 mod launch;
 mod progress;
+pub mod requests;
 pub mod settings;
 mod sink;
 mod source_task;
@@ -39,6 +41,28 @@ pub mod start;
 
 pub use error::{format_problems, PipelineError, SinkFailure};
 pub use settings::{Settings, SourceSettings};
+
+/// Records `tables` as asked to be copied again, for the running pipeline
+/// to pick up (see [`requests`]); the tables already asked for stay.
+pub async fn ask_copies(
+    settings: &Settings,
+    tables: &[tidewater_core::TableId],
+) -> Result<(), PipelineError> {
+    use tidewater_core::state::{CopyRequests, StateStore};
+    let sink = sink::AnySink::open(settings).await?;
+    let state = sink.state();
+    let mut recorded = state
+        .read::<CopyRequests>()
+        .await
+        .map_err(error::sink_error)?
+        .unwrap_or_default();
+    for table in tables {
+        if !recorded.0.contains(table) {
+            recorded.0.push(table.clone());
+        }
+    }
+    state.write(&recorded).await.map_err(error::sink_error)
+}
 
 /// What `run` is asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,6 +17,16 @@ pub enum SourceSettings {
     Mysql(MysqlConfig),
 }
 
+impl SourceSettings {
+    /// The tables the pipeline replicates.
+    pub fn filter(&self) -> &TableFilter {
+        match self {
+            SourceSettings::Postgres(pg) => &pg.filter,
+            SourceSettings::Mysql(my) => &my.filter,
+        }
+    }
+}
+
 pub struct Settings {
     pub pipeline: String,
     pub source: SourceSettings,
@@ -36,6 +46,9 @@ pub struct Settings {
     /// `lake` is unused.
     pub warehouse: Option<tidewater_warehouse::WarehouseSettings>,
     pub metrics: crate::metrics::Metrics,
+    /// Inserts into this table ask for copies while streaming
+    /// (`source.signal_table`).
+    pub signal_table: Option<TableId>,
 }
 
 impl Settings {
@@ -108,6 +121,14 @@ impl Settings {
                 },
             }),
         };
+        let signal_table = match &config.source {
+            SourceConfig::Postgres(pg) => pg
+                .signal_table
+                .as_deref()
+                .and_then(|s| s.split_once('.'))
+                .map(|(schema, table)| TableId::new(schema, table)),
+            SourceConfig::Mysql(_) => None,
+        };
         Ok(match &config.sink {
             SinkConfig::Lake(lake) => Settings {
                 pipeline: config.pipeline.name.clone(),
@@ -135,6 +156,7 @@ impl Settings {
                 snapshot_commit_bytes: lake.target_file_size_bytes,
                 warehouse,
                 metrics: crate::metrics::Metrics::default(),
+                signal_table: signal_table.clone(),
             },
             SinkConfig::Warehouse(w) => Settings {
                 pipeline: config.pipeline.name.clone(),
@@ -153,6 +175,7 @@ impl Settings {
                 snapshot_commit_bytes: w.snapshot_commit_bytes,
                 warehouse,
                 metrics: crate::metrics::Metrics::default(),
+                signal_table: signal_table.clone(),
             },
         })
     }

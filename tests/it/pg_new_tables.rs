@@ -396,3 +396,105 @@ async fn a_table_that_cannot_be_followed_stops_alone() {
     assert_eq!(good.len(), good_before + 1, "good is not copied again");
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(3));
 }
+
+/// Issue 20 (4): a table copied again on demand while the pipeline streams,
+/// from the command line (`snapshot --table` beside a running `run`) and by
+/// an insert into `source.signal_table`: each copy starts with a truncate,
+/// runs beside the stream (another table keeps landing), and the table ends
+/// equal to the source; the request record is gone once the copies are done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_are_copied_again_on_demand_while_streaming() {
+    let client = pg().create_database("backfill").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 3000) g;
+             CREATE TABLE other (id int PRIMARY KEY);
+             CREATE TABLE tidewater_signal (id bigserial PRIMARY KEY, tables text NOT NULL);",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::with_source(
+        "backfill",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\nsignal_table = \"public.tidewater_signal\"\n",
+            pg().url("backfill")
+        ),
+        "",
+    );
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+    let log_path = pipeline.lake.join("backfill/public/t");
+    let copies = |want_reads: usize, want_truncates: usize| {
+        let path = log_path.clone();
+        async move {
+            eventually("the copies of t", Duration::from_secs(90), || {
+                let path = path.clone();
+                async move {
+                    let log = read_log(&path).await?;
+                    let reads = log.iter().filter(|r| r.op == "r").count();
+                    let truncates = log.iter().filter(|r| r.op == "t").count();
+                    if (reads, truncates) == (want_reads, want_truncates) {
+                        Ok(())
+                    } else {
+                        Err(format!("{reads} snapshot rows, {truncates} truncates"))
+                    }
+                }
+            })
+            .await
+        }
+    };
+    copies(3000, 0).await;
+
+    // From the command line, beside the running pipeline.
+    client
+        .batch_execute("UPDATE t SET v = 'changed' WHERE id <= 10; INSERT INTO other VALUES (1);")
+        .await
+        .unwrap();
+    let out = crate::support::tidewater()
+        .args(["snapshot", "--config"])
+        .arg(&pipeline.config)
+        .args(["--table", "public.t"])
+        .output()
+        .expect("tidewater snapshot");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("asked it to copy public.t again"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    client
+        .batch_execute("INSERT INTO other VALUES (2); DELETE FROM t WHERE id = 20;")
+        .await
+        .unwrap();
+    copies(3000 + 2999, 1).await;
+    pipeline.wait_equal(&client, "t").await;
+    pipeline.wait_equal(&client, "other").await;
+
+    // By a row in the signal table; a name outside the pipeline is left out.
+    client
+        .batch_execute(
+            "INSERT INTO tidewater_signal (tables) VALUES ('public.t, elsewhere.x');
+             INSERT INTO other VALUES (3);",
+        )
+        .await
+        .unwrap();
+    copies(3000 + 2999 * 2, 2).await;
+    pipeline.wait_equal(&client, "t").await;
+    pipeline.wait_equal(&client, "other").await;
+    let record = pipeline.lake.join("backfill/_tidewater_copy_requests.json");
+    eventually("the request record to go", Duration::from_secs(30), || {
+        let record = record.clone();
+        async move {
+            match record.exists() {
+                false => Ok(()),
+                true => Err(std::fs::read_to_string(&record).unwrap_or_default()),
+            }
+        }
+    })
+    .await;
+    let log = pipeline.log(1);
+    assert_eq!(log.matches("copy asked for").count(), 2, "{log}");
+    assert!(log.contains("does not replicate"), "{log}");
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+}

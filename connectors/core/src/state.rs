@@ -69,14 +69,16 @@ pub enum RecordKind {
     StoppedTables,
     SnapshotPlan,
     SourcePosition,
+    CopyRequests,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 4] = [
+    pub const ALL: [RecordKind; 5] = [
         RecordKind::Phase,
         RecordKind::StoppedTables,
         RecordKind::SnapshotPlan,
         RecordKind::SourcePosition,
+        RecordKind::CopyRequests,
     ];
 
     /// Its key in the warehouse's `pipeline_state` table.
@@ -86,6 +88,7 @@ impl RecordKind {
             RecordKind::StoppedTables => "stopped_tables",
             RecordKind::SnapshotPlan => "snapshot_plan",
             RecordKind::SourcePosition => "source_position",
+            RecordKind::CopyRequests => "copy_requests",
         }
     }
 
@@ -96,6 +99,7 @@ impl RecordKind {
             RecordKind::StoppedTables => "_tidewater_stopped_tables.json",
             RecordKind::SnapshotPlan => "_tidewater_snapshot_plan.json",
             RecordKind::SourcePosition => "_tidewater_source_position",
+            RecordKind::CopyRequests => "_tidewater_copy_requests.json",
         }
     }
 
@@ -123,6 +127,11 @@ impl RecordKind {
             RecordKind::SourcePosition => {
                 "remove it: the pipeline then resumes from the oldest position its tables \
                  recorded, and their marks skip what is replayed (a start does this by itself)"
+            }
+            RecordKind::CopyRequests => {
+                "remove it, then ask again for the copies you want \
+                 (`tidewater snapshot --table schema.table`): it only lists tables an operator \
+                 asked to copy again"
             }
         }
     }
@@ -304,6 +313,57 @@ impl StoppedTables {
                 })
                 .collect(),
         )
+    }
+}
+
+/// Tables an operator asked to copy again while the pipeline streams
+/// (`tidewater snapshot --table` beside a running `run`, or a row of the
+/// signal table). Kept until each copy completes, so a restart in between
+/// asks again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CopyRequests(pub Vec<TableId>);
+
+#[derive(Serialize, Deserialize)]
+struct RequestedTable {
+    schema: String,
+    table: String,
+}
+
+impl StateRecord for CopyRequests {
+    const KIND: RecordKind = RecordKind::CopyRequests;
+
+    fn encode(&self) -> String {
+        let tables: Vec<RequestedTable> = self
+            .0
+            .iter()
+            .map(|t| RequestedTable {
+                schema: t.schema.clone(),
+                table: t.table.clone(),
+            })
+            .collect();
+        let value = serde_json::json!({ "format": FORMAT, "tables": tables });
+        format!(
+            "{}\n",
+            serde_json::to_string_pretty(&value).expect("serializes")
+        )
+    }
+
+    fn decode(text: &str) -> Result<(Self, bool), String> {
+        #[derive(Deserialize)]
+        struct File {
+            tables: Vec<RequestedTable>,
+        }
+        let file: File =
+            serde_json::from_value(versioned(text)?).map_err(|err| json_problem(&err))?;
+        Ok((
+            CopyRequests(
+                file.tables
+                    .into_iter()
+                    .map(|t| TableId::new(t.schema, t.table))
+                    .collect(),
+            ),
+            false,
+        ))
     }
 }
 
@@ -512,6 +572,7 @@ pub trait StateStore {
                 RecordKind::StoppedTables => reencode::<StoppedTables>(&text),
                 RecordKind::SnapshotPlan => reencode::<SnapshotPlan>(&text),
                 RecordKind::SourcePosition => reencode::<SourcePosition>(&text),
+                RecordKind::CopyRequests => reencode::<CopyRequests>(&text),
             };
             match encoded {
                 // The position is a shortcut (a restart can replay from the

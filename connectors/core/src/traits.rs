@@ -20,6 +20,10 @@ pub struct Problem {
     pub fix: String,
 }
 
+/// Tables waiting to be copied again, shared between the pipeline (which
+/// adds) and a source (which takes them between transactions).
+pub type CopyRequestQueue = std::sync::Arc<std::sync::Mutex<Vec<TableId>>>;
+
 /// A database log to replicate from, through its whole life in one run:
 ///
 /// ```text
@@ -92,6 +96,13 @@ pub trait Source: Sized {
     ) -> impl std::future::Future<Output = Result<ChangeEvent, Self::Error>> + Send;
 
     fn ready_event(&mut self) -> Option<ChangeEvent> {
+        None
+    }
+
+    /// Where to ask this source to copy tables again while it streams
+    /// (they are taken at its next transaction boundary and copied beside
+    /// the stream, like a table that joins); None when it cannot.
+    fn copy_requests(&self) -> Option<CopyRequestQueue> {
         None
     }
 

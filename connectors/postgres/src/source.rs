@@ -294,6 +294,8 @@ pub struct PostgresSource {
     tables: Vec<TableId>,
     /// Tables to copy while streaming, at the next transaction boundary.
     copy_queue: Vec<TableId>,
+    /// Tables an operator asked to copy again (see `Source::copy_requests`).
+    requests: tidewater_core::CopyRequestQueue,
     /// A transaction of the stream is open (between Begin and Commit).
     in_transaction: bool,
     /// When the catalog was last read for new tables.
@@ -364,6 +366,7 @@ impl PostgresSource {
             relations: HashMap::new(),
             tables: Vec::new(),
             copy_queue: Vec::new(),
+            requests: Default::default(),
             in_transaction: false,
             discovered_at: tokio::time::Instant::now(),
             sampled_at: tokio::time::Instant::now(),
@@ -846,6 +849,23 @@ impl PostgresSource {
         }
     }
 
+    /// Tables an operator asked to copy again join the copy queue: they are
+    /// copied beside the stream like a table that joins (a table already in
+    /// the lake starts over with a truncate; a stopped one streams again).
+    fn take_copy_requests(&mut self) {
+        let requested = match self.requests.lock() {
+            Ok(mut requests) => std::mem::take(&mut *requests),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for table in requested {
+            if !self.copy_queue.contains(&table) {
+                info!(table = %table, "copying the table again, as asked");
+                self.stopped.remove(&table);
+                self.copy_queue.push(table);
+            }
+        }
+    }
+
     fn discovery_due(&self) -> bool {
         self.config
             .discovery
@@ -1206,6 +1226,7 @@ impl PostgresSource {
                 if self.sampled_at.elapsed() >= SAMPLE_EVERY {
                     self.sample_slot().await;
                 }
+                self.take_copy_requests();
                 if !self.copy_queue.is_empty() {
                     self.start_table_copies().await?;
                     continue;
@@ -2159,6 +2180,10 @@ impl tidewater_core::Source for PostgresSource {
 
     fn ready_event(&mut self) -> Option<ChangeEvent> {
         PostgresSource::ready_event(self)
+    }
+
+    fn copy_requests(&self) -> Option<tidewater_core::CopyRequestQueue> {
+        Some(self.requests.clone())
     }
 
     fn acknowledger(&self) -> LsnAcknowledger {
