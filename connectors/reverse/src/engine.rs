@@ -3,49 +3,122 @@
 //! (the raw change log, metadata columns included).
 //!
 //! ```text
-//!  query ─parse─▶ table references ─▶ read only those change logs (LakeSink::read_log)
-//!        ─▶ register  <s>.<t>__changes  = the log (in memory)
+//!  query ─parse─▶ table references ─▶ only those tables' committed files (LakeSink::log_files)
+//!        ─▶ register  <s>.<t>__changes  = a Parquet scan over exactly those files
+//!                                         (filters pushed in: file, row-group and page
+//!                                         pruning by statistics, row filters)
 //!                     <s>.<t>           = view: last row per key by (_tw_seq, _tw_ord),
 //!                                         after the last truncate, deletes dropped
-//!        ─▶ plan read-only (no DDL, DML or SET) ─▶ collect the result
+//!        ─▶ plan read-only (no DDL, DML or SET) ─▶ a stream of result batches
 //! ```
 //!
-//! Only the tables a query names are read, so a job over one small table
-//! does not pay for the whole lake. Names follow SQL: unquoted identifiers
+//! Memory is bounded: the session has a fixed memory pool (`memory_mb` of
+//! the job) and a spill directory, so sorts, windows and aggregations spill
+//! to disk instead of growing, and the result comes out as a stream, never
+//! collected. Only the tables a query names are read, and of those only the
+//! columns and row groups it needs. Names follow SQL: unquoted identifiers
 //! fold to lower case, so a MySQL table `Orders` is `shop."Orders"`.
+//!
+//! The scan reads the files the Delta snapshot lists (never a directory
+//! listing, so an uncommitted or vacuumed file is never seen) through the
+//! table's own object store (local disk or S3). Files written before a
+//! column was added lack it: the scan reads it as NULL (the table schema is
+//! the scan's; DataFusion adapts each file to it).
 
 use std::collections::BTreeSet;
+use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::catalog::MemorySchemaProvider;
-use datafusion::common::TableReference;
-use datafusion::datasource::MemTable;
+use async_trait::async_trait;
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
+use datafusion::catalog::{MemorySchemaProvider, Session, TableProvider};
+use datafusion::common::{project_schema, TableReference};
+use datafusion::dataframe::DataFrame;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::TableType;
+use datafusion::error::Result as DfResult;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
-use tidewater_core::TableId;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{Expr, SortExpr, TableProviderFilterPushDown};
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::ident;
+use tidewater_core::{Mark, TableId};
 use tidewater_endpoint::quote::double_quoted as quote;
-use tidewater_lake::{LakeLog, LakeSink};
+use tidewater_lake::{LakeFiles, LakeSink};
 
 use crate::error::ReverseError;
 
 /// The suffix that names a table's raw change log.
 pub const CHANGES_SUFFIX: &str = "__changes";
 
-/// A query's result, whole.
-pub struct QueryResult {
-    pub schema: SchemaRef,
-    pub batches: Vec<RecordBatch>,
-    /// Lake tables the query read.
-    pub tables: Vec<TableId>,
+/// What the engine may use besides the lake.
+#[derive(Debug, Clone)]
+pub struct Resources {
+    /// The memory pool of the query: operators that can spill (sorts,
+    /// windows, aggregations) spill beyond it; the query fails if it cannot
+    /// stay within it otherwise.
+    pub memory_bytes: usize,
+    /// Where spill files go; None: the system's temp directory.
+    pub spill_dir: Option<PathBuf>,
 }
 
-/// Runs `query` over the lake of `sink`'s pipeline.
-pub async fn query(sink: &mut LakeSink, query: &str) -> Result<QueryResult, ReverseError> {
-    let config = SessionConfig::new()
-        .with_information_schema(false)
-        .with_target_partitions(2);
-    let ctx = SessionContext::new_with_config(config);
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 256 << 20,
+            spill_dir: None,
+        }
+    }
+}
+
+/// A planned query: its result schema and the lake tables it reads.
+pub struct Query {
+    pub schema: SchemaRef,
+    /// Lake tables the query reads.
+    pub tables: Vec<TableId>,
+    frame: DataFrame,
+}
+
+impl Query {
+    /// The result, ordered by the columns `key` (ascending, as DataFusion
+    /// orders values; see `crate::order` for how the caller checks it).
+    pub async fn ordered_by(self, key: &[String]) -> Result<SendableRecordBatchStream, ReverseError> {
+        let sort: Vec<SortExpr> = key.iter().map(|k| ident(k).sort(true, false)).collect();
+        let frame = self
+            .frame
+            .sort(sort)
+            .map_err(|source| ReverseError::Query { source })?;
+        frame
+            .execute_stream()
+            .await
+            .map_err(|source| ReverseError::Query { source })
+    }
+
+    /// The result as the query orders it (or does not).
+    pub async fn stream(self) -> Result<SendableRecordBatchStream, ReverseError> {
+        self.frame
+            .execute_stream()
+            .await
+            .map_err(|source| ReverseError::Query { source })
+    }
+}
+
+/// Plans `query` over the lake of `sink`'s pipeline.
+pub async fn query(
+    sink: &mut LakeSink,
+    query: &str,
+    resources: &Resources,
+) -> Result<Query, ReverseError> {
+    let ctx = session(resources).map_err(|source| ReverseError::Query { source })?;
     let state = ctx.state();
     let dialect = state.config().options().sql_parser.dialect;
     let statement = state
@@ -93,15 +166,15 @@ pub async fn query(sink: &mut LakeSink, query: &str) -> Result<QueryResult, Reve
         wanted.insert(id);
     }
 
-    for id in &wanted {
-        let log = sink
-            .read_log(id)
+    for (i, id) in wanted.iter().enumerate() {
+        let files = sink
+            .log_files(id)
             .await?
             .ok_or_else(|| ReverseError::UnknownTable {
                 name: id.to_string(),
                 hint: "it was removed from the lake while the query was planned".into(),
             })?;
-        if log.key.is_empty() && as_current.contains(id) {
+        if files.key.is_empty() && as_current.contains(id) {
             return Err(ReverseError::UnknownTable {
                 name: id.to_string(),
                 hint: format!(
@@ -109,7 +182,18 @@ pub async fn query(sink: &mut LakeSink, query: &str) -> Result<QueryResult, Reve
                 ),
             });
         }
-        register(&ctx, id, log).await?;
+        let internal = |source| ReverseError::Engine {
+            table: id.to_string(),
+            source,
+        };
+        let (columns, key) = (files.columns.clone(), files.key.clone());
+        let scan = LogScan::new(&ctx, i, files).map_err(internal)?;
+        register_changes(&ctx, id, Arc::new(scan)).map_err(internal)?;
+        if as_current.contains(id) {
+            register_current(&ctx, id, &columns, &key)
+                .await
+                .map_err(internal)?;
+        }
     }
 
     let options = SQLOptions::new()
@@ -121,79 +205,215 @@ pub async fn query(sink: &mut LakeSink, query: &str) -> Result<QueryResult, Reve
         .await
         .map_err(|source| ReverseError::Query { source })?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-    let batches = frame
-        .collect()
-        .await
-        .map_err(|source| ReverseError::Query { source })?;
-    Ok(QueryResult {
+    Ok(Query {
         schema,
-        batches,
         tables: wanted.into_iter().collect(),
+        frame,
     })
 }
 
-/// Registers `id`'s change log and its current-state view.
-async fn register(ctx: &SessionContext, id: &TableId, log: LakeLog) -> Result<(), ReverseError> {
-    let internal = |source| ReverseError::Engine {
-        table: id.to_string(),
-        source,
-    };
+/// A session with a bounded memory pool that spills to disk.
+fn session(resources: &Resources) -> DfResult<SessionContext> {
+    let mut runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(resources.memory_bytes)));
+    if let Some(dir) = &resources.spill_dir {
+        runtime = runtime.with_temp_file_path(dir.clone());
+    }
+    let mut config = SessionConfig::new()
+        .with_information_schema(false)
+        .with_target_partitions(2);
+    let options = config.options_mut();
+    // Row filters inside the Parquet reader: rows a filter drops are never
+    // materialised with the other columns.
+    options.execution.parquet.pushdown_filters = true;
+    options.execution.parquet.reorder_filters = true;
+    Ok(SessionContext::new_with_config_rt(
+        config,
+        runtime.build_arc()?,
+    ))
+}
+
+/// Registers `changes` as `id`'s change log.
+fn register_changes(
+    ctx: &SessionContext,
+    id: &TableId,
+    changes: Arc<dyn TableProvider>,
+) -> DfResult<()> {
     let catalog = ctx
         .catalog("datafusion")
         .expect("the default catalog exists");
     if catalog.schema(&id.schema).is_none() {
-        catalog
-            .register_schema(&id.schema, Arc::new(MemorySchemaProvider::new()))
-            .map_err(internal)?;
+        catalog.register_schema(&id.schema, Arc::new(MemorySchemaProvider::new()))?;
     }
     let changes_name = format!("{}{CHANGES_SUFFIX}", id.table);
-    let changes =
-        MemTable::try_new(log.schema.clone(), vec![log.batches.clone()]).map_err(internal)?;
     ctx.register_table(
         TableReference::partial(id.schema.as_str(), changes_name.as_str()),
-        Arc::new(changes),
-    )
-    .map_err(internal)?;
+        changes,
+    )?;
+    Ok(())
+}
 
-    if log.key.is_empty() {
-        // No key, no "last row per key": only the log is offered, and
-        // naming the current state fails with the reason.
-        return Ok(());
-    }
+/// Registers `id`'s current-state view over its registered change log.
+/// Finding the last truncate is a query of its own: the highest
+/// (`_tw_seq`, `_tw_ord`) of the rows with `_tw_op = 't'` (a filter the
+/// scan pushes down, so files without a truncate are skipped by their
+/// statistics where they allow).
+async fn register_current(
+    ctx: &SessionContext,
+    id: &TableId,
+    columns: &[(String, String)],
+    key: &[String],
+) -> DfResult<()> {
+    let changes = format!(
+        "{}.{}",
+        quote(&id.schema),
+        quote(&format!("{}{CHANGES_SUFFIX}", id.table))
+    );
+    let last = ctx
+        .sql(&format!(
+            "SELECT _tw_seq, _tw_ord FROM {changes} WHERE _tw_op = 't' \
+             ORDER BY _tw_seq DESC, _tw_ord DESC LIMIT 1"
+        ))
+        .await?
+        .collect()
+        .await?;
+    let truncated = last
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .map(|b: &RecordBatch| {
+            let seq = b.column(0).as_primitive::<Int64Type>().value(0);
+            let ord = b.column(1).as_primitive::<Int64Type>().value(0);
+            Mark::new(seq as u64, ord as u64)
+        })
+        .unwrap_or(Mark::ZERO);
     let view = ctx
-        .sql(&current_state_sql(id, &log))
-        .await
-        .map_err(internal)?
+        .sql(&current_state_sql(&changes, columns, key, truncated))
+        .await?
         .into_view();
     ctx.register_table(
         TableReference::partial(id.schema.as_str(), id.table.as_str()),
         view,
-    )
-    .map_err(internal)?;
+    )?;
     Ok(())
 }
 
 /// The current state of a change log (DESIGN §3), columns under their
 /// source names.
-fn current_state_sql(id: &TableId, log: &LakeLog) -> String {
-    let columns: Vec<String> = log
-        .columns
+fn current_state_sql(
+    changes: &str,
+    columns: &[(String, String)],
+    key: &[String],
+    truncated: Mark,
+) -> String {
+    let columns: Vec<String> = columns
         .iter()
         .map(|(name, lake)| format!("{} AS {}", quote(lake), quote(name)))
         .collect();
-    let key: Vec<String> = log.key.iter().map(|k| quote(k)).collect();
-    let (seq, ord) = (log.truncated.seq as i64, log.truncated.ord as i64);
+    let key: Vec<String> = key.iter().map(|k| quote(k)).collect();
+    let (seq, ord) = (truncated.seq as i64, truncated.ord as i64);
     format!(
         "SELECT {columns} FROM (\
            SELECT *, row_number() OVER (PARTITION BY {key} ORDER BY _tw_seq DESC, _tw_ord DESC) AS __tw_rank \
-           FROM {schema}.{changes} \
+           FROM {changes} \
            WHERE _tw_op <> 't' AND (_tw_seq > {seq} OR (_tw_seq = {seq} AND _tw_ord > {ord}))\
          ) WHERE __tw_rank = 1 AND _tw_op <> 'd'",
         columns = columns.join(", "),
         key = key.join(", "),
-        schema = quote(&id.schema),
-        changes = quote(&format!("{}{CHANGES_SUFFIX}", id.table)),
     )
+}
+
+/// A change log as a table: a Parquet scan over exactly the committed files
+/// of the snapshot, in the table's object store (registered in the
+/// session's runtime under a URL of its own).
+struct LogScan {
+    schema: SchemaRef,
+    store_url: ObjectStoreUrl,
+    files: Vec<PartitionedFile>,
+}
+
+impl fmt::Debug for LogScan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogScan")
+            .field("store", &self.store_url)
+            .field("files", &self.files.len())
+            .finish()
+    }
+}
+
+impl LogScan {
+    /// The scan of the `n`th table of a query.
+    fn new(ctx: &SessionContext, n: usize, lake: LakeFiles) -> DfResult<Self> {
+        let store_url = ObjectStoreUrl::parse(format!("tidewater-lake-{n}://table"))?;
+        ctx.runtime_env()
+            .register_object_store(store_url.as_ref(), lake.store);
+        let files = lake
+            .files
+            .into_iter()
+            .map(|(path, size)| {
+                let mut file = PartitionedFile::new(path.to_string(), size);
+                // The path as the log has it, not parsed again.
+                file.object_meta.location = path;
+                file
+            })
+            .collect();
+        Ok(Self {
+            schema: lake.schema,
+            store_url,
+            files,
+        })
+    }
+}
+
+#[async_trait]
+impl TableProvider for LogScan {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    /// Every filter goes into the scan for pruning (files, row groups,
+    /// pages by statistics) and row filtering; DataFusion still applies it
+    /// above the scan.
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if self.files.is_empty() {
+            return Ok(Arc::new(EmptyExec::new(project_schema(
+                &self.schema,
+                projection,
+            )?)));
+        }
+        let groups_n = state
+            .config()
+            .target_partitions()
+            .clamp(1, self.files.len());
+        let mut groups = vec![Vec::new(); groups_n];
+        for (i, file) in self.files.iter().enumerate() {
+            groups[i % groups_n].push(file.clone());
+        }
+        let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
+        let source = Arc::new(ParquetSource::new(self.schema.clone()));
+        let config = FileScanConfigBuilder::new(self.store_url.clone(), source)
+            .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        format.create_physical_plan(state, config).await
+    }
 }
 
 #[cfg(test)]
@@ -201,10 +421,10 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::{Array, Int64Array, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    use tidewater_core::Mark;
+    use datafusion::datasource::MemTable;
 
     /// A change log: (op, seq, ord, id, v).
-    fn log(rows: &[(&str, i64, i64, i64, Option<&str>)], truncated: Mark) -> LakeLog {
+    fn log(rows: &[(&str, i64, i64, i64, Option<&str>)]) -> Arc<dyn TableProvider> {
         let schema = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, true),
             Field::new("v__v2", DataType::Utf8, true),
@@ -223,20 +443,21 @@ mod tests {
             ],
         )
         .unwrap();
-        LakeLog {
-            schema,
-            batches: vec![batch],
-            columns: vec![("id".into(), "id".into()), ("v".into(), "v__v2".into())],
-            key: vec!["id".into()],
-            truncated,
-        }
+        Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap())
     }
 
-    async fn current(log: LakeLog) -> Vec<(i64, Option<String>)> {
-        let ctx = SessionContext::new();
-        register(&ctx, &TableId::new("public", "t"), log)
+    async fn register(ctx: &SessionContext, log: Arc<dyn TableProvider>) {
+        let id = TableId::new("public", "t");
+        register_changes(ctx, &id, log).unwrap();
+        let columns = [("id".into(), "id".into()), ("v".into(), "v__v2".into())];
+        register_current(ctx, &id, &columns, &["id".into()])
             .await
             .unwrap();
+    }
+
+    async fn current(log: Arc<dyn TableProvider>) -> Vec<(i64, Option<String>)> {
+        let ctx = SessionContext::new();
+        register(&ctx, log).await;
         let batches = ctx
             .sql("SELECT id, v FROM public.t ORDER BY id")
             .await
@@ -273,29 +494,25 @@ mod tests {
             ("c", 8, 0, 2, Some("b again")),
         ];
         assert_eq!(
-            current(log(&rows, Mark::ZERO)).await,
+            current(log(&rows)).await,
             vec![
                 (1, Some("a2".into())),
                 (2, Some("b again".into())),
                 (3, None)
             ]
         );
-        // A truncate at (6, 0): only what came after it is left.
+        // A truncate at (6, 0) (and an older one): only what came after
+        // the last is left.
         let mut truncated = rows.to_vec();
         truncated.push(("t", 6, 0, 0, None));
+        truncated.push(("t", 2, 0, 0, None));
         assert_eq!(
-            current(log(&truncated, Mark::new(6, 0))).await,
+            current(log(&truncated)).await,
             vec![(2, Some("b again".into())), (3, None)]
         );
         // The log keeps everything, truncate included.
         let ctx = SessionContext::new();
-        register(
-            &ctx,
-            &TableId::new("public", "t"),
-            log(&truncated, Mark::new(6, 0)),
-        )
-        .await
-        .unwrap();
+        register(&ctx, log(&truncated)).await;
         let n: usize = ctx
             .sql("SELECT * FROM public.t__changes")
             .await
@@ -306,6 +523,6 @@ mod tests {
             .iter()
             .map(|b| b.num_rows())
             .sum();
-        assert_eq!(n, 9);
+        assert_eq!(n, 10);
     }
 }
