@@ -1005,10 +1005,10 @@ impl Config {
             if job.max_retries == 0 {
                 return Err(invalid("max_retries", "must be at least 1".into()));
             }
-            if !(16..=1 << 20).contains(&job.memory_mb) {
+            if !(4..=1 << 20).contains(&job.memory_mb) {
                 return Err(invalid(
                     "memory_mb",
-                    format!("{} is outside 16..=1048576 (256 is sensible)", job.memory_mb),
+                    format!("{} is outside 4..=1048576 (256 is sensible)", job.memory_mb),
                 ));
             }
             match (&job.every, &job.cron) {

@@ -91,7 +91,10 @@ pub struct Query {
 impl Query {
     /// The result, ordered by the columns `key` (ascending, as DataFusion
     /// orders values; see `crate::order` for how the caller checks it).
-    pub async fn ordered_by(self, key: &[String]) -> Result<SendableRecordBatchStream, ReverseError> {
+    pub async fn ordered_by(
+        self,
+        key: &[String],
+    ) -> Result<SendableRecordBatchStream, ReverseError> {
         let sort: Vec<SortExpr> = key.iter().map(|k| ident(k).sort(true, false)).collect();
         let frame = self
             .frame
@@ -219,10 +222,20 @@ fn session(resources: &Resources) -> DfResult<SessionContext> {
     if let Some(dir) = &resources.spill_dir {
         runtime = runtime.with_temp_file_path(dir.clone());
     }
+    // One partition: no exchange or merge operators, which cannot spill
+    // and would need memory the spilling sorts have taken (a pool of a few
+    // MiB failed with two partitions); the push is bound by the target.
+    // Rows per batch: a sort must hold a few batches of each partition,
+    // so small pools get small batches (8192, the default, from 256 MiB).
+    let batch_rows = (resources.memory_bytes >> 15).clamp(512, 8192);
     let mut config = SessionConfig::new()
         .with_information_schema(false)
-        .with_target_partitions(2);
+        .with_target_partitions(1)
+        .with_batch_size(batch_rows);
     let options = config.options_mut();
+    // A sort keeps this much back for merging its spilled runs; the
+    // default (10 MiB) is for pools of gigabytes.
+    options.execution.sort_spill_reservation_bytes = (resources.memory_bytes / 16).min(10 << 20);
     // Row filters inside the Parquet reader: rows a filter drops are never
     // materialised with the other columns.
     options.execution.parquet.pushdown_filters = true;

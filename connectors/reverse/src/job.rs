@@ -310,7 +310,12 @@ impl Push<'_> {
         self.spec.batch_rows.max(1)
     }
 
-    async fn upsert(&mut self, row: Vec<Value>, key: String, hash: u128) -> Result<(), ReverseError> {
+    async fn upsert(
+        &mut self,
+        row: Vec<Value>,
+        key: String,
+        hash: u128,
+    ) -> Result<(), ReverseError> {
         if self.dry_run {
             return Ok(());
         }
@@ -393,8 +398,10 @@ impl Push<'_> {
             Op::Delete(&keys),
         )
         .await?;
-        self.journal()?
-            .record(std::iter::empty(), chunk.iter().map(|e| e.key_json.as_str()))?;
+        self.journal()?.record(
+            std::iter::empty(),
+            chunk.iter().map(|e| e.key_json.as_str()),
+        )?;
         self.report.transactions += 1;
         self.pace.wait(chunk.len()).await;
         Ok(())

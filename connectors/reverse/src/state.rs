@@ -566,7 +566,10 @@ mod tests {
         let mut journal = files.journal().unwrap();
         let j = |n| Entry::new(key(n), 0).key_json;
         journal
-            .record([(j(11).as_str(), 111u128)].into_iter(), [j(2).as_str()].into_iter())
+            .record(
+                [(j(11).as_str(), 111u128)].into_iter(),
+                [j(2).as_str()].into_iter(),
+            )
             .unwrap();
         drop(journal);
         let mut journal = files.journal().unwrap();

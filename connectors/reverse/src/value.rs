@@ -423,7 +423,9 @@ mod tests {
             f64::INFINITY,
             f64::NAN,
         ];
-        let texts = ["", "A", "Z", "a", "aa", "ab", "b", "z", "Ä", "ä", "é", "ü", "中"];
+        let texts = [
+            "", "A", "Z", "a", "aa", "ab", "b", "z", "Ä", "ä", "é", "ü", "中",
+        ];
         let decimals = [-99999, -1250, -5, 0, 5, 10, 1250, 99999];
         let columns: Vec<(&str, ArrayRef)> = vec![
             ("int", Arc::new(Int64Array::from(ints.to_vec()))),
@@ -497,8 +499,16 @@ mod tests {
                 );
             }
         }
-        assert!(key_order(&[Value::Int(1), Value::Int(5)], &[Value::Int(2), Value::Int(0)]).is_lt());
-        assert!(key_order(&[Value::Int(1), Value::Int(5)], &[Value::Int(1), Value::Int(0)]).is_gt());
+        assert!(key_order(
+            &[Value::Int(1), Value::Int(5)],
+            &[Value::Int(2), Value::Int(0)]
+        )
+        .is_lt());
+        assert!(key_order(
+            &[Value::Int(1), Value::Int(5)],
+            &[Value::Int(1), Value::Int(0)]
+        )
+        .is_gt());
         assert!(decimal_order("-0.00", "0").is_eq());
         assert!(decimal_order("-0.5", "-0.25").is_lt());
         assert!(decimal_order("100", "99.99").is_gt());
