@@ -77,7 +77,7 @@ pub struct ReverseEtlConfig {
     pub max_retries: u32,
     /// Memory of the job's query in MiB: sorts, windows and aggregations
     /// spill to `pipeline.state_dir/reverse_etl/<job>.spill/` beyond it.
-    /// Default 256.
+    /// Default 128.
     #[serde(default = "default_reverse_memory_mb")]
     pub memory_mb: usize,
     /// Under `tidewater run`: run the job this often (`30s`, `15m`, `1h`,
@@ -110,7 +110,7 @@ fn default_reverse_max_retries() -> u32 {
     5
 }
 fn default_reverse_memory_mb() -> usize {
-    256
+    128
 }
 
 /// When a scheduled job runs.
@@ -1008,7 +1008,10 @@ impl Config {
             if !(4..=1 << 20).contains(&job.memory_mb) {
                 return Err(invalid(
                     "memory_mb",
-                    format!("{} is outside 4..=1048576 (256 is sensible)", job.memory_mb),
+                    format!(
+                        "{} is outside 4..=1048576 (128 is the default)",
+                        job.memory_mb
+                    ),
                 ));
             }
             match (&job.every, &job.cron) {
