@@ -770,9 +770,11 @@ async fn kill_midway(
         ))
     })
     .await;
-    let mut child = child.lock().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    {
+        let mut child = child.lock().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
     target
         .query_one(landed, &[])
         .await

@@ -90,12 +90,15 @@ pub struct Query {
 
 impl Query {
     /// The result, ordered by the columns `key` (ascending, as DataFusion
-    /// orders values; see `crate::order` for how the caller checks it).
+    /// orders values; `crate::value::key_order` is the same order, which
+    /// the caller checks as rows arrive).
     pub async fn ordered_by(
         self,
         key: &[String],
     ) -> Result<SendableRecordBatchStream, ReverseError> {
-        let sort: Vec<SortExpr> = key.iter().map(|k| ident(k).sort(true, false)).collect();
+        // NULL first, as `key_order` has it: a NULL key fails the run
+        // before it writes, where it can.
+        let sort: Vec<SortExpr> = key.iter().map(|k| ident(k).sort(true, true)).collect();
         let frame = self
             .frame
             .sort(sort)

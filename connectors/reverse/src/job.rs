@@ -9,6 +9,17 @@
 //!   target's contents: a row changed in the target by someone else is put
 //!   back only when its result row changes, or on a `--full` run.
 //! - A target table tidewater creates starts with an empty state.
+//!
+//! Why a merge in key order (and not a hash table of the result, as
+//! before): both sides are sorted streams, so memory does not grow with
+//! the result or the state; the sort is DataFusion's, which spills. The
+//! order is checked in Rust as rows arrive (`key_order`, the order
+//! DataFusion sorts in, and the order the state file is written in): equal
+//! neighbours are a duplicate key, a step back stops the run (a bug, never
+//! a wrong diff). NULL keys sort first so a single-column NULL key fails
+//! before anything is written; a NULL in a later key column fails when the
+//! merge reaches it, after earlier transactions committed (journaled, so
+//! harmless).
 
 use std::cmp::Ordering;
 use std::collections::HashSet;
