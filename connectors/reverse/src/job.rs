@@ -373,6 +373,7 @@ impl Push<'_> {
             return Ok(());
         }
         let chunk = std::mem::take(&mut self.upserts);
+        self.pace.begin();
         let rows: Vec<Vec<Value>> = chunk.iter().map(|(row, _, _)| row.clone()).collect();
         self.report.retries += retrying(
             self.spec,
@@ -398,6 +399,7 @@ impl Push<'_> {
             return Ok(());
         }
         let chunk = std::mem::take(&mut self.deletes);
+        self.pace.begin();
         let keys: Vec<Vec<Value>> = chunk.iter().map(|e| e.key.clone()).collect();
         self.report.retries += retrying(
             self.spec,
@@ -468,7 +470,9 @@ async fn retrying(
 /// Spaces transactions so the rows written stay under the rate.
 struct Pace {
     rate: Option<f64>,
-    start: Instant,
+    /// When the first transaction began: the query before it (which can
+    /// take long, and now overlaps the writes) does not count.
+    start: Option<Instant>,
     rows: usize,
 }
 
@@ -476,16 +480,21 @@ impl Pace {
     fn new(rate: Option<f64>) -> Self {
         Self {
             rate: rate.filter(|r| *r > 0.0),
-            start: Instant::now(),
+            start: None,
             rows: 0,
         }
     }
 
+    /// A transaction begins.
+    fn begin(&mut self) {
+        self.start.get_or_insert_with(Instant::now);
+    }
+
     async fn wait(&mut self, rows: usize) {
         self.rows += rows;
-        if let Some(rate) = self.rate {
+        if let (Some(rate), Some(start)) = (self.rate, self.start) {
             let due = Duration::from_secs_f64(self.rows as f64 / rate);
-            if let Some(ahead) = due.checked_sub(self.start.elapsed()) {
+            if let Some(ahead) = due.checked_sub(start.elapsed()) {
                 tokio::time::sleep(ahead).await;
             }
         }
