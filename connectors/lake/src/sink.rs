@@ -55,7 +55,7 @@ mod ranged;
 mod read;
 pub use current::MergeReport;
 pub use maintenance::{Compaction, CompactionReport, MaintenancePolicy};
-pub use read::{LakeFiles, LakeLog};
+pub use read::{LakeFile, LakeFiles, LakeLog};
 
 const KEY_PIPELINE: &str = "tidewater.pipeline";
 const KEY_SEQ: &str = "tidewater.seq";

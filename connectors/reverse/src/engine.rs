@@ -32,9 +32,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef};
 use datafusion::catalog::{MemorySchemaProvider, Session, TableProvider};
-use datafusion::common::{project_schema, TableReference};
+use datafusion::common::stats::Precision;
+use datafusion::common::{project_schema, ScalarValue, Statistics, TableReference};
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::file_format::FileFormat;
@@ -370,11 +371,17 @@ impl LogScan {
         let files = lake
             .files
             .into_iter()
-            .map(|(path, size)| {
-                let mut file = PartitionedFile::new(path.to_string(), size);
+            .map(|lake_file| {
+                let mut file = PartitionedFile::new(lake_file.path.to_string(), lake_file.size);
                 // The path as the log has it, not parsed again.
-                file.object_meta.location = path;
-                file
+                file.object_meta.location = lake_file.path;
+                match lake_file
+                    .stats
+                    .and_then(|stats| file_statistics(&lake.schema, &stats))
+                {
+                    Some(statistics) => file.with_statistics(Arc::new(statistics)),
+                    None => file,
+                }
             })
             .collect();
         Ok(Self {
@@ -383,6 +390,59 @@ impl LogScan {
             files,
         })
     }
+}
+
+/// A file's statistics from the Delta log, so a filter can skip the file
+/// before its footer is read: the row count, NULL counts, and the bounds
+/// of integer and date columns (exact in the log). Text is cut to a prefix
+/// and timestamps to milliseconds there, so their bounds are left out
+/// (row groups are still pruned by the file's own statistics).
+fn file_statistics(schema: &Schema, stats: &str) -> Option<Statistics> {
+    let json: serde_json::Value = serde_json::from_str(stats).ok()?;
+    let of = |kind: &str, column: &str| json.get(kind).and_then(|m| m.get(column)).cloned();
+    let mut statistics = Statistics::new_unknown(schema);
+    if let Some(rows) = json.get("numRecords").and_then(|n| n.as_u64()) {
+        statistics.num_rows = Precision::Exact(rows as usize);
+    }
+    for (field, column) in schema
+        .fields()
+        .iter()
+        .zip(&mut statistics.column_statistics)
+    {
+        if let Some(nulls) = of("nullCount", field.name()).and_then(|n| n.as_u64()) {
+            column.null_count = Precision::Exact(nulls as usize);
+        }
+        let exact = matches!(
+            field.data_type(),
+            DataType::Int8
+                | DataType::Int16
+                | DataType::Int32
+                | DataType::Int64
+                | DataType::UInt8
+                | DataType::UInt16
+                | DataType::UInt32
+                | DataType::UInt64
+                | DataType::Date32
+        );
+        if !exact {
+            continue;
+        }
+        let bound = |kind: &str| {
+            let text = match of(kind, field.name())? {
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::String(s) => s,
+                _ => return None,
+            };
+            ScalarValue::try_from_string(text, field.data_type())
+                .ok()
+                .filter(|v| !v.is_null())
+        };
+        if let (Some(min), Some(max)) = (bound("minValues"), bound("maxValues")) {
+            column.min_value = Precision::Exact(min);
+            column.max_value = Precision::Exact(max);
+        }
+    }
+    Some(statistics)
 }
 
 #[async_trait]
@@ -443,6 +503,7 @@ mod tests {
     use datafusion::arrow::array::{Array, Int64Array, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use datafusion::datasource::MemTable;
+    use tidewater_lake::LakeFile;
 
     /// A change log: (op, seq, ord, id, v).
     fn log(rows: &[(&str, i64, i64, i64, Option<&str>)]) -> Arc<dyn TableProvider> {
@@ -565,7 +626,8 @@ mod tests {
     /// The lake's files scanned as they are: an older file without a
     /// later column reads it as NULL, columns in another order map by
     /// name, a renamed column (`v__v2`) shows under its source name, and a
-    /// filter prunes the files whose statistics rule it out.
+    /// filter skips the files whose statistics (the Delta log's, else the
+    /// footer's) rule it out.
     #[tokio::test]
     async fn the_scan_aligns_older_files_and_prunes_by_statistics() {
         use datafusion::arrow::array::ArrayRef;
@@ -604,13 +666,25 @@ mod tests {
             .runtime_env()
             .object_store(ObjectStoreUrl::local_filesystem())
             .unwrap();
+        // The Delta log's statistics of two of them (the third has none).
+        let stats = |ids: (i64, i64)| {
+            Some(format!(
+                "{{\"numRecords\":3,\"minValues\":{{\"id\":{},\"v__v2\":\"a\"}},\
+                 \"maxValues\":{{\"id\":{},\"v__v2\":\"c\"}},\"nullCount\":{{\"id\":0}}}}",
+                ids.0, ids.1
+            ))
+        };
         let files = [
-            parquet(&dir, "old.parquet", old),
-            parquet(&dir, "new.parquet", new),
-            parquet(&dir, "update.parquet", update),
+            (parquet(&dir, "old.parquet", old), stats((1, 3))),
+            (parquet(&dir, "new.parquet", new), stats((100, 102))),
+            (parquet(&dir, "update.parquet", update), None),
         ]
         .into_iter()
-        .map(|(path, size)| (PartitionedFile::new(path, size).object_meta.location, size))
+        .map(|((path, size), stats)| LakeFile {
+            path: PartitionedFile::new(path, size).object_meta.location,
+            size,
+            stats,
+        })
         .collect();
         let schema = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, true),
@@ -677,10 +751,14 @@ mod tests {
         let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
             .unwrap()
             .to_string();
-        // Two of the three files (one row group each) never read past
-        // their footer.
+        // The old file is skipped by its Delta statistics; the update,
+        // without any, by its footer's: only the new file is read.
         assert!(
-            text.contains("row_groups_pruned_statistics=3 total → 1 matched"),
+            text.contains("files_ranges_pruned_statistics=3 total → 2 matched"),
+            "{text}"
+        );
+        assert!(
+            text.contains("row_groups_pruned_statistics=2 total → 1 matched"),
             "{text}"
         );
         std::fs::remove_dir_all(&dir).unwrap();

@@ -45,8 +45,8 @@ pub struct LakeFiles {
     /// paths in it.
     pub store: Arc<dyn deltalake::ObjectStore>,
     /// The committed data files of the current snapshot (never a
-    /// directory listing), with their sizes in bytes.
-    pub files: Vec<(deltalake::Path, u64)>,
+    /// directory listing).
+    pub files: Vec<LakeFile>,
     /// The log's columns as in [`LakeLog::schema`]; older files lack the
     /// columns added after them (read them as NULL).
     pub schema: SchemaRef,
@@ -54,6 +54,20 @@ pub struct LakeFiles {
     pub columns: Vec<(String, String)>,
     /// As in [`LakeLog::key`].
     pub key: Vec<String>,
+}
+
+/// A committed data file of a change log.
+#[derive(Debug, Clone)]
+pub struct LakeFile {
+    /// Its path in [`LakeFiles::store`].
+    pub path: deltalake::Path,
+    /// Bytes.
+    pub size: u64,
+    /// The Delta log's statistics of the file, as JSON (`numRecords`,
+    /// `minValues`, `maxValues`, `nullCount` by column), when written:
+    /// exact for numbers and dates; string values are cut to a prefix and
+    /// timestamps to milliseconds, so they do not bound the values.
+    pub stats: Option<String>,
 }
 
 impl LakeSink {
@@ -68,23 +82,32 @@ impl LakeSink {
         };
         let (schema, columns, key) = log_shape(open, table)?;
         let store = open.table.log_store().object_store(None);
+        let snapshot = open
+            .table
+            .snapshot()
+            .map_err(|source| LakeError::delta(table, "listing the files of", source))?;
         let mut files = Vec::new();
-        for file in super::ranged::data_files_sized(&open.table, table)? {
-            let size = match file.size {
-                Some(size) => size,
-                None => {
+        for file in snapshot.log_data().iter() {
+            let path = file.object_store_path();
+            let size = match u64::try_from(file.size()) {
+                Ok(size) => size,
+                Err(_) => {
                     use deltalake::logstore::object_store::ObjectStoreExt;
                     store
-                        .head(&file.path)
+                        .head(&path)
                         .await
                         .map_err(|source| LakeError::Remote {
-                            location: format!("{table}: {}", file.path),
+                            location: format!("{table}: {path}"),
                             source: Box::new(source),
                         })?
                         .size
                 }
             };
-            files.push((file.path, size));
+            files.push(LakeFile {
+                path,
+                size,
+                stats: file.stats(),
+            });
         }
         Ok(Some(LakeFiles {
             store,
