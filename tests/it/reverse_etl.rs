@@ -807,7 +807,7 @@ async fn a_push_killed_while_its_query_spills_is_finished_by_the_next_run() {
     append(
         &p,
         &format!(
-            "{}max_rows_per_second = 4000\nmemory_mb = 4\n",
+            "{}max_rows_per_second = 2000\nmemory_mb = 4\n",
             job(
                 "spill",
                 "SELECT id, g, v FROM public.big",
