@@ -788,7 +788,8 @@ async fn kill_midway(
 /// the push (and removes what the killed run left in the spill
 /// directory). Then the source changes (updates, deletes, inserts) and the
 /// mirror push of the difference is killed midway too: the re-run leaves
-/// the target equal to the source row by row.
+/// the target equal to the source row by row. Duplicate and NULL keys
+/// still stop a run with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_killed_while_its_query_spills_is_finished_by_the_next_run() {
     const ROWS: i64 = 20_000;
@@ -898,5 +899,52 @@ async fn a_push_killed_while_its_query_spills_is_finished_by_the_next_run() {
     );
     let again = reverse_etl(&p, &[]);
     assert_eq!(counts(&again["spill"]).0 + counts(&again["spill"]).1, 0);
+
+    // A key that is not unique, or NULL, stops the run with the reason
+    // (found where the sorted result has them: NULL keys first, before
+    // anything is written).
+    append(
+        &p,
+        &[
+            job(
+                "dup",
+                "SELECT id % 97 AS id, v FROM public.big",
+                &server.url("rev_spill_tgt"),
+                "public.dup",
+                "id",
+                "upsert",
+            ),
+            job(
+                "nullkey",
+                "SELECT CASE WHEN id > 10 THEN id END AS id, v FROM public.big",
+                &server.url("rev_spill_tgt"),
+                "public.nullkey",
+                "id",
+                "upsert",
+            ),
+        ]
+        .concat(),
+    );
+    for (name, wanted) in [
+        ("dup", "two result rows have the same key (id)"),
+        ("nullkey", "key column id is NULL in a result row"),
+    ] {
+        let mut cmd = tidewater();
+        cmd.args(["reverse-etl", "--job", name, "--config"])
+            .arg(&p.config);
+        let out = output_within(cmd, 120);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(wanted),
+            "{name}: no {wanted:?} in:\n{stderr}"
+        );
+    }
+    let written: i64 = target
+        .query_one("SELECT count(*) FROM nullkey", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(written, 0);
     assert_eq!(p.terminate(), 0);
 }

@@ -120,6 +120,7 @@ pub async fn run_job(
         spill_dir: Some(state::spill_dir(state_dir, &spec.name)?),
     };
     let result = engine::query(sink, &spec.query, &resources).await?;
+    let planned_ms = started.elapsed().as_millis() as u64;
     let key_index = key_columns(spec, &result.schema)?;
     for field in result.schema.fields() {
         canonical_type(field.name(), field.data_type()).map_err(|problem| {
@@ -192,9 +193,11 @@ pub async fn run_job(
     let mut differs = files.has_journal();
     let mut pushed = previous.next()?;
     let mut last_key: Option<Vec<Value>> = None;
+    let mut first_batch_ms = None;
     let all_columns = 0..schema.fields().len();
     'result: while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|source| ReverseError::Query { source })?;
+        first_batch_ms.get_or_insert_with(|| started.elapsed().as_millis() as u64);
         let cells = Cells::new(&batch).map_err(|e| ReverseError::Result {
             problem: e.to_string(),
             hint: "cast the column in the query".into(),
@@ -291,7 +294,16 @@ pub async fn run_job(
             next_state.finish(true)?;
         }
     }
-    debug!(job = %spec.name, rows = report.result_rows, "result compared with the last push");
+    // The query runs as the merge goes: until the first batch it reads
+    // and sorts (spilling as needed); from then on rows stream.
+    debug!(
+        job = %spec.name,
+        rows = report.result_rows,
+        planned_ms,
+        first_batch_ms = first_batch_ms.unwrap_or_default(),
+        total_ms = started.elapsed().as_millis() as u64,
+        "result compared with the last push"
+    );
     report.millis = started.elapsed().as_millis() as u64;
     Ok(report)
 }
