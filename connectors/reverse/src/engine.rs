@@ -394,9 +394,11 @@ impl LogScan {
 
 /// A file's statistics from the Delta log, so a filter can skip the file
 /// before its footer is read: the row count, NULL counts, and the bounds
-/// of integer and date columns (exact in the log). Text is cut to a prefix
-/// and timestamps to milliseconds there, so their bounds are left out
-/// (row groups are still pruned by the file's own statistics).
+/// of integer and date columns (exact in the log). Timestamps are cut to
+/// milliseconds there and decimals written as floats, and text bounds
+/// come from the Parquet writer's (possibly cut) statistics, so those are
+/// left out: their row groups are still pruned by the file's own
+/// statistics.
 fn file_statistics(schema: &Schema, stats: &str) -> Option<Statistics> {
     let json: serde_json::Value = serde_json::from_str(stats).ok()?;
     let of = |kind: &str, column: &str| json.get(kind).and_then(|m| m.get(column)).cloned();

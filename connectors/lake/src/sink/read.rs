@@ -65,8 +65,8 @@ pub struct LakeFile {
     pub size: u64,
     /// The Delta log's statistics of the file, as JSON (`numRecords`,
     /// `minValues`, `maxValues`, `nullCount` by column), when written:
-    /// exact for numbers and dates; string values are cut to a prefix and
-    /// timestamps to milliseconds, so they do not bound the values.
+    /// exact for integers and dates; timestamps are cut to milliseconds and
+    /// decimals written as floats, so those do not bound the values.
     pub stats: Option<String>,
 }
 
