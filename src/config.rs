@@ -75,6 +75,11 @@ pub struct ReverseEtlConfig {
     /// timeouts and lost connections, with exponential backoff. Default 5.
     #[serde(default = "default_reverse_max_retries")]
     pub max_retries: u32,
+    /// Memory of the job's query in MiB: sorts, windows and aggregations
+    /// spill to `pipeline.state_dir/reverse_etl/<job>.spill/` beyond it.
+    /// Default 128.
+    #[serde(default = "default_reverse_memory_mb")]
+    pub memory_mb: usize,
     /// Under `tidewater run`: run the job this often (`30s`, `15m`, `1h`,
     /// `1d`). At most one of `every` and `cron`; with neither, the job runs
     /// only from `tidewater reverse-etl`.
@@ -103,6 +108,9 @@ fn default_reverse_statement_timeout_ms() -> u64 {
 }
 fn default_reverse_max_retries() -> u32 {
     5
+}
+fn default_reverse_memory_mb() -> usize {
+    128
 }
 
 /// When a scheduled job runs.
@@ -156,6 +164,7 @@ impl ReverseEtlConfig {
             max_rows_per_second: self.max_rows_per_second,
             statement_timeout_ms: self.statement_timeout_ms,
             max_retries: self.max_retries,
+            memory_mb: self.memory_mb,
         }
     }
 }
@@ -1025,6 +1034,15 @@ impl Config {
             }
             if job.max_retries == 0 {
                 return Err(invalid("max_retries", "must be at least 1".into()));
+            }
+            if !(4..=1 << 20).contains(&job.memory_mb) {
+                return Err(invalid(
+                    "memory_mb",
+                    format!(
+                        "{} is outside 4..=1048576 (128 is the default)",
+                        job.memory_mb
+                    ),
+                ));
             }
             match (&job.every, &job.cron) {
                 (Some(_), Some(_)) => {

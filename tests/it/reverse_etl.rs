@@ -711,3 +711,240 @@ async fn a_killed_push_is_finished_by_the_next_run_and_lock_waits_are_retried() 
         .get(0);
     assert_eq!(written, 0);
 }
+
+/// Files under `dir`, at any depth.
+fn files_under(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                files_under(&path)
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+/// Starts `tidewater reverse-etl` and SIGKILLs it once `landed` (a count
+/// on the target) reaches 1000 while the spill directory holds files;
+/// returns `landed` after the kill.
+async fn kill_midway(
+    p: &Pipeline,
+    target: &tokio_postgres::Client,
+    spill: &std::path::Path,
+    what: &str,
+    landed: &str,
+) -> i64 {
+    let log = p.dir.join("reverse-etl-killed.log");
+    let child = tidewater()
+        .args(["reverse-etl", "--config"])
+        .arg(&p.config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let log = &log;
+    let child = std::sync::Mutex::new(child);
+    let child = &child;
+    eventually(what, Duration::from_secs(120), || async move {
+        if let Some(status) = child.lock().unwrap().try_wait().unwrap() {
+            panic!(
+                "reverse-etl ended ({status}) before it was killed; its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        let n: i64 = target
+            .query_one(landed, &[])
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        let spilled = files_under(spill);
+        (n >= 1000 && spilled > 0).then_some(()).ok_or(format!(
+            "{n} rows written, {spilled} spill files; its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        ))
+    })
+    .await;
+    {
+        let mut child = child.lock().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    target
+        .query_one(landed, &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+}
+
+/// Reverse ETL in bounded memory, killed mid-run: a job whose query does
+/// not fit its memory (`memory_mb = 4`, ~13 MB of result) spills to its
+/// spill directory while it writes; SIGKILLed then, the re-run finishes
+/// the push (and removes what the killed run left in the spill
+/// directory). Then the source changes (updates, deletes, inserts) and the
+/// mirror push of the difference is killed midway too: the re-run leaves
+/// the target equal to the source row by row. Duplicate and NULL keys
+/// still stop a run with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_killed_while_its_query_spills_is_finished_by_the_next_run() {
+    const ROWS: i64 = 20_000;
+    let server = pg();
+    let source = server.create_database("rev_spill").await;
+    source
+        .batch_execute(&format!(
+            "CREATE TABLE big (id int PRIMARY KEY, g int NOT NULL, v text NOT NULL);
+             INSERT INTO big SELECT g, g % 97, repeat(md5(g::text), 20) \
+               FROM generate_series(1, {ROWS}) g;"
+        ))
+        .await
+        .unwrap();
+    let target = server.create_database("rev_spill_tgt").await;
+    let mut p = Pipeline::new("revspill", &server.url("rev_spill"), "");
+    append(
+        &p,
+        &format!(
+            "{}max_rows_per_second = 2000\nmemory_mb = 4\n",
+            job(
+                "spill",
+                "SELECT id, g, v FROM public.big",
+                &server.url("rev_spill_tgt"),
+                "public.big",
+                "id",
+                "mirror"
+            )
+            .replace("batch_rows = 3", "batch_rows = 100"),
+        ),
+    );
+    p.start();
+    p.wait_equal(&source, "big").await;
+    let spill = p.dir.join("state/reverse_etl/spill.spill");
+    const ROWS_SQL: &str = "SELECT id::text, g::text, v FROM big ORDER BY id";
+
+    // 1. The first push, killed while its sort has spilled.
+    let landed = kill_midway(
+        &p,
+        &target,
+        &spill,
+        "the first push writing while its query spills",
+        "SELECT count(*) FROM big",
+    )
+    .await;
+    assert!(
+        landed < ROWS,
+        "the push finished before the kill ({landed} rows)"
+    );
+    assert!(
+        files_under(&spill) > 0,
+        "the killed run left no spill files"
+    );
+    let rerun = reverse_etl(&p, &[]);
+    let (added, changed, deleted, unchanged) = counts(&rerun["spill"]);
+    assert_eq!((changed, deleted), (0, 0), "{rerun:?}");
+    assert_eq!(added + unchanged, ROWS as usize, "{rerun:?}");
+    assert!(
+        unchanged as i64 >= landed - 100 && added > 0,
+        "the re-run did not continue where the killed run stopped: {rerun:?}, {landed} had landed"
+    );
+    assert_eq!(
+        pg_rows(&target, ROWS_SQL).await,
+        pg_rows(&source, ROWS_SQL).await
+    );
+    assert_eq!(
+        files_under(&spill),
+        0,
+        "spill files left after a finished run"
+    );
+
+    // 2. Changes: 4 000 updated, 1 000 deleted, 500 new; the mirror push of
+    // the difference is killed midway.
+    source
+        .batch_execute(&format!(
+            "UPDATE big SET v = 'changed ' || id WHERE id % 5 = 0;
+             DELETE FROM big WHERE id % 20 = 1;
+             INSERT INTO big SELECT g, g % 97, md5(g::text) \
+               FROM generate_series({}, {}) g;",
+            ROWS + 1,
+            ROWS + 500
+        ))
+        .await
+        .unwrap();
+    p.wait_equal(&source, "big").await;
+    let updated = kill_midway(
+        &p,
+        &target,
+        &spill,
+        "the second push writing while its query spills",
+        "SELECT count(*) FROM big WHERE v LIKE 'changed %'",
+    )
+    .await;
+    assert!(
+        updated < 4000,
+        "the second push finished before the kill ({updated} rows updated)"
+    );
+    let rerun = reverse_etl(&p, &[]);
+    let (added, changed, deleted, _) = counts(&rerun["spill"]);
+    assert!(
+        added + changed + deleted < 5500,
+        "the re-run did not continue where the killed run stopped: {rerun:?}"
+    );
+    assert_eq!(
+        pg_rows(&target, ROWS_SQL).await,
+        pg_rows(&source, ROWS_SQL).await,
+        "the target is not the query's result"
+    );
+    let again = reverse_etl(&p, &[]);
+    assert_eq!(counts(&again["spill"]).0 + counts(&again["spill"]).1, 0);
+
+    // A key that is not unique, or NULL, stops the run with the reason
+    // (found where the sorted result has them: NULL keys first, before
+    // anything is written).
+    append(
+        &p,
+        &[
+            job(
+                "dup",
+                "SELECT id % 97 AS id, v FROM public.big",
+                &server.url("rev_spill_tgt"),
+                "public.dup",
+                "id",
+                "upsert",
+            ),
+            job(
+                "nullkey",
+                "SELECT CASE WHEN id > 10 THEN id END AS id, v FROM public.big",
+                &server.url("rev_spill_tgt"),
+                "public.nullkey",
+                "id",
+                "upsert",
+            ),
+        ]
+        .concat(),
+    );
+    for (name, wanted) in [
+        ("dup", "two result rows have the same key (id)"),
+        ("nullkey", "key column id is NULL in a result row"),
+    ] {
+        let mut cmd = tidewater();
+        cmd.args(["reverse-etl", "--job", name, "--config"])
+            .arg(&p.config);
+        let out = output_within(cmd, 120);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(wanted),
+            "{name}: no {wanted:?} in:\n{stderr}"
+        );
+    }
+    let written: i64 = target
+        .query_one("SELECT count(*) FROM nullkey", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(written, 0);
+    assert_eq!(p.terminate(), 0);
+}

@@ -14,7 +14,9 @@ mod stats;
 pub mod store;
 
 pub use error::{quiet_caught_storage_panics, LakeError, Refusal, StateFile};
-pub use sink::{Compaction, CompactionReport, LakeLog, LakeSink, MaintenancePolicy};
+pub use sink::{
+    Compaction, CompactionReport, LakeFile, LakeFiles, LakeLog, LakeSink, MaintenancePolicy,
+};
 pub use state::LakeState;
 pub use store::{LakeLocation, LakeStore};
 pub use tidewater_core::state::TableState;

@@ -58,7 +58,7 @@ mod ranged;
 mod read;
 pub use current::MergeReport;
 pub use maintenance::{Compaction, CompactionReport, MaintenancePolicy};
-pub use read::LakeLog;
+pub use read::{LakeFile, LakeFiles, LakeLog};
 
 const KEY_PIPELINE: &str = "tidewater.pipeline";
 const KEY_SEQ: &str = "tidewater.seq";

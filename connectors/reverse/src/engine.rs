@@ -3,49 +3,129 @@
 //! (the raw change log, metadata columns included).
 //!
 //! ```text
-//!  query ─parse─▶ table references ─▶ read only those change logs (LakeSink::read_log)
-//!        ─▶ register  <s>.<t>__changes  = the log (in memory)
+//!  query ─parse─▶ table references ─▶ only those tables' committed files (LakeSink::log_files)
+//!        ─▶ register  <s>.<t>__changes  = a Parquet scan over exactly those files
+//!                                         (filters pushed in: file, row-group and page
+//!                                         pruning by statistics, row filters)
 //!                     <s>.<t>           = view: last row per key by (_tw_seq, _tw_ord),
 //!                                         after the last truncate, deletes dropped
-//!        ─▶ plan read-only (no DDL, DML or SET) ─▶ collect the result
+//!        ─▶ plan read-only (no DDL, DML or SET) ─▶ a stream of result batches
 //! ```
 //!
-//! Only the tables a query names are read, so a job over one small table
-//! does not pay for the whole lake. Names follow SQL: unquoted identifiers
+//! Memory is bounded: the session has a fixed memory pool (`memory_mb` of
+//! the job) and a spill directory, so sorts, windows and aggregations spill
+//! to disk instead of growing, and the result comes out as a stream, never
+//! collected. Only the tables a query names are read, and of those only the
+//! columns and row groups it needs. Names follow SQL: unquoted identifiers
 //! fold to lower case, so a MySQL table `Orders` is `shop."Orders"`.
+//!
+//! The scan reads the files the Delta snapshot lists (never a directory
+//! listing, so an uncommitted or vacuumed file is never seen) through the
+//! table's own object store (local disk or S3). Files written before a
+//! column was added lack it: the scan reads it as NULL (the table schema is
+//! the scan's; DataFusion adapts each file to it).
 
 use std::collections::BTreeSet;
+use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::catalog::MemorySchemaProvider;
-use datafusion::common::TableReference;
-use datafusion::datasource::MemTable;
+use async_trait::async_trait;
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef};
+use datafusion::catalog::{MemorySchemaProvider, Session, TableProvider};
+use datafusion::common::stats::Precision;
+use datafusion::common::{project_schema, ScalarValue, Statistics, TableReference};
+use datafusion::dataframe::DataFrame;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::TableType;
+use datafusion::error::Result as DfResult;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
-use tidewater_core::TableId;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{Expr, SortExpr, TableProviderFilterPushDown};
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::ident;
+use tidewater_core::{Mark, TableId};
 use tidewater_endpoint::quote::double_quoted as quote;
-use tidewater_lake::{LakeLog, LakeSink};
+use tidewater_lake::{LakeFiles, LakeSink};
 
 use crate::error::ReverseError;
 
 /// The suffix that names a table's raw change log.
 pub const CHANGES_SUFFIX: &str = "__changes";
 
-/// A query's result, whole.
-pub struct QueryResult {
-    pub schema: SchemaRef,
-    pub batches: Vec<RecordBatch>,
-    /// Lake tables the query read.
-    pub tables: Vec<TableId>,
+/// What the engine may use besides the lake.
+#[derive(Debug, Clone)]
+pub struct Resources {
+    /// The memory pool of the query: operators that can spill (sorts,
+    /// windows, aggregations) spill beyond it; the query fails if it cannot
+    /// stay within it otherwise.
+    pub memory_bytes: usize,
+    /// Where spill files go; None: the system's temp directory.
+    pub spill_dir: Option<PathBuf>,
 }
 
-/// Runs `query` over the lake of `sink`'s pipeline.
-pub async fn query(sink: &mut LakeSink, query: &str) -> Result<QueryResult, ReverseError> {
-    let config = SessionConfig::new()
-        .with_information_schema(false)
-        .with_target_partitions(2);
-    let ctx = SessionContext::new_with_config(config);
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 128 << 20,
+            spill_dir: None,
+        }
+    }
+}
+
+/// A planned query: its result schema and the lake tables it reads.
+pub struct Query {
+    pub schema: SchemaRef,
+    /// Lake tables the query reads.
+    pub tables: Vec<TableId>,
+    frame: DataFrame,
+}
+
+impl Query {
+    /// The result, ordered by the columns `key` (ascending, as DataFusion
+    /// orders values; `crate::value::key_order` is the same order, which
+    /// the caller checks as rows arrive).
+    pub async fn ordered_by(
+        self,
+        key: &[String],
+    ) -> Result<SendableRecordBatchStream, ReverseError> {
+        // NULL first, as `key_order` has it: a NULL key fails the run
+        // before it writes, where it can.
+        let sort: Vec<SortExpr> = key.iter().map(|k| ident(k).sort(true, true)).collect();
+        let frame = self
+            .frame
+            .sort(sort)
+            .map_err(|source| ReverseError::Query { source })?;
+        frame
+            .execute_stream()
+            .await
+            .map_err(|source| ReverseError::Query { source })
+    }
+
+    /// The result as the query orders it (or does not).
+    pub async fn stream(self) -> Result<SendableRecordBatchStream, ReverseError> {
+        self.frame
+            .execute_stream()
+            .await
+            .map_err(|source| ReverseError::Query { source })
+    }
+}
+
+/// Plans `query` over the lake of `sink`'s pipeline.
+pub async fn query(
+    sink: &mut LakeSink,
+    query: &str,
+    resources: &Resources,
+) -> Result<Query, ReverseError> {
+    let ctx = session(resources).map_err(|source| ReverseError::Query { source })?;
     let state = ctx.state();
     let dialect = state.config().options().sql_parser.dialect;
     let statement = state
@@ -93,15 +173,15 @@ pub async fn query(sink: &mut LakeSink, query: &str) -> Result<QueryResult, Reve
         wanted.insert(id);
     }
 
-    for id in &wanted {
-        let log = sink
-            .read_log(id)
+    for (i, id) in wanted.iter().enumerate() {
+        let files = sink
+            .log_files(id)
             .await?
             .ok_or_else(|| ReverseError::UnknownTable {
                 name: id.to_string(),
                 hint: "it was removed from the lake while the query was planned".into(),
             })?;
-        if log.key.is_empty() && as_current.contains(id) {
+        if files.key.is_empty() && as_current.contains(id) {
             return Err(ReverseError::UnknownTable {
                 name: id.to_string(),
                 hint: format!(
@@ -109,7 +189,18 @@ pub async fn query(sink: &mut LakeSink, query: &str) -> Result<QueryResult, Reve
                 ),
             });
         }
-        register(&ctx, id, log).await?;
+        let internal = |source| ReverseError::Engine {
+            table: id.to_string(),
+            source,
+        };
+        let (columns, key) = (files.columns.clone(), files.key.clone());
+        let scan = LogScan::new(&ctx, i, files).map_err(internal)?;
+        register_changes(&ctx, id, Arc::new(scan)).map_err(internal)?;
+        if as_current.contains(id) {
+            register_current(&ctx, id, &columns, &key)
+                .await
+                .map_err(internal)?;
+        }
     }
 
     let options = SQLOptions::new()
@@ -121,79 +212,291 @@ pub async fn query(sink: &mut LakeSink, query: &str) -> Result<QueryResult, Reve
         .await
         .map_err(|source| ReverseError::Query { source })?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-    let batches = frame
-        .collect()
-        .await
-        .map_err(|source| ReverseError::Query { source })?;
-    Ok(QueryResult {
+    Ok(Query {
         schema,
-        batches,
         tables: wanted.into_iter().collect(),
+        frame,
     })
 }
 
-/// Registers `id`'s change log and its current-state view.
-async fn register(ctx: &SessionContext, id: &TableId, log: LakeLog) -> Result<(), ReverseError> {
-    let internal = |source| ReverseError::Engine {
-        table: id.to_string(),
-        source,
-    };
+/// A session with a bounded memory pool that spills to disk.
+fn session(resources: &Resources) -> DfResult<SessionContext> {
+    // Parquet footers are cached (the truncate lookup and the query read
+    // the same files), within a share of the pool: the cache lives
+    // outside it.
+    let mut runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(resources.memory_bytes)))
+        .with_metadata_cache_limit(resources.memory_bytes / 16);
+    if let Some(dir) = &resources.spill_dir {
+        runtime = runtime.with_temp_file_path(dir.clone());
+    }
+    // One partition: no exchange or merge operators, which cannot spill
+    // and would need memory the spilling sorts have taken (a pool of a few
+    // MiB failed with two partitions); the push is bound by the target.
+    // Rows per batch: a sort must hold a few batches of each partition,
+    // so small pools get small batches (8192, the default, from 256 MiB;
+    // 4096 at the default 128 MiB).
+    let batch_rows = (resources.memory_bytes >> 15).clamp(512, 8192);
+    let mut config = SessionConfig::new()
+        .with_information_schema(false)
+        .with_target_partitions(1)
+        .with_batch_size(batch_rows);
+    let options = config.options_mut();
+    // A sort keeps this much back for merging its spilled runs; the
+    // default (10 MiB) is for pools of gigabytes.
+    options.execution.sort_spill_reservation_bytes = (resources.memory_bytes / 16).min(10 << 20);
+    // Row filters inside the Parquet reader: rows a filter drops are never
+    // materialised with the other columns.
+    options.execution.parquet.pushdown_filters = true;
+    options.execution.parquet.reorder_filters = true;
+    Ok(SessionContext::new_with_config_rt(
+        config,
+        runtime.build_arc()?,
+    ))
+}
+
+/// Registers `changes` as `id`'s change log.
+fn register_changes(
+    ctx: &SessionContext,
+    id: &TableId,
+    changes: Arc<dyn TableProvider>,
+) -> DfResult<()> {
     let catalog = ctx
         .catalog("datafusion")
         .expect("the default catalog exists");
     if catalog.schema(&id.schema).is_none() {
-        catalog
-            .register_schema(&id.schema, Arc::new(MemorySchemaProvider::new()))
-            .map_err(internal)?;
+        catalog.register_schema(&id.schema, Arc::new(MemorySchemaProvider::new()))?;
     }
     let changes_name = format!("{}{CHANGES_SUFFIX}", id.table);
-    let changes =
-        MemTable::try_new(log.schema.clone(), vec![log.batches.clone()]).map_err(internal)?;
     ctx.register_table(
         TableReference::partial(id.schema.as_str(), changes_name.as_str()),
-        Arc::new(changes),
-    )
-    .map_err(internal)?;
+        changes,
+    )?;
+    Ok(())
+}
 
-    if log.key.is_empty() {
-        // No key, no "last row per key": only the log is offered, and
-        // naming the current state fails with the reason.
-        return Ok(());
-    }
+/// Registers `id`'s current-state view over its registered change log.
+/// Finding the last truncate is a query of its own: the highest
+/// (`_tw_seq`, `_tw_ord`) of the rows with `_tw_op = 't'` (a filter the
+/// scan pushes down, so files without a truncate are skipped by their
+/// statistics where they allow).
+async fn register_current(
+    ctx: &SessionContext,
+    id: &TableId,
+    columns: &[(String, String)],
+    key: &[String],
+) -> DfResult<()> {
+    let changes = format!(
+        "{}.{}",
+        quote(&id.schema),
+        quote(&format!("{}{CHANGES_SUFFIX}", id.table))
+    );
+    let last = ctx
+        .sql(&format!(
+            "SELECT _tw_seq, _tw_ord FROM {changes} WHERE _tw_op = 't' \
+             ORDER BY _tw_seq DESC, _tw_ord DESC LIMIT 1"
+        ))
+        .await?
+        .collect()
+        .await?;
+    let truncated = last
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .map(|b: &RecordBatch| {
+            let seq = b.column(0).as_primitive::<Int64Type>().value(0);
+            let ord = b.column(1).as_primitive::<Int64Type>().value(0);
+            Mark::new(seq as u64, ord as u64)
+        })
+        .unwrap_or(Mark::ZERO);
     let view = ctx
-        .sql(&current_state_sql(id, &log))
-        .await
-        .map_err(internal)?
+        .sql(&current_state_sql(&changes, columns, key, truncated))
+        .await?
         .into_view();
     ctx.register_table(
         TableReference::partial(id.schema.as_str(), id.table.as_str()),
         view,
-    )
-    .map_err(internal)?;
+    )?;
     Ok(())
 }
 
 /// The current state of a change log (DESIGN §3), columns under their
 /// source names.
-fn current_state_sql(id: &TableId, log: &LakeLog) -> String {
-    let columns: Vec<String> = log
-        .columns
+fn current_state_sql(
+    changes: &str,
+    columns: &[(String, String)],
+    key: &[String],
+    truncated: Mark,
+) -> String {
+    let columns: Vec<String> = columns
         .iter()
         .map(|(name, lake)| format!("{} AS {}", quote(lake), quote(name)))
         .collect();
-    let key: Vec<String> = log.key.iter().map(|k| quote(k)).collect();
-    let (seq, ord) = (log.truncated.seq as i64, log.truncated.ord as i64);
+    let key: Vec<String> = key.iter().map(|k| quote(k)).collect();
+    let (seq, ord) = (truncated.seq as i64, truncated.ord as i64);
     format!(
         "SELECT {columns} FROM (\
            SELECT *, row_number() OVER (PARTITION BY {key} ORDER BY _tw_seq DESC, _tw_ord DESC) AS __tw_rank \
-           FROM {schema}.{changes} \
+           FROM {changes} \
            WHERE _tw_op <> 't' AND (_tw_seq > {seq} OR (_tw_seq = {seq} AND _tw_ord > {ord}))\
          ) WHERE __tw_rank = 1 AND _tw_op <> 'd'",
         columns = columns.join(", "),
         key = key.join(", "),
-        schema = quote(&id.schema),
-        changes = quote(&format!("{}{CHANGES_SUFFIX}", id.table)),
     )
+}
+
+/// A change log as a table: a Parquet scan over exactly the committed files
+/// of the snapshot, in the table's object store (registered in the
+/// session's runtime under a URL of its own).
+struct LogScan {
+    schema: SchemaRef,
+    store_url: ObjectStoreUrl,
+    files: Vec<PartitionedFile>,
+}
+
+impl fmt::Debug for LogScan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogScan")
+            .field("store", &self.store_url)
+            .field("files", &self.files.len())
+            .finish()
+    }
+}
+
+impl LogScan {
+    /// The scan of the `n`th table of a query.
+    fn new(ctx: &SessionContext, n: usize, lake: LakeFiles) -> DfResult<Self> {
+        let store_url = ObjectStoreUrl::parse(format!("tidewater-lake-{n}://table"))?;
+        ctx.runtime_env()
+            .register_object_store(store_url.as_ref(), lake.store);
+        let files = lake
+            .files
+            .into_iter()
+            .map(|lake_file| {
+                let mut file = PartitionedFile::new(lake_file.path.to_string(), lake_file.size);
+                // The path as the log has it, not parsed again.
+                file.object_meta.location = lake_file.path;
+                match lake_file
+                    .stats
+                    .and_then(|stats| file_statistics(&lake.schema, &stats))
+                {
+                    Some(statistics) => file.with_statistics(Arc::new(statistics)),
+                    None => file,
+                }
+            })
+            .collect();
+        Ok(Self {
+            schema: lake.schema,
+            store_url,
+            files,
+        })
+    }
+}
+
+/// A file's statistics from the Delta log, so a filter can skip the file
+/// before its footer is read: the row count, NULL counts, and the bounds
+/// of integer and date columns (exact in the log). Timestamps are cut to
+/// milliseconds there and decimals written as floats, and text bounds
+/// come from the Parquet writer's (possibly cut) statistics, so those are
+/// left out: their row groups are still pruned by the file's own
+/// statistics.
+fn file_statistics(schema: &Schema, stats: &str) -> Option<Statistics> {
+    let json: serde_json::Value = serde_json::from_str(stats).ok()?;
+    let of = |kind: &str, column: &str| json.get(kind).and_then(|m| m.get(column)).cloned();
+    let mut statistics = Statistics::new_unknown(schema);
+    if let Some(rows) = json.get("numRecords").and_then(|n| n.as_u64()) {
+        statistics.num_rows = Precision::Exact(rows as usize);
+    }
+    for (field, column) in schema
+        .fields()
+        .iter()
+        .zip(&mut statistics.column_statistics)
+    {
+        if let Some(nulls) = of("nullCount", field.name()).and_then(|n| n.as_u64()) {
+            column.null_count = Precision::Exact(nulls as usize);
+        }
+        let exact = matches!(
+            field.data_type(),
+            DataType::Int8
+                | DataType::Int16
+                | DataType::Int32
+                | DataType::Int64
+                | DataType::UInt8
+                | DataType::UInt16
+                | DataType::UInt32
+                | DataType::UInt64
+                | DataType::Date32
+        );
+        if !exact {
+            continue;
+        }
+        let bound = |kind: &str| {
+            let text = match of(kind, field.name())? {
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::String(s) => s,
+                _ => return None,
+            };
+            ScalarValue::try_from_string(text, field.data_type())
+                .ok()
+                .filter(|v| !v.is_null())
+        };
+        if let (Some(min), Some(max)) = (bound("minValues"), bound("maxValues")) {
+            column.min_value = Precision::Exact(min);
+            column.max_value = Precision::Exact(max);
+        }
+    }
+    Some(statistics)
+}
+
+#[async_trait]
+impl TableProvider for LogScan {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    /// Every filter goes into the scan for pruning (files, row groups,
+    /// pages by statistics) and row filtering; DataFusion still applies it
+    /// above the scan.
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if self.files.is_empty() {
+            return Ok(Arc::new(EmptyExec::new(project_schema(
+                &self.schema,
+                projection,
+            )?)));
+        }
+        let groups_n = state
+            .config()
+            .target_partitions()
+            .clamp(1, self.files.len());
+        let mut groups = vec![Vec::new(); groups_n];
+        for (i, file) in self.files.iter().enumerate() {
+            groups[i % groups_n].push(file.clone());
+        }
+        let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
+        let source = Arc::new(ParquetSource::new(self.schema.clone()));
+        let config = FileScanConfigBuilder::new(self.store_url.clone(), source)
+            .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        format.create_physical_plan(state, config).await
+    }
 }
 
 #[cfg(test)]
@@ -201,10 +504,11 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::{Array, Int64Array, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    use tidewater_core::Mark;
+    use datafusion::datasource::MemTable;
+    use tidewater_lake::LakeFile;
 
     /// A change log: (op, seq, ord, id, v).
-    fn log(rows: &[(&str, i64, i64, i64, Option<&str>)], truncated: Mark) -> LakeLog {
+    fn log(rows: &[(&str, i64, i64, i64, Option<&str>)]) -> Arc<dyn TableProvider> {
         let schema = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, true),
             Field::new("v__v2", DataType::Utf8, true),
@@ -223,20 +527,21 @@ mod tests {
             ],
         )
         .unwrap();
-        LakeLog {
-            schema,
-            batches: vec![batch],
-            columns: vec![("id".into(), "id".into()), ("v".into(), "v__v2".into())],
-            key: vec!["id".into()],
-            truncated,
-        }
+        Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap())
     }
 
-    async fn current(log: LakeLog) -> Vec<(i64, Option<String>)> {
-        let ctx = SessionContext::new();
-        register(&ctx, &TableId::new("public", "t"), log)
+    async fn register(ctx: &SessionContext, log: Arc<dyn TableProvider>) {
+        let id = TableId::new("public", "t");
+        register_changes(ctx, &id, log).unwrap();
+        let columns = [("id".into(), "id".into()), ("v".into(), "v__v2".into())];
+        register_current(ctx, &id, &columns, &["id".into()])
             .await
             .unwrap();
+    }
+
+    async fn current(log: Arc<dyn TableProvider>) -> Vec<(i64, Option<String>)> {
+        let ctx = SessionContext::new();
+        register(&ctx, log).await;
         let batches = ctx
             .sql("SELECT id, v FROM public.t ORDER BY id")
             .await
@@ -273,29 +578,25 @@ mod tests {
             ("c", 8, 0, 2, Some("b again")),
         ];
         assert_eq!(
-            current(log(&rows, Mark::ZERO)).await,
+            current(log(&rows)).await,
             vec![
                 (1, Some("a2".into())),
                 (2, Some("b again".into())),
                 (3, None)
             ]
         );
-        // A truncate at (6, 0): only what came after it is left.
+        // A truncate at (6, 0) (and an older one): only what came after
+        // the last is left.
         let mut truncated = rows.to_vec();
         truncated.push(("t", 6, 0, 0, None));
+        truncated.push(("t", 2, 0, 0, None));
         assert_eq!(
-            current(log(&truncated, Mark::new(6, 0))).await,
+            current(log(&truncated)).await,
             vec![(2, Some("b again".into())), (3, None)]
         );
         // The log keeps everything, truncate included.
         let ctx = SessionContext::new();
-        register(
-            &ctx,
-            &TableId::new("public", "t"),
-            log(&truncated, Mark::new(6, 0)),
-        )
-        .await
-        .unwrap();
+        register(&ctx, log(&truncated)).await;
         let n: usize = ctx
             .sql("SELECT * FROM public.t__changes")
             .await
@@ -306,6 +607,172 @@ mod tests {
             .iter()
             .map(|b| b.num_rows())
             .sum();
-        assert_eq!(n, 9);
+        assert_eq!(n, 10);
+    }
+
+    /// Writes `batch` as a Parquet file `name` under `dir`; (path, size).
+    fn parquet(dir: &std::path::Path, name: &str, batch: RecordBatch) -> (String, u64) {
+        let path = dir.join(name);
+        let file = std::fs::File::create(&path).unwrap();
+        let mut writer =
+            datafusion::parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let size = std::fs::metadata(&path).unwrap().len();
+        (
+            path.to_str().unwrap().trim_start_matches('/').to_string(),
+            size,
+        )
+    }
+
+    /// The lake's files scanned as they are: an older file without a
+    /// later column reads it as NULL, columns in another order map by
+    /// name, a renamed column (`v__v2`) shows under its source name, and a
+    /// filter skips the files whose statistics (the Delta log's, else the
+    /// footer's) rule it out.
+    #[tokio::test]
+    async fn the_scan_aligns_older_files_and_prunes_by_statistics() {
+        use datafusion::arrow::array::ArrayRef;
+        let dir = std::env::temp_dir().join(format!("tw-engine-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let int = |v: Vec<i64>| -> ArrayRef { Arc::new(Int64Array::from(v)) };
+        let text = |v: Vec<&str>| -> ArrayRef { Arc::new(StringArray::from(v)) };
+        // Before `v` was added: ids 1..=3.
+        let old = RecordBatch::try_from_iter([
+            ("id", int(vec![1, 2, 3])),
+            ("_tw_op", text(vec!["r", "r", "r"])),
+            ("_tw_seq", int(vec![1, 1, 1])),
+            ("_tw_ord", int(vec![0, 1, 2])),
+        ])
+        .unwrap();
+        // After, columns in another order: ids 100..=102, and id 2 again.
+        let new = RecordBatch::try_from_iter([
+            ("_tw_seq", int(vec![5, 5, 5])),
+            ("v__v2", text(vec!["a", "b", "c"])),
+            ("id", int(vec![100, 101, 102])),
+            ("_tw_ord", int(vec![0, 1, 2])),
+            ("_tw_op", text(vec!["c", "c", "c"])),
+        ])
+        .unwrap();
+        let update = RecordBatch::try_from_iter([
+            ("id", int(vec![2])),
+            ("v__v2", text(vec!["two"])),
+            ("_tw_op", text(vec!["u"])),
+            ("_tw_seq", int(vec![6])),
+            ("_tw_ord", int(vec![0])),
+        ])
+        .unwrap();
+        let ctx = session(&Resources::default()).unwrap();
+        let store = ctx
+            .runtime_env()
+            .object_store(ObjectStoreUrl::local_filesystem())
+            .unwrap();
+        // The Delta log's statistics of two of them (the third has none).
+        let stats = |ids: (i64, i64)| {
+            Some(format!(
+                "{{\"numRecords\":3,\"minValues\":{{\"id\":{},\"v__v2\":\"a\"}},\
+                 \"maxValues\":{{\"id\":{},\"v__v2\":\"c\"}},\"nullCount\":{{\"id\":0}}}}",
+                ids.0, ids.1
+            ))
+        };
+        let files = [
+            (parquet(&dir, "old.parquet", old), stats((1, 3))),
+            (parquet(&dir, "new.parquet", new), stats((100, 102))),
+            (parquet(&dir, "update.parquet", update), None),
+        ]
+        .into_iter()
+        .map(|((path, size), stats)| LakeFile {
+            path: PartitionedFile::new(path, size).object_meta.location,
+            size,
+            stats,
+        })
+        .collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("v__v2", DataType::Utf8, true),
+            Field::new("_tw_op", DataType::Utf8, false),
+            Field::new("_tw_seq", DataType::Int64, false),
+            Field::new("_tw_ord", DataType::Int64, false),
+        ]));
+        let lake = LakeFiles {
+            store,
+            files,
+            schema,
+            columns: vec![("id".into(), "id".into()), ("v".into(), "v__v2".into())],
+            key: vec!["id".into()],
+        };
+        let id = TableId::new("public", "t");
+        let scan = LogScan::new(&ctx, 0, lake).unwrap();
+        register_changes(&ctx, &id, Arc::new(scan)).unwrap();
+        register_current(
+            &ctx,
+            &id,
+            &[("id".into(), "id".into()), ("v".into(), "v__v2".into())],
+            &["id".into()],
+        )
+        .await
+        .unwrap();
+        let batches = ctx
+            .sql("SELECT id, v FROM public.t ORDER BY id")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let mut rows = Vec::new();
+        for b in &batches {
+            let ids = b.column(0).as_primitive::<Int64Type>();
+            let vs = b.column(1).as_string::<i32>();
+            for i in 0..b.num_rows() {
+                rows.push((
+                    ids.value(i),
+                    vs.is_valid(i).then(|| vs.value(i).to_string()),
+                ));
+            }
+        }
+        assert_eq!(
+            rows,
+            vec![
+                (1, None),
+                (2, Some("two".into())),
+                (3, None),
+                (100, Some("a".into())),
+                (101, Some("b".into())),
+                (102, Some("c".into())),
+            ]
+        );
+
+        // On the log, and on the key through the current-state view.
+        for query in [
+            "SELECT count(*) FROM public.t__changes WHERE id >= 100",
+            "SELECT count(*) FROM public.t WHERE id >= 100",
+        ] {
+            let plan = ctx
+                .sql(&format!("EXPLAIN ANALYZE {query}"))
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+                .unwrap()
+                .to_string();
+            let scan = text
+                .lines()
+                .find(|l| l.contains("DataSourceExec") && l.contains("id@0 >= 100"))
+                .unwrap_or_else(|| panic!("{query}: no filtered scan in\n{text}"));
+            // The old file is skipped by its Delta statistics; the update,
+            // without any, by its footer's: only the new file is read.
+            assert!(
+                scan.contains("files_ranges_pruned_statistics=3 total → 2 matched"),
+                "{query}: {scan}"
+            );
+            assert!(
+                scan.contains("row_groups_pruned_statistics=2 total → 1 matched"),
+                "{query}: {scan}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

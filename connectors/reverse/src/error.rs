@@ -40,6 +40,8 @@ pub enum ReverseError {
         /// statement timeout, lost connection — worth another try.
         retryable: bool,
     },
+    #[error("the query's result did not come in the order of the job's key, which the difference from the last push needs\nhint: this is a bug in tidewater: report it with the query and the key's column types")]
+    Order,
     #[error("another run of job {job} is in progress\nhint: wait for it (a schedule under `tidewater run` or another `tidewater reverse-etl`)")]
     Busy { job: String },
     #[error("reverse-ETL state file {path}")]
@@ -58,7 +60,7 @@ impl Classified for ReverseError {
                 retryable: true, ..
             } => ErrorClass::Transient,
             ReverseError::State { .. } => ErrorClass::Transient,
-            ReverseError::Engine { .. } => ErrorClass::Internal,
+            ReverseError::Engine { .. } | ReverseError::Order => ErrorClass::Internal,
             _ => ErrorClass::Definite,
         }
     }

@@ -9,22 +9,35 @@
 //!   target's contents: a row changed in the target by someone else is put
 //!   back only when its result row changes, or on a `--full` run.
 //! - A target table tidewater creates starts with an empty state.
+//!
+//! Why a merge in key order (and not a hash table of the result, as
+//! before): both sides are sorted streams, so memory does not grow with
+//! the result or the state; the sort is DataFusion's, which spills. The
+//! order is checked in Rust as rows arrive (`key_order`, the order
+//! DataFusion sorts in, and the order the state file is written in): equal
+//! neighbours are a duplicate key, a step back stops the run (a bug, never
+//! a wrong diff). NULL keys sort first so a single-column NULL key fails
+//! before anything is written; a NULL in a later key column fails when the
+//! merge reaches it, after earlier transactions committed (journaled, so
+//! harmless).
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Ordering;
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::datatypes::SchemaRef;
+use futures_util::StreamExt;
 use tidewater_lake::LakeSink;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::engine;
+use crate::engine::{self, Resources};
 use crate::error::ReverseError;
-use crate::state::{State, StateFiles};
+use crate::state::{self, Entry, Journal, Previous, StateFiles};
 use crate::target::{Described, TableName, Target};
 use crate::types::{misfit, TargetColumn};
-use crate::value::{canonical_type, row_hash, Cells, Value};
+use crate::value::{canonical_type, key_order, row_hash, Cells, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -51,6 +64,9 @@ pub struct JobSpec {
     /// Tries of one transaction on lock timeouts, deadlocks, statement
     /// timeouts and lost connections.
     pub max_retries: u32,
+    /// The query's memory pool in MiB: sorts and aggregations spill to
+    /// the job's spill directory beyond it.
+    pub memory_mb: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -62,7 +78,8 @@ pub struct RunOptions {
     pub full: bool,
 }
 
-/// What a run did (or, dry, would do).
+/// What a run did (or, dry, would do). An interrupted run counts what it
+/// got to before it stopped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     pub result_rows: usize,
@@ -80,15 +97,11 @@ pub struct Report {
     pub retries: usize,
 }
 
-/// A result row to write: where it is and what it hashes to.
-struct Pending {
-    batch: usize,
-    row: usize,
-    key: String,
-    hash: u128,
-}
-
 /// Runs `spec` once over `sink`'s lake.
+///
+/// The result streams in key order and is merged with the last push (the
+/// state file, also in key order): memory holds one result batch and one
+/// target transaction, whatever the size of the result.
 pub async fn run_job(
     spec: &JobSpec,
     sink: &mut LakeSink,
@@ -97,8 +110,17 @@ pub async fn run_job(
     shutdown: Option<watch::Receiver<bool>>,
 ) -> Result<Report, ReverseError> {
     let started = Instant::now();
-    let result = engine::query(sink, &spec.query).await?;
-    let queried_ms = started.elapsed().as_millis() as u64;
+    let _lock = state::lock(state_dir, &spec.name).map_err(|err| {
+        err.unwrap_or_else(|| ReverseError::Busy {
+            job: spec.name.clone(),
+        })
+    })?;
+    let resources = Resources {
+        memory_bytes: spec.memory_mb.max(1) << 20,
+        spill_dir: Some(state::spill_dir(state_dir, &spec.name)?),
+    };
+    let result = engine::query(sink, &spec.query, &resources).await?;
+    let planned_ms = started.elapsed().as_millis() as u64;
     let key_index = key_columns(spec, &result.schema)?;
     for field in result.schema.fields() {
         canonical_type(field.name(), field.data_type()).map_err(|problem| {
@@ -108,6 +130,7 @@ pub async fn run_job(
             }
         })?;
     }
+    let schema = result.schema.clone();
 
     let mut target = Target::connect(spec.target_url.expose(), spec.statement_timeout_ms).await?;
     let table = target.table_name(&spec.target_table)?;
@@ -117,102 +140,17 @@ pub async fn run_job(
         created: described.is_none(),
         ..Report::default()
     };
-    let columns = match &described {
-        Some(described) => fit(spec, &table, &result.schema, described, target.is_mysql())?,
-        None => planned_columns(spec, &target, &result.schema, &key_index)?,
+    let mut columns = match &described {
+        Some(described) => fit(spec, &table, &schema, described, target.is_mysql())?,
+        None => planned_columns(spec, &target, &schema, &key_index)?,
     };
-
-    let files = StateFiles::new(
-        state_dir,
-        &spec.name,
-        fingerprint(spec, &table, &result.schema),
-    );
-    let _lock = files.lock().map_err(|err| {
-        err.unwrap_or_else(|| ReverseError::Busy {
-            job: spec.name.clone(),
-        })
-    })?;
-    let previous = if described.is_none() {
-        State::default()
+    let files = StateFiles::new(state_dir, &spec.name, fingerprint(spec, &table, &schema));
+    let mut previous = if described.is_none() {
+        Previous::empty()
     } else {
-        files.load()?.unwrap_or_default()
+        files.previous()?
     };
-
-    // The result, keyed and hashed; the difference from the last push.
-    let mut cells = Vec::with_capacity(result.batches.len());
-    let mut current: HashMap<String, u128> = HashMap::new();
-    let mut writes: Vec<Pending> = Vec::new();
-    let all_columns = 0..result.schema.fields().len();
-    for (b, batch) in result.batches.iter().enumerate() {
-        let batch_cells = Cells::new(batch).map_err(|e| ReverseError::Result {
-            problem: e.to_string(),
-            hint: "cast the column in the query".into(),
-        })?;
-        for row in 0..batch.num_rows() {
-            let key_values = batch_cells.row(row, key_index.iter().copied());
-            if let Some(i) = key_values.iter().position(|v| *v == Value::Null) {
-                return Err(ReverseError::Result {
-                    problem: format!("key column {} is NULL in a result row", spec.key[i]),
-                    hint: "filter NULL keys out in the query (WHERE … IS NOT NULL)".into(),
-                });
-            }
-            let key = serde_json::to_string(&key_values).expect("values serialize");
-            let hash = row_hash(&batch_cells.row(row, all_columns.clone()));
-            if current.insert(key.clone(), hash).is_some() {
-                return Err(ReverseError::Result {
-                    problem: format!(
-                        "two result rows have the same key ({})",
-                        spec.key.join(", ")
-                    ),
-                    hint: "the key must be unique in the result: GROUP BY it".into(),
-                });
-            }
-            match previous.rows.get(&key) {
-                Some(&old) if old == hash && !options.full => report.unchanged += 1,
-                Some(_) => {
-                    report.changed += 1;
-                    writes.push(Pending {
-                        batch: b,
-                        row,
-                        key,
-                        hash,
-                    });
-                }
-                None => {
-                    report.added += 1;
-                    writes.push(Pending {
-                        batch: b,
-                        row,
-                        key,
-                        hash,
-                    });
-                }
-            }
-        }
-        cells.push(batch_cells);
-    }
-    report.result_rows = current.len();
-    let deletes: Vec<&String> = match spec.mode {
-        Mode::Mirror => previous
-            .rows
-            .keys()
-            .filter(|k| !current.contains_key(*k))
-            .collect(),
-        Mode::Upsert => Vec::new(),
-    };
-    report.deleted = deletes.len();
-    debug!(
-        job = %spec.name,
-        query_ms = queried_ms,
-        diff_ms = started.elapsed().as_millis() as u64 - queried_ms,
-        "result read and compared with the last push"
-    );
-    if options.dry_run {
-        report.millis = started.elapsed().as_millis() as u64;
-        return Ok(report);
-    }
-
-    if described.is_none() {
+    if described.is_none() && !options.dry_run {
         let ddl: Vec<(String, String, bool)> = columns
             .iter()
             .enumerate()
@@ -221,93 +159,277 @@ pub async fn run_job(
         target.create(&table, &ddl).await?;
         files.clear()?;
         info!(job = %spec.name, table = %table, "created the target table");
+        // A created table's columns as the server names its types.
+        if let Some(described) = target.describe(&table).await? {
+            columns = fit(spec, &table, &schema, &described, target.is_mysql())?;
+        }
     }
-    // A created table's columns as the server names its types.
-    let columns = match target.describe(&table).await? {
-        Some(described) => fit(spec, &table, &result.schema, &described, target.is_mysql())?,
-        None => columns,
-    };
     let key_targets: Vec<TargetColumn> = key_index.iter().map(|&i| columns[i].clone()).collect();
 
-    // Nothing to write, every pushed key still in the result and no
-    // journal to fold in: the state on disk is this run's already.
-    if writes.is_empty()
-        && deletes.is_empty()
-        && current.len() == previous.rows.len()
-        && !files.has_journal()
-    {
-        report.millis = started.elapsed().as_millis() as u64;
-        return Ok(report);
-    }
-    let mut journal = files.journal()?;
-    let mut pace = Pace::new(spec.max_rows_per_second);
-    let stopping =
-        |shutdown: &Option<watch::Receiver<bool>>| shutdown.as_ref().is_some_and(|rx| *rx.borrow());
-    let batch_rows = spec.batch_rows.max(1);
-    for chunk in deletes.chunks(batch_rows) {
-        if stopping(&shutdown) {
-            report.interrupted = true;
-            break;
+    let mut stream = result.ordered_by(&spec.key).await?;
+    let mut push = Push {
+        spec,
+        target: &mut target,
+        table: &table,
+        columns: &columns,
+        key_index: &key_index,
+        key_targets: &key_targets,
+        files: &files,
+        journal: None,
+        pace: Pace::new(spec.max_rows_per_second),
+        upserts: Vec::new(),
+        deletes: Vec::new(),
+        dry_run: options.dry_run,
+        shutdown,
+        report: &mut report,
+    };
+    let mut next_state = if options.dry_run {
+        None
+    } else {
+        Some(files.writer()?)
+    };
+    // The state differs from the result (rows to write, keys gone, or a
+    // journal to fold in): the next state replaces it.
+    let mut differs = files.has_journal();
+    let mut pushed = previous.next()?;
+    let mut last_key: Option<Vec<Value>> = None;
+    let mut first_batch_ms = None;
+    let all_columns = 0..schema.fields().len();
+    'result: while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|source| ReverseError::Query { source })?;
+        first_batch_ms.get_or_insert_with(|| started.elapsed().as_millis() as u64);
+        let cells = Cells::new(&batch).map_err(|e| ReverseError::Result {
+            problem: e.to_string(),
+            hint: "cast the column in the query".into(),
+        })?;
+        for row in 0..batch.num_rows() {
+            let key = cells.row(row, key_index.iter().copied());
+            if let Some(i) = key.iter().position(|v| *v == Value::Null) {
+                return Err(ReverseError::Result {
+                    problem: format!("key column {} is NULL in a result row", spec.key[i]),
+                    hint: "filter NULL keys out in the query (WHERE … IS NOT NULL)".into(),
+                });
+            }
+            if let Some(last) = &last_key {
+                match key_order(last, &key) {
+                    Ordering::Less => {}
+                    Ordering::Equal => {
+                        return Err(ReverseError::Result {
+                            problem: format!(
+                                "two result rows have the same key ({})",
+                                spec.key.join(", ")
+                            ),
+                            hint: "the key must be unique in the result: GROUP BY it".into(),
+                        })
+                    }
+                    Ordering::Greater => return Err(ReverseError::Order),
+                }
+            }
+            push.report.result_rows += 1;
+            let values = cells.row(row, all_columns.clone());
+            let hash = row_hash(&values);
+            // Pushed keys before this one left the result.
+            while let Some(gone) = pushed.take_if(|p| key_order(&p.key, &key).is_lt()) {
+                differs = true;
+                if spec.mode == Mode::Mirror {
+                    push.report.deleted += 1;
+                    push.delete(gone).await?;
+                    if push.report.interrupted {
+                        break 'result;
+                    }
+                }
+                pushed = previous.next()?;
+            }
+            let entry = Entry::new(key, hash);
+            let same = match pushed.take_if(|p| key_order(&p.key, &entry.key).is_eq()) {
+                Some(old) => {
+                    pushed = previous.next()?;
+                    if old.hash == hash && !options.full {
+                        push.report.unchanged += 1;
+                        true
+                    } else {
+                        push.report.changed += 1;
+                        false
+                    }
+                }
+                None => {
+                    push.report.added += 1;
+                    false
+                }
+            };
+            if let Some(next_state) = &mut next_state {
+                next_state.push(&entry.key_json, hash)?;
+            }
+            if !same {
+                differs = true;
+                push.upsert(values, entry.key_json.clone(), hash).await?;
+                if push.report.interrupted {
+                    break 'result;
+                }
+            }
+            last_key = Some(entry.key);
         }
-        let keys: Vec<Vec<Value>> = chunk
-            .iter()
-            .map(|k| serde_json::from_str(k).map_err(|e| state_error(state_dir, e)))
-            .collect::<Result<_, _>>()?;
-        report.retries += retrying(
-            spec,
-            &mut target,
-            &table,
-            &columns,
-            &key_index,
-            &key_targets,
-            Op::Delete(&keys),
-        )
-        .await?;
-        journal.record(std::iter::empty(), chunk.iter().map(|k| k.as_str()))?;
-        report.transactions += 1;
-        pace.wait(chunk.len()).await;
     }
-    for chunk in writes.chunks(batch_rows) {
-        if report.interrupted || stopping(&shutdown) {
-            report.interrupted = true;
-            break;
+    // Pushed keys after the last result row left it too.
+    while !push.report.interrupted {
+        let Some(gone) = pushed.take() else { break };
+        differs = true;
+        if spec.mode == Mode::Mirror {
+            push.report.deleted += 1;
+            push.delete(gone).await?;
         }
-        let rows: Vec<Vec<Value>> = chunk
-            .iter()
-            .map(|p| cells[p.batch].row(p.row, all_columns.clone()))
-            .collect();
-        report.retries += retrying(
-            spec,
-            &mut target,
-            &table,
-            &columns,
-            &key_index,
-            &key_targets,
-            Op::Upsert(&rows),
-        )
-        .await?;
-        journal.record(
-            chunk.iter().map(|p| (p.key.as_str(), p.hash)),
-            std::iter::empty(),
-        )?;
-        report.transactions += 1;
-        pace.wait(chunk.len()).await;
+        pushed = previous.next()?;
     }
-    if !report.interrupted {
-        let mut state = State { rows: current };
-        // Upsert leaves rows whose key left the result in the target; they
-        // are forgotten, and pushed again should they come back.
-        state.rows.shrink_to_fit();
-        files.save(&state)?;
+    push.flush_all().await?;
+    let interrupted = push.report.interrupted;
+    drop(push);
+    if let Some(next_state) = next_state {
+        if interrupted || !differs {
+            // Interrupted: the journal holds what was done. Unchanged: the
+            // state on disk is this run's already.
+            next_state.discard();
+        } else {
+            // Upsert leaves rows whose key left the result in the target;
+            // they are forgotten, and pushed again should they come back.
+            next_state.finish(true)?;
+        }
     }
+    // The query runs as the merge goes: until the first batch it reads
+    // and sorts (spilling as needed); from then on rows stream.
+    debug!(
+        job = %spec.name,
+        rows = report.result_rows,
+        planned_ms,
+        first_batch_ms = first_batch_ms.unwrap_or_default(),
+        total_ms = started.elapsed().as_millis() as u64,
+        "result compared with the last push"
+    );
     report.millis = started.elapsed().as_millis() as u64;
     Ok(report)
 }
 
-fn state_error(state_dir: &Path, err: serde_json::Error) -> ReverseError {
-    ReverseError::State {
-        path: state_dir.join("reverse_etl"),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, err),
+/// The writes of a run, `batch_rows` per transaction, journaled as each
+/// commits.
+struct Push<'a> {
+    spec: &'a JobSpec,
+    target: &'a mut Target,
+    table: &'a TableName,
+    columns: &'a [TargetColumn],
+    key_index: &'a [usize],
+    key_targets: &'a [TargetColumn],
+    files: &'a StateFiles,
+    journal: Option<Journal>,
+    pace: Pace,
+    /// (row, key JSON, hash)
+    upserts: Vec<(Vec<Value>, String, u128)>,
+    deletes: Vec<Entry>,
+    dry_run: bool,
+    shutdown: Option<watch::Receiver<bool>>,
+    report: &'a mut Report,
+}
+
+impl Push<'_> {
+    fn batch_rows(&self) -> usize {
+        self.spec.batch_rows.max(1)
+    }
+
+    async fn upsert(
+        &mut self,
+        row: Vec<Value>,
+        key: String,
+        hash: u128,
+    ) -> Result<(), ReverseError> {
+        if self.dry_run {
+            return Ok(());
+        }
+        self.upserts.push((row, key, hash));
+        if self.upserts.len() >= self.batch_rows() {
+            self.flush_upserts().await?;
+        }
+        Ok(())
+    }
+
+    async fn delete(&mut self, entry: Entry) -> Result<(), ReverseError> {
+        if self.dry_run {
+            return Ok(());
+        }
+        self.deletes.push(entry);
+        if self.deletes.len() >= self.batch_rows() {
+            self.flush_deletes().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_all(&mut self) -> Result<(), ReverseError> {
+        self.flush_deletes().await?;
+        self.flush_upserts().await
+    }
+
+    /// Whether to stop (shutdown) before the next transaction.
+    fn stopping(&mut self) -> bool {
+        if self.shutdown.as_ref().is_some_and(|rx| *rx.borrow()) {
+            self.report.interrupted = true;
+        }
+        self.report.interrupted
+    }
+
+    fn journal(&mut self) -> Result<&mut Journal, ReverseError> {
+        if self.journal.is_none() {
+            self.journal = Some(self.files.journal()?);
+        }
+        Ok(self.journal.as_mut().expect("opened"))
+    }
+
+    async fn flush_upserts(&mut self) -> Result<(), ReverseError> {
+        if self.upserts.is_empty() || self.stopping() {
+            return Ok(());
+        }
+        let chunk = std::mem::take(&mut self.upserts);
+        self.pace.begin();
+        let rows: Vec<Vec<Value>> = chunk.iter().map(|(row, _, _)| row.clone()).collect();
+        self.report.retries += retrying(
+            self.spec,
+            self.target,
+            self.table,
+            self.columns,
+            self.key_index,
+            self.key_targets,
+            Op::Upsert(&rows),
+        )
+        .await?;
+        self.journal()?.record(
+            chunk.iter().map(|(_, key, hash)| (key.as_str(), *hash)),
+            std::iter::empty(),
+        )?;
+        self.report.transactions += 1;
+        self.pace.wait(chunk.len()).await;
+        Ok(())
+    }
+
+    async fn flush_deletes(&mut self) -> Result<(), ReverseError> {
+        if self.deletes.is_empty() || self.stopping() {
+            return Ok(());
+        }
+        let chunk = std::mem::take(&mut self.deletes);
+        self.pace.begin();
+        let keys: Vec<Vec<Value>> = chunk.iter().map(|e| e.key.clone()).collect();
+        self.report.retries += retrying(
+            self.spec,
+            self.target,
+            self.table,
+            self.columns,
+            self.key_index,
+            self.key_targets,
+            Op::Delete(&keys),
+        )
+        .await?;
+        self.journal()?.record(
+            std::iter::empty(),
+            chunk.iter().map(|e| e.key_json.as_str()),
+        )?;
+        self.report.transactions += 1;
+        self.pace.wait(chunk.len()).await;
+        Ok(())
     }
 }
 
@@ -360,7 +482,9 @@ async fn retrying(
 /// Spaces transactions so the rows written stay under the rate.
 struct Pace {
     rate: Option<f64>,
-    start: Instant,
+    /// When the first transaction began: the query before it (which can
+    /// take long, and now overlaps the writes) does not count.
+    start: Option<Instant>,
     rows: usize,
 }
 
@@ -368,16 +492,21 @@ impl Pace {
     fn new(rate: Option<f64>) -> Self {
         Self {
             rate: rate.filter(|r| *r > 0.0),
-            start: Instant::now(),
+            start: None,
             rows: 0,
         }
     }
 
+    /// A transaction begins.
+    fn begin(&mut self) {
+        self.start.get_or_insert_with(Instant::now);
+    }
+
     async fn wait(&mut self, rows: usize) {
         self.rows += rows;
-        if let Some(rate) = self.rate {
+        if let (Some(rate), Some(start)) = (self.rate, self.start) {
             let due = Duration::from_secs_f64(self.rows as f64 / rate);
-            if let Some(ahead) = due.checked_sub(self.start.elapsed()) {
+            if let Some(ahead) = due.checked_sub(start.elapsed()) {
                 tokio::time::sleep(ahead).await;
             }
         }

@@ -4,13 +4,19 @@
 //! rate.
 //!
 //! ```text
-//!  lake change logs ─▶ engine (DataFusion: <s>.<t> current state, <s>.<t>__changes)
-//!        ─▶ result rows ─▶ key → row hash ─┐
-//!  state file (+ journal) ─ last pushed ────┴▶ diff: added / changed / deleted (mirror)
+//!  lake: committed Parquet files ─▶ engine (DataFusion, memory pool + spill dir:
+//!        <s>.<t> current state, <s>.<t>__changes, filters pushed into the scan)
+//!        ─▶ result rows, sorted by the job's key, as a stream ─┐
+//!  state file (key order) + journal ─ last pushed, as a stream ─┴▶ merge: added / changed /
+//!                                                                  unchanged / deleted (mirror)
 //!        ─▶ target: batch_rows per transaction, upsert or delete by key,
 //!           rate-limited, lock timeouts and deadlocks retried with backoff
-//!        ─▶ journal after each commit ─▶ state replaced when the run ends
+//!        ─▶ journal after each commit ─▶ next state written as the merge goes,
+//!           renamed over the old one when the run ends
 //! ```
+//!
+//! Nothing holds the whole result or state: a run's memory is the query's
+//! pool (`memory_mb`), one result batch and one target transaction.
 
 pub mod engine;
 pub mod error;

@@ -193,6 +193,90 @@ impl Cells {
     }
 }
 
+/// The order of keys: the order the engine sorts the result in (ascending,
+/// NULL first; numbers by value, floats by IEEE total order, text and bytes
+/// byte by byte) and the order of state files. The diff walks both in this
+/// order and checks it as it goes, so a mismatch stops the run instead of
+/// pushing a wrong difference.
+pub fn key_order(a: &[Value], b: &[Value]) -> std::cmp::Ordering {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| value_order(a, b))
+        .find(|o| o.is_ne())
+        .unwrap_or_else(|| a.len().cmp(&b.len()))
+}
+
+fn value_order(a: &Value, b: &Value) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    match (a, b) {
+        (Value::Null, Value::Null) => Ordering::Equal,
+        (Value::Null, _) => Ordering::Less,
+        (_, Value::Null) => Ordering::Greater,
+        (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+        (Value::Int(a), Value::Int(b)) => a.cmp(b),
+        (Value::UInt(a), Value::UInt(b)) => a.cmp(b),
+        (Value::Float(a), Value::Float(b)) => a.total_cmp(b),
+        (Value::Real(a), Value::Real(b)) => a.total_cmp(b),
+        (Value::Decimal(a), Value::Decimal(b)) => decimal_order(a, b),
+        (Value::Text(a), Value::Text(b)) => a.as_bytes().cmp(b.as_bytes()),
+        (Value::Bytes(a), Value::Bytes(b)) => a.cmp(b),
+        (Value::Date(a), Value::Date(b)) => a.cmp(b),
+        (Value::Timestamp(a), Value::Timestamp(b))
+        | (Value::TimestampTz(a), Value::TimestampTz(b))
+        | (Value::Time(a), Value::Time(b)) => a.cmp(b),
+        // One column has one type; across types only a stable order.
+        _ => variant(a).cmp(&variant(b)),
+    }
+}
+
+fn variant(v: &Value) -> u8 {
+    match v {
+        Value::Null => 0,
+        Value::Bool(_) => 1,
+        Value::Int(_) => 2,
+        Value::UInt(_) => 3,
+        Value::Float(_) => 4,
+        Value::Real(_) => 5,
+        Value::Decimal(_) => 6,
+        Value::Text(_) => 7,
+        Value::Bytes(_) => 8,
+        Value::Date(_) => 9,
+        Value::Timestamp(_) => 10,
+        Value::TimestampTz(_) => 11,
+        Value::Time(_) => 12,
+    }
+}
+
+/// Decimal text (`-12.50`, `3`, `0.05`) by value.
+fn decimal_order(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    fn parts(s: &str) -> (bool, &str, &str) {
+        let (negative, digits) = match s.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+        let int = int.trim_start_matches('0');
+        let frac = frac.trim_end_matches('0');
+        // -0 is 0
+        let negative = negative && !(int.is_empty() && frac.is_empty());
+        (negative, int, frac)
+    }
+    let (an, ai, af) = parts(a);
+    let (bn, bi, bf) = parts(b);
+    let magnitude = ai
+        .len()
+        .cmp(&bi.len())
+        .then_with(|| ai.cmp(bi))
+        .then_with(|| af.cmp(bf));
+    match (an, bn) {
+        (false, true) => Ordering::Greater,
+        (true, false) => Ordering::Less,
+        (false, false) => magnitude,
+        (true, true) => magnitude.reverse(),
+    }
+}
+
 /// Splits microseconds into (seconds, microseconds 0..1e6).
 pub fn split_micros(us: i64) -> (i64, u32) {
     (us.div_euclid(1_000_000), us.rem_euclid(1_000_000) as u32)
@@ -314,6 +398,120 @@ mod tests {
         field(11, &(-5i64).to_le_bytes());
         field(12, &6i64.to_le_bytes());
         assert_eq!(row_hash(&row), expected.digest128());
+    }
+
+    /// The Rust key order is the order DataFusion sorts keys in: a column
+    /// of each key type, shuffled, sorted by the engine, comes out in
+    /// strictly increasing `key_order`.
+    #[tokio::test]
+    async fn key_order_is_the_engine_sort_order() {
+        use datafusion::arrow::array::{
+            BinaryArray, BooleanArray, Date32Array, Float64Array, Int64Array, StringArray,
+            UInt64Array,
+        };
+        use datafusion::prelude::{ident, SessionContext};
+        let ints = [i64::MIN, -300, -2, -1, 0, 1, 2, 10, 255, 256, i64::MAX];
+        let floats = [
+            f64::NEG_INFINITY,
+            -1e300,
+            -2.5,
+            -0.0,
+            0.0,
+            1e-300,
+            0.5,
+            2.5,
+            f64::INFINITY,
+            f64::NAN,
+        ];
+        let texts = [
+            "", "A", "Z", "a", "aa", "ab", "b", "z", "Ä", "ä", "é", "ü", "中",
+        ];
+        let decimals = [-99999, -1250, -5, 0, 5, 10, 1250, 99999];
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            ("int", Arc::new(Int64Array::from(ints.to_vec()))),
+            (
+                "uint",
+                Arc::new(UInt64Array::from(vec![0, 1, 2, 255, 1 << 40, u64::MAX])),
+            ),
+            ("float", Arc::new(Float64Array::from(floats.to_vec()))),
+            ("text", Arc::new(StringArray::from(texts.to_vec()))),
+            (
+                "bytes",
+                Arc::new(BinaryArray::from_iter_values([
+                    &b""[..],
+                    b"\x00",
+                    b"\x00\x01",
+                    b"\x01",
+                    b"\x7f",
+                    b"\x80",
+                    b"\xff",
+                ])),
+            ),
+            (
+                "dec",
+                Arc::new(
+                    datafusion::arrow::array::Decimal128Array::from(decimals.to_vec())
+                        .with_precision_and_scale(10, 2)
+                        .unwrap(),
+                ),
+            ),
+            (
+                "date",
+                Arc::new(Date32Array::from(vec![-10_000, -1, 0, 1, 20_000])),
+            ),
+            ("bool", Arc::new(BooleanArray::from(vec![false, true]))),
+        ];
+        let ctx = SessionContext::new();
+        for (name, array) in columns {
+            // Reversed and rotated: not in order to begin with.
+            let n = array.len();
+            let order: Vec<u32> = (0..n as u32).rev().cycle().skip(n / 2).take(n).collect();
+            let shuffled = datafusion::arrow::compute::take(
+                &array,
+                &datafusion::arrow::array::UInt32Array::from(order),
+                None,
+            )
+            .unwrap();
+            let batch = RecordBatch::try_from_iter([(name, shuffled)]).unwrap();
+            let sorted = ctx
+                .read_batch(batch)
+                .unwrap()
+                .sort(vec![ident(name).sort(true, true)])
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            let mut values = Vec::new();
+            for batch in &sorted {
+                let cells = Cells::new(batch).unwrap();
+                for row in 0..batch.num_rows() {
+                    values.push(cells.row(row, 0..1));
+                }
+            }
+            assert_eq!(values.len(), n, "{name}");
+            for pair in values.windows(2) {
+                assert_eq!(
+                    key_order(&pair[0], &pair[1]),
+                    std::cmp::Ordering::Less,
+                    "{name}: {:?} before {:?}",
+                    pair[0],
+                    pair[1]
+                );
+            }
+        }
+        assert!(key_order(
+            &[Value::Int(1), Value::Int(5)],
+            &[Value::Int(2), Value::Int(0)]
+        )
+        .is_lt());
+        assert!(key_order(
+            &[Value::Int(1), Value::Int(5)],
+            &[Value::Int(1), Value::Int(0)]
+        )
+        .is_gt());
+        assert!(decimal_order("-0.00", "0").is_eq());
+        assert!(decimal_order("-0.5", "-0.25").is_lt());
+        assert!(decimal_order("100", "99.99").is_gt());
     }
 
     #[test]

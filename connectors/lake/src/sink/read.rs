@@ -10,6 +10,11 @@
 //!
 //! The partition column (`_tw_commit_date`) is left out: it lives in the
 //! Delta log, not in the files, and `_tw_commit_ts` carries it.
+//!
+//! [`LakeSink::log_files`] is the streaming alternative: what a query
+//! engine needs to scan the log itself, file by file and only the parts
+//! its filters need (the committed files with their sizes, the store they
+//! are in, the table's schema, key and columns) — nothing is read here.
 
 use deltalake::arrow::array::Array;
 
@@ -33,7 +38,86 @@ pub struct LakeLog {
     pub truncated: Mark,
 }
 
+/// What a query engine needs to scan a table's change log itself.
+#[derive(Debug, Clone)]
+pub struct LakeFiles {
+    /// The store the table lives in, rooted at the table: `files` are
+    /// paths in it.
+    pub store: Arc<dyn deltalake::ObjectStore>,
+    /// The committed data files of the current snapshot (never a
+    /// directory listing).
+    pub files: Vec<LakeFile>,
+    /// The log's columns as in [`LakeLog::schema`]; older files lack the
+    /// columns added after them (read them as NULL).
+    pub schema: SchemaRef,
+    /// As in [`LakeLog::columns`].
+    pub columns: Vec<(String, String)>,
+    /// As in [`LakeLog::key`].
+    pub key: Vec<String>,
+}
+
+/// A committed data file of a change log.
+#[derive(Debug, Clone)]
+pub struct LakeFile {
+    /// Its path in [`LakeFiles::store`].
+    pub path: deltalake::Path,
+    /// Bytes.
+    pub size: u64,
+    /// The Delta log's statistics of the file, as JSON (`numRecords`,
+    /// `minValues`, `maxValues`, `nullCount` by column), when written:
+    /// exact for integers and dates; timestamps are cut to milliseconds and
+    /// decimals written as floats, so those do not bound the values.
+    pub stats: Option<String>,
+}
+
 impl LakeSink {
+    /// The committed data files of `table`'s change log and how to read
+    /// them; None when the lake has no such table. The last truncate is
+    /// not looked up (it would read the files): a reader finds it as the
+    /// row with `_tw_op = 't'` of the highest (`_tw_seq`, `_tw_ord`).
+    pub async fn log_files(&mut self, table: &TableId) -> Result<Option<LakeFiles>, LakeError> {
+        self.table_state(table).await?;
+        let Some(open) = self.tables.get(table) else {
+            return Ok(None);
+        };
+        let (schema, columns, key) = log_shape(open, table)?;
+        let store = open.table.log_store().object_store(None);
+        let snapshot = open
+            .table
+            .snapshot()
+            .map_err(|source| LakeError::delta(table, "listing the files of", source))?;
+        let mut files = Vec::new();
+        for file in snapshot.log_data().iter() {
+            let path = file.object_store_path();
+            let size = match u64::try_from(file.size()) {
+                Ok(size) => size,
+                Err(_) => {
+                    use deltalake::logstore::object_store::ObjectStoreExt;
+                    store
+                        .head(&path)
+                        .await
+                        .map_err(|source| LakeError::Remote {
+                            location: format!("{table}: {path}"),
+                            source: Box::new(source),
+                        })?
+                        .size
+                }
+            };
+            files.push(LakeFile {
+                path,
+                size,
+                stats: file.stats(),
+            });
+        }
+        Ok(Some(LakeFiles {
+            store,
+            files,
+            schema,
+            columns,
+            key,
+        }))
+    }
+
     /// Every committed row of `table`'s change log; None when the lake has
     /// no such table.
     pub async fn read_log(&mut self, table: &TableId) -> Result<Option<LakeLog>, LakeError> {
@@ -41,42 +125,7 @@ impl LakeSink {
         let Some(open) = self.tables.get(table) else {
             return Ok(None);
         };
-        let log_schema = RecordBatchWriter::for_table(&open.table)
-            .map_err(|source| LakeError::delta(table, "reading", source))?
-            .arrow_schema();
-        let schema: SchemaRef = Arc::new(Schema::new(
-            log_schema
-                .fields()
-                .iter()
-                .filter(|f| f.name() != COMMIT_DATE)
-                .map(|f| f.as_ref().clone())
-                .collect::<Vec<_>>(),
-        ));
-        let (columns, key) = match open.history.latest() {
-            Some(version) => (
-                version
-                    .columns
-                    .iter()
-                    .map(|c| (c.name.clone(), c.lake_column.clone()))
-                    .collect(),
-                version
-                    .columns
-                    .iter()
-                    .filter(|c| c.key)
-                    .map(|c| c.lake_column.clone())
-                    .collect(),
-            ),
-            // A table written before schema histories: its own columns.
-            None => (
-                schema
-                    .fields()
-                    .iter()
-                    .filter(|f| !f.name().starts_with("_tw_"))
-                    .map(|f| (f.name().clone(), f.name().clone()))
-                    .collect(),
-                Vec::new(),
-            ),
-        };
+        let (schema, columns, key) = log_shape(open, table)?;
         let store = open.table.log_store().object_store(None);
         let mut batches = Vec::new();
         let mut truncated = Mark::ZERO;
@@ -96,6 +145,52 @@ impl LakeSink {
             truncated,
         }))
     }
+}
+
+/// A log's schema (partition column left out), its (source, lake) columns
+/// and its key columns.
+#[allow(clippy::type_complexity)]
+fn log_shape(
+    open: &LakeTable,
+    table: &TableId,
+) -> Result<(SchemaRef, Vec<(String, String)>, Vec<String>), LakeError> {
+    let log_schema = RecordBatchWriter::for_table(&open.table)
+        .map_err(|source| LakeError::delta(table, "reading", source))?
+        .arrow_schema();
+    let schema: SchemaRef = Arc::new(Schema::new(
+        log_schema
+            .fields()
+            .iter()
+            .filter(|f| f.name() != COMMIT_DATE)
+            .map(|f| f.as_ref().clone())
+            .collect::<Vec<_>>(),
+    ));
+    let (columns, key) = match open.history.latest() {
+        Some(version) => (
+            version
+                .columns
+                .iter()
+                .map(|c| (c.name.clone(), c.lake_column.clone()))
+                .collect(),
+            version
+                .columns
+                .iter()
+                .filter(|c| c.key)
+                .map(|c| c.lake_column.clone())
+                .collect(),
+        ),
+        // A table written before schema histories: its own columns.
+        None => (
+            schema
+                .fields()
+                .iter()
+                .filter(|f| !f.name().starts_with("_tw_"))
+                .map(|f| (f.name().clone(), f.name().clone()))
+                .collect(),
+            Vec::new(),
+        ),
+    };
+    Ok((schema, columns, key))
 }
 
 /// The highest mark of a truncate (`_tw_op = 't'`) in `batch`.
