@@ -378,6 +378,13 @@ pub struct MysqlSourceConfig {
     /// worth to be read in parallel. Default 1000000.
     #[serde(default = "default_snapshot_chunk_rows")]
     pub snapshot_chunk_rows: u64,
+    /// A table (`schema.table`, matched by `tables`) whose inserts ask the
+    /// running pipeline to copy tables again beside the stream: its column
+    /// `tables` (text) names them, `schema.table` separated by commas. For
+    /// operators without shell access; `tidewater snapshot --table` does
+    /// the same from the command line. Default: none.
+    #[serde(default)]
+    pub signal_table: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -757,28 +764,7 @@ impl Config {
                         "must be at least 8192 (one page; 64 MiB or so is sensible)".into(),
                     ));
                 }
-                if let Some(signal) = &pg.signal_table {
-                    let filter = tidewater_core::TableFilter {
-                        include: pg.tables.clone(),
-                        exclude: pg.exclude.clone(),
-                    };
-                    match signal.split_once('.') {
-                        Some((schema, table)) if !schema.is_empty() && !table.is_empty() => {
-                            if !filter.matches(&tidewater_core::TableId::new(schema, table)) {
-                                return Err(invalid(
-                                    "source.signal_table",
-                                    format!("{signal} is not among source.tables: its inserts must reach the stream; add it to source.tables"),
-                                ));
-                            }
-                        }
-                        _ => {
-                            return Err(invalid(
-                                "source.signal_table",
-                                format!("{signal:?} is not schema.table"),
-                            ))
-                        }
-                    }
-                }
+                check_signal_table(pg.signal_table.as_deref(), &pg.tables, &pg.exclude)?;
             }
             SourceConfig::Mysql(my) => {
                 check_mysql_url("source.url", my.url.expose())?;
@@ -788,6 +774,7 @@ impl Config {
                         "is empty and source.url names no database; list include patterns such as [\"shop.*\"]".into(),
                     ));
                 }
+                check_signal_table(my.signal_table.as_deref(), &my.include(), &my.exclude)?;
                 if my.server_id == Some(0) {
                     return Err(invalid(
                         "source.server_id",
@@ -1079,6 +1066,42 @@ impl Config {
 /// with the url itself (it may hold a password).
 const POSTGRES_URL_FORM: &str = "postgres://user:password@host:5432/database";
 const MYSQL_URL_FORM: &str = "mysql://user:password@host:3306/database";
+
+/// `source.signal_table`: `schema.table`, among the replicated tables (its
+/// inserts must reach the stream).
+fn check_signal_table(
+    signal: Option<&str>,
+    include: &[String],
+    exclude: &[String],
+) -> Result<(), ConfigError> {
+    let Some(signal) = signal else {
+        return Ok(());
+    };
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        key: key.into(),
+        message,
+    };
+    let filter = tidewater_core::TableFilter {
+        include: include.to_vec(),
+        exclude: exclude.to_vec(),
+    };
+    match signal.split_once('.') {
+        Some((schema, table)) if !schema.is_empty() && !table.is_empty() => {
+            if filter.matches(&tidewater_core::TableId::new(schema, table)) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    "source.signal_table",
+                    format!("{signal} is not among source.tables: its inserts must reach the stream; add it to source.tables"),
+                ))
+            }
+        }
+        _ => Err(invalid(
+            "source.signal_table",
+            format!("{signal:?} is not schema.table"),
+        )),
+    }
+}
 
 /// Reads a Postgres url (`key` names it) as a connection will, so that a
 /// url no connection could use stops the start with exit 2, and requires

@@ -294,20 +294,12 @@ async fn run_with(
 }
 
 /// `snapshot --table` while `run` holds the lease: the request is recorded
-/// for it (a Postgres source copies the tables beside the stream).
+/// for it (it copies the tables beside the stream).
 async fn ask_running(
     settings: &Settings,
     tables: &[tidewater_core::TableId],
     holder: &tidewater_core::Holder,
 ) -> i32 {
-    if !matches!(settings.source, SourceSettings::Postgres(_)) {
-        eprintln!(
-            "error: pipeline {} is running ({holder}), and a MySQL/MariaDB source cannot copy a table beside its stream on demand yet
-hint: stop it, run `tidewater snapshot --table …`, then start it again",
-            settings.pipeline
-        );
-        return exit_code::CONFIG;
-    }
     let filter = settings.source.filter();
     if let Some(table) = tables.iter().find(|t| !filter.matches(t)) {
         eprintln!(

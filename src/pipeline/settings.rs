@@ -122,13 +122,11 @@ impl Settings {
             }),
         };
         let signal_table = match &config.source {
-            SourceConfig::Postgres(pg) => pg
-                .signal_table
-                .as_deref()
-                .and_then(|s| s.split_once('.'))
-                .map(|(schema, table)| TableId::new(schema, table)),
-            SourceConfig::Mysql(_) => None,
-        };
+            SourceConfig::Postgres(pg) => pg.signal_table.as_deref(),
+            SourceConfig::Mysql(my) => my.signal_table.as_deref(),
+        }
+        .and_then(|s| s.split_once('.'))
+        .map(|(schema, table)| TableId::new(schema, table));
         Ok(match &config.sink {
             SinkConfig::Lake(lake) => Settings {
                 pipeline: config.pipeline.name.clone(),

@@ -666,3 +666,87 @@ async fn mysql_sigkill_during_snapshot_resumes_after_committed_rows() {
     }
     assert_eq!(pipeline.terminate(), 0);
 }
+
+/// Issue 20 (4): a MariaDB table copied again on demand while the pipeline
+/// streams, by `snapshot --table` beside the running `run` and by an insert
+/// into `source.signal_table`: each copy starts with a truncate and the
+/// table ends equal to the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_tables_are_copied_again_on_demand_while_streaming() {
+    let server = maria();
+    let mut conn = server.create_database("my_backfill").await;
+    exec(
+        &mut conn,
+        "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20)); \
+         CREATE TABLE signal_t (id BIGINT AUTO_INCREMENT PRIMARY KEY, tables TEXT NOT NULL)",
+    )
+    .await;
+    exec(
+        &mut conn,
+        "INSERT INTO t SELECT seq, CONCAT('v', seq) FROM seq_1_to_2000",
+    )
+    .await;
+    let mut pipeline = Pipeline::with_source(
+        "my_backfill",
+        &format!(
+            "{}signal_table = \"my_backfill.signal_t\"\n",
+            server.source_toml("my_backfill")
+        ),
+        "",
+    );
+    pipeline.start();
+    pipeline
+        .wait_equal_mysql(&mut conn, "my_backfill", "t", "id")
+        .await;
+    let path = pipeline.table_path("my_backfill", "t");
+    let copies = |want: (usize, usize)| {
+        let path = path.clone();
+        async move {
+            crate::support::eventually("the copies of t", Duration::from_secs(90), || {
+                let path = path.clone();
+                async move {
+                    let log = lake::read_log(&path).await?;
+                    let got = (
+                        log.iter().filter(|r| r.op == "r").count(),
+                        log.iter().filter(|r| r.op == "t").count(),
+                    );
+                    if got == want {
+                        Ok(())
+                    } else {
+                        Err(format!("(snapshot rows, truncates) = {got:?}"))
+                    }
+                }
+            })
+            .await
+        }
+    };
+    copies((2000, 0)).await;
+    exec(&mut conn, "UPDATE t SET v = 'changed' WHERE id <= 10").await;
+    let out = tidewater()
+        .args(["snapshot", "--config"])
+        .arg(&pipeline.config)
+        .args(["--table", "my_backfill.t"])
+        .output()
+        .expect("tidewater snapshot");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exec(&mut conn, "DELETE FROM t WHERE id = 20").await;
+    copies((2000 + 1999, 1)).await;
+    pipeline
+        .wait_equal_mysql(&mut conn, "my_backfill", "t", "id")
+        .await;
+    exec(
+        &mut conn,
+        "INSERT INTO signal_t (tables) VALUES ('my_backfill.t')",
+    )
+    .await;
+    copies((2000 + 1999 * 2, 2)).await;
+    pipeline
+        .wait_equal_mysql(&mut conn, "my_backfill", "t", "id")
+        .await;
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+}

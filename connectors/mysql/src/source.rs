@@ -232,6 +232,8 @@ pub struct MysqlSource {
     zero_date_tables: Vec<TableId>,
     /// Tables to copy while streaming, at the next transaction boundary.
     copy_queue: Vec<TableId>,
+    /// Tables an operator asked to copy again (see `Source::copy_requests`).
+    requests: tidewater_core::CopyRequestQueue,
     /// When the server's binlog files were last counted.
     sampled_at: std::time::Instant,
     /// Tables stopped by a definite error (this run or an earlier one):
@@ -286,6 +288,7 @@ impl MysqlSource {
             zero_dates: 0,
             zero_date_tables: Vec::new(),
             copy_queue: Vec::new(),
+            requests: Default::default(),
             sampled_at: std::time::Instant::now(),
             stopped: Vec::new(),
             last_ddl: HashMap::new(),
@@ -616,6 +619,23 @@ impl MysqlSource {
         }
     }
 
+    /// Tables an operator asked to copy again join the copy queue (a table
+    /// already in the lake starts over with a truncate; a stopped one
+    /// streams again).
+    fn take_copy_requests(&mut self) {
+        let requested = match self.requests.lock() {
+            Ok(mut requests) => std::mem::take(&mut *requests),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for table in requested {
+            if !self.copy_queue.contains(&table) {
+                info!(table = %table, "copying the table again, as asked");
+                self.stopped.retain(|t| t != &table);
+                self.copy_queue.push(table);
+            }
+        }
+    }
+
     /// Queues `tables` to be copied while streaming (tables without a
     /// complete copy in the lake, or asked for by `snapshot --table`).
     pub fn queue_copies(&mut self, tables: &[TableId]) {
@@ -782,6 +802,9 @@ impl MysqlSource {
                     .stream
                     .as_ref()
                     .is_some_and(|s| s.txn.is_none() && s.boundary.is_some());
+                if at_boundary {
+                    self.take_copy_requests();
+                }
                 if at_boundary && !self.copy_queue.is_empty() {
                     self.start_table_copies().await?;
                     continue;
@@ -1748,6 +1771,10 @@ impl tidewater_core::Source for MysqlSource {
 
     fn ready_event(&mut self) -> Option<ChangeEvent> {
         MysqlSource::ready_event(self)
+    }
+
+    fn copy_requests(&self) -> Option<tidewater_core::CopyRequestQueue> {
+        Some(self.requests.clone())
     }
 
     fn acknowledger(&self) -> BinlogAcknowledger {
