@@ -97,9 +97,11 @@ impl Query {
         self,
         key: &[String],
     ) -> Result<SendableRecordBatchStream, ReverseError> {
-        // NULL first, as `key_order` has it: a NULL key fails the run
-        // before it writes, where it can.
-        let sort: Vec<SortExpr> = key.iter().map(|k| ident(k).sort(true, true)).collect();
+        // NULL last, as `key_order` has it, and as the current-state view
+        // sorts its PARTITION BY key: the planner then drops this sort for
+        // a query that keeps the view's order (one spilling sort, not two,
+        // share the memory pool; two failed to merge at 10M rows).
+        let sort: Vec<SortExpr> = key.iter().map(|k| ident(k).sort(true, false)).collect();
         let frame = self
             .frame
             .sort(sort)

@@ -16,10 +16,10 @@
 //! order is checked in Rust as rows arrive (`key_order`, the order
 //! DataFusion sorts in, and the order the state file is written in): equal
 //! neighbours are a duplicate key, a step back stops the run (a bug, never
-//! a wrong diff). NULL keys sort first so a single-column NULL key fails
-//! before anything is written; a NULL in a later key column fails when the
-//! merge reaches it, after earlier transactions committed (journaled, so
-//! harmless).
+//! a wrong diff). NULL keys sort last (the order of the current-state
+//! view, so the result needs no second sort): a NULL key fails the run when
+//! the merge reaches it, after earlier transactions committed (journaled,
+//! so harmless; the next run starts from there).
 
 use std::cmp::Ordering;
 use std::collections::HashSet;

@@ -194,7 +194,7 @@ impl Cells {
 }
 
 /// The order of keys: the order the engine sorts the result in (ascending,
-/// NULL first; numbers by value, floats by IEEE total order, text and bytes
+/// NULL last; numbers by value, floats by IEEE total order, text and bytes
 /// byte by byte) and the order of state files. The diff walks both in this
 /// order and checks it as it goes, so a mismatch stops the run instead of
 /// pushing a wrong difference.
@@ -210,8 +210,8 @@ fn value_order(a: &Value, b: &Value) -> std::cmp::Ordering {
     use std::cmp::Ordering;
     match (a, b) {
         (Value::Null, Value::Null) => Ordering::Equal,
-        (Value::Null, _) => Ordering::Less,
-        (_, Value::Null) => Ordering::Greater,
+        (Value::Null, _) => Ordering::Greater,
+        (_, Value::Null) => Ordering::Less,
         (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
         (Value::Int(a), Value::Int(b)) => a.cmp(b),
         (Value::UInt(a), Value::UInt(b)) => a.cmp(b),
@@ -476,7 +476,7 @@ mod tests {
             let sorted = ctx
                 .read_batch(batch)
                 .unwrap()
-                .sort(vec![ident(name).sort(true, true)])
+                .sort(vec![ident(name).sort(true, false)])
                 .unwrap()
                 .collect()
                 .await
