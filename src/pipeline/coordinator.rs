@@ -332,7 +332,11 @@ impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
             }
             ChangeEvent::Row(row) => {
                 let mark = Mark::new(self.current_seq, row.ord);
-                if row.values.iter().any(|v| matches!(v, tidewater_core::Datum::Unchanged)) {
+                if row
+                    .values
+                    .iter()
+                    .any(|v| matches!(v, tidewater_core::Datum::Unchanged))
+                {
                     // The row's previous image may be in a block (a copy's
                     // rows) the restore cannot read: committed first.
                     if let Some(cut) = self

@@ -144,16 +144,17 @@ impl Sink for Recording {
     async fn write(&mut self, batch: ChangeBatch) -> Result<(), LakeError> {
         let marks = marks_of(&batch);
         self.note(format!("write {} {} rows", batch.table, marks.len()));
-        let mut log = self.log.lock().unwrap();
-        log.order
-            .entry(batch.table.clone())
-            .or_default()
-            .extend(marks.iter().copied());
-        log.written
-            .entry(batch.table.clone())
-            .or_default()
-            .extend(marks);
-        drop(log);
+        {
+            let mut log = self.log.lock().unwrap();
+            log.order
+                .entry(batch.table.clone())
+                .or_default()
+                .extend(marks.iter().copied());
+            log.written
+                .entry(batch.table.clone())
+                .or_default()
+                .extend(marks);
+        }
         Sink::write(&mut self.lake, batch).await
     }
 

@@ -121,15 +121,19 @@ async fn wait_hot_beyond(pipeline: &Pipeline, id: i64) {
 }
 
 async fn wait_copy_started(pipeline: &Pipeline, start: u32) {
-    eventually("the copy of big under way", Duration::from_secs(120), || {
-        let log = pipeline.log(start);
-        async move {
-            log.lines()
-                .any(|l| l.contains("snapshot copy started") && l.contains("public.big"))
-                .then_some(())
-                .ok_or_else(|| "not yet".to_string())
-        }
-    })
+    eventually(
+        "the copy of big under way",
+        Duration::from_secs(120),
+        || {
+            let log = pipeline.log(start);
+            async move {
+                log.lines()
+                    .any(|l| l.contains("snapshot copy started") && l.contains("public.big"))
+                    .then_some(())
+                    .ok_or_else(|| "not yet".to_string())
+            }
+        },
+    )
     .await;
 }
 
@@ -246,7 +250,9 @@ async fn sigkill_during_an_interleaved_copy_loses_and_duplicates_nothing() {
     pipeline.start();
     wait_copy_started(&pipeline, 2).await;
     client
-        .batch_execute("UPDATE big SET v = 'second copy' WHERE id % 555 = 0; DELETE FROM big WHERE id = 7;")
+        .batch_execute(
+            "UPDATE big SET v = 'second copy' WHERE id % 555 = 0; DELETE FROM big WHERE id = 7;",
+        )
         .await
         .unwrap();
     stop.store(true, Ordering::SeqCst);

@@ -61,13 +61,16 @@
 //! before copies interleaved.
 //!
 //! The main slot is acknowledged as the stream's transactions become
-//! durable, past changes of t that are still held. That is safe: the lake
-//! records t as being copied before anything after the copy's start is
-//! acknowledged (the `TableSnapshot` events come before any stream event;
-//! a table the lake holds gets a truncate row then, pending until a commit
-//! records it as copying; a table the lake lacks is not copied either), and
-//! a table whose copy is not complete is copied again after a crash, from a
-//! new snapshot whose consistent point CP2 is past everything acknowledged.
+//! durable, past changes of t that are still held. That is safe because a
+//! table whose copy is not recorded complete is copied again after a crash,
+//! from a new snapshot whose consistent point CP2 is past everything
+//! acknowledged, and nothing after the copy's start is acknowledged while
+//! the lake still records t as complete from an earlier copy: the
+//! `TableSnapshot` events of every table of the copy come before any stream
+//! event, and for a table the lake holds the coordinator then stages a
+//! truncate row, which keeps every acknowledgement waiting until a commit
+//! has recorded the table as being copied (a table the lake lacks has no
+//! record, which counts as not copied).
 //! What the lake holds of t from the interrupted copy — copy rows at F <
 //! F2, released changes of transactions committed before CP2, whose commit
 //! LSN (their `_tw_seq`) ends before CP2 and so is below F2 = CP2-1 — sorts
@@ -772,9 +775,7 @@ impl PostgresSource {
                 continue;
             }
             let facts = self.copy_facts(table).await?;
-            planned_copy
-                .estimates
-                .insert(table.clone(), facts.estimate);
+            planned_copy.estimates.insert(table.clone(), facts.estimate);
             let planned = match resume.and_then(|r| r.plan.iter().find(|p| &p.table == table)) {
                 Some(planned) => planned.clone(),
                 None => PlannedTable {
@@ -1423,10 +1424,7 @@ impl PostgresSource {
         // releases what they hold.
         let stream_may = held < HOLD_BYTES;
         let phase = self.snapshot.as_mut().expect("checked by caller");
-        let copies = phase
-            .while_streaming
-            .as_mut()
-            .expect("checked by caller");
+        let copies = phase.while_streaming.as_mut().expect("checked by caller");
         let repl = self.repl.as_mut().expect("checked by caller");
         if let Some(since) = copies.stream_turn {
             if stream_may && since.elapsed() < STREAM_TURN {
