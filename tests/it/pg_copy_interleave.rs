@@ -18,11 +18,15 @@ const ROWS: i64 = 200_000;
 const BATCH_ROWS: usize = 20_000;
 
 fn pipeline(name: &str, batch_rows: usize) -> Pipeline {
+    pipeline_with(name, batch_rows, "")
+}
+
+fn pipeline_with(name: &str, batch_rows: usize, extra_source: &str) -> Pipeline {
     Pipeline::with_source(
         name,
         &format!(
             "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\n\
-             table_discovery_interval_ms = 300\n",
+             table_discovery_interval_ms = 300\n{extra_source}",
             pg().url(name)
         ),
         &format!("max_batch_rows = {batch_rows}\n"),
@@ -271,4 +275,66 @@ async fn sigkill_during_an_interleaved_copy_loses_and_duplicates_nothing() {
     assert_eq!(hot.len() as i64, inserted, "each row of hot once");
     assert!(pipeline.log(2).contains("copying a table while streaming"));
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
+}
+
+/// The copied table's changes during its copy past `copy_hold_bytes`: the
+/// stream waits for the copy from there, also inside the transaction that
+/// crossed the bound (a bulk update of the copied table), which goes on
+/// after the copy; every change lands once and the lake equals the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_of_a_copied_table_beyond_the_hold_budget_wait_for_the_copy() {
+    let client = pg().create_database("interleave_budget").await;
+    client
+        .batch_execute("CREATE TABLE hot (id bigint PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let mut pipeline = pipeline_with("interleave_budget", BATCH_ROWS, "copy_hold_bytes = 65536\n");
+    pipeline.start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let last = Arc::new(AtomicI64::new(0));
+    let writer = tokio::spawn(write_hot(
+        pg().url("interleave_budget"),
+        stop.clone(),
+        last.clone(),
+    ));
+    wait_rows(&pipeline, "hot", 5).await;
+    client.batch_execute(CREATE_BIG).await.unwrap();
+    wait_copy_started(&pipeline, 1).await;
+    // One transaction with hot's rows around a bulk update of big (about
+    // 10 MiB of changes held): the bound is crossed in its middle.
+    client
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO hot VALUES (-1, 'before the bulk update');
+             UPDATE big SET v = 'bulk' WHERE id % 10 = 0;
+             INSERT INTO hot VALUES (-2, 'after the bulk update');
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+    client.batch_execute(CHANGE_BIG).await.unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let inserted = writer.await.unwrap();
+    pipeline
+        .wait_equal_within(&client, "big", Duration::from_secs(240))
+        .await;
+    pipeline.wait_equal(&client, "hot").await;
+    let held = pipeline
+        .log(1)
+        .lines()
+        .find(|l| l.contains("snapshot copy done") && l.contains("public.big"))
+        .map(str::to_string);
+    eprintln!("{held:?}");
+    let big = read_log(&pipeline.table_path("public", "big"))
+        .await
+        .unwrap();
+    assert_each_change_once(&big);
+    assert_eq!(count(&big, "r"), ROWS as usize);
+    assert_eq!(count(&big, "u"), 20_000 + 201, "each update once");
+    let hot = read_log(&pipeline.table_path("public", "hot"))
+        .await
+        .unwrap();
+    assert_each_change_once(&hot);
+    assert_eq!(hot.len() as i64, inserted + 2, "each row of hot once");
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
 }

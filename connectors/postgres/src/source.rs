@@ -57,8 +57,11 @@
 //! committed after a streamed change of t sorts below the table's mark and
 //! is taken for a replay (dropped), and an update's unchanged TOAST value
 //! could not be restored from a row not copied yet. Held events are bounded
-//! ([`HOLD_BYTES`]): past that, the stream waits for the copy to end, as
-//! before copies interleaved.
+//! ([`PostgresConfig::copy_hold_bytes`]): past that, the stream waits for
+//! the copy to end, as before copies interleaved — between transactions,
+//! or inside the transaction that crossed the bound (the copy's blocks then
+//! come between two of its rows, and the transaction goes on after a
+//! `Begin` of its own again, like a transaction cut by a checkpoint).
 //!
 //! The main slot is acknowledged as the stream's transactions become
 //! durable, past changes of t that are still held. That is safe because a
@@ -174,6 +177,10 @@ pub struct PostgresConfig {
     pub snapshot_workers: usize,
     /// Heap bytes per snapshot chunk (a table smaller than this is one chunk).
     pub snapshot_chunk_bytes: u64,
+    /// Estimated heap bytes of the stream's changes of tables being copied
+    /// while streaming, held until their copy ends; past it the stream
+    /// waits for the copy.
+    pub copy_hold_bytes: usize,
 }
 
 /// How the initial snapshot split each table, recorded next to the lake so
@@ -302,12 +309,6 @@ struct Hold {
 /// burst of small transactions goes in one turn.
 const STREAM_TURN: Duration = Duration::from_millis(50);
 
-/// Held stream events of tables being copied, at most (estimated heap
-/// bytes): beyond it the stream waits until the copies end and release
-/// them, as it did before copies interleaved — memory stays bounded
-/// whatever the copied table's own change rate.
-const HOLD_BYTES: usize = 64 << 20;
-
 struct RelationState {
     included: bool,
     schema: Option<Arc<TableSchema>>,
@@ -369,6 +370,9 @@ pub struct PostgresSource {
     /// The `Begin` of the stream transaction being decoded (live or
     /// replayed from a spill file).
     txn: Option<CommitInfo>,
+    /// A copy's events went out inside that transaction: its `Begin` goes
+    /// out again before the rest of it.
+    rebegin: bool,
     /// When the catalog was last read for new tables.
     discovered_at: tokio::time::Instant,
     /// When the slot's retained WAL was last sampled.
@@ -440,6 +444,7 @@ impl PostgresSource {
             holds: HashMap::new(),
             in_transaction: false,
             txn: None,
+            rebegin: false,
             discovered_at: tokio::time::Instant::now(),
             sampled_at: tokio::time::Instant::now(),
             refused: HashMap::new(),
@@ -1354,6 +1359,25 @@ impl PostgresSource {
                     continue;
                 }
                 self.stream_step().await?;
+            } else if interleaved && self.stream_block.is_none() && self.held_over_budget() {
+                // Inside a transaction that brought the held changes past
+                // the budget: the copy goes on alone, the transaction after
+                // it (or after the copy of the table whose changes it
+                // holds), from a `Begin` of its own again.
+                self.interleave_step().await?;
+                self.rebegin = true;
+            } else if self.rebegin {
+                self.rebegin = false;
+                if let Some(copies) = self
+                    .snapshot
+                    .as_mut()
+                    .and_then(|phase| phase.while_streaming.as_mut())
+                {
+                    copies.in_copy_txn = false;
+                }
+                if let Some(txn) = &self.txn {
+                    self.pending.push_back(ChangeEvent::Begin(txn.clone()));
+                }
             } else if self.replay.is_some() {
                 self.replay_step().await?;
             } else if self.repl.is_some() {
@@ -1364,6 +1388,12 @@ impl PostgresSource {
                 });
             }
         }
+    }
+
+    /// The stream events held for copies reached the budget
+    /// ([`PostgresConfig::copy_hold_bytes`]).
+    fn held_over_budget(&self) -> bool {
+        self.holds.values().map(|h| h.bytes).sum::<usize>() >= self.config.copy_hold_bytes
     }
 
     /// The initial snapshot: its chunks, then the stream.
@@ -1419,10 +1449,9 @@ impl PostgresSource {
     /// (for at most [`STREAM_TURN`]); else the copy's next item, or — when
     /// the copy has none ready — the stream's next message.
     async fn interleave_step(&mut self) -> Result<(), PostgresError> {
-        let held: usize = self.holds.values().map(|h| h.bytes).sum();
         // Past the budget the stream waits for the copies to end, which
         // releases what they hold.
-        let stream_may = held < HOLD_BYTES;
+        let stream_may = !self.held_over_budget();
         let phase = self.snapshot.as_mut().expect("checked by caller");
         let copies = phase.while_streaming.as_mut().expect("checked by caller");
         let repl = self.repl.as_mut().expect("checked by caller");
