@@ -304,6 +304,13 @@ pub struct PostgresSourceConfig {
     /// --table` does the same from the command line. Default: none.
     #[serde(default)]
     pub signal_table: Option<String>,
+    /// Memory for the changes of tables being copied while streaming: a
+    /// table's own changes during its copy are held until its last copied
+    /// row (the other tables stream on meanwhile); past this many bytes
+    /// (estimated) the stream waits for the copy to end instead. Default
+    /// 64 MiB.
+    #[serde(default = "default_copy_hold_bytes")]
+    pub copy_hold_bytes: u64,
 }
 
 fn default_snapshot_workers() -> usize {
@@ -315,6 +322,12 @@ fn default_snapshot_chunk_rows() -> u64 {
 }
 
 fn default_snapshot_chunk_bytes() -> u64 {
+    64 << 20
+}
+
+/// Enough for the changes a busy table gets during a long copy (about a
+/// million small rows' changes), small beside a batch budget.
+fn default_copy_hold_bytes() -> u64 {
     64 << 20
 }
 

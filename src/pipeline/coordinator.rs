@@ -374,6 +374,21 @@ impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
             }
             ChangeEvent::Row(row) => {
                 let mark = Mark::new(self.current_seq, row.ord);
+                if row
+                    .values
+                    .iter()
+                    .any(|v| matches!(v, tidewater_core::Datum::Unchanged))
+                {
+                    // The row's previous image may be in a block (a copy's
+                    // rows) the restore cannot read: committed first.
+                    if let Some(cut) = self
+                        .batcher
+                        .cut_if_blocks(&row.table)
+                        .map_err(PipelineError::Batch)?
+                    {
+                        self.held.push(cut);
+                    }
+                }
                 if self
                     .marks
                     .get(&row.table)
@@ -465,6 +480,14 @@ impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
                     "snapshot committed"
                 );
                 return Ok(true);
+            }
+            ChangeEvent::TableSnapshot { table } if self.is_stopped(&table) => {}
+            ChangeEvent::TableSnapshotDone { table, .. } if self.is_stopped(&table) => {
+                // Stopped while being copied: it stays stopped.
+                if self.copies_pending.remove(&table) && self.copies_pending.is_empty() {
+                    self.checkpoint(None).await?;
+                    return Ok(true);
+                }
             }
             ChangeEvent::TableSnapshot { table } => {
                 self.sink.table_phase(

@@ -49,6 +49,8 @@ struct Log {
     calls: Vec<String>,
     /// Rows written since the last commit, per table: their marks.
     written: BTreeMap<TableId, Vec<Mark>>,
+    /// Every row written, per table, in the order written.
+    order: BTreeMap<TableId, Vec<Mark>>,
     /// Highest committed mark per table.
     durable: BTreeMap<TableId, Mark>,
     /// Tables whose stop is recorded.
@@ -142,13 +144,17 @@ impl Sink for Recording {
     async fn write(&mut self, batch: ChangeBatch) -> Result<(), LakeError> {
         let marks = marks_of(&batch);
         self.note(format!("write {} {} rows", batch.table, marks.len()));
-        self.log
-            .lock()
-            .unwrap()
-            .written
-            .entry(batch.table.clone())
-            .or_default()
-            .extend(marks);
+        {
+            let mut log = self.log.lock().unwrap();
+            log.order
+                .entry(batch.table.clone())
+                .or_default()
+                .extend(marks.iter().copied());
+            log.written
+                .entry(batch.table.clone())
+                .or_default()
+                .extend(marks);
+        }
         Sink::write(&mut self.lake, batch).await
     }
 
@@ -624,5 +630,99 @@ async fn a_replay_after_a_restart_is_skipped_exactly_at_each_tables_mark() {
         h.lake_marks("b").await,
         vec![Mark::new(1, 2), Mark::new(2, 3), Mark::new(3, 1)]
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn read_row(name: &str, ord: u64, id: i64) -> ChangeEvent {
+    ChangeEvent::Row(RowChange {
+        op: Op::Read,
+        ..row(name, ord, id)
+    })
+}
+
+/// The copy's `Begin` (it has no `Commit`, nor anything to acknowledge).
+fn copy_begin(seq: u64) -> ChangeEvent {
+    ChangeEvent::Begin(CommitInfo {
+        ack: 0,
+        ..commit_info(seq)
+    })
+}
+
+#[tokio::test]
+async fn a_copy_interleaved_with_the_stream_lands_its_table_in_mark_order() {
+    let dir = temp_dir("interleave");
+    // Small batches: checkpoints land between the copy's rows.
+    let mut h = Harness::new(&dir, HashMap::new(), 3, false);
+    h.feed(ChangeEvent::Schema(schema("a"))).await;
+    h.txn(&txn(1, &[("a", 1)])).await;
+    // t is copied at 50; a's transactions go between the copy's rows; t's
+    // own change in transaction 60 is held by the source and comes after
+    // t's last copy row, before the copy's end.
+    h.feed(ChangeEvent::Schema(schema("t"))).await;
+    h.feed(copy_begin(50)).await;
+    h.feed(ChangeEvent::TableSnapshot { table: table("t") })
+        .await;
+    for r in 1..=4u64 {
+        h.feed(read_row("t", r, r as i64)).await;
+    }
+    h.txn(&txn(60, &[("a", 1)])).await;
+    h.feed(copy_begin(50)).await;
+    for r in 5..=8u64 {
+        h.feed(read_row("t", r, r as i64)).await;
+    }
+    h.txn(&txn(70, &[("a", 1)])).await;
+    h.feed(ChangeEvent::Begin(CommitInfo {
+        ack: 0,
+        ..commit_info(60)
+    }))
+    .await;
+    h.feed(ChangeEvent::Row(row("t", 2, 3))).await;
+    h.feed(ChangeEvent::TableSnapshotDone {
+        table: table("t"),
+        seq: 50,
+    })
+    .await;
+    // A late replay of t at or below the copy's point is skipped.
+    h.txn(&txn(80, &[("a", 1), ("t", 2)])).await;
+    h.tick().await;
+    h.assert_clean();
+    assert_eq!(h.acked.load(Ordering::SeqCst), 800);
+    let mut expected: Vec<Mark> = (1..=8).map(|r| Mark::new(50, r)).collect();
+    expected.push(Mark::new(60, 2));
+    expected.push(Mark::new(80, 2));
+    assert_eq!(h.lake_marks("t").await, expected);
+    // Written in that order too: a batch never sorts below the table's mark.
+    let written = h.log.lock().unwrap().order[&table("t")].clone();
+    assert!(written.windows(2).all(|w| w[0] < w[1]), "{written:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_table_stopped_during_its_copy_stays_stopped() {
+    let dir = temp_dir("copystop");
+    let mut h = Harness::new(&dir, HashMap::new(), 1000, false);
+    h.feed(ChangeEvent::Schema(schema("a"))).await;
+    h.feed(ChangeEvent::Schema(schema("t"))).await;
+    h.feed(copy_begin(50)).await;
+    h.feed(ChangeEvent::TableSnapshot { table: table("t") })
+        .await;
+    h.feed(read_row("t", 1, 1)).await;
+    h.txn(&txn(60, &[("a", 1)])).await;
+    h.feed(ChangeEvent::TableFailed {
+        table: table("t"),
+        reason: "a change the source could not decode".into(),
+    })
+    .await;
+    h.feed(copy_begin(50)).await;
+    h.feed(read_row("t", 2, 2)).await;
+    h.feed(ChangeEvent::TableSnapshotDone {
+        table: table("t"),
+        seq: 50,
+    })
+    .await;
+    h.tick().await;
+    h.assert_clean();
+    assert_eq!(h.log.lock().unwrap().stopped, vec![table("t")]);
+    assert!(h.lake_marks("t").await.is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -78,6 +78,7 @@ impl Settings {
                         recopy_on_schema_change: pg.recopy_on_schema_change,
                         snapshot_workers: pg.snapshot_workers,
                         snapshot_chunk_bytes: pg.snapshot_chunk_bytes,
+                        copy_hold_bytes: usize::try_from(pg.copy_hold_bytes).unwrap_or(usize::MAX),
                     }),
                     pg.snapshot,
                 )

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!  source.next_event() ──▶ [channel: EVENT_CHANNEL_CAPACITY events,
-//!                            QUEUED_BLOCK_KIB of blocks] ──▶ coordinator
+//!                            QUEUED_BLOCK_KIB of blocks, QUEUED_COPY_KIB
+//!                            of copied rows] ──▶ coordinator
 //! ```
 
 use tidewater_core::{ChangeEvent, Source};
@@ -19,6 +20,11 @@ pub(super) const EVENT_CHANNEL_CAPACITY: usize = 4096;
 /// coordinator, in KiB: blocks are large (thousands of rows), so the event
 /// count alone would not bound memory.
 const QUEUED_BLOCK_KIB: usize = 32 * 1024;
+
+/// Of those, KiB of copied rows (`Read` blocks): while a table is copied
+/// beside the stream, the stream's next transaction waits behind them, so
+/// they are kept to a few blocks — enough to keep the sink busy.
+const QUEUED_COPY_KIB: usize = 8 * 1024;
 
 /// An event in flight, with the share of the block budget it holds.
 pub(super) type Queued = (
@@ -39,6 +45,7 @@ pub(super) async fn source_loop<S>(
     PipelineError: From<S::Error>,
 {
     let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(QUEUED_BLOCK_KIB));
+    let copy_budget = std::sync::Arc::new(tokio::sync::Semaphore::new(QUEUED_COPY_KIB));
     loop {
         // Events the source has already decoded need no select: only a wait
         // for the server must be interruptible by `stop`.
@@ -59,7 +66,12 @@ pub(super) async fn source_loop<S>(
                     .iter()
                     .map(|c| c.get_array_memory_size())
                     .sum();
-                let kib = (bytes / 1024).clamp(1, QUEUED_BLOCK_KIB) as u32;
+                let (budget, limit) = if block.ops.first() == Some(&tidewater_core::Op::Read) {
+                    (&copy_budget, QUEUED_COPY_KIB)
+                } else {
+                    (&budget, QUEUED_BLOCK_KIB)
+                };
+                let kib = (bytes / 1024).clamp(1, limit) as u32;
                 tokio::select! {
                     biased;
                     _ = stop.changed() => break,

@@ -21,6 +21,7 @@ mod mysql_conformance;
 mod mysql_schema;
 mod mysql_statement;
 mod pg_conformance;
+mod pg_copy_interleave;
 mod pg_identity_full;
 mod pg_idle_ack;
 mod pg_new_tables;

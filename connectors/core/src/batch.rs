@@ -256,6 +256,22 @@ impl Batcher {
         Ok(())
     }
 
+    /// Cuts `table`'s open batch if it holds a block: values to restore
+    /// (`Datum::Unchanged`) are looked up in earlier decoded rows and in the
+    /// sink, never in blocks, so rows after a block restore from the sink
+    /// once the block is committed.
+    pub fn cut_if_blocks(&mut self, table: &TableId) -> Result<Option<ChangeBatch>, ArrowError> {
+        let has_block = self.open.get(table).is_some_and(|open| {
+            open.segments
+                .iter()
+                .any(|s| matches!(s, Segment::Block { .. }))
+        });
+        if !has_block {
+            return Ok(None);
+        }
+        self.cut_table(table)
+    }
+
     /// Tables whose held rows still contain `Datum::Unchanged` values.
     pub fn unresolved_tables(&self) -> Vec<TableId> {
         self.open

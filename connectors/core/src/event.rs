@@ -215,12 +215,17 @@ pub enum ChangeEvent {
     /// lake holds of the table; the `Read` rows that follow, up to
     /// `TableSnapshotDone`, are the whole table at that point and replace
     /// whatever the lake held of it. There is no `Commit`: the copy moves no
-    /// source position.
+    /// source position. Whole stream transactions of other tables may come
+    /// between the copy's rows (each copy row again after a `Begin` of the
+    /// copy's `seq`); the table's own changes come in mark order — every
+    /// copy row, then its streamed changes above the copy's `seq`, then
+    /// `TableSnapshotDone` — so its marks only grow.
     TableSnapshot {
         table: TableId,
     },
-    /// The copy of `table` is complete. Every streamed change of the table
-    /// at or below `seq` is already in it and must be skipped.
+    /// The copy of `table` is complete, with the changes streamed since the
+    /// copy's point before it. Every streamed change of the table at or
+    /// below `seq` is already in it and must be skipped.
     TableSnapshotDone {
         table: TableId,
         seq: u64,

@@ -8,7 +8,7 @@
 //!                     │                               ──▶ consistent point CP, snapshot S
 //!                     │  BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT S
 //!                     │  COPY each table ──▶ Row(r), _tw_seq = CP-1
-//!                     │  COMMIT                               │
+//!                     │  COMMIT       (chunks: crate::chunks) │
 //!                     │                               START_REPLICATION SLOT … LOGICAL 0/0
 //!  next_event ◀───────┼──────────────── Begin/Relation/Insert/Update/Delete/Truncate/Commit
 //!  acknowledger ──────┼─────────────────▶ standby status update (flush = acked end LSN),
@@ -30,6 +30,58 @@
 //! from its first status update, and reporting needs no further event.
 //! Restarting always asks for LSN 0/0, i.e. the slot's confirmed position.
 //!
+//! Copies while streaming (a table that joins, `snapshot --table`, a copy
+//! again after a schema change, see [`PostgresSource::start_table_copies`])
+//! run beside the stream, in the manner of DBLog's and Debezium's
+//! incremental snapshots: the other tables keep their latency. The copy
+//! reads one exported snapshot, consistent point CP, its rows at
+//! `_tw_seq` F = CP-1 and `_tw_ord` = chunk << 32 | row, in chunks on
+//! connections of its own; between two of its blocks the stream delivers
+//! whole transactions (for at most [`STREAM_TURN`], else while the server
+//! has them ready), and the copy's `Begin` is sent again before its next
+//! block:
+//!
+//! ```text
+//!  Schema(t) Begin(F) TableSnapshot(t) Block(t) │ Begin(x) Row(u) Commit(x) │ Begin(F) Block(t) … │ held(t) TableSnapshotDone(t, F)
+//! ```
+//!
+//! The copied table t itself never interleaves with its copy. A change of
+//! t in a transaction at or below F is in the copy: dropped, from the
+//! copy's start (and after its end by the coordinator, whose mark of t
+//! becomes (F, max)). A change above F is held, with t's new schemas,
+//! until t's last copy row, then goes before `TableSnapshotDone` in stream
+//! order with its own (`_tw_seq`, `_tw_ord`). So t's rows reach the sink in
+//! mark order — the truncate of a copy taken again (F, 0) < copy rows (F,
+//! …) < held changes (> F) — and the latest row per key is the source's.
+//! Sending t's changes at once would break that order: a batch of copy rows
+//! committed after a streamed change of t sorts below the table's mark and
+//! is taken for a replay (dropped), and an update's unchanged TOAST value
+//! could not be restored from a row not copied yet. Held events are bounded
+//! ([`PostgresConfig::copy_hold_bytes`]): past that, the stream waits for
+//! the copy to end, as before copies interleaved — between transactions,
+//! or inside the transaction that crossed the bound (the copy's blocks then
+//! come between two of its rows, and the transaction goes on after a
+//! `Begin` of its own again, like a transaction cut by a checkpoint).
+//!
+//! The main slot is acknowledged as the stream's transactions become
+//! durable, past changes of t that are still held. That is safe because a
+//! table whose copy is not recorded complete is copied again after a crash,
+//! from a new snapshot whose consistent point CP2 is past everything
+//! acknowledged, and nothing after the copy's start is acknowledged while
+//! the lake still records t as complete from an earlier copy: the
+//! `TableSnapshot` events of every table of the copy come before any stream
+//! event, and for a table the lake holds the coordinator then stages a
+//! truncate row, which keeps every acknowledgement waiting until a commit
+//! has recorded the table as being copied (a table the lake lacks has no
+//! record, which counts as not copied).
+//! What the lake holds of t from the interrupted copy — copy rows at F <
+//! F2, released changes of transactions committed before CP2, whose commit
+//! LSN (their `_tw_seq`) ends before CP2 and so is below F2 = CP2-1 — sorts
+//! below the new copy's truncate (F2, 0): superseded, never duplicated.
+//! Once `TableSnapshotDone` is recorded the held changes are committed with
+//! it or before. Commits of a copy while streaming may land inside a chunk:
+//! such a copy is never resumed, only taken again.
+//!
 //! Large transactions (protocol 2, PG14+): once a transaction outgrows the
 //! server's `logical_decoding_work_mem`, the server streams it in chunks
 //! before it commits. Each chunk is appended to a spill file of that
@@ -46,24 +98,22 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tidewater_core::state::{PlannedChunks, SnapshotPlan};
 use tidewater_core::{
     ChangeEvent, Column, CommitInfo, Datum, Op, RowChange, TableFilter, TableId, TableSchema,
 };
-use tokio_postgres::{Client, CopyOutStream};
+use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 
 use crate::catalog::{
     list_tables, quote_ident, quote_table, table_columns, TypeNames, HAS_REPLICA_IDENTITY,
 };
 use crate::chunks::{ChunkJob, CopyItem};
-use crate::copy_arrow::{CopyDecoder, CopyFormat};
+use crate::copy_arrow::CopyFormat;
 use crate::error::{query_error, PostgresError};
 use crate::pgoutput::{self, Cell, Message, OldTuple, Relation};
 use crate::replication::{
@@ -127,6 +177,10 @@ pub struct PostgresConfig {
     pub snapshot_workers: usize,
     /// Heap bytes per snapshot chunk (a table smaller than this is one chunk).
     pub snapshot_chunk_bytes: u64,
+    /// Estimated heap bytes of the stream's changes of tables being copied
+    /// while streaming, held until their copy ends; past it the stream
+    /// waits for the copy.
+    pub copy_hold_bytes: usize,
 }
 
 /// How the initial snapshot split each table, recorded next to the lake so
@@ -183,16 +237,14 @@ pub struct SlotState {
 struct SnapshotCopy {
     /// Holds the slot whose exported snapshot the copy reads: the pipeline's
     /// own for the initial snapshot, a temporary one for copies while
-    /// streaming.
+    /// streaming (dropped once the copy's workers imported the snapshot).
     repl: ReplicationConnection,
     commit: CommitInfo,
-    queue: VecDeque<TableId>,
-    copy: Option<CopyState>,
     begun: bool,
     /// A copy of tables that join while the stream runs (see
     /// [`PostgresSource::start_table_copies`]), not the initial snapshot.
     while_streaming: Option<TableCopies>,
-    /// The initial snapshot's chunks, read by parallel workers.
+    /// The chunks, read by parallel workers.
     chunks: Option<crate::chunks::ParallelCopy>,
     /// Events to send right after `Begin` (the schemas of the tables).
     prologue: Vec<ChangeEvent>,
@@ -213,8 +265,6 @@ impl SnapshotCopy {
                 commit_ts_us: now_us(),
                 txid: None,
             },
-            queue: VecDeque::new(),
-            copy: None,
             begun: false,
             while_streaming: None,
             chunks: None,
@@ -224,22 +274,40 @@ impl SnapshotCopy {
     }
 }
 
-/// What a copy while streaming needs at its end.
+/// A copy while streaming, interleaved with the stream (see
+/// [`PostgresSource::interleave_step`]).
 struct TableCopies {
-    temporary_slot: String,
-    tables: Vec<TableId>,
+    /// Chunks of each table's copy, to tell its last one.
+    chunks: HashMap<TableId, u32>,
+    /// Rows copied of each table so far.
+    rows: HashMap<TableId, u64>,
+    /// The copy's `Begin` is the coordinator's open transaction: no stream
+    /// event came since it was sent.
+    in_copy_txn: bool,
+    /// The stream's turn began then: whole transactions go while the server
+    /// has them ready, for at most [`STREAM_TURN`].
+    stream_turn: Option<tokio::time::Instant>,
 }
 
-struct CopyState {
-    schema: Arc<TableSchema>,
-    stream: Pin<Box<CopyOutStream>>,
-    decoder: CopyDecoder,
-    /// `_tw_ord` of the next row (rows are numbered from 1).
-    next_ord: u64,
+/// The stream events of a table being copied while streaming, held until
+/// its copy ends (see [`PostgresSource::start_table_copies`]).
+struct Hold {
+    /// The copy's `_tw_seq`: rows of transactions at or below it are in
+    /// the copy.
+    floor: u64,
+    events: Vec<ChangeEvent>,
+    /// The transaction whose `Begin` the held events carry last.
+    begun: Option<u64>,
+    /// Estimated heap bytes of the held rows.
+    bytes: usize,
 }
 
-/// Rows per block of a single-stream copy.
-const COPY_BLOCK_ROWS: usize = 8192;
+/// The longest turn of the stream between two blocks of a copy while
+/// streaming: ended at the first transaction boundary after it. Short
+/// enough that the copy keeps going at a fair pace under a stream that
+/// never pauses (a block of 8192 rows per turn at least), long enough that a
+/// burst of small transactions goes in one turn.
+const STREAM_TURN: Duration = Duration::from_millis(50);
 
 struct RelationState {
     included: bool,
@@ -296,8 +364,17 @@ pub struct PostgresSource {
     copy_queue: Vec<TableId>,
     /// Tables an operator asked to copy again (see `Source::copy_requests`).
     requests: tidewater_core::CopyRequestQueue,
+    /// Tables being copied while streaming: their stream events wait here
+    /// until their copy ends.
+    holds: HashMap<TableId, Hold>,
     /// A transaction of the stream is open (between Begin and Commit).
     in_transaction: bool,
+    /// The `Begin` of the stream transaction being decoded (live or
+    /// replayed from a spill file).
+    txn: Option<CommitInfo>,
+    /// A copy's events went out inside that transaction: its `Begin` goes
+    /// out again before the rest of it.
+    rebegin: bool,
     /// When the catalog was last read for new tables.
     discovered_at: tokio::time::Instant,
     /// When the slot's retained WAL was last sampled.
@@ -367,7 +444,10 @@ impl PostgresSource {
             tables: Vec::new(),
             copy_queue: Vec::new(),
             requests: Default::default(),
+            holds: HashMap::new(),
             in_transaction: false,
+            txn: None,
+            rebegin: false,
             discovered_at: tokio::time::Instant::now(),
             sampled_at: tokio::time::Instant::now(),
             refused: HashMap::new(),
@@ -647,19 +727,63 @@ impl PostgresSource {
         snapshot_name: &str,
         resume: Option<&SnapshotResume>,
     ) -> Result<Vec<PlannedTable>, PostgresError> {
+        let planned = self.plan_copy(tables, resume).await?;
+        let chunks = self.start_workers(snapshot_name, planned.jobs).await?;
+        let phase = self.snapshot.as_mut().expect("set by the caller");
+        phase.chunks = Some(chunks);
+        phase.prologue = planned
+            .schemas
+            .into_iter()
+            .map(ChangeEvent::Schema)
+            .collect();
+        phase.estimates = planned.estimates;
+        Ok(planned.plan)
+    }
+
+    /// The copy workers, each in the exported snapshot `snapshot_name`,
+    /// reading `jobs`.
+    async fn start_workers(
+        &self,
+        snapshot_name: &str,
+        jobs: Vec<ChunkJob>,
+    ) -> Result<crate::chunks::ParallelCopy, PostgresError> {
+        let session: String = SESSION_SETTINGS
+            .iter()
+            .map(|(k, v)| format!("SET {k} = '{v}';"))
+            .collect();
+        info!(
+            chunks = jobs.len(),
+            workers = self.config.snapshot_workers,
+            "snapshot copy planned"
+        );
+        crate::chunks::ParallelCopy::start(
+            &self.pg_config,
+            &self.params.tls,
+            &session,
+            snapshot_name,
+            self.config.snapshot_workers,
+            jobs,
+        )
+        .await
+    }
+
+    /// The chunks of a copy of `tables`, read from the catalog by the control
+    /// connection (inside the copy's snapshot), or the plan being resumed.
+    async fn plan_copy(
+        &mut self,
+        tables: &[TableId],
+        resume: Option<&SnapshotResume>,
+    ) -> Result<CopyPlan, PostgresError> {
         let chunk_pages = (self.config.snapshot_chunk_bytes / 8192).max(1);
-        let mut plan = Vec::new();
-        let mut jobs = Vec::new();
-        let mut prologue = Vec::new();
-        let mut estimates = HashMap::new();
+        let mut planned_copy = CopyPlan::default();
         for table in tables {
             let schema = self.copy_schema(table).await?;
-            prologue.push(ChangeEvent::Schema(schema.clone()));
+            planned_copy.schemas.push(schema.clone());
             if schema.columns.is_empty() {
                 continue;
             }
             let facts = self.copy_facts(table).await?;
-            estimates.insert(table.clone(), facts.estimate);
+            planned_copy.estimates.insert(table.clone(), facts.estimate);
             let planned = match resume.and_then(|r| r.plan.iter().find(|p| &p.table == table)) {
                 Some(planned) => planned.clone(),
                 None => PlannedTable {
@@ -685,6 +809,8 @@ impl PostgresSource {
                 .iter()
                 .map(|c| quote_ident(&c.name))
                 .collect();
+            // Inheritance children are tables of their own: copy only the
+            // parent's rows. A partitioned table's rows live in its partitions.
             let from = format!(
                 "{}{}",
                 if facts.partitioned { "" } else { "ONLY " },
@@ -695,7 +821,7 @@ impl PostgresSource {
                 .enumerate()
                 .skip(done as usize)
             {
-                jobs.push(ChunkJob {
+                planned_copy.jobs.push(ChunkJob {
                     schema: schema.clone(),
                     oids: facts.oids.clone(),
                     format,
@@ -705,31 +831,9 @@ impl PostgresSource {
                     pages,
                 });
             }
-            plan.push(planned);
+            planned_copy.plan.push(planned);
         }
-        let session: String = SESSION_SETTINGS
-            .iter()
-            .map(|(k, v)| format!("SET {k} = '{v}';"))
-            .collect();
-        info!(
-            chunks = jobs.len(),
-            workers = self.config.snapshot_workers,
-            "snapshot copy planned"
-        );
-        let chunks = crate::chunks::ParallelCopy::start(
-            &self.pg_config,
-            &self.params.tls,
-            &session,
-            snapshot_name,
-            self.config.snapshot_workers,
-            jobs,
-        )
-        .await?;
-        let phase = self.snapshot.as_mut().expect("set by the caller");
-        phase.chunks = Some(chunks);
-        phase.prologue = prologue;
-        phase.estimates = estimates;
-        Ok(plan)
+        Ok(planned_copy)
     }
 
     /// Reads `table`'s columns for a copy and issues its schema version.
@@ -888,24 +992,25 @@ impl PostgresSource {
         Ok(())
     }
 
-    /// Copies the queued tables in the exported snapshot of a temporary
-    /// slot; the copy then yields their rows and they join the stream.
+    /// Starts copying the queued tables in the exported snapshot of a
+    /// temporary slot, beside the stream (see "Copies while streaming" in
+    /// the module docs).
     ///
     /// ```text
     ///  ALTER PUBLICATION p ADD TABLE t      commit A: t is published for every
     ///                                       transaction that begins after A
     ///  CREATE_REPLICATION_SLOT tmp TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT
     ///      (waits for the transactions running at its start) ──▶ CP > A, snapshot S
-    ///  BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT S; COPY t ──▶ Read rows, _tw_seq = CP-1
-    ///  COMMIT; DROP_REPLICATION_SLOT tmp;  t joins the stream
+    ///  control: BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT S; plan the chunks; COMMIT
+    ///  workers: BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT S  (then COPY chunk after chunk)
+    ///  DROP_REPLICATION_SLOT tmp           the workers hold S from here on
     /// ```
     ///
     /// A transaction that began before A is not published for t even if it
     /// commits later, but it ended before CP, so S holds its changes; every
     /// transaction committing after CP began after A and reaches the stream.
-    /// The stream's changes of t at or below CP-1 are already in the copy:
-    /// the coordinator skips them. Nothing here depends on the main slot's
-    /// position, so an interrupted copy is simply taken again.
+    /// Nothing here depends on the main slot's position, so an interrupted
+    /// copy is simply taken again.
     async fn start_table_copies(&mut self) -> Result<(), PostgresError> {
         let mut tables = Vec::new();
         for table in std::mem::take(&mut self.copy_queue) {
@@ -940,6 +1045,32 @@ impl PostgresSource {
             ))
             .await?;
         let (consistent_point, snapshot_name) = exported_snapshot(&rows)?;
+        let commit = CommitInfo {
+            seq: consistent_point.0.saturating_sub(1),
+            position: consistent_point.to_string(),
+            ack: 0,
+            commit_ts_us: now_us(),
+            txid: None,
+        };
+        // Captured from now on: a Relation message the stream sent while a
+        // table was not is read again (its schema goes out before the
+        // copy's), and every stream event of the tables is held from here
+        // until their copy ends.
+        for table in &tables {
+            if !self.tables.contains(table) {
+                self.tables.push(table.clone());
+            }
+            let waiting: Vec<Relation> = self
+                .relations
+                .values()
+                .filter_map(|state| state.relation.as_ref())
+                .filter(|r| r.namespace == table.schema && r.name == table.table)
+                .cloned()
+                .collect();
+            for relation in waiting {
+                self.on_relation(relation).await?;
+            }
+        }
         self.client
             .batch_execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
@@ -949,25 +1080,71 @@ impl PostgresSource {
             .map_err(query_error(
                 "opening the snapshot transaction of a table copy",
             ))?;
+        let planned = self.plan_copy(&tables, None).await;
+        // The control connection serves the stream meanwhile: out of the
+        // snapshot at once.
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(query_error("closing the snapshot transaction"))?;
+        let planned = planned?;
+        let chunks = self.start_workers(&snapshot_name, planned.jobs).await?;
+        // The workers hold the snapshot now: the temporary slot, which
+        // would keep WAL and catalog rows for as long as the copy runs, goes.
+        if let Err(error) = repl
+            .query(&format!(
+                "DROP_REPLICATION_SLOT {}",
+                quote_ident(&temporary_slot)
+            ))
+            .await
+        {
+            debug!(error = %error, "dropping the temporary slot of a table copy");
+        }
+        // Every table's copy begins now, for the coordinator too (each is
+        // recorded as being copied, and what the lake held of it is
+        // superseded, before anything after this point is acknowledged).
+        let mut chunk_counts = HashMap::new();
+        for planned_table in &planned.plan {
+            chunk_counts.insert(planned_table.table.clone(), planned_table.chunks);
+        }
+        for schema in planned.schemas {
+            let table = schema.table.clone();
+            self.pending.push_back(ChangeEvent::Schema(schema));
+            self.pending.push_back(ChangeEvent::Begin(commit.clone()));
+            self.pending.push_back(ChangeEvent::TableSnapshot {
+                table: table.clone(),
+            });
+            if chunk_counts.contains_key(&table) {
+                self.holds.insert(
+                    table,
+                    Hold {
+                        floor: commit.seq,
+                        events: Vec::new(),
+                        begun: None,
+                        bytes: 0,
+                    },
+                );
+            } else {
+                // No column, no chunk: nothing more to copy.
+                self.pending.push_back(ChangeEvent::TableSnapshotDone {
+                    table,
+                    seq: commit.seq,
+                });
+            }
+        }
         self.snapshot = Some(SnapshotCopy {
             repl,
-            commit: CommitInfo {
-                seq: consistent_point.0.saturating_sub(1),
-                position: consistent_point.to_string(),
-                ack: 0,
-                commit_ts_us: now_us(),
-                txid: None,
-            },
-            queue: tables.clone().into(),
-            copy: None,
+            commit,
             begun: true,
             while_streaming: Some(TableCopies {
-                temporary_slot,
-                tables,
+                chunks: chunk_counts,
+                rows: HashMap::new(),
+                in_copy_txn: false,
+                stream_turn: None,
             }),
-            chunks: None,
+            chunks: Some(chunks),
             prologue: Vec::new(),
-            estimates: HashMap::new(),
+            estimates: planned.estimates,
         });
         Ok(())
     }
@@ -1045,45 +1222,6 @@ impl PostgresSource {
                 error,
             )),
         }
-    }
-
-    /// The copy while streaming is complete: its tables join the stream.
-    async fn finish_table_copies(
-        &mut self,
-        mut repl: ReplicationConnection,
-        copies: TableCopies,
-    ) -> Result<(), PostgresError> {
-        // The session's end drops a temporary slot too; dropping it now
-        // frees its name for the next copy at once.
-        if let Err(error) = repl
-            .query(&format!(
-                "DROP_REPLICATION_SLOT {}",
-                quote_ident(&copies.temporary_slot)
-            ))
-            .await
-        {
-            debug!(error = %error, "dropping the temporary slot of a table copy");
-        }
-        drop(repl);
-        for table in copies.tables {
-            if !self.tables.contains(&table) {
-                self.tables.push(table.clone());
-            }
-            // A Relation message the stream sent while the table was not
-            // captured: read it again now that it is.
-            let waiting: Vec<Relation> = self
-                .relations
-                .values()
-                .filter_map(|state| state.relation.as_ref())
-                .filter(|r| r.namespace == table.schema && r.name == table.table)
-                .cloned()
-                .collect();
-            for relation in waiting {
-                self.on_relation(relation).await?;
-            }
-            info!(table = %table, "table joined the stream");
-        }
-        Ok(())
     }
 
     /// pgoutput options: protocol 2 with streaming of large in-progress
@@ -1212,13 +1350,23 @@ impl PostgresSource {
             if let Some(event) = self.pending.pop_front() {
                 return Ok(event);
             }
-            if self.snapshot.is_some() {
+            let interleaved = self
+                .snapshot
+                .as_ref()
+                .is_some_and(|phase| phase.while_streaming.is_some());
+            if self.snapshot.is_some() && !interleaved {
                 self.snapshot_step().await?;
             } else if self.repl.is_some()
                 && self.replay.is_none()
                 && !self.in_transaction
                 && self.stream_block.is_none()
             {
+                if interleaved {
+                    // Between transactions, a copy running: its blocks and
+                    // the stream's transactions take turns.
+                    self.interleave_step().await?;
+                    continue;
+                }
                 // Between transactions: the place for tables to join.
                 if self.discovery_due() {
                     self.discover_tables().await?;
@@ -1232,6 +1380,25 @@ impl PostgresSource {
                     continue;
                 }
                 self.stream_step().await?;
+            } else if interleaved && self.stream_block.is_none() && self.held_over_budget() {
+                // Inside a transaction that brought the held changes past
+                // the budget: the copy goes on alone, the transaction after
+                // it (or after the copy of the table whose changes it
+                // holds), from a `Begin` of its own again.
+                self.interleave_step().await?;
+                self.rebegin = true;
+            } else if self.rebegin {
+                self.rebegin = false;
+                if let Some(copies) = self
+                    .snapshot
+                    .as_mut()
+                    .and_then(|phase| phase.while_streaming.as_mut())
+                {
+                    copies.in_copy_txn = false;
+                }
+                if let Some(txn) = &self.txn {
+                    self.pending.push_back(ChangeEvent::Begin(txn.clone()));
+                }
             } else if self.replay.is_some() {
                 self.replay_step().await?;
             } else if self.repl.is_some() {
@@ -1244,6 +1411,13 @@ impl PostgresSource {
         }
     }
 
+    /// The stream events held for copies reached the budget
+    /// ([`PostgresConfig::copy_hold_bytes`]).
+    fn held_over_budget(&self) -> bool {
+        self.holds.values().map(|h| h.bytes).sum::<usize>() >= self.config.copy_hold_bytes
+    }
+
+    /// The initial snapshot: its chunks, then the stream.
     async fn snapshot_step(&mut self) -> Result<(), PostgresError> {
         let phase = self.snapshot.as_mut().expect("checked by caller");
         if !phase.begun {
@@ -1253,143 +1427,152 @@ impl PostgresSource {
             self.pending.extend(phase.prologue.drain(..));
             return Ok(());
         }
-        if let Some(chunks) = phase.chunks.as_mut() {
-            match chunks.next().await {
-                None => {
-                    phase.chunks = None;
-                    return self.finish_snapshot().await;
-                }
-                Some(item) => match item? {
-                    CopyItem::Start { table, index } => {
-                        if let Some(rows) = phase.estimates.remove(&table) {
-                            info!(table = %table, estimated_rows = rows, "snapshot copy started");
-                            self.pending.push_back(ChangeEvent::CopyEstimate {
-                                table: table.clone(),
-                                rows,
-                            });
-                        }
-                        debug!(table = %table, chunk = index, "snapshot chunk started");
-                        self.pending.push_back(ChangeEvent::SnapshotChunk {
-                            table,
-                            index,
-                            done: false,
-                        });
-                    }
-                    CopyItem::Block(block) => self.pending.push_back(ChangeEvent::Block(block)),
-                    CopyItem::Done { table, index, rows } => {
-                        debug!(table = %table, chunk = index, rows, "snapshot chunk done");
-                        self.pending.push_back(ChangeEvent::SnapshotChunk {
-                            table,
-                            index,
-                            done: true,
-                        });
-                    }
-                },
-            }
-            return Ok(());
-        }
-        let Some(copy) = phase.copy.as_mut() else {
-            let Some(table) = phase.queue.pop_front() else {
-                return self.finish_snapshot().await;
-            };
-            let schema = self.copy_schema(&table).await?;
-            let phase = self.snapshot.as_mut().expect("checked by caller");
-            self.pending.push_back(ChangeEvent::Schema(schema.clone()));
-            if phase.while_streaming.is_some() {
-                self.pending
-                    .push_back(ChangeEvent::Begin(phase.commit.clone()));
-                self.pending.push_back(ChangeEvent::TableSnapshot {
-                    table: table.clone(),
-                });
-            }
-            let select: Vec<String> = schema
-                .columns
-                .iter()
-                .map(|c| quote_ident(&c.name))
-                .collect();
-            if schema.columns.is_empty() {
-                if phase.while_streaming.is_some() {
-                    self.pending.push_back(ChangeEvent::TableSnapshotDone {
-                        table: table.clone(),
-                        seq: phase.commit.seq,
-                    });
-                }
-                return Ok(());
-            }
-            let facts = self.copy_facts(&table).await?;
-            let format = if facts.oids.iter().all(|&oid| crate::binary::supported(oid)) {
-                CopyFormat::Binary
-            } else {
-                CopyFormat::Text
-            };
-            // Inheritance children are tables of their own: copy only the
-            // parent's rows. A partitioned table's rows live in its partitions.
-            let sql = format!(
-                "COPY (SELECT {} FROM {}{}) TO STDOUT{}",
-                select.join(", "),
-                if facts.partitioned { "" } else { "ONLY " },
-                quote_table(&table),
-                format.options()
-            );
-            self.pending.push_back(ChangeEvent::CopyEstimate {
-                table: table.clone(),
-                rows: facts.estimate,
-            });
-            let stream = self
-                .client
-                .copy_out(&sql)
-                .await
-                .map_err(query_error(format!("copying {table}")))?;
-            info!(table = %table, estimated_rows = facts.estimate, "snapshot copy started");
-            let phase = self.snapshot.as_mut().expect("checked by caller");
-            phase.copy = Some(CopyState {
-                decoder: CopyDecoder::new(schema.clone(), &facts.oids, format),
-                schema,
-                stream: Box::pin(stream),
-                next_ord: 1,
-            });
-            return Ok(());
+        let Some(chunks) = phase.chunks.as_mut() else {
+            return self.finish_snapshot().await;
         };
-        match copy.stream.next().await {
-            Some(chunk) => {
-                let chunk = chunk.map_err(query_error(format!("copying {}", copy.schema.table)))?;
-                copy.decoder.feed(&chunk)?;
-                if copy.decoder.block_rows() >= COPY_BLOCK_ROWS {
-                    let rows = copy.decoder.block_rows() as u64;
-                    if let Some(block) = copy.decoder.take_block(copy.next_ord)? {
-                        copy.next_ord += rows;
-                        self.pending.push_back(ChangeEvent::Block(block));
-                    }
-                }
-            }
+        match chunks.next().await {
             None => {
-                copy.decoder.finish()?;
-                if let Some(block) = copy.decoder.take_block(copy.next_ord)? {
-                    self.pending.push_back(ChangeEvent::Block(block));
-                }
-                let rows = copy.decoder.total_rows();
-                info!(table = %copy.schema.table, rows, "snapshot copy done");
-                if phase.while_streaming.is_some() {
-                    self.pending.push_back(ChangeEvent::TableSnapshotDone {
-                        table: copy.schema.table.clone(),
-                        seq: phase.commit.seq,
+                phase.chunks = None;
+                return self.finish_snapshot().await;
+            }
+            Some(item) => match item? {
+                CopyItem::Start { table, index } => {
+                    if let Some(rows) = phase.estimates.remove(&table) {
+                        info!(table = %table, estimated_rows = rows, "snapshot copy started");
+                        self.pending.push_back(ChangeEvent::CopyEstimate {
+                            table: table.clone(),
+                            rows,
+                        });
+                    }
+                    debug!(table = %table, chunk = index, "snapshot chunk started");
+                    self.pending.push_back(ChangeEvent::SnapshotChunk {
+                        table,
+                        index,
+                        done: false,
                     });
                 }
-                phase.copy = None;
+                CopyItem::Block(block) => self.pending.push_back(ChangeEvent::Block(block)),
+                CopyItem::Done { table, index, rows } => {
+                    debug!(table = %table, chunk = index, rows, "snapshot chunk done");
+                    self.pending.push_back(ChangeEvent::SnapshotChunk {
+                        table,
+                        index,
+                        done: true,
+                    });
+                }
+            },
+        }
+        Ok(())
+    }
+
+    /// One step of a copy while streaming, between stream transactions: the
+    /// stream's turn goes on while the server has whole transactions ready
+    /// (for at most [`STREAM_TURN`]); else the copy's next item, or — when
+    /// the copy has none ready — the stream's next message.
+    async fn interleave_step(&mut self) -> Result<(), PostgresError> {
+        // Past the budget the stream waits for the copies to end, which
+        // releases what they hold.
+        let stream_may = !self.held_over_budget();
+        let phase = self.snapshot.as_mut().expect("checked by caller");
+        let copies = phase.while_streaming.as_mut().expect("checked by caller");
+        let repl = self.repl.as_mut().expect("checked by caller");
+        if let Some(since) = copies.stream_turn {
+            if stream_may && since.elapsed() < STREAM_TURN {
+                if let Some(received) = futures_util::FutureExt::now_or_never(repl.recv()) {
+                    copies.in_copy_txn = false;
+                    return self.on_received(received).await;
+                }
+            }
+            copies.stream_turn = None;
+        }
+        let Some(chunks) = phase.chunks.as_mut() else {
+            return self.finish_snapshot().await;
+        };
+        // Both are cancel-safe: the one not taken loses nothing.
+        let next = tokio::select! {
+            biased;
+            item = chunks.next() => Ok(item),
+            received = repl.recv(), if stream_may => Err(received),
+        };
+        let item = match next {
+            Err(received) => {
+                copies.in_copy_txn = false;
+                copies.stream_turn = Some(tokio::time::Instant::now());
+                return self.on_received(received).await;
+            }
+            Ok(None) => {
+                phase.chunks = None;
+                return self.finish_snapshot().await;
+            }
+            Ok(Some(item)) => item?,
+        };
+        match item {
+            CopyItem::Start { table, index } => {
+                if let Some(rows) = phase.estimates.remove(&table) {
+                    info!(table = %table, estimated_rows = rows, "snapshot copy started");
+                    self.pending
+                        .push_back(ChangeEvent::CopyEstimate { table, rows });
+                } else {
+                    debug!(table = %table, chunk = index, "snapshot chunk started");
+                }
+            }
+            CopyItem::Block(block) => {
+                if !self.holds.contains_key(&block.table) {
+                    // Stopped while being copied.
+                    return Ok(());
+                }
+                *copies.rows.entry(block.table.clone()).or_default() += block.len() as u64;
+                if !copies.in_copy_txn {
+                    copies.in_copy_txn = true;
+                    self.pending
+                        .push_back(ChangeEvent::Begin(phase.commit.clone()));
+                }
+                self.pending.push_back(ChangeEvent::Block(block));
+                copies.stream_turn = Some(tokio::time::Instant::now());
+            }
+            CopyItem::Done { table, index, .. } => {
+                if copies.chunks.get(&table).is_none_or(|&n| index + 1 < n) {
+                    return Ok(());
+                }
+                // The table is copied: what the stream brought of it since
+                // the copy's point follows, in stream order, and then the
+                // end of its copy.
+                let rows = copies.rows.get(&table).copied().unwrap_or(0);
+                let seq = phase.commit.seq;
+                copies.in_copy_txn = false;
+                if let Some(hold) = self.holds.remove(&table) {
+                    info!(
+                        table = %table,
+                        rows,
+                        held_events = hold.events.len(),
+                        "snapshot copy done"
+                    );
+                    self.pending.extend(hold.events);
+                    self.pending
+                        .push_back(ChangeEvent::TableSnapshotDone { table, seq });
+                } else {
+                    // Stopped while being copied: the coordinator knows.
+                    self.pending
+                        .push_back(ChangeEvent::TableSnapshotDone { table, seq });
+                }
             }
         }
         Ok(())
     }
 
     async fn finish_snapshot(&mut self) -> Result<(), PostgresError> {
-        let mut phase = self.snapshot.take().expect("checked by caller");
+        let phase = self.snapshot.take().expect("checked by caller");
+        if phase.while_streaming.is_some() {
+            // The workers ended their transactions; the temporary slot went
+            // when they had imported the snapshot.
+            self.holds.clear();
+            info!("tables copied while streaming; they stream on");
+            return Ok(());
+        }
         self.client
             .batch_execute("COMMIT")
             .await
             .map_err(query_error("closing the snapshot transaction"))?;
-        if let Some(copies) = phase.while_streaming.take() {
-            return self.finish_table_copies(phase.repl, copies).await;
-        }
         self.repl = Some(self.start_replication(phase.repl).await?);
         info!(slot = %self.config.slot, "snapshot complete, streaming");
         self.pending
@@ -1415,6 +1598,14 @@ impl PostgresSource {
             }
             None => repl.recv().await,
         };
+        self.on_received(received).await
+    }
+
+    /// What the replication stream sent.
+    async fn on_received(
+        &mut self,
+        received: Result<WalMessage, crate::replication::ReplicationError>,
+    ) -> Result<(), PostgresError> {
         let data = match received.map_err(|e| self.stream_error(e))? {
             WalMessage::XLogData { data, .. } => {
                 self.last_activity = tokio::time::Instant::now();
@@ -1446,13 +1637,15 @@ impl PostgresSource {
             } => {
                 self.ord = 0;
                 self.in_transaction = true;
-                self.pending.push_back(ChangeEvent::Begin(CommitInfo {
+                let begin = CommitInfo {
                     seq: final_lsn,
                     position: Lsn(final_lsn).to_string(),
                     ack: 0,
                     commit_ts_us: commit_time.saturating_add(PG_EPOCH_OFFSET_US),
                     txid: Some(xid.to_string()),
-                }));
+                };
+                self.txn = Some(begin.clone());
+                self.pending.push_back(ChangeEvent::Begin(begin));
             }
             Message::Commit {
                 lsn,
@@ -1662,10 +1855,12 @@ impl PostgresSource {
             commit_ts_us: commit_time.saturating_add(PG_EPOCH_OFFSET_US),
             txid: Some(xid.to_string()),
         };
-        self.pending.push_back(ChangeEvent::Begin(CommitInfo {
+        let begin = CommitInfo {
             ack: 0,
             ..commit.clone()
-        }));
+        };
+        self.txn = Some(begin.clone());
+        self.pending.push_back(ChangeEvent::Begin(begin));
         self.replay = Some(Replay {
             path,
             file,
@@ -1766,6 +1961,7 @@ impl PostgresSource {
     fn stop_table(&mut self, table: &TableId, reason: String) {
         self.stopped.insert(table.clone());
         self.tables.retain(|t| t != table);
+        self.holds.remove(table);
         for state in self.relations.values_mut() {
             if state.schema.as_ref().is_some_and(|s| &s.table == table) {
                 state.included = false;
@@ -1861,12 +2057,41 @@ impl PostgresSource {
     }
 
     fn push_row(&mut self, schema: &TableSchema, op: Op, values: Vec<Datum>) {
-        self.pending.push_back(ChangeEvent::Row(RowChange {
+        let row = RowChange {
             table: schema.table.clone(),
             op,
             ord: self.ord,
             values,
-        }));
+        };
+        let Some(hold) = self.holds.get_mut(&schema.table) else {
+            self.pending.push_back(ChangeEvent::Row(row));
+            return;
+        };
+        // The table is being copied: a change at or below the copy's point
+        // is in the copy; a later one waits for the copy's end.
+        let Some(txn) = &self.txn else {
+            self.pending.push_back(ChangeEvent::Row(row));
+            return;
+        };
+        if txn.seq <= hold.floor {
+            return;
+        }
+        if hold.begun != Some(txn.seq) {
+            hold.begun = Some(txn.seq);
+            hold.events.push(ChangeEvent::Begin(txn.clone()));
+        }
+        hold.bytes += held_bytes(&row.values);
+        hold.events.push(ChangeEvent::Row(row));
+    }
+
+    /// A new schema of `table`: sent on, or held with the table's changes
+    /// while it is being copied (the copy's rows have the schema the copy
+    /// began with).
+    fn push_schema(&mut self, schema: Arc<TableSchema>) {
+        match self.holds.get_mut(&schema.table) {
+            Some(hold) => hold.events.push(ChangeEvent::Schema(schema)),
+            None => self.pending.push_back(ChangeEvent::Schema(schema)),
+        }
     }
 
     /// The schema and column type oids of an included relation.
@@ -1971,7 +2196,7 @@ impl PostgresSource {
                 });
                 self.schemas.insert(table.clone(), schema.clone());
                 if included {
-                    self.pending.push_back(ChangeEvent::Schema(schema.clone()));
+                    self.push_schema(schema.clone());
                 }
                 schema
             }
@@ -2367,6 +2592,17 @@ fn row_key(
     }
 }
 
+/// The chunks of a copy, and what goes with them.
+#[derive(Default)]
+struct CopyPlan {
+    /// Every table's schema, in order (a table without columns has no chunk).
+    schemas: Vec<Arc<TableSchema>>,
+    plan: Vec<PlannedTable>,
+    /// The chunks still to read, in plan order.
+    jobs: Vec<ChunkJob>,
+    estimates: HashMap<TableId, u64>,
+}
+
 /// What planning a table's copy needs.
 struct CopyFacts {
     partitioned: bool,
@@ -2431,6 +2667,19 @@ fn datums(
         });
     }
     Ok(values)
+}
+
+/// Estimated heap bytes of a held row's values.
+fn held_bytes(values: &[Datum]) -> usize {
+    fn size(datum: &Datum) -> usize {
+        match datum {
+            Datum::Text(s) => 24 + s.len(),
+            Datum::Bytes(b) => 24 + b.len(),
+            Datum::List(items) => 24 + items.iter().map(size).sum::<usize>(),
+            _ => 24,
+        }
+    }
+    96 + values.iter().map(size).sum::<usize>()
 }
 
 fn unchanged(schema: &TableSchema, column: &Column) -> PostgresError {
