@@ -49,8 +49,20 @@ pub async fn ask_copies(
     tables: &[tidewater_core::TableId],
 ) -> Result<(), PipelineError> {
     use tidewater_core::state::{CopyRequests, StateStore};
-    let sink = sink::AnySink::open(settings).await?;
-    let state = sink.state();
+    // Beside the running process: a warehouse's state is written without
+    // its lock (the running process holds it), a lake's record is a file.
+    let state = match &settings.warehouse {
+        Some(warehouse) => sink::AnyState::Warehouse(
+            tidewater_warehouse::WarehouseSink::inspect(warehouse.clone())
+                .await
+                .map_err(sink::wrap)?
+                .state(),
+        ),
+        None => sink::AnyState::Lake(tidewater_lake::LakeState::new(
+            settings.lake.clone(),
+            &settings.pipeline,
+        )),
+    };
     let mut recorded = state
         .read::<CopyRequests>()
         .await

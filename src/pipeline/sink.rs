@@ -23,7 +23,7 @@ fn fail<E: Classified>(err: E) -> SinkFailure {
     SinkFailure::new(err)
 }
 
-fn wrap<E: Classified>(err: E) -> PipelineError {
+pub(super) fn wrap<E: Classified>(err: E) -> PipelineError {
     PipelineError::Sink(fail(err))
 }
 

@@ -1,6 +1,6 @@
-//! One process per pipeline: a second `run` (or `snapshot`, or `snapshot
-//! --table`) of a running pipeline is refused at start with exit 2 naming
-//! the first, which goes on undisturbed; `status` tells whether a process
+//! One process per pipeline: a second `run` (or `snapshot`) of a running
+//! pipeline is refused at start with exit 2 naming the first, which goes on
+//! undisturbed (`snapshot --table` asks it to copy the table instead); `status` tells whether a process
 //! runs; a SIGKILLed holder does not block the next start.
 
 use std::time::Duration;
@@ -34,14 +34,24 @@ fn host() -> String {
 }
 
 /// Every way of starting a second process of the running `pipeline` is
-/// refused with exit 2 and names the running one.
+/// refused with exit 2 and names the running one; `snapshot --table`
+/// instead asks the running process to copy the table (exit 0).
 fn assert_refused(pipeline: &Pipeline, tables: &str) {
     let pid = pipeline.child.as_ref().expect("running").id();
-    for args in [
-        vec!["run"],
-        vec!["snapshot"],
-        vec!["snapshot", "--table", tables],
-    ] {
+    let mut cmd = tidewater();
+    cmd.envs(pipeline.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .args(["snapshot", "--table", tables, "--config"])
+        .arg(&pipeline.config);
+    let out = output_within(cmd, 90);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && stdout.contains(&format!("asked it to copy {tables} again"))
+            && stdout.contains(&format!("pid {pid},")),
+        "snapshot --table beside the running process: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for args in [vec!["run"], vec!["snapshot"]] {
         let (code, stderr) = second(pipeline, &args);
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
         assert!(
