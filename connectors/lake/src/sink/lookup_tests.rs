@@ -299,3 +299,52 @@ async fn merges_fold_the_small_files_they_leave_behind() {
 
 /// One merge adds a file; folding starts at `FOLD_SMALL_FILES`.
 const FOLD_FILES_BOUND: usize = super::current::FOLD_SMALL_FILES + 1;
+
+#[tokio::test]
+async fn compaction_works_off_a_backlog_one_group_per_call() {
+    let dir = std::env::temp_dir().join(format!("tw-compact-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut lake = LakeSink::new(LakeStore::local(&dir), "p");
+    let table = schema().table.clone();
+    for seq in 1..=12u64 {
+        let first = seq as i64 * 1000;
+        commit(&mut lake, seq, &inserts(first..=first + 499)).await;
+    }
+    let files = |lake: &LakeSink| {
+        ranged::data_files_sized(&lake.tables[&table].table, &table)
+            .unwrap()
+            .len()
+    };
+    assert_eq!(files(&lake), 12);
+    // Groups of about 3 of these files.
+    let bytes = ranged::data_files_sized(&lake.tables[&table].table, &table).unwrap()[0]
+        .size
+        .unwrap();
+    let policy = Compaction {
+        target_file_bytes: bytes * 3,
+        min_files: 2,
+    };
+    let first = lake.compact(&table, &policy).await.expect("compact");
+    assert!(
+        first.files_removed >= 2 && first.files_removed < 12,
+        "{first:?}"
+    );
+    let mut calls = 1;
+    while lake
+        .compact(&table, &policy)
+        .await
+        .expect("compact")
+        .files_removed
+        > 0
+    {
+        calls += 1;
+        assert!(calls < 12);
+    }
+    assert!(calls >= 3, "{calls} calls");
+    assert!(files(&lake) < 12);
+    let keys: Vec<Vec<Datum>> = (1..=12).map(|s| vec![Datum::Int64(s * 1000 + 7)]).collect();
+    let found = lake.latest_rows(&schema(), &keys).await.expect("lookup");
+    assert_eq!(found.len(), 12);
+    let _ = std::fs::remove_dir_all(&dir);
+}

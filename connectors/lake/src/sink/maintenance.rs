@@ -50,8 +50,9 @@ impl LakeSink {
         self.tables.keys().cloned().collect()
     }
 
-    /// Rewrites `table`'s small files into files of about the target size,
-    /// in one commit that changes no data. Only between the pipeline's own
+    /// Rewrites a group of `table`'s small files (about one target file of
+    /// them) into one file, in one commit that changes no data; a backlog
+    /// takes several calls. Only between the pipeline's own
     /// commits (nothing of the table may be pending); a table with fewer
     /// small files than `min_files` is left alone.
     pub async fn compact(
@@ -114,6 +115,9 @@ impl LakeSink {
                 .push((path, remove));
         }
         groups.retain(|(_, g)| g.len() > 1);
+        // One group per call (about one target file): the stream commits
+        // between groups instead of waiting for a whole backlog.
+        groups.truncate(1);
         let open = self.tables.get_mut(table).expect("checked above");
         let mut actions = Vec::new();
         let mut report = CompactionReport::default();
@@ -484,14 +488,27 @@ impl LakeSink {
         }
         if let Some((policy, every)) = self.maintenance.compaction {
             if now.duration_since(self.clock.compacted) >= every {
-                self.clock.compacted = now;
+                // One group of one table per call; due again at once while
+                // a pass finds work, so a backlog is worked off between
+                // commits rather than in one long stop of the stream.
+                let mut worked = false;
                 for table in self.open_tables() {
-                    if let Err(error) = self.compact(&table, &policy).await {
-                        warn!(table = %table, error = %tidewater_core::error_chain(&error), "compaction failed; the table is unchanged, trying again later");
-                        // The table's in-memory state may be behind a
-                        // commit that did happen: read it again.
-                        self.tables.remove(&table);
+                    match self.compact(&table, &policy).await {
+                        Ok(report) if report.files_removed > 0 => {
+                            worked = true;
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            warn!(table = %table, error = %tidewater_core::error_chain(&error), "compaction failed; the table is unchanged, trying again later");
+                            // The table's in-memory state may be behind a
+                            // commit that did happen: read it again.
+                            self.tables.remove(&table);
+                        }
                     }
+                }
+                if !worked {
+                    self.clock.compacted = now;
                 }
             }
         }
