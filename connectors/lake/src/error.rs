@@ -266,6 +266,19 @@ impl LakeError {
                 DeltaTableError::ObjectStore { .. }
                 | DeltaTableError::Io { .. }
                 | DeltaTableError::VersionAlreadyExists(_) => ErrorClass::Transient,
+                // The kernel's object store and I/O errors do not show their
+                // cause as a source: a failed LIST of the log is the storage
+                // failing (seen against S3 answering 500), not the table.
+                DeltaTableError::KernelError(kernel) => match kernel {
+                    delta_kernel::Error::ObjectStore(store) => match store {
+                        deltalake::ObjectStoreError::PermissionDenied { .. }
+                        | deltalake::ObjectStoreError::Unauthenticated { .. } => ErrorClass::Config,
+                        _ => ErrorClass::Transient,
+                    },
+                    delta_kernel::Error::IOError(_) => ErrorClass::Transient,
+                    other if storage_failure(other) => ErrorClass::Transient,
+                    _ => ErrorClass::Definite,
+                },
                 // A data file that could not be written or read (the
                 // Parquet writer wraps the storage's error) is the storage
                 // failing, not the table's data.
@@ -333,6 +346,34 @@ mod tests {
         };
         let parquet = ParquetError::External(Box::new(store));
         LakeError::delta(&TableId::new("public", "t"), "writing to", parquet.into())
+    }
+
+    #[test]
+    fn kernel_object_store_failures_are_transient_and_refusals_config() {
+        let table = TableId::new("app", "t");
+        let kernel = |store: deltalake::ObjectStoreError| {
+            LakeError::delta(
+                &table,
+                "committing to",
+                DeltaTableError::KernelError(delta_kernel::Error::ObjectStore(store)),
+            )
+        };
+        let body = kernel(deltalake::ObjectStoreError::Generic {
+            store: "S3",
+            source: "Error getting list response body: HTTP error".into(),
+        });
+        assert_eq!(body.class(), ErrorClass::Transient);
+        let denied = kernel(deltalake::ObjectStoreError::PermissionDenied {
+            path: "lake".into(),
+            source: "denied".into(),
+        });
+        assert_eq!(denied.class(), ErrorClass::Config);
+        let schema = LakeError::delta(
+            &table,
+            "committing to",
+            DeltaTableError::KernelError(delta_kernel::Error::Generic("bad schema".into())),
+        );
+        assert_eq!(schema.class(), ErrorClass::Definite);
     }
 
     #[test]
