@@ -24,6 +24,14 @@ pub struct Problem {
 /// adds) and a source (which takes them between transactions).
 pub type CopyRequestQueue = std::sync::Arc<std::sync::Mutex<Vec<TableId>>>;
 
+/// Takes every table waiting in `queue` (a source, between transactions).
+pub fn take_copy_requests(queue: &CopyRequestQueue) -> Vec<TableId> {
+    match queue.lock() {
+        Ok(mut waiting) => std::mem::take(&mut *waiting),
+        Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+    }
+}
+
 /// A database log to replicate from, through its whole life in one run:
 ///
 /// ```text

@@ -623,11 +623,7 @@ impl MysqlSource {
     /// already in the lake starts over with a truncate; a stopped one
     /// streams again).
     fn take_copy_requests(&mut self) {
-        let requested = match self.requests.lock() {
-            Ok(mut requests) => std::mem::take(&mut *requests),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-        };
-        for table in requested {
+        for table in tidewater_core::take_copy_requests(&self.requests) {
             if !self.copy_queue.contains(&table) {
                 info!(table = %table, "copying the table again, as asked");
                 self.stopped.retain(|t| t != &table);

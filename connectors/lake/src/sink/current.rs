@@ -356,21 +356,9 @@ impl MergeJob {
                             })
                         })
                         .collect();
-                    let kept =
-                        filter_record_batch(&batch, &keep).map_err(|source| LakeError::Arrow {
-                            table: table.clone(),
-                            source,
-                        })?;
-                    if kept.num_rows() == 0 {
-                        continue;
-                    }
-                    report.changed_keys += kept.num_rows();
-                    report.rows_written += kept.num_rows();
-                    let kept = align_batch(table, &kept, &target)?;
-                    writer
-                        .write_with_mode(kept, WriteMode::MergeSchema)
-                        .await
-                        .map_err(|source| LakeError::delta(table, "merging", source))?;
+                    let written = write_kept(&mut writer, table, &batch, &keep, &target).await?;
+                    report.changed_keys += written;
+                    report.rows_written += written;
                 }
             }
         }
@@ -452,20 +440,8 @@ impl MergeJob {
                 let keep: BooleanArray = (0..batch.num_rows())
                     .map(|r| Some(!changed.contains(&key_of(&batch, keys, r))))
                     .collect();
-                let kept =
-                    filter_record_batch(&batch, &keep).map_err(|source| LakeError::Arrow {
-                        table: table.clone(),
-                        source,
-                    })?;
-                if kept.num_rows() == 0 {
-                    continue;
-                }
-                report.rows_written += kept.num_rows();
-                let kept = align_batch(table, &kept, &target)?;
-                writer
-                    .write_with_mode(kept, WriteMode::MergeSchema)
-                    .await
-                    .map_err(|source| LakeError::delta(table, "merging", source))?;
+                report.rows_written +=
+                    write_kept(&mut writer, table, &batch, &keep, &target).await?;
             }
             actions.push(Action::Remove(remove));
             report.files_rewritten += 1;
@@ -619,6 +595,30 @@ async fn merged_mark(current: &DeltaTable) -> Mark {
         return Mark::ZERO;
     };
     super::info_mark(&info.info, KEY_MERGED_SEQ, KEY_MERGED_ORD).unwrap_or(Mark::ZERO)
+}
+
+/// Writes the rows of `batch` that `keep` selects, in the current table's
+/// columns; how many.
+async fn write_kept(
+    writer: &mut RecordBatchWriter,
+    table: &TableId,
+    batch: &RecordBatch,
+    keep: &BooleanArray,
+    target: &SchemaRef,
+) -> Result<usize, LakeError> {
+    let kept = filter_record_batch(batch, keep).map_err(|source| LakeError::Arrow {
+        table: table.clone(),
+        source,
+    })?;
+    if kept.num_rows() == 0 {
+        return Ok(0);
+    }
+    let rows = kept.num_rows();
+    writer
+        .write_with_mode(align_batch(table, &kept, target)?, WriteMode::MergeSchema)
+        .await
+        .map_err(|source| LakeError::delta(table, "merging", source))?;
+    Ok(rows)
 }
 
 /// (`_tw_seq`, `_tw_ord`) and `_tw_op` of every row of a log batch.
