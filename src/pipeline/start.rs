@@ -270,9 +270,15 @@ fn decide_mysql(
     asked: Asked<'_>,
 ) -> Result<StartPlan, PipelineError> {
     let states = &recorded.tables;
+    // Once the phase says stream, the initial snapshot is committed: a
+    // table without a complete copy then is a copy taken while streaming
+    // (copied again beside the stream), never a reason to start over.
     let interrupted = !snapshot_committed(tables, recorded)
-        && (matches!(recorded.phase, Some(Phase::Snapshot { .. }))
-            || states.values().any(|s| !s.snapshot_done));
+        && match recorded.phase {
+            Some(Phase::Snapshot { .. }) => true,
+            Some(Phase::Stream { .. }) => false,
+            None => states.values().any(|s| !s.snapshot_done),
+        };
     let owned = recorded.phase.is_some() || states.values().any(|s| s.snapshot_done);
     let resume_from = || {
         recorded.position.clone().or_else(|| {
@@ -864,6 +870,15 @@ mod tests {
                 recorded(binlog_phase(false), &[("a", done(300))]),
                 RUN,
                 "stream from=mysql-bin.000002:300 copies=[b] streamed=[a] stopped=[] phase=-",
+            ),
+            (
+                "a copy while streaming interrupted: copied again beside the stream",
+                Recorded {
+                    position: Some(BinlogPosition::parse(&pos(900)).unwrap()),
+                    ..recorded(binlog_phase(false), &[("a", done(300)), ("b", copying.clone())])
+                },
+                RUN,
+                "stream from=mysql-bin.000002:900 copies=[b] streamed=[a] stopped=[] phase=-",
             ),
             (
                 "snapshot --table",
