@@ -398,6 +398,13 @@ pub struct MysqlSourceConfig {
     /// the same from the command line. Default: none.
     #[serde(default)]
     pub signal_table: Option<String>,
+    /// Memory for the changes of a table being copied while streaming: its
+    /// own changes during its copy are held until its last copied row (the
+    /// other tables stream on meanwhile); past this many bytes (estimated)
+    /// the binlog connection closes at the next transaction boundary and
+    /// opens again there once the copy ends. Default 64 MiB.
+    #[serde(default = "default_copy_hold_bytes")]
+    pub copy_hold_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]

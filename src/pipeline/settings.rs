@@ -100,6 +100,7 @@ impl Settings {
                     recopy_on_schema_change: my.recopy_on_schema_change,
                     snapshot_workers: my.snapshot_workers,
                     snapshot_chunk_rows: my.snapshot_chunk_rows,
+                    copy_hold_bytes: usize::try_from(my.copy_hold_bytes).unwrap_or(usize::MAX),
                 }),
                 my.snapshot,
             ),

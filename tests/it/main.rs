@@ -18,6 +18,7 @@ mod maria_harness;
 mod metrics;
 mod mysql;
 mod mysql_conformance;
+mod mysql_copy_interleave;
 mod mysql_schema;
 mod mysql_statement;
 mod pg_conformance;

@@ -37,6 +37,14 @@
 //! A transaction's `Begin` carries the position of the *start* of its opening
 //! event, so a restart from a table's position replays that event and gives
 //! the transaction the same `_tw_seq`: the marks recognise every row.
+//!
+//! Copies while streaming (a table renamed into `source.tables`, a copy
+//! again after DDL, `snapshot --table`, the signal table) run beside the
+//! stream, one table per consistent snapshot: the copy's blocks and the
+//! stream's whole transactions take turns, so the other tables keep their
+//! latency, and the copied table's own changes are dropped (in the copy) or
+//! held until its last copied row (see
+//! [`MysqlSource::start_table_copies`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -94,6 +102,10 @@ const HEARTBEAT_PERIOD: Duration = Duration::from_secs(1);
 /// Events buffered between the snapshot reader task and `next_event`.
 const SNAPSHOT_CHANNEL: usize = 1024;
 
+/// Blocks read ahead by a copy beside the stream: it takes turns with the
+/// stream, so what it reads ahead only waits (16 blocks of 8192 rows).
+const COPY_CHANNEL: usize = 16;
+
 /// What to do with zero dates (`0000-00-00`, or a zero month or day).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ZeroDates {
@@ -122,6 +134,10 @@ pub struct MysqlConfig {
     /// Rows per key range (InnoDB's estimate); a table of fewer than two
     /// ranges' worth is read by the snapshot's own connection.
     pub snapshot_chunk_rows: u64,
+    /// Estimated bytes of a copied table's own changes held while it is
+    /// copied beside the stream (see [`MysqlSource::start_table_copies`]);
+    /// past it the stream pauses until the copy ends.
+    pub copy_hold_bytes: usize,
 }
 
 impl MysqlConfig {
@@ -146,11 +162,46 @@ struct SnapshotState {
     commit: CommitInfo,
     rx: mpsc::Receiver<Result<SnapshotMsg, MysqlError>>,
     task: tokio::task::JoinHandle<()>,
-    /// A copy of single tables taken while streaming (see
-    /// [`MysqlSource::start_table_copies`]), not the initial snapshot: the
-    /// table being copied.
-    while_streaming: Option<Option<TableId>>,
+    /// A copy of one table beside the stream (see
+    /// [`MysqlSource::start_table_copies`]), not the initial snapshot.
+    while_streaming: Option<TableCopy>,
 }
+
+/// A table being copied beside the stream (see
+/// [`MysqlSource::interleave_step`]).
+struct TableCopy {
+    table: TableId,
+    rows: u64,
+    /// The copy's `Begin` is the coordinator's open transaction: no stream
+    /// event came since it was sent.
+    in_copy_txn: bool,
+    /// The stream's turn began then: whole transactions go while the server
+    /// has them ready, for at most [`STREAM_TURN`].
+    stream_turn: Option<tokio::time::Instant>,
+    /// The binlog connection was closed here, at a transaction boundary,
+    /// because the held changes reached `copy_hold_bytes`; it opens here
+    /// again once the copy ends.
+    paused_at: Option<BinlogPosition>,
+}
+
+/// The stream's events of the table being copied, held until its copy ends
+/// (see [`MysqlSource::start_table_copies`]).
+struct Hold {
+    table: TableId,
+    /// The copy's `_tw_seq`: transactions at or below it are in the copy.
+    floor: u64,
+    events: Vec<ChangeEvent>,
+    /// The transaction whose `Begin` the held events carry last.
+    begun: Option<u64>,
+    /// Estimated heap bytes of the held events.
+    bytes: usize,
+}
+
+/// The longest turn of the stream between two blocks of a copy beside it,
+/// ended at the first transaction boundary after it: short enough that the
+/// copy keeps its pace under a stream that never pauses, long enough that a
+/// burst of small transactions goes in one turn.
+const STREAM_TURN: Duration = Duration::from_millis(50);
 
 /// A table map the stream has seen, with its decode plan.
 struct Mapped {
@@ -232,6 +283,8 @@ pub struct MysqlSource {
     zero_date_tables: Vec<TableId>,
     /// Tables to copy while streaming, at the next transaction boundary.
     copy_queue: Vec<TableId>,
+    /// The stream's changes of the table being copied beside it.
+    hold: Option<Hold>,
     /// Tables an operator asked to copy again (see `Source::copy_requests`).
     requests: tidewater_core::CopyRequestQueue,
     /// When the server's binlog files were last counted.
@@ -288,6 +341,7 @@ impl MysqlSource {
             zero_dates: 0,
             zero_date_tables: Vec::new(),
             copy_queue: Vec::new(),
+            hold: None,
             requests: Default::default(),
             sampled_at: std::time::Instant::now(),
             stopped: Vec::new(),
@@ -642,36 +696,41 @@ impl MysqlSource {
         }
     }
 
-    /// Copies the queued tables in a consistent snapshot while streaming.
+    /// Copies the first queued table beside the stream, from a consistent
+    /// snapshot of its own (one table per snapshot: the copy's schema goes
+    /// out before any stream event of the table is held).
     ///
     /// ```text
-    ///  stream at boundary B ── closed ──┐
+    ///  stream at boundary B (stays open)
     ///  snapshot conn: consistent snapshot at P (MariaDB: no lock; MySQL: FTWRL for ms)
-    ///  SELECT each table ──▶ Read rows, _tw_seq = seq(P) − 1
-    ///  stream reopened at B ◀───────────┘  (its changes of the tables below seq(P)
-    ///                                        are in the copy: the coordinator skips them)
+    ///  Schema(t) Begin(F) TableSnapshot(t)              F = seq(P) − 1
+    ///  SELECT t ──▶ Block(t) │ stream: Begin(x) Block(u) Commit(x) │ Begin(F) Block(t) … │ held(t) TableSnapshotDone(t, F)
     /// ```
     ///
     /// Binlog order is commit order and the snapshot holds exactly the
-    /// transactions before P, so a transaction of a copied table is in the
-    /// copy or after it, never both nor neither. The binlog connection is
-    /// closed during the copy (a dump thread that cannot write for
-    /// `net_write_timeout` is dropped by the server) and reopened where it
-    /// stood, like a restart.
+    /// transactions before P, so a transaction of t is in the copy (its
+    /// `_tw_seq` is at most F: dropped) or after it (held, with t's new
+    /// schemas, until t's last copied row, then sent in stream order before
+    /// `TableSnapshotDone`). The other tables stream on between the copy's
+    /// blocks (see [`MysqlSource::interleave_step`]). t's rows thus reach the
+    /// sink in mark order: the truncate of a copy taken again (F, 0) < copy
+    /// rows (F, …) < held changes (> F).
+    ///
+    /// Held changes are bounded by `copy_hold_bytes`: past it the binlog
+    /// connection closes at the next transaction boundary (a dump thread
+    /// that cannot write for `net_write_timeout` would be dropped by the
+    /// server anyway) and opens again there, like a restart, once the copy
+    /// ends. The pipeline acknowledges positions past held changes: a crash
+    /// before `TableSnapshotDone` is recorded copies t again from a new
+    /// snapshot, whose truncate supersedes what the lake holds of this one.
     async fn start_table_copies(&mut self) -> Result<(), MysqlError> {
-        let stream = self.stream.as_ref().expect("streaming");
-        let Some(boundary) = stream.boundary else {
+        if self.copy_queue.is_empty() {
             return Ok(());
-        };
-        let resume = self.position_here(boundary);
-        let tables = std::mem::take(&mut self.copy_queue);
-        if let Some(stream) = self.stream.take() {
-            drop(stream.binlog);
         }
+        let table = self.copy_queue.remove(0);
         let mut conn = open(&self.opts).await?;
         let position = self.open_consistent_snapshot(&mut conn, true).await?;
-        let names: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
-        info!(tables = %names.join(", "), snapshot = %position, resume = %resume, "copying tables while streaming");
+        info!(table = %table, snapshot = %position, "copying a table beside the stream");
         let commit = CommitInfo {
             seq: position.seq().saturating_sub(1),
             position: position.to_string(),
@@ -679,25 +738,207 @@ impl MysqlSource {
             commit_ts_us: now_us(),
             txid: None,
         };
-        for table in &tables {
-            if !self.tables.contains(table) {
-                self.tables.push(table.clone());
-            }
+        if !self.tables.contains(&table) {
+            self.tables.push(table.clone());
         }
-        let (tx, rx) = mpsc::channel(SNAPSHOT_CHANNEL);
+        let (tx, mut rx) = mpsc::channel(COPY_CHANNEL);
         let zero_dates = self.config.zero_dates;
+        let tables = vec![table.clone()];
         let task = tokio::spawn(async move {
             let result = read_snapshot(conn, tables, zero_dates, &HashMap::new(), None, &tx).await;
             let _ = tx.send(result).await;
         });
+        // The reader's first message is the table's schema as the snapshot
+        // sees it.
+        let first = rx.recv().await.ok_or(MysqlError::Misuse {
+            what: "the snapshot reader stopped without a result",
+        });
+        let schema = match first {
+            Ok(Ok(SnapshotMsg::Event(ChangeEvent::Schema(schema)))) => schema,
+            Ok(Ok(_)) => {
+                task.abort();
+                return Err(MysqlError::Misuse {
+                    what: "a table copy that does not start with its schema",
+                });
+            }
+            Ok(Err(error)) | Err(error) => {
+                task.abort();
+                return Err(error);
+            }
+        };
+        // Versions continue the stream's numbering of the table.
+        let version = self.schemas.get(&table).map_or(1, |known| {
+            if known.columns == schema.columns {
+                known.version
+            } else {
+                known.version + 1
+            }
+        });
+        let schema = Arc::new(TableSchema {
+            version,
+            ..schema.as_ref().clone()
+        });
+        self.schemas.insert(table.clone(), schema.clone());
+        self.flush_block();
+        self.pending.push_back(ChangeEvent::Schema(schema));
+        self.pending.push_back(ChangeEvent::Begin(commit.clone()));
+        self.pending.push_back(ChangeEvent::TableSnapshot {
+            table: table.clone(),
+        });
+        self.hold = Some(Hold {
+            table: table.clone(),
+            floor: commit.seq,
+            events: Vec::new(),
+            begun: None,
+            bytes: 0,
+        });
         self.snapshot = Some(SnapshotState {
-            position: resume,
+            position,
             commit,
             rx,
             task,
-            while_streaming: Some(None),
+            while_streaming: Some(TableCopy {
+                table,
+                rows: 0,
+                in_copy_txn: true,
+                stream_turn: None,
+                paused_at: None,
+            }),
         });
         Ok(())
+    }
+
+    /// The held changes reached `copy_hold_bytes`.
+    fn held_over_budget(&self) -> bool {
+        self.hold
+            .as_ref()
+            .is_some_and(|h| h.bytes >= self.config.copy_hold_bytes)
+    }
+
+    /// One step of a copy beside the stream, at a transaction boundary of
+    /// the stream: the stream's turn goes on while the server has events
+    /// ready (for at most [`STREAM_TURN`]); else the copy's next message,
+    /// or — when the copy has none ready — the stream's next event.
+    async fn interleave_step(&mut self) -> Result<(), MysqlError> {
+        if self.stream.is_some() && self.held_over_budget() {
+            if let Some(boundary) = self.stream.as_ref().and_then(|s| s.boundary) {
+                let resume = self.position_here(boundary);
+                info!(resume = %resume, "the changes held for a table copy reached source.copy_hold_bytes; the stream waits for the copy");
+                if let Some(stream) = self.stream.take() {
+                    drop(stream.binlog);
+                }
+                let phase = self.snapshot.as_mut().expect("checked by caller");
+                let copy = phase.while_streaming.as_mut().expect("checked by caller");
+                copy.paused_at = Some(resume);
+            }
+        }
+        let phase = self.snapshot.as_mut().expect("checked by caller");
+        let copy = phase.while_streaming.as_mut().expect("checked by caller");
+        let Some(stream) = self.stream.as_mut() else {
+            let message = phase.rx.recv().await;
+            return self.on_copy_message(message).await;
+        };
+        if let Some(since) = copy.stream_turn {
+            if since.elapsed() < STREAM_TURN {
+                if let Some(next) = futures_util::FutureExt::now_or_never(stream.binlog.next()) {
+                    copy.in_copy_txn = false;
+                    return self.on_stream_item(next).await;
+                }
+            }
+            copy.stream_turn = None;
+        }
+        // Both are cancel-safe: the binlog stream keeps a packet being read
+        // in itself, and a channel loses nothing.
+        let next = tokio::select! {
+            biased;
+            message = phase.rx.recv() => Ok(message),
+            event = stream.binlog.next() => Err(event),
+        };
+        match next {
+            Ok(message) => self.on_copy_message(message).await,
+            Err(event) => {
+                copy.in_copy_txn = false;
+                copy.stream_turn = Some(tokio::time::Instant::now());
+                self.on_stream_item(event).await
+            }
+        }
+    }
+
+    /// What the copy beside the stream read.
+    async fn on_copy_message(
+        &mut self,
+        message: Option<Result<SnapshotMsg, MysqlError>>,
+    ) -> Result<(), MysqlError> {
+        let message = message.ok_or(MysqlError::Misuse {
+            what: "the snapshot reader stopped without a result",
+        })??;
+        let phase = self.snapshot.as_mut().expect("checked by caller");
+        let copy = phase.while_streaming.as_mut().expect("checked by caller");
+        match message {
+            SnapshotMsg::Event(ChangeEvent::Block(block)) => {
+                if self.hold.is_none() {
+                    // Stopped while being copied.
+                    return Ok(());
+                }
+                copy.rows += block.len() as u64;
+                if !copy.in_copy_txn {
+                    copy.in_copy_txn = true;
+                    self.pending
+                        .push_back(ChangeEvent::Begin(phase.commit.clone()));
+                }
+                self.pending.push_back(ChangeEvent::Block(block));
+                copy.stream_turn = Some(tokio::time::Instant::now());
+            }
+            SnapshotMsg::Event(ChangeEvent::Schema(_)) => {
+                return Err(MysqlError::Misuse {
+                    what: "a second schema in a one-table copy",
+                })
+            }
+            SnapshotMsg::Event(event) => self.pending.push_back(event),
+            SnapshotMsg::Done { zero_dates, .. } => {
+                let phase = self.snapshot.take().expect("checked above");
+                let _ = phase.task.await;
+                self.zero_dates += zero_dates;
+                let copy = phase.while_streaming.expect("checked above");
+                let seq = phase.commit.seq;
+                let hold = self.hold.take();
+                info!(
+                    table = %copy.table,
+                    rows = copy.rows,
+                    held_events = hold.as_ref().map_or(0, |h| h.events.len()),
+                    "table copied beside the stream"
+                );
+                // What the stream brought of the table since the copy's
+                // point follows, in stream order, then the copy's end.
+                if let Some(hold) = hold {
+                    self.pending.extend(hold.events);
+                }
+                self.pending.push_back(ChangeEvent::TableSnapshotDone {
+                    table: copy.table,
+                    seq,
+                });
+                if let Some(resume) = copy.paused_at {
+                    let tables = self.tables.clone();
+                    self.start_streaming(&tables, resume).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What the binlog stream yielded.
+    async fn on_stream_item(
+        &mut self,
+        item: Option<Result<Event, mysql_async::Error>>,
+    ) -> Result<(), MysqlError> {
+        match item {
+            Some(Ok(event)) => self.on_event(event).await,
+            Some(Err(err)) => {
+                let from = &self.stream.as_ref().expect("streaming").from;
+                Err(stream_error(from, err))
+            }
+            None => Err(MysqlError::StreamEnded),
+        }
     }
 
     /// Streams the binlog from `from` (a position this source produced).
@@ -791,7 +1032,16 @@ impl MysqlSource {
             if let Some(event) = self.pending.pop_front() {
                 return Ok(event);
             }
-            if self.snapshot.is_some() {
+            let beside = self
+                .snapshot
+                .as_ref()
+                .is_some_and(|phase| phase.while_streaming.is_some());
+            let in_txn = self.stream.as_ref().is_some_and(|s| s.txn.is_some());
+            if beside && !in_txn {
+                // A copy beside the stream, between two transactions: its
+                // blocks and the stream's transactions take turns.
+                self.interleave_step().await?;
+            } else if self.snapshot.is_some() && !beside {
                 self.snapshot_step().await?;
             } else if self.stream.is_some() {
                 let at_boundary = self
@@ -823,55 +1073,11 @@ impl MysqlSource {
             what: "the snapshot reader stopped without a result",
         })??;
         match message {
-            SnapshotMsg::Event(ChangeEvent::Schema(schema)) if phase.while_streaming.is_some() => {
-                let seq = phase.commit.seq;
-                let commit = phase.commit.clone();
-                if let Some(Some(previous)) =
-                    phase.while_streaming.replace(Some(schema.table.clone()))
-                {
-                    self.push_event(ChangeEvent::TableSnapshotDone {
-                        table: previous,
-                        seq,
-                    });
-                }
-                // Versions continue the stream's numbering of the table.
-                let version = self.schemas.get(&schema.table).map_or(1, |known| {
-                    if known.columns == schema.columns {
-                        known.version
-                    } else {
-                        known.version + 1
-                    }
-                });
-                let schema = Arc::new(TableSchema {
-                    version,
-                    ..schema.as_ref().clone()
-                });
-                self.schemas.insert(schema.table.clone(), schema.clone());
-                self.push_event(ChangeEvent::Schema(schema.clone()));
-                self.push_event(ChangeEvent::Begin(commit));
-                self.push_event(ChangeEvent::TableSnapshot {
-                    table: schema.table.clone(),
-                });
-            }
             SnapshotMsg::Event(event) => {
                 if let ChangeEvent::Schema(schema) = &event {
                     self.schemas.insert(schema.table.clone(), schema.clone());
                 }
                 self.push_event(event);
-            }
-            SnapshotMsg::Done { rows, zero_dates } if phase.while_streaming.is_some() => {
-                let phase = self.snapshot.take().expect("checked above");
-                let _ = phase.task.await;
-                self.zero_dates += zero_dates;
-                if let Some(Some(last)) = phase.while_streaming {
-                    self.push_event(ChangeEvent::TableSnapshotDone {
-                        table: last,
-                        seq: phase.commit.seq,
-                    });
-                }
-                info!(rows, resume = %phase.position, "tables copied; streaming on");
-                let tables = self.tables.clone();
-                self.start_streaming(&tables, phase.position).await?;
             }
             SnapshotMsg::Done { rows, zero_dates } => {
                 let phase = self.snapshot.take().expect("checked above");
@@ -929,7 +1135,60 @@ impl MysqlSource {
     /// decoding order, and a block never waits past its transaction's end.
     fn push_event(&mut self, event: ChangeEvent) {
         self.flush_block();
-        self.pending.push_back(event);
+        self.emit(event);
+    }
+
+    /// Sends a stream event on, or — for the table being copied beside the
+    /// stream — drops it (its transaction is in the copy) or holds it until
+    /// the copy ends (see [`MysqlSource::start_table_copies`]).
+    fn emit(&mut self, event: ChangeEvent) {
+        let Some(hold) = self.hold.as_mut() else {
+            self.pending.push_back(event);
+            return;
+        };
+        let (table, seq, data) = match &event {
+            ChangeEvent::Block(block) => (&block.table, None, true),
+            ChangeEvent::Row(row) => (&row.table, None, true),
+            ChangeEvent::Schema(schema) => (&schema.table, None, false),
+            ChangeEvent::Ddl { table, seq, .. } => (table, Some(*seq), false),
+            _ => {
+                self.pending.push_back(event);
+                return;
+            }
+        };
+        if *table != hold.table {
+            self.pending.push_back(event);
+            return;
+        }
+        let txn = self.stream.as_ref().and_then(|s| s.txn.as_ref());
+        let Some(seq) = seq.or(txn.map(|t| t.seq)) else {
+            self.pending.push_back(event);
+            return;
+        };
+        if seq <= hold.floor {
+            return;
+        }
+        if data && hold.begun != Some(seq) {
+            if let Some(txn) = txn {
+                hold.begun = Some(seq);
+                hold.events.push(ChangeEvent::Begin(CommitInfo {
+                    seq: txn.seq,
+                    position: txn.start.clone(),
+                    ack: 0,
+                    commit_ts_us: txn.commit_ts_us,
+                    txid: txn.txid.clone(),
+                }));
+            }
+        }
+        hold.bytes += match &event {
+            ChangeEvent::Block(block) => block
+                .columns
+                .iter()
+                .map(|c| arrow_array::Array::get_array_memory_size(c.as_ref()))
+                .sum::<usize>(),
+            _ => 256,
+        };
+        hold.events.push(event);
     }
 
     /// Sends the rows of the open block.
@@ -948,7 +1207,7 @@ impl MysqlSource {
         if ops.is_empty() {
             return;
         }
-        self.pending.push_back(ChangeEvent::Block(RowBlock {
+        self.emit(ChangeEvent::Block(RowBlock {
             table: open.table,
             ops,
             first_ord: open.first_ord,
@@ -1130,6 +1389,9 @@ impl MysqlSource {
 
     /// Ends the open transaction at `end` (the end offset of its commit event).
     fn commit(&mut self, end: u64, timestamp: u32) {
+        // The transaction's last rows go while it is still open: a copy
+        // beside the stream tells by its `_tw_seq` whether to hold them.
+        self.flush_block();
         let stream = self.stream.as_mut().expect("streaming");
         let Some(txn) = stream.txn.take() else {
             return;
@@ -1432,6 +1694,24 @@ impl MysqlSource {
             );
             return Ok(());
         }
+        let stream = self.stream.as_mut().expect("streaming");
+        let in_copy = self.hold.as_ref().is_some_and(|h| {
+            h.table == table && stream.txn.as_ref().is_some_and(|t| t.seq <= h.floor)
+        });
+        if in_copy {
+            // A transaction the copy holds: its rows are not decoded, and
+            // the table as it was then is no schema version (the copy's
+            // schema is newer). Not cached: the next map is planned again.
+            stream.builders.remove(&map.table_id);
+            stream.maps.insert(
+                map.table_id,
+                Mapped {
+                    raw: Vec::new(),
+                    target: None,
+                },
+            );
+            return Ok(());
+        }
         if !self.catalog_cache.contains_key(&table) {
             let columns = self.catalog_columns(&table).await?;
             self.catalog_cache.insert(table.clone(), columns);
@@ -1552,6 +1832,9 @@ impl MysqlSource {
         };
         self.stopped.push(table.clone());
         self.tables.retain(|t| t != table);
+        if self.hold.as_ref().is_some_and(|h| &h.table == table) {
+            self.hold = None;
+        }
         if let Some(stream) = self.stream.as_mut() {
             for mapped in stream.maps.values_mut() {
                 if mapped
