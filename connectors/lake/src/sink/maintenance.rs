@@ -715,7 +715,7 @@ pub(super) struct MaintenanceClock {
     /// Current-state merges running, by table.
     merges: BTreeMap<TableId, MergeTask>,
     /// The compaction running or waiting for its commit (one at a time).
-    compaction: Option<CompactionTask>,
+    pub(super) compaction: Option<CompactionTask>,
     /// The vacuum running (one at a time, of every open table).
     vacuum: Option<VacuumTask>,
 }
@@ -776,7 +776,7 @@ pub(super) struct CompactionTask {
     table: TableId,
     /// When it was planned: its files are younger (see [`VacuumJob`]).
     planned_at: SystemTime,
-    handle: tokio::task::JoinHandle<Result<CompactionOutput, LakeError>>,
+    pub(super) handle: tokio::task::JoinHandle<Result<CompactionOutput, LakeError>>,
 }
 
 impl Drop for CompactionTask {
@@ -844,6 +844,17 @@ impl LakeSink {
                 }
             }
         }
+    }
+
+    /// Runs `job`'s rewrite on a task of its own; [`LakeSink::maintain`]
+    /// commits it once it ended.
+    pub(super) fn start_compaction(&mut self, job: CompactionJob) {
+        debug!(table = %job.table, files = job.group.len(), "compaction started");
+        self.clock.compaction = Some(CompactionTask {
+            table: job.table.clone(),
+            planned_at: SystemTime::now(),
+            handle: tokio::spawn(job.run()),
+        });
     }
 
     /// Commits the compaction whose rewrite ended (between the pipeline's
@@ -999,12 +1010,7 @@ impl LakeSink {
                 for table in self.open_tables() {
                     match self.compaction_job(&table, &policy) {
                         Ok(Some(job)) => {
-                            debug!(table = %table, files = job.group.len(), "compaction started");
-                            self.clock.compaction = Some(CompactionTask {
-                                table,
-                                planned_at: SystemTime::now(),
-                                handle: tokio::spawn(job.run()),
-                            });
+                            self.start_compaction(job);
                             planned = true;
                             break;
                         }
