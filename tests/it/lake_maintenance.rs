@@ -476,7 +476,11 @@ async fn sigkill_during_a_background_compaction_loses_and_repeats_nothing() {
     let mut step = 0;
     'updates: loop {
         step += 1;
-        assert!(step < 400, "no compaction seen running: {}", pipeline.log(1));
+        assert!(
+            step < 400,
+            "no compaction seen running: {}",
+            pipeline.log(1)
+        );
         client
             .batch_execute(&format!(
                 "UPDATE t SET v = v || 'x' WHERE id % 97 = {}",
@@ -510,14 +514,18 @@ async fn sigkill_during_a_background_compaction_loses_and_repeats_nothing() {
             .unwrap();
         pipeline.wait_equal(&client, "t").await;
     }
-    eventually("a compaction after the restart", Duration::from_secs(60), || {
-        let log = pipeline.log(2);
-        async move {
-            log.contains("compacted small files")
-                .then_some(())
-                .ok_or("no compaction yet".to_string())
-        }
-    })
+    eventually(
+        "a compaction after the restart",
+        Duration::from_secs(60),
+        || {
+            let log = pipeline.log(2);
+            async move {
+                log.contains("compacted small files")
+                    .then_some(())
+                    .ok_or("no compaction yet".to_string())
+            }
+        },
+    )
     .await;
     pipeline.wait_equal(&client, "t").await;
     crate::support::lake::assert_each_change_once(&read_log(&path).await.unwrap());

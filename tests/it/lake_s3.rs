@@ -227,7 +227,12 @@ async fn compaction_and_vacuum_run_beside_the_stream_on_s3() {
         )
         .await
         .map_err(|e| e.to_string())?;
-        let live = table.snapshot().map_err(|e| e.to_string())?.log_data().iter().count();
+        let live = table
+            .snapshot()
+            .map_err(|e| e.to_string())?
+            .log_data()
+            .iter()
+            .count();
         let store = table.log_store().object_store(None);
         // Not partitioned: the data files are at the table's root.
         let listing = store

@@ -632,7 +632,10 @@ async fn vacuum_deletes_old_unneeded_files_and_keeps_live_young_and_hidden_ones(
     let job = lake.vacuum_job(&table, hour, now).unwrap().unwrap();
     assert_eq!(job.run().await.expect("vacuum"), 1);
     let left = names(&path);
-    assert!(!left.contains("part-never-committed-old.parquet"), "{left:?}");
+    assert!(
+        !left.contains("part-never-committed-old.parquet"),
+        "{left:?}"
+    );
     for name in removed.iter().chain(&live).map(String::as_str).chain([
         "part-never-committed-young.parquet",
         ".hidden-old",
@@ -647,7 +650,10 @@ async fn vacuum_deletes_old_unneeded_files_and_keeps_live_young_and_hidden_ones(
     // is the young file; one written since (90 minutes on) is not.
     std::fs::write(path.join("part-later.parquet"), b"x").unwrap();
     touch(&path.join("part-later.parquet"), now + hour + hour / 2);
-    let job = lake.vacuum_job(&table, hour, now + 2 * hour).unwrap().unwrap();
+    let job = lake
+        .vacuum_job(&table, hour, now + 2 * hour)
+        .unwrap()
+        .unwrap();
     assert_eq!(job.run().await.expect("vacuum"), removed.len() + 1);
     let left = names(&path);
     for name in removed
@@ -679,7 +685,10 @@ async fn vacuum_deletes_old_unneeded_files_and_keeps_live_young_and_hidden_ones(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let before = names(&path);
-    let job = lake.vacuum_job(&table, hour, now + 2 * hour).unwrap().unwrap();
+    let job = lake
+        .vacuum_job(&table, hour, now + 2 * hour)
+        .unwrap()
+        .unwrap();
     assert_eq!(job.run().await.expect("vacuum"), 0);
     assert_eq!(names(&path), before);
     lake.finish_maintenance().await;
