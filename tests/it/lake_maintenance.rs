@@ -442,3 +442,92 @@ async fn sigkill_during_a_background_merge_loses_and_repeats_nothing() {
     equal().await;
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
 }
+
+/// Issue 20: compaction rewrites a group of files on a task of its own
+/// while the stream commits; only its commit is the pipeline's. A SIGKILL
+/// while one runs (its files being written or written, its commit not
+/// made) loses and repeats nothing: after a restart the log equals the
+/// source with each change once, and compaction goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_background_compaction_loses_and_repeats_nothing() {
+    let client = pg().create_database("compkill").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, repeat('v', 40) || g FROM generate_series(1, 40000) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::new(
+        "compkill",
+        &pg().url("compkill"),
+        // Every file is small: each compaction rewrites the table so far,
+        // which takes a while.
+        "compaction_interval_ms = 100\ncompaction_min_files = 2\n\
+         target_file_size_bytes = 16777216\n",
+    );
+    pipeline.env = vec![("TIDEWATER_LOG".into(), "tidewater_lake=debug".into())];
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+    // Scattered updates until a compaction is seen started and not ended,
+    // then SIGKILL at once.
+    let started = |log: &str| log.matches("compaction started").count();
+    let ended = |log: &str| log.matches("compaction ended").count();
+    let mut step = 0;
+    'updates: loop {
+        step += 1;
+        assert!(
+            step < 400,
+            "no compaction seen running: {}",
+            pipeline.log(1)
+        );
+        client
+            .batch_execute(&format!(
+                "UPDATE t SET v = v || 'x' WHERE id % 97 = {}",
+                step % 97
+            ))
+            .await
+            .unwrap();
+        for _ in 0..50 {
+            let log = pipeline.log(1);
+            if started(&log) > ended(&log) {
+                break 'updates;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    pipeline.kill();
+    client
+        .batch_execute("UPDATE t SET v = 'after the kill' WHERE id % 1000 = 0;")
+        .await
+        .unwrap();
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+    let path = pipeline.table_path("public", "t");
+    crate::support::lake::assert_each_change_once(&read_log(&path).await.unwrap());
+    // Compaction goes on after the restart, and the table still reads the
+    // same, each change once.
+    for round in 0..3 {
+        client
+            .batch_execute(&format!("UPDATE t SET v = 'round {round}' WHERE id < 10"))
+            .await
+            .unwrap();
+        pipeline.wait_equal(&client, "t").await;
+    }
+    eventually(
+        "a compaction after the restart",
+        Duration::from_secs(60),
+        || {
+            let log = pipeline.log(2);
+            async move {
+                log.contains("compacted small files")
+                    .then_some(())
+                    .ok_or("no compaction yet".to_string())
+            }
+        },
+    )
+    .await;
+    pipeline.wait_equal(&client, "t").await;
+    crate::support::lake::assert_each_change_once(&read_log(&path).await.unwrap());
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
+}

@@ -172,6 +172,105 @@ async fn lake_on_s3_survives_network_faults() {
     assert_eq!(text_rows(&target, "public.t_copy").await, expected);
 }
 
+/// Issue 20 on S3: compaction's rewrite and vacuum's listing and deletes
+/// run beside the stream through the object store (no local paths); the
+/// files compaction replaced go (retention 0), the table equals the
+/// source with each change once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_and_vacuum_run_beside_the_stream_on_s3() {
+    use deltalake::logstore::object_store::ObjectStore;
+    let server = s3();
+    server.create_bucket("tw-maint");
+    let client = pg().create_database("s3maint").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text, n numeric(10,2));
+             INSERT INTO t SELECT g, 'v' || g, g / 4.0 FROM generate_series(1, 500) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = s3_pipeline("s3maint", "tw-maint", &server.endpoint());
+    let text = std::fs::read_to_string(&pipeline.config).unwrap();
+    std::fs::write(
+        &pipeline.config,
+        text.replace(
+            "flush_interval_ms = 200\n",
+            "flush_interval_ms = 200\ncompaction_interval_ms = 300\ncompaction_min_files = 3\n\
+             target_file_size_bytes = 1048576\nvacuum_interval_ms = 1000\nvacuum_retention_hours = 0\n",
+        ),
+    )
+    .unwrap();
+    pipeline.start();
+    let url = "s3://tw-maint/lake/s3maint/public/t/";
+    wait_equal_s3(&mut pipeline, &client, url).await;
+    for round in 0..20 {
+        client
+            .batch_execute(&format!(
+                "UPDATE t SET v = 'round {round}' WHERE id = {};
+                 INSERT INTO t VALUES ({}, 'new', {round});",
+                round + 1,
+                1000 + round
+            ))
+            .await
+            .unwrap();
+        // Paces the rounds over many flushes (every 200 ms): the workload
+        // that makes small files, not a wait for anything.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    wait_equal_s3(&mut pipeline, &client, url).await;
+    // Parquet objects under the table on S3, and live files.
+    let counts = || async {
+        deltalake::aws::register_handlers(None);
+        let table = deltalake::open_table_with_storage_options(
+            url::Url::parse(url).unwrap(),
+            storage_options(&server.endpoint()),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let live = table
+            .snapshot()
+            .map_err(|e| e.to_string())?
+            .log_data()
+            .iter()
+            .count();
+        let store = table.log_store().object_store(None);
+        // Not partitioned: the data files are at the table's root.
+        let listing = store
+            .list_with_delimiter(None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let parquet = listing
+            .objects
+            .iter()
+            .filter(|o| o.location.as_ref().ends_with(".parquet"))
+            .count();
+        Ok::<_, String>((live, parquet))
+    };
+    eventually(
+        "the table compacted and vacuumed on S3",
+        Duration::from_secs(60),
+        || {
+            let log = pipeline.log(1);
+            async move {
+                let (live, parquet) = counts().await?;
+                (log.contains("compacted small files")
+                    && log.contains("deleted files no version needs any more")
+                    && live <= 6
+                    && parquet <= live + 3)
+                    .then_some(())
+                    .ok_or(format!("{live} live files, {parquet} parquet objects"))
+            }
+        },
+    )
+    .await;
+    wait_equal_s3(&mut pipeline, &client, url).await;
+    let log = read_log_at(url, storage_options(&server.endpoint()))
+        .await
+        .unwrap();
+    assert_each_change_once(&log);
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+}
+
 /// (id, v, n) of every row as text, by id.
 async fn text_rows(
     client: &tokio_postgres::Client,

@@ -284,7 +284,9 @@ pub trait Sink {
     /// Housekeeping between commits (compaction, removal of files no version
     /// needs): never changes what readers see, nor any mark; its failures
     /// are the sink's to log and retry. Called after checkpoints, when
-    /// nothing is pending. Default: nothing.
+    /// nothing is pending; the stream waits while it runs, so work that
+    /// costs what a table costs belongs on tasks of the sink's own, and
+    /// only a commit here. Default: nothing.
     async fn maintain(&mut self) {}
 
     /// Records `phase` as `table`'s snapshot state from its next commit on,

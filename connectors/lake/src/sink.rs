@@ -1071,6 +1071,7 @@ impl LakeSink {
     /// table with half its log (see [`LakeStore::remove_tree`]).
     pub async fn remove_table(&mut self, table: &TableId) -> Result<(), LakeError> {
         self.tables.remove(table);
+        self.clock.forget(table);
         let rel = self.table_rel(table);
         let tombstone = format!(
             "{}/{}/.tidewater-removed-{}",

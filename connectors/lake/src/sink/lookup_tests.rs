@@ -30,7 +30,24 @@ fn schema() -> Arc<TableSchema> {
 
 /// Commits one transaction `seq` of `rows` (op, id, v) to the lake.
 async fn commit(lake: &mut LakeSink, seq: u64, rows: &[(Op, i64, &str)]) {
-    let schema = schema();
+    let rows: Vec<(Op, Vec<Datum>)> = rows
+        .iter()
+        .map(|(op, id, v)| match op {
+            Op::Truncate => (*op, Vec::new()),
+            _ => (*op, vec![Datum::Int64(*id), Datum::Text(v.to_string())]),
+        })
+        .collect();
+    commit_values(lake, schema(), seq, &rows).await
+}
+
+/// Commits one transaction `seq` of `rows` (op, values of `schema`'s
+/// columns) to the lake.
+async fn commit_values(
+    lake: &mut LakeSink,
+    schema: Arc<TableSchema>,
+    seq: u64,
+    rows: &[(Op, Vec<Datum>)],
+) {
     let mut batcher = Batcher::new(BatchLimits {
         max_rows: usize::MAX,
         max_bytes: usize::MAX,
@@ -44,17 +61,13 @@ async fn commit(lake: &mut LakeSink, seq: u64, rows: &[(Op, i64, &str)]) {
         commit_ts_us: 1_700_000_000_000_000,
         txid: None,
     });
-    for (ord, (op, id, v)) in rows.iter().enumerate() {
-        let values = match op {
-            Op::Truncate => Vec::new(),
-            _ => vec![Datum::Int64(*id), Datum::Text(v.to_string())],
-        };
+    for (ord, (op, values)) in rows.iter().enumerate() {
         batcher
             .push(RowChange {
                 table: schema.table.clone(),
                 op: *op,
                 ord: ord as u64 + 1,
-                values,
+                values: values.clone(),
             })
             .expect("push");
     }
@@ -346,5 +359,341 @@ async fn compaction_works_off_a_backlog_one_group_per_call() {
     let keys: Vec<Vec<Datum>> = (1..=12).map(|s| vec![Datum::Int64(s * 1000 + 7)]).collect();
     let found = lake.latest_rows(&schema(), &keys).await.expect("lookup");
     assert_eq!(found.len(), 12);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every row of `table`'s change log as its live files hold it:
+/// (seq, ord, id, v), sorted.
+async fn log_rows(lake: &LakeSink, table: &TableId) -> Vec<(i64, i64, i64, String)> {
+    let delta = &lake.tables[table].table;
+    let store = delta.log_store().object_store(None);
+    let mut rows = Vec::new();
+    for file in ranged::data_files_sized(delta, table).unwrap() {
+        let fetched = Arc::default();
+        let (mut reader, _) = ranged::read_parts(
+            store.clone(),
+            &file,
+            table,
+            None,
+            ranged::Rows::All,
+            &fetched,
+        )
+        .await
+        .unwrap();
+        while let Some(batch) = ranged::next_batch(&mut reader, table, &file.path)
+            .await
+            .unwrap()
+        {
+            let seqs = batch["_tw_seq"].as_primitive::<Int64Type>();
+            let ords = batch["_tw_ord"].as_primitive::<Int64Type>();
+            let ids = batch["id"].as_primitive::<Int64Type>();
+            let vs = batch["v"].as_string::<i32>();
+            for r in 0..batch.num_rows() {
+                rows.push((
+                    seqs.value(r),
+                    ords.value(r),
+                    ids.value(r),
+                    vs.value(r).to_string(),
+                ));
+            }
+        }
+    }
+    rows.sort();
+    let marks: std::collections::BTreeSet<(i64, i64)> = rows.iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(marks.len(), rows.len(), "a change twice in the log");
+    rows
+}
+
+/// Live data files of `table`.
+fn live_files(lake: &LakeSink, table: &TableId) -> Vec<deltalake::Path> {
+    ranged::data_files_sized(&lake.tables[table].table, table)
+        .unwrap()
+        .into_iter()
+        .map(|f| f.path)
+        .collect()
+}
+
+/// One group of every small file (they are all far below a GiB).
+const ALL_IN_ONE_GROUP: Compaction = Compaction {
+    target_file_bytes: 1 << 30,
+    min_files: 2,
+};
+
+/// Issue 20: the rewrite runs beside the stream; the stream's commits that
+/// land meanwhile stay, each row once, and the compaction commits on top of
+/// them with the latest mark and position — what a restart reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_compaction_commits_on_top_of_the_stream_commits_made_meanwhile() {
+    let dir = std::env::temp_dir().join(format!("tw-compact-bg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut lake = LakeSink::new(LakeStore::local(&dir), "p");
+    let table = schema().table.clone();
+    for seq in 1..=6u64 {
+        let first = seq as i64 * 1000;
+        commit(&mut lake, seq, &inserts(first..=first + 199)).await;
+    }
+    let planned = lake.tables[&table].state.clone().unwrap();
+    let job = lake
+        .compaction_job(&table, &ALL_IN_ONE_GROUP)
+        .expect("plan")
+        .expect("a group of small files");
+    let rewrite = tokio::spawn(job.run());
+    // The stream goes on while the rewrite runs.
+    commit(&mut lake, 7, &[(Op::Update, 1000, "second")]).await;
+    commit(&mut lake, 8, &inserts(9000..=9009)).await;
+    let output = rewrite.await.unwrap().expect("rewrite");
+    let expected = log_rows(&lake, &table).await;
+    assert_eq!(expected.len(), 6 * 200 + 1 + 10);
+    let stream = lake.tables[&table].state.clone().unwrap();
+    assert_eq!(live_files(&lake, &table).len(), 8);
+
+    let report = lake.commit_compaction(output).await.expect("commit");
+    assert_eq!(
+        report,
+        CompactionReport {
+            files_removed: 6,
+            files_added: 1,
+            rows: 1200
+        }
+    );
+    assert_eq!(live_files(&lake, &table).len(), 3);
+    assert_eq!(log_rows(&lake, &table).await, expected);
+    // The latest stream commit's mark and position, not the planned-at ones.
+    let state = lake.tables[&table].state.clone().unwrap();
+    assert_ne!(planned.mark, stream.mark);
+    assert_eq!(state.mark, stream.mark);
+    assert_eq!(state.mark, Mark::new(8, 10));
+    assert_eq!(state.position, "pos-8");
+    assert_eq!(state.commits, stream.commits + 1);
+    assert_eq!(state.version, stream.version + 1);
+    // A restart reads the same back from the compaction's commit.
+    let mut again = LakeSink::new(LakeStore::local(&dir), "p");
+    let read = again.table_state(&table).await.unwrap().unwrap();
+    assert_eq!(
+        (read.mark, read.position, read.commits, read.version),
+        (state.mark, state.position, state.commits, state.version)
+    );
+    assert_eq!(log_rows(&again, &table).await, expected);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 20: a compaction whose plan no longer holds when its rewrite ends
+/// — a file of its group removed meanwhile, the schema evolved meanwhile —
+/// is dropped and leaves the table as it is.
+#[tokio::test]
+async fn a_compaction_whose_plan_no_longer_holds_is_dropped() {
+    let dir = std::env::temp_dir().join(format!("tw-compact-stale-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut lake = LakeSink::new(LakeStore::local(&dir), "p");
+    let table = schema().table.clone();
+    for seq in 1..=4u64 {
+        let first = seq as i64 * 1000;
+        commit(&mut lake, seq, &inserts(first..=first + 99)).await;
+    }
+    // The group's files removed meanwhile (by another compaction of them).
+    let stale = lake
+        .compaction_job(&table, &ALL_IN_ONE_GROUP)
+        .unwrap()
+        .unwrap()
+        .run()
+        .await
+        .expect("rewrite");
+    let first = lake.compact(&table, &ALL_IN_ONE_GROUP).await.unwrap();
+    assert_eq!(first.files_removed, 4);
+    let (state, rows, files) = (
+        lake.tables[&table].state.clone().unwrap(),
+        log_rows(&lake, &table).await,
+        live_files(&lake, &table),
+    );
+    let report = lake.commit_compaction(stale).await.expect("commit");
+    assert_eq!(report, CompactionReport::default());
+    assert_eq!(lake.tables[&table].state.clone().unwrap(), state);
+    assert_eq!(live_files(&lake, &table), files);
+    assert_eq!(log_rows(&lake, &table).await, rows);
+
+    // The schema evolved meanwhile (a column added by a commit).
+    commit(&mut lake, 10, &inserts(10000..=10009)).await;
+    let stale = lake
+        .compaction_job(&table, &ALL_IN_ONE_GROUP)
+        .unwrap()
+        .unwrap()
+        .run()
+        .await
+        .expect("rewrite");
+    let mut wider = schema().as_ref().clone();
+    wider.version = 2;
+    wider.columns.push(Column {
+        name: "w".into(),
+        ty: ColumnType::Text,
+        source_type: "text".into(),
+        key: false,
+    });
+    commit_values(
+        &mut lake,
+        Arc::new(wider),
+        11,
+        &[(
+            Op::Insert,
+            vec![
+                Datum::Int64(11000),
+                Datum::Text("wide".into()),
+                Datum::Text("w".into()),
+            ],
+        )],
+    )
+    .await;
+    let (state, rows, files) = (
+        lake.tables[&table].state.clone().unwrap(),
+        log_rows(&lake, &table).await,
+        live_files(&lake, &table),
+    );
+    assert_eq!(files.len(), 3);
+    let report = lake.commit_compaction(stale).await.expect("commit");
+    assert_eq!(report, CompactionReport::default());
+    assert_eq!(lake.tables[&table].state.clone().unwrap(), state);
+    assert_eq!(live_files(&lake, &table), files);
+    assert_eq!(log_rows(&lake, &table).await, rows);
+    // Planned again on the table as it is now, it commits.
+    let again = lake.compact(&table, &ALL_IN_ONE_GROUP).await.unwrap();
+    assert_eq!(again.files_removed, 3);
+    assert_eq!(log_rows(&lake, &table).await, rows);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sets the last modification time of the file at `path`.
+fn touch(path: &std::path::Path, at: std::time::SystemTime) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(at)
+        .unwrap();
+}
+
+/// Names of the files in `dir` (not below).
+fn names(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Issue 20: vacuum without a Delta commit deletes files removed longer ago
+/// than the retention and never-committed files older than it; it keeps
+/// live files whatever their age, recently removed ones, young ones, hidden
+/// ones, and the files of a compaction planned before it and not committed
+/// yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vacuum_deletes_old_unneeded_files_and_keeps_live_young_and_hidden_ones() {
+    use std::time::SystemTime;
+    let dir = std::env::temp_dir().join(format!("tw-vacuum-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut lake = LakeSink::new(LakeStore::local(&dir), "p");
+    let table = schema().table.clone();
+    for seq in 1..=4u64 {
+        let first = seq as i64 * 1000;
+        commit(&mut lake, seq, &inserts(first..=first + 99)).await;
+    }
+    let removed: Vec<String> = live_files(&lake, &table)
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    lake.compact(&table, &ALL_IN_ONE_GROUP).await.unwrap();
+    let live: Vec<String> = live_files(&lake, &table)
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    let rows = log_rows(&lake, &table).await;
+    let path = dir.join("p/app/t");
+    let now = SystemTime::now();
+    let day_ago = now - Duration::from_secs(86_400);
+    // Everything there is a day old (the live file too); then files no
+    // commit added: old, young, and hidden ones.
+    for name in names(&path) {
+        touch(&path.join(name), day_ago);
+    }
+    for (name, at) in [
+        ("part-never-committed-old.parquet", day_ago),
+        ("part-never-committed-young.parquet", now),
+        (".hidden-old", day_ago),
+        ("_tidewater_other-old", day_ago),
+    ] {
+        std::fs::write(path.join(name), b"x").unwrap();
+        touch(&path.join(name), at);
+    }
+    let hour = Duration::from_secs(3600);
+
+    // Retention one hour, now: the compaction's removals are recent.
+    let job = lake.vacuum_job(&table, hour, now).unwrap().unwrap();
+    assert_eq!(job.run().await.expect("vacuum"), 1);
+    let left = names(&path);
+    assert!(
+        !left.contains("part-never-committed-old.parquet"),
+        "{left:?}"
+    );
+    for name in removed.iter().chain(&live).map(String::as_str).chain([
+        "part-never-committed-young.parquet",
+        ".hidden-old",
+        "_tidewater_other-old",
+        "_tidewater_schema_history.json",
+    ]) {
+        assert!(left.contains(name), "{name} deleted: {left:?}");
+    }
+    assert!(path.join("_delta_log").is_dir());
+
+    // Two hours later: the removals are older than the retention, and so
+    // is the young file; one written since (90 minutes on) is not.
+    std::fs::write(path.join("part-later.parquet"), b"x").unwrap();
+    touch(&path.join("part-later.parquet"), now + hour + hour / 2);
+    let job = lake
+        .vacuum_job(&table, hour, now + 2 * hour)
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.run().await.expect("vacuum"), removed.len() + 1);
+    let left = names(&path);
+    for name in removed
+        .iter()
+        .map(String::as_str)
+        .chain(["part-never-committed-young.parquet"])
+    {
+        assert!(!left.contains(name), "{name} kept: {left:?}");
+    }
+    for name in live.iter().map(String::as_str).chain([
+        "part-later.parquet",
+        ".hidden-old",
+        "_tidewater_other-old",
+        "_tidewater_schema_history.json",
+    ]) {
+        assert!(left.contains(name), "{name} deleted: {left:?}");
+    }
+    assert_eq!(log_rows(&lake, &table).await, rows);
+
+    // A compaction planned before the vacuum, its files written and not
+    // committed yet: kept, however old the vacuum's clock makes them.
+    commit(&mut lake, 10, &inserts(10000..=10009)).await;
+    let job = lake
+        .compaction_job(&table, &ALL_IN_ONE_GROUP)
+        .unwrap()
+        .unwrap();
+    lake.start_compaction(job);
+    while !lake.clock.compaction.as_ref().unwrap().handle.is_finished() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = names(&path);
+    let job = lake
+        .vacuum_job(&table, hour, now + 2 * hour)
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.run().await.expect("vacuum"), 0);
+    assert_eq!(names(&path), before);
+    lake.finish_maintenance().await;
+    assert_eq!(live_files(&lake, &table).len(), 1);
+    let rows = log_rows(&lake, &table).await;
+    assert_eq!(rows.len(), 4 * 100 + 10);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,31 +1,81 @@
 //! Keeping lake tables healthy while they grow: small files are compacted,
-//! files no version needs any more are deleted.
+//! files no version needs any more are deleted — off the commit path, so
+//! that neither holds the stream for longer than a commit.
 //!
 //! ```text
-//!  flush ── one small file per table per commit ─┐
-//!  compaction: ≥ min_files files below the target size, binned into groups of
-//!    about the target ── each group read and rewritten into one file ── one commit:
-//!    remove(old files, dataChange=false) + add(new files, dataChange=false),
-//!    with the table's own mark and position (a restart reads the same state)
-//!  vacuum: files removed longer ago than the retention, and files no commit ever
-//!    added (a crash between write and commit) older than it, are deleted
+//!  pipeline task, between its own commits          tasks of their own
+//!  ──────────────────────────────────────          ──────────────────
+//!  maintain():
+//!   1. reap a finished compaction ◀──────────── CompactionJob::run: read the
+//!      does its plan still hold? (every file      group's files, write the
+//!      it removes still live, the schema          compacted file(s) through a
+//!      unchanged since the plan)                  clone of the table; no commit
+//!        yes: one commit, remove(old files) +
+//!             add(new files), dataChange=false,
+//!             with the table's CURRENT mark and
+//!             position (a restart reads the same)
+//!        no:  dropped: its files were never
+//!             committed, vacuum deletes them
+//!   2. plan the next group: ≥ min_files files
+//!      below the target size, binned per
+//!      partition into about the target ───────▶ spawn (one compaction at a time)
+//!   3. plan a vacuum: the live files, and
+//!      two cut-offs ───────────────────────────▶ VacuumJob::run: tombstones from
+//!                                                 the log, list the table's files,
+//!                                                 delete the old unneeded ones
+//!   4. plan current-state merges ─────────────▶ MergeJob::run (see `current`)
 //! ```
 //!
+//! Why in two halves: reading and rewriting a group of files, or listing
+//! and deleting a table's files, costs what the table costs; the pipeline
+//! stops while it runs (it is its task that commits the stream). A plan is
+//! cheap (the snapshot in memory), and so is the one commit of a finished
+//! compaction — that commit is the only step on the commit path. The stream
+//! commits while a compaction runs: those commits only add files, so the
+//! group's files are still live and its rows still once in the table when
+//! the compaction commits on top of them with the latest mark and position.
+//! Anything that breaks the plan (a file of the group removed by another
+//! writer, a schema change the compacted files do not carry) drops it.
+//!
+//! Vacuum writes no Delta commit (delta-rs's VACUUM writes two, which would
+//! race with the pipeline's). It deletes a file only when all of these hold:
+//! it is not live in the planned snapshot (nor a deletion vector of a live
+//! file); it is not a file removed by a commit within the retention; it is
+//! not hidden (a name starting with `_` or `.`, like `_delta_log/` and
+//! tidewater's own files, partition directories excepted); and it was last
+//! modified before the plan minus the retention (minus a margin for
+//! storage clocks). A file written after the plan — the stream's next
+//! commits, a compaction that runs meanwhile — is therefore never touched,
+//! whatever the retention; nor is the output of a compaction planned before
+//! the vacuum and not yet committed (the cut-off is moved back to its plan).
+//!
 //! Readers see the same rows before and after a compaction — it only changes
-//! which files hold them, in one atomic commit — and a reader still on an older
-//! version keeps its files: only vacuum deletes files, and only those removed
-//! longer ago than the retention. Delta checkpoints come from the commit
-//! itself (every `delta.checkpointInterval` commits, 100 by default) and the
-//! log expires after `delta.logRetentionDuration` (30 days), both as the Delta
-//! protocol defines them.
+//! which files hold them, in one atomic commit — and a reader still on an
+//! older version keeps its files: only vacuum deletes files, and only those
+//! removed longer ago than the retention. Delta checkpoints come from the
+//! commit itself (every `delta.checkpointInterval` commits, 100 by default)
+//! and the log expires after `delta.logRetentionDuration` (30 days), both as
+//! the Delta protocol defines them.
+//!
+//! A crash (or a shutdown) while a compaction or a vacuum runs loses
+//! nothing: a compaction's files are invisible until its commit, which the
+//! next run does not repeat (it plans from the table as it finds it); a
+//! vacuum deletes only files no reader of a version within the retention
+//! needs.
 
-use std::time::Duration;
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
 
 use deltalake::arrow::array::new_null_array;
-use deltalake::operations::vacuum::VacuumMode;
+use deltalake::kernel::Remove;
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use super::*;
+
+/// How much older than the cut-off a file's last modification must be for
+/// vacuum to delete it: S3 reports it to the second, and the storage's clock
+/// is not ours.
+const STORAGE_CLOCK_MARGIN: Duration = Duration::from_secs(2);
 
 /// When and how small files are rewritten.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +94,39 @@ pub struct CompactionReport {
     pub rows: usize,
 }
 
+/// Partition values of a file, sorted by column.
+type Partition = Vec<(String, Option<String>)>;
+
+/// A group of one table's small files to rewrite, planned on the sink from
+/// its snapshot in memory; [`CompactionJob::run`] does the work on a task
+/// of its own.
+pub(super) struct CompactionJob {
+    table: TableId,
+    /// The table as of the plan (a clone: writes go through it, never a
+    /// commit).
+    delta: DeltaTable,
+    partition: Partition,
+    /// The files to rewrite, as object paths, with their remove actions.
+    group: Vec<(deltalake::Path, Remove)>,
+    /// Key columns (lake names), whose pages the new file indexes.
+    keys: Vec<String>,
+    /// What the plan assumed of the table's schema.
+    schema_version: u64,
+    schema: deltalake::kernel::StructType,
+    target_file_bytes: u64,
+}
+
+/// A compaction's written files, waiting for their commit.
+pub(super) struct CompactionOutput {
+    table: TableId,
+    adds: Vec<Add>,
+    removes: Vec<(deltalake::Path, Remove)>,
+    schema_version: u64,
+    schema: deltalake::kernel::StructType,
+    target_file_bytes: u64,
+    rows: usize,
+}
+
 impl LakeSink {
     /// The tables this sink has open (written to or read in this run).
     pub fn open_tables(&self) -> Vec<TableId> {
@@ -52,29 +135,46 @@ impl LakeSink {
 
     /// Rewrites a group of `table`'s small files (about one target file of
     /// them) into one file, in one commit that changes no data; a backlog
-    /// takes several calls. Only between the pipeline's own
-    /// commits (nothing of the table may be pending); a table with fewer
-    /// small files than `min_files` is left alone.
+    /// takes several calls. Only between the pipeline's own commits
+    /// (nothing of the table may be pending); a table with fewer small files
+    /// than `min_files` is left alone. The plan, the rewrite and the commit
+    /// in one call: [`LakeSink::maintain`] runs the rewrite on a task of its
+    /// own instead.
     pub async fn compact(
         &mut self,
         table: &TableId,
         policy: &Compaction,
     ) -> Result<CompactionReport, LakeError> {
-        let app_id = self.app_id();
-        let pipeline = self.pipeline.clone();
-        let Some(open) = self.tables.get_mut(table) else {
+        let Some(job) = self.compaction_job(table, policy)? else {
             return Ok(CompactionReport::default());
         };
-        let Some(state) = open.state.clone() else {
-            return Ok(CompactionReport::default());
+        let output = job.run().await?;
+        self.commit_compaction(output).await
+    }
+
+    /// The next group of `table`'s small files to compact, if there is one
+    /// (and nothing of the table is pending). Reads nothing: the snapshot in
+    /// memory says which files are small.
+    pub(super) fn compaction_job(
+        &self,
+        table: &TableId,
+        policy: &Compaction,
+    ) -> Result<Option<CompactionJob>, LakeError> {
+        let Some(open) = self.tables.get(table) else {
+            return Ok(None);
         };
-        if !open.adds.is_empty() || open.pending.is_some() || open.evolved.is_some() {
-            return Ok(CompactionReport::default());
+        if open.state.is_none()
+            || !open.adds.is_empty()
+            || open.pending.is_some()
+            || open.evolved.is_some()
+        {
+            return Ok(None);
         }
-        let delta = |what: &'static str| move |source| LakeError::delta(table, what, source);
-        let snapshot = open.table.snapshot().map_err(delta("compacting"))?;
-        type Partition = Vec<(String, Option<String>)>;
-        let mut small: Vec<(Partition, deltalake::Path, i64, deltalake::kernel::Remove)> = snapshot
+        let snapshot = open
+            .table
+            .snapshot()
+            .map_err(|source| LakeError::delta(table, "compacting", source))?;
+        let mut small: Vec<(Partition, deltalake::Path, i64, Remove)> = snapshot
             .log_data()
             .iter()
             .filter(|f| (f.size() as u64) < policy.target_file_bytes)
@@ -90,13 +190,12 @@ impl LakeSink {
             })
             .collect();
         if small.len() < policy.min_files.max(2) {
-            return Ok(CompactionReport::default());
+            return Ok(None);
         }
         // Groups of one partition and about the target size; a group of one
         // is left as it is.
         small.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut groups: Vec<(Partition, Vec<(deltalake::Path, deltalake::kernel::Remove)>)> =
-            Vec::new();
+        let mut groups: Vec<(Partition, Vec<(deltalake::Path, Remove)>)> = Vec::new();
         let mut group_bytes = 0u64;
         for (partition, path, size, remove) in small {
             let fresh = match groups.last() {
@@ -114,14 +213,11 @@ impl LakeSink {
                 .1
                 .push((path, remove));
         }
-        groups.retain(|(_, g)| g.len() > 1);
-        // One group per call (about one target file): the stream commits
+        // One group per plan (about one target file): the stream commits
         // between groups instead of waiting for a whole backlog.
-        groups.truncate(1);
-        let open = self.tables.get_mut(table).expect("checked above");
-        let mut actions = Vec::new();
-        let mut report = CompactionReport::default();
-        let store = open.table.log_store().object_store(None);
+        let Some((partition, group)) = groups.into_iter().find(|(_, g)| g.len() > 1) else {
+            return Ok(None);
+        };
         let keys: Vec<String> = open
             .history
             .latest()
@@ -133,42 +229,74 @@ impl LakeSink {
                     .collect()
             })
             .unwrap_or_default();
-        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        for (partition, group) in &groups {
-            let mut files = Vec::with_capacity(group.len());
-            for (path, _) in group {
-                files.push(read_object(store.as_ref(), path, table).await?);
-            }
-            let properties = merged_properties(table, &files, &keys)?;
-            let mut writer = RecordBatchWriter::for_table(&open.table)
-                .map_err(delta("compacting"))?
-                .with_writer_properties(properties);
-            let schema = writer.arrow_schema();
-            for file in &files {
-                for batch in read_file(table, file)? {
-                    // Partition values live in the log, not in the files.
-                    let batch = with_partition_values(table, &batch, partition)?;
-                    let batch = align_batch(table, &batch, &schema)?;
-                    report.rows += batch.num_rows();
-                    writer
-                        .write_with_mode(batch, WriteMode::Default)
-                        .await
-                        .map_err(delta("compacting"))?;
-                }
-            }
-            for mut add in writer.flush().await.map_err(delta("compacting"))? {
-                add.data_change = false;
-                actions.push(Action::Add(add));
-                report.files_added += 1;
-            }
-            for (_, remove) in group {
-                actions.push(Action::Remove(remove.clone()));
-                report.files_removed += 1;
-            }
+        Ok(Some(CompactionJob {
+            table: table.clone(),
+            delta: open.table.clone(),
+            partition,
+            group,
+            keys,
+            schema_version: open.schema_version,
+            schema: snapshot.schema().as_ref().clone(),
+            target_file_bytes: policy.target_file_bytes,
+        }))
+    }
+
+    /// Commits a finished compaction on top of the table as it is now —
+    /// with its current mark, position and schema version, so a restart
+    /// reads the same state — when its plan still holds: every file it
+    /// removes still live, the schema what it was. Otherwise the compaction
+    /// is dropped (an empty report); its files, never committed, go with
+    /// the next vacuum.
+    pub(super) async fn commit_compaction(
+        &mut self,
+        output: CompactionOutput,
+    ) -> Result<CompactionReport, LakeError> {
+        let app_id = self.app_id();
+        let pipeline = self.pipeline.clone();
+        let table = &output.table;
+        let none = CompactionReport::default();
+        let Some(open) = self.tables.get_mut(table) else {
+            info!(table = %table, "compaction dropped: the table was closed meanwhile");
+            return Ok(none);
+        };
+        let Some(state) = open.state.clone() else {
+            return Ok(none);
+        };
+        if !open.adds.is_empty() || open.pending.is_some() || open.evolved.is_some() {
+            info!(table = %table, "compaction dropped: the table has changes pending");
+            return Ok(none);
         }
-        if actions.is_empty() {
-            return Ok(CompactionReport::default());
+        let snapshot = open
+            .table
+            .snapshot()
+            .map_err(|source| LakeError::delta(table, "compacting", source))?;
+        if open.schema_version != output.schema_version
+            || snapshot.schema().as_ref() != &output.schema
+        {
+            info!(table = %table, "compaction dropped: the table's schema changed while it ran; its files are left for vacuum");
+            return Ok(none);
         }
+        let live: HashSet<deltalake::Path> = snapshot
+            .log_data()
+            .iter()
+            .map(|f| f.object_store_path())
+            .collect();
+        if let Some((gone, _)) = output.removes.iter().find(|(p, _)| !live.contains(p)) {
+            info!(table = %table, file = %gone, "compaction dropped: a file it rewrote was removed meanwhile; its files are left for vacuum");
+            return Ok(none);
+        }
+        let report = CompactionReport {
+            files_removed: output.removes.len(),
+            files_added: output.adds.len(),
+            rows: output.rows,
+        };
+        // The files leave the table now: the retention counts from here.
+        let removed_at = chrono::Utc::now().timestamp_millis();
+        let mut actions: Vec<Action> = output.adds.into_iter().map(Action::Add).collect();
+        actions.extend(output.removes.into_iter().map(|(_, mut remove)| {
+            remove.deletion_timestamp = Some(removed_at);
+            Action::Remove(remove)
+        }));
         let commits = state.commits + 1;
         let properties = commit_properties(
             &app_id,
@@ -179,7 +307,7 @@ impl LakeSink {
             state.snapshot_done,
             open.schema_version,
         );
-        let finalized = commit_actions(
+        let (version, snapshot) = commit_actions(
             open,
             table,
             &app_id,
@@ -190,11 +318,10 @@ impl LakeSink {
             false,
             DeltaOperation::Optimize {
                 predicate: None,
-                target_size: policy.target_file_bytes as i64,
+                target_size: output.target_file_bytes as i64,
             },
         )
         .await?;
-        let (version, snapshot) = finalized;
         open.table.state = Some(snapshot);
         open.state = Some(TableState {
             version,
@@ -211,45 +338,245 @@ impl LakeSink {
         );
         Ok(report)
     }
+}
 
+impl CompactionJob {
+    /// Reads the group's files and writes their rows into new files of the
+    /// table — uncommitted, invisible to every reader until
+    /// [`LakeSink::commit_compaction`].
+    pub(super) async fn run(self) -> Result<CompactionOutput, LakeError> {
+        let table = &self.table;
+        let delta = |what: &'static str| move |source| LakeError::delta(table, what, source);
+        let store = self.delta.log_store().object_store(None);
+        let mut files = Vec::with_capacity(self.group.len());
+        for (path, _) in &self.group {
+            files.push(read_object(store.as_ref(), path, table).await?);
+        }
+        let keys: Vec<&str> = self.keys.iter().map(String::as_str).collect();
+        let properties = merged_properties(table, &files, &keys)?;
+        let mut writer = RecordBatchWriter::for_table(&self.delta)
+            .map_err(delta("compacting"))?
+            .with_writer_properties(properties);
+        let schema = writer.arrow_schema();
+        let mut rows = 0;
+        for file in &files {
+            for batch in read_file(table, file)? {
+                // Partition values live in the log, not in the files.
+                let batch = with_partition_values(table, &batch, &self.partition)?;
+                let batch = align_batch(table, &batch, &schema)?;
+                rows += batch.num_rows();
+                writer
+                    .write_with_mode(batch, WriteMode::Default)
+                    .await
+                    .map_err(delta("compacting"))?;
+            }
+        }
+        drop(files);
+        let mut adds = writer.flush().await.map_err(delta("compacting"))?;
+        for add in &mut adds {
+            add.data_change = false;
+        }
+        Ok(CompactionOutput {
+            table: self.table,
+            adds,
+            removes: self.group,
+            schema_version: self.schema_version,
+            schema: self.schema,
+            target_file_bytes: self.target_file_bytes,
+            rows,
+        })
+    }
+}
+
+/// A vacuum of one table, planned on the sink: which files the table's
+/// snapshot needs, and the cut-offs. [`VacuumJob::run`] lists and deletes.
+pub(super) struct VacuumJob {
+    table: TableId,
+    /// The table as of the plan.
+    delta: DeltaTable,
+    /// Live data files and their deletion vector files.
+    live: HashSet<deltalake::Path>,
+    partition_columns: Vec<String>,
+    /// Files removed at or after this (ms since the epoch) are kept.
+    removed_since_ms: i64,
+    /// Only files last modified before this (ms since the epoch) may go.
+    modified_before_ms: i64,
+}
+
+impl LakeSink {
     /// Deletes `table`'s files that no version younger than `retention`
     /// needs: files removed (by compaction) longer ago, and files never
-    /// committed (a crash between write and commit) older than it.
+    /// committed (a crash between write and commit, a dropped compaction)
+    /// older than it. The plan and the work in one call: [`LakeSink::maintain`]
+    /// runs the work on a task of its own instead.
     pub async fn vacuum(
         &mut self,
         table: &TableId,
         retention: Duration,
     ) -> Result<usize, LakeError> {
-        // Only between commits: uncommitted files of this run are not old
-        // enough to go anyway, but keep the rule simple.
-        let Some(open) = self.tables.get_mut(table) else {
-            return Ok(0);
-        };
-        if !open.adds.is_empty() || open.pending.is_some() {
-            return Ok(0);
+        match self.vacuum_job(table, retention, SystemTime::now())? {
+            Some(job) => job.run().await,
+            None => Ok(0),
         }
-        let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-        let (vacuumed, metrics) = open
+    }
+
+    /// What a vacuum of `table` at `now` may delete (see the module doc).
+    /// None when nothing of the table is committed or something is pending.
+    pub(super) fn vacuum_job(
+        &self,
+        table: &TableId,
+        retention: Duration,
+        now: SystemTime,
+    ) -> Result<Option<VacuumJob>, LakeError> {
+        let Some(open) = self.tables.get(table) else {
+            return Ok(None);
+        };
+        if open.state.is_none() || !open.adds.is_empty() || open.pending.is_some() {
+            return Ok(None);
+        }
+        let snapshot = open
             .table
-            .clone()
-            .vacuum()
-            .with_mode(VacuumMode::Full)
-            .with_retention_period(retention)
-            .with_enforce_retention_duration(false)
-            .await
+            .snapshot()
             .map_err(|source| LakeError::delta(table, "vacuuming", source))?;
-        let deleted = metrics.files_deleted.len();
+        let mut root = open.table.table_url().clone();
+        if !root.path().ends_with('/') {
+            // Relative deletion vector paths resolve against a directory.
+            root.set_path(&format!("{}/", root.path()));
+        }
+        let mut live = HashSet::new();
+        for file in snapshot.log_data().iter() {
+            live.insert(file.object_store_path());
+            if let Some(path) = deletion_vector_path(table, &file, &root)? {
+                live.insert(path);
+            }
+        }
+        let millis = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+        };
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        // The output of a compaction planned earlier and not committed yet
+        // was written after its plan.
+        let since = match &self.clock.compaction {
+            Some(task) if task.table == *table => now.min(task.planned_at),
+            _ => now,
+        };
+        Ok(Some(VacuumJob {
+            table: table.clone(),
+            delta: open.table.clone(),
+            live,
+            partition_columns: snapshot.metadata().partition_columns().to_vec(),
+            removed_since_ms: millis(now).saturating_sub(retention_ms),
+            modified_before_ms: millis(since)
+                .saturating_sub(retention_ms)
+                .saturating_sub(STORAGE_CLOCK_MARGIN.as_millis() as i64),
+        }))
+    }
+}
+
+impl VacuumJob {
+    /// Deletes the files the plan allows; how many.
+    pub(super) async fn run(self) -> Result<usize, LakeError> {
+        use deltalake::logstore::object_store::ObjectStoreExt;
+        let table = &self.table;
+        let delta = |source| LakeError::delta(table, "vacuuming", source);
+        let log_store = self.delta.log_store();
+        let snapshot = self.delta.snapshot().map_err(delta)?;
+        // Files removed within the retention: a reader of a version since
+        // may still read them.
+        let mut kept = HashSet::new();
+        let mut tombstones = snapshot.all_tombstones(log_store.as_ref());
+        while let Some(tombstone) = tombstones.try_next().await.map_err(delta)? {
+            if tombstone.deletion_timestamp().unwrap_or(0) >= self.removed_since_ms {
+                let path = tombstone.path();
+                kept.insert(
+                    deltalake::Path::parse(path.as_ref())
+                        .unwrap_or_else(|_| deltalake::Path::from(path.as_ref())),
+                );
+            }
+        }
+        drop(tombstones);
+        let store = log_store.object_store(None);
+        let remote = |path: String| {
+            move |source| LakeError::Remote {
+                location: format!("{table}: {path}"),
+                source: Box::new(source),
+            }
+        };
+        let mut doomed = Vec::new();
+        let mut listing = store.list(None);
+        while let Some(meta) = listing.try_next().await.map_err(remote(String::new()))? {
+            let path = &meta.location;
+            if hidden(path, &self.partition_columns)
+                || self.live.contains(path)
+                || kept.contains(path)
+                || meta.last_modified.timestamp_millis() >= self.modified_before_ms
+            {
+                continue;
+            }
+            doomed.push(meta.location);
+        }
+        drop(listing);
+        let mut deleted = 0;
+        for path in doomed {
+            match store.delete(&path).await {
+                Ok(()) => deleted += 1,
+                Err(deltalake::ObjectStoreError::NotFound { .. }) => {}
+                Err(source) => return Err(remote(path.to_string())(source)),
+            }
+        }
         if deleted > 0 {
             info!(table = %table, files = deleted, "deleted files no version needs any more");
         }
-        // The vacuum commits are not the pipeline's: its state is unchanged
-        // but for the table version.
-        if let Some(state) = open.state.as_mut() {
-            state.version = vacuumed.version().unwrap_or(state.version);
-        }
-        open.table = vacuumed;
         Ok(deleted)
     }
+}
+
+/// Whether vacuum leaves `path` (below the table) alone whatever its age,
+/// by the Delta rule: a name starting with `_` or `.` is not a data file
+/// (`_delta_log/`, tidewater's `_tidewater_*` files, checksums), except
+/// partition directories (`_tw_commit_date=…`) and the directories of data
+/// files' companions (`_delta_index`, `_change_data`). delta-rs applies the
+/// rule to the first segment; here it applies to every one (keeps more).
+fn hidden(path: &deltalake::Path, partition_columns: &[String]) -> bool {
+    path.parts().any(|part| {
+        let name = part.as_ref();
+        (name.starts_with('.') || name.starts_with('_'))
+            && !name.starts_with("_delta_index")
+            && !name.starts_with("_change_data")
+            && !partition_columns.iter().any(|column| {
+                name.strip_prefix(column.as_str())
+                    .is_some_and(|rest| rest.starts_with('='))
+            })
+    })
+}
+
+/// The deletion vector file of a live file, as an object path below the
+/// table, when it has one stored in a file there (tidewater writes none;
+/// another writer may have).
+fn deletion_vector_path(
+    table: &TableId,
+    file: &deltalake::kernel::LogicalFileView,
+    root: &url::Url,
+) -> Result<Option<deltalake::Path>, LakeError> {
+    let Some(descriptor) = file.deletion_vector_descriptor() else {
+        return Ok(None);
+    };
+    let kernel = |source: delta_kernel::Error| {
+        LakeError::delta(table, "vacuuming", DeltaTableError::from(source))
+    };
+    let descriptor =
+        delta_kernel::actions::deletion_vector::DeletionVectorDescriptor::try_from(descriptor)
+            .map_err(kernel)?;
+    let Some(url) = descriptor.absolute_path(root).map_err(kernel)? else {
+        return Ok(None);
+    };
+    Ok(match root.make_relative(&url) {
+        Some(relative) if !relative.starts_with("../") => {
+            deltalake::Path::from_url_path(relative).ok()
+        }
+        _ => None,
+    })
 }
 
 /// `batch` (read from a data file) with the partition columns of the file
@@ -379,7 +706,7 @@ pub struct MaintenancePolicy {
     pub current_state: Option<Duration>,
 }
 
-/// When maintenance last ran.
+/// When maintenance last ran, and what runs now.
 #[derive(Debug)]
 pub(super) struct MaintenanceClock {
     compacted: std::time::Instant,
@@ -387,6 +714,10 @@ pub(super) struct MaintenanceClock {
     merged: std::time::Instant,
     /// Current-state merges running, by table.
     merges: BTreeMap<TableId, MergeTask>,
+    /// The compaction running or waiting for its commit (one at a time).
+    pub(super) compaction: Option<CompactionTask>,
+    /// The vacuum running (one at a time, of every open table).
+    vacuum: Option<VacuumTask>,
 }
 
 impl Default for MaintenanceClock {
@@ -401,6 +732,25 @@ impl Default for MaintenanceClock {
                 .checked_sub(std::time::Duration::from_secs(86_400))
                 .unwrap_or(now),
             merges: BTreeMap::new(),
+            compaction: None,
+            vacuum: None,
+        }
+    }
+}
+
+impl MaintenanceClock {
+    /// Stops the background work on `table` (its directory is going away).
+    pub(super) fn forget(&mut self, table: &TableId) {
+        self.merges.remove(table);
+        if self.compaction.as_ref().is_some_and(|t| t.table == *table) {
+            self.compaction = None;
+        }
+        if self
+            .vacuum
+            .as_ref()
+            .is_some_and(|t| t.tables.contains(table))
+        {
+            self.vacuum = None;
         }
     }
 }
@@ -416,6 +766,58 @@ impl Drop for MergeTask {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// A compaction's rewrite running on a task of its own; its commit is the
+/// sink's. Dropped, it is cancelled: its files stay uncommitted (vacuum
+/// deletes them) and a later plan starts again from the table as it is.
+#[derive(Debug)]
+pub(super) struct CompactionTask {
+    table: TableId,
+    /// When it was planned: its files are younger (see [`VacuumJob`]).
+    planned_at: SystemTime,
+    pub(super) handle: tokio::task::JoinHandle<Result<CompactionOutput, LakeError>>,
+}
+
+impl Drop for CompactionTask {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+impl std::fmt::Debug for CompactionOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompactionOutput")
+            .field("table", &self.table)
+            .field("files_added", &self.adds.len())
+            .field("files_removed", &self.removes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A vacuum of the open tables, one after the other, on a task of its own.
+/// Dropped, it is cancelled: what it deleted no version needs, and the next
+/// interval goes on.
+#[derive(Debug)]
+pub(super) struct VacuumTask {
+    tables: Vec<TableId>,
+    handle: tokio::task::JoinHandle<Vec<(TableId, Result<usize, LakeError>)>>,
+}
+
+impl Drop for VacuumTask {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// What reaping the compaction task found.
+enum Reaped {
+    /// Nothing ended (or nothing ran).
+    Nothing,
+    /// Committed, or dropped because its plan no longer held: plan again.
+    Done,
+    /// The rewrite or its commit failed: try again at the next interval.
+    Failed,
 }
 
 impl LakeSink {
@@ -444,6 +846,85 @@ impl LakeSink {
         }
     }
 
+    /// Runs `job`'s rewrite on a task of its own; [`LakeSink::maintain`]
+    /// commits it once it ended.
+    pub(super) fn start_compaction(&mut self, job: CompactionJob) {
+        debug!(table = %job.table, files = job.group.len(), "compaction started");
+        self.clock.compaction = Some(CompactionTask {
+            table: job.table.clone(),
+            planned_at: SystemTime::now(),
+            handle: tokio::spawn(job.run()),
+        });
+    }
+
+    /// Commits the compaction whose rewrite ended (between the pipeline's
+    /// commits: nothing of its table pending).
+    async fn reap_compaction(&mut self) -> Reaped {
+        let Some(task) = self.clock.compaction.as_ref() else {
+            return Reaped::Nothing;
+        };
+        if !task.handle.is_finished() {
+            return Reaped::Nothing;
+        }
+        if let Some(open) = self.tables.get(&task.table) {
+            if !open.adds.is_empty() || open.pending.is_some() || open.evolved.is_some() {
+                // Its commit waits for the table's.
+                return Reaped::Nothing;
+            }
+        }
+        let Some(mut task) = self.clock.compaction.take() else {
+            return Reaped::Nothing;
+        };
+        let table = task.table.clone();
+        debug!(table = %table, "compaction ended");
+        let output = match (&mut task.handle).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(error)) => {
+                warn!(table = %table, error = %tidewater_core::error_chain(&error), "compaction failed; the table is unchanged, trying again later");
+                return Reaped::Failed;
+            }
+            Err(join) => {
+                warn!(table = %table, error = %join, "the compaction task died; the table is unchanged, trying again later");
+                return Reaped::Failed;
+            }
+        };
+        match self.commit_compaction(output).await {
+            Ok(_) => Reaped::Done,
+            Err(error) => {
+                warn!(table = %table, error = %tidewater_core::error_chain(&error), "committing a compaction failed; the table is unchanged, trying again later");
+                // The table's in-memory state may be behind a commit that
+                // did happen: read it again.
+                self.tables.remove(&table);
+                Reaped::Failed
+            }
+        }
+    }
+
+    /// Logs the outcome of the vacuum that ended.
+    async fn reap_vacuum(&mut self) {
+        if !self
+            .clock
+            .vacuum
+            .as_ref()
+            .is_some_and(|task| task.handle.is_finished())
+        {
+            return;
+        }
+        let Some(mut task) = self.clock.vacuum.take() else {
+            return;
+        };
+        match (&mut task.handle).await {
+            Ok(results) => {
+                for (table, result) in results {
+                    if let Err(error) = result {
+                        warn!(table = %table, error = %tidewater_core::error_chain(&error), "vacuum failed; trying again later");
+                    }
+                }
+            }
+            Err(join) => warn!(error = %join, "the vacuum task died; trying again later"),
+        }
+    }
+
     /// Waits for the running current-state merges to end (tests, and a
     /// snapshot that wants its merge done before it exits).
     pub async fn finish_merges(&mut self) {
@@ -453,13 +934,43 @@ impl LakeSink {
         }
     }
 
+    /// Waits for all background maintenance to end — current-state merges,
+    /// a compaction (committed here, so only between the pipeline's
+    /// commits), a vacuum — and starts none.
+    pub async fn finish_maintenance(&mut self) {
+        loop {
+            self.reap_merges().await;
+            self.reap_compaction().await;
+            self.reap_vacuum().await;
+            let compaction_waits = self.clock.compaction.as_ref().is_some_and(|task| {
+                task.handle.is_finished()
+                    && self.tables.get(&task.table).is_some_and(|open| {
+                        !open.adds.is_empty() || open.pending.is_some() || open.evolved.is_some()
+                    })
+            });
+            if compaction_waits {
+                // Its commit would wait for the table's: let it go.
+                self.clock.compaction = None;
+            }
+            if self.clock.merges.is_empty()
+                && self.clock.compaction.is_none()
+                && self.clock.vacuum.is_none()
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn set_maintenance(&mut self, policy: MaintenancePolicy) {
         self.maintenance = policy;
     }
 
-    /// Compacts and vacuums the open tables when their interval is due.
-    /// Called between commits (nothing pending); a failure is logged and
-    /// retried at the next interval, since the data is safe either way.
+    /// Merges, compacts and vacuums the open tables when their interval is
+    /// due. Called between commits (nothing pending). The work runs on tasks
+    /// of their own; here only plans, and the one commit of a compaction
+    /// that ended (see the module doc). A failure is logged and retried at
+    /// the next interval, since the data is safe either way.
     pub async fn maintain(&mut self) {
         let now = std::time::Instant::now();
         self.reap_merges().await;
@@ -487,39 +998,58 @@ impl LakeSink {
             }
         }
         if let Some((policy, every)) = self.maintenance.compaction {
-            if now.duration_since(self.clock.compacted) >= every {
-                // One group of one table per call; due again at once while
-                // a pass finds work, so a backlog is worked off between
-                // commits rather than in one long stop of the stream.
-                let mut worked = false;
+            if let Reaped::Failed = self.reap_compaction().await {
+                self.clock.compacted = now;
+            }
+            // One group of one table at a time; due again at once while a
+            // pass finds work, so a backlog is worked off group by group
+            // with the stream's commits in between.
+            if self.clock.compaction.is_none() && now.duration_since(self.clock.compacted) >= every
+            {
+                let mut planned = false;
                 for table in self.open_tables() {
-                    match self.compact(&table, &policy).await {
-                        Ok(report) if report.files_removed > 0 => {
-                            worked = true;
+                    match self.compaction_job(&table, &policy) {
+                        Ok(Some(job)) => {
+                            self.start_compaction(job);
+                            planned = true;
                             break;
                         }
-                        Ok(_) => {}
+                        Ok(None) => {}
                         Err(error) => {
                             warn!(table = %table, error = %tidewater_core::error_chain(&error), "compaction failed; the table is unchanged, trying again later");
-                            // The table's in-memory state may be behind a
-                            // commit that did happen: read it again.
-                            self.tables.remove(&table);
                         }
                     }
                 }
-                if !worked {
+                if !planned {
                     self.clock.compacted = now;
                 }
             }
         }
+        self.reap_vacuum().await;
         if let Some((retention, every)) = self.maintenance.vacuum {
-            if now.duration_since(self.clock.vacuumed) >= every {
+            if self.clock.vacuum.is_none() && now.duration_since(self.clock.vacuumed) >= every {
                 self.clock.vacuumed = now;
+                let mut jobs = Vec::new();
                 for table in self.open_tables() {
-                    if let Err(error) = self.vacuum(&table, retention).await {
-                        warn!(table = %table, error = %tidewater_core::error_chain(&error), "vacuum failed; trying again later");
-                        self.tables.remove(&table);
+                    match self.vacuum_job(&table, retention, SystemTime::now()) {
+                        Ok(Some(job)) => jobs.push(job),
+                        Ok(None) => {}
+                        Err(error) => {
+                            warn!(table = %table, error = %tidewater_core::error_chain(&error), "vacuum failed; trying again later");
+                        }
                     }
+                }
+                if !jobs.is_empty() {
+                    let tables = jobs.iter().map(|job| job.table.clone()).collect();
+                    let handle = tokio::spawn(async move {
+                        let mut results = Vec::with_capacity(jobs.len());
+                        for job in jobs {
+                            let table = job.table.clone();
+                            results.push((table, job.run().await));
+                        }
+                        results
+                    });
+                    self.clock.vacuum = Some(VacuumTask { tables, handle });
                 }
             }
         }
