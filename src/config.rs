@@ -565,6 +565,15 @@ pub struct LakeSinkConfig {
     /// Default 60000 (a minute).
     #[serde(default = "default_current_state_interval_ms")]
     pub current_state_interval_ms: u64,
+    /// Merges mark the changed rows of a current-state file deleted in a
+    /// Delta deletion vector instead of rewriting the file, so a merge costs
+    /// what changed, not the table. The tables get the `deletionVectors`
+    /// reader feature: DuckDB `delta_scan`, Polars and Python deltalake's
+    /// `QueryBuilder` read them; Python deltalake's `to_pyarrow_table()` /
+    /// `to_pandas()` refuse them (README). Needs `current_state = true`.
+    /// Default false.
+    #[serde(default)]
+    pub current_state_deletion_vectors: bool,
     /// How change-log tables created from now on are partitioned: `none`
     /// (default) or `commit_date` (by `_tw_commit_date`, the UTC date of
     /// `_tw_commit_ts`, so readers prune by day). An existing table keeps
@@ -909,6 +918,12 @@ impl Config {
                 }
                 if lake.max_batch_rows == 0 {
                     return Err(invalid("sink.max_batch_rows", "must be at least 1".into()));
+                }
+                if lake.current_state_deletion_vectors && !lake.current_state {
+                    return Err(invalid(
+                        "sink.current_state_deletion_vectors",
+                        "applies only to current-state tables; set sink.current_state = true or remove it".into(),
+                    ));
                 }
                 if lake.target_file_size_bytes < 1024 {
                     return Err(invalid(
