@@ -693,18 +693,14 @@ impl MergeJob {
             .as_ref()
             .try_into_kernel()
             .map_err(|source| LakeError::delta(table, "mapping the schema of", source.into()))?;
-        let mut create =
-            DeltaTable::try_from_url_with_storage_options(url, self.store.storage_options())
-                .await
-                .map_err(|source| LakeError::delta(table, "opening the current state of", source))?
-                .create();
-        if self.deletion_vectors {
-            // Reader 3 / writer 7 with `deletionVectors` only.
-            create = create.with_configuration_property(
-                deltalake::TableProperty::EnableDeletionVectors,
-                Some("true"),
-            );
-        }
+        // Created as ever; with deletion vectors on, the first merge's
+        // commit turns them on (its own protocol and metadata actions: the
+        // builder's table property would also name the legacy writer
+        // features, `invariants` among them, which this build cannot write).
+        let create = DeltaTable::try_from_url_with_storage_options(url, self.store.storage_options())
+            .await
+            .map_err(|source| LakeError::delta(table, "opening the current state of", source))?
+            .create();
         let created = create
             .with_columns(kernel.fields().cloned())
             .with_table_name(format!("{}_current", table.table))

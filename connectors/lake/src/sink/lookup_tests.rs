@@ -516,3 +516,31 @@ async fn compaction_works_off_a_backlog_one_group_per_call() {
     assert_eq!(found.len(), 12);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A current table created with deletion vectors on names them alone
+/// (reader 3 / writer 7, no `invariants`: this build could not write it).
+#[tokio::test]
+async fn a_current_table_created_with_deletion_vectors_names_only_them() {
+    let dir = std::env::temp_dir().join(format!("tw-merge-dv-new-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut lake = LakeSink::new(LakeStore::local(&dir), "p");
+    lake.set_current_state_deletion_vectors(true);
+    let table = schema().table.clone();
+    commit(&mut lake, 1, &inserts(1..=100)).await;
+    lake.merge_current(&table).await.expect("merge");
+    commit(&mut lake, 2, &[(Op::Update, 7, "second")]).await;
+    let report = lake.merge_current(&table).await.expect("merge");
+    assert_eq!(report.files_marked, 1, "{report:?}");
+    let (_, protocol) = current_files(&lake, &table).await;
+    assert_eq!(
+        protocol,
+        serde_json::json!({"minReaderVersion": 3, "minWriterVersion": 7,
+            "readerFeatures": ["deletionVectors"], "writerFeatures": ["deletionVectors"]})
+    );
+    let mut expected: std::collections::BTreeMap<i64, String> =
+        (1..=100).map(|id| (id, "first".to_string())).collect();
+    expected.insert(7, "second".into());
+    assert_eq!(current_rows(&lake, &table).await, expected);
+    let _ = std::fs::remove_dir_all(&dir);
+}
