@@ -1609,6 +1609,36 @@ uri = "file:///tmp/lake"
     }
 
     #[test]
+    fn deletion_vectors_need_current_state_tables() {
+        let sink = |extra: &str| {
+            GOOD.replace(
+                "uri = \"file:///tmp/lake\"",
+                &format!("uri = \"file:///tmp/lake\"\n{extra}"),
+            )
+        };
+        let SinkConfig::Lake(lake) = parse(GOOD).unwrap().sink else {
+            panic!("a lake sink")
+        };
+        assert!(!lake.current_state_deletion_vectors, "off by default");
+        let on = parse(&sink(
+            "current_state = true\ncurrent_state_deletion_vectors = true",
+        ))
+        .unwrap();
+        let SinkConfig::Lake(lake) = on.sink else {
+            panic!("a lake sink")
+        };
+        assert!(lake.current_state_deletion_vectors);
+        let err = parse(&sink("current_state_deletion_vectors = true"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sink.current_state_deletion_vectors")
+                && err.contains("current_state = true"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn unknown_key_names_the_key() {
         let err = parse(&GOOD.replace("tables =", "tabels ="))
             .unwrap_err()

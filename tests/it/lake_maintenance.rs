@@ -544,8 +544,8 @@ async fn current_state_with_deletion_vectors_reads_right_in_every_reader() {
         commits
             .iter()
             .flatten()
-            .filter_map(|a| a.get(name))
-            .last()
+            .rev()
+            .find_map(|a| a.get(name))
             .cloned()
             .unwrap()
     };
@@ -639,9 +639,14 @@ async fn current_state_with_deletion_vectors_reads_right_in_every_reader() {
                 continue;
             }
             assert!(
-                commit.iter().filter_map(|a| a.get("add")).any(|add| add["path"] == path
-                    && add["deletionVector"].is_object()
-                    && add["stats"].as_str().is_some_and(|s| s.contains("numRecords"))),
+                commit
+                    .iter()
+                    .filter_map(|a| a.get("add"))
+                    .any(|add| add["path"] == path
+                        && add["deletionVector"].is_object()
+                        && add["stats"]
+                            .as_str()
+                            .is_some_and(|s| s.contains("numRecords"))),
                 "version {version} removed {path} without re-adding it with a DV"
             );
         }
@@ -654,7 +659,11 @@ async fn current_state_with_deletion_vectors_reads_right_in_every_reader() {
         .iter()
         .filter(|p| after[*p]["deletionVector"].is_object())
         .count();
-    assert!(marked * 2 >= before.len(), "{marked} of {} files with a DV", before.len());
+    assert!(
+        marked * 2 >= before.len(),
+        "{marked} of {} files with a DV",
+        before.len()
+    );
     // Read without its deletion vectors the table is wrong: the DVs matter.
     let blind = read_log(&t_path).await.unwrap();
     assert!(

@@ -526,8 +526,7 @@ impl MergeJob {
             )
             .await?;
             let mut at = 0u64;
-            while let Some(batch) = ranged::next_batch(&mut reader, table, &file.data.path).await?
-            {
+            while let Some(batch) = ranged::next_batch(&mut reader, table, &file.data.path).await? {
                 let keep: BooleanArray = (0..batch.num_rows())
                     .map(|r| {
                         Some(
@@ -544,13 +543,16 @@ impl MergeJob {
             report.files_rewritten += 1;
         }
         if !dv_file.is_empty() {
-            let descriptors = dv_file.write(current_store.as_ref()).await.map_err(|source| {
-                LakeError::delta(
-                    table,
-                    "writing deletion vectors of the current state of",
-                    source,
-                )
-            })?;
+            let descriptors = dv_file
+                .write(current_store.as_ref())
+                .await
+                .map_err(|source| {
+                    LakeError::delta(
+                        table,
+                        "writing deletion vectors of the current state of",
+                        source,
+                    )
+                })?;
             for (file, descriptor) in marked.into_iter().zip(descriptors) {
                 let add = Add {
                     deletion_vector: Some(descriptor),
@@ -697,10 +699,11 @@ impl MergeJob {
         // commit turns them on (its own protocol and metadata actions: the
         // builder's table property would also name the legacy writer
         // features, `invariants` among them, which this build cannot write).
-        let create = DeltaTable::try_from_url_with_storage_options(url, self.store.storage_options())
-            .await
-            .map_err(|source| LakeError::delta(table, "opening the current state of", source))?
-            .create();
+        let create =
+            DeltaTable::try_from_url_with_storage_options(url, self.store.storage_options())
+                .await
+                .map_err(|source| LakeError::delta(table, "opening the current state of", source))?
+                .create();
         let created = create
             .with_columns(kernel.fields().cloned())
             .with_table_name(format!("{}_current", table.table))

@@ -210,8 +210,9 @@ impl delta_kernel::StorageHandler for Fetched {
     fn list_from(
         &self,
         path: &Url,
-    ) -> delta_kernel::DeltaResult<Box<dyn Iterator<Item = delta_kernel::DeltaResult<delta_kernel::FileMeta>>>>
-    {
+    ) -> delta_kernel::DeltaResult<
+        Box<dyn Iterator<Item = delta_kernel::DeltaResult<delta_kernel::FileMeta>>>,
+    > {
         Err(unsupported("listing", path))
     }
 
@@ -224,8 +225,12 @@ impl delta_kernel::StorageHandler for Fetched {
             .map(|(url, range)| match &self.file {
                 Some((have, bytes)) if *have == url => Ok(match range {
                     Some(r) => bytes.slice(
-                        usize::try_from(r.start).unwrap_or(usize::MAX).min(bytes.len())
-                            ..usize::try_from(r.end).unwrap_or(usize::MAX).min(bytes.len()),
+                        usize::try_from(r.start)
+                            .unwrap_or(usize::MAX)
+                            .min(bytes.len())
+                            ..usize::try_from(r.end)
+                                .unwrap_or(usize::MAX)
+                                .min(bytes.len()),
                     ),
                     None => bytes.clone(),
                 }),
@@ -290,7 +295,11 @@ mod tests {
         let name = std::fs::read_dir(&dir)
             .unwrap()
             .flatten()
-            .find(|e| e.file_name().to_string_lossy().starts_with("deletion_vector_"))
+            .find(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("deletion_vector_")
+            })
             .unwrap()
             .path();
         let mut bytes = std::fs::read(&name).unwrap();
@@ -304,9 +313,10 @@ mod tests {
 
     #[test]
     fn protocol_upgrade_names_only_deletion_vectors() {
-        let legacy: deltalake::kernel::Protocol =
-            serde_json::from_value(serde_json::json!({"minReaderVersion": 1, "minWriterVersion": 2}))
-                .unwrap();
+        let legacy: deltalake::kernel::Protocol = serde_json::from_value(
+            serde_json::json!({"minReaderVersion": 1, "minWriterVersion": 2}),
+        )
+        .unwrap();
         assert!(!protocol_has_dvs(&legacy));
         let upgraded = with_dvs(&legacy).unwrap();
         assert!(protocol_has_dvs(&upgraded));

@@ -235,7 +235,10 @@ async fn current_files(lake: &LakeSink, table: &TableId) -> (usize, Value) {
     .await
     .unwrap();
     let protocol = serde_json::to_value(current.snapshot().unwrap().protocol()).unwrap();
-    (ranged::data_files_sized(&current, table).unwrap().len(), protocol)
+    (
+        ranged::data_files_sized(&current, table).unwrap().len(),
+        protocol,
+    )
 }
 
 /// Changes of every ~1000th key from `1 + round`: deletes of the even ones,
@@ -293,7 +296,10 @@ async fn merges_with_deletion_vectors_rewrite_no_file() {
         commit(&mut lake, seq, &changes).await;
         let report = lake.merge_current(&table).await.expect("merge");
         assert_eq!(report.files_rewritten, 0, "round {round}: {report:?}");
-        assert!(report.files_marked >= files.min(3), "round {round}: {report:?}");
+        assert!(
+            report.files_marked >= files.min(3),
+            "round {round}: {report:?}"
+        );
         let (removed, added) = last_commit(&lake, &table).await;
         for path in &removed {
             assert!(
