@@ -11,17 +11,25 @@
 //!       truncate)
 //!    2. current files whose key statistics may hold a changed key are read
 //!       one at a time and rewritten without it (all files go after a truncate);
-//!       the others are not even opened
+//!       the others are not even opened. With deletion vectors on
+//!       (`sink.current_state_deletion_vectors`, see `dv`) the file is not
+//!       rewritten: its rows of changed keys are marked deleted in a DV and
+//!       the file re-added with it (rewritten after all once more than half
+//!       of it would be deleted)
 //!    3. the latest images that are not deletes: only their rows (pages) of
 //!       the log files holding them
-//!    4. one commit: removes + adds + "merged up to M" (+ its own app txn)
+//!    4. one commit: removes + adds + "merged up to M" (+ its own app txn);
+//!       a file marked in step 2 is a remove naming its old DV and an add
+//!       of the same path with the new one (all DVs in one DV file)
 //! ```
 //!
 //! So a merge reads what changed since the last one, not the whole history,
 //! and holds the changed keys plus one current file in memory (files are
 //! written in the sink's target file size). Current files whose key ranges
 //! overlap every change (keys spread evenly over the whole table) are all
-//! rewritten: copy-on-write costs what the touched files cost.
+//! rewritten: copy-on-write costs what the touched files cost; with
+//! deletion vectors a touched file costs its key column and a DV. Every
+//! read of a current file here applies its DV (rows it deletes are gone).
 //!
 //! The merge is idempotent: a crash before its commit leaves the current
 //! table as it was and the next merge starts again from M0; the commit
@@ -458,6 +466,13 @@ impl MergeJob {
                 report.files_rewritten += 1;
                 continue;
             }
+            let fold = folded.contains(&file.data.path);
+            // Rewritten or marked only when it holds a changed key: its key
+            // statistics, then the key column of its candidate pages (rows
+            // its DV deleted already do not count).
+            if !fold && (latest.is_empty() || !probe.file_may_hold(file.data.stats.as_deref())) {
+                continue;
+            }
             let deleted = match &file.dv {
                 Some(descriptor) => dvs.deleted(descriptor).await.map_err(|source| {
                     LakeError::delta(
@@ -468,14 +483,7 @@ impl MergeJob {
                 })?,
                 None => dv::RoaringTreemap::new(),
             };
-            let fold = folded.contains(&file.data.path);
             if !fold {
-                // Its rows of changed keys, if any: its key statistics, then
-                // the key column of its candidate pages (rows its DV deleted
-                // already do not count).
-                if latest.is_empty() || !probe.file_may_hold(file.data.stats.as_deref()) {
-                    continue;
-                }
                 let (mut reader, selection) = ranged::read_parts(
                     current_store.clone(),
                     &file.data,
