@@ -572,6 +572,15 @@ pub struct LakeSinkConfig {
     /// Default 60000 (a minute).
     #[serde(default = "default_current_state_interval_ms")]
     pub current_state_interval_ms: u64,
+    /// Merges mark the changed rows of a current-state file deleted in a
+    /// Delta deletion vector instead of rewriting the file, so a merge costs
+    /// what changed, not the table. The tables get the `deletionVectors`
+    /// reader feature: DuckDB `delta_scan`, Polars and Python deltalake's
+    /// `QueryBuilder` read them; Python deltalake's `to_pyarrow_table()` /
+    /// `to_pandas()` refuse them (README). Needs `current_state = true`.
+    /// Default false.
+    #[serde(default)]
+    pub current_state_deletion_vectors: bool,
     /// How change-log tables created from now on are partitioned: `none`
     /// (default) or `commit_date` (by `_tw_commit_date`, the UTC date of
     /// `_tw_commit_ts`, so readers prune by day). An existing table keeps
@@ -916,6 +925,12 @@ impl Config {
                 }
                 if lake.max_batch_rows == 0 {
                     return Err(invalid("sink.max_batch_rows", "must be at least 1".into()));
+                }
+                if lake.current_state_deletion_vectors && !lake.current_state {
+                    return Err(invalid(
+                        "sink.current_state_deletion_vectors",
+                        "applies only to current-state tables; set sink.current_state = true or remove it".into(),
+                    ));
                 }
                 if lake.target_file_size_bytes < 1024 {
                     return Err(invalid(
@@ -1598,6 +1613,36 @@ uri = "file:///tmp/lake"
         };
         assert_eq!(lake.flush_interval_ms, DEFAULT_FLUSH_INTERVAL_MS);
         assert_eq!(lake.root(), PathBuf::from("/tmp/lake"));
+    }
+
+    #[test]
+    fn deletion_vectors_need_current_state_tables() {
+        let sink = |extra: &str| {
+            GOOD.replace(
+                "uri = \"file:///tmp/lake\"",
+                &format!("uri = \"file:///tmp/lake\"\n{extra}"),
+            )
+        };
+        let SinkConfig::Lake(lake) = parse(GOOD).unwrap().sink else {
+            panic!("a lake sink")
+        };
+        assert!(!lake.current_state_deletion_vectors, "off by default");
+        let on = parse(&sink(
+            "current_state = true\ncurrent_state_deletion_vectors = true",
+        ))
+        .unwrap();
+        let SinkConfig::Lake(lake) = on.sink else {
+            panic!("a lake sink")
+        };
+        assert!(lake.current_state_deletion_vectors);
+        let err = parse(&sink("current_state_deletion_vectors = true"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sink.current_state_deletion_vectors")
+                && err.contains("current_state = true"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct Settings {
     pub target_file_bytes: u64,
     /// New change-log tables are partitioned by commit date.
     pub partition_by_date: bool,
+    /// Current-state merges write deletion vectors
+    /// (`sink.current_state_deletion_vectors`).
+    pub current_state_dvs: bool,
     /// Between chunks, a snapshot commits once this much is staged.
     pub snapshot_commit_bytes: u64,
     /// Set for `[sink] type = "warehouse"`: the pipeline writes there, and
@@ -153,6 +156,7 @@ impl Settings {
                 maintenance: lake.maintenance(),
                 target_file_bytes: lake.target_file_size_bytes,
                 partition_by_date: lake.partitioning == crate::config::Partitioning::CommitDate,
+                current_state_dvs: lake.current_state_deletion_vectors,
                 snapshot_commit_bytes: lake.target_file_size_bytes,
                 warehouse,
                 metrics: crate::metrics::Metrics::default(),
@@ -172,6 +176,7 @@ impl Settings {
                 maintenance: MaintenancePolicy::default(),
                 target_file_bytes: w.snapshot_commit_bytes,
                 partition_by_date: false,
+                current_state_dvs: false,
                 snapshot_commit_bytes: w.snapshot_commit_bytes,
                 warehouse,
                 metrics: crate::metrics::Metrics::default(),

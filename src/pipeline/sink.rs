@@ -81,6 +81,7 @@ impl AnySink {
                 lake.set_maintenance(settings.maintenance);
                 lake.set_partition_by_date(settings.partition_by_date);
                 lake.set_target_file_size(settings.target_file_bytes);
+                lake.set_current_state_deletion_vectors(settings.current_state_dvs);
                 // A lake that refuses writes stops the start here, before
                 // the source does any work (a slot, a snapshot).
                 lake.probe_writable().await.map_err(wrap)?;

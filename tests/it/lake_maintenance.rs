@@ -531,3 +531,264 @@ async fn sigkill_during_a_background_compaction_loses_and_repeats_nothing() {
     crate::support::lake::assert_each_change_once(&read_log(&path).await.unwrap());
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
 }
+
+/// The Python with the readers that honour deletion vectors (scripts/setup
+/// makes it): `TIDEWATER_READERS_PYTHON`, else `~/.cache/tidewater/readers`.
+fn readers_python() -> std::path::PathBuf {
+    let python = std::env::var_os("TIDEWATER_READERS_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/tidewater/readers/bin/python3")
+        });
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup (it installs DuckDB's delta extension and Polars there)",
+        python.display()
+    );
+    python
+}
+
+/// The actions of every commit of the Delta table at `path`, in order.
+fn delta_commits(path: &std::path::Path) -> Vec<Vec<serde_json::Value>> {
+    let mut files: Vec<_> = std::fs::read_dir(path.join("_delta_log"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+/// Issue 20, `current_state_deletion_vectors = true`: current-state merges
+/// of changes spread over the whole table (updates, deletes, a truncate, a
+/// SIGKILL during a merge) rewrite none of the table's data files — each is
+/// re-added with a deletion vector — and the table reads the same as
+/// `SELECT id, v` on the source row by row in our DV-aware reader, DuckDB's
+/// `delta_scan` and Polars. Read without its DVs it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_state_with_deletion_vectors_reads_right_in_every_reader() {
+    use crate::support::lake::{compare, current_state, read_current, source_state};
+    let client = pg().create_database("curdv").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, md5(g::text) || md5((-g)::text) FROM generate_series(1, 20000) g;
+             CREATE TABLE u (id int PRIMARY KEY, v text);
+             INSERT INTO u SELECT g, repeat('u', 40) || g FROM generate_series(1, 5000) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::new(
+        "curdv",
+        &pg().url("curdv"),
+        // Small files: changes spread over the table touch many of them.
+        "current_state = true\ncurrent_state_deletion_vectors = true\n\
+         current_state_interval_ms = 100\ntarget_file_size_bytes = 65536\n",
+    );
+    pipeline.env = vec![("TIDEWATER_LOG".into(), "tidewater_lake=debug".into())];
+    let current = |table: &str| pipeline.lake.join("curdv.current/public").join(table);
+    let (t_path, u_path) = (current("t"), current("u"));
+    let equal = |path: std::path::PathBuf, table: &'static str| {
+        let client = &client;
+        async move {
+            eventually(
+                &format!("current state of {table}"),
+                Duration::from_secs(120),
+                || {
+                    let path = path.clone();
+                    async move {
+                        let rows = read_current(&path).await?;
+                        let lake = current_state(&rows, "id");
+                        if lake.len() != rows.len() {
+                            return Err(format!("{} rows for {} keys", rows.len(), lake.len()));
+                        }
+                        compare(
+                            &source_state(client, &format!("public.{table}"), "id").await,
+                            &lake,
+                        )
+                    }
+                },
+            )
+            .await
+        }
+    };
+    pipeline.start();
+    equal(t_path.clone(), "t").await;
+    equal(u_path.clone(), "u").await;
+    // Deletion vectors on (since the first merge): reader 3 / writer 7
+    // naming only them, and the table property.
+    let commits = delta_commits(&t_path);
+    let last = |name: &str| {
+        commits
+            .iter()
+            .flatten()
+            .rev()
+            .find_map(|a| a.get(name))
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        last("protocol"),
+        serde_json::json!({"minReaderVersion": 3, "minWriterVersion": 7,
+            "readerFeatures": ["deletionVectors"], "writerFeatures": ["deletionVectors"]})
+    );
+    assert_eq!(
+        last("metaData")["configuration"]["delta.enableDeletionVectors"],
+        "true"
+    );
+    // The table's full-size files before any change (small ones may be
+    // folded into a merge's output, by design).
+    let live = |path: &std::path::Path| -> std::collections::BTreeMap<String, serde_json::Value> {
+        let mut files = std::collections::BTreeMap::new();
+        for commit in delta_commits(path) {
+            for action in commit {
+                if let Some(remove) = action.get("remove") {
+                    files.remove(remove["path"].as_str().unwrap());
+                }
+                if let Some(add) = action.get("add") {
+                    files.insert(add["path"].as_str().unwrap().to_string(), add.clone());
+                }
+            }
+        }
+        files
+    };
+    let before: Vec<String> = live(&t_path)
+        .into_iter()
+        .filter(|(_, add)| add["size"].as_u64().unwrap() >= 65536 / 2)
+        .map(|(path, _)| path)
+        .collect();
+    assert!(before.len() >= 3, "{before:?}");
+    let commits_before = delta_commits(&t_path).len();
+    for step in [
+        "UPDATE t SET v = v || 'x' WHERE id % 97 = 1;
+         DELETE FROM t WHERE id % 89 = 2;
+         INSERT INTO t SELECT g, 'new' FROM generate_series(40000, 40100) g;",
+        "UPDATE t SET v = 'again' WHERE id % 97 = 1 OR id % 101 = 5;",
+        "TRUNCATE u; INSERT INTO u SELECT g, 'after' || g FROM generate_series(1, 3000) g;",
+        "UPDATE u SET v = 'later' WHERE id % 50 = 0; DELETE FROM u WHERE id % 77 = 0;",
+    ] {
+        client.batch_execute(step).await.unwrap();
+        equal(t_path.clone(), "t").await;
+        equal(u_path.clone(), "u").await;
+    }
+    // Scattered updates until a merge is seen started and not ended, then
+    // SIGKILL at once.
+    let started = |log: &str| log.matches("merging the current-state table").count();
+    let ended = |log: &str| log.matches("current state merged").count();
+    let mut step = 0;
+    'updates: loop {
+        step += 1;
+        assert!(step < 400, "no merge seen running: {}", pipeline.log(1));
+        client
+            .batch_execute(&format!(
+                "UPDATE t SET v = v || 'k' WHERE id % 97 = {}; DELETE FROM t WHERE id = {};",
+                step % 97,
+                step * 71
+            ))
+            .await
+            .unwrap();
+        for _ in 0..50 {
+            let log = pipeline.log(1);
+            if started(&log) > ended(&log) {
+                break 'updates;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    pipeline.kill();
+    client
+        .batch_execute(
+            "UPDATE t SET v = 'after the kill' WHERE id % 1000 = 0;
+             DELETE FROM u WHERE id % 3 = 0;",
+        )
+        .await
+        .unwrap();
+    pipeline.start();
+    equal(t_path.clone(), "t").await;
+    equal(u_path.clone(), "u").await;
+    // No merge rewrote a file of the table: every removal of one is its
+    // re-add with a (new) deletion vector in the same commit, and all of
+    // them are still live, most with a DV.
+    let commits = delta_commits(&t_path);
+    for (version, commit) in commits.iter().enumerate().skip(commits_before) {
+        for remove in commit.iter().filter_map(|a| a.get("remove")) {
+            let path = remove["path"].as_str().unwrap();
+            if !before.iter().any(|p| p == path) {
+                continue;
+            }
+            assert!(
+                commit
+                    .iter()
+                    .filter_map(|a| a.get("add"))
+                    .any(|add| add["path"] == path
+                        && add["deletionVector"].is_object()
+                        && add["stats"]
+                            .as_str()
+                            .is_some_and(|s| s.contains("numRecords"))),
+                "version {version} removed {path} without re-adding it with a DV"
+            );
+        }
+    }
+    let after = live(&t_path);
+    for path in &before {
+        assert!(after.contains_key(path), "{path} was rewritten");
+    }
+    let marked = before
+        .iter()
+        .filter(|p| after[*p]["deletionVector"].is_object())
+        .count();
+    assert!(
+        marked * 2 >= before.len(),
+        "{marked} of {} files with a DV",
+        before.len()
+    );
+    // Read without its deletion vectors the table is wrong: the DVs matter.
+    let blind = read_log(&t_path).await.unwrap();
+    assert!(
+        blind.len() > current_state(&blind, "id").len(),
+        "no row of t's current table is deleted by a DV"
+    );
+    // DuckDB's delta_scan and Polars: the source's rows, row by row.
+    for (path, table) in [(&t_path, "t"), (&u_path, "u")] {
+        let out = std::process::Command::new(readers_python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/support/read_current_dv.py"
+            ))
+            .arg(path)
+            .output()
+            .expect("readers' python");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let read: serde_json::Value = serde_json::from_slice(&out.stdout).expect("reader output");
+        let source: Vec<serde_json::Value> = client
+            .query(&format!("SELECT id, v FROM {table} ORDER BY id"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::json!([r.get::<_, i32>(0), r.get::<_, String>(1)]))
+            .collect();
+        for reader in ["duckdb", "polars"] {
+            let rows = read[reader].as_array().unwrap();
+            assert_eq!(rows.len(), source.len(), "{reader} on {table}");
+            for (got, want) in rows.iter().zip(&source) {
+                assert_eq!(got, want, "{reader} on {table}");
+            }
+        }
+    }
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
+}

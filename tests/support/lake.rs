@@ -54,6 +54,44 @@ pub async fn read_log(path: &Path) -> Result<Vec<LogRow>, String> {
     Ok(rows)
 }
 
+/// Every row of a lake table the way a Delta reader sees it: each data
+/// file's rows less those its deletion vector deletes (current-state tables
+/// with `sink.current_state_deletion_vectors`), in no particular order.
+pub async fn read_current(path: &Path) -> Result<Vec<LogRow>, String> {
+    if !path.join("_delta_log").is_dir() {
+        return Err(format!("no Delta table at {}", path.display()));
+    }
+    let url = deltalake::ensure_table_uri(path.to_string_lossy()).map_err(|e| e.to_string())?;
+    let table = deltalake::open_table(url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut dvs = tidewater_lake::DeletionVectors::of(&table);
+    let files: Vec<_> = table
+        .snapshot()
+        .map_err(|e| e.to_string())?
+        .log_data()
+        .iter()
+        .map(|f| (f.object_store_path(), f.deletion_vector_descriptor()))
+        .collect();
+    let mut rows = Vec::new();
+    for (file, dv) in files {
+        let deleted = match dv {
+            Some(dv) => dvs.deleted(&dv).await.map_err(|e| e.to_string())?,
+            None => Default::default(),
+        };
+        let file_path = path.join(file.as_ref());
+        let file = File::open(&file_path).map_err(|e| format!("{}: {e}", file_path.display()))?;
+        rows.extend(
+            file_rows(file)?
+                .into_iter()
+                .enumerate()
+                .filter(|(at, _)| !deleted.contains(*at as u64))
+                .map(|(_, row)| row),
+        );
+    }
+    Ok(rows)
+}
+
 /// The rows of one data file.
 fn file_rows<R: parquet::file::reader::ChunkReader + 'static>(
     file: R,

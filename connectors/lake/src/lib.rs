@@ -14,6 +14,7 @@ mod stats;
 pub mod store;
 
 pub use error::{quiet_caught_storage_panics, LakeError, Refusal, StateFile};
+pub use sink::dv::DeletionVectors;
 pub use sink::{
     Compaction, CompactionReport, LakeFile, LakeFiles, LakeLog, LakeSink, MaintenancePolicy,
 };

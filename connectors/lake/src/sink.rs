@@ -50,6 +50,7 @@ use crate::store::LakeStore;
 use tidewater_core::state_file::json_problem;
 
 mod current;
+pub mod dv;
 #[cfg(test)]
 mod lookup_tests;
 mod maintenance;
@@ -224,6 +225,8 @@ pub struct LakeSink {
     partition_by_date: bool,
     /// Data files roll over at about this size.
     target_file_bytes: u64,
+    /// Current-state merges mark changed rows in deletion vectors.
+    current_dvs: bool,
 }
 
 impl LakeSink {
@@ -238,7 +241,15 @@ impl LakeSink {
             clock: maintenance::MaintenanceClock::default(),
             partition_by_date: false,
             target_file_bytes: 128 << 20,
+            current_dvs: false,
         }
+    }
+
+    /// `sink.current_state_deletion_vectors`: current-state merges mark the
+    /// changed rows of a file deleted in a deletion vector instead of
+    /// rewriting it (the table gets the `deletionVectors` feature).
+    pub fn set_current_state_deletion_vectors(&mut self, on: bool) {
+        self.current_dvs = on;
     }
 
     /// The size data files roll over at (`sink.target_file_size_bytes`).

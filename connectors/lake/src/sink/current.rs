@@ -11,17 +11,25 @@
 //!       truncate)
 //!    2. current files whose key statistics may hold a changed key are read
 //!       one at a time and rewritten without it (all files go after a truncate);
-//!       the others are not even opened
+//!       the others are not even opened. With deletion vectors on
+//!       (`sink.current_state_deletion_vectors`, see `dv`) the file is not
+//!       rewritten: its rows of changed keys are marked deleted in a DV and
+//!       the file re-added with it (rewritten after all once more than half
+//!       of it would be deleted)
 //!    3. the latest images that are not deletes: only their rows (pages) of
 //!       the log files holding them
-//!    4. one commit: removes + adds + "merged up to M" (+ its own app txn)
+//!    4. one commit: removes + adds + "merged up to M" (+ its own app txn);
+//!       a file marked in step 2 is a remove naming its old DV and an add
+//!       of the same path with the new one (all DVs in one DV file)
 //! ```
 //!
 //! So a merge reads what changed since the last one, not the whole history,
 //! and holds the changed keys plus one current file in memory (files are
 //! written in the sink's target file size). Current files whose key ranges
 //! overlap every change (keys spread evenly over the whole table) are all
-//! rewritten: copy-on-write costs what the touched files cost.
+//! rewritten: copy-on-write costs what the touched files cost; with
+//! deletion vectors a touched file costs its key column and a DV. Every
+//! read of a current file here applies its DV (rows it deletes are gone).
 //!
 //! The merge is idempotent: a crash before its commit leaves the current
 //! table as it was and the next merge starts again from M0; the commit
@@ -34,7 +42,9 @@ use std::collections::{HashMap, HashSet};
 use deltalake::arrow::array::BooleanArray;
 use deltalake::arrow::compute::filter_record_batch;
 use deltalake::arrow::util::display::array_value_to_string;
+use deltalake::parquet::arrow::arrow_reader::RowSelection;
 
+use super::dv;
 use super::maintenance::align_batch;
 use super::*;
 use deltalake::writer::DeltaWriter;
@@ -56,7 +66,19 @@ pub struct MergeReport {
     /// copied into an empty current table are not held).
     pub keys_held: usize,
     pub files_rewritten: usize,
+    /// Files re-added with a deletion vector instead of being rewritten.
+    pub files_marked: usize,
     pub rows_written: usize,
+}
+
+/// A data file of the current table, as the merge found it.
+struct CurrentFile {
+    data: ranged::DataFile,
+    remove: deltalake::kernel::Remove,
+    add: Add,
+    dv: Option<deltalake::kernel::DeletionVectorDescriptor>,
+    /// Rows in the file (its DV's included), from its statistics.
+    records: Option<u64>,
 }
 
 /// A log row that is the latest change of its key: where it is.
@@ -213,6 +235,7 @@ impl LakeSink {
             rel: self.current_rel(table),
             pipeline: self.pipeline.clone(),
             target_file_bytes: self.target_file_bytes,
+            deletion_vectors: self.current_dvs,
         }))
     }
 }
@@ -229,6 +252,9 @@ pub(super) struct MergeJob {
     rel: String,
     pipeline: String,
     target_file_bytes: u64,
+    /// `sink.current_state_deletion_vectors`: mark changed rows deleted
+    /// instead of rewriting their files.
+    deletion_vectors: bool,
 }
 
 impl MergeJob {
@@ -274,20 +300,26 @@ impl MergeJob {
             fetched: &fetched,
         };
         scan.latest(&mixed, &mut latest, &mut truncated).await?;
-        let current_files: Vec<(ranged::DataFile, deltalake::kernel::Remove)> = current
+        let current_files: Vec<CurrentFile> = current
             .snapshot()
             .map_err(|source| LakeError::delta(table, "merging", source))?
             .log_data()
             .iter()
-            .map(|f| {
-                (
-                    ranged::DataFile {
-                        path: f.object_store_path(),
-                        size: u64::try_from(f.size()).ok(),
-                        stats: f.stats(),
-                    },
-                    f.remove_action(true),
-                )
+            .map(|f| CurrentFile {
+                data: ranged::DataFile {
+                    path: f.object_store_path(),
+                    size: u64::try_from(f.size()).ok(),
+                    stats: f.stats(),
+                },
+                // The removal names the file's DV: a file is its path and
+                // its DV, and a removal without it would leave it live.
+                remove: f.remove_action(true),
+                // Re-added with a new DV (the API is marked as going away
+                // once delta-rs handles DVs itself).
+                #[allow(deprecated)]
+                add: f.add_action(),
+                dv: f.deletion_vector_descriptor(),
+                records: f.num_records().and_then(|n| u64::try_from(n).ok()),
             })
             .collect();
         // Into an empty current table (the first merge, or all of it gone
@@ -300,6 +332,34 @@ impl MergeJob {
         latest.retain(|_, l| l.mark > truncated);
         let current_store = current.log_store().object_store(None);
         let mut actions = Vec::new();
+        // Deletion vectors turned on for a table created without: this
+        // merge's commit upgrades its protocol and sets the property.
+        let mut metadata_change = None;
+        if self.deletion_vectors {
+            let snapshot = current
+                .snapshot()
+                .map_err(|source| LakeError::delta(table, "merging", source))?;
+            if !dv::protocol_has_dvs(snapshot.protocol()) {
+                let upgrade = |source| {
+                    LakeError::delta(
+                        table,
+                        "turning deletion vectors on for the current state of",
+                        source,
+                    )
+                };
+                actions.push(Action::Protocol(
+                    dv::with_dvs(snapshot.protocol()).map_err(upgrade)?,
+                ));
+                metadata_change = Some(
+                    MetadataExt::add_config_key(
+                        snapshot.metadata().clone(),
+                        dv::ENABLE_PROPERTY.to_string(),
+                        "true".to_string(),
+                    )
+                    .map_err(|source| upgrade(source.into()))?,
+                );
+            }
+        }
         let mut report = MergeReport {
             changed_keys: latest.len(),
             log_files_read: log_files.len(),
@@ -376,12 +436,12 @@ impl MergeJob {
         let small = |f: &ranged::DataFile| f.size.is_some_and(|b| b < self.target_file_bytes / 2);
         let mut folded: HashSet<deltalake::Path> = HashSet::new();
         if truncated <= merged
-            && current_files.iter().filter(|(f, _)| small(f)).count() >= FOLD_SMALL_FILES
+            && current_files.iter().filter(|f| small(&f.data)).count() >= FOLD_SMALL_FILES
         {
             let mut sizes: Vec<(u64, &deltalake::Path)> = current_files
                 .iter()
-                .filter(|(f, _)| small(f))
-                .map(|(f, _)| (f.size.unwrap_or(0), &f.path))
+                .filter(|f| small(&f.data))
+                .map(|f| (f.data.size.unwrap_or(0), &f.data.path))
                 .collect();
             sizes.sort();
             let mut total = 0;
@@ -393,58 +453,125 @@ impl MergeJob {
                 folded.insert(path.clone());
             }
         }
-        for (file, remove) in current_files {
+        // With deletion vectors a file holding changed keys is not
+        // rewritten: its rows of them are marked deleted in a DV (all DVs of
+        // the merge in one DV file) and the file re-added with it. Whatever
+        // DV a file already has is applied to every read of it.
+        let mut dvs = dv::DeletionVectors::new(current_store.clone(), current.table_url());
+        let mut dv_file = dv::DvFile::default();
+        let mut marked: Vec<CurrentFile> = Vec::new();
+        for file in current_files {
             if truncated > merged {
-                actions.push(Action::Remove(remove));
+                actions.push(Action::Remove(file.remove));
                 report.files_rewritten += 1;
                 continue;
             }
-            let fold = folded.contains(&file.path);
+            let fold = folded.contains(&file.data.path);
+            // Rewritten or marked only when it holds a changed key: its key
+            // statistics, then the key column of its candidate pages (rows
+            // its DV deleted already do not count).
+            if !fold && (latest.is_empty() || !probe.file_may_hold(file.data.stats.as_deref())) {
+                continue;
+            }
+            let deleted = match &file.dv {
+                Some(descriptor) => dvs.deleted(descriptor).await.map_err(|source| {
+                    LakeError::delta(
+                        table,
+                        "reading a deletion vector of the current state of",
+                        source,
+                    )
+                })?,
+                None => dv::RoaringTreemap::new(),
+            };
             if !fold {
-                // Rewritten only when it holds a changed key: its key
-                // statistics, then the key column of its candidate pages.
-                if latest.is_empty() || !probe.file_may_hold(file.stats.as_deref()) {
-                    continue;
-                }
-                let (mut reader, _) = ranged::read_parts(
+                let (mut reader, selection) = ranged::read_parts(
                     current_store.clone(),
-                    &file,
+                    &file.data,
                     table,
                     Some(&key_names),
                     ranged::Rows::Pages(&probe),
                     &fetched,
                 )
                 .await?;
-                let mut hit = false;
-                while let Some(batch) = ranged::next_batch(&mut reader, table, &file.path).await? {
-                    if (0..batch.num_rows()).any(|r| changed.contains(&key_of(&batch, keys, r))) {
-                        hit = true;
+                let mut rows = selected_rows(selection.as_ref());
+                let mut hits = dv::RoaringTreemap::new();
+                while let Some(batch) =
+                    ranged::next_batch(&mut reader, table, &file.data.path).await?
+                {
+                    for r in 0..batch.num_rows() {
+                        let at = rows.next().unwrap_or(u64::MAX);
+                        if !deleted.contains(at) && changed.contains(&key_of(&batch, keys, r)) {
+                            hits.insert(at);
+                        }
+                    }
+                    // A rewrite needs to know only that there is one.
+                    if !self.deletion_vectors && !hits.is_empty() {
                         break;
                     }
                 }
-                if !hit {
+                if hits.is_empty() {
                     continue;
                 }
+                if self.deletion_vectors {
+                    let all = &deleted | &hits;
+                    // A file more than half deleted is rewritten instead,
+                    // so that DVs do not pile up.
+                    if file.records.is_some_and(|records| all.len() * 2 <= records) {
+                        dv_file.push(all);
+                        marked.push(file);
+                        continue;
+                    }
+                }
             }
-            // Streamed through, without the changed keys.
+            // Streamed through, without the changed keys and its deleted rows.
             let (mut reader, _) = ranged::read_parts(
                 current_store.clone(),
-                &file,
+                &file.data,
                 table,
                 None,
                 ranged::Rows::All,
                 &fetched,
             )
             .await?;
-            while let Some(batch) = ranged::next_batch(&mut reader, table, &file.path).await? {
+            let mut at = 0u64;
+            while let Some(batch) = ranged::next_batch(&mut reader, table, &file.data.path).await? {
                 let keep: BooleanArray = (0..batch.num_rows())
-                    .map(|r| Some(!changed.contains(&key_of(&batch, keys, r))))
+                    .map(|r| {
+                        Some(
+                            !deleted.contains(at + r as u64)
+                                && !changed.contains(&key_of(&batch, keys, r)),
+                        )
+                    })
                     .collect();
+                at += batch.num_rows() as u64;
                 report.rows_written +=
                     write_kept(&mut writer, table, &batch, &keep, &target).await?;
             }
-            actions.push(Action::Remove(remove));
+            actions.push(Action::Remove(file.remove));
             report.files_rewritten += 1;
+        }
+        if !dv_file.is_empty() {
+            let descriptors = dv_file
+                .write(current_store.as_ref())
+                .await
+                .map_err(|source| {
+                    LakeError::delta(
+                        table,
+                        "writing deletion vectors of the current state of",
+                        source,
+                    )
+                })?;
+            for (file, descriptor) in marked.into_iter().zip(descriptors) {
+                let add = Add {
+                    deletion_vector: Some(descriptor),
+                    stats: dv::loose_stats(file.add.stats.as_deref()).or(file.add.stats.clone()),
+                    data_change: true,
+                    ..file.add
+                };
+                actions.push(Action::Remove(file.remove));
+                actions.push(Action::Add(add));
+                report.files_marked += 1;
+            }
         }
         // 3. The latest images that are not deletes: only their rows (the
         //    pages holding them) of the log files that hold them.
@@ -490,9 +617,15 @@ impl MergeJob {
             let snapshot = current
                 .snapshot()
                 .map_err(|source| LakeError::delta(table, "merging", source))?;
-            let metadata = MetadataExt::with_schema(snapshot.metadata().clone(), &kernel).map_err(
-                |source| LakeError::delta(table, "evolving the current state of", source.into()),
-            )?;
+            let base = metadata_change
+                .take()
+                .unwrap_or_else(|| snapshot.metadata().clone());
+            let metadata = MetadataExt::with_schema(base, &kernel).map_err(|source| {
+                LakeError::delta(table, "evolving the current state of", source.into())
+            })?;
+            metadata_change = Some(metadata);
+        }
+        if let Some(metadata) = metadata_change {
             actions.push(Action::Metadata(metadata));
         }
         // 4. One commit, with the mark merged up to.
@@ -540,7 +673,7 @@ impl MergeJob {
             .await
             .map_err(|source| LakeError::delta(table, "committing the current state of", source))?;
         current.state = Some(finalized.snapshot());
-        debug!(table = %table, changed = report.changed_keys, log_files = report.log_files_read, files = report.files_rewritten, rows = report.rows_written, "current state merged");
+        debug!(table = %table, changed = report.changed_keys, log_files = report.log_files_read, files = report.files_rewritten, marked = report.files_marked, rows = report.rows_written, "current state merged");
         Ok(report)
     }
 
@@ -570,10 +703,16 @@ impl MergeJob {
             .as_ref()
             .try_into_kernel()
             .map_err(|source| LakeError::delta(table, "mapping the schema of", source.into()))?;
-        let created = DeltaTable::try_from_url_with_storage_options(url, self.store.storage_options())
-            .await
-            .map_err(|source| LakeError::delta(table, "opening the current state of", source))?
-            .create()
+        // Created as ever; with deletion vectors on, the first merge's
+        // commit turns them on (its own protocol and metadata actions: the
+        // builder's table property would also name the legacy writer
+        // features, `invariants` among them, which this build cannot write).
+        let create =
+            DeltaTable::try_from_url_with_storage_options(url, self.store.storage_options())
+                .await
+                .map_err(|source| LakeError::delta(table, "opening the current state of", source))?
+                .create();
+        let created = create
             .with_columns(kernel.fields().cloned())
             .with_table_name(format!("{}_current", table.table))
             .with_comment(format!(
@@ -595,6 +734,24 @@ async fn merged_mark(current: &DeltaTable) -> Mark {
         return Mark::ZERO;
     };
     super::info_mark(&info.info, KEY_MERGED_SEQ, KEY_MERGED_ORD).unwrap_or(Mark::ZERO)
+}
+
+/// The row numbers in the file of the rows a read with `selection` returns,
+/// in order.
+fn selected_rows(selection: Option<&RowSelection>) -> Box<dyn Iterator<Item = u64> + Send> {
+    let Some(selection) = selection else {
+        return Box::new(0..);
+    };
+    let mut at = 0u64;
+    let ranges: Vec<std::ops::Range<u64>> = selection
+        .iter()
+        .filter_map(|s| {
+            let start = at;
+            at += s.row_count as u64;
+            (!s.skip).then_some(start..at)
+        })
+        .collect();
+    Box::new(ranges.into_iter().flatten())
 }
 
 /// Writes the rows of `batch` that `keep` selects, in the current table's
