@@ -716,6 +716,10 @@ pub(super) struct MaintenanceClock {
     merges: BTreeMap<TableId, MergeTask>,
     /// The compaction running or waiting for its commit (one at a time).
     pub(super) compaction: Option<CompactionTask>,
+    /// The table the last compaction was planned for: the next plan looks
+    /// at the tables after it first, so a busy table (a small file every
+    /// flush) never keeps another's backlog waiting.
+    compacted_last: Option<TableId>,
     /// The vacuum running (one at a time, of every open table).
     vacuum: Option<VacuumTask>,
 }
@@ -733,6 +737,7 @@ impl Default for MaintenanceClock {
                 .unwrap_or(now),
             merges: BTreeMap::new(),
             compaction: None,
+            compacted_last: None,
             vacuum: None,
         }
     }
@@ -1007,10 +1012,18 @@ impl LakeSink {
             if self.clock.compaction.is_none() && now.duration_since(self.clock.compacted) >= every
             {
                 let mut planned = false;
-                for table in self.open_tables() {
+                let mut tables = self.open_tables();
+                tables.sort();
+                if let Some(last) = &self.clock.compacted_last {
+                    // Round robin: the tables after the last one first.
+                    let after = tables.iter().position(|t| t > last).unwrap_or(tables.len());
+                    tables.rotate_left(after);
+                }
+                for table in tables {
                     match self.compaction_job(&table, &policy) {
                         Ok(Some(job)) => {
                             self.start_compaction(job);
+                            self.clock.compacted_last = Some(table);
                             planned = true;
                             break;
                         }
