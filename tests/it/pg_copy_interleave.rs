@@ -6,9 +6,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::lake::{assert_each_change_once, read_log, LogRow};
+use crate::support::lake::{
+    assert_each_change_once, count_op, read_log, wait_id_beyond, wait_log_rows,
+};
 use crate::support::{eventually, pg, Pipeline};
 
 /// Rows of the table that joins; large enough that its copy takes a while.
@@ -76,54 +78,6 @@ const CHANGE_BIG: &str = "UPDATE big SET v = 'updated' WHERE id % 1000 = 0;
      INSERT INTO big VALUES (300000, 'new', 'n', 'p');
      UPDATE big SET v = 'late' WHERE id = 199999;";
 
-fn id_of(row: &LogRow) -> i64 {
-    row.values["id"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .expect("id as text")
-}
-
-fn count(log: &[LogRow], op: &str) -> usize {
-    log.iter().filter(|r| r.op == op).count()
-}
-
-async fn wait_rows(pipeline: &Pipeline, table: &str, rows: usize) {
-    let path = pipeline.table_path("public", table);
-    eventually(
-        &format!("{rows} rows in {table}"),
-        Duration::from_secs(90),
-        || {
-            let path = path.clone();
-            async move {
-                let log = read_log(&path).await?;
-                (log.len() >= rows)
-                    .then_some(())
-                    .ok_or(format!("{} rows", log.len()))
-            }
-        },
-    )
-    .await;
-}
-
-/// Waits until a row of `hot` with an id above `id` is in the lake.
-async fn wait_hot_beyond(pipeline: &Pipeline, id: i64) {
-    let path = pipeline.table_path("public", "hot");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let hot = read_log(&path).await.unwrap_or_default();
-        if hot.iter().any(|r| id_of(r) > id) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no row of hot above {id} reached the lake:\n{}",
-            pipeline.log(pipeline.starts)
-        );
-        // The polling interval of this wait.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn wait_copy_started(pipeline: &Pipeline, start: u32) {
     eventually(
         "the copy of big under way",
@@ -157,7 +111,7 @@ async fn other_tables_keep_streaming_while_a_table_is_copied() {
         stop.clone(),
         last.clone(),
     ));
-    wait_rows(&pipeline, "hot", 5).await;
+    wait_log_rows(&pipeline.table_path("public", "hot"), 5).await;
 
     client.batch_execute(CREATE_BIG).await.unwrap();
     wait_copy_started(&pipeline, 1).await;
@@ -170,8 +124,13 @@ async fn other_tables_keep_streaming_while_a_table_is_copied() {
     // first, big after).
     let hot_path = pipeline.table_path("public", "hot");
     let big_path = pipeline.table_path("public", "big");
-    wait_hot_beyond(&pipeline, after_copy_began).await;
-    let copied_by_then = count(&read_log(&big_path).await.unwrap_or_default(), "r");
+    wait_id_beyond(
+        &pipeline.table_path("public", "hot"),
+        after_copy_began,
+        || pipeline.log(pipeline.starts),
+    )
+    .await;
+    let copied_by_then = count_op(&read_log(&big_path).await.unwrap_or_default(), "r");
     eprintln!("rows of big copied when hot's later row landed: {copied_by_then}");
     assert!(
         copied_by_then < ROWS as usize - 2 * BATCH_ROWS,
@@ -193,11 +152,19 @@ async fn other_tables_keep_streaming_while_a_table_is_copied() {
 
     let big = read_log(&big_path).await.unwrap();
     assert_each_change_once(&big);
-    assert_eq!(count(&big, "r"), ROWS as usize, "one copy, every row once");
-    assert_eq!(count(&big, "u"), 201, "each update of the copy's time once");
-    assert_eq!(count(&big, "d"), 100, "each delete once");
-    assert_eq!(count(&big, "c"), 1, "the insert once");
-    assert_eq!(count(&big, "t"), 0, "a first copy supersedes nothing");
+    assert_eq!(
+        count_op(&big, "r"),
+        ROWS as usize,
+        "one copy, every row once"
+    );
+    assert_eq!(
+        count_op(&big, "u"),
+        201,
+        "each update of the copy's time once"
+    );
+    assert_eq!(count_op(&big, "d"), 100, "each delete once");
+    assert_eq!(count_op(&big, "c"), 1, "the insert once");
+    assert_eq!(count_op(&big, "t"), 0, "a first copy supersedes nothing");
     // Every change streamed during the copy sorts after every copy row.
     let last_read = big.iter().rfind(|r| r.op == "r").unwrap();
     assert!(
@@ -232,7 +199,7 @@ async fn sigkill_during_an_interleaved_copy_loses_and_duplicates_nothing() {
         stop.clone(),
         last.clone(),
     ));
-    wait_rows(&pipeline, "hot", 5).await;
+    wait_log_rows(&pipeline.table_path("public", "hot"), 5).await;
     client.batch_execute(CREATE_BIG).await.unwrap();
     wait_copy_started(&pipeline, 1).await;
     client.batch_execute(CHANGE_BIG).await.unwrap();
@@ -242,9 +209,12 @@ async fn sigkill_during_an_interleaved_copy_loses_and_duplicates_nothing() {
     let after_change = last.load(Ordering::SeqCst);
     let hot_path = pipeline.table_path("public", "hot");
     let big_path = pipeline.table_path("public", "big");
-    wait_hot_beyond(&pipeline, after_change).await;
+    wait_id_beyond(&pipeline.table_path("public", "hot"), after_change, || {
+        pipeline.log(pipeline.starts)
+    })
+    .await;
     pipeline.kill();
-    let partial = count(&read_log(&big_path).await.unwrap(), "r");
+    let partial = count_op(&read_log(&big_path).await.unwrap(), "r");
     eprintln!("killed with {partial} of {ROWS} rows of big copied");
     assert!(partial < ROWS as usize, "killed before the copy completed");
     client
@@ -268,7 +238,7 @@ async fn sigkill_during_an_interleaved_copy_loses_and_duplicates_nothing() {
     let big = read_log(&big_path).await.unwrap();
     assert_each_change_once(&big);
     if partial > 0 {
-        assert!(count(&big, "t") >= 1, "the partial copy is superseded");
+        assert!(count_op(&big, "t") >= 1, "the partial copy is superseded");
     }
     let hot = read_log(&hot_path).await.unwrap();
     assert_each_change_once(&hot);
@@ -297,7 +267,7 @@ async fn changes_of_a_copied_table_beyond_the_hold_budget_wait_for_the_copy() {
         stop.clone(),
         last.clone(),
     ));
-    wait_rows(&pipeline, "hot", 5).await;
+    wait_log_rows(&pipeline.table_path("public", "hot"), 5).await;
     client.batch_execute(CREATE_BIG).await.unwrap();
     wait_copy_started(&pipeline, 1).await;
     // One transaction with hot's rows around a bulk update of big (about
@@ -329,8 +299,8 @@ async fn changes_of_a_copied_table_beyond_the_hold_budget_wait_for_the_copy() {
         .await
         .unwrap();
     assert_each_change_once(&big);
-    assert_eq!(count(&big, "r"), ROWS as usize);
-    assert_eq!(count(&big, "u"), 20_000 + 201, "each update once");
+    assert_eq!(count_op(&big, "r"), ROWS as usize);
+    assert_eq!(count_op(&big, "u"), 20_000 + 201, "each update once");
     let hot = read_log(&pipeline.table_path("public", "hot"))
         .await
         .unwrap();

@@ -530,3 +530,55 @@ pub fn assert_each_change_once(log: &[LogRow]) {
     marks.dedup();
     assert_eq!(marks.len(), total, "a change landed twice");
 }
+
+/// The `id` key of a change-log row (keys land as their text form).
+pub fn id_of(row: &LogRow) -> i64 {
+    row.values["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("id as text")
+}
+
+/// How many rows of `log` are of `op` (`c`, `u`, `d`, `r`, `t`).
+pub fn count_op(log: &[LogRow], op: &str) -> usize {
+    log.iter().filter(|r| r.op == op).count()
+}
+
+/// Waits until the change log at `path` holds at least `rows` rows.
+pub async fn wait_log_rows(path: &Path, rows: usize) {
+    let path = path.to_path_buf();
+    super::eventually(
+        &format!("{rows} rows in {}", path.display()),
+        std::time::Duration::from_secs(90),
+        || {
+            let path = path.clone();
+            async move {
+                let log = read_log(&path).await?;
+                (log.len() >= rows)
+                    .then_some(())
+                    .ok_or(format!("{} rows", log.len()))
+            }
+        },
+    )
+    .await;
+}
+
+/// Waits until a row with an `id` above `id` is in the change log at
+/// `path`; `log` is the daemon's log, shown when it never comes.
+pub async fn wait_id_beyond(path: &Path, id: i64, log: impl Fn() -> String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let rows = read_log(path).await.unwrap_or_default();
+        if rows.iter().any(|r| id_of(r) > id) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no row with an id above {id} reached {}:\n{}",
+            path.display(),
+            log()
+        );
+        // The polling interval of this wait.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
