@@ -348,19 +348,40 @@ impl CompactionJob {
         let table = &self.table;
         let delta = |what: &'static str| move |source| LakeError::delta(table, what, source);
         let store = self.delta.log_store().object_store(None);
-        let mut files = Vec::with_capacity(self.group.len());
-        for (path, _) in &self.group {
-            files.push(read_object(store.as_ref(), path, table).await?);
+        // Read by ranges, a row group at a time: memory holds the output
+        // file being written, not the group's input files as well.
+        let files: Vec<ranged::DataFile> = self
+            .group
+            .iter()
+            .map(|(path, remove)| ranged::DataFile {
+                path: path.clone(),
+                size: remove.size.and_then(|s| u64::try_from(s).ok()),
+                stats: None,
+            })
+            .collect();
+        let mut footers = Vec::with_capacity(files.len());
+        for file in &files {
+            footers.push(ranged::footer(store.clone(), file, table).await?);
         }
         let keys: Vec<&str> = self.keys.iter().map(String::as_str).collect();
-        let properties = merged_properties(table, &files, &keys)?;
+        let properties = merged_properties(&footers, &keys);
         let mut writer = RecordBatchWriter::for_table(&self.delta)
             .map_err(delta("compacting"))?
             .with_writer_properties(properties);
         let schema = writer.arrow_schema();
         let mut rows = 0;
+        let fetched = Arc::default();
         for file in &files {
-            for batch in read_file(table, file)? {
+            let (mut stream, _) = ranged::read_parts(
+                store.clone(),
+                file,
+                table,
+                None,
+                ranged::Rows::All,
+                &fetched,
+            )
+            .await?;
+            while let Some(batch) = ranged::next_batch(&mut stream, table, &file.path).await? {
                 // Partition values live in the log, not in the files.
                 let batch = with_partition_values(table, &batch, &self.partition)?;
                 let batch = align_batch(table, &batch, &schema)?;
@@ -371,7 +392,6 @@ impl CompactionJob {
                     .map_err(delta("compacting"))?;
             }
         }
-        drop(files);
         let mut adds = writer.flush().await.map_err(delta("compacting"))?;
         for add in &mut adds {
             add.data_change = false;
@@ -610,10 +630,9 @@ fn with_partition_values(
 /// Writer properties for a file merging `paths`: a column written without
 /// statistics in any of them (see [`crate::stats`]) gets none in the merge.
 fn merged_properties(
-    table: &TableId,
-    files: &[bytes::Bytes],
+    footers: &[Arc<deltalake::parquet::file::metadata::ParquetMetaData>],
     keys: &[&str],
-) -> Result<WriterProperties, LakeError> {
+) -> WriterProperties {
     let mut builder = crate::stats::lookup_pages(
         WriterProperties::builder()
             .set_created_by(format!("tidewater {}", env!("CARGO_PKG_VERSION")))
@@ -621,10 +640,8 @@ fn merged_properties(
         keys,
     );
     let mut without = Vec::new();
-    for file in files {
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file.clone())
-            .map_err(|e| parquet_error(table, e))?;
-        for group in builder.metadata().row_groups() {
+    for footer in footers {
+        for group in footer.row_groups() {
             for column in group.columns() {
                 if column.statistics().is_none() && !without.contains(column.column_path()) {
                     without.push(column.column_path().clone());
@@ -635,7 +652,7 @@ fn merged_properties(
     for path in without {
         builder = builder.set_column_statistics_enabled(path, EnabledStatistics::None);
     }
-    Ok(builder.build())
+    builder.build()
 }
 
 fn parquet_error(table: &TableId, error: deltalake::parquet::errors::ParquetError) -> LakeError {

@@ -148,19 +148,7 @@ pub(super) async fn read_parts(
     rows: Rows<'_>,
     fetched: &Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<(ParquetRecordBatchStream<RangeReader>, Option<RowSelection>), LakeError> {
-    let size = match file.size {
-        Some(size) => size,
-        None => {
-            store
-                .head(&file.path)
-                .await
-                .map_err(|source| LakeError::Remote {
-                    location: format!("{table}: {}", file.path),
-                    source: Box::new(source),
-                })?
-                .size
-        }
-    };
+    let size = file_size(store.as_ref(), file, table).await?;
     let reader = RangeReader {
         store,
         path: file.path.clone(),
@@ -199,6 +187,45 @@ pub(super) async fn read_parts(
         .build()
         .map_err(|err| parquet_error(table, &file.path, err))?;
     Ok((stream, selection))
+}
+
+/// The bytes of `file`: from the log, else from one HEAD request.
+async fn file_size(
+    store: &dyn deltalake::ObjectStore,
+    file: &DataFile,
+    table: &TableId,
+) -> Result<u64, LakeError> {
+    match file.size {
+        Some(size) => Ok(size),
+        None => Ok(store
+            .head(&file.path)
+            .await
+            .map_err(|source| LakeError::Remote {
+                location: format!("{table}: {}", file.path),
+                source: Box::new(source),
+            })?
+            .size),
+    }
+}
+
+/// The Parquet metadata of `file`, from its footer alone.
+pub(super) async fn footer(
+    store: Arc<dyn deltalake::ObjectStore>,
+    file: &DataFile,
+    table: &TableId,
+) -> Result<Arc<ParquetMetaData>, LakeError> {
+    let size = file_size(store.as_ref(), file, table).await?;
+    let reader = RangeReader {
+        store,
+        path: file.path.clone(),
+        size,
+        page_index: false,
+        fetched: Arc::default(),
+    };
+    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|err| parquet_error(table, &file.path, err))?;
+    Ok(builder.metadata().clone())
 }
 
 /// The next batch of `stream`.
