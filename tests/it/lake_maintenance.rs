@@ -332,13 +332,9 @@ async fn change_logs_partitioned_by_commit_date() {
         "no partition directories in {}",
         path.display()
     );
-    // Vacuum reaches into the partition directories too.
-    let on_disk: usize = days.iter().map(|d| parquet_files(&path.join(d))).sum();
-    let live = live_files(&pipeline, "public.t") as usize;
-    assert!(
-        on_disk <= live + 6,
-        "{on_disk} parquet files on disk for {live} live ones"
-    );
+    // Vacuum reached into the partition directories (the wait above counts
+    // their files; the daemon still compacts, so a count taken again here
+    // could meet files a newer compaction just removed).
     let rows = read_log(&path).await.unwrap();
     crate::support::lake::assert_each_change_once(&rows);
     let out = std::process::Command::new("python3")
