@@ -56,6 +56,25 @@ pub enum LakeError {
         #[source]
         source: Box<deltalake::ObjectStoreError>,
     },
+    /// An Iceberg table's own files or metadata (a manifest that does not
+    /// read, metadata another writer left in a shape tidewater cannot
+    /// continue from, a type the mapping does not cover): `class` says
+    /// whether a retry can help.
+    #[error("{action} Iceberg table {table}: {what}")]
+    Iceberg {
+        table: TableId,
+        action: &'static str,
+        what: String,
+        class: ErrorClass,
+    },
+    /// The Iceberg catalog (the SQL database that registers the tables)
+    /// failed or refused; `class` says whether a retry can help.
+    #[error("Iceberg catalog {catalog}: {what}")]
+    Catalog {
+        catalog: String,
+        what: String,
+        class: ErrorClass,
+    },
     /// A state file tidewater keeps next to the tables does not parse: it
     /// was damaged, and no retry mends it. `problem` says where and what,
     /// never the file's content.
@@ -249,7 +268,8 @@ impl LakeError {
             LakeError::Delta { table, .. }
             | LakeError::Arrow { table, .. }
             | LakeError::ConcurrentWriter { table, .. }
-            | LakeError::Panicked { table, .. } => Some(table),
+            | LakeError::Panicked { table, .. }
+            | LakeError::Iceberg { table, .. } => Some(table),
             _ => None,
         }
     }
@@ -297,6 +317,7 @@ impl LakeError {
                 _ => ErrorClass::Transient,
             },
             LakeError::Unwritable { .. } | LakeError::CorruptState { .. } => ErrorClass::Config,
+            LakeError::Iceberg { class, .. } | LakeError::Catalog { class, .. } => *class,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod error;
 pub mod history;
+pub mod iceberg;
 pub mod layout;
 pub mod lease;
 pub mod narrow;
@@ -14,6 +15,8 @@ mod stats;
 pub mod store;
 
 pub use error::{quiet_caught_storage_panics, LakeError, Refusal, StateFile};
+pub use iceberg::catalog::{SqlBackend, SqlCatalog};
+pub use iceberg::IcebergSink;
 pub use sink::dv::DeletionVectors;
 pub use sink::{
     Compaction, CompactionReport, LakeFile, LakeFiles, LakeLog, LakeSink, MaintenancePolicy,

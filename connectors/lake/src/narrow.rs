@@ -89,7 +89,7 @@ pub fn narrow_batch(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
     RecordBatch::try_new(schema, columns)
 }
 
-fn narrow_array(array: &ArrayRef, target: &DataType) -> Result<ArrayRef, ArrowError> {
+pub(crate) fn narrow_array(array: &ArrayRef, target: &DataType) -> Result<ArrayRef, ArrowError> {
     if array.data_type() == target {
         return Ok(array.clone());
     }

@@ -199,6 +199,83 @@ impl LakeStore {
         }
     }
 
+    /// The lake root as a URI, ending in `/` (`file:///…/`, `s3://bucket/prefix/`):
+    /// Iceberg metadata names files by absolute URI. Not percent-encoded:
+    /// Iceberg readers take a location's path as it is spelt.
+    pub fn root_uri(&self) -> String {
+        match &self.location {
+            LakeLocation::Local(dir) => {
+                let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+                let text = dir.display().to_string();
+                format!("file://{}/", text.trim_end_matches('/'))
+            }
+            LakeLocation::S3 { url, .. } => dir_url(url).to_string(),
+        }
+    }
+
+    /// `uri` (as [`Self::root_uri`] spells files below the root) as a path
+    /// below the root; None for a file elsewhere.
+    pub fn rel_of(&self, uri: &str) -> Option<String> {
+        uri.strip_prefix(&self.root_uri()).map(str::to_string)
+    }
+
+    /// `rel` as a URI below [`Self::root_uri`].
+    pub fn uri_of(&self, rel: &str) -> String {
+        format!("{}{rel}", self.root_uri())
+    }
+
+    /// Writes the file `rel` (a new name, never replaced: data files,
+    /// manifests), durably: locally it is fsynced before this returns, so
+    /// a commit that names it never names a file a power loss emptied.
+    pub async fn write_new(&self, rel: &str, bytes: bytes::Bytes) -> Result<(), LakeError> {
+        match (&self.location, &self.remote) {
+            (LakeLocation::Local(dir), _) => {
+                let path = join(dir, rel);
+                let written = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    use std::io::Write;
+                    create_dirs(written.parent().expect("file has a parent"))?;
+                    let mut file = std::fs::File::create(&written)?;
+                    file.write_all(&bytes)?;
+                    file.sync_all()
+                })
+                .await
+                .map_err(|join| {
+                    LakeError::io(path.clone(), std::io::Error::other(join.to_string()))
+                })?
+                .map_err(|source| LakeError::io(path, source))
+            }
+            (_, Some(store)) => store
+                .put(&ObjectPath::from(rel), PutPayload::from(bytes))
+                .await
+                .map(|_| ())
+                .map_err(|err| self.remote_error(rel, err)),
+            _ => unreachable!("an S3 location always has its store"),
+        }
+    }
+
+    /// The bytes of the file `rel`; None when it does not exist.
+    pub async fn read_bytes(&self, rel: &str) -> Result<Option<bytes::Bytes>, LakeError> {
+        match (&self.location, &self.remote) {
+            (LakeLocation::Local(dir), _) => {
+                let path = join(dir, rel);
+                match tokio::fs::read(&path).await {
+                    Ok(bytes) => Ok(Some(bytes.into())),
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(LakeError::io(path, source)),
+                }
+            }
+            (_, Some(store)) => match store.get(&ObjectPath::from(rel)).await {
+                Ok(got) => Ok(Some(
+                    got.bytes().await.map_err(|e| self.remote_error(rel, e))?,
+                )),
+                Err(deltalake::logstore::object_store::Error::NotFound { .. }) => Ok(None),
+                Err(err) => Err(self.remote_error(rel, err)),
+            },
+            _ => unreachable!("an S3 location always has its store"),
+        }
+    }
+
     /// True when the directory `rel` holds a Delta log.
     pub async fn is_table(&self, rel: &str) -> Result<bool, LakeError> {
         match (&self.location, &self.remote) {

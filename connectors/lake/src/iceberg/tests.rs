@@ -1,0 +1,235 @@
+//! The Iceberg sink over a real lake on disk and a SQLite catalog: commits,
+//! restart, schema changes, a foreign writer's commit and a second writer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidewater_core::{BatchLimits, Batcher, Column, ColumnType, CommitInfo, Op, RowChange};
+
+use super::catalog::{SqlBackend, SqlCatalog};
+use super::*;
+
+fn column(name: &str, ty: ColumnType, source: &str, key: bool) -> Column {
+    Column {
+        name: name.into(),
+        ty,
+        source_type: source.into(),
+        key,
+    }
+}
+
+fn schema(columns: Vec<Column>) -> Arc<TableSchema> {
+    Arc::new(TableSchema {
+        table: TableId::new("app", "t"),
+        version: 1,
+        columns,
+    })
+}
+
+fn base() -> Vec<Column> {
+    vec![
+        column("id", ColumnType::Int32, "integer", true),
+        column("v", ColumnType::Text, "text", false),
+    ]
+}
+
+async fn commit_rows(
+    sink: &mut IcebergSink,
+    schema: Arc<TableSchema>,
+    seq: u64,
+    rows: &[(Op, Vec<Datum>)],
+) {
+    let mut batcher = Batcher::new(BatchLimits {
+        max_rows: usize::MAX,
+        max_bytes: usize::MAX,
+        max_delay: Duration::from_secs(3600),
+    });
+    batcher.set_schema(schema.clone()).expect("schema");
+    batcher.begin(CommitInfo {
+        seq,
+        position: format!("pos-{seq}"),
+        ack: seq,
+        commit_ts_us: 1_700_000_000_000_000,
+        txid: None,
+    });
+    for (ord, (op, values)) in rows.iter().enumerate() {
+        batcher
+            .push(RowChange {
+                table: schema.table.clone(),
+                op: *op,
+                ord: ord as u64 + 1,
+                values: values.clone(),
+            })
+            .expect("push");
+    }
+    Sink::prepare(sink, &schema).await.expect("prepare");
+    for batch in batcher.cut_all().expect("cut") {
+        Sink::write(sink, batch).await.expect("write");
+    }
+    Sink::commit(sink, &format!("pos-{seq}"), None)
+        .await
+        .expect("commit");
+}
+
+fn open(dir: &std::path::Path) -> IcebergSink {
+    let store = LakeStore::local(&dir.join("lake"));
+    let catalog = SqlCatalog::new(SqlBackend::Sqlite(dir.join("catalog.db")), "tidewater");
+    IcebergSink::new(store, "p", catalog)
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tw-iceberg-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn row(id: i32, v: &str) -> (Op, Vec<Datum>) {
+    (Op::Insert, vec![Datum::Int32(id), Datum::Text(v.into())])
+}
+
+#[tokio::test]
+async fn commits_carry_the_mark_and_a_restart_reads_it_back() {
+    let dir = scratch("marks");
+    let table = TableId::new("app", "t");
+    let mut sink = open(&dir);
+    commit_rows(&mut sink, schema(base()), 10, &[row(1, "a"), row(2, "b")]).await;
+    commit_rows(&mut sink, schema(base()), 11, &[row(3, "c")]).await;
+    let files = sink.data_files(&table).await.unwrap();
+    assert_eq!(files.len(), 2);
+    assert_eq!(files.iter().map(|f| f.file.record_count).sum::<i64>(), 3);
+    // Sequence numbers: the first commit's file is sequence 1, inherited.
+    let mut seqs: Vec<i64> = files.iter().filter_map(|f| f.sequence_number).collect();
+    seqs.sort();
+    assert_eq!(seqs, vec![1, 2]);
+    // id bounds of the second file.
+    let second = files.iter().find(|f| f.sequence_number == Some(2)).unwrap();
+    assert_eq!(second.file.lower_bounds[&1], 3i32.to_le_bytes().to_vec());
+
+    let mut again = open(&dir);
+    let state = again.table_state(&table).await.unwrap().expect("state");
+    assert_eq!(state.mark, Mark { seq: 11, ord: 1 });
+    assert_eq!(state.position, "pos-11");
+    assert_eq!(state.commits, 2);
+    assert!(state.snapshot_done);
+    // A batch at or below the mark is skipped.
+    commit_rows(&mut again, schema(base()), 11, &[row(3, "c")]).await;
+    assert_eq!(again.data_files(&table).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn new_columns_promotions_and_type_changes_evolve_the_schema() {
+    let dir = scratch("evolve");
+    let table = TableId::new("app", "t");
+    let mut sink = open(&dir);
+    commit_rows(&mut sink, schema(base()), 1, &[row(1, "a")]).await;
+    // id int → bigint widens in place; w is new; v text → int is versioned.
+    let wider = schema(vec![
+        column("id", ColumnType::Int64, "bigint", true),
+        column("v", ColumnType::Int32, "integer", false),
+        column("w", ColumnType::Bool, "boolean", false),
+    ]);
+    commit_rows(
+        &mut sink,
+        wider,
+        2,
+        &[(
+            Op::Insert,
+            vec![Datum::Int64(2), Datum::Int32(7), Datum::Bool(true)],
+        )],
+    )
+    .await;
+    let open = sink.tables.get(&table).unwrap();
+    let fields = open.metadata.fields();
+    let by_name: HashMap<&str, &IcebergField> =
+        fields.iter().map(|f| (f.name.as_str(), f)).collect();
+    assert_eq!(by_name["id"].ty, schema::IcebergType::Long);
+    assert_eq!(by_name["id"].id, 1, "promoted in place keeps its id");
+    assert_eq!(by_name["v"].ty, schema::IcebergType::String);
+    assert_eq!(by_name["v__v2"].ty, schema::IcebergType::Int);
+    assert_eq!(by_name["w"].ty, schema::IcebergType::Boolean);
+    assert_eq!(open.metadata.current_schema_id(), 1);
+    assert!(open.metadata.last_column_id() >= by_name["v__v2"].id);
+}
+
+#[tokio::test]
+async fn a_second_process_of_the_pipeline_stops_and_a_foreign_commit_is_built_upon() {
+    let dir = scratch("writers");
+    let table = TableId::new("app", "t");
+    let mut first = open(&dir);
+    commit_rows(&mut first, schema(base()), 1, &[row(1, "a")]).await;
+    let mut second = open(&dir);
+    second.table_state(&table).await.unwrap();
+    commit_rows(&mut first, schema(base()), 2, &[row(2, "b")]).await;
+    // The second process's view is stale, and the table moved by a commit
+    // of this pipeline: it stops.
+    Sink::prepare(&mut second, &schema(base())).await.unwrap();
+    let mut batcher = Batcher::new(BatchLimits {
+        max_rows: usize::MAX,
+        max_bytes: usize::MAX,
+        max_delay: Duration::from_secs(3600),
+    });
+    batcher.set_schema(schema(base())).unwrap();
+    batcher.begin(CommitInfo {
+        seq: 3,
+        position: "pos-3".into(),
+        ack: 3,
+        commit_ts_us: 1_700_000_000_000_000,
+        txid: None,
+    });
+    let (op, values) = row(3, "c");
+    batcher
+        .push(RowChange {
+            table: table.clone(),
+            op,
+            ord: 1,
+            values,
+        })
+        .unwrap();
+    for batch in batcher.cut_all().unwrap() {
+        Sink::write(&mut second, batch).await.unwrap();
+    }
+    let err = Sink::commit(&mut second, "pos-3", None).await.unwrap_err();
+    assert!(matches!(err, LakeError::ConcurrentWriter { .. }), "{err}");
+    // A commit made by someone else (not this pipeline) between our read
+    // and our swap: rebuilt on top of it, both kept.
+    let stale = first.tables.get(&table).unwrap().metadata.clone();
+    commit_rows(&mut first, schema(base()), 4, &[row(4, "d")]).await;
+    let newer = first.tables.get(&table).unwrap().metadata.clone();
+    // Pretend `first` never saw its own last commit, with the commit count
+    // of the newer metadata lowered as if another pipeline made it.
+    let mut foreign = newer.json.clone();
+    foreign["properties"]["tidewater.p.commits"] = Value::from("3");
+    let (ns, name) = identifier("p", &table);
+    let rel = format!(
+        "p/app/t/metadata/{}",
+        metadata_file_name(newer.version() + 1)
+    );
+    first.store.write(&rel, &foreign.to_string()).await.unwrap();
+    let foreign_at = first.store.uri_of(&rel);
+    assert_eq!(
+        first
+            .catalog
+            .swap(&ns, &name, &newer.location, &foreign_at)
+            .await
+            .unwrap(),
+        Swap::Done
+    );
+    let mut stale_open = first.tables.remove(&table).unwrap();
+    stale_open.metadata = stale;
+    stale_open.state = Some(TableState {
+        mark: Mark { seq: 4, ord: 1 },
+        position: "pos-4".into(),
+        snapshot_done: true,
+        version: 0,
+        commits: 3,
+    });
+    first.tables.insert(table.clone(), stale_open);
+    commit_rows(&mut first, schema(base()), 5, &[row(5, "e")]).await;
+    let files = first.data_files(&table).await.unwrap();
+    assert_eq!(
+        files.iter().map(|f| f.file.record_count).sum::<i64>(),
+        4,
+        "rows of seq 1, 2, 4 and 5"
+    );
+}
