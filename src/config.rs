@@ -587,7 +587,55 @@ pub struct LakeSinkConfig {
     /// its layout.
     #[serde(default)]
     pub partitioning: Partitioning,
+    /// The table format: `delta` (default) or `iceberg` (Apache Iceberg v2
+    /// tables registered in `sink.catalog`).
+    #[serde(default)]
+    pub format: LakeFormat,
+    /// Where Iceberg tables are registered (`format = "iceberg"` only).
+    #[serde(default)]
+    pub catalog: Option<CatalogConfig>,
 }
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LakeFormat {
+    #[default]
+    Delta,
+    Iceberg,
+}
+
+/// `[sink.catalog]`: the Iceberg catalog the tables are registered in.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// `sql` (default): the catalog tables pyiceberg's `SqlCatalog` and
+    /// Java's `JdbcCatalog` share, in SQLite or Postgres.
+    #[serde(default, rename = "type")]
+    pub kind: CatalogKind,
+    /// `sqlite:///absolute/path.db` or `postgres://user:password@host:port/database`
+    /// (TLS settings as for a Postgres source). Default for a local lake:
+    /// `sqlite://<sink.uri>/tidewater_catalog.db`; an S3 lake needs one.
+    #[serde(default)]
+    pub uri: Option<Secret>,
+    /// The catalog's name (`catalog_name` in the catalog tables; readers
+    /// open the catalog by it). Default `tidewater`.
+    #[serde(default = "default_catalog_name")]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CatalogKind {
+    #[default]
+    Sql,
+}
+
+fn default_catalog_name() -> String {
+    "tidewater".into()
+}
+
+/// The SQLite file of the default catalog, at the lake root.
+pub const DEFAULT_CATALOG_FILE: &str = "tidewater_catalog.db";
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -932,6 +980,7 @@ impl Config {
                         "applies only to current-state tables; set sink.current_state = true or remove it".into(),
                     ));
                 }
+                lake.validate_format()?;
                 if lake.target_file_size_bytes < 1024 {
                     return Err(invalid(
                         "sink.target_file_size_bytes",
@@ -960,6 +1009,16 @@ impl Config {
                 key: "reverse_etl".into(),
                 message: "reverse ETL queries the lake, and this pipeline's sink is a warehouse\n\
                           hint: run the job from a pipeline with a lake sink, or remove [[reverse_etl]]"
+                    .into(),
+            });
+        }
+        if matches!(&self.sink, SinkConfig::Lake(lake) if lake.format == LakeFormat::Iceberg)
+            && !self.reverse_etl.is_empty()
+        {
+            return Err(ConfigError::Invalid {
+                key: "reverse_etl".into(),
+                message: "reverse ETL reads Delta lakes only so far, and this pipeline's sink.format is iceberg\n\
+                          hint: run the job from a pipeline with a Delta lake, or remove [[reverse_etl]]"
                     .into(),
             });
         }
@@ -1340,6 +1399,74 @@ pub struct S3Config {
 }
 
 impl LakeSinkConfig {
+    /// The Iceberg catalog this config names: None for a Delta lake.
+    pub fn iceberg_catalog(&self) -> Option<tidewater_lake::SqlCatalog> {
+        if self.format != LakeFormat::Iceberg {
+            return None;
+        }
+        let catalog = self.catalog.as_ref();
+        let name = catalog.map_or_else(default_catalog_name, |c| c.name.clone());
+        let backend = match catalog.map_or(CatalogKind::Sql, |c| c.kind) {
+            CatalogKind::Sql => match catalog.and_then(|c| c.uri.as_ref()) {
+                Some(uri) => sql_backend(uri.expose()).expect("validated"),
+                None => tidewater_lake::SqlBackend::Sqlite(
+                    std::path::absolute(self.root().join(DEFAULT_CATALOG_FILE))
+                        .unwrap_or_else(|_| self.root().join(DEFAULT_CATALOG_FILE)),
+                ),
+            },
+        };
+        Some(tidewater_lake::SqlCatalog::new(backend, &name))
+    }
+
+    fn validate_format(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        if self.format == LakeFormat::Delta {
+            if self.catalog.is_some() {
+                return Err(invalid(
+                    "sink.catalog",
+                    "applies only to sink.format = \"iceberg\"; remove it or set the format".into(),
+                ));
+            }
+            return Ok(());
+        }
+        if self.current_state {
+            return Err(invalid(
+                "sink.current_state",
+                "current-state tables are not built for sink.format = \"iceberg\" yet; \
+                 remove it, or use format = \"delta\""
+                    .into(),
+            ));
+        }
+        match self.catalog.as_ref().and_then(|c| c.uri.as_ref()) {
+            Some(uri) => {
+                if let Err(problem) = sql_backend(uri.expose()) {
+                    return Err(invalid("sink.catalog.uri", problem));
+                }
+            }
+            None if self.uri.starts_with("s3://") => {
+                return Err(invalid(
+                    "sink.catalog.uri",
+                    "is required for an s3:// lake (the default SQLite catalog file lives in a \
+                     local lake); name a Postgres catalog: postgres://user:password@host/database"
+                        .into(),
+                ));
+            }
+            None => {}
+        }
+        if let Some(catalog) = &self.catalog {
+            if catalog.name.is_empty() || catalog.name.len() > 255 {
+                return Err(invalid(
+                    "sink.catalog.name",
+                    "must be 1 to 255 characters".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The lake root as a local directory (a `file://` or plain uri).
     pub fn root(&self) -> PathBuf {
         PathBuf::from(self.uri.strip_prefix("file://").unwrap_or(&self.uri))
@@ -1375,6 +1502,28 @@ impl LakeSinkConfig {
         );
         tidewater_lake::LakeLocation::S3 { url, options }
     }
+}
+
+/// The SQL catalog database `uri` names; the problem (never the uri's
+/// text, which may hold a password) when it names none.
+fn sql_backend(uri: &str) -> Result<tidewater_lake::SqlBackend, String> {
+    if let Some(path) = uri.strip_prefix("sqlite://") {
+        // SQLAlchemy spells an absolute path with four slashes.
+        let path = path.strip_prefix("//").map(|p| format!("/{p}")).unwrap_or_else(|| path.to_string());
+        if !path.starts_with('/') {
+            return Err("a sqlite:// catalog uri needs an absolute path: sqlite:///var/lib/lake/catalog.db".into());
+        }
+        return Ok(tidewater_lake::SqlBackend::Sqlite(PathBuf::from(path)));
+    }
+    if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
+        return match tidewater_endpoint::postgres::parse_url(uri) {
+            Ok(_) => Ok(tidewater_lake::SqlBackend::Postgres(
+                tidewater_endpoint::url::SecretUrl::new(uri),
+            )),
+            Err(err) => Err(format!("is not a Postgres URL tidewater can use: {err}")),
+        };
+    }
+    Err("must start with sqlite:// (a SQLite file) or postgres:// (a Postgres database)".into())
 }
 
 /// Replaces `${NAME}` in every string value; `$$` is a literal `$`.

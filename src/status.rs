@@ -233,12 +233,85 @@ fn unknown_table(name: &str, pipeline: &str, place: &str, known: &[String]) -> i
     exit_code::CONFIG
 }
 
+/// The lake `status` reads, in whichever format it is.
+enum LakeView {
+    Delta(Box<LakeSink>),
+    Iceberg(Box<tidewater_lake::IcebergSink>),
+}
+
+impl LakeView {
+    fn open(settings: &Settings) -> Self {
+        match &settings.iceberg {
+            Some(catalog) => LakeView::Iceberg(Box::new(tidewater_lake::IcebergSink::new(
+                settings.lake.clone(),
+                &settings.pipeline,
+                catalog.clone(),
+            ))),
+            None => LakeView::Delta(Box::new(LakeSink::new(
+                settings.lake.clone(),
+                &settings.pipeline,
+            ))),
+        }
+    }
+
+    fn state(&self) -> tidewater_lake::LakeState {
+        match self {
+            LakeView::Delta(s) => s.state(),
+            LakeView::Iceberg(s) => s.state(),
+        }
+    }
+
+    async fn existing_tables(&mut self) -> Result<Vec<TableId>, tidewater_lake::LakeError> {
+        match self {
+            LakeView::Delta(s) => s.existing_tables().await,
+            LakeView::Iceberg(s) => s.existing_tables().await,
+        }
+    }
+
+    async fn table_state(
+        &mut self,
+        table: &TableId,
+    ) -> Result<Option<tidewater_lake::TableState>, tidewater_lake::LakeError> {
+        match self {
+            LakeView::Delta(s) => s.table_state(table).await,
+            LakeView::Iceberg(s) => s.table_state(table).await,
+        }
+    }
+
+    async fn table_stats(
+        &mut self,
+        table: &TableId,
+    ) -> Result<Option<(usize, usize)>, tidewater_lake::LakeError> {
+        match self {
+            LakeView::Delta(s) => s.table_stats(table).await,
+            LakeView::Iceberg(s) => s.table_stats(table).await,
+        }
+    }
+
+    fn table_location(&self, table: &TableId) -> String {
+        match self {
+            LakeView::Delta(s) => s.table_location(table),
+            LakeView::Iceberg(s) => s.table_location(table),
+        }
+    }
+
+    async fn last_commit_time(
+        &mut self,
+        table: &TableId,
+    ) -> Result<Option<String>, tidewater_lake::LakeError> {
+        match self {
+            LakeView::Delta(s) => s.last_commit_time(table).await,
+            LakeView::Iceberg(s) => s.last_commit_time(table).await,
+        }
+    }
+}
+
 /// `status`, of every table or (`--table`) of one.
 pub async fn status(settings: &Settings, format: Format, only: Option<&str>) -> i32 {
     if let Some(warehouse) = &settings.warehouse {
         return warehouse_status(settings, warehouse, format, only).await;
     }
-    let mut sink = LakeSink::new(settings.lake.clone(), &settings.pipeline);
+    let mut sink = LakeView::open(settings);
     let mut tables = Vec::new();
     let stopped = match stopped_tables(&sink.state()).await {
         Ok(stopped) => stopped,
@@ -485,6 +558,15 @@ pub async fn drop_slot(settings: &Settings) -> i32 {
 /// `status --table T --history`: the table's schema history as written next
 /// to it in the lake (readable without the daemon running).
 pub async fn history(settings: &Settings, table: &str, format: Format) -> i32 {
+    if settings.iceberg.is_some() {
+        eprintln!(
+            "error: `status --history` reads the schema history tidewater keeps next to Delta tables; \
+             Iceberg tables keep theirs in their metadata\n\
+             hint: every schema the table had is in its metadata (`schemas`); pyiceberg's \
+             `table.schemas()` lists them"
+        );
+        return exit_code::CONFIG;
+    }
     if settings.warehouse.is_some() {
         eprintln!(
             "error: `status --history` reads the lake's schema history; a warehouse sink keeps none\n\

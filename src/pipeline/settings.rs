@@ -45,6 +45,9 @@ pub struct Settings {
     pub current_state_dvs: bool,
     /// Between chunks, a snapshot commits once this much is staged.
     pub snapshot_commit_bytes: u64,
+    /// Set for `sink.format = "iceberg"`: the catalog the lake's Iceberg
+    /// tables are registered in.
+    pub iceberg: Option<tidewater_lake::SqlCatalog>,
     /// Set for `[sink] type = "warehouse"`: the pipeline writes there, and
     /// `lake` is unused.
     pub warehouse: Option<tidewater_warehouse::WarehouseSettings>,
@@ -158,6 +161,7 @@ impl Settings {
                 partition_by_date: lake.partitioning == crate::config::Partitioning::CommitDate,
                 current_state_dvs: lake.current_state_deletion_vectors,
                 snapshot_commit_bytes: lake.target_file_size_bytes,
+                iceberg: lake.iceberg_catalog(),
                 warehouse,
                 metrics: crate::metrics::Metrics::default(),
                 signal_table: signal_table.clone(),
@@ -178,6 +182,7 @@ impl Settings {
                 partition_by_date: false,
                 current_state_dvs: false,
                 snapshot_commit_bytes: w.snapshot_commit_bytes,
+                iceberg: None,
                 warehouse,
                 metrics: crate::metrics::Metrics::default(),
                 signal_table: signal_table.clone(),

@@ -9,13 +9,14 @@ use std::collections::HashMap;
 use tidewater_core::state::{RecordKind, StateStore, TableState};
 use tidewater_core::{ChangeBatch, Classified, Datum, Mark, Sink, SnapshotPhase};
 use tidewater_core::{TableId, TableSchema};
-use tidewater_lake::{LakeSink, LakeState};
+use tidewater_lake::{IcebergSink, LakeSink, LakeState};
 use tidewater_warehouse::{WarehouseSink, WarehouseState};
 
 use super::{PipelineError, Settings, SinkFailure};
 
 pub enum AnySink {
     Lake(Box<LakeSink>),
+    Iceberg(Box<IcebergSink>),
     Warehouse(Box<WarehouseSink>),
 }
 
@@ -76,6 +77,16 @@ impl AnySink {
                     .await
                     .map_err(wrap)?,
             )),
+            None if settings.iceberg.is_some() => {
+                let catalog = settings.iceberg.clone().expect("checked");
+                let mut lake = IcebergSink::new(settings.lake.clone(), &settings.pipeline, catalog);
+                lake.set_partition_by_date(settings.partition_by_date);
+                lake.set_target_file_size(settings.target_file_bytes);
+                // A lake that refuses writes, or a catalog out of reach,
+                // stops the start here, before the source does any work.
+                lake.probe_writable().await.map_err(wrap)?;
+                AnySink::Iceberg(Box::new(lake))
+            }
             None => {
                 let mut lake = LakeSink::new(settings.lake.clone(), &settings.pipeline);
                 lake.set_maintenance(settings.maintenance);
@@ -94,13 +105,15 @@ impl AnySink {
     pub fn state(&self) -> AnyState {
         match self {
             AnySink::Lake(lake) => AnyState::Lake(lake.state()),
+            AnySink::Iceberg(lake) => AnyState::Lake(lake.state()),
             AnySink::Warehouse(w) => AnyState::Warehouse(w.state()),
         }
     }
 
-    pub async fn existing_tables(&self) -> Result<Vec<TableId>, PipelineError> {
+    pub async fn existing_tables(&mut self) -> Result<Vec<TableId>, PipelineError> {
         match self {
             AnySink::Lake(lake) => lake.existing_tables().await.map_err(wrap),
+            AnySink::Iceberg(lake) => lake.existing_tables().await.map_err(wrap),
             AnySink::Warehouse(w) => w.existing_tables().await.map_err(wrap),
         }
     }
@@ -111,6 +124,7 @@ impl AnySink {
     ) -> Result<Option<TableState>, PipelineError> {
         match self {
             AnySink::Lake(lake) => lake.table_state(table).await.map_err(wrap),
+            AnySink::Iceberg(lake) => lake.table_state(table).await.map_err(wrap),
             AnySink::Warehouse(w) => Ok(w
                 .table_state(table)
                 .await
@@ -122,6 +136,7 @@ impl AnySink {
     pub async fn remove_table(&mut self, table: &TableId) -> Result<(), PipelineError> {
         match self {
             AnySink::Lake(lake) => lake.remove_table(table).await.map_err(wrap),
+            AnySink::Iceberg(lake) => lake.remove_table(table).await.map_err(wrap),
             AnySink::Warehouse(w) => w.remove_table(table).await.map_err(wrap),
         }
     }
@@ -136,7 +151,8 @@ impl AnySink {
     ) -> Result<Option<Vec<Datum>>, PipelineError> {
         match self {
             AnySink::Lake(lake) => lake.key_at_mark(schema, mark).await.map_err(wrap),
-            AnySink::Warehouse(_) => Ok(None),
+            // Iceberg (for now) and the warehouse: the snapshot starts over.
+            AnySink::Iceberg(_) | AnySink::Warehouse(_) => Ok(None),
         }
     }
 }
@@ -147,6 +163,7 @@ impl Sink for AnySink {
     async fn prepare(&mut self, schema: &TableSchema) -> Result<(), SinkFailure> {
         match self {
             AnySink::Lake(s) => Sink::prepare(s.as_mut(), schema).await.map_err(fail),
+            AnySink::Iceberg(s) => Sink::prepare(s.as_mut(), schema).await.map_err(fail),
             AnySink::Warehouse(s) => Sink::prepare(s.as_mut(), schema).await.map_err(fail),
         }
     }
@@ -154,6 +171,7 @@ impl Sink for AnySink {
     async fn mark(&mut self, table: &TableId) -> Result<Option<Mark>, SinkFailure> {
         match self {
             AnySink::Lake(s) => Sink::mark(s.as_mut(), table).await.map_err(fail),
+            AnySink::Iceberg(s) => Sink::mark(s.as_mut(), table).await.map_err(fail),
             AnySink::Warehouse(s) => Sink::mark(s.as_mut(), table).await.map_err(fail),
         }
     }
@@ -161,6 +179,7 @@ impl Sink for AnySink {
     async fn write(&mut self, batch: ChangeBatch) -> Result<(), SinkFailure> {
         match self {
             AnySink::Lake(s) => Sink::write(s.as_mut(), batch).await.map_err(fail),
+            AnySink::Iceberg(s) => Sink::write(s.as_mut(), batch).await.map_err(fail),
             AnySink::Warehouse(s) => Sink::write(s.as_mut(), batch).await.map_err(fail),
         }
     }
@@ -174,6 +193,9 @@ impl Sink for AnySink {
             AnySink::Lake(s) => Sink::latest_rows(s.as_mut(), schema, keys)
                 .await
                 .map_err(fail),
+            AnySink::Iceberg(s) => Sink::latest_rows(s.as_mut(), schema, keys)
+                .await
+                .map_err(fail),
             AnySink::Warehouse(s) => Sink::latest_rows(s.as_mut(), schema, keys)
                 .await
                 .map_err(fail),
@@ -183,6 +205,7 @@ impl Sink for AnySink {
     fn note_ddl(&mut self, table: &TableId, seq: u64, statement: String) {
         match self {
             AnySink::Lake(s) => Sink::note_ddl(s.as_mut(), table, seq, statement),
+            AnySink::Iceberg(s) => Sink::note_ddl(s.as_mut(), table, seq, statement),
             AnySink::Warehouse(s) => Sink::note_ddl(s.as_mut(), table, seq, statement),
         }
     }
@@ -190,6 +213,7 @@ impl Sink for AnySink {
     async fn maintain(&mut self) {
         match self {
             AnySink::Lake(s) => Sink::maintain(s.as_mut()).await,
+            AnySink::Iceberg(s) => Sink::maintain(s.as_mut()).await,
             AnySink::Warehouse(s) => Sink::maintain(s.as_mut()).await,
         }
     }
@@ -197,6 +221,7 @@ impl Sink for AnySink {
     fn table_phase(&mut self, table: &TableId, phase: SnapshotPhase, mark: Mark) {
         match self {
             AnySink::Lake(s) => Sink::table_phase(s.as_mut(), table, phase, mark),
+            AnySink::Iceberg(s) => Sink::table_phase(s.as_mut(), table, phase, mark),
             AnySink::Warehouse(s) => Sink::table_phase(s.as_mut(), table, phase, mark),
         }
     }
@@ -204,6 +229,7 @@ impl Sink for AnySink {
     fn staged_bytes(&self) -> u64 {
         match self {
             AnySink::Lake(s) => Sink::staged_bytes(s.as_ref()),
+            AnySink::Iceberg(s) => Sink::staged_bytes(s.as_ref()),
             AnySink::Warehouse(s) => Sink::staged_bytes(s.as_ref()),
         }
     }
@@ -215,6 +241,9 @@ impl Sink for AnySink {
     ) -> Result<usize, SinkFailure> {
         match self {
             AnySink::Lake(s) => Sink::commit(s.as_mut(), position, phase)
+                .await
+                .map_err(fail),
+            AnySink::Iceberg(s) => Sink::commit(s.as_mut(), position, phase)
                 .await
                 .map_err(fail),
             AnySink::Warehouse(s) => Sink::commit(s.as_mut(), position, phase)

@@ -528,22 +528,7 @@ async fn sigkill_during_a_background_compaction_loses_and_repeats_nothing() {
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
 }
 
-/// The Python with the readers that honour deletion vectors (scripts/setup
-/// makes it): `TIDEWATER_READERS_PYTHON`, else `~/.cache/tidewater/readers`.
-fn readers_python() -> std::path::PathBuf {
-    let python = std::env::var_os("TIDEWATER_READERS_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/tidewater/readers/bin/python3")
-        });
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/setup (it installs DuckDB's delta extension and Polars there)",
-        python.display()
-    );
-    python
-}
+use crate::support::readers_python;
 
 /// The actions of every commit of the Delta table at `path`, in order.
 fn delta_commits(path: &std::path::Path) -> Vec<Vec<serde_json::Value>> {

@@ -9,6 +9,7 @@ mod crash;
 mod crate_graph;
 mod demo;
 mod golden;
+mod iceberg;
 mod lake_maintenance;
 mod lake_s3;
 mod lake_unwritable;

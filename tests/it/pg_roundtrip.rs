@@ -5,7 +5,7 @@
 
 use crate::support::{pg, Pipeline};
 
-struct Rng(u64);
+pub(crate) struct Rng(pub u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -25,7 +25,7 @@ impl Rng {
     }
 }
 
-const DDL: &str = "CREATE TABLE r (
+pub(crate) const DDL: &str = "CREATE TABLE r (
     id int PRIMARY KEY,
     i2 int2, i4 int4, i8 int8, n numeric(12,2), nw numeric(40,10), nf numeric,
     f4 real, f8 double precision, b boolean, t text, by bytea,
@@ -59,7 +59,7 @@ fn digits(rng: &mut Rng, n: u64) -> String {
 }
 
 /// One random value per column (NULL one time in ten), as SQL expressions.
-fn random_row(rng: &mut Rng, id: i64) -> Vec<String> {
+pub(crate) fn random_row(rng: &mut Rng, id: i64) -> Vec<String> {
     let mut v = vec![id.to_string()];
     let mut col = |rng: &mut Rng, f: &dyn Fn(&mut Rng) -> String| {
         v.push(if rng.chance(10) {

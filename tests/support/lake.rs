@@ -34,8 +34,13 @@ pub struct LogRow {
     pub values: Row,
 }
 
-/// Every change-log row of a lake table, in (`_tw_seq`, `_tw_ord`) order.
+/// Every change-log row of a lake table, in (`_tw_seq`, `_tw_ord`) order:
+/// a Delta table, or an Iceberg table registered in the lake's default
+/// SQLite catalog (see [`read_iceberg_log`]).
 pub async fn read_log(path: &Path) -> Result<Vec<LogRow>, String> {
+    if path.join("metadata").is_dir() && !path.join("_delta_log").is_dir() {
+        return read_iceberg_log(path).await;
+    }
     if !path.join("_delta_log").is_dir() {
         return Err(format!("no Delta table at {}", path.display()));
     }
@@ -88,6 +93,120 @@ pub async fn read_current(path: &Path) -> Result<Vec<LogRow>, String> {
                 .filter(|(at, _)| !deleted.contains(*at as u64))
                 .map(|(_, row)| row),
         );
+    }
+    Ok(rows)
+}
+
+/// The Iceberg table at `path` (`<lake>/<pipeline>/<schema>/<table>`), as
+/// the lake's default catalog (`<lake>/tidewater_catalog.db`, catalog
+/// `tidewater`) has it now: the data files its current snapshot's manifests
+/// list, read with the Parquet crate. Columns a file lacks (added later)
+/// read as NULL, as Iceberg readers read them. For polling in tests; the
+/// independent readers (pyiceberg, DuckDB) are [`read_iceberg_with`].
+pub async fn read_iceberg_log(path: &Path) -> Result<Vec<LogRow>, String> {
+    let (lake, pipeline, table) = iceberg_coordinates(path)?;
+    let store = tidewater_lake::LakeStore::local(&lake);
+    let catalog = tidewater_lake::SqlCatalog::new(
+        tidewater_lake::SqlBackend::Sqlite(lake.join("tidewater_catalog.db")),
+        "tidewater",
+    );
+    let mut sink = tidewater_lake::IcebergSink::new(store, &pipeline, catalog);
+    let files = sink.data_files(&table).await.map_err(|e| e.to_string())?;
+    let columns = sink.columns(&table).await.map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for entry in files {
+        let file_path = entry
+            .file
+            .path
+            .strip_prefix("file://")
+            .ok_or_else(|| format!("not a local file: {}", entry.file.path))?
+            .to_string();
+        let file = File::open(&file_path).map_err(|e| format!("{file_path}: {e}"))?;
+        rows.extend(file_rows_with(file, &columns)?);
+    }
+    rows.sort_by_key(|r| (r.seq, r.ord));
+    Ok(rows)
+}
+
+/// Lake root, pipeline and table of an Iceberg table directory.
+fn iceberg_coordinates(path: &Path) -> Result<(std::path::PathBuf, String, tidewater_core::TableId), String> {
+    use tidewater_lake::layout::segment_name;
+    let parts: Vec<String> = path
+        .iter()
+        .rev()
+        .take(3)
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let [table, schema, pipeline] = parts.as_slice() else {
+        return Err(format!("{} is not <lake>/<pipeline>/<schema>/<table>", path.display()));
+    };
+    let lake = path
+        .ancestors()
+        .nth(3)
+        .ok_or_else(|| format!("{} has no lake root", path.display()))?
+        .to_path_buf();
+    let table = tidewater_core::TableId::new(
+        segment_name(schema).ok_or("schema segment")?,
+        segment_name(table).ok_or("table segment")?,
+    );
+    Ok((lake, pipeline.clone(), table))
+}
+
+/// Every change-log row of an Iceberg table read by an engine tidewater did
+/// not write — `reader` is `pyiceberg` or `duckdb` — through the lake's
+/// default SQLite catalog, in (`_tw_seq`, `_tw_ord`) order; and the
+/// reader's JSON summary of the table (snapshots, schema, properties).
+pub async fn read_iceberg_with(path: &Path, reader: &str) -> Result<(Vec<LogRow>, Value), String> {
+    let (lake, pipeline, table) = iceberg_coordinates(path)?;
+    let (namespace, name) = tidewater_lake::iceberg::identifier(&pipeline, &table);
+    let out = lake.join(format!("read-{reader}-{}.parquet", std::process::id()));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/read_iceberg.py");
+    let output = std::process::Command::new(crate::support::readers_python())
+        .arg(&script)
+        .args(["--catalog-uri", &format!("sqlite:///{}", lake.join("tidewater_catalog.db").display())])
+        .args(["--warehouse", &format!("file://{}", lake.display())])
+        .args(["--catalog-name", "tidewater"])
+        .args(["--table", &format!("{namespace}.{name}")])
+        .args(["--reader", reader])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .map_err(|e| format!("running {}: {e}", script.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{reader} could not read {namespace}.{name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let summary: Value = serde_json::from_slice(&output.stdout)
+        .map_err(|e| format!("{reader} summary: {e}: {}", String::from_utf8_lossy(&output.stdout)))?;
+    let file = File::open(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut rows = file_rows_with(file, &[])?;
+    let _ = std::fs::remove_file(&out);
+    rows.sort_by_key(|r| (r.seq, r.ord));
+    Ok((rows, summary))
+}
+
+/// The rows of one data file, with `columns` it lacks as NULL.
+fn file_rows_with<R: parquet::file::reader::ChunkReader + 'static>(
+    file: R,
+    columns: &[String],
+) -> Result<Vec<LogRow>, String> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| e.to_string())?
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| e.to_string())?;
+        rows.extend(batch_rows(&batch).into_iter().map(|mut row| {
+            for column in columns {
+                if !column.starts_with("_tw_") {
+                    row.values.entry(column.clone()).or_insert(Value::Null);
+                }
+            }
+            fold_versions(row)
+        }));
     }
     Ok(rows)
 }
@@ -295,6 +414,17 @@ pub fn canon(array: &ArrayRef, i: usize) -> Value {
                 micros if micros == min => "-infinity".into(),
                 micros => micros.to_string(),
             }
+        }
+        DataType::FixedSizeBinary(16) => {
+            let hex = hex(array.as_fixed_size_binary().value(i));
+            format!(
+                "{}-{}-{}-{}-{}",
+                &hex[0..8],
+                &hex[8..12],
+                &hex[12..16],
+                &hex[16..20],
+                &hex[20..32]
+            )
         }
         DataType::List(_) => {
             let list = array.as_list::<i32>().value(i);

@@ -411,6 +411,13 @@ impl Pipeline {
         })
     }
 
+    /// A pipeline into an Iceberg lake (`sink.format = "iceberg"`, the
+    /// default SQLite catalog next to the lake); `extra_sink` is appended
+    /// to the `[sink]` section.
+    pub fn iceberg(name: &str, source_toml: &str, extra_sink: &str) -> Pipeline {
+        Pipeline::with_source(name, source_toml, &format!("format = \"iceberg\"\n{extra_sink}"))
+    }
+
     /// A pipeline into a warehouse database (`[sink] type = "warehouse"`);
     /// `extra_sink` is appended to the `[sink]` section.
     pub fn warehouse(name: &str, source_toml: &str, url: &str, extra_sink: &str) -> Pipeline {
@@ -686,6 +693,24 @@ impl Drop for Pipeline {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// The Python of the test readers scripts/setup installs (DuckDB with its
+/// delta and iceberg extensions, Polars, deltalake, pyiceberg):
+/// `TIDEWATER_READERS_PYTHON`, else `~/.cache/tidewater/readers`.
+pub fn readers_python() -> PathBuf {
+    let python = std::env::var_os("TIDEWATER_READERS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/tidewater/readers/bin/python3")
+        });
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup (it installs the test readers there)",
+        python.display()
+    );
+    python
 }
 
 /// A random source for a crash test, seeded from `TIDEWATER_CRASH_SEED` when

@@ -848,6 +848,61 @@ impl IcebergSink {
         Ok(out)
     }
 
+    /// The names of the table's current columns.
+    pub async fn columns(&mut self, table: &TableId) -> Result<Vec<String>, LakeError> {
+        self.table_state(table).await?;
+        Ok(self
+            .tables
+            .get(table)
+            .map(|open| open.metadata.fields().into_iter().map(|f| f.name).collect())
+            .unwrap_or_default())
+    }
+
+    /// Rows and data files of the table's current snapshot (from its
+    /// summary's totals).
+    pub async fn table_stats(&mut self, table: &TableId) -> Result<Option<(usize, usize)>, LakeError> {
+        self.table_state(table).await?;
+        let Some(open) = self.tables.get(table) else {
+            return Ok(None);
+        };
+        let Some(summary) = open.metadata.current_snapshot().and_then(|s| s.get("summary")) else {
+            return Ok(Some((0, 0)));
+        };
+        let total = |key: &str| {
+            summary
+                .get(key)
+                .and_then(Value::as_str)
+                .and_then(|v| v.parse().ok())
+        };
+        Ok(total("total-records").zip(total("total-data-files")))
+    }
+
+    /// When this pipeline last committed to the table (RFC 3339), from the
+    /// newest snapshot carrying its mark.
+    pub async fn last_commit_time(&mut self, table: &TableId) -> Result<Option<String>, LakeError> {
+        self.table_state(table).await?;
+        let Some(open) = self.tables.get(table) else {
+            return Ok(None);
+        };
+        let mut at = open.metadata.current_snapshot_id();
+        while let Some(snapshot) = at.and_then(|id| open.metadata.snapshot(id)) {
+            let ours = snapshot
+                .get("summary")
+                .and_then(|s| s.get(SUMMARY_PIPELINE))
+                .and_then(Value::as_str)
+                == Some(self.pipeline.as_str());
+            if ours {
+                return Ok(snapshot
+                    .get("timestamp-ms")
+                    .and_then(Value::as_i64)
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+            }
+            at = snapshot.get("parent-snapshot-id").and_then(Value::as_i64);
+        }
+        Ok(None)
+    }
+
     /// The tables of this pipeline the lake holds (directories with
     /// Iceberg metadata, as the catalog registers them).
     pub async fn existing_tables(&mut self) -> Result<Vec<TableId>, LakeError> {

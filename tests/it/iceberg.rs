@@ -1,0 +1,230 @@
+//! The lake in Apache Iceberg (`sink.format = "iceberg"`): the Delta lake's
+//! contract on Iceberg tables in the default SQLite catalog — every value
+//! lands as the source has it, read back by engines tidewater did not write
+//! (pyiceberg, DuckDB's iceberg extension); commits carry the marks a
+//! restart reads back; another writer's commits are built upon.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::pg_roundtrip::{random_row, Rng, DDL};
+use crate::support::lake::{self, read_iceberg_with, read_log, LogRow};
+use crate::support::{pg, Pipeline};
+
+/// The source's current state compared with what `rows` (a change log read
+/// by some reader) says it is.
+async fn compare_with_source(
+    client: &tokio_postgres::Client,
+    table: &str,
+    rows: &[LogRow],
+    reader: &str,
+) {
+    let mut lake = lake::current_state(rows, "id");
+    let mut source = lake::source_state(client, table, "id").await;
+    let decimals = lake::decimal_columns(client, table).await;
+    lake::trim_decimals(&mut lake, &decimals);
+    lake::trim_decimals(&mut source, &decimals);
+    if let Err(diff) = lake::compare(&source, &lake) {
+        panic!("{reader} reads the Iceberg table unlike the source:\n{diff}");
+    }
+}
+
+/// Both independent readers see exactly the change log tidewater wrote.
+async fn every_reader_agrees(path: &Path, client: &tokio_postgres::Client, table: &str) -> Value {
+    let ours = read_log(path).await.expect("read with tidewater's reader");
+    let mut summary = Value::Null;
+    for reader in ["pyiceberg", "duckdb"] {
+        let (rows, read_summary) = read_iceberg_with(path, reader)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rows.len(), ours.len(), "{reader}: rows of the change log");
+        for (theirs, mine) in rows.iter().zip(&ours) {
+            assert_eq!(
+                (theirs.seq, theirs.ord, &theirs.op),
+                (mine.seq, mine.ord, &mine.op),
+                "{reader}: marks"
+            );
+        }
+        compare_with_source(client, table, &rows, reader).await;
+        summary = read_summary;
+    }
+    summary
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_postgres_type_lands_in_iceberg_and_other_engines_read_it_as_the_source_has_it() {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    eprintln!("iceberg round-trip seed {seed}");
+    let client = pg().create_database("ice_types").await;
+    client.batch_execute(DDL).await.unwrap();
+    let mut rng = Rng(seed);
+    let insert = |rows: Vec<Vec<String>>| {
+        let values: Vec<String> = rows.iter().map(|r| format!("({})", r.join(", "))).collect();
+        format!("INSERT INTO r VALUES {}", values.join(", "))
+    };
+    let first: Vec<_> = (1..=100).map(|id| random_row(&mut rng, id)).collect();
+    client
+        .batch_execute(&insert(first))
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    let mut pipeline = Pipeline::iceberg(
+        "ice_types",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg().url("ice_types")
+        ),
+        "",
+    );
+    pipeline.start();
+    pipeline.wait_equal(&client, "r").await;
+    // Streamed: inserts, rows replaced, deletes (REPLICA IDENTITY DEFAULT:
+    // no unchanged TOAST values in these small rows).
+    let second: Vec<_> = (101..=200).map(|id| random_row(&mut rng, id)).collect();
+    client.batch_execute(&insert(second)).await.unwrap();
+    for id in (1..=200).step_by(9) {
+        let row = random_row(&mut rng, id);
+        client
+            .batch_execute(&format!("DELETE FROM r WHERE id = {id}; {}", insert(vec![row])))
+            .await
+            .unwrap();
+    }
+    client
+        .batch_execute("DELETE FROM r WHERE id % 13 = 0")
+        .await
+        .unwrap();
+    pipeline.wait_equal(&client, "r").await;
+    let path = pipeline.table_path("public", "r");
+    let summary = every_reader_agrees(&path, &client, "public.r").await;
+
+    // Each snapshot carries the mark; the table's properties mirror it.
+    let snapshots = summary["snapshots"].as_array().expect("snapshots");
+    assert!(snapshots.len() >= 2, "{summary}");
+    for snapshot in snapshots {
+        let s = &snapshot["summary"];
+        assert_eq!(s["tidewater.pipeline"], "ice_types", "{snapshot}");
+        assert!(s["tidewater.seq"].as_str().is_some_and(|v| v.parse::<u64>().is_ok()));
+        assert!(s["tidewater.position"].as_str().is_some());
+    }
+    let properties = &summary["properties"];
+    assert_eq!(properties["tidewater.source_table"], "public.r");
+    let last = &snapshots.last().unwrap()["summary"];
+    assert_eq!(properties["tidewater.ice_types.seq"], last["tidewater.seq"]);
+    // Source types in the field docs.
+    let schema = summary["schema"].as_array().expect("schema");
+    let doc = |name: &str| {
+        schema
+            .iter()
+            .find(|f| f["name"] == name)
+            .and_then(|f| f["doc"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(doc("u").contains("uuid"), "{}", doc("u"));
+    assert!(doc("tm").contains("microseconds since midnight"), "{}", doc("tm"));
+    assert!(doc("nw").contains("numeric(40,10)"), "{}", doc("nw"));
+    let ty = |name: &str| {
+        schema
+            .iter()
+            .find(|f| f["name"] == name)
+            .map(|f| f["type"].clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(ty("u"), "uuid");
+    assert_eq!(ty("tz"), "timestamptz");
+    assert_eq!(ty("ts"), "timestamp");
+    assert_eq!(ty("i2"), "int");
+    assert_eq!(ty("n"), "decimal(12, 2)");
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_from_the_marks_and_another_writers_commits_are_kept() {
+    let client = pg().create_database("ice_marks").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text, n int);
+             INSERT INTO t SELECT g, 'v' || g, g FROM generate_series(1, 50) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::iceberg(
+        "ice_marks",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg().url("ice_marks")
+        ),
+        "",
+    );
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+    client
+        .batch_execute("UPDATE t SET v = 'x' WHERE id <= 10")
+        .await
+        .unwrap();
+    pipeline.wait_log_rows("t", 60).await;
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+
+    // A foreign writer appends (pyiceberg), tidewater stopped.
+    let path = pipeline.table_path("public", "t");
+    let lake_dir = pipeline.lake.clone();
+    let (namespace, name) = tidewater_lake::iceberg::identifier(
+        "ice_marks",
+        &tidewater_core::TableId::new("public", "t"),
+    );
+    let output = std::process::Command::new(crate::support::readers_python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/iceberg_append.py"))
+        .args([
+            "--catalog-uri",
+            &format!("sqlite:///{}", lake_dir.join("tidewater_catalog.db").display()),
+        ])
+        .args(["--warehouse", &format!("file://{}", lake_dir.display())])
+        .args(["--catalog-name", "tidewater"])
+        .args(["--table", &format!("{namespace}.{name}")])
+        .args([
+            "--rows",
+            r#"[{"id": 9999, "v": "foreign", "_tw_op": "c", "_tw_seq": 0, "_tw_ord": 0, "_tw_position": "pyiceberg", "_tw_commit_ts": "2026-01-01T00:00:00"}]"#,
+        ])
+        .output()
+        .expect("run iceberg_append.py");
+    assert!(
+        output.status.success(),
+        "pyiceberg append: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Changes while stopped, then a restart: nothing twice, nothing lost,
+    // the foreign row kept.
+    client
+        .batch_execute("INSERT INTO t VALUES (51, 'new', 51); DELETE FROM t WHERE id = 2")
+        .await
+        .unwrap();
+    pipeline.start();
+    pipeline.wait_log_rows("t", 63).await;
+    let log = read_log(&path).await.unwrap();
+    assert_eq!(
+        log.iter().filter(|r| r.position == "pyiceberg").count(),
+        1,
+        "the foreign writer's row is kept"
+    );
+    let ours: Vec<LogRow> = log.into_iter().filter(|r| r.position != "pyiceberg").collect();
+    lake::assert_each_change_once(&ours);
+    assert_eq!(lake::count_op(&ours, "r"), 50);
+    assert_eq!(lake::count_op(&ours, "u"), 10);
+    assert_eq!(lake::count_op(&ours, "c"), 1);
+    assert_eq!(lake::count_op(&ours, "d"), 1);
+    compare_with_source(&client, "public.t", &ours, "tidewater's reader").await;
+    for reader in ["pyiceberg", "duckdb"] {
+        let (rows, _) = read_iceberg_with(&path, reader).await.unwrap();
+        assert_eq!(rows.len(), 63, "{reader}");
+    }
+    let status = pipeline.status_json();
+    let table = crate::support::table_state(&status, "public.t").expect("status of public.t");
+    assert_eq!(table["snapshot"], "done", "{status}");
+    assert_eq!(table["rows"], 63, "{status}");
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
+}
