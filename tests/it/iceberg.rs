@@ -223,7 +223,11 @@ async fn a_restart_resumes_from_the_marks_and_another_writers_commits_are_kept()
         assert_eq!(rows.len(), 63, "{reader}");
     }
     let status = pipeline.status_json();
-    let table = crate::support::table_state(&status, "public.t").expect("status of public.t");
+    let table = status["tables"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["table"] == "public.t"))
+        .expect("status of public.t");
+    assert_eq!(table["state"], "streaming", "{status}");
     assert_eq!(table["snapshot"], "done", "{status}");
     assert_eq!(table["rows"], 63, "{status}");
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
