@@ -86,7 +86,19 @@ async fn write_load(url: String, stop: Arc<AtomicBool>, seed: u64) -> Counts {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_streaming_loses_and_duplicates_nothing() {
-    let client = pg().create_database("crash").await;
+    kills_while_streaming("crash", "").await;
+}
+
+/// The same kills into Iceberg tables (`sink.format = "iceberg"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_streaming_into_iceberg_loses_and_duplicates_nothing() {
+    kills_while_streaming("crash_ice", "format = \"iceberg\"\n").await;
+}
+
+/// Random kills while a random load streams into lake `name` (`format`: a
+/// line of `[sink]` naming the table format, or none for the default).
+async fn kills_while_streaming(name: &str, format: &str) {
+    let client = pg().create_database(name).await;
     client
         .batch_execute(
             "CREATE TABLE items (id bigint PRIMARY KEY, v int, note text);
@@ -103,13 +115,17 @@ async fn sigkill_during_streaming_loses_and_duplicates_nothing() {
     let mut rng = StdRng::seed_from_u64(seed);
 
     // Small batches so kills land between, inside and after lake commits.
-    let mut pipeline = Pipeline::new("crash", &pg().url("crash"), "max_batch_rows = 200\n");
+    let mut pipeline = Pipeline::new(
+        name,
+        &pg().url(name),
+        &format!("max_batch_rows = 200\n{format}"),
+    );
     pipeline.start();
     let path = pipeline.table_path("public", "items");
     pipeline.wait_log_rows("items", 500).await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(write_load(pg().url("crash"), stop.clone(), seed));
+    let writer = tokio::spawn(write_load(pg().url(name), stop.clone(), seed));
     // The random moments of the kills and restarts are what this test
     // is about: these sleeps pick them (replayable from the seed).
     for round in 0..4 {
@@ -163,8 +179,18 @@ async fn sigkill_during_streaming_loses_and_duplicates_nothing() {
 /// the log exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_snapshot_resumes_from_committed_chunks() {
+    kill_during_snapshot("crash_snap", "").await;
+}
+
+/// The same kill into Iceberg tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_snapshot_into_iceberg_resumes_from_committed_chunks() {
+    kill_during_snapshot("crash_snap_ice", "format = \"iceberg\"\n").await;
+}
+
+async fn kill_during_snapshot(name: &str, format: &str) {
     const ROWS: usize = 60_000;
-    let client = pg().create_database("crash_snap").await;
+    let client = pg().create_database(name).await;
     client
         .batch_execute(&format!(
             "CREATE TABLE big (id bigint PRIMARY KEY, payload text, amount numeric(12,2));
@@ -177,13 +203,13 @@ async fn sigkill_during_snapshot_resumes_from_committed_chunks() {
     // ~70 chunks of 8 pages; a commit after every chunk (the file target
     // is tiny), two workers.
     let mut pipeline = Pipeline::with_source(
-        "crash_snap",
+        name,
         &format!(
             "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\n\
              snapshot_chunk_bytes = 65536\nsnapshot_workers = 2\n",
-            pg().url("crash_snap")
+            pg().url(name)
         ),
-        "max_batch_rows = 2000\ntarget_file_size_bytes = 1024\n",
+        &format!("max_batch_rows = 2000\ntarget_file_size_bytes = 1024\n{format}"),
     );
     pipeline.start();
     let path = pipeline.table_path("public", "big");
