@@ -151,8 +151,8 @@ impl AnySink {
     ) -> Result<Option<Vec<Datum>>, PipelineError> {
         match self {
             AnySink::Lake(lake) => lake.key_at_mark(schema, mark).await.map_err(wrap),
-            // Iceberg (for now) and the warehouse: the snapshot starts over.
-            AnySink::Iceberg(_) | AnySink::Warehouse(_) => Ok(None),
+            AnySink::Iceberg(lake) => lake.key_at_mark(schema, mark).await.map_err(wrap),
+            AnySink::Warehouse(_) => Ok(None),
         }
     }
 }

@@ -225,8 +225,18 @@ async fn mysql_rotation_truncate_and_transactions() {
 /// two tables: the lake ends equal to the source with no duplicate change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_sigkill_loses_nothing_duplicates_nothing() {
+    mysql_kills_while_streaming("my_crash", "").await;
+}
+
+/// The same kills into Iceberg tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_sigkill_into_iceberg_loses_nothing_duplicates_nothing() {
+    mysql_kills_while_streaming("my_crash_ice", "format = \"iceberg\"\n").await;
+}
+
+async fn mysql_kills_while_streaming(db: &str, format: &str) {
     let server = maria();
-    let mut conn = server.create_database("my_crash").await;
+    let mut conn = server.create_database(db).await;
     exec(
         &mut conn,
         "CREATE TABLE orders (id INT PRIMARY KEY, total DECIMAL(10,2), note TEXT); \
@@ -234,13 +244,13 @@ async fn mysql_sigkill_loses_nothing_duplicates_nothing() {
     )
     .await;
     exec(&mut conn, "INSERT INTO orders VALUES (0, 0, 'seed')").await;
-    let mut pipeline = Pipeline::with_source("my_crash", &server.source_toml("my_crash"), "");
+    let mut pipeline = Pipeline::with_source(db, &server.source_toml(db), format);
     pipeline.start();
     pipeline
-        .wait_equal_mysql(&mut conn, "my_crash", "orders", "id")
+        .wait_equal_mysql(&mut conn, db, "orders", "id")
         .await;
 
-    let writer_url = server.root_url("my_crash");
+    let writer_url = server.root_url(db);
     let writer = tokio::spawn(async move {
         let mut conn =
             mysql_async::Conn::new(mysql_async::Opts::from_url(&writer_url).expect("url"))
@@ -275,13 +285,13 @@ async fn mysql_sigkill_loses_nothing_duplicates_nothing() {
     }
     writer.await.expect("writer");
     pipeline
-        .wait_equal_mysql(&mut conn, "my_crash", "orders", "id")
+        .wait_equal_mysql(&mut conn, db, "orders", "id")
         .await;
     pipeline
-        .wait_equal_mysql(&mut conn, "my_crash", "items", "id")
+        .wait_equal_mysql(&mut conn, db, "items", "id")
         .await;
     for table in ["orders", "items"] {
-        let log = lake::read_log(&pipeline.table_path("my_crash", table))
+        let log = lake::read_log(&pipeline.table_path(db, table))
             .await
             .expect("lake log");
         let mut seen = HashSet::new();
@@ -580,9 +590,20 @@ async fn mysql_snapshot_command_and_crash_during_snapshot() {
 /// the source and each untouched row was read once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_sigkill_during_snapshot_resumes_after_committed_rows() {
+    mysql_kill_during_snapshot("my_resume", "").await;
+}
+
+/// The same kill into Iceberg tables: the key to resume after is read back
+/// from the Iceberg change log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_sigkill_during_snapshot_into_iceberg_resumes_after_committed_rows() {
+    mysql_kill_during_snapshot("my_resume_ice", "format = \"iceberg\"\n").await;
+}
+
+async fn mysql_kill_during_snapshot(db: &str, format: &str) {
     const ROWS: i64 = 200_000;
     let server = maria();
-    let mut conn = server.create_database("my_resume").await;
+    let mut conn = server.create_database(db).await;
     exec(
         &mut conn,
         &format!(
@@ -595,15 +616,15 @@ async fn mysql_sigkill_during_snapshot_resumes_after_committed_rows() {
     // Ranges of ~20 000 keys read by two workers, each in a consistent
     // snapshot of its own.
     let mut pipeline = Pipeline::with_source(
-        "my_resume",
+        db,
         &format!(
             "{}\nsnapshot_workers = 2\nsnapshot_chunk_rows = 20000\n",
-            server.source_toml("my_resume").trim_end()
+            server.source_toml(db).trim_end()
         ),
-        "max_batch_rows = 5000\n",
+        &format!("max_batch_rows = 5000\n{format}"),
     );
     pipeline.start();
-    let path = pipeline.table_path("my_resume", "big");
+    let path = pipeline.table_path(db, "big");
     crate::support::eventually(
         "part of the snapshot committed",
         Duration::from_secs(60),
@@ -644,7 +665,7 @@ async fn mysql_sigkill_during_snapshot_resumes_after_committed_rows() {
     .await;
     pipeline.start();
     pipeline
-        .wait_equal_mysql(&mut conn, "my_resume", "big", "id")
+        .wait_equal_mysql(&mut conn, db, "big", "id")
         .await;
     let restart = pipeline.log(pipeline.starts);
     assert!(

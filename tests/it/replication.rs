@@ -759,7 +759,17 @@ async fn domains_land_as_their_base_types() {
 /// also after a crash. Never a NULL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_toast_values_are_never_null() {
-    let client = pg().create_database("toast").await;
+    toast_values_restored("toast", "").await;
+}
+
+/// The same restores from an Iceberg lake's change log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_toast_values_are_never_null_in_iceberg() {
+    toast_values_restored("toast_ice", "format = \"iceberg\"\n").await;
+}
+
+async fn toast_values_restored(name: &str, format: &str) {
+    let client = pg().create_database(name).await;
     client
         .batch_execute(
             "CREATE TABLE docs (id int PRIMARY KEY, title text, body text);
@@ -772,7 +782,7 @@ async fn unchanged_toast_values_are_never_null() {
         )
         .await
         .unwrap();
-    let mut pipeline = Pipeline::new("toast", &pg().url("toast"), "");
+    let mut pipeline = Pipeline::new(name, &pg().url(name), format);
     pipeline.start();
     pipeline.wait_equal(&client, "docs").await;
     pipeline.wait_equal(&client, "notes").await;

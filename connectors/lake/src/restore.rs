@@ -40,6 +40,30 @@ pub fn datum(array: &dyn Array, i: usize, ty: &ColumnType) -> Result<Datum, Arro
         (ColumnType::Int64, DataType::Int64) => {
             Datum::Int64(array.as_primitive::<Int64Type>().value(i))
         }
+        // Iceberg has no byte or short: they are stored as int; and an
+        // int column promoted to long in place holds the older ints too.
+        (ColumnType::Int8, DataType::Int32) => Datum::Int8(
+            i8::try_from(array.as_primitive::<Int32Type>().value(i)).map_err(|_| mismatch(ty, got))?,
+        ),
+        (ColumnType::Int16, DataType::Int32) => Datum::Int16(
+            i16::try_from(array.as_primitive::<Int32Type>().value(i))
+                .map_err(|_| mismatch(ty, got))?,
+        ),
+        (ColumnType::Int32, DataType::Int64) => Datum::Int32(
+            i32::try_from(array.as_primitive::<Int64Type>().value(i))
+                .map_err(|_| mismatch(ty, got))?,
+        ),
+        (ColumnType::UInt8, DataType::Int32) => Datum::UInt(
+            u8::try_from(array.as_primitive::<Int32Type>().value(i)).map_err(|_| mismatch(ty, got))?
+                as u64,
+        ),
+        (ColumnType::Uuid, DataType::FixedSizeBinary(16)) => Datum::Uuid(
+            array
+                .as_fixed_size_binary()
+                .value(i)
+                .try_into()
+                .map_err(|_| mismatch(ty, got))?,
+        ),
         (ColumnType::UInt8, DataType::Int16) => {
             Datum::UInt(array.as_primitive::<Int16Type>().value(i) as u64)
         }

@@ -31,6 +31,7 @@ pub mod avro;
 pub mod catalog;
 mod files;
 pub mod metadata;
+mod read;
 pub mod schema;
 
 use std::collections::{BTreeMap, HashMap};
@@ -1133,15 +1134,7 @@ impl Sink for IcebergSink {
         schema: &TableSchema,
         keys: &[Vec<Datum>],
     ) -> Result<HashMap<String, Vec<Datum>>, LakeError> {
-        let _ = keys;
-        Err(Self::failed(
-            &schema.table,
-            "looking up earlier rows of",
-            "restoring values the source did not resend (Postgres' unchanged TOAST values) from \
-             an Iceberg lake is not built yet; set REPLICA IDENTITY FULL on the table, or use \
-             sink.format = \"delta\"",
-            ErrorClass::Definite,
-        ))
+        self.lookup_rows(schema, keys).await
     }
 
     fn note_ddl(&mut self, table: &TableId, seq: u64, statement: String) {
