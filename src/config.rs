@@ -1509,9 +1509,15 @@ impl LakeSinkConfig {
 fn sql_backend(uri: &str) -> Result<tidewater_lake::SqlBackend, String> {
     if let Some(path) = uri.strip_prefix("sqlite://") {
         // SQLAlchemy spells an absolute path with four slashes.
-        let path = path.strip_prefix("//").map(|p| format!("/{p}")).unwrap_or_else(|| path.to_string());
+        let path = path
+            .strip_prefix("//")
+            .map(|p| format!("/{p}"))
+            .unwrap_or_else(|| path.to_string());
         if !path.starts_with('/') {
-            return Err("a sqlite:// catalog uri needs an absolute path: sqlite:///var/lib/lake/catalog.db".into());
+            return Err(
+                "a sqlite:// catalog uri needs an absolute path: sqlite:///var/lib/lake/catalog.db"
+                    .into(),
+            );
         }
         return Ok(tidewater_lake::SqlBackend::Sqlite(PathBuf::from(path)));
     }

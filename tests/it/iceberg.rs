@@ -89,7 +89,10 @@ async fn every_postgres_type_lands_in_iceberg_and_other_engines_read_it_as_the_s
     for id in (1..=200).step_by(9) {
         let row = random_row(&mut rng, id);
         client
-            .batch_execute(&format!("DELETE FROM r WHERE id = {id}; {}", insert(vec![row])))
+            .batch_execute(&format!(
+                "DELETE FROM r WHERE id = {id}; {}",
+                insert(vec![row])
+            ))
             .await
             .unwrap();
     }
@@ -107,7 +110,9 @@ async fn every_postgres_type_lands_in_iceberg_and_other_engines_read_it_as_the_s
     for snapshot in snapshots {
         let s = &snapshot["summary"];
         assert_eq!(s["tidewater.pipeline"], "ice_types", "{snapshot}");
-        assert!(s["tidewater.seq"].as_str().is_some_and(|v| v.parse::<u64>().is_ok()));
+        assert!(s["tidewater.seq"]
+            .as_str()
+            .is_some_and(|v| v.parse::<u64>().is_ok()));
         assert!(s["tidewater.position"].as_str().is_some());
     }
     let properties = &summary["properties"];
@@ -125,7 +130,11 @@ async fn every_postgres_type_lands_in_iceberg_and_other_engines_read_it_as_the_s
             .to_string()
     };
     assert!(doc("u").contains("uuid"), "{}", doc("u"));
-    assert!(doc("tm").contains("microseconds since midnight"), "{}", doc("tm"));
+    assert!(
+        doc("tm").contains("microseconds since midnight"),
+        "{}",
+        doc("tm")
+    );
     assert!(doc("nw").contains("numeric(40,10)"), "{}", doc("nw"));
     let ty = |name: &str| {
         schema
@@ -211,7 +220,10 @@ async fn a_restart_resumes_from_the_marks_and_another_writers_commits_are_kept()
         1,
         "the foreign writer's row is kept"
     );
-    let ours: Vec<LogRow> = log.into_iter().filter(|r| r.position != "pyiceberg").collect();
+    let ours: Vec<LogRow> = log
+        .into_iter()
+        .filter(|r| r.position != "pyiceberg")
+        .collect();
     lake::assert_each_change_once(&ours);
     assert_eq!(lake::count_op(&ours, "r"), 50);
     assert_eq!(lake::count_op(&ours, "u"), 10);
@@ -231,4 +243,97 @@ async fn a_restart_resumes_from_the_marks_and_another_writers_commits_are_kept()
     assert_eq!(table["snapshot"], "done", "{status}");
     assert_eq!(table["rows"], 63, "{status}");
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
+}
+
+/// The SQL catalog on Postgres, shared: tidewater registers and commits
+/// there, pyiceberg and DuckDB find the tables through the same catalog
+/// rows; two pipelines share one catalog database under one catalog name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_catalog_is_shared_with_pyiceberg() {
+    use crate::support::lake::{read_iceberg_in, read_iceberg_log_in};
+    let catalog_db = "ice_catalog";
+    pg().create_database(catalog_db).await;
+    let client = pg().create_database("ice_pgcat").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id bigint PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 20) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::iceberg(
+        "ice_pgcat",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg().url("ice_pgcat")
+        ),
+        &format!(
+            "[sink.catalog]\nuri = \"{}\"\nname = \"shared\"\n",
+            pg().url(catalog_db)
+        ),
+    );
+    pipeline.start();
+    let path = pipeline.table_path("public", "t");
+    let catalog = tidewater_lake::SqlCatalog::new(
+        tidewater_lake::SqlBackend::Postgres(tidewater_endpoint::url::SecretUrl::new(
+            pg().url(catalog_db),
+        )),
+        "shared",
+    );
+    let rows_in_lake = |n: usize| {
+        let (path, catalog) = (path.clone(), catalog.clone());
+        crate::support::eventually(
+            "the changes in the Iceberg table",
+            std::time::Duration::from_secs(60),
+            move || {
+                let (path, catalog) = (path.clone(), catalog.clone());
+                async move {
+                    let log = read_iceberg_log_in(&path, catalog).await?;
+                    (log.len() == n)
+                        .then_some(())
+                        .ok_or(format!("{} rows, not {n}", log.len()))
+                }
+            },
+        )
+    };
+    rows_in_lake(20).await;
+    client
+        .batch_execute("UPDATE t SET v = 'x' WHERE id <= 5; DELETE FROM t WHERE id = 20")
+        .await
+        .unwrap();
+    rows_in_lake(26).await;
+    assert!(
+        !pipeline.lake.join("tidewater_catalog.db").exists(),
+        "no SQLite catalog when a Postgres one is named"
+    );
+    let uri = pg()
+        .url(catalog_db)
+        .replace("postgres://", "postgresql+psycopg2://");
+    for reader in ["pyiceberg", "duckdb"] {
+        let (rows, summary) = read_iceberg_in(&path, reader, &uri, "shared")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rows.len(), 26, "{reader}: {summary}");
+        compare_with_source(&client, "public.t", &rows, reader).await;
+    }
+    // The catalog rows are pyiceberg's layout: one per table, namespace
+    // `<pipeline>_<schema>`.
+    let catalog_client = pg().client(catalog_db).await;
+    let rows = catalog_client
+        .query(
+            "SELECT table_namespace, table_name, iceberg_type FROM iceberg_tables \
+             WHERE catalog_name = 'shared'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let names: Vec<(String, String, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        names,
+        vec![("ice_pgcat_public".into(), "t".into(), Some("TABLE".into()))]
+    );
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
 }

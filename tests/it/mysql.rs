@@ -664,9 +664,7 @@ async fn mysql_kill_during_snapshot(db: &str, format: &str) {
     )
     .await;
     pipeline.start();
-    pipeline
-        .wait_equal_mysql(&mut conn, db, "big", "id")
-        .await;
+    pipeline.wait_equal_mysql(&mut conn, db, "big", "id").await;
     let restart = pipeline.log(pipeline.starts);
     assert!(
         restart.contains("resuming the interrupted snapshot"),

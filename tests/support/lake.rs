@@ -104,12 +104,21 @@ pub async fn read_current(path: &Path) -> Result<Vec<LogRow>, String> {
 /// read as NULL, as Iceberg readers read them. For polling in tests; the
 /// independent readers (pyiceberg, DuckDB) are [`read_iceberg_with`].
 pub async fn read_iceberg_log(path: &Path) -> Result<Vec<LogRow>, String> {
-    let (lake, pipeline, table) = iceberg_coordinates(path)?;
-    let store = tidewater_lake::LakeStore::local(&lake);
+    let (lake, _, _) = iceberg_coordinates(path)?;
     let catalog = tidewater_lake::SqlCatalog::new(
         tidewater_lake::SqlBackend::Sqlite(lake.join("tidewater_catalog.db")),
         "tidewater",
     );
+    read_iceberg_log_in(path, catalog).await
+}
+
+/// [`read_iceberg_log`] through `catalog`.
+pub async fn read_iceberg_log_in(
+    path: &Path,
+    catalog: tidewater_lake::SqlCatalog,
+) -> Result<Vec<LogRow>, String> {
+    let (lake, pipeline, table) = iceberg_coordinates(path)?;
+    let store = tidewater_lake::LakeStore::local(&lake);
     let mut sink = tidewater_lake::IcebergSink::new(store, &pipeline, catalog);
     let files = sink.data_files(&table).await.map_err(|e| e.to_string())?;
     let columns = sink.columns(&table).await.map_err(|e| e.to_string())?;
@@ -129,7 +138,9 @@ pub async fn read_iceberg_log(path: &Path) -> Result<Vec<LogRow>, String> {
 }
 
 /// Lake root, pipeline and table of an Iceberg table directory.
-fn iceberg_coordinates(path: &Path) -> Result<(std::path::PathBuf, String, tidewater_core::TableId), String> {
+fn iceberg_coordinates(
+    path: &Path,
+) -> Result<(std::path::PathBuf, String, tidewater_core::TableId), String> {
     use tidewater_lake::layout::segment_name;
     let parts: Vec<String> = path
         .iter()
@@ -138,7 +149,10 @@ fn iceberg_coordinates(path: &Path) -> Result<(std::path::PathBuf, String, tidew
         .map(|p| p.to_string_lossy().into_owned())
         .collect();
     let [table, schema, pipeline] = parts.as_slice() else {
-        return Err(format!("{} is not <lake>/<pipeline>/<schema>/<table>", path.display()));
+        return Err(format!(
+            "{} is not <lake>/<pipeline>/<schema>/<table>",
+            path.display()
+        ));
     };
     let lake = path
         .ancestors()
@@ -157,15 +171,28 @@ fn iceberg_coordinates(path: &Path) -> Result<(std::path::PathBuf, String, tidew
 /// default SQLite catalog, in (`_tw_seq`, `_tw_ord`) order; and the
 /// reader's JSON summary of the table (snapshots, schema, properties).
 pub async fn read_iceberg_with(path: &Path, reader: &str) -> Result<(Vec<LogRow>, Value), String> {
+    let (lake, _, _) = iceberg_coordinates(path)?;
+    let uri = format!("sqlite:///{}", lake.join("tidewater_catalog.db").display());
+    read_iceberg_in(path, reader, &uri, "tidewater").await
+}
+
+/// [`read_iceberg_with`] through the catalog at SQLAlchemy URI
+/// `catalog_uri` named `catalog_name`.
+pub async fn read_iceberg_in(
+    path: &Path,
+    reader: &str,
+    catalog_uri: &str,
+    catalog_name: &str,
+) -> Result<(Vec<LogRow>, Value), String> {
     let (lake, pipeline, table) = iceberg_coordinates(path)?;
     let (namespace, name) = tidewater_lake::iceberg::identifier(&pipeline, &table);
     let out = lake.join(format!("read-{reader}-{}.parquet", std::process::id()));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/read_iceberg.py");
     let output = std::process::Command::new(crate::support::readers_python())
         .arg(&script)
-        .args(["--catalog-uri", &format!("sqlite:///{}", lake.join("tidewater_catalog.db").display())])
+        .args(["--catalog-uri", catalog_uri])
         .args(["--warehouse", &format!("file://{}", lake.display())])
-        .args(["--catalog-name", "tidewater"])
+        .args(["--catalog-name", catalog_name])
         .args(["--table", &format!("{namespace}.{name}")])
         .args(["--reader", reader])
         .arg("--out")
@@ -178,8 +205,12 @@ pub async fn read_iceberg_with(path: &Path, reader: &str) -> Result<(Vec<LogRow>
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    let summary: Value = serde_json::from_slice(&output.stdout)
-        .map_err(|e| format!("{reader} summary: {e}: {}", String::from_utf8_lossy(&output.stdout)))?;
+    let summary: Value = serde_json::from_slice(&output.stdout).map_err(|e| {
+        format!(
+            "{reader} summary: {e}: {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })?;
     let file = File::open(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let mut rows = file_rows_with(file, &[])?;
     let _ = std::fs::remove_file(&out);

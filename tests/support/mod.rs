@@ -415,7 +415,11 @@ impl Pipeline {
     /// default SQLite catalog next to the lake); `extra_sink` is appended
     /// to the `[sink]` section.
     pub fn iceberg(name: &str, source_toml: &str, extra_sink: &str) -> Pipeline {
-        Pipeline::with_source(name, source_toml, &format!("format = \"iceberg\"\n{extra_sink}"))
+        Pipeline::with_source(
+            name,
+            source_toml,
+            &format!("format = \"iceberg\"\n{extra_sink}"),
+        )
     }
 
     /// A pipeline into a warehouse database (`[sink] type = "warehouse"`);

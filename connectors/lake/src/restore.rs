@@ -43,7 +43,8 @@ pub fn datum(array: &dyn Array, i: usize, ty: &ColumnType) -> Result<Datum, Arro
         // Iceberg has no byte or short: they are stored as int; and an
         // int column promoted to long in place holds the older ints too.
         (ColumnType::Int8, DataType::Int32) => Datum::Int8(
-            i8::try_from(array.as_primitive::<Int32Type>().value(i)).map_err(|_| mismatch(ty, got))?,
+            i8::try_from(array.as_primitive::<Int32Type>().value(i))
+                .map_err(|_| mismatch(ty, got))?,
         ),
         (ColumnType::Int16, DataType::Int32) => Datum::Int16(
             i16::try_from(array.as_primitive::<Int32Type>().value(i))
@@ -54,8 +55,8 @@ pub fn datum(array: &dyn Array, i: usize, ty: &ColumnType) -> Result<Datum, Arro
                 .map_err(|_| mismatch(ty, got))?,
         ),
         (ColumnType::UInt8, DataType::Int32) => Datum::UInt(
-            u8::try_from(array.as_primitive::<Int32Type>().value(i)).map_err(|_| mismatch(ty, got))?
-                as u64,
+            u8::try_from(array.as_primitive::<Int32Type>().value(i))
+                .map_err(|_| mismatch(ty, got))? as u64,
         ),
         (ColumnType::Uuid, DataType::FixedSizeBinary(16)) => Datum::Uuid(
             array

@@ -861,12 +861,19 @@ impl IcebergSink {
 
     /// Rows and data files of the table's current snapshot (from its
     /// summary's totals).
-    pub async fn table_stats(&mut self, table: &TableId) -> Result<Option<(usize, usize)>, LakeError> {
+    pub async fn table_stats(
+        &mut self,
+        table: &TableId,
+    ) -> Result<Option<(usize, usize)>, LakeError> {
         self.table_state(table).await?;
         let Some(open) = self.tables.get(table) else {
             return Ok(None);
         };
-        let Some(summary) = open.metadata.current_snapshot().and_then(|s| s.get("summary")) else {
+        let Some(summary) = open
+            .metadata
+            .current_snapshot()
+            .and_then(|s| s.get("summary"))
+        else {
             return Ok(Some((0, 0)));
         };
         let total = |key: &str| {

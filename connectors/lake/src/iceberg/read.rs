@@ -62,8 +62,8 @@ impl IcebergSink {
                 ErrorClass::Definite,
             )
         };
-        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .map_err(|e| failed(e.to_string()))?;
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| failed(e.to_string()))?;
         let builder = match columns {
             Some(names) => {
                 let wanted: BTreeSet<&str> = names.iter().copied().collect();
@@ -117,7 +117,8 @@ impl IcebergSink {
         names.extend(["_tw_seq", "_tw_ord"]);
         let (seq, ord) = (mark.seq as i64, mark.ord as i64);
         for entry in files {
-            let holds = |id, v: i64| long_bounds(&entry, id).is_none_or(|(lo, hi)| lo <= v && v <= hi);
+            let holds =
+                |id, v: i64| long_bounds(&entry, id).is_none_or(|(lo, hi)| lo <= v && v <= hi);
             if !holds(seq_id, seq) || !holds(ord_id, ord) {
                 continue;
             }
@@ -179,11 +180,8 @@ impl IcebergSink {
             [only] => self.field_id(table, &only.name),
             _ => None,
         };
-        let wanted_longs: Option<Vec<i64>> = key_id.and_then(|_| {
-            keys.iter()
-                .map(|k| k.first().and_then(key_long))
-                .collect()
-        });
+        let wanted_longs: Option<Vec<i64>> =
+            key_id.and_then(|_| keys.iter().map(|k| k.first().and_then(key_long)).collect());
         let mut names: Vec<&str> = key_columns.iter().map(|c| c.name.as_str()).collect();
         names.extend(["_tw_seq", "_tw_ord", "_tw_op"]);
         // key → (mark, delete, file index, row)
@@ -260,8 +258,8 @@ impl IcebergSink {
             let Some(first) = batches.first() else {
                 continue;
             };
-            let whole =
-                deltalake::arrow::compute::concat_batches(&first.schema(), &batches).map_err(arrow)?;
+            let whole = deltalake::arrow::compute::concat_batches(&first.schema(), &batches)
+                .map_err(arrow)?;
             for (key, row) in rows {
                 let mut values = Vec::with_capacity(schema.columns.len());
                 for column in &schema.columns {
@@ -289,7 +287,12 @@ fn value_of(
         .iter()
         .enumerate()
         .filter_map(|(i, f)| {
-            let n = f.name().strip_prefix(name)?.strip_prefix("__v")?.parse().ok()?;
+            let n = f
+                .name()
+                .strip_prefix(name)?
+                .strip_prefix("__v")?
+                .parse()
+                .ok()?;
             Some((n, i))
         })
         .collect();
