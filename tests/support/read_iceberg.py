@@ -38,10 +38,20 @@ the current schema's top-level fields (`type` as pyiceberg prints it, e.g.
 `decimal(20, 0)`, `list<string>`, `timestamptz`; a list field also has
 `element_id` and `element_required`). Errors: exit 1, the message on stderr.
 
-Reader notes (pyiceberg 0.12.0, DuckDB 1.5.5), for canonicalising the Parquet:
+Reader notes (pyiceberg 0.12.0, DuckDB 1.5.5; checked on tables pyiceberg
+wrote with int, long, float, double, decimal(20,0), decimal(10,2), string,
+binary, date, time, timestamp, timestamptz, uuid, list<string>, list<long>,
+day-partitioned or not, promoted int->long/float->double/decimal(10,2)->(20,2),
+copy-on-write and position deletes), for canonicalising the Parquet:
 - uuid: pyiceberg gives the `arrow.uuid` extension (fixed_size_binary(16)),
   DuckDB gives strings (`xxxxxxxx-xxxx-...`, lower case).
-- time: both give time64[us].
+- time: both give time64[us]; date date32; decimals decimal128(p, s) as
+  declared (promoted columns in the promoted type); NaN/inf kept.
+- required columns: pyiceberg's are non-nullable Arrow fields and carry the
+  Iceberg doc as field metadata `doc`; DuckDB's are all nullable, no metadata.
+- equality deletes: pyiceberg refuses the table ("does not yet support
+  equality deletes", exit 1); DuckDB applies them.
+- an empty table (no snapshot): both give 0 rows with the schema.
 - string/binary/list: pyiceberg gives large_string/large_binary/large_list,
   DuckDB string/binary/list; this script casts the large ones to the plain
   ones, so the files differ only where the readers do.
