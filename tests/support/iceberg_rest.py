@@ -163,7 +163,10 @@ class Catalog:
     """The REST routes over one SqlCatalog."""
 
     def __init__(self, args):
+        import iceberg_s3_workaround
         from pyiceberg.catalog.sql import SqlCatalog
+
+        iceberg_s3_workaround.install()
 
         self.sql = SqlCatalog(
             args.catalog_name,

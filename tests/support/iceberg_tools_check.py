@@ -6,7 +6,8 @@ a puzzling Rust test failure. Run with the readers' Python (scripts/setup):
     ~/.cache/tidewater/readers/bin/python3 tests/support/iceberg_tools_check.py
 
 Everything happens in a temporary directory on a SQLite catalog; the REST
-server is started on a free loopback port and stopped at the end. Prints one
+server and a moto S3 server (for a warehouse on S3) are started on free
+loopback ports and stopped at the end. Prints one
 line per check and `N passed, N failed`; exit 1 if any failed.
 """
 import datetime as dt
@@ -275,6 +276,62 @@ def check_rest(dirname):
         server.wait()
 
 
+def check_s3(dirname):
+    """The tools on a warehouse in moto's S3 (the server the S3 tests use,
+    started with the system python3 as tests/support/s3.rs does)."""
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    moto = subprocess.Popen(["python3", "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(urllib.request.Request(f"{endpoint}/lake", method="PUT"), timeout=5)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline or moto.poll() is not None:
+                    check("moto starts (python3 -m moto.server; scripts/setup)", False, "not reachable")
+                    return
+                # Polling interval of the wait for moto's port (once).
+                time.sleep(0.1)
+        props = {"s3.endpoint": endpoint, "s3.access-key-id": "tidewater-test",
+                 "s3.secret-access-key": "tidewater-test-secret", "s3.region": "us-east-1"}
+        prop_args = sum((["--property", f"{k}={v}"] for k, v in props.items()), [])
+        uri, wh = f"sqlite:///{dirname}/s3.db", "s3://lake/wh"
+        import iceberg_s3_workaround
+        import pyarrow as pa
+        from pyiceberg.catalog.sql import SqlCatalog
+        from pyiceberg.schema import Schema
+        from pyiceberg.types import LongType, NestedField, StringType
+
+        iceberg_s3_workaround.install()
+        try:
+            cat = SqlCatalog("tw", uri=uri, warehouse=wh, **props)
+            cat.create_namespace("ns")
+            table = cat.create_table("ns.t", Schema(NestedField(1, "id", LongType()), NestedField(2, "v", StringType())))
+            table.append(pa.table({"id": [1, 2], "v": ["a", "b"]}, schema=table.schema().as_arrow()))
+        except Exception as e:  # noqa: BLE001
+            check("S3: pyiceberg writes a table to moto", False, f"{type(e).__name__}: {e}")
+            return
+        check("S3: pyiceberg writes a table to moto", True)
+        cat_args = ["--catalog-uri", uri, "--warehouse", wh, "--catalog-name", "tw"] + prop_args
+        rc, _, stderr = run("iceberg_append.py", *cat_args, "--table", "ns.t", "--rows", '[{"id": 3}]')
+        check("S3: iceberg_append", rc == 0, stderr)
+        for reader in ("pyiceberg", "duckdb"):
+            rc, stdout, stderr = run("read_iceberg.py", *cat_args, "--table", "ns.t", "--reader", reader,
+                                     "--out", os.path.join(dirname, f"s3-{reader}.parquet"))
+            check(f"S3: read_iceberg --reader {reader}", rc == 0 and json.loads(stdout)["rows"] == 3, stderr or stdout)
+    finally:
+        moto.terminate()
+        moto.wait()
+
+
 def main():
     from pyiceberg.catalog.sql import SqlCatalog
 
@@ -285,6 +342,7 @@ def main():
         check_readers(dirname, cat_args)
         check_append(dirname, cat_args)
         check_rest(dirname)
+        check_s3(dirname)
     failed = results.count(False)
     print(f"{len(results) - failed} passed, {failed} failed", flush=True)
     sys.stdout.flush()

@@ -87,7 +87,10 @@ def catalog_properties(args):
 
 
 def load_catalog(args):
+    import iceberg_s3_workaround
     from pyiceberg.catalog.sql import SqlCatalog
+
+    iceberg_s3_workaround.install()
 
     return SqlCatalog(
         args.catalog_name,
