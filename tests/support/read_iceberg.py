@@ -136,9 +136,10 @@ def duckdb_connect(extensions, s3=None):
         con.execute(f"LOAD '{extension_path(name)}'")
     con.execute("SET TimeZone = 'UTC'")
     if s3:
-        endpoint = s3.get("s3.endpoint", "")
-        use_ssl = not endpoint.startswith("http://")
-        host = endpoint.split("://", 1)[-1].rstrip("/")
+        # DuckDB takes no parameters in CREATE SECRET: the values are quoted.
+        def quote(v):
+            return "'" + v.replace("'", "''") + "'"
+
         parts = ["TYPE s3"]
         for key, opt in (
             ("s3.access-key-id", "KEY_ID"),
@@ -147,26 +148,19 @@ def duckdb_connect(extensions, s3=None):
             ("s3.region", "REGION"),
         ):
             if key in s3:
-                parts.append(f"{opt} ?")
-        if host:
-            parts += ["ENDPOINT ?", "URL_STYLE 'path'", f"USE_SSL {str(use_ssl).lower()}"]
-        values = [
-            s3[k]
-            for k in (
-                "s3.access-key-id",
-                "s3.secret-access-key",
-                "s3.session-token",
-                "s3.region",
-            )
-            if k in s3
-        ]
-        if host:
-            values.append(host)
-        # DuckDB takes no parameters in CREATE SECRET: quote the values.
-        sql = "CREATE SECRET tw_s3 (" + ", ".join(parts) + ")"
-        for v in values:
-            sql = sql.replace("?", "'" + v.replace("'", "''") + "'", 1)
-        con.execute(sql)
+                parts.append(f"{opt} {quote(s3[key])}")
+        endpoint = s3.get("s3.endpoint", "")
+        if endpoint:
+            host = endpoint.split("://", 1)[-1].rstrip("/")
+            use_ssl = "false" if endpoint.startswith("http://") else "true"
+            parts += [f"ENDPOINT {quote(host)}", "URL_STYLE 'path'", f"USE_SSL {use_ssl}"]
+        try:
+            con.execute("CREATE SECRET tw_s3 (" + ", ".join(parts) + ")")
+        except Exception as e:
+            # DuckDB's message may quote the statement, and with it the secret.
+            raise RuntimeError(
+                f"DuckDB refused the S3 secret made from the s3.* properties ({type(e).__name__})"
+            ) from None
     return con
 
 
