@@ -80,9 +80,12 @@ def convert(column, iceberg_type, value):
 
 def main():
     args = parse_args()
+    import iceberg_s3_workaround
     import pyarrow as pa
     from pyiceberg.catalog.sql import SqlCatalog
     from pyiceberg.io.pyarrow import schema_to_pyarrow
+
+    iceberg_s3_workaround.install()
 
     rows = json.loads(args.rows)
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):

@@ -24,7 +24,8 @@ segment `/v1/{prefix}/...` is accepted and ignored):
   GET|HEAD|DELETE /v1/namespaces/{ns}              load / exists / drop
   POST /v1/namespaces/{ns}/properties              updateProperties
   GET  /v1/namespaces/{ns}/tables                  listTables
-  POST /v1/namespaces/{ns}/tables                  createTable (no stage-create: 406)
+  POST /v1/namespaces/{ns}/tables                  createTable (also stage-create, committed
+                                                   by updateTable with assert-create)
   POST /v1/namespaces/{ns}/register                registerTable
   GET|HEAD|POST|DELETE /v1/namespaces/{ns}/tables/{t}
                                                    loadTable / tableExists /
@@ -35,7 +36,7 @@ Namespace levels in a path or in `parent` are joined by 0x1F (`%1F`). Errors
 are {"error": {"message", "type", "code"}}: 400 BadRequestException (bad JSON,
 unknown requirement/update: the spec requires 400), 404
 NoSuchNamespaceException / NoSuchTableException, 406
-UnsupportedOperationException, 409 AlreadyExistsException /
+UnsupportedOperationException (register with overwrite), 409 AlreadyExistsException /
 NamespaceNotEmptyException / CommitFailedException (a requirement failed or
 another writer swapped first), 500 on anything unexpected.
 
@@ -65,11 +66,15 @@ renameTable, the `endpoints` list of getConfig and the error examples);
 request bodies are parsed with pyiceberg's own pydantic models of the spec's
 CreateTableRequest / CommitTableRequest / RegisterTableRequest, and answers
 are pyiceberg's TableMetadata serialised as pyiceberg writes metadata files.
-Then three independent clients drove it: pyiceberg 0.12.0's RestCatalog
-(create namespace/table, append, load, scan; a stale append got 409 and was
-retried by pyiceberg; list/drop), DuckDB 1.5.5's iceberg extension (`ATTACH ''
-AS c (TYPE iceberg, ENDPOINT 'http://127.0.0.1:PORT', AUTHORIZATION_TYPE
-'none')`, then SELECT and INSERT), and tidewater's own Rust client.
+Then two independent clients drove it: pyiceberg 0.12.0's RestCatalog
+(namespaces nested and not, create a day-partitioned table, append with
+summary properties, load, scan, a stale commit answered 409 — pyiceberg's
+append then retries —, rename, drop; the injected faults surfaced as
+ServiceUnavailableError / CommitStateUnknownException / ConnectionError) and
+DuckDB 1.5.5's iceberg extension (`ATTACH '' AS c (TYPE iceberg, ENDPOINT
+'http://127.0.0.1:PORT', AUTHORIZATION_TYPE 'none')`, with the httpfs wheel
+loaded: CREATE SCHEMA, CREATE TABLE (a stage-create transaction), INSERT,
+SELECT, DROP TABLE, DROP SCHEMA). tidewater's Rust client is the third.
 """
 import argparse
 import json
@@ -158,7 +163,10 @@ class Catalog:
     """The REST routes over one SqlCatalog."""
 
     def __init__(self, args):
+        import iceberg_s3_workaround
         from pyiceberg.catalog.sql import SqlCatalog
+
+        iceberg_s3_workaround.install()
 
         self.sql = SqlCatalog(
             args.catalog_name,
@@ -344,11 +352,9 @@ class Catalog:
             for key in ("location", "partition-spec", "write-order"):
                 body.setdefault(key, None)
         req = self.model(CreateTableRequest, body, "createTable")
-        if req.stage_create:
-            raise HttpError(406, "UnsupportedOperationException", "stage-create is not supported by this server")
         if not self.sql.namespace_exists(ns):
             raise HttpError(404, "NoSuchNamespaceException", f"namespace {list(ns)} does not exist")
-        table = self.sql.create_table(
+        args = (
             ns + (req.name,),
             req.table_schema,
             req.location,
@@ -356,6 +362,15 @@ class Catalog:
             req.write_order or UNSORTED_SORT_ORDER,
             req.properties,
         )
+        if req.stage_create:
+            # A create transaction (DuckDB's CREATE TABLE uses one): the
+            # metadata is returned, nothing is registered; the client commits
+            # it with `assert-create` + the table's initial updates.
+            if self.sql.table_exists(ns + (req.name,)):
+                raise HttpError(409, "AlreadyExistsException", f"table {'.'.join(ns + (req.name,))} already exists")
+            staged = self.sql._create_staged_table(*args)
+            return 200, {"metadata": self.metadata_json(staged.metadata), "config": dict(self.table_config)}, None
+        table = self.sql.create_table(*args)
         return 200, self.table_result(table), None
 
     def register_table(self, ns, body):
@@ -400,7 +415,16 @@ class Catalog:
             faults.reject -= 1
             faults.rejected += 1
             raise HttpError(503, "ServiceUnavailableException", "injected fault: commit rejected, not applied")
-        table = self.load(ident)
+        try:
+            table = self.load(ident)
+        except HttpError:
+            # Committing a create transaction (stage-create): the table must
+            # not exist yet, which `assert-create` asserts.
+            if not any(r.type == "assert-create" for r in req.requirements):
+                raise
+            if not self.sql.namespace_exists(ident[:-1]):
+                raise HttpError(404, "NoSuchNamespaceException", f"namespace {list(ident[:-1])} does not exist")
+            table = _NewTable(ident)
         try:
             result = self.sql.commit_table(table, req.requirements, req.updates)
         except CommitFailedException as e:
@@ -435,6 +459,16 @@ class Catalog:
         elif method != "GET":
             raise HttpError(404, "NoSuchEndpointException", f"{method} /_test/faults")
         return 200, self.faults.state(), None
+
+
+class _NewTable:
+    """What SqlCatalog.commit_table needs of a table that does not exist yet."""
+
+    def __init__(self, ident):
+        self.ident = ident
+
+    def name(self):
+        return self.ident
 
 
 def make_handler(catalog):
