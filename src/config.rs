@@ -609,18 +609,29 @@ pub enum LakeFormat {
 #[serde(deny_unknown_fields)]
 pub struct CatalogConfig {
     /// `sql` (default): the catalog tables pyiceberg's `SqlCatalog` and
-    /// Java's `JdbcCatalog` share, in SQLite or Postgres.
+    /// Java's `JdbcCatalog` share, in SQLite or Postgres. `rest`: an Iceberg
+    /// REST catalog (Polaris, Nessie, Lakekeeper, Unity, Gravitino, …).
     #[serde(default, rename = "type")]
     pub kind: CatalogKind,
-    /// `sqlite:///absolute/path.db` or `postgres://user:password@host:port/database`
-    /// (TLS settings as for a Postgres source). Default for a local lake:
-    /// `sqlite://<sink.uri>/tidewater_catalog.db`; an S3 lake needs one.
+    /// `sql`: `sqlite:///absolute/path.db` or
+    /// `postgres://user:password@host:port/database` (TLS settings as for a
+    /// Postgres source); default for a local lake
+    /// `sqlite://<sink.uri>/tidewater_catalog.db` (an S3 lake needs one).
+    /// `rest`: the catalog's base URL (`https://host/api/catalog`, the part
+    /// before `/v1/`), required.
     #[serde(default)]
     pub uri: Option<Secret>,
-    /// The catalog's name (`catalog_name` in the catalog tables; readers
-    /// open the catalog by it). Default `tidewater`.
+    /// `sql`: the catalog's name (`catalog_name` in the catalog tables;
+    /// readers open the catalog by it). Default `tidewater`.
     #[serde(default = "default_catalog_name")]
     pub name: String,
+    /// `rest`: the warehouse to ask the catalog for (sent with `GET
+    /// /v1/config`), when the server serves several.
+    #[serde(default)]
+    pub warehouse: Option<String>,
+    /// `rest`: a bearer token sent with every request (use `${ENV}`).
+    #[serde(default)]
+    pub token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -628,6 +639,7 @@ pub struct CatalogConfig {
 pub enum CatalogKind {
     #[default]
     Sql,
+    Rest,
 }
 
 fn default_catalog_name() -> String {
@@ -1400,22 +1412,34 @@ pub struct S3Config {
 
 impl LakeSinkConfig {
     /// The Iceberg catalog this config names: None for a Delta lake.
-    pub fn iceberg_catalog(&self) -> Option<tidewater_lake::SqlCatalog> {
+    pub fn iceberg_catalog(&self) -> Option<tidewater_lake::Catalog> {
         if self.format != LakeFormat::Iceberg {
             return None;
         }
         let catalog = self.catalog.as_ref();
         let name = catalog.map_or_else(default_catalog_name, |c| c.name.clone());
-        let backend = match catalog.map_or(CatalogKind::Sql, |c| c.kind) {
-            CatalogKind::Sql => match catalog.and_then(|c| c.uri.as_ref()) {
-                Some(uri) => sql_backend(uri.expose()).expect("validated"),
-                None => tidewater_lake::SqlBackend::Sqlite(
-                    std::path::absolute(self.root().join(DEFAULT_CATALOG_FILE))
-                        .unwrap_or_else(|_| self.root().join(DEFAULT_CATALOG_FILE)),
-                ),
-            },
-        };
-        Some(tidewater_lake::SqlCatalog::new(backend, &name))
+        Some(match catalog.map_or(CatalogKind::Sql, |c| c.kind) {
+            CatalogKind::Sql => {
+                let backend = match catalog.and_then(|c| c.uri.as_ref()) {
+                    Some(uri) => sql_backend(uri.expose()).expect("validated"),
+                    None => tidewater_lake::SqlBackend::Sqlite(
+                        std::path::absolute(self.root().join(DEFAULT_CATALOG_FILE))
+                            .unwrap_or_else(|_| self.root().join(DEFAULT_CATALOG_FILE)),
+                    ),
+                };
+                tidewater_lake::Catalog::Sql(tidewater_lake::SqlCatalog::new(backend, &name))
+            }
+            CatalogKind::Rest => tidewater_lake::Catalog::Rest(tidewater_lake::RestCatalog::new(
+                catalog
+                    .and_then(|c| c.uri.as_ref())
+                    .map(|u| u.expose())
+                    .expect("validated"),
+                catalog.and_then(|c| c.warehouse.clone()),
+                catalog
+                    .and_then(|c| c.token.as_ref())
+                    .map(|t| t.expose().to_string()),
+            )),
+        })
     }
 
     fn validate_format(&self) -> Result<(), ConfigError> {
@@ -1439,6 +1463,38 @@ impl LakeSinkConfig {
                  remove it, or use format = \"delta\""
                     .into(),
             ));
+        }
+        let kind = self.catalog.as_ref().map_or(CatalogKind::Sql, |c| c.kind);
+        if kind == CatalogKind::Rest {
+            let Some(uri) = self.catalog.as_ref().and_then(|c| c.uri.as_ref()) else {
+                return Err(invalid(
+                    "sink.catalog.uri",
+                    "is required for a REST catalog: its base URL, e.g. https://catalog.example.com/api/catalog".into(),
+                ));
+            };
+            match url::Url::parse(uri.expose()) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {
+                }
+                _ => {
+                    return Err(invalid(
+                        "sink.catalog.uri",
+                        "a REST catalog's uri must be an http:// or https:// URL".into(),
+                    ))
+                }
+            }
+            return Ok(());
+        }
+        if let Some(catalog) = &self.catalog {
+            if catalog.warehouse.is_some() || catalog.token.is_some() {
+                return Err(invalid(
+                    if catalog.token.is_some() {
+                        "sink.catalog.token"
+                    } else {
+                        "sink.catalog.warehouse"
+                    },
+                    "applies only to sink.catalog.type = \"rest\"".into(),
+                ));
+            }
         }
         match self.catalog.as_ref().and_then(|c| c.uri.as_ref()) {
             Some(uri) => {

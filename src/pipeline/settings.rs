@@ -47,7 +47,7 @@ pub struct Settings {
     pub snapshot_commit_bytes: u64,
     /// Set for `sink.format = "iceberg"`: the catalog the lake's Iceberg
     /// tables are registered in.
-    pub iceberg: Option<tidewater_lake::SqlCatalog>,
+    pub iceberg: Option<tidewater_lake::Catalog>,
     /// Set for `[sink] type = "warehouse"`: the pipeline writes there, and
     /// `lake` is unused.
     pub warehouse: Option<tidewater_warehouse::WarehouseSettings>,

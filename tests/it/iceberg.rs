@@ -337,3 +337,174 @@ async fn a_postgres_catalog_is_shared_with_pyiceberg() {
     );
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
 }
+
+/// The Iceberg REST catalog test server (tests/support/iceberg_rest.py)
+/// over a SQLite SQL catalog in `dir`, catalog name `rest`.
+struct RestServer {
+    child: std::process::Child,
+    port: u16,
+    db: std::path::PathBuf,
+}
+
+impl RestServer {
+    fn start(dir: &Path, warehouse: &Path) -> RestServer {
+        use std::io::BufRead;
+        std::fs::create_dir_all(dir).unwrap();
+        let db = dir.join("rest_catalog.db");
+        let mut child = std::process::Command::new(crate::support::readers_python())
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/iceberg_rest.py"))
+            .args(["--port", "0"])
+            .args(["--catalog-uri", &format!("sqlite:///{}", db.display())])
+            .args(["--warehouse", &format!("file://{}", warehouse.display())])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("rest.log")).unwrap())
+            .spawn()
+            .expect("start the REST catalog server");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("REST server said {line:?}"));
+        RestServer { child, port, db }
+    }
+
+    fn uri(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Sets the server's fault counters (see iceberg_rest.py).
+    async fn faults(&self, faults: Value) -> Value {
+        let client = reqwest_free_post(self.port, "/_test/faults", &faults.to_string()).await;
+        serde_json::from_str(&client).unwrap_or(Value::Null)
+    }
+}
+
+impl Drop for RestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 request (the tests have no HTTP client crate).
+async fn reqwest_free_post(port: u16, path: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the REST server");
+    let method = if body.is_empty() { "GET" } else { "POST" };
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// Through an Iceberg REST catalog: tables created and committed over the
+/// REST protocol (the server writes the metadata), readable by pyiceberg
+/// and DuckDB; commits whose answer is lost (500 after applying, a dropped
+/// connection) or refused (503) land exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_rest_catalog_with_lost_and_refused_answers_each_change_lands_once() {
+    use crate::support::lake::{read_iceberg_in, read_iceberg_log_in};
+    let client = pg().create_database("ice_rest").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 30) g;",
+        )
+        .await
+        .unwrap();
+    let dir = crate::support::temp_dir("tidewater-ice-rest");
+    let mut pipeline = Pipeline::with_sink(
+        "ice_rest",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg().url("ice_rest")
+        ),
+        |lake| {
+            // The server is started below; its port goes in by placeholder.
+            format!(
+                "[sink]\ntype = \"lake\"\nuri = \"file://{}\"\nflush_interval_ms = 200\n\
+                 format = \"iceberg\"\n[sink.catalog]\ntype = \"rest\"\nuri = \"${{ICE_REST_URI}}\"\n",
+                lake.display()
+            )
+        },
+    );
+    let server = RestServer::start(&dir, &pipeline.lake);
+    pipeline.env.push(("ICE_REST_URI".into(), server.uri()));
+    pipeline.start();
+    let path = pipeline.table_path("public", "t");
+    let catalog = tidewater_lake::SqlCatalog::new(
+        tidewater_lake::SqlBackend::Sqlite(server.db.clone()),
+        "rest",
+    );
+    let rows_in_lake = |n: usize| {
+        let (path, catalog) = (path.clone(), catalog.clone());
+        crate::support::eventually(
+            "the changes in the Iceberg table",
+            std::time::Duration::from_secs(90),
+            move || {
+                let (path, catalog) = (path.clone(), catalog.clone());
+                async move {
+                    let log = read_iceberg_log_in(&path, catalog).await?;
+                    (log.len() == n)
+                        .then_some(())
+                        .ok_or(format!("{} rows, not {n}", log.len()))
+                }
+            },
+        )
+    };
+    rows_in_lake(30).await;
+    // Each kind of bad answer, one commit each.
+    server
+        .faults(serde_json::json!({"reject_commits": 1, "fail_commits": 1, "drop_commits": 1}))
+        .await;
+    for (i, statement) in [
+        "UPDATE t SET v = 'a' WHERE id <= 3",
+        "INSERT INTO t VALUES (31, 'new')",
+        "DELETE FROM t WHERE id = 30",
+        "UPDATE t SET v = 'b' WHERE id = 4",
+    ]
+    .iter()
+    .enumerate()
+    {
+        client.batch_execute(statement).await.unwrap();
+        // One transaction per flush, so each fault meets its own commit.
+        rows_in_lake(30 + [3, 4, 5, 6][i]).await;
+    }
+    let faults = server.faults(serde_json::json!({})).await;
+    assert_eq!(faults["commits_rejected"], 1, "{faults}");
+    assert_eq!(faults["commits_failed"], 1, "{faults}");
+    assert_eq!(faults["commits_dropped"], 1, "{faults}");
+    let log = read_iceberg_log_in(&path, catalog.clone()).await.unwrap();
+    lake::assert_each_change_once(&log);
+    compare_with_source(&client, "public.t", &log, "tidewater's reader").await;
+    let uri = format!("sqlite:///{}", server.db.display());
+    for reader in ["pyiceberg", "duckdb"] {
+        let (rows, _) = read_iceberg_in(&path, reader, &uri, "rest").await.unwrap();
+        assert_eq!(rows.len(), 36, "{reader}");
+        compare_with_source(&client, "public.t", &rows, reader).await;
+    }
+    // A restart reads the marks back through the REST catalog.
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+    client
+        .batch_execute("INSERT INTO t VALUES (32, 'after')")
+        .await
+        .unwrap();
+    pipeline.start();
+    rows_in_lake(37).await;
+    lake::assert_each_change_once(&read_iceberg_log_in(&path, catalog).await.unwrap());
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
+}

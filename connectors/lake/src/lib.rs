@@ -15,7 +15,8 @@ mod stats;
 pub mod store;
 
 pub use error::{quiet_caught_storage_panics, LakeError, Refusal, StateFile};
-pub use iceberg::catalog::{SqlBackend, SqlCatalog};
+pub use iceberg::catalog::{Catalog, SqlBackend, SqlCatalog};
+pub use iceberg::rest::RestCatalog;
 pub use iceberg::IcebergSink;
 pub use sink::dv::DeletionVectors;
 pub use sink::{

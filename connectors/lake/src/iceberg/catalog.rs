@@ -502,3 +502,26 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// The catalog an Iceberg lake registers its tables in.
+#[derive(Clone, Debug)]
+pub enum Catalog {
+    Sql(SqlCatalog),
+    Rest(super::rest::RestCatalog),
+}
+
+impl Catalog {
+    /// The catalog for messages (never a password).
+    pub fn describe(&self) -> String {
+        match self {
+            Catalog::Sql(c) => c.describe(),
+            Catalog::Rest(c) => c.describe(),
+        }
+    }
+}
+
+impl From<SqlCatalog> for Catalog {
+    fn from(catalog: SqlCatalog) -> Self {
+        Catalog::Sql(catalog)
+    }
+}

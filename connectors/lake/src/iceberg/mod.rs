@@ -32,6 +32,7 @@ pub mod catalog;
 mod files;
 pub mod metadata;
 mod read;
+pub mod rest;
 pub mod schema;
 
 use std::collections::{BTreeMap, HashMap};
@@ -51,9 +52,10 @@ use crate::state::LakeState;
 use crate::stats::writer_properties;
 use crate::store::LakeStore;
 use avro::{DataFile, ManifestEntry, ManifestFile};
-use catalog::{SqlCatalog, Swap};
+use catalog::{Catalog, Swap};
 use files::{FileTarget, FileWriter};
 use metadata::{metadata_file_name, new_table, now_ms, PartitionField, TableMetadata};
+use rest::Committed;
 use schema::{file_schema, iceberg_fields, narrow_batch, IcebergField};
 pub use tidewater_core::state::TableState;
 
@@ -123,7 +125,7 @@ impl OpenTable {
 pub struct IcebergSink {
     store: LakeStore,
     pipeline: String,
-    catalog: SqlCatalog,
+    catalog: Catalog,
     catalog_ready: bool,
     tables: BTreeMap<TableId, OpenTable>,
     table_phases: HashMap<TableId, (SnapshotPhase, Mark)>,
@@ -132,11 +134,11 @@ pub struct IcebergSink {
 }
 
 impl IcebergSink {
-    pub fn new(store: LakeStore, pipeline: &str, catalog: SqlCatalog) -> Self {
+    pub fn new(store: LakeStore, pipeline: &str, catalog: impl Into<Catalog>) -> Self {
         Self {
             store,
             pipeline: pipeline.to_string(),
-            catalog,
+            catalog: catalog.into(),
             catalog_ready: false,
             tables: BTreeMap::new(),
             table_phases: HashMap::new(),
@@ -159,7 +161,7 @@ impl IcebergSink {
         &self.store
     }
 
-    pub fn catalog(&self) -> &SqlCatalog {
+    pub fn catalog(&self) -> &Catalog {
         &self.catalog
     }
 
@@ -207,7 +209,10 @@ impl IcebergSink {
 
     async fn ready(&mut self) -> Result<(), LakeError> {
         if !self.catalog_ready {
-            self.catalog.ensure_schema().await?;
+            match &self.catalog {
+                Catalog::Sql(c) => c.ensure_schema().await?,
+                Catalog::Rest(c) => c.probe().await?,
+            }
             self.catalog_ready = true;
         }
         Ok(())
@@ -276,6 +281,39 @@ impl IcebergSink {
         Ok(metadata)
     }
 
+    /// The table's current metadata, as the catalog names it.
+    async fn load_metadata(
+        &self,
+        table: &TableId,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<TableMetadata>, LakeError> {
+        let metadata = match &self.catalog {
+            Catalog::Sql(catalog) => match catalog.load(namespace, name).await? {
+                Some(registered) => Some(
+                    self.read_metadata(table, &registered.metadata_location)
+                        .await?,
+                ),
+                None => None,
+            },
+            Catalog::Rest(catalog) => catalog.load(namespace, name).await?,
+        };
+        if let Some(metadata) = &metadata {
+            if metadata.format_version() != 2 {
+                return Err(Self::failed(
+                    table,
+                    "opening",
+                    format!(
+                        "it is Iceberg format version {}; tidewater writes format version 2 tables",
+                        metadata.format_version()
+                    ),
+                    ErrorClass::Config,
+                ));
+            }
+        }
+        Ok(metadata)
+    }
+
     /// The table's state as its metadata records it for this pipeline.
     fn state_of(&self, metadata: &TableMetadata) -> Option<TableState> {
         let seq = metadata.property(&self.key("seq"))?.parse().ok()?;
@@ -300,12 +338,9 @@ impl IcebergSink {
         }
         self.ready().await?;
         let (namespace, name) = identifier(&self.pipeline, table);
-        let Some(registered) = self.catalog.load(&namespace, &name).await? else {
+        let Some(metadata) = self.load_metadata(table, &namespace, &name).await? else {
             return Ok(None);
         };
-        let metadata = self
-            .read_metadata(table, &registered.metadata_location)
-            .await?;
         let source = metadata.property(PROPERTY_SOURCE).unwrap_or_default();
         if source != table.to_string() {
             return Err(Self::failed(
@@ -376,21 +411,36 @@ impl IcebergSink {
             ("write.format.default".to_string(), "parquet".to_string()),
         ]);
         let json = new_table(&location, &fields, properties, day_of);
-        let file = format!("{rel}/metadata/{}", metadata_file_name(0));
-        self.store.write(&file, &json.to_string()).await?;
-        self.catalog.ensure_namespace(&namespace).await?;
-        let metadata_location = self.store.uri_of(&file);
-        if !self
-            .catalog
-            .create(&namespace, &name, &metadata_location)
-            .await?
-        {
+        let created = match &self.catalog {
+            Catalog::Sql(catalog) => {
+                let file = format!("{rel}/metadata/{}", metadata_file_name(0));
+                self.store.write(&file, &json.to_string()).await?;
+                catalog.ensure_namespace(&namespace).await?;
+                let metadata_location = self.store.uri_of(&file);
+                if catalog
+                    .create(&namespace, &name, &metadata_location)
+                    .await?
+                {
+                    Some(TableMetadata {
+                        json,
+                        location: metadata_location,
+                    })
+                } else {
+                    self.store.delete(&file).await?;
+                    None
+                }
+            }
+            Catalog::Rest(catalog) => {
+                catalog.ensure_namespace(&namespace).await?;
+                catalog.create(&namespace, &name, &json).await?
+            }
+        };
+        let Some(metadata) = created else {
             // Someone registered it first (or a run that crashed right
             // after registering): open theirs.
-            self.store.delete(&file).await?;
             self.table_state(table).await?;
             return Ok(());
-        }
+        };
         info!(table = %table, iceberg = %format!("{namespace}.{name}"), path = %self.store.describe(&rel), "created Iceberg table");
         self.tables.insert(
             table.clone(),
@@ -398,10 +448,7 @@ impl IcebergSink {
                 namespace,
                 name,
                 rel,
-                metadata: TableMetadata {
-                    json,
-                    location: metadata_location,
-                },
+                metadata,
                 state: None,
                 pending: None,
                 files: Vec::new(),
@@ -716,22 +763,74 @@ impl IcebergSink {
                 ),
                 (self.key("commits"), state.commits.to_string()),
             ];
-            let json = base.with_snapshot(json_base.clone(), snapshot, &properties);
-            let file = format!("{rel}/metadata/{}", metadata_file_name(base.version() + 1));
-            self.store.write(&file, &json.to_string()).await?;
-            let location = self.store.uri_of(&file);
-            match self
-                .catalog
-                .swap(&namespace, &name, &base.location, &location)
-                .await?
-            {
-                Swap::Done => {
+            let outcome = match &self.catalog {
+                Catalog::Sql(catalog) => {
+                    let json = base.with_snapshot(json_base.clone(), snapshot, &properties);
+                    let file = format!("{rel}/metadata/{}", metadata_file_name(base.version() + 1));
+                    self.store.write(&file, &json.to_string()).await?;
+                    let location = self.store.uri_of(&file);
+                    match catalog
+                        .swap(&namespace, &name, &base.location, &location)
+                        .await?
+                    {
+                        Swap::Done => Some(TableMetadata { json, location }),
+                        Swap::Conflict => None,
+                    }
+                }
+                Catalog::Rest(catalog) => {
+                    let mut requirements = vec![
+                        json!({"type": "assert-table-uuid", "uuid": base.table_uuid()}),
+                        json!({"type": "assert-ref-snapshot-id", "ref": "main", "snapshot-id": parent}),
+                    ];
+                    let mut updates = Vec::new();
+                    if evolved.is_some() {
+                        requirements.push(json!({
+                            "type": "assert-current-schema-id",
+                            "current-schema-id": base.current_schema_id(),
+                        }));
+                        updates.push(json!({
+                            "action": "add-schema",
+                            "schema": current_schema_json(&json_base),
+                            "last-column-id": json_base["last-column-id"],
+                        }));
+                        updates.push(json!({"action": "set-current-schema", "schema-id": -1}));
+                    }
+                    updates.push(json!({"action": "add-snapshot", "snapshot": snapshot}));
+                    updates.push(json!({
+                        "action": "set-snapshot-ref",
+                        "ref-name": "main",
+                        "type": "branch",
+                        "snapshot-id": snapshot_id,
+                    }));
+                    updates.push(json!({
+                        "action": "set-properties",
+                        "updates": properties.iter().cloned().collect::<BTreeMap<_, _>>(),
+                    }));
+                    match catalog
+                        .commit(&namespace, &name, requirements, updates)
+                        .await?
+                    {
+                        Committed::Done(metadata) => Some(metadata),
+                        Committed::Conflict => None,
+                        Committed::Unknown(why) => {
+                            // The table says whether our snapshot is in.
+                            warn!(table = %table, why = %why, "the Iceberg catalog did not say whether the commit happened; reading the table back");
+                            match catalog.load(&namespace, &name).await? {
+                                Some(now) if now.snapshot(snapshot_id).is_some() => Some(now),
+                                _ => None,
+                            }
+                        }
+                    }
+                }
+            };
+            match outcome {
+                Some(metadata) => {
                     let open = self.tables.get_mut(table).expect("open");
-                    open.metadata = TableMetadata { json, location };
+                    open.metadata = metadata;
                     return Ok(sequence as u64);
                 }
-                Swap::Conflict => {
-                    let Some(now) = self.catalog.load(&namespace, &name).await? else {
+                None => {
+                    let Some(newer) = self.load_metadata(table, &namespace, &name).await? else {
                         return Err(Self::failed(
                             table,
                             "committing to",
@@ -739,7 +838,6 @@ impl IcebergSink {
                             ErrorClass::Config,
                         ));
                     };
-                    let newer = self.read_metadata(table, &now.metadata_location).await?;
                     let theirs = self.state_of(&newer).map_or(0, |s| s.commits);
                     if theirs >= state.commits {
                         return Err(LakeError::ConcurrentWriter {
@@ -930,7 +1028,11 @@ impl IcebergSink {
                 let table = TableId::new(schema_name.clone(), table_name);
                 let (namespace, name) = identifier(&self.pipeline, &table);
                 self.ready().await?;
-                if self.catalog.load(&namespace, &name).await?.is_some() {
+                if self
+                    .load_metadata(&table, &namespace, &name)
+                    .await?
+                    .is_some()
+                {
                     found.push(table);
                 }
             }
@@ -946,7 +1048,10 @@ impl IcebergSink {
         self.tables.remove(table);
         self.ready().await?;
         let (namespace, name) = identifier(&self.pipeline, table);
-        self.catalog.drop_table(&namespace, &name).await?;
+        match &self.catalog {
+            Catalog::Sql(c) => c.drop_table(&namespace, &name).await?,
+            Catalog::Rest(c) => c.drop_table(&namespace, &name).await?,
+        }
         let rel = self.table_rel(table);
         let tombstone = format!(
             "{}/{}/.tidewater-removed-{}",

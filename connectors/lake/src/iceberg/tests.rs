@@ -207,9 +207,11 @@ async fn a_second_process_of_the_pipeline_stops_and_a_foreign_commit_is_built_up
     );
     first.store.write(&rel, &foreign.to_string()).await.unwrap();
     let foreign_at = first.store.uri_of(&rel);
+    let Catalog::Sql(catalog) = &first.catalog else {
+        panic!("a SQL catalog")
+    };
     assert_eq!(
-        first
-            .catalog
+        catalog
             .swap(&ns, &name, &newer.location, &foreign_at)
             .await
             .unwrap(),
