@@ -71,6 +71,9 @@ const SUMMARY_SNAPSHOT: &str = "tidewater.snapshot";
 /// The source table a lake table holds (`schema.table`): two source names
 /// that map to one Iceberg name are refused, never mixed.
 const PROPERTY_SOURCE: &str = "tidewater.source_table";
+/// The source's key columns (a JSON array of names, in key order; empty for
+/// a keyless table): what current-state views and lookups key rows by.
+pub const PROPERTY_KEY: &str = "tidewater.key_columns";
 
 /// How many times a commit is rebuilt on another writer's newer metadata
 /// before the error goes to the pipeline's retry.
@@ -409,6 +412,16 @@ impl IcebergSink {
                 ),
             ),
             ("write.format.default".to_string(), "parquet".to_string()),
+            (
+                PROPERTY_KEY.to_string(),
+                serde_json::to_string(
+                    &schema
+                        .key_columns()
+                        .map(|c| c.name.clone())
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap_or_default(),
+            ),
         ]);
         let json = new_table(&location, &fields, properties, day_of);
         let created = match &self.catalog {
