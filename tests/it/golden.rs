@@ -1,5 +1,5 @@
 //! The type mapping golden file: Postgres type → tidewater column type → Arrow
-//! type → Delta column. Regenerate with `TIDEWATER_BLESS=1 cargo test golden`.
+//! type → Delta column, and the Iceberg column of the same Arrow type. Regenerate with `TIDEWATER_BLESS=1 cargo test golden`.
 
 use deltalake::arrow::datatypes::Field;
 use tidewater_core::{arrow_type, Column};
@@ -82,14 +82,18 @@ fn mapping() -> String {
             .expect("one field")
             .data_type()
             .to_string();
+        let (iceberg, iceberg_encoding) =
+            tidewater_lake::iceberg::schema::iceberg_column(&core).expect("an Iceberg type");
         out.push_str(&format!(
-            "  {{\"postgres\": {:?}, \"arrow\": {:?}, \"delta\": {:?}, \"lake_encoding\": {}, \"binary\": {}}}{}\n",
+            "  {{\"postgres\": {:?}, \"arrow\": {:?}, \"delta\": {:?}, \"lake_encoding\": {}, \"iceberg\": {:?}, \"iceberg_encoding\": {}, \"binary\": {}}}{}\n",
             name,
             arrow_type(&ty).to_string(),
             delta,
             lake.metadata()
                 .get(LAKE_ENCODING_KEY)
                 .map_or("null".to_string(), |e| format!("{e:?}")),
+            iceberg.to_string(),
+            iceberg_encoding.map_or("null".to_string(), |e| format!("{e:?}")),
             tidewater_postgres::binary::supported(*oid),
             if i + 1 < all.len() { "," } else { "" }
         ));

@@ -72,6 +72,19 @@ async fn every_postgres_type_lands_in_iceberg_and_other_engines_read_it_as_the_s
         .batch_execute(&insert(first))
         .await
         .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    // Arrays of the types Iceberg narrows or holds natively.
+    client
+        .batch_execute(
+            "CREATE TABLE arr (id int PRIMARY KEY, au uuid[], atz timestamptz[], an numeric(8,3)[],
+                               ai2 int2[], ad date[]);
+             INSERT INTO arr VALUES
+               (1, ARRAY['a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid, NULL],
+                   ARRAY['2024-02-29 12:00:00.123456+00'::timestamptz], ARRAY[1.5, NULL, -2.125]::numeric(8,3)[],
+                   ARRAY[-32768, 32767]::int2[], ARRAY['0001-01-01'::date, '9999-12-31']),
+               (2, ARRAY[]::uuid[], NULL, ARRAY[]::numeric(8,3)[], NULL, NULL);",
+        )
+        .await
+        .unwrap();
     let mut pipeline = Pipeline::iceberg(
         "ice_types",
         &format!(
@@ -101,6 +114,8 @@ async fn every_postgres_type_lands_in_iceberg_and_other_engines_read_it_as_the_s
         .await
         .unwrap();
     pipeline.wait_equal(&client, "r").await;
+    pipeline.wait_equal(&client, "arr").await;
+    every_reader_agrees(&pipeline.table_path("public", "arr"), &client, "public.arr").await;
     let path = pipeline.table_path("public", "r");
     let summary = every_reader_agrees(&path, &client, "public.r").await;
 
@@ -507,4 +522,84 @@ async fn through_a_rest_catalog_with_lost_and_refused_answers_each_change_lands_
     rows_in_lake(37).await;
     lake::assert_each_change_once(&read_iceberg_log_in(&path, catalog).await.unwrap());
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
+}
+
+const MYSQL_GOLDEN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/schemas/mysql-iceberg-type-mapping.json"
+);
+
+/// Every MySQL/MariaDB type into Iceberg, snapshot then stream: pyiceberg
+/// and DuckDB read what the source holds, value by value; the Iceberg
+/// columns (type, doc) are the golden file `schemas/mysql-iceberg-type-mapping.json`
+/// (regenerate with `TIDEWATER_BLESS=1 cargo test mysql_every_type_into_iceberg`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_every_type_into_iceberg_reads_as_the_source_has_it() {
+    use crate::mysql::{exec, type_rows, TYPES_DDL};
+    use crate::support::mariadb::{decimal_columns_mysql, maria, source_state_mysql};
+    let server = maria();
+    let mut conn = server.create_database("my_ice_types").await;
+    exec(&mut conn, "SET SESSION sql_mode = ''").await;
+    exec(&mut conn, TYPES_DDL).await;
+    exec(&mut conn, &format!("INSERT INTO types VALUES {}", type_rows(0))).await;
+    let mut pipeline = Pipeline::iceberg("my_ice_types", &server.source_toml("my_ice_types"), "");
+    pipeline.start();
+    pipeline
+        .wait_equal_mysql(&mut conn, "my_ice_types", "types", "k")
+        .await;
+    exec(&mut conn, &format!("INSERT INTO types VALUES {}", type_rows(10))).await;
+    exec(
+        &mut conn,
+        "UPDATE types SET vc = 'changed', mi = -1, d2 = -0.000000000000000000000000000001, \
+         tm6 = '-12:34:56.789012', st = 'b,d', e = NULL WHERE k IN (1, 11)",
+    )
+    .await;
+    exec(&mut conn, "DELETE FROM types WHERE k IN (0, 12)").await;
+    pipeline
+        .wait_equal_mysql(&mut conn, "my_ice_types", "types", "k")
+        .await;
+    let path = pipeline.table_path("my_ice_types", "types");
+    let ours = read_log(&path).await.unwrap();
+    let mut summary = Value::Null;
+    for reader in ["pyiceberg", "duckdb"] {
+        let (rows, read) = read_iceberg_with(&path, reader)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rows.len(), ours.len(), "{reader}");
+        let mut lake = lake::current_state(&rows, "k");
+        let mut source = source_state_mysql(&mut conn, "my_ice_types.types", "k").await;
+        let decimals = decimal_columns_mysql(&mut conn, "my_ice_types.types").await;
+        lake::trim_decimals(&mut lake, &decimals);
+        lake::trim_decimals(&mut source, &decimals);
+        if let Err(diff) = lake::compare(&source, &lake) {
+            panic!("{reader} reads the Iceberg table unlike MariaDB:\n{diff}");
+        }
+        summary = read;
+    }
+    let mut out = String::from("[\n");
+    let fields: Vec<&Value> = summary["schema"]
+        .as_array()
+        .expect("schema")
+        .iter()
+        .filter(|f| !f["name"].as_str().unwrap_or_default().starts_with("_tw_"))
+        .collect();
+    for (i, field) in fields.iter().enumerate() {
+        out.push_str(&format!(
+            "  {{\"column\": {}, \"iceberg\": {}, \"doc\": {}}}{}\n",
+            field["name"],
+            field["type"],
+            field["doc"],
+            if i + 1 < fields.len() { "," } else { "" }
+        ));
+    }
+    out.push_str("]\n");
+    if std::env::var_os("TIDEWATER_BLESS").is_some() {
+        std::fs::write(MYSQL_GOLDEN, &out).unwrap();
+    }
+    let golden = std::fs::read_to_string(MYSQL_GOLDEN).unwrap_or_default();
+    assert_eq!(
+        golden, out,
+        "schemas/mysql-iceberg-type-mapping.json differs from the lake: review, then TIDEWATER_BLESS=1 cargo test mysql_every_type_into_iceberg"
+    );
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
 }

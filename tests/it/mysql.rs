@@ -12,7 +12,7 @@ use crate::support::mariadb::{maria, MariaServer};
 use crate::support::{output_within, tidewater, Pipeline};
 
 /// Every MySQL type family with edge values (DESIGN §4). `k` is the key.
-const TYPES_DDL: &str = "CREATE TABLE types (
+pub(crate) const TYPES_DDL: &str = "CREATE TABLE types (
     k INT PRIMARY KEY,
     ti TINYINT, tiu TINYINT UNSIGNED, si SMALLINT, siu SMALLINT UNSIGNED,
     mi MEDIUMINT, miu MEDIUMINT UNSIGNED, i INT, iu INT UNSIGNED,
@@ -26,7 +26,7 @@ const TYPES_DDL: &str = "CREATE TABLE types (
     j JSON, g GEOMETRY, u UUID, ip6 INET6
 ) CHARACTER SET utf8mb4";
 
-fn type_rows(from: i32) -> String {
+pub(crate) fn type_rows(from: i32) -> String {
     let rows = [
         "(0, -128, 255, -32768, 65535, -8388608, 16777215, -2147483648, 4294967295, \
           -9223372036854775808, 18446744073709551615, true, \
@@ -57,7 +57,7 @@ fn type_rows(from: i32) -> String {
         .join(", ")
 }
 
-async fn exec(conn: &mut mysql_async::Conn, sql: &str) {
+pub(crate) async fn exec(conn: &mut mysql_async::Conn, sql: &str) {
     conn.query_drop(sql)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));

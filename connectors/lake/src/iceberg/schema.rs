@@ -233,6 +233,32 @@ fn iceberg_type(data_type: &DataType, next_id: &mut dyn FnMut() -> i32) -> Optio
     })
 }
 
+impl std::fmt::Display for IcebergType {
+    /// The type as Iceberg's documentation spells it (`list<long>`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IcebergType::List { element, .. } => write!(f, "list<{element}>"),
+            IcebergType::Decimal(p, s) => write!(f, "decimal({p}, {s})"),
+            other => match other.to_json() {
+                Value::String(name) => f.write_str(&name),
+                json => write!(f, "{json}"),
+            },
+        }
+    }
+}
+
+/// The Iceberg type a core field is stored as and how its value is
+/// encoded when that is not plain (for the type-mapping golden file).
+pub fn iceberg_column(field: &Field) -> Option<(IcebergType, Option<&'static str>)> {
+    let (narrowed, how) = narrow_type(field);
+    let mut id = 0;
+    let ty = iceberg_type(&narrowed, &mut || {
+        id += 1;
+        id
+    })?;
+    Some((ty, how))
+}
+
 /// One top-level column of an Iceberg schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IcebergField {
