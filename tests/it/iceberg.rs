@@ -603,3 +603,79 @@ async fn mysql_every_type_into_iceberg_reads_as_the_source_has_it() {
     );
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
 }
+
+/// Schema changes while streaming into a day-partitioned Iceberg table:
+/// added columns, the widenings Iceberg does in place (int → bigint, real →
+/// double, numeric precision), a change it cannot (numeric scale, text →
+/// integer) into a versioned column; pyiceberg and DuckDB read every row as
+/// the source has it, old files through the new schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_changes_while_streaming_into_a_partitioned_table() {
+    let client = pg().create_database("ice_evolve").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, n int, r real, m numeric(5,2), s numeric(6,2), c text);
+             INSERT INTO t VALUES (1, 1, 1.5, 1.25, 2.50, '10'), (2, 2, 2.5, 2.25, 3.50, '20');",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::iceberg(
+        "ice_evolve",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg().url("ice_evolve")
+        ),
+        "partitioning = \"commit_date\"\n",
+    );
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+    for (i, step) in [
+        "ALTER TABLE t ADD COLUMN added text; INSERT INTO t VALUES (3, 3, 3.5, 3.25, 4.50, '30', 'x')",
+        "ALTER TABLE t ALTER COLUMN n TYPE bigint; INSERT INTO t VALUES (4, 5000000000, 4.5, 4.25, 5.50, '40', 'y')",
+        "ALTER TABLE t ALTER COLUMN r TYPE double precision; UPDATE t SET r = 0.1 WHERE id = 1",
+        "ALTER TABLE t ALTER COLUMN m TYPE numeric(12,2); UPDATE t SET m = 1234567890.12 WHERE id = 2",
+        "ALTER TABLE t ALTER COLUMN s TYPE numeric(8,4); UPDATE t SET s = 1.2345 WHERE id = 3",
+        "ALTER TABLE t ALTER COLUMN c TYPE int USING c::int; UPDATE t SET c = 99 WHERE id = 4",
+    ]
+    .iter()
+    .enumerate()
+    {
+        client.batch_execute(step).await.unwrap();
+        pipeline.wait_equal(&client, "t").await;
+        eprintln!("step {i} landed");
+    }
+    let path = pipeline.table_path("public", "t");
+    let summary = every_reader_agrees(&path, &client, "public.t").await;
+    let schema = summary["schema"].as_array().expect("schema");
+    let field = |name: &str| {
+        schema
+            .iter()
+            .find(|f| f["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no column {name}: {summary}"))
+    };
+    // Widened in place: the same field id, the wider type.
+    assert_eq!(field("n")["type"], "long");
+    assert_eq!(field("r")["type"], "double");
+    assert_eq!(field("m")["type"], "decimal(12, 2)");
+    assert_eq!(field("n")["id"], 2, "kept its id");
+    // Not widenable in place: a versioned column.
+    assert_eq!(field("s")["type"], "decimal(6, 2)");
+    assert_eq!(field("s__v2")["type"], "decimal(8, 4)");
+    assert_eq!(field("c")["type"], "string");
+    assert_eq!(field("c__v2")["type"], "int");
+    assert_eq!(field("added")["type"], "string");
+    // Partitioned by day(_tw_commit_ts), and the files say so.
+    let spec = summary["partition_spec"].as_array().expect("spec");
+    assert_eq!(spec.len(), 1, "{summary}");
+    assert_eq!(spec[0]["name"], "_tw_commit_date");
+    assert_eq!(spec[0]["transform"], "day");
+    let data = path.join("data");
+    let files: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!files.is_empty());
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+}

@@ -218,10 +218,12 @@ pub async fn read_iceberg_in(
     Ok((rows, summary))
 }
 
-/// The rows of one data file, with `columns` it lacks as NULL.
+/// The rows of one data file, read as an Iceberg reader reads them under
+/// the table's current `columns`: those it lacks as NULL, those a promotion
+/// widened since (int → long, float → double) in the wider type.
 fn file_rows_with<R: parquet::file::reader::ChunkReader + 'static>(
     file: R,
-    columns: &[String],
+    columns: &[(String, DataType)],
 ) -> Result<Vec<LogRow>, String> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| e.to_string())?
@@ -230,8 +232,32 @@ fn file_rows_with<R: parquet::file::reader::ChunkReader + 'static>(
     let mut rows = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| e.to_string())?;
+        let fields: Vec<deltalake::arrow::datatypes::Field> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| {
+                let ty = columns
+                    .iter()
+                    .find(|(name, _)| name == f.name())
+                    .map_or_else(|| f.data_type().clone(), |(_, ty)| ty.clone());
+                deltalake::arrow::datatypes::Field::new(f.name(), ty, true)
+            })
+            .collect();
+        let arrays = batch
+            .columns()
+            .iter()
+            .zip(&fields)
+            .map(|(array, field)| deltalake::arrow::compute::cast(array, field.data_type()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let batch = RecordBatch::try_new(
+            std::sync::Arc::new(deltalake::arrow::datatypes::Schema::new(fields)),
+            arrays,
+        )
+        .map_err(|e| e.to_string())?;
         rows.extend(batch_rows(&batch).into_iter().map(|mut row| {
-            for column in columns {
+            for (column, _) in columns {
                 if !column.starts_with("_tw_") {
                     row.values.entry(column.clone()).or_insert(Value::Null);
                 }

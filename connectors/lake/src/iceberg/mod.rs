@@ -960,13 +960,23 @@ impl IcebergSink {
         Ok(out)
     }
 
-    /// The names of the table's current columns.
-    pub async fn columns(&mut self, table: &TableId) -> Result<Vec<String>, LakeError> {
+    /// The table's current columns and the Arrow type each reads as
+    /// (older files may hold a narrower type a promotion widened since).
+    pub async fn columns(
+        &mut self,
+        table: &TableId,
+    ) -> Result<Vec<(String, deltalake::arrow::datatypes::DataType)>, LakeError> {
         self.table_state(table).await?;
         Ok(self
             .tables
             .get(table)
-            .map(|open| open.metadata.fields().into_iter().map(|f| f.name).collect())
+            .map(|open| {
+                open.metadata
+                    .fields()
+                    .into_iter()
+                    .map(|f| (f.name, f.ty.arrow()))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
