@@ -541,13 +541,21 @@ async fn mysql_every_type_into_iceberg_reads_as_the_source_has_it() {
     let mut conn = server.create_database("my_ice_types").await;
     exec(&mut conn, "SET SESSION sql_mode = ''").await;
     exec(&mut conn, TYPES_DDL).await;
-    exec(&mut conn, &format!("INSERT INTO types VALUES {}", type_rows(0))).await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO types VALUES {}", type_rows(0)),
+    )
+    .await;
     let mut pipeline = Pipeline::iceberg("my_ice_types", &server.source_toml("my_ice_types"), "");
     pipeline.start();
     pipeline
         .wait_equal_mysql(&mut conn, "my_ice_types", "types", "k")
         .await;
-    exec(&mut conn, &format!("INSERT INTO types VALUES {}", type_rows(10))).await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO types VALUES {}", type_rows(10)),
+    )
+    .await;
     exec(
         &mut conn,
         "UPDATE types SET vc = 'changed', mi = -1, d2 = -0.000000000000000000000000000001, \
@@ -678,4 +686,171 @@ async fn schema_changes_while_streaming_into_a_partitioned_table() {
         .collect();
     assert!(!files.is_empty());
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+}
+
+/// An Iceberg lake on S3 (moto behind the fault proxy; the catalog on the
+/// harness Postgres): connections dropped, 503 and 500 answers, delays and
+/// lost answers while changes stream; once the faults stop the table equals
+/// the source, each change once, and pyiceberg and DuckDB read it from S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_iceberg_lake_on_s3_survives_network_faults() {
+    use crate::support::lake::{read_iceberg_by, read_iceberg_store};
+    use crate::support::s3::{s3, Fault, FaultProxy, ACCESS_KEY, SECRET_KEY};
+    let server = s3();
+    server.create_bucket("tw-ice");
+    let proxy = FaultProxy::start(server.port).await;
+    let catalog_db = "s3ice_catalog";
+    pg().create_database(catalog_db).await;
+    let client = pg().create_database("s3ice").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text, n numeric(10,2));
+             INSERT INTO t SELECT g, 'v' || g, g / 4.0 FROM generate_series(1, 1000) g;",
+        )
+        .await
+        .unwrap();
+    let endpoint = proxy.endpoint();
+    let mut pipeline = Pipeline::with_sink(
+        "s3ice",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg().url("s3ice")
+        ),
+        |_| {
+            format!(
+                "[sink]\ntype = \"lake\"\nuri = \"s3://tw-ice/lake\"\nflush_interval_ms = 200\n\
+                 format = \"iceberg\"\n\
+                 [sink.s3]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\npath_style = true\n\
+                 [sink.catalog]\nuri = \"{}\"\n",
+                pg().url(catalog_db)
+            )
+        },
+    );
+    pipeline.env = vec![
+        ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
+        ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+    ];
+    pipeline.start();
+    let table = tidewater_core::TableId::new("public", "t");
+    let read = || {
+        let store = tidewater_lake::LakeStore::open(tidewater_lake::LakeLocation::S3 {
+            url: url::Url::parse("s3://tw-ice/lake").unwrap(),
+            options: crate::support::s3::storage_options(&server.endpoint()),
+        })
+        .unwrap();
+        let catalog = tidewater_lake::SqlCatalog::new(
+            tidewater_lake::SqlBackend::Postgres(tidewater_endpoint::url::SecretUrl::new(
+                pg().url(catalog_db),
+            )),
+            "tidewater",
+        );
+        let table = table.clone();
+        async move { read_iceberg_store(store, "s3ice", &table, catalog).await }
+    };
+    s3_equal(&mut pipeline, &client, &read).await;
+    let faults = [
+        Fault::Drop,
+        Fault::Unavailable,
+        Fault::ServerError,
+        Fault::Delay,
+        Fault::LoseAnswer,
+    ];
+    let mut nudges = 0;
+    for (round, fault) in faults.iter().enumerate() {
+        proxy.set(*fault);
+        for i in 0..6 {
+            let id = 10_000 + round * 100 + i;
+            client
+                .batch_execute(&format!(
+                    "INSERT INTO t VALUES ({id}, 'during {fault:?}', {i});
+                     UPDATE t SET v = 'changed in round {round}' WHERE id = {};
+                     DELETE FROM t WHERE id = {};",
+                    round * 10 + i + 1,
+                    500 + round * 10 + i
+                ))
+                .await
+                .unwrap();
+            // Spreads the changes over several flushes: the load, not a wait.
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        }
+        let held = std::time::Instant::now();
+        while proxy.hits(*fault) == 0 && held.elapsed() < std::time::Duration::from_secs(30) {
+            client
+                .batch_execute(&format!(
+                    "INSERT INTO t VALUES ({}, 'nudge', 0)",
+                    50_000 + nudges
+                ))
+                .await
+                .unwrap();
+            nudges += 1;
+            // The polling interval of this wait.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+        proxy.set(Fault::None);
+        // A moment without faults between two: the load's shape.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    client
+        .batch_execute("INSERT INTO t VALUES (99999, 'after the faults', 1)")
+        .await
+        .unwrap();
+    s3_equal(&mut pipeline, &client, &read).await;
+    let log = read().await.unwrap();
+    lake::assert_each_change_once(&log);
+    for fault in faults {
+        assert!(proxy.hits(fault) > 0, "no request met {fault:?}");
+    }
+    let uri = pg()
+        .url(catalog_db)
+        .replace("postgres://", "postgresql+psycopg2://");
+    let properties = vec![
+        format!("s3.endpoint={}", server.endpoint()),
+        format!("s3.access-key-id={ACCESS_KEY}"),
+        format!("s3.secret-access-key={SECRET_KEY}"),
+        "s3.region=us-east-1".to_string(),
+    ];
+    for reader in ["pyiceberg", "duckdb"] {
+        let (rows, _) = read_iceberg_by(
+            "s3ice",
+            &table,
+            reader,
+            &uri,
+            "tidewater",
+            "s3://tw-ice/lake",
+            &properties,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rows.len(), log.len(), "{reader}");
+        compare_with_source(&client, "public.t", &rows, reader).await;
+    }
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+}
+
+/// Waits until what `read` reads equals the source's `public.t`.
+async fn s3_equal<F, Fut>(pipeline: &mut Pipeline, client: &tokio_postgres::Client, read: &F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<LogRow>, String>>,
+{
+    let mut attempts = 0;
+    crate::support::eventually(
+        "the S3 Iceberg table equals the source",
+        std::time::Duration::from_secs(120),
+        || {
+            attempts += 1;
+            if attempts % 8 == 0 {
+                pipeline.assert_running();
+            }
+            async move {
+                let log = read().await?;
+                lake::compare(
+                    &lake::source_state(client, "public.t", "id").await,
+                    &lake::current_state(&log, "id"),
+                )
+            }
+        },
+    )
+    .await;
 }

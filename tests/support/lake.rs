@@ -119,19 +119,27 @@ pub async fn read_iceberg_log_in(
 ) -> Result<Vec<LogRow>, String> {
     let (lake, pipeline, table) = iceberg_coordinates(path)?;
     let store = tidewater_lake::LakeStore::local(&lake);
-    let mut sink = tidewater_lake::IcebergSink::new(store, &pipeline, catalog);
-    let files = sink.data_files(&table).await.map_err(|e| e.to_string())?;
-    let columns = sink.columns(&table).await.map_err(|e| e.to_string())?;
+    read_iceberg_store(store, &pipeline, &table, catalog).await
+}
+
+/// The Iceberg change log of `table` of `pipeline` in the lake `store`
+/// (local or S3), through `catalog`, as [`read_iceberg_log`] reads it.
+pub async fn read_iceberg_store(
+    store: tidewater_lake::LakeStore,
+    pipeline: &str,
+    table: &tidewater_core::TableId,
+    catalog: impl Into<tidewater_lake::Catalog>,
+) -> Result<Vec<LogRow>, String> {
+    let mut sink = tidewater_lake::IcebergSink::new(store, pipeline, catalog);
+    let files = sink.data_files(table).await.map_err(|e| e.to_string())?;
+    let columns = sink.columns(table).await.map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
     for entry in files {
-        let file_path = entry
-            .file
-            .path
-            .strip_prefix("file://")
-            .ok_or_else(|| format!("not a local file: {}", entry.file.path))?
-            .to_string();
-        let file = File::open(&file_path).map_err(|e| format!("{file_path}: {e}"))?;
-        rows.extend(file_rows_with(file, &columns)?);
+        let bytes = sink
+            .read_file(table, &entry.file.path)
+            .await
+            .map_err(|e| e.to_string())?;
+        rows.extend(file_rows_with(bytes, &columns)?);
     }
     rows.sort_by_key(|r| (r.seq, r.ord));
     Ok(rows)
@@ -185,14 +193,44 @@ pub async fn read_iceberg_in(
     catalog_name: &str,
 ) -> Result<(Vec<LogRow>, Value), String> {
     let (lake, pipeline, table) = iceberg_coordinates(path)?;
-    let (namespace, name) = tidewater_lake::iceberg::identifier(&pipeline, &table);
-    let out = lake.join(format!("read-{reader}-{}.parquet", std::process::id()));
+    let warehouse = format!("file://{}", lake.display());
+    read_iceberg_by(
+        &pipeline,
+        &table,
+        reader,
+        catalog_uri,
+        catalog_name,
+        &warehouse,
+        &[],
+    )
+    .await
+}
+
+/// [`read_iceberg_in`] of `table` of `pipeline` in the warehouse
+/// `warehouse` (`s3://…` too, with the reader's catalog `properties`
+/// such as `s3.endpoint=…`).
+pub async fn read_iceberg_by(
+    pipeline: &str,
+    table: &tidewater_core::TableId,
+    reader: &str,
+    catalog_uri: &str,
+    catalog_name: &str,
+    warehouse: &str,
+    properties: &[String],
+) -> Result<(Vec<LogRow>, Value), String> {
+    let lake = std::env::temp_dir();
+    let (namespace, name) = tidewater_lake::iceberg::identifier(pipeline, table);
+    let out = lake.join(format!(
+        "tidewater-read-{reader}-{}-{namespace}-{name}.parquet",
+        std::process::id()
+    ));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/read_iceberg.py");
     let output = std::process::Command::new(crate::support::readers_python())
         .arg(&script)
         .args(["--catalog-uri", catalog_uri])
-        .args(["--warehouse", &format!("file://{}", lake.display())])
+        .args(["--warehouse", warehouse])
         .args(["--catalog-name", catalog_name])
+        .args(properties.iter().flat_map(|p| ["--property", p.as_str()]))
         .args(["--table", &format!("{namespace}.{name}")])
         .args(["--reader", reader])
         .arg("--out")

@@ -913,7 +913,9 @@ impl IcebergSink {
         })
     }
 
-    async fn read_file(&self, table: &TableId, uri: &str) -> Result<bytes::Bytes, LakeError> {
+    /// The bytes of a file of `table` named by URI (a data file of
+    /// [`Self::data_files`], a manifest).
+    pub async fn read_file(&self, table: &TableId, uri: &str) -> Result<bytes::Bytes, LakeError> {
         let rel = self.store.rel_of(uri).ok_or_else(|| {
             Self::failed(
                 table,
