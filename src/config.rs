@@ -1827,6 +1827,98 @@ uri = "file:///tmp/lake"
     }
 
     #[test]
+    fn iceberg_format_and_catalogs_are_checked_key_by_key() {
+        let sink = |extra: &str| {
+            GOOD.replace(
+                "uri = \"file:///tmp/lake\"",
+                &format!("uri = \"file:///tmp/lake\"\n{extra}"),
+            )
+        };
+        // Delta by default; Iceberg with the SQLite file at the lake root.
+        let SinkConfig::Lake(lake) = parse(GOOD).unwrap().sink else {
+            panic!("a lake sink")
+        };
+        assert_eq!(lake.format, LakeFormat::Delta);
+        assert!(lake.iceberg_catalog().is_none());
+        let SinkConfig::Lake(lake) = parse(&sink("format = \"iceberg\"")).unwrap().sink else {
+            panic!("a lake sink")
+        };
+        let Some(tidewater_lake::Catalog::Sql(catalog)) = lake.iceberg_catalog() else {
+            panic!("a SQL catalog")
+        };
+        assert_eq!(
+            catalog.describe(),
+            "tidewater (SQLite /tmp/lake/tidewater_catalog.db)"
+        );
+        let rest = parse(&sink(
+            "format = \"iceberg\"\n[sink.catalog]\ntype = \"rest\"\nuri = \"http://127.0.0.1:8181\"\ntoken = \"t\"",
+        ))
+        .unwrap();
+        let SinkConfig::Lake(lake) = rest.sink else {
+            panic!("a lake sink")
+        };
+        assert!(matches!(
+            lake.iceberg_catalog(),
+            Some(tidewater_lake::Catalog::Rest(_))
+        ));
+        for (extra, key, says) in [
+            (
+                "[sink.catalog]\nname = \"x\"",
+                "sink.catalog",
+                "format = \"iceberg\"",
+            ),
+            (
+                "format = \"iceberg\"\ncurrent_state = true",
+                "sink.current_state",
+                "not built",
+            ),
+            (
+                "format = \"iceberg\"\n[sink.catalog]\nuri = \"sqlite://relative.db\"",
+                "sink.catalog.uri",
+                "absolute path",
+            ),
+            (
+                "format = \"iceberg\"\n[sink.catalog]\nuri = \"mysql://db/x\"",
+                "sink.catalog.uri",
+                "sqlite://",
+            ),
+            (
+                "format = \"iceberg\"\n[sink.catalog]\ntype = \"rest\"",
+                "sink.catalog.uri",
+                "required",
+            ),
+            (
+                "format = \"iceberg\"\n[sink.catalog]\ntype = \"rest\"\nuri = \"ftp://x\"",
+                "sink.catalog.uri",
+                "http://",
+            ),
+            (
+                "format = \"iceberg\"\n[sink.catalog]\ntoken = \"t\"",
+                "sink.catalog.token",
+                "rest",
+            ),
+            (
+                "format = \"iceberg\"\n[sink.catalog]\ntype = \"glue\"",
+                "sink.catalog.type",
+                "sql",
+            ),
+            ("format = \"hudi\"", "sink.format", "iceberg"),
+        ] {
+            let err = parse(&sink(extra)).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(says), "{extra}: {err}");
+        }
+        let s3 = GOOD.replace(
+            "uri = \"file:///tmp/lake\"",
+            "uri = \"s3://bucket/lake\"\nformat = \"iceberg\"",
+        );
+        let err = parse(&s3).unwrap_err().to_string();
+        assert!(
+            err.contains("sink.catalog.uri") && err.contains("s3://"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn deletion_vectors_need_current_state_tables() {
         let sink = |extra: &str| {
             GOOD.replace(
