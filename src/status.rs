@@ -129,7 +129,26 @@ pub async fn check(settings: &Settings) -> i32 {
                 .into(),
         });
     }
+    // An Iceberg lake's catalog: reachable, and its tables there or
+    // creatable (SQL) / its config answering (REST).
+    let mut catalog_err = None;
+    if let (Some(catalog), Ok(())) = (&settings.iceberg, &lake_ok) {
+        let mut lake =
+            tidewater_lake::IcebergSink::new(settings.lake.clone(), &settings.pipeline, catalog.clone());
+        if let Err(err) = lake.probe_writable().await {
+            problems.push(tidewater_core::Problem {
+                what: format!("the Iceberg catalog is not usable: {}", crate::chain(&err)),
+                fix: "check sink.catalog.uri (and its credentials, sink.catalog.token for REST) \
+                      and that the catalog's user may create its tables"
+                    .into(),
+            });
+            catalog_err = Some(err);
+        }
+    }
     let code = check_verdict(&problems, "lake");
+    if let (Some(err), true) = (&catalog_err, source_ready) {
+        return action(err.class()).exit_code;
+    }
     // The lake's refusal is the same exit code as `run` gives it; the
     // source's own problems (exit 3) come first, as they do for `run`.
     match lake_ok {

@@ -854,3 +854,38 @@ where
     )
     .await;
 }
+
+/// `check` proves the Iceberg catalog usable, naming it and the fix when
+/// it is not (a catalog database that does not answer; a REST catalog
+/// that does not answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_an_unusable_catalog() {
+    pg().create_database("ice_check").await;
+    let dead = crate::support::free_port();
+    for catalog in [
+        format!("uri = \"postgres://postgres@127.0.0.1:{dead}/nothing\"\n"),
+        format!("type = \"rest\"\nuri = \"http://127.0.0.1:{dead}\"\n"),
+    ] {
+        let pipeline = Pipeline::iceberg(
+            "ice_check",
+            &format!(
+                "[source]\ntype = \"postgres\"\nurl = \"{}\"\n",
+                pg().url("ice_check")
+            ),
+            &format!("[sink.catalog]\n{catalog}"),
+        );
+        let mut cmd = crate::support::tidewater();
+        cmd.args(["check", "--config"]).arg(&pipeline.config);
+        let out = crate::support::output_within(cmd, 60);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_ne!(out.status.code(), Some(0), "{text}");
+        assert!(
+            text.contains("the Iceberg catalog is not usable") && text.contains("sink.catalog.uri"),
+            "{catalog}: {text}"
+        );
+    }
+}

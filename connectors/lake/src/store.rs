@@ -225,19 +225,19 @@ impl LakeStore {
     }
 
     /// Writes the file `rel` (a new name, never replaced: data files,
-    /// manifests), durably: locally it is fsynced before this returns, so
-    /// a commit that names it never names a file a power loss emptied.
+    /// manifests). Locally through the page cache, as delta-rs writes a
+    /// Delta table's data files: a process crash loses nothing written, and
+    /// the commit that names the file (metadata file, catalog row) is made
+    /// durable on its own. A file written only in part (a crash in the
+    /// middle) is never named by a commit.
     pub async fn write_new(&self, rel: &str, bytes: bytes::Bytes) -> Result<(), LakeError> {
         match (&self.location, &self.remote) {
             (LakeLocation::Local(dir), _) => {
                 let path = join(dir, rel);
                 let written = path.clone();
                 tokio::task::spawn_blocking(move || {
-                    use std::io::Write;
                     create_dirs(written.parent().expect("file has a parent"))?;
-                    let mut file = std::fs::File::create(&written)?;
-                    file.write_all(&bytes)?;
-                    file.sync_all()
+                    std::fs::write(&written, &bytes)
                 })
                 .await
                 .map_err(|join| {
