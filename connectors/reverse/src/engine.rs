@@ -19,11 +19,15 @@
 //! columns and row groups it needs. Names follow SQL: unquoted identifiers
 //! fold to lower case, so a MySQL table `Orders` is `shop."Orders"`.
 //!
-//! The scan reads the files the Delta snapshot lists (never a directory
-//! listing, so an uncommitted or vacuumed file is never seen) through the
-//! table's own object store (local disk or S3). Files written before a
-//! column was added lack it: the scan reads it as NULL (the table schema is
-//! the scan's; DataFusion adapts each file to it).
+//! The scan reads the files the Delta snapshot lists, or the live entries
+//! of the Iceberg snapshot's manifests (never a directory listing, so an
+//! uncommitted or vacuumed file is never seen) through the lake's own
+//! object store (local disk or S3). Files written before a column was
+//! added lack it: the scan reads it as NULL; Iceberg files written before
+//! a column was promoted in place (int → long, float → double, a decimal's
+//! precision) hold the narrower type: the scan casts it (the table schema
+//! is the scan's; DataFusion adapts each file to it by name — tidewater
+//! never renames a lake column, so names and Iceberg field ids agree).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -54,9 +58,47 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::ident;
 use tidewater_core::{Mark, TableId};
 use tidewater_endpoint::quote::double_quoted as quote;
-use tidewater_lake::{LakeFiles, LakeSink};
+use tidewater_lake::{IcebergSink, LakeError, LakeFiles, LakeSink};
 
 use crate::error::ReverseError;
+
+/// The lake a query reads, in the pipeline's format: the engine needs of
+/// it only the tables it holds and each one's committed files.
+pub enum Lake {
+    Delta(Box<LakeSink>),
+    Iceberg(Box<IcebergSink>),
+}
+
+impl From<LakeSink> for Lake {
+    fn from(sink: LakeSink) -> Self {
+        Lake::Delta(Box::new(sink))
+    }
+}
+
+impl From<IcebergSink> for Lake {
+    fn from(sink: IcebergSink) -> Self {
+        Lake::Iceberg(Box::new(sink))
+    }
+}
+
+impl Lake {
+    /// The pipeline's tables the lake holds.
+    pub async fn existing_tables(&mut self) -> Result<Vec<TableId>, LakeError> {
+        match self {
+            Lake::Delta(sink) => sink.existing_tables().await,
+            Lake::Iceberg(sink) => sink.existing_tables().await,
+        }
+    }
+
+    /// The committed files of `table`'s change log; None when the lake has
+    /// no such table.
+    pub async fn log_files(&mut self, table: &TableId) -> Result<Option<LakeFiles>, LakeError> {
+        match self {
+            Lake::Delta(sink) => sink.log_files(table).await,
+            Lake::Iceberg(sink) => sink.log_files(table).await,
+        }
+    }
+}
 
 /// The suffix that names a table's raw change log.
 pub const CHANGES_SUFFIX: &str = "__changes";
@@ -123,7 +165,7 @@ impl Query {
 
 /// Plans `query` over the lake of `sink`'s pipeline.
 pub async fn query(
-    sink: &mut LakeSink,
+    sink: &mut Lake,
     query: &str,
     resources: &Resources,
 ) -> Result<Query, ReverseError> {

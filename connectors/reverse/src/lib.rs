@@ -27,4 +27,5 @@ pub mod types;
 pub mod value;
 
 pub use error::ReverseError;
+pub use engine::Lake;
 pub use job::{run_job, JobSpec, Mode, Report, RunOptions};
