@@ -47,7 +47,11 @@ pub async fn command(config: &Config, job: Option<&str>, options: RunOptions) ->
             return exit_code::CONFIG;
         }
     };
-    let mut sink = open_lake(&settings.lake, &settings.pipeline, settings.iceberg.as_ref());
+    let mut sink = open_lake(
+        &settings.lake,
+        &settings.pipeline,
+        settings.iceberg.as_ref(),
+    );
     let state_dir = config.pipeline.state_dir();
     let mut code = exit_code::OK;
     for job in jobs {
@@ -64,11 +68,7 @@ pub async fn command(config: &Config, job: Option<&str>, options: RunOptions) ->
 
 /// The pipeline's lake as reverse ETL reads it: Iceberg tables through the
 /// catalog when the sink's format is Iceberg, else Delta tables.
-fn open_lake(
-    lake: &LakeStore,
-    pipeline: &str,
-    iceberg: Option<&tidewater_lake::Catalog>,
-) -> Lake {
+fn open_lake(lake: &LakeStore, pipeline: &str, iceberg: Option<&tidewater_lake::Catalog>) -> Lake {
     match iceberg {
         Some(catalog) => IcebergSink::new(lake.clone(), pipeline, catalog.clone()).into(),
         None => LakeSink::new(lake.clone(), pipeline).into(),

@@ -949,7 +949,13 @@ mod tests {
             )
         };
         let mut sink = open();
-        commit(&mut sink, &v1, 10, vec![old(1, "a"), old(2, "b"), old(3, "c")]).await;
+        commit(
+            &mut sink,
+            &v1,
+            10,
+            vec![old(1, "a"), old(2, "b"), old(3, "c")],
+        )
+        .await;
         commit(&mut sink, &v1, 11, vec![old(5, "e"), old(6, "f")]).await;
         // id, n, f → long/double; d → decimal(12,2); v text → int (a new
         // version); w dropped; e added.
@@ -992,7 +998,8 @@ mod tests {
 
         // A new reader, as a job run is.
         let mut lake = Lake::from(open());
-        let (schema, rows) = texts(&mut lake, "SELECT id, n, f, d, v, e FROM app.t ORDER BY id").await;
+        let (schema, rows) =
+            texts(&mut lake, "SELECT id, n, f, d, v, e FROM app.t ORDER BY id").await;
         let types: Vec<&DataType> = schema.fields().iter().map(|f| f.data_type()).collect();
         assert_eq!(
             types,
@@ -1015,7 +1022,14 @@ mod tests {
                 // Last written before the changes: promoted values cast,
                 // the text `v` is not the int `v` (v__v2), `e` is NULL.
                 row([Some("1"), Some("10"), Some("1.5"), Some("1.25"), None, None]),
-                row([Some("2"), Some("20"), Some("0.125"), Some("9999999999.99"), Some("8"), Some("two")]),
+                row([
+                    Some("2"),
+                    Some("20"),
+                    Some("0.125"),
+                    Some("9999999999.99"),
+                    Some("8"),
+                    Some("two")
+                ]),
                 row([Some("5"), Some("50"), Some("5.5"), Some("5.25"), None, None]),
                 row([Some("6"), Some("60"), Some("6.5"), Some("6.25"), None, None]),
                 row([
@@ -1034,7 +1048,10 @@ mod tests {
             .await
             .err()
             .expect("w is not a current column");
-        assert!(format!("{err:?}").contains("column 'w' not found"), "{err:?}");
+        assert!(
+            format!("{err:?}").contains("column 'w' not found"),
+            "{err:?}"
+        );
         let (_, log) = texts(
             &mut lake,
             "SELECT id, w, v, v__v2, _tw_op FROM app.t__changes WHERE id IN (1, 2) ORDER BY _tw_seq, id",
@@ -1065,12 +1082,24 @@ mod tests {
         assert_eq!(files.key, vec!["id".to_string()]);
         assert_eq!(
             files.columns,
-            [("id", "id"), ("n", "n"), ("f", "f"), ("d", "d"), ("v", "v__v2"), ("e", "e")]
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .to_vec()
+            [
+                ("id", "id"),
+                ("n", "n"),
+                ("f", "f"),
+                ("d", "d"),
+                ("v", "v__v2"),
+                ("e", "e")
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .to_vec()
         );
         let ctx = session(&Resources::default()).unwrap();
-        register_changes(&ctx, &table, Arc::new(LogScan::new(&ctx, 0, files).unwrap())).unwrap();
+        register_changes(
+            &ctx,
+            &table,
+            Arc::new(LogScan::new(&ctx, 0, files).unwrap()),
+        )
+        .unwrap();
         let plan = ctx
             .sql("EXPLAIN ANALYZE SELECT count(*) FROM app.t__changes WHERE id >= 100")
             .await
@@ -1087,13 +1116,7 @@ mod tests {
         );
 
         // A truncate: nothing before it is current.
-        commit(
-            &mut open(),
-            &v2,
-            30,
-            vec![(Op::Truncate, Vec::new())],
-        )
-        .await;
+        commit(&mut open(), &v2, 30, vec![(Op::Truncate, Vec::new())]).await;
         let mut lake = Lake::from(open());
         let (_, rows) = texts(&mut lake, "SELECT id FROM app.t").await;
         assert!(rows.is_empty(), "{rows:?}");

@@ -158,9 +158,8 @@ fn newest(entries: &[ManifestEntry], fields: &[IcebergField]) -> Option<BTreeSet
 fn log_columns(fields: &[IcebergField], present: Option<BTreeSet<i32>>) -> Vec<(String, String)> {
     let names: BTreeSet<&str> = fields.iter().map(|f| f.name.as_str()).collect();
     let is_version = |name: &str| {
-        name.rsplit_once("__v").is_some_and(|(base, n)| {
-            names.contains(base) && n.parse::<u32>().is_ok_and(|n| n >= 2)
-        })
+        name.rsplit_once("__v")
+            .is_some_and(|(base, n)| names.contains(base) && n.parse::<u32>().is_ok_and(|n| n >= 2))
     };
     let mut out = Vec::new();
     for base in fields {
