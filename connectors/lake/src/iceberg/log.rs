@@ -238,3 +238,113 @@ fn file_stats(entry: &ManifestEntry, fields: &[IcebergField]) -> Value {
         "maxValues": maxs,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iceberg::avro::DataFile;
+
+    fn field(id: i32, name: &str, ty: IcebergType) -> IcebergField {
+        IcebergField {
+            id,
+            name: name.into(),
+            ty,
+            required: false,
+            doc: None,
+        }
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_newest_files_columns_are_the_current_ones() {
+        let list = IcebergType::List {
+            element_id: 9,
+            element: Box::new(IcebergType::Long),
+            element_required: false,
+        };
+        let fields = vec![
+            field(1, "id", IcebergType::Long),
+            field(2, "v", IcebergType::String),
+            field(3, "v__v2", IcebergType::Int),
+            field(4, "w", IcebergType::String),
+            field(5, "l", list),
+            // A source column of that name, no versions of anything.
+            field(6, "x__v2", IcebergType::Int),
+            field(7, "_tw_seq", IcebergType::Long),
+        ];
+        let held = |ids: &[i32]| Some(ids.iter().copied().collect::<BTreeSet<i32>>());
+        // v changed to int and back to text; w dropped; a list column is
+        // not in the metrics, so kept.
+        assert_eq!(
+            log_columns(&fields, held(&[1, 2, 6, 7])),
+            pairs(&[("id", "id"), ("v", "v"), ("l", "l"), ("x__v2", "x__v2")])
+        );
+        assert_eq!(
+            log_columns(&fields, held(&[1, 3, 4, 6, 7])),
+            pairs(&[
+                ("id", "id"),
+                ("v", "v__v2"),
+                ("w", "w"),
+                ("l", "l"),
+                ("x__v2", "x__v2")
+            ])
+        );
+        // No metrics: every column, the highest version.
+        assert_eq!(
+            log_columns(&fields, None),
+            pairs(&[
+                ("id", "id"),
+                ("v", "v__v2"),
+                ("w", "w"),
+                ("l", "l"),
+                ("x__v2", "x__v2")
+            ])
+        );
+    }
+
+    #[test]
+    fn manifest_metrics_read_as_delta_statistics() {
+        let mut file = DataFile {
+            record_count: 7,
+            ..Default::default()
+        };
+        // A promoted column's older file: int bounds.
+        file.lower_bounds.insert(1, 5i32.to_le_bytes().to_vec());
+        file.upper_bounds.insert(1, 9i32.to_le_bytes().to_vec());
+        file.null_value_counts.insert(1, 0);
+        file.lower_bounds
+            .insert(2, 19_000i32.to_le_bytes().to_vec());
+        file.upper_bounds
+            .insert(2, 19_001i32.to_le_bytes().to_vec());
+        // A double's bounds are not exact: left out.
+        file.lower_bounds.insert(3, 1.5f64.to_le_bytes().to_vec());
+        file.upper_bounds.insert(3, 2.5f64.to_le_bytes().to_vec());
+        file.null_value_counts.insert(3, 2);
+        let entry = ManifestEntry {
+            status: 1,
+            snapshot_id: None,
+            sequence_number: None,
+            content: 0,
+            file,
+        };
+        let fields = [
+            field(1, "n", IcebergType::Long),
+            field(2, "day", IcebergType::Date),
+            field(3, "f", IcebergType::Double),
+        ];
+        assert_eq!(
+            file_stats(&entry, &fields),
+            json!({
+                "numRecords": 7,
+                "nullCount": {"n": 0, "f": 2},
+                "minValues": {"n": 5, "day": "2022-01-08"},
+                "maxValues": {"n": 9, "day": "2022-01-09"},
+            })
+        );
+    }
+}
