@@ -978,7 +978,7 @@ mod tests {
                     Datum::Int64(id),
                     Datum::Int64(n),
                     Datum::Float64(0.125),
-                    Datum::Decimal128(9_999_999_999_99),
+                    Datum::Decimal128(999_999_999_999),
                     Datum::Int32(v),
                     Datum::Text(e.into()),
                 ],
