@@ -1124,3 +1124,118 @@ async fn an_iceberg_lake_pushed_by_difference_through_a_promoted_and_an_added_co
     }
     assert_eq!(p.terminate(), 0, "{}", p.log(1));
 }
+
+/// Reverse ETL over an Iceberg lake on S3 (moto): the scan reads the
+/// files the manifests name through the S3 store at the lake root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_iceberg_lake_on_s3_is_pushed_as_the_source_has_it() {
+    use crate::support::s3::s3;
+    let server = s3();
+    server.create_bucket("tw-rev-ice");
+    let source = pg().create_database("revices3").await;
+    source
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 200) g;",
+        )
+        .await
+        .unwrap();
+    let target = pg().create_database("revices3_tgt").await;
+    let mut p = crate::lake_s3::s3_pipeline("revices3", "tw-rev-ice", &server.endpoint());
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    let text = text.replace(
+        "uri = \"s3://tw-rev-ice/lake\"",
+        "uri = \"s3://tw-rev-ice/lake\"\nformat = \"iceberg\"",
+    ) + &format!(
+        "\n[sink.catalog]\nuri = \"sqlite://{}\"\n",
+        p.lake.with_file_name("catalog.db").display()
+    );
+    std::fs::write(&p.config, text).unwrap();
+    append(
+        &p,
+        &[
+            job(
+                "rows",
+                "SELECT id, v FROM public.t",
+                &pg().url("revices3_tgt"),
+                "public.t",
+                "id",
+                "mirror",
+            ),
+            job(
+                "ops",
+                "SELECT _tw_op AS op, count(*) AS n FROM public.t__changes GROUP BY _tw_op",
+                &pg().url("revices3_tgt"),
+                "public.ops",
+                "op",
+                "mirror",
+            ),
+        ]
+        .concat(),
+    );
+    p.start();
+    let rows = "SELECT id::text, v FROM t ORDER BY t.id";
+    push_until_equal(&p, &source, &target, rows).await;
+    source
+        .batch_execute(
+            "UPDATE t SET v = 'changed' WHERE id <= 10; DELETE FROM t WHERE id > 190;
+             INSERT INTO t VALUES (1000, 'new');",
+        )
+        .await
+        .unwrap();
+    push_until_equal(&p, &source, &target, rows).await;
+    let ops = |rows: &[(&str, &str)]| -> Rows {
+        rows.iter()
+            .map(|(op, n)| vec![Some(op.to_string()), Some(n.to_string())])
+            .collect()
+    };
+    assert_eq!(
+        pg_rows(&target, PG_OPS_TARGET).await,
+        ops(&[("c", "1"), ("d", "10"), ("r", "200"), ("u", "10")])
+    );
+    assert_eq!(p.terminate(), 0, "{}", p.log(1));
+}
+
+/// Runs the pipeline's jobs (with its environment) until `rows` (a query)
+/// reads the same in the target as in the source. Until the pipeline
+/// created the lake table, a job says the lake has no such table: tried
+/// again.
+async fn push_until_equal(
+    p: &Pipeline,
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+    rows: &str,
+) {
+    let expected = pg_rows(source, rows).await;
+    eventually(
+        "the push from the lake equals the source",
+        Duration::from_secs(90),
+        || {
+            let mut cmd = tidewater();
+            cmd.args(["reverse-etl", "--config"])
+                .arg(&p.config)
+                .envs(p.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            let out = output_within(cmd, 120);
+            let expected = &expected;
+            async move {
+                if !out.status.success() {
+                    return Err(format!(
+                        "reverse-etl failed:\n{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+                let got = pg_rows(target, rows).await;
+                if &got == expected {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{} rows pushed, {} in the source",
+                        got.len(),
+                        expected.len()
+                    ))
+                }
+            }
+        },
+    )
+    .await;
+}
