@@ -3,7 +3,8 @@
 //! (the raw change log, metadata columns included).
 //!
 //! ```text
-//!  query ─parse─▶ table references ─▶ only those tables' committed files (LakeSink::log_files)
+//!  query ─parse─▶ table references ─▶ only those tables' committed files (Lake::log_files:
+//!                                     the Delta log's, or the Iceberg manifests' live entries)
 //!        ─▶ register  <s>.<t>__changes  = a Parquet scan over exactly those files
 //!                                         (filters pushed in: file, row-group and page
 //!                                         pruning by statistics, row filters)
@@ -436,8 +437,8 @@ impl LogScan {
     }
 }
 
-/// A file's statistics from the Delta log, so a filter can skip the file
-/// before its footer is read: the row count, NULL counts, and the bounds
+/// A file's statistics from the Delta log (or an Iceberg manifest, in the
+/// same form), so a filter can skip the file before its footer is read: the row count, NULL counts, and the bounds
 /// of integer and date columns (exact in the log). Timestamps are cut to
 /// milliseconds there and decimals written as floats, and text bounds
 /// come from the Parquet writer's (possibly cut) statistics, so those are

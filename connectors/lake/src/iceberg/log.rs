@@ -126,8 +126,8 @@ fn version_of(name: &str, base: &str) -> Option<u32> {
 }
 
 /// The field ids the file holding the last change has (its metrics name
-/// every top-level primitive column it holds); None when no file has
-/// metrics to tell.
+/// every top-level primitive column it holds); None when the table has no
+/// files, or that file no metrics to tell.
 fn newest(entries: &[ManifestEntry], fields: &[IcebergField]) -> Option<BTreeSet<i32>> {
     let id = |name: &str| fields.iter().find(|f| f.name == name).map(|f| f.id);
     let (seq_id, ord_id) = (id("_tw_seq"), id("_tw_ord"));
