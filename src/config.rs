@@ -1024,16 +1024,6 @@ impl Config {
                     .into(),
             });
         }
-        if matches!(&self.sink, SinkConfig::Lake(lake) if lake.format == LakeFormat::Iceberg)
-            && !self.reverse_etl.is_empty()
-        {
-            return Err(ConfigError::Invalid {
-                key: "reverse_etl".into(),
-                message: "reverse ETL reads Delta lakes only so far, and this pipeline's sink.format is iceberg\n\
-                          hint: run the job from a pipeline with a Delta lake, or remove [[reverse_etl]]"
-                    .into(),
-            });
-        }
         let mut names = std::collections::HashSet::new();
         for (i, job) in self.reverse_etl.iter().enumerate() {
             let invalid = |key: &str, message: String| ConfigError::Invalid {

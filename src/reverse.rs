@@ -12,8 +12,8 @@
 use std::time::Duration;
 
 use tidewater_core::Classified;
-use tidewater_lake::LakeSink;
-use tidewater_reverse::{run_job, Report, RunOptions};
+use tidewater_lake::{IcebergSink, LakeSink, LakeStore};
+use tidewater_reverse::{run_job, Lake, Report, RunOptions};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -47,7 +47,11 @@ pub async fn command(config: &Config, job: Option<&str>, options: RunOptions) ->
             return exit_code::CONFIG;
         }
     };
-    let mut sink = LakeSink::new(settings.lake.clone(), &settings.pipeline);
+    let mut sink = open_lake(
+        &settings.lake,
+        &settings.pipeline,
+        settings.iceberg.as_ref(),
+    );
     let state_dir = config.pipeline.state_dir();
     let mut code = exit_code::OK;
     for job in jobs {
@@ -60,6 +64,15 @@ pub async fn command(config: &Config, job: Option<&str>, options: RunOptions) ->
         }
     }
     code
+}
+
+/// The pipeline's lake as reverse ETL reads it: Iceberg tables through the
+/// catalog when the sink's format is Iceberg, else Delta tables.
+fn open_lake(lake: &LakeStore, pipeline: &str, iceberg: Option<&tidewater_lake::Catalog>) -> Lake {
+    match iceberg {
+        Some(catalog) => IcebergSink::new(lake.clone(), pipeline, catalog.clone()).into(),
+        None => LakeSink::new(lake.clone(), pipeline).into(),
+    }
 }
 
 fn names(config: &Config) -> String {
@@ -122,6 +135,7 @@ pub fn spawn_schedules(config: &Config, settings: &Settings, shutdown: watch::Re
         let spec = job.spec();
         let table = job.target_table.clone();
         let lake = settings.lake.clone();
+        let iceberg = settings.iceberg.clone();
         let pipeline = settings.pipeline.clone();
         let state_dir = config.pipeline.state_dir();
         let metrics = settings.metrics.clone();
@@ -136,7 +150,7 @@ pub fn spawn_schedules(config: &Config, settings: &Settings, shutdown: watch::Re
                 if *shutdown.borrow() {
                     return;
                 }
-                let mut sink = LakeSink::new(lake.clone(), &pipeline);
+                let mut sink = open_lake(&lake, &pipeline, iceberg.as_ref());
                 let options = RunOptions::default();
                 match run_job(
                     &spec,

@@ -3,8 +3,9 @@
 //! real binary, then source changes → lake → a second push that writes only
 //! the difference (row versions prove untouched rows were not rewritten),
 //! mirror deletes, dry runs that write nothing, no echo of a push through
-//! capture, a schedule under `tidewater run`, lock waits retried, and a
-//! push killed midway that a re-run completes.
+//! capture, a schedule under `tidewater run`, lock waits retried, a push
+//! killed midway that a re-run completes, and an Iceberg lake read as the
+//! Delta lake is, through a column promoted in place and one added.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -955,4 +956,286 @@ async fn a_push_killed_while_its_query_spills_is_finished_by_the_next_run() {
     assert!(written > 0 && written <= 19_990, "{written} rows written");
     assert_eq!(nulls, 0);
     assert_eq!(p.terminate(), 0);
+}
+
+/// The rows of the wide push, as the source has them.
+const PG_WIDE_TEXT: &str = "SELECT id::text, customer_id::text, qty::text, total::text, note, tag \
+     FROM orders ORDER BY orders.id";
+
+/// The change log's rows by op, as a target holds them.
+const PG_OPS_TARGET: &str = "SELECT op, n::text FROM ops ORDER BY op";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_iceberg_lake_pushed_by_difference_through_a_promoted_and_an_added_column() {
+    let server = pg();
+    let source = server.create_database("rev_isrc").await;
+    source
+        .batch_execute(
+            "CREATE TABLE orders (id int PRIMARY KEY, customer_id int NOT NULL, qty int, \
+               total numeric(12,2), note text);
+             INSERT INTO orders SELECT g, g % 4, g * 3, (g * 1.25)::numeric(12,2), \
+               CASE WHEN g % 6 = 0 THEN NULL ELSE 'n ' || g END \
+             FROM generate_series(1, 30) g;",
+        )
+        .await
+        .expect("source table");
+    let target = server.create_database("rev_itgt").await;
+    let mut p = Pipeline::iceberg(
+        "reviceberg",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\n",
+            server.url("rev_isrc")
+        ),
+        "",
+    );
+    // The current state (upsert) and the change log by op (mirror).
+    append(
+        &p,
+        &[
+            job(
+                "orders_now",
+                "SELECT id, customer_id, total, note FROM public.orders",
+                &server.url("rev_itgt"),
+                "public.orders",
+                "id",
+                "mirror",
+            ),
+            job(
+                "ops",
+                "SELECT _tw_op AS op, count(*) AS n FROM public.orders__changes GROUP BY _tw_op",
+                &server.url("rev_itgt"),
+                "public.ops",
+                "op",
+                "mirror",
+            ),
+        ]
+        .concat(),
+    );
+    p.start();
+    p.wait_equal(&source, "orders").await;
+    let first = reverse_etl(&p, &[]);
+    assert_eq!(counts(&first["orders_now"]), (30, 0, 0, 0), "{first:?}");
+    assert_eq!(counts(&first["ops"]), (1, 0, 0, 0), "{first:?}");
+    let now =
+        "SELECT id::text, customer_id::text, total::text, note FROM orders ORDER BY orders.id";
+    assert_eq!(pg_rows(&target, now).await, pg_rows(&source, now).await);
+    assert_eq!(
+        pg_rows(&target, PG_OPS_TARGET).await,
+        vec![vec![Some("r".to_string()), Some("30".to_string())]]
+    );
+
+    // While streaming: qty int → bigint (Iceberg promotes the column in
+    // place: the older files keep ints), a column added, values beyond
+    // int, an insert, updates and a delete.
+    source
+        .batch_execute(
+            "ALTER TABLE orders ALTER COLUMN qty TYPE bigint;
+             ALTER TABLE orders ADD COLUMN tag text;
+             UPDATE orders SET qty = 5000000000 + id, tag = 'big', note = 'changed' WHERE id <= 3;
+             INSERT INTO orders VALUES (100, 9, 6000000000, 1.00, 'new', 'fresh');
+             DELETE FROM orders WHERE id = 30;",
+        )
+        .await
+        .expect("source changes");
+    p.wait_equal(&source, "orders").await;
+    // The lake holds qty both ways: as int in the files written before the
+    // change (promoted in place, no versioned column), as long after.
+    let mut qty_types = std::collections::BTreeSet::new();
+    let mut pending = vec![p.table_path("public", "orders").join("data")];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("data dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                let file = std::fs::File::open(&path).unwrap();
+                let reader =
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                        .unwrap();
+                let schema = reader.schema();
+                assert!(schema.field_with_name("qty__v2").is_err(), "{schema:?}");
+                qty_types.insert(
+                    schema
+                        .field_with_name("qty")
+                        .map(|f| f.data_type().to_string())
+                        .unwrap_or_default(),
+                );
+            }
+        }
+    }
+    assert_eq!(
+        qty_types.into_iter().collect::<Vec<_>>(),
+        ["Int32", "Int64"],
+        "qty in the data files"
+    );
+    // A job over the new shape: every row, the old ones read from files
+    // with an int qty and no tag.
+    append(
+        &p,
+        &job(
+            "wide",
+            "SELECT id, customer_id, qty, total, note, tag FROM public.orders",
+            &server.url("rev_itgt"),
+            "public.orders_wide",
+            "id",
+            "mirror",
+        ),
+    );
+    let second = reverse_etl(&p, &[]);
+    assert_eq!(counts(&second["orders_now"]), (1, 3, 1, 26), "{second:?}");
+    assert_eq!(counts(&second["ops"]), (3, 0, 0, 1), "{second:?}");
+    assert_eq!(counts(&second["wide"]), (30, 0, 0, 0), "{second:?}");
+    assert_eq!(pg_rows(&target, now).await, pg_rows(&source, now).await);
+    let wide = PG_WIDE_TEXT.replace(
+        "FROM orders ORDER BY orders.id",
+        "FROM orders_wide ORDER BY orders_wide.id",
+    );
+    assert_eq!(
+        pg_rows(&target, &wide).await,
+        pg_rows(&source, PG_WIDE_TEXT).await
+    );
+    let types = pg_rows(
+        &target,
+        "SELECT column_name::text, data_type::text FROM information_schema.columns \
+         WHERE table_name = 'orders_wide' AND column_name IN ('qty', 'tag') ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        types,
+        vec![
+            vec![Some("qty".into()), Some("bigint".into())],
+            vec![Some("tag".into()), Some("text".into())],
+        ]
+    );
+    let ops = |rows: &[(&str, &str)]| -> Rows {
+        rows.iter()
+            .map(|(op, n)| vec![Some(op.to_string()), Some(n.to_string())])
+            .collect()
+    };
+    assert_eq!(
+        pg_rows(&target, PG_OPS_TARGET).await,
+        ops(&[("c", "1"), ("d", "1"), ("r", "30"), ("u", "3")])
+    );
+    // Nothing changed since: nothing written.
+    let again = reverse_etl(&p, &[]);
+    for name in ["orders_now", "ops", "wide"] {
+        let (added, changed, deleted, _) = counts(&again[name]);
+        assert_eq!((added, changed, deleted), (0, 0, 0), "{name}: {again:?}");
+    }
+    assert_eq!(p.terminate(), 0, "{}", p.log(1));
+}
+
+/// Reverse ETL over an Iceberg lake on S3 (moto): the scan reads the
+/// files the manifests name through the S3 store at the lake root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_iceberg_lake_on_s3_is_pushed_as_the_source_has_it() {
+    use crate::support::s3::s3;
+    let server = s3();
+    server.create_bucket("tw-rev-ice");
+    let source = pg().create_database("revices3").await;
+    source
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 200) g;",
+        )
+        .await
+        .unwrap();
+    let target = pg().create_database("revices3_tgt").await;
+    let mut p = crate::lake_s3::s3_pipeline("revices3", "tw-rev-ice", &server.endpoint());
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    let text = text.replace(
+        "uri = \"s3://tw-rev-ice/lake\"",
+        "uri = \"s3://tw-rev-ice/lake\"\nformat = \"iceberg\"",
+    ) + &format!(
+        "\n[sink.catalog]\nuri = \"sqlite://{}\"\n",
+        p.lake.with_file_name("catalog.db").display()
+    );
+    std::fs::write(&p.config, text).unwrap();
+    append(
+        &p,
+        &[
+            job(
+                "rows",
+                "SELECT id, v FROM public.t",
+                &pg().url("revices3_tgt"),
+                "public.t",
+                "id",
+                "mirror",
+            ),
+            job(
+                "ops",
+                "SELECT _tw_op AS op, count(*) AS n FROM public.t__changes GROUP BY _tw_op",
+                &pg().url("revices3_tgt"),
+                "public.ops",
+                "op",
+                "mirror",
+            ),
+        ]
+        .concat(),
+    );
+    p.start();
+    let rows = "SELECT id::text, v FROM t ORDER BY t.id";
+    push_until_equal(&p, &source, &target, rows).await;
+    source
+        .batch_execute(
+            "UPDATE t SET v = 'changed' WHERE id <= 10; DELETE FROM t WHERE id > 190;
+             INSERT INTO t VALUES (1000, 'new');",
+        )
+        .await
+        .unwrap();
+    push_until_equal(&p, &source, &target, rows).await;
+    let ops = |rows: &[(&str, &str)]| -> Rows {
+        rows.iter()
+            .map(|(op, n)| vec![Some(op.to_string()), Some(n.to_string())])
+            .collect()
+    };
+    assert_eq!(
+        pg_rows(&target, PG_OPS_TARGET).await,
+        ops(&[("c", "1"), ("d", "10"), ("r", "200"), ("u", "10")])
+    );
+    assert_eq!(p.terminate(), 0, "{}", p.log(1));
+}
+
+/// Runs the pipeline's jobs (with its environment) until `rows` (a query)
+/// reads the same in the target as in the source. Until the pipeline
+/// created the lake table, a job says the lake has no such table: tried
+/// again.
+async fn push_until_equal(
+    p: &Pipeline,
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+    rows: &str,
+) {
+    let expected = pg_rows(source, rows).await;
+    eventually(
+        "the push from the lake equals the source",
+        Duration::from_secs(90),
+        || {
+            let mut cmd = tidewater();
+            cmd.args(["reverse-etl", "--config"])
+                .arg(&p.config)
+                .envs(p.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            let out = output_within(cmd, 120);
+            let expected = &expected;
+            async move {
+                if !out.status.success() {
+                    return Err(format!(
+                        "reverse-etl failed:\n{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+                let got = pg_rows(target, rows).await;
+                if &got == expected {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{} rows pushed, {} in the source",
+                        got.len(),
+                        expected.len()
+                    ))
+                }
+            }
+        },
+    )
+    .await;
 }

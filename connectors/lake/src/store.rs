@@ -370,6 +370,26 @@ impl LakeStore {
         }
     }
 
+    /// An object store rooted at the lake root, for a reader that fetches
+    /// byte ranges itself (reverse ETL's scan of Iceberg files): the S3
+    /// client, or the local directory (which must exist).
+    pub fn root_store(&self) -> Result<Arc<dyn ObjectStore>, LakeError> {
+        match (&self.location, &self.remote) {
+            (LakeLocation::Local(dir), _) => {
+                deltalake::logstore::object_store::local::LocalFileSystem::new_with_prefix(dir)
+                    .map(|store| Arc::new(store) as Arc<dyn ObjectStore>)
+                    .map_err(|err| self.remote_error("", err))
+            }
+            (_, Some(store)) => Ok(store.clone()),
+            _ => unreachable!("an S3 location always has its store"),
+        }
+    }
+
+    /// `rel` as a path in [`Self::root_store`].
+    pub fn object_path(rel: &str) -> ObjectPath {
+        ObjectPath::from(rel)
+    }
+
     /// The object store of a remote lake (conditional writes of the lease).
     pub(crate) fn remote(&self) -> Option<&Arc<dyn ObjectStore>> {
         self.remote.as_ref()

@@ -3,7 +3,8 @@
 //! (the raw change log, metadata columns included).
 //!
 //! ```text
-//!  query ─parse─▶ table references ─▶ only those tables' committed files (LakeSink::log_files)
+//!  query ─parse─▶ table references ─▶ only those tables' committed files (Lake::log_files:
+//!                                     the Delta log's, or the Iceberg manifests' live entries)
 //!        ─▶ register  <s>.<t>__changes  = a Parquet scan over exactly those files
 //!                                         (filters pushed in: file, row-group and page
 //!                                         pruning by statistics, row filters)
@@ -19,11 +20,15 @@
 //! columns and row groups it needs. Names follow SQL: unquoted identifiers
 //! fold to lower case, so a MySQL table `Orders` is `shop."Orders"`.
 //!
-//! The scan reads the files the Delta snapshot lists (never a directory
-//! listing, so an uncommitted or vacuumed file is never seen) through the
-//! table's own object store (local disk or S3). Files written before a
-//! column was added lack it: the scan reads it as NULL (the table schema is
-//! the scan's; DataFusion adapts each file to it).
+//! The scan reads the files the Delta snapshot lists, or the live entries
+//! of the Iceberg snapshot's manifests (never a directory listing, so an
+//! uncommitted or vacuumed file is never seen) through the lake's own
+//! object store (local disk or S3). Files written before a column was
+//! added lack it: the scan reads it as NULL; Iceberg files written before
+//! a column was promoted in place (int → long, float → double, a decimal's
+//! precision) hold the narrower type: the scan casts it (the table schema
+//! is the scan's; DataFusion adapts each file to it by name — tidewater
+//! never renames a lake column, so names and Iceberg field ids agree).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -54,9 +59,47 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::ident;
 use tidewater_core::{Mark, TableId};
 use tidewater_endpoint::quote::double_quoted as quote;
-use tidewater_lake::{LakeFiles, LakeSink};
+use tidewater_lake::{IcebergSink, LakeError, LakeFiles, LakeSink};
 
 use crate::error::ReverseError;
+
+/// The lake a query reads, in the pipeline's format: the engine needs of
+/// it only the tables it holds and each one's committed files.
+pub enum Lake {
+    Delta(Box<LakeSink>),
+    Iceberg(Box<IcebergSink>),
+}
+
+impl From<LakeSink> for Lake {
+    fn from(sink: LakeSink) -> Self {
+        Lake::Delta(Box::new(sink))
+    }
+}
+
+impl From<IcebergSink> for Lake {
+    fn from(sink: IcebergSink) -> Self {
+        Lake::Iceberg(Box::new(sink))
+    }
+}
+
+impl Lake {
+    /// The pipeline's tables the lake holds.
+    pub async fn existing_tables(&mut self) -> Result<Vec<TableId>, LakeError> {
+        match self {
+            Lake::Delta(sink) => sink.existing_tables().await,
+            Lake::Iceberg(sink) => sink.existing_tables().await,
+        }
+    }
+
+    /// The committed files of `table`'s change log; None when the lake has
+    /// no such table.
+    pub async fn log_files(&mut self, table: &TableId) -> Result<Option<LakeFiles>, LakeError> {
+        match self {
+            Lake::Delta(sink) => sink.log_files(table).await,
+            Lake::Iceberg(sink) => sink.log_files(table).await,
+        }
+    }
+}
 
 /// The suffix that names a table's raw change log.
 pub const CHANGES_SUFFIX: &str = "__changes";
@@ -123,7 +166,7 @@ impl Query {
 
 /// Plans `query` over the lake of `sink`'s pipeline.
 pub async fn query(
-    sink: &mut LakeSink,
+    sink: &mut Lake,
     query: &str,
     resources: &Resources,
 ) -> Result<Query, ReverseError> {
@@ -394,8 +437,8 @@ impl LogScan {
     }
 }
 
-/// A file's statistics from the Delta log, so a filter can skip the file
-/// before its footer is read: the row count, NULL counts, and the bounds
+/// A file's statistics from the Delta log (or an Iceberg manifest, in the
+/// same form), so a filter can skip the file before its footer is read: the row count, NULL counts, and the bounds
 /// of integer and date columns (exact in the log). Timestamps are cut to
 /// milliseconds there and decimals written as floats, and text bounds
 /// come from the Parquet writer's (possibly cut) statistics, so those are
@@ -775,6 +818,309 @@ mod tests {
                 "{query}: {scan}"
             );
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Commits `rows` of `schema` as one source transaction `seq`.
+    async fn commit(
+        sink: &mut IcebergSink,
+        schema: &Arc<tidewater_core::TableSchema>,
+        seq: u64,
+        rows: Vec<(tidewater_core::Op, Vec<tidewater_core::Datum>)>,
+    ) {
+        use tidewater_core::{BatchLimits, Batcher, CommitInfo, RowChange, Sink};
+        let mut batcher = Batcher::new(BatchLimits {
+            max_rows: usize::MAX,
+            max_bytes: usize::MAX,
+            max_delay: std::time::Duration::from_secs(3600),
+        });
+        batcher.set_schema(schema.clone()).unwrap();
+        batcher.begin(CommitInfo {
+            seq,
+            position: format!("pos-{seq}"),
+            ack: seq,
+            commit_ts_us: 1_700_000_000_000_000,
+            txid: None,
+        });
+        for (ord, (op, values)) in rows.into_iter().enumerate() {
+            batcher
+                .push(RowChange {
+                    table: schema.table.clone(),
+                    op,
+                    ord: ord as u64 + 1,
+                    values,
+                })
+                .unwrap();
+        }
+        Sink::prepare(sink, schema).await.unwrap();
+        for batch in batcher.cut_all().unwrap() {
+            Sink::write(sink, batch).await.unwrap();
+        }
+        Sink::commit(sink, &format!("pos-{seq}"), None)
+            .await
+            .unwrap();
+    }
+
+    /// Every value of a query's result as text, row by row.
+    async fn texts(lake: &mut Lake, sql: &str) -> (SchemaRef, Vec<Vec<Option<String>>>) {
+        use datafusion::arrow::compute::cast;
+        use futures_util::StreamExt;
+        let query = query(lake, sql, &Resources::default()).await.unwrap();
+        let schema = query.schema.clone();
+        let mut stream = query.stream().await.unwrap();
+        let mut rows = Vec::new();
+        while let Some(batch) = stream.next().await {
+            let batch = batch.unwrap();
+            let columns: Vec<_> = batch
+                .columns()
+                .iter()
+                .map(|c| cast(c, &DataType::Utf8).unwrap())
+                .collect();
+            for row in 0..batch.num_rows() {
+                rows.push(
+                    columns
+                        .iter()
+                        .map(|c| {
+                            let c = c.as_string::<i32>();
+                            c.is_valid(row).then(|| c.value(row).to_string())
+                        })
+                        .collect(),
+                );
+            }
+        }
+        (schema, rows)
+    }
+
+    /// An Iceberg lake read as the Delta lake is: a key and columns
+    /// promoted in place (int → long, float → double, a decimal's
+    /// precision) read from older files in their narrower types, an added
+    /// column NULL in them, a type Iceberg cannot promote in its versioned
+    /// column, a dropped column gone from the current state but kept in
+    /// the log, filters on promoted columns pruning and matching, deletes
+    /// and the last truncate honoured.
+    #[tokio::test]
+    async fn an_iceberg_lake_reads_as_its_current_schema() {
+        use tidewater_core::{Column, ColumnType, Datum, Op, TableSchema};
+        use tidewater_lake::{LakeStore, SqlBackend, SqlCatalog};
+        let dir = std::env::temp_dir().join(format!("tw-engine-ice-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let open = || {
+            IcebergSink::new(
+                LakeStore::local(&dir.join("lake")),
+                "p",
+                SqlCatalog::new(SqlBackend::Sqlite(dir.join("catalog.db")), "tidewater"),
+            )
+        };
+        let column = |name: &str, ty: ColumnType, key: bool| Column {
+            name: name.into(),
+            ty,
+            source_type: "t".into(),
+            key,
+        };
+        let decimal = |precision| ColumnType::Decimal {
+            precision,
+            scale: 2,
+        };
+        let table = TableId::new("app", "t");
+        let v1 = Arc::new(TableSchema {
+            table: table.clone(),
+            version: 1,
+            columns: vec![
+                column("id", ColumnType::Int32, true),
+                column("n", ColumnType::Int32, false),
+                column("f", ColumnType::Float32, false),
+                column("d", decimal(10), false),
+                column("v", ColumnType::Text, false),
+                column("w", ColumnType::Text, false),
+            ],
+        });
+        // id, n, f, d, v, w
+        let old = |id: i32, v: &str| {
+            (
+                Op::Insert,
+                vec![
+                    Datum::Int32(id),
+                    Datum::Int32(id * 10),
+                    Datum::Float32(id as f32 + 0.5),
+                    Datum::Decimal128(id as i128 * 100 + 25),
+                    Datum::Text(v.into()),
+                    Datum::Text(format!("w{id}")),
+                ],
+            )
+        };
+        let mut sink = open();
+        commit(
+            &mut sink,
+            &v1,
+            10,
+            vec![old(1, "a"), old(2, "b"), old(3, "c")],
+        )
+        .await;
+        commit(&mut sink, &v1, 11, vec![old(5, "e"), old(6, "f")]).await;
+        // id, n, f → long/double; d → decimal(12,2); v text → int (a new
+        // version); w dropped; e added.
+        let v2 = Arc::new(TableSchema {
+            table: table.clone(),
+            version: 2,
+            columns: vec![
+                column("id", ColumnType::Int64, true),
+                column("n", ColumnType::Int64, false),
+                column("f", ColumnType::Float64, false),
+                column("d", decimal(12), false),
+                column("v", ColumnType::Int32, false),
+                column("e", ColumnType::Text, false),
+            ],
+        });
+        let new = |op, id: i64, n: i64, v: i32, e: &str| {
+            (
+                op,
+                vec![
+                    Datum::Int64(id),
+                    Datum::Int64(n),
+                    Datum::Float64(0.125),
+                    Datum::Decimal128(999_999_999_999),
+                    Datum::Int32(v),
+                    Datum::Text(e.into()),
+                ],
+            )
+        };
+        commit(
+            &mut sink,
+            &v2,
+            20,
+            vec![
+                new(Op::Insert, 5_000_000_000, 6_000_000_000, 7, "big"),
+                new(Op::Update, 2, 20, 8, "two"),
+                new(Op::Delete, 3, 30, 0, ""),
+            ],
+        )
+        .await;
+
+        // A new reader, as a job run is.
+        let mut lake = Lake::from(open());
+        let (schema, rows) =
+            texts(&mut lake, "SELECT id, n, f, d, v, e FROM app.t ORDER BY id").await;
+        let types: Vec<&DataType> = schema.fields().iter().map(|f| f.data_type()).collect();
+        assert_eq!(
+            types,
+            [
+                &DataType::Int64,
+                &DataType::Int64,
+                &DataType::Float64,
+                &DataType::Decimal128(12, 2),
+                &DataType::Int32,
+                &DataType::Utf8
+            ]
+        );
+        let cells = |cells: &[Option<&str>]| -> Vec<Option<String>> {
+            cells.iter().map(|c| c.map(str::to_string)).collect()
+        };
+        let row = |c: [Option<&str>; 6]| cells(&c);
+        assert_eq!(
+            rows,
+            vec![
+                // Last written before the changes: promoted values cast,
+                // the text `v` is not the int `v` (v__v2), `e` is NULL.
+                row([Some("1"), Some("10"), Some("1.5"), Some("1.25"), None, None]),
+                row([
+                    Some("2"),
+                    Some("20"),
+                    Some("0.125"),
+                    Some("9999999999.99"),
+                    Some("8"),
+                    Some("two")
+                ]),
+                row([Some("5"), Some("50"), Some("5.5"), Some("5.25"), None, None]),
+                row([Some("6"), Some("60"), Some("6.5"), Some("6.25"), None, None]),
+                row([
+                    Some("5000000000"),
+                    Some("6000000000"),
+                    Some("0.125"),
+                    Some("9999999999.99"),
+                    Some("7"),
+                    Some("big")
+                ]),
+            ]
+        );
+        // The dropped column is gone from the current state, kept in the
+        // log with its values (the `v` of old rows too).
+        let err = query(&mut lake, "SELECT w FROM app.t", &Resources::default())
+            .await
+            .err()
+            .expect("w is not a current column");
+        assert!(
+            format!("{err:?}").contains("column 'w' not found"),
+            "{err:?}"
+        );
+        let (_, log) = texts(
+            &mut lake,
+            "SELECT id, w, v, v__v2, _tw_op FROM app.t__changes WHERE id IN (1, 2) ORDER BY _tw_seq, id",
+        )
+        .await;
+        assert_eq!(
+            log,
+            vec![
+                cells(&[Some("1"), Some("w1"), Some("a"), None, Some("c")]),
+                cells(&[Some("2"), Some("w2"), Some("b"), None, Some("c")]),
+                cells(&[Some("2"), None, None, Some("8"), Some("u")]),
+            ]
+        );
+        // Filters on promoted columns match across old and new files.
+        let (_, counts) = texts(
+            &mut lake,
+            "SELECT count(*) FROM app.t__changes WHERE n > 15 AND id < 5000000000",
+        )
+        .await;
+        assert_eq!(counts, vec![vec![Some("6".to_string())]]);
+        // The manifests' bounds prune files before they are opened: only
+        // the last commit's file can hold id ≥ 100.
+        let Lake::Iceberg(sink) = &mut lake else {
+            unreachable!()
+        };
+        let files = sink.log_files(&table).await.unwrap().unwrap();
+        assert_eq!(files.files.len(), 3);
+        assert_eq!(files.key, vec!["id".to_string()]);
+        assert_eq!(
+            files.columns,
+            [
+                ("id", "id"),
+                ("n", "n"),
+                ("f", "f"),
+                ("d", "d"),
+                ("v", "v__v2"),
+                ("e", "e")
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .to_vec()
+        );
+        let ctx = session(&Resources::default()).unwrap();
+        register_changes(
+            &ctx,
+            &table,
+            Arc::new(LogScan::new(&ctx, 0, files).unwrap()),
+        )
+        .unwrap();
+        let plan = ctx
+            .sql("EXPLAIN ANALYZE SELECT count(*) FROM app.t__changes WHERE id >= 100")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+            .unwrap()
+            .to_string();
+        assert!(
+            text.contains("files_ranges_pruned_statistics=3 total → 1 matched"),
+            "{text}"
+        );
+
+        // A truncate: nothing before it is current.
+        commit(&mut open(), &v2, 30, vec![(Op::Truncate, Vec::new())]).await;
+        let mut lake = Lake::from(open());
+        let (_, rows) = texts(&mut lake, "SELECT id FROM app.t").await;
+        assert!(rows.is_empty(), "{rows:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

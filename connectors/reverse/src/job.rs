@@ -28,11 +28,10 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use futures_util::StreamExt;
-use tidewater_lake::LakeSink;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::engine::{self, Resources};
+use crate::engine::{self, Lake, Resources};
 use crate::error::ReverseError;
 use crate::state::{self, Entry, Journal, Previous, StateFiles};
 use crate::target::{Described, TableName, Target};
@@ -104,7 +103,7 @@ pub struct Report {
 /// target transaction, whatever the size of the result.
 pub async fn run_job(
     spec: &JobSpec,
-    sink: &mut LakeSink,
+    sink: &mut Lake,
     state_dir: &Path,
     options: RunOptions,
     shutdown: Option<watch::Receiver<bool>>,

@@ -26,5 +26,6 @@ mod target;
 pub mod types;
 pub mod value;
 
+pub use engine::Lake;
 pub use error::ReverseError;
 pub use job::{run_job, JobSpec, Mode, Report, RunOptions};

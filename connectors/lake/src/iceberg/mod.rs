@@ -30,6 +30,7 @@
 pub mod avro;
 pub mod catalog;
 mod files;
+mod log;
 pub mod metadata;
 mod read;
 pub mod rest;

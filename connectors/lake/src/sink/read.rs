@@ -41,14 +41,18 @@ pub struct LakeLog {
 /// What a query engine needs to scan a table's change log itself.
 #[derive(Debug, Clone)]
 pub struct LakeFiles {
-    /// The store the table lives in, rooted at the table: `files` are
-    /// paths in it.
+    /// The store the table lives in: `files` are paths in it (Delta: rooted
+    /// at the table; Iceberg: at the lake root, as its manifests name files
+    /// by URI below it).
     pub store: Arc<dyn deltalake::ObjectStore>,
     /// The committed data files of the current snapshot (never a
-    /// directory listing).
+    /// directory listing): the Delta log's, or the Iceberg manifests' live
+    /// entries.
     pub files: Vec<LakeFile>,
     /// The log's columns as in [`LakeLog::schema`]; older files lack the
-    /// columns added after them (read them as NULL).
+    /// columns added after them (read them as NULL), and in Iceberg hold a
+    /// column promoted since (int → long, float → double, a decimal's
+    /// precision) in its narrower type (cast it).
     pub schema: SchemaRef,
     /// As in [`LakeLog::columns`].
     pub columns: Vec<(String, String)>,
@@ -66,7 +70,9 @@ pub struct LakeFile {
     /// The Delta log's statistics of the file, as JSON (`numRecords`,
     /// `minValues`, `maxValues`, `nullCount` by column), when written:
     /// exact for integers and dates; timestamps are cut to milliseconds and
-    /// decimals written as floats, so those do not bound the values.
+    /// decimals written as floats, so those do not bound the values. For
+    /// Iceberg, the manifest entry's metrics in that form (integer and
+    /// date bounds only).
     pub stats: Option<String>,
 }
 
