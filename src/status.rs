@@ -133,8 +133,11 @@ pub async fn check(settings: &Settings) -> i32 {
     // creatable (SQL) / its config answering (REST).
     let mut catalog_err = None;
     if let (Some(catalog), Ok(())) = (&settings.iceberg, &lake_ok) {
-        let mut lake =
-            tidewater_lake::IcebergSink::new(settings.lake.clone(), &settings.pipeline, catalog.clone());
+        let mut lake = tidewater_lake::IcebergSink::new(
+            settings.lake.clone(),
+            &settings.pipeline,
+            catalog.clone(),
+        );
         if let Err(err) = lake.probe_writable().await {
             problems.push(tidewater_core::Problem {
                 what: format!("the Iceberg catalog is not usable: {}", crate::chain(&err)),

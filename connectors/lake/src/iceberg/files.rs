@@ -48,7 +48,7 @@ impl FileWriter {
         let file_properties = properties;
         let task = tokio::spawn(async move {
             let mut done = Vec::new();
-            let mut open: Option<ArrowWriter<Vec<u8>>> = None;
+            let mut open: Option<(ArrowWriter<Out>, String)> = None;
             let failed = |what: String| LakeError::Iceberg {
                 table: target.table.clone(),
                 action: "writing a data file of",
@@ -57,26 +57,29 @@ impl FileWriter {
             };
             while let Some(batch) = rx.recv().await {
                 if open.is_none() {
-                    open = Some(
+                    let name = format!("{}/{}.parquet", target.data_rel, uuid::Uuid::new_v4());
+                    let out = Out::open(&target.store, &name)?;
+                    open = Some((
                         ArrowWriter::try_new(
-                            Vec::new(),
+                            out,
                             file_schema.clone(),
                             Some(file_properties.clone()),
                         )
                         .map_err(|e| failed(e.to_string()))?,
-                    );
+                        name,
+                    ));
                 }
-                let writer = open.as_mut().expect("opened above");
+                let (writer, _) = open.as_mut().expect("opened above");
                 writer.write(&batch).map_err(|e| failed(e.to_string()))?;
                 let size = (writer.bytes_written() + writer.in_progress_size()) as u64;
                 counter.store(size, std::sync::atomic::Ordering::Relaxed);
                 if size >= target.target_bytes {
-                    let writer = open.take().expect("open");
-                    done.push(close(&target, writer).await?);
+                    let (writer, name) = open.take().expect("open");
+                    done.push(close(&target, writer, name).await?);
                 }
             }
-            if let Some(writer) = open.take() {
-                done.push(close(&target, writer).await?);
+            if let Some((writer, name)) = open.take() {
+                done.push(close(&target, writer, name).await?);
             }
             Ok(done)
         });
@@ -140,8 +143,52 @@ fn died(table: &TableId, join: tokio::task::JoinError) -> LakeError {
     }
 }
 
+/// Where a data file's bytes go as they are encoded: straight into its file
+/// in a local lake (through the page cache, as delta-rs writes Delta data
+/// files), into memory for an object store (one PUT when it closes).
+enum Out {
+    File(std::io::BufWriter<std::fs::File>),
+    Memory(Vec<u8>),
+}
+
+impl Out {
+    fn open(store: &LakeStore, rel: &str) -> Result<Out, LakeError> {
+        match store.local_path(rel) {
+            Some(path) => {
+                let dir = path.parent().expect("a file has a parent");
+                crate::store::create_dirs(dir)
+                    .map_err(|source| LakeError::io(dir.to_path_buf(), source))?;
+                let file = std::fs::File::create(&path)
+                    .map_err(|source| LakeError::io(path.clone(), source))?;
+                Ok(Out::File(std::io::BufWriter::with_capacity(1 << 20, file)))
+            }
+            None => Ok(Out::Memory(Vec::new())),
+        }
+    }
+}
+
+impl std::io::Write for Out {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Out::File(file) => file.write(buf),
+            Out::Memory(bytes) => bytes.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Out::File(file) => file.flush(),
+            Out::Memory(_) => Ok(()),
+        }
+    }
+}
+
 /// Closes one file, stores it, and describes it.
-async fn close(target: &FileTarget, writer: ArrowWriter<Vec<u8>>) -> Result<DataFile, LakeError> {
+async fn close(
+    target: &FileTarget,
+    writer: ArrowWriter<Out>,
+    name: String,
+) -> Result<DataFile, LakeError> {
     let mut writer = writer;
     let footer = writer.finish().map_err(|e| LakeError::Iceberg {
         table: target.table.clone(),
@@ -149,10 +196,19 @@ async fn close(target: &FileTarget, writer: ArrowWriter<Vec<u8>>) -> Result<Data
         what: e.to_string(),
         class: ErrorClass::Definite,
     })?;
-    let bytes = std::mem::take(writer.inner_mut());
-    let name = format!("{}/{}.parquet", target.data_rel, uuid::Uuid::new_v4());
-    let size = bytes.len() as i64;
-    target.store.write_new(&name, bytes.into()).await?;
+    let size = writer.bytes_written() as i64;
+    match writer.inner_mut() {
+        Out::File(file) => {
+            use std::io::Write;
+            file.flush().map_err(|source| {
+                LakeError::io(target.store.local_path(&name).unwrap_or_default(), source)
+            })?;
+        }
+        Out::Memory(bytes) => {
+            let bytes = std::mem::take(bytes);
+            target.store.write_new(&name, bytes.into()).await?;
+        }
+    }
     let mut file = describe(&footer);
     file.path = target.store.uri_of(&name);
     file.size = size;

@@ -97,6 +97,18 @@ async fn commits_carry_the_mark_and_a_restart_reads_it_back() {
     commit_rows(&mut sink, schema(base()), 11, &[row(3, "c")]).await;
     let files = sink.data_files(&table).await.unwrap();
     assert_eq!(files.len(), 2);
+    for entry in &files {
+        let path = entry
+            .file
+            .path
+            .strip_prefix("file://")
+            .expect("a local file");
+        assert_eq!(
+            std::fs::metadata(path).unwrap().len() as i64,
+            entry.file.size,
+            "the manifest's size of {path}"
+        );
+    }
     assert_eq!(files.iter().map(|f| f.file.record_count).sum::<i64>(), 3);
     // Sequence numbers: the first commit's file is sequence 1, inherited.
     let mut seqs: Vec<i64> = files.iter().filter_map(|f| f.sequence_number).collect();
