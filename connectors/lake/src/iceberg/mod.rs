@@ -30,6 +30,7 @@
 pub mod avro;
 pub mod catalog;
 mod files;
+mod maintenance;
 pub mod metadata;
 mod read;
 pub mod rest;
@@ -54,6 +55,7 @@ use crate::store::LakeStore;
 use avro::{DataFile, ManifestEntry, ManifestFile};
 use catalog::{Catalog, Swap};
 use files::{FileTarget, FileWriter};
+pub use maintenance::{VacuumReport, MERGE_MANIFESTS};
 use metadata::{metadata_file_name, new_table, now_ms, PartitionField, TableMetadata};
 use rest::Committed;
 use schema::{file_schema, iceberg_fields, narrow_batch, IcebergField};
@@ -134,6 +136,9 @@ pub struct IcebergSink {
     table_phases: HashMap<TableId, (SnapshotPhase, Mark)>,
     target_file_bytes: u64,
     partition_by_date: bool,
+    /// Compaction and vacuum (see `maintenance`).
+    maintenance: crate::MaintenancePolicy,
+    clock: maintenance::Clock,
 }
 
 impl IcebergSink {
@@ -147,6 +152,8 @@ impl IcebergSink {
             table_phases: HashMap::new(),
             target_file_bytes: 128 << 20,
             partition_by_date: false,
+            maintenance: crate::MaintenancePolicy::default(),
+            clock: maintenance::Clock::default(),
         }
     }
 
@@ -1059,6 +1066,7 @@ impl IcebergSink {
     /// half gone, then its files.
     pub async fn remove_table(&mut self, table: &TableId) -> Result<(), LakeError> {
         self.tables.remove(table);
+        self.clock.forget(table);
         self.ready().await?;
         let (namespace, name) = identifier(&self.pipeline, table);
         match &self.catalog {
@@ -1260,6 +1268,10 @@ impl Sink for IcebergSink {
         keys: &[Vec<Datum>],
     ) -> Result<HashMap<String, Vec<Datum>>, LakeError> {
         self.lookup_rows(schema, keys).await
+    }
+
+    async fn maintain(&mut self) {
+        IcebergSink::maintain(self).await
     }
 
     fn note_ddl(&mut self, table: &TableId, seq: u64, statement: String) {
