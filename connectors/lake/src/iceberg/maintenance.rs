@@ -191,7 +191,7 @@ pub(super) struct CompactionOutput {
     /// The other entries of the rewritten manifests, EXISTING.
     carried: Option<ManifestFile>,
     /// What this compaction wrote (below the lake root): deleted if dropped.
-    written: Vec<String>,
+    pub(super) written: Vec<String>,
     removed: (usize, i64, i64),
     added: (usize, i64, i64),
 }
@@ -283,7 +283,7 @@ fn lower_long(entry: &ManifestEntry, id: Option<i32>) -> i64 {
 /// The Arrow schema compacted files are written with: the table's current
 /// columns, each with its field id, and the field metadata (source type,
 /// encoding) the newest file of the group has for that id.
-fn target_schema(fields: &[IcebergField], sample: Option<&Schema>) -> SchemaRef {
+pub(super) fn target_schema(fields: &[IcebergField], sample: Option<&Schema>) -> SchemaRef {
     let mut known: HashMap<i32, HashMap<String, String>> = HashMap::new();
     if let Some(sample) = sample {
         for field in sample.fields() {
@@ -307,7 +307,7 @@ fn target_schema(fields: &[IcebergField], sample: Option<&Schema>) -> SchemaRef 
 /// `schema`: columns matched by field id (by name in a file without ids),
 /// a column the file lacks all NULL, a promoted type (int → long, float →
 /// double, a wider decimal) cast.
-fn align(
+pub(super) fn align(
     table: &TableId,
     batch: &RecordBatch,
     schema: &SchemaRef,

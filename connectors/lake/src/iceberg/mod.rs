@@ -1293,4 +1293,6 @@ impl Sink for IcebergSink {
 }
 
 #[cfg(test)]
+mod maintenance_tests;
+#[cfg(test)]
 mod tests;
