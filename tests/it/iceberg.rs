@@ -508,3 +508,150 @@ async fn through_a_rest_catalog_with_lost_and_refused_answers_each_change_lands_
     lake::assert_each_change_once(&read_iceberg_log_in(&path, catalog).await.unwrap());
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
 }
+
+/// Live data files of an Iceberg table of the lake's default catalog, as
+/// tidewater's own reader lists them.
+async fn iceberg_live_files(path: &Path, pipeline: &str, table: &str) -> usize {
+    let lake_dir = path.ancestors().nth(3).expect("lake root");
+    let catalog = tidewater_lake::SqlCatalog::new(
+        tidewater_lake::SqlBackend::Sqlite(lake_dir.join("tidewater_catalog.db")),
+        "tidewater",
+    );
+    let mut sink = tidewater_lake::IcebergSink::new(
+        tidewater_lake::LakeStore::local(lake_dir),
+        pipeline,
+        catalog,
+    );
+    sink.data_files(&tidewater_core::TableId::new("public", table))
+        .await
+        .map(|files| files.len())
+        .unwrap_or(usize::MAX)
+}
+
+/// Parquet files under the table's `data/`, live or not.
+fn iceberg_files_on_disk(path: &Path) -> usize {
+    std::fs::read_dir(path.join("data"))
+        .map(|dir| {
+            dir.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The Delta maintenance keys drive Iceberg tables too: while the stream
+/// commits a small file a flush (and a column is added and widened int →
+/// bigint), compaction folds them into `replace` snapshots, expiry drops
+/// the old snapshots and the files only they reached; the table ends equal
+/// to the source in pyiceberg and DuckDB, each change once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_files_are_compacted_and_old_snapshots_expired_while_streaming() {
+    use crate::support::eventually;
+    use std::time::Duration;
+    let client = pg().create_database("ice_tidy").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text, n int);
+             INSERT INTO t SELECT g, 'v' || g, g FROM generate_series(1, 50) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::iceberg(
+        "ice_tidy",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg().url("ice_tidy")
+        ),
+        "compaction_interval_ms = 500\ncompaction_min_files = 4\n\
+         target_file_size_bytes = 1048576\nvacuum_interval_ms = 1000\nvacuum_retention_hours = 0\n",
+    );
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+    let path = pipeline.table_path("public", "t");
+    let mut most_live = 0;
+    for round in 0..40 {
+        let widen = if round == 20 {
+            "ALTER TABLE t ALTER COLUMN n TYPE bigint;"
+        } else {
+            ""
+        };
+        client
+            .batch_execute(&format!(
+                "{widen}
+                 INSERT INTO t VALUES ({id}, 'new', {big});
+                 UPDATE t SET v = 'round {round}' WHERE id = {round} + 1;
+                 ALTER TABLE t ADD COLUMN IF NOT EXISTS late int;
+                 UPDATE t SET late = {round} WHERE id = 1;",
+                id = 1000 + round,
+                big = if round >= 20 {
+                    5_000_000_000i64 + round
+                } else {
+                    round
+                },
+            ))
+            .await
+            .unwrap();
+        // Paces the writes over many flushes: the workload that makes small
+        // files, not a wait for anything.
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        if round % 10 == 9 {
+            most_live = most_live.max(iceberg_live_files(&path, "ice_tidy", "t").await);
+        }
+    }
+    pipeline.wait_equal(&client, "t").await;
+    eventually(
+        "the Iceberg table compacted and vacuumed",
+        Duration::from_secs(90),
+        || {
+            let log = pipeline.log(1);
+            let path = path.clone();
+            async move {
+                let live = iceberg_live_files(&path, "ice_tidy", "t").await;
+                let on_disk = iceberg_files_on_disk(&path);
+                (log.contains("compacted the Iceberg table")
+                    && log.contains("vacuumed the Iceberg table")
+                    && live <= 8
+                    && on_disk <= live + 2)
+                    .then_some(())
+                    .ok_or(format!(
+                        "live files {live}, parquet files on disk {on_disk}"
+                    ))
+            }
+        },
+    )
+    .await;
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+    let daemon = pipeline.log(1);
+    for trouble in [
+        "compacting an Iceberg table failed",
+        "committing an Iceberg compaction failed",
+        "the Iceberg compaction task died",
+        "expiring the Iceberg table's snapshots failed",
+        "vacuuming the Iceberg table failed",
+        "the Iceberg vacuum task died",
+    ] {
+        assert!(!daemon.contains(trouble), "{trouble}:\n{daemon}");
+    }
+    let log = read_log(&path).await.expect("read the log");
+    lake::assert_each_change_once(&log);
+    let commits: std::collections::BTreeSet<i64> = log.iter().map(|r| r.seq).collect();
+    let summary = every_reader_agrees(&path, &client, "public.t").await;
+    let files = summary["files"].as_u64().expect("files in the summary");
+    let snapshots = summary["snapshots"].as_array().expect("snapshots").len();
+    eprintln!(
+        "{} commits, live files at most {most_live} while writing, {files} at the end, {snapshots} snapshots",
+        commits.len()
+    );
+    assert!(commits.len() >= 40, "{} commits", commits.len());
+    assert!(
+        files <= 8 && (files as usize) < commits.len(),
+        "{files} files after {} commits",
+        commits.len()
+    );
+    assert!(snapshots < commits.len(), "{snapshots} snapshots kept");
+    let last = &summary["snapshots"].as_array().unwrap().last().unwrap()["summary"];
+    assert_eq!(
+        summary["properties"]["tidewater.ice_tidy.seq"], last["tidewater.seq"],
+        "{summary}"
+    );
+}
