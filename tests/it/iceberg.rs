@@ -517,6 +517,17 @@ async fn iceberg_live_files(path: &Path, pipeline: &str, table: &str) -> usize {
         tidewater_lake::SqlBackend::Sqlite(lake_dir.join("tidewater_catalog.db")),
         "tidewater",
     );
+    iceberg_live_files_in(path, pipeline, table, catalog).await
+}
+
+/// [`iceberg_live_files`] through `catalog`.
+async fn iceberg_live_files_in(
+    path: &Path,
+    pipeline: &str,
+    table: &str,
+    catalog: tidewater_lake::SqlCatalog,
+) -> usize {
+    let lake_dir = path.ancestors().nth(3).expect("lake root");
     let mut sink = tidewater_lake::IcebergSink::new(
         tidewater_lake::LakeStore::local(lake_dir),
         pipeline,
@@ -654,4 +665,121 @@ async fn small_files_are_compacted_and_old_snapshots_expired_while_streaming() {
         summary["properties"]["tidewater.ice_tidy.seq"], last["tidewater.seq"],
         "{summary}"
     );
+}
+
+/// Compaction and expiry through the REST catalog (`add-snapshot` of a
+/// `replace` snapshot, `remove-snapshots`), with lost answers meeting
+/// whichever commit comes first — the stream's or maintenance's: the table
+/// ends compacted, equal to the source, each change once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_rest_catalog_compaction_and_expiry_keep_each_change_once() {
+    use crate::support::lake::{read_iceberg_in, read_iceberg_log_in};
+    use std::time::Duration;
+    let client = pg().create_database("ice_rest_tidy").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 20) g;",
+        )
+        .await
+        .unwrap();
+    let dir = crate::support::temp_dir("tidewater-ice-rest-tidy");
+    let mut pipeline = Pipeline::with_sink(
+        "ice_rest_tidy",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg().url("ice_rest_tidy")
+        ),
+        |lake| {
+            format!(
+                "[sink]\ntype = \"lake\"\nuri = \"file://{}\"\nflush_interval_ms = 200\n\
+                 format = \"iceberg\"\ncompaction_interval_ms = 300\ncompaction_min_files = 3\n\
+                 target_file_size_bytes = 1048576\nvacuum_interval_ms = 700\nvacuum_retention_hours = 0\n\
+                 [sink.catalog]\ntype = \"rest\"\nuri = \"${{ICE_REST_URI}}\"\n",
+                lake.display()
+            )
+        },
+    );
+    let server = RestServer::start(&dir, &pipeline.lake);
+    pipeline.env.push(("ICE_REST_URI".into(), server.uri()));
+    pipeline.start();
+    let path = pipeline.table_path("public", "t");
+    let catalog = tidewater_lake::SqlCatalog::new(
+        tidewater_lake::SqlBackend::Sqlite(server.db.clone()),
+        "rest",
+    );
+    let rows_in_lake = |n: usize| {
+        let (path, catalog) = (path.clone(), catalog.clone());
+        crate::support::eventually(
+            "the changes in the Iceberg table",
+            Duration::from_secs(90),
+            move || {
+                let (path, catalog) = (path.clone(), catalog.clone());
+                async move {
+                    let log = read_iceberg_log_in(&path, catalog).await?;
+                    (log.len() == n)
+                        .then_some(())
+                        .ok_or(format!("{} rows, not {n}", log.len()))
+                }
+            },
+        )
+    };
+    rows_in_lake(20).await;
+    server
+        .faults(serde_json::json!({"fail_commits": 1, "drop_commits": 1}))
+        .await;
+    for round in 0..20 {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO t VALUES ({id}, 'new'); UPDATE t SET v = 'r{round}' WHERE id = {k};",
+                id = 100 + round,
+                k = round + 1
+            ))
+            .await
+            .unwrap();
+        // Paces the writes over many flushes (small files), not a wait.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    rows_in_lake(60).await;
+    crate::support::eventually(
+        "the Iceberg table compacted and vacuumed through the REST catalog",
+        Duration::from_secs(90),
+        || {
+            let log = pipeline.log(1);
+            let (path, catalog) = (path.clone(), catalog.clone());
+            async move {
+                let live = iceberg_live_files_in(&path, "ice_rest_tidy", "t", catalog).await;
+                let on_disk = iceberg_files_on_disk(&path);
+                (log.contains("compacted the Iceberg table")
+                    && log.contains("vacuumed the Iceberg table")
+                    && live <= 4
+                    && on_disk <= live + 2)
+                    .then_some(())
+                    .ok_or(format!(
+                        "live files {live}, parquet files on disk {on_disk}"
+                    ))
+            }
+        },
+    )
+    .await;
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+    let faults = server.faults(serde_json::json!({})).await;
+    assert_eq!(faults["commits_failed"], 1, "{faults}");
+    assert_eq!(faults["commits_dropped"], 1, "{faults}");
+    let log = read_iceberg_log_in(&path, catalog).await.unwrap();
+    lake::assert_each_change_once(&log);
+    assert_eq!(log.len(), 60, "20 snapshot rows, 20 inserts, 20 updates");
+    compare_with_source(&client, "public.t", &log, "tidewater's reader").await;
+    let uri = format!("sqlite:///{}", server.db.display());
+    for reader in ["pyiceberg", "duckdb"] {
+        let (rows, summary) = read_iceberg_in(&path, reader, &uri, "rest").await.unwrap();
+        assert_eq!(rows.len(), 60, "{reader}");
+        compare_with_source(&client, "public.t", &rows, reader).await;
+        let files = summary["files"].as_u64().unwrap_or(u64::MAX);
+        let snapshots = summary["snapshots"].as_array().map_or(usize::MAX, Vec::len);
+        assert!(
+            files <= 4 && snapshots < 20,
+            "{reader}: {files} files, {snapshots} snapshots"
+        );
+    }
 }

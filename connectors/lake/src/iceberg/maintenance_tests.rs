@@ -11,7 +11,7 @@ use deltalake::arrow::util::display::array_value_to_string;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tidewater_core::{ColumnType, Op};
 
-use super::tests::{base, column, commit_rows, open, row, schema, scratch};
+use super::tests::{base, column, commit_rows, commit_rows_at, open, row, schema, scratch};
 use super::*;
 use crate::Compaction;
 
@@ -374,4 +374,67 @@ async fn orphan_cleanup_deletes_old_unreachable_files_only() {
         .unwrap();
     assert!(report.deleted.is_empty(), "{:?}", report.deleted);
     assert!(recent.exists());
+}
+
+#[tokio::test]
+async fn a_table_partitioned_by_commit_date_is_compacted_one_day_at_a_time() {
+    let dir = scratch("compact-days");
+    let table = TableId::new("app", "t");
+    let mut sink = open(&dir);
+    sink.set_partition_by_date(true);
+    const DAY_US: i64 = 86_400_000_000;
+    let first_day = 1_700_000_000_000_000 / DAY_US * DAY_US;
+    // Days interleaved: each day's files are small and many.
+    for seq in 1..=8u64 {
+        let at = first_day + (seq as i64 % 2) * DAY_US + seq as i64;
+        commit_rows_at(&mut sink, schema(base()), seq, &[row(seq as i32, "a")], at).await;
+    }
+    let (before, _) = table_rows(&mut sink, &table).await;
+    let days = |files: &[ManifestEntry]| {
+        let mut days: Vec<Option<i32>> = files.iter().map(|f| f.file.partition[0].1).collect();
+        days.sort();
+        days
+    };
+    assert_eq!(sink.data_files(&table).await.unwrap().len(), 8);
+    let report = sink
+        .compact(&table, &SMALL)
+        .await
+        .unwrap()
+        .expect("one day");
+    assert_eq!((report.files_removed, report.files_added), (4, 1));
+    let report = sink
+        .compact(&table, &SMALL)
+        .await
+        .unwrap()
+        .expect("the other");
+    assert_eq!((report.files_removed, report.files_added), (4, 1));
+    assert!(sink.compact(&table, &SMALL).await.unwrap().is_none());
+    let files = sink.data_files(&table).await.unwrap();
+    let day = (first_day / DAY_US) as i32;
+    assert_eq!(days(&files), vec![Some(day), Some(day + 1)]);
+    // Each new file holds only its day's rows.
+    for entry in &files {
+        let bytes = sink.read_file(&table, &entry.file.path).await.unwrap();
+        for batch in ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap()
+        {
+            let batch = batch.unwrap();
+            assert_eq!(
+                partition_of(&sink.tables[&table].metadata.default_spec().2, &batch),
+                entry.file.partition
+            );
+        }
+    }
+    let (after, _) = table_rows(&mut sink, &table).await;
+    assert_eq!(after, before);
+    // The manifests were folded: one with the last compaction's entries,
+    // one with the rest.
+    let current = sink.tables[&table]
+        .metadata
+        .current_snapshot()
+        .unwrap()
+        .clone();
+    assert_eq!(sink.manifests_of(&table, &current).await.unwrap().len(), 2);
 }

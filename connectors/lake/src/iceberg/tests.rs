@@ -39,6 +39,17 @@ pub(super) async fn commit_rows(
     seq: u64,
     rows: &[(Op, Vec<Datum>)],
 ) {
+    commit_rows_at(sink, schema, seq, rows, 1_700_000_000_000_000).await
+}
+
+/// [`commit_rows`] of a source commit at `commit_ts_us`.
+pub(super) async fn commit_rows_at(
+    sink: &mut IcebergSink,
+    schema: Arc<TableSchema>,
+    seq: u64,
+    rows: &[(Op, Vec<Datum>)],
+    commit_ts_us: i64,
+) {
     let mut batcher = Batcher::new(BatchLimits {
         max_rows: usize::MAX,
         max_bytes: usize::MAX,
@@ -49,7 +60,7 @@ pub(super) async fn commit_rows(
         seq,
         position: format!("pos-{seq}"),
         ack: seq,
-        commit_ts_us: 1_700_000_000_000_000,
+        commit_ts_us,
         txid: None,
     });
     for (ord, (op, values)) in rows.iter().enumerate() {
