@@ -222,6 +222,15 @@ async fn a_commit_between_plan_and_commit_is_kept_and_a_stale_plan_is_dropped() 
     }
     let (rows, _) = table_rows(&mut fresh, &table).await;
     assert_eq!(rows.len(), 5);
+    // The other process, whose view predates the compaction, takes it for
+    // another writer's commit (its commit count did not move) and builds on
+    // it.
+    commit_rows(&mut other, schema(base()), 6, &[row(6, "f")]).await;
+    let mut fresh = open(&dir);
+    let (rows, _) = table_rows(&mut fresh, &table).await;
+    assert_eq!(rows.len(), 6);
+    let state = fresh.table_state(&table).await.unwrap().unwrap();
+    assert_eq!((state.mark, state.commits), (Mark { seq: 6, ord: 1 }, 6));
 }
 
 #[tokio::test]
