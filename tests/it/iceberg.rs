@@ -783,3 +783,40 @@ async fn through_a_rest_catalog_compaction_and_expiry_keep_each_change_once() {
         );
     }
 }
+
+/// Orphan cleanup lists a table's files on S3 too: every object below the
+/// prefix, at any depth, with its modification time; nothing beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_files_are_listed_on_s3_with_their_ages() {
+    use crate::support::s3::{s3, storage_options};
+    let server = s3();
+    server.create_bucket("tw-ice-list");
+    let store = tidewater_lake::LakeStore::open(tidewater_lake::LakeLocation::S3 {
+        url: url::Url::parse("s3://tw-ice-list/lake").unwrap(),
+        options: storage_options(&server.endpoint()),
+    })
+    .unwrap();
+    let before = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    for rel in [
+        "p/s/t/data/a.parquet",
+        "p/s/t/data/_tw_commit_date=2026-12-07/b.parquet",
+        "p/s/t/metadata/00001-x.metadata.json",
+        "p/s/t2/data/other.parquet",
+    ] {
+        store.write(rel, "x").await.unwrap();
+    }
+    let mut listed = store.list_files("p/s/t").await.unwrap();
+    listed.sort();
+    let names: Vec<&str> = listed.iter().map(|(rel, _)| rel.as_str()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "p/s/t/data/_tw_commit_date=2026-12-07/b.parquet",
+            "p/s/t/data/a.parquet",
+            "p/s/t/metadata/00001-x.metadata.json",
+        ]
+    );
+    let after = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+    assert!(listed.iter().all(|(_, at)| *at > before && *at < after));
+    assert!(store.list_files("p/s/none").await.unwrap().is_empty());
+}
