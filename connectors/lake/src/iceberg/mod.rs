@@ -26,6 +26,9 @@
 //! fail: the commit is rebuilt on the new metadata and tried again — unless
 //! the other writer is this pipeline in another process (its commit count
 //! moved), which stops, as on Delta.
+//!
+//! Compaction, snapshot expiry and orphan cleanup run on the Delta sink's
+//! keys and schedule: see `maintenance`.
 
 pub mod avro;
 pub mod catalog;
