@@ -380,6 +380,18 @@ impl CompactionJob {
             debug!(table = %table, "the table has delete files; not compacting it");
             return Ok(None);
         }
+        let fields = base.fields();
+        let columns = base
+            .current_schema()
+            .and_then(|s| s.get("fields"))
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        if columns != fields.len() {
+            // A column of a type tidewater never writes (another writer's):
+            // a rewrite would lose its values.
+            debug!(table = %table, "the table has columns of types tidewater does not write; not compacting it");
+            return Ok(None);
+        }
         let (spec_id, spec_fields, spec) = base.default_spec();
         let mut entries: Vec<(usize, ManifestEntry)> = Vec::new();
         for (i, manifest) in manifests.iter().enumerate() {
@@ -389,7 +401,6 @@ impl CompactionJob {
             entries.extend(read.into_iter().map(|e| (i, e)));
         }
         let target = self.policy.target_file_bytes;
-        let fields = base.fields();
         let id_of = |name: &str| fields.iter().find(|f| f.name == name).map(|f| f.id);
         let (seq_id, ord_id) = (id_of("_tw_seq"), id_of("_tw_ord"));
         let mut small: Vec<&(usize, ManifestEntry)> = entries

@@ -447,3 +447,47 @@ async fn a_table_partitioned_by_commit_date_is_compacted_one_day_at_a_time() {
         .clone();
     assert_eq!(sink.manifests_of(&table, &current).await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn a_table_with_a_column_tidewater_does_not_write_is_not_compacted() {
+    let dir = scratch("compact-foreign");
+    let table = TableId::new("app", "t");
+    let mut sink = open(&dir);
+    for seq in 1..=4u64 {
+        commit_rows(&mut sink, schema(base()), seq, &[row(seq as i32, "a")]).await;
+    }
+    // Another writer adds a map column (a type tidewater never writes).
+    let metadata = sink.tables[&table].metadata.clone();
+    let mut json = metadata.json.clone();
+    let mut schema_json = metadata.current_schema().unwrap().clone();
+    schema_json["schema-id"] = Value::from(7);
+    schema_json["fields"].as_array_mut().unwrap().push(json!({
+        "id": 900, "name": "tags", "required": false,
+        "type": {"type": "map", "key-id": 901, "key": "string", "value-id": 902,
+                 "value": "string", "value-required": false},
+    }));
+    json["schemas"].as_array_mut().unwrap().push(schema_json);
+    json["current-schema-id"] = Value::from(7);
+    json["last-column-id"] = Value::from(902);
+    let rel = format!(
+        "p/app/t/metadata/{}",
+        metadata_file_name(metadata.version() + 1)
+    );
+    sink.store.write(&rel, &json.to_string()).await.unwrap();
+    let (ns, name) = identifier("p", &table);
+    let Catalog::Sql(catalog) = &sink.catalog else {
+        panic!("a SQL catalog")
+    };
+    let location = sink.store.uri_of(&rel);
+    assert_eq!(
+        catalog
+            .swap(&ns, &name, &metadata.location, &location)
+            .await
+            .unwrap(),
+        Swap::Done
+    );
+    let mut fresh = open(&dir);
+    fresh.table_state(&table).await.unwrap();
+    assert!(fresh.compact(&table, &SMALL).await.unwrap().is_none());
+    assert_eq!(fresh.data_files(&table).await.unwrap().len(), 4);
+}
