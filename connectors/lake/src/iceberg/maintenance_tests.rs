@@ -491,3 +491,75 @@ async fn a_table_with_a_column_tidewater_does_not_write_is_not_compacted() {
     assert!(fresh.compact(&table, &SMALL).await.unwrap().is_none());
     assert_eq!(fresh.data_files(&table).await.unwrap().len(), 4);
 }
+
+#[tokio::test]
+async fn beyond_a_hundred_manifests_a_compaction_folds_them_into_one() {
+    let dir = scratch("compact-fold");
+    let table = TableId::new("app", "t");
+    let mut sink = open(&dir);
+    // Big files (text that does not compress), one manifest each.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = |n: usize| -> String {
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(b'a' + (state % 26) as u8)
+            })
+            .collect()
+    };
+    let big = MERGE_MANIFESTS as u64 + 1;
+    for seq in 1..=big {
+        commit_rows(
+            &mut sink,
+            schema(base()),
+            seq,
+            &[row(seq as i32, &noise(8000))],
+        )
+        .await;
+    }
+    // Then small ones.
+    for seq in big + 1..=big + 4 {
+        commit_rows(&mut sink, schema(base()), seq, &[row(seq as i32, "s")]).await;
+    }
+    let files = sink.data_files(&table).await.unwrap();
+    let largest_small = files
+        .iter()
+        .map(|f| f.file.size)
+        .filter(|s| *s < 6000)
+        .max()
+        .unwrap();
+    let smallest_big = files
+        .iter()
+        .map(|f| f.file.size)
+        .filter(|s| *s >= 6000)
+        .min()
+        .unwrap();
+    assert!(largest_small < smallest_big);
+    let policy = Compaction {
+        target_file_bytes: smallest_big as u64,
+        min_files: 4,
+    };
+    let (before, _) = table_rows(&mut sink, &table).await;
+    let report = sink
+        .compact(&table, &policy)
+        .await
+        .unwrap()
+        .expect("compacted");
+    assert_eq!((report.files_removed, report.files_added), (4, 1));
+    let current = sink.tables[&table]
+        .metadata
+        .current_snapshot()
+        .unwrap()
+        .clone();
+    let manifests = sink.manifests_of(&table, &current).await.unwrap();
+    assert_eq!(
+        manifests.len(),
+        2,
+        "the replace manifest and one of the rest"
+    );
+    assert_eq!(manifests[1].existing_files as u64, big);
+    let (after, _) = table_rows(&mut sink, &table).await;
+    assert_eq!(after, before);
+}
