@@ -551,8 +551,8 @@ fn iceberg_files_on_disk(path: &Path) -> usize {
 }
 
 /// The Delta maintenance keys drive Iceberg tables too: while the stream
-/// commits a small file a flush (and a column is added and widened int →
-/// bigint), compaction folds them into `replace` snapshots, expiry drops
+/// commits a small file a flush into a table partitioned by commit date
+/// (and a column is added and widened int → bigint), compaction folds them into `replace` snapshots, expiry drops
 /// the old snapshots and the files only they reached; the table ends equal
 /// to the source in pyiceberg and DuckDB, each change once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -574,7 +574,8 @@ async fn small_files_are_compacted_and_old_snapshots_expired_while_streaming() {
             pg().url("ice_tidy")
         ),
         "compaction_interval_ms = 500\ncompaction_min_files = 4\n\
-         target_file_size_bytes = 1048576\nvacuum_interval_ms = 1000\nvacuum_retention_hours = 0\n",
+         target_file_size_bytes = 1048576\nvacuum_interval_ms = 1000\nvacuum_retention_hours = 0\n\
+         partitioning = \"commit_date\"\n",
     );
     pipeline.start();
     pipeline.wait_equal(&client, "t").await;
@@ -621,7 +622,7 @@ async fn small_files_are_compacted_and_old_snapshots_expired_while_streaming() {
                 let on_disk = iceberg_files_on_disk(&path);
                 (log.contains("compacted the Iceberg table")
                     && log.contains("vacuumed the Iceberg table")
-                    && live <= 8
+                    && live <= 4
                     && on_disk <= live + 2)
                     .then_some(())
                     .ok_or(format!(
@@ -655,11 +656,24 @@ async fn small_files_are_compacted_and_old_snapshots_expired_while_streaming() {
     );
     assert!(commits.len() >= 40, "{} commits", commits.len());
     assert!(
-        files <= 8 && (files as usize) < commits.len(),
+        files <= 4 && (files as usize) < commits.len(),
         "{files} files after {} commits",
         commits.len()
     );
     assert!(snapshots < commits.len(), "{snapshots} snapshots kept");
+    assert_eq!(
+        summary["partition_spec"][0]["name"], "_tw_commit_date",
+        "{summary}"
+    );
+    // Fewer files than the stream's commits (a file each).
+    let flushes: usize = summary["properties"]["tidewater.ice_tidy.commits"]
+        .as_str()
+        .and_then(|c| c.parse().ok())
+        .expect("the commit count");
+    assert!(
+        (files as usize) < flushes,
+        "{files} files after {flushes} commits"
+    );
     let last = &summary["snapshots"].as_array().unwrap().last().unwrap()["summary"];
     assert_eq!(
         summary["properties"]["tidewater.ice_tidy.seq"], last["tidewater.seq"],
