@@ -834,3 +834,96 @@ async fn table_files_are_listed_on_s3_with_their_ages() {
     assert!(listed.iter().all(|(_, at)| *at > before && *at < after));
     assert!(store.list_files("p/s/none").await.unwrap().is_empty());
 }
+
+/// A SIGKILL while a compaction of an Iceberg table is written (or waits
+/// for its commit): its files were never committed, so the restart loses
+/// and repeats nothing, and compaction goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_an_iceberg_compaction_loses_and_repeats_nothing() {
+    use crate::support::eventually;
+    use std::time::Duration;
+    let client = pg().create_database("ice_compkill").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, repeat('v', 40) || g FROM generate_series(1, 30000) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::iceberg(
+        "ice_compkill",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg().url("ice_compkill")
+        ),
+        // Every file is small: each compaction rewrites the table so far,
+        // which takes a while.
+        "compaction_interval_ms = 100\ncompaction_min_files = 2\n\
+         target_file_size_bytes = 16777216\n",
+    );
+    pipeline.env = vec![("TIDEWATER_LOG".into(), "tidewater_lake=debug".into())];
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+    let started = |log: &str| log.matches("Iceberg compaction started").count();
+    let ended = |log: &str| log.matches("Iceberg compaction ended").count();
+    let mut step = 0;
+    'updates: loop {
+        step += 1;
+        assert!(
+            step < 400,
+            "no compaction seen running: {}",
+            pipeline.log(1)
+        );
+        client
+            .batch_execute(&format!(
+                "UPDATE t SET v = v || 'x' WHERE id % 97 = {}",
+                step % 97
+            ))
+            .await
+            .unwrap();
+        for _ in 0..50 {
+            let log = pipeline.log(1);
+            if started(&log) > ended(&log) {
+                break 'updates;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    pipeline.kill();
+    client
+        .batch_execute("UPDATE t SET v = 'after the kill' WHERE id % 1000 = 0;")
+        .await
+        .unwrap();
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+    let path = pipeline.table_path("public", "t");
+    lake::assert_each_change_once(&read_log(&path).await.unwrap());
+    for round in 0..3 {
+        client
+            .batch_execute(&format!("UPDATE t SET v = 'round {round}' WHERE id < 10"))
+            .await
+            .unwrap();
+        pipeline.wait_equal(&client, "t").await;
+    }
+    eventually(
+        "an Iceberg compaction after the restart",
+        Duration::from_secs(60),
+        || {
+            let log = pipeline.log(2);
+            async move {
+                log.contains("compacted the Iceberg table")
+                    .then_some(())
+                    .ok_or("no compaction yet".to_string())
+            }
+        },
+    )
+    .await;
+    pipeline.wait_equal(&client, "t").await;
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
+    lake::assert_each_change_once(&read_log(&path).await.unwrap());
+    let summary = every_reader_agrees(&path, &client, "public.t").await;
+    assert!(
+        summary["files"].as_u64().unwrap_or(u64::MAX) < 10,
+        "{summary}"
+    );
+}

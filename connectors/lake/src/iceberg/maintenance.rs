@@ -445,7 +445,7 @@ impl CompactionJob {
             return Ok(None);
         };
         let group_paths: HashSet<String> = group.iter().map(|e| e.file.path.clone()).collect();
-        debug!(table = %table, files = group.len(), "compacting");
+        debug!(table = %table, files = group.len(), "Iceberg compaction started");
 
         // Read, align, write: one file in memory at a time.
         let keys: Vec<String> = base
@@ -1285,6 +1285,7 @@ impl IcebergSink {
             }
         };
         let table = output.table.clone();
+        debug!(table = %table, "Iceberg compaction ended");
         self.clock.compacted_last = Some(table.clone());
         match self.commit_compaction(output).await {
             Ok(_) => Reaped::Done,
