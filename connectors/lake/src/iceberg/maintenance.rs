@@ -741,6 +741,17 @@ impl VacuumJob {
         let mut reachable: HashSet<String> = HashSet::new();
         reachable.insert(self.metadata.location.clone());
         reachable.extend(self.metadata.logged_metadata());
+        // Statistics files (Puffin) another engine registered.
+        for key in ["statistics", "partition-statistics"] {
+            if let Some(files) = self.metadata.json.get(key).and_then(Value::as_array) {
+                reachable.extend(
+                    files
+                        .iter()
+                        .filter_map(|f| f.get("statistics-path").and_then(Value::as_str))
+                        .map(str::to_string),
+                );
+            }
+        }
         let mut manifests: BTreeMap<String, ManifestFile> = BTreeMap::new();
         for snapshot in self.metadata.snapshots() {
             let Some(list) = snapshot.get("manifest-list").and_then(Value::as_str) else {

@@ -329,8 +329,8 @@ impl TableMetadata {
     }
 
     /// The metadata after `remove-snapshots` of `ids` on top of this one:
-    /// the snapshots and their `snapshot-log` entries gone, refs, schema,
-    /// properties and everything else as they are.
+    /// the snapshots and their `snapshot-log` (and statistics) entries
+    /// gone, refs, schema, properties and everything else as they are.
     pub fn without_snapshots(&self, ids: &std::collections::HashSet<i64>) -> Value {
         let mut json = self.json.clone();
         let expired = |v: &Value| {
@@ -338,7 +338,12 @@ impl TableMetadata {
                 .and_then(Value::as_i64)
                 .is_some_and(|id| ids.contains(&id))
         };
-        for key in ["snapshots", "snapshot-log"] {
+        for key in [
+            "snapshots",
+            "snapshot-log",
+            "statistics",
+            "partition-statistics",
+        ] {
             if let Some(Value::Array(items)) = json.get_mut(key) {
                 items.retain(|item| !expired(item));
             }
