@@ -554,13 +554,16 @@ pub struct LakeSinkConfig {
     /// Compact a table once it has at least this many small files. Default 16.
     #[serde(default = "default_compaction_min_files")]
     pub compaction_min_files: usize,
-    /// How often files no table version needs any more are deleted; 0 turns
-    /// it off. Default 3600000 (an hour).
+    /// How often files no table version needs any more are deleted (on
+    /// Iceberg tables: old snapshots expired, then the files only they
+    /// reached and orphans deleted); 0 turns it off. Default 3600000 (an
+    /// hour).
     #[serde(default = "default_vacuum_interval_ms")]
     pub vacuum_interval_ms: u64,
     /// Files replaced by a compaction (and never-committed files) are kept
-    /// this long for readers of older versions. Default 168 (7 days, Delta's
-    /// default).
+    /// this long for readers of older versions (on Iceberg tables: snapshots
+    /// are expired this long after a newer one replaced them). Default 168
+    /// (7 days, Delta's default).
     #[serde(default = "default_vacuum_retention_hours")]
     pub vacuum_retention_hours: u64,
     /// Keep a current-state table (one row per key: the latest image,

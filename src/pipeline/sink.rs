@@ -80,6 +80,7 @@ impl AnySink {
             None if settings.iceberg.is_some() => {
                 let catalog = settings.iceberg.clone().expect("checked");
                 let mut lake = IcebergSink::new(settings.lake.clone(), &settings.pipeline, catalog);
+                lake.set_maintenance(settings.maintenance);
                 lake.set_partition_by_date(settings.partition_by_date);
                 lake.set_target_file_size(settings.target_file_bytes);
                 // A lake that refuses writes, or a catalog out of reach,

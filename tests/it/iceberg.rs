@@ -889,3 +889,422 @@ async fn check_names_an_unusable_catalog() {
         );
     }
 }
+
+/// Live data files of an Iceberg table of the lake's default catalog, as
+/// tidewater's own reader lists them.
+async fn iceberg_live_files(path: &Path, pipeline: &str, table: &str) -> usize {
+    let lake_dir = path.ancestors().nth(3).expect("lake root");
+    let catalog = tidewater_lake::SqlCatalog::new(
+        tidewater_lake::SqlBackend::Sqlite(lake_dir.join("tidewater_catalog.db")),
+        "tidewater",
+    );
+    iceberg_live_files_in(path, pipeline, table, catalog).await
+}
+
+/// [`iceberg_live_files`] through `catalog`.
+async fn iceberg_live_files_in(
+    path: &Path,
+    pipeline: &str,
+    table: &str,
+    catalog: tidewater_lake::SqlCatalog,
+) -> usize {
+    let lake_dir = path.ancestors().nth(3).expect("lake root");
+    let mut sink = tidewater_lake::IcebergSink::new(
+        tidewater_lake::LakeStore::local(lake_dir),
+        pipeline,
+        catalog,
+    );
+    sink.data_files(&tidewater_core::TableId::new("public", table))
+        .await
+        .map(|files| files.len())
+        .unwrap_or(usize::MAX)
+}
+
+/// Parquet files under the table's `data/`, live or not.
+fn iceberg_files_on_disk(path: &Path) -> usize {
+    std::fs::read_dir(path.join("data"))
+        .map(|dir| {
+            dir.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The Delta maintenance keys drive Iceberg tables too: while the stream
+/// commits a small file a flush into a table partitioned by commit date
+/// (and a column is added and widened int → bigint), compaction folds them into `replace` snapshots, expiry drops
+/// the old snapshots and the files only they reached; the table ends equal
+/// to the source in pyiceberg and DuckDB, each change once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_files_are_compacted_and_old_snapshots_expired_while_streaming() {
+    use crate::support::eventually;
+    use std::time::Duration;
+    let client = pg().create_database("ice_tidy").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text, n int);
+             INSERT INTO t SELECT g, 'v' || g, g FROM generate_series(1, 50) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::iceberg(
+        "ice_tidy",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg().url("ice_tidy")
+        ),
+        "compaction_interval_ms = 500\ncompaction_min_files = 4\n\
+         target_file_size_bytes = 1048576\nvacuum_interval_ms = 1000\nvacuum_retention_hours = 0\n\
+         partitioning = \"commit_date\"\n",
+    );
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+    let path = pipeline.table_path("public", "t");
+    let mut most_live = 0;
+    for round in 0..40 {
+        let widen = if round == 20 {
+            "ALTER TABLE t ALTER COLUMN n TYPE bigint;"
+        } else {
+            ""
+        };
+        client
+            .batch_execute(&format!(
+                "{widen}
+                 INSERT INTO t VALUES ({id}, 'new', {big});
+                 UPDATE t SET v = 'round {round}' WHERE id = {round} + 1;
+                 ALTER TABLE t ADD COLUMN IF NOT EXISTS late int;
+                 UPDATE t SET late = {round} WHERE id = 1;",
+                id = 1000 + round,
+                big = if round >= 20 {
+                    5_000_000_000i64 + round
+                } else {
+                    round
+                },
+            ))
+            .await
+            .unwrap();
+        // Paces the writes over many flushes: the workload that makes small
+        // files, not a wait for anything.
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        if round % 10 == 9 {
+            most_live = most_live.max(iceberg_live_files(&path, "ice_tidy", "t").await);
+        }
+    }
+    pipeline.wait_equal(&client, "t").await;
+    eventually(
+        "the Iceberg table compacted and vacuumed",
+        Duration::from_secs(90),
+        || {
+            let log = pipeline.log(1);
+            let path = path.clone();
+            async move {
+                let live = iceberg_live_files(&path, "ice_tidy", "t").await;
+                let on_disk = iceberg_files_on_disk(&path);
+                (log.contains("compacted the Iceberg table")
+                    && log.contains("vacuumed the Iceberg table")
+                    && live <= 4
+                    && on_disk <= live + 2)
+                    .then_some(())
+                    .ok_or(format!(
+                        "live files {live}, parquet files on disk {on_disk}"
+                    ))
+            }
+        },
+    )
+    .await;
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+    let daemon = pipeline.log(1);
+    for trouble in [
+        "compacting an Iceberg table failed",
+        "committing an Iceberg compaction failed",
+        "the Iceberg compaction task died",
+        "expiring the Iceberg table's snapshots failed",
+        "vacuuming the Iceberg table failed",
+        "the Iceberg vacuum task died",
+    ] {
+        assert!(!daemon.contains(trouble), "{trouble}:\n{daemon}");
+    }
+    let log = read_log(&path).await.expect("read the log");
+    lake::assert_each_change_once(&log);
+    let commits: std::collections::BTreeSet<i64> = log.iter().map(|r| r.seq).collect();
+    let summary = every_reader_agrees(&path, &client, "public.t").await;
+    let files = summary["files"].as_u64().expect("files in the summary");
+    let snapshots = summary["snapshots"].as_array().expect("snapshots").len();
+    eprintln!(
+        "{} commits, live files at most {most_live} while writing, {files} at the end, {snapshots} snapshots",
+        commits.len()
+    );
+    assert!(commits.len() >= 40, "{} commits", commits.len());
+    assert!(
+        files <= 4 && (files as usize) < commits.len(),
+        "{files} files after {} commits",
+        commits.len()
+    );
+    assert!(snapshots < commits.len(), "{snapshots} snapshots kept");
+    assert_eq!(
+        summary["partition_spec"][0]["name"], "_tw_commit_date",
+        "{summary}"
+    );
+    // Fewer files than the stream's commits (a file each).
+    let flushes: usize = summary["properties"]["tidewater.ice_tidy.commits"]
+        .as_str()
+        .and_then(|c| c.parse().ok())
+        .expect("the commit count");
+    assert!(
+        (files as usize) < flushes,
+        "{files} files after {flushes} commits"
+    );
+    let last = &summary["snapshots"].as_array().unwrap().last().unwrap()["summary"];
+    assert_eq!(
+        summary["properties"]["tidewater.ice_tidy.seq"], last["tidewater.seq"],
+        "{summary}"
+    );
+}
+
+/// Compaction and expiry through the REST catalog (`add-snapshot` of a
+/// `replace` snapshot, `remove-snapshots`), with lost answers meeting
+/// whichever commit comes first — the stream's or maintenance's: the table
+/// ends compacted, equal to the source, each change once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_rest_catalog_compaction_and_expiry_keep_each_change_once() {
+    use crate::support::lake::{read_iceberg_in, read_iceberg_log_in};
+    use std::time::Duration;
+    let client = pg().create_database("ice_rest_tidy").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 20) g;",
+        )
+        .await
+        .unwrap();
+    let dir = crate::support::temp_dir("tidewater-ice-rest-tidy");
+    let mut pipeline = Pipeline::with_sink(
+        "ice_rest_tidy",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg().url("ice_rest_tidy")
+        ),
+        |lake| {
+            format!(
+                "[sink]\ntype = \"lake\"\nuri = \"file://{}\"\nflush_interval_ms = 200\n\
+                 format = \"iceberg\"\ncompaction_interval_ms = 300\ncompaction_min_files = 3\n\
+                 target_file_size_bytes = 1048576\nvacuum_interval_ms = 700\nvacuum_retention_hours = 0\n\
+                 [sink.catalog]\ntype = \"rest\"\nuri = \"${{ICE_REST_URI}}\"\n",
+                lake.display()
+            )
+        },
+    );
+    let server = RestServer::start(&dir, &pipeline.lake);
+    pipeline.env.push(("ICE_REST_URI".into(), server.uri()));
+    pipeline.start();
+    let path = pipeline.table_path("public", "t");
+    let catalog = tidewater_lake::SqlCatalog::new(
+        tidewater_lake::SqlBackend::Sqlite(server.db.clone()),
+        "rest",
+    );
+    let rows_in_lake = |n: usize| {
+        let (path, catalog) = (path.clone(), catalog.clone());
+        crate::support::eventually(
+            "the changes in the Iceberg table",
+            Duration::from_secs(90),
+            move || {
+                let (path, catalog) = (path.clone(), catalog.clone());
+                async move {
+                    let log = read_iceberg_log_in(&path, catalog).await?;
+                    (log.len() == n)
+                        .then_some(())
+                        .ok_or(format!("{} rows, not {n}", log.len()))
+                }
+            },
+        )
+    };
+    rows_in_lake(20).await;
+    server
+        .faults(serde_json::json!({"fail_commits": 1, "drop_commits": 1}))
+        .await;
+    for round in 0..20 {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO t VALUES ({id}, 'new'); UPDATE t SET v = 'r{round}' WHERE id = {k};",
+                id = 100 + round,
+                k = round + 1
+            ))
+            .await
+            .unwrap();
+        // Paces the writes over many flushes (small files), not a wait.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    rows_in_lake(60).await;
+    crate::support::eventually(
+        "the Iceberg table compacted and vacuumed through the REST catalog",
+        Duration::from_secs(90),
+        || {
+            let log = pipeline.log(1);
+            let (path, catalog) = (path.clone(), catalog.clone());
+            async move {
+                let live = iceberg_live_files_in(&path, "ice_rest_tidy", "t", catalog).await;
+                let on_disk = iceberg_files_on_disk(&path);
+                (log.contains("compacted the Iceberg table")
+                    && log.contains("vacuumed the Iceberg table")
+                    && live <= 4
+                    && on_disk <= live + 2)
+                    .then_some(())
+                    .ok_or(format!(
+                        "live files {live}, parquet files on disk {on_disk}"
+                    ))
+            }
+        },
+    )
+    .await;
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+    let faults = server.faults(serde_json::json!({})).await;
+    assert_eq!(faults["commits_failed"], 1, "{faults}");
+    assert_eq!(faults["commits_dropped"], 1, "{faults}");
+    let log = read_iceberg_log_in(&path, catalog).await.unwrap();
+    lake::assert_each_change_once(&log);
+    assert_eq!(log.len(), 60, "20 snapshot rows, 20 inserts, 20 updates");
+    compare_with_source(&client, "public.t", &log, "tidewater's reader").await;
+    let uri = format!("sqlite:///{}", server.db.display());
+    for reader in ["pyiceberg", "duckdb"] {
+        let (rows, summary) = read_iceberg_in(&path, reader, &uri, "rest").await.unwrap();
+        assert_eq!(rows.len(), 60, "{reader}");
+        compare_with_source(&client, "public.t", &rows, reader).await;
+        let files = summary["files"].as_u64().unwrap_or(u64::MAX);
+        let snapshots = summary["snapshots"].as_array().map_or(usize::MAX, Vec::len);
+        assert!(
+            files <= 4 && snapshots < 20,
+            "{reader}: {files} files, {snapshots} snapshots"
+        );
+    }
+}
+
+/// Orphan cleanup lists a table's files on S3 too: every object below the
+/// prefix, at any depth, with its modification time; nothing beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_files_are_listed_on_s3_with_their_ages() {
+    use crate::support::s3::{s3, storage_options};
+    let server = s3();
+    server.create_bucket("tw-ice-list");
+    let store = tidewater_lake::LakeStore::open(tidewater_lake::LakeLocation::S3 {
+        url: url::Url::parse("s3://tw-ice-list/lake").unwrap(),
+        options: storage_options(&server.endpoint()),
+    })
+    .unwrap();
+    let before = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    for rel in [
+        "p/s/t/data/a.parquet",
+        "p/s/t/data/_tw_commit_date=2026-12-07/b.parquet",
+        "p/s/t/metadata/00001-x.metadata.json",
+        "p/s/t2/data/other.parquet",
+    ] {
+        store.write(rel, "x").await.unwrap();
+    }
+    let mut listed = store.list_files("p/s/t").await.unwrap();
+    listed.sort();
+    let names: Vec<&str> = listed.iter().map(|(rel, _)| rel.as_str()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "p/s/t/data/_tw_commit_date=2026-12-07/b.parquet",
+            "p/s/t/data/a.parquet",
+            "p/s/t/metadata/00001-x.metadata.json",
+        ]
+    );
+    let after = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+    assert!(listed.iter().all(|(_, at)| *at > before && *at < after));
+    assert!(store.list_files("p/s/none").await.unwrap().is_empty());
+}
+
+/// A SIGKILL while a compaction of an Iceberg table is written (or waits
+/// for its commit): its files were never committed, so the restart loses
+/// and repeats nothing, and compaction goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_an_iceberg_compaction_loses_and_repeats_nothing() {
+    use crate::support::eventually;
+    use std::time::Duration;
+    let client = pg().create_database("ice_compkill").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, repeat('v', 40) || g FROM generate_series(1, 30000) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::iceberg(
+        "ice_compkill",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg().url("ice_compkill")
+        ),
+        // Every file is small: each compaction rewrites the table so far,
+        // which takes a while.
+        "compaction_interval_ms = 100\ncompaction_min_files = 2\n\
+         target_file_size_bytes = 16777216\n",
+    );
+    pipeline.env = vec![("TIDEWATER_LOG".into(), "tidewater_lake=debug".into())];
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+    let started = |log: &str| log.matches("Iceberg compaction started").count();
+    let ended = |log: &str| log.matches("Iceberg compaction ended").count();
+    let mut step = 0;
+    'updates: loop {
+        step += 1;
+        assert!(
+            step < 400,
+            "no compaction seen running: {}",
+            pipeline.log(1)
+        );
+        client
+            .batch_execute(&format!(
+                "UPDATE t SET v = v || 'x' WHERE id % 97 = {}",
+                step % 97
+            ))
+            .await
+            .unwrap();
+        for _ in 0..50 {
+            let log = pipeline.log(1);
+            if started(&log) > ended(&log) {
+                break 'updates;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    pipeline.kill();
+    client
+        .batch_execute("UPDATE t SET v = 'after the kill' WHERE id % 1000 = 0;")
+        .await
+        .unwrap();
+    pipeline.start();
+    pipeline.wait_equal(&client, "t").await;
+    let path = pipeline.table_path("public", "t");
+    lake::assert_each_change_once(&read_log(&path).await.unwrap());
+    for round in 0..3 {
+        client
+            .batch_execute(&format!("UPDATE t SET v = 'round {round}' WHERE id < 10"))
+            .await
+            .unwrap();
+        pipeline.wait_equal(&client, "t").await;
+    }
+    eventually(
+        "an Iceberg compaction after the restart",
+        Duration::from_secs(60),
+        || {
+            let log = pipeline.log(2);
+            async move {
+                log.contains("compacted the Iceberg table")
+                    .then_some(())
+                    .ok_or("no compaction yet".to_string())
+            }
+        },
+    )
+    .await;
+    pipeline.wait_equal(&client, "t").await;
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
+    lake::assert_each_change_once(&read_log(&path).await.unwrap());
+    let summary = every_reader_agrees(&path, &client, "public.t").await;
+    assert!(
+        summary["files"].as_u64().unwrap_or(u64::MAX) < 10,
+        "{summary}"
+    );
+}

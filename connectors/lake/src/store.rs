@@ -331,6 +331,67 @@ impl LakeStore {
     /// atomic rename to a hidden tombstone first; on S3 the log goes first,
     /// newest entry first, so the table is a valid older version (or none)
     /// at every moment of a crash, then the data files.
+    /// Every file below `rel` (at any depth), as paths relative to the lake
+    /// root, with when each was last modified. Absent is empty; a file
+    /// that vanishes while listing is left out.
+    pub async fn list_files(
+        &self,
+        rel: &str,
+    ) -> Result<Vec<(String, std::time::SystemTime)>, LakeError> {
+        match (&self.location, &self.remote) {
+            (LakeLocation::Local(dir), _) => {
+                let start = join(dir, rel);
+                let rel = rel.trim_end_matches('/').to_string();
+                tokio::task::spawn_blocking(move || {
+                    let mut out = Vec::new();
+                    let mut pending = vec![(start, rel)];
+                    while let Some((path, rel)) = pending.pop() {
+                        let entries = match std::fs::read_dir(&path) {
+                            Ok(entries) => entries,
+                            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                            Err(source) => return Err(LakeError::io(path, source)),
+                        };
+                        for entry in entries.flatten() {
+                            let name = entry.file_name().to_string_lossy().into_owned();
+                            let child = format!("{rel}/{name}");
+                            let Ok(meta) = entry.metadata() else {
+                                continue;
+                            };
+                            if meta.is_dir() {
+                                pending.push((entry.path(), child));
+                            } else if let Ok(modified) = meta.modified() {
+                                out.push((child, modified));
+                            }
+                        }
+                    }
+                    Ok(out)
+                })
+                .await
+                .map_err(|join| {
+                    LakeError::io(
+                        PathBuf::from(self.describe("")),
+                        std::io::Error::other(join.to_string()),
+                    )
+                })?
+            }
+            (_, Some(store)) => {
+                let prefix = ObjectPath::from(format!("{}/", rel.trim_end_matches('/')));
+                store
+                    .list(Some(&prefix))
+                    .map_ok(|meta| {
+                        (
+                            meta.location.as_ref().to_string(),
+                            std::time::SystemTime::from(meta.last_modified),
+                        )
+                    })
+                    .try_collect()
+                    .await
+                    .map_err(|err| self.remote_error(rel, err))
+            }
+            _ => unreachable!("an S3 location always has its store"),
+        }
+    }
+
     pub async fn remove_tree(&self, rel: &str, tombstone: &str) -> Result<(), LakeError> {
         match (&self.location, &self.remote) {
             (LakeLocation::Local(dir), _) => {

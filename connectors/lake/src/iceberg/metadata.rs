@@ -270,27 +270,88 @@ impl TableMetadata {
             "snapshot-log",
             json!({"timestamp-ms": at, "snapshot-id": id}),
         );
-        push(
-            &mut json,
-            "metadata-log",
-            json!({"timestamp-ms": previous_updated, "metadata-file": self.location}),
-        );
-        let keep = self
-            .property("write.metadata.previous-versions-max")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(PREVIOUS_VERSIONS);
-        if let Some(Value::Array(log)) = json.get_mut("metadata-log") {
-            if log.len() > keep {
-                let cut = log.len() - keep;
-                log.drain(..cut);
-            }
-        }
+        self.log_previous(&mut json, previous_updated);
         if !json.get("properties").is_some_and(Value::is_object) {
             json["properties"] = Value::Object(Map::new());
         }
         for (key, value) in properties {
             json["properties"][key] = Value::from(value.clone());
         }
+        json
+    }
+
+    /// Records this metadata file in `json`'s `metadata-log`, which keeps
+    /// the last `write.metadata.previous-versions-max` (100) files.
+    fn log_previous(&self, json: &mut Value, updated_ms: i64) {
+        push(
+            json,
+            "metadata-log",
+            json!({"timestamp-ms": updated_ms, "metadata-file": self.location}),
+        );
+        let keep = self.previous_versions();
+        if let Some(Value::Array(log)) = json.get_mut("metadata-log") {
+            if log.len() > keep {
+                let cut = log.len() - keep;
+                log.drain(..cut);
+            }
+        }
+    }
+
+    /// How many earlier metadata files `metadata-log` keeps.
+    pub fn previous_versions(&self) -> usize {
+        self.property("write.metadata.previous-versions-max")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(PREVIOUS_VERSIONS)
+    }
+
+    /// Every snapshot's JSON.
+    pub fn snapshots(&self) -> Vec<&Value> {
+        self.json
+            .get("snapshots")
+            .and_then(Value::as_array)
+            .map(|s| s.iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// The metadata files `metadata-log` names (older versions a reader
+    /// may still open).
+    pub fn logged_metadata(&self) -> Vec<String> {
+        self.json
+            .get("metadata-log")
+            .and_then(Value::as_array)
+            .map(|log| {
+                log.iter()
+                    .filter_map(|e| e.get("metadata-file").and_then(Value::as_str))
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The metadata after `remove-snapshots` of `ids` on top of this one:
+    /// the snapshots and their `snapshot-log` (and statistics) entries
+    /// gone, refs, schema, properties and everything else as they are.
+    pub fn without_snapshots(&self, ids: &std::collections::HashSet<i64>) -> Value {
+        let mut json = self.json.clone();
+        let expired = |v: &Value| {
+            v.get("snapshot-id")
+                .and_then(Value::as_i64)
+                .is_some_and(|id| ids.contains(&id))
+        };
+        for key in [
+            "snapshots",
+            "snapshot-log",
+            "statistics",
+            "partition-statistics",
+        ] {
+            if let Some(Value::Array(items)) = json.get_mut(key) {
+                items.retain(|item| !expired(item));
+            }
+        }
+        let at = now_ms();
+        let previous_updated = self.int("last-updated-ms").unwrap_or(at);
+        json["last-updated-ms"] = Value::from(at.max(previous_updated));
+        self.log_previous(&mut json, previous_updated);
         json
     }
 

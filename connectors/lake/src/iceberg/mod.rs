@@ -26,11 +26,15 @@
 //! fail: the commit is rebuilt on the new metadata and tried again — unless
 //! the other writer is this pipeline in another process (its commit count
 //! moved), which stops, as on Delta.
+//!
+//! Compaction, snapshot expiry and orphan cleanup run on the Delta sink's
+//! keys and schedule: see `maintenance`.
 
 pub mod avro;
 pub mod catalog;
 mod files;
 mod log;
+mod maintenance;
 pub mod metadata;
 mod read;
 pub mod rest;
@@ -55,6 +59,7 @@ use crate::store::LakeStore;
 use avro::{DataFile, ManifestEntry, ManifestFile};
 use catalog::{Catalog, Swap};
 use files::{FileTarget, FileWriter};
+pub use maintenance::{VacuumReport, MERGE_MANIFESTS};
 use metadata::{metadata_file_name, new_table, now_ms, PartitionField, TableMetadata};
 use rest::Committed;
 use schema::{file_schema, iceberg_fields, narrow_batch, IcebergField};
@@ -135,6 +140,9 @@ pub struct IcebergSink {
     table_phases: HashMap<TableId, (SnapshotPhase, Mark)>,
     target_file_bytes: u64,
     partition_by_date: bool,
+    /// Compaction and vacuum (see `maintenance`).
+    maintenance: crate::MaintenancePolicy,
+    clock: maintenance::Clock,
 }
 
 impl IcebergSink {
@@ -148,6 +156,8 @@ impl IcebergSink {
             table_phases: HashMap::new(),
             target_file_bytes: 128 << 20,
             partition_by_date: false,
+            maintenance: crate::MaintenancePolicy::default(),
+            clock: maintenance::Clock::default(),
         }
     }
 
@@ -1072,6 +1082,7 @@ impl IcebergSink {
     /// half gone, then its files.
     pub async fn remove_table(&mut self, table: &TableId) -> Result<(), LakeError> {
         self.tables.remove(table);
+        self.clock.forget(table);
         self.ready().await?;
         let (namespace, name) = identifier(&self.pipeline, table);
         match &self.catalog {
@@ -1275,6 +1286,10 @@ impl Sink for IcebergSink {
         self.lookup_rows(schema, keys).await
     }
 
+    async fn maintain(&mut self) {
+        IcebergSink::maintain(self).await
+    }
+
     fn note_ddl(&mut self, table: &TableId, seq: u64, statement: String) {
         // The schema history file is Delta-only for now.
         let _ = (table, seq, statement);
@@ -1293,5 +1308,7 @@ impl Sink for IcebergSink {
     }
 }
 
+#[cfg(test)]
+mod maintenance_tests;
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,7 @@ use tidewater_core::{BatchLimits, Batcher, Column, ColumnType, CommitInfo, Op, R
 use super::catalog::{SqlBackend, SqlCatalog};
 use super::*;
 
-fn column(name: &str, ty: ColumnType, source: &str, key: bool) -> Column {
+pub(super) fn column(name: &str, ty: ColumnType, source: &str, key: bool) -> Column {
     Column {
         name: name.into(),
         ty,
@@ -18,7 +18,7 @@ fn column(name: &str, ty: ColumnType, source: &str, key: bool) -> Column {
     }
 }
 
-fn schema(columns: Vec<Column>) -> Arc<TableSchema> {
+pub(super) fn schema(columns: Vec<Column>) -> Arc<TableSchema> {
     Arc::new(TableSchema {
         table: TableId::new("app", "t"),
         version: 1,
@@ -26,18 +26,29 @@ fn schema(columns: Vec<Column>) -> Arc<TableSchema> {
     })
 }
 
-fn base() -> Vec<Column> {
+pub(super) fn base() -> Vec<Column> {
     vec![
         column("id", ColumnType::Int32, "integer", true),
         column("v", ColumnType::Text, "text", false),
     ]
 }
 
-async fn commit_rows(
+pub(super) async fn commit_rows(
     sink: &mut IcebergSink,
     schema: Arc<TableSchema>,
     seq: u64,
     rows: &[(Op, Vec<Datum>)],
+) {
+    commit_rows_at(sink, schema, seq, rows, 1_700_000_000_000_000).await
+}
+
+/// [`commit_rows`] of a source commit at `commit_ts_us`.
+pub(super) async fn commit_rows_at(
+    sink: &mut IcebergSink,
+    schema: Arc<TableSchema>,
+    seq: u64,
+    rows: &[(Op, Vec<Datum>)],
+    commit_ts_us: i64,
 ) {
     let mut batcher = Batcher::new(BatchLimits {
         max_rows: usize::MAX,
@@ -49,7 +60,7 @@ async fn commit_rows(
         seq,
         position: format!("pos-{seq}"),
         ack: seq,
-        commit_ts_us: 1_700_000_000_000_000,
+        commit_ts_us,
         txid: None,
     });
     for (ord, (op, values)) in rows.iter().enumerate() {
@@ -71,20 +82,20 @@ async fn commit_rows(
         .expect("commit");
 }
 
-fn open(dir: &std::path::Path) -> IcebergSink {
+pub(super) fn open(dir: &std::path::Path) -> IcebergSink {
     let store = LakeStore::local(&dir.join("lake"));
     let catalog = SqlCatalog::new(SqlBackend::Sqlite(dir.join("catalog.db")), "tidewater");
     IcebergSink::new(store, "p", catalog)
 }
 
-fn scratch(name: &str) -> std::path::PathBuf {
+pub(super) fn scratch(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("tw-iceberg-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-fn row(id: i32, v: &str) -> (Op, Vec<Datum>) {
+pub(super) fn row(id: i32, v: &str) -> (Op, Vec<Datum>) {
     (Op::Insert, vec![Datum::Int32(id), Datum::Text(v.into())])
 }
 
