@@ -635,6 +635,19 @@ pub struct CatalogConfig {
     /// `rest`: a bearer token sent with every request (use `${ENV}`).
     #[serde(default)]
     pub token: Option<Secret>,
+    /// `rest`: OAuth2 client credentials `client_id:client_secret` (use
+    /// `${ENV}`), exchanged for a token at the catalog's
+    /// `/v1/oauth/tokens` (or `oauth2_server_uri`) and renewed before it
+    /// expires. Not with `token`.
+    #[serde(default)]
+    pub credential: Option<Secret>,
+    /// `rest`: the scope asked for with `credential`. Default `catalog`
+    /// (Polaris wants `PRINCIPAL_ROLE:ALL`).
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// `rest`: the OAuth2 token endpoint, when it is not the catalog's own.
+    #[serde(default)]
+    pub oauth2_server_uri: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -1422,16 +1435,33 @@ impl LakeSinkConfig {
                 };
                 tidewater_lake::Catalog::Sql(tidewater_lake::SqlCatalog::new(backend, &name))
             }
-            CatalogKind::Rest => tidewater_lake::Catalog::Rest(tidewater_lake::RestCatalog::new(
-                catalog
-                    .and_then(|c| c.uri.as_ref())
-                    .map(|u| u.expose())
-                    .expect("validated"),
-                catalog.and_then(|c| c.warehouse.clone()),
-                catalog
-                    .and_then(|c| c.token.as_ref())
-                    .map(|t| t.expose().to_string()),
-            )),
+            CatalogKind::Rest => {
+                let mut rest = tidewater_lake::RestCatalog::new(
+                    catalog
+                        .and_then(|c| c.uri.as_ref())
+                        .map(|u| u.expose())
+                        .expect("validated"),
+                    catalog.and_then(|c| c.warehouse.clone()),
+                    catalog
+                        .and_then(|c| c.token.as_ref())
+                        .map(|t| t.expose().to_string()),
+                );
+                if let Some(c) = catalog {
+                    if let Some((id, secret)) = c
+                        .credential
+                        .as_ref()
+                        .and_then(|c| c.expose().split_once(':'))
+                    {
+                        rest = rest.with_oauth(tidewater_lake::iceberg::rest::OAuth {
+                            client_id: id.to_string(),
+                            client_secret: secret.to_string(),
+                            scope: c.scope.clone().unwrap_or_else(|| "catalog".into()),
+                            server: c.oauth2_server_uri.clone(),
+                        });
+                    }
+                }
+                tidewater_lake::Catalog::Rest(rest)
+            }
         })
     }
 
@@ -1475,16 +1505,58 @@ impl LakeSinkConfig {
                     ))
                 }
             }
+            let catalog = self.catalog.as_ref().expect("a rest catalog is configured");
+            if let Some(credential) = &catalog.credential {
+                if catalog.token.is_some() {
+                    return Err(invalid(
+                        "sink.catalog.credential",
+                        "set either sink.catalog.token or sink.catalog.credential, not both".into(),
+                    ));
+                }
+                if !credential
+                    .expose()
+                    .split_once(':')
+                    .is_some_and(|(id, secret)| !id.is_empty() && !secret.is_empty())
+                {
+                    return Err(invalid(
+                        "sink.catalog.credential",
+                        "must be client_id:client_secret (use ${ENV} for the secret)".into(),
+                    ));
+                }
+            } else if catalog.scope.is_some() || catalog.oauth2_server_uri.is_some() {
+                return Err(invalid(
+                    if catalog.scope.is_some() {
+                        "sink.catalog.scope"
+                    } else {
+                        "sink.catalog.oauth2_server_uri"
+                    },
+                    "applies only with sink.catalog.credential".into(),
+                ));
+            }
+            if let Some(server) = &catalog.oauth2_server_uri {
+                if !url::Url::parse(server).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+                    return Err(invalid(
+                        "sink.catalog.oauth2_server_uri",
+                        "must be an http:// or https:// URL".into(),
+                    ));
+                }
+            }
             return Ok(());
         }
         if let Some(catalog) = &self.catalog {
-            if catalog.warehouse.is_some() || catalog.token.is_some() {
+            let rest_only = [
+                ("sink.catalog.token", catalog.token.is_some()),
+                ("sink.catalog.warehouse", catalog.warehouse.is_some()),
+                ("sink.catalog.credential", catalog.credential.is_some()),
+                ("sink.catalog.scope", catalog.scope.is_some()),
+                (
+                    "sink.catalog.oauth2_server_uri",
+                    catalog.oauth2_server_uri.is_some(),
+                ),
+            ];
+            if let Some((key, _)) = rest_only.iter().find(|(_, set)| *set) {
                 return Err(invalid(
-                    if catalog.token.is_some() {
-                        "sink.catalog.token"
-                    } else {
-                        "sink.catalog.warehouse"
-                    },
+                    key,
                     "applies only to sink.catalog.type = \"rest\"".into(),
                 ));
             }
@@ -1889,6 +1961,21 @@ uri = "file:///tmp/lake"
                 "format = \"iceberg\"\n[sink.catalog]\ntoken = \"t\"",
                 "sink.catalog.token",
                 "rest",
+            ),
+            (
+                "format = \"iceberg\"\n[sink.catalog]\ntype = \"rest\"\nuri = \"http://c\"\ncredential = \"nosecret\"",
+                "sink.catalog.credential",
+                "client_id:client_secret",
+            ),
+            (
+                "format = \"iceberg\"\n[sink.catalog]\ntype = \"rest\"\nuri = \"http://c\"\ncredential = \"a:b\"\ntoken = \"t\"",
+                "sink.catalog.credential",
+                "not both",
+            ),
+            (
+                "format = \"iceberg\"\n[sink.catalog]\ntype = \"rest\"\nuri = \"http://c\"\nscope = \"x\"",
+                "sink.catalog.scope",
+                "credential",
             ),
             (
                 "format = \"iceberg\"\n[sink.catalog]\ntype = \"glue\"",

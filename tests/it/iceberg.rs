@@ -363,6 +363,10 @@ struct RestServer {
 
 impl RestServer {
     fn start(dir: &Path, warehouse: &Path) -> RestServer {
+        RestServer::start_with(dir, warehouse, &[])
+    }
+
+    fn start_with(dir: &Path, warehouse: &Path, extra: &[&str]) -> RestServer {
         use std::io::BufRead;
         std::fs::create_dir_all(dir).unwrap();
         let db = dir.join("rest_catalog.db");
@@ -371,6 +375,7 @@ impl RestServer {
             .args(["--port", "0"])
             .args(["--catalog-uri", &format!("sqlite:///{}", db.display())])
             .args(["--warehouse", &format!("file://{}", warehouse.display())])
+            .args(extra)
             .stdout(std::process::Stdio::piped())
             .stderr(std::fs::File::create(dir.join("rest.log")).unwrap())
             .spawn()
@@ -1307,4 +1312,105 @@ async fn sigkill_during_an_iceberg_compaction_loses_and_repeats_nothing() {
         summary["files"].as_u64().unwrap_or(u64::MAX) < 10,
         "{summary}"
     );
+}
+
+/// A REST catalog that wants OAuth2 client credentials (as Polaris and
+/// Lakekeeper do): tidewater exchanges `sink.catalog.credential` for a
+/// token, renews it before it expires and when the catalog answers 401
+/// (every token revoked), and a wrong secret is a config error naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_catalog_with_oauth2_client_credentials() {
+    use crate::support::lake::read_iceberg_log_in;
+    let client = pg().create_database("ice_oauth").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 10) g;",
+        )
+        .await
+        .unwrap();
+    let dir = crate::support::temp_dir("tidewater-ice-oauth");
+    let sink = |lake: &Path, secret: &str| {
+        format!(
+            "[sink]\ntype = \"lake\"\nuri = \"file://{}\"\nflush_interval_ms = 200\n\
+             format = \"iceberg\"\n[sink.catalog]\ntype = \"rest\"\nuri = \"${{ICE_REST_URI}}\"\n\
+             credential = \"tidewater:{secret}\"\nscope = \"PRINCIPAL_ROLE:ALL\"\n",
+            lake.display()
+        )
+    };
+    let source = format!(
+        "[source]\ntype = \"postgres\"\nurl = \"{}\"\n",
+        pg().url("ice_oauth")
+    );
+    let mut pipeline = Pipeline::with_sink("ice_oauth", &source, |lake| sink(lake, "s3cret"));
+    // Tokens live 2 s: the run renews them.
+    let server = RestServer::start_with(
+        &dir,
+        &pipeline.lake,
+        &["--oauth", "tidewater:s3cret", "--token-seconds", "2"],
+    );
+    pipeline.env.push(("ICE_REST_URI".into(), server.uri()));
+
+    // A wrong secret: `check` names the key.
+    let wrong = Pipeline::with_sink("ice_oauth", &source, |lake| sink(lake, "badpass7"));
+    let mut cmd = crate::support::tidewater();
+    cmd.args(["check", "--config"])
+        .arg(&wrong.config)
+        .env("ICE_REST_URI", server.uri());
+    let out = crate::support::output_within(cmd, 60);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("refused the client credentials") && text.contains("sink.catalog.credential"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("s3cret") && !text.contains("badpass7"),
+        "no secret in messages: {text}"
+    );
+
+    pipeline.start();
+    let path = pipeline.table_path("public", "t");
+    let catalog = tidewater_lake::SqlCatalog::new(
+        tidewater_lake::SqlBackend::Sqlite(server.db.clone()),
+        "rest",
+    );
+    let rows_in_lake = |n: usize| {
+        let (path, catalog) = (path.clone(), catalog.clone());
+        crate::support::eventually(
+            "the changes in the Iceberg table",
+            std::time::Duration::from_secs(60),
+            move || {
+                let (path, catalog) = (path.clone(), catalog.clone());
+                async move {
+                    let log = read_iceberg_log_in(&path, catalog).await?;
+                    (log.len() == n)
+                        .then_some(())
+                        .ok_or(format!("{} rows, not {n}", log.len()))
+                }
+            },
+        )
+    };
+    rows_in_lake(10).await;
+    for i in 0..6 {
+        client
+            .batch_execute(&format!("INSERT INTO t VALUES ({}, 'later')", 100 + i))
+            .await
+            .unwrap();
+        rows_in_lake(11 + i).await;
+        if i == 2 {
+            // Every token revoked: the next request gets 401, and a new one.
+            reqwest_free_post(server.port, "/_test/oauth", "{}").await;
+        }
+        // Past a token's life between some of the commits.
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    }
+    let oauth: Value =
+        serde_json::from_str(&reqwest_free_post(server.port, "/_test/oauth", "").await).unwrap();
+    assert!(oauth["issued"].as_u64().unwrap_or(0) >= 3, "{oauth}");
+    let log = read_iceberg_log_in(&path, catalog).await.unwrap();
+    lake::assert_each_change_once(&log);
+    compare_with_source(&client, "public.t", &log, "tidewater's reader").await;
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
 }

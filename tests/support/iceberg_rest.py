@@ -40,6 +40,13 @@ UnsupportedOperationException (register with overwrite), 409 AlreadyExistsExcept
 NamespaceNotEmptyException / CommitFailedException (a requirement failed or
 another writer swapped first), 500 on anything unexpected.
 
+OAuth2 (`--oauth CLIENT_ID:SECRET`, `--token-seconds N`): `POST
+/v1/oauth/tokens` (form-encoded client credentials, RFC 6749 §4.4, as the
+spec's OAuthTokenRequest) issues bearer tokens that expire after N seconds;
+every other /v1 request then needs a live one (401 NotAuthorizedException
+otherwise). `GET /_test/oauth` counts the tokens issued; `POST /_test/oauth`
+revokes every token (the next request gets 401).
+
 Fault injection for the tests (commit requests = POST .../tables/{t}):
   --fail-commits N    the next N commits are applied, then answered 500
                       CommitStateUnknownException (a lost answer)
@@ -156,6 +163,9 @@ def parse_args():
     p.add_argument("--fail-commits", type=int, default=env_int("ICEBERG_REST_FAIL_COMMITS"))
     p.add_argument("--reject-commits", type=int, default=env_int("ICEBERG_REST_REJECT_COMMITS"))
     p.add_argument("--drop-commits", type=int, default=env_int("ICEBERG_REST_DROP_COMMITS"))
+    p.add_argument("--oauth", metavar="CLIENT_ID:SECRET",
+                   help="require OAuth2 client-credentials tokens from POST /v1/oauth/tokens")
+    p.add_argument("--token-seconds", type=int, default=3600, help="lifetime of an issued token")
     return p.parse_args()
 
 
@@ -177,6 +187,39 @@ class Catalog:
         self.table_config = key_values("--table-config", args.table_config)
         self.faults = Faults(args.fail_commits, args.reject_commits, args.drop_commits)
         self.lock = threading.Lock()
+        # OAuth2 (client credentials): the client allowed, the tokens issued.
+        self.oauth = tuple(args.oauth.split(":", 1)) if args.oauth else None
+        self.token_seconds = args.token_seconds
+        self.tokens = {}
+        self.issued = 0
+
+    def issue_token(self, raw):
+        """POST /v1/oauth/tokens (form-encoded, RFC 6749 client credentials)."""
+        import time
+        import uuid as _uuid
+        form = {k: v[0] for k, v in urllib.parse.parse_qs(raw.decode()).items()}
+        if form.get("grant_type") != "client_credentials":
+            return 400, {"error": "unsupported_grant_type", "error_description": "client_credentials only"}
+        if self.oauth is None or (form.get("client_id"), form.get("client_secret")) != self.oauth:
+            return 401, {"error": "invalid_client", "error_description": "unknown client or wrong secret"}
+        token = _uuid.uuid4().hex
+        self.tokens[token] = time.time() + self.token_seconds
+        self.issued += 1
+        return 200, {
+            "access_token": token,
+            "token_type": "bearer",
+            "expires_in": self.token_seconds,
+            "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        }
+
+    def authorized(self, header):
+        import time
+        if self.oauth is None:
+            return True
+        if not header or not header.startswith("Bearer "):
+            return False
+        expires = self.tokens.get(header[len("Bearer "):])
+        return expires is not None and expires > time.time()
 
     # --- helpers
     @staticmethod
@@ -497,12 +540,25 @@ def make_handler(catalog):
             after = None
             try:
                 raw = self.read_body()
+                if url.path == "/v1/oauth/tokens" and method == "POST":
+                    with catalog.lock:
+                        code, out = catalog.issue_token(raw)
+                    raise _Answer(code, out)
+                if url.path == "/_test/oauth":
+                    with catalog.lock:
+                        if method == "POST":
+                            catalog.tokens.clear()
+                        raise _Answer(200, {"issued": catalog.issued, "live": len(catalog.tokens)})
+                if not url.path.startswith("/_test/") and not catalog.authorized(self.headers.get("Authorization")):
+                    raise HttpError(401, "NotAuthorizedException", "a valid bearer token is required")
                 try:
                     body = json.loads(raw) if raw.strip() else None
                 except ValueError as e:
                     raise HttpError(400, "BadRequestException", f"malformed JSON: {e}")
                 with catalog.lock:
                     code, out, after = catalog.route(method, url.path, query, body)
+            except _Answer as a:
+                code, out = a.code, a.out
             except HttpError as e:
                 code, out = e.code, {"error": {"message": e.message, "type": e.typ, "code": e.code}}
             except Exception as e:  # noqa: BLE001 - a server bug is a 500, not a dead server
@@ -543,6 +599,14 @@ def make_handler(catalog):
             pass
 
     return Handler
+
+
+class _Answer(Exception):
+    """An answer given before routing (the OAuth2 token endpoint, test hooks)."""
+
+    def __init__(self, code, out):
+        super().__init__(code)
+        self.code, self.out = code, out
 
 
 def main():

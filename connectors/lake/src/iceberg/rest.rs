@@ -38,12 +38,32 @@ pub enum Committed {
     Unknown(String),
 }
 
+/// OAuth2 client credentials (Polaris, Snowflake Open Catalog, Lakekeeper,
+/// Unity, …): exchanged for a bearer token at `server`, renewed before it
+/// expires and when the catalog answers 401.
+#[derive(Clone)]
+pub struct OAuth {
+    pub client_id: String,
+    pub client_secret: String,
+    pub scope: String,
+    /// The token endpoint; default `<uri>/v1/oauth/tokens`.
+    pub server: Option<String>,
+}
+
+/// A token and when to renew it.
+struct Token {
+    value: String,
+    renew_at: std::time::Instant,
+}
+
 /// A REST catalog at `uri`.
 #[derive(Clone)]
 pub struct RestCatalog {
     uri: String,
     warehouse: Option<String>,
     token: Option<String>,
+    oauth: Option<OAuth>,
+    fetched: std::sync::Arc<tokio::sync::Mutex<Option<Token>>>,
     client: reqwest::Client,
     prefix: std::sync::Arc<OnceCell<String>>,
 }
@@ -79,9 +99,98 @@ impl RestCatalog {
             uri: uri.trim_end_matches('/').to_string(),
             warehouse,
             token,
+            oauth: None,
+            fetched: Default::default(),
             client,
             prefix: Default::default(),
         }
+    }
+
+    /// Authenticates with OAuth2 client credentials instead of a fixed
+    /// token.
+    pub fn with_oauth(mut self, oauth: OAuth) -> Self {
+        self.oauth = Some(oauth);
+        self
+    }
+
+    /// The bearer token to send: the configured one, or one of the OAuth2
+    /// server's (fetched when there is none, it is due, or `renew`).
+    async fn bearer(&self, renew: bool) -> Result<Option<String>, LakeError> {
+        let Some(oauth) = &self.oauth else {
+            return Ok(self.token.clone());
+        };
+        let mut fetched = self.fetched.lock().await;
+        if let Some(token) = fetched.as_ref() {
+            if !renew && std::time::Instant::now() < token.renew_at {
+                return Ok(Some(token.value.clone()));
+            }
+        }
+        let server = oauth
+            .server
+            .clone()
+            .unwrap_or_else(|| format!("{}/v1/oauth/tokens", self.uri));
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", oauth.client_id.as_str()),
+            ("client_secret", oauth.client_secret.as_str()),
+            ("scope", oauth.scope.as_str()),
+        ];
+        let body: String = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", segment(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let response = self
+            .client
+            .post(&server)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|err| {
+                self.error(
+                    format!(
+                        "the OAuth2 server gave no answer: {}",
+                        tidewater_core::error_chain(&err)
+                    ),
+                    ErrorClass::Transient,
+                )
+            })?;
+        let status = response.status().as_u16();
+        let answer: Value = response
+            .text()
+            .await
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        let Some(token) = answer.get("access_token").and_then(Value::as_str) else {
+            let class = match status {
+                400 | 401 | 403 => ErrorClass::Config,
+                _ => ErrorClass::Transient,
+            };
+            let why = answer
+                .get("error_description")
+                .or_else(|| answer.get("error"))
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "(no reason given)".into());
+            return Err(self.error(
+                format!(
+                    "the OAuth2 server refused the client credentials (HTTP {status}: {why}); \
+                     check sink.catalog.credential and sink.catalog.scope"
+                ),
+                class,
+            ));
+        };
+        // Renewed at 80 % of its life (an hour when the server does not say).
+        let life = answer
+            .get("expires_in")
+            .and_then(Value::as_u64)
+            .unwrap_or(3600);
+        *fetched = Some(Token {
+            value: token.to_string(),
+            renew_at: std::time::Instant::now() + Duration::from_secs(life * 4 / 5),
+        });
+        Ok(Some(token.to_string()))
     }
 
     pub fn describe(&self) -> String {
@@ -137,8 +246,23 @@ impl RestCatalog {
         url: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), LakeError> {
+        let answered = self.send_once(method.clone(), url, body, false).await?;
+        if answered.0 == 401 && self.oauth.is_some() {
+            // The token expired early or was revoked: a new one, once.
+            return self.send_once(method, url, body, true).await;
+        }
+        Ok(answered)
+    }
+
+    async fn send_once(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+        renew: bool,
+    ) -> Result<(u16, Value), LakeError> {
         let mut request = self.client.request(method, url);
-        if let Some(token) = &self.token {
+        if let Some(token) = self.bearer(renew).await? {
             request = request.bearer_auth(token);
         }
         if let Some(body) = body {
@@ -179,7 +303,9 @@ impl RestCatalog {
             _ => ErrorClass::Definite,
         };
         let hint = match status {
-            401 | 403 => "; check sink.catalog.token and the catalog's grants",
+            401 | 403 => {
+                "; check sink.catalog.token or sink.catalog.credential and the catalog's grants"
+            }
             _ => "",
         };
         self.error(format!("{doing}: HTTP {status}: {message}{hint}"), class)
