@@ -265,7 +265,7 @@ async fn a_restart_resumes_from_the_marks_and_another_writers_commits_are_kept()
 /// rows; two pipelines share one catalog database under one catalog name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_catalog_is_shared_with_pyiceberg() {
-    use crate::support::lake::{read_iceberg_in, read_iceberg_log_in};
+    use crate::support::lake::read_iceberg_in;
     let catalog_db = "ice_catalog";
     pg().create_database(catalog_db).await;
     let client = pg().create_database("ice_pgcat").await;
@@ -295,22 +295,7 @@ async fn a_postgres_catalog_is_shared_with_pyiceberg() {
         )),
         "shared",
     );
-    let rows_in_lake = |n: usize| {
-        let (path, catalog) = (path.clone(), catalog.clone());
-        crate::support::eventually(
-            "the changes in the Iceberg table",
-            std::time::Duration::from_secs(60),
-            move || {
-                let (path, catalog) = (path.clone(), catalog.clone());
-                async move {
-                    let log = read_iceberg_log_in(&path, catalog).await?;
-                    (log.len() == n)
-                        .then_some(())
-                        .ok_or(format!("{} rows, not {n}", log.len()))
-                }
-            },
-        )
-    };
+    let rows_in_lake = |n: usize| wait_iceberg_rows(&path, &catalog, n, 60);
     rows_in_lake(20).await;
     client
         .batch_execute("UPDATE t SET v = 'x' WHERE id <= 5; DELETE FROM t WHERE id = 20")
@@ -470,22 +455,7 @@ async fn through_a_rest_catalog_with_lost_and_refused_answers_each_change_lands_
         tidewater_lake::SqlBackend::Sqlite(server.db.clone()),
         "rest",
     );
-    let rows_in_lake = |n: usize| {
-        let (path, catalog) = (path.clone(), catalog.clone());
-        crate::support::eventually(
-            "the changes in the Iceberg table",
-            std::time::Duration::from_secs(90),
-            move || {
-                let (path, catalog) = (path.clone(), catalog.clone());
-                async move {
-                    let log = read_iceberg_log_in(&path, catalog).await?;
-                    (log.len() == n)
-                        .then_some(())
-                        .ok_or(format!("{} rows, not {n}", log.len()))
-                }
-            },
-        )
-    };
+    let rows_in_lake = |n: usize| wait_iceberg_rows(&path, &catalog, n, 90);
     rows_in_lake(30).await;
     // Each kind of bad answer, one commit each.
     server
@@ -1108,22 +1078,7 @@ async fn through_a_rest_catalog_compaction_and_expiry_keep_each_change_once() {
         tidewater_lake::SqlBackend::Sqlite(server.db.clone()),
         "rest",
     );
-    let rows_in_lake = |n: usize| {
-        let (path, catalog) = (path.clone(), catalog.clone());
-        crate::support::eventually(
-            "the changes in the Iceberg table",
-            Duration::from_secs(90),
-            move || {
-                let (path, catalog) = (path.clone(), catalog.clone());
-                async move {
-                    let log = read_iceberg_log_in(&path, catalog).await?;
-                    (log.len() == n)
-                        .then_some(())
-                        .ok_or(format!("{} rows, not {n}", log.len()))
-                }
-            },
-        )
-    };
+    let rows_in_lake = |n: usize| wait_iceberg_rows(&path, &catalog, n, 90);
     rows_in_lake(20).await;
     server
         .faults(serde_json::json!({"fail_commits": 1, "drop_commits": 1}))
@@ -1376,22 +1331,7 @@ async fn a_rest_catalog_with_oauth2_client_credentials() {
         tidewater_lake::SqlBackend::Sqlite(server.db.clone()),
         "rest",
     );
-    let rows_in_lake = |n: usize| {
-        let (path, catalog) = (path.clone(), catalog.clone());
-        crate::support::eventually(
-            "the changes in the Iceberg table",
-            std::time::Duration::from_secs(60),
-            move || {
-                let (path, catalog) = (path.clone(), catalog.clone());
-                async move {
-                    let log = read_iceberg_log_in(&path, catalog).await?;
-                    (log.len() == n)
-                        .then_some(())
-                        .ok_or(format!("{} rows, not {n}", log.len()))
-                }
-            },
-        )
-    };
+    let rows_in_lake = |n: usize| wait_iceberg_rows(&path, &catalog, n, 60);
     rows_in_lake(10).await;
     for i in 0..6 {
         client
@@ -1413,4 +1353,28 @@ async fn a_rest_catalog_with_oauth2_client_credentials() {
     lake::assert_each_change_once(&log);
     compare_with_source(&client, "public.t", &log, "tidewater's reader").await;
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
+}
+
+/// Waits until the Iceberg table at `path` holds `n` change-log rows, read
+/// through `catalog` (within `seconds`).
+async fn wait_iceberg_rows(
+    path: &Path,
+    catalog: &tidewater_lake::SqlCatalog,
+    n: usize,
+    seconds: u64,
+) {
+    crate::support::eventually(
+        "the changes in the Iceberg table",
+        std::time::Duration::from_secs(seconds),
+        || {
+            let catalog = catalog.clone();
+            async move {
+                let log = crate::support::lake::read_iceberg_log_in(path, catalog).await?;
+                (log.len() == n)
+                    .then_some(())
+                    .ok_or(format!("{} rows, not {n}", log.len()))
+            }
+        },
+    )
+    .await;
 }

@@ -629,26 +629,11 @@ impl LakeSink {
         let app_id = self.app_id();
         let mut committed = 0;
         for (table, open) in self.tables.iter_mut() {
-            let has_data = open.pending.is_some();
             let copy = self.table_phases.get(table).copied();
-            let phase = copy.map(|(phase, _)| phase).or(phase);
-            let phase_changes = match (phase, &open.state) {
-                (Some(SnapshotPhase::Done), Some(state)) => !state.snapshot_done,
-                (Some(_), None) => true,
-                _ => false,
-            };
-            if !has_data && !phase_changes {
+            let Some((mark, snapshot_done)) =
+                crate::state::commit_plan(open.pending, open.state.as_ref(), copy, phase)
+            else {
                 continue;
-            }
-            let mark = open
-                .pending
-                .or(open.state.as_ref().map(|s| s.mark))
-                .unwrap_or(Mark::ZERO)
-                .max(copy.map_or(Mark::ZERO, |(_, floor)| floor));
-            let snapshot_done = match phase {
-                Some(SnapshotPhase::Done) => true,
-                Some(SnapshotPhase::Running) => false,
-                None => open.state.as_ref().is_none_or(|s| s.snapshot_done),
             };
             if open.history_dirty {
                 let rel = format!(

@@ -51,3 +51,36 @@ impl StateStore for LakeState {
         }
     }
 }
+
+/// What a table's next commit records, or None when it has nothing to
+/// commit: no new rows (`pending`) and no snapshot phase to record. `copy`
+/// is the phase and floor mark of a table copied while the others stream
+/// (see [`tidewater_core::Sink::table_phase`]), which overrides the
+/// commit's own `phase`. Both lake formats commit on this one rule.
+pub(crate) fn commit_plan(
+    pending: Option<tidewater_core::Mark>,
+    state: Option<&tidewater_core::state::TableState>,
+    copy: Option<(tidewater_core::SnapshotPhase, tidewater_core::Mark)>,
+    phase: Option<tidewater_core::SnapshotPhase>,
+) -> Option<(tidewater_core::Mark, bool)> {
+    use tidewater_core::{Mark, SnapshotPhase};
+    let phase = copy.map(|(phase, _)| phase).or(phase);
+    let phase_changes = match (phase, state) {
+        (Some(SnapshotPhase::Done), Some(state)) => !state.snapshot_done,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    if pending.is_none() && !phase_changes {
+        return None;
+    }
+    let mark = pending
+        .or(state.map(|s| s.mark))
+        .unwrap_or(Mark::ZERO)
+        .max(copy.map_or(Mark::ZERO, |(_, floor)| floor));
+    let snapshot_done = match phase {
+        Some(SnapshotPhase::Done) => true,
+        Some(SnapshotPhase::Running) => false,
+        None => state.is_none_or(|s| s.snapshot_done),
+    };
+    Some((mark, snapshot_done))
+}

@@ -53,7 +53,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::LakeError;
 use crate::layout::{path_segment, segment_name};
-use crate::state::LakeState;
+use crate::state::{commit_plan, LakeState};
 use crate::stats::writer_properties;
 use crate::store::LakeStore;
 use avro::{DataFile, ManifestEntry, ManifestFile};
@@ -578,25 +578,10 @@ impl IcebergSink {
         for table in tables {
             let copy = self.table_phases.get(&table).copied();
             let open = self.tables.get_mut(&table).expect("listed above");
-            let has_data = open.pending.is_some();
-            let phase = copy.map(|(phase, _)| phase).or(phase);
-            let phase_changes = match (phase, &open.state) {
-                (Some(SnapshotPhase::Done), Some(state)) => !state.snapshot_done,
-                (Some(_), None) => true,
-                _ => false,
-            };
-            if !has_data && !phase_changes {
+            let Some((mark, snapshot_done)) =
+                commit_plan(open.pending, open.state.as_ref(), copy, phase)
+            else {
                 continue;
-            }
-            let mark = open
-                .pending
-                .or(open.state.as_ref().map(|s| s.mark))
-                .unwrap_or(Mark::ZERO)
-                .max(copy.map_or(Mark::ZERO, |(_, floor)| floor));
-            let snapshot_done = match phase {
-                Some(SnapshotPhase::Done) => true,
-                Some(SnapshotPhase::Running) => false,
-                None => open.state.as_ref().is_none_or(|s| s.snapshot_done),
             };
             if let Some(writer) = open.writer.take() {
                 open.files.extend(writer.finish(&table).await?);
