@@ -554,12 +554,18 @@ async fn beyond_a_hundred_manifests_a_compaction_folds_them_into_one() {
         .unwrap()
         .clone();
     let manifests = sink.manifests_of(&table, &current).await.unwrap();
-    assert_eq!(
-        manifests.len(),
-        2,
-        "the replace manifest and one of the rest"
+    // Commits fold the manifests once there are 100 (see `fold_manifests`),
+    // so the compaction finds few: the replace manifest and the rest.
+    assert!(
+        manifests.len() <= 3,
+        "the replace manifest and few of the rest: {}",
+        manifests.len()
     );
-    assert_eq!(manifests[1].existing_files as u64, big);
+    let rest: u64 = manifests[1..]
+        .iter()
+        .map(|m| (m.existing_files + m.added_files) as u64)
+        .sum();
+    assert_eq!(rest, big, "the big files, each listed once");
     let (after, _) = table_rows(&mut sink, &table).await;
     assert_eq!(after, before);
 }

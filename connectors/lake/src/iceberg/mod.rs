@@ -686,7 +686,23 @@ impl IcebergSink {
                 manifests.push(manifest);
             }
             if let Some(parent_snapshot) = base.current_snapshot() {
-                manifests.extend(self.manifests_of(table, parent_snapshot).await?);
+                let carried = self.manifests_of(table, parent_snapshot).await?;
+                if carried.len() >= maintenance::MERGE_MANIFESTS {
+                    manifests.extend(
+                        self.fold_manifests(
+                            table,
+                            &rel,
+                            carried,
+                            (spec_id, &spec_fields, &spec),
+                            (&schema_json, schema_id),
+                            snapshot_id,
+                            sequence,
+                        )
+                        .await?,
+                    );
+                } else {
+                    manifests.extend(carried);
+                }
             }
             let list = avro::write_manifest_list(&manifests, snapshot_id, parent, sequence)
                 .map_err(|err| {
@@ -882,6 +898,87 @@ impl IcebergSink {
             format!("other writers committed first {REBASES} times in a row; retrying from the durable marks"),
             ErrorClass::Transient,
         ))
+    }
+
+    /// The parent's manifests with every data manifest of the default spec
+    /// folded into one (their live entries as EXISTING, each keeping its
+    /// sequence numbers and snapshot id), so a manifest list stops growing
+    /// by one manifest per commit: past [`maintenance::MERGE_MANIFESTS`] a
+    /// commit reads them once and lists two. Other manifests (delete
+    /// manifests, other specs) are carried as they are.
+    #[allow(clippy::too_many_arguments)]
+    async fn fold_manifests(
+        &self,
+        table: &TableId,
+        rel: &str,
+        carried: Vec<ManifestFile>,
+        (spec_id, spec_fields, spec): (i32, &Value, &[PartitionField]),
+        (schema_json, schema_id): (&Value, i64),
+        snapshot_id: i64,
+        sequence: i64,
+    ) -> Result<Vec<ManifestFile>, LakeError> {
+        let (data, other): (Vec<ManifestFile>, Vec<ManifestFile>) = carried
+            .into_iter()
+            .partition(|m| m.content == 0 && m.spec_id == spec_id);
+        let mut entries = Vec::new();
+        for manifest in &data {
+            let bytes = self.read_file(table, &manifest.path).await?;
+            let read =
+                avro::read_manifest(&bytes, manifest.sequence_number, manifest.added_snapshot_id)
+                    .map_err(|err| {
+                    Self::failed(
+                        table,
+                        "reading a manifest of",
+                        format!("{}: {err}", manifest.path),
+                        ErrorClass::Definite,
+                    )
+                })?;
+            entries.extend(read.into_iter().filter(|e| e.status != 2).map(|mut e| {
+                e.status = 0;
+                e
+            }));
+        }
+        let mut out = other;
+        if entries.is_empty() {
+            return Ok(out);
+        }
+        let partition: Vec<(String, i32)> =
+            spec.iter().map(|f| (f.name.clone(), f.field_id)).collect();
+        let bytes = avro::write_manifest(
+            &entries,
+            schema_json,
+            schema_id,
+            spec_id,
+            spec_fields,
+            &partition,
+        )
+        .map_err(|err| Self::failed(table, "writing a manifest of", err, ErrorClass::Definite))?;
+        let manifest_rel = format!("{rel}/metadata/{}-m1.avro", uuid::Uuid::new_v4());
+        let length = bytes.len() as i64;
+        self.store.write_new(&manifest_rel, bytes.into()).await?;
+        let files: Vec<DataFile> = entries.iter().map(|e| e.file.clone()).collect();
+        out.insert(
+            0,
+            ManifestFile {
+                path: self.store.uri_of(&manifest_rel),
+                length,
+                spec_id,
+                content: 0,
+                sequence_number: sequence,
+                min_sequence_number: entries
+                    .iter()
+                    .filter_map(|e| e.sequence_number)
+                    .min()
+                    .unwrap_or(sequence),
+                added_snapshot_id: snapshot_id,
+                existing_files: entries.len() as i32,
+                existing_rows: entries.iter().map(|e| e.file.record_count).sum(),
+                partitions: partition_summaries(spec, &files),
+                ..Default::default()
+            },
+        );
+        debug!(table = %table, folded = data.len(), files = entries.len(), "folded the table's manifests into one");
+        Ok(out)
     }
 
     /// The manifests of a snapshot, from its manifest list.
