@@ -568,7 +568,9 @@ pub struct LakeSinkConfig {
     pub vacuum_retention_hours: u64,
     /// Keep a current-state table (one row per key: the latest image,
     /// deletes removed) next to every change log, at
-    /// `<uri>/<pipeline>.current/<schema>/<table>`. Default false.
+    /// `<uri>/<pipeline>.current/<schema>/<table>` (on Iceberg registered
+    /// as `<pipeline>_current_<schema>.<table>`, copy-on-write). Default
+    /// false.
     #[serde(default)]
     pub current_state: bool,
     /// How often current-state tables are merged from the change logs.
@@ -1479,11 +1481,11 @@ impl LakeSinkConfig {
             }
             return Ok(());
         }
-        if self.current_state {
+        if self.current_state_deletion_vectors {
             return Err(invalid(
-                "sink.current_state",
-                "current-state tables are not built for sink.format = \"iceberg\" yet; \
-                 remove it, or use format = \"delta\""
+                "sink.current_state_deletion_vectors",
+                "is a Delta Lake feature; Iceberg current-state tables are copy-on-write \
+                 (README); remove it, or use format = \"delta\""
                     .into(),
             ));
         }
@@ -1933,9 +1935,9 @@ uri = "file:///tmp/lake"
                 "format = \"iceberg\"",
             ),
             (
-                "format = \"iceberg\"\ncurrent_state = true",
-                "sink.current_state",
-                "not built",
+                "format = \"iceberg\"\ncurrent_state = true\ncurrent_state_deletion_vectors = true",
+                "sink.current_state_deletion_vectors",
+                "copy-on-write",
             ),
             (
                 "format = \"iceberg\"\n[sink.catalog]\nuri = \"sqlite://relative.db\"",

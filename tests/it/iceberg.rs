@@ -1378,3 +1378,117 @@ async fn wait_iceberg_rows(
     )
     .await;
 }
+
+/// Issue 21, `current_state = true` on Iceberg: next to each change log a
+/// copy-on-write table `<pipeline>_current_<schema>.<table>` with one row
+/// per key, merged from the log every interval, equal to `SELECT *` on the
+/// source after inserts, updates, deletes, a key change, a new column and
+/// a truncate (an integer key and a text key, whose file bounds prune the
+/// merge's reads); a SIGKILL between merges neither loses nor repeats a
+/// row; pyiceberg and DuckDB read it as the source has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_state_tables_on_iceberg_follow_the_source() {
+    use crate::support::eventually;
+    use std::time::Duration;
+    let client = pg().create_database("icecur").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text, n numeric(10,2));
+             INSERT INTO t SELECT g, 'v' || g, g FROM generate_series(1, 300) g;
+             CREATE TABLE u (id text PRIMARY KEY, w text);
+             INSERT INTO u SELECT 'k' || g, 'w' || g FROM generate_series(1, 20) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::iceberg(
+        "icecur",
+        &pg().url("icecur"),
+        "current_state = true\ncurrent_state_interval_ms = 300\ntarget_file_size_bytes = 8192\n",
+    );
+    let current = |table: &str| pipeline.lake.join("icecur.current/public").join(table);
+    let (t_path, u_path) = (current("t"), current("u"));
+    pipeline.start();
+    let equal = |path: std::path::PathBuf, table: &'static str| {
+        let client = &client;
+        async move {
+            eventually(
+                &format!("current state of {table}"),
+                Duration::from_secs(90),
+                || {
+                    let path = path.clone();
+                    async move {
+                        let rows = read_log(&path).await?;
+                        let state = lake::current_state(&rows, "id");
+                        if state.len() != rows.len() {
+                            return Err(format!("{} rows for {} keys", rows.len(), state.len()));
+                        }
+                        let mut source =
+                            lake::source_state(client, &format!("public.{table}"), "id").await;
+                        let mut state = state;
+                        let decimals = lake::decimal_columns(client, table).await;
+                        lake::trim_decimals(&mut state, &decimals);
+                        lake::trim_decimals(&mut source, &decimals);
+                        lake::compare(&source, &state)
+                    }
+                },
+            )
+            .await
+        }
+    };
+    equal(t_path.clone(), "t").await;
+    equal(u_path.clone(), "u").await;
+    for step in [
+        "INSERT INTO t SELECT g, 'new', g FROM generate_series(1000, 1100) g;
+         UPDATE t SET v = 'changed' WHERE id % 7 = 0;
+         DELETE FROM t WHERE id % 11 = 0;
+         UPDATE u SET w = 'changed' WHERE id IN ('k3', 'k14');",
+        "UPDATE t SET id = 5000 WHERE id = 1;
+         ALTER TABLE t ADD COLUMN extra int;
+         UPDATE t SET extra = id WHERE id < 50;",
+        "TRUNCATE u; INSERT INTO u VALUES ('k100', 'after the truncate');",
+        "DELETE FROM t WHERE id BETWEEN 200 AND 260; INSERT INTO t (id, v) VALUES (200, 'back');",
+    ] {
+        client.batch_execute(step).await.unwrap();
+        equal(t_path.clone(), "t").await;
+        equal(u_path.clone(), "u").await;
+    }
+    pipeline.kill();
+    client
+        .batch_execute(
+            "UPDATE t SET v = 'after the kill' WHERE id < 100; DELETE FROM u;
+             INSERT INTO u VALUES ('z', 'last');",
+        )
+        .await
+        .unwrap();
+    pipeline.start();
+    equal(t_path.clone(), "t").await;
+    equal(u_path.clone(), "u").await;
+    // Engines we did not write read the current table as the source has it,
+    // one row per key, and see an `overwrite` snapshot (copy-on-write).
+    for reader in ["pyiceberg", "duckdb"] {
+        let (rows, summary) = read_iceberg_with(&t_path, reader)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            lake::current_state(&rows, "id").len(),
+            rows.len(),
+            "{reader}: one row per key"
+        );
+        compare_with_source(&client, "public.t", &rows, reader).await;
+        let operations: Vec<&str> = summary["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["operation"].as_str())
+            .collect();
+        assert!(
+            operations.contains(&"overwrite"),
+            "{reader}: snapshots {operations:?}"
+        );
+        assert!(
+            summary["delete_files"].as_array().is_none_or(Vec::is_empty),
+            "copy-on-write: no delete files"
+        );
+    }
+    assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
+}

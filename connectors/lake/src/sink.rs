@@ -49,7 +49,7 @@ use crate::stats::writer_properties;
 use crate::store::LakeStore;
 use tidewater_core::state_file::json_problem;
 
-mod current;
+pub(crate) mod current;
 pub mod dv;
 #[cfg(test)]
 mod lookup_tests;

@@ -217,13 +217,16 @@ async fn close(
 }
 
 /// The range of one column over a file's row groups.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Range {
     Bool(bool, bool),
     Int(i32, i32),
     Long(i64, i64),
     Float(f32, f32),
     Double(f64, f64),
+    /// A string column's exact least and greatest values, as UTF-8 bytes
+    /// (Parquet orders them bytewise unsigned, as Iceberg does).
+    Text(Vec<u8>, Vec<u8>),
 }
 
 impl Range {
@@ -234,6 +237,10 @@ impl Range {
             Statistics::Int64(s) => Range::Long(*s.min_opt()?, *s.max_opt()?),
             Statistics::Float(s) => Range::Float(*s.min_opt()?, *s.max_opt()?),
             Statistics::Double(s) => Range::Double(*s.min_opt()?, *s.max_opt()?),
+            // Only untruncated values: a truncated one is no bound here.
+            Statistics::ByteArray(s) if s.min_is_exact() && s.max_is_exact() => {
+                Range::Text(s.min_opt()?.data().to_vec(), s.max_opt()?.data().to_vec())
+            }
             _ => return None,
         })
     }
@@ -245,6 +252,7 @@ impl Range {
             (Range::Long(a, b), Range::Long(c, d)) => Range::Long(a.min(c), b.max(d)),
             (Range::Float(a, b), Range::Float(c, d)) => Range::Float(a.min(c), b.max(d)),
             (Range::Double(a, b), Range::Double(c, d)) => Range::Double(a.min(c), b.max(d)),
+            (Range::Text(a, b), Range::Text(c, d)) => Range::Text(a.min(c), b.max(d)),
             _ => return None,
         })
     }
@@ -262,6 +270,7 @@ impl Range {
             Range::Double(a, b) if !a.is_nan() && !b.is_nan() => {
                 (a.to_le_bytes().to_vec(), b.to_le_bytes().to_vec())
             }
+            Range::Text(a, b) => (a, b),
             _ => return None,
         })
     }
@@ -270,7 +279,8 @@ impl Range {
 /// Counts, sizes and bounds of a file's top-level columns, by field id.
 /// Bounds only where Parquet's statistics are plain numbers whose
 /// little-endian form is Iceberg's own single-value form (booleans, ints,
-/// longs, floats, doubles, dates, timestamps); other columns (and any
+/// longs, floats, doubles, dates, timestamps), or strings whose statistics
+/// are exact (UTF-8 bytes, Iceberg's form of a string); other columns (and any
 /// column written without statistics, see `stats`) go without, which
 /// readers take as "may hold anything".
 fn describe(footer: &ParquetMetaData) -> DataFile {
@@ -305,10 +315,15 @@ fn describe(footer: &ParquetMetaData) -> DataFile {
             // Parquet type: left out.
             let decimal =
                 descr.converted_type() == deltalake::parquet::basic::ConvertedType::DECIMAL;
-            let range = stats.and_then(Range::of).filter(|_| !decimal);
+            // Byte arrays: strings only (a binary's bound would be the same
+            // bytes, but nothing reads it back yet).
+            let text = descr.converted_type() == deltalake::parquet::basic::ConvertedType::UTF8;
+            let range = stats
+                .and_then(Range::of)
+                .filter(|r| !decimal && (text || !matches!(r, Range::Text(..))));
             let merged = match (ranges.get(&id), range) {
                 (None, range) => range,
-                (Some(Some(known)), Some(range)) => known.union(range),
+                (Some(Some(known)), Some(range)) => known.clone().union(range),
                 _ => None,
             };
             ranges.insert(id, merged);

@@ -92,6 +92,10 @@ pub(super) struct Clock {
     /// The table the last compaction was for: the next plan starts after it.
     compacted_last: Option<TableId>,
     vacuum: Option<VacuumTask>,
+    /// When current-state tables were last merged.
+    merged: Instant,
+    /// Current-state merges running, by table (one each at a time).
+    merges: BTreeMap<TableId, MergeTask>,
     /// When this sink was opened: orphan cleanup never deletes a younger
     /// file (it may belong to a commit of this process in flight).
     pub(super) started: SystemTime,
@@ -106,6 +110,10 @@ impl Default for Clock {
             compaction: None,
             compacted_last: None,
             vacuum: None,
+            // Due at once: a start (after `tidewater snapshot`, which does
+            // not merge) brings the current state up at its first chance.
+            merged: now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now),
+            merges: BTreeMap::new(),
             started: SystemTime::now(),
         }
     }
@@ -114,6 +122,7 @@ impl Default for Clock {
 impl Clock {
     /// Stops the background work on `table` (it is going away).
     pub(super) fn forget(&mut self, table: &TableId) {
+        self.merges.remove(table);
         if self
             .compaction
             .as_ref()
@@ -142,6 +151,18 @@ struct CompactionTask {
 impl Drop for CompactionTask {
     fn drop(&mut self) {
         self.handle.abort();
+    }
+}
+
+/// A current-state merge running on a task of its own; it commits
+/// itself. Dropped (the sink closed), it is cancelled: a merge is
+/// idempotent and the next one starts again from the table's mark.
+#[derive(Debug)]
+struct MergeTask(tokio::task::JoinHandle<Result<crate::sink::MergeReport, LakeError>>);
+
+impl Drop for MergeTask {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -226,7 +247,7 @@ async fn read_uri(
     store.read_bytes(&rel).await
 }
 
-async fn read_list(
+pub(super) async fn read_list(
     store: &LakeStore,
     table: &TableId,
     uri: &str,
@@ -239,7 +260,7 @@ async fn read_list(
     }
 }
 
-async fn read_entries(
+pub(super) async fn read_entries(
     store: &LakeStore,
     table: &TableId,
     manifest: &ManifestFile,
@@ -392,7 +413,7 @@ impl CompactionJob {
             debug!(table = %table, "the table has columns of types tidewater does not write; not compacting it");
             return Ok(None);
         }
-        let (spec_id, spec_fields, spec) = base.default_spec();
+        let (spec_id, _, _) = base.default_spec();
         let mut entries: Vec<(usize, ManifestEntry)> = Vec::new();
         for (i, manifest) in manifests.iter().enumerate() {
             let read = read_entries(store, table, manifest)
@@ -534,122 +555,40 @@ impl CompactionJob {
         // ADDED in one, the other live entries of the rewritten manifests
         // EXISTING in another.
         let snapshot_id = (rand_u64() >> 1).max(1) as i64;
-        let merge_all = manifests.len() > MERGE_MANIFESTS;
-        let rewritten: HashSet<String> = manifests
-            .iter()
-            .enumerate()
-            .filter(|(i, m)| {
-                m.spec_id == spec_id
-                    && (merge_all
-                        || m.deleted_files > 0
-                        || entries
-                            .iter()
-                            .any(|(j, e)| j == i && group_paths.contains(&e.file.path)))
-            })
-            .map(|(_, m)| m.path.clone())
-            .collect();
-        let schema_json = current_schema_json(&base.json);
-        let schema_id = base.current_schema_id();
-        let partition_ids: Vec<(String, i32)> =
-            spec.iter().map(|f| (f.name.clone(), f.field_id)).collect();
-        let write = |entries: Vec<ManifestEntry>| {
-            avro::write_manifest(
-                &entries,
-                &schema_json,
-                schema_id,
-                spec_id,
-                &spec_fields,
-                &partition_ids,
-            )
-            .map_err(|e| failed(table, "writing a manifest of", e))
+        let rewrite = rewrite_manifests(
+            store,
+            table,
+            rel,
+            (
+                base,
+                &current_schema_json(&base.json),
+                base.current_schema_id(),
+            ),
+            (&manifests, &entries),
+            &group_paths,
+            &new_files,
+            snapshot_id,
+        )
+        .await;
+        let rewrite = match rewrite {
+            Ok(rewrite) => rewrite,
+            Err(error) => {
+                for rel in &written {
+                    let _ = store.delete(rel).await;
+                }
+                return Err(error);
+            }
         };
-        let mut replace_entries: Vec<ManifestEntry> = group
-            .iter()
-            .map(|e| ManifestEntry {
-                status: 2,
-                snapshot_id: Some(snapshot_id),
-                sequence_number: e.sequence_number,
-                content: 0,
-                file: e.file.clone(),
-            })
-            .collect();
-        replace_entries.extend(new_files.iter().map(|f| ManifestEntry {
-            status: 1,
-            snapshot_id: Some(snapshot_id),
-            sequence_number: None,
-            content: 0,
-            file: f.clone(),
-        }));
-        let bytes = write(replace_entries)?;
-        let replace_rel = format!("{rel}/metadata/{}-m0.avro", uuid::Uuid::new_v4());
-        let length = bytes.len() as i64;
-        store.write_new(&replace_rel, bytes.into()).await?;
-        written.push(replace_rel.clone());
-        let mut summarized: Vec<DataFile> = new_files.clone();
-        summarized.extend(group.iter().map(|e| e.file.clone()));
-        let replace = ManifestFile {
-            path: store.uri_of(&replace_rel),
-            length,
-            spec_id,
-            content: 0,
-            added_snapshot_id: snapshot_id,
-            added_files: new_files.len() as i32,
-            deleted_files: group.len() as i32,
-            added_rows,
-            deleted_rows: removed_rows,
-            partitions: partition_summaries(&spec, &summarized),
-            ..Default::default()
-        };
-        let kept: Vec<ManifestEntry> = entries
-            .iter()
-            .filter(|(i, e)| {
-                rewritten.contains(&manifests[*i].path)
-                    && e.status != 2
-                    && !group_paths.contains(&e.file.path)
-            })
-            .map(|(_, e)| ManifestEntry {
-                status: 0,
-                ..e.clone()
-            })
-            .collect();
-        let carried = if kept.is_empty() {
-            None
-        } else {
-            let min_sequence = kept
-                .iter()
-                .filter_map(|e| e.sequence_number)
-                .min()
-                .unwrap_or(0);
-            let files: Vec<DataFile> = kept.iter().map(|e| e.file.clone()).collect();
-            let count = kept.len() as i32;
-            let rows: i64 = kept.iter().map(|e| e.file.record_count).sum();
-            let bytes = write(kept)?;
-            let carried_rel = format!("{rel}/metadata/{}-m1.avro", uuid::Uuid::new_v4());
-            let length = bytes.len() as i64;
-            store.write_new(&carried_rel, bytes.into()).await?;
-            written.push(carried_rel.clone());
-            Some(ManifestFile {
-                path: store.uri_of(&carried_rel),
-                length,
-                spec_id,
-                content: 0,
-                min_sequence_number: min_sequence,
-                added_snapshot_id: snapshot_id,
-                existing_files: count,
-                existing_rows: rows,
-                partitions: partition_summaries(&spec, &files),
-                ..Default::default()
-            })
-        };
+        written.extend(rewrite.written);
         Ok(Some(CompactionOutput {
             table: table.clone(),
             spec_id,
             snapshot_id,
             plan_manifests: manifests.iter().map(|m| m.path.clone()).collect(),
-            rewritten,
+            rewritten: rewrite.rewritten,
             group: group_paths,
-            replace,
-            carried,
+            replace: rewrite.replace,
+            carried: rewrite.carried,
             written,
             removed: (
                 group.len(),
@@ -871,7 +810,7 @@ impl IcebergSink {
 
     /// Whether `table` has nothing uncommitted (maintenance commits only
     /// between the pipeline's commits).
-    fn settled(&self, table: &TableId) -> bool {
+    pub(super) fn settled(&self, table: &TableId) -> bool {
         self.tables.get(table).is_some_and(|open| {
             open.state.is_some()
                 && open.pending.is_none()
@@ -1138,55 +1077,27 @@ impl IcebergSink {
         snapshot
     }
 
-    /// Commits metadata `json` (SQL catalog: a new metadata file and the
-    /// swap) or `updates` (REST catalog) on `base`, asserting that `main`
-    /// is where `base` has it. None when another commit came first;
-    /// `settled` says of the table read back whether a commit whose answer
-    /// was lost happened.
+    /// [`commit_metadata`] through this sink's store and catalog.
     #[allow(clippy::too_many_arguments)]
     async fn commit_metadata(
         &self,
         table: &TableId,
-        (namespace, name, rel): (&str, &str, &str),
+        ids: (&str, &str, &str),
         base: &TableMetadata,
         json: Value,
         updates: Vec<Value>,
         settled: impl Fn(&TableMetadata) -> bool,
     ) -> Result<Option<TableMetadata>, LakeError> {
-        match &self.catalog {
-            Catalog::Sql(catalog) => {
-                let file = format!("{rel}/metadata/{}", metadata_file_name(base.version() + 1));
-                self.store.write(&file, &json.to_string()).await?;
-                let location = self.store.uri_of(&file);
-                match catalog
-                    .swap(namespace, name, &base.location, &location)
-                    .await?
-                {
-                    Swap::Done => Ok(Some(TableMetadata { json, location })),
-                    Swap::Conflict => Ok(None),
-                }
-            }
-            Catalog::Rest(catalog) => {
-                let requirements = vec![
-                    json!({"type": "assert-table-uuid", "uuid": base.table_uuid()}),
-                    json!({"type": "assert-ref-snapshot-id", "ref": "main", "snapshot-id": base.current_snapshot_id()}),
-                ];
-                match catalog
-                    .commit(namespace, name, requirements, updates)
-                    .await?
-                {
-                    Committed::Done(metadata) => Ok(Some(metadata)),
-                    Committed::Conflict => Ok(None),
-                    Committed::Unknown(why) => {
-                        warn!(table = %table, why = %why, "the Iceberg catalog did not say whether the maintenance commit happened; reading the table back");
-                        Ok(match catalog.load(namespace, name).await? {
-                            Some(now) if settled(&now) => Some(now),
-                            _ => None,
-                        })
-                    }
-                }
-            }
-        }
+        commit_metadata(
+            (&self.store, &self.catalog),
+            table,
+            ids,
+            base,
+            json,
+            updates,
+            settled,
+        )
+        .await
     }
 
     /// Expires `table`'s snapshots replaced longer ago than `retention`
@@ -1333,6 +1244,39 @@ impl IcebergSink {
         }
     }
 
+    /// Logs the outcome of the merges that ended.
+    async fn reap_merges(&mut self) {
+        let ended: Vec<TableId> = self
+            .clock
+            .merges
+            .iter()
+            .filter(|(_, task)| task.0.is_finished())
+            .map(|(table, _)| table.clone())
+            .collect();
+        for table in ended {
+            let Some(mut task) = self.clock.merges.remove(&table) else {
+                continue;
+            };
+            match (&mut task.0).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    warn!(table = %table, error = %tidewater_core::error_chain(&error), "merging the Iceberg current-state table failed; it stays as it was, trying again later")
+                }
+                Err(join) => {
+                    warn!(table = %table, error = %join, "the Iceberg current-state merge task died; the table stays as it was, trying again later")
+                }
+            }
+        }
+    }
+
+    /// Waits for the running current-state merges to end (tests).
+    pub async fn finish_merges(&mut self) {
+        while !self.clock.merges.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.reap_merges().await;
+        }
+    }
+
     /// Waits for the background compaction (committed here, when its table
     /// has nothing pending) and vacuum to end, and starts none.
     pub async fn finish_maintenance(&mut self) {
@@ -1358,6 +1302,25 @@ impl IcebergSink {
     /// logged and tried again at the next interval.
     pub async fn maintain(&mut self) {
         let now = Instant::now();
+        self.reap_merges().await;
+        if let Some(every) = self.maintenance.current_state {
+            if now.duration_since(self.clock.merged) >= every {
+                self.clock.merged = now;
+                let tables: Vec<TableId> = self.tables.keys().cloned().collect();
+                for table in tables {
+                    // One merge of a table at a time; the next interval
+                    // picks up what came meanwhile.
+                    if self.clock.merges.contains_key(&table) {
+                        continue;
+                    }
+                    if let Some(job) = self.merge_job(&table) {
+                        self.clock
+                            .merges
+                            .insert(table, MergeTask(tokio::spawn(job.run())));
+                    }
+                }
+            }
+        }
         if let Some((policy, every)) = self.maintenance.compaction {
             match self.reap_compaction().await {
                 Reaped::Idle => self.clock.compacted = now,
@@ -1413,4 +1376,207 @@ impl IcebergSink {
             }
         }
     }
+}
+
+/// Commits metadata `json` (SQL catalog: a new metadata file and the
+/// swap) or `updates` (REST catalog) on `base`, asserting that `main`
+/// is where `base` has it. None when another commit came first;
+/// `settled` says of the table read back whether a commit whose answer
+/// was lost happened.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn commit_metadata(
+    (store, catalog): (&LakeStore, &Catalog),
+    table: &TableId,
+    (namespace, name, rel): (&str, &str, &str),
+    base: &TableMetadata,
+    json: Value,
+    updates: Vec<Value>,
+    settled: impl Fn(&TableMetadata) -> bool,
+) -> Result<Option<TableMetadata>, LakeError> {
+    match catalog {
+        Catalog::Sql(catalog) => {
+            let file = format!("{rel}/metadata/{}", metadata_file_name(base.version() + 1));
+            store.write(&file, &json.to_string()).await?;
+            let location = store.uri_of(&file);
+            match catalog
+                .swap(namespace, name, &base.location, &location)
+                .await?
+            {
+                Swap::Done => Ok(Some(TableMetadata { json, location })),
+                Swap::Conflict => Ok(None),
+            }
+        }
+        Catalog::Rest(catalog) => {
+            let requirements = vec![
+                json!({"type": "assert-table-uuid", "uuid": base.table_uuid()}),
+                json!({"type": "assert-ref-snapshot-id", "ref": "main", "snapshot-id": base.current_snapshot_id()}),
+            ];
+            match catalog
+                .commit(namespace, name, requirements, updates)
+                .await?
+            {
+                Committed::Done(metadata) => Ok(Some(metadata)),
+                Committed::Conflict => Ok(None),
+                Committed::Unknown(why) => {
+                    warn!(table = %table, why = %why, "the Iceberg catalog did not say whether the maintenance commit happened; reading the table back");
+                    Ok(match catalog.load(namespace, name).await? {
+                        Some(now) if settled(&now) => Some(now),
+                        _ => None,
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// The manifests of a snapshot of `base` that takes the live data files
+/// `removed` out and puts `added` in: one manifest with the removed
+/// entries DELETED (keeping their sequence numbers) and the new files
+/// ADDED, and one with the other live entries of the manifests it
+/// rewrites as EXISTING — those holding a removed file or a deleted entry,
+/// or every data manifest of the default spec once there are more than
+/// [`MERGE_MANIFESTS`]. The snapshot lists both and the manifests not
+/// rewritten (`manifests`, whose entries are `entries`, by index).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn rewrite_manifests(
+    store: &LakeStore,
+    table: &TableId,
+    rel: &str,
+    (base, schema_json, schema_id): (&TableMetadata, &Value, i64),
+    (manifests, entries): (&[ManifestFile], &[(usize, ManifestEntry)]),
+    removed: &HashSet<String>,
+    added: &[DataFile],
+    snapshot_id: i64,
+) -> Result<Rewrite, LakeError> {
+    let (spec_id, spec_fields, spec) = base.default_spec();
+    let mut written = Vec::new();
+    let merge_all = manifests.len() > MERGE_MANIFESTS;
+    let rewritten: HashSet<String> = manifests
+        .iter()
+        .enumerate()
+        .filter(|(i, m)| {
+            m.spec_id == spec_id
+                && m.content == 0
+                && (merge_all
+                    || m.deleted_files > 0
+                    || entries
+                        .iter()
+                        .any(|(j, e)| j == i && e.status != 2 && removed.contains(&e.file.path)))
+        })
+        .map(|(_, m)| m.path.clone())
+        .collect();
+    let partition_ids: Vec<(String, i32)> =
+        spec.iter().map(|f| (f.name.clone(), f.field_id)).collect();
+    let write = |entries: Vec<ManifestEntry>| {
+        avro::write_manifest(
+            &entries,
+            schema_json,
+            schema_id,
+            spec_id,
+            &spec_fields,
+            &partition_ids,
+        )
+        .map_err(|e| failed(table, "writing a manifest of", e))
+    };
+    let gone: Vec<&ManifestEntry> = entries
+        .iter()
+        .filter(|(_, e)| e.status != 2 && removed.contains(&e.file.path))
+        .map(|(_, e)| e)
+        .collect();
+    let mut replace_entries: Vec<ManifestEntry> = gone
+        .iter()
+        .map(|e| ManifestEntry {
+            status: 2,
+            snapshot_id: Some(snapshot_id),
+            sequence_number: e.sequence_number,
+            content: 0,
+            file: e.file.clone(),
+        })
+        .collect();
+    replace_entries.extend(added.iter().map(|f| ManifestEntry {
+        status: 1,
+        snapshot_id: Some(snapshot_id),
+        sequence_number: None,
+        content: 0,
+        file: f.clone(),
+    }));
+    let bytes = write(replace_entries)?;
+    let replace_rel = format!("{rel}/metadata/{}-m0.avro", uuid::Uuid::new_v4());
+    let length = bytes.len() as i64;
+    store.write_new(&replace_rel, bytes.into()).await?;
+    written.push(replace_rel.clone());
+    let mut summarized: Vec<DataFile> = added.to_vec();
+    summarized.extend(gone.iter().map(|e| e.file.clone()));
+    let replace = ManifestFile {
+        path: store.uri_of(&replace_rel),
+        length,
+        spec_id,
+        content: 0,
+        added_snapshot_id: snapshot_id,
+        added_files: added.len() as i32,
+        deleted_files: gone.len() as i32,
+        added_rows: added.iter().map(|f| f.record_count).sum(),
+        deleted_rows: gone.iter().map(|e| e.file.record_count).sum(),
+        partitions: partition_summaries(&spec, &summarized),
+        ..Default::default()
+    };
+    let kept: Vec<ManifestEntry> = entries
+        .iter()
+        .filter(|(i, e)| {
+            rewritten.contains(&manifests[*i].path)
+                && e.status != 2
+                && !removed.contains(&e.file.path)
+        })
+        .map(|(_, e)| ManifestEntry {
+            status: 0,
+            ..e.clone()
+        })
+        .collect();
+    let carried = if kept.is_empty() {
+        None
+    } else {
+        let min_sequence = kept
+            .iter()
+            .filter_map(|e| e.sequence_number)
+            .min()
+            .unwrap_or(0);
+        let files: Vec<DataFile> = kept.iter().map(|e| e.file.clone()).collect();
+        let count = kept.len() as i32;
+        let rows: i64 = kept.iter().map(|e| e.file.record_count).sum();
+        let bytes = write(kept)?;
+        let carried_rel = format!("{rel}/metadata/{}-m1.avro", uuid::Uuid::new_v4());
+        let length = bytes.len() as i64;
+        store.write_new(&carried_rel, bytes.into()).await?;
+        written.push(carried_rel.clone());
+        Some(ManifestFile {
+            path: store.uri_of(&carried_rel),
+            length,
+            spec_id,
+            content: 0,
+            min_sequence_number: min_sequence,
+            added_snapshot_id: snapshot_id,
+            existing_files: count,
+            existing_rows: rows,
+            partitions: partition_summaries(&spec, &files),
+            ..Default::default()
+        })
+    };
+    Ok(Rewrite {
+        replace,
+        carried,
+        rewritten,
+        written,
+    })
+}
+
+/// The manifests [`rewrite_manifests`] wrote.
+pub(super) struct Rewrite {
+    /// DELETED + ADDED entries.
+    pub(super) replace: ManifestFile,
+    /// The other entries of the rewritten manifests, EXISTING.
+    pub(super) carried: Option<ManifestFile>,
+    /// The manifests the two replace.
+    pub(super) rewritten: HashSet<String>,
+    /// Their files, below the lake root.
+    pub(super) written: Vec<String>,
 }

@@ -280,6 +280,23 @@ impl TableMetadata {
         json
     }
 
+    /// The metadata `base` (this one, maybe with a new schema) with
+    /// `properties` set and no new snapshot, as read from `self.location`.
+    pub fn with_properties(&self, base: Value, properties: &[(String, String)]) -> Value {
+        let mut json = base;
+        let at = now_ms();
+        let previous_updated = self.int("last-updated-ms").unwrap_or(at);
+        json["last-updated-ms"] = Value::from(at);
+        self.log_previous(&mut json, previous_updated);
+        if !json.get("properties").is_some_and(Value::is_object) {
+            json["properties"] = Value::Object(Map::new());
+        }
+        for (key, value) in properties {
+            json["properties"][key] = Value::from(value.clone());
+        }
+        json
+    }
+
     /// Records this metadata file in `json`'s `metadata-log`, which keeps
     /// the last `write.metadata.previous-versions-max` (100) files.
     fn log_previous(&self, json: &mut Value, updated_ms: i64) {

@@ -32,6 +32,7 @@
 
 pub mod avro;
 pub mod catalog;
+mod current;
 mod files;
 mod log;
 mod maintenance;
@@ -63,6 +64,8 @@ pub use maintenance::{VacuumReport, MERGE_MANIFESTS};
 use metadata::{metadata_file_name, new_table, now_ms, PartitionField, TableMetadata};
 use rest::Committed;
 use schema::{file_schema, iceberg_fields, narrow_batch, IcebergField};
+
+pub use current::current_identifier;
 pub use tidewater_core::state::TableState;
 
 /// The partition field of tables partitioned by commit date:
@@ -244,45 +247,88 @@ impl IcebergSink {
         self.ready().await
     }
 
-    /// Reads the metadata file at `location` (a URI below the lake root).
-    async fn read_metadata(
+    /// The table's current metadata, as the catalog names it.
+    async fn load_metadata(
         &self,
         table: &TableId,
-        location: &str,
-    ) -> Result<TableMetadata, LakeError> {
-        let rel = self.store.rel_of(location).ok_or_else(|| {
-            Self::failed(
-                table,
-                "opening",
-                format!(
-                    "its metadata {location} is outside the lake root {}",
-                    self.store.root_uri()
-                ),
-                ErrorClass::Config,
-            )
-        })?;
-        let text = self.store.read(&rel).await?.ok_or_else(|| {
-            Self::failed(
-                table,
-                "opening",
-                format!("the catalog names metadata {location}, which does not exist"),
-                ErrorClass::Config,
-            )
-        })?;
-        let json: Value = serde_json::from_str(&text).map_err(|err| {
-            Self::failed(
-                table,
-                "opening",
-                format!("metadata {location} is not JSON: {err}"),
-                ErrorClass::Config,
-            )
-        })?;
-        let metadata = TableMetadata {
-            json,
-            location: location.to_string(),
-        };
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<TableMetadata>, LakeError> {
+        load_metadata(&self.store, &self.catalog, table, namespace, name).await
+    }
+}
+
+/// Reads the metadata file at `location` (a URI below the lake root).
+async fn read_metadata(
+    store: &LakeStore,
+    table: &TableId,
+    location: &str,
+) -> Result<TableMetadata, LakeError> {
+    let rel = store.rel_of(location).ok_or_else(|| {
+        IcebergSink::failed(
+            table,
+            "opening",
+            format!(
+                "its metadata {location} is outside the lake root {}",
+                store.root_uri()
+            ),
+            ErrorClass::Config,
+        )
+    })?;
+    let text = store.read(&rel).await?.ok_or_else(|| {
+        IcebergSink::failed(
+            table,
+            "opening",
+            format!("the catalog names metadata {location}, which does not exist"),
+            ErrorClass::Config,
+        )
+    })?;
+    let json: Value = serde_json::from_str(&text).map_err(|err| {
+        IcebergSink::failed(
+            table,
+            "opening",
+            format!("metadata {location} is not JSON: {err}"),
+            ErrorClass::Config,
+        )
+    })?;
+    let metadata = TableMetadata {
+        json,
+        location: location.to_string(),
+    };
+    if metadata.format_version() != 2 {
+        return Err(IcebergSink::failed(
+            table,
+            "opening",
+            format!(
+                "it is Iceberg format version {}; tidewater writes format version 2 tables",
+                metadata.format_version()
+            ),
+            ErrorClass::Config,
+        ));
+    }
+    Ok(metadata)
+}
+
+/// A table's current metadata, as `catalog` names it.
+async fn load_metadata(
+    store: &LakeStore,
+    catalog: &Catalog,
+    table: &TableId,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<TableMetadata>, LakeError> {
+    let metadata = match catalog {
+        Catalog::Sql(catalog) => match catalog.load(namespace, name).await? {
+            Some(registered) => {
+                Some(read_metadata(store, table, &registered.metadata_location).await?)
+            }
+            None => None,
+        },
+        Catalog::Rest(catalog) => catalog.load(namespace, name).await?,
+    };
+    if let Some(metadata) = &metadata {
         if metadata.format_version() != 2 {
-            return Err(Self::failed(
+            return Err(IcebergSink::failed(
                 table,
                 "opening",
                 format!(
@@ -292,42 +338,11 @@ impl IcebergSink {
                 ErrorClass::Config,
             ));
         }
-        Ok(metadata)
     }
+    Ok(metadata)
+}
 
-    /// The table's current metadata, as the catalog names it.
-    async fn load_metadata(
-        &self,
-        table: &TableId,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<TableMetadata>, LakeError> {
-        let metadata = match &self.catalog {
-            Catalog::Sql(catalog) => match catalog.load(namespace, name).await? {
-                Some(registered) => Some(
-                    self.read_metadata(table, &registered.metadata_location)
-                        .await?,
-                ),
-                None => None,
-            },
-            Catalog::Rest(catalog) => catalog.load(namespace, name).await?,
-        };
-        if let Some(metadata) = &metadata {
-            if metadata.format_version() != 2 {
-                return Err(Self::failed(
-                    table,
-                    "opening",
-                    format!(
-                        "it is Iceberg format version {}; tidewater writes format version 2 tables",
-                        metadata.format_version()
-                    ),
-                    ErrorClass::Config,
-                ));
-            }
-        }
-        Ok(metadata)
-    }
-
+impl IcebergSink {
     /// The table's state as its metadata records it for this pipeline.
     fn state_of(&self, metadata: &TableMetadata) -> Option<TableState> {
         let seq = metadata.property(&self.key("seq"))?.parse().ok()?;
@@ -1171,6 +1186,7 @@ impl IcebergSink {
             Catalog::Sql(c) => c.drop_table(&namespace, &name).await?,
             Catalog::Rest(c) => c.drop_table(&namespace, &name).await?,
         }
+        self.remove_current(table).await?;
         let rel = self.table_rel(table);
         let tombstone = format!(
             "{}/{}/.tidewater-removed-{}",

@@ -54,7 +54,7 @@ const KEY_MERGED_ORD: &str = "tidewater.merged_ord";
 
 /// A merge folds the current table's small files into its output once
 /// there are this many.
-pub(super) const FOLD_SMALL_FILES: usize = 8;
+pub(crate) const FOLD_SMALL_FILES: usize = 8;
 
 /// What one merge did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -779,7 +779,10 @@ async fn write_kept(
 }
 
 /// (`_tw_seq`, `_tw_ord`) and `_tw_op` of every row of a log batch.
-fn marks_of(table: &TableId, batch: &RecordBatch) -> Result<Vec<(Mark, String)>, LakeError> {
+pub(crate) fn marks_of(
+    table: &TableId,
+    batch: &RecordBatch,
+) -> Result<Vec<(Mark, String)>, LakeError> {
     let column = |name: &str| batch.column_by_name(name).cloned();
     let (Some(ops), Some(seqs), Some(ords)) =
         (column("_tw_op"), column("_tw_seq"), column("_tw_ord"))
@@ -811,7 +814,7 @@ fn marks_of(table: &TableId, batch: &RecordBatch) -> Result<Vec<(Mark, String)>,
 
 /// A row's key as one string: its key columns' values as text (`∅` for a
 /// missing column or NULL).
-fn key_of(batch: &RecordBatch, keys: &[String], row: usize) -> String {
+pub(crate) fn key_of(batch: &RecordBatch, keys: &[String], row: usize) -> String {
     let mut key = String::new();
     for name in keys {
         match batch.column_by_name(name) {
