@@ -1402,7 +1402,10 @@ async fn current_state_tables_on_iceberg_follow_the_source() {
         .unwrap();
     let mut pipeline = Pipeline::iceberg(
         "icecur",
-        &pg().url("icecur"),
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg().url("icecur")
+        ),
         "current_state = true\ncurrent_state_interval_ms = 300\ntarget_file_size_bytes = 8192\n",
     );
     let current = |table: &str| pipeline.lake.join("icecur.current/public").join(table);
