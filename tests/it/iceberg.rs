@@ -1039,8 +1039,10 @@ async fn small_files_are_compacted_and_old_snapshots_expired_while_streaming() {
 
 /// Compaction and expiry through the REST catalog (`add-snapshot` of a
 /// `replace` snapshot, `remove-snapshots`), with lost answers meeting
-/// whichever commit comes first — the stream's or maintenance's: the table
-/// ends compacted, equal to the source, each change once.
+/// whichever commit comes first — the stream's or maintenance's (a
+/// compaction, an expiry, a current-state merge): the table ends compacted,
+/// equal to the source, each change once, and its current-state table
+/// equal to the source, one row per key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_a_rest_catalog_compaction_and_expiry_keep_each_change_once() {
     use crate::support::lake::{read_iceberg_in, read_iceberg_log_in};
@@ -1065,6 +1067,7 @@ async fn through_a_rest_catalog_compaction_and_expiry_keep_each_change_once() {
                 "[sink]\ntype = \"lake\"\nuri = \"file://{}\"\nflush_interval_ms = 200\n\
                  format = \"iceberg\"\ncompaction_interval_ms = 300\ncompaction_min_files = 3\n\
                  target_file_size_bytes = 1048576\nvacuum_interval_ms = 700\nvacuum_retention_hours = 0\n\
+                 current_state = true\ncurrent_state_interval_ms = 400\n\
                  [sink.catalog]\ntype = \"rest\"\nuri = \"${{ICE_REST_URI}}\"\n",
                 lake.display()
             )
@@ -1113,6 +1116,25 @@ async fn through_a_rest_catalog_compaction_and_expiry_keep_each_change_once() {
                     .ok_or(format!(
                         "live files {live}, parquet files on disk {on_disk}"
                     ))
+            }
+        },
+    )
+    .await;
+    // The current-state table, merged through the same catalog (whose
+    // refused and dropped answers may have met a merge's commit).
+    let current = pipeline.lake.join("ice_rest_tidy.current/public/t");
+    crate::support::eventually(
+        "the current-state table through the REST catalog",
+        Duration::from_secs(90),
+        || {
+            let (current, catalog, client) = (current.clone(), catalog.clone(), &client);
+            async move {
+                let rows = read_iceberg_log_in(&current, catalog).await?;
+                let state = lake::current_state(&rows, "id");
+                if state.len() != rows.len() {
+                    return Err(format!("{} rows for {} keys", rows.len(), state.len()));
+                }
+                lake::compare(&lake::source_state(client, "public.t", "id").await, &state)
             }
         },
     )

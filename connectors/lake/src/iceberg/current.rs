@@ -59,7 +59,7 @@ use super::maintenance::{
     align, commit_metadata, read_entries, read_list, rewrite_manifests, target_schema,
 };
 use super::metadata::{metadata_file_name, new_table, now_ms, TableMetadata};
-use super::schema::{field_id, IcebergField};
+use super::schema::{field_id, IcebergField, IcebergType};
 use super::{
     current_schema_json, identifier, load_metadata, rand_u64, IcebergSink, PROPERTY_KEY,
     PROPERTY_SOURCE, SUMMARY_PIPELINE,
@@ -277,6 +277,97 @@ fn read_aligned(
         })?;
         align(&table, &batch, &schema)
     }))
+}
+
+/// The current table's columns for the log's `columns`: each under the
+/// current table's field id for its name (element ids of lists too), with
+/// the log's type (a promotion); a column the current table lacks gets the
+/// next free id.
+fn current_fields(base: &TableMetadata, columns: &[IcebergField]) -> Vec<IcebergField> {
+    let have = base.fields();
+    let mut next = base.last_column_id();
+    let mut fresh = || {
+        next += 1;
+        next
+    };
+    columns
+        .iter()
+        .map(|column| {
+            let known = have.iter().find(|h| h.name == column.name);
+            let ty = match (&column.ty, known.map(|h| &h.ty)) {
+                (
+                    IcebergType::List {
+                        element,
+                        element_required,
+                        ..
+                    },
+                    Some(IcebergType::List { element_id, .. }),
+                ) => IcebergType::List {
+                    element_id: *element_id,
+                    element: element.clone(),
+                    element_required: *element_required,
+                },
+                (
+                    IcebergType::List {
+                        element,
+                        element_required,
+                        ..
+                    },
+                    _,
+                ) => IcebergType::List {
+                    element_id: -1,
+                    element: element.clone(),
+                    element_required: *element_required,
+                },
+                (ty, _) => ty.clone(),
+            };
+            IcebergField {
+                id: known.map_or(-1, |h| h.id),
+                ty,
+                ..column.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|mut f| {
+            if f.id < 0 {
+                f.id = fresh();
+            }
+            if let IcebergType::List { element_id, .. } = &mut f.ty {
+                if *element_id < 0 {
+                    *element_id = fresh();
+                }
+            }
+            f
+        })
+        .collect()
+}
+
+/// `batch` (read under the log's field ids) under the current table's
+/// schema `target`: the same columns in the same order.
+fn relabel(
+    table: &TableId,
+    batch: &RecordBatch,
+    target: &SchemaRef,
+) -> Result<RecordBatch, LakeError> {
+    let arrow = |source| LakeError::Arrow {
+        table: table.clone(),
+        source,
+    };
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(target.fields())
+        .map(|(column, field)| {
+            if column.data_type() == field.data_type() {
+                Ok(column.clone())
+            } else {
+                deltalake::arrow::compute::cast(column, field.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(arrow)?;
+    RecordBatch::try_new(target.clone(), columns).map_err(arrow)
 }
 
 /// (`_tw_seq`, `_tw_ord`) of every row of a batch.
@@ -540,10 +631,13 @@ impl MergeJob {
             path_segment(&table.schema),
             path_segment(&table.table)
         );
-        let fields = self.fields();
+        let log_columns = self.fields();
         let base = self
-            .open_current((&namespace, &name, &rel), &fields)
+            .open_current((&namespace, &name, &rel), &log_columns)
             .await?;
+        // The current table's own field ids: a REST catalog assigns fresh
+        // ones when it creates a table, so they may differ from the log's.
+        let fields = current_fields(&base, &log_columns);
         let merged = match (base.property(MERGED_SEQ), base.property(MERGED_ORD)) {
             (Some(seq), Some(ord)) => Mark::new(
                 seq.parse().unwrap_or_default(),
@@ -620,6 +714,9 @@ impl MergeJob {
         };
 
         let target = target_schema(&fields, None);
+        // Log rows are read by the log's ids and written under the
+        // current table's (the same columns, in the same order).
+        let log_target = target_schema(&log_columns, None);
         let mut writer: Option<FileWriter> = None;
         let target_bytes = self.target_file_bytes;
         if stream_copied {
@@ -628,8 +725,8 @@ impl MergeJob {
             let after = merged.max(truncated);
             for &i in &copied {
                 let bytes = read_bytes(store, table, &log_files[i].path).await?;
-                for batch in read_aligned(table, bytes, &target)? {
-                    let batch = batch?;
+                for batch in read_aligned(table, bytes, &log_target)? {
+                    let batch = relabel(table, &batch?, &target)?;
                     let keep: BooleanArray = seq_ords(table, &batch)?
                         .into_iter()
                         .enumerate()
@@ -663,7 +760,16 @@ impl MergeJob {
         };
         let prunable = single_key && points.len() == latest.len();
         points.sort();
-        let key_id = key_fields.first().map(|f| f.id);
+        let current_keys: Vec<IcebergField> = fields
+            .iter()
+            .filter(|f| self.keys.contains(&f.name))
+            .cloned()
+            .collect();
+        let key_id = if single_key {
+            current_keys.first().map(|f| f.id)
+        } else {
+            None
+        };
         let may_hold = |file: &DataFile| -> bool {
             if !prunable || points.is_empty() {
                 return !changed.is_empty();
@@ -701,7 +807,7 @@ impl MergeJob {
                 folded.insert(path.clone());
             }
         }
-        let key_schema = target_schema(&key_fields, None);
+        let key_schema = target_schema(&current_keys, None);
         let mut removed: HashSet<String> = HashSet::new();
         for (_, entry) in &current_files {
             let file = &entry.file;
@@ -754,8 +860,8 @@ impl MergeJob {
             let rows = &wanted[&i];
             let bytes = read_bytes(store, table, &log_files[i].path).await?;
             let mut offset = 0;
-            for batch in read_aligned(table, bytes, &target)? {
-                let batch = batch?;
+            for batch in read_aligned(table, bytes, &log_target)? {
+                let batch = relabel(table, &batch?, &target)?;
                 let keep: BooleanArray = (0..batch.num_rows())
                     .map(|r| Some(rows.contains(&(offset + r))))
                     .collect();
