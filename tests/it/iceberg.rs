@@ -665,8 +665,10 @@ async fn schema_changes_while_streaming_into_a_partitioned_table() {
 
 /// An Iceberg lake on S3 (moto behind the fault proxy; the catalog on the
 /// harness Postgres): connections dropped, 503 and 500 answers, delays and
-/// lost answers while changes stream; once the faults stop the table equals
-/// the source, each change once, and pyiceberg and DuckDB read it from S3.
+/// lost answers while changes stream (and current-state merges run); once
+/// the faults stop the table equals the source, each change once, its
+/// current-state table equals the source one row per key, and pyiceberg and
+/// DuckDB read both from S3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_iceberg_lake_on_s3_survives_network_faults() {
     use crate::support::lake::{read_iceberg_by, read_iceberg_store};
@@ -694,7 +696,7 @@ async fn an_iceberg_lake_on_s3_survives_network_faults() {
         |_| {
             format!(
                 "[sink]\ntype = \"lake\"\nuri = \"s3://tw-ice/lake\"\nflush_interval_ms = 200\n\
-                 format = \"iceberg\"\n\
+                 format = \"iceberg\"\ncurrent_state = true\ncurrent_state_interval_ms = 500\n\
                  [sink.s3]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\npath_style = true\n\
                  [sink.catalog]\nuri = \"{}\"\n",
                 pg().url(catalog_db)
@@ -722,6 +724,28 @@ async fn an_iceberg_lake_on_s3_survives_network_faults() {
         );
         let table = table.clone();
         async move { read_iceberg_store(store, "s3ice", &table, catalog).await }
+    };
+    // The current-state table (`s3ice_current_public.t`), read the same way.
+    let read_current = || {
+        let store = tidewater_lake::LakeStore::open(tidewater_lake::LakeLocation::S3 {
+            url: url::Url::parse("s3://tw-ice/lake").unwrap(),
+            options: crate::support::s3::storage_options(&server.endpoint()),
+        })
+        .unwrap();
+        let catalog = tidewater_lake::SqlCatalog::new(
+            tidewater_lake::SqlBackend::Postgres(tidewater_endpoint::url::SecretUrl::new(
+                pg().url(catalog_db),
+            )),
+            "tidewater",
+        );
+        let table = table.clone();
+        async move {
+            let rows = read_iceberg_store(store, "s3ice.current", &table, catalog).await?;
+            if lake::current_state(&rows, "id").len() != rows.len() {
+                return Err(format!("{} rows, not one per key", rows.len()));
+            }
+            Ok(rows)
+        }
     };
     s3_equal(&mut pipeline, &client, &read).await;
     let faults = [
@@ -773,6 +797,8 @@ async fn an_iceberg_lake_on_s3_survives_network_faults() {
     s3_equal(&mut pipeline, &client, &read).await;
     let log = read().await.unwrap();
     lake::assert_each_change_once(&log);
+    // The current-state merges met the same faults and caught up.
+    s3_equal(&mut pipeline, &client, &read_current).await;
     for fault in faults {
         assert!(proxy.hits(fault) > 0, "no request met {fault:?}");
     }
@@ -799,6 +825,23 @@ async fn an_iceberg_lake_on_s3_survives_network_faults() {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(rows.len(), log.len(), "{reader}");
         compare_with_source(&client, "public.t", &rows, reader).await;
+        let (current, _) = read_iceberg_by(
+            "s3ice.current",
+            &table,
+            reader,
+            &uri,
+            "tidewater",
+            "s3://tw-ice/lake",
+            &properties,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            lake::current_state(&current, "id").len(),
+            current.len(),
+            "{reader}: one row per key"
+        );
+        compare_with_source(&client, "public.t", &current, reader).await;
     }
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(1));
 }
