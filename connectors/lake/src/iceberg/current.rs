@@ -50,13 +50,13 @@ use deltalake::parquet::arrow::ProjectionMask;
 use serde_json::{json, Value};
 use tidewater_core::state::TableState;
 use tidewater_core::{ErrorClass, Mark, TableId};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::avro::{self, DataFile, ManifestEntry, ManifestFile};
 use super::catalog::Catalog;
 use super::files::{FileTarget, FileWriter};
 use super::maintenance::{
-    align, commit_metadata, read_entries, read_list, rewrite_manifests, target_schema,
+    align, commit_metadata, read_entries, read_list, rewrite_manifests, target_schema, vacuum_table,
 };
 use super::metadata::{metadata_file_name, new_table, now_ms, TableMetadata};
 use super::schema::{field_id, IcebergField, IcebergType};
@@ -165,6 +165,9 @@ pub(super) struct MergeJob {
     state: TableState,
     keys: Vec<String>,
     target_file_bytes: u64,
+    /// Vacuum the current table after the merge: retention, and when the
+    /// sink started (orphan cleanup spares younger files).
+    vacuum: Option<(std::time::Duration, std::time::SystemTime)>,
 }
 
 impl IcebergSink {
@@ -190,7 +193,11 @@ impl IcebergSink {
     /// on a task of its own while the log goes on committing; None when
     /// there is nothing to merge from (nothing committed, something
     /// pending, no key).
-    pub(super) fn merge_job(&self, table: &TableId) -> Option<MergeJob> {
+    pub(super) fn merge_job(
+        &self,
+        table: &TableId,
+        vacuum: Option<(std::time::Duration, std::time::SystemTime)>,
+    ) -> Option<MergeJob> {
         if !self.settled(table) {
             return None;
         }
@@ -213,13 +220,18 @@ impl IcebergSink {
             state: open.state.clone()?,
             keys,
             target_file_bytes: self.target_file_bytes,
+            vacuum,
         })
     }
 
     /// Brings `table`'s current-state table up to the change log's last
     /// commit, here and now (tests; `maintain` runs merges on tasks).
     pub async fn merge_current(&mut self, table: &TableId) -> Result<MergeReport, LakeError> {
-        match self.merge_job(table) {
+        let vacuum = self
+            .maintenance
+            .vacuum
+            .map(|(retention, _)| (retention, self.clock.started));
+        match self.merge_job(table, vacuum) {
             Some(job) => job.run().await,
             None => Ok(MergeReport::default()),
         }
@@ -611,26 +623,61 @@ impl MergeJob {
     /// Merges the log rows after the current table's mark into it.
     pub(super) async fn run(self) -> Result<MergeReport, LakeError> {
         let mut written: Vec<String> = Vec::new();
-        let result = self.merge(&mut written).await;
-        if result.is_err() {
-            // Uncommitted: nothing reads them.
-            for rel in &written {
-                let _ = self.store.delete(rel).await;
+        let (report, after) = match self.merge(&mut written).await {
+            Ok(done) => done,
+            Err(error) => {
+                // Uncommitted: nothing reads them.
+                for rel in &written {
+                    let _ = self.store.delete(rel).await;
+                }
+                return Err(error);
+            }
+        };
+        if let Some((retention, started)) = self.vacuum {
+            let (namespace, name) = current_identifier(&self.pipeline, &self.table);
+            let rel = self.rel();
+            match vacuum_table(
+                (&self.store, &self.catalog),
+                &self.table,
+                (&namespace, &name, &rel),
+                after,
+                retention,
+                started,
+            )
+            .await
+            {
+                Ok(vacuumed) => {
+                    if vacuumed.expired > 0 || !vacuumed.deleted.is_empty() {
+                        info!(table = %self.table, expired = vacuumed.expired, deleted = vacuumed.deleted.len(), "vacuumed the Iceberg current-state table");
+                    }
+                }
+                Err(error) => {
+                    warn!(table = %self.table, error = %tidewater_core::error_chain(&error), "vacuuming the Iceberg current-state table failed; trying again later")
+                }
             }
         }
-        result
+        Ok(report)
     }
 
-    async fn merge(&self, written: &mut Vec<String>) -> Result<MergeReport, LakeError> {
+    /// The current table's directory below the lake root.
+    fn rel(&self) -> String {
+        format!(
+            "{}.current/{}/{}",
+            self.pipeline,
+            path_segment(&self.table.schema),
+            path_segment(&self.table.table)
+        )
+    }
+
+    /// The merge; its report and the current table's metadata after it.
+    async fn merge(
+        &self,
+        written: &mut Vec<String>,
+    ) -> Result<(MergeReport, TableMetadata), LakeError> {
         let table = &self.table;
         let store = &self.store;
         let (namespace, name) = current_identifier(&self.pipeline, table);
-        let rel = format!(
-            "{}.current/{}/{}",
-            self.pipeline,
-            path_segment(&table.schema),
-            path_segment(&table.table)
-        );
+        let rel = self.rel();
         let log_columns = self.fields();
         let base = self
             .open_current((&namespace, &name, &rel), &log_columns)
@@ -647,7 +694,7 @@ impl MergeJob {
         };
         let mark = self.state.mark;
         if mark <= merged {
-            return Ok(MergeReport::default());
+            return Ok((MergeReport::default(), base));
         }
         debug!(table = %table, from = %merged, to = %mark, "merging the Iceberg current-state table");
         let log_fields = self.log.fields();
@@ -978,7 +1025,7 @@ impl MergeJob {
             },
         )
         .await?;
-        if outcome.is_none() {
+        let Some(after) = outcome else {
             // Another commit came first: ours did not happen.
             for rel in &ours_written {
                 let _ = store.delete(rel).await;
@@ -990,9 +1037,9 @@ impl MergeJob {
                  the next interval",
                 ErrorClass::Transient,
             ));
-        }
+        };
         debug!(table = %table, changed = report.changed_keys, log_files = report.log_files_read, files = report.files_rewritten, rows = report.rows_written, "Iceberg current state merged");
-        Ok(report)
+        Ok((report, after))
     }
 
     /// Writes the rows of `batch` that `keep` selects; how many.

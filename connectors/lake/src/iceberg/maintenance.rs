@@ -92,8 +92,10 @@ pub(super) struct Clock {
     /// The table the last compaction was for: the next plan starts after it.
     compacted_last: Option<TableId>,
     vacuum: Option<VacuumTask>,
-    /// When current-state tables were last merged.
+    /// When current-state tables were last merged, and vacuumed (by
+    /// their merges).
     merged: Instant,
+    current_vacuumed: Instant,
     /// Current-state merges running, by table (one each at a time).
     merges: BTreeMap<TableId, MergeTask>,
     /// When this sink was opened: orphan cleanup never deletes a younger
@@ -113,6 +115,7 @@ impl Default for Clock {
             // Due at once: a start (after `tidewater snapshot`, which does
             // not merge) brings the current state up at its first chance.
             merged: now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now),
+            current_vacuumed: now,
             merges: BTreeMap::new(),
             started: SystemTime::now(),
         }
@@ -1306,6 +1309,14 @@ impl IcebergSink {
         if let Some(every) = self.maintenance.current_state {
             if now.duration_since(self.clock.merged) >= every {
                 self.clock.merged = now;
+                // The merges of this round also vacuum their tables when a
+                // vacuum is due (one clock for all current-state tables).
+                let vacuum = self.maintenance.vacuum.and_then(|(retention, every)| {
+                    (now.duration_since(self.clock.current_vacuumed) >= every).then(|| {
+                        self.clock.current_vacuumed = now;
+                        (retention, self.clock.started)
+                    })
+                });
                 let tables: Vec<TableId> = self.tables.keys().cloned().collect();
                 for table in tables {
                     // One merge of a table at a time; the next interval
@@ -1313,7 +1324,7 @@ impl IcebergSink {
                     if self.clock.merges.contains_key(&table) {
                         continue;
                     }
-                    if let Some(job) = self.merge_job(&table) {
+                    if let Some(job) = self.merge_job(&table, vacuum) {
                         self.clock
                             .merges
                             .insert(table, MergeTask(tokio::spawn(job.run())));
@@ -1579,4 +1590,60 @@ pub(super) struct Rewrite {
     pub(super) rewritten: HashSet<String>,
     /// Their files, below the lake root.
     pub(super) written: Vec<String>,
+}
+
+/// Expires the snapshots of a table that no pipeline commit holds open (a
+/// current-state table, from its merge's task) replaced longer ago than
+/// `retention`, in one `remove-snapshots` commit, and deletes the files
+/// only they reached and the orphans, as a vacuum of a change log does.
+pub(super) async fn vacuum_table(
+    (store, catalog): (&LakeStore, &Catalog),
+    table: &TableId,
+    (namespace, name, rel): (&str, &str, &str),
+    base: TableMetadata,
+    retention: Duration,
+    started: SystemTime,
+) -> Result<VacuumReport, LakeError> {
+    let planned = SystemTime::now();
+    let ids = expired_snapshots(&base, retention, now_ms());
+    let mut metadata = base.clone();
+    let mut expired_lists = Vec::new();
+    if !ids.is_empty() {
+        let expired: HashSet<i64> = ids.iter().copied().collect();
+        expired_lists = ids
+            .iter()
+            .filter_map(|id| base.snapshot(*id))
+            .filter_map(|s| s.get("manifest-list").and_then(Value::as_str))
+            .map(str::to_string)
+            .collect();
+        let first = ids[0];
+        match commit_metadata(
+            (store, catalog),
+            table,
+            (namespace, name, rel),
+            &base,
+            base.without_snapshots(&expired),
+            vec![json!({"action": "remove-snapshots", "snapshot-ids": ids})],
+            |now| now.snapshot(first).is_none(),
+        )
+        .await?
+        {
+            Some(now) => metadata = now,
+            // Another commit came first: the next vacuum tries again.
+            None => return Ok(VacuumReport::default()),
+        }
+    }
+    VacuumJob {
+        table: table.clone(),
+        store: store.clone(),
+        rel: rel.to_string(),
+        metadata,
+        expired: expired_lists.len(),
+        expired_lists,
+        retention,
+        started,
+        planned,
+    }
+    .run()
+    .await
 }

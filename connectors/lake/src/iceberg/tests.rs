@@ -415,6 +415,34 @@ async fn current_state_merges_rewrite_only_the_files_holding_changed_keys() {
     assert!(rows.contains(&(5000, "new".to_string())));
     assert!(rows.contains(&(999, "v999".to_string())));
 
+    // With a vacuum policy, a merge then expires the current table's
+    // replaced snapshots and deletes the files only they reached.
+    sink.set_maintenance(crate::MaintenancePolicy {
+        vacuum: Some((Duration::ZERO, Duration::from_secs(3600))),
+        ..Default::default()
+    });
+    commit_rows(
+        &mut sink,
+        s.clone(),
+        21,
+        &[(
+            Op::Update,
+            vec![Datum::Int32(500), Datum::Text("half".into())],
+        )],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    sink.merge_current(&table)
+        .await
+        .expect("merge with a vacuum");
+    let (rows, live) = current_rows(&dir, &table).await;
+    assert!(rows.contains(&(500, "half".to_string())));
+    let on_disk = std::fs::read_dir(dir.join("lake/p.current/app/t/data"))
+        .unwrap()
+        .count();
+    assert_eq!(on_disk, live, "replaced files deleted, live ones kept");
+    sink.set_maintenance(crate::MaintenancePolicy::default());
+
     // A restart merges on from the mark the table records.
     drop(sink);
     let mut sink = open(&dir);
