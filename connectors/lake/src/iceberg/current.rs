@@ -83,6 +83,16 @@ pub fn current_identifier(pipeline: &str, table: &TableId) -> (String, String) {
     identifier(&format!("{pipeline}.current"), table)
 }
 
+/// `table`'s current-state table's directory below the lake root (where
+/// the Delta lake keeps its current-state tables).
+fn current_rel(pipeline: &str, table: &TableId) -> String {
+    format!(
+        "{pipeline}.current/{}/{}",
+        path_segment(&table.schema),
+        path_segment(&table.table)
+    )
+}
+
 fn failed(table: &TableId, action: &'static str, what: impl ToString) -> LakeError {
     IcebergSink::failed(table, action, what, ErrorClass::Definite)
 }
@@ -172,12 +182,7 @@ pub(super) struct MergeJob {
 
 impl IcebergSink {
     fn current_rel(&self, table: &TableId) -> String {
-        format!(
-            "{}.current/{}/{}",
-            self.pipeline,
-            path_segment(&table.schema),
-            path_segment(&table.table)
-        )
+        current_rel(&self.pipeline, table)
     }
 
     /// Where `table`'s current-state table is, for people.
@@ -266,7 +271,7 @@ fn read_aligned(
     let parquet =
         |e: deltalake::parquet::errors::ParquetError| failed(table, "reading a data file of", e);
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(parquet)?;
-    let ids: HashSet<i32> = schema.fields().iter().filter_map(|f| field_id(f)).collect();
+    let ids: HashSet<i32> = schema.fields().iter().filter_map(field_id).collect();
     let names: HashSet<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     let roots: Vec<usize> = builder
         .schema()
@@ -661,12 +666,7 @@ impl MergeJob {
 
     /// The current table's directory below the lake root.
     fn rel(&self) -> String {
-        format!(
-            "{}.current/{}/{}",
-            self.pipeline,
-            path_segment(&self.table.schema),
-            path_segment(&self.table.table)
-        )
+        current_rel(&self.pipeline, &self.table)
     }
 
     /// The merge; its report and the current table's metadata after it.
@@ -1059,12 +1059,7 @@ impl MergeJob {
         if rows == 0 {
             return Ok(0);
         }
-        let rel = format!(
-            "{}.current/{}/{}/data",
-            self.pipeline,
-            path_segment(&table.schema),
-            path_segment(&table.table)
-        );
+        let rel = format!("{}/data", self.rel());
         let key_refs: Vec<&str> = self.keys.iter().map(String::as_str).collect();
         let writer = writer.get_or_insert_with(|| {
             FileWriter::start(
