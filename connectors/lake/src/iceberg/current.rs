@@ -387,6 +387,54 @@ fn relabel(
     RecordBatch::try_new(target.clone(), columns).map_err(arrow)
 }
 
+/// The changed keys, as a merge looks for them in current files: one
+/// integer key column by value, any other key by its text (`key_of`).
+struct Changed<'a> {
+    keys: &'a HashSet<&'a String>,
+    longs: Option<HashSet<i64>>,
+}
+
+impl<'a> Changed<'a> {
+    fn new(keys: &'a HashSet<&'a String>, points: Option<&Vec<Point>>) -> Self {
+        let longs = points.filter(|p| p.len() == keys.len()).and_then(|points| {
+            points
+                .iter()
+                .map(|p| match p {
+                    Point::Long(v) => Some(*v),
+                    Point::Text(_) => None,
+                })
+                .collect::<Option<HashSet<i64>>>()
+        });
+        Changed { keys, longs }
+    }
+
+    /// Appends to `hits` whether each row of `batch` holds a changed key.
+    fn mark(&self, batch: &RecordBatch, keys: &[String], hits: &mut Vec<bool>) {
+        if let (Some(longs), [only]) = (&self.longs, keys) {
+            if let Some(column) = batch.column_by_name(only) {
+                let value = |r: usize| -> Option<i64> {
+                    match column.data_type() {
+                        DataType::Int32 => Some(i64::from(
+                            column
+                                .as_primitive::<deltalake::arrow::datatypes::Int32Type>()
+                                .value(r),
+                        )),
+                        DataType::Int64 => Some(column.as_primitive::<Int64Type>().value(r)),
+                        _ => None,
+                    }
+                };
+                if matches!(column.data_type(), DataType::Int32 | DataType::Int64) {
+                    hits.extend((0..batch.num_rows()).map(|r| {
+                        !column.is_null(r) && value(r).is_some_and(|v| longs.contains(&v))
+                    }));
+                    return;
+                }
+            }
+        }
+        hits.extend((0..batch.num_rows()).map(|r| self.keys.contains(&key_of(batch, keys, r))));
+    }
+}
+
 /// (`_tw_seq`, `_tw_ord`) of every row of a batch.
 fn seq_ords(table: &TableId, batch: &RecordBatch) -> Result<Vec<Mark>, LakeError> {
     let column = |name: &str| {
@@ -855,6 +903,7 @@ impl MergeJob {
             }
         }
         let key_schema = target_schema(&current_keys, None);
+        let matches = Changed::new(&changed, single_key.then_some(&points));
         let mut removed: HashSet<String> = HashSet::new();
         for (_, entry) in &current_files {
             let file = &entry.file;
@@ -864,32 +913,28 @@ impl MergeJob {
                 continue;
             }
             let fold = folded.contains(&file.path);
-            if !fold {
-                if !may_hold(file) {
-                    continue;
-                }
-                // Its key column: does it hold a changed key?
-                let bytes = read_bytes(store, table, &file.path).await?;
-                let mut hit = false;
-                for batch in read_aligned(table, bytes, &key_schema)? {
-                    let batch = batch?;
-                    if (0..batch.num_rows())
-                        .any(|r| changed.contains(&key_of(&batch, &self.keys, r)))
-                    {
-                        hit = true;
-                        break;
-                    }
-                }
-                if !hit {
-                    continue;
-                }
+            if !fold && !may_hold(file) {
+                continue;
             }
+            // Its key column first: which rows hold a changed key (none:
+            // the file stays as it is).
             let bytes = read_bytes(store, table, &file.path).await?;
+            let mut hits: Vec<bool> = Vec::new();
+            for batch in read_aligned(table, bytes.clone(), &key_schema)? {
+                let batch = batch?;
+                matches.mark(&batch, &self.keys, &mut hits);
+            }
+            if !fold && !hits.contains(&true) {
+                continue;
+            }
+            // Then the file, streamed through without those rows.
+            let mut at = 0;
             for batch in read_aligned(table, bytes, &target)? {
                 let batch = batch?;
                 let keep: BooleanArray = (0..batch.num_rows())
-                    .map(|r| Some(!changed.contains(&key_of(&batch, &self.keys, r))))
+                    .map(|r| Some(!hits.get(at + r).copied().unwrap_or(false)))
                     .collect();
+                at += batch.num_rows();
                 report.rows_written += self.write_rows(&mut writer, &batch, &keep, &target).await?;
             }
             removed.insert(file.path.clone());
