@@ -38,6 +38,7 @@
 //! `tidewater.merged_seq`/`merged_ord` (README).
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use deltalake::arrow::array::BooleanArray;
 use deltalake::arrow::compute::filter_record_batch;
@@ -184,7 +185,8 @@ impl LakeSink {
     /// Brings `table`'s current-state table up to the change log's last
     /// commit. Only between commits of the log (nothing pending).
     pub async fn merge_current(&mut self, table: &TableId) -> Result<MergeReport, LakeError> {
-        match self.merge_job(table)? {
+        let vacuum = self.maintenance.vacuum.map(|(retention, _)| retention);
+        match self.merge_job(table, vacuum)? {
             Some(job) => job.run().await,
             None => Ok(MergeReport::default()),
         }
@@ -194,7 +196,11 @@ impl LakeSink {
     /// on a task of its own while the log goes on committing: the log as of
     /// its last commit. None when there is nothing to merge from (no commit,
     /// pending files, no key).
-    pub(super) fn merge_job(&self, table: &TableId) -> Result<Option<MergeJob>, LakeError> {
+    pub(super) fn merge_job(
+        &self,
+        table: &TableId,
+        vacuum: Option<Duration>,
+    ) -> Result<Option<MergeJob>, LakeError> {
         let Some(open) = self.tables.get(table) else {
             return Ok(None);
         };
@@ -236,6 +242,7 @@ impl LakeSink {
             pipeline: self.pipeline.clone(),
             target_file_bytes: self.target_file_bytes,
             deletion_vectors: self.current_dvs,
+            vacuum,
         }))
     }
 }
@@ -255,6 +262,9 @@ pub(super) struct MergeJob {
     /// `sink.current_state_deletion_vectors`: mark changed rows deleted
     /// instead of rewriting their files.
     deletion_vectors: bool,
+    /// Vacuum the current table after the merge's commit, with this
+    /// retention (the sink's vacuum policy, when its interval is due).
+    vacuum: Option<Duration>,
 }
 
 impl MergeJob {
@@ -673,6 +683,19 @@ impl MergeJob {
             .await
             .map_err(|source| LakeError::delta(table, "committing the current state of", source))?;
         current.state = Some(finalized.snapshot());
+        if let Some(retention) = self.vacuum {
+            // The files this and earlier merges replaced, once older than
+            // the retention (this job is the table's only writer).
+            let now = std::time::SystemTime::now();
+            let vacuumed =
+                match super::maintenance::plan_vacuum(table, &current, retention, now, now) {
+                    Ok(job) => job.run().await,
+                    Err(error) => Err(error),
+                };
+            if let Err(error) = vacuumed {
+                warn!(table = %table, error = %tidewater_core::error_chain(&error), "vacuuming the current-state table failed; trying again later");
+            }
+        }
         debug!(table = %table, changed = report.changed_keys, log_files = report.log_files_read, files = report.files_rewritten, marked = report.files_marked, rows = report.rows_written, "current state merged");
         Ok(report)
     }

@@ -454,44 +454,57 @@ impl LakeSink {
         if open.state.is_none() || !open.adds.is_empty() || open.pending.is_some() {
             return Ok(None);
         }
-        let snapshot = open
-            .table
-            .snapshot()
-            .map_err(|source| LakeError::delta(table, "vacuuming", source))?;
-        let mut root = open.table.table_url().clone();
-        if !root.path().ends_with('/') {
-            // Relative deletion vector paths resolve against a directory.
-            root.set_path(&format!("{}/", root.path()));
-        }
-        let mut live = HashSet::new();
-        for file in snapshot.log_data().iter() {
-            live.insert(file.object_store_path());
-            if let Some(path) = deletion_vector_path(table, &file, &root)? {
-                live.insert(path);
-            }
-        }
-        let millis = |t: SystemTime| {
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64)
-        };
-        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
         // The output of a compaction planned earlier and not committed yet
         // was written after its plan.
         let since = match &self.clock.compaction {
             Some(task) if task.table == *table => now.min(task.planned_at),
             _ => now,
         };
-        Ok(Some(VacuumJob {
-            table: table.clone(),
-            delta: open.table.clone(),
-            live,
-            partition_columns: snapshot.metadata().partition_columns().to_vec(),
-            removed_since_ms: millis(now).saturating_sub(retention_ms),
-            modified_before_ms: millis(since)
-                .saturating_sub(retention_ms)
-                .saturating_sub(STORAGE_CLOCK_MARGIN.as_millis() as i64),
-        }))
+        plan_vacuum(table, &open.table, retention, now, since).map(Some)
     }
+}
+
+/// What a vacuum of `delta` (`table`'s change log, or its current-state
+/// table) at `now` may delete: files removed longer than `retention` ago,
+/// and files never committed last modified longer than `retention` before
+/// `since` (no write after `since` is uncommitted and may be in flight).
+pub(super) fn plan_vacuum(
+    table: &TableId,
+    delta: &DeltaTable,
+    retention: Duration,
+    now: SystemTime,
+    since: SystemTime,
+) -> Result<VacuumJob, LakeError> {
+    let snapshot = delta
+        .snapshot()
+        .map_err(|source| LakeError::delta(table, "vacuuming", source))?;
+    let mut root = delta.table_url().clone();
+    if !root.path().ends_with('/') {
+        // Relative deletion vector paths resolve against a directory.
+        root.set_path(&format!("{}/", root.path()));
+    }
+    let mut live = HashSet::new();
+    for file in snapshot.log_data().iter() {
+        live.insert(file.object_store_path());
+        if let Some(path) = deletion_vector_path(table, &file, &root)? {
+            live.insert(path);
+        }
+    }
+    let millis = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    };
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    Ok(VacuumJob {
+        table: table.clone(),
+        delta: delta.clone(),
+        live,
+        partition_columns: snapshot.metadata().partition_columns().to_vec(),
+        removed_since_ms: millis(now).saturating_sub(retention_ms),
+        modified_before_ms: millis(since)
+            .saturating_sub(retention_ms)
+            .saturating_sub(STORAGE_CLOCK_MARGIN.as_millis() as i64),
+    })
 }
 
 impl VacuumJob {
@@ -729,6 +742,8 @@ pub(super) struct MaintenanceClock {
     compacted: std::time::Instant,
     vacuumed: std::time::Instant,
     merged: std::time::Instant,
+    /// When current-state tables were last vacuumed (by their merges).
+    current_vacuumed: std::time::Instant,
     /// Current-state merges running, by table.
     merges: BTreeMap<TableId, MergeTask>,
     /// The compaction running or waiting for its commit (one at a time).
@@ -749,6 +764,7 @@ impl Default for MaintenanceClock {
             vacuumed: now,
             // Due at once: a start (after `tidewater snapshot`, which does
             // not merge) brings the current state up at its first chance.
+            current_vacuumed: now,
             merged: now
                 .checked_sub(std::time::Duration::from_secs(86_400))
                 .unwrap_or(now),
@@ -999,13 +1015,21 @@ impl LakeSink {
         if let Some(every) = self.maintenance.current_state {
             if now.duration_since(self.clock.merged) >= every {
                 self.clock.merged = now;
+                // The merges of this round also vacuum their tables when a
+                // vacuum is due (one clock for all current-state tables).
+                let vacuum = self.maintenance.vacuum.and_then(|(retention, every)| {
+                    (now.duration_since(self.clock.current_vacuumed) >= every).then(|| {
+                        self.clock.current_vacuumed = now;
+                        retention
+                    })
+                });
                 for table in self.open_tables() {
                     // One merge of a table at a time; the next interval
                     // picks up what came meanwhile.
                     if self.clock.merges.contains_key(&table) {
                         continue;
                     }
-                    match self.merge_job(&table) {
+                    match self.merge_job(&table, vacuum) {
                         Ok(Some(job)) => {
                             self.clock
                                 .merges
