@@ -164,7 +164,8 @@ async fn current_state_tables_follow_the_source() {
     let mut pipeline = Pipeline::new(
         "curstate",
         &pg().url("curstate"),
-        "current_state = true\ncurrent_state_interval_ms = 300\n",
+        "current_state = true\ncurrent_state_interval_ms = 300\n\
+         vacuum_interval_ms = 500\nvacuum_retention_hours = 0\n",
     );
     let current = |table: &str| pipeline.lake.join("curstate.current/public").join(table);
     let (t_path, u_path) = (current("t"), current("u"));
@@ -241,6 +242,41 @@ async fn current_state_tables_follow_the_source() {
         String::from_utf8_lossy(&out.stdout).trim(),
         count.to_string()
     );
+    // The merges vacuum the current tables (retention 0): past the
+    // vacuum's storage-clock margin, one more change and its merge leave
+    // only the live files on disk — none of the files earlier merges
+    // replaced.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    client
+        .batch_execute("UPDATE t SET v = 'vacuum' WHERE id = 2")
+        .await
+        .unwrap();
+    eventually(
+        "the current table vacuumed",
+        Duration::from_secs(60),
+        || {
+            let path = t_path.clone();
+            async move {
+                let on_disk = std::fs::read_dir(&path)
+                    .map_err(|e| e.to_string())?
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+                    .count();
+                let url = deltalake::ensure_table_uri(path.to_string_lossy())
+                    .map_err(|e| e.to_string())?;
+                let live = deltalake::open_table(url)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .get_file_uris()
+                    .map_err(|e| e.to_string())?
+                    .count();
+                (on_disk <= live + 1)
+                    .then_some(())
+                    .ok_or(format!("{on_disk} parquet files for {live} live ones"))
+            }
+        },
+    )
+    .await;
     assert_eq!(pipeline.terminate(), 0, "{}", pipeline.log(2));
 }
 

@@ -437,7 +437,9 @@ async fn a_merge_reads_the_new_log_files_and_rewrites_only_the_files_holding_cha
     commit(&mut lake, 11, &[(Op::Update, 1, "third")]).await;
     // Past the storage clock margin vacuum keeps for young files.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    lake.merge_current(&table).await.expect("merge with a vacuum");
+    lake.merge_current(&table)
+        .await
+        .expect("merge with a vacuum");
     expected.insert(1, "third".into());
     assert_eq!(current_rows(&lake, &table).await, expected);
     assert_eq!(parquet_on_disk(), current_files(&lake, &table).await.0);
