@@ -317,18 +317,24 @@ async fn transactions_truncate_and_acks() {
 /// Reads a lake table with the Python `deltalake` package and queries it with
 /// DuckDB over the Arrow table it returns.
 pub(crate) fn python_summary(path: &std::path::Path) -> serde_json::Value {
+    try_python_summary(path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`python_summary`], its failure as an error.
+pub(crate) fn try_python_summary(path: &std::path::Path) -> Result<serde_json::Value, String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/read_lake.py");
     let out = Command::new("python3")
         .arg(script)
         .arg(path)
         .output()
         .expect("python3");
-    assert!(
-        out.status.success(),
-        "read_lake.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("read_lake.py output")
+    if !out.status.success() {
+        return Err(format!(
+            "read_lake.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("read_lake.py output: {e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
