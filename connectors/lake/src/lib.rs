@@ -7,6 +7,7 @@ pub mod history;
 pub mod iceberg;
 pub mod layout;
 pub mod lease;
+mod merges;
 pub mod narrow;
 pub mod restore;
 pub mod sink;

@@ -97,7 +97,7 @@ pub(super) struct Clock {
     merged: Instant,
     current_vacuumed: Instant,
     /// Current-state merges running, by table (one each at a time).
-    merges: BTreeMap<TableId, MergeTask>,
+    merges: crate::merges::Merges,
     /// When this sink was opened: orphan cleanup never deletes a younger
     /// file (it may belong to a commit of this process in flight).
     pub(super) started: SystemTime,
@@ -116,7 +116,7 @@ impl Default for Clock {
             // not merge) brings the current state up at its first chance.
             merged: now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now),
             current_vacuumed: now,
-            merges: BTreeMap::new(),
+            merges: Default::default(),
             started: SystemTime::now(),
         }
     }
@@ -125,7 +125,7 @@ impl Default for Clock {
 impl Clock {
     /// Stops the background work on `table` (it is going away).
     pub(super) fn forget(&mut self, table: &TableId) {
-        self.merges.remove(table);
+        self.merges.forget(table);
         if self
             .compaction
             .as_ref()
@@ -154,18 +154,6 @@ struct CompactionTask {
 impl Drop for CompactionTask {
     fn drop(&mut self) {
         self.handle.abort();
-    }
-}
-
-/// A current-state merge running on a task of its own; it commits
-/// itself. Dropped (the sink closed), it is cancelled: a merge is
-/// idempotent and the next one starts again from the table's mark.
-#[derive(Debug)]
-struct MergeTask(tokio::task::JoinHandle<Result<crate::sink::MergeReport, LakeError>>);
-
-impl Drop for MergeTask {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -1249,27 +1237,7 @@ impl IcebergSink {
 
     /// Logs the outcome of the merges that ended.
     async fn reap_merges(&mut self) {
-        let ended: Vec<TableId> = self
-            .clock
-            .merges
-            .iter()
-            .filter(|(_, task)| task.0.is_finished())
-            .map(|(table, _)| table.clone())
-            .collect();
-        for table in ended {
-            let Some(mut task) = self.clock.merges.remove(&table) else {
-                continue;
-            };
-            match (&mut task.0).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => {
-                    warn!(table = %table, error = %tidewater_core::error_chain(&error), "merging the Iceberg current-state table failed; it stays as it was, trying again later")
-                }
-                Err(join) => {
-                    warn!(table = %table, error = %join, "the Iceberg current-state merge task died; the table stays as it was, trying again later")
-                }
-            }
-        }
+        self.clock.merges.reap("Iceberg ").await;
     }
 
     /// Waits for the running current-state merges to end (tests).
@@ -1321,13 +1289,11 @@ impl IcebergSink {
                 for table in tables {
                     // One merge of a table at a time; the next interval
                     // picks up what came meanwhile.
-                    if self.clock.merges.contains_key(&table) {
+                    if self.clock.merges.runs(&table) {
                         continue;
                     }
                     if let Some(job) = self.merge_job(&table, vacuum) {
-                        self.clock
-                            .merges
-                            .insert(table, MergeTask(tokio::spawn(job.run())));
+                        self.clock.merges.start(table, job.run());
                     }
                 }
             }

@@ -745,7 +745,7 @@ pub(super) struct MaintenanceClock {
     /// When current-state tables were last vacuumed (by their merges).
     current_vacuumed: std::time::Instant,
     /// Current-state merges running, by table.
-    merges: BTreeMap<TableId, MergeTask>,
+    merges: crate::merges::Merges,
     /// The compaction running or waiting for its commit (one at a time).
     pub(super) compaction: Option<CompactionTask>,
     /// The table the last compaction was planned for: the next plan looks
@@ -768,7 +768,7 @@ impl Default for MaintenanceClock {
             merged: now
                 .checked_sub(std::time::Duration::from_secs(86_400))
                 .unwrap_or(now),
-            merges: BTreeMap::new(),
+            merges: Default::default(),
             compaction: None,
             compacted_last: None,
             vacuum: None,
@@ -779,7 +779,7 @@ impl Default for MaintenanceClock {
 impl MaintenanceClock {
     /// Stops the background work on `table` (its directory is going away).
     pub(super) fn forget(&mut self, table: &TableId) {
-        self.merges.remove(table);
+        self.merges.forget(table);
         if self.compaction.as_ref().is_some_and(|t| t.table == *table) {
             self.compaction = None;
         }
@@ -790,19 +790,6 @@ impl MaintenanceClock {
         {
             self.vacuum = None;
         }
-    }
-}
-
-/// A current-state merge running on a task of its own (merges never hold
-/// the stream: a commit of the log goes on while one runs). Dropped — the
-/// sink closed — it is cancelled: a merge is idempotent, its files are
-/// uncommitted until its one commit, and the next run starts it again.
-#[derive(Debug)]
-pub(super) struct MergeTask(tokio::task::JoinHandle<Result<MergeReport, LakeError>>);
-
-impl Drop for MergeTask {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -861,27 +848,7 @@ enum Reaped {
 impl LakeSink {
     /// Logs the outcome of the merges that ended.
     async fn reap_merges(&mut self) {
-        let ended: Vec<TableId> = self
-            .clock
-            .merges
-            .iter()
-            .filter(|(_, task)| task.0.is_finished())
-            .map(|(table, _)| table.clone())
-            .collect();
-        for table in ended {
-            let Some(mut task) = self.clock.merges.remove(&table) else {
-                continue;
-            };
-            match (&mut task.0).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => {
-                    warn!(table = %table, error = %tidewater_core::error_chain(&error), "merging the current-state table failed; it stays as it was, trying again later")
-                }
-                Err(join) => {
-                    warn!(table = %table, error = %join, "the current-state merge task died; the table stays as it was, trying again later")
-                }
-            }
-        }
+        self.clock.merges.reap("").await;
     }
 
     /// Runs `job`'s rewrite on a task of its own; [`LakeSink::maintain`]
@@ -1026,14 +993,12 @@ impl LakeSink {
                 for table in self.open_tables() {
                     // One merge of a table at a time; the next interval
                     // picks up what came meanwhile.
-                    if self.clock.merges.contains_key(&table) {
+                    if self.clock.merges.runs(&table) {
                         continue;
                     }
                     match self.merge_job(&table, vacuum) {
                         Ok(Some(job)) => {
-                            self.clock
-                                .merges
-                                .insert(table, MergeTask(tokio::spawn(job.run())));
+                            self.clock.merges.start(table, job.run());
                         }
                         Ok(None) => {}
                         Err(error) => {
