@@ -1103,57 +1103,19 @@ impl IcebergSink {
         }
         let open = self.tables.get(table).expect("settled: open");
         let (namespace, name, rel) = (open.namespace.clone(), open.name.clone(), open.rel.clone());
-        let base = open.metadata.clone();
-        let planned = SystemTime::now();
-        let ids = expired_snapshots(&base, retention, now_ms());
-        let mut metadata = base.clone();
-        let mut expired_lists = Vec::new();
-        if !ids.is_empty() {
-            let expired: HashSet<i64> = ids.iter().copied().collect();
-            expired_lists = ids
-                .iter()
-                .filter_map(|id| base.snapshot(*id))
-                .filter_map(|s| s.get("manifest-list").and_then(Value::as_str))
-                .map(str::to_string)
-                .collect();
-            let first = ids[0];
-            let outcome = self
-                .commit_metadata(
-                    table,
-                    (&namespace, &name, &rel),
-                    &base,
-                    base.without_snapshots(&expired),
-                    vec![json!({"action": "remove-snapshots", "snapshot-ids": ids})],
-                    |now| now.snapshot(first).is_none(),
-                )
-                .await?;
-            match outcome {
-                Some(now) => {
-                    debug!(table = %table, expired = ids.len(), "expired Iceberg snapshots");
-                    if let Some(open) = self.tables.get_mut(table) {
-                        open.metadata = now.clone();
-                    }
-                    metadata = now;
-                }
-                None => {
-                    // Another commit came first: the next interval tries
-                    // again on the table as it is then.
-                    debug!(table = %table, "another commit came first; expiring snapshots later");
-                    return Ok(None);
-                }
-            }
-        }
-        Ok(Some(VacuumJob {
-            table: table.clone(),
-            store: self.store.clone(),
-            rel,
-            metadata,
-            expired: expired_lists.len(),
-            expired_lists,
+        let job = expire(
+            (&self.store, &self.catalog),
+            table,
+            (&namespace, &name, &rel),
+            open.metadata.clone(),
             retention,
-            started: self.clock.started,
-            planned,
-        }))
+            self.clock.started,
+        )
+        .await?;
+        if let (Some(job), Some(open)) = (&job, self.tables.get_mut(table)) {
+            open.metadata = job.metadata.clone();
+        }
+        Ok(job)
     }
 
     /// Expires `table`'s old snapshots and deletes the files no kept
@@ -1558,18 +1520,18 @@ pub(super) struct Rewrite {
     pub(super) written: Vec<String>,
 }
 
-/// Expires the snapshots of a table that no pipeline commit holds open (a
-/// current-state table, from its merge's task) replaced longer ago than
-/// `retention`, in one `remove-snapshots` commit, and deletes the files
-/// only they reached and the orphans, as a vacuum of a change log does.
-pub(super) async fn vacuum_table(
+/// Expires `base`'s snapshots replaced longer ago than `retention` (one
+/// `remove-snapshots` commit) and returns the cleanup of the files to run;
+/// None when another commit came first (the next vacuum tries again on the
+/// table as it is then).
+async fn expire(
     (store, catalog): (&LakeStore, &Catalog),
     table: &TableId,
     (namespace, name, rel): (&str, &str, &str),
     base: TableMetadata,
     retention: Duration,
     started: SystemTime,
-) -> Result<VacuumReport, LakeError> {
+) -> Result<Option<VacuumJob>, LakeError> {
     let planned = SystemTime::now();
     let ids = expired_snapshots(&base, retention, now_ms());
     let mut metadata = base.clone();
@@ -1594,12 +1556,17 @@ pub(super) async fn vacuum_table(
         )
         .await?
         {
-            Some(now) => metadata = now,
-            // Another commit came first: the next vacuum tries again.
-            None => return Ok(VacuumReport::default()),
+            Some(now) => {
+                debug!(table = %table, expired = ids.len(), "expired Iceberg snapshots");
+                metadata = now;
+            }
+            None => {
+                debug!(table = %table, "another commit came first; expiring snapshots later");
+                return Ok(None);
+            }
         }
     }
-    VacuumJob {
+    Ok(Some(VacuumJob {
         table: table.clone(),
         store: store.clone(),
         rel: rel.to_string(),
@@ -1609,7 +1576,22 @@ pub(super) async fn vacuum_table(
         retention,
         started,
         planned,
+    }))
+}
+
+/// Expires the snapshots of a table that no pipeline commit holds open (a
+/// current-state table, from its merge's task) and deletes the files only
+/// they reached and the orphans, as a vacuum of a change log does.
+pub(super) async fn vacuum_table(
+    stores: (&LakeStore, &Catalog),
+    table: &TableId,
+    ids: (&str, &str, &str),
+    base: TableMetadata,
+    retention: Duration,
+    started: SystemTime,
+) -> Result<VacuumReport, LakeError> {
+    match expire(stores, table, ids, base, retention, started).await? {
+        Some(job) => job.run().await,
+        None => Ok(VacuumReport::default()),
     }
-    .run()
-    .await
 }

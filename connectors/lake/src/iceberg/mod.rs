@@ -291,22 +291,11 @@ async fn read_metadata(
             ErrorClass::Config,
         )
     })?;
-    let metadata = TableMetadata {
+    // The format version is checked by the one caller, `load_metadata`.
+    Ok(TableMetadata {
         json,
         location: location.to_string(),
-    };
-    if metadata.format_version() != 2 {
-        return Err(IcebergSink::failed(
-            table,
-            "opening",
-            format!(
-                "it is Iceberg format version {}; tidewater writes format version 2 tables",
-                metadata.format_version()
-            ),
-            ErrorClass::Config,
-        ));
-    }
-    Ok(metadata)
+    })
 }
 
 /// A table's current metadata, as `catalog` names it.
