@@ -448,7 +448,144 @@ fn default_snapshot() -> SnapshotMode {
 pub enum SinkConfig {
     Lake(LakeSinkConfig),
     Warehouse(WarehouseSinkConfig),
+    Kafka(KafkaSinkConfig),
 }
+
+/// `[sink] type = "kafka"`: Debezium change events in Kafka topics.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// `bootstrap.servers`: `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Topics are `<topic_prefix>.<schema>.<table>` (MySQL:
+    /// `<topic_prefix>.<database>.<table>`), as Debezium's `topic.prefix`
+    /// names them; also `source.name` of every event. Default: the
+    /// pipeline's name.
+    #[serde(default)]
+    pub topic_prefix: Option<String>,
+    /// `debezium-json` (default: Kafka Connect's JsonConverter with
+    /// `schemas.enable=false`) or `debezium-json-schema` (each key and value
+    /// carries its Connect schema, as the JDBC sink connector needs). Avro
+    /// needs a schema registry and is not offered.
+    #[serde(default)]
+    pub format: KafkaFormat,
+    /// `exactly-once` (default): each commit is a Kafka transaction holding
+    /// the messages and the tables' marks; `read_committed` consumers see
+    /// each change once. `at-least-once`: for brokers without transactions;
+    /// after a crash the changes since the last commit are sent again (each
+    /// message carries `tidewater.seq`/`tidewater.ord` headers to drop them).
+    #[serde(default)]
+    pub delivery: KafkaDelivery,
+    /// The compacted topic that keeps the pipeline's state (marks,
+    /// positions, schema history). Default `tidewater.<pipeline>.state`.
+    #[serde(default)]
+    pub state_topic: Option<String>,
+    /// Kafka's `transactional.id` (exactly-once). Default
+    /// `tidewater-<pipeline>`; only one process may use it at a time.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
+    /// librdkafka client properties, spelled as librdkafka spells them:
+    /// `security.protocol`, `sasl.mechanism`, `sasl.username`,
+    /// `sasl.password`, `ssl.ca.location`, `ssl.certificate.location`,
+    /// `ssl.key.location`, `ssl.key.password`,
+    /// `ssl.endpoint.identification.algorithm`, `client.id`, and other
+    /// `ssl.*`/`sasl.*` keys. Values may use `${ENV}`; they are never logged.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, Secret>,
+    /// `transaction.timeout.ms` (exactly-once): a commit must finish within
+    /// it, and the brokers' `transaction.max.timeout.ms` must allow it.
+    /// Default 300000.
+    #[serde(default = "default_kafka_transaction_timeout_ms")]
+    pub transaction_timeout_ms: u64,
+    /// `linger.ms`: how long the producer waits to fill a batch. Default 20.
+    #[serde(default = "default_kafka_linger_ms")]
+    pub linger_ms: u64,
+    /// `batch.size` of the producer in bytes. Default 1048576.
+    #[serde(default = "default_kafka_batch_bytes")]
+    pub batch_size_bytes: u64,
+    /// Bytes the producer may hold unacknowledged (bounds its memory);
+    /// writes wait when it is full. Default 67108864.
+    #[serde(default = "default_kafka_max_queued_bytes")]
+    pub max_queued_bytes: u64,
+    /// `message.max.bytes`: a larger event stops its table with a message
+    /// naming this key. Default 1000000 (Kafka's own default).
+    #[serde(default = "default_kafka_max_message_bytes")]
+    pub max_message_bytes: u64,
+    /// `none` (default), `gzip`, `snappy` or `lz4`.
+    #[serde(default = "default_kafka_compression")]
+    pub compression: String,
+    /// Partitions of the topics tidewater creates. Default 1 (one ordered
+    /// stream per table); -1 leaves it to the brokers' default.
+    #[serde(default = "default_kafka_partitions")]
+    pub topic_partitions: i32,
+    /// Replication factor of the topics tidewater creates; -1 (default)
+    /// leaves it to the brokers' default.
+    #[serde(default = "default_kafka_replication")]
+    pub topic_replication_factor: i32,
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    #[serde(default = "default_max_batch_rows")]
+    pub max_batch_rows: usize,
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum KafkaFormat {
+    #[default]
+    DebeziumJson,
+    DebeziumJsonSchema,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum KafkaDelivery {
+    #[default]
+    ExactlyOnce,
+    AtLeastOnce,
+}
+
+fn default_kafka_transaction_timeout_ms() -> u64 {
+    300_000
+}
+fn default_kafka_linger_ms() -> u64 {
+    20
+}
+fn default_kafka_batch_bytes() -> u64 {
+    1024 * 1024
+}
+fn default_kafka_max_queued_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_kafka_max_message_bytes() -> u64 {
+    1_000_000
+}
+fn default_kafka_compression() -> String {
+    "none".into()
+}
+fn default_kafka_partitions() -> i32 {
+    1
+}
+fn default_kafka_replication() -> i32 {
+    -1
+}
+
+/// The librdkafka properties `sink.properties` may set: security and the
+/// client's name. Everything that decides delivery (idempotence, acks,
+/// transactions, partitioning) is tidewater's.
+pub const KAFKA_PROPERTIES: &[&str] = &[
+    "security.protocol",
+    "client.id",
+    "client.rack",
+    "socket.timeout.ms",
+    "socket.keepalive.enable",
+    "broker.address.family",
+    "reconnect.backoff.ms",
+    "reconnect.backoff.max.ms",
+    "request.timeout.ms",
+    "message.timeout.ms",
+];
 
 /// Default `sink.snapshot_commit_bytes` of a warehouse: a snapshot commits
 /// once this much COPY data is staged (at chunk ends), so one transaction
@@ -803,7 +940,7 @@ impl Config {
         // still name the full key (serde loses the path inside tagged enums).
         let mut raw: RawConfig = section("", value)?;
         let source_type = take_type("source", &mut raw.source, &["postgres", "mysql", "mariadb"])?;
-        let sink_type = take_type("sink", &mut raw.sink, &["lake", "warehouse"])?;
+        let sink_type = take_type("sink", &mut raw.sink, &["lake", "warehouse", "kafka"])?;
         let config = Config {
             pipeline: raw.pipeline,
             source: match source_type.as_str() {
@@ -812,6 +949,7 @@ impl Config {
             },
             sink: match sink_type.as_str() {
                 "warehouse" => SinkConfig::Warehouse(section("sink", raw.sink.into())?),
+                "kafka" => SinkConfig::Kafka(section("sink", raw.sink.into())?),
                 _ => SinkConfig::Lake(section("sink", raw.sink.into())?),
             },
             metrics: raw.metrics,
@@ -900,6 +1038,7 @@ impl Config {
         }
         self.validate_reverse_etl()?;
         match &self.sink {
+            SinkConfig::Kafka(kafka) => kafka.validate()?,
             SinkConfig::Warehouse(warehouse) => {
                 if !warehouse.url.expose().starts_with("postgres://")
                     && !warehouse.url.expose().starts_with("postgresql://")
@@ -1032,14 +1171,155 @@ impl Config {
     }
 }
 
+impl KafkaSinkConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        let hosts: Vec<&str> = self.brokers.split(',').map(str::trim).collect();
+        if hosts.iter().any(|h| {
+            h.rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        }) {
+            return Err(invalid(
+                "sink.brokers",
+                format!(
+                    "{:?} is not host:port[,host:port…] like 127.0.0.1:9092",
+                    self.brokers
+                ),
+            ));
+        }
+        let topic_name = |key: &str, name: &str| {
+            if name.is_empty()
+                || name.len() > 200
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            {
+                Err(invalid(
+                    key,
+                    format!("{name:?} is not a Kafka topic name: 1 to 200 characters of a-z, A-Z, 0-9, '.', '_', '-'"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(prefix) = &self.topic_prefix {
+            topic_name("sink.topic_prefix", prefix)?;
+        }
+        if let Some(topic) = &self.state_topic {
+            topic_name("sink.state_topic", topic)?;
+        }
+        if let Some(id) = &self.transactional_id {
+            if id.trim().is_empty() {
+                return Err(invalid("sink.transactional_id", "must not be empty".into()));
+            }
+            if self.delivery == KafkaDelivery::AtLeastOnce {
+                return Err(invalid(
+                    "sink.transactional_id",
+                    "applies only to delivery = \"exactly-once\"; remove it".into(),
+                ));
+            }
+        }
+        for key in self.properties.keys() {
+            let allowed = KAFKA_PROPERTIES.contains(&key.as_str())
+                || key.starts_with("ssl.")
+                || key.starts_with("sasl.");
+            if !allowed {
+                return Err(invalid(
+                    &format!("sink.properties.{key}"),
+                    format!(
+                        "is not a property tidewater passes to librdkafka; allowed are ssl.*, sasl.* and {} (delivery settings have keys of their own under [sink])",
+                        KAFKA_PROPERTIES.join(", ")
+                    ),
+                ));
+            }
+        }
+        if !(1000..=3_600_000).contains(&self.transaction_timeout_ms) {
+            return Err(invalid(
+                "sink.transaction_timeout_ms",
+                format!("{} is outside 1000..=3600000", self.transaction_timeout_ms),
+            ));
+        }
+        if self.linger_ms > 900_000 {
+            return Err(invalid("sink.linger_ms", "must be at most 900000".into()));
+        }
+        if !(1..=2_147_483_647).contains(&self.batch_size_bytes) {
+            return Err(invalid(
+                "sink.batch_size_bytes",
+                "must be 1 to 2147483647".into(),
+            ));
+        }
+        if !(1024 * 1024..=2_147_483_647 * 1024).contains(&self.max_queued_bytes) {
+            return Err(invalid(
+                "sink.max_queued_bytes",
+                "must be at least 1048576 (1 MiB)".into(),
+            ));
+        }
+        if !(1000..=1_000_000_000).contains(&self.max_message_bytes) {
+            return Err(invalid(
+                "sink.max_message_bytes",
+                "must be 1000 to 1000000000".into(),
+            ));
+        }
+        if !["none", "gzip", "snappy", "lz4"].contains(&self.compression.as_str()) {
+            return Err(invalid(
+                "sink.compression",
+                format!(
+                    "{:?} is not one of none, gzip, snappy, lz4",
+                    self.compression
+                ),
+            ));
+        }
+        if self.topic_partitions == 0 || self.topic_partitions < -1 {
+            return Err(invalid(
+                "sink.topic_partitions",
+                "must be at least 1, or -1 for the brokers' default".into(),
+            ));
+        }
+        if self.topic_replication_factor == 0 || self.topic_replication_factor < -1 {
+            return Err(invalid(
+                "sink.topic_replication_factor",
+                "must be at least 1, or -1 for the brokers' default".into(),
+            ));
+        }
+        if self.flush_interval_ms == 0 {
+            return Err(invalid(
+                "sink.flush_interval_ms",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.max_batch_rows == 0 {
+            return Err(invalid("sink.max_batch_rows", "must be at least 1".into()));
+        }
+        if !(MIN_BATCH_BYTES..=MAX_BATCH_BYTES).contains(&self.max_batch_bytes) {
+            return Err(invalid(
+                "sink.max_batch_bytes",
+                format!(
+                    "{} is outside {MIN_BATCH_BYTES}..={MAX_BATCH_BYTES} (1 MiB to 1 GiB)",
+                    self.max_batch_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     fn validate_reverse_etl(&self) -> Result<(), ConfigError> {
-        if matches!(self.sink, SinkConfig::Warehouse(_)) && !self.reverse_etl.is_empty() {
+        let other = match self.sink {
+            SinkConfig::Warehouse(_) => Some("a warehouse"),
+            SinkConfig::Kafka(_) => Some("Kafka"),
+            SinkConfig::Lake(_) => None,
+        };
+        if let (Some(other), false) = (other, self.reverse_etl.is_empty()) {
             return Err(ConfigError::Invalid {
                 key: "reverse_etl".into(),
-                message: "reverse ETL queries the lake, and this pipeline's sink is a warehouse\n\
-                          hint: run the job from a pipeline with a lake sink, or remove [[reverse_etl]]"
-                    .into(),
+                message: format!(
+                    "reverse ETL queries the lake, and this pipeline's sink is {other}\n\
+                     hint: run the job from a pipeline with a lake sink, or remove [[reverse_etl]]"
+                ),
             });
         }
         let mut names = std::collections::HashSet::new();

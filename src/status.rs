@@ -73,12 +73,14 @@ pub enum Format {
 /// Preflight against the live source and a write probe of the lake root.
 pub async fn check(settings: &Settings) -> i32 {
     let mut problems = Vec::new();
+    let checked_tables: Vec<TableId>;
     let result = match &settings.source {
         SourceSettings::Postgres(config) => check_postgres(config).await,
         SourceSettings::Mysql(config) => check_mysql(config).await,
     };
     match result {
         Ok((tables, found, warnings)) => {
+            checked_tables = tables.clone();
             for warning in &warnings {
                 println!("warning: {}\n  fix: {}", warning.what, warning.fix);
             }
@@ -95,6 +97,27 @@ pub async fn check(settings: &Settings) -> i32 {
                 _ => exit_code::FAILED,
             };
         }
+    }
+    if let Some(kafka) = &settings.kafka {
+        // Asks the brokers whether each topic exists or could be created
+        // (validate only: nothing is created).
+        match tidewater_kafka::KafkaSink::check(kafka, &checked_tables).await {
+            Ok(found) => {
+                for line in found {
+                    println!("kafka: topic {line}");
+                }
+            }
+            Err(err) => problems.push(tidewater_core::Problem {
+                what: format!(
+                    "the Kafka brokers {} cannot take this pipeline's topics: {}",
+                    kafka.brokers,
+                    crate::chain(&err)
+                ),
+                fix: "check sink.brokers and sink.properties (security.protocol, sasl.*, ssl.*),                       and that the principal may create (or describe and write) the topics"
+                    .into(),
+            }),
+        }
+        return check_verdict(&problems, "Kafka brokers");
     }
     if let Some(warehouse) = &settings.warehouse {
         // Connecting creates nothing; the state tables are created at the
@@ -240,6 +263,67 @@ async fn warehouse_status(
     exit_code::OK
 }
 
+/// `status` for a Kafka sink: every table's topic, mark, position and
+/// events from the state topic.
+async fn kafka_status(
+    settings: &Settings,
+    kafka: &tidewater_kafka::KafkaSettings,
+    format: Format,
+    only: Option<&str>,
+) -> i32 {
+    let state = match tidewater_kafka::KafkaState::open(kafka).await {
+        Ok(state) => state,
+        Err(err) => {
+            eprintln!("error: {}", crate::chain(&err));
+            return action(tidewater_core::Classified::class(&err)).exit_code;
+        }
+    };
+    let (states, stopped) = match (state.tables(), stopped_tables(&state).await) {
+        (Ok(states), Ok(stopped)) => (states, stopped),
+        (Err(err), _) | (_, Err(err)) => {
+            eprintln!("error: {}", crate::chain(&err));
+            return action(tidewater_core::Classified::class(&err)).exit_code;
+        }
+    };
+    if let Some(name) = only {
+        let known: Vec<String> = states.iter().map(|(t, _)| t.to_string()).collect();
+        if !known.iter().any(|t| t == name) {
+            return unknown_table(name, &settings.pipeline, "Kafka state topic", &known);
+        }
+    }
+    let process = process_report(settings).await;
+    let running = process["running"] == json!(true);
+    let tables: Vec<serde_json::Value> = states
+        .iter()
+        .filter(|(table, _)| only.is_none_or(|name| table.to_string() == name))
+        .map(|(table, record)| {
+            let stop = stopped.iter().find(|s| &s.table == table);
+            json!({
+                "table": table.to_string(),
+                "path": record.topic,
+                "topic": record.topic,
+                "version": record.commits,
+                "rows": record.messages,
+                "files": null,
+                "seq": record.seq.to_string(),
+                "ord": record.ord.to_string(),
+                "position": record.position,
+                "snapshot": if record.snapshot_done { "done" } else { "running" },
+                "last_commit": record.committed_at,
+                "state": table_state(stop.is_some(), Some(record.snapshot_done), running),
+                "stopped": stop.map(|s| json!({"position": s.position, "reason": s.reason, "stopped_at": s.stopped_at})),
+            })
+        })
+        .collect();
+    let source = source_status(settings, &state).await;
+    let report = json!({"pipeline": settings.pipeline, "sink": "kafka", "state_topic": kafka.state_topic, "process": process, "source": source, "tables": tables});
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("json")),
+        Format::Text => print_text(&report),
+    }
+    exit_code::OK
+}
+
 /// `--table` names no table of the pipeline: exit 2, listing those that
 /// exist (`place` is the lake or the warehouse).
 fn unknown_table(name: &str, pipeline: &str, place: &str, known: &[String]) -> i32 {
@@ -330,6 +414,9 @@ impl LakeView {
 
 /// `status`, of every table or (`--table`) of one.
 pub async fn status(settings: &Settings, format: Format, only: Option<&str>) -> i32 {
+    if let Some(kafka) = &settings.kafka {
+        return kafka_status(settings, kafka, format, only).await;
+    }
     if let Some(warehouse) = &settings.warehouse {
         return warehouse_status(settings, warehouse, format, only).await;
     }

@@ -52,6 +52,11 @@ pub async fn ask_copies(
     // Beside the running process: a warehouse's state is written without
     // its lock (the running process holds it), a lake's record is a file.
     let state = match &settings.warehouse {
+        None if settings.kafka.is_some() => sink::AnyState::Kafka(
+            tidewater_kafka::KafkaState::open(settings.kafka.as_ref().expect("checked"))
+                .await
+                .map_err(sink::wrap)?,
+        ),
         Some(warehouse) => sink::AnyState::Warehouse(
             tidewater_warehouse::WarehouseSink::inspect(warehouse.clone())
                 .await

@@ -51,6 +51,9 @@ pub struct Settings {
     /// Set for `[sink] type = "warehouse"`: the pipeline writes there, and
     /// `lake` is unused.
     pub warehouse: Option<tidewater_warehouse::WarehouseSettings>,
+    /// Set for `[sink] type = "kafka"`: the pipeline writes to Kafka, and
+    /// `lake` is unused.
+    pub kafka: Option<tidewater_kafka::KafkaSettings>,
     pub metrics: crate::metrics::Metrics,
     /// Inserts into this table ask for copies while streaming
     /// (`source.signal_table`).
@@ -112,7 +115,7 @@ impl Settings {
             ),
         };
         let warehouse = match &config.sink {
-            SinkConfig::Lake(_) => None,
+            SinkConfig::Lake(_) | SinkConfig::Kafka(_) => None,
             SinkConfig::Warehouse(w) => Some(tidewater_warehouse::WarehouseSettings {
                 url: tidewater_endpoint::url::SecretUrl::new(w.url.expose()),
                 pipeline: config.pipeline.name.clone(),
@@ -135,7 +138,33 @@ impl Settings {
         }
         .and_then(|s| s.split_once('.'))
         .map(|(schema, table)| TableId::new(schema, table));
+        let kafka = match &config.sink {
+            SinkConfig::Kafka(k) => Some(kafka_settings(config, k)),
+            _ => None,
+        };
         Ok(match &config.sink {
+            SinkConfig::Kafka(k) => Settings {
+                pipeline: config.pipeline.name.clone(),
+                source,
+                snapshot,
+                lake: LakeStore::local(&config.pipeline.state_dir().join("no-lake")),
+                limits: BatchLimits {
+                    max_rows: k.max_batch_rows,
+                    max_bytes: k.max_batch_bytes,
+                    max_delay: Duration::from_millis(k.flush_interval_ms),
+                },
+                recopy: Vec::new(),
+                maintenance: MaintenancePolicy::default(),
+                target_file_bytes: k.max_queued_bytes / 2,
+                partition_by_date: false,
+                current_state_dvs: false,
+                snapshot_commit_bytes: k.max_queued_bytes / 2,
+                iceberg: None,
+                warehouse: None,
+                kafka,
+                metrics: crate::metrics::Metrics::default(),
+                signal_table: signal_table.clone(),
+            },
             SinkConfig::Lake(lake) => Settings {
                 pipeline: config.pipeline.name.clone(),
                 source,
@@ -163,6 +192,7 @@ impl Settings {
                 snapshot_commit_bytes: lake.target_file_size_bytes,
                 iceberg: lake.iceberg_catalog(),
                 warehouse,
+                kafka: None,
                 metrics: crate::metrics::Metrics::default(),
                 signal_table: signal_table.clone(),
             },
@@ -184,6 +214,7 @@ impl Settings {
                 snapshot_commit_bytes: w.snapshot_commit_bytes,
                 iceberg: None,
                 warehouse,
+                kafka: None,
                 metrics: crate::metrics::Metrics::default(),
                 signal_table: signal_table.clone(),
             },
@@ -220,4 +251,62 @@ fn with_echo_exclusions(exclude: &[String], config: &Config) -> Vec<String> {
         }
     }
     out
+}
+
+/// The Kafka sink's settings from `[sink] type = "kafka"`.
+fn kafka_settings(
+    config: &Config,
+    k: &crate::config::KafkaSinkConfig,
+) -> tidewater_kafka::KafkaSettings {
+    use crate::config::{KafkaDelivery, KafkaFormat};
+    let pipeline = &config.pipeline.name;
+    let (connector, url) = match &config.source {
+        SourceConfig::Postgres(pg) => (tidewater_kafka::Connector::Postgres, pg.url.expose()),
+        SourceConfig::Mysql(my) => (tidewater_kafka::Connector::Mysql, my.url.expose()),
+    };
+    let database = url::Url::parse(url)
+        .ok()
+        .map(|u| u.path().trim_start_matches('/').to_string())
+        .unwrap_or_default();
+    let topic_prefix = k.topic_prefix.clone().unwrap_or_else(|| pipeline.clone());
+    tidewater_kafka::KafkaSettings {
+        pipeline: pipeline.clone(),
+        brokers: k.brokers.clone(),
+        topic_prefix: topic_prefix.clone(),
+        state_topic: k
+            .state_topic
+            .clone()
+            .unwrap_or_else(|| format!("tidewater.{pipeline}.state")),
+        transactional_id: k
+            .transactional_id
+            .clone()
+            .unwrap_or_else(|| format!("tidewater-{pipeline}")),
+        format: match k.format {
+            KafkaFormat::DebeziumJson => tidewater_kafka::Format::Json,
+            KafkaFormat::DebeziumJsonSchema => tidewater_kafka::Format::JsonWithSchema,
+        },
+        delivery: match k.delivery {
+            KafkaDelivery::ExactlyOnce => tidewater_kafka::Delivery::ExactlyOnce,
+            KafkaDelivery::AtLeastOnce => tidewater_kafka::Delivery::AtLeastOnce,
+        },
+        properties: k
+            .properties
+            .iter()
+            .map(|(key, value)| (key.clone(), value.expose().to_string()))
+            .collect(),
+        transaction_timeout_ms: k.transaction_timeout_ms,
+        linger_ms: k.linger_ms,
+        batch_bytes: k.batch_size_bytes,
+        max_queued_bytes: k.max_queued_bytes,
+        compression: k.compression.clone(),
+        max_message_bytes: k.max_message_bytes,
+        topic_partitions: k.topic_partitions,
+        replication_factor: k.topic_replication_factor,
+        source: tidewater_kafka::SourceInfo {
+            connector,
+            name: topic_prefix,
+            database,
+            server_id: 0,
+        },
+    }
 }

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use tidewater_core::state::{RecordKind, StateStore, TableState};
 use tidewater_core::{ChangeBatch, Classified, Datum, Mark, Sink, SnapshotPhase};
 use tidewater_core::{TableId, TableSchema};
+use tidewater_kafka::{KafkaSink, KafkaState};
 use tidewater_lake::{IcebergSink, LakeSink, LakeState};
 use tidewater_warehouse::{WarehouseSink, WarehouseState};
 
@@ -18,6 +19,7 @@ pub enum AnySink {
     Lake(Box<LakeSink>),
     Iceberg(Box<IcebergSink>),
     Warehouse(Box<WarehouseSink>),
+    Kafka(Box<KafkaSink>),
 }
 
 fn fail<E: Classified>(err: E) -> SinkFailure {
@@ -33,6 +35,7 @@ pub(super) fn wrap<E: Classified>(err: E) -> PipelineError {
 pub enum AnyState {
     Lake(LakeState),
     Warehouse(WarehouseState),
+    Kafka(KafkaState),
 }
 
 impl StateStore for AnyState {
@@ -42,6 +45,7 @@ impl StateStore for AnyState {
         match self {
             AnyState::Lake(s) => s.get(kind).await.map_err(fail),
             AnyState::Warehouse(s) => s.get(kind).await.map_err(fail),
+            AnyState::Kafka(s) => s.get(kind).await.map_err(fail),
         }
     }
 
@@ -49,6 +53,7 @@ impl StateStore for AnyState {
         match self {
             AnyState::Lake(s) => s.put(kind, text).await.map_err(fail),
             AnyState::Warehouse(s) => s.put(kind, text).await.map_err(fail),
+            AnyState::Kafka(s) => s.put(kind, text).await.map_err(fail),
         }
     }
 
@@ -56,6 +61,7 @@ impl StateStore for AnyState {
         match self {
             AnyState::Lake(s) => s.delete(kind).await.map_err(fail),
             AnyState::Warehouse(s) => s.delete(kind).await.map_err(fail),
+            AnyState::Kafka(s) => s.delete(kind).await.map_err(fail),
         }
     }
 
@@ -63,6 +69,7 @@ impl StateStore for AnyState {
         match self {
             AnyState::Lake(s) => fail(s.corrupt(kind, problem)),
             AnyState::Warehouse(s) => fail(s.corrupt(kind, problem)),
+            AnyState::Kafka(s) => fail(s.corrupt(kind, problem)),
         }
     }
 }
@@ -71,6 +78,11 @@ impl AnySink {
     /// The sink `settings` name, connected (warehouse) or opened (lake),
     /// with its settings applied.
     pub async fn open(settings: &Settings) -> Result<AnySink, PipelineError> {
+        if let Some(kafka) = &settings.kafka {
+            return Ok(AnySink::Kafka(Box::new(
+                KafkaSink::connect(kafka.clone()).await.map_err(wrap)?,
+            )));
+        }
         Ok(match &settings.warehouse {
             Some(warehouse) => AnySink::Warehouse(Box::new(
                 WarehouseSink::connect(warehouse.clone())
@@ -108,6 +120,7 @@ impl AnySink {
             AnySink::Lake(lake) => AnyState::Lake(lake.state()),
             AnySink::Iceberg(lake) => AnyState::Lake(lake.state()),
             AnySink::Warehouse(w) => AnyState::Warehouse(w.state()),
+            AnySink::Kafka(k) => AnyState::Kafka(k.state()),
         }
     }
 
@@ -116,6 +129,7 @@ impl AnySink {
             AnySink::Lake(lake) => lake.existing_tables().await.map_err(wrap),
             AnySink::Iceberg(lake) => lake.existing_tables().await.map_err(wrap),
             AnySink::Warehouse(w) => w.existing_tables().await.map_err(wrap),
+            AnySink::Kafka(k) => k.existing_tables().map_err(wrap),
         }
     }
 
@@ -131,6 +145,7 @@ impl AnySink {
                 .await
                 .map_err(wrap)?
                 .map(|record| record.state())),
+            AnySink::Kafka(k) => k.table_state(table).map_err(wrap),
         }
     }
 
@@ -139,6 +154,7 @@ impl AnySink {
             AnySink::Lake(lake) => lake.remove_table(table).await.map_err(wrap),
             AnySink::Iceberg(lake) => lake.remove_table(table).await.map_err(wrap),
             AnySink::Warehouse(w) => w.remove_table(table).await.map_err(wrap),
+            AnySink::Kafka(k) => k.remove_table(table).await.map_err(wrap),
         }
     }
 
@@ -153,7 +169,7 @@ impl AnySink {
         match self {
             AnySink::Lake(lake) => lake.key_at_mark(schema, mark).await.map_err(wrap),
             AnySink::Iceberg(lake) => lake.key_at_mark(schema, mark).await.map_err(wrap),
-            AnySink::Warehouse(_) => Ok(None),
+            AnySink::Warehouse(_) | AnySink::Kafka(_) => Ok(None),
         }
     }
 }
@@ -166,6 +182,7 @@ impl Sink for AnySink {
             AnySink::Lake(s) => Sink::prepare(s.as_mut(), schema).await.map_err(fail),
             AnySink::Iceberg(s) => Sink::prepare(s.as_mut(), schema).await.map_err(fail),
             AnySink::Warehouse(s) => Sink::prepare(s.as_mut(), schema).await.map_err(fail),
+            AnySink::Kafka(s) => Sink::prepare(s.as_mut(), schema).await.map_err(fail),
         }
     }
 
@@ -174,6 +191,7 @@ impl Sink for AnySink {
             AnySink::Lake(s) => Sink::mark(s.as_mut(), table).await.map_err(fail),
             AnySink::Iceberg(s) => Sink::mark(s.as_mut(), table).await.map_err(fail),
             AnySink::Warehouse(s) => Sink::mark(s.as_mut(), table).await.map_err(fail),
+            AnySink::Kafka(s) => Sink::mark(s.as_mut(), table).await.map_err(fail),
         }
     }
 
@@ -182,6 +200,7 @@ impl Sink for AnySink {
             AnySink::Lake(s) => Sink::write(s.as_mut(), batch).await.map_err(fail),
             AnySink::Iceberg(s) => Sink::write(s.as_mut(), batch).await.map_err(fail),
             AnySink::Warehouse(s) => Sink::write(s.as_mut(), batch).await.map_err(fail),
+            AnySink::Kafka(s) => Sink::write(s.as_mut(), batch).await.map_err(fail),
         }
     }
 
@@ -200,6 +219,9 @@ impl Sink for AnySink {
             AnySink::Warehouse(s) => Sink::latest_rows(s.as_mut(), schema, keys)
                 .await
                 .map_err(fail),
+            AnySink::Kafka(s) => Sink::latest_rows(s.as_mut(), schema, keys)
+                .await
+                .map_err(fail),
         }
     }
 
@@ -208,6 +230,7 @@ impl Sink for AnySink {
             AnySink::Lake(s) => Sink::note_ddl(s.as_mut(), table, seq, statement),
             AnySink::Iceberg(s) => Sink::note_ddl(s.as_mut(), table, seq, statement),
             AnySink::Warehouse(s) => Sink::note_ddl(s.as_mut(), table, seq, statement),
+            AnySink::Kafka(s) => Sink::note_ddl(s.as_mut(), table, seq, statement),
         }
     }
 
@@ -216,6 +239,7 @@ impl Sink for AnySink {
             AnySink::Lake(s) => Sink::maintain(s.as_mut()).await,
             AnySink::Iceberg(s) => Sink::maintain(s.as_mut()).await,
             AnySink::Warehouse(s) => Sink::maintain(s.as_mut()).await,
+            AnySink::Kafka(s) => Sink::maintain(s.as_mut()).await,
         }
     }
 
@@ -224,6 +248,7 @@ impl Sink for AnySink {
             AnySink::Lake(s) => Sink::table_phase(s.as_mut(), table, phase, mark),
             AnySink::Iceberg(s) => Sink::table_phase(s.as_mut(), table, phase, mark),
             AnySink::Warehouse(s) => Sink::table_phase(s.as_mut(), table, phase, mark),
+            AnySink::Kafka(s) => Sink::table_phase(s.as_mut(), table, phase, mark),
         }
     }
 
@@ -232,6 +257,7 @@ impl Sink for AnySink {
             AnySink::Lake(s) => Sink::staged_bytes(s.as_ref()),
             AnySink::Iceberg(s) => Sink::staged_bytes(s.as_ref()),
             AnySink::Warehouse(s) => Sink::staged_bytes(s.as_ref()),
+            AnySink::Kafka(s) => Sink::staged_bytes(s.as_ref()),
         }
     }
 
@@ -248,6 +274,9 @@ impl Sink for AnySink {
                 .await
                 .map_err(fail),
             AnySink::Warehouse(s) => Sink::commit(s.as_mut(), position, phase)
+                .await
+                .map_err(fail),
+            AnySink::Kafka(s) => Sink::commit(s.as_mut(), position, phase)
                 .await
                 .map_err(fail),
         }

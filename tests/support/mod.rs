@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod kafka;
 pub mod lake;
 pub mod mariadb;
 pub mod s3;
