@@ -10,6 +10,7 @@ mod crate_graph;
 mod demo;
 mod golden;
 mod iceberg;
+mod kafka;
 mod lake_maintenance;
 mod lake_s3;
 mod lake_unwritable;

@@ -164,7 +164,12 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => open.retain(|x| *x != p),
             Some(Err(e)) => panic!("reading {topic}: {e}"),
             Some(Ok(m)) => {
-                let parse = |b: &[u8]| serde_json::from_slice(b).expect("JSON");
+                // Keys of the state topic are plain text.
+                let parse = |b: &[u8]| {
+                    serde_json::from_slice(b).unwrap_or_else(|_| {
+                        serde_json::Value::String(String::from_utf8_lossy(b).into_owned())
+                    })
+                };
                 let mut headers = HashMap::new();
                 if let Some(h) = m.headers() {
                     for header in h.iter() {

@@ -115,8 +115,19 @@ enum Enc {
     TimestampMillis,
     /// Microseconds since the epoch (`io.debezium.time.MicroTimestamp`).
     MicroTimestamp,
-    /// ISO-8601 text in UTC (`io.debezium.time.ZonedTimestamp`).
-    ZonedTimestamp,
+    /// ISO-8601 text in UTC (`io.debezium.time.ZonedTimestamp`) with this
+    /// many fraction digits (Postgres: always 6; MySQL: the column's).
+    ZonedTimestamp(u32),
+    /// Postgres `timetz` text as ISO-8601 time in UTC (`io.debezium.time.ZonedTime`).
+    ZonedTime,
+    /// Postgres `interval` text as microseconds (`io.debezium.time.MicroDuration`).
+    MicroDuration,
+    /// Postgres `money` text as a `Decimal` of scale 2.
+    Money,
+    /// Postgres `bit(n)`/`varbit` text as `io.debezium.data.Bits`.
+    BitText(u32),
+    /// Postgres `point` text as `io.debezium.data.geometry.Point`.
+    Point,
     /// Milliseconds since midnight (`io.debezium.time.Time`).
     TimeMillis,
     /// Microseconds since midnight or signed elapsed (`io.debezium.time.MicroTime`).
@@ -152,6 +163,17 @@ fn encoding(ty: &ColumnType, source_type: &str, connector: Connector) -> Enc {
             },
             ColumnType::Text if lower == "numeric" || lower == "numeric[]" => Enc::VariableDecimal,
             ColumnType::Text if lower == "xml" => Enc::Str(Some("io.debezium.data.Xml"), None),
+            ColumnType::Text if lower == "money" => Enc::Money,
+            ColumnType::Text if lower == "interval" || lower.starts_with("interval(") => {
+                Enc::MicroDuration
+            }
+            ColumnType::Text if lower.starts_with("time with time zone") || lower == "timetz" => {
+                Enc::ZonedTime
+            }
+            ColumnType::Text if lower.starts_with("bit(") || lower.starts_with("bit varying") => {
+                Enc::BitText(fraction.unwrap_or(1))
+            }
+            ColumnType::Text if lower == "point" => Enc::Point,
             ColumnType::Text => Enc::Str(None, None),
             ColumnType::Json => Enc::Str(Some("io.debezium.data.Json"), None),
             ColumnType::Uuid => Enc::Str(Some("io.debezium.data.Uuid"), None),
@@ -159,7 +181,7 @@ fn encoding(ty: &ColumnType, source_type: &str, connector: Connector) -> Enc {
             ColumnType::Date => Enc::Date,
             ColumnType::Timestamp if fraction.is_some_and(|p| p <= 3) => Enc::TimestampMillis,
             ColumnType::Timestamp => Enc::MicroTimestamp,
-            ColumnType::TimestampTz => Enc::ZonedTimestamp,
+            ColumnType::TimestampTz => Enc::ZonedTimestamp(6),
             ColumnType::Time if fraction.is_some_and(|p| p <= 3) => Enc::TimeMillis,
             ColumnType::Time | ColumnType::Duration => Enc::MicroTime,
             ColumnType::List(inner) => {
@@ -191,15 +213,15 @@ fn encoding(ty: &ColumnType, source_type: &str, connector: Connector) -> Enc {
                 Some("io.debezium.data.EnumSet"),
                 Some(allowed_values(source_type)),
             ),
-            ColumnType::Text => Enc::Str(None, None),
-            ColumnType::Json => Enc::Str(Some("io.debezium.data.Json"), None),
-            ColumnType::Uuid => Enc::Str(None, None),
+            // MariaDB's JSON is LONGTEXT with a check: Debezium names it
+            // nothing.
+            ColumnType::Text | ColumnType::Json | ColumnType::Uuid => Enc::Str(None, None),
             ColumnType::Binary if lower.starts_with("bit") => Enc::Bits(fraction.unwrap_or(1)),
             ColumnType::Binary => Enc::Bytes,
             ColumnType::Date => Enc::Date,
             ColumnType::Timestamp if fraction.unwrap_or(0) <= 3 => Enc::TimestampMillis,
             ColumnType::Timestamp => Enc::MicroTimestamp,
-            ColumnType::TimestampTz => Enc::ZonedTimestamp,
+            ColumnType::TimestampTz => Enc::ZonedTimestamp(fraction.unwrap_or(0).min(6)),
             ColumnType::Time | ColumnType::Duration => Enc::MicroTime,
             ColumnType::List(inner) => Enc::Array(Box::new(encoding(inner, "", connector))),
         },
@@ -283,7 +305,25 @@ impl Enc {
             Enc::Date => named(out, "int32", "io.debezium.time.Date"),
             Enc::TimestampMillis => named(out, "int64", "io.debezium.time.Timestamp"),
             Enc::MicroTimestamp => named(out, "int64", "io.debezium.time.MicroTimestamp"),
-            Enc::ZonedTimestamp => named(out, "string", "io.debezium.time.ZonedTimestamp"),
+            Enc::ZonedTimestamp(_) => named(out, "string", "io.debezium.time.ZonedTimestamp"),
+            Enc::ZonedTime => named(out, "string", "io.debezium.time.ZonedTime"),
+            Enc::MicroDuration => named(out, "int64", "io.debezium.time.MicroDuration"),
+            Enc::Money => out.push_str(
+                "\"type\":\"bytes\",\"name\":\"org.apache.kafka.connect.data.Decimal\",\"version\":1,\
+                 \"parameters\":{\"scale\":\"2\"}",
+            ),
+            Enc::BitText(length) => {
+                named(out, "bytes", "io.debezium.data.Bits");
+                let _ = write!(out, ",\"parameters\":{{\"length\":\"{length}\"}}");
+            }
+            Enc::Point => out.push_str(
+                "\"type\":\"struct\",\"fields\":[{\"type\":\"double\",\"optional\":false,\"field\":\"x\"},\
+                 {\"type\":\"double\",\"optional\":false,\"field\":\"y\"},\
+                 {\"type\":\"bytes\",\"optional\":true,\"field\":\"wkb\"},\
+                 {\"type\":\"int32\",\"optional\":true,\"field\":\"srid\"}],\
+                 \"name\":\"io.debezium.data.geometry.Point\",\"version\":1,\
+                 \"doc\":\"Geometry (POINT)\"",
+            ),
             Enc::TimeMillis => named(out, "int32", "io.debezium.time.Time"),
             Enc::MicroTime => named(out, "int64", "io.debezium.time.MicroTime"),
             Enc::Year => named(out, "int32", "io.debezium.time.Year"),
@@ -364,22 +404,124 @@ fn big_integer_bytes(digits: &str, negative: bool) -> Vec<u8> {
     twos_complement(&magnitude).to_vec()
 }
 
-/// ISO-8601 text of `micros` since the epoch in UTC, fraction trimmed as
-/// Java's `ISO_OFFSET_DATE_TIME` trims it (`2024-01-02T03:04:05.12Z`).
-fn zoned_timestamp(micros: i64) -> String {
+/// ISO-8601 text of `micros` since the epoch in UTC with `digits` fraction
+/// digits, as Debezium writes a `ZonedTimestamp` (`2024-01-02T03:04:05.120000Z`
+/// for Postgres, the column's precision for MySQL).
+fn zoned_timestamp(micros: i64, digits: u32) -> String {
     let secs = micros.div_euclid(1_000_000);
     let frac = micros.rem_euclid(1_000_000) as u32;
     let Some(at) = chrono::DateTime::from_timestamp(secs, frac * 1000) else {
         return micros.to_string();
     };
     let mut text = at.format("%Y-%m-%dT%H:%M:%S").to_string();
-    if frac > 0 {
-        let digits = format!("{frac:06}");
+    if digits > 0 {
+        let all = format!("{frac:06}");
         text.push('.');
-        text.push_str(digits.trim_end_matches('0'));
+        text.push_str(&all[..digits.min(6) as usize]);
     }
     text.push('Z');
     text
+}
+
+/// Postgres `timetz` text (`10:11:12.345+05:30`) as UTC time, as Java's
+/// `ISO_OFFSET_TIME` writes it (`04:41:12.345Z`).
+fn zoned_time(text: &str) -> Option<String> {
+    let split = text.rfind(['+', '-'])?;
+    let (time, offset) = text.split_at(split);
+    let sign: i64 = if offset.starts_with('-') { -1 } else { 1 };
+    let mut parts = offset[1..].split(':');
+    let oh: i64 = parts.next()?.parse().ok()?;
+    let om: i64 = parts.next().map_or(Some(0), |m| m.parse().ok())?;
+    let os: i64 = parts.next().map_or(Some(0), |s| s.parse().ok())?;
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut hms = hms.split(':');
+    let h: i64 = hms.next()?.parse().ok()?;
+    let m: i64 = hms.next()?.parse().ok()?;
+    let s: i64 = hms.next().map_or(Some(0), |s| s.parse().ok())?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) || frac.len() > 9 {
+        return None;
+    }
+    let local = h * 3600 + m * 60 + s;
+    let utc = (local - sign * (oh * 3600 + om * 60 + os)).rem_euclid(86_400);
+    let mut out = format!("{:02}:{:02}:{:02}", utc / 3600, utc / 60 % 60, utc % 60);
+    let frac = frac.trim_end_matches('0');
+    if !frac.is_empty() {
+        out.push('.');
+        out.push_str(frac);
+    }
+    out.push('Z');
+    Some(out)
+}
+
+/// Postgres `interval` text (IntervalStyle `postgres`: `1 year 2 mons 3 days
+/// 04:05:06.789`) as microseconds, as Debezium's `MicroDuration` counts them
+/// (a month is 30.4375 days, a year 12 months).
+fn interval_micros(text: &str) -> Option<i64> {
+    let (mut months, mut days, mut seconds) = (0f64, 0f64, 0f64);
+    let mut words = text.split_whitespace().peekable();
+    while let Some(word) = words.next() {
+        if word.contains(':') {
+            let (negative, body) = match word.strip_prefix('-') {
+                Some(rest) => (true, rest),
+                None => (false, word.strip_prefix('+').unwrap_or(word)),
+            };
+            let mut parts = body.split(':');
+            let h: f64 = parts.next()?.parse().ok()?;
+            let m: f64 = parts.next()?.parse().ok()?;
+            let s: f64 = parts.next().map_or(Some(0.0), |s| s.parse().ok())?;
+            let total = h * 3600.0 + m * 60.0 + s;
+            seconds += if negative { -total } else { total };
+            continue;
+        }
+        let amount: f64 = word.parse().ok()?;
+        let unit = words.next()?;
+        match unit.trim_end_matches('s') {
+            "year" => months += amount * 12.0,
+            "mon" => months += amount,
+            "day" => days += amount,
+            _ => return None,
+        }
+    }
+    let all_days = months * 30.4375 + days;
+    Some(((all_days * 24.0 * 3600.0 + seconds) * 1e6) as i64)
+}
+
+/// Postgres bit-string text (`101`) as Java's `BitSet.toByteArray`: bit 0
+/// is the last character, little-endian bytes, no high zero bytes.
+fn bit_string(text: &str) -> Option<Vec<u8>> {
+    let mut bytes = vec![0u8; text.len().div_ceil(8)];
+    for (i, c) in text.bytes().rev().enumerate() {
+        match c {
+            b'1' => bytes[i / 8] |= 1 << (i % 8),
+            b'0' => {}
+            _ => return None,
+        }
+    }
+    while bytes.last() == Some(&0) {
+        bytes.pop();
+    }
+    Some(bytes)
+}
+
+/// (x, y) of Postgres `point` text `(1.5,-2)`.
+fn point(text: &str) -> Option<(f64, f64)> {
+    let inner = text.trim().strip_prefix('(')?.strip_suffix(')')?;
+    let (x, y) = inner.split_once(',')?;
+    Some((x.trim().parse().ok()?, y.trim().parse().ok()?))
+}
+
+/// Debezium's `Point` struct: x, y, the point as little-endian WKB, no SRID.
+fn write_point(out: &mut Vec<u8>, x: f64, y: f64) {
+    let mut wkb = vec![1u8, 1, 0, 0, 0];
+    wkb.extend_from_slice(&x.to_le_bytes());
+    wkb.extend_from_slice(&y.to_le_bytes());
+    out.extend_from_slice(b"{\"x\":");
+    write_float(out, x, x);
+    out.extend_from_slice(b",\"y\":");
+    write_float(out, y, y);
+    out.extend_from_slice(b",\"wkb\":");
+    write_base64(out, &wkb);
+    out.extend_from_slice(b",\"srid\":null}");
 }
 
 fn write_float(out: &mut Vec<u8>, value: f64, text: impl std::fmt::Debug) {
@@ -504,17 +646,49 @@ fn write_value(out: &mut Vec<u8>, enc: &Enc, array: &dyn Array, row: usize) {
         },
         Enc::Bits(_) => match array.data_type() {
             DataType::Binary => {
-                // MySQL sends BIT(n) big-endian; Debezium's Bits are little-endian.
+                // MySQL sends BIT(n) big-endian; Debezium's Bits are
+                // little-endian, without high zero bytes (Java's
+                // `BitSet.toByteArray`).
                 let mut bytes = array.as_binary::<i32>().value(row).to_vec();
                 bytes.reverse();
+                while bytes.last() == Some(&0) {
+                    bytes.pop();
+                }
                 write_base64(out, &bytes);
             }
             _ => write_text(out, array, row),
         },
-        Enc::ZonedTimestamp => match integer(array, row) {
-            Some(v) => write_json_str(out, &zoned_timestamp(v as i64)),
+        Enc::ZonedTimestamp(digits) => match integer(array, row) {
+            Some(v) => write_json_str(out, &zoned_timestamp(v as i64, *digits)),
             None => write_text(out, array, row),
         },
+        Enc::ZonedTime | Enc::MicroDuration | Enc::Money | Enc::BitText(_) | Enc::Point => {
+            let DataType::Utf8 = array.data_type() else {
+                return write_text(out, array, row);
+            };
+            let text = array.as_string::<i32>().value(row);
+            let written = match enc {
+                Enc::ZonedTime => zoned_time(text).map(|t| write_json_str(out, &t)),
+                Enc::MicroDuration => interval_micros(text).map(|v| {
+                    let _ = write!(out, "{v}");
+                }),
+                Enc::Money => {
+                    let plain: String = text
+                        .chars()
+                        .filter(|c| c.is_ascii_digit() || matches!(c, '-' | '.'))
+                        .collect();
+                    tidewater_core::decimal::scaled_digits(&plain, 2).map(|digits| {
+                        let negative = digits.starts_with('-');
+                        write_base64(out, &big_integer_bytes(&digits, negative));
+                    })
+                }
+                Enc::BitText(_) => bit_string(text).map(|b| write_base64(out, &b)),
+                _ => point(text).map(|(x, y)| write_point(out, x, y)),
+            };
+            if written.is_none() {
+                write_json_str(out, text);
+            }
+        }
         Enc::Array(inner) => match array.data_type() {
             DataType::List(_) => {
                 let list = array.as_list::<i32>();
@@ -987,10 +1161,37 @@ mod tests {
     }
 
     #[test]
-    fn zoned_timestamps_trim_the_fraction_as_java_does() {
-        assert_eq!(zoned_timestamp(0), "1970-01-01T00:00:00Z");
-        assert_eq!(zoned_timestamp(1_500_000), "1970-01-01T00:00:01.5Z");
-        assert_eq!(zoned_timestamp(-1), "1969-12-31T23:59:59.999999Z");
+    fn times_are_written_as_debezium_writes_them() {
+        assert_eq!(zoned_timestamp(0, 0), "1970-01-01T00:00:00Z");
+        assert_eq!(zoned_timestamp(1_500_000, 6), "1970-01-01T00:00:01.500000Z");
+        assert_eq!(zoned_timestamp(-1, 6), "1969-12-31T23:59:59.999999Z");
+        assert_eq!(
+            zoned_time("10:11:12.345+05:30").as_deref(),
+            Some("04:41:12.345Z")
+        );
+        assert_eq!(zoned_time("08:00:00+00").as_deref(), Some("08:00:00Z"));
+        assert_eq!(zoned_time("01:00:00-02").as_deref(), Some("03:00:00Z"));
+        // Debezium's figure for 1 year 2 mons 3 days 04:05:06.789
+        assert_eq!(
+            interval_micros("1 year 2 mons 3 days 04:05:06.789"),
+            Some(37_091_106_789_000)
+        );
+        assert_eq!(interval_micros("-00:00:01.5"), Some(-1_500_000));
+        assert_eq!(interval_micros("1 day"), Some(86_400_000_000));
+        assert_eq!(interval_micros("P1D"), None);
+    }
+
+    #[test]
+    fn bits_and_points_match_debeziums_bytes() {
+        assert_eq!(b64(&bit_string("101").unwrap()), "\"BQ==\"");
+        assert_eq!(b64(&bit_string("000").unwrap()), "\"\"");
+        assert_eq!(b64(&bit_string("1010101011").unwrap()), "\"qwI=\"");
+        let mut out = Vec::new();
+        write_point(&mut out, 1.5, -2.0);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"x\":1.5,\"y\":-2.0,\"wkb\":\"AQEAAAAAAAAAAAD4PwAAAAAAAADA\",\"srid\":null}"
+        );
     }
 
     #[test]
