@@ -11,6 +11,7 @@ mod demo;
 mod golden;
 mod iceberg;
 mod kafka;
+mod kafka_debezium;
 mod lake_maintenance;
 mod lake_s3;
 mod lake_unwritable;

@@ -53,6 +53,12 @@ pub fn maria() -> &'static MariaServer {
     SERVER.get_or_init(MariaServer::start_new)
 }
 
+/// A server reporting a MySQL 5.7 version, for Debezium's MySQL connector.
+pub fn maria_as_mysql57() -> &'static MariaServer {
+    static SERVER: OnceLock<MariaServer> = OnceLock::new();
+    SERVER.get_or_init(MariaServer::start_new_as_mysql57)
+}
+
 /// The TLS server shared by the TLS tests of this binary.
 pub fn maria_tls() -> &'static MariaServer {
     static SERVER: OnceLock<MariaServer> = OnceLock::new();
@@ -62,7 +68,7 @@ pub fn maria_tls() -> &'static MariaServer {
 impl MariaServer {
     /// Initialises a datadir, starts the server and creates the `cdc` user.
     pub fn start_new() -> MariaServer {
-        MariaServer::start_with(false)
+        MariaServer::start_with(false, false)
     }
 
     /// Like [`Self::start_new`], with TLS (the [`super::tls::certs`] server
@@ -70,10 +76,17 @@ impl MariaServer {
     /// connections are still taken: a user created `REQUIRE SSL` is what
     /// proves a connection encrypted.
     pub fn start_new_tls() -> MariaServer {
-        MariaServer::start_with(true)
+        MariaServer::start_with(true, false)
     }
 
-    fn start_with(tls: bool) -> MariaServer {
+    /// Like [`Self::start_new`], reporting its version as
+    /// `5.7.99-<version>-MariaDB`: Debezium's MySQL connector refuses
+    /// "10.x" (and tidewater still sees MariaDB in the text).
+    pub fn start_new_as_mysql57() -> MariaServer {
+        MariaServer::start_with(false, true)
+    }
+
+    fn start_with(tls: bool, as_mysql57: bool) -> MariaServer {
         assert!(
             Path::new(MARIADBD).exists(),
             "MariaDB server binary missing at {MARIADBD}: run scripts/setup"
@@ -83,6 +96,19 @@ impl MariaServer {
         let config = dir.join("my.cnf");
         std::fs::create_dir(dir.join("tmp")).expect("tmp dir");
         let mut text = server_config(&dir, port);
+        if as_mysql57 {
+            let out = Command::new(MARIADBD)
+                .arg("--version")
+                .output()
+                .expect("mariadbd --version");
+            let text_out = String::from_utf8_lossy(&out.stdout).to_string();
+            let version = text_out
+                .split_whitespace()
+                .find_map(|w| w.split_once("-MariaDB").map(|(v, _)| v))
+                .unwrap_or("10.11.0")
+                .to_string();
+            text.push_str(&format!("version=5.7.99-{version}-MariaDB\n"));
+        }
         if tls {
             let certs = super::tls::certs();
             text = text.replace(

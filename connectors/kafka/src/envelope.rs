@@ -109,6 +109,9 @@ enum Enc {
     Bytes,
     /// MySQL `BIT(n)`, n > 1: `io.debezium.data.Bits`, little-endian bytes.
     Bits(u32),
+    /// MySQL `SET(…)` (a list of members to tidewater): the members joined
+    /// by commas, `io.debezium.data.EnumSet`.
+    SetMembers(String),
     /// Days since the epoch (`io.debezium.time.Date`).
     Date,
     /// Milliseconds since the epoch (`io.debezium.time.Timestamp`).
@@ -191,6 +194,15 @@ fn encoding(ty: &ColumnType, source_type: &str, connector: Connector) -> Enc {
         },
         Connector::Mysql => match ty {
             _ if lower.starts_with("year") => Enc::Year,
+            ColumnType::UInt64 | ColumnType::Binary if lower.starts_with("bit") => {
+                match fraction.unwrap_or(1) {
+                    1 => Enc::Bool,
+                    n => Enc::Bits(n),
+                }
+            }
+            ColumnType::List(_) if lower.starts_with("set(") => {
+                Enc::SetMembers(allowed_values(source_type))
+            }
             ColumnType::Bool if lower.starts_with("bit") => Enc::Bool,
             ColumnType::Bool => Enc::BoolAsInt16,
             ColumnType::Int8 | ColumnType::Int16 | ColumnType::UInt8 => Enc::Int16,
@@ -298,6 +310,12 @@ impl Enc {
                 }
             }
             Enc::Bytes => out.push_str("\"type\":\"bytes\""),
+            Enc::SetMembers(allowed) => {
+                named(out, "string", "io.debezium.data.EnumSet");
+                out.push_str(",\"parameters\":{\"allowed\":");
+                push_json_str(out, allowed);
+                out.push('}');
+            }
             Enc::Bits(length) => {
                 named(out, "bytes", "io.debezium.data.Bits");
                 let _ = write!(out, ",\"parameters\":{{\"length\":\"{length}\"}}");
@@ -644,17 +662,38 @@ fn write_value(out: &mut Vec<u8>, enc: &Enc, array: &dyn Array, row: usize) {
             }
             _ => write_text(out, array, row),
         },
-        Enc::Bits(_) => match array.data_type() {
-            DataType::Binary => {
-                // MySQL sends BIT(n) big-endian; Debezium's Bits are
-                // little-endian, without high zero bytes (Java's
-                // `BitSet.toByteArray`).
-                let mut bytes = array.as_binary::<i32>().value(row).to_vec();
-                bytes.reverse();
-                while bytes.last() == Some(&0) {
-                    bytes.pop();
+        Enc::Bits(length) => {
+            // Debezium writes MySQL's BIT(n) as its ceil(n/8) bytes,
+            // little-endian (MySQL sends them big-endian).
+            let width = length.div_ceil(8) as usize;
+            let mut bytes = match array.data_type() {
+                DataType::Binary => {
+                    let mut b = array.as_binary::<i32>().value(row).to_vec();
+                    b.reverse();
+                    b
                 }
-                write_base64(out, &bytes);
+                _ => match integer(array, row) {
+                    Some(v) => (v as u64).to_le_bytes().to_vec(),
+                    None => return write_text(out, array, row),
+                },
+            };
+            bytes.resize(width.max(1), 0);
+            write_base64(out, &bytes);
+        }
+        Enc::SetMembers(_) => match array.data_type() {
+            DataType::List(_) => {
+                let list = array.as_list::<i32>();
+                let members = list.value(row);
+                let mut joined = String::new();
+                if let Some(strings) = members.as_string_opt::<i32>() {
+                    for (i, m) in strings.iter().flatten().enumerate() {
+                        if i > 0 {
+                            joined.push(',');
+                        }
+                        joined.push_str(m);
+                    }
+                }
+                write_json_str(out, &joined);
             }
             _ => write_text(out, array, row),
         },
@@ -886,7 +925,9 @@ impl TableEncoder {
                  {\"type\":\"string\",\"optional\":false,\"field\":\"table\"},\
                  {\"type\":\"int64\",\"optional\":true,\"field\":\"txId\"},\
                  {\"type\":\"int64\",\"optional\":true,\"field\":\"lsn\"},\
-                 {\"type\":\"int64\",\"optional\":true,\"field\":\"xmin\"}],\
+                 {\"type\":\"int64\",\"optional\":true,\"field\":\"xmin\"},\
+                 {\"type\":\"string\",\"optional\":true,\"field\":\"origin\"},\
+                 {\"type\":\"int64\",\"optional\":true,\"field\":\"origin_lsn\"}],\
                  \"optional\":false,\"name\":\"io.debezium.connector.postgresql.Source\",\"version\":1,\"field\":\"source\"}"
             }
             Connector::Mysql => {
@@ -1025,7 +1066,7 @@ impl TableEncoder {
                     }
                     None => out.extend_from_slice(b"null"),
                 }
-                out.extend_from_slice(b",\"xmin\":null}");
+                out.extend_from_slice(b",\"xmin\":null,\"origin\":null,\"origin_lsn\":null}");
             }
             Connector::Mysql => {
                 write_json_str(out, at.schema);
