@@ -2174,6 +2174,77 @@ uri = "file:///tmp/lake"
     }
 
     #[test]
+    fn kafka_sinks_are_checked_key_by_key() {
+        let kafka = |extra: &str| {
+            GOOD.replace(
+                "type = \"lake\"\nuri = \"file:///tmp/lake\"",
+                &format!("type = \"kafka\"\nbrokers = \"127.0.0.1:9092\"\n{extra}"),
+            )
+        };
+        let SinkConfig::Kafka(sink) = parse(&kafka(
+            "format = \"debezium-json-schema\"\n[sink.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.password\" = \"${PGPASSWORD}\"",
+        ))
+        .unwrap()
+        .sink
+        else {
+            panic!("a kafka sink")
+        };
+        assert_eq!(sink.format, KafkaFormat::DebeziumJsonSchema);
+        assert_eq!(sink.delivery, KafkaDelivery::ExactlyOnce);
+        assert_eq!(sink.properties["sasl.password"].expose(), "s3cret");
+        // Secrets never print.
+        assert!(!format!("{sink:?}").contains("s3cret"));
+        for (extra, key, says) in [
+            ("brokers = \"nohost\"", "sink.brokers", "host:port"),
+            ("topic_prefix = \"a b\"", "sink.topic_prefix", "topic name"),
+            ("state_topic = \"\"", "sink.state_topic", "topic name"),
+            ("format = \"avro\"", "sink.format", "debezium-json"),
+            ("delivery = \"maybe\"", "sink.delivery", "exactly-once"),
+            (
+                "delivery = \"at-least-once\"\ntransactional_id = \"x\"",
+                "sink.transactional_id",
+                "exactly-once",
+            ),
+            (
+                "[sink.properties]\n\"enable.idempotence\" = \"false\"",
+                "sink.properties.enable.idempotence",
+                "ssl.*",
+            ),
+            (
+                "transaction_timeout_ms = 10",
+                "sink.transaction_timeout_ms",
+                "1000",
+            ),
+            ("compression = \"zstd\"", "sink.compression", "lz4"),
+            ("topic_partitions = 0", "sink.topic_partitions", "-1"),
+            ("max_queued_bytes = 10", "sink.max_queued_bytes", "1 MiB"),
+            ("linger = 5", "sink.linger", "unknown"),
+        ] {
+            let text = if extra.starts_with("brokers") {
+                kafka("").replace("brokers = \"127.0.0.1:9092\"", extra)
+            } else {
+                kafka(extra)
+            };
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains(says),
+                "{extra:?}: expected {key} and {says:?} in: {err}"
+            );
+        }
+        // Reverse ETL reads a lake; a Kafka pipeline has none.
+        let err = parse(&format!(
+            "{}\n[[reverse_etl]]\nname = \"j\"\nquery = \"SELECT 1 AS k\"\ntarget_url = \"postgres://a@h/d\"\ntarget_table = \"t\"\nkey = [\"k\"]\n",
+            kafka("")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("reverse_etl") && err.contains("Kafka"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn iceberg_format_and_catalogs_are_checked_key_by_key() {
         let sink = |extra: &str| {
             GOOD.replace(

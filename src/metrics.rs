@@ -60,6 +60,8 @@ struct State {
     running_since: Option<Instant>,
     progress_at: Option<Instant>,
     reverse: BTreeMap<String, ReverseCounters>,
+    /// The Kafka sink's producer counters, when the sink is Kafka.
+    kafka: Option<Arc<tidewater_kafka::KafkaStats>>,
 }
 
 /// The phases in which the pipeline runs (past start-up).
@@ -219,6 +221,11 @@ impl Metrics {
                 r.runs_failed += 1;
             }
         });
+    }
+
+    /// Exports the Kafka producer's counters (a Kafka sink only).
+    pub fn kafka(&self, stats: Arc<tidewater_kafka::KafkaStats>) {
+        self.with(|s| s.kafka = Some(stats));
     }
 
     pub fn stopped_tables(&self, n: u64) {
@@ -429,6 +436,52 @@ impl Metrics {
                 "tables stopped by an error they need a new copy for",
             );
             let _ = writeln!(out, "tidewater_stopped_tables {}", s.stopped_tables);
+            if let Some(kafka) = &s.kafka {
+                use std::sync::atomic::Ordering::Relaxed;
+                for (name, kind, help, value) in [
+                    (
+                        "tidewater_kafka_produced_messages_total",
+                        "counter",
+                        "messages handed to the Kafka producer (events, tombstones, state records)",
+                        kafka.messages.load(Relaxed),
+                    ),
+                    (
+                        "tidewater_kafka_produced_bytes_total",
+                        "counter",
+                        "key and value bytes handed to the Kafka producer",
+                        kafka.bytes.load(Relaxed),
+                    ),
+                    (
+                        "tidewater_kafka_delivery_errors_total",
+                        "counter",
+                        "messages the brokers did not acknowledge (the commit failed and was retried)",
+                        kafka.delivery_errors.load(Relaxed),
+                    ),
+                    (
+                        "tidewater_kafka_producer_queue_messages",
+                        "gauge",
+                        "messages in the producer's queue, not yet acknowledged by a broker",
+                        kafka.queued.load(Relaxed),
+                    ),
+                ] {
+                    metric(&mut out, name, kind, help);
+                    let _ = writeln!(out, "{name} {value}");
+                }
+                metric(
+                    &mut out,
+                    "tidewater_kafka_topic_events",
+                    "gauge",
+                    "change events committed to each table's topic",
+                );
+                let per_topic = kafka.per_topic.lock().unwrap_or_else(|p| p.into_inner());
+                for (topic, n) in per_topic.iter() {
+                    let _ = writeln!(
+                        out,
+                        "tidewater_kafka_topic_events{{topic=\"{}\"}} {n}",
+                        escape(topic)
+                    );
+                }
+            }
             if !s.reverse.is_empty() {
                 metric(
                     &mut out,

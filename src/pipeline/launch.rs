@@ -46,6 +46,9 @@ where
         return Err(PipelineError::Preflight(problems));
     }
     let mut sink = AnySink::open(settings).await?;
+    if let Some(kafka) = &settings.kafka {
+        settings.metrics.kafka(kafka.stats.clone());
+    }
     let state = sink.state();
     let replica = source.replica().await?;
     // A source without server-side replica state resumes from the

@@ -308,5 +308,6 @@ fn kafka_settings(
             database,
             server_id: 0,
         },
+        stats: Default::default(),
     }
 }

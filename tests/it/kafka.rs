@@ -559,3 +559,98 @@ async fn things_equal(brokers: &str, topic: &str) -> Result<(), String> {
     let expected = maria_things(&mut conn).await;
     same(&expected, &topic_things(&read_topic(brokers, topic))?)
 }
+
+/// `delivery = "at-least-once"` (no transactions): SIGKILLs lose nothing,
+/// every message carries its mark in headers (what a consumer drops
+/// duplicates by), and the metrics endpoint counts what was produced.
+/// `check` sees the brokers and the topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_delivery_loses_nothing_and_is_measured() {
+    let source = pg().create_database("kafka_alo").await;
+    source.batch_execute(ITEMS).await.unwrap();
+    let kafka = broker();
+    let brokers = kafka.brokers();
+    let port = crate::support::free_port();
+    let mut pipeline = Pipeline::with_sink(
+        "kalo",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\n",
+            pg().url("kafka_alo")
+        ),
+        |_| {
+            format!(
+                "{}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+                sink_toml(
+                    kafka,
+                    "kalo",
+                    "delivery = \"at-least-once\"\nmax_batch_rows = 200\n"
+                )
+            )
+        },
+    );
+    let check = crate::support::output_within(
+        {
+            let mut cmd = crate::support::tidewater();
+            cmd.args(["check", "--config"]).arg(&pipeline.config);
+            cmd
+        },
+        60,
+    );
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{said}");
+    assert!(
+        said.contains("kafka: topic kalo.public.items: can be created"),
+        "{said}"
+    );
+    pipeline.start();
+    let topic = "kalo.public.items";
+    eventually("the snapshot", Duration::from_secs(90), || {
+        items_equal(&source, &brokers, topic)
+    })
+    .await;
+    let (status, body) = crate::metrics::get(port, "/metrics");
+    assert_eq!(status, 200);
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in {body}"))
+    };
+    assert!(
+        value("tidewater_kafka_produced_messages_total ") >= 2000.0,
+        "{body}"
+    );
+    assert!(value("tidewater_kafka_produced_bytes_total ") > 0.0);
+    assert_eq!(value("tidewater_kafka_delivery_errors_total "), 0.0);
+    assert_eq!(
+        value("tidewater_kafka_topic_events{topic=\"kalo.public.items\"} "),
+        2000.0
+    );
+    let mut rng = crash_rng("kafka at-least-once test");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_load(pg().url("kafka_alo"), stop.clone(), rng.gen()));
+    for round in 0..2 {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(300..2000))).await;
+        pipeline.assert_running();
+        pipeline.kill();
+        eprintln!("round {round}: killed the daemon");
+        pipeline.start();
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+    eventually(
+        "the topic equal to the source",
+        Duration::from_secs(120),
+        || items_equal(&source, &brokers, topic),
+    )
+    .await;
+    let records = read_topic(&brokers, topic);
+    assert!(records
+        .iter()
+        .all(|r| r.mark().0 > 0 && r.headers.contains_key("tidewater.position")));
+    eprintln!(
+        "at-least-once: {} records, {} duplicates",
+        records.len(),
+        duplicates(&records)
+    );
+    assert_eq!(pipeline.terminate(), 0);
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{free_port, pg, Pipeline};
 
-fn get(port: u16, path: &str) -> (u16, String) {
+pub(crate) fn get(port: u16, path: &str) -> (u16, String) {
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes())
         .unwrap();

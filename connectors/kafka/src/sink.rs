@@ -79,6 +79,9 @@ pub struct KafkaSettings {
     pub topic_partitions: i32,
     pub replication_factor: i32,
     pub source: SourceInfo,
+    /// Counters for the metrics endpoint, shared across the pipeline's
+    /// retries (each retry connects a new sink).
+    pub stats: Arc<KafkaStats>,
 }
 
 impl KafkaSettings {
@@ -178,7 +181,7 @@ impl KafkaSink {
             false,
         )
         .await?;
-        let stats = Arc::new(KafkaStats::default());
+        let stats = settings.stats.clone();
         let mut config = client.clone();
         config
             .set("enable.idempotence", "true")
@@ -578,6 +581,10 @@ impl KafkaSink {
                 return Err(classify(format!("writing {key} to the state topic"), e));
             }
             self.stats.queued.fetch_add(1, Ordering::Relaxed);
+            self.stats.messages.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .bytes
+                .fetch_add((key.len() + text.len()) as u64, Ordering::Relaxed);
         }
         if self.settings.delivery == Delivery::ExactlyOnce {
             self.finish(true).await?;

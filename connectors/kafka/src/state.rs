@@ -19,7 +19,7 @@
 //! transaction. The whole topic is read once at start and kept in memory:
 //! it holds one record per table and per schema version, never rows.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -358,5 +358,5 @@ pub struct KafkaStats {
     /// Messages queued in the producer, not yet acknowledged by a broker.
     pub queued: std::sync::atomic::AtomicU64,
     /// Messages per topic, committed.
-    pub per_topic: Mutex<HashMap<String, u64>>,
+    pub per_topic: Mutex<std::collections::BTreeMap<String, u64>>,
 }
