@@ -11,7 +11,7 @@ pub enum KafkaError {
     Broker {
         doing: String,
         #[source]
-        source: rdkafka::error::KafkaError,
+        source: Box<rdkafka::error::KafkaError>,
     },
     /// A message the brokers refused for good (too large, for one): its
     /// table stops.
@@ -21,7 +21,7 @@ pub enum KafkaError {
         doing: String,
         hint: String,
         #[source]
-        source: rdkafka::error::KafkaError,
+        source: Box<rdkafka::error::KafkaError>,
     },
     /// Another process took this pipeline's transactional id, or the
     /// settings are refused: stopping is the only safe thing to do.
@@ -30,7 +30,7 @@ pub enum KafkaError {
         doing: String,
         hint: String,
         #[source]
-        source: rdkafka::error::KafkaError,
+        source: Box<rdkafka::error::KafkaError>,
     },
     /// The state topic holds something this release cannot read.
     #[error("the record {key:?} of state topic {topic} is damaged: {problem}\nhint: {fix}")]
@@ -87,10 +87,13 @@ pub(crate) fn classify(doing: String, source: rdkafka::error::KafkaError) -> Kaf
             hint: fatal_hint
                 .unwrap_or("fix the setting the error names, then start again")
                 .into(),
-            source,
+            source: Box::new(source),
         }
     } else {
-        KafkaError::Broker { doing, source }
+        KafkaError::Broker {
+            doing,
+            source: Box::new(source),
+        }
     }
 }
 

@@ -362,7 +362,7 @@ impl KafkaSink {
                                        message.max.bytes (and the topic's max.message.bytes), \
                                        then copy the table again"
                                     .into(),
-                                source: e,
+                                source: Box::new(e),
                             }
                         }
                         _ => classify(format!("producing to {topic}"), e),
