@@ -664,6 +664,76 @@ pub async fn drop_slot(settings: &Settings) -> i32 {
     }
 }
 
+/// `status --table T --history` of a Kafka sink: the schema versions its
+/// state topic records, as JSON lines or text.
+async fn kafka_history(
+    settings: &Settings,
+    kafka: &tidewater_kafka::KafkaSettings,
+    table: &str,
+    format: Format,
+) -> i32 {
+    let state = match tidewater_kafka::KafkaState::open(kafka).await {
+        Ok(state) => state,
+        Err(err) => {
+            eprintln!("error: {}", crate::chain(&err));
+            return action(tidewater_core::Classified::class(&err)).exit_code;
+        }
+    };
+    let tables = match state.tables() {
+        Ok(tables) => tables,
+        Err(err) => {
+            eprintln!("error: {}", crate::chain(&err));
+            return action(tidewater_core::Classified::class(&err)).exit_code;
+        }
+    };
+    let known: Vec<String> = tables.iter().map(|(t, _)| t.to_string()).collect();
+    let Some((id, _)) = tables.into_iter().find(|(t, _)| t.to_string() == table) else {
+        return unknown_table(table, &settings.pipeline, "Kafka state topic", &known);
+    };
+    let versions: Vec<serde_json::Value> = state
+        .history(&id)
+        .iter()
+        .filter_map(|(_, text)| serde_json::from_str(text).ok())
+        .collect();
+    if versions.is_empty() {
+        eprintln!("error: {table} has no schema history yet (no event written since it was added)");
+        return exit_code::FAILED;
+    }
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"table": table, "versions": versions}))
+                .expect("json")
+        ),
+        Format::Text => {
+            println!(
+                "schema history of {table} (state topic {})",
+                kafka.state_topic
+            );
+            for v in &versions {
+                println!("\nversion {}  position {}", v["version"], v["position"]);
+                for ddl in v["ddl"].as_array().into_iter().flatten() {
+                    println!("  ddl: {}", ddl.as_str().unwrap_or_default());
+                }
+                for c in v["columns"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {:<24} {:<28} {}{}",
+                        c["name"].as_str().unwrap_or_default(),
+                        c["source_type"].as_str().unwrap_or_default(),
+                        c["type"].as_str().unwrap_or_default(),
+                        if c["key"] == json!(true) {
+                            "  (key)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+        }
+    }
+    exit_code::OK
+}
+
 /// `status --table T --history`: the table's schema history as written next
 /// to it in the lake (readable without the daemon running).
 pub async fn history(settings: &Settings, table: &str, format: Format) -> i32 {
@@ -675,6 +745,9 @@ pub async fn history(settings: &Settings, table: &str, format: Format) -> i32 {
              `table.schemas()` lists them"
         );
         return exit_code::CONFIG;
+    }
+    if let Some(kafka) = &settings.kafka {
+        return kafka_history(settings, kafka, table, format).await;
     }
     if settings.warehouse.is_some() {
         eprintln!(

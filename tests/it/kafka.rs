@@ -400,6 +400,33 @@ async fn events_with_schemas_follow_a_schema_change() {
     assert!(state
         .iter()
         .any(|r| r.key.as_ref().and_then(Value::as_str) == Some("table/public.t")));
+    // `status --history` reads them back.
+    let out = crate::support::output_within(
+        {
+            let mut cmd = crate::support::tidewater();
+            cmd.args([
+                "status",
+                "--table",
+                "public.t",
+                "--history",
+                "--format",
+                "json",
+                "--config",
+            ])
+            .arg(&pipeline.config);
+            cmd
+        },
+        60,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let history: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let versions = history["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2);
+    assert_eq!(versions[1]["columns"][4]["name"], "extra", "{history}");
     assert_eq!(pipeline.terminate(), 0);
 }
 

@@ -131,6 +131,9 @@ enum Enc {
     BitText(u32),
     /// Postgres `point` text as `io.debezium.data.geometry.Point`.
     Point,
+    /// A Postgres array of a type tidewater keeps as text (`inet[]`): its
+    /// array literal as an array of strings.
+    TextArray,
     /// Milliseconds since midnight (`io.debezium.time.Time`).
     TimeMillis,
     /// Microseconds since midnight or signed elapsed (`io.debezium.time.MicroTime`).
@@ -177,6 +180,10 @@ fn encoding(ty: &ColumnType, source_type: &str, connector: Connector) -> Enc {
                 Enc::BitText(fraction.unwrap_or(1))
             }
             ColumnType::Text if lower == "point" => Enc::Point,
+            ColumnType::Text if lower == "tsvector" => {
+                Enc::Str(Some("io.debezium.data.Tsvector"), None)
+            }
+            ColumnType::Text if lower.ends_with("[]") => Enc::TextArray,
             ColumnType::Text => Enc::Str(None, None),
             ColumnType::Json => Enc::Str(Some("io.debezium.data.Json"), None),
             ColumnType::Uuid => Enc::Str(Some("io.debezium.data.Uuid"), None),
@@ -334,6 +341,9 @@ impl Enc {
                 named(out, "bytes", "io.debezium.data.Bits");
                 let _ = write!(out, ",\"parameters\":{{\"length\":\"{length}\"}}");
             }
+            Enc::TextArray => out.push_str(
+                "\"type\":\"array\",\"items\":{\"type\":\"string\",\"optional\":true}",
+            ),
             Enc::Point => out.push_str(
                 "\"type\":\"struct\",\"fields\":[{\"type\":\"double\",\"optional\":false,\"field\":\"x\"},\
                  {\"type\":\"double\",\"optional\":false,\"field\":\"y\"},\
@@ -521,6 +531,50 @@ fn bit_string(text: &str) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
+/// The elements of a one-dimensional Postgres array literal
+/// (`{a,"b c",NULL}`); None for anything else (several dimensions, bounds).
+fn array_literal(text: &str) -> Option<Vec<Option<String>>> {
+    let inner = text.trim().strip_prefix('{')?.strip_suffix('}')?;
+    let mut items = Vec::new();
+    if inner.is_empty() {
+        return Some(items);
+    }
+    let mut chars = inner.chars().peekable();
+    loop {
+        let item = if chars.peek() == Some(&'"') {
+            chars.next();
+            let mut item = String::new();
+            loop {
+                match chars.next()? {
+                    '\\' => item.push(chars.next()?),
+                    '"' => break,
+                    c => item.push(c),
+                }
+            }
+            Some(item)
+        } else {
+            let mut item = String::new();
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                if matches!(c, '{' | '}' | '"') {
+                    return None;
+                }
+                item.push(c);
+                chars.next();
+            }
+            (item != "NULL").then_some(item)
+        };
+        items.push(item);
+        match chars.next() {
+            None => return Some(items),
+            Some(',') => {}
+            Some(_) => return None,
+        }
+    }
+}
+
 /// (x, y) of Postgres `point` text `(1.5,-2)`.
 fn point(text: &str) -> Option<(f64, f64)> {
     let inner = text.trim().strip_prefix('(')?.strip_suffix(')')?;
@@ -701,7 +755,12 @@ fn write_value(out: &mut Vec<u8>, enc: &Enc, array: &dyn Array, row: usize) {
             Some(v) => write_json_str(out, &zoned_timestamp(v as i64, *digits)),
             None => write_text(out, array, row),
         },
-        Enc::ZonedTime | Enc::MicroDuration | Enc::Money | Enc::BitText(_) | Enc::Point => {
+        Enc::ZonedTime
+        | Enc::MicroDuration
+        | Enc::Money
+        | Enc::BitText(_)
+        | Enc::Point
+        | Enc::TextArray => {
             let DataType::Utf8 = array.data_type() else {
                 return write_text(out, array, row);
             };
@@ -722,6 +781,19 @@ fn write_value(out: &mut Vec<u8>, enc: &Enc, array: &dyn Array, row: usize) {
                     })
                 }
                 Enc::BitText(_) => bit_string(text).map(|b| write_base64(out, &b)),
+                Enc::TextArray => array_literal(text).map(|items| {
+                    out.push(b'[');
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        match item {
+                            Some(item) => write_json_str(out, item),
+                            None => out.extend_from_slice(b"null"),
+                        }
+                    }
+                    out.push(b']');
+                }),
                 _ => point(text).map(|(x, y)| write_point(out, x, y)),
             };
             if written.is_none() {
@@ -1220,6 +1292,21 @@ mod tests {
         assert_eq!(interval_micros("-00:00:01.5"), Some(-1_500_000));
         assert_eq!(interval_micros("1 day"), Some(86_400_000_000));
         assert_eq!(interval_micros("P1D"), None);
+    }
+
+    #[test]
+    fn array_literals_become_arrays_of_strings() {
+        assert_eq!(
+            array_literal(r#"{10.0.0.1,NULL,"a \"b\"",""}"#),
+            Some(vec![
+                Some("10.0.0.1".into()),
+                None,
+                Some("a \"b\"".into()),
+                Some(String::new())
+            ])
+        );
+        assert_eq!(array_literal("{}"), Some(vec![]));
+        assert_eq!(array_literal("{{1,2},{3,4}}"), None);
     }
 
     #[test]
