@@ -891,6 +891,8 @@ pub struct TableEncoder {
     source: SourceInfo,
     columns: Vec<Enc>,
     key_columns: Vec<usize>,
+    /// `"<column>":` of each column, escaped once.
+    names: Vec<Vec<u8>>,
     /// `{"schema":…,"payload":` of keys and values (schema format only).
     key_prefix: String,
     value_prefix: String,
@@ -910,7 +912,17 @@ impl TableEncoder {
             .filter(|(_, c)| c.key)
             .map(|(i, _)| i)
             .collect();
+        let names = schema
+            .columns
+            .iter()
+            .map(|c| {
+                let mut name = serde_json::to_vec(&c.name).expect("a string serializes");
+                name.push(b':');
+                name
+            })
+            .collect();
         let mut encoder = TableEncoder {
+            names,
             schema,
             format,
             source,
@@ -1056,25 +1068,31 @@ impl TableEncoder {
     /// The key of `row` of `columns` (the batch's source columns), or None
     /// for a table without a key.
     pub fn key(&self, columns: &[ArrayRef], row: usize) -> Option<Vec<u8>> {
-        if self.key_columns.is_empty() {
-            return None;
-        }
         let mut out = Vec::with_capacity(self.key_prefix.len() + 32);
+        self.key_into(&mut out, columns, row).then_some(out)
+    }
+
+    /// Writes the key of `row` into `out` (cleared first); false for a
+    /// table without a key.
+    pub fn key_into(&self, out: &mut Vec<u8>, columns: &[ArrayRef], row: usize) -> bool {
+        out.clear();
+        if self.key_columns.is_empty() {
+            return false;
+        }
         out.extend_from_slice(self.key_prefix.as_bytes());
         out.push(b'{');
         for (n, &i) in self.key_columns.iter().enumerate() {
             if n > 0 {
                 out.push(b',');
             }
-            write_json_str(&mut out, &self.schema.columns[i].name);
-            out.push(b':');
-            write_value(&mut out, &self.columns[i], columns[i].as_ref(), row);
+            out.extend_from_slice(&self.names[i]);
+            write_value(out, &self.columns[i], columns[i].as_ref(), row);
         }
         out.push(b'}');
         if self.format == Format::JsonWithSchema {
             out.push(b'}');
         }
-        Some(out)
+        true
     }
 
     fn write_row(&self, out: &mut Vec<u8>, columns: &[ArrayRef], row: usize) {
@@ -1083,14 +1101,21 @@ impl TableEncoder {
             if i > 0 {
                 out.push(b',');
             }
-            write_json_str(out, &self.schema.columns[i].name);
-            out.push(b':');
+            out.extend_from_slice(&self.names[i]);
             match columns.get(i) {
                 Some(array) => write_value(out, enc, array.as_ref(), row),
                 None => out.extend_from_slice(b"null"),
             }
         }
         out.push(b'}');
+    }
+
+    /// The `source` block of events at `at` (the same for every row of a
+    /// transaction and table: callers keep it while those last).
+    pub fn source_block(&self, at: &RowSource<'_>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        self.write_source(&mut out, at);
+        out
     }
 
     fn write_source(&self, out: &mut Vec<u8>, at: &RowSource<'_>) {
@@ -1176,19 +1201,35 @@ impl TableEncoder {
         now_us: i64,
     ) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.value_prefix.len() + 256 + 32 * self.columns.len());
+        self.value_into(&mut out, op, columns, row, &self.source_block(at), now_us);
+        out
+    }
+
+    /// Writes the value of one event into `out` (cleared first), with the
+    /// `source` block `source` ([`Self::source_block`]).
+    pub fn value_into(
+        &self,
+        out: &mut Vec<u8>,
+        op: &str,
+        columns: &[ArrayRef],
+        row: usize,
+        source: &[u8],
+        now_us: i64,
+    ) {
+        out.clear();
         out.extend_from_slice(self.value_prefix.as_bytes());
         out.extend_from_slice(b"{\"before\":");
         match op {
-            "d" => self.write_row(&mut out, columns, row),
+            "d" => self.write_row(out, columns, row),
             _ => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"after\":");
         match op {
-            "c" | "u" | "r" => self.write_row(&mut out, columns, row),
+            "c" | "u" | "r" => self.write_row(out, columns, row),
             _ => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"source\":");
-        self.write_source(&mut out, at);
+        out.extend_from_slice(source);
         let _ = write!(
             out,
             ",\"transaction\":null,\"op\":\"{op}\",\"ts_ms\":{},\"ts_us\":{now_us},\"ts_ns\":{}}}",
@@ -1198,7 +1239,6 @@ impl TableEncoder {
         if self.format == Format::JsonWithSchema {
             out.push(b'}');
         }
-        out
     }
 }
 

@@ -319,16 +319,17 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// Sends one message, waiting while the producer's queue is full.
+    /// Sends one message (librdkafka copies key and value), waiting while
+    /// the producer's queue is full.
     async fn send(
         &self,
         topic: &str,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
-        headers: &OwnedHeaders,
+        headers: OwnedHeaders,
         table: &TableId,
     ) -> Result<(), KafkaError> {
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(headers.clone());
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(headers);
         if let Some(key) = key {
             record = record.key(key);
         }
@@ -421,6 +422,11 @@ impl KafkaSink {
         let now_us = chrono::Utc::now().timestamp_micros();
         let mut events = 0u64;
         let mut bytes = 0u64;
+        // Reused for every row: librdkafka copies what it is given. The
+        // source block is the same for the rows of one transaction.
+        let (mut key, mut value) = (Vec::new(), Vec::new());
+        type SourceOf = (bool, i64, String, Option<String>);
+        let mut source: Option<(SourceOf, Vec<u8>)> = None;
         for row in 0..rows {
             let mark = Mark::new(seqs.value(row), ords.value(row));
             if durable.is_some_and(|d| mark <= d) {
@@ -435,12 +441,27 @@ impl KafkaSink {
                 position: positions.value(row),
                 txid: txids.and_then(|t| (!t.is_null(row)).then(|| t.value(row))),
             };
-            let key = if op == "t" {
-                None
-            } else {
-                encoder.key(&columns, row)
-            };
-            let value = encoder.value(op, &columns, row, &at, now_us);
+            let same = source.as_ref().is_some_and(|((snap, ts, pos, txid), _)| {
+                *snap == (op == "r")
+                    && *ts == at.commit_ts_us
+                    && pos == at.position
+                    && txid.as_deref() == at.txid
+            });
+            if !same {
+                source = Some((
+                    (
+                        op == "r",
+                        at.commit_ts_us,
+                        at.position.to_string(),
+                        at.txid.map(str::to_string),
+                    ),
+                    encoder.source_block(&at),
+                ));
+            }
+            let block = &source.as_ref().expect("set above").1;
+            let keyed = op != "t" && encoder.key_into(&mut key, &columns, row);
+            encoder.value_into(&mut value, op, &columns, row, block, now_us);
+            let (mut seq, mut ord) = ([0u8; 20], [0u8; 20]);
             let headers = OwnedHeaders::new_with_capacity(3)
                 .insert(Header {
                     key: "tidewater.position",
@@ -448,18 +469,19 @@ impl KafkaSink {
                 })
                 .insert(Header {
                     key: "tidewater.seq",
-                    value: Some(&mark.seq.to_string()),
+                    value: Some(digits(&mut seq, mark.seq)),
                 })
                 .insert(Header {
                     key: "tidewater.ord",
-                    value: Some(&mark.ord.to_string()),
+                    value: Some(digits(&mut ord, mark.ord)),
                 });
-            bytes += (value.len() + key.as_ref().map_or(0, Vec::len)) as u64;
-            self.send(&topic, key.as_deref(), Some(&value), &headers, &table)
+            let key = keyed.then_some(key.as_slice());
+            bytes += (value.len() + key.map_or(0, <[u8]>::len)) as u64;
+            let tombstone = (op == "d" && key.is_some()).then(|| headers.clone());
+            self.send(&topic, key, Some(&value), headers, &table)
                 .await?;
-            if op == "d" && key.is_some() {
-                self.send(&topic, key.as_deref(), None, &headers, &table)
-                    .await?;
+            if let Some(headers) = tombstone {
+                self.send(&topic, key, None, headers, &table).await?;
             }
             events += 1;
         }
@@ -686,6 +708,21 @@ impl KafkaSink {
         );
         create_topics(&client, &topics, settings.replication_factor, true).await
     }
+}
+
+/// The decimal digits of `n`, written into `buf`.
+fn digits(buf: &mut [u8; 20], n: u64) -> &[u8] {
+    let mut at = buf.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[at..]
 }
 
 /// A schema version of a table, as the state topic's history keeps it.
