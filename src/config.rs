@@ -1076,24 +1076,11 @@ impl Config {
                 if warehouse.state_schema.trim().is_empty() {
                     return Err(invalid("sink.state_schema", "must not be empty".into()));
                 }
-                if warehouse.flush_interval_ms == 0 {
-                    return Err(invalid(
-                        "sink.flush_interval_ms",
-                        "must be at least 1".into(),
-                    ));
-                }
-                if warehouse.max_batch_rows == 0 {
-                    return Err(invalid("sink.max_batch_rows", "must be at least 1".into()));
-                }
-                if !(MIN_BATCH_BYTES..=MAX_BATCH_BYTES).contains(&warehouse.max_batch_bytes) {
-                    return Err(invalid(
-                        "sink.max_batch_bytes",
-                        format!(
-                            "{} is outside {MIN_BATCH_BYTES}..={MAX_BATCH_BYTES} (1 MiB to 1 GiB)",
-                            warehouse.max_batch_bytes
-                        ),
-                    ));
-                }
+                check_batching(
+                    warehouse.flush_interval_ms,
+                    warehouse.max_batch_rows,
+                    warehouse.max_batch_bytes,
+                )?;
                 if warehouse.snapshot_commit_bytes < 1024 {
                     return Err(invalid(
                         "sink.snapshot_commit_bytes",
@@ -1134,15 +1121,11 @@ impl Config {
                         ));
                     }
                 }
-                if lake.flush_interval_ms == 0 {
-                    return Err(invalid(
-                        "sink.flush_interval_ms",
-                        "must be at least 1".into(),
-                    ));
-                }
-                if lake.max_batch_rows == 0 {
-                    return Err(invalid("sink.max_batch_rows", "must be at least 1".into()));
-                }
+                check_batching(
+                    lake.flush_interval_ms,
+                    lake.max_batch_rows,
+                    lake.max_batch_bytes,
+                )?;
                 if lake.current_state_deletion_vectors && !lake.current_state {
                     return Err(invalid(
                         "sink.current_state_deletion_vectors",
@@ -1154,15 +1137,6 @@ impl Config {
                     return Err(invalid(
                         "sink.target_file_size_bytes",
                         "must be at least 1024 (a few MiB or more is sensible)".into(),
-                    ));
-                }
-                if !(MIN_BATCH_BYTES..=MAX_BATCH_BYTES).contains(&lake.max_batch_bytes) {
-                    return Err(invalid(
-                        "sink.max_batch_bytes",
-                        format!(
-                            "{} is outside {MIN_BATCH_BYTES}..={MAX_BATCH_BYTES} (1 MiB to 1 GiB: smaller makes a commit per few rows, larger can overflow an Arrow column)",
-                            lake.max_batch_bytes
-                        ),
                     ));
                 }
             }
@@ -1284,26 +1258,39 @@ impl KafkaSinkConfig {
                 "must be at least 1, or -1 for the brokers' default".into(),
             ));
         }
-        if self.flush_interval_ms == 0 {
-            return Err(invalid(
-                "sink.flush_interval_ms",
-                "must be at least 1".into(),
-            ));
-        }
-        if self.max_batch_rows == 0 {
-            return Err(invalid("sink.max_batch_rows", "must be at least 1".into()));
-        }
-        if !(MIN_BATCH_BYTES..=MAX_BATCH_BYTES).contains(&self.max_batch_bytes) {
-            return Err(invalid(
-                "sink.max_batch_bytes",
-                format!(
-                    "{} is outside {MIN_BATCH_BYTES}..={MAX_BATCH_BYTES} (1 MiB to 1 GiB)",
-                    self.max_batch_bytes
-                ),
-            ));
-        }
-        Ok(())
+        check_batching(
+            self.flush_interval_ms,
+            self.max_batch_rows,
+            self.max_batch_bytes,
+        )
     }
+}
+
+/// `sink.flush_interval_ms`, `sink.max_batch_rows` and
+/// `sink.max_batch_bytes`, which every sink has.
+fn check_batching(flush_ms: u64, rows: usize, bytes: usize) -> Result<(), ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        key: key.into(),
+        message,
+    };
+    if flush_ms == 0 {
+        return Err(invalid(
+            "sink.flush_interval_ms",
+            "must be at least 1".into(),
+        ));
+    }
+    if rows == 0 {
+        return Err(invalid("sink.max_batch_rows", "must be at least 1".into()));
+    }
+    if !(MIN_BATCH_BYTES..=MAX_BATCH_BYTES).contains(&bytes) {
+        return Err(invalid(
+            "sink.max_batch_bytes",
+            format!(
+                "{bytes} is outside {MIN_BATCH_BYTES}..={MAX_BATCH_BYTES} (1 MiB to 1 GiB: smaller makes a commit per few rows, larger can overflow an Arrow column)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl Config {

@@ -198,6 +198,14 @@ async fn write_load(url: String, stop: Arc<AtomicBool>, seed: u64) -> u64 {
     transactions
 }
 
+/// The `[source]` section of a pipeline on `database` of the shared server.
+pub(crate) fn pg_source(database: &str) -> String {
+    format!(
+        "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\n",
+        pg().url(database)
+    )
+}
+
 const ITEMS: &str = "CREATE TABLE items (id bigint PRIMARY KEY, v int, amount numeric(12,2),
      note text, flag boolean, tags text[], at timestamptz, day date, doc jsonb);
      INSERT INTO items SELECT g, g, g * 1.25, 'seed', g % 2 = 0, ARRAY['a', NULL],
@@ -212,14 +220,9 @@ async fn postgres_changes_arrive_as_debezium_events_exactly_once_across_restarts
     source.batch_execute(ITEMS).await.unwrap();
     let kafka = broker();
     let brokers = kafka.brokers();
-    let mut pipeline = Pipeline::with_sink(
-        "kpg",
-        &format!(
-            "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\n",
-            pg().url("kafka_pg")
-        ),
-        |_| sink_toml(kafka, "kpg", "max_batch_rows = 500\n"),
-    );
+    let mut pipeline = Pipeline::with_sink("kpg", &pg_source("kafka_pg"), |_| {
+        sink_toml(kafka, "kpg", "max_batch_rows = 500\n")
+    });
     pipeline.start();
     let topic = "kpg.public.items";
     eventually("the snapshot in the topic", Duration::from_secs(90), || {
@@ -321,14 +324,9 @@ async fn events_with_schemas_follow_a_schema_change() {
         .unwrap();
     let kafka = broker();
     let brokers = kafka.brokers();
-    let mut pipeline = Pipeline::with_sink(
-        "kschema",
-        &format!(
-            "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\n",
-            pg().url("kafka_schema")
-        ),
-        |_| sink_toml(kafka, "ks", "format = \"debezium-json-schema\"\n"),
-    );
+    let mut pipeline = Pipeline::with_sink("kschema", &pg_source("kafka_schema"), |_| {
+        sink_toml(kafka, "ks", "format = \"debezium-json-schema\"\n")
+    });
     pipeline.start();
     let topic = "ks.public.t";
     eventually("the snapshot", Duration::from_secs(60), || async {
@@ -440,14 +438,9 @@ async fn postgres_into_kafka_survives_sigkill_under_load() {
     let kafka = broker();
     let brokers = kafka.brokers();
     let mut rng = crash_rng("kafka crash test");
-    let mut pipeline = Pipeline::with_sink(
-        "kcrash",
-        &format!(
-            "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\n",
-            pg().url("kafka_crash")
-        ),
-        |_| sink_toml(kafka, "kcrash", "max_batch_rows = 300\n"),
-    );
+    let mut pipeline = Pipeline::with_sink("kcrash", &pg_source("kafka_crash"), |_| {
+        sink_toml(kafka, "kcrash", "max_batch_rows = 300\n")
+    });
     pipeline.start();
     let topic = "kcrash.public.items";
     let stop = Arc::new(AtomicBool::new(false));
@@ -598,23 +591,16 @@ async fn at_least_once_delivery_loses_nothing_and_is_measured() {
     let kafka = broker();
     let brokers = kafka.brokers();
     let port = crate::support::free_port();
-    let mut pipeline = Pipeline::with_sink(
-        "kalo",
-        &format!(
-            "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\n",
-            pg().url("kafka_alo")
-        ),
-        |_| {
-            format!(
-                "{}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
-                sink_toml(
-                    kafka,
-                    "kalo",
-                    "delivery = \"at-least-once\"\nmax_batch_rows = 200\n"
-                )
+    let mut pipeline = Pipeline::with_sink("kalo", &pg_source("kafka_alo"), |_| {
+        format!(
+            "{}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            sink_toml(
+                kafka,
+                "kalo",
+                "delivery = \"at-least-once\"\nmax_batch_rows = 200\n"
             )
-        },
-    );
+        )
+    });
     let check = crate::support::output_within(
         {
             let mut cmd = crate::support::tidewater();

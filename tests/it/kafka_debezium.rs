@@ -386,14 +386,9 @@ async fn postgres_events_match_debeziums() {
     );
     let kafka = broker();
     let brokers = kafka.brokers();
-    let mut pipeline = Pipeline::with_sink(
-        "kdbzpg",
-        &format!(
-            "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\n",
-            pg().url("kdbz")
-        ),
-        |_| sink_toml(kafka, "pg", "format = \"debezium-json-schema\"\n"),
-    );
+    let mut pipeline = Pipeline::with_sink("kdbzpg", &crate::kafka::pg_source("kdbz"), |_| {
+        sink_toml(kafka, "pg", "format = \"debezium-json-schema\"\n")
+    });
     pipeline.start();
     capture.wait_lines(6).await;
     wait_records(&brokers, "pg.public.types", 2).await;

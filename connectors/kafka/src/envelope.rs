@@ -991,53 +991,45 @@ impl TableEncoder {
         }
         row.push_str("],\"optional\":true,\"name\":");
         push_json_str(&mut row, &format!("{}.Value", self.record_name()));
-        let source = match self.source.connector {
-            Connector::Postgres => {
-                "{\"type\":\"struct\",\"fields\":[\
-                 {\"type\":\"string\",\"optional\":false,\"field\":\"version\"},\
-                 {\"type\":\"string\",\"optional\":false,\"field\":\"connector\"},\
-                 {\"type\":\"string\",\"optional\":false,\"field\":\"name\"},\
-                 {\"type\":\"int64\",\"optional\":false,\"field\":\"ts_ms\"},\
-                 {\"type\":\"string\",\"optional\":true,\"name\":\"io.debezium.data.Enum\",\"version\":1,\
-                   \"parameters\":{\"allowed\":\"true,first,first_in_data_collection,last_in_data_collection,last,false,incremental\"},\
-                   \"default\":\"false\",\"field\":\"snapshot\"},\
-                 {\"type\":\"string\",\"optional\":false,\"field\":\"db\"},\
-                 {\"type\":\"string\",\"optional\":true,\"field\":\"sequence\"},\
-                 {\"type\":\"int64\",\"optional\":true,\"field\":\"ts_us\"},\
-                 {\"type\":\"int64\",\"optional\":true,\"field\":\"ts_ns\"},\
-                 {\"type\":\"string\",\"optional\":false,\"field\":\"schema\"},\
+        // The fields both connectors' `source` blocks begin with.
+        const COMMON: &str = "{\"type\":\"string\",\"optional\":false,\"field\":\"version\"},\
+             {\"type\":\"string\",\"optional\":false,\"field\":\"connector\"},\
+             {\"type\":\"string\",\"optional\":false,\"field\":\"name\"},\
+             {\"type\":\"int64\",\"optional\":false,\"field\":\"ts_ms\"},\
+             {\"type\":\"string\",\"optional\":true,\"name\":\"io.debezium.data.Enum\",\"version\":1,\
+               \"parameters\":{\"allowed\":\"true,first,first_in_data_collection,last_in_data_collection,last,false,incremental\"},\
+               \"default\":\"false\",\"field\":\"snapshot\"},\
+             {\"type\":\"string\",\"optional\":false,\"field\":\"db\"},\
+             {\"type\":\"string\",\"optional\":true,\"field\":\"sequence\"},\
+             {\"type\":\"int64\",\"optional\":true,\"field\":\"ts_us\"},\
+             {\"type\":\"int64\",\"optional\":true,\"field\":\"ts_ns\"},";
+        let (own, name) = match self.source.connector {
+            Connector::Postgres => (
+                "{\"type\":\"string\",\"optional\":false,\"field\":\"schema\"},\
                  {\"type\":\"string\",\"optional\":false,\"field\":\"table\"},\
                  {\"type\":\"int64\",\"optional\":true,\"field\":\"txId\"},\
                  {\"type\":\"int64\",\"optional\":true,\"field\":\"lsn\"},\
                  {\"type\":\"int64\",\"optional\":true,\"field\":\"xmin\"},\
                  {\"type\":\"string\",\"optional\":true,\"field\":\"origin\"},\
-                 {\"type\":\"int64\",\"optional\":true,\"field\":\"origin_lsn\"}],\
-                 \"optional\":false,\"name\":\"io.debezium.connector.postgresql.Source\",\"version\":1,\"field\":\"source\"}"
-            }
-            Connector::Mysql => {
-                "{\"type\":\"struct\",\"fields\":[\
-                 {\"type\":\"string\",\"optional\":false,\"field\":\"version\"},\
-                 {\"type\":\"string\",\"optional\":false,\"field\":\"connector\"},\
-                 {\"type\":\"string\",\"optional\":false,\"field\":\"name\"},\
-                 {\"type\":\"int64\",\"optional\":false,\"field\":\"ts_ms\"},\
-                 {\"type\":\"string\",\"optional\":true,\"name\":\"io.debezium.data.Enum\",\"version\":1,\
-                   \"parameters\":{\"allowed\":\"true,first,first_in_data_collection,last_in_data_collection,last,false,incremental\"},\
-                   \"default\":\"false\",\"field\":\"snapshot\"},\
-                 {\"type\":\"string\",\"optional\":false,\"field\":\"db\"},\
-                 {\"type\":\"string\",\"optional\":true,\"field\":\"sequence\"},\
-                 {\"type\":\"int64\",\"optional\":true,\"field\":\"ts_us\"},\
-                 {\"type\":\"int64\",\"optional\":true,\"field\":\"ts_ns\"},\
-                 {\"type\":\"string\",\"optional\":true,\"field\":\"table\"},\
+                 {\"type\":\"int64\",\"optional\":true,\"field\":\"origin_lsn\"}",
+                "postgresql",
+            ),
+            Connector::Mysql => (
+                "{\"type\":\"string\",\"optional\":true,\"field\":\"table\"},\
                  {\"type\":\"int64\",\"optional\":false,\"field\":\"server_id\"},\
                  {\"type\":\"string\",\"optional\":true,\"field\":\"gtid\"},\
                  {\"type\":\"string\",\"optional\":false,\"field\":\"file\"},\
                  {\"type\":\"int64\",\"optional\":false,\"field\":\"pos\"},\
                  {\"type\":\"int32\",\"optional\":false,\"field\":\"row\"},\
                  {\"type\":\"int64\",\"optional\":true,\"field\":\"thread\"},\
-                 {\"type\":\"string\",\"optional\":true,\"field\":\"query\"}],\
-                 \"optional\":false,\"name\":\"io.debezium.connector.mysql.Source\",\"version\":1,\"field\":\"source\"}"
-            }
+                 {\"type\":\"string\",\"optional\":true,\"field\":\"query\"}",
+                "mysql",
+            ),
         };
+        let source = format!(
+            "{{\"type\":\"struct\",\"fields\":[{COMMON}{own}],\"optional\":false,\
+             \"name\":\"io.debezium.connector.{name}.Source\",\"version\":1,\"field\":\"source\"}}"
+        );
         let mut out = String::from("{\"type\":\"struct\",\"fields\":[");
         let _ = write!(
             out,
