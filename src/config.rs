@@ -35,6 +35,130 @@ pub struct Config {
     /// `tidewater run`).
     #[serde(default)]
     pub reverse_etl: Vec<ReverseEtlConfig>,
+    /// Columns left out or masked at capture, before any batch, sink, log
+    /// or error sees their values.
+    #[serde(default)]
+    pub masking: MaskingConfig,
+}
+
+/// `[masking]`: what personal data never reaches the sink.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaskingConfig {
+    /// The secret key of `action = "hash"` (HMAC-SHA-256), at least 16
+    /// bytes: write `${ENV}` and keep it out of the file. The same key gives
+    /// the same hashes in every run and table; a new key gives new hashes
+    /// (and a new schema version naming the key's id).
+    #[serde(default)]
+    pub hash_key: Option<Secret>,
+    /// Rules; for each column the first rule that matches applies.
+    #[serde(default)]
+    pub columns: Vec<MaskColumnsConfig>,
+}
+
+/// `[[masking.columns]]`: one rule.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaskColumnsConfig {
+    /// Pattern over `schema.table` (`database.table` on MySQL), `*` and `?`.
+    pub table: String,
+    /// Column name patterns (`*`, `?`).
+    pub columns: Vec<String>,
+    /// `exclude` (the column is left out), `constant` (every non-NULL value
+    /// becomes `value`) or `hash` (every non-NULL value becomes the hex
+    /// HMAC-SHA-256 of its text under `masking.hash_key`). Key columns may
+    /// only be hashed.
+    pub action: MaskActionConfig,
+    /// The text of `action = "constant"`.
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MaskActionConfig {
+    Exclude,
+    Constant,
+    Hash,
+}
+
+impl MaskingConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: &str| ConfigError::Invalid {
+            key,
+            message: message.into(),
+        };
+        for (i, rule) in self.columns.iter().enumerate() {
+            let key = |field: &str| format!("masking.columns[{i}].{field}");
+            if rule.table.trim().is_empty() {
+                return Err(invalid(
+                    key("table"),
+                    "is empty; name a table pattern such as \"public.customers\"",
+                ));
+            }
+            if rule.columns.is_empty() || rule.columns.iter().any(|c| c.trim().is_empty()) {
+                return Err(invalid(
+                    key("columns"),
+                    "must list one or more column name patterns",
+                ));
+            }
+            match (rule.action, &rule.value) {
+                (MaskActionConfig::Constant, None) => {
+                    return Err(invalid(
+                        key("value"),
+                        "is required with action = \"constant\" (the text every value becomes)",
+                    ))
+                }
+                (MaskActionConfig::Exclude | MaskActionConfig::Hash, Some(_)) => {
+                    return Err(invalid(
+                        key("value"),
+                        "is only read with action = \"constant\"; remove it",
+                    ))
+                }
+                _ => {}
+            }
+        }
+        let hashes = self
+            .columns
+            .iter()
+            .any(|r| r.action == MaskActionConfig::Hash);
+        match &self.hash_key {
+            None if hashes => Err(invalid(
+                "masking.hash_key".into(),
+                "is required when a rule hashes; write hash_key = \"${TIDEWATER_HASH_KEY}\" and export 32 random bytes (e.g. `openssl rand -hex 32`)",
+            )),
+            Some(key) if key.expose().len() < tidewater_core::mask::MIN_HASH_KEY_BYTES => Err(invalid(
+                "masking.hash_key".into(),
+                "is shorter than 16 bytes; use 32 random bytes (e.g. `openssl rand -hex 32`)",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The policy the source task applies.
+    pub fn policy(&self) -> Result<tidewater_core::mask::MaskPolicy, ConfigError> {
+        use tidewater_core::mask::{MaskAction, MaskPolicy, MaskRule};
+        let rules = self
+            .columns
+            .iter()
+            .map(|r| MaskRule {
+                tables: r.table.clone(),
+                columns: r.columns.clone(),
+                action: match r.action {
+                    MaskActionConfig::Exclude => MaskAction::Exclude,
+                    MaskActionConfig::Constant => {
+                        MaskAction::Constant(r.value.clone().unwrap_or_default())
+                    }
+                    MaskActionConfig::Hash => MaskAction::Hash,
+                },
+            })
+            .collect();
+        let key = self.hash_key.as_ref().map(|k| k.expose().as_bytes());
+        MaskPolicy::new(rules, key).map_err(|err| ConfigError::Invalid {
+            key: "masking".into(),
+            message: err.to_string(),
+        })
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -954,6 +1078,7 @@ impl Config {
             },
             metrics: raw.metrics,
             reverse_etl: raw.reverse_etl,
+            masking: raw.masking,
         };
         config.validate()?;
         Ok(config)
@@ -1037,6 +1162,7 @@ impl Config {
             }
         }
         self.validate_reverse_etl()?;
+        self.masking.validate()?;
         match &self.sink {
             SinkConfig::Kafka(kafka) => kafka.validate()?,
             SinkConfig::Warehouse(warehouse) => {
@@ -1559,6 +1685,8 @@ struct RawConfig {
     metrics: Option<MetricsConfig>,
     #[serde(default)]
     reverse_etl: Vec<ReverseEtlConfig>,
+    #[serde(default)]
+    masking: MaskingConfig,
 }
 
 /// Deserializes a section, naming the full key of any error.
@@ -2085,6 +2213,74 @@ uri = "file:///tmp/lake"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("t.toml"), &env)
+    }
+
+    #[test]
+    fn masking_rules_are_checked_key_by_key() {
+        let rule = |body: &str| {
+            format!("{GOOD}\n[masking]\nhash_key = \"${{PGPASSWORD}}-0123456789abcdef\"\n[[masking.columns]]\n{body}\n")
+        };
+        let config = parse(&rule(
+            "table = \"public.*\"\ncolumns = [\"email\"]\naction = \"hash\"",
+        ))
+        .unwrap();
+        let policy = config.masking.policy().unwrap();
+        let table = tidewater_core::TableId::new("public", "users");
+        assert_eq!(
+            policy.action(&table, "email"),
+            Some(&tidewater_core::mask::MaskAction::Hash)
+        );
+        assert!(
+            !format!("{config:?}").contains("s3cret"),
+            "the key never prints"
+        );
+        for (body, key, says) in [
+            (
+                "table = \"\"\ncolumns = [\"a\"]\naction = \"hash\"",
+                "masking.columns[0].table",
+                "pattern",
+            ),
+            (
+                "table = \"*\"\ncolumns = []\naction = \"hash\"",
+                "masking.columns[0].columns",
+                "column name",
+            ),
+            (
+                "table = \"*\"\ncolumns = [\"a\"]\naction = \"constant\"",
+                "masking.columns[0].value",
+                "required",
+            ),
+            (
+                "table = \"*\"\ncolumns = [\"a\"]\naction = \"hash\"\nvalue = \"x\"",
+                "masking.columns[0].value",
+                "only",
+            ),
+            (
+                "table = \"*\"\ncolumns = [\"a\"]\naction = \"scramble\"",
+                "masking.columns[0].action",
+                "exclude",
+            ),
+        ] {
+            let err = parse(&rule(body)).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains(says),
+                "{body:?}: expected {key} and {says:?} in: {err}"
+            );
+        }
+        let no_key = format!(
+            "{GOOD}\n[[masking.columns]]\ntable = \"*\"\ncolumns = [\"a\"]\naction = \"hash\"\n"
+        );
+        let err = parse(&no_key).unwrap_err().to_string();
+        assert!(
+            err.contains("masking.hash_key") && err.contains("required"),
+            "{err}"
+        );
+        let short = format!("{GOOD}\n[masking]\nhash_key = \"abc\"\n");
+        let err = parse(&short).unwrap_err().to_string();
+        assert!(
+            err.contains("masking.hash_key") && err.contains("16 bytes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -119,7 +119,9 @@ where
         super::SourceSettings::Postgres(_) => info_span!("postgres-source"),
         super::SourceSettings::Mysql(_) => info_span!("mysql-source"),
     };
-    let source_task = tokio::spawn(source_loop(source, event_tx, stop_rx).instrument(span));
+    let source_task = tokio::spawn(
+        source_loop(source, settings.masking.clone(), event_tx, stop_rx).instrument(span),
+    );
     let mut coordinator = Coordinator::new(
         Tuning::of(settings),
         sink,

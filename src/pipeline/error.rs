@@ -16,6 +16,8 @@ pub enum PipelineError {
     Mysql(#[from] MysqlError),
     #[error(transparent)]
     Sink(SinkFailure),
+    #[error(transparent)]
+    Masking(#[from] tidewater_core::mask::MaskError),
     #[error("building a batch")]
     Batch(#[source] tidewater_core::ArrowError),
     #[error("the source server is not ready for replication:\n{}", format_problems(.0))]
@@ -51,6 +53,7 @@ impl PipelineError {
             PipelineError::Source(err) => err.class(),
             PipelineError::Mysql(err) => err.class(),
             PipelineError::Sink(err) => err.class,
+            PipelineError::Masking(err) => err.class(),
             PipelineError::Batch(_) => ErrorClass::Internal,
             PipelineError::Preflight(_) => ErrorClass::Config,
             PipelineError::SourceGone => ErrorClass::Internal,

@@ -58,6 +58,8 @@ pub struct Settings {
     /// Inserts into this table ask for copies while streaming
     /// (`source.signal_table`).
     pub signal_table: Option<TableId>,
+    /// Columns left out or masked in the source task (`[masking]`).
+    pub masking: std::sync::Arc<tidewater_core::mask::MaskPolicy>,
 }
 
 impl Settings {
@@ -138,6 +140,7 @@ impl Settings {
         }
         .and_then(|s| s.split_once('.'))
         .map(|(schema, table)| TableId::new(schema, table));
+        let masking = std::sync::Arc::new(config.masking.policy()?);
         let kafka = match &config.sink {
             SinkConfig::Kafka(k) => Some(kafka_settings(config, k)),
             _ => None,
@@ -164,6 +167,7 @@ impl Settings {
                 kafka,
                 metrics: crate::metrics::Metrics::default(),
                 signal_table: signal_table.clone(),
+                masking: masking.clone(),
             },
             SinkConfig::Lake(lake) => Settings {
                 pipeline: config.pipeline.name.clone(),
@@ -195,6 +199,7 @@ impl Settings {
                 kafka: None,
                 metrics: crate::metrics::Metrics::default(),
                 signal_table: signal_table.clone(),
+                masking: masking.clone(),
             },
             SinkConfig::Warehouse(w) => Settings {
                 pipeline: config.pipeline.name.clone(),
@@ -217,6 +222,7 @@ impl Settings {
                 kafka: None,
                 metrics: crate::metrics::Metrics::default(),
                 signal_table: signal_table.clone(),
+                masking: masking.clone(),
             },
         })
     }

@@ -1,13 +1,17 @@
-//! The source task: the only owner of the connected source. It reads events
-//! and hands them to the coordinator over a bounded channel (backpressure),
-//! with Arrow blocks also bounded by bytes.
+//! The source task: the only owner of the connected source. It reads events,
+//! masks them (`[masking]`: nothing after this task sees a masked column's
+//! value) and hands them to the coordinator over a bounded channel
+//! (backpressure), with Arrow blocks also bounded by bytes.
 //!
 //! ```text
-//!  source.next_event() ──▶ [channel: EVENT_CHANNEL_CAPACITY events,
-//!                            QUEUED_BLOCK_KIB of blocks, QUEUED_COPY_KIB
-//!                            of copied rows] ──▶ coordinator
+//!  source.next_event() ──▶ Masker ──▶ [channel: EVENT_CHANNEL_CAPACITY events,
+//!                                       QUEUED_BLOCK_KIB of blocks, QUEUED_COPY_KIB
+//!                                       of copied rows] ──▶ coordinator
 //! ```
 
+use std::sync::Arc;
+
+use tidewater_core::mask::{MaskPolicy, Masker};
 use tidewater_core::{ChangeEvent, Source};
 use tokio::sync::{mpsc, watch};
 
@@ -38,6 +42,7 @@ pub(super) type Queued = (
 /// holds the source's acknowledger.
 pub(super) async fn source_loop<S>(
     mut source: S,
+    masking: Arc<MaskPolicy>,
     events: mpsc::Sender<Queued>,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -46,6 +51,7 @@ pub(super) async fn source_loop<S>(
 {
     let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(QUEUED_BLOCK_KIB));
     let copy_budget = std::sync::Arc::new(tokio::sync::Semaphore::new(QUEUED_COPY_KIB));
+    let mut masker = Masker::new(masking);
     loop {
         // Events the source has already decoded need no select: only a wait
         // for the server must be interruptible by `stop`.
@@ -58,6 +64,7 @@ pub(super) async fn source_loop<S>(
                 event = source.next_event() => event.map_err(PipelineError::from),
             },
         };
+        let event = event.and_then(|e| masker.apply(e).map_err(PipelineError::Masking));
         let failed = event.is_err();
         let permit = match &event {
             Ok(ChangeEvent::Block(block)) => {

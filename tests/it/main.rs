@@ -18,6 +18,7 @@ mod lake_unwritable;
 mod lake_writers;
 mod lease;
 mod maria_harness;
+mod masking;
 mod metrics;
 mod mysql;
 mod mysql_conformance;

@@ -13,6 +13,7 @@
 //! * the [`Source`] (with its [`Acknowledger`]) and [`Sink`] traits with their
 //!   contracts;
 //! * the pipeline's records and the store they are kept in ([`state`]);
+//! * columns masked or left out at capture ([`mask`]);
 //! * error classes ([`ErrorClass`]) every connector error maps to (defined in
 //!   `tidewater-endpoint`, beside the SQLSTATE table that answers in them).
 //!
@@ -26,6 +27,7 @@ mod error;
 mod event;
 mod filter;
 pub mod lease;
+pub mod mask;
 mod schema;
 pub mod state;
 pub mod state_file;
