@@ -745,6 +745,10 @@ pub struct WarehouseSinkConfig {
     /// columns. Default false.
     #[serde(default)]
     pub changelog: bool,
+    /// Keep deleted rows, with `_tw_deleted = true` and the delete's commit
+    /// time in `_tw_deleted_at` (a truncate flags every row). Default false.
+    #[serde(default)]
+    pub soft_deletes: bool,
     /// `auto` (default: MERGE on Postgres 15+, else INSERT … ON CONFLICT),
     /// `merge` or `on_conflict`.
     #[serde(default)]

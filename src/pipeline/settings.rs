@@ -125,6 +125,7 @@ impl Settings {
                 target_table: w.table.clone(),
                 state_schema: w.state_schema.clone(),
                 changelog: w.changelog,
+                soft_deletes: w.soft_deletes,
                 apply: match w.apply {
                     crate::config::WarehouseApply::Auto => tidewater_warehouse::ApplyMode::Auto,
                     crate::config::WarehouseApply::Merge => tidewater_warehouse::ApplyMode::Merge,

@@ -38,6 +38,7 @@ mod replication;
 mod retry;
 mod reverse_etl;
 mod secrets;
+mod soft_deletes;
 mod state_files;
 mod state_upgrade;
 mod stopping;

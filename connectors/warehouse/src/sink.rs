@@ -10,6 +10,8 @@
 //!        [DELETE FROM target                    when the stage holds a truncate]
 //!        MERGE INTO target USING (last change per key) ON key
 //!            (or DELETE … USING + INSERT … ON CONFLICT before Postgres 15)
+//!            (soft_deletes: deletes and truncates set _tw_deleted and
+//!             _tw_deleted_at instead of removing rows)
 //!        [INSERT INTO target__changes SELECT * FROM stage  when changelog = true]
 //!     INSERT INTO tidewater.table_state (mark, position, …) ON CONFLICT DO UPDATE
 //!  COMMIT ── the data and the mark become visible together, or neither
@@ -58,6 +60,11 @@ const META: [(&str, &str); 6] = [
     ("_tw_txid", "text"),
 ];
 
+/// The columns soft deletes keep in a current-state table: whether the row
+/// is deleted, and the commit time of the delete.
+const DELETED: &str = "_tw_deleted";
+const DELETED_AT: &str = "_tw_deleted_at";
+
 /// How batches are applied to the current-state tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyMode {
@@ -81,6 +88,9 @@ pub struct WarehouseSettings {
     /// Also keep `<target>__changes`, the change log with metadata columns.
     pub changelog: bool,
     pub apply: ApplyMode,
+    /// Deleted rows stay, with `_tw_deleted = true` and the delete's commit
+    /// time in `_tw_deleted_at`.
+    pub soft_deletes: bool,
 }
 
 impl WarehouseSettings {
@@ -479,6 +489,10 @@ impl WarehouseSink {
                     format!("{} {}{not_null}", ident(&c.name), target_type(c).ddl)
                 })
                 .collect();
+            if self.settings.soft_deletes {
+                columns.push(format!("{DELETED} boolean NOT NULL DEFAULT false"));
+                columns.push(format!("{DELETED_AT} timestamp with time zone"));
+            }
             columns.push(format!(
                 "PRIMARY KEY ({})",
                 keys.iter()
@@ -506,6 +520,13 @@ impl WarehouseSink {
             info!(table = %table, target = %target.qualified(), "creating warehouse table");
         } else {
             statements.extend(evolve(&target, schema, table));
+            if self.settings.soft_deletes && target.type_of(DELETED).is_none() {
+                statements.push(format!(
+                    "ALTER TABLE {} ADD COLUMN {DELETED} boolean NOT NULL DEFAULT false, \
+                     ADD COLUMN {DELETED_AT} timestamp with time zone",
+                    target.qualified()
+                ));
+            }
         }
         let mut changelog = None;
         if self.settings.changelog {
@@ -858,7 +879,7 @@ impl WarehouseSink {
                 .tables
                 .get(&stage.table)
                 .expect("staged tables are known");
-            let sql = apply_sql(known, &stage, self.merge);
+            let sql = apply_sql(known, &stage, self.merge, self.settings.soft_deletes);
             self.client
                 .batch_execute(&sql)
                 .await
@@ -1228,8 +1249,12 @@ fn evolve(target: &Target, schema: &TableSchema, table: &TableId) -> Vec<String>
 }
 
 /// The statements applying one staging table (see the module diagram).
-fn apply_sql(known: &Known, stage: &Stage, merge: bool) -> String {
+fn apply_sql(known: &Known, stage: &Stage, merge: bool, soft: bool) -> String {
     let target = &known.target;
+    // A table that has kept soft deletes (now or in an earlier run) clears
+    // the flag when a key comes back.
+    let flagged = target.type_of(DELETED).is_some();
+    let soft = soft && flagged;
     let staged = format!("pg_temp.{}", ident(&stage.name));
     // (target column, value expression over alias s, is key)
     let mut columns: Vec<(String, String, bool)> = Vec::new();
@@ -1274,6 +1299,8 @@ fn apply_sql(known: &Known, stage: &Stage, merge: bool) -> String {
         .map(|(name, _)| name)
         .filter(|name| {
             !written.contains(&ident(name).as_str())
+                && *name != DELETED
+                && *name != DELETED_AT
                 && !stage
                     .schema
                     .key_columns()
@@ -1287,11 +1314,36 @@ fn apply_sql(known: &Known, stage: &Stage, merge: bool) -> String {
         .map(|(name, value, _)| format!("{name} = {value}"))
         .collect();
     updates.extend(stale.iter().cloned());
+    let revive = format!("{DELETED} = false, {DELETED_AT} = NULL");
+    if flagged {
+        updates.push(revive.clone());
+    }
     let mut sql = Vec::new();
-    if stage.truncate.is_some() {
+    if stage.truncate.is_some() && soft {
+        sql.push(format!(
+            "UPDATE {} SET {DELETED} = true, {DELETED_AT} = \
+             (SELECT max(_tw_commit_ts) FROM {staged} WHERE _tw_op = 't') WHERE NOT {DELETED}",
+            target.qualified()
+        ));
+    } else if stage.truncate.is_some() {
         sql.push(format!("DELETE FROM {}", target.qualified()));
     }
-    if merge {
+    if merge && soft {
+        sql.push(format!(
+            "MERGE INTO {target} AS t USING ({latest}) AS s ON {on}
+             WHEN MATCHED AND s._tw_op = 'd' THEN
+                 UPDATE SET {DELETED} = true, {DELETED_AT} = s._tw_commit_ts
+             WHEN MATCHED THEN UPDATE SET {updates}
+             WHEN NOT MATCHED AND s._tw_op = 'd' THEN
+                 INSERT ({names}, {DELETED}, {DELETED_AT}) VALUES ({values}, true, s._tw_commit_ts)
+             WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values})",
+            target = target.qualified(),
+            on = on.join(" AND "),
+            updates = updates.join(", "),
+            names = names.join(", "),
+            values = values.join(", "),
+        ));
+    } else if merge {
         let matched = if updates.is_empty() {
             "DO NOTHING".to_string()
         } else {
@@ -1306,6 +1358,39 @@ fn apply_sql(known: &Known, stage: &Stage, merge: bool) -> String {
             on = on.join(" AND "),
             names = names.join(", "),
             values = values.join(", "),
+        ));
+    } else if soft {
+        // Deletes of rows the table holds flag them; the rest (changes, and
+        // deletes of keys it never held) go through one upsert that leaves
+        // a flagged row alone.
+        sql.push(format!(
+            "UPDATE {target} AS t SET {DELETED} = true, {DELETED_AT} = s._tw_commit_ts \
+             FROM ({latest}) AS s WHERE s._tw_op = 'd' AND {on}",
+            target = target.qualified(),
+            on = on.join(" AND "),
+        ));
+        let conflict: Vec<String> = columns
+            .iter()
+            .filter(|(_, _, key)| *key)
+            .map(|(n, _, _)| n.clone())
+            .collect();
+        let mut set: Vec<String> = columns
+            .iter()
+            .filter(|(_, _, key)| !key)
+            .map(|(n, _, _)| format!("{n} = EXCLUDED.{n}"))
+            .collect();
+        set.extend(stale);
+        set.push(revive);
+        sql.push(format!(
+            "INSERT INTO {target} AS t ({names}, {DELETED}, {DELETED_AT}) \
+             SELECT {values}, s._tw_op = 'd', CASE WHEN s._tw_op = 'd' THEN s._tw_commit_ts END \
+             FROM ({latest}) AS s \
+             ON CONFLICT ({conflict}) DO UPDATE SET {set} WHERE NOT EXCLUDED.{DELETED}",
+            target = target.qualified(),
+            names = names.join(", "),
+            values = values.join(", "),
+            conflict = conflict.join(", "),
+            set = set.join(", "),
         ));
     } else {
         sql.push(format!(
@@ -1327,6 +1412,9 @@ fn apply_sql(known: &Known, stage: &Stage, merge: bool) -> String {
                 .map(|(n, _, _)| format!("{n} = EXCLUDED.{n}"))
                 .collect();
             set.extend(stale);
+            if flagged {
+                set.push(revive);
+            }
             format!("DO UPDATE SET {}", set.join(", "))
         };
         sql.push(format!(
