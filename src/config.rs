@@ -851,6 +851,12 @@ pub struct LakeSinkConfig {
     /// Default false.
     #[serde(default)]
     pub current_state_deletion_vectors: bool,
+    /// Current-state tables keep a deleted key's row (the delete's image)
+    /// with `_tw_deleted = true` and the delete's commit time in
+    /// `_tw_deleted_at`. Delta only; needs `current_state = true`. Default
+    /// false.
+    #[serde(default)]
+    pub soft_deletes: bool,
     /// How change-log tables created from now on are partitioned: `none`
     /// (default) or `commit_date` (by `_tw_commit_date`, the UTC date of
     /// `_tw_commit_ts`, so readers prune by day). An existing table keeps
@@ -1256,6 +1262,12 @@ impl Config {
                     lake.max_batch_rows,
                     lake.max_batch_bytes,
                 )?;
+                if lake.soft_deletes && !lake.current_state {
+                    return Err(invalid(
+                        "sink.soft_deletes",
+                        "applies only to current-state tables; set sink.current_state = true or remove it".into(),
+                    ));
+                }
                 if lake.current_state_deletion_vectors && !lake.current_state {
                     return Err(invalid(
                         "sink.current_state_deletion_vectors",
@@ -1880,6 +1892,14 @@ impl LakeSinkConfig {
             }
             return Ok(());
         }
+        if self.soft_deletes {
+            return Err(invalid(
+                "sink.soft_deletes",
+                "is not built for Iceberg current-state tables yet; remove it, or use \
+                 format = \"delta\" (the change log keeps every delete either way)"
+                    .into(),
+            ));
+        }
         if self.current_state_deletion_vectors {
             return Err(invalid(
                 "sink.current_state_deletion_vectors",
@@ -2476,6 +2496,16 @@ uri = "file:///tmp/lake"
                 "format = \"iceberg\"\ncurrent_state = true\ncurrent_state_deletion_vectors = true",
                 "sink.current_state_deletion_vectors",
                 "copy-on-write",
+            ),
+            (
+                "format = \"iceberg\"\ncurrent_state = true\nsoft_deletes = true",
+                "sink.soft_deletes",
+                "Iceberg",
+            ),
+            (
+                "soft_deletes = true",
+                "sink.soft_deletes",
+                "current_state = true",
             ),
             (
                 "format = \"iceberg\"\n[sink.catalog]\nuri = \"sqlite://relative.db\"",

@@ -43,6 +43,8 @@ pub struct Settings {
     /// Current-state merges write deletion vectors
     /// (`sink.current_state_deletion_vectors`).
     pub current_state_dvs: bool,
+    /// Current-state tables keep deleted rows, flagged (`sink.soft_deletes`).
+    pub soft_deletes: bool,
     /// Between chunks, a snapshot commits once this much is staged.
     pub snapshot_commit_bytes: u64,
     /// Set for `sink.format = "iceberg"`: the catalog the lake's Iceberg
@@ -162,6 +164,7 @@ impl Settings {
                 target_file_bytes: k.max_queued_bytes / 2,
                 partition_by_date: false,
                 current_state_dvs: false,
+                soft_deletes: false,
                 snapshot_commit_bytes: k.max_queued_bytes / 2,
                 iceberg: None,
                 warehouse: None,
@@ -194,6 +197,7 @@ impl Settings {
                 target_file_bytes: lake.target_file_size_bytes,
                 partition_by_date: lake.partitioning == crate::config::Partitioning::CommitDate,
                 current_state_dvs: lake.current_state_deletion_vectors,
+                soft_deletes: lake.soft_deletes,
                 snapshot_commit_bytes: lake.target_file_size_bytes,
                 iceberg: lake.iceberg_catalog(),
                 warehouse,
@@ -217,6 +221,7 @@ impl Settings {
                 target_file_bytes: w.snapshot_commit_bytes,
                 partition_by_date: false,
                 current_state_dvs: false,
+                soft_deletes: false,
                 snapshot_commit_bytes: w.snapshot_commit_bytes,
                 iceberg: None,
                 warehouse,

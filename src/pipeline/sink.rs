@@ -106,6 +106,7 @@ impl AnySink {
                 lake.set_partition_by_date(settings.partition_by_date);
                 lake.set_target_file_size(settings.target_file_bytes);
                 lake.set_current_state_deletion_vectors(settings.current_state_dvs);
+                lake.set_soft_deletes(settings.soft_deletes);
                 // A lake that refuses writes stops the start here, before
                 // the source does any work (a slot, a snapshot).
                 lake.probe_writable().await.map_err(wrap)?;

@@ -5,8 +5,10 @@
 
 use std::time::Duration;
 
+use serde_json::Value;
 use tokio_postgres::Client;
 
+use crate::support::lake;
 use crate::support::{eventually, pg, Pipeline};
 
 type WarehouseRow = (i32, Option<i32>, Option<String>, bool, Option<String>);
@@ -80,7 +82,9 @@ async fn warehouse_soft_deletes(name: &str, apply: &str) {
     eventually("the deletes", Duration::from_secs(60), || async {
         let got = warehouse_rows(&warehouse).await?;
         let flagged: Vec<i32> = got.iter().filter(|r| r.3).map(|r| r.0).collect();
-        (flagged == [2, 3, 7]).then_some(()).ok_or(format!("{got:?}"))
+        (flagged == [2, 3, 7])
+            .then_some(())
+            .ok_or(format!("{got:?}"))
     })
     .await;
     source
@@ -98,12 +102,16 @@ async fn warehouse_soft_deletes(name: &str, apply: &str) {
         (7, Some(70), Some("l7".into()), true, deleted_at(7).await),
     ];
     assert!(expected[1].4.is_some(), "the change log holds the delete");
-    eventually("deletes kept, a key back", Duration::from_secs(60), || async {
-        let got = warehouse_rows(&warehouse).await?;
-        (got == expected)
-            .then_some(())
-            .ok_or(format!("got {got:?}\nexpected {expected:?}"))
-    })
+    eventually(
+        "deletes kept, a key back",
+        Duration::from_secs(60),
+        || async {
+            let got = warehouse_rows(&warehouse).await?;
+            (got == expected)
+                .then_some(())
+                .ok_or(format!("got {got:?}\nexpected {expected:?}"))
+        },
+    )
     .await;
 
     // A truncate flags every live row (rows deleted before keep their
@@ -152,4 +160,144 @@ async fn warehouse_soft_deletes_with_merge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warehouse_soft_deletes_with_on_conflict() {
     warehouse_soft_deletes("soft_upsert", "on_conflict").await;
+}
+
+/// (id, amount, label, deleted, deleted_at) of every row of a Delta
+/// current-state table, by id.
+type LakeRow = (String, Value, Value, Value, Value);
+
+fn lake_row(row: &lake::LogRow) -> LakeRow {
+    (
+        row.values["id"].as_str().unwrap_or_default().to_string(),
+        row.values["amount"].clone(),
+        row.values["label"].clone(),
+        row.meta.get("_tw_deleted").cloned().unwrap_or(Value::Null),
+        row.meta
+            .get("_tw_deleted_at")
+            .cloned()
+            .unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lake_current_state_keeps_soft_deleted_rows() {
+    lake_soft_deletes("soft_lake", "").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lake_current_state_keeps_soft_deleted_rows_with_deletion_vectors() {
+    lake_soft_deletes("soft_lake_dv", "current_state_deletion_vectors = true\n").await;
+}
+
+async fn lake_soft_deletes(name: &str, extra: &str) {
+    let source = pg().create_database(name).await;
+    source.batch_execute(TABLE).await.unwrap();
+    let mut pipeline = Pipeline::new(
+        name,
+        &pg().url(name),
+        &format!(
+            "current_state = true\ncurrent_state_interval_ms = 300\nsoft_deletes = true\n{extra}"
+        ),
+    );
+    pipeline.start();
+    let log_path = pipeline.table_path("public", "acct");
+    let current = pipeline.lake.join(format!("{name}.current/public/acct"));
+    let text = |s: &str| Value::String(s.to_string());
+    let live = |id: i32, amount: i32, label: &str| -> LakeRow {
+        (
+            id.to_string(),
+            text(&amount.to_string()),
+            text(label),
+            text("false"),
+            Value::Null,
+        )
+    };
+    // Expected rows of the deleted keys: the delete's image and its
+    // commit time, from the change log.
+    let deleted = |log: &[lake::LogRow], id: i32| -> Option<LakeRow> {
+        let row = log
+            .iter()
+            .rev()
+            .find(|r| r.op == "d" && r.values["id"] == text(&id.to_string()))?;
+        Some((
+            id.to_string(),
+            row.values["amount"].clone(),
+            row.values["label"].clone(),
+            text("true"),
+            row.meta["_tw_commit_ts"].clone(),
+        ))
+    };
+    let check = |expected: Box<dyn Fn(&[lake::LogRow]) -> Option<Vec<LakeRow>> + Send + Sync>| {
+        let (log_path, current) = (log_path.clone(), current.clone());
+        async move {
+            let log = lake::read_log(&log_path).await?;
+            let expected = expected(&log).ok_or("the change log is not there yet")?;
+            let mut got: Vec<LakeRow> = lake::read_current(&current)
+                .await?
+                .iter()
+                .map(lake_row)
+                .collect();
+            got.sort_by_key(|r| r.0.parse::<i32>().unwrap_or(0));
+            (got == expected)
+                .then_some(())
+                .ok_or(format!("got {got:?}\nexpected {expected:?}"))
+        }
+    };
+    eventually("the snapshot merged", Duration::from_secs(60), || {
+        check(Box::new(move |_| {
+            Some((1..=6).map(|i| live(i, i * 10, &format!("l{i}"))).collect())
+        }))
+    })
+    .await;
+
+    source
+        .batch_execute(
+            "DELETE FROM acct WHERE id IN (2, 3);
+             BEGIN; INSERT INTO acct VALUES (7, 70, 'l7'); DELETE FROM acct WHERE id = 7; COMMIT;
+             UPDATE acct SET amount = 41 WHERE id = 4;",
+        )
+        .await
+        .unwrap();
+    eventually("deletes kept and flagged", Duration::from_secs(60), || {
+        check(Box::new(move |log| {
+            Some(vec![
+                live(1, 10, "l1"),
+                deleted(log, 2)?,
+                deleted(log, 3)?,
+                live(4, 41, "l4"),
+                live(5, 50, "l5"),
+                live(6, 60, "l6"),
+                deleted(log, 7)?,
+            ])
+        }))
+    })
+    .await;
+    source
+        .batch_execute("INSERT INTO acct VALUES (3, 33, 'back')")
+        .await
+        .unwrap();
+    eventually("a deleted key back", Duration::from_secs(60), || {
+        check(Box::new(move |log| {
+            Some(vec![
+                live(1, 10, "l1"),
+                deleted(log, 2)?,
+                live(3, 33, "back"),
+                live(4, 41, "l4"),
+                live(5, 50, "l5"),
+                live(6, 60, "l6"),
+                deleted(log, 7)?,
+            ])
+        }))
+    })
+    .await;
+    // A truncate empties the current table (README: soft deletes).
+    source
+        .batch_execute("BEGIN; TRUNCATE acct; INSERT INTO acct VALUES (5, 500, 'new'); COMMIT;")
+        .await
+        .unwrap();
+    eventually("the truncate merged", Duration::from_secs(60), || {
+        check(Box::new(move |_| Some(vec![live(5, 500, "new")])))
+    })
+    .await;
+    pipeline.assert_running();
 }

@@ -32,6 +32,8 @@ pub struct LogRow {
     pub position: String,
     pub txid: Option<String>,
     pub values: Row,
+    /// Every `_tw_*` column, canonical (`_tw_commit_ts` in microseconds).
+    pub meta: Row,
 }
 
 /// Every change-log row of a lake table, in (`_tw_seq`, `_tw_ord`) order:
@@ -490,6 +492,7 @@ fn batch_rows(batch: &RecordBatch) -> Vec<LogRow> {
             position: text("_tw_position").expect("_tw_position"),
             txid: text("_tw_txid"),
             values,
+            meta: meta.into_iter().collect(),
         });
     }
     rows

@@ -11,6 +11,7 @@ mod merges;
 pub mod narrow;
 pub mod restore;
 pub mod sink;
+mod soft_delete;
 mod state;
 mod stats;
 pub mod store;
@@ -23,6 +24,7 @@ pub use sink::dv::DeletionVectors;
 pub use sink::{
     Compaction, CompactionReport, LakeFile, LakeFiles, LakeLog, LakeSink, MaintenancePolicy,
 };
+pub use soft_delete::{soft_delete_fields, with_soft_delete_flags};
 pub use state::LakeState;
 pub use store::{LakeLocation, LakeStore};
 pub use tidewater_core::state::TableState;

@@ -227,6 +227,8 @@ pub struct LakeSink {
     target_file_bytes: u64,
     /// Current-state merges mark changed rows in deletion vectors.
     current_dvs: bool,
+    /// Current-state tables keep deleted rows, flagged.
+    soft_deletes: bool,
 }
 
 impl LakeSink {
@@ -242,7 +244,14 @@ impl LakeSink {
             partition_by_date: false,
             target_file_bytes: 128 << 20,
             current_dvs: false,
+            soft_deletes: false,
         }
+    }
+
+    /// `sink.soft_deletes`: current-state tables keep a deleted key's row,
+    /// the delete's image, with `_tw_deleted = true` and `_tw_deleted_at`.
+    pub fn set_soft_deletes(&mut self, on: bool) {
+        self.soft_deletes = on;
     }
 
     /// `sink.current_state_deletion_vectors`: current-state merges mark the

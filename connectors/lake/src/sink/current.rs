@@ -16,7 +16,8 @@
 //!       rewritten: its rows of changed keys are marked deleted in a DV and
 //!       the file re-added with it (rewritten after all once more than half
 //!       of it would be deleted)
-//!    3. the latest images that are not deletes: only their rows (pages) of
+//!    3. the latest images that are not deletes (with `sink.soft_deletes`,
+//!       deletes too, flagged `_tw_deleted`): only their rows (pages) of
 //!       the log files holding them
 //!    4. one commit: removes + adds + "merged up to M" (+ its own app txn);
 //!       a file marked in step 2 is a remove naming its old DV and an add
@@ -223,14 +224,16 @@ impl LakeSink {
         let log_schema = RecordBatchWriter::for_table(&open.table)
             .map_err(|source| LakeError::delta(table, "reading", source))?
             .arrow_schema();
-        let current_schema: SchemaRef = Arc::new(Schema::new(
-            log_schema
-                .fields()
-                .iter()
-                .filter(|f| f.name() != "_tw_op" && f.name() != super::COMMIT_DATE)
-                .map(|f| f.as_ref().clone())
-                .collect::<Vec<_>>(),
-        ));
+        let mut fields: Vec<Field> = log_schema
+            .fields()
+            .iter()
+            .filter(|f| f.name() != "_tw_op" && f.name() != super::COMMIT_DATE)
+            .map(|f| f.as_ref().clone())
+            .collect();
+        if self.soft_deletes {
+            fields.extend(crate::soft_delete_fields());
+        }
+        let current_schema: SchemaRef = Arc::new(Schema::new(fields));
         Ok(Some(MergeJob {
             table: table.clone(),
             log: open.table.clone(),
@@ -242,6 +245,7 @@ impl LakeSink {
             pipeline: self.pipeline.clone(),
             target_file_bytes: self.target_file_bytes,
             deletion_vectors: self.current_dvs,
+            soft_deletes: self.soft_deletes,
             vacuum,
         }))
     }
@@ -262,6 +266,8 @@ pub(super) struct MergeJob {
     /// `sink.current_state_deletion_vectors`: mark changed rows deleted
     /// instead of rewriting their files.
     deletion_vectors: bool,
+    /// `sink.soft_deletes`: a deleted key keeps a row, flagged.
+    soft_deletes: bool,
     /// Vacuum the current table after the merge's commit, with this
     /// retention (the sink's vacuum policy, when its interval is due).
     vacuum: Option<Duration>,
@@ -426,6 +432,7 @@ impl MergeJob {
                             })
                         })
                         .collect();
+                    let batch = self.flagged(table, batch)?;
                     let written = write_kept(&mut writer, table, &batch, &keep, &target).await?;
                     report.changed_keys += written;
                     report.rows_written += written;
@@ -586,7 +593,10 @@ impl MergeJob {
         // 3. The latest images that are not deletes: only their rows (the
         //    pages holding them) of the log files that hold them.
         let mut wanted: HashMap<usize, Vec<usize>> = HashMap::new();
-        for l in latest.values().filter(|l| !l.delete && !l.superseded) {
+        for l in latest
+            .values()
+            .filter(|l| (self.soft_deletes || !l.delete) && !l.superseded)
+        {
             wanted.entry(l.file).or_default().push(l.row);
         }
         for (i, file) in log_files.iter().enumerate() {
@@ -605,6 +615,7 @@ impl MergeJob {
             .await?;
             while let Some(batch) = ranged::next_batch(&mut reader, table, &file.path).await? {
                 report.rows_written += batch.num_rows();
+                let batch = self.flagged(table, batch)?;
                 let picked = align_batch(table, &batch, &target)?;
                 writer
                     .write_with_mode(picked, WriteMode::MergeSchema)
@@ -698,6 +709,17 @@ impl MergeJob {
         }
         debug!(table = %table, changed = report.changed_keys, log_files = report.log_files_read, files = report.files_rewritten, marked = report.files_marked, rows = report.rows_written, "current state merged");
         Ok(report)
+    }
+
+    /// `batch` of log rows with the soft-delete flags, when they are kept.
+    fn flagged(&self, table: &TableId, batch: RecordBatch) -> Result<RecordBatch, LakeError> {
+        if !self.soft_deletes {
+            return Ok(batch);
+        }
+        crate::with_soft_delete_flags(&batch).map_err(|source| LakeError::Arrow {
+            table: table.clone(),
+            source,
+        })
     }
 
     fn app_id(&self) -> String {
