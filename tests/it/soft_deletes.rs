@@ -166,6 +166,10 @@ async fn warehouse_soft_deletes_with_on_conflict() {
 /// current-state table, by id.
 type LakeRow = (String, Value, Value, Value, Value);
 
+/// The rows a current-state table should hold, given its change log (None
+/// while the log lacks a change they need).
+type Expected = dyn Fn(&[lake::LogRow]) -> Option<Vec<LakeRow>> + Send + Sync;
+
 fn lake_row(row: &lake::LogRow) -> LakeRow {
     (
         row.values["id"].as_str().unwrap_or_default().to_string(),
@@ -227,7 +231,7 @@ async fn lake_soft_deletes(name: &str, extra: &str) {
             row.meta["_tw_commit_ts"].clone(),
         ))
     };
-    let check = |expected: Box<dyn Fn(&[lake::LogRow]) -> Option<Vec<LakeRow>> + Send + Sync>| {
+    let check = |expected: Box<Expected>| {
         let (log_path, current) = (log_path.clone(), current.clone());
         async move {
             let log = lake::read_log(&log_path).await?;
