@@ -183,6 +183,36 @@ fn lake_row(row: &lake::LogRow) -> LakeRow {
     )
 }
 
+fn text(s: &str) -> Value {
+    Value::String(s.to_string())
+}
+
+fn live(id: i32, amount: i32, label: &str) -> LakeRow {
+    (
+        id.to_string(),
+        text(&amount.to_string()),
+        text(label),
+        text("false"),
+        Value::Null,
+    )
+}
+
+/// The row a deleted key keeps: the delete's image and its commit time,
+/// from the change log.
+fn deleted(log: &[lake::LogRow], id: i32) -> Option<LakeRow> {
+    let row = log
+        .iter()
+        .rev()
+        .find(|r| r.op == "d" && r.values["id"] == text(&id.to_string()))?;
+    Some((
+        id.to_string(),
+        row.values["amount"].clone(),
+        row.values["label"].clone(),
+        text("true"),
+        row.meta["_tw_commit_ts"].clone(),
+    ))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lake_current_state_keeps_soft_deleted_rows() {
     lake_soft_deletes("soft_lake", "").await;
@@ -206,31 +236,6 @@ async fn lake_soft_deletes(name: &str, extra: &str) {
     pipeline.start();
     let log_path = pipeline.table_path("public", "acct");
     let current = pipeline.lake.join(format!("{name}.current/public/acct"));
-    let text = |s: &str| Value::String(s.to_string());
-    let live = |id: i32, amount: i32, label: &str| -> LakeRow {
-        (
-            id.to_string(),
-            text(&amount.to_string()),
-            text(label),
-            text("false"),
-            Value::Null,
-        )
-    };
-    // Expected rows of the deleted keys: the delete's image and its
-    // commit time, from the change log.
-    let deleted = |log: &[lake::LogRow], id: i32| -> Option<LakeRow> {
-        let row = log
-            .iter()
-            .rev()
-            .find(|r| r.op == "d" && r.values["id"] == text(&id.to_string()))?;
-        Some((
-            id.to_string(),
-            row.values["amount"].clone(),
-            row.values["label"].clone(),
-            text("true"),
-            row.meta["_tw_commit_ts"].clone(),
-        ))
-    };
     let check = |expected: Box<Expected>| {
         let (log_path, current) = (log_path.clone(), current.clone());
         async move {
