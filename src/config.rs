@@ -853,8 +853,7 @@ pub struct LakeSinkConfig {
     pub current_state_deletion_vectors: bool,
     /// Current-state tables keep a deleted key's row (the delete's image)
     /// with `_tw_deleted = true` and the delete's commit time in
-    /// `_tw_deleted_at`. Delta only; needs `current_state = true`. Default
-    /// false.
+    /// `_tw_deleted_at`. Needs `current_state = true`. Default false.
     #[serde(default)]
     pub soft_deletes: bool,
     /// How change-log tables created from now on are partitioned: `none`
@@ -1892,14 +1891,6 @@ impl LakeSinkConfig {
             }
             return Ok(());
         }
-        if self.soft_deletes {
-            return Err(invalid(
-                "sink.soft_deletes",
-                "is not built for Iceberg current-state tables yet; remove it, or use \
-                 format = \"delta\" (the change log keeps every delete either way)"
-                    .into(),
-            ));
-        }
         if self.current_state_deletion_vectors {
             return Err(invalid(
                 "sink.current_state_deletion_vectors",
@@ -2496,11 +2487,6 @@ uri = "file:///tmp/lake"
                 "format = \"iceberg\"\ncurrent_state = true\ncurrent_state_deletion_vectors = true",
                 "sink.current_state_deletion_vectors",
                 "copy-on-write",
-            ),
-            (
-                "format = \"iceberg\"\ncurrent_state = true\nsoft_deletes = true",
-                "sink.soft_deletes",
-                "Iceberg",
             ),
             (
                 "soft_deletes = true",

@@ -95,6 +95,7 @@ impl AnySink {
                 lake.set_maintenance(settings.maintenance);
                 lake.set_partition_by_date(settings.partition_by_date);
                 lake.set_target_file_size(settings.target_file_bytes);
+                lake.set_soft_deletes(settings.soft_deletes);
                 // A lake that refuses writes, or a catalog out of reach,
                 // stops the start here, before the source does any work.
                 lake.probe_writable().await.map_err(wrap)?;

@@ -223,7 +223,13 @@ async fn lake_current_state_keeps_soft_deleted_rows_with_deletion_vectors() {
     lake_soft_deletes("soft_lake_dv", "current_state_deletion_vectors = true\n").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_current_state_keeps_soft_deleted_rows() {
+    lake_soft_deletes("soft_ice", "format = \"iceberg\"\n").await;
+}
+
 async fn lake_soft_deletes(name: &str, extra: &str) {
+    let iceberg = extra.contains("iceberg");
     let source = pg().create_database(name).await;
     source.batch_execute(TABLE).await.unwrap();
     let mut pipeline = Pipeline::new(
@@ -241,11 +247,12 @@ async fn lake_soft_deletes(name: &str, extra: &str) {
         async move {
             let log = lake::read_log(&log_path).await?;
             let expected = expected(&log).ok_or("the change log is not there yet")?;
-            let mut got: Vec<LakeRow> = lake::read_current(&current)
-                .await?
-                .iter()
-                .map(lake_row)
-                .collect();
+            let rows = if iceberg {
+                lake::read_log(&current).await?
+            } else {
+                lake::read_current(&current).await?
+            };
+            let mut got: Vec<LakeRow> = rows.iter().map(lake_row).collect();
             got.sort_by_key(|r| r.0.parse::<i32>().unwrap_or(0));
             (got == expected)
                 .then_some(())

@@ -11,7 +11,7 @@ mod merges;
 pub mod narrow;
 pub mod restore;
 pub mod sink;
-mod soft_delete;
+pub(crate) mod soft_delete;
 mod state;
 mod stats;
 pub mod store;

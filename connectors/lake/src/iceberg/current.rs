@@ -175,6 +175,8 @@ pub(super) struct MergeJob {
     state: TableState,
     keys: Vec<String>,
     target_file_bytes: u64,
+    /// `sink.soft_deletes`: a deleted key keeps a row, flagged.
+    soft_deletes: bool,
     /// Vacuum the current table after the merge: retention, and when the
     /// sink started (orphan cleanup spares younger files).
     vacuum: Option<(std::time::Duration, std::time::SystemTime)>,
@@ -225,6 +227,7 @@ impl IcebergSink {
             state: open.state.clone()?,
             keys,
             target_file_bytes: self.target_file_bytes,
+            soft_deletes: self.soft_deletes,
             vacuum,
         })
     }
@@ -584,7 +587,59 @@ impl Scan<'_> {
     }
 }
 
+/// The soft-delete columns of a current table, before it gives them ids.
+fn soft_delete_columns() -> [IcebergField; 2] {
+    let field = |name: &str, ty| IcebergField {
+        id: -1,
+        name: name.to_string(),
+        ty,
+        required: false,
+        doc: None,
+    };
+    [
+        field(crate::soft_delete::DELETED, IcebergType::Boolean),
+        field(crate::soft_delete::DELETED_AT, IcebergType::Timestamptz),
+    ]
+}
+
 impl MergeJob {
+    /// `batch` of log rows (read with `_tw_op` when soft deletes are on)
+    /// in the columns of `log_target`, the soft-delete flags computed.
+    fn flagged(
+        &self,
+        table: &TableId,
+        batch: RecordBatch,
+        log_target: &SchemaRef,
+    ) -> Result<RecordBatch, LakeError> {
+        if !self.soft_deletes {
+            return Ok(batch);
+        }
+        let arrow = |source| LakeError::Arrow {
+            table: table.clone(),
+            source,
+        };
+        let flagged = crate::with_soft_delete_flags(&batch).map_err(arrow)?;
+        let columns = log_target
+            .fields()
+            .iter()
+            .map(|f| {
+                let column = flagged.column_by_name(f.name()).ok_or_else(|| {
+                    deltalake::arrow::error::ArrowError::SchemaError(format!(
+                        "no column {} after flagging",
+                        f.name()
+                    ))
+                })?;
+                if column.data_type() == f.data_type() {
+                    Ok(column.clone())
+                } else {
+                    deltalake::arrow::compute::cast(column, f.data_type())
+                }
+            })
+            .collect::<Result<Vec<_>, deltalake::arrow::error::ArrowError>>()
+            .map_err(arrow)?;
+        RecordBatch::try_new(log_target.clone(), columns).map_err(arrow)
+    }
+
     /// The current table's columns: the log's, without `_tw_op`, with the
     /// same field ids (so a file of either reads by the other's schema).
     fn fields(&self) -> Vec<IcebergField> {
@@ -730,6 +785,15 @@ impl MergeJob {
         let base = self
             .open_current((&namespace, &name, &rel), &log_columns)
             .await?;
+        // Soft deletes add two columns the log does not have (ids -1: the
+        // current table gives them its own).
+        let log_columns = if self.soft_deletes {
+            let mut columns = log_columns;
+            columns.extend(soft_delete_columns());
+            columns
+        } else {
+            log_columns
+        };
         // The current table's own field ids: a REST catalog assigns fresh
         // ones when it creates a table, so they may differ from the log's.
         let fields = current_fields(&base, &log_columns);
@@ -810,8 +874,16 @@ impl MergeJob {
 
         let target = target_schema(&fields, None);
         // Log rows are read by the log's ids and written under the
-        // current table's (the same columns, in the same order).
+        // current table's (the same columns, in the same order); with soft
+        // deletes `_tw_op` is read too, to flag the deletes.
         let log_target = target_schema(&log_columns, None);
+        let log_read = if self.soft_deletes {
+            let mut columns = log_columns.clone();
+            columns.extend(log_fields.iter().filter(|f| f.name == "_tw_op").cloned());
+            target_schema(&columns, None)
+        } else {
+            log_target.clone()
+        };
         let mut writer: Option<FileWriter> = None;
         let target_bytes = self.target_file_bytes;
         if stream_copied {
@@ -820,8 +892,9 @@ impl MergeJob {
             let after = merged.max(truncated);
             for &i in &copied {
                 let bytes = read_bytes(store, table, &log_files[i].path).await?;
-                for batch in read_aligned(table, bytes, &log_target)? {
-                    let batch = relabel(table, &batch?, &target)?;
+                for batch in read_aligned(table, bytes, &log_read)? {
+                    let batch = self.flagged(table, batch?, &log_target)?;
+                    let batch = relabel(table, &batch, &target)?;
                     let keep: BooleanArray = seq_ords(table, &batch)?
                         .into_iter()
                         .enumerate()
@@ -943,7 +1016,10 @@ impl MergeJob {
 
         // 3. The latest images that are not deletes.
         let mut wanted: HashMap<usize, HashSet<usize>> = HashMap::new();
-        for l in latest.values().filter(|l| !l.delete && !l.superseded) {
+        for l in latest
+            .values()
+            .filter(|l| (self.soft_deletes || !l.delete) && !l.superseded)
+        {
             wanted.entry(l.file).or_default().insert(l.row);
         }
         let mut files: Vec<usize> = wanted.keys().copied().collect();
@@ -952,8 +1028,9 @@ impl MergeJob {
             let rows = &wanted[&i];
             let bytes = read_bytes(store, table, &log_files[i].path).await?;
             let mut offset = 0;
-            for batch in read_aligned(table, bytes, &log_target)? {
-                let batch = relabel(table, &batch?, &target)?;
+            for batch in read_aligned(table, bytes, &log_read)? {
+                let batch = self.flagged(table, batch?, &log_target)?;
+                let batch = relabel(table, &batch, &target)?;
                 let keep: BooleanArray = (0..batch.num_rows())
                     .map(|r| Some(rows.contains(&(offset + r))))
                     .collect();

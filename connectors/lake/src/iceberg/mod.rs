@@ -146,6 +146,8 @@ pub struct IcebergSink {
     /// Compaction and vacuum (see `maintenance`).
     maintenance: crate::MaintenancePolicy,
     clock: maintenance::Clock,
+    /// Current-state tables keep deleted rows, flagged.
+    soft_deletes: bool,
 }
 
 impl IcebergSink {
@@ -161,7 +163,14 @@ impl IcebergSink {
             partition_by_date: false,
             maintenance: crate::MaintenancePolicy::default(),
             clock: maintenance::Clock::default(),
+            soft_deletes: false,
         }
+    }
+
+    /// `sink.soft_deletes`: current-state tables keep a deleted key's row,
+    /// the delete's image, with `_tw_deleted = true` and `_tw_deleted_at`.
+    pub fn set_soft_deletes(&mut self, on: bool) {
+        self.soft_deletes = on;
     }
 
     /// The size data files roll over at (`sink.target_file_size_bytes`).
