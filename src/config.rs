@@ -39,6 +39,87 @@ pub struct Config {
     /// or error sees their values.
     #[serde(default)]
     pub masking: MaskingConfig,
+    /// OpenLineage run events for runs, snapshots, streaming checkpoints
+    /// and reverse-ETL jobs; off when absent.
+    #[serde(default)]
+    pub lineage: Option<LineageConfig>,
+}
+
+/// Default `lineage.checkpoint_interval_ms`: a lineage server needs to know
+/// a stream is alive and what it writes, not every commit.
+pub const DEFAULT_LINEAGE_INTERVAL_MS: u64 = 60_000;
+
+/// `[lineage]`: where OpenLineage events go.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LineageConfig {
+    /// POST each event (JSON) here: an OpenLineage HTTP endpoint such as
+    /// Marquez's `http://marquez:5000/api/v1/lineage`.
+    #[serde(default)]
+    pub url: Option<Secret>,
+    /// A bearer token sent with each POST (use `${ENV}`).
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    /// Append each event as one JSON line to this file.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// The namespace of tidewater's jobs. Default `tidewater`.
+    #[serde(default = "default_lineage_namespace")]
+    pub namespace: String,
+    /// While streaming, a RUNNING event naming the tables committed since
+    /// the last one, at most this often. Default 60000.
+    #[serde(default = "default_lineage_interval_ms")]
+    pub checkpoint_interval_ms: u64,
+}
+
+fn default_lineage_namespace() -> String {
+    "tidewater".into()
+}
+
+fn default_lineage_interval_ms() -> u64 {
+    DEFAULT_LINEAGE_INTERVAL_MS
+}
+
+impl LineageConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        };
+        if self.url.is_none() && self.file.is_none() {
+            return Err(invalid(
+                "lineage",
+                "names no destination; set lineage.url (an OpenLineage HTTP endpoint) or lineage.file, or remove [lineage]",
+            ));
+        }
+        if let Some(url) = &self.url {
+            let url = url.expose();
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url::Url::parse(url).is_err()
+            {
+                return Err(invalid(
+                    "lineage.url",
+                    "must be an http:// or https:// URL such as http://marquez:5000/api/v1/lineage",
+                ));
+            }
+        }
+        if self.file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+            return Err(invalid(
+                "lineage.file",
+                "is empty; name a file to append events to",
+            ));
+        }
+        if self.namespace.trim().is_empty() {
+            return Err(invalid("lineage.namespace", "is empty"));
+        }
+        if self.checkpoint_interval_ms < 1000 {
+            return Err(invalid(
+                "lineage.checkpoint_interval_ms",
+                "must be at least 1000 (a lineage server needs no event per commit)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[masking]`: what personal data never reaches the sink.
@@ -1088,6 +1169,7 @@ impl Config {
             metrics: raw.metrics,
             reverse_etl: raw.reverse_etl,
             masking: raw.masking,
+            lineage: raw.lineage,
         };
         config.validate()?;
         Ok(config)
@@ -1172,6 +1254,9 @@ impl Config {
         }
         self.validate_reverse_etl()?;
         self.masking.validate()?;
+        if let Some(lineage) = &self.lineage {
+            lineage.validate()?;
+        }
         match &self.sink {
             SinkConfig::Kafka(kafka) => kafka.validate()?,
             SinkConfig::Warehouse(warehouse) => {
@@ -1702,6 +1787,8 @@ struct RawConfig {
     reverse_etl: Vec<ReverseEtlConfig>,
     #[serde(default)]
     masking: MaskingConfig,
+    #[serde(default)]
+    lineage: Option<LineageConfig>,
 }
 
 /// Deserializes a section, naming the full key of any error.

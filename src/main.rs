@@ -5,6 +5,7 @@
 
 mod config;
 mod lease;
+mod lineage;
 mod metrics;
 mod pipeline;
 mod policy;
@@ -276,6 +277,7 @@ async fn run_with(
         }
     }
     settings.recopy = recopy;
+    settings.lineage = lineage::Lineage::start(config);
     if mode == Mode::SnapshotOnly {
         // A one-off load: `run` merges the current state as it starts (a
         // merge here would only slow the copy, or be cut short at its end).
@@ -361,6 +363,20 @@ async fn run_holding(config: &Config, settings: &Settings, mode: Mode) -> i32 {
         }
         std::process::exit(exit_code::FAILED);
     });
+    settings.lineage.run_started(mode == Mode::SnapshotOnly);
+    let (code, error) = run_until_done(settings, mode, shutdown_rx).await;
+    settings.lineage.run_ended(error.as_deref());
+    settings.lineage.flush().await;
+    code
+}
+
+/// The pipeline, restarted after transient errors, until it ends: the
+/// exit code, and the error it ended on (for lineage).
+async fn run_until_done(
+    settings: &Settings,
+    mode: Mode,
+    shutdown_rx: watch::Receiver<bool>,
+) -> (i32, Option<String>) {
     let mut retries = RetryStreak::default();
     loop {
         match pipeline::run(settings, mode, shutdown_rx.clone()).await {
@@ -368,22 +384,25 @@ async fn run_holding(config: &Config, settings: &Settings, mode: Mode) -> i32 {
                 eprintln!(
                     "error: stopped before the snapshot completed\nhint: run `tidewater snapshot` (or `tidewater run`) again; it resumes after what the lake holds (the last committed chunk or key of each table), and says so where it must start over"
                 );
-                return exit_code::FAILED;
+                return (
+                    exit_code::FAILED,
+                    Some("stopped before the snapshot completed".into()),
+                );
             }
             Ok(Outcome::Shutdown) => {
                 info!("stopped cleanly");
-                return exit_code::OK;
+                return (exit_code::OK, None);
             }
             Ok(Outcome::SnapshotComplete) => {
                 match &settings.source {
                     SourceSettings::Postgres(pg) => info!(slot = %pg.slot, "snapshot complete; the replication slot is kept so `tidewater run` continues from it (it retains WAL until then)"),
                     SourceSettings::Mysql(_) => info!("snapshot complete; `tidewater run` continues from its binlog position while the server keeps that binlog"),
                 }
-                return exit_code::OK;
+                return (exit_code::OK, None);
             }
             Ok(Outcome::AlreadySnapshotted) => {
                 info!("every table is already snapshotted; nothing to do");
-                return exit_code::OK;
+                return (exit_code::OK, None);
             }
             Err(err) => {
                 // Read before the phase below ends the run's health.
@@ -397,7 +416,7 @@ async fn run_holding(config: &Config, settings: &Settings, mode: Mode) -> i32 {
                 );
                 if let PipelineError::Preflight(_) = err {
                     eprintln!("error: {}", chain(&err));
-                    return exit_code::PREFLIGHT;
+                    return (exit_code::PREFLIGHT, Some(chain(&err)));
                 }
                 if action.retry && !*shutdown_rx.borrow() {
                     let (attempt, wait) = retries.next_wait(healthy_for);
@@ -405,12 +424,12 @@ async fn run_holding(config: &Config, settings: &Settings, mode: Mode) -> i32 {
                     let mut shutdown = shutdown_rx.clone();
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => continue,
-                        _ = shutdown.changed() => return exit_code::OK,
+                        _ = shutdown.changed() => return (exit_code::OK, None),
                     }
                 }
                 error!(class = ?class, "{}", action.hint);
                 eprintln!("error: {}\nhint: {}", chain(&err), action.hint);
-                return action.exit_code;
+                return (action.exit_code, Some(chain(&err)));
             }
         }
     }

@@ -53,16 +53,23 @@ pub async fn command(config: &Config, job: Option<&str>, options: RunOptions) ->
         settings.iceberg.as_ref(),
     );
     let state_dir = config.pipeline.state_dir();
+    let lineage = crate::lineage::Lineage::start(config);
     let mut code = exit_code::OK;
     for job in jobs {
+        let run = lineage.reverse_etl(&job.name, job.target_url.expose(), &job.target_table);
         match run_job(&job.spec(), &mut sink, &state_dir, options, None).await {
-            Ok(report) => println!("{}", describe(&job.name, &job.target_table, &report)),
+            Ok(report) => {
+                run.ended(Ok(&report));
+                println!("{}", describe(&job.name, &job.target_table, &report));
+            }
             Err(err) => {
+                run.ended(Err(&crate::chain(&err)));
                 eprintln!("error: job {}: {}", job.name, crate::chain(&err));
                 code = exit_code::FAILED;
             }
         }
     }
+    lineage.flush().await;
     code
 }
 
@@ -139,6 +146,8 @@ pub fn spawn_schedules(config: &Config, settings: &Settings, shutdown: watch::Re
         let pipeline = settings.pipeline.clone();
         let state_dir = config.pipeline.state_dir();
         let metrics = settings.metrics.clone();
+        let lineage = settings.lineage.clone();
+        let target_url = job.target_url.expose().to_string();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             loop {
@@ -152,6 +161,7 @@ pub fn spawn_schedules(config: &Config, settings: &Settings, shutdown: watch::Re
                 }
                 let mut sink = open_lake(&lake, &pipeline, iceberg.as_ref());
                 let options = RunOptions::default();
+                let run = lineage.reverse_etl(&spec.name, &target_url, &table);
                 match run_job(
                     &spec,
                     &mut sink,
@@ -162,10 +172,12 @@ pub fn spawn_schedules(config: &Config, settings: &Settings, shutdown: watch::Re
                 .await
                 {
                     Ok(report) => {
+                        run.ended(Ok(&report));
                         metrics.reverse_etl(&spec.name, &report, true);
                         info!(job = %spec.name, added = report.added, changed = report.changed, deleted = report.deleted, unchanged = report.unchanged, millis = report.millis, "{}", describe(&spec.name, &table, &report));
                     }
                     Err(err) => {
+                        run.ended(Err(&crate::chain(&err)));
                         metrics.reverse_etl(&spec.name, &Report::default(), false);
                         let class = err.class();
                         error!(job = %spec.name, class = ?class, error = %crate::chain(&err), "reverse-ETL job failed; it runs again at its next turn");

@@ -76,6 +76,7 @@ pub(super) struct Tuning {
     /// Between chunks, the snapshot commits once this much is staged.
     pub snapshot_commit_bytes: u64,
     pub metrics: crate::metrics::Metrics,
+    pub lineage: crate::lineage::Lineage,
 }
 
 impl Tuning {
@@ -84,6 +85,7 @@ impl Tuning {
             limits: settings.limits,
             snapshot_commit_bytes: settings.snapshot_commit_bytes,
             metrics: settings.metrics.clone(),
+            lineage: settings.lineage.clone(),
         }
     }
 }
@@ -189,6 +191,9 @@ pub(super) struct Coordinator<K, S, A> {
     stats: Stats,
     progress: CopyProgress,
     metrics: crate::metrics::Metrics,
+    lineage: crate::lineage::Lineage,
+    /// Tables written since the last commit, for lineage.
+    lineage_pending: Vec<(std::sync::Arc<tidewater_core::TableSchema>, u64)>,
     /// Source commit time of the last complete transaction (µs).
     last_complete_ts_us: i64,
     /// The server's log position as its heartbeats last said (Postgres: WAL end).
@@ -231,6 +236,8 @@ impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
             stats: Stats::default(),
             progress: CopyProgress::default(),
             metrics: tuning.metrics,
+            lineage: tuning.lineage,
+            lineage_pending: Vec::new(),
             last_complete_ts_us: 0,
             server_position: 0,
             record_position: start.record_position,
@@ -259,6 +266,9 @@ impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
             "",
         );
         self.metrics.stopped_tables(self.stopped.len() as u64);
+        if self.snapshot_running {
+            self.lineage.snapshot_started();
+        }
         // Housekeeping also runs on an idle pipeline, whose checkpoints stop.
         let mut housekeeping = tokio::time::interval(MAINTENANCE_TICK);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -464,6 +474,7 @@ impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
                 self.metrics.phase("streaming", "");
                 self.checkpoint(Some(SnapshotPhase::Done)).await?;
                 self.snapshot_running = false;
+                self.lineage.snapshot_done();
                 // Committed in every table: a restart streams from here.
                 if let Some(Phase::Snapshot { slot }) = &self.phase {
                     let streaming = Phase::Stream { slot: slot.clone() };
@@ -746,6 +757,11 @@ impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
         let mut batches = std::mem::take(&mut self.held);
         batches.extend(self.batcher.cut_all().map_err(PipelineError::Batch)?);
         let rows: usize = batches.iter().map(|b| b.batch.num_rows()).sum();
+        let written: Vec<(std::sync::Arc<tidewater_core::TableSchema>, u64)> = batches
+            .iter()
+            .map(|b| (b.schema.clone(), b.batch.num_rows() as u64))
+            .collect();
+        self.lineage_pending.extend(written);
         for batch in batches {
             self.metrics.batch(
                 &batch.table.to_string(),
@@ -770,6 +786,8 @@ impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
             Ok(tables) => tables,
             Err(err) => return Err(self.sink_failed(err).await),
         };
+        self.lineage
+            .committed(std::mem::take(&mut self.lineage_pending));
         if tables > 0 {
             self.metrics.commit(started.elapsed().as_secs_f64());
             info!(

@@ -341,6 +341,7 @@ impl Harness {
             },
             snapshot_commit_bytes: 0,
             metrics: crate::metrics::Metrics::default(),
+            lineage: crate::lineage::Lineage::default(),
         };
         let start = DriveStart {
             snapshot_running,

@@ -62,6 +62,9 @@ pub struct Settings {
     pub signal_table: Option<TableId>,
     /// Columns left out or masked in the source task (`[masking]`).
     pub masking: std::sync::Arc<tidewater_core::mask::MaskPolicy>,
+    /// OpenLineage events (`[lineage]`; started by the commands that run
+    /// the pipeline).
+    pub lineage: crate::lineage::Lineage,
 }
 
 impl Settings {
@@ -172,6 +175,7 @@ impl Settings {
                 metrics: crate::metrics::Metrics::default(),
                 signal_table: signal_table.clone(),
                 masking: masking.clone(),
+                lineage: crate::lineage::Lineage::default(),
             },
             SinkConfig::Lake(lake) => Settings {
                 pipeline: config.pipeline.name.clone(),
@@ -205,6 +209,7 @@ impl Settings {
                 metrics: crate::metrics::Metrics::default(),
                 signal_table: signal_table.clone(),
                 masking: masking.clone(),
+                lineage: crate::lineage::Lineage::default(),
             },
             SinkConfig::Warehouse(w) => Settings {
                 pipeline: config.pipeline.name.clone(),
@@ -229,6 +234,7 @@ impl Settings {
                 metrics: crate::metrics::Metrics::default(),
                 signal_table: signal_table.clone(),
                 masking: masking.clone(),
+                lineage: crate::lineage::Lineage::default(),
             },
         })
     }

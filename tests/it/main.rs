@@ -17,6 +17,7 @@ mod lake_s3;
 mod lake_unwritable;
 mod lake_writers;
 mod lease;
+mod lineage;
 mod maria_harness;
 mod masking;
 mod metrics;

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use futures_util::StreamExt;
+use tidewater_core::TableId;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -94,6 +95,10 @@ pub struct Report {
     pub millis: u64,
     pub transactions: usize,
     pub retries: usize,
+    /// Lake tables the query read (for lineage).
+    pub inputs: Vec<TableId>,
+    /// The result's columns and their Arrow types (for lineage).
+    pub columns: Vec<(String, String)>,
 }
 
 /// Runs `spec` once over `sink`'s lake.
@@ -137,6 +142,12 @@ pub async fn run_job(
     let mut report = Report {
         dry_run: options.dry_run,
         created: described.is_none(),
+        inputs: result.tables.clone(),
+        columns: schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().to_string()))
+            .collect(),
         ..Report::default()
     };
     let mut columns = match &described {
