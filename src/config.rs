@@ -325,6 +325,14 @@ pub enum Schedule {
     Cron(Box<croner::Cron>),
 }
 
+/// A retention value: a duration, or None for `forever`.
+fn retention_value(text: &str) -> Option<std::time::Duration> {
+    match text.trim() {
+        "forever" => None,
+        other => parse_duration(other),
+    }
+}
+
 /// `30s`, `15m`, `2h`, `1d`, `500ms`.
 pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
     let text = text.trim();
@@ -937,6 +945,19 @@ pub struct LakeSinkConfig {
     /// `_tw_deleted_at`. Needs `current_state = true`. Default false.
     #[serde(default)]
     pub soft_deletes: bool,
+    /// Change-log rows older than this (`90d`, `12h`, …) are dropped, except
+    /// each key's latest row (and truncates), so the current state stays
+    /// intact. Default: kept forever. Delta only.
+    #[serde(default)]
+    pub changelog_retention: Option<String>,
+    /// Per-table retention, by `schema.table` pattern (`*`, `?`): the first
+    /// pattern that matches wins over `changelog_retention`; `forever`
+    /// keeps a table's rows.
+    #[serde(default)]
+    pub changelog_retention_tables: std::collections::BTreeMap<String, String>,
+    /// How often each table's retention pass runs. Default 3600000.
+    #[serde(default = "default_retention_interval_ms")]
+    pub changelog_retention_interval_ms: u64,
     /// How change-log tables created from now on are partitioned: `none`
     /// (default) or `commit_date` (by `_tw_commit_date`, the UTC date of
     /// `_tw_commit_ts`, so readers prune by day). An existing table keeps
@@ -1053,6 +1074,61 @@ fn default_vacuum_retention_hours() -> u64 {
 
 impl LakeSinkConfig {
     /// The compaction and vacuum schedule this config asks for.
+    /// (table pattern, retention) rules in the order they apply: the
+    /// per-table ones, then the default for every table; a `forever` rule
+    /// (None) keeps its tables out of every later one.
+    pub fn retention_rules(&self) -> Vec<(String, Option<std::time::Duration>)> {
+        let mut rules: Vec<(String, Option<std::time::Duration>)> = self
+            .changelog_retention_tables
+            .iter()
+            .map(|(pattern, keep)| (pattern.clone(), retention_value(keep)))
+            .collect();
+        if let Some(keep) = &self.changelog_retention {
+            rules.push(("*".into(), retention_value(keep)));
+        }
+        rules
+    }
+
+    fn validate_retention(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, keep: &str| {
+            ConfigError::Invalid {
+            key,
+            message: format!(
+                "{keep:?} is not a retention: write a number and a unit (`90d`, `12h`, `30m`), or `forever`"
+            ),
+        }
+        };
+        let check = |key: String, keep: &str| match keep.trim() {
+            "forever" => Ok(()),
+            _ => match parse_duration(keep) {
+                Some(d) if d >= std::time::Duration::from_secs(1) => Ok(()),
+                _ => Err(invalid(key, keep)),
+            },
+        };
+        if let Some(keep) = &self.changelog_retention {
+            check("sink.changelog_retention".into(), keep)?;
+        }
+        for (pattern, keep) in &self.changelog_retention_tables {
+            check(format!("sink.changelog_retention_tables.{pattern}"), keep)?;
+        }
+        let any = self.changelog_retention.is_some() || !self.changelog_retention_tables.is_empty();
+        if any && self.format == LakeFormat::Iceberg {
+            return Err(ConfigError::Invalid {
+                key: "sink.changelog_retention".into(),
+                message:
+                    "is not built for Iceberg tables yet; remove it, or use format = \"delta\""
+                        .into(),
+            });
+        }
+        if any && self.changelog_retention_interval_ms < 1000 {
+            return Err(ConfigError::Invalid {
+                key: "sink.changelog_retention_interval_ms".into(),
+                message: "must be at least 1000".into(),
+            });
+        }
+        Ok(())
+    }
+
     pub fn maintenance(&self) -> tidewater_lake::MaintenancePolicy {
         use std::time::Duration;
         tidewater_lake::MaintenancePolicy {
@@ -1076,6 +1152,10 @@ impl LakeSinkConfig {
             }),
         }
     }
+}
+
+fn default_retention_interval_ms() -> u64 {
+    3_600_000
 }
 
 fn default_flush_interval_ms() -> u64 {
@@ -1359,6 +1439,7 @@ impl Config {
                     ));
                 }
                 lake.validate_format()?;
+                lake.validate_retention()?;
                 if lake.target_file_size_bytes < 1024 {
                     return Err(invalid(
                         "sink.target_file_size_bytes",
@@ -2579,6 +2660,21 @@ uri = "file:///tmp/lake"
                 "soft_deletes = true",
                 "sink.soft_deletes",
                 "current_state = true",
+            ),
+            (
+                "changelog_retention = \"soon\"",
+                "sink.changelog_retention",
+                "90d",
+            ),
+            (
+                "[sink.changelog_retention_tables]\n\"public.x\" = \"0s\"",
+                "sink.changelog_retention_tables.public.x",
+                "forever",
+            ),
+            (
+                "format = \"iceberg\"\nchangelog_retention = \"30d\"",
+                "sink.changelog_retention",
+                "Iceberg",
             ),
             (
                 "format = \"iceberg\"\n[sink.catalog]\nuri = \"sqlite://relative.db\"",

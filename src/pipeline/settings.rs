@@ -45,6 +45,9 @@ pub struct Settings {
     pub current_state_dvs: bool,
     /// Current-state tables keep deleted rows, flagged (`sink.soft_deletes`).
     pub soft_deletes: bool,
+    /// `sink.changelog_retention` rules (pattern, None = for ever) and how
+    /// often each table's pass runs.
+    pub changelog_retention: (Vec<(String, Option<Duration>)>, Duration),
     /// Between chunks, a snapshot commits once this much is staged.
     pub snapshot_commit_bytes: u64,
     /// Set for `sink.format = "iceberg"`: the catalog the lake's Iceberg
@@ -168,6 +171,7 @@ impl Settings {
                 partition_by_date: false,
                 current_state_dvs: false,
                 soft_deletes: false,
+                changelog_retention: (Vec::new(), Duration::from_secs(3600)),
                 snapshot_commit_bytes: k.max_queued_bytes / 2,
                 iceberg: None,
                 warehouse: None,
@@ -202,6 +206,10 @@ impl Settings {
                 partition_by_date: lake.partitioning == crate::config::Partitioning::CommitDate,
                 current_state_dvs: lake.current_state_deletion_vectors,
                 soft_deletes: lake.soft_deletes,
+                changelog_retention: (
+                    lake.retention_rules(),
+                    Duration::from_millis(lake.changelog_retention_interval_ms),
+                ),
                 snapshot_commit_bytes: lake.target_file_size_bytes,
                 iceberg: lake.iceberg_catalog(),
                 warehouse,
@@ -227,6 +235,7 @@ impl Settings {
                 partition_by_date: false,
                 current_state_dvs: false,
                 soft_deletes: false,
+                changelog_retention: (Vec::new(), Duration::from_secs(3600)),
                 snapshot_commit_bytes: w.snapshot_commit_bytes,
                 iceberg: None,
                 warehouse,

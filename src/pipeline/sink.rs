@@ -108,6 +108,10 @@ impl AnySink {
                 lake.set_target_file_size(settings.target_file_bytes);
                 lake.set_current_state_deletion_vectors(settings.current_state_dvs);
                 lake.set_soft_deletes(settings.soft_deletes);
+                lake.set_changelog_retention(
+                    settings.changelog_retention.0.clone(),
+                    settings.changelog_retention.1,
+                );
                 // A lake that refuses writes stops the start here, before
                 // the source does any work (a slot, a snapshot).
                 lake.probe_writable().await.map_err(wrap)?;

@@ -36,6 +36,7 @@ mod pg_schema;
 mod pg_streaming;
 mod privileges;
 mod replication;
+mod retention;
 mod retry;
 mod reverse_etl;
 mod secrets;

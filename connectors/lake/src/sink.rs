@@ -57,6 +57,7 @@ mod maintenance;
 mod prune;
 mod ranged;
 mod read;
+mod retention;
 pub use current::MergeReport;
 pub use maintenance::{Compaction, CompactionReport, MaintenancePolicy};
 pub use read::{LakeFile, LakeFiles, LakeLog};
@@ -229,6 +230,10 @@ pub struct LakeSink {
     current_dvs: bool,
     /// Current-state tables keep deleted rows, flagged.
     soft_deletes: bool,
+    /// `changelog_retention`: (table pattern, how long rows are kept).
+    retention_rules: Vec<(String, Option<std::time::Duration>)>,
+    /// How often each table's retention pass runs.
+    retention_every: std::time::Duration,
 }
 
 impl LakeSink {
@@ -245,6 +250,8 @@ impl LakeSink {
             target_file_bytes: 128 << 20,
             current_dvs: false,
             soft_deletes: false,
+            retention_rules: Vec::new(),
+            retention_every: std::time::Duration::from_secs(3600),
         }
     }
 

@@ -95,36 +95,42 @@ pub struct CompactionReport {
 }
 
 /// Partition values of a file, sorted by column.
-type Partition = Vec<(String, Option<String>)>;
+pub(super) type Partition = Vec<(String, Option<String>)>;
 
 /// A group of one table's small files to rewrite, planned on the sink from
 /// its snapshot in memory; [`CompactionJob::run`] does the work on a task
 /// of its own.
 pub(super) struct CompactionJob {
-    table: TableId,
+    pub(super) table: TableId,
     /// The table as of the plan (a clone: writes go through it, never a
     /// commit).
-    delta: DeltaTable,
-    partition: Partition,
+    pub(super) delta: DeltaTable,
+    pub(super) partition: Partition,
     /// The files to rewrite, as object paths, with their remove actions.
-    group: Vec<(deltalake::Path, Remove)>,
+    pub(super) group: Vec<(deltalake::Path, Remove)>,
     /// Key columns (lake names), whose pages the new file indexes.
-    keys: Vec<String>,
+    pub(super) keys: Vec<String>,
     /// What the plan assumed of the table's schema.
-    schema_version: u64,
-    schema: deltalake::kernel::StructType,
-    target_file_bytes: u64,
+    pub(super) schema_version: u64,
+    pub(super) schema: deltalake::kernel::StructType,
+    pub(super) target_file_bytes: u64,
+    /// Set for a rewrite that drops change-log rows past
+    /// `changelog_retention` (see `retention`), not a compaction.
+    pub(super) retention: Option<super::retention::Retention>,
 }
 
 /// A compaction's written files, waiting for their commit.
 pub(super) struct CompactionOutput {
-    table: TableId,
-    adds: Vec<Add>,
-    removes: Vec<(deltalake::Path, Remove)>,
-    schema_version: u64,
-    schema: deltalake::kernel::StructType,
-    target_file_bytes: u64,
-    rows: usize,
+    pub(super) table: TableId,
+    pub(super) adds: Vec<Add>,
+    pub(super) removes: Vec<(deltalake::Path, Remove)>,
+    pub(super) schema_version: u64,
+    pub(super) schema: deltalake::kernel::StructType,
+    pub(super) target_file_bytes: u64,
+    pub(super) rows: usize,
+    /// A retention rewrite: the rows it dropped, and the cut-off (its
+    /// commit is a delete, not an optimize).
+    pub(super) dropped: Option<(usize, String)>,
 }
 
 impl LakeSink {
@@ -238,6 +244,7 @@ impl LakeSink {
             schema_version: open.schema_version,
             schema: snapshot.schema().as_ref().clone(),
             target_file_bytes: policy.target_file_bytes,
+            retention: None,
         }))
     }
 
@@ -290,6 +297,21 @@ impl LakeSink {
             files_added: output.adds.len(),
             rows: output.rows,
         };
+        if output.removes.is_empty() {
+            // A retention pass that found nothing to drop.
+            return Ok(none);
+        }
+        let operation = match &output.dropped {
+            Some((_, cutoff)) => DeltaOperation::Delete {
+                predicate: Some(format!(
+                    "_tw_commit_ts < '{cutoff}' and a later change of the key (changelog_retention)"
+                )),
+            },
+            None => DeltaOperation::Optimize {
+                predicate: None,
+                target_size: output.target_file_bytes as i64,
+            },
+        };
         // The files leave the table now: the retention counts from here.
         let removed_at = chrono::Utc::now().timestamp_millis();
         let mut actions: Vec<Action> = output.adds.into_iter().map(Action::Add).collect();
@@ -308,18 +330,7 @@ impl LakeSink {
             open.schema_version,
         );
         let (version, snapshot) = commit_actions(
-            open,
-            table,
-            &app_id,
-            &pipeline,
-            state.mark,
-            properties,
-            actions,
-            false,
-            DeltaOperation::Optimize {
-                predicate: None,
-                target_size: output.target_file_bytes as i64,
-            },
+            open, table, &app_id, &pipeline, state.mark, properties, actions, false, operation,
         )
         .await?;
         open.table.state = Some(snapshot);
@@ -328,14 +339,26 @@ impl LakeSink {
             commits,
             ..state
         });
-        info!(
-            table = %table,
-            files_removed = report.files_removed,
-            files_added = report.files_added,
-            rows = report.rows,
-            version,
-            "compacted small files"
-        );
+        match output.dropped {
+            Some((dropped, cutoff)) => info!(
+                table = %table,
+                files_removed = report.files_removed,
+                files_added = report.files_added,
+                rows_kept = report.rows,
+                rows_dropped = dropped,
+                cutoff = %cutoff,
+                version,
+                "dropped change-log rows past changelog_retention"
+            ),
+            None => info!(
+                table = %table,
+                files_removed = report.files_removed,
+                files_added = report.files_added,
+                rows = report.rows,
+                version,
+                "compacted small files"
+            ),
+        }
         Ok(report)
     }
 }
@@ -345,6 +368,9 @@ impl CompactionJob {
     /// table — uncommitted, invisible to every reader until
     /// [`LakeSink::commit_compaction`].
     pub(super) async fn run(self) -> Result<CompactionOutput, LakeError> {
+        if self.retention.is_some() {
+            return self.run_retention().await;
+        }
         let table = &self.table;
         let delta = |what: &'static str| move |source| LakeError::delta(table, what, source);
         let store = self.delta.log_store().object_store(None);
@@ -404,6 +430,7 @@ impl CompactionJob {
             schema: self.schema,
             target_file_bytes: self.target_file_bytes,
             rows,
+            dropped: None,
         })
     }
 }
@@ -614,7 +641,7 @@ fn deletion_vector_path(
 
 /// `batch` (read from a data file) with the partition columns of the file
 /// it came from (only the commit date is ever partitioned by).
-fn with_partition_values(
+pub(super) fn with_partition_values(
     table: &TableId,
     batch: &RecordBatch,
     partition: &[(String, Option<String>)],
@@ -642,7 +669,7 @@ fn with_partition_values(
 
 /// Writer properties for a file merging `paths`: a column written without
 /// statistics in any of them (see [`crate::stats`]) gets none in the merge.
-fn merged_properties(
+pub(super) fn merged_properties(
     footers: &[Arc<deltalake::parquet::file::metadata::ParquetMetaData>],
     keys: &[&str],
 ) -> WriterProperties {
@@ -754,6 +781,10 @@ pub(super) struct MaintenanceClock {
     compacted_last: Option<TableId>,
     /// The vacuum running (one at a time, of every open table).
     vacuum: Option<VacuumTask>,
+    /// Each table's retention pass: when it started (or last ended), and
+    /// the first `_tw_seq` of the files it has done (a pass goes on from
+    /// there until no file is left, then waits `retention_every`).
+    retained: std::collections::HashMap<TableId, (std::time::Instant, Option<i64>)>,
 }
 
 impl Default for MaintenanceClock {
@@ -772,6 +803,7 @@ impl Default for MaintenanceClock {
             compaction: None,
             compacted_last: None,
             vacuum: None,
+            retained: Default::default(),
         }
     }
 }
@@ -905,6 +937,46 @@ impl LakeSink {
         }
     }
 
+    /// Starts the next retention rewrite of a table whose pass is due (in
+    /// the compaction slot, which is free).
+    fn plan_retention(&mut self, now: std::time::Instant) {
+        let mut tables = self.open_tables();
+        tables.sort();
+        for table in tables {
+            let Some(keep) = self.retention_of(&table) else {
+                continue;
+            };
+            let (started, after) = self
+                .clock
+                .retained
+                .get(&table)
+                .copied()
+                .unwrap_or((now.checked_sub(self.retention_every).unwrap_or(now), None));
+            // A pass in progress goes on; a finished one waits its interval.
+            if after.is_none() && now.duration_since(started) < self.retention_every {
+                continue;
+            }
+            match self.retention_job(&table, keep, after.unwrap_or(i64::MIN), SystemTime::now()) {
+                Ok(Some(job)) => {
+                    let pass_seq = job.retention_pass_seq();
+                    self.clock
+                        .retained
+                        .insert(table.clone(), (started, pass_seq));
+                    self.start_compaction(job);
+                    return;
+                }
+                Ok(None) => {
+                    // Nothing (more) past the retention: the pass is done.
+                    self.clock.retained.insert(table, (now, None));
+                }
+                Err(error) => {
+                    self.clock.retained.insert(table.clone(), (now, None));
+                    warn!(table = %table, error = %tidewater_core::error_chain(&error), "the change-log retention pass failed; the table is unchanged, trying again later");
+                }
+            }
+        }
+    }
+
     /// Logs the outcome of the vacuum that ended.
     async fn reap_vacuum(&mut self) {
         if !self
@@ -1008,8 +1080,9 @@ impl LakeSink {
                 }
             }
         }
+        let reaped = self.reap_compaction().await;
         if let Some((policy, every)) = self.maintenance.compaction {
-            if let Reaped::Failed = self.reap_compaction().await {
+            if let Reaped::Failed = reaped {
                 self.clock.compacted = now;
             }
             // One group of one table at a time; due again at once while a
@@ -1043,6 +1116,9 @@ impl LakeSink {
                     self.clock.compacted = now;
                 }
             }
+        }
+        if self.clock.compaction.is_none() && !self.retention_rules.is_empty() {
+            self.plan_retention(now);
         }
         self.reap_vacuum().await;
         if let Some((retention, every)) = self.maintenance.vacuum {
