@@ -325,6 +325,59 @@ pub enum Schedule {
     Cron(Box<croner::Cron>),
 }
 
+/// (table pattern, retention; None for ever) in the order they apply: the
+/// per-table ones, then the default for every table; a `forever` rule keeps
+/// its tables out of every later one.
+pub fn retention_rules(
+    default: &Option<String>,
+    tables: &std::collections::BTreeMap<String, String>,
+) -> Vec<(String, Option<std::time::Duration>)> {
+    let mut rules: Vec<(String, Option<std::time::Duration>)> = tables
+        .iter()
+        .map(|(pattern, keep)| (pattern.clone(), retention_value(keep)))
+        .collect();
+    if let Some(keep) = default {
+        rules.push(("*".into(), retention_value(keep)));
+    }
+    rules
+}
+
+/// Checks `sink.changelog_retention*`; true when a retention is set.
+fn check_retention(
+    default: &Option<String>,
+    tables: &std::collections::BTreeMap<String, String>,
+    interval_ms: u64,
+) -> Result<bool, ConfigError> {
+    let check = |key: String, keep: &str| {
+        match keep.trim() {
+        "forever" => Ok(()),
+        _ => match parse_duration(keep) {
+            Some(d) if d >= std::time::Duration::from_secs(1) => Ok(()),
+            _ => Err(ConfigError::Invalid {
+                key,
+                message: format!(
+                    "{keep:?} is not a retention: write a number and a unit (`90d`, `12h`, `30m`), or `forever`"
+                ),
+            }),
+        },
+    }
+    };
+    if let Some(keep) = default {
+        check("sink.changelog_retention".into(), keep)?;
+    }
+    for (pattern, keep) in tables {
+        check(format!("sink.changelog_retention_tables.{pattern}"), keep)?;
+    }
+    let any = default.is_some() || !tables.is_empty();
+    if any && interval_ms < 1000 {
+        return Err(ConfigError::Invalid {
+            key: "sink.changelog_retention_interval_ms".into(),
+            message: "must be at least 1000".into(),
+        });
+    }
+    Ok(any)
+}
+
 /// A retention value: a duration, or None for `forever`.
 fn retention_value(text: &str) -> Option<std::time::Duration> {
     match text.trim() {
@@ -838,6 +891,19 @@ pub struct WarehouseSinkConfig {
     /// time in `_tw_deleted_at` (a truncate flags every row). Default false.
     #[serde(default)]
     pub soft_deletes: bool,
+    /// Change-log (`<table>__changes`) rows older than this (`90d`, `12h`,
+    /// …) are deleted, except each key's latest row (and truncates).
+    /// Default: kept forever. Needs `changelog = true`.
+    #[serde(default)]
+    pub changelog_retention: Option<String>,
+    /// Per-table retention, by source `schema.table` pattern: the first
+    /// pattern that matches wins over `changelog_retention`; `forever`
+    /// keeps a table's rows.
+    #[serde(default)]
+    pub changelog_retention_tables: std::collections::BTreeMap<String, String>,
+    /// How often each table's retention pass runs. Default 3600000.
+    #[serde(default = "default_retention_interval_ms")]
+    pub changelog_retention_interval_ms: u64,
     /// `auto` (default: MERGE on Postgres 15+, else INSERT … ON CONFLICT),
     /// `merge` or `on_conflict`.
     #[serde(default)]
@@ -1074,56 +1140,24 @@ fn default_vacuum_retention_hours() -> u64 {
 
 impl LakeSinkConfig {
     /// The compaction and vacuum schedule this config asks for.
-    /// (table pattern, retention) rules in the order they apply: the
-    /// per-table ones, then the default for every table; a `forever` rule
-    /// (None) keeps its tables out of every later one.
+    /// (table pattern, retention; None for ever) rules in the order they
+    /// apply.
     pub fn retention_rules(&self) -> Vec<(String, Option<std::time::Duration>)> {
-        let mut rules: Vec<(String, Option<std::time::Duration>)> = self
-            .changelog_retention_tables
-            .iter()
-            .map(|(pattern, keep)| (pattern.clone(), retention_value(keep)))
-            .collect();
-        if let Some(keep) = &self.changelog_retention {
-            rules.push(("*".into(), retention_value(keep)));
-        }
-        rules
+        retention_rules(&self.changelog_retention, &self.changelog_retention_tables)
     }
 
     fn validate_retention(&self) -> Result<(), ConfigError> {
-        let invalid = |key: String, keep: &str| {
-            ConfigError::Invalid {
-            key,
-            message: format!(
-                "{keep:?} is not a retention: write a number and a unit (`90d`, `12h`, `30m`), or `forever`"
-            ),
-        }
-        };
-        let check = |key: String, keep: &str| match keep.trim() {
-            "forever" => Ok(()),
-            _ => match parse_duration(keep) {
-                Some(d) if d >= std::time::Duration::from_secs(1) => Ok(()),
-                _ => Err(invalid(key, keep)),
-            },
-        };
-        if let Some(keep) = &self.changelog_retention {
-            check("sink.changelog_retention".into(), keep)?;
-        }
-        for (pattern, keep) in &self.changelog_retention_tables {
-            check(format!("sink.changelog_retention_tables.{pattern}"), keep)?;
-        }
-        let any = self.changelog_retention.is_some() || !self.changelog_retention_tables.is_empty();
+        let any = check_retention(
+            &self.changelog_retention,
+            &self.changelog_retention_tables,
+            self.changelog_retention_interval_ms,
+        )?;
         if any && self.format == LakeFormat::Iceberg {
             return Err(ConfigError::Invalid {
                 key: "sink.changelog_retention".into(),
                 message:
                     "is not built for Iceberg tables yet; remove it, or use format = \"delta\""
                         .into(),
-            });
-        }
-        if any && self.changelog_retention_interval_ms < 1000 {
-            return Err(ConfigError::Invalid {
-                key: "sink.changelog_retention_interval_ms".into(),
-                message: "must be at least 1000".into(),
             });
         }
         Ok(())
@@ -1340,6 +1374,18 @@ impl Config {
         match &self.sink {
             SinkConfig::Kafka(kafka) => kafka.validate()?,
             SinkConfig::Warehouse(warehouse) => {
+                let retains = check_retention(
+                    &warehouse.changelog_retention,
+                    &warehouse.changelog_retention_tables,
+                    warehouse.changelog_retention_interval_ms,
+                )?;
+                if retains && !warehouse.changelog {
+                    return Err(invalid(
+                        "sink.changelog_retention",
+                        "applies to the change-log tables; set sink.changelog = true or remove it"
+                            .into(),
+                    ));
+                }
                 if !warehouse.url.expose().starts_with("postgres://")
                     && !warehouse.url.expose().starts_with("postgresql://")
                 {

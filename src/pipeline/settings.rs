@@ -134,6 +134,11 @@ impl Settings {
                 state_schema: w.state_schema.clone(),
                 changelog: w.changelog,
                 soft_deletes: w.soft_deletes,
+                changelog_retention: crate::config::retention_rules(
+                    &w.changelog_retention,
+                    &w.changelog_retention_tables,
+                ),
+                retention_every: Duration::from_millis(w.changelog_retention_interval_ms),
                 apply: match w.apply {
                     crate::config::WarehouseApply::Auto => tidewater_warehouse::ApplyMode::Auto,
                     crate::config::WarehouseApply::Merge => tidewater_warehouse::ApplyMode::Merge,

@@ -21,7 +21,8 @@ fn rows_per_key(log: &[LogRow]) -> std::collections::BTreeMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_superseded_change_log_rows_go_and_the_current_state_stays() {
-    const RETENTION_S: u64 = 6;
+    // Long enough that the whole history is seen before any of it goes.
+    const RETENTION_S: u64 = 15;
     let client = pg().create_database("retain").await;
     client
         .batch_execute(
@@ -142,4 +143,86 @@ async fn old_superseded_change_log_rows_go_and_the_current_state_stays() {
     )
     .await;
     pipeline.wait_equal(&client, "t").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warehouse_change_logs_keep_each_keys_latest_row_past_the_retention() {
+    let client = pg().create_database("retain_whs").await;
+    let warehouse = pg().create_database("retain_whd").await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v int);
+             CREATE TABLE keep_all (id int PRIMARY KEY, v int);
+             INSERT INTO t SELECT g, 0 FROM generate_series(1, 10) g;
+             INSERT INTO keep_all SELECT g, 0 FROM generate_series(1, 4) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::warehouse(
+        "retain_wh",
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\n",
+            pg().url("retain_whs")
+        ),
+        &pg().url("retain_whd"),
+        "changelog = true\nchangelog_retention = \"15s\"\nchangelog_retention_interval_ms = 1000\n\
+         [sink.changelog_retention_tables]\n\"public.keep_*\" = \"forever\"\n",
+    );
+    pipeline.start();
+    let count = |sql: &'static str| {
+        let warehouse = &warehouse;
+        async move {
+            warehouse
+                .query_one(sql, &[])
+                .await
+                .map(|r| r.get::<_, i64>(0))
+                .map_err(|e| e.to_string())
+        }
+    };
+    eventually("the snapshot", Duration::from_secs(60), || async {
+        let n = count("SELECT count(*) FROM public.keep_all__changes").await?;
+        let m = count("SELECT count(*) FROM public.t__changes").await?;
+        (n == 4 && m == 10)
+            .then_some(())
+            .ok_or(format!("{m} and {n} rows"))
+    })
+    .await;
+    for round in 1..=3 {
+        client
+            .batch_execute(&format!(
+                "UPDATE t SET v = {round}; UPDATE keep_all SET v = {round};"
+            ))
+            .await
+            .unwrap();
+    }
+    client
+        .batch_execute("DELETE FROM t WHERE id = 2; BEGIN; TRUNCATE keep_all; INSERT INTO keep_all VALUES (9, 9); COMMIT;")
+        .await
+        .unwrap();
+    eventually(
+        "the whole history landed",
+        Duration::from_secs(60),
+        || async {
+            let n = count("SELECT count(*) FROM public.t__changes").await?;
+            (n == 10 * 4 + 1).then_some(()).ok_or(format!("{n} rows"))
+        },
+    )
+    .await;
+    eventually("one row per key left", Duration::from_secs(90), || async {
+        let rows = count("SELECT count(*) FROM public.t__changes").await?;
+        let keys = count("SELECT count(DISTINCT id) FROM public.t__changes").await?;
+        (rows == 10 && keys == 10)
+            .then_some(())
+            .ok_or(format!("{rows} rows for {keys} keys"))
+    })
+    .await;
+    let deleted =
+        count("SELECT count(*) FROM public.t__changes WHERE id = 2 AND _tw_op = 'd'").await;
+    assert_eq!(deleted, Ok(1), "a deleted key keeps its delete");
+    let current = count("SELECT count(*) FROM public.t WHERE v = 3").await;
+    assert_eq!(current, Ok(9), "the current table is untouched");
+    // Kept for ever: every row, the truncate too.
+    let kept = count("SELECT count(*) FROM public.keep_all__changes").await;
+    assert_eq!(kept, Ok(4 * 4 + 2));
+    pipeline.assert_running();
 }

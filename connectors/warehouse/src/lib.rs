@@ -13,11 +13,13 @@
 //! * [`types`]: the reverse type mapping (tidewater column type → Postgres);
 //! * [`copy`]: Arrow batches → binary COPY;
 //! * [`value`]: warehouse values read back, for unchanged TOAST values;
-//! * [`sink`]: staging, apply, state.
+//! * [`sink`]: staging, apply, state;
+//! * `retention`: change-log rows past `changelog_retention` deleted.
 
 pub mod copy;
 mod error;
 pub mod lease;
+mod retention;
 pub mod sink;
 mod state;
 pub mod types;

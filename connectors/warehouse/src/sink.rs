@@ -91,6 +91,11 @@ pub struct WarehouseSettings {
     /// Deleted rows stay, with `_tw_deleted = true` and the delete's commit
     /// time in `_tw_deleted_at`.
     pub soft_deletes: bool,
+    /// `changelog_retention`: (source table pattern, how long change-log
+    /// rows are kept; None for ever), the first match counts.
+    pub changelog_retention: Vec<(String, Option<std::time::Duration>)>,
+    /// How often each change log's retention pass runs.
+    pub retention_every: std::time::Duration,
 }
 
 impl WarehouseSettings {
@@ -211,7 +216,7 @@ struct Known {
 }
 
 pub struct WarehouseSink {
-    settings: WarehouseSettings,
+    pub(crate) settings: WarehouseSettings,
     client: Arc<Client>,
     merge: bool,
     tables: HashMap<TableId, Known>,
@@ -222,6 +227,8 @@ pub struct WarehouseSink {
     pending: HashMap<TableId, (Mark, u64)>,
     phases: HashMap<TableId, (SnapshotPhase, Mark)>,
     next_stage: u64,
+    /// When each change log's retention pass last ran.
+    pub(crate) retained: HashMap<TableId, std::time::Instant>,
 }
 
 /// The first key of the pipeline's advisory lock (the two-key form keeps
@@ -333,7 +340,28 @@ impl WarehouseSink {
             pending: HashMap::new(),
             phases: HashMap::new(),
             next_stage: 0,
+            retained: HashMap::new(),
         })
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) fn in_transaction(&self) -> bool {
+        self.in_transaction || !self.stages.is_empty()
+    }
+
+    /// (source table, warehouse table, its change log), qualified, of every
+    /// table with a change log.
+    pub(crate) fn changelogs(&self) -> Vec<(TableId, String, String)> {
+        self.tables
+            .iter()
+            .filter_map(|(table, known)| {
+                let log = known.changelog.as_ref()?;
+                Some((table.clone(), known.target.qualified(), log.qualified()))
+            })
+            .collect()
     }
 
     /// The pipeline's records (phase, stopped tables, snapshot plan,
@@ -1476,6 +1504,10 @@ fn last_truncate(batch: &ChangeBatch) -> Option<Mark> {
 
 impl Sink for WarehouseSink {
     type Error = WarehouseError;
+
+    async fn maintain(&mut self) {
+        self.apply_retention().await;
+    }
 
     fn staged_bytes(&self) -> u64 {
         self.staged_bytes
