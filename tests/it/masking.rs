@@ -206,7 +206,14 @@ async fn postgres_masking_keeps_clear_values_out_of_the_lake() {
             "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\n",
             pg().url("mask_pg")
         ),
-        &format!("current_state = true\ncurrent_state_interval_ms = 300\n{MASKING}"),
+        &format!(
+            "current_state = true\ncurrent_state_interval_ms = 300\n{MASKING}\n\
+             [[reverse_etl]]\nname = \"orders_per_person\"\n\
+             query = \"SELECT p.id, count(o.id) AS orders FROM public.people p \
+             JOIN public.orders o ON o.person_email = p.email GROUP BY p.id\"\n\
+             target_url = \"{}\"\ntarget_table = \"public.people_orders\"\nkey = [\"id\"]\n",
+            pg().url("mask_pg")
+        ),
     );
     masked_pipeline(&mut pipeline);
     pipeline.start();
@@ -304,6 +311,38 @@ async fn postgres_masking_keeps_clear_values_out_of_the_lake() {
     assert_eq!(source_type("born").unwrap(), "constant (was date)");
 
     pipeline.terminate();
+
+    // Reverse ETL joins on the hashed values and writes hashed keys back.
+    let mut cmd = crate::support::tidewater();
+    cmd.args(["reverse-etl", "--config"])
+        .arg(&pipeline.config)
+        .env("TW_TEST_HASH_KEY", KEY);
+    let (code, output) = crate::support::code_and_output_within(cmd, 120);
+    assert_eq!(code, 0, "{output}");
+    let source_counts = client
+        .query(
+            "SELECT p.id::text, count(o.id) FROM people p JOIN orders o ON o.person_email = p.email \
+             GROUP BY p.id ORDER BY p.id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ids: Vec<String> = source_counts.iter().map(|r| r.get(0)).collect();
+    let hashed = pg_hmacs(&ids).await;
+    let expected: BTreeMap<String, i64> = hashed
+        .into_iter()
+        .zip(source_counts.iter().map(|r| r.get::<_, i64>(1)))
+        .collect();
+    let pushed: BTreeMap<String, i64> = client
+        .query("SELECT id, orders FROM public.people_orders", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(expected.len() > 10, "the fixture joins");
+    assert_eq!(pushed, expected, "reverse ETL on hashed keys");
+
     assert_no_clear_values(&pipeline.lake, "the lake");
     for start in 1..=pipeline.starts {
         let log = pipeline.log(start);
