@@ -20,7 +20,42 @@ fn failed<E: tidewater_core::Classified>(err: E) -> (String, ErrorClass) {
     (crate::chain(&err), err.class())
 }
 
-async fn check_postgres(config: &PostgresConfig) -> CheckResult {
+/// `[masking]` against a table's columns as the source has them now: one
+/// line per masked column, and a problem for a key column the rules would
+/// exclude or make constant (the run would refuse to start on it).
+fn check_masking(
+    masking: &tidewater_core::mask::MaskPolicy,
+    schema: &tidewater_core::TableSchema,
+) -> Option<Problem> {
+    match masking.plan(schema) {
+        Ok(Some(plan)) => {
+            for column in &schema.columns {
+                let how = match plan.schema.columns.iter().find(|c| c.name == column.name) {
+                    None => "excluded".to_string(),
+                    Some(c) if c.source_type != column.source_type => c.source_type.clone(),
+                    Some(_) => continue,
+                };
+                println!("masking: {}.{}: {how}", schema.table, column.name);
+            }
+            None
+        }
+        Ok(None) => None,
+        Err(err) => Some(Problem {
+            what: format!(
+                "masking: {}",
+                err.to_string().lines().next().unwrap_or_default()
+            ),
+            fix: "mask key columns with action = \"hash\", or leave the table out of \
+                  source.tables"
+                .into(),
+        }),
+    }
+}
+
+async fn check_postgres(
+    config: &PostgresConfig,
+    masking: &tidewater_core::mask::MaskPolicy,
+) -> CheckResult {
     let source = PostgresSource::connect(config.clone())
         .await
         .map_err(failed)?;
@@ -28,6 +63,17 @@ async fn check_postgres(config: &PostgresConfig) -> CheckResult {
     let mut found = tidewater_postgres::preflight(source.client(), source.config(), &tables)
         .await
         .map_err(failed)?;
+    for table in tables.iter().filter(|t| masking.covers(t)) {
+        let columns = tidewater_postgres::table_columns(source.client(), table)
+            .await
+            .map_err(|err| (err.to_string(), ErrorClass::Transient))?;
+        let schema = tidewater_core::TableSchema {
+            table: table.clone(),
+            version: 1,
+            columns,
+        };
+        found.extend(check_masking(masking, &schema));
+    }
     if let Err(err) = source.probe_replication().await {
         // Without REPLICATION the walsender refuses; that is reported above.
         if found
@@ -49,10 +95,17 @@ async fn check_postgres(config: &PostgresConfig) -> CheckResult {
     Ok((tables, found, warnings))
 }
 
-async fn check_mysql(config: &MysqlConfig) -> CheckResult {
+async fn check_mysql(
+    config: &MysqlConfig,
+    masking: &tidewater_core::mask::MaskPolicy,
+) -> CheckResult {
     let mut source = MysqlSource::connect(config.clone()).await.map_err(failed)?;
     let tables = source.tables().await.map_err(failed)?;
-    let found = source.preflight(&tables).await.map_err(failed)?;
+    let mut found = source.preflight(&tables).await.map_err(failed)?;
+    for table in tables.iter().filter(|t| masking.covers(t)) {
+        let schema = source.table_schema(table).await.map_err(failed)?;
+        found.extend(check_masking(masking, &schema));
+    }
     println!("source: {}", source.flavor());
     println!(
         "note: every session must log ROW: a client that sets SESSION binlog_format = \
@@ -75,8 +128,8 @@ pub async fn check(settings: &Settings) -> i32 {
     let mut problems = Vec::new();
     let checked_tables: Vec<TableId>;
     let result = match &settings.source {
-        SourceSettings::Postgres(config) => check_postgres(config).await,
-        SourceSettings::Mysql(config) => check_mysql(config).await,
+        SourceSettings::Postgres(config) => check_postgres(config, &settings.masking).await,
+        SourceSettings::Mysql(config) => check_mysql(config, &settings.masking).await,
     };
     match result {
         Ok((tables, found, warnings)) => {

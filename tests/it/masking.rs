@@ -216,6 +216,21 @@ async fn postgres_masking_keeps_clear_values_out_of_the_lake() {
         ),
     );
     masked_pipeline(&mut pipeline);
+    // `check` lists what masking does to each column.
+    let mut cmd = crate::support::tidewater();
+    cmd.args(["check", "--config"])
+        .arg(&pipeline.config)
+        .env("TW_TEST_HASH_KEY", KEY);
+    let (code, output) = crate::support::code_and_output_within(cmd, 120);
+    assert_eq!(code, 0, "{output}");
+    for line in [
+        "masking: public.people.id: hmac-sha256 key ",
+        "masking: public.people.ssn: excluded",
+        "masking: public.people.born: constant (was date)",
+        "masking: public.orders.person_email: hmac-sha256 key ",
+    ] {
+        assert!(output.contains(line), "{line:?} in:\n{output}");
+    }
     pipeline.start();
 
     let people = pipeline.table_path("public", "people");
@@ -524,6 +539,15 @@ async fn excluding_a_key_column_stops_with_a_config_error() {
             pg().url("mask_key")
         ),
         "\n[[masking.columns]]\ntable = \"public.accounts\"\ncolumns = [\"i*\"]\naction = \"constant\"\nvalue = \"-\"\n",
+    );
+    // `check` says so before any run.
+    let mut cmd = crate::support::tidewater();
+    cmd.args(["check", "--config"]).arg(&pipeline.config);
+    let (code, output) = crate::support::code_and_output_within(cmd, 120);
+    assert_ne!(code, 0, "{output}");
+    assert!(
+        output.contains("masking: column id of public.accounts is part of the row key"),
+        "{output}"
     );
     pipeline.start();
     let code = pipeline.wait_exit(Duration::from_secs(60)).await;

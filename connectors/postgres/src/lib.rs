@@ -19,6 +19,7 @@ pub mod value;
 // named here as before.
 use tidewater_endpoint::{postgres as tls, sqlstate};
 
+pub use catalog::table_columns;
 pub use chunks::chunks_committed;
 pub use error::PostgresError;
 pub use preflight::{advisories, preflight};
