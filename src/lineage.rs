@@ -79,6 +79,7 @@ struct Inner {
     source: Naming,
     sink: Naming,
     dropped: AtomicU64,
+    metrics: crate::metrics::Metrics,
     state: Mutex<RunState>,
 }
 
@@ -197,7 +198,7 @@ fn lake_naming(uri: &str) -> Naming {
 impl Lineage {
     /// The emitter `config.lineage` asks for (disabled without one); spawns
     /// its task on the current runtime.
-    pub fn start(config: &Config) -> Lineage {
+    pub fn start(config: &Config, metrics: &crate::metrics::Metrics) -> Lineage {
         let Some(lineage) = &config.lineage else {
             return Lineage::default();
         };
@@ -240,13 +241,14 @@ impl Lineage {
             },
         };
         let (queue, receiver) = mpsc::channel(QUEUE_EVENTS);
-        tokio::spawn(emit(lineage_target(lineage), receiver));
+        tokio::spawn(emit(lineage_target(lineage), receiver, metrics.clone()));
         Lineage {
             inner: Some(Arc::new(Inner {
                 queue,
                 namespace: lineage.namespace.clone(),
                 pipeline: config.pipeline.name.clone(),
                 interval: Duration::from_millis(lineage.checkpoint_interval_ms),
+                metrics: metrics.clone(),
                 source,
                 sink,
                 dropped: AtomicU64::new(0),
@@ -521,6 +523,7 @@ impl Inner {
         match self.queue.try_send(Message::Event(event.to_string())) {
             Ok(()) => {}
             Err(_) => {
+                self.metrics.lineage("dropped");
                 let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 warn!(
                     dropped,
@@ -677,7 +680,11 @@ fn lineage_target(config: &LineageConfig) -> Target {
 }
 
 /// The emitter task: sends events in order until every [`Lineage`] is gone.
-async fn emit(target: Target, mut queue: mpsc::Receiver<Message>) {
+async fn emit(
+    target: Target,
+    mut queue: mpsc::Receiver<Message>,
+    metrics: crate::metrics::Metrics,
+) {
     let client = target.url.as_ref().map(|_| {
         tidewater_endpoint::tls::install_crypto_provider();
         reqwest::Client::builder()
@@ -693,6 +700,7 @@ async fn emit(target: Target, mut queue: mpsc::Receiver<Message>) {
                 continue;
             }
         };
+        let mut failed = false;
         if let Some(path) = &target.file {
             let written = async {
                 let mut file = tokio::fs::OpenOptions::new()
@@ -705,6 +713,7 @@ async fn emit(target: Target, mut queue: mpsc::Receiver<Message>) {
             }
             .await;
             if let Err(err) = written {
+                failed = true;
                 warn!(file = %path.display(), error = %err, "cannot append a lineage event to lineage.file");
             }
         }
@@ -718,16 +727,23 @@ async fn emit(target: Target, mut queue: mpsc::Receiver<Message>) {
             }
             match request.send().await {
                 Ok(response) if response.status().is_success() => {}
-                Ok(response) => warn!(
-                    status = response.status().as_u16(),
-                    "the lineage endpoint refused an event (lineage.url)"
-                ),
-                Err(err) => warn!(
-                    error = %err.without_url(),
-                    "cannot send a lineage event to lineage.url"
-                ),
+                Ok(response) => {
+                    failed = true;
+                    warn!(
+                        status = response.status().as_u16(),
+                        "the lineage endpoint refused an event (lineage.url)"
+                    )
+                }
+                Err(err) => {
+                    failed = true;
+                    warn!(
+                        error = %err.without_url(),
+                        "cannot send a lineage event to lineage.url"
+                    )
+                }
             }
         }
+        metrics.lineage(if failed { "failed" } else { "sent" });
     }
 }
 

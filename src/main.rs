@@ -277,7 +277,7 @@ async fn run_with(
         }
     }
     settings.recopy = recopy;
-    settings.lineage = lineage::Lineage::start(config);
+    settings.lineage = lineage::Lineage::start(config, &settings.metrics);
     if mode == Mode::SnapshotOnly {
         // A one-off load: `run` merges the current state as it starts (a
         // merge here would only slow the copy, or be cut short at its end).

@@ -50,6 +50,8 @@ struct State {
     snapshot_rows: u64,
     snapshot_estimate: u64,
     errors: BTreeMap<String, u64>,
+    /// OpenLineage events by outcome: sent, dropped (queue full), failed.
+    lineage: BTreeMap<&'static str, u64>,
     stopped_tables: u64,
     wal_retained_bytes: Option<u64>,
     binlog_files_behind: Option<u64>,
@@ -186,6 +188,12 @@ impl Metrics {
             s.snapshot_rows = done;
             s.snapshot_estimate = estimate;
         });
+    }
+
+    /// An OpenLineage event was `sent`, `dropped` (queue full) or `failed`
+    /// (the endpoint or the file refused it).
+    pub fn lineage(&self, outcome: &'static str) {
+        self.with(|s| *s.lineage.entry(outcome).or_default() += 1);
     }
 
     pub fn error(&self, class: &str) {
@@ -410,6 +418,20 @@ impl Metrics {
             );
             for (class, n) in &s.errors {
                 let _ = writeln!(out, "tidewater_errors_total{{class=\"{class}\"}} {n}");
+            }
+            if !s.lineage.is_empty() {
+                metric(
+                    &mut out,
+                    "tidewater_lineage_events_total",
+                    "counter",
+                    "OpenLineage events by outcome: sent, dropped (queue full), failed",
+                );
+                for (outcome, n) in &s.lineage {
+                    let _ = writeln!(
+                        out,
+                        "tidewater_lineage_events_total{{outcome=\"{outcome}\"}} {n}"
+                    );
+                }
             }
             if let Some(bytes) = s.wal_retained_bytes {
                 metric(

@@ -53,7 +53,7 @@ pub async fn command(config: &Config, job: Option<&str>, options: RunOptions) ->
         settings.iceberg.as_ref(),
     );
     let state_dir = config.pipeline.state_dir();
-    let lineage = crate::lineage::Lineage::start(config);
+    let lineage = crate::lineage::Lineage::start(config, &settings.metrics);
     let mut code = exit_code::OK;
     for job in jobs {
         let run = lineage.reverse_etl(&job.name, job.target_url.expose(), &job.target_table);

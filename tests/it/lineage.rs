@@ -53,6 +53,7 @@ async fn lineage_events_describe_runs_snapshots_and_reverse_etl() {
     let url = pg().url("lineage_src");
     let dir = crate::support::temp_dir("tidewater-lineage-events");
     let file = dir.join("lineage.jsonl");
+    let port = crate::support::free_port();
     let mut pipeline = Pipeline::with_sink(
         "lineage",
         &format!("[source]\ntype = \"postgres\"\nurl = \"{url}\"\ntables = [\"public.orders\"]\n"),
@@ -64,7 +65,8 @@ async fn lineage_events_describe_runs_snapshots_and_reverse_etl() {
                  [[reverse_etl]]\nname = \"spend\"\nquery = \"SELECT customer, sum(total) AS spent FROM public.orders GROUP BY customer\"\n\
                  target_url = \"{url}\"\ntarget_table = \"public.totals\"\nkey = [\"customer\"]\n\n\
                  [[reverse_etl]]\nname = \"broken\"\nquery = \"SELECT id FROM public.missing\"\n\
-                 target_url = \"{url}\"\ntarget_table = \"public.nowhere\"\nkey = [\"id\"]\n",
+                 target_url = \"{url}\"\ntarget_table = \"public.nowhere\"\nkey = [\"id\"]\n\n\
+                 [metrics]\nlisten = \"127.0.0.1:{port}\"\n",
                 lake.display(),
                 file.display()
             )
@@ -92,6 +94,17 @@ async fn lineage_events_describe_runs_snapshots_and_reverse_etl() {
             .ok_or(format!("{:?}", types(&of_job(&all, "lineage"))))
     })
     .await;
+    // Every event sent so far is counted.
+    let (_, metrics) = crate::metrics::get(port, "/metrics");
+    let sent: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tidewater_lineage_events_total{outcome=\"sent\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        sent >= 3,
+        "START, the snapshot's START and COMPLETE, RUNNING: {metrics}"
+    );
     assert_eq!(pipeline.terminate(), 0, "stops cleanly on SIGTERM");
 
     let mut cmd = tidewater();
