@@ -195,6 +195,21 @@ struct LakeTable {
 }
 
 impl LakeTable {
+    /// The key columns as the lake names them, from the latest schema
+    /// version (none before the first).
+    pub(super) fn key_columns(&self) -> Vec<String> {
+        self.history
+            .latest()
+            .map(|v| {
+                v.columns
+                    .iter()
+                    .filter(|c| c.key)
+                    .map(|c| c.lake_column.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn new(table: DeltaTable, state: Option<TableState>, history: SchemaHistory) -> Self {
         Self {
             table,

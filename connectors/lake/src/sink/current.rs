@@ -208,16 +208,7 @@ impl LakeSink {
         let (Some(state), true) = (open.state.clone(), open.adds.is_empty()) else {
             return Ok(None);
         };
-        // Key columns as the lake names them, from the latest schema version.
-        let Some(version) = open.history.latest() else {
-            return Ok(None);
-        };
-        let keys: Vec<String> = version
-            .columns
-            .iter()
-            .filter(|c| c.key)
-            .map(|c| c.lake_column.clone())
-            .collect();
+        let keys = open.key_columns();
         if keys.is_empty() {
             return Ok(None);
         }

@@ -224,17 +224,7 @@ impl LakeSink {
         let Some((partition, group)) = groups.into_iter().find(|(_, g)| g.len() > 1) else {
             return Ok(None);
         };
-        let keys: Vec<String> = open
-            .history
-            .latest()
-            .map(|v| {
-                v.columns
-                    .iter()
-                    .filter(|c| c.key)
-                    .map(|c| c.lake_column.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let keys: Vec<String> = open.key_columns();
         Ok(Some(CompactionJob {
             table: table.clone(),
             delta: open.table.clone(),

@@ -119,17 +119,7 @@ impl LakeSink {
         {
             return Ok(None);
         }
-        let keys: Vec<String> = open
-            .history
-            .latest()
-            .map(|v| {
-                v.columns
-                    .iter()
-                    .filter(|c| c.key)
-                    .map(|c| c.lake_column.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let keys: Vec<String> = open.key_columns();
         if keys.is_empty() {
             // Without a key no row supersedes another: all are kept.
             return Ok(None);
