@@ -1346,6 +1346,22 @@ fn apply_sql(known: &Known, stage: &Stage, merge: bool, soft: bool) -> String {
     if flagged {
         updates.push(revive.clone());
     }
+    // The INSERT … ON CONFLICT path: the key, and what a conflicting row
+    // takes from the new one.
+    let conflict: Vec<String> = columns
+        .iter()
+        .filter(|(_, _, key)| *key)
+        .map(|(n, _, _)| n.clone())
+        .collect();
+    let mut set: Vec<String> = columns
+        .iter()
+        .filter(|(_, _, key)| !key)
+        .map(|(n, _, _)| format!("{n} = EXCLUDED.{n}"))
+        .collect();
+    set.extend(stale);
+    if flagged {
+        set.push(revive);
+    }
     let mut sql = Vec::new();
     if stage.truncate.is_some() && soft {
         sql.push(format!(
@@ -1397,18 +1413,6 @@ fn apply_sql(known: &Known, stage: &Stage, merge: bool, soft: bool) -> String {
             target = target.qualified(),
             on = on.join(" AND "),
         ));
-        let conflict: Vec<String> = columns
-            .iter()
-            .filter(|(_, _, key)| *key)
-            .map(|(n, _, _)| n.clone())
-            .collect();
-        let mut set: Vec<String> = columns
-            .iter()
-            .filter(|(_, _, key)| !key)
-            .map(|(n, _, _)| format!("{n} = EXCLUDED.{n}"))
-            .collect();
-        set.extend(stale);
-        set.push(revive);
         sql.push(format!(
             "INSERT INTO {target} AS t ({names}, {DELETED}, {DELETED_AT}) \
              SELECT {values}, s._tw_op = 'd', CASE WHEN s._tw_op = 'd' THEN s._tw_commit_ts END \
@@ -1426,23 +1430,9 @@ fn apply_sql(known: &Known, stage: &Stage, merge: bool, soft: bool) -> String {
             target = target.qualified(),
             on = on.join(" AND "),
         ));
-        let conflict: Vec<String> = columns
-            .iter()
-            .filter(|(_, _, key)| *key)
-            .map(|(n, _, _)| n.clone())
-            .collect();
         let action = if updates.is_empty() {
             "DO NOTHING".to_string()
         } else {
-            let mut set: Vec<String> = columns
-                .iter()
-                .filter(|(_, _, key)| !key)
-                .map(|(n, _, _)| format!("{n} = EXCLUDED.{n}"))
-                .collect();
-            set.extend(stale);
-            if flagged {
-                set.push(revive);
-            }
             format!("DO UPDATE SET {}", set.join(", "))
         };
         sql.push(format!(
