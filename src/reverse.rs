@@ -75,7 +75,11 @@ pub async fn command(config: &Config, job: Option<&str>, options: RunOptions) ->
 
 /// The pipeline's lake as reverse ETL reads it: Iceberg tables through the
 /// catalog when the sink's format is Iceberg, else Delta tables.
-fn open_lake(lake: &LakeStore, pipeline: &str, iceberg: Option<&tidewater_lake::Catalog>) -> Lake {
+pub(crate) fn open_lake(
+    lake: &LakeStore,
+    pipeline: &str,
+    iceberg: Option<&tidewater_lake::Catalog>,
+) -> Lake {
     match iceberg {
         Some(catalog) => IcebergSink::new(lake.clone(), pipeline, catalog.clone()).into(),
         None => LakeSink::new(lake.clone(), pipeline).into(),

@@ -49,9 +49,37 @@ pub async fn ask_copies(
     tables: &[tidewater_core::TableId],
 ) -> Result<(), PipelineError> {
     use tidewater_core::state::{CopyRequests, StateStore};
-    // Beside the running process: a warehouse's state is written without
-    // its lock (the running process holds it), a lake's record is a file.
-    let state = match &settings.warehouse {
+    let state = records(settings).await?;
+    let mut recorded = state
+        .read::<CopyRequests>()
+        .await
+        .map_err(error::sink_error)?
+        .unwrap_or_default();
+    for table in tables {
+        if !recorded.0.contains(table) {
+            recorded.0.push(table.clone());
+        }
+    }
+    state.write(&recorded).await.map_err(error::sink_error)
+}
+
+/// The source position the pipeline acknowledged last, as recorded beside
+/// its sink (binlog sources; a slot keeps its own).
+pub async fn acknowledged_position(settings: &Settings) -> Result<Option<String>, PipelineError> {
+    use tidewater_core::state::{SourcePosition, StateStore};
+    let state = records(settings).await?;
+    Ok(state
+        .read::<SourcePosition>()
+        .await
+        .map_err(error::sink_error)?
+        .map(|p| p.position))
+}
+
+/// The store of the pipeline's records, opened beside a running process:
+/// a warehouse's state is read and written without its lock (the running
+/// process holds it), a lake's record is a file.
+async fn records(settings: &Settings) -> Result<sink::AnyState, PipelineError> {
+    Ok(match &settings.warehouse {
         None if settings.kafka.is_some() => sink::AnyState::Kafka(
             tidewater_kafka::KafkaState::open(settings.kafka.as_ref().expect("checked"))
                 .await
@@ -67,18 +95,7 @@ pub async fn ask_copies(
             settings.lake.clone(),
             &settings.pipeline,
         )),
-    };
-    let mut recorded = state
-        .read::<CopyRequests>()
-        .await
-        .map_err(error::sink_error)?
-        .unwrap_or_default();
-    for table in tables {
-        if !recorded.0.contains(table) {
-            recorded.0.push(table.clone());
-        }
-    }
-    state.write(&recorded).await.map_err(error::sink_error)
+    })
 }
 
 /// What `run` is asked to do.

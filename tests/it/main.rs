@@ -45,4 +45,5 @@ mod state_files;
 mod state_upgrade;
 mod stopping;
 mod tls;
+mod verify;
 mod warehouse;

@@ -295,6 +295,9 @@ pub struct MysqlSource {
     /// The last DDL statement seen for each captured table (named when the
     /// table stops).
     last_ddl: HashMap<TableId, String>,
+    /// A copy for `tidewater verify` ([`MysqlSource::start_copy_only`]):
+    /// its end is the end of the run, no binlog follows.
+    copy_only: bool,
 }
 
 fn now_us() -> i64 {
@@ -346,6 +349,7 @@ impl MysqlSource {
             sampled_at: std::time::Instant::now(),
             stopped: Vec::new(),
             last_ddl: HashMap::new(),
+            copy_only: false,
         })
     }
 
@@ -451,7 +455,9 @@ impl MysqlSource {
         };
         // Listed again inside the snapshot, so a table created between the
         // first listing and the snapshot's position is copied too.
-        let queue = if copy {
+        let queue = if copy && self.copy_only {
+            tables
+        } else if copy {
             let mut listed = catalog::list_tables(&mut conn, &self.config.filter).await?;
             listed.retain(|t| !tables.contains(t));
             for table in &listed {
@@ -481,6 +487,24 @@ impl MysqlSource {
             while_streaming: None,
         });
         Ok(())
+    }
+
+    /// A consistent copy of exactly `tables` and nothing else, for
+    /// `tidewater verify`: `next_event` yields it as the initial snapshot's,
+    /// then `Commit` and `SnapshotDone`, and no binlog after (the server
+    /// keeps nothing for it). Returns the copy's commit: it holds every
+    /// transaction at or below its `seq`.
+    pub async fn start_copy_only(
+        &mut self,
+        tables: Vec<TableId>,
+    ) -> Result<CommitInfo, MysqlError> {
+        self.copy_only = true;
+        self.start_snapshot(tables, true).await?;
+        Ok(self
+            .snapshot
+            .as_ref()
+            .map(|phase| phase.commit.clone())
+            .expect("start_snapshot opened it"))
     }
 
     /// Resumes an interrupted initial snapshot that started at `from`: each
@@ -1089,10 +1113,12 @@ impl MysqlSource {
                         "zero dates in the snapshot landed as NULL (source.zero_dates = \"null\")"
                     );
                 }
-                info!(rows, position = %phase.position, "snapshot read; streaming from its position");
-                let tables = self.tables.clone();
-                self.start_streaming(&tables, phase.position.clone())
-                    .await?;
+                if !self.copy_only {
+                    info!(rows, position = %phase.position, "snapshot read; streaming from its position");
+                    let tables = self.tables.clone();
+                    self.start_streaming(&tables, phase.position.clone())
+                        .await?;
+                }
                 self.pending
                     .push_back(ChangeEvent::Commit(phase.commit.clone()));
                 self.push_event(ChangeEvent::SnapshotDone {

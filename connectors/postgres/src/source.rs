@@ -392,6 +392,9 @@ pub struct PostgresSource {
     ord: u64,
     /// What the coordinator acknowledged; every stream reports it.
     acked: LsnAcknowledger,
+    /// A copy for `tidewater verify` ([`PostgresSource::start_copy_only`]):
+    /// its end is the end of the run, no stream follows.
+    copy_only: bool,
 }
 
 impl PostgresSource {
@@ -458,6 +461,7 @@ impl PostgresSource {
             pending: VecDeque::new(),
             ord: 0,
             acked: LsnAcknowledger::default(),
+            copy_only: false,
         })
     }
 
@@ -677,6 +681,44 @@ impl PostgresSource {
             plan,
             chunks_done: HashMap::new(),
         })
+    }
+
+    /// A consistent copy of `tables` and nothing else, for `tidewater
+    /// verify`: a temporary slot (gone with its connection, so a killed
+    /// verify leaves nothing on the server) exports the snapshot; the
+    /// pipeline's slot and publication are not touched. `next_event` yields
+    /// the copy as the initial snapshot's, then `Commit` and `SnapshotDone`
+    /// at the copy's point, and no stream after. Returns that point's
+    /// commit: the copy holds every transaction at or below its `seq`.
+    pub async fn start_copy_only(
+        &mut self,
+        tables: Vec<TableId>,
+    ) -> Result<CommitInfo, PostgresError> {
+        self.tables = tables.clone();
+        self.copy_only = true;
+        let slot = verify_slot_name(&self.config.slot);
+        let mut repl = ReplicationConnection::connect(&self.params).await?;
+        let rows = repl
+            .query(&format!(
+                "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT",
+                quote_ident(&slot)
+            ))
+            .await?;
+        let (consistent_point, snapshot_name) = exported_snapshot(&rows)?;
+        debug!(slot = %slot, consistent_point = %consistent_point, "verify copy: temporary slot created");
+        self.client
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+                snapshot_name.replace('\'', "''")
+            ))
+            .await
+            .map_err(query_error("opening the snapshot transaction"))?;
+        let phase = SnapshotCopy::initial(repl, consistent_point);
+        let commit = phase.commit.clone();
+        self.snapshot = Some(phase);
+        self.start_chunked_copy(&tables, &snapshot_name, None)
+            .await?;
+        Ok(commit)
     }
 
     /// Resumes an interrupted initial snapshot: the slot (created by the
@@ -1569,8 +1611,13 @@ impl PostgresSource {
             .batch_execute("COMMIT")
             .await
             .map_err(query_error("closing the snapshot transaction"))?;
-        self.repl = Some(self.start_replication(phase.repl).await?);
-        info!(slot = %self.config.slot, "snapshot complete, streaming");
+        if self.copy_only {
+            // The temporary slot goes with its connection.
+            drop(phase.repl);
+        } else {
+            self.repl = Some(self.start_replication(phase.repl).await?);
+            info!(slot = %self.config.slot, "snapshot complete, streaming");
+        }
         self.pending
             .push_back(ChangeEvent::Commit(phase.commit.clone()));
         self.pending.push_back(ChangeEvent::SnapshotDone {
@@ -2460,13 +2507,22 @@ fn exported_snapshot(rows: &[crate::replication::TextRow]) -> Result<(Lsn, Strin
 /// The temporary slot of copies while streaming: the pipeline slot's name
 /// with a suffix, within the 63 bytes of a slot name.
 fn copy_slot_name(slot: &str) -> String {
-    const SUFFIX: &str = "_copy";
-    let keep = slot.len().min(63 - SUFFIX.len());
+    suffixed_slot_name(slot, "_copy")
+}
+
+/// The temporary slot of a `tidewater verify` copy.
+fn verify_slot_name(slot: &str) -> String {
+    suffixed_slot_name(slot, "_verify")
+}
+
+/// `slot` with `SUFFIX`, cut to Postgres' 63-byte names.
+fn suffixed_slot_name(slot: &str, suffix: &str) -> String {
+    let keep = slot.len().min(63 - suffix.len());
     let mut end = keep;
     while !slot.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}{SUFFIX}", &slot[..end])
+    format!("{}{suffix}", &slot[..end])
 }
 
 fn now_us() -> i64 {

@@ -264,6 +264,121 @@ pub async fn query(
     })
 }
 
+/// The change-log rows of `table` that make its state as of `mark`, for
+/// `tidewater verify`: every insert, update and delete at or below `mark`
+/// after the last truncate at or below it, in no order. Columns: the
+/// source columns under their source names (`LakeFiles::columns`), then
+/// `_tw_seq`, `_tw_ord` and `_tw_op`; keeping each key's last row (and
+/// dropping it when it is a delete) is the caller's. No sort or window:
+/// the scan streams, pruned by the marks' statistics. Returns the key's
+/// source column names too; None when the lake has no such table.
+///
+/// A committed file that is gone from the store (deleted by hand, lost
+/// with a disk) is left out and named in [`AsOf::missing`]: its rows are
+/// then what a comparison finds missing, instead of a read error.
+pub async fn log_as_of(
+    sink: &mut Lake,
+    table: &TableId,
+    mark: Mark,
+    resources: &Resources,
+) -> Result<Option<AsOf>, ReverseError> {
+    let Some(mut files) = sink.log_files(table).await? else {
+        return Ok(None);
+    };
+    let mut missing = Vec::new();
+    let mut present = Vec::with_capacity(files.files.len());
+    for file in std::mem::take(&mut files.files) {
+        match datafusion::object_store::ObjectStoreExt::head(&files.store, &file.path).await {
+            Err(datafusion::object_store::Error::NotFound { .. }) => {
+                missing.push(file.path.to_string())
+            }
+            _ => present.push(file),
+        }
+    }
+    files.files = present;
+    let internal = |source| ReverseError::Engine {
+        table: table.to_string(),
+        source,
+    };
+    let ctx = session(resources).map_err(internal)?;
+    let key: Vec<String> = files
+        .key
+        .iter()
+        .map(|lake| {
+            files
+                .columns
+                .iter()
+                .find(|(_, l)| l == lake)
+                .map_or_else(|| lake.clone(), |(name, _)| name.clone())
+        })
+        .collect();
+    let columns = files.columns.clone();
+    let scan = LogScan::new(&ctx, 0, files).map_err(internal)?;
+    register_changes(&ctx, table, Arc::new(scan)).map_err(internal)?;
+    let changes = format!(
+        "{}.{}",
+        quote(&table.schema),
+        quote(&format!("{}{CHANGES_SUFFIX}", table.table))
+    );
+    let (seq, ord) = (
+        mark.seq.min(i64::MAX as u64) as i64,
+        mark.ord.min(i64::MAX as u64) as i64,
+    );
+    let at_or_below = format!("(_tw_seq < {seq} OR (_tw_seq = {seq} AND _tw_ord <= {ord}))");
+    let last = ctx
+        .sql(&format!(
+            "SELECT _tw_seq, _tw_ord FROM {changes} WHERE _tw_op = 't' AND {at_or_below} \
+             ORDER BY _tw_seq DESC, _tw_ord DESC LIMIT 1"
+        ))
+        .await
+        .map_err(internal)?
+        .collect()
+        .await
+        .map_err(internal)?;
+    let truncated = last
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .map(|b: &RecordBatch| {
+            let seq = b.column(0).as_primitive::<Int64Type>().value(0);
+            let ord = b.column(1).as_primitive::<Int64Type>().value(0);
+            (seq, ord)
+        })
+        .unwrap_or((-1, -1));
+    let selected: Vec<String> = columns
+        .iter()
+        .map(|(name, lake)| format!("{} AS {}", quote(lake), quote(name)))
+        .collect();
+    let sql = format!(
+        "SELECT {selected}, _tw_seq, _tw_ord, _tw_op FROM {changes} \
+         WHERE _tw_op <> 't' AND {at_or_below} \
+           AND (_tw_seq > {t_seq} OR (_tw_seq = {t_seq} AND _tw_ord > {t_ord}))",
+        selected = selected.join(", "),
+        t_seq = truncated.0,
+        t_ord = truncated.1,
+    );
+    let stream = ctx
+        .sql(&sql)
+        .await
+        .map_err(internal)?
+        .execute_stream()
+        .await
+        .map_err(|source| ReverseError::Query { source })?;
+    Ok(Some(AsOf {
+        key,
+        missing,
+        stream,
+    }))
+}
+
+/// A change log's rows as of a mark ([`log_as_of`]).
+pub struct AsOf {
+    /// The key's source column names.
+    pub key: Vec<String>,
+    /// Committed files gone from the store, left out of `stream`.
+    pub missing: Vec<String>,
+    pub stream: SendableRecordBatchStream,
+}
+
 /// A session with a bounded memory pool that spills to disk.
 fn session(resources: &Resources) -> DfResult<SessionContext> {
     // Parquet footers are cached (the truncate lookup and the query read

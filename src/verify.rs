@@ -1,0 +1,919 @@
+//! `tidewater verify`: proof that what landed is the source's data, table by
+//! table, while the pipeline runs — and `--repair` when it is not.
+//!
+//! ```text
+//!  a round, at one source point P:
+//!   source ── consistent copy of the tables at P (Postgres: a temporary slot's
+//!   │         exported snapshot; MySQL/MariaDB: a consistent-snapshot transaction)
+//!   │         ─▶ masking, as the pipeline masks ─▶ batches ─▶ narrowed as the lake
+//!   │         stores them ─▶ per row: key hash, row digest
+//!   lake ──── waits until the pipeline acknowledged P (every change ≤ P is committed)
+//!   │         ─▶ change-log rows ≤ P after the last truncate ≤ P ─▶ each key's last
+//!   │         row (a delete drops the key) ─▶ per row: key hash, row digest
+//!   both ──── per key-hash range (4 096 of them): row count and the sum of digests
+//!
+//!  round 1: every range ─▶ ranges that differ ─▶ round 2 at a new point P2, those
+//!  ranges only, keys kept ─▶ keys missing from the lake, extra in it, or different:
+//!  printed (the key, never another value) ─▶ exit 1
+//!  --repair: the running pipeline is asked to copy those tables again (the copy
+//!  path of `snapshot --table`), then rounds repeat until the table is equal
+//! ```
+//!
+//! Comparing at P, not "now", is what keeps a running pipeline from causing
+//! false alarms: the lake's state as of P is exact (the change log holds
+//! every row's mark), and the copy is exact at P. Ranges are ranges of the
+//! key's hash, not of the key: the source copy then needs no ordering (the
+//! fast chunked copy of a snapshot, in any order) and no side sorts; both
+//! sides only add into 4 096 counters. The lake side keeps each key's last
+//! row in memory up to `--memory-mb`, past it in 256 partition files.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::Array;
+use futures_util::StreamExt;
+use tidewater_core::mask::{MaskPolicy, Masker};
+use tidewater_core::{BatchLimits, Batcher, ChangeBatch, ChangeEvent, CommitInfo, Mark, TableId};
+use tidewater_mysql::{BinlogPosition, MysqlSource};
+use tidewater_postgres::PostgresSource;
+use tidewater_reverse::digest::RowDigests;
+use tidewater_reverse::engine::{log_as_of, Resources};
+use tidewater_reverse::Lake;
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::pipeline::{Settings, SourceSettings};
+use crate::policy::exit_code;
+
+/// Key-hash ranges per table.
+const RANGES: usize = 4096;
+/// Partition files of the lake side's spill.
+const PARTS: usize = 256;
+
+/// What `verify` was asked.
+pub struct Options {
+    pub tables: Vec<String>,
+    pub repair: bool,
+    /// How long to wait for the pipeline to commit the source's point (and,
+    /// with `repair`, for a repair to show).
+    pub wait: Duration,
+    pub memory_bytes: usize,
+    /// Keys printed per table and kind of difference.
+    pub max_keys: usize,
+}
+
+/// Exit code when verification could not be completed (not a difference).
+pub const INCOMPLETE: i32 = 4;
+
+/// `tidewater verify`.
+pub async fn verify(settings: &Settings, options: &Options) -> i32 {
+    if settings.warehouse.is_some() || settings.kafka.is_some() || settings.iceberg.is_some() {
+        eprintln!(
+            "error: verify compares the source with a Delta lake (sink.format = \"delta\"); \
+             this pipeline writes elsewhere\nhint: see README, \"Verifying a copy\""
+        );
+        return exit_code::CONFIG;
+    }
+    let mut lake = crate::reverse::open_lake(&settings.lake, &settings.pipeline, None);
+    let tables = match chosen_tables(settings, &mut lake, &options.tables).await {
+        Ok(tables) => tables,
+        Err(code) => return code,
+    };
+    if tables.is_empty() {
+        eprintln!(
+            "error: the lake holds none of the pipeline's tables yet\nhint: run the pipeline first"
+        );
+        return exit_code::CONFIG;
+    }
+    drop(lake);
+    let mut verifier = Verifier {
+        settings,
+        options,
+        spill_dir: std::env::temp_dir().join(format!("tidewater-verify-{}", std::process::id())),
+    };
+    let code = verifier.run(tables).await;
+    let _ = std::fs::remove_dir_all(&verifier.spill_dir);
+    code
+}
+
+async fn chosen_tables(
+    settings: &Settings,
+    lake: &mut Lake,
+    asked: &[String],
+) -> Result<Vec<TableId>, i32> {
+    let held = lake.existing_tables().await.map_err(|err| {
+        eprintln!("error: reading the lake: {}", crate::chain(&err));
+        INCOMPLETE
+    })?;
+    let filter = settings.source.filter();
+    let held: Vec<TableId> = held.into_iter().filter(|t| filter.matches(t)).collect();
+    if asked.is_empty() {
+        return Ok(held);
+    }
+    let mut chosen = Vec::new();
+    for name in asked {
+        let found = name
+            .split_once('.')
+            .map(|(schema, table)| TableId::new(schema, table))
+            .filter(|t| held.contains(t));
+        match found {
+            Some(table) => chosen.push(table),
+            None => {
+                eprintln!(
+                    "error: --table {name} is not a table of this pipeline's lake\nhint: name it schema.table (database.table on MySQL); the lake holds {}",
+                    held.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+                );
+                return Err(exit_code::CONFIG);
+            }
+        }
+    }
+    Ok(chosen)
+}
+
+/// One side's sums per key-hash range, and with a focus the keys of the
+/// focused ranges.
+#[derive(Default)]
+struct Side {
+    rows: u64,
+    count: Vec<u64>,
+    sum: Vec<u128>,
+    /// key hash → (row digest, the key as JSON), in focused ranges only.
+    keys: BTreeMap<u128, (u128, serde_json::Value)>,
+    /// Lake side: committed files gone from the store.
+    missing_files: Vec<String>,
+}
+
+impl Side {
+    fn new() -> Self {
+        Side {
+            rows: 0,
+            count: vec![0; RANGES],
+            sum: vec![0; RANGES],
+            keys: BTreeMap::new(),
+            missing_files: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, key: u128, digest: u128) {
+        let range = range_of(key);
+        self.rows += 1;
+        self.count[range] += 1;
+        self.sum[range] = self.sum[range].wrapping_add(digest);
+    }
+}
+
+fn range_of(key: u128) -> usize {
+    (key as u64 % RANGES as u64) as usize
+}
+
+/// Which ranges of a table a round looks at.
+#[derive(Clone)]
+enum Focus {
+    All,
+    /// These ranges, keeping their keys.
+    Ranges(BTreeSet<usize>),
+}
+
+impl Focus {
+    fn keeps(&self, range: usize) -> bool {
+        match self {
+            Focus::All => false,
+            Focus::Ranges(ranges) => ranges.contains(&range),
+        }
+    }
+    fn skips(&self, range: usize) -> bool {
+        match self {
+            Focus::All => false,
+            Focus::Ranges(ranges) => !ranges.contains(&range),
+        }
+    }
+}
+
+/// What one round found for one table.
+struct Compared {
+    source: Side,
+    lake: Side,
+}
+
+impl Compared {
+    fn differing_ranges(&self) -> BTreeSet<usize> {
+        (0..RANGES)
+            .filter(|&r| {
+                self.source.count[r] != self.lake.count[r] || self.source.sum[r] != self.lake.sum[r]
+            })
+            .collect()
+    }
+}
+
+/// A round's columns of a table: names as the source has them (after
+/// masking), and the key among them.
+#[derive(Clone)]
+struct Columns {
+    names: Vec<String>,
+    key: Vec<String>,
+}
+
+struct Verifier<'a> {
+    settings: &'a Settings,
+    options: &'a Options,
+    spill_dir: PathBuf,
+}
+
+impl Verifier<'_> {
+    async fn run(&mut self, tables: Vec<TableId>) -> i32 {
+        let started = Instant::now();
+        let focus: HashMap<TableId, Focus> =
+            tables.iter().map(|t| (t.clone(), Focus::All)).collect();
+        let (point, first) = match self.round(&focus).await {
+            Ok(found) => found,
+            Err(message) => return incomplete(&message),
+        };
+        let mut differing: HashMap<TableId, Focus> = HashMap::new();
+        for table in &tables {
+            let Some(result) = first.get(table) else {
+                println!("{table}: not compared (it has no primary key: the lake keeps no current state of it)");
+                continue;
+            };
+            let ranges = result.differing_ranges();
+            if ranges.is_empty() {
+                println!(
+                    "{table}: equal ({} rows at source position {point})",
+                    result.source.rows
+                );
+            } else {
+                println!(
+                    "{table}: DIFFERENT at source position {point}: source {} rows, lake {} rows; {} of {RANGES} key ranges differ",
+                    result.source.rows,
+                    result.lake.rows,
+                    ranges.len()
+                );
+                differing.insert(table.clone(), Focus::Ranges(ranges));
+            }
+            if !result.lake.missing_files.is_empty() {
+                println!(
+                    "{table}: warning: {} committed data files are gone from the lake's store (their rows count as missing; readers of the change log fail on them until they are restored): {}",
+                    result.lake.missing_files.len(),
+                    result.lake.missing_files.join(", ")
+                );
+            }
+        }
+        if differing.is_empty() {
+            info!(
+                tables = tables.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "verified: equal"
+            );
+            return exit_code::OK;
+        }
+        // Round 2: the keys of the differing ranges, at a new point.
+        match self.round(&differing).await {
+            Ok((point, second)) => {
+                for table in differing.keys() {
+                    if let Some(result) = second.get(table) {
+                        self.print_keys(table, result, &point);
+                    }
+                }
+            }
+            Err(message) => eprintln!("warning: listing the differing keys failed: {message}"),
+        }
+        if !self.options.repair {
+            println!(
+                "hint: `tidewater verify --repair` asks the running pipeline to copy {} again",
+                names(differing.keys())
+            );
+            return exit_code::FAILED;
+        }
+        self.repair(differing.into_keys().collect()).await
+    }
+
+    fn print_keys(&self, table: &TableId, result: &Compared, point: &str) {
+        let (mut missing, mut extra, mut changed) = (Vec::new(), Vec::new(), Vec::new());
+        for (key, (digest, json)) in &result.source.keys {
+            match result.lake.keys.get(key) {
+                None => missing.push(json),
+                Some((other, _)) if other != digest => changed.push(json),
+                Some(_) => {}
+            }
+        }
+        for (key, (_, json)) in &result.lake.keys {
+            if !result.source.keys.contains_key(key) {
+                extra.push(json);
+            }
+        }
+        if missing.is_empty() && extra.is_empty() && changed.is_empty() {
+            println!("{table}: no key differs at source position {point} (changed since)");
+            return;
+        }
+        for (what, keys) in [
+            ("missing from the lake", &missing),
+            ("extra in the lake", &extra),
+            ("different in the lake", &changed),
+        ] {
+            if keys.is_empty() {
+                continue;
+            }
+            let shown: Vec<String> = keys
+                .iter()
+                .take(self.options.max_keys)
+                .map(|k| k.to_string())
+                .collect();
+            let more = keys.len().saturating_sub(shown.len());
+            println!(
+                "{table}: {} keys {what}: {}{}",
+                keys.len(),
+                shown.join(" "),
+                if more > 0 {
+                    format!(" … and {more} more")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+
+    /// Asks the running pipeline to copy `tables` again, then verifies them
+    /// until they are equal or `wait` has passed.
+    async fn repair(&mut self, tables: Vec<TableId>) -> i32 {
+        if let Err(err) = crate::pipeline::ask_copies(self.settings, &tables).await {
+            return incomplete(&format!("asking for copies: {}", crate::chain(&err)));
+        }
+        println!(
+            "repair: asked the running pipeline to copy {} again beside the stream",
+            names(tables.iter())
+        );
+        let deadline = Instant::now() + self.options.wait;
+        let focus: HashMap<TableId, Focus> =
+            tables.iter().map(|t| (t.clone(), Focus::All)).collect();
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let (point, found) = match self.round(&focus).await {
+                Ok(found) => found,
+                Err(message) => return incomplete(&message),
+            };
+            let equal = tables.iter().all(|t| {
+                found
+                    .get(t)
+                    .is_some_and(|c| c.differing_ranges().is_empty())
+            });
+            if equal {
+                println!(
+                    "repair: {} equal at source position {point}",
+                    names(tables.iter())
+                );
+                return exit_code::OK;
+            }
+            if Instant::now() >= deadline {
+                println!(
+                    "repair: {} still differ after {} s (is the copy still running? `tidewater status` shows it)",
+                    names(tables.iter()),
+                    self.options.wait.as_secs()
+                );
+                return exit_code::FAILED;
+            }
+        }
+    }
+
+    /// One comparison at a new source point: the source's copy and the
+    /// lake's state as of its point, side by side. Returns the point and,
+    /// per table with a key, what each side holds.
+    async fn round(
+        &mut self,
+        focus: &HashMap<TableId, Focus>,
+    ) -> Result<(String, HashMap<TableId, Compared>), String> {
+        let tables: Vec<TableId> = focus.keys().cloned().collect();
+        let (schemas_tx, mut schemas_rx) = mpsc::unbounded_channel::<(TableId, Columns)>();
+        let (commit_tx, commit_rx) = tokio::sync::oneshot::channel::<CommitInfo>();
+        let source_side = tokio::spawn(source_side(
+            self.settings.source.clone(),
+            self.settings.masking.clone(),
+            tables.clone(),
+            focus.clone(),
+            schemas_tx,
+            commit_tx,
+        ));
+        let commit = match commit_rx.await {
+            Ok(commit) => commit,
+            Err(_) => {
+                return Err(match source_side.await {
+                    Ok(Err(message)) => message,
+                    _ => "the source copy ended before it started".into(),
+                })
+            }
+        };
+        self.wait_for(&commit).await?;
+        let mark = Mark::new(commit.seq, u64::MAX);
+        let mut lake_sides: HashMap<TableId, Side> = HashMap::new();
+        let mut columns_of: HashMap<TableId, Columns> = HashMap::new();
+        while let Some((table, columns)) = schemas_rx.recv().await {
+            if columns.key.is_empty() {
+                continue;
+            }
+            let side = self
+                .lake_side(&table, &columns, mark, &focus[&table])
+                .await?;
+            lake_sides.insert(table.clone(), side);
+            columns_of.insert(table, columns);
+        }
+        let source_sides = match source_side.await {
+            Ok(Ok(sides)) => sides,
+            Ok(Err(message)) => return Err(message),
+            Err(err) => return Err(format!("the source copy failed: {err}")),
+        };
+        let mut out = HashMap::new();
+        for (table, source) in source_sides {
+            if let Some(lake) = lake_sides.remove(&table) {
+                out.insert(table, Compared { source, lake });
+            }
+        }
+        Ok((commit.position, out))
+    }
+
+    /// Waits until the pipeline acknowledged `commit` (everything at or
+    /// below it is committed at the destination).
+    async fn wait_for(&self, commit: &CommitInfo) -> Result<(), String> {
+        let deadline = Instant::now() + self.options.wait;
+        loop {
+            let acked = acknowledged(self.settings).await?;
+            if acked.is_some_and(|a| a >= commit.ack) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the pipeline has not committed source position {} within {} s: verify compares while `tidewater run` streams (it waits for the destination to hold that position)\nhint: start `tidewater run`, or raise --wait",
+                    commit.position,
+                    self.options.wait.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The lake's state of `table` as of `mark`, per range.
+    async fn lake_side(
+        &mut self,
+        table: &TableId,
+        columns: &Columns,
+        mark: Mark,
+        focus: &Focus,
+    ) -> Result<Side, String> {
+        let resources = Resources {
+            memory_bytes: 64 << 20,
+            spill_dir: None,
+        };
+        // A lake opened now: one opened before the wait could serve the
+        // table's log as it stood then.
+        let mut lake =
+            crate::reverse::open_lake(&self.settings.lake, &self.settings.pipeline, None);
+        let Some(as_of) = log_as_of(&mut lake, table, mark, &resources)
+            .await
+            .map_err(|err| format!("reading {table} from the lake: {}", crate::chain(&err)))?
+        else {
+            return Err(format!("{table} is not in the lake"));
+        };
+        let (lake_key, mut stream) = (as_of.key, as_of.stream);
+        let missing_files = as_of.missing;
+        if lake_key != columns.key {
+            return Err(format!(
+                "{table}: the lake's key ({}) is not the source's ({}): the table changed its key; copy it again (`tidewater snapshot --table {table}`)",
+                lake_key.join(", "),
+                columns.key.join(", ")
+            ));
+        }
+        let cap = (self.options.memory_bytes / 96).max(1024);
+        let mut latest = Latest::new(cap, self.spill_dir.join(table.to_string()));
+        let mut kept: BTreeMap<u128, (Entry, serde_json::Value)> = BTreeMap::new();
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|err| format!("reading {table} from the lake: {err}"))?;
+            let digests = RowDigests::new(&batch, &columns.names, &columns.key)
+                .map_err(|err| format!("{table}: {err}"))?;
+            let seq = batch
+                .column_by_name("_tw_seq")
+                .and_then(|c| c.as_any().downcast_ref::<arrow_array::Int64Array>())
+                .ok_or_else(|| format!("{table}: the lake's _tw_seq is not a long"))?;
+            let ord = batch
+                .column_by_name("_tw_ord")
+                .and_then(|c| c.as_any().downcast_ref::<arrow_array::Int64Array>())
+                .ok_or_else(|| format!("{table}: the lake's _tw_ord is not a long"))?;
+            let op = batch
+                .column_by_name("_tw_op")
+                .ok_or_else(|| format!("{table}: the lake has no _tw_op"))?;
+            let op = arrow_array::cast::AsArray::as_string_opt::<i32>(op.as_ref())
+                .map(|a| {
+                    (0..a.len())
+                        .map(|i| a.value(i) == "d")
+                        .collect::<Vec<bool>>()
+                })
+                .or_else(|| {
+                    arrow_array::cast::AsArray::as_string_view_opt(op.as_ref())
+                        .map(|a| (0..a.len()).map(|i| a.value(i) == "d").collect())
+                })
+                .ok_or_else(|| format!("{table}: the lake's _tw_op is not a string"))?;
+            for (row, &deleted) in op.iter().enumerate() {
+                let key = digests.key(row);
+                let range = range_of(key);
+                if focus.skips(range) {
+                    continue;
+                }
+                let entry = Entry {
+                    seq: seq.value(row) as u64,
+                    ord: ord.value(row) as u64,
+                    digest: digests.row(row),
+                    deleted,
+                };
+                if focus.keeps(range) {
+                    let newer = kept
+                        .get(&key)
+                        .is_none_or(|(e, _)| (entry.seq, entry.ord) > (e.seq, e.ord));
+                    if newer {
+                        kept.insert(key, (entry, digests.key_json(row, &columns.names)));
+                    }
+                } else {
+                    latest
+                        .add(key, entry)
+                        .map_err(|err| format!("spilling {table}'s keys: {err}"))?;
+                }
+            }
+        }
+        let mut side = Side::new();
+        side.missing_files = missing_files;
+        latest
+            .finish(|key, entry| {
+                if !entry.deleted {
+                    side.add(key, entry.digest);
+                }
+            })
+            .map_err(|err| format!("reading back {table}'s keys: {err}"))?;
+        for (key, (entry, json)) in kept {
+            if !entry.deleted {
+                side.add(key, entry.digest);
+                side.keys.insert(key, (entry.digest, json));
+            }
+        }
+        Ok(side)
+    }
+}
+
+fn names<'a>(tables: impl Iterator<Item = &'a TableId>) -> String {
+    tables.map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+fn incomplete(message: &str) -> i32 {
+    eprintln!("error: verify could not finish: {message}");
+    INCOMPLETE
+}
+
+/// What the pipeline acknowledged to its source, as a packed position
+/// comparable with [`CommitInfo::ack`]: the slot's confirmed LSN, or the
+/// binlog position recorded beside the sink.
+async fn acknowledged(settings: &Settings) -> Result<Option<u64>, String> {
+    match &settings.source {
+        SourceSettings::Postgres(config) => {
+            let source = PostgresSource::connect(verify_pg(config))
+                .await
+                .map_err(|err| crate::chain(&err))?;
+            let row = source
+                .client()
+                .query_opt(
+                    "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&config.slot],
+                )
+                .await
+                .map_err(|err| format!("reading the pipeline's slot: {err}"))?;
+            Ok(row
+                .and_then(|r| r.get::<_, Option<i64>>(0))
+                .map(|lsn| lsn as u64))
+        }
+        SourceSettings::Mysql(_) => {
+            let position = crate::pipeline::acknowledged_position(settings)
+                .await
+                .map_err(|err| crate::chain(&err))?;
+            Ok(position
+                .as_deref()
+                .and_then(BinlogPosition::parse)
+                .map(|p| p.seq()))
+        }
+    }
+}
+
+fn verify_pg(config: &tidewater_postgres::PostgresConfig) -> tidewater_postgres::PostgresConfig {
+    let mut config = config.clone();
+    // Not the pipeline's sessions: a stop of the pipeline cancels those.
+    config.application_name = format!("{}-verify", config.application_name);
+    config
+}
+
+/// The source side of a round: a consistent copy of `tables`, masked,
+/// batched and narrowed as the lake stores it, summed per range. Sends
+/// each table's columns as its schema arrives and the copy's commit once
+/// it is open.
+async fn source_side(
+    source: SourceSettings,
+    masking: Arc<MaskPolicy>,
+    tables: Vec<TableId>,
+    focus: HashMap<TableId, Focus>,
+    schemas: mpsc::UnboundedSender<(TableId, Columns)>,
+    opened: tokio::sync::oneshot::Sender<CommitInfo>,
+) -> Result<HashMap<TableId, Side>, String> {
+    let mut copy = match source {
+        SourceSettings::Postgres(config) => {
+            let mut pg = PostgresSource::connect(verify_pg(&config))
+                .await
+                .map_err(|err| crate::chain(&err))?;
+            let commit = pg
+                .start_copy_only(tables)
+                .await
+                .map_err(|err| crate::chain(&err))?;
+            let _ = opened.send(commit);
+            Copy::Postgres(Box::new(pg))
+        }
+        SourceSettings::Mysql(config) => {
+            let mut my = MysqlSource::connect(config)
+                .await
+                .map_err(|err| crate::chain(&err))?;
+            let commit = my
+                .start_copy_only(tables)
+                .await
+                .map_err(|err| crate::chain(&err))?;
+            let _ = opened.send(commit);
+            Copy::Mysql(Box::new(my))
+        }
+    };
+    let result = read_copy(&mut copy, masking, &focus, &schemas).await;
+    copy.close().await;
+    result
+}
+
+enum Copy {
+    Postgres(Box<PostgresSource>),
+    Mysql(Box<MysqlSource>),
+}
+
+impl Copy {
+    async fn next(&mut self) -> Result<ChangeEvent, String> {
+        match self {
+            Copy::Postgres(pg) => pg.next_event().await.map_err(|err| crate::chain(&err)),
+            Copy::Mysql(my) => my.next_event().await.map_err(|err| crate::chain(&err)),
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Copy::Postgres(pg) => tidewater_core::Source::close(*pg).await,
+            Copy::Mysql(my) => my.close().await,
+        }
+    }
+}
+
+async fn read_copy(
+    copy: &mut Copy,
+    masking: Arc<MaskPolicy>,
+    focus: &HashMap<TableId, Focus>,
+    schemas: &mpsc::UnboundedSender<(TableId, Columns)>,
+) -> Result<HashMap<TableId, Side>, String> {
+    let mut masker = Masker::new(masking);
+    let mut batcher = Batcher::new(BatchLimits {
+        max_rows: 65_536,
+        max_bytes: 32 << 20,
+        max_delay: Duration::from_secs(3600),
+    });
+    let mut sides: HashMap<TableId, (Columns, Side)> = HashMap::new();
+    loop {
+        let event = copy.next().await?;
+        let event = masker.apply(event).map_err(|err| crate::chain(&err))?;
+        let mut cut = Vec::new();
+        let done = match event {
+            ChangeEvent::Schema(schema) => {
+                let columns = Columns {
+                    names: schema.columns.iter().map(|c| c.name.clone()).collect(),
+                    key: schema.key_columns().map(|c| c.name.clone()).collect(),
+                };
+                let _ = schemas.send((schema.table.clone(), columns.clone()));
+                if !columns.key.is_empty() {
+                    sides
+                        .entry(schema.table.clone())
+                        .or_insert_with(|| (columns, Side::new()));
+                }
+                cut.extend(batcher.set_schema(schema).map_err(|e| e.to_string())?);
+                false
+            }
+            ChangeEvent::Begin(commit) => {
+                batcher.begin(commit);
+                false
+            }
+            ChangeEvent::Row(row) => {
+                batcher.push(row).map_err(|e| e.to_string())?;
+                false
+            }
+            ChangeEvent::Block(block) => {
+                batcher.push_block(block).map_err(|e| e.to_string())?;
+                false
+            }
+            ChangeEvent::SnapshotDone { .. } => true,
+            ChangeEvent::TableFailed { table, reason } => {
+                return Err(format!("copying {table}: {reason}"))
+            }
+            _ => false,
+        };
+        if done || batcher.is_full() {
+            cut.extend(batcher.cut_all().map_err(|e| e.to_string())?);
+        }
+        for batch in cut {
+            add_batch(&mut sides, focus, batch)?;
+        }
+        if done {
+            return Ok(sides.into_iter().map(|(t, (_, side))| (t, side)).collect());
+        }
+    }
+}
+
+fn add_batch(
+    sides: &mut HashMap<TableId, (Columns, Side)>,
+    focus: &HashMap<TableId, Focus>,
+    batch: ChangeBatch,
+) -> Result<(), String> {
+    let Some((columns, side)) = sides.get_mut(&batch.table) else {
+        return Ok(());
+    };
+    let focus = focus.get(&batch.table).cloned().unwrap_or(Focus::All);
+    let narrowed = tidewater_lake::narrow::narrow_batch(&batch.batch)
+        .map_err(|err| format!("{}: {err}", batch.table))?;
+    let digests = RowDigests::new(&narrowed, &columns.names, &columns.key)
+        .map_err(|err| format!("{}: {err}", batch.table))?;
+    for row in 0..narrowed.num_rows() {
+        let key = digests.key(row);
+        let range = range_of(key);
+        if focus.skips(range) {
+            continue;
+        }
+        let digest = digests.row(row);
+        side.add(key, digest);
+        if focus.keeps(range) {
+            side.keys
+                .insert(key, (digest, digests.key_json(row, &columns.names)));
+        }
+    }
+    Ok(())
+}
+
+/// A key's last row seen in the lake.
+#[derive(Clone, Copy)]
+struct Entry {
+    seq: u64,
+    ord: u64,
+    digest: u128,
+    deleted: bool,
+}
+
+const ENTRY_BYTES: usize = 16 + 8 + 8 + 16 + 1;
+
+/// Each key's last row: in memory up to `cap` keys, then in partition
+/// files by key hash, each read back alone.
+struct Latest {
+    map: HashMap<u128, Entry>,
+    cap: usize,
+    dir: PathBuf,
+    parts: Option<Vec<BufWriter<File>>>,
+}
+
+impl Latest {
+    fn new(cap: usize, dir: PathBuf) -> Self {
+        Latest {
+            map: HashMap::new(),
+            cap,
+            dir,
+            parts: None,
+        }
+    }
+
+    fn add(&mut self, key: u128, entry: Entry) -> std::io::Result<()> {
+        if let Some(parts) = &mut self.parts {
+            return write_entry(&mut parts[part_of(key)], key, &entry);
+        }
+        keep_newer(&mut self.map, key, entry);
+        if self.map.len() > self.cap {
+            std::fs::create_dir_all(&self.dir)?;
+            let mut parts = (0..PARTS)
+                .map(|i| {
+                    File::create(self.dir.join(format!("{i}.keys")))
+                        .map(|f| BufWriter::with_capacity(32 << 10, f))
+                })
+                .collect::<std::io::Result<Vec<_>>>()?;
+            for (key, entry) in self.map.drain() {
+                write_entry(&mut parts[part_of(key)], key, &entry)?;
+            }
+            self.parts = Some(parts);
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, mut visit: impl FnMut(u128, Entry)) -> std::io::Result<()> {
+        let Some(parts) = self.parts.take() else {
+            for (key, entry) in self.map.drain() {
+                visit(key, entry);
+            }
+            return Ok(());
+        };
+        for mut part in parts {
+            part.flush()?;
+        }
+        for i in 0..PARTS {
+            let path = self.dir.join(format!("{i}.keys"));
+            let mut reader = BufReader::with_capacity(64 << 10, File::open(&path)?);
+            let mut map: HashMap<u128, Entry> = HashMap::new();
+            let mut buf = [0u8; ENTRY_BYTES];
+            loop {
+                match reader.read_exact(&mut buf) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                    Err(err) => return Err(err),
+                }
+                let key = u128::from_le_bytes(buf[0..16].try_into().expect("16 bytes"));
+                let entry = Entry {
+                    seq: u64::from_le_bytes(buf[16..24].try_into().expect("8 bytes")),
+                    ord: u64::from_le_bytes(buf[24..32].try_into().expect("8 bytes")),
+                    digest: u128::from_le_bytes(buf[32..48].try_into().expect("16 bytes")),
+                    deleted: buf[48] != 0,
+                };
+                keep_newer(&mut map, key, entry);
+            }
+            for (key, entry) in map {
+                visit(key, entry);
+            }
+            std::fs::remove_file(&path)?;
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+        Ok(())
+    }
+}
+
+fn part_of(key: u128) -> usize {
+    ((key >> 64) as u64 % PARTS as u64) as usize
+}
+
+fn keep_newer(map: &mut HashMap<u128, Entry>, key: u128, entry: Entry) {
+    match map.get_mut(&key) {
+        Some(old) if (old.seq, old.ord) >= (entry.seq, entry.ord) => {}
+        Some(old) => *old = entry,
+        None => {
+            map.insert(key, entry);
+        }
+    }
+}
+
+fn write_entry(out: &mut BufWriter<File>, key: u128, entry: &Entry) -> std::io::Result<()> {
+    let mut buf = [0u8; ENTRY_BYTES];
+    buf[0..16].copy_from_slice(&key.to_le_bytes());
+    buf[16..24].copy_from_slice(&entry.seq.to_le_bytes());
+    buf[24..32].copy_from_slice(&entry.ord.to_le_bytes());
+    buf[32..48].copy_from_slice(&entry.digest.to_le_bytes());
+    buf[48] = entry.deleted as u8;
+    out.write_all(&buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64, digest: u128, deleted: bool) -> Entry {
+        Entry {
+            seq,
+            ord: 0,
+            digest,
+            deleted,
+        }
+    }
+
+    /// The spilled and the in-memory paths keep the same last rows.
+    #[test]
+    fn latest_keeps_each_keys_last_row_in_memory_and_spilled() {
+        for cap in [1_000_000, 10] {
+            let dir = std::env::temp_dir().join(format!(
+                "tidewater-verify-test-{}-{cap}",
+                std::process::id()
+            ));
+            let mut latest = Latest::new(cap, dir.clone());
+            for key in 0..500u128 {
+                let key = key.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+                latest.add(key, entry(2, key ^ 2, false)).unwrap();
+                latest.add(key, entry(1, key ^ 1, false)).unwrap();
+                latest.add(key, entry(3, key ^ 3, key % 7 == 0)).unwrap();
+            }
+            let mut seen = HashMap::new();
+            latest
+                .finish(|key, e| {
+                    seen.insert(key, e);
+                })
+                .unwrap();
+            assert_eq!(seen.len(), 500, "cap {cap}");
+            for (key, e) in &seen {
+                assert_eq!((e.seq, e.digest), (3, key ^ 3), "cap {cap}");
+                assert_eq!(e.deleted, key % 7 == 0);
+            }
+            assert!(!dir.exists(), "spill files are removed");
+        }
+    }
+}
