@@ -37,12 +37,14 @@ use std::time::{Duration, Instant};
 use arrow_array::Array;
 use futures_util::StreamExt;
 use tidewater_core::mask::{MaskPolicy, Masker};
-use tidewater_core::{BatchLimits, Batcher, ChangeBatch, ChangeEvent, CommitInfo, Mark, TableId};
+use tidewater_core::{
+    BatchLimits, Batcher, ChangeBatch, ChangeEvent, CommitInfo, Mark, TableId, TableSchema,
+};
 use tidewater_mysql::{BinlogPosition, MysqlSource};
 use tidewater_postgres::PostgresSource;
 use tidewater_reverse::digest::RowDigests;
 use tidewater_reverse::engine::{log_as_of, Resources};
-use tidewater_reverse::Lake;
+use tidewater_warehouse::WarehouseSink;
 use tokio::sync::mpsc;
 use tracing::info;
 
@@ -71,25 +73,28 @@ pub const INCOMPLETE: i32 = 4;
 
 /// `tidewater verify`.
 pub async fn verify(settings: &Settings, options: &Options) -> i32 {
-    if settings.warehouse.is_some() || settings.kafka.is_some() || settings.iceberg.is_some() {
+    if settings.kafka.is_some() || settings.iceberg.is_some() {
         eprintln!(
-            "error: verify compares the source with a Delta lake (sink.format = \"delta\"); \
-             this pipeline writes elsewhere\nhint: see README, \"Verifying a copy\""
+            "error: verify compares the source with a Delta lake or a warehouse; this pipeline \
+             writes {}\nhint: see README, \"Verifying a copy\"",
+            if settings.kafka.is_some() {
+                "to Kafka"
+            } else {
+                "Iceberg tables"
+            }
         );
         return exit_code::CONFIG;
     }
-    let mut lake = crate::reverse::open_lake(&settings.lake, &settings.pipeline, None);
-    let tables = match chosen_tables(settings, &mut lake, &options.tables).await {
+    let tables = match chosen_tables(settings, &options.tables).await {
         Ok(tables) => tables,
         Err(code) => return code,
     };
     if tables.is_empty() {
         eprintln!(
-            "error: the lake holds none of the pipeline's tables yet\nhint: run the pipeline first"
+            "error: the destination holds none of the pipeline's tables yet\nhint: run the pipeline first"
         );
         return exit_code::CONFIG;
     }
-    drop(lake);
     let mut verifier = Verifier {
         settings,
         options,
@@ -100,13 +105,29 @@ pub async fn verify(settings: &Settings, options: &Options) -> i32 {
     code
 }
 
-async fn chosen_tables(
-    settings: &Settings,
-    lake: &mut Lake,
-    asked: &[String],
-) -> Result<Vec<TableId>, i32> {
-    let held = lake.existing_tables().await.map_err(|err| {
-        eprintln!("error: reading the lake: {}", crate::chain(&err));
+/// The destination's tables.
+async fn held_tables(settings: &Settings) -> Result<Vec<TableId>, String> {
+    match &settings.warehouse {
+        Some(warehouse) => {
+            let sink = WarehouseSink::inspect(warehouse.clone())
+                .await
+                .map_err(|err| crate::chain(&err))?;
+            sink.existing_tables()
+                .await
+                .map_err(|err| crate::chain(&err))
+        }
+        None => {
+            let mut lake = crate::reverse::open_lake(&settings.lake, &settings.pipeline, None);
+            lake.existing_tables()
+                .await
+                .map_err(|err| crate::chain(&err))
+        }
+    }
+}
+
+async fn chosen_tables(settings: &Settings, asked: &[String]) -> Result<Vec<TableId>, i32> {
+    let held = held_tables(settings).await.map_err(|err| {
+        eprintln!("error: reading the destination's tables: {err}");
         INCOMPLETE
     })?;
     let filter = settings.source.filter();
@@ -124,7 +145,7 @@ async fn chosen_tables(
             Some(table) => chosen.push(table),
             None => {
                 eprintln!(
-                    "error: --table {name} is not a table of this pipeline's lake\nhint: name it schema.table (database.table on MySQL); the lake holds {}",
+                    "error: --table {name} is not a table of this pipeline's destination\nhint: name it schema.table (database.table on MySQL); it holds {}",
                     held.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
                 );
                 return Err(exit_code::CONFIG);
@@ -145,6 +166,8 @@ struct Side {
     keys: BTreeMap<u128, (u128, serde_json::Value)>,
     /// Lake side: committed files gone from the store.
     missing_files: Vec<String>,
+    /// Warehouse side: columns not read.
+    skipped: Vec<String>,
 }
 
 impl Side {
@@ -155,6 +178,7 @@ impl Side {
             sum: vec![0; RANGES],
             keys: BTreeMap::new(),
             missing_files: Vec::new(),
+            skipped: Vec::new(),
         }
     }
 
@@ -207,6 +231,64 @@ impl Compared {
             })
             .collect()
     }
+
+    /// The keys (of focused ranges) whose rows differ.
+    fn differing_keys(&self) -> Vec<KeyDiff> {
+        let mut out = Vec::new();
+        for (key, (digest, json)) in &self.source.keys {
+            let other = self.lake.keys.get(key).map(|(d, _)| *d);
+            if other != Some(*digest) {
+                out.push(KeyDiff {
+                    key: *key,
+                    source: Some(*digest),
+                    destination: other,
+                    json: json.clone(),
+                });
+            }
+        }
+        for (key, (digest, json)) in &self.lake.keys {
+            if !self.source.keys.contains_key(key) {
+                out.push(KeyDiff {
+                    key: *key,
+                    source: None,
+                    destination: Some(*digest),
+                    json: json.clone(),
+                });
+            }
+        }
+        out
+    }
+}
+
+/// A key whose rows differ: each side's row digest (None: no row).
+#[derive(PartialEq)]
+struct KeyDiff {
+    key: u128,
+    source: Option<u128>,
+    destination: Option<u128>,
+    json: serde_json::Value,
+}
+
+/// What verification found for one table.
+struct Outcome {
+    point: String,
+    source_rows: u64,
+    destination_rows: u64,
+    /// Key ranges that differed in the first round.
+    ranges: usize,
+    missing_files: Vec<String>,
+    skipped: Vec<String>,
+    missing: Vec<serde_json::Value>,
+    extra: Vec<serde_json::Value>,
+    changed: Vec<serde_json::Value>,
+}
+
+impl Outcome {
+    /// No key differs (ranges may have, for keys that changed meanwhile).
+    fn equal(&self) -> bool {
+        self.ranges == 0
+            || (self.missing.is_empty() && self.extra.is_empty() && self.changed.is_empty())
+    }
 }
 
 /// A round's columns of a table: names as the source has them (after
@@ -215,6 +297,22 @@ impl Compared {
 struct Columns {
     names: Vec<String>,
     key: Vec<String>,
+}
+
+impl Columns {
+    /// `schema`'s columns, without arrays unless `arrays` (a warehouse
+    /// never reads them back).
+    fn of(schema: &TableSchema, arrays: bool) -> Self {
+        Columns {
+            names: schema
+                .columns
+                .iter()
+                .filter(|c| arrays || !matches!(c.ty, tidewater_core::ColumnType::List(_)))
+                .map(|c| c.name.clone())
+                .collect(),
+            key: schema.key_columns().map(|c| c.name.clone()).collect(),
+        }
+    }
 }
 
 struct Verifier<'a> {
@@ -226,39 +324,19 @@ struct Verifier<'a> {
 impl Verifier<'_> {
     async fn run(&mut self, tables: Vec<TableId>) -> i32 {
         let started = Instant::now();
-        let focus: HashMap<TableId, Focus> =
-            tables.iter().map(|t| (t.clone(), Focus::All)).collect();
-        let (point, first) = match self.round(&focus).await {
-            Ok(found) => found,
+        let checked = match self.check(&tables).await {
+            Ok(checked) => checked,
             Err(message) => return incomplete(&message),
         };
-        let mut differing: HashMap<TableId, Focus> = HashMap::new();
+        let mut differing = Vec::new();
         for table in &tables {
-            let Some(result) = first.get(table) else {
-                println!("{table}: not compared (it has no primary key: the lake keeps no current state of it)");
+            let Some(outcome) = checked.get(table) else {
+                println!("{table}: not compared (it has no primary key: the destination keeps no current state of it)");
                 continue;
             };
-            let ranges = result.differing_ranges();
-            if ranges.is_empty() {
-                println!(
-                    "{table}: equal ({} rows at source position {point})",
-                    result.source.rows
-                );
-            } else {
-                println!(
-                    "{table}: DIFFERENT at source position {point}: source {} rows, lake {} rows; {} of {RANGES} key ranges differ",
-                    result.source.rows,
-                    result.lake.rows,
-                    ranges.len()
-                );
-                differing.insert(table.clone(), Focus::Ranges(ranges));
-            }
-            if !result.lake.missing_files.is_empty() {
-                println!(
-                    "{table}: warning: {} committed data files are gone from the lake's store (their rows count as missing; readers of the change log fail on them until they are restored): {}",
-                    result.lake.missing_files.len(),
-                    result.lake.missing_files.join(", ")
-                );
+            self.print(table, outcome);
+            if !outcome.equal() {
+                differing.push(table.clone());
             }
         }
         if differing.is_empty() {
@@ -269,49 +347,56 @@ impl Verifier<'_> {
             );
             return exit_code::OK;
         }
-        // Round 2: the keys of the differing ranges, at a new point.
-        match self.round(&differing).await {
-            Ok((point, second)) => {
-                for table in differing.keys() {
-                    if let Some(result) = second.get(table) {
-                        self.print_keys(table, result, &point);
-                    }
-                }
-            }
-            Err(message) => eprintln!("warning: listing the differing keys failed: {message}"),
-        }
         if !self.options.repair {
             println!(
                 "hint: `tidewater verify --repair` asks the running pipeline to copy {} again",
-                names(differing.keys())
+                names(differing.iter())
             );
             return exit_code::FAILED;
         }
-        self.repair(differing.into_keys().collect()).await
+        self.repair(differing).await
     }
 
-    fn print_keys(&self, table: &TableId, result: &Compared, point: &str) {
-        let (mut missing, mut extra, mut changed) = (Vec::new(), Vec::new(), Vec::new());
-        for (key, (digest, json)) in &result.source.keys {
-            match result.lake.keys.get(key) {
-                None => missing.push(json),
-                Some((other, _)) if other != digest => changed.push(json),
-                Some(_) => {}
-            }
+    fn print(&self, table: &TableId, outcome: &Outcome) {
+        let sink = self.sink_name();
+        if !outcome.skipped.is_empty() {
+            println!(
+                "{table}: columns not compared: {} (arrays are not read back from a warehouse; a column it lacks is NULL there)",
+                outcome.skipped.join(", ")
+            );
         }
-        for (key, (_, json)) in &result.lake.keys {
-            if !result.source.keys.contains_key(key) {
-                extra.push(json);
-            }
+        if !outcome.missing_files.is_empty() {
+            println!(
+                "{table}: warning: {} committed data files are gone from the lake's store (their rows count as missing; readers of the change log fail on them until they are restored): {}",
+                outcome.missing_files.len(),
+                outcome.missing_files.join(", ")
+            );
         }
-        if missing.is_empty() && extra.is_empty() && changed.is_empty() {
-            println!("{table}: no key differs at source position {point} (changed since)");
+        if outcome.ranges == 0 {
+            println!(
+                "{table}: equal ({} rows at source position {})",
+                outcome.source_rows, outcome.point
+            );
+            return;
+        }
+        println!(
+            "{table}: {} at source position {}: source {} rows, {sink} {} rows; {} of {RANGES} key ranges differ",
+            if outcome.equal() { "changing" } else { "DIFFERENT" },
+            outcome.point,
+            outcome.source_rows,
+            outcome.destination_rows,
+            outcome.ranges,
+        );
+        if outcome.equal() {
+            println!(
+                "{table}: every key that differed changed again between the comparisons: not counted as a difference"
+            );
             return;
         }
         for (what, keys) in [
-            ("missing from the lake", &missing),
-            ("extra in the lake", &extra),
-            ("different in the lake", &changed),
+            (format!("missing from the {sink}"), &outcome.missing),
+            (format!("extra in the {sink}"), &outcome.extra),
+            (format!("different in the {sink}"), &outcome.changed),
         ] {
             if keys.is_empty() {
                 continue;
@@ -335,6 +420,74 @@ impl Verifier<'_> {
         }
     }
 
+    fn sink_name(&self) -> &'static str {
+        if self.settings.warehouse.is_some() {
+            "warehouse"
+        } else {
+            "lake"
+        }
+    }
+
+    /// Compares `tables`: every range at one point; the ranges that differ
+    /// again at a new point, keeping their keys; for a warehouse (which
+    /// holds only the state at its own, later, point) once more, counting
+    /// only the keys that differed the same way both times.
+    async fn check(&mut self, tables: &[TableId]) -> Result<HashMap<TableId, Outcome>, String> {
+        let all: HashMap<TableId, Focus> = tables.iter().map(|t| (t.clone(), Focus::All)).collect();
+        let (point, first) = self.round(&all).await?;
+        let mut outcomes = HashMap::new();
+        let mut focus = HashMap::new();
+        for (table, compared) in first {
+            let ranges = compared.differing_ranges();
+            if !ranges.is_empty() {
+                focus.insert(table.clone(), Focus::Ranges(ranges.clone()));
+            }
+            outcomes.insert(
+                table,
+                Outcome {
+                    point: point.clone(),
+                    source_rows: compared.source.rows,
+                    destination_rows: compared.lake.rows,
+                    ranges: ranges.len(),
+                    missing_files: compared.lake.missing_files,
+                    skipped: compared.lake.skipped,
+                    missing: Vec::new(),
+                    extra: Vec::new(),
+                    changed: Vec::new(),
+                },
+            );
+        }
+        if focus.is_empty() {
+            return Ok(outcomes);
+        }
+        let (_, second) = self.round(&focus).await?;
+        let mut keys: HashMap<TableId, Vec<KeyDiff>> = second
+            .iter()
+            .map(|(t, c)| (t.clone(), c.differing_keys()))
+            .collect();
+        if self.settings.warehouse.is_some() {
+            let (_, third) = self.round(&focus).await?;
+            for (table, diffs) in keys.iter_mut() {
+                let again: Vec<KeyDiff> = third
+                    .get(table)
+                    .map(Compared::differing_keys)
+                    .unwrap_or_default();
+                diffs.retain(|d| again.contains(d));
+            }
+        }
+        for (table, diffs) in keys {
+            let outcome = outcomes.get_mut(&table).expect("compared in round 1");
+            for diff in diffs {
+                match (diff.source, diff.destination) {
+                    (Some(_), None) => outcome.missing.push(diff.json),
+                    (None, Some(_)) => outcome.extra.push(diff.json),
+                    _ => outcome.changed.push(diff.json),
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
     /// Asks the running pipeline to copy `tables` again, then verifies them
     /// until they are equal or `wait` has passed.
     async fn repair(&mut self, tables: Vec<TableId>) -> i32 {
@@ -346,20 +499,21 @@ impl Verifier<'_> {
             names(tables.iter())
         );
         let deadline = Instant::now() + self.options.wait;
-        let focus: HashMap<TableId, Focus> =
-            tables.iter().map(|t| (t.clone(), Focus::All)).collect();
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let (point, found) = match self.round(&focus).await {
-                Ok(found) => found,
+            let checked = match self.check(&tables).await {
+                Ok(checked) => checked,
                 Err(message) => return incomplete(&message),
             };
-            let equal = tables.iter().all(|t| {
-                found
-                    .get(t)
-                    .is_some_and(|c| c.differing_ranges().is_empty())
-            });
+            let equal = tables
+                .iter()
+                .all(|t| checked.get(t).is_some_and(Outcome::equal));
             if equal {
+                let point = checked
+                    .values()
+                    .next()
+                    .map(|o| o.point.clone())
+                    .unwrap_or_default();
                 println!(
                     "repair: {} equal at source position {point}",
                     names(tables.iter())
@@ -378,20 +532,22 @@ impl Verifier<'_> {
     }
 
     /// One comparison at a new source point: the source's copy and the
-    /// lake's state as of its point, side by side. Returns the point and,
+    /// destination's state (the lake's as of the point; the warehouse's at
+    /// its own point, at or after it), side by side. Returns the point and,
     /// per table with a key, what each side holds.
     async fn round(
         &mut self,
         focus: &HashMap<TableId, Focus>,
     ) -> Result<(String, HashMap<TableId, Compared>), String> {
         let tables: Vec<TableId> = focus.keys().cloned().collect();
-        let (schemas_tx, mut schemas_rx) = mpsc::unbounded_channel::<(TableId, Columns)>();
+        let (schemas_tx, mut schemas_rx) = mpsc::unbounded_channel::<Arc<TableSchema>>();
         let (commit_tx, commit_rx) = tokio::sync::oneshot::channel::<CommitInfo>();
         let source_side = tokio::spawn(source_side(
             self.settings.source.clone(),
             self.settings.masking.clone(),
             tables.clone(),
             focus.clone(),
+            self.settings.warehouse.is_none(),
             schemas_tx,
             commit_tx,
         ));
@@ -406,17 +562,29 @@ impl Verifier<'_> {
         };
         self.wait_for(&commit).await?;
         let mark = Mark::new(commit.seq, u64::MAX);
-        let mut lake_sides: HashMap<TableId, Side> = HashMap::new();
-        let mut columns_of: HashMap<TableId, Columns> = HashMap::new();
-        while let Some((table, columns)) = schemas_rx.recv().await {
+        let warehouse = match &self.settings.warehouse {
+            Some(settings) => Some(
+                WarehouseSink::inspect(settings.clone())
+                    .await
+                    .map_err(|err| crate::chain(&err))?,
+            ),
+            None => None,
+        };
+        let mut destination_sides: HashMap<TableId, Side> = HashMap::new();
+        while let Some(schema) = schemas_rx.recv().await {
+            let columns = Columns::of(&schema, warehouse.is_none());
             if columns.key.is_empty() {
                 continue;
             }
-            let side = self
-                .lake_side(&table, &columns, mark, &focus[&table])
-                .await?;
-            lake_sides.insert(table.clone(), side);
-            columns_of.insert(table, columns);
+            let table = schema.table.clone();
+            let side = match &warehouse {
+                Some(sink) => warehouse_side(sink, &schema, &columns, &focus[&table]).await?,
+                None => {
+                    self.lake_side(&table, &columns, mark, &focus[&table])
+                        .await?
+                }
+            };
+            destination_sides.insert(table, side);
         }
         let source_sides = match source_side.await {
             Ok(Ok(sides)) => sides,
@@ -425,7 +593,7 @@ impl Verifier<'_> {
         };
         let mut out = HashMap::new();
         for (table, source) in source_sides {
-            if let Some(lake) = lake_sides.remove(&table) {
+            if let Some(lake) = destination_sides.remove(&table) {
                 out.insert(table, Compared { source, lake });
             }
         }
@@ -615,7 +783,8 @@ async fn source_side(
     masking: Arc<MaskPolicy>,
     tables: Vec<TableId>,
     focus: HashMap<TableId, Focus>,
-    schemas: mpsc::UnboundedSender<(TableId, Columns)>,
+    narrow: bool,
+    schemas: mpsc::UnboundedSender<Arc<TableSchema>>,
     opened: tokio::sync::oneshot::Sender<CommitInfo>,
 ) -> Result<HashMap<TableId, Side>, String> {
     let mut copy = match source {
@@ -642,7 +811,7 @@ async fn source_side(
             Copy::Mysql(Box::new(my))
         }
     };
-    let result = read_copy(&mut copy, masking, &focus, &schemas).await;
+    let result = read_copy(&mut copy, masking, &focus, narrow, &schemas).await;
     copy.close().await;
     result
 }
@@ -672,7 +841,8 @@ async fn read_copy(
     copy: &mut Copy,
     masking: Arc<MaskPolicy>,
     focus: &HashMap<TableId, Focus>,
-    schemas: &mpsc::UnboundedSender<(TableId, Columns)>,
+    narrow: bool,
+    schemas: &mpsc::UnboundedSender<Arc<TableSchema>>,
 ) -> Result<HashMap<TableId, Side>, String> {
     let mut masker = Masker::new(masking);
     let mut batcher = Batcher::new(BatchLimits {
@@ -687,11 +857,8 @@ async fn read_copy(
         let mut cut = Vec::new();
         let done = match event {
             ChangeEvent::Schema(schema) => {
-                let columns = Columns {
-                    names: schema.columns.iter().map(|c| c.name.clone()).collect(),
-                    key: schema.key_columns().map(|c| c.name.clone()).collect(),
-                };
-                let _ = schemas.send((schema.table.clone(), columns.clone()));
+                let columns = Columns::of(&schema, narrow);
+                let _ = schemas.send(schema.clone());
                 if !columns.key.is_empty() {
                     sides
                         .entry(schema.table.clone())
@@ -722,7 +889,7 @@ async fn read_copy(
             cut.extend(batcher.cut_all().map_err(|e| e.to_string())?);
         }
         for batch in cut {
-            add_batch(&mut sides, focus, batch)?;
+            add_batch(&mut sides, focus, narrow, batch)?;
         }
         if done {
             return Ok(sides.into_iter().map(|(t, (_, side))| (t, side)).collect());
@@ -733,17 +900,34 @@ async fn read_copy(
 fn add_batch(
     sides: &mut HashMap<TableId, (Columns, Side)>,
     focus: &HashMap<TableId, Focus>,
+    narrow: bool,
     batch: ChangeBatch,
 ) -> Result<(), String> {
     let Some((columns, side)) = sides.get_mut(&batch.table) else {
         return Ok(());
     };
     let focus = focus.get(&batch.table).cloned().unwrap_or(Focus::All);
-    let narrowed = tidewater_lake::narrow::narrow_batch(&batch.batch)
-        .map_err(|err| format!("{}: {err}", batch.table))?;
-    let digests = RowDigests::new(&narrowed, &columns.names, &columns.key)
-        .map_err(|err| format!("{}: {err}", batch.table))?;
-    for row in 0..narrowed.num_rows() {
+    // As the lake stores it (its Parquet types), or as the pipeline hands
+    // it to a warehouse.
+    let batch_rows = if narrow {
+        tidewater_lake::narrow::narrow_batch(&batch.batch)
+            .map_err(|err| format!("{}: {err}", batch.table))?
+    } else {
+        batch.batch
+    };
+    add_rows(side, columns, &focus, &batch_rows).map_err(|err| format!("{}: {err}", batch.table))
+}
+
+/// Adds `batch`'s rows (`columns` by name) to `side`.
+fn add_rows(
+    side: &mut Side,
+    columns: &Columns,
+    focus: &Focus,
+    batch: &arrow_array::RecordBatch,
+) -> Result<(), String> {
+    let digests =
+        RowDigests::new(batch, &columns.names, &columns.key).map_err(|err| err.to_string())?;
+    for row in 0..batch.num_rows() {
         let key = digests.key(row);
         let range = range_of(key);
         if focus.skips(range) {
@@ -757,6 +941,44 @@ fn add_batch(
         }
     }
     Ok(())
+}
+
+/// The warehouse table's current rows of `schema`'s table, per range.
+async fn warehouse_side(
+    sink: &WarehouseSink,
+    schema: &TableSchema,
+    columns: &Columns,
+    focus: &Focus,
+) -> Result<Side, String> {
+    let table = &schema.table;
+    let fields: Vec<arrow_schema::Field> = schema
+        .columns
+        .iter()
+        .map(tidewater_core::arrow_field)
+        .collect();
+    let arrow_schema = Arc::new(arrow_schema::Schema::new(fields));
+    let mut side = Side::new();
+    let scanned = sink
+        .scan_current(schema, 8192, |rows| {
+            let mut arrays = Vec::with_capacity(schema.columns.len());
+            for (c, column) in schema.columns.iter().enumerate() {
+                let values: Vec<&tidewater_core::Datum> = rows.iter().map(|r| &r[c]).collect();
+                let array =
+                    tidewater_core::build_array(&tidewater_core::arrow_type(&column.ty), &values)
+                        .map_err(|err| format!("column {}: {err}", column.name))?;
+                arrays.push(array);
+            }
+            let batch = arrow_array::RecordBatch::try_new(arrow_schema.clone(), arrays)
+                .map_err(|err| err.to_string())?;
+            add_rows(&mut side, columns, focus, &batch)
+        })
+        .await
+        .map_err(|err| format!("reading {table} from the warehouse: {}", crate::chain(&err)))?;
+    match scanned {
+        Some(skipped) => side.skipped = skipped,
+        None => return Err(format!("{table} has no warehouse table")),
+    }
+    Ok(side)
 }
 
 /// A key's last row seen in the lake.

@@ -289,3 +289,90 @@ async fn mariadb_lake_verified_lost_change_found_and_repaired() {
         .await;
     pipeline.assert_running();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_warehouse_verified_while_streaming_edits_found_and_repaired() {
+    let name = "verify_wh";
+    let source = pg().create_database(&format!("{name}_src")).await;
+    let warehouse = pg().create_database(&format!("{name}_dst")).await;
+    source
+        .batch_execute(
+            "CREATE TABLE acct (id int PRIMARY KEY, amount numeric(12,2), label text, at timestamptz, tags int[]);
+             CREATE TABLE busy (id int PRIMARY KEY, note text);
+             INSERT INTO acct SELECT g, g * 1.25, 'l' || g, '2026-01-01'::timestamptz + g * interval '1 hour', ARRAY[g]
+               FROM generate_series(1, 300) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::warehouse(
+        name,
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\n",
+            pg().url(&format!("{name}_src"))
+        ),
+        &pg().url(&format!("{name}_dst")),
+        "",
+    );
+    pipeline.start();
+    crate::support::eventually("the snapshot", Duration::from_secs(60), || async {
+        let n: i64 = warehouse
+            .query_one("SELECT count(*) FROM public.acct", &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(-1);
+        (n == 300).then_some(()).ok_or_else(|| format!("{n} rows"))
+    })
+    .await;
+
+    // Equal while writes keep landing (the warehouse is compared at its
+    // own, later point: keys that changed meanwhile are compared again).
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = pg_writer(&format!("{name}_src"), stop.clone());
+    let (code, out) = verify(&pipeline, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("DIFFERENT"), "{out}");
+    assert!(
+        about(&out, "public.busy")
+            .iter()
+            .any(|l| l.contains(": equal (") || l.contains("not counted as a difference")),
+        "{out}"
+    );
+    assert!(
+        about(&out, "public.acct")
+            .iter()
+            .any(|l| l.contains("columns not compared: tags")),
+        "{out}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+
+    // Rows edited and deleted in the warehouse by hand.
+    warehouse
+        .batch_execute(
+            "UPDATE public.acct SET label = 'edited' WHERE id = 5;
+             DELETE FROM public.acct WHERE id = 6;",
+        )
+        .await
+        .unwrap();
+    let (code, out) = verify(&pipeline, &["--table", "public.acct"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(r#"public.acct: 1 keys missing from the warehouse: {"id":6}"#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"public.acct: 1 keys different in the warehouse: {"id":5}"#),
+        "{out}"
+    );
+    assert!(!out.contains("edited"), "no value is printed: {out}");
+    let (code, out) = verify(&pipeline, &["--table", "public.acct", "--repair"]);
+    assert!(out.contains("repair: public.acct equal"), "{out}");
+    assert_eq!(code, 0, "{out}");
+    let label: String = warehouse
+        .query_one("SELECT label FROM public.acct WHERE id = 5", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(label, "l5");
+    pipeline.assert_running();
+}

@@ -992,6 +992,92 @@ impl WarehouseSink {
             .map_err(WarehouseError::server("committing"))
     }
 
+    /// Every current row of `table`'s warehouse table, as `schema`'s
+    /// columns, in chunks of `chunk` rows handed to `each` as they stream
+    /// in (never the whole table in memory), for `tidewater verify`. Rows
+    /// soft-deleted are left out. Reads only (no lock, no DDL). Returns the
+    /// columns that were not read: arrays (never read back) and those the
+    /// table has no column for (NULL), or None when there is no table.
+    pub async fn scan_current(
+        &self,
+        schema: &TableSchema,
+        chunk: usize,
+        mut each: impl FnMut(Vec<Vec<Datum>>) -> Result<(), String>,
+    ) -> Result<Option<Vec<String>>, WarehouseError> {
+        let table = &schema.table;
+        let (target_schema, target_name) = self.settings.target_of(table);
+        let target = self.catalog(&target_schema, &target_name).await?;
+        if target.columns.is_empty() {
+            return Ok(None);
+        }
+        let mut selected = Vec::new();
+        let mut skipped = Vec::new();
+        for column in &schema.columns {
+            let ty = target_type(column);
+            match target.column_for(&column.name, &ty.ddl) {
+                Some(_) if matches!(column.ty, ColumnType::List(_)) => {
+                    skipped.push(column.name.clone());
+                    selected.push("NULL::text".to_string());
+                }
+                Some(name) => {
+                    selected.push(select_expr(&format!("t.{}", ident(&name)), column, &ty))
+                }
+                None => {
+                    skipped.push(column.name.clone());
+                    selected.push("NULL::text".to_string());
+                }
+            }
+        }
+        let live = if target.type_of(DELETED).is_some() {
+            format!(" WHERE NOT t.{}", ident(DELETED))
+        } else {
+            String::new()
+        };
+        let failed = |what: &str| WarehouseError::server(format!("{what} for {table}"));
+        let rows = self
+            .client
+            .query_raw(
+                &format!(
+                    "SELECT {} FROM {} t{live}",
+                    selected.join(", "),
+                    target.qualified()
+                ),
+                std::iter::empty::<i32>(),
+            )
+            .await
+            .map_err(failed("reading current rows"))?;
+        futures_util::pin_mut!(rows);
+        let mut held = Vec::with_capacity(chunk);
+        while let Some(row) = futures_util::StreamExt::next(&mut rows).await {
+            let row = row.map_err(failed("reading current rows"))?;
+            let mut values = Vec::with_capacity(schema.columns.len());
+            for (c, column) in schema.columns.iter().enumerate() {
+                if skipped.contains(&column.name) {
+                    values.push(Datum::Null);
+                    continue;
+                }
+                let raw: Raw = row.get(c);
+                values.push(decode(raw.0.as_deref(), &column.ty));
+            }
+            held.push(values);
+            if held.len() >= chunk {
+                each(std::mem::take(&mut held)).map_err(|reason| WarehouseError::Encode {
+                    table: table.clone(),
+                    column: String::new(),
+                    reason,
+                })?;
+            }
+        }
+        if !held.is_empty() {
+            each(held).map_err(|reason| WarehouseError::Encode {
+                table: table.clone(),
+                column: String::new(),
+                reason,
+            })?;
+        }
+        Ok(Some(skipped))
+    }
+
     /// The current row of each key in `keys` (see [`Sink::latest_rows`]),
     /// read from the warehouse table: the keys go by COPY into a temporary
     /// table joined with it.
