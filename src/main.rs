@@ -4,6 +4,7 @@
 //! coordinator in [`pipeline`], the error policy in [`policy`].
 
 mod config;
+mod forget;
 mod lease;
 mod lineage;
 mod metrics;
@@ -130,6 +131,30 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         max_keys: usize,
     },
+    /// Erase every row of some keys of a table from the lake: its change
+    /// log, its current-state table, and every file and log version that
+    /// held them (time travel to earlier versions stops working). The
+    /// running pipeline does it between two commits; an audit entry
+    /// (when, table, key hash, rows removed — never a value) is recorded.
+    ///
+    /// Example: tidewater forget --config tidewater.toml --table public.people --key '{"id": 42}'
+    Forget {
+        #[arg(long)]
+        config: PathBuf,
+        /// The table (`schema.table`, `database.table` on MySQL).
+        #[arg(long)]
+        table: String,
+        /// A key as JSON: an object by key column, or a bare value for a
+        /// one-column key (repeatable).
+        #[arg(long = "key", value_name = "JSON")]
+        keys: Vec<String>,
+        /// A file of keys, one JSON per line.
+        #[arg(long)]
+        keys_file: Option<PathBuf>,
+        /// Seconds to wait for the running pipeline to do it.
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+    },
     /// Print the JSON Schema of the config file.
     Schema,
 }
@@ -253,6 +278,27 @@ async fn dispatch(command: Command) -> i32 {
         Command::Check { config } => match load(&config) {
             Ok(config) => match settings(&config) {
                 Ok(settings) => status::check(&settings).await,
+                Err(code) => code,
+            },
+            Err(code) => code,
+        },
+        Command::Forget {
+            config,
+            table,
+            keys,
+            keys_file,
+            wait,
+        } => match load(&config) {
+            Ok(config) => match settings(&config) {
+                Ok(settings) => {
+                    let options = forget::Options {
+                        table,
+                        keys,
+                        keys_file,
+                        wait: std::time::Duration::from_secs(wait),
+                    };
+                    forget::forget(&settings, &options).await
+                }
                 Err(code) => code,
             },
             Err(code) => code,

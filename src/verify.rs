@@ -40,9 +40,9 @@ use tidewater_core::mask::{MaskPolicy, Masker};
 use tidewater_core::{
     BatchLimits, Batcher, ChangeBatch, ChangeEvent, CommitInfo, Mark, TableId, TableSchema,
 };
+use tidewater_lake::digest::RowDigests;
 use tidewater_mysql::{BinlogPosition, MysqlSource};
 use tidewater_postgres::PostgresSource;
-use tidewater_reverse::digest::RowDigests;
 use tidewater_reverse::engine::{log_as_of, Resources};
 use tidewater_warehouse::WarehouseSink;
 use tokio::sync::mpsc;
@@ -281,14 +281,31 @@ struct Outcome {
     missing: Vec<serde_json::Value>,
     extra: Vec<serde_json::Value>,
     changed: Vec<serde_json::Value>,
+    /// The lake's current-state table against its change log.
+    current: Option<CurrentCheck>,
 }
 
 impl Outcome {
     /// No key differs (ranges may have, for keys that changed meanwhile).
     fn equal(&self) -> bool {
-        self.ranges == 0
-            || (self.missing.is_empty() && self.extra.is_empty() && self.changed.is_empty())
+        let log = self.ranges == 0
+            || (self.missing.is_empty() && self.extra.is_empty() && self.changed.is_empty());
+        log && self.current.as_ref().is_none_or(|c| c.ranges == 0)
     }
+}
+
+/// A current-state table compared with its change log as of the mark it
+/// was merged up to (the log itself is compared with the source).
+struct CurrentCheck {
+    merged: Mark,
+    rows: u64,
+    log_rows: u64,
+    ranges: usize,
+    /// Keys the log has and the current table lacks, has extra, or holds
+    /// otherwise.
+    missing: Vec<serde_json::Value>,
+    extra: Vec<serde_json::Value>,
+    changed: Vec<serde_json::Value>,
 }
 
 /// A round's columns of a table: names as the source has them (after
@@ -358,6 +375,53 @@ impl Verifier<'_> {
     }
 
     fn print(&self, table: &TableId, outcome: &Outcome) {
+        self.print_log(table, outcome);
+        let Some(current) = &outcome.current else {
+            return;
+        };
+        if current.ranges == 0 {
+            println!(
+                "{table}: current-state table equal to its change log ({} rows, merged up to mark {})",
+                current.rows, current.merged
+            );
+            return;
+        }
+        println!(
+            "{table}: current-state table DIFFERENT from its change log as of its merged mark {}: log {} rows, current table {} rows; {} of {RANGES} key ranges differ",
+            current.merged, current.log_rows, current.rows, current.ranges
+        );
+        for (what, keys) in [
+            ("missing from the current-state table", &current.missing),
+            ("extra in the current-state table", &current.extra),
+            ("different in the current-state table", &current.changed),
+        ] {
+            self.print_key_list(table, what, keys);
+        }
+    }
+
+    fn print_key_list(&self, table: &TableId, what: &str, keys: &[serde_json::Value]) {
+        if keys.is_empty() {
+            return;
+        }
+        let shown: Vec<String> = keys
+            .iter()
+            .take(self.options.max_keys)
+            .map(|k| k.to_string())
+            .collect();
+        let more = keys.len().saturating_sub(shown.len());
+        println!(
+            "{table}: {} keys {what}: {}{}",
+            keys.len(),
+            shown.join(" "),
+            if more > 0 {
+                format!(" … and {more} more")
+            } else {
+                String::new()
+            }
+        );
+    }
+
+    fn print_log(&self, table: &TableId, outcome: &Outcome) {
         let sink = self.sink_name();
         if !outcome.skipped.is_empty() {
             println!(
@@ -398,26 +462,108 @@ impl Verifier<'_> {
             (format!("extra in the {sink}"), &outcome.extra),
             (format!("different in the {sink}"), &outcome.changed),
         ] {
-            if keys.is_empty() {
-                continue;
-            }
-            let shown: Vec<String> = keys
-                .iter()
-                .take(self.options.max_keys)
-                .map(|k| k.to_string())
-                .collect();
-            let more = keys.len().saturating_sub(shown.len());
-            println!(
-                "{table}: {} keys {what}: {}{}",
-                keys.len(),
-                shown.join(" "),
-                if more > 0 {
-                    format!(" … and {more} more")
-                } else {
-                    String::new()
-                }
-            );
+            self.print_key_list(table, &what, keys);
         }
+    }
+
+    /// `table`'s current-state table against its change log as of the
+    /// mark it was merged up to: ranges, then the keys of differing ranges
+    /// (read again, at the mark of that moment). None without one.
+    async fn check_current(&mut self, table: &TableId) -> Result<Option<CurrentCheck>, String> {
+        let Some((merged, current, log)) = self.current_round(table, &Focus::All).await? else {
+            return Ok(None);
+        };
+        let compared = Compared {
+            source: log,
+            lake: current,
+        };
+        let ranges = compared.differing_ranges();
+        let mut check = CurrentCheck {
+            merged,
+            rows: compared.lake.rows,
+            log_rows: compared.source.rows,
+            ranges: ranges.len(),
+            missing: Vec::new(),
+            extra: Vec::new(),
+            changed: Vec::new(),
+        };
+        if ranges.is_empty() {
+            return Ok(Some(check));
+        }
+        if let Some((_, current, log)) = self.current_round(table, &Focus::Ranges(ranges)).await? {
+            let compared = Compared {
+                source: log,
+                lake: current,
+            };
+            for diff in compared.differing_keys() {
+                match (diff.source, diff.destination) {
+                    (Some(_), None) => check.missing.push(diff.json),
+                    (None, Some(_)) => check.extra.push(diff.json),
+                    _ => check.changed.push(diff.json),
+                }
+            }
+        }
+        Ok(Some(check))
+    }
+
+    /// The current-state table of `table` and its log as of the mark it
+    /// was merged up to, per range: (mark, current, log).
+    async fn current_round(
+        &mut self,
+        table: &TableId,
+        focus: &Focus,
+    ) -> Result<Option<(Mark, Side, Side)>, String> {
+        let mut sink =
+            tidewater_lake::LakeSink::new(self.settings.lake.clone(), &self.settings.pipeline);
+        let failed = |err: tidewater_lake::LakeError| {
+            format!(
+                "reading {table}'s current-state table: {}",
+                crate::chain(&err)
+            )
+        };
+        let Some(files) = sink.log_files(table).await.map_err(failed)? else {
+            return Ok(None);
+        };
+        let names: HashMap<String, String> = files
+            .columns
+            .iter()
+            .map(|(name, lake)| (lake.clone(), name.clone()))
+            .collect();
+        let key: Vec<String> = files
+            .key
+            .iter()
+            .map(|k| names.get(k).cloned().unwrap_or_else(|| k.clone()))
+            .collect();
+        if key.is_empty() {
+            return Ok(None);
+        }
+        let columns = Columns {
+            names: files.columns.iter().map(|(name, _)| name.clone()).collect(),
+            key,
+        };
+        let mut side = Side::new();
+        let mut problem: Option<String> = None;
+        let merged = sink
+            .scan_current(table, |batch| {
+                if problem.is_some() {
+                    return;
+                }
+                if let Err(err) = current_rows(&batch, &names)
+                    .and_then(|batch| add_rows(&mut side, &columns, focus, &batch))
+                {
+                    problem = Some(err);
+                }
+            })
+            .await
+            .map_err(failed)?;
+        if let Some(problem) = problem {
+            return Err(format!("{table}'s current-state table: {problem}"));
+        }
+        let Some(merged) = merged else {
+            return Ok(None);
+        };
+        let log = self.lake_side(table, &columns, merged, focus).await?;
+        Ok(Some((merged, side, log)))
     }
 
     fn sink_name(&self) -> &'static str {
@@ -454,8 +600,14 @@ impl Verifier<'_> {
                     missing: Vec::new(),
                     extra: Vec::new(),
                     changed: Vec::new(),
+                    current: None,
                 },
             );
+        }
+        if self.settings.warehouse.is_none() && self.settings.maintenance.current_state.is_some() {
+            for (table, outcome) in outcomes.iter_mut() {
+                outcome.current = self.check_current(table).await?;
+            }
         }
         if focus.is_empty() {
             return Ok(outcomes);
@@ -941,6 +1093,39 @@ fn add_rows(
         }
     }
     Ok(())
+}
+
+/// A batch of a current-state table under the source's column names, its
+/// soft-deleted rows left out.
+fn current_rows(
+    batch: &arrow_array::RecordBatch,
+    names: &HashMap<String, String>,
+) -> Result<arrow_array::RecordBatch, String> {
+    let fields: Vec<arrow_schema::Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| {
+            let name = names
+                .get(f.name())
+                .cloned()
+                .unwrap_or_else(|| f.name().clone());
+            f.as_ref().clone().with_name(name)
+        })
+        .collect();
+    let batch = arrow_array::RecordBatch::try_new(
+        Arc::new(arrow_schema::Schema::new(fields)),
+        batch.columns().to_vec(),
+    )
+    .map_err(|err| err.to_string())?;
+    let Some(deleted) = batch
+        .column_by_name("_tw_deleted")
+        .and_then(|c| c.as_any().downcast_ref::<arrow_array::BooleanArray>())
+    else {
+        return Ok(batch);
+    };
+    let live: arrow_array::BooleanArray = deleted.iter().map(|d| Some(d != Some(true))).collect();
+    arrow_select::filter::filter_record_batch(&batch, &live).map_err(|err| err.to_string())
 }
 
 /// The warehouse table's current rows of `schema`'s table, per range.

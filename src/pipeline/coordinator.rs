@@ -33,7 +33,7 @@ use tidewater_core::{
     StoppedTable, TableId,
 };
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info, info_span, Instrument};
+use tracing::{error, info, info_span, warn, Instrument};
 
 use super::error::{sink_error, stop_reason, SinkFailure};
 use super::progress::CopyProgress;
@@ -205,6 +205,8 @@ pub(super) struct Coordinator<K, S, A> {
     recorded_at: Option<Instant>,
     /// Copies asked for while streaming (see [`super::requests`]).
     requests: Requests,
+    /// When the record of erasures asked for was last read.
+    erasures_polled: Option<Instant>,
 }
 
 impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
@@ -247,6 +249,7 @@ impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
             snapshot_commit_bytes: tuning.snapshot_commit_bytes,
             snapshot_committed_at: Instant::now(),
             requests: Requests::none(),
+            erasures_polled: None,
         }
     }
 
@@ -290,6 +293,7 @@ impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
                     self.record_acked_position(false).await?;
                     if self.nothing_pending() && !self.in_transaction {
                         self.sink.maintain().await;
+                        self.erase_requested().await?;
                     }
                     self.poll_requests().await;
                 }
@@ -333,6 +337,82 @@ impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
         for table in self.requests.poll(&self.state).await {
             self.stopped.retain(|s| s.table != table);
         }
+    }
+
+    /// Erasures asked for (`tidewater forget`), done between commits, each
+    /// moved to the audit record with what it removed (or why it failed:
+    /// the command that asked prints it; asking again retries).
+    async fn erase_requested(&mut self) -> Result<(), PipelineError> {
+        use tidewater_core::state::{Erasure, Erasures, ForgetRequests};
+        const POLL: Duration = Duration::from_secs(1);
+        if self.erasures_polled.is_some_and(|at| at.elapsed() < POLL) {
+            return Ok(());
+        }
+        self.erasures_polled = Some(Instant::now());
+        let asked = self
+            .state
+            .read::<ForgetRequests>()
+            .await
+            .map_err(sink_error)?
+            .unwrap_or_default();
+        if asked.requests.is_empty() {
+            return Ok(());
+        }
+        let mut done = Vec::new();
+        for request in asked.requests {
+            let table = TableId::new(&request.schema, &request.table);
+            let keys: std::collections::HashSet<u128> = request
+                .keys
+                .iter()
+                .filter_map(|k| u128::from_str_radix(k, 16).ok())
+                .collect();
+            let (outcome, erased) = match self.sink.forget(&table, &keys).await {
+                Ok(Some(erased)) => ("erased".to_string(), erased),
+                Ok(None) => (
+                    "failed: this sink cannot erase rows (tidewater forget works on Delta lakes \
+                     and warehouses)"
+                        .to_string(),
+                    Default::default(),
+                ),
+                Err(err) => {
+                    warn!(table = %table, error = %tidewater_core::error_chain(&err), "an erasure failed");
+                    (
+                        format!("failed: {}", tidewater_core::error_chain(&err)),
+                        Default::default(),
+                    )
+                }
+            };
+            let mut audit = self
+                .state
+                .read::<Erasures>()
+                .await
+                .map_err(sink_error)?
+                .unwrap_or_default();
+            audit.erasures.push(Erasure {
+                id: request.id.clone(),
+                schema: request.schema.clone(),
+                table: request.table.clone(),
+                key_hashes: request.key_hashes.clone(),
+                requested_at: request.requested_at.clone(),
+                done_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                outcome,
+                changelog_rows: erased.log_rows,
+                current_rows: erased.current_rows,
+                files_rewritten: erased.files_rewritten as u64,
+                log_entries_deleted: erased.log_entries_deleted as u64,
+            });
+            self.state.write(&audit).await.map_err(sink_error)?;
+            done.push(request.id);
+        }
+        // Asked for meanwhile: kept for the next poll.
+        let mut left = self
+            .state
+            .read::<ForgetRequests>()
+            .await
+            .map_err(sink_error)?
+            .unwrap_or_default();
+        left.requests.retain(|r| !done.contains(&r.id));
+        self.state.write(&left).await.map_err(sink_error)
     }
 
     /// Copies a signal row asks for: recorded before the row can commit.

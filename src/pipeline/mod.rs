@@ -63,6 +63,36 @@ pub async fn ask_copies(
     state.write(&recorded).await.map_err(error::sink_error)
 }
 
+/// Records an erasure for the running pipeline to do (see
+/// `tidewater forget`); the requests already recorded stay.
+pub async fn ask_forget(
+    settings: &Settings,
+    request: tidewater_core::state::ForgetRequest,
+) -> Result<(), PipelineError> {
+    use tidewater_core::state::{ForgetRequests, StateStore};
+    let state = records(settings).await?;
+    let mut recorded = state
+        .read::<ForgetRequests>()
+        .await
+        .map_err(error::sink_error)?
+        .unwrap_or_default();
+    recorded.requests.push(request);
+    state.write(&recorded).await.map_err(error::sink_error)
+}
+
+/// The audit of erasures done.
+pub async fn erasures(
+    settings: &Settings,
+) -> Result<tidewater_core::state::Erasures, PipelineError> {
+    use tidewater_core::state::{Erasures, StateStore};
+    let state = records(settings).await?;
+    Ok(state
+        .read::<Erasures>()
+        .await
+        .map_err(error::sink_error)?
+        .unwrap_or_default())
+}
+
 /// The source position the pipeline acknowledged last, as recorded beside
 /// its sink (binlog sources; a slot keeps its own).
 pub async fn acknowledged_position(settings: &Settings) -> Result<Option<String>, PipelineError> {

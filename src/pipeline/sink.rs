@@ -240,6 +240,19 @@ impl Sink for AnySink {
         }
     }
 
+    async fn forget(
+        &mut self,
+        table: &TableId,
+        keys: &std::collections::HashSet<u128>,
+    ) -> Result<Option<tidewater_core::Erased>, SinkFailure> {
+        match self {
+            AnySink::Lake(s) => Sink::forget(s.as_mut(), table, keys).await.map_err(fail),
+            AnySink::Iceberg(s) => Sink::forget(s.as_mut(), table, keys).await.map_err(fail),
+            AnySink::Warehouse(s) => Sink::forget(s.as_mut(), table, keys).await.map_err(fail),
+            AnySink::Kafka(s) => Sink::forget(s.as_mut(), table, keys).await.map_err(fail),
+        }
+    }
+
     async fn maintain(&mut self) {
         match self {
             AnySink::Lake(s) => Sink::maintain(s.as_mut()).await,

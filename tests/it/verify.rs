@@ -376,3 +376,136 @@ async fn postgres_warehouse_verified_while_streaming_edits_found_and_repaired() 
     assert_eq!(label, "l5");
     pipeline.assert_running();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_warehouse_edit_found_and_repaired() {
+    let name = "verify_mywh";
+    let server = maria();
+    let mut conn = server.create_database(name).await;
+    let warehouse = pg().create_database(&format!("{name}_dst")).await;
+    conn.query_drop(
+        "CREATE TABLE acct (id int PRIMARY KEY, amount decimal(12,2), label varchar(40), \
+         at datetime(6), big bigint unsigned, flag tinyint(1)) ENGINE=InnoDB;
+         INSERT INTO acct SELECT seq, seq * 1.25, CONCAT('l', seq), \
+           '2026-01-01' + INTERVAL seq HOUR, 18446744073709551615 - seq, seq % 2 FROM seq_1_to_200",
+    )
+    .await
+    .unwrap();
+    let mut pipeline = Pipeline::warehouse(
+        name,
+        &server.source_toml(name),
+        &pg().url(&format!("{name}_dst")),
+        "",
+    );
+    pipeline.start();
+    crate::support::eventually("the snapshot", Duration::from_secs(60), || async {
+        let n: i64 = warehouse
+            .query_one(&format!("SELECT count(*) FROM {name}.acct"), &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(-1);
+        (n == 200).then_some(()).ok_or_else(|| format!("{n} rows"))
+    })
+    .await;
+    conn.query_drop("UPDATE acct SET label = 'streamed' WHERE id = 9")
+        .await
+        .unwrap();
+    let (code, out) = verify(&pipeline, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("{name}.acct: equal (200 rows")),
+        "{out}"
+    );
+
+    warehouse
+        .batch_execute(&format!(
+            "UPDATE {name}.acct SET big = 1 WHERE id = 3; DELETE FROM {name}.acct WHERE id = 4;"
+        ))
+        .await
+        .unwrap();
+    let (code, out) = verify(&pipeline, &["--repair"]);
+    assert!(
+        out.contains(&format!(
+            r#"{name}.acct: 1 keys missing from the warehouse: {{"id":4}}"#
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            r#"{name}.acct: 1 keys different in the warehouse: {{"id":3}}"#
+        )),
+        "{out}"
+    );
+    assert!(out.contains(&format!("repair: {name}.acct equal")), "{out}");
+    assert_eq!(code, 0, "{out}");
+    pipeline.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_state_table_checked_against_its_log_and_repaired() {
+    let name = "verify_cur";
+    let source = pg().create_database(name).await;
+    source
+        .batch_execute(
+            "CREATE TABLE acct (id int PRIMARY KEY, amount numeric(12,2), label text);
+             INSERT INTO acct SELECT g, g * 1.25, 'l' || g FROM generate_series(1, 200) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::new(
+        name,
+        &pg().url(name),
+        "current_state = true\ncurrent_state_interval_ms = 300\nsoft_deletes = true\n",
+    );
+    pipeline.start();
+    pipeline.wait_equal(&source, "acct").await;
+    source
+        .batch_execute("UPDATE acct SET label = 'u' WHERE id < 20; DELETE FROM acct WHERE id = 30;")
+        .await
+        .unwrap();
+    pipeline.wait_equal(&source, "acct").await;
+    let (code, out) = verify(&pipeline, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("public.acct: current-state table equal to its change log (199 rows"),
+        "{out}"
+    );
+
+    // The current table loses the files of its last merge that added any.
+    assert_eq!(pipeline.terminate(), 0);
+    let current = pipeline
+        .lake
+        .join(format!("{name}.current"))
+        .join("public")
+        .join("acct");
+    let last = last_commit_with_adds(&current);
+    let text = std::fs::read_to_string(&last).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with(r#"{"add""#))
+        .collect();
+    std::fs::write(&last, kept.join("\n") + "\n").unwrap();
+    pipeline.start();
+    let (code, out) = verify(&pipeline, &["--repair"]);
+    assert!(
+        out.contains("public.acct: equal (199 rows"),
+        "the log itself is right: {out}"
+    );
+    assert!(
+        out.contains("public.acct: current-state table DIFFERENT from its change log"),
+        "{out}"
+    );
+    assert!(
+        out.contains("keys missing from the current-state table"),
+        "{out}"
+    );
+    assert!(out.contains("repair: public.acct equal"), "{out}");
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = verify(&pipeline, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("public.acct: current-state table equal to its change log (199 rows"),
+        "{out}"
+    );
+    pipeline.assert_running();
+}

@@ -43,8 +43,8 @@ pub use filter::TableFilter;
 pub use lease::Holder;
 pub use schema::{Column, ColumnType, TableSchema};
 pub use traits::{
-    take_copy_requests, Acknowledger, CopyRequestQueue, Problem, Replica, ResumePoint, Sink,
-    SlotInfo, SnapshotPhase, Source, Start, StoppedTable,
+    take_copy_requests, Acknowledger, CopyRequestQueue, Erased, Problem, Replica, ResumePoint,
+    Sink, SlotInfo, SnapshotPhase, Source, Start, StoppedTable,
 };
 pub use types::{
     arrow_field, arrow_type, date_range_days, metadata_fields, timestamp_range_us, META_COLUMNS,

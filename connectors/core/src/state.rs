@@ -70,15 +70,19 @@ pub enum RecordKind {
     SnapshotPlan,
     SourcePosition,
     CopyRequests,
+    ForgetRequests,
+    Erasures,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 5] = [
+    pub const ALL: [RecordKind; 7] = [
         RecordKind::Phase,
         RecordKind::StoppedTables,
         RecordKind::SnapshotPlan,
         RecordKind::SourcePosition,
         RecordKind::CopyRequests,
+        RecordKind::ForgetRequests,
+        RecordKind::Erasures,
     ];
 
     /// Its key in the warehouse's `pipeline_state` table.
@@ -89,6 +93,8 @@ impl RecordKind {
             RecordKind::SnapshotPlan => "snapshot_plan",
             RecordKind::SourcePosition => "source_position",
             RecordKind::CopyRequests => "copy_requests",
+            RecordKind::ForgetRequests => "forget_requests",
+            RecordKind::Erasures => "erasures",
         }
     }
 
@@ -100,6 +106,8 @@ impl RecordKind {
             RecordKind::SnapshotPlan => "_tidewater_snapshot_plan.json",
             RecordKind::SourcePosition => "_tidewater_source_position",
             RecordKind::CopyRequests => "_tidewater_copy_requests.json",
+            RecordKind::ForgetRequests => "_tidewater_forget_requests.json",
+            RecordKind::Erasures => "_tidewater_erasures.json",
         }
     }
 
@@ -132,6 +140,14 @@ impl RecordKind {
                 "remove it, then ask again for the copies you want \
                  (`tidewater snapshot --table schema.table`): it only lists tables an operator \
                  asked to copy again"
+            }
+            RecordKind::ForgetRequests => {
+                "remove it, then run the `tidewater forget` commands again: it only lists \
+                 erasures asked for and not done yet"
+            }
+            RecordKind::Erasures => {
+                "restore it from a backup: it is the audit of erasures done (when, table, key \
+                 hash, rows removed); removing it loses that record, not data"
             }
         }
     }
@@ -367,6 +383,81 @@ impl StateRecord for CopyRequests {
     }
 }
 
+/// Erasures asked for (`tidewater forget`) and not done yet: the running
+/// pipeline does each between its commits, then moves it to [`Erasures`].
+/// Keys are digests of the lake's key values, never the values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgetRequests {
+    pub requests: Vec<ForgetRequest>,
+}
+
+/// One `tidewater forget`: the keys of one table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgetRequest {
+    /// Names the request in the audit.
+    pub id: String,
+    pub schema: String,
+    pub table: String,
+    /// Digests of the keys (hex), as the sink finds rows by.
+    pub keys: Vec<String>,
+    /// The audit's hash of each key (hex SHA-256), in the same order.
+    pub key_hashes: Vec<String>,
+    /// When it was asked for (RFC 3339).
+    pub requested_at: String,
+}
+
+impl StateRecord for ForgetRequests {
+    const KIND: RecordKind = RecordKind::ForgetRequests;
+
+    fn encode(&self) -> String {
+        with_format(self)
+    }
+
+    fn decode(text: &str) -> Result<(Self, bool), String> {
+        let value = versioned(text)?;
+        let record = serde_json::from_value(value).map_err(|err| json_problem(&err))?;
+        Ok((record, false))
+    }
+}
+
+/// The audit of erasures done: when, which table, each key's hash, how
+/// many rows went where. Never a value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Erasures {
+    pub erasures: Vec<Erasure>,
+}
+
+/// One erasure done (or refused, with why).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Erasure {
+    pub id: String,
+    pub schema: String,
+    pub table: String,
+    pub key_hashes: Vec<String>,
+    pub requested_at: String,
+    pub done_at: String,
+    /// "erased", or "failed: <why>".
+    pub outcome: String,
+    pub changelog_rows: u64,
+    pub current_rows: u64,
+    pub files_rewritten: u64,
+    pub log_entries_deleted: u64,
+}
+
+impl StateRecord for Erasures {
+    const KIND: RecordKind = RecordKind::Erasures;
+
+    fn encode(&self) -> String {
+        with_format(self)
+    }
+
+    fn decode(text: &str) -> Result<(Self, bool), String> {
+        let value = versioned(text)?;
+        let record = serde_json::from_value(value).map_err(|err| json_problem(&err))?;
+        Ok((record, false))
+    }
+}
+
 /// How a running initial snapshot split its tables into chunks, recorded
 /// before its first commit so that an interrupted one can read the same
 /// chunks again (Postgres: page ranges of the exported snapshot).
@@ -573,6 +664,8 @@ pub trait StateStore {
                 RecordKind::SnapshotPlan => reencode::<SnapshotPlan>(&text),
                 RecordKind::SourcePosition => reencode::<SourcePosition>(&text),
                 RecordKind::CopyRequests => reencode::<CopyRequests>(&text),
+                RecordKind::ForgetRequests => reencode::<ForgetRequests>(&text),
+                RecordKind::Erasures => reencode::<Erasures>(&text),
             };
             match encoded {
                 // The position is a shortcut (a restart can replay from the

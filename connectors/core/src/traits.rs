@@ -20,6 +20,19 @@ pub struct Problem {
     pub fix: String,
 }
 
+/// What an erasure ([`Sink::forget`]) removed from one table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Erased {
+    /// Change-log rows removed.
+    pub log_rows: u64,
+    /// Current-state rows removed.
+    pub current_rows: u64,
+    /// Data files rewritten without them.
+    pub files_rewritten: usize,
+    /// Log entries and checkpoints deleted (they may quote values).
+    pub log_entries_deleted: usize,
+}
+
 /// Tables waiting to be copied again, shared between the pipeline (which
 /// adds) and a source (which takes them between transactions).
 pub type CopyRequestQueue = std::sync::Arc<std::sync::Mutex<Vec<TableId>>>;
@@ -288,6 +301,20 @@ pub trait Sink {
     /// costs what a table costs belongs on tasks of the sink's own, and
     /// only a commit here. Default: nothing.
     async fn maintain(&mut self) {}
+
+    /// Erases every row of the keys whose digests are `keys` (see
+    /// `tidewater_lake::digest`) from `table`, change log and current
+    /// state, and from every file and log version that held them; between
+    /// commits, nothing pending. None: this sink cannot erase. Default:
+    /// None.
+    async fn forget(
+        &mut self,
+        table: &TableId,
+        keys: &std::collections::HashSet<u128>,
+    ) -> Result<Option<Erased>, Self::Error> {
+        let _ = (table, keys);
+        Ok(None)
+    }
 
     /// Records `phase` as `table`'s snapshot state from its next commit on,
     /// whatever the commit's own `phase`: a table copied while the others

@@ -50,6 +50,8 @@ pub enum LakeError {
         action: &'static str,
         what: String,
     },
+    #[error("erasing keys of lake table {table}: {what}")]
+    Erasure { table: TableId, what: String },
     #[error("object storage at {location}")]
     Remote {
         location: String,
@@ -305,7 +307,7 @@ impl LakeError {
                 other if storage_failure(other) => ErrorClass::Transient,
                 _ => ErrorClass::Definite,
             },
-            LakeError::Arrow { .. } => ErrorClass::Definite,
+            LakeError::Arrow { .. } | LakeError::Erasure { .. } => ErrorClass::Definite,
             LakeError::Io { .. } => ErrorClass::Transient,
             LakeError::ConcurrentWriter { .. } | LakeError::Store { .. } => ErrorClass::Config,
             LakeError::Panicked { .. } => ErrorClass::Transient,

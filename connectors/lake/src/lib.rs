@@ -2,6 +2,7 @@
 //! exactly once. See [`sink`] for the commit protocol and [`narrow`] for how
 //! Arrow types are stored in Delta.
 
+pub mod digest;
 mod error;
 pub mod history;
 pub mod iceberg;

@@ -51,6 +51,7 @@ use tidewater_core::state_file::json_problem;
 
 pub(crate) mod current;
 pub mod dv;
+mod forget;
 #[cfg(test)]
 mod lookup_tests;
 mod maintenance;
@@ -1435,6 +1436,14 @@ impl Sink for LakeSink {
         keys: &[Vec<Datum>],
     ) -> Result<HashMap<String, Vec<Datum>>, LakeError> {
         LakeSink::latest_rows(self, schema, keys).await
+    }
+
+    async fn forget(
+        &mut self,
+        table: &TableId,
+        keys: &std::collections::HashSet<u128>,
+    ) -> Result<Option<tidewater_core::Erased>, LakeError> {
+        LakeSink::forget(self, table, keys).await.map(Some)
     }
 
     async fn maintain(&mut self) {

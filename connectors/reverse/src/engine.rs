@@ -365,6 +365,7 @@ pub async fn log_as_of(
         .map_err(|source| ReverseError::Query { source })?;
     Ok(Some(AsOf {
         key,
+        columns,
         missing,
         stream,
     }))
@@ -374,6 +375,8 @@ pub async fn log_as_of(
 pub struct AsOf {
     /// The key's source column names.
     pub key: Vec<String>,
+    /// Source name and lake name of each source column.
+    pub columns: Vec<(String, String)>,
     /// Committed files gone from the store, left out of `stream`.
     pub missing: Vec<String>,
     pub stream: SendableRecordBatchStream,

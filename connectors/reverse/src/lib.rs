@@ -18,7 +18,6 @@
 //! Nothing holds the whole result or state: a run's memory is the query's
 //! pool (`memory_mb`), one result batch and one target transaction.
 
-pub mod digest;
 pub mod engine;
 pub mod error;
 mod job;

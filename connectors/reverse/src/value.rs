@@ -17,6 +17,8 @@ use datafusion::arrow::error::ArrowError;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
+pub use tidewater_lake::digest::canonical_type;
+
 /// One cell. Dates, times and timestamps are counts (days, microseconds)
 /// so the state file needs no date format.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,38 +87,6 @@ pub fn row_hash(row: &[Value]) -> u128 {
         value.feed(&mut h);
     }
     h.digest128()
-}
-
-/// The canonical type a result column is read as, or why it cannot be.
-pub fn canonical_type(name: &str, ty: &DataType) -> Result<DataType, String> {
-    Ok(match ty {
-        DataType::Null => DataType::Null,
-        DataType::Boolean => DataType::Boolean,
-        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => DataType::Int64,
-        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
-            DataType::UInt64
-        }
-        DataType::Float16 | DataType::Float32 => DataType::Float32,
-        DataType::Float64 => DataType::Float64,
-        DataType::Decimal32(p, s) | DataType::Decimal64(p, s) | DataType::Decimal128(p, s) => {
-            DataType::Decimal128(*p, *s)
-        }
-        DataType::Decimal256(p, s) => DataType::Decimal256(*p, *s),
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
-        DataType::Binary
-        | DataType::LargeBinary
-        | DataType::BinaryView
-        | DataType::FixedSizeBinary(_) => DataType::Binary,
-        DataType::Date32 | DataType::Date64 => DataType::Date32,
-        DataType::Timestamp(_, tz) => DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
-        DataType::Time32(_) | DataType::Time64(_) => DataType::Time64(TimeUnit::Microsecond),
-        DataType::Dictionary(_, inner) => canonical_type(name, inner)?,
-        other => {
-            return Err(format!(
-                "column {name} is {other}, which no target column type holds; cast it in the query (e.g. to a string)"
-            ))
-        }
-    })
 }
 
 /// Reads the cells of one result batch, column by column.

@@ -183,6 +183,86 @@ impl LakeSink {
         self.store.describe(&self.current_rel(table))
     }
 
+    /// Every row of `table`'s current-state table (its deletion vectors
+    /// applied), handed to `each` file by file as it is read, for
+    /// `tidewater verify`; returns the log mark it was merged up to, or
+    /// None when the table has no current-state table. Reads only: a merge
+    /// committing meanwhile leaves this read on the version it opened.
+    pub async fn scan_current(
+        &self,
+        table: &TableId,
+        mut each: impl FnMut(RecordBatch),
+    ) -> Result<Option<Mark>, LakeError> {
+        let rel = self.current_rel(table);
+        if !self.store.is_table(&rel).await? {
+            return Ok(None);
+        }
+        let url = self.store.table_url(&rel)?;
+        let current = deltalake::open_table_with_storage_options(url, self.store.storage_options())
+            .await
+            .map_err(|source| LakeError::delta(table, "opening the current state of", source))?;
+        let merged = merged_mark(&current).await;
+        let store = current.log_store().object_store(None);
+        let mut dvs = dv::DeletionVectors::of(&current);
+        let fetched = Arc::default();
+        let snapshot = current
+            .snapshot()
+            .map_err(|source| LakeError::delta(table, "reading the current state of", source))?;
+        let files: Vec<(ranged::DataFile, Option<_>)> = snapshot
+            .log_data()
+            .iter()
+            .map(|f| {
+                (
+                    ranged::DataFile {
+                        path: f.object_store_path(),
+                        size: u64::try_from(f.size()).ok(),
+                        stats: None,
+                    },
+                    f.deletion_vector_descriptor(),
+                )
+            })
+            .collect();
+        for (file, descriptor) in files {
+            let deleted = match &descriptor {
+                Some(descriptor) => dvs.deleted(descriptor).await.map_err(|source| {
+                    LakeError::delta(
+                        table,
+                        "reading a deletion vector of the current state of",
+                        source,
+                    )
+                })?,
+                None => dv::RoaringTreemap::new(),
+            };
+            let (mut reader, _) = ranged::read_parts(
+                store.clone(),
+                &file,
+                table,
+                None,
+                ranged::Rows::All,
+                &fetched,
+            )
+            .await?;
+            let mut at = 0u64;
+            while let Some(batch) = ranged::next_batch(&mut reader, table, &file.path).await? {
+                let rows = batch.num_rows() as u64;
+                let batch = if deleted.is_empty() {
+                    batch
+                } else {
+                    let keep: BooleanArray = (at..at + rows)
+                        .map(|row| Some(!deleted.contains(row)))
+                        .collect();
+                    filter_record_batch(&batch, &keep).map_err(|source| LakeError::Arrow {
+                        table: table.clone(),
+                        source,
+                    })?
+                };
+                at += rows;
+                each(batch);
+            }
+        }
+        Ok(Some(merged))
+    }
+
     /// Brings `table`'s current-state table up to the change log's last
     /// commit. Only between commits of the log (nothing pending).
     pub async fn merge_current(&mut self, table: &TableId) -> Result<MergeReport, LakeError> {
@@ -761,6 +841,57 @@ impl MergeJob {
         info!(table = %table, path = %self.store.describe(&rel), "created current-state table");
         Ok(created)
     }
+}
+
+/// Commits an erasure's `actions` to a current-state table, keeping the
+/// mark it was merged up to (the next merge goes on from there) and
+/// counting one more of its commits.
+pub(super) async fn commit_erasure(
+    current: &mut DeltaTable,
+    table: &TableId,
+    pipeline: &str,
+    actions: Vec<Action>,
+) -> Result<(), LakeError> {
+    let mut history = current.history(Some(1));
+    let latest = match history.try_next().await {
+        Ok(Some(info)) => info.info,
+        _ => Default::default(),
+    };
+    drop(history);
+    let app_id = format!("tidewater:{pipeline}:current");
+    let commits = current
+        .snapshot()
+        .map_err(|source| LakeError::delta(table, "erasing keys of", source))?
+        .transaction_version(current.log_store().as_ref(), &app_id)
+        .await
+        .map_err(|source| LakeError::delta(table, "erasing keys of", source))?
+        .unwrap_or(0)
+        + 1;
+    // The merge's own keys (pipeline, merged mark, position) as they are.
+    let metadata: HashMap<String, Value> = latest
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("tidewater."))
+        .collect();
+    let properties = CommitProperties::default()
+        .with_application_transaction(Transaction::new(app_id, commits))
+        .with_metadata(metadata)
+        .with_max_retries(0);
+    let snapshot = current
+        .snapshot()
+        .map_err(|source| LakeError::delta(table, "erasing keys of", source))?;
+    let finalized = CommitBuilder::from(properties)
+        .with_actions(actions)
+        .build(
+            Some(snapshot),
+            current.log_store(),
+            DeltaOperation::Delete {
+                predicate: Some("the keys of an erasure (tidewater forget)".into()),
+            },
+        )
+        .await
+        .map_err(|source| LakeError::delta(table, "committing an erasure to", source))?;
+    current.state = Some(finalized.snapshot());
+    Ok(())
 }
 
 /// The log mark the current table was merged up to.

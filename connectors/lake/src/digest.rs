@@ -4,7 +4,7 @@
 //! never moves the values themselves.
 //!
 //! Each side's columns are first brought to the same few canonical types
-//! ([`crate::value::canonical_type`]: any integer to 64 bits, any string to
+//! ([`canonical_type`]: any integer to 64 bits, any string to
 //! Utf8, any timestamp to UTC microseconds, …); a type with no canonical
 //! form (a list, a struct) is hashed as its display text, which is the
 //! same on both sides once both hold the same Arrow type. Every cell is fed
@@ -14,17 +14,15 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{
-    DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int64Type,
+use deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::{
+    DataType, Date32Type, Decimal128Type, Field, Float32Type, Float64Type, Int64Type, Schema,
     Time64MicrosecondType, TimeUnit, TimestampMicrosecondType, UInt64Type,
 };
-use datafusion::arrow::error::ArrowError;
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use deltalake::arrow::error::ArrowError;
+use deltalake::arrow::util::display::{ArrayFormatter, FormatOptions};
 use xxhash_rust::xxh3::Xxh3;
-
-use crate::value::canonical_type;
 
 /// One column of a batch in its canonical form.
 enum Canonical {
@@ -91,6 +89,62 @@ impl RowDigests {
         }
         serde_json::Value::Object(object)
     }
+}
+
+/// The key digests ([`RowDigests::key`]) of keys given as text: one
+/// `(column, type, values)` per key column, the n-th values making the n-th
+/// key; each text is cast to the column's type first (as the lake holds
+/// it), so the digests match those of the lake's rows.
+pub fn key_digests(columns: &[(String, DataType, Vec<String>)]) -> Result<Vec<u128>, ArrowError> {
+    let mut arrays = Vec::with_capacity(columns.len());
+    let mut fields = Vec::with_capacity(columns.len());
+    for (name, ty, texts) in columns {
+        let strings: ArrayRef = Arc::new(StringArray::from(texts.clone()));
+        let typed = cast(&strings, ty)?;
+        if typed.null_count() > 0 {
+            return Err(ArrowError::CastError(format!(
+                "key column {name}: a value is not a {ty} (the lake's type)"
+            )));
+        }
+        arrays.push(typed);
+        fields.push(Field::new(name, ty.clone(), true));
+    }
+    let names: Vec<String> = columns.iter().map(|(n, _, _)| n.clone()).collect();
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
+    let digests = RowDigests::new(&batch, &names, &names)?;
+    Ok((0..batch.num_rows()).map(|row| digests.key(row)).collect())
+}
+
+/// The canonical type a result column is read as, or why it cannot be.
+pub fn canonical_type(name: &str, ty: &DataType) -> Result<DataType, String> {
+    Ok(match ty {
+        DataType::Null => DataType::Null,
+        DataType::Boolean => DataType::Boolean,
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => DataType::Int64,
+        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
+            DataType::UInt64
+        }
+        DataType::Float16 | DataType::Float32 => DataType::Float32,
+        DataType::Float64 => DataType::Float64,
+        DataType::Decimal32(p, s) | DataType::Decimal64(p, s) | DataType::Decimal128(p, s) => {
+            DataType::Decimal128(*p, *s)
+        }
+        DataType::Decimal256(p, s) => DataType::Decimal256(*p, *s),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => DataType::Binary,
+        DataType::Date32 | DataType::Date64 => DataType::Date32,
+        DataType::Timestamp(_, tz) => DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
+        DataType::Time32(_) | DataType::Time64(_) => DataType::Time64(TimeUnit::Microsecond),
+        DataType::Dictionary(_, inner) => canonical_type(name, inner)?,
+        other => {
+            return Err(format!(
+                "column {name} is {other}, which no target column type holds; cast it in the query (e.g. to a string)"
+            ))
+        }
+    })
 }
 
 fn canonical(name: &str, array: &ArrayRef) -> Result<Canonical, ArrowError> {
@@ -225,8 +279,8 @@ fn json_cell(column: &Canonical, row: usize) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{Int16Array, Int32Array, StringArray, StringViewArray};
-    use datafusion::arrow::datatypes::{Field, Schema};
+    use deltalake::arrow::array::{Int16Array, Int32Array, StringArray, StringViewArray};
+    use deltalake::arrow::datatypes::{Field, Schema};
 
     fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
         let fields: Vec<Field> = columns
