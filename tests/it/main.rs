@@ -8,6 +8,7 @@ mod config_errors;
 mod crash;
 mod crate_graph;
 mod demo;
+mod forget;
 mod golden;
 mod iceberg;
 mod kafka;

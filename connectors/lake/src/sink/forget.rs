@@ -188,16 +188,38 @@ async fn rewrite_without(
     Ok((actions, removed_rows, replaced))
 }
 
-/// Deletes `replaced` (files no live version names), checkpoints `delta`
-/// at its version and deletes every log entry before it: how many log
-/// entries went.
+/// Deletes `replaced` and every file an earlier commit removed that is
+/// still in the store (a compaction's or a merge's inputs, waiting for
+/// vacuum: they may hold the keys too), checkpoints `delta` at its version
+/// and deletes every log entry before it: how many log entries went.
+/// Never a file no commit named (one being written is not a tombstone).
 async fn scrub(
     delta: &mut DeltaTable,
     table: &TableId,
     replaced: &[deltalake::Path],
 ) -> Result<usize, LakeError> {
     let store = delta.log_store().object_store(None);
-    for path in replaced {
+    let delta_error = |source| LakeError::delta(table, "erasing keys of", source);
+    delta.update_state().await.map_err(delta_error)?;
+    let snapshot = delta.snapshot().map_err(delta_error)?;
+    let live: HashSet<String> = snapshot
+        .log_data()
+        .iter()
+        .map(|f| f.object_store_path().to_string())
+        .collect();
+    let mut doomed: Vec<deltalake::Path> = replaced.to_vec();
+    let log_store = delta.log_store();
+    let mut tombstones = snapshot.all_tombstones(log_store.as_ref());
+    while let Some(tombstone) = tombstones.try_next().await.map_err(delta_error)? {
+        let path = tombstone.path();
+        let path = deltalake::Path::parse(path.as_ref())
+            .unwrap_or_else(|_| deltalake::Path::from(path.as_ref()));
+        if !live.contains(path.as_ref()) {
+            doomed.push(path);
+        }
+    }
+    drop(tombstones);
+    for path in &doomed {
         match store.delete(path).await {
             Ok(()) | Err(deltalake::ObjectStoreError::NotFound { .. }) => {}
             Err(source) => {
