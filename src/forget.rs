@@ -41,9 +41,10 @@ pub struct Options {
 
 /// `tidewater forget`.
 pub async fn forget(settings: &Settings, options: &Options) -> i32 {
-    if settings.warehouse.is_some() || settings.kafka.is_some() || settings.iceberg.is_some() {
+    if settings.kafka.is_some() || settings.iceberg.is_some() {
         eprintln!(
-            "error: forget erases keys from a Delta lake (sink.format = \"delta\"); this pipeline writes elsewhere\nhint: see README, \"Erasure\""
+            "error: forget erases keys from a Delta lake or a warehouse; this pipeline writes {}\nhint: see README, \"Erasure\"",
+            if settings.kafka.is_some() { "to Kafka (a topic's retention and compaction are the broker's)" } else { "Iceberg tables" }
         );
         return exit_code::CONFIG;
     }
@@ -78,6 +79,9 @@ pub async fn forget(settings: &Settings, options: &Options) -> i32 {
         eprintln!("error: no key given\nhint: --key '{{\"id\": 42}}' (repeatable) or --keys-file");
         return exit_code::CONFIG;
     }
+    if let Some(warehouse) = &settings.warehouse {
+        return forget_warehouse(settings, warehouse, &table, &texts).await;
+    }
     let mut lake = tidewater_lake::LakeSink::new(settings.lake.clone(), &settings.pipeline);
     let files = match lake.log_files(&table).await {
         Ok(Some(files)) => files,
@@ -94,7 +98,7 @@ pub async fn forget(settings: &Settings, options: &Options) -> i32 {
         eprintln!("error: {table} has no primary key: its rows cannot be found by key");
         return exit_code::CONFIG;
     }
-    let keys = match typed_keys(settings, &files, &texts) {
+    let keys = match typed_keys(settings, &table, &files, &texts) {
         Ok(keys) => keys,
         Err(problem) => {
             eprintln!("error: {problem}");
@@ -167,10 +171,11 @@ pub async fn forget(settings: &Settings, options: &Options) -> i32 {
 /// by) and its audit hash.
 fn typed_keys(
     settings: &Settings,
+    table: &TableId,
     files: &tidewater_lake::LakeFiles,
     texts: &[String],
 ) -> Result<Vec<(u128, String)>, String> {
-    // The key's columns: source name, lake name, lake field.
+    // The key's columns: source name, lake name, lake type.
     let mut columns = Vec::new();
     for lake_name in &files.key {
         let name = files
@@ -181,102 +186,195 @@ fn typed_keys(
         let field = files
             .schema
             .field_with_name(lake_name)
-            .map_err(|_| format!("the lake's key column {lake_name} is missing from its schema"))?
-            .clone();
-        columns.push((name, lake_name.clone(), field));
+            .map_err(|_| format!("the lake's key column {lake_name} is missing from its schema"))?;
+        columns.push((name, lake_name.clone(), field.data_type().clone()));
     }
+    let names: Vec<(String, String)> = columns
+        .iter()
+        .map(|(n, l, _)| (n.clone(), l.clone()))
+        .collect();
     let mut per_column: Vec<Vec<String>> = vec![Vec::new(); columns.len()];
     let mut audit = Vec::new();
     for text in texts {
-        let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|err| format!("key {text:?} is not JSON: {err}"))?;
-        let values: Vec<serde_json::Value> = match (&value, columns.len()) {
-            (serde_json::Value::Object(map), _) => {
-                if let Some(unknown) = map
-                    .keys()
-                    .find(|k| !columns.iter().any(|(n, l, _)| n == *k || l == *k))
-                {
-                    return Err(format!(
-                        "key column {unknown} is not part of the key ({})",
-                        names(&columns)
-                    ));
-                }
-                columns
-                    .iter()
-                    .map(|(n, l, _)| {
-                        map.get(n).or_else(|| map.get(l)).cloned().ok_or_else(|| {
-                            format!("a key lacks column {n} (the key is {})", names(&columns))
-                        })
-                    })
-                    .collect::<Result<_, _>>()?
-            }
-            (_, 1) => vec![value.clone()],
-            _ => {
-                return Err(format!(
-                    "the key has several columns ({}): give each key as a JSON object",
-                    names(&columns)
-                ))
-            }
-        };
-        let mut canonical = serde_json::Map::new();
-        for (c, v) in values.iter().enumerate() {
-            let text = match v {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Number(n) => n.to_string(),
-                serde_json::Value::Bool(b) => b.to_string(),
-                _ => {
-                    return Err(format!(
-                        "key column {} must be a string, a number or a boolean",
-                        columns[c].0
-                    ))
-                }
-            };
-            canonical.insert(
-                columns[c].0.clone(),
-                serde_json::Value::String(text.clone()),
-            );
-            // A key column masking hashes holds the hash: find rows by it.
-            let hashed = columns[c]
-                .2
-                .metadata()
-                .get("tidewater.source_type")
-                .is_some_and(|t| t.starts_with("hmac-sha256"));
-            let text = if hashed {
-                settings.masking.hash_text(text.as_bytes()).ok_or_else(|| {
-                    format!(
-                        "key column {} is hashed in the lake, and [masking] has no hash_key to hash it with",
-                        columns[c].0
-                    )
-                })?
-            } else {
-                text
-            };
-            per_column[c].push(text);
+        let (values, hash) = parse_key(settings, table, &names, text)?;
+        for (c, value) in values.into_iter().enumerate() {
+            per_column[c].push(value);
         }
-        let mut hasher = sha2::Sha256::new();
-        hasher.update(format!("{}\n", serde_json::Value::Object(canonical)).as_bytes());
-        audit.push(
-            hasher
-                .finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>(),
-        );
+        audit.push(hash);
     }
     // Typed as the lake holds them, then digested as the sink digests rows.
     let typed: Vec<(String, arrow_schema::DataType, Vec<String>)> = columns
-        .iter()
+        .into_iter()
         .zip(per_column)
-        .map(|((_, lake_name, field), texts)| (lake_name.clone(), field.data_type().clone(), texts))
+        .map(|((_, lake_name, ty), texts)| (lake_name, ty, texts))
         .collect();
     let digests = tidewater_lake::digest::key_digests(&typed).map_err(|err| err.to_string())?;
     Ok(digests.into_iter().zip(audit).collect())
 }
 
-fn names(columns: &[(String, String, arrow_schema::Field)]) -> String {
-    columns
+/// One key given as JSON (an object by key column — source or lake name —
+/// or a bare value for a one-column key): each key column's value as text,
+/// in key order (hashed where masking hashes the column, as the destination
+/// holds it), and the audit's hash of the key (SHA-256 of its canonical
+/// JSON, clear values).
+fn parse_key(
+    settings: &Settings,
+    table: &TableId,
+    columns: &[(String, String)],
+    text: &str,
+) -> Result<(Vec<String>, String), String> {
+    let listed = || {
+        columns
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|err| format!("key {text:?} is not JSON: {err}"))?;
+    let values: Vec<serde_json::Value> = match (&value, columns.len()) {
+        (serde_json::Value::Object(map), _) => {
+            if let Some(unknown) = map
+                .keys()
+                .find(|k| !columns.iter().any(|(n, l)| n == *k || l == *k))
+            {
+                return Err(format!(
+                    "key column {unknown} is not part of the key ({})",
+                    listed()
+                ));
+            }
+            columns
+                .iter()
+                .map(|(n, l)| {
+                    map.get(n)
+                        .or_else(|| map.get(l))
+                        .cloned()
+                        .ok_or_else(|| format!("a key lacks column {n} (the key is {})", listed()))
+                })
+                .collect::<Result<_, _>>()?
+        }
+        (_, 1) => vec![value.clone()],
+        _ => {
+            return Err(format!(
+                "the key has several columns ({}): give each key as a JSON object",
+                listed()
+            ))
+        }
+    };
+    let mut canonical = serde_json::Map::new();
+    let mut out = Vec::with_capacity(values.len());
+    for ((name, _), v) in columns.iter().zip(values) {
+        let text = match v {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Bool(b) => b.to_string(),
+            _ => {
+                return Err(format!(
+                    "key column {name} must be a string, a number or a boolean"
+                ))
+            }
+        };
+        canonical.insert(name.clone(), serde_json::Value::String(text.clone()));
+        // A key column masking hashes holds the hash: find rows by it.
+        let hashed = matches!(
+            settings.masking.action(table, name),
+            Some(tidewater_core::mask::MaskAction::Hash)
+        );
+        out.push(if hashed {
+            settings.masking.hash_text(text.as_bytes()).ok_or_else(|| {
+                format!("key column {name} is hashed by [masking], which has no hash_key")
+            })?
+        } else {
+            text
+        });
+    }
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(format!("{table}\n{}", serde_json::Value::Object(canonical)).as_bytes());
+    let hash = hasher
+        .finalize()
         .iter()
-        .map(|(n, _, _)| n.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    Ok((out, hash))
+}
+
+/// `forget` on a warehouse: the rows deleted there directly (the pipeline
+/// need not do it: row locks keep the two apart), both tables rewritten,
+/// the audit recorded.
+async fn forget_warehouse(
+    settings: &Settings,
+    warehouse: &tidewater_warehouse::WarehouseSettings,
+    table: &TableId,
+    texts: &[String],
+) -> i32 {
+    let mut sink = match tidewater_warehouse::WarehouseSink::inspect(warehouse.clone()).await {
+        Ok(sink) => sink,
+        Err(err) => {
+            eprintln!("error: {}", crate::chain(&err));
+            return exit_code::FAILED;
+        }
+    };
+    let key = match sink.key_columns(table).await {
+        Ok(key) if !key.is_empty() => key,
+        Ok(_) => {
+            eprintln!("error: the warehouse has no table {table} with a primary key\nhint: `tidewater status` lists the pipeline's tables");
+            return exit_code::CONFIG;
+        }
+        Err(err) => {
+            eprintln!("error: {}", crate::chain(&err));
+            return exit_code::FAILED;
+        }
+    };
+    let columns: Vec<(String, String)> = key.iter().map(|k| (k.clone(), k.clone())).collect();
+    let mut keys = Vec::new();
+    let mut hashes = Vec::new();
+    for text in texts {
+        match parse_key(settings, table, &columns, text) {
+            Ok((values, hash)) => {
+                keys.push(values);
+                hashes.push(hash);
+            }
+            Err(problem) => {
+                eprintln!("error: {problem}");
+                return exit_code::CONFIG;
+            }
+        }
+    }
+    let requested_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let id = uuid::Uuid::new_v4().to_string();
+    let (outcome, rows) = match sink.erase(table, &keys).await {
+        Ok(rows) => ("erased".to_string(), rows),
+        Err(err) => (format!("failed: {}", crate::chain(&err)), (0, 0)),
+    };
+    let erasure = tidewater_core::state::Erasure {
+        id: id.clone(),
+        schema: table.schema.clone(),
+        table: table.table.clone(),
+        key_hashes: hashes,
+        requested_at,
+        done_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        outcome: outcome.clone(),
+        changelog_rows: rows.1,
+        current_rows: rows.0,
+        files_rewritten: 0,
+        log_entries_deleted: 0,
+    };
+    if let Err(err) = crate::pipeline::record_erasure(settings, erasure).await {
+        eprintln!(
+            "error: recording the audit of the erasure: {}",
+            crate::chain(&err)
+        );
+        return exit_code::FAILED;
+    }
+    if outcome != "erased" {
+        eprintln!("error: {table}: the erasure {outcome}");
+        return exit_code::FAILED;
+    }
+    println!(
+        "{table}: erased {} keys: {} change-log rows, {} current-state rows; both tables rewritten (VACUUM FULL); audit: request {id}",
+        keys.len(),
+        rows.1,
+        rows.0
+    );
+    exit_code::OK
 }

@@ -80,6 +80,22 @@ pub async fn ask_forget(
     state.write(&recorded).await.map_err(error::sink_error)
 }
 
+/// Adds `erasure` to the audit of erasures.
+pub async fn record_erasure(
+    settings: &Settings,
+    erasure: tidewater_core::state::Erasure,
+) -> Result<(), PipelineError> {
+    use tidewater_core::state::{Erasures, StateStore};
+    let state = records(settings).await?;
+    let mut audit = state
+        .read::<Erasures>()
+        .await
+        .map_err(error::sink_error)?
+        .unwrap_or_default();
+    audit.erasures.push(erasure);
+    state.write(&audit).await.map_err(error::sink_error)
+}
+
 /// The audit of erasures done.
 pub async fn erasures(
     settings: &Settings,

@@ -235,3 +235,145 @@ async fn keys_erased_from_every_file_and_log_version_while_streaming() {
     .await;
     pipeline.assert_running();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_erased_from_a_warehouse_and_its_change_log_while_streaming() {
+    let name = "forget_wh";
+    let source = pg().create_database(&format!("{name}_src")).await;
+    let warehouse = pg().create_database(&format!("{name}_dst")).await;
+    source
+        .batch_execute(
+            "CREATE TABLE people (id int PRIMARY KEY, email text);
+             ALTER TABLE people REPLICA IDENTITY FULL;",
+        )
+        .await
+        .unwrap();
+    let rows: Vec<String> = (1..=30)
+        .map(|id| format!("({id}, '{}')", tokens(id)[0]))
+        .collect();
+    source
+        .batch_execute(&format!("INSERT INTO people VALUES {}", rows.join(", ")))
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::pg_warehouse(
+        name,
+        &format!("{name}_src"),
+        &format!("{name}_dst"),
+        "changelog = true\nsoft_deletes = true\n",
+    );
+    pipeline.start();
+    let count = |sql: &'static str| {
+        let warehouse = &warehouse;
+        async move {
+            warehouse
+                .query_one(sql, &[])
+                .await
+                .map(|r| r.get::<_, i64>(0))
+                .unwrap_or(-1)
+        }
+    };
+    crate::support::eventually("the snapshot", Duration::from_secs(60), || async {
+        let n = count("SELECT count(*) FROM public.people__changes").await;
+        (n == 30)
+            .then_some(())
+            .ok_or_else(|| format!("{n} change-log rows"))
+    })
+    .await;
+    for id in [7, 8, 11] {
+        source
+            .batch_execute(&format!(
+                "UPDATE people SET email = '{}' WHERE id = {id}",
+                tokens(id)[1]
+            ))
+            .await
+            .unwrap();
+    }
+    source
+        .batch_execute("DELETE FROM people WHERE id = 7")
+        .await
+        .unwrap();
+    crate::support::eventually("the changes", Duration::from_secs(60), || async {
+        let n = count("SELECT count(*) FROM public.people__changes").await;
+        (n == 34)
+            .then_some(())
+            .ok_or_else(|| format!("{n} change-log rows"))
+    })
+    .await;
+
+    let (code, out) = forget(
+        &pipeline,
+        &[
+            "--table",
+            "public.people",
+            "--key",
+            "7",
+            "--key",
+            r#"{"id": 8}"#,
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("public.people: erased 2 keys: 5 change-log rows, 2 current-state rows"),
+        "{out}"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM public.people WHERE id IN (7, 8)").await,
+        0
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM public.people__changes WHERE id IN (7, 8)").await,
+        0
+    );
+    // Every page of the warehouse database, on disk.
+    warehouse.batch_execute("CHECKPOINT").await.unwrap();
+    let row = warehouse
+        .query_one(
+            "SELECT current_setting('data_directory'), oid::text FROM pg_database \
+             WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (data_dir, oid): (String, String) = (row.get(0), row.get(1));
+    // Heap pages are not compressed: their raw bytes are searched.
+    let files =
+        crate::masking::files_under(&std::path::Path::new(&data_dir).join("base").join(oid));
+    for (path, bytes) in &files {
+        for id in [7, 8] {
+            for token in &tokens(id)[..2] {
+                assert!(
+                    !crate::masking::contains(bytes, token),
+                    "{} holds {token}",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(
+        files
+            .iter()
+            .any(|(_, b)| crate::masking::contains(b, &tokens(11)[1])),
+        "the control is found: the search works"
+    );
+    // Streaming goes on; the audit names key hashes, not values.
+    source
+        .batch_execute("UPDATE people SET email = 'later' WHERE id = 3")
+        .await
+        .unwrap();
+    crate::support::eventually("a later change", Duration::from_secs(60), || async {
+        let n = count("SELECT count(*) FROM public.people WHERE email = 'later'").await;
+        (n == 1).then_some(()).ok_or_else(|| format!("{n}"))
+    })
+    .await;
+    let audit: String = warehouse
+        .query_one(
+            "SELECT value FROM tidewater.pipeline_state WHERE key = 'erasures'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(audit.contains("\"outcome\":\"erased\""), "{audit}");
+    assert!(!audit.contains(&tokens(7)[0]), "{audit}");
+    pipeline.assert_running();
+}

@@ -304,15 +304,8 @@ async fn postgres_warehouse_verified_while_streaming_edits_found_and_repaired() 
         )
         .await
         .unwrap();
-    let mut pipeline = Pipeline::warehouse(
-        name,
-        &format!(
-            "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\n",
-            pg().url(&format!("{name}_src"))
-        ),
-        &pg().url(&format!("{name}_dst")),
-        "",
-    );
+    let mut pipeline =
+        Pipeline::pg_warehouse(name, &format!("{name}_src"), &format!("{name}_dst"), "");
     pipeline.start();
     crate::support::eventually("the snapshot", Duration::from_secs(60), || async {
         let n: i64 = warehouse

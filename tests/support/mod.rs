@@ -433,6 +433,20 @@ impl Pipeline {
         })
     }
 
+    /// [`Pipeline::warehouse`] from database `source` of the shared
+    /// Postgres server (all of `public`) into its database `warehouse`.
+    pub fn pg_warehouse(name: &str, source: &str, warehouse: &str, extra_sink: &str) -> Pipeline {
+        Pipeline::warehouse(
+            name,
+            &format!(
+                "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\n",
+                pg().url(source)
+            ),
+            &pg().url(warehouse),
+            extra_sink,
+        )
+    }
+
     /// A pipeline whose `[sink]` section `sink_toml` writes (given the lake
     /// directory).
     pub fn with_sink(

@@ -992,6 +992,97 @@ impl WarehouseSink {
             .map_err(WarehouseError::server("committing"))
     }
 
+    /// Erases every row of `keys` (per key, each key column's value as
+    /// text, in the order of the table's primary key; see
+    /// [`WarehouseSink::key_columns`]) from `table`'s warehouse table and
+    /// its change log, in one transaction, then rewrites both with `VACUUM
+    /// FULL` so no page keeps the deleted rows' bytes (the server's WAL
+    /// and backups still do, until they age out). Returns the rows deleted
+    /// from (the current table, the change log). Works beside the running
+    /// pipeline: its next change of a key erased takes a row lock like any
+    /// writer; the rewrite takes a short exclusive lock.
+    pub async fn erase(
+        &mut self,
+        table: &TableId,
+        keys: &[Vec<String>],
+    ) -> Result<(u64, u64), WarehouseError> {
+        let (target_schema, target_name) = self.settings.target_of(table);
+        let columns = self.key_columns(table).await?;
+        let current = self.catalog(&target_schema, &target_name).await?;
+        let log_name = format!("{target_name}__changes");
+        let log = self.catalog(&target_schema, &log_name).await?;
+        let failed = |what: &str| WarehouseError::server(format!("{what} for {table}"));
+        let mut deleted = (0u64, 0u64);
+        self.begin().await?;
+        for (target, count) in [(&current, &mut deleted.0), (&log, &mut deleted.1)] {
+            if target.columns.is_empty() {
+                continue;
+            }
+            let mut conditions = Vec::new();
+            for (i, column) in columns.iter().enumerate() {
+                let ty = target
+                    .type_of(column)
+                    .ok_or_else(|| WarehouseError::NoKey {
+                        table: table.clone(),
+                    })?;
+                conditions.push(format!("{} = ${}::text::{ty}", ident(column), i + 1));
+            }
+            let statement = format!(
+                "DELETE FROM {} WHERE {}",
+                target.qualified(),
+                conditions.join(" AND ")
+            );
+            for key in keys {
+                let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = key
+                    .iter()
+                    .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+                    .collect();
+                *count += self
+                    .client
+                    .execute(&statement, &params)
+                    .await
+                    .map_err(failed("erasing keys"))?;
+            }
+        }
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(failed("erasing keys"))?;
+        self.in_transaction = false;
+        for target in [&current, &log] {
+            if !target.columns.is_empty() {
+                self.client
+                    .batch_execute(&format!("VACUUM (FULL) {}", target.qualified()))
+                    .await
+                    .map_err(failed("rewriting the table after an erasure"))?;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// The primary-key columns of `table`'s warehouse table, in key order.
+    pub async fn key_columns(&self, table: &TableId) -> Result<Vec<String>, WarehouseError> {
+        let (target_schema, target_name) = self.settings.target_of(table);
+        let rows = self
+            .client
+            .query(
+                "SELECT a.attname::text
+                 FROM pg_index i
+                 JOIN pg_class c ON c.oid = i.indrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, pos) ON true
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+                 WHERE n.nspname = $1 AND c.relname = $2 AND i.indisprimary
+                 ORDER BY k.pos",
+                &[&target_schema, &target_name],
+            )
+            .await
+            .map_err(WarehouseError::server(format!(
+                "reading the key of {target_schema}.{target_name}"
+            )))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// Every current row of `table`'s warehouse table, as `schema`'s
     /// columns, in chunks of `chunk` rows handed to `each` as they stream
     /// in (never the whole table in memory), for `tidewater verify`. Rows
