@@ -110,6 +110,7 @@ enum Command {
     ///
     /// Example: tidewater verify --config tidewater.toml --table public.orders --repair
     Verify {
+        /// The pipeline's config file.
         #[arg(long)]
         config: PathBuf,
         /// Only this table (`schema.table`, `database.table` on MySQL;
@@ -131,14 +132,16 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         max_keys: usize,
     },
-    /// Erase every row of some keys of a table from the lake: its change
-    /// log, its current-state table, and every file and log version that
-    /// held them (time travel to earlier versions stops working). The
-    /// running pipeline does it between two commits; an audit entry
-    /// (when, table, key hash, rows removed — never a value) is recorded.
+    /// Erase every row of some keys of a table: from a Delta lake's change
+    /// log and current-state table and every file and log version that
+    /// held them (time travel to earlier versions stops working; the
+    /// running pipeline does it between two commits), or from a
+    /// warehouse's table and change log (rewritten). An audit entry (when,
+    /// table, key hash, rows removed — never a value) is recorded.
     ///
     /// Example: tidewater forget --config tidewater.toml --table public.people --key '{"id": 42}'
     Forget {
+        /// The pipeline's config file.
         #[arg(long)]
         config: PathBuf,
         /// The table (`schema.table`, `database.table` on MySQL).

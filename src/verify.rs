@@ -73,15 +73,10 @@ pub const INCOMPLETE: i32 = 4;
 
 /// `tidewater verify`.
 pub async fn verify(settings: &Settings, options: &Options) -> i32 {
-    if settings.kafka.is_some() || settings.iceberg.is_some() {
+    if settings.kafka.is_some() {
         eprintln!(
-            "error: verify compares the source with a Delta lake or a warehouse; this pipeline \
-             writes {}\nhint: see README, \"Verifying a copy\"",
-            if settings.kafka.is_some() {
-                "to Kafka"
-            } else {
-                "Iceberg tables"
-            }
+            "error: verify compares the source with a lake or a warehouse; this pipeline \
+             writes to Kafka\nhint: see README, \"Verifying a copy\""
         );
         return exit_code::CONFIG;
     }
@@ -117,7 +112,11 @@ async fn held_tables(settings: &Settings) -> Result<Vec<TableId>, String> {
                 .map_err(|err| crate::chain(&err))
         }
         None => {
-            let mut lake = crate::reverse::open_lake(&settings.lake, &settings.pipeline, None);
+            let mut lake = crate::reverse::open_lake(
+                &settings.lake,
+                &settings.pipeline,
+                settings.iceberg.as_ref(),
+            );
             lake.existing_tables()
                 .await
                 .map_err(|err| crate::chain(&err))
@@ -604,7 +603,11 @@ impl Verifier<'_> {
                 },
             );
         }
-        if self.settings.warehouse.is_none() && self.settings.maintenance.current_state.is_some() {
+        // Delta current-state tables (an Iceberg lake's are not read here).
+        if self.settings.warehouse.is_none()
+            && self.settings.iceberg.is_none()
+            && self.settings.maintenance.current_state.is_some()
+        {
             for (table, outcome) in outcomes.iter_mut() {
                 outcome.current = self.check_current(table).await?;
             }
@@ -786,8 +789,11 @@ impl Verifier<'_> {
         };
         // A lake opened now: one opened before the wait could serve the
         // table's log as it stood then.
-        let mut lake =
-            crate::reverse::open_lake(&self.settings.lake, &self.settings.pipeline, None);
+        let mut lake = crate::reverse::open_lake(
+            &self.settings.lake,
+            &self.settings.pipeline,
+            self.settings.iceberg.as_ref(),
+        );
         let Some(as_of) = log_as_of(&mut lake, table, mark, &resources)
             .await
             .map_err(|err| format!("reading {table} from the lake: {}", crate::chain(&err)))?

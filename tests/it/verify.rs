@@ -502,3 +502,67 @@ async fn current_state_table_checked_against_its_log_and_repaired() {
     );
     pipeline.assert_running();
 }
+
+/// The largest Parquet data file under `dir` (not Iceberg metadata).
+fn largest_data_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut found: Vec<(u64, std::path::PathBuf)> = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if !path.ends_with("metadata") {
+                    stack.push(path);
+                }
+            } else if path.extension().is_some_and(|x| x == "parquet") {
+                found.push((entry.metadata().unwrap().len(), path));
+            }
+        }
+    }
+    found.sort();
+    found.pop().expect("a data file").1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_lake_verified_and_a_lost_file_repaired() {
+    let name = "verify_ice";
+    let source = pg().create_database(name).await;
+    source
+        .batch_execute(
+            "CREATE TABLE acct (id int PRIMARY KEY, ref uuid, at time, amount numeric(12,2), small smallint);
+             INSERT INTO acct SELECT g, md5(g::text)::uuid, time '00:00' + g * interval '1 minute',
+               g * 1.25, (g % 100)::smallint FROM generate_series(1, 300) g;",
+        )
+        .await
+        .unwrap();
+    let mut pipeline = Pipeline::iceberg(
+        name,
+        &format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\n",
+            pg().url(name)
+        ),
+        "",
+    );
+    pipeline.start();
+    crate::support::eventually("the snapshot", Duration::from_secs(90), || async {
+        let (code, out) = verify(&pipeline, &[]);
+        (code == 0).then_some(()).ok_or(out)
+    })
+    .await;
+    source
+        .batch_execute("UPDATE acct SET ref = NULL WHERE id = 3; DELETE FROM acct WHERE id = 4")
+        .await
+        .unwrap();
+    let (code, out) = verify(&pipeline, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("public.acct: equal (299 rows"), "{out}");
+
+    let victim = largest_data_file(&pipeline.table_path("public", "acct"));
+    std::fs::remove_file(&victim).unwrap();
+    let (code, out) = verify(&pipeline, &["--repair"]);
+    assert!(out.contains("committed data files are gone"), "{out}");
+    assert!(out.contains("keys missing from the lake"), "{out}");
+    assert!(out.contains("repair: public.acct equal"), "{out}");
+    assert_eq!(code, 0, "{out}");
+    pipeline.assert_running();
+}

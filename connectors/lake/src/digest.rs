@@ -148,6 +148,11 @@ pub fn canonical_type(name: &str, ty: &DataType) -> Result<DataType, String> {
 }
 
 fn canonical(name: &str, array: &ArrayRef) -> Result<Canonical, ArrowError> {
+    if array.data_type() == &DataType::FixedSizeBinary(16) {
+        // A uuid: its canonical text, as a Delta lake holds it (an Iceberg
+        // lake keeps the 16 bytes), so both digest alike.
+        return canonical(name, &crate::narrow::narrow_array(array, &DataType::Utf8)?);
+    }
     let Ok(target) = canonical_type(name, array.data_type()) else {
         return Ok(Canonical::Text(array.clone()));
     };
