@@ -24,7 +24,7 @@ const EMAIL: &str = "EMLQX";
 const SSN: &str = "SSNZK";
 const NICK: &str = "NICKJV";
 
-const MASKING: &str = r#"
+pub(crate) const MASKING: &str = r#"
 [masking]
 hash_key = "${TW_TEST_HASH_KEY}"
 
@@ -50,7 +50,7 @@ columns = ["person_email"]
 action = "hash"
 "#;
 
-fn masked_pipeline(pipeline: &mut Pipeline) {
+pub(crate) fn masked_pipeline(pipeline: &mut Pipeline) {
     pipeline.env.push(("TW_TEST_HASH_KEY".into(), KEY.into()));
 }
 
