@@ -293,7 +293,7 @@ impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
                     self.record_acked_position(false).await?;
                     if self.nothing_pending() && !self.in_transaction {
                         self.sink.maintain().await;
-                        self.erase_requested().await?;
+                        self.erase_requested().await;
                     }
                     self.poll_requests().await;
                 }
@@ -341,24 +341,31 @@ impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
 
     /// Erasures asked for (`tidewater forget`), done between commits, each
     /// moved to the audit record with what it removed (or why it failed:
-    /// the command that asked prints it; asking again retries).
-    async fn erase_requested(&mut self) -> Result<(), PipelineError> {
-        use tidewater_core::state::{Erasure, Erasures, ForgetRequests};
-        const POLL: Duration = Duration::from_secs(1);
+    /// the command that asked prints it; asking again retries). A record
+    /// that cannot be read or written now (a store that does not answer)
+    /// is tried again at the next poll: an erasure is never dropped, and
+    /// the stream is never stopped for one.
+    async fn erase_requested(&mut self) {
+        const POLL: Duration = Duration::from_secs(2);
         if self.erasures_polled.is_some_and(|at| at.elapsed() < POLL) {
-            return Ok(());
+            return;
         }
         self.erasures_polled = Some(Instant::now());
-        let asked = self
-            .state
-            .read::<ForgetRequests>()
-            .await
-            .map_err(sink_error)?
-            .unwrap_or_default();
-        if asked.requests.is_empty() {
-            return Ok(());
+        if let Err(err) = self.erase_recorded().await {
+            warn!(error = %tidewater_core::error_chain(&err), "the erasure records do not read or write; erasures asked for wait for the next try");
         }
-        let mut done = Vec::new();
+    }
+
+    async fn erase_recorded(&mut self) -> Result<(), SinkFailure> {
+        const POLL_WAIT: Duration = Duration::from_millis(500);
+        use tidewater_core::state::{Erasure, Erasures, ForgetRequests};
+        // The poll never holds the stream up: a store slow to answer is
+        // asked again at the next poll.
+        let Ok(asked) = tokio::time::timeout(POLL_WAIT, self.state.read::<ForgetRequests>()).await
+        else {
+            return Ok(());
+        };
+        let asked = asked.map_err(SinkFailure::new)?.unwrap_or_default();
         for request in asked.requests {
             let table = TableId::new(&request.schema, &request.table);
             let keys: std::collections::HashSet<u128> = request
@@ -382,11 +389,13 @@ impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
                     )
                 }
             };
+            // The audit first, then the request goes: a crash between the
+            // two does the (idempotent) erasure once more.
             let mut audit = self
                 .state
                 .read::<Erasures>()
                 .await
-                .map_err(sink_error)?
+                .map_err(SinkFailure::new)?
                 .unwrap_or_default();
             audit.erasures.push(Erasure {
                 id: request.id.clone(),
@@ -401,18 +410,18 @@ impl<K: Sink, S: StateStore, A: Acknowledger> Coordinator<K, S, A> {
                 files_rewritten: erased.files_rewritten as u64,
                 log_entries_deleted: erased.log_entries_deleted as u64,
             });
-            self.state.write(&audit).await.map_err(sink_error)?;
-            done.push(request.id);
+            self.state.write(&audit).await.map_err(SinkFailure::new)?;
+            // Asked for meanwhile: kept for the next poll.
+            let mut left = self
+                .state
+                .read::<ForgetRequests>()
+                .await
+                .map_err(SinkFailure::new)?
+                .unwrap_or_default();
+            left.requests.retain(|r| r.id != request.id);
+            self.state.write(&left).await.map_err(SinkFailure::new)?;
         }
-        // Asked for meanwhile: kept for the next poll.
-        let mut left = self
-            .state
-            .read::<ForgetRequests>()
-            .await
-            .map_err(sink_error)?
-            .unwrap_or_default();
-        left.requests.retain(|r| !done.contains(&r.id));
-        self.state.write(&left).await.map_err(sink_error)
+        Ok(())
     }
 
     /// Copies a signal row asks for: recorded before the row can commit.
