@@ -44,6 +44,7 @@ use tidewater_lake::digest::RowDigests;
 use tidewater_mysql::{BinlogPosition, MysqlSource};
 use tidewater_postgres::PostgresSource;
 use tidewater_reverse::engine::{log_as_of, Resources};
+use tidewater_reverse::Lake;
 use tidewater_warehouse::WarehouseSink;
 use tokio::sync::mpsc;
 use tracing::info;
@@ -512,15 +513,18 @@ impl Verifier<'_> {
         table: &TableId,
         focus: &Focus,
     ) -> Result<Option<(Mark, Side, Side)>, String> {
-        let mut sink =
-            tidewater_lake::LakeSink::new(self.settings.lake.clone(), &self.settings.pipeline);
+        let mut lake = crate::reverse::open_lake(
+            &self.settings.lake,
+            &self.settings.pipeline,
+            self.settings.iceberg.as_ref(),
+        );
         let failed = |err: tidewater_lake::LakeError| {
             format!(
                 "reading {table}'s current-state table: {}",
                 crate::chain(&err)
             )
         };
-        let Some(files) = sink.log_files(table).await.map_err(failed)? else {
+        let Some(files) = lake.log_files(table).await.map_err(failed)? else {
             return Ok(None);
         };
         let names: HashMap<String, String> = files
@@ -542,19 +546,21 @@ impl Verifier<'_> {
         };
         let mut side = Side::new();
         let mut problem: Option<String> = None;
-        let merged = sink
-            .scan_current(table, |batch| {
-                if problem.is_some() {
-                    return;
-                }
-                if let Err(err) = current_rows(&batch, &names)
-                    .and_then(|batch| add_rows(&mut side, &columns, focus, &batch))
-                {
-                    problem = Some(err);
-                }
-            })
-            .await
-            .map_err(failed)?;
+        let mut each = |batch: arrow_array::RecordBatch| {
+            if problem.is_some() {
+                return;
+            }
+            if let Err(err) = current_rows(&batch, &names)
+                .and_then(|batch| add_rows(&mut side, &columns, focus, &batch))
+            {
+                problem = Some(err);
+            }
+        };
+        let merged = match &lake {
+            Lake::Delta(sink) => sink.scan_current(table, &mut each).await,
+            Lake::Iceberg(sink) => sink.scan_current(table, &mut each).await,
+        }
+        .map_err(failed)?;
         if let Some(problem) = problem {
             return Err(format!("{table}'s current-state table: {problem}"));
         }
@@ -603,11 +609,7 @@ impl Verifier<'_> {
                 },
             );
         }
-        // Delta current-state tables (an Iceberg lake's are not read here).
-        if self.settings.warehouse.is_none()
-            && self.settings.iceberg.is_none()
-            && self.settings.maintenance.current_state.is_some()
-        {
+        if self.settings.warehouse.is_none() && self.settings.maintenance.current_state.is_some() {
             for (table, outcome) in outcomes.iter_mut() {
                 outcome.current = self.check_current(table).await?;
             }

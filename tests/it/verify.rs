@@ -524,7 +524,7 @@ fn largest_data_file(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn iceberg_lake_verified_and_a_lost_file_repaired() {
+async fn iceberg_lake_and_current_state_verified_and_a_lost_file_repaired() {
     let name = "verify_ice";
     let source = pg().create_database(name).await;
     source
@@ -541,7 +541,7 @@ async fn iceberg_lake_verified_and_a_lost_file_repaired() {
             "[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"public.*\"]\n",
             pg().url(name)
         ),
-        "",
+        "current_state = true\ncurrent_state_interval_ms = 300\n",
     );
     pipeline.start();
     crate::support::eventually("the snapshot", Duration::from_secs(90), || async {
@@ -556,6 +556,10 @@ async fn iceberg_lake_verified_and_a_lost_file_repaired() {
     let (code, out) = verify(&pipeline, &[]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("public.acct: equal (299 rows"), "{out}");
+    assert!(
+        out.contains("public.acct: current-state table equal to its change log"),
+        "{out}"
+    );
 
     let victim = largest_data_file(&pipeline.table_path("public", "acct"));
     std::fs::remove_file(&victim).unwrap();

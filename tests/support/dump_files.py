@@ -25,12 +25,24 @@ def parquet_text(path):
     return "\n".join(parts)
 
 
+def raw_text(path):
+    with open(path, "rb") as f:
+        return f.read().decode("latin-1")
+
+
+# The pipeline may still be writing: a file can vanish between the listing
+# and the read (a temporary file renamed into place), or be read while
+# half written (then its raw bytes are searched).
 for root, _, names in os.walk(sys.argv[1]):
     for name in names:
         path = os.path.join(root, name)
-        if name.endswith(".parquet"):
-            text = parquet_text(path)
-        else:
-            with open(path, "rb") as f:
-                text = f.read().decode("latin-1")
+        try:
+            try:
+                text = parquet_text(path) if name.endswith(".parquet") else raw_text(path)
+            except FileNotFoundError:
+                raise
+            except Exception:  # a Parquet file not complete yet
+                text = raw_text(path)
+        except FileNotFoundError:
+            continue
         print(json.dumps({"path": path, "text": text}))

@@ -245,6 +245,44 @@ impl IcebergSink {
         }
     }
 
+    /// Every row of `table`'s current-state table, handed to `each` batch
+    /// by batch as its files are read (columns by name), for `tidewater
+    /// verify`; returns the log mark it was merged up to, or None when
+    /// there is none. Reads only.
+    pub async fn scan_current(
+        &self,
+        table: &TableId,
+        mut each: impl FnMut(RecordBatch),
+    ) -> Result<Option<Mark>, LakeError> {
+        let (namespace, name) = current_identifier(&self.pipeline, table);
+        let Some(metadata) =
+            load_metadata(&self.store, &self.catalog, table, &namespace, &name).await?
+        else {
+            return Ok(None);
+        };
+        let mark = |key: &str| {
+            metadata
+                .property(key)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let merged = Mark::new(mark(MERGED_SEQ), mark(MERGED_ORD));
+        let (_, entries) = live_entries(&self.store, table, &metadata).await?;
+        for (_, entry) in entries {
+            let bytes = read_bytes(&self.store, table, &entry.file.path).await?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .and_then(|b| b.build())
+                .map_err(|e| failed(table, "reading the current state of", e))?;
+            for batch in reader {
+                each(batch.map_err(|source| LakeError::Arrow {
+                    table: table.clone(),
+                    source,
+                })?);
+            }
+        }
+        Ok(Some(merged))
+    }
+
     /// Drops `table`'s current-state table, if there is one.
     pub(super) async fn remove_current(&self, table: &TableId) -> Result<(), LakeError> {
         let (namespace, name) = current_identifier(&self.pipeline, table);
